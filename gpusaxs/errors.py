@@ -1,0 +1,47 @@
+"""Exceptions raised by gpusaxs.
+
+Every error a user can cause with a bad file names the file (and, for a
+calibration, the JSON path of the offending field), so tools can print
+``str(exc)`` as a one-line message without a traceback.
+"""
+
+
+class GpusaxsError(Exception):
+    """Base class of all gpusaxs errors."""
+
+
+class CalibrationError(GpusaxsError, ValueError):
+    """A calibration file or dict is invalid.
+
+    Attributes: ``path`` (file or None), ``json_path`` (e.g. ``"#/Tilt/TiltAngleDeg"``),
+    ``reason`` (what is wrong).
+    """
+
+    def __init__(self, reason, path=None, json_path="#"):
+        self.path = None if path is None else str(path)
+        self.json_path = json_path
+        self.reason = reason
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{json_path}: {reason}")
+
+
+class ImageReadError(GpusaxsError, OSError):
+    """An image or mask file cannot be read (missing, truncated, not an image, wrong size)."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ChiFormatError(GpusaxsError, ValueError):
+    """A .chi curve file cannot be parsed."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class BackendError(GpusaxsError, RuntimeError):
+    """The requested integration backend is not available (e.g. "cupy" without a CUDA device)."""

@@ -1,0 +1,17 @@
+"""Shared fixtures: the reference data in ../shared/reference (skipped when absent)."""
+import os
+from pathlib import Path
+
+import pytest
+
+REFERENCE_DIR = Path(os.environ.get(
+    "GPUSAXS_REFERENCE_DIR",
+    Path(__file__).resolve().parents[1].parent / "shared" / "reference"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    """Folder with buf1_00000.tif, AAA_integ.msk, the fit2d curve and calibrations."""
+    if not (REFERENCE_DIR / "buf1_00000.tif").is_file():
+        pytest.skip(f"reference data not found at {REFERENCE_DIR} (set GPUSAXS_REFERENCE_DIR)")
+    return REFERENCE_DIR
