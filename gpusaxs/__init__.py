@@ -1,2 +1,38 @@
-"""gpusaxs: GPU-backed azimuthal integration of SAXS/WAXS detector frames."""
+"""gpusaxs: GPU-backed azimuthal integration of SAXS/WAXS detector frames.
+
+The public API, all of it (see README.md):
+
+    cal = gpusaxs.Calibration.from_file(path)          # or .from_dict(d, base_dir=None)
+    integ = gpusaxs.Integrator(cal, backend="auto", q_edges=None)
+    q, I = integ.integrate(image)                      # q in nm^-1
+    I = integ.integrate_batch(stack)                   # (B, H, W) -> (B, n_bins)
+    I, std, err = integ.integrate_error(image)
+    integ.integrate_chi(image, path); integ.plot(image, outputfile="")
+    gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)
+    gpusaxs.calc_theta(r, phi, d, tilt, tilt_dir)
+    gpusaxs.read_image(path); gpusaxs.read_mask(path)  # mask: True = pixel excluded
+    gpusaxs.read_chi(path); gpusaxs.write_chi(path, q, I, err)
+    gpusaxs.backend_info()
+    gpusaxs.calibration(config)                        # the SAXS 0.3.0 class (section 6)
+"""
+from . import geometry
+from .backend import backend_info
+from .calibration import Calibration
+from .errors import (BackendError, CalibrationError, ChiFormatError, GpusaxsError,
+                     ImageReadError)
+from .geometry import calc_theta
+from .integrator import Integrator
+from .io.chi import read_chi, write_chi
+from .io.images import read_image
+from .io.masks import read_mask
+from .legacy import calibration, openmask
+from .matrix import IntegrationMatrix, build_matrix
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Calibration", "Integrator", "IntegrationMatrix", "build_matrix", "geometry", "calc_theta",
+    "read_image", "read_mask", "read_chi", "write_chi", "backend_info", "calibration",
+    "openmask", "GpusaxsError", "CalibrationError", "ImageReadError", "ChiFormatError",
+    "BackendError", "__version__",
+]

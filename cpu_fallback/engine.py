@@ -1,0 +1,162 @@
+"""The CPU engine: integrates stacks of frames with an IntegrationMatrix on the host.
+
+``CpuEngine`` runs the numba kernels of :mod:`cpu_fallback.kernels` on all cores (the default);
+``ScipyEngine`` is the plain NumPy/SciPy sparse product, used when numba is missing and as an
+independent reference in tests.  Both return :class:`gpusaxs.sums.Sums` (float64, (B, n_bins)).
+"""
+import os
+
+import numpy as np
+
+from gpusaxs.sums import Sums
+
+__all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack"]
+
+
+def invalid_threshold(dtype):
+    """Values >= this are invalid: the maximum of an unsigned type (EIGER gap flag), else inf."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u":
+        return float(np.iinfo(dtype).max)
+    if dtype.kind in "if":
+        return np.inf
+    raise TypeError(f"frames must be integer or float, not {dtype}")
+
+
+def as_frame_stack(stack, shape):
+    """View ``stack`` (B, H, W) or (H, W) as a C-contiguous (B, H*W) array, native dtype kept."""
+    arr = np.asarray(stack)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or tuple(arr.shape[1:]) != tuple(shape):
+        raise ValueError(f"frames of shape {arr.shape[-2:] if arr.ndim >= 2 else arr.shape} "
+                         f"do not match the calibration's Imagesize {tuple(shape)}")
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise TypeError(f"frames must be integer or float, not {arr.dtype}")
+    if arr.dtype.byteorder not in "=|":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
+
+
+#: Most slots per pixel in the ELL layout; further entries of a pixel go to the overflow list.
+MAX_SLOTS = 4
+
+
+def ell_layout(matrix, max_slots=MAX_SLOTS):
+    """Active-pixel ELL arrays of a matrix (see :mod:`cpu_fallback.kernels`).
+
+    Returns a dict: active (n,) int32 pixel indices; bins (n, S) int32; ws (n, S) float32 =
+    w*s; w (n, S) float32; scale (n,) float32; overflow arrays ovf_pix, ovf_bins, ovf_ws, ovf_w.
+    Padding slots repeat the pixel's first bin with weight 0.
+    """
+    counts = np.diff(matrix.pixel_ptr)
+    active = np.flatnonzero(counts)
+    n_slots = int(min(max(int(counts.max(initial=0)), 1), max_slots))
+    starts = matrix.pixel_ptr[active]
+    n_active = len(active)
+    bins = np.empty((n_active, n_slots), np.int32)
+    weights = np.zeros((n_active, n_slots), np.float32)
+    for k in range(n_slots):
+        has = counts[active] > k
+        entry = np.where(has, starts + k, starts)
+        bins[:, k] = matrix.bins[entry]
+        weights[:, k] = np.where(has, matrix.weights[entry], 0.0)
+    scale = matrix.pixel_scale[active].astype(np.float32)
+    extra = np.maximum(counts - n_slots, 0)
+    ovf_entries = np.repeat(matrix.pixel_ptr[:-1] + n_slots, extra) + \
+        (np.arange(extra.sum()) - np.repeat(np.cumsum(extra) - extra, extra))
+    ovf_pix = np.repeat(np.arange(len(counts), dtype=np.int32), extra)
+    ovf_w = matrix.weights[ovf_entries].astype(np.float32)
+    return dict(active=active.astype(np.int32), bins=bins,
+                ws=(weights * scale[:, None]).astype(np.float32), w=weights, scale=scale,
+                ovf_pix=ovf_pix, ovf_bins=matrix.bins[ovf_entries].astype(np.int32),
+                ovf_ws=(ovf_w * matrix.pixel_scale[ovf_pix]).astype(np.float32), ovf_w=ovf_w)
+
+
+class CpuEngine:
+    """Multi-threaded numba engine.  ``threads``: cores to use (default: all numba sees)."""
+
+    name = "numba"
+
+    def __init__(self, matrix, threads=None):
+        import numba
+
+        self.matrix = matrix
+        self.threads = max(1, min(int(threads or numba.config.NUMBA_NUM_THREADS),
+                                  numba.config.NUMBA_NUM_THREADS))
+        self.layout = ell_layout(matrix)
+
+    def _tiles(self, n_frames):
+        """(frame groups, pixel parts): frames split across threads, pixels too when B is small."""
+        groups = max(1, min(n_frames // 2 or 1, self.threads))
+        parts = max(1, -(-self.threads // groups))
+        return groups, parts
+
+    def sums(self, stack, errors=False):
+        """Per-bin sums of a stack (B, H, W) of any integer or float dtype."""
+        from . import kernels
+        import numba
+
+        frames = as_frame_stack(stack, self.matrix.shape)
+        n_frames, n_bins = frames.shape[0], self.matrix.n_bins
+        if n_frames == 0:
+            return Sums(*(np.zeros((0, n_bins)) for _ in range(4 if errors else 2)))
+        groups, parts = self._tiles(n_frames)
+        lay = self.layout
+        upper = invalid_threshold(frames.dtype)
+        overflow = (lay["ovf_pix"], lay["ovf_bins"], lay["ovf_ws"], lay["ovf_w"])
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            if errors:
+                parts_out = kernels.error_sums(frames, lay["active"], lay["bins"], lay["ws"],
+                                               lay["w"], lay["scale"], *overflow, upper, n_bins,
+                                               groups, parts)
+            else:
+                parts_out = kernels.mean_sums(frames, lay["active"], lay["bins"], lay["ws"],
+                                              lay["w"], *overflow, upper, n_bins, groups, parts)
+        finally:
+            numba.set_num_threads(previous)
+        signal, lost, *rest = (a.reshape(parts, n_frames, n_bins).sum(axis=0) for a in parts_out)
+        norm = np.maximum(self.matrix.norm[None, :] - lost, 0.0)
+        return Sums(signal, norm, *rest)
+
+
+class ScipyEngine:
+    """Reference engine: float64 SciPy sparse products (slow, simple, independent of numba)."""
+
+    name = "scipy"
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+        self._weights = matrix.to_scipy(scaled=False)
+        counts = np.diff(matrix.pixel_ptr)
+        self._scale = matrix.pixel_scale.astype(np.float64)
+        self._has_entries = counts > 0
+
+    def sums(self, stack, errors=False):
+        frames = as_frame_stack(stack, self.matrix.shape)
+        upper = invalid_threshold(frames.dtype)
+        x = frames.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            valid = (x >= 0) & (x < upper)
+        xv = np.where(valid, x, 0.0) * self._scale
+        A = self._weights
+        signal = (A @ xv.T).T
+        norm = (A @ valid.T.astype(np.float64)).T
+        if not errors:
+            return Sums(signal, norm)
+        variance = (A @ (xv * self._scale).T).T
+        squares = (A @ (xv * xv).T).T
+        return Sums(signal, norm, variance, squares)
+
+
+def default_engine(matrix, threads=None):
+    """CpuEngine when numba imports (and GPUSAXS_NO_NUMBA is unset), else ScipyEngine."""
+    if not os.environ.get("GPUSAXS_NO_NUMBA"):
+        try:
+            import numba  # noqa: F401
+            return CpuEngine(matrix, threads=threads)
+        except ImportError:
+            pass
+    return ScipyEngine(matrix)

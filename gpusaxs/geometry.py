@@ -1,0 +1,139 @@
+"""Detector geometry: scattering angle, azimuth, q and the polarization factor (sections 4.3, 4.4).
+
+Conventions (fit2d's, pinned down in the reference README):
+
+* ``BeamCenter = [Y, X]`` in pixels; X counts columns from the left edge, Y counts rows from the
+  *bottom* edge, so with the image read top-down (row 0 at the top) the beam is at row
+  ``H - Y``, column ``X``.  Pixel centres are at ``index + 0.5``.
+* ``DedectorDistanceMM`` is the sample-to-detector distance along the beam (sample to beam centre).
+* The detector is tilted by ``TiltAngleDeg`` about an in-plane axis; ``TiltRotDeg`` is the
+  rotation of the tilt plane.
+
+The scattering angle is exact (no small-angle shortcut): a point at in-plane offset ``(a, b)``
+from the beam centre, ``a`` along the tilt direction, lies at ``(a cos(tau), b)`` across the beam
+and ``D + a sin(tau)`` along it, so ``2theta = atan2(sqrt(a^2 cos^2(tau) + b^2), D + a sin(tau))``.
+This is the law-of-cosines construction of section 4.3 (``calc_theta``), written with atan2 for
+accuracy near 0.
+"""
+import numpy as np
+
+__all__ = [
+    "pixel_offsets_mm", "two_theta", "azimuth", "two_theta_and_azimuth", "q_from_two_theta",
+    "q_map", "polarization_factor", "polarization_factor_rows", "polarization_of", "calc_theta",
+]
+
+
+def _tilt(cal):
+    """(tau, rho) in radians: tilt angle and in-plane direction of the tilt."""
+    tau = np.deg2rad(cal.tilt_angle_deg)
+    # fit2d measures the tilt-plane rotation anticlockwise from +X with the Y axis pointing up,
+    # which is the frame of our offsets (dx right, dy up).
+    rho = np.deg2rad(cal.tilt_rot_deg)
+    return tau, rho
+
+
+def pixel_offsets_mm(cal, rows=None, oversampling=1):
+    """Offsets (dx, dy) in mm from the beam centre of the (sub)pixel centres.
+
+    ``rows``: a slice or index array of image rows (default all rows).  Returns arrays of
+    shape (n_rows*ov, W*ov) where ``ov = oversampling``: dx to the right, dy upwards.
+    """
+    height, width = cal.imagesize
+    ov = int(oversampling)
+    row_index = np.arange(height)[rows if rows is not None else slice(None)]
+    sub = (np.arange(ov) + 0.5) / ov
+    # Row r spans Y in [H - r - 1, H - r] (Y from the bottom edge); sub-rows go downwards.
+    y_pix = (height - row_index[:, None] - sub[None, :]).ravel()
+    x_pix = (np.arange(width)[:, None] + sub[None, :]).ravel()
+    y_center, x_center = cal.beam_center
+    px_y, px_x = cal.pixel_size_um
+    dx = (x_pix - x_center) * (px_x * 1e-3)
+    dy = (y_pix - y_center) * (px_y * 1e-3)
+    return np.broadcast_to(dx[None, :], (len(y_pix), len(x_pix))), \
+        np.broadcast_to(dy[:, None], (len(y_pix), len(x_pix)))
+
+
+def _lab_transverse(cal, dx, dy):
+    """Lab-frame offsets across the beam (tx right, ty up) and along it (tz), in mm."""
+    tau, rho = _tilt(cal)
+    cos_r, sin_r = np.cos(rho), np.sin(rho)
+    a = dx * cos_r + dy * sin_r          # along the tilt direction
+    b = -dx * sin_r + dy * cos_r         # along the tilt axis
+    a_proj = a * np.cos(tau)
+    tx = a_proj * cos_r - b * sin_r
+    ty = a_proj * sin_r + b * cos_r
+    tz = cal.distance_mm + a * np.sin(tau)
+    return tx, ty, tz
+
+
+def two_theta_and_azimuth(cal, rows=None, oversampling=1):
+    """(2theta, phi) in radians for the (sub)pixels of ``rows``.
+
+    phi is the azimuth of the scattered ray, clockwise from 12 o'clock on the image as displayed
+    with row 0 at the top (0 = up, pi/2 = right).
+    """
+    dx, dy = pixel_offsets_mm(cal, rows, oversampling)
+    tx, ty, tz = _lab_transverse(cal, dx, dy)
+    return np.arctan2(np.hypot(tx, ty), tz), np.arctan2(tx, ty)
+
+
+def two_theta(cal, oversampling=1):
+    """Scattering angle 2theta (radians) of every pixel centre, shape (H, W) (or oversampled)."""
+    return two_theta_and_azimuth(cal, None, oversampling)[0]
+
+
+def azimuth(cal, oversampling=1):
+    """Azimuth phi (radians), clockwise from 12 o'clock, of every pixel centre."""
+    return two_theta_and_azimuth(cal, None, oversampling)[1]
+
+
+def q_from_two_theta(tth, wavelength_angstrom):
+    """q = 4 pi sin(2theta/2) / lambda in nm^-1, lambda in Angstrom."""
+    return 4.0 * np.pi * np.sin(0.5 * np.asarray(tth)) / (wavelength_angstrom * 0.1)
+
+
+def q_map(cal, oversampling=1):
+    """q in nm^-1 of every (sub)pixel centre."""
+    return q_from_two_theta(two_theta(cal, oversampling), cal.wavelength_A)
+
+
+def polarization_of(tth, phi, fraction, angle_deg=0.0):
+    """Polarization factor K (section 4.4, with the '+' the printed formula lacks).
+
+    K = P (1 - sin^2(phi') sin^2(2theta)) + (1 - P)(1 - cos^2(phi') sin^2(2theta)),
+    phi' = phi - Angle, P the fraction polarized in the horizontal plane (phi = 90 deg).
+    Pixel intensities are divided by K.
+    """
+    phi_p = phi - np.deg2rad(angle_deg)
+    s2 = np.sin(tth) ** 2
+    return fraction * (1.0 - np.sin(phi_p) ** 2 * s2) + \
+        (1.0 - fraction) * (1.0 - np.cos(phi_p) ** 2 * s2)
+
+
+def polarization_factor(cal, oversampling=1):
+    """K for every pixel centre, shape (H, W); all ones without PolarizationCorrection."""
+    return polarization_factor_rows(cal, None, oversampling)
+
+
+def polarization_factor_rows(cal, rows=None, oversampling=1):
+    """K for the pixel centres of ``rows`` (a slice; default all rows)."""
+    tth, phi = two_theta_and_azimuth(cal, rows, oversampling)
+    if cal.polarization is None:
+        return np.ones_like(tth)
+    fraction, angle = cal.polarization
+    return polarization_of(tth, phi, fraction, angle)
+
+
+def calc_theta(r, phi, d, tilt, tilt_dir):
+    """Scattering angle (radians) from polar detector coordinates, as SAXS.calc_theta (section 6).
+
+    r: distance to the beam centre in the detector plane; d: sample-to-beam-centre distance
+    (same unit as r); phi, tilt, tilt_dir in radians.  Works on arrays.  The same law of cosines
+    as section 4.3: l^2 = d^2 + r^2 - 2 d r cos(pi/2 + alpha), alpha = asin(sin(tilt) sin(phi +
+    tilt_dir)), and theta the angle at the sample of the triangle (d, l, r).
+    """
+    r = np.asarray(r, dtype=float)
+    sin_alpha = np.sin(tilt) * np.sin(np.asarray(phi) + tilt_dir)
+    along = d + r * sin_alpha                           # l cos(theta)
+    across = np.sqrt(np.maximum(r * r - (r * sin_alpha) ** 2, 0.0))  # l sin(theta)
+    return np.arctan2(across, along)

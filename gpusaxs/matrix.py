@@ -1,0 +1,215 @@
+"""The integration operator: a sparse matrix from pixels to radial bins (sections 4.1, 4.2).
+
+Built once per calibration on the CPU, in chunks of image rows, with each pixel split into
+Oversampling x Oversampling sub-pixels whose shares go to their q bins.  Stored pixel-major
+(for each pixel, the bins it feeds and the area fraction it gives each); see
+docs/ARCHITECTURE.md for the contract with the engines.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IntegrationMatrix:
+    """Pixel-major sparse integration operator for images of ``shape`` (H, W).
+
+    q_edges: (n_bins+1,) float64 bin edges in nm^-1.
+    pixel_ptr: (H*W+1,) int64; entries of pixel j are pixel_ptr[j]:pixel_ptr[j+1].
+    bins: (nnz,) int32 bin index; weights: (nnz,) float32 area fraction.
+    pixel_scale: (H*W,) float32 multiplicative correction 1/K (polarization), else 1.
+    norm: (n_bins,) float64 sum of weights per bin over all unmasked pixels.
+    """
+
+    shape: tuple
+    q_edges: np.ndarray
+    pixel_ptr: np.ndarray
+    bins: np.ndarray
+    weights: np.ndarray
+    pixel_scale: np.ndarray
+    norm: np.ndarray
+
+    @property
+    def n_pixels(self):
+        return int(self.shape[0]) * int(self.shape[1])
+
+    @property
+    def n_bins(self):
+        return len(self.q_edges) - 1
+
+    @property
+    def nnz(self):
+        return len(self.bins)
+
+    @property
+    def q_centers(self):
+        """Bin centres in nm^-1."""
+        return 0.5 * (self.q_edges[1:] + self.q_edges[:-1])
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in (self.pixel_ptr, self.bins, self.weights, self.pixel_scale))
+
+    def to_scipy(self, scaled=False):
+        """(n_bins, n_pixels) scipy CSR matrix; values are w, or w*s if ``scaled``."""
+        import scipy.sparse as sp
+
+        values = self.weights.astype(np.float64)
+        if scaled:
+            counts = np.diff(self.pixel_ptr)
+            values = values * np.repeat(self.pixel_scale.astype(np.float64), counts)
+        csc = sp.csc_matrix((values, self.bins, self.pixel_ptr),
+                            shape=(self.n_bins, self.n_pixels))
+        return csc.tocsr()
+
+    def bin_major(self):
+        """Bin-major CSR arrays (row_ptr int64, pixel int32, weight float32) for gather kernels."""
+        order = np.argsort(self.bins, kind="stable")
+        pixel_of_entry = np.repeat(np.arange(self.n_pixels, dtype=np.int32),
+                                   np.diff(self.pixel_ptr))
+        row_ptr = np.zeros(self.n_bins + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.bins, minlength=self.n_bins), out=row_ptr[1:])
+        return row_ptr, pixel_of_entry[order], self.weights[order]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+# ----------------------------------------------------------------------------------------------
+
+#: Sub-pixels handled per chunk while building (bounds the builder's memory, ~40 B each).
+CHUNK_SUBPIXELS = 1 << 21
+
+#: Bumped whenever the builder's output changes, so stale cache files are not reused.
+FORMAT_VERSION = 1
+
+
+def max_radius_mm(cal):
+    """Largest in-plane distance (mm) from the beam centre to a detector corner."""
+    height, width = cal.imagesize
+    y_center, x_center = cal.beam_center
+    px_y, px_x = (p * 1e-3 for p in cal.pixel_size_um)
+    dx = np.array([0.0, width]) - x_center
+    dy = np.array([0.0, height]) - y_center
+    return float(np.sqrt((np.abs(dx).max() * px_x) ** 2 + (np.abs(dy).max() * px_y) ** 2))
+
+
+def default_q_edges(cal):
+    """Bin edges (nm^-1) uniform in q, from 0 (or qStart) to the largest q on the detector (or qStop).
+
+    The number of bins over [0, q_max] is the corner distance in pixels divided by
+    PixelPerRadialElement, so 1 means a bin about one pixel wide at the detector edge (for the
+    reference PILATUS frame this gives fit2d's 1002 bins).
+    """
+    from .geometry import q_from_two_theta, two_theta_and_azimuth
+
+    q_max = 0.0
+    height = cal.imagesize[0]
+    for start in range(0, height, 256):
+        tth, _ = two_theta_and_azimuth(cal, slice(start, start + 256), 1)
+        q_max = max(q_max, float(q_from_two_theta(tth.max(), cal.wavelength_A)))
+    # the largest q lies at a pixel edge, up to half a pixel beyond the outermost centre
+    pixel_mm = float(np.mean(cal.pixel_size_um)) * 1e-3
+    n_pixels_radial = max_radius_mm(cal) / pixel_mm
+    n_bins = max(1, int(n_pixels_radial / cal.pixel_per_radial_element))
+    q_hi = q_max * (1.0 + 0.5 / max(n_pixels_radial, 1.0))
+    dq = q_hi / n_bins
+    q_start = getattr(cal, "q_start", None)
+    q_stop = getattr(cal, "q_stop", None)
+    lo = 0.0 if q_start is None else float(q_start)
+    hi = q_hi if q_stop is None else float(q_stop)
+    if hi <= lo:
+        raise ValueError(f"qStop ({hi} nm^-1) must be larger than qStart ({lo} nm^-1)")
+    n = max(1, int(np.ceil((hi - lo) / dq - 1e-9)))
+    return lo + dq * np.arange(n + 1)
+
+
+def _bin_index(q, q_edges, uniform):
+    """Bin of each q (int64), -1 outside [q_edges[0], q_edges[-1])."""
+    if uniform:
+        dq = (q_edges[-1] - q_edges[0]) / (len(q_edges) - 1)
+        idx = np.floor((q - q_edges[0]) / dq).astype(np.int64)
+    else:
+        idx = np.searchsorted(q_edges, q, side="right").astype(np.int64) - 1
+    idx[(idx < 0) | (idx >= len(q_edges) - 1) | ~np.isfinite(q)] = -1
+    return idx
+
+
+def _is_uniform(q_edges):
+    steps = np.diff(q_edges)
+    return bool(np.allclose(steps, steps[0], rtol=1e-12, atol=0.0))
+
+
+def _chunk_entries(cal, rows, q_edges, uniform, keep):
+    """Entries (pixel offset within chunk, bin, weight) of the pixels in ``rows``.
+
+    Splits each pixel into ov x ov sub-pixels, bins them, and counts per pixel how many
+    sub-pixels fall in each bin (as offsets from the pixel's lowest bin).
+    """
+    from .geometry import q_from_two_theta, two_theta_and_azimuth
+
+    ov = int(cal.oversampling)
+    n_rows = rows.stop - rows.start
+    width = cal.imagesize[1]
+    tth, _ = two_theta_and_azimuth(cal, rows, ov)
+    idx = _bin_index(q_from_two_theta(tth, cal.wavelength_A), q_edges, uniform)
+    # (rows, ov, W, ov) -> (rows*W, ov*ov): the sub-pixels of each pixel side by side
+    idx = idx.reshape(n_rows, ov, width, ov).transpose(0, 2, 1, 3).reshape(n_rows * width, ov * ov)
+    inside = idx >= 0
+    big = np.iinfo(np.int64).max
+    low = np.where(inside, idx, big).min(axis=1)
+    offset = np.where(inside, idx - low[:, None], -1)
+    spread = int(offset.max()) + 1 if inside.any() else 0
+    counts = np.zeros((n_rows * width, max(spread, 1)), dtype=np.int32)
+    for k in range(spread):
+        counts[:, k] = (offset == k).sum(axis=1)
+    counts[~keep] = 0
+    pix, k = np.nonzero(counts)
+    weights = counts[pix, k].astype(np.float64) / (ov * ov)
+    return pix, low[pix] + k, weights
+
+
+def build_matrix(cal, mask=None, q_edges=None, progress=None):
+    """Build the IntegrationMatrix of a calibration on the CPU, in bounded memory.
+
+    cal: a Calibration; mask: bool (H, W), True = excluded (default: ``cal.load_mask()`` when the
+    calibration names a mask file, else nothing masked); q_edges: bin edges in nm^-1 (default
+    :func:`default_q_edges`); progress: optional callable(done_rows, total_rows).
+    """
+    from .geometry import polarization_factor_rows
+
+    height, width = (int(v) for v in cal.imagesize)
+    if mask is None:
+        mask = cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (height, width):
+        raise ValueError(f"mask shape {mask.shape} does not match Imagesize {(height, width)}")
+    q_edges = default_q_edges(cal) if q_edges is None else np.asarray(q_edges, dtype=np.float64)
+    if q_edges.ndim != 1 or len(q_edges) < 2 or np.any(np.diff(q_edges) <= 0):
+        raise ValueError("q_edges must be a 1D increasing array of at least 2 edges (nm^-1)")
+    uniform = _is_uniform(q_edges)
+    ov = int(cal.oversampling)
+    rows_per_chunk = max(1, CHUNK_SUBPIXELS // (width * ov * ov))
+
+    counts_per_pixel = np.zeros(height * width, dtype=np.int64)
+    bins_parts, weight_parts = [], []
+    scale = np.ones(height * width, dtype=np.float32)
+    for start in range(0, height, rows_per_chunk):
+        rows = slice(start, min(height, start + rows_per_chunk))
+        keep = ~mask[rows].ravel()
+        pix, bins, weights = _chunk_entries(cal, rows, q_edges, uniform, keep)
+        first = start * width
+        counts_per_pixel[first:first + keep.size] = np.bincount(pix, minlength=keep.size)
+        bins_parts.append(bins.astype(np.int32))
+        weight_parts.append(weights.astype(np.float32))
+        if getattr(cal, "polarization", None) is not None:
+            scale[first:first + keep.size] = (1.0 / polarization_factor_rows(cal, rows)).ravel()
+        if progress is not None:
+            progress(rows.stop, height)
+
+    pixel_ptr = np.zeros(height * width + 1, dtype=np.int64)
+    np.cumsum(counts_per_pixel, out=pixel_ptr[1:])
+    bins = np.concatenate(bins_parts) if bins_parts else np.zeros(0, np.int32)
+    weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
+    norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=len(q_edges) - 1)
+    return IntegrationMatrix(shape=(height, width), q_edges=q_edges, pixel_ptr=pixel_ptr,
+                             bins=bins, weights=weights, pixel_scale=scale, norm=norm)
