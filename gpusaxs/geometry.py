@@ -18,7 +18,7 @@ accuracy near 0.
 import numpy as np
 
 __all__ = [
-    "pixel_offsets_mm", "two_theta", "azimuth", "two_theta_and_azimuth", "q_from_two_theta",
+    "pixel_offsets_mm", "corner_offsets_mm", "two_theta", "two_theta_of_offsets", "azimuth", "two_theta_and_azimuth", "q_from_two_theta",
     "q_map", "polarization_factor", "polarization_factor_rows", "polarization_of", "calc_theta",
 ]
 
@@ -45,6 +45,19 @@ def pixel_offsets_mm(cal, rows=None, oversampling=1):
     # Row r spans Y in [H - r - 1, H - r] (Y from the bottom edge); sub-rows go downwards.
     y_pix = (height - row_index[:, None] - sub[None, :]).ravel()
     x_pix = (np.arange(width)[:, None] + sub[None, :]).ravel()
+    return _offsets(cal, y_pix, x_pix)
+
+
+def corner_offsets_mm(cal, rows=None):
+    """Offsets (dx, dy) in mm of the pixel corners: the top edges of ``rows`` (default all rows,
+    plus the bottom edge of the image) by the W + 1 column edges."""
+    height, width = cal.imagesize
+    edges = np.arange(height + 1)[rows if rows is not None else slice(None)]
+    return _offsets(cal, (height - edges).astype(float), np.arange(width + 1, dtype=float))
+
+
+def _offsets(cal, y_pix, x_pix):
+    """Broadcast (dx, dy) in mm of fit2d pixel positions y_pix (rows), x_pix (columns)."""
     y_center, x_center = cal.beam_center
     px_y, px_x = cal.pixel_size_um
     dx = (x_pix - x_center) * (px_x * 1e-3)
@@ -64,6 +77,12 @@ def _lab_transverse(cal, dx, dy):
     ty = a_proj * sin_r + b * cos_r
     tz = cal.distance_mm + a * np.sin(tau)
     return tx, ty, tz
+
+
+def two_theta_of_offsets(cal, dx, dy):
+    """2theta (radians) of detector points at offsets (dx, dy) mm from the beam centre."""
+    tx, ty, tz = _lab_transverse(cal, dx, dy)
+    return np.arctan2(np.hypot(tx, ty), tz)
 
 
 def two_theta_and_azimuth(cal, rows=None, oversampling=1):
@@ -131,6 +150,10 @@ def calc_theta(r, phi, d, tilt, tilt_dir):
     (same unit as r); phi, tilt, tilt_dir in radians.  Works on arrays.  The same law of cosines
     as section 4.3: l^2 = d^2 + r^2 - 2 d r cos(pi/2 + alpha), alpha = asin(sin(tilt) sin(phi +
     tilt_dir)), and theta the angle at the sample of the triangle (d, l, r).
+
+    With phi the polar angle of the pixel anticlockwise from +X (Y up, fit2d's frame), the
+    calibration's geometry is ``tilt = TiltAngleDeg`` and ``tilt_dir = 90 deg - TiltRotDeg``
+    (in radians); :func:`two_theta` is this formula applied to every pixel.
     """
     r = np.asarray(r, dtype=float)
     sin_alpha = np.sin(tilt) * np.sin(np.asarray(phi) + tilt_dir)

@@ -100,18 +100,18 @@ def default_q_edges(cal):
     PixelPerRadialElement, so 1 means a bin about one pixel wide at the detector edge (for the
     reference PILATUS frame this gives fit2d's 1002 bins).
     """
-    from .geometry import q_from_two_theta, two_theta_and_azimuth
+    from .geometry import corner_offsets_mm, q_from_two_theta, two_theta_of_offsets
 
-    q_max = 0.0
+    # the largest q on the detector, over all pixel corners (so every sub-pixel is inside)
+    q_hi = 0.0
     height = cal.imagesize[0]
-    for start in range(0, height, 256):
-        tth, _ = two_theta_and_azimuth(cal, slice(start, start + 256), 1)
-        q_max = max(q_max, float(q_from_two_theta(tth.max(), cal.wavelength_A)))
-    # the largest q lies at a pixel edge, up to half a pixel beyond the outermost centre
+    for start in range(0, height + 1, 256):
+        dx, dy = corner_offsets_mm(cal, slice(start, start + 256))
+        tth = two_theta_of_offsets(cal, dx, dy).max()
+        q_hi = max(q_hi, float(q_from_two_theta(tth, cal.wavelength_A)))
     pixel_mm = float(np.mean(cal.pixel_size_um)) * 1e-3
     n_pixels_radial = max_radius_mm(cal) / pixel_mm
     n_bins = max(1, int(n_pixels_radial / cal.pixel_per_radial_element))
-    q_hi = q_max * (1.0 + 0.5 / max(n_pixels_radial, 1.0))
     dq = q_hi / n_bins
     q_start = getattr(cal, "q_start", None)
     q_stop = getattr(cal, "q_stop", None)

@@ -59,25 +59,28 @@ def load_matrix(path):
 
 
 def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None):
-    """The matrix of a calibration: from memory, from ``cache_dir``, or freshly built (and saved)."""
+    """The matrix of a calibration: from memory, from ``cache_dir``, or freshly built.
+
+    With a cache folder (argument or $GPUSAXS_CACHE_DIR) the matrix is also saved there, so the
+    next process with the same calibration loads it instead of building it.
+    """
     key = matrix_key(cal, mask, q_edges)
-    with _LOCK:
-        if key in _MEMORY:
-            _MEMORY.move_to_end(key)
-            return _MEMORY[key]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    matrix = None
-    if cache_dir is not None:
-        path = cache_dir / f"matrix-{key[:32]}.npz"
-        if path.is_file():
-            try:
-                matrix = load_matrix(path)
-            except (OSError, ValueError, KeyError):
-                matrix = None          # a corrupt cache file is rebuilt, never trusted
+    path = None if cache_dir is None else cache_dir / f"matrix-{key[:32]}.npz"
+    with _LOCK:
+        matrix = _MEMORY.get(key)
+        if matrix is not None:
+            _MEMORY.move_to_end(key)
+    on_disk = path is not None and path.is_file()
+    if matrix is None and on_disk:
+        try:
+            matrix = load_matrix(path)
+        except (OSError, ValueError, KeyError):
+            on_disk = False            # a corrupt cache file is rebuilt and replaced
     if matrix is None:
         matrix = build_matrix(cal, mask=mask, q_edges=q_edges, progress=progress)
-        if cache_dir is not None:
-            save_matrix(matrix, cache_dir / f"matrix-{key[:32]}.npz")
+    if path is not None and not on_disk:
+        save_matrix(matrix, path)
     with _LOCK:
         _MEMORY[key] = matrix
         while len(_MEMORY) > _MEMORY_SIZE:

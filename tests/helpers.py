@@ -1,0 +1,55 @@
+"""Helpers shared by the core tests: pyFAI set up with our geometry mapping."""
+import logging
+import warnings
+
+import numpy as np
+
+
+def pyfai_integrator(cal):
+    """A pyFAI AzimuthalIntegrator reproducing ``cal``'s geometry (reference README mapping)."""
+    logging.getLogger("pyFAI").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pyFAI")
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    height, width = cal.imagesize
+    px_y, px_x = cal.pixel_size_um
+    det = Detector(pixel1=px_y * 1e-6, pixel2=px_x * 1e-6, max_shape=(height, width))
+    ai = AzimuthalIntegrator(detector=det, wavelength=cal.wavelength_A * 1e-10)
+    ai.setFit2D(cal.distance_mm, centerX=cal.beam_center[1], centerY=height - cal.beam_center[0],
+                tilt=cal.tilt_angle_deg, tiltPlanRotation=-cal.tilt_rot_deg,
+                pixelX=px_x, pixelY=px_y)
+    return ai
+
+
+def calibration_with_mask(folder, mask=None, **changes):
+    """A Calibration with the reference geometry and ``mask`` (default: nothing masked) written
+    as a fit2d .msk into ``folder``; ``changes`` override fields of the flat form."""
+    from gpusaxs import Calibration
+    from gpusaxs.io.masks import write_fit2d_mask
+
+    d = flat_calibration(**changes)
+    if mask is None:
+        mask = np.zeros(d["Imagesize"], dtype=bool)
+    write_fit2d_mask(f"{folder}/mask.msk", mask)
+    d["MaskFile"] = "mask.msk"
+    return Calibration.from_dict(d, base_dir=folder)
+
+
+def flat_calibration(**changes):
+    """A flat calibration dict (the reference geometry), with changes applied."""
+    d = {
+        "PixelPerRadialElement": 1, "Imagesize": [1043, 981],
+        "Tilt": {"TiltRotDeg": 73.569, "TiltAngleDeg": -0.56},
+        "MaskFile": "mask.msk", "Oversampling": 3, "Wavelength": 1.54,
+        "BeamCenter": [808.37, 387.772], "DedectorDistanceMM": 1031.657,
+        "PixelSizeMicroM": [172.0, 172.0],
+    }
+    d.update(changes)
+    return d
+
+
+def fit2d_edges(chi_q):
+    """Bin edges around fit2d's uniform bin centres."""
+    dq = (chi_q[-1] - chi_q[0]) / (len(chi_q) - 1)
+    return np.concatenate([chi_q - dq / 2, [chi_q[-1] + dq / 2]])
