@@ -1,0 +1,176 @@
+"""CPU engine against pyFAI, in one run on this machine: frames/s, ratios, memory-bound fraction.
+
+    python benchmarks/bench_cpu.py [--reference ../shared/reference] [--frames 32] [--repeat 5]
+                                   [--skip-eiger]
+
+PILATUS 1M int32 frames (the reference frame with Poisson resampling), mask and polarization on.
+pyFAI runs its best CPU method, integrate1d with method=("full", "csr", "cython") and the same
+mask, polarization factor and number of bins.  Also measured: the matrix build of a PILATUS 1M
+and of an EIGER 16M (4362 x 4148) at Oversampling 3, with its peak traced memory.
+Prints a table and writes benchmarks/results/cpu.json.
+"""
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import gpusaxs  # noqa: E402
+from gpusaxs.matrix import build_matrix  # noqa: E402
+
+
+def best_of(fn, repeat):
+    """Smallest wall time (s) of ``repeat`` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def read_bandwidth(n_bytes=256 << 20, repeat=5):
+    """Memory read bandwidth (bytes/s) of this machine: summing a large int32 array, 2 threads."""
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=False)
+    def total(a):
+        s = 0
+        for i in prange(a.size):
+            s += a[i]
+        return s
+
+    arr = np.ones(n_bytes // 4, dtype=np.int32)
+    return n_bytes / best_of(lambda: total(arr), repeat)
+
+
+def git_commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
+                                       text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pyfai_setup(cal, mask, n_bins):
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import pyfai_integrator
+
+    ai = pyfai_integrator(cal)
+    kwargs = dict(npt=n_bins, unit="q_nm^-1", mask=mask, polarization_factor=2 * 0.95 - 1,
+                  method=("full", "csr", "cython"), correctSolidAngle=False, dummy=-1,
+                  delta_dummy=0.5)
+    return ai, kwargs
+
+
+def build_case(name, cal, mask):
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    matrix = build_matrix(cal, mask=mask)
+    seconds = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"case": name, "shape": list(cal.imagesize), "oversampling": cal.oversampling,
+            "n_bins": matrix.n_bins, "nnz": matrix.nnz, "build_s": seconds,
+            "peak_traced_mb": peak / 1e6, "matrix_mb": matrix.nbytes / 1e6}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", default=str(HERE.parent.parent / "shared" / "reference"))
+    parser.add_argument("--frames", type=int, default=32, help="stack size (default 32)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--skip-eiger", action="store_true", help="skip the EIGER 16M build")
+    parser.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
+    args = parser.parse_args(argv)
+
+    ref = Path(args.reference)
+    cal = gpusaxs.Calibration.from_file(ref / "buf1_00000.calibration.json")
+    cal = cal.replace(polarization=(0.95, 0.0))
+    mask = cal.load_mask()
+    image = gpusaxs.read_image(ref / "buf1_00000.tif")
+    rng = np.random.default_rng(0)
+    stack = np.stack([np.where(image < 0, image, rng.poisson(np.maximum(image, 0)))
+                      for _ in range(args.frames)]).astype(np.int32)
+
+    integ = gpusaxs.Integrator(cal, backend="numpy")
+    n_bins = integ.matrix.n_bins
+    ai, kw = pyfai_setup(cal, mask, n_bins)
+
+    t_pyfai_one = best_of(lambda: ai.integrate1d(image, **kw), args.repeat)
+    t_pyfai_stack = best_of(lambda: [ai.integrate1d(f, **kw) for f in stack], 1) / args.frames
+    t_one = best_of(lambda: integ.integrate(image), args.repeat)
+    t_stack = best_of(lambda: integ.integrate_batch(stack), args.repeat) / args.frames
+    t_stack_err = best_of(lambda: integ.integrate_batch_error(stack), args.repeat) / args.frames
+    bandwidth = read_bandwidth()
+    frame_bytes = image.nbytes
+    bound_fps = bandwidth / frame_bytes
+
+    rows = [
+        ("pyFAI full/csr/cython, one frame", t_pyfai_one),
+        ("pyFAI full/csr/cython, stack (per frame)", t_pyfai_stack),
+        ("gpusaxs numba, one frame", t_one),
+        (f"gpusaxs numba, stack of {args.frames}", t_stack),
+        (f"gpusaxs numba, stack of {args.frames} with errors", t_stack_err),
+    ]
+    print(f"PILATUS 1M int32 {image.shape}, {n_bins} bins, mask + polarization, "
+          f"{os.cpu_count()} cores")
+    print(f"{'method':48s} {'ms/frame':>9s} {'frames/s':>9s} {'vs pyFAI':>9s} {'of bound':>9s}")
+    for name, t in rows:
+        base = t_pyfai_one if "one frame" in name else t_pyfai_stack
+        print(f"{name:48s} {t * 1e3:9.2f} {1 / t:9.0f} {base / t:8.1f}x "
+              f"{(1 / t) / bound_fps:8.1%}")
+    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s -> bound {bound_fps:.0f} frames/s "
+          f"({frame_bytes / 1e6:.1f} MB per frame read once)")
+
+    builds = [build_case("PILATUS 1M", cal, mask)]
+    if not args.skip_eiger:
+        eiger = cal.replace(imagesize=(4362, 4148), beam_center=(2200.0, 2100.0),
+                            pixel_size_um=(75.0, 75.0), distance_mm=2000.0,
+                            tilt_angle_deg=0.3, polarization=(0.95, 0.0))
+        builds.append(build_case("EIGER 16M", eiger, np.zeros(eiger.imagesize, bool)))
+    print(f"\n{'matrix build':12s} {'shape':>12s} {'ov':>3s} {'nnz':>11s} {'seconds':>8s} "
+          f"{'peak MB':>8s} {'matrix MB':>9s}")
+    for b in builds:
+        print(f"{b['case']:12s} {str(tuple(b['shape'])):>12s} {b['oversampling']:3d} "
+              f"{b['nnz']:11d} {b['build_s']:8.1f} {b['peak_traced_mb']:8.0f} "
+              f"{b['matrix_mb']:9.0f}")
+
+    result = {
+        "benchmark": "bench_cpu", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(), "machine": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(), "frame_shape": list(image.shape), "dtype": "int32",
+        "n_bins": n_bins, "stack_frames": args.frames,
+        "pyfai_version": __import__("pyFAI").version,
+        "ms_per_frame": {name: t * 1e3 for name, t in rows},
+        "speedup_one_frame": t_pyfai_one / t_one,
+        "speedup_stack": t_pyfai_stack / t_stack,
+        "speedup_stack_with_errors": t_pyfai_stack / t_stack_err,
+        "read_bandwidth_gb_per_s": bandwidth / 1e9,
+        "bound_frames_per_s": bound_fps,
+        "stack_fraction_of_bound": (1 / t_stack) / bound_fps,
+        "builds": builds,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
