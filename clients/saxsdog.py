@@ -1,0 +1,773 @@
+"""saxsdog: integrate folders of detector images into curves (specification section 2.1).
+
+Walks the given folders (and files), integrates every image with the batched engine
+(gpusaxs.pipeline.FramePipeline: reading, integrating and writing overlap) and writes one
+.chi curve per frame, optionally a NeXus/HDF5 file per folder.  With -w it then watches the
+folders (recursively, new subfolders included) and integrates new images once complete.
+"""
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from clients.progress import Progress, format_duration
+
+PROG = "saxsdog"
+
+EPILOG = """\
+options in detail:
+  -c FILE        calibration file (JSON, section 3 of the specification).  Required.
+                   saxsdog -c cal.json data/
+  -t N           number of reader threads (image decoding); integration is one batched
+                 engine call per group of frames, writing runs in its own thread.
+                   saxsdog -c cal.json -t 4 data/
+  -m             live plot window showing the latest curve (needs a display).
+  -w             after the initial walk keep watching the folders, recursively and including
+                 new subfolders; a file still being written is waited for (size stable and
+                 decodable, at most --wait-timeout seconds after its last change), then
+                 integrated once.  Stop with Ctrl-C.
+                   saxsdog -c cal.json -w data/
+  -r             resume: skip frames whose curve already exists (the file is not touched).
+                   saxsdog -c cal.json -r data/
+  -o DIR         output folder (default ./out); the tree below each input folder is
+                 mirrored there: data/a/x.tif -> DIR/a/x.chi.
+                   saxsdog -c cal.json -o curves/ data/
+  -i             write the curves in place, beside the images: data/a/x.tif -> data/a/x.chi.
+  -s             also write an SVG plot of each curve (x.svg beside x.chi).
+  -p             also write a PNG picture of each frame (x.png beside x.chi).
+  -P             print where the time went (read, integrate, write) at the end.
+  -S             silent: no progress bar, no summary (errors are still printed).
+  -n             no initial walk: only files that appear later are integrated (with -w).
+                   saxsdog -c cal.json -w -n data/
+  -D             walk the input folders (and their top-level subfolders) in parallel.
+  --format F     chi (default), hdf5 or both.  hdf5: one NeXus file per image folder,
+                 <outfolder>/<foldername>.h5 with /entry/data/q (1/nm), I (frames x bins),
+                 errors, frame_names and the calibration JSON in /entry/calibration.
+                   saxsdog -c cal.json --format both data/
+  --backend B    auto (default: GPU when present), numpy or cupy.
+
+Bad files (truncated, not an image, wrong size) are reported on stderr with their name and
+the reason; the others are still integrated.  Every output is written under a temporary name
+and renamed, so no half-written file is ever visible.  Ctrl-C finishes and writes the frames
+in flight, prints a summary and exits with status 130.
+
+exit status: 0 all frames written, 1 some frames failed, 2 usage or calibration error,
+130 interrupted.
+"""
+
+
+def build_parser():
+    """The argument parser (options of section 2.1 plus --format, --backend)."""
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [options] -c CALIBRATION FOLDER_OR_IMAGE [...]",
+        description="Integrate folders of detector images to curves I(q), one .chi per image.",
+        epilog=EPILOG)
+    p.add_argument("paths", nargs="+", metavar="FOLDER_OR_IMAGE",
+                   help="folders to walk (recursively) and/or single image files")
+    p.add_argument("-c", "--calibration", metavar="FILE", required=True,
+                   help="calibration file (JSON)")
+    p.add_argument("-t", "--threads", metavar="N", type=int, default=2,
+                   help="number of reader threads (default 2)")
+    p.add_argument("-m", "--plotmonitor", action="store_true",
+                   help="show a live updating plot window")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="watch the folders for new images (recursive, new subfolders too)")
+    p.add_argument("-r", "--resume", action="store_true",
+                   help="skip frames whose curve already exists")
+    p.add_argument("-o", "--out", metavar="OUTDIR", default="out",
+                   help="output folder, input tree mirrored below it (default ./out)")
+    p.add_argument("-i", "--inplace", action="store_true",
+                   help="write curves beside the images")
+    p.add_argument("-s", "--svg", action="store_true", help="write an SVG plot per curve")
+    p.add_argument("-p", "--png", action="store_true", help="write a PNG picture per frame")
+    p.add_argument("-P", "--profile", action="store_true",
+                   help="print a read/integrate/write time profile")
+    p.add_argument("-S", "--silent", action="store_true", help="less output")
+    p.add_argument("-n", "--nowalk", action="store_true",
+                   help="do not integrate files already there, only watch (with -w)")
+    p.add_argument("-D", "--walkdirinthreads", action="store_true",
+                   help="walk folders in parallel")
+    p.add_argument("--format", choices=("chi", "hdf5", "both"), default="chi",
+                   help="curve output: chi (default), hdf5 (one NeXus file per folder), both")
+    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                   help="integration backend (default auto)")
+    p.add_argument("--batch-size", metavar="N", type=int, default=16,
+                   help="most frames per engine call (default 16)")
+    p.add_argument("--wait-timeout", metavar="S", type=float, default=30.0,
+                   help="watch mode: seconds an incomplete file is waited for after its last "
+                        "change before it is reported (default 30)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+def _err(msg):
+    sys.stderr.write(f"{PROG}: {msg}\n")
+    sys.stderr.flush()
+
+
+def _is_temp(name):
+    return name.startswith(".") or name.endswith(".tmp")
+
+
+def _inside(path, folder):
+    try:
+        Path(path).resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+class Hdf5Collector:
+    """Curves per output folder, written as one NeXus/HDF5 file per folder at the end."""
+
+    def __init__(self, q, calibration_text):
+        self.q = np.asarray(q, dtype=np.float64)
+        self.calibration_text = calibration_text
+        self._lock = threading.Lock()
+        self._files = {}         # h5 path -> {frame name: (I, err)}
+
+    @staticmethod
+    def file_for(image_path, out_path):
+        """<folder of the curve>/<name of the image folder>.h5"""
+        folder_name = Path(image_path).resolve().parent.name or "frames"
+        return Path(out_path).parent / f"{folder_name}.h5"
+
+    def add(self, h5path, frame_name, intensity, error):
+        with self._lock:
+            self._files.setdefault(Path(h5path), {})[frame_name] = (
+                np.asarray(intensity, dtype=np.float64),
+                None if error is None else np.asarray(error, dtype=np.float64))
+
+    def known_frames(self, h5path):
+        """Frame names already collected for ``h5path`` (after ``preload``)."""
+        with self._lock:
+            return set(self._files.get(Path(h5path), {}))
+
+    def preload(self, h5path):
+        """Load the curves of an existing file (resume with --format hdf5)."""
+        h5path = Path(h5path)
+        with self._lock:
+            if h5path in self._files:
+                return
+            self._files[h5path] = {}
+        if not h5path.is_file():
+            return
+        import h5py
+        try:
+            with h5py.File(h5path, "r") as f:
+                d = f["entry/data"]
+                if d["q"].shape != self.q.shape or not np.allclose(d["q"][()], self.q):
+                    return       # other binning: recompute everything
+                names = [n.decode() if isinstance(n, bytes) else str(n)
+                         for n in d["frame_names"][()]]
+                intensity = d["I"][()]
+                errors = d["errors"][()] if "errors" in d else None
+        except (OSError, KeyError) as exc:
+            _err(f"{h5path}: cannot resume from this file ({exc}); frames are recomputed")
+            return
+        for k, name in enumerate(names):
+            self.add(h5path, name, intensity[k], None if errors is None else errors[k])
+
+    def write_all(self):
+        """Write every collected folder file (temporary name + rename); return the paths."""
+        written = []
+        with self._lock:
+            items = [(p, dict(frames)) for p, frames in self._files.items() if frames]
+        for path, frames in items:
+            self._write(path, frames)
+            written.append(path)
+        return written
+
+    def _write(self, path, frames):
+        import h5py
+
+        names = sorted(frames)
+        intensity = np.stack([frames[n][0] for n in names])
+        has_err = all(frames[n][1] is not None for n in names)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["default"] = "entry"
+                f.attrs["creator"] = "gpusaxs saxsdog"
+                f.attrs["file_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                entry = f.create_group("entry")
+                entry.attrs["NX_class"] = "NXentry"
+                entry.attrs["default"] = "data"
+                data = entry.create_group("data")
+                data.attrs["NX_class"] = "NXdata"
+                data.attrs["signal"] = "I"
+                data.attrs["axes"] = [".", "q"]
+                data.attrs["q_indices"] = 1
+                dq = data.create_dataset("q", data=self.q)
+                dq.attrs["units"] = "1/nm"
+                dq.attrs["long_name"] = "q (1/nm)"
+                di = data.create_dataset("I", data=intensity, compression="gzip",
+                                         compression_opts=1, shuffle=True)
+                di.attrs["long_name"] = "mean intensity"
+                if has_err:
+                    de = data.create_dataset(
+                        "errors", data=np.stack([frames[n][1] for n in names]),
+                        compression="gzip", compression_opts=1, shuffle=True)
+                    de.attrs["long_name"] = "Poisson error of I"
+                    data["I_errors"] = de          # NeXus 2014 name, same data (hard link)
+                data.create_dataset("frame_names", data=np.array(names, dtype=object),
+                                    dtype=h5py.string_dtype())
+                note = entry.create_group("calibration")
+                note.attrs["NX_class"] = "NXnote"
+                note.create_dataset("type", data="application/json")
+                note.create_dataset("data", data=self.calibration_text)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+def _plot_curve_svg(path, q, intensity, title):
+    """SVG plot of one curve (log intensity), drawn without pyplot (thread-safe)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from gpusaxs.io.atomic import atomic_write
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    good = np.isfinite(intensity) & (intensity > 0)
+    ax.plot(q[good], intensity[good], lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("q (1/nm)")
+    ax.set_ylabel("I (counts/pixel)")
+    ax.set_title(title)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="svg")
+
+
+def _frame_png(path, image):
+    """PNG picture of a frame (log scale, masked/negative pixels dark)."""
+    import matplotlib.image as mpimg
+    from gpusaxs.io.atomic import atomic_write
+
+    img = np.asarray(image, dtype=np.float64)
+    good = np.isfinite(img) & (img > 0)
+    logimg = np.zeros_like(img)
+    logimg[good] = np.log10(img[good])
+    vmax = np.percentile(logimg[good], 99.9) if good.any() else 1.0
+    with atomic_write(path, "wb") as fh:
+        mpimg.imsave(fh, logimg, vmin=0.0, vmax=max(vmax, 1e-9), cmap="viridis", format="png")
+
+
+class LiveMonitor:
+    """-m: a pyplot window showing the latest curve, refreshed from the main thread."""
+
+    def __init__(self):
+        import matplotlib
+        if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") \
+                and sys.platform.startswith("linux"):
+            raise RuntimeError("no display (DISPLAY is not set)")
+        import matplotlib.pyplot as plt
+        backend = matplotlib.get_backend().lower()
+        if backend in ("agg", "pdf", "svg", "ps", "cairo", "template"):
+            raise RuntimeError(f"matplotlib backend {backend!r} cannot open a window")
+        self.plt = plt
+        plt.ion()
+        self.fig, self.ax = plt.subplots()
+        (self.line,) = self.ax.plot([], [], lw=1)
+        self.ax.set_yscale("log")
+        self.ax.set_xlabel("q (1/nm)")
+        self.ax.set_ylabel("I")
+        self._latest = None
+        self._shown = None
+        self._lock = threading.Lock()
+
+    def push(self, name, q, intensity):
+        with self._lock:
+            self._latest = (name, q, intensity)
+
+    def refresh(self, seconds=0.2):
+        """Redraw with the latest curve and run the GUI loop for ``seconds``."""
+        with self._lock:
+            latest = self._latest
+        if latest is not None and latest is not self._shown:
+            name, q, intensity = latest
+            good = np.isfinite(intensity) & (intensity > 0)
+            self.line.set_data(q[good], intensity[good])
+            self.ax.relim()
+            self.ax.autoscale_view()
+            self.ax.set_title(name)
+            self._shown = latest
+        self.plt.pause(seconds)
+
+
+class Saxsdog:
+    """One run of the tool: inputs, pipeline, watcher, counters."""
+
+    def __init__(self, args, cal, integrator, calibration_text):
+        self.args = args
+        self.integrator = integrator
+        self.shape = tuple(int(s) for s in cal.imagesize)
+        self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"}}[args.format]
+        self.out_dir = Path(args.out)
+        self.out_dir_resolved = self.out_dir.resolve()
+        self.progress = Progress(silent=args.silent, label=PROG)
+        self.hdf5 = Hdf5Collector(integrator.q, calibration_text) if "hdf5" in self.formats \
+            else None
+        self.monitor = None
+        self._lock = threading.Lock()
+        self._seen = set()           # resolved image paths handed on (dedupe)
+        self._outputs = {}           # out path -> image path (collision check)
+        self.skipped = 0
+        self.failed_early = 0        # failures before the pipeline (collisions, timeouts)
+        self.abandoned = 0           # watch-mode files still incomplete at Ctrl-C
+        self.walk_seconds = 0.0
+        self.setup_seconds = 0.0
+        self.pipeline = None
+        self.stabilizer = None
+
+    # -- pipeline callbacks (pipeline threads) -----------------------------------------------
+    def write(self, image_path, out_path, q, intensity, error):
+        """Writer of one frame: svg/png, hdf5 collection, then the .chi (last: resume key)."""
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        name = Path(image_path).name
+        if self.args.svg:
+            _plot_curve_svg(out_path.with_suffix(".svg"), q, intensity, name)
+        if self.args.png:
+            from gpusaxs.io.images import read_image
+            _frame_png(out_path.with_suffix(".png"), read_image(image_path, shape=self.shape))
+        if self.hdf5 is not None:
+            self.hdf5.add(Hdf5Collector.file_for(image_path, out_path), name, intensity, error)
+        if "chi" in self.formats:
+            from gpusaxs.io.chi import write_chi
+            write_chi(out_path, q, intensity, error=error, title=name)
+
+    def on_done(self, image_path, out_path, q, intensity):
+        self.progress.advance()
+        if self.monitor is not None:
+            self.monitor.push(Path(image_path).name, q, intensity)
+
+    def on_error(self, image_path, exc):
+        self.report(image_path, exc)
+        self.progress.advance(failed=True)
+
+    def report(self, image_path, exc):
+        msg = str(exc)
+        path = str(image_path)
+        if path not in msg:
+            msg = f"{path}: {msg}"
+        if not getattr(exc, "reason", None) and type(exc).__name__ not in msg:
+            msg = f"{msg} ({type(exc).__name__})"
+        self.progress.message(f"{PROG}: error: {msg}")
+
+    # -- inputs ------------------------------------------------------------------------------
+    def offer(self, image_path, root, check_complete=False):
+        """Hand one image on (once): resume check, collision check, then pipeline/watch."""
+        image_path = Path(image_path)
+        if _is_temp(image_path.name):
+            return
+        from gpusaxs.io.images import is_image_file
+        if not is_image_file(image_path):
+            return
+        key = image_path.resolve()
+        if not self.args.inplace and _inside(key, self.out_dir_resolved):
+            return           # our own output folder inside an input folder
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+        out = self.curve_path(image_path, root)
+        if self.args.resume and self._already_done(image_path, out):
+            with self._lock:
+                self.skipped += 1
+            return
+        with self._lock:
+            other = self._outputs.get(out)
+            if other is None:
+                self._outputs[out] = image_path
+        if other is not None:
+            self.report(image_path, RuntimeError(
+                f"its curve {out} would overwrite the curve of {other}; not integrated"))
+            with self._lock:
+                self.failed_early += 1
+            return
+        self.progress.add_total()
+        if check_complete:
+            self.stabilizer.add(image_path, out)
+        else:
+            self.pipeline.submit(image_path, out)
+
+    def curve_path(self, image_path, root):
+        from gpusaxs.pipeline import curve_path
+        return curve_path(image_path, root, out_dir=self.out_dir, inplace=self.args.inplace)
+
+    def _already_done(self, image_path, out):
+        if "chi" in self.formats:
+            if not out.is_file():
+                return False
+            if self.hdf5 is not None:        # both: keep the folder file complete
+                try:
+                    from gpusaxs.io.chi import read_chi
+                    c = read_chi(out)
+                    h5 = Hdf5Collector.file_for(image_path, out)
+                    self.hdf5.add(h5, image_path.name, np.asarray(c.intensity), c.error)
+                except Exception:
+                    return False             # unreadable curve: recompute
+            return True
+        h5 = Hdf5Collector.file_for(image_path, out)
+        self.hdf5.preload(h5)
+        return image_path.name in self.hdf5.known_frames(h5)
+
+    def walk(self, roots):
+        """Initial walk over (path, root) inputs, folders sorted, optionally in parallel."""
+        t0 = time.perf_counter()
+        for p, r in roots:
+            if not p.is_dir():
+                self.offer(p, r, check_complete=False)
+        folders = [(p, r) for p, r in roots if p.is_dir()]
+        if self.args.walkdirinthreads and folders:
+            # one task per input folder and per top-level subfolder
+            tasks = []
+            for p, r in folders:
+                tasks.append((p, r, False))
+                for sub in sorted(p.iterdir()):
+                    if sub.is_dir() and not _is_temp(sub.name):
+                        tasks.append((sub, r, True))
+            with ThreadPoolExecutor(max_workers=min(8, len(tasks))) as ex:
+                for f in [ex.submit(self._walk_one, p, r, rec) for p, r, rec in tasks]:
+                    f.result()
+        else:
+            for p, r in folders:
+                self._walk_one(p, r, True)
+        self.walk_seconds = time.perf_counter() - t0
+
+    def _walk_one(self, folder, root, recursive):
+        if not recursive:
+            names = sorted(e.name for e in os.scandir(folder) if e.is_file())
+            for n in names:
+                self.offer(folder / n, root, check_complete=self._fresh(folder / n))
+            return
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not _is_temp(d))
+            dp = Path(dirpath)
+            if not self.args.inplace and _inside(dp, self.out_dir_resolved):
+                dirnames[:] = []
+                continue
+            for n in sorted(filenames):
+                self.offer(dp / n, root, check_complete=self._fresh(dp / n))
+
+    def _fresh(self, path):
+        """Watch mode: a file changed in the last seconds may still be being written."""
+        if not self.args.watch:
+            return False
+        try:
+            return time.time() - path.stat().st_mtime < 5.0
+        except OSError:
+            return True
+
+    # -- summary ----------------------------------------------------------------------------
+    def summary(self, stats, interrupted, elapsed):
+        failed = stats["failed"] + self.failed_early
+        parts = [f"{stats['processed']} curves written", f"{failed} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (already done)")
+        dropped = stats["dropped"] + self.abandoned
+        if dropped:
+            parts.append(f"{dropped} not started")
+        rate = stats["processed"] / elapsed if elapsed > 0 else 0.0
+        head = "interrupted: " if interrupted else ""
+        return (f"{PROG}: {head}{', '.join(parts)} in {format_duration(elapsed)} "
+                f"({rate:.1f} frames/s)")
+
+    def profile(self, stats, elapsed):
+        """The -P table: seconds per stage (stages overlap, so shares add up to > 100 %)."""
+        t = stats["timings"]
+        n = max(stats["processed"] + stats["failed"], 1)
+        rows = [("walk", self.walk_seconds),
+                (f"read ({self.args.threads} threads)", t["read"]),
+                (f"integrate ({self.integrator_name()})", t["integrate"]),
+                ("write", t["write"])]
+        head = f"{'stage':<30}{'total s':>10}{'ms/frame':>11}{'% of wall':>11}"
+        lines = [head, f"{'setup (calibration, operator)':<30}{self.setup_seconds:>10.3f}"]
+        for name, sec in rows + [("wall (after setup)", elapsed)]:
+            share = 100.0 * sec / elapsed if elapsed > 0 else 0.0
+            lines.append(f"{name:<30}{sec:>10.3f}{1000 * sec / n:>11.2f}{share:>10.1f}%")
+        lines.append(f"{n} frames; read, integrate and write overlap (batched engine, "
+                     f"batch size {self.args.batch_size})")
+        return "\n".join(lines)
+
+    def integrator_name(self):
+        return getattr(self.integrator, "backend_name", "?")
+
+
+class Stabilizer:
+    """Watch mode: wait until a new file is complete (size stable and decodable), then submit.
+
+    A file is checked every ``poll`` seconds; when its size and mtime did not change since the
+    previous check it is decoded; once it decodes it is submitted.  A file that does not become
+    complete within ``timeout`` seconds of its last change is reported as an error.
+    """
+
+    def __init__(self, dog, timeout=30.0, poll=0.1):
+        self.dog = dog
+        self.timeout = timeout
+        self.poll = poll
+        self._cond = threading.Condition()
+        self._pending = {}    # path -> [out, last (size, mtime), changed_at]
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="saxsdog-stabilizer",
+                                        daemon=True)
+        self._thread.start()
+
+    def add(self, path, out):
+        with self._cond:
+            if self._stop:
+                with self.dog._lock:
+                    self.dog.abandoned += 1
+                return
+            self._pending[Path(path)] = [out, None, time.monotonic()]
+            self._cond.notify_all()
+
+    def stop(self):
+        """Stop; return how many files were still waited for."""
+        with self._cond:
+            self._stop = True
+            n = len(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        self._thread.join()
+        return n
+
+    def _run(self):
+        from gpusaxs.errors import ImageReadError
+        from gpusaxs.io.images import image_complete, read_image
+
+        while True:
+            with self._cond:
+                while not self._pending and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                self._cond.wait(self.poll)     # bounded polling of the file sizes
+                if self._stop:
+                    return
+                items = list(self._pending.items())
+            for path, state in items:
+                out, last, changed_at = state
+                now = time.monotonic()
+                try:
+                    st = path.stat()
+                    sig = (st.st_size, st.st_mtime_ns)
+                except OSError:
+                    sig = None
+                if sig != last:
+                    state[1], state[2] = sig, now
+                    continue
+                ready = sig is not None and sig[0] > 0 and image_complete(path)
+                if ready:
+                    self._take(path)
+                    self.dog.pipeline.submit(path, out)
+                elif now - changed_at > self.timeout:
+                    self._take(path)
+                    try:
+                        read_image(path)
+                        reason = "did not become readable"
+                    except ImageReadError as exc:
+                        reason = exc.reason
+                    exc = ImageReadError(
+                        path, f"still incomplete {self.timeout:g} s after its last change: "
+                              f"{reason}")
+                    with self.dog._lock:
+                        self.dog.failed_early += 1
+                    self.dog.on_error(path, exc)
+
+    def _take(self, path):
+        with self._cond:
+            self._pending.pop(path, None)
+
+
+def _start_watch(dog, roots):
+    """Start watchdog observers on the input folders (recursive); return the observer."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Handler(FileSystemEventHandler):
+        def __init__(self, root):
+            self.root = root
+
+        def _file(self, path):
+            try:
+                dog.offer(Path(path), self.root, check_complete=True)
+            except Exception as exc:   # never kill the observer thread
+                dog.report(path, exc)
+
+        def on_created(self, event):
+            if event.is_directory:
+                # files created before the new folder was watched: scan it (dedupe after)
+                for dp, dn, fn in os.walk(event.src_path):
+                    dn[:] = [d for d in dn if not _is_temp(d)]
+                    for n in fn:
+                        self._file(os.path.join(dp, n))
+            else:
+                self._file(event.src_path)
+
+        def on_modified(self, event):
+            if not event.is_directory:
+                self._file(event.src_path)
+
+        def on_closed(self, event):
+            if not event.is_directory:
+                self._file(event.src_path)
+
+        def on_moved(self, event):
+            if event.is_directory:
+                self.on_created(type("E", (), {"is_directory": True,
+                                               "src_path": event.dest_path})())
+            else:
+                self._file(event.dest_path)
+
+    observer = Observer()
+    for folder, root in roots:
+        if folder.is_dir():
+            observer.schedule(Handler(root), str(folder), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def _install_signal_handlers():
+    """Ctrl-C (SIGINT) and SIGTERM stop the run gracefully (KeyboardInterrupt in main).
+
+    Installed explicitly: a shell starts background jobs with SIGINT ignored, and a watching
+    saxsdog must still stop on it.  Returns a dict that receives the signal number.
+    """
+    caught = {}
+    if threading.current_thread() is not threading.main_thread():
+        return caught
+
+    def handler(signum, frame):
+        caught.setdefault("signum", signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return caught
+
+
+def main(argv=None):
+    """Run saxsdog; returns the exit status (0 ok, 1 failures, 2 usage error, 130 Ctrl-C)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("-t/--threads must be at least 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.nowalk and not args.watch:
+        _err("warning: -n without -w: nothing to do")
+    t_start = time.perf_counter()
+
+    roots = []
+    for p in args.paths:
+        path = Path(p)
+        if path.is_dir():
+            roots.append((path, path))
+        elif path.exists():
+            roots.append((path, path.parent))
+        else:
+            _err(f"error: {p}: no such file or folder")
+            return 2
+    if args.watch and not any(p.is_dir() for p, _ in roots):
+        _err("error: -w needs at least one folder to watch")
+        return 2
+
+    from gpusaxs.errors import GpusaxsError
+    try:
+        from gpusaxs.calibration import Calibration
+        cal = Calibration.from_file(args.calibration)
+        calibration_text = json.dumps(cal.to_dict("flat"), indent=1)
+        from gpusaxs.integrator import Integrator
+        integrator = Integrator(cal, backend=args.backend)
+    except GpusaxsError as exc:
+        _err(f"error: {exc}")
+        return 2
+    except OSError as exc:
+        _err(f"error: {args.calibration}: {exc.strerror or exc}")
+        return 2
+
+    dog = Saxsdog(args, cal, integrator, calibration_text)
+    dog.setup_seconds = time.perf_counter() - t_start
+    t_start = time.perf_counter()
+    if args.plotmonitor:
+        try:
+            dog.monitor = LiveMonitor()
+        except Exception as exc:
+            _err(f"warning: -m: no live plot window ({exc})")
+
+    from gpusaxs.pipeline import FramePipeline
+    dog.pipeline = FramePipeline(integrator, batch_size=args.batch_size,
+                                 read_threads=args.threads, on_done=dog.on_done,
+                                 on_error=dog.on_error, errors=True, writer=dog.write)
+    observer = None
+    interrupted = False
+    caught = _install_signal_handlers()
+    try:
+        if args.watch:
+            dog.stabilizer = Stabilizer(dog, timeout=args.wait_timeout)
+            observer = _start_watch(dog, roots)   # before the walk: no gap
+        if not args.nowalk:
+            dog.walk(roots)
+        if args.watch:
+            forever = threading.Event()
+            while True:
+                if dog.monitor is not None:
+                    dog.monitor.refresh(0.2)
+                else:
+                    forever.wait()
+        else:
+            while not dog.pipeline.wait_idle(timeout=None if dog.monitor is None else 0.2):
+                dog.monitor.refresh(0.05)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        try:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+            if dog.stabilizer is not None:
+                dog.abandoned += dog.stabilizer.stop()
+            dog.pipeline.close(abort=interrupted)
+        except KeyboardInterrupt:        # second Ctrl-C: leave now (outputs stay atomic)
+            _err("interrupted again: stopping without waiting")
+            return 130
+    written_h5 = []
+    if dog.hdf5 is not None:
+        try:
+            written_h5 = dog.hdf5.write_all()
+        except Exception as exc:
+            _err(f"error: writing the HDF5 file failed: {exc}")
+            dog.failed_early += 1
+    elapsed = time.perf_counter() - t_start
+    stats = dog.pipeline.stats
+    dog.progress.finish(dog.summary(stats, interrupted, elapsed))
+    if not args.silent:
+        for p in written_h5:
+            sys.stderr.write(f"{PROG}: wrote {p}\n")
+    if args.profile:
+        sys.stderr.write(dog.profile(stats, elapsed) + "\n")
+    if interrupted:
+        return 128 + caught.get("signum", signal.SIGINT)
+    return 1 if stats["failed"] + dog.failed_early else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

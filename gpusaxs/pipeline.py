@@ -1,0 +1,331 @@
+"""Frame pipeline: image files in, one curve file per frame out, stages overlapped.
+
+``FramePipeline`` runs three stages in threads so the integration engine never waits on a
+single file:
+
+* a pool of reader threads decodes images (``gpusaxs.io.images.read_image``);
+* one integration thread takes whatever frames are ready (up to ``batch_size``) and makes one
+  ``integrate_batch_error`` call per batch;
+* one writer thread writes each curve atomically (temporary name + rename) and reports it.
+
+Every submitted frame ends in exactly one of ``processed``, ``failed`` (``on_error`` is called
+with the exception) or ``dropped`` (``close(abort=True)`` before it was read); nothing is lost
+silently.  Used by the ``saxsdog`` tool and the network server.
+"""
+import collections
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["curve_path", "FramePipeline", "write_curve"]
+
+_STOP = object()
+
+
+def curve_path(image_path, in_root, out_dir=None, inplace=False, suffix=".chi"):
+    """Output path of the curve of ``image_path``.
+
+    In place: beside the image.  Otherwise the tree below ``in_root`` is mirrored into
+    ``out_dir`` (default ``./out``); an image outside ``in_root`` goes to ``out_dir`` itself.
+    """
+    image_path = Path(image_path)
+    name = image_path.with_suffix(suffix).name
+    if inplace:
+        return image_path.parent / name
+    out_dir = Path("out" if out_dir is None else out_dir)
+    try:
+        rel = image_path.resolve().parent.relative_to(Path(in_root).resolve())
+    except ValueError:
+        rel = Path()
+    return out_dir / rel / name
+
+
+def write_curve(image_path, out_path, q, intensity, error):
+    """Default writer: a .chi file (q, I[, err]) titled with the image name, written atomically."""
+    from gpusaxs.io.chi import write_chi
+
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    write_chi(out_path, q, intensity, error=error, title=Path(image_path).name)
+
+
+class _Item:
+    __slots__ = ("image_path", "out_path", "image")
+
+    def __init__(self, image_path, out_path):
+        self.image_path = image_path
+        self.out_path = out_path
+        self.image = None
+
+
+class FramePipeline:
+    """Read, integrate (batched) and write frames in overlapping threads.
+
+    integrator: an ``Integrator`` (``integrate_batch_error``, ``integrate_batch``, ``q``).
+    batch_size: most frames per engine call; the engine takes what is ready, never waits to
+    fill a batch.  read_threads: reader pool size.  errors: write the error column (Poisson
+    error) and use ``integrate_batch_error``; else ``integrate_batch`` and two columns.
+    writer: ``writer(image_path, out_path, q, I, err)`` replacing the .chi writer
+    (``err`` is None when ``errors=False``); it should write atomically.
+    on_done(image_path, out_path, q, I) / on_error(image_path, exc): called from the
+    pipeline's threads after a frame is written / has failed.
+    """
+
+    def __init__(self, integrator, *, batch_size=16, read_threads=2, on_done=None,
+                 on_error=None, errors=True, writer=None):
+        if batch_size < 1 or read_threads < 1:
+            raise ValueError("batch_size and read_threads must be >= 1")
+        self.integrator = integrator
+        self.batch_size = int(batch_size)
+        self.errors = bool(errors)
+        self.on_done = on_done
+        self.on_error = on_error
+        self.writer = writer or write_curve
+        self.shape = _image_shape(integrator)
+        self._q = np.asarray(integrator.q)
+
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._processed = 0
+        self._failed = 0
+        self._dropped = 0
+        self._closed = False
+        self._abort = False
+        self._t_first = None
+        self._t_last = None
+        self._timings = {"read": 0.0, "integrate": 0.0, "write": 0.0}
+
+        self._read_q = collections.deque()          # guarded by _cond
+        # bounded: at most ~2 batches of decoded frames wait for the engine
+        self._ready_q = queue.Queue(maxsize=2 * self.batch_size)
+        self._write_q = queue.Queue(maxsize=4)
+        self._readers = [threading.Thread(target=self._read_loop, name=f"pipeline-read-{i}",
+                                          daemon=True) for i in range(int(read_threads))]
+        self._integ = threading.Thread(target=self._integrate_loop, name="pipeline-integrate",
+                                       daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="pipeline-write",
+                                        daemon=True)
+        self._readers_alive = len(self._readers)
+        for t in self._readers + [self._integ, self._writer]:
+            t.start()
+
+    # -- public API --------------------------------------------------------------------------
+    def submit(self, image_path, out_path):
+        """Queue one frame (thread-safe).  Raises RuntimeError after ``close``."""
+        item = _Item(image_path, out_path)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("FramePipeline is closed")
+            if self._t_first is None:
+                self._t_first = time.perf_counter()
+            self._submitted += 1
+            self._read_q.append(item)
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout=None):
+        """Block until every submitted frame is done; False if ``timeout`` (s) ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending() > 0:
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+        return True
+
+    def close(self, abort=False):
+        """Stop the pipeline and join its threads; returns the number of dropped frames.
+
+        Without ``abort`` every submitted frame is finished first.  With ``abort`` the frames
+        being read or already read are integrated and written; frames not yet started are
+        dropped (counted in ``stats["dropped"]``).
+        """
+        with self._cond:
+            if self._closed and not self._threads_alive():
+                return self._dropped
+            self._closed = True
+            if abort:
+                self._abort = True
+                self._dropped += len(self._read_q)
+                self._read_q.clear()
+            self._cond.notify_all()
+        # readers exit when the read queue is empty and the pipeline is closed; the last one
+        # out sends the stop marker down the chain (integrate -> write).
+        for t in self._readers:
+            t.join()
+        self._integ.join()
+        self._writer.join()
+        return self._dropped
+
+    @property
+    def stats(self):
+        """Counters and cumulative stage times (seconds) so far."""
+        with self._cond:
+            elapsed = 0.0
+            if self._t_first is not None and self._t_last is not None:
+                elapsed = self._t_last - self._t_first
+            return {
+                "processed": self._processed,
+                "failed": self._failed,
+                "queued": self._pending(),
+                "dropped": self._dropped,
+                "frames_per_sec": self._processed / elapsed if elapsed > 0 else 0.0,
+                "elapsed": elapsed,
+                "timings": dict(self._timings),
+            }
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(abort=exc_type is not None)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _pending(self):
+        return self._submitted - self._processed - self._failed - self._dropped
+
+    def _threads_alive(self):
+        return any(t.is_alive() for t in self._readers + [self._integ, self._writer])
+
+    def _finish(self, n_done=0, n_failed=0, seconds=None, stage=None):
+        with self._cond:
+            self._processed += n_done
+            self._failed += n_failed
+            if stage is not None:
+                self._timings[stage] += seconds
+            if n_done:
+                self._t_last = time.perf_counter()
+            self._cond.notify_all()
+
+    def _fail(self, item, exc):
+        # callback first: when wait_idle() returns, every callback has run
+        self._call(self.on_error, item.image_path, exc)
+        self._finish(n_failed=1)
+
+    @staticmethod
+    def _call(callback, *args):
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:  # a broken callback must not stop the pipeline
+            import traceback
+            traceback.print_exc()
+
+    def _read_loop(self):
+        from gpusaxs.io.images import read_image
+
+        while True:
+            with self._cond:
+                while not self._read_q and not self._closed:
+                    self._cond.wait()
+                if not self._read_q:            # closed and drained
+                    self._readers_alive -= 1
+                    last = self._readers_alive == 0
+                    break
+                item = self._read_q.popleft()
+            t0 = time.perf_counter()
+            try:
+                item.image = read_image(item.image_path, shape=self.shape)
+            except Exception as exc:   # ImageReadError and anything unexpected: per frame
+                self._fail(item, exc)
+                continue
+            finally:
+                with self._cond:
+                    self._timings["read"] += time.perf_counter() - t0
+            self._ready_q.put(item)
+        if last:
+            self._ready_q.put(_STOP)
+
+    def _integrate_loop(self):
+        stop = False
+        while not stop:
+            first = self._ready_q.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    nxt = self._ready_q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._integrate(batch)
+        self._write_q.put(_STOP)
+
+    def _integrate(self, batch):
+        t0 = time.perf_counter()
+        try:
+            stack = _stack([it.image for it in batch])
+            if self.errors:
+                intensity, _std, err = self.integrator.integrate_batch_error(stack)
+            else:
+                intensity, err = self.integrator.integrate_batch(stack), None
+            intensity = np.asarray(intensity)
+            err = None if err is None else np.asarray(err)
+        except Exception as exc:
+            if len(batch) > 1:       # isolate the culprit: retry frame by frame
+                with self._cond:
+                    self._timings["integrate"] += time.perf_counter() - t0
+                for it in batch:
+                    self._integrate([it])
+                return
+            for it in batch:
+                it.image = None
+                self._fail(it, exc)
+            return
+        with self._cond:
+            self._timings["integrate"] += time.perf_counter() - t0
+        for it in batch:
+            it.image = None
+        self._write_q.put((batch, intensity, err))
+
+    def _write_loop(self):
+        while True:
+            job = self._write_q.get()
+            if job is _STOP:
+                break
+            batch, intensity, err = job
+            for k, it in enumerate(batch):
+                e = None if err is None else err[k]
+                t0 = time.perf_counter()
+                try:
+                    if it.out_path is not None:
+                        self.writer(it.image_path, it.out_path, self._q, intensity[k], e)
+                except Exception as exc:
+                    with self._cond:
+                        self._timings["write"] += time.perf_counter() - t0
+                    self._fail(it, exc)
+                    continue
+                seconds = time.perf_counter() - t0
+                self._call(self.on_done, it.image_path, it.out_path, self._q, intensity[k])
+                self._finish(n_done=1, seconds=seconds, stage="write")
+
+
+def _image_shape(integrator):
+    """(H, W) of the integrator's frames, or None if it does not say."""
+    for attr in ("shape", "image_shape"):
+        shape = getattr(integrator, attr, None)
+        if shape is not None:
+            return tuple(int(s) for s in shape)
+    cal = getattr(integrator, "cal", None) or getattr(integrator, "calibration", None)
+    size = getattr(cal, "imagesize", None)
+    if size is not None:
+        return tuple(int(s) for s in size)
+    return None
+
+
+def _stack(images):
+    """(B, H, W) stack in a common dtype without needless copies of a single frame."""
+    if len(images) == 1:
+        return images[0][np.newaxis]
+    return np.stack(images)
