@@ -51,7 +51,8 @@ mask = np.load(p["mask"])
 out = Path(p["out"]); out.mkdir(parents=True, exist_ok=True)
 files = sorted(Path(p["data"]).glob("*.tif"))
 kw = dict(npt=p["npt"], unit="q_nm^-1", method=("full", "csr", "cython"), mask=mask,
-          polarization_factor=0.95, radial_range=tuple(p["range"]))
+          polarization_factor=2 * 0.95 - 1,  # pyFAI's factor is 2P - 1
+          radial_range=tuple(p["range"]))
 if p["errors"]:
     kw["error_model"] = "poisson"
 # setup: the first integration builds the CSR matrix (as pyFAI does on first use)
