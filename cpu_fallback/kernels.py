@@ -75,7 +75,7 @@ def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, ovf_pix, ovf_bins
                upper, n_bins, n_groups, n_parts):
     """As :func:`mean_sums`, plus partial variance (sum w s^2 x) and squares (sum w (s x)^2).
 
-    ``scale`` is the per-active-pixel 1/K (float32).
+    ``scale`` is the per-active-pixel 1/K (float32).  Frames are taken two at a time.
     """
     n_frames = frames.shape[0]
     n_active, n_slots = ell_bins.shape
@@ -86,22 +86,38 @@ def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, ovf_pix, ovf_bins
     squares = np.zeros(shape)
     for tile in numba.prange(n_groups * n_parts):
         part, b0, b1, i0, i1 = _tile_range(tile, n_parts, n_groups, n_frames, n_active)
-        for b in range(b0, b1):
-            r = part * n_frames + b
+        b = b0
+        while b < b1:
+            pair = b + 1 < b1
+            r0 = part * n_frames + b
+            r1 = r0 + 1 if pair else r0
             for i in range(i0, i1):
-                x = np.float64(frames[b, active[i]])
-                if x >= 0.0 and x < upper:
-                    s = np.float64(scale[i])
-                    sx = s * x
+                j = active[i]
+                x = np.float64(frames[b, j])
+                y = np.float64(frames[b + 1, j]) if pair else 0.0
+                if not (x >= 0.0 and x < upper):
                     for k in range(n_slots):
-                        c = ell_bins[i, k]
-                        ws = ell_ws[i, k]
-                        signal[r, c] += ws * x
-                        variance[r, c] += ws * s * x
-                        squares[r, c] += ws * sx * x
-                else:
+                        lost[r0, ell_bins[i, k]] += ell_w[i, k]
+                    x = 0.0
+                if pair and not (y >= 0.0 and y < upper):
                     for k in range(n_slots):
-                        lost[r, ell_bins[i, k]] += ell_w[i, k]
+                        lost[r1, ell_bins[i, k]] += ell_w[i, k]
+                    y = 0.0
+                s = np.float64(scale[i])
+                sx = s * x
+                sy = s * y
+                for k in range(n_slots):
+                    c = ell_bins[i, k]
+                    ws = np.float64(ell_ws[i, k])
+                    wx = ws * x
+                    wy = ws * y
+                    signal[r0, c] += wx
+                    variance[r0, c] += wx * s
+                    squares[r0, c] += wx * sx
+                    signal[r1, c] += wy
+                    variance[r1, c] += wy * s
+                    squares[r1, c] += wy * sy
+            b += 2
         if part == 0:
             for b in range(b0, b1):
                 for e in range(len(ovf_pix)):

@@ -1,0 +1,239 @@
+"""Backend selection: auto/numpy/cupy, GPUSAXS_BACKEND, errors, backend_info."""
+import json
+import types
+
+import pytest
+
+from gpusaxs import backend
+from gpusaxs.errors import BackendError, GpusaxsError
+
+
+_REAL_PROBE = backend._probe_cupy
+
+
+def _cupy_usable():
+    return backend._probe_cupy().ok
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    yield
+    _REAL_PROBE.cache_clear()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Pretend CuPy works with one device (select_backend only looks at the probe)."""
+    fake = types.SimpleNamespace(__version__="99.0-fake")
+    probe = backend._Probe(True, "CuPy 99.0-fake with 1 CUDA device(s)", fake, 1)
+    monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
+    return fake
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    probe = backend._Probe(False, "CuPy is not installed or cannot be imported (ImportError: x); "
+                                  f"install it with {backend.INSTALL_HINT}")
+    monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
+
+
+@pytest.mark.skipif(_cupy_usable(), reason="a CUDA device is usable here")
+def test_auto_is_numpy_without_device_and_says_why():
+    name, reason = backend.select_backend("auto")
+    assert name == "numpy"
+    assert "auto" in reason and ("CuPy" in reason)
+
+
+def test_auto_default_argument_and_none_mean_auto(no_gpu):
+    assert backend.select_backend()[0] == "numpy"
+    assert backend.select_backend(None)[0] == "numpy"
+
+
+def test_auto_picks_cupy_when_probe_succeeds(fake_gpu):
+    name, reason = backend.select_backend("auto")
+    assert name == "cupy" and "1 CUDA device" in reason
+
+
+def test_numpy_request_never_probes(monkeypatch):
+    def boom():
+        raise AssertionError("probe must not run for an explicit numpy request")
+    monkeypatch.setattr(backend, "_probe_cupy", boom)
+    assert backend.select_backend("numpy")[0] == "numpy"
+    assert backend.select_backend(" NumPy ")[0] == "numpy"
+
+
+def test_env_numpy_overrides_auto(fake_gpu, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    name, reason = backend.select_backend("auto")
+    assert name == "numpy" and "GPUSAXS_BACKEND=numpy" in reason
+
+
+def test_env_cupy_overrides_auto(fake_gpu, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cupy")
+    name, reason = backend.select_backend("auto")
+    assert name == "cupy" and "GPUSAXS_BACKEND=cupy" in reason
+
+
+def test_env_does_not_override_explicit_request(fake_gpu, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    assert backend.select_backend("cupy")[0] == "cupy"
+    monkeypatch.setenv(backend.ENV_VAR, "cupy")
+    assert backend.select_backend("numpy")[0] == "numpy"
+
+
+def test_env_cupy_without_device_raises(no_gpu, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cupy")
+    with pytest.raises(BackendError, match="GPUSAXS_BACKEND=cupy"):
+        backend.select_backend("auto")
+
+
+def test_env_auto_and_empty_mean_auto(no_gpu, monkeypatch):
+    for value in ("auto", "", "  "):
+        monkeypatch.setenv(backend.ENV_VAR, value)
+        assert backend.select_backend("auto")[0] == "numpy"
+
+
+def test_env_unknown_value_raises(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "opencl")
+    with pytest.raises(BackendError) as info:
+        backend.select_backend("auto")
+    msg = str(info.value)
+    assert "opencl" in msg and "GPUSAXS_BACKEND" in msg and "numpy" in msg and "cupy" in msg
+
+
+def test_cupy_without_cupy_installed_explains_install(no_gpu):
+    with pytest.raises(BackendError) as info:
+        backend.select_backend("cupy")
+    assert 'pip install ".[gpu]"' in str(info.value)
+    assert isinstance(info.value, GpusaxsError)
+
+
+def test_cupy_without_device_explains(monkeypatch):
+    probe = backend._Probe(False, "CuPy 13.0 is installed but no CUDA device is usable "
+                                  "(CUDARuntimeError: cudaErrorNoDevice)")
+    monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
+    with pytest.raises(BackendError, match="no CUDA device"):
+        backend.select_backend("cupy")
+
+
+@pytest.mark.skipif(_cupy_usable(), reason="a CUDA device is usable here")
+def test_cupy_raises_here_with_real_probe():
+    with pytest.raises(BackendError) as info:
+        backend.select_backend("cupy")
+    msg = str(info.value)
+    assert ('pip install ".[gpu]"' in msg) or ("no CUDA device" in msg)
+
+
+def test_probe_is_cached():
+    backend._probe_cupy.cache_clear()
+    first = backend._probe_cupy()
+    assert backend._probe_cupy() is first
+
+
+def test_probe_never_raises_when_import_fails(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "cupy" or name.startswith("cupy."):
+            raise RuntimeError("broken CUDA install")
+        return real_import(name, *args, **kwargs)
+
+    backend._probe_cupy.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    probe = backend._probe_cupy()
+    assert not probe.ok and "broken CUDA install" in probe.reason
+    assert 'pip install ".[gpu]"' in probe.reason
+
+
+def test_probe_reports_device_count_failure(monkeypatch):
+    import sys
+
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.SimpleNamespace(__version__="13.9", cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=no_device)))
+    backend._probe_cupy.cache_clear()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    probe = backend._probe_cupy()
+    assert not probe.ok and "no CUDA device" in probe.reason and "13.9" in probe.reason
+
+    fake.cuda.runtime.getDeviceCount = lambda: 0
+    backend._probe_cupy.cache_clear()
+    probe = backend._probe_cupy()
+    assert not probe.ok and "no CUDA device" in probe.reason
+
+
+@pytest.mark.parametrize("name", ["cuda", "gpu", "torch", ""])
+def test_unknown_name_lists_valid_names(name):
+    with pytest.raises(BackendError) as info:
+        backend.select_backend(name)
+    for valid in ("auto", "numpy", "cupy"):
+        assert valid in str(info.value)
+
+
+def test_non_string_request_is_rejected():
+    with pytest.raises(BackendError):
+        backend.select_backend(3)
+
+
+def test_array_module():
+    import numpy
+    assert backend.array_module("numpy") is numpy
+    with pytest.raises(BackendError):
+        backend.array_module("fortran")
+
+
+def test_backend_info_is_json_serialisable():
+    info = backend.backend_info()
+    text = json.dumps(info)
+    back = json.loads(text)
+    assert back["backend"] in ("numpy", "cupy")
+    assert back["reason"]
+    for key in ("cupy_version", "device_name", "compute_capability", "total_memory_bytes",
+                "devices", "device_count", "numpy_version"):
+        assert key in back
+    if not _cupy_usable():
+        assert back["backend"] == "numpy" and back["devices"] == []
+        assert back["device_name"] is None
+
+
+def test_backend_info_with_env_error_does_not_raise(no_gpu, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cupy")
+    info = backend.backend_info()
+    json.dumps(info)
+    assert info["backend"] is None and "not available" in info["reason"]
+    assert info["env"] == "cupy"
+
+
+def test_backend_info_reports_devices_from_cupy(monkeypatch):
+    props = {"name": b"NVIDIA H100 80GB HBM3", "major": 9, "minor": 0,
+             "totalGlobalMem": 85 * 2**30, "multiProcessorCount": 132}
+
+    class _Dev:
+        def __init__(self, i):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    runtime = types.SimpleNamespace(getDeviceProperties=lambda i: props,
+                                    memGetInfo=lambda: (80 * 2**30, 85 * 2**30),
+                                    runtimeGetVersion=lambda: 12040,
+                                    driverGetVersion=lambda: 12050)
+    fake = types.SimpleNamespace(__version__="13.3.0",
+                                 cuda=types.SimpleNamespace(runtime=runtime, Device=_Dev))
+    probe = backend._Probe(True, "CuPy 13.3.0 with 1 CUDA device(s)", fake, 1)
+    monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
+    info = json.loads(json.dumps(backend.backend_info()))
+    assert info["backend"] == "cupy"
+    assert info["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert info["compute_capability"] == "9.0"
+    assert info["total_memory_bytes"] == 85 * 2**30
+    assert info["devices"][0]["free_memory_bytes"] == 80 * 2**30
+    assert info["cupy_version"] == "13.3.0" and info["cuda_runtime_version"] == 12040

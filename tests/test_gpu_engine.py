@@ -1,0 +1,624 @@
+"""DeviceEngine: NumPy-module tests (CI) against an independent float64 reference, the CUDA
+kernel source compiled and run on the CPU through an emulation shim (needs g++), and GPU tests
+(marked ``gpu``, skipped without CuPy and a CUDA device)."""
+import collections
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from gpusaxs.gpu_engine import (CTYPES, KERNEL_SOURCE, DeviceEngine, SyncStream,
+                                kernel_name, make_segments, valid_mask)
+from gpusaxs.matrix import IntegrationMatrix
+from gpusaxs.sums import Sums
+
+H, W = 1043, 981  # PILATUS 1M
+ALL_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+              np.uint64, np.float32, np.float64]
+
+
+# ---------------------------------------------------------------------------- fixtures
+def random_matrix(shape, rng, entries_per_pixel=(0.3, 0.4, 0.3), mask_fraction=0.05,
+                  center=(400.3, 800.7), dr=1.0):
+    """Ring-like random IntegrationMatrix: 1-3 entries per pixel (about 2), random weights,
+    random pixel scale, ~5% randomly masked pixels, a masked gap band and empty bins."""
+    h, w = shape
+    n_pixels = h * w
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(yy - center[0], xx - center[1]).ravel()
+    n_bins = int(r.max() / dr) + 2
+    b0 = np.minimum((r / dr).astype(np.int64), n_bins - 1)
+    counts = rng.choice([1, 2, 3], size=n_pixels, p=entries_per_pixel)
+    masked = rng.random(n_pixels) < mask_fraction
+    masked |= ((yy.ravel() >= h // 5) & (yy.ravel() < h // 5 + 17))  # detector gap band
+    masked |= (b0 >= 100) & (b0 <= 102)  # bins 100..103 only get neighbours' shares
+    masked |= (b0 >= 300) & (b0 <= 305)
+    counts[masked] = 0
+    pixel_ptr = np.zeros(n_pixels + 1, np.int64)
+    np.cumsum(counts, out=pixel_ptr[1:])
+    pix = np.repeat(np.arange(n_pixels), counts)
+    k = np.arange(pixel_ptr[-1]) - np.repeat(pixel_ptr[:-1], counts)
+    offsets = np.array([0, 1, -1])[k]
+    bins = np.clip(b0[pix] + offsets, 0, n_bins - 1).astype(np.int32)
+    weights = rng.uniform(0.05, 0.6, size=pix.size).astype(np.float32)
+    scale = rng.uniform(0.7, 1.4, size=n_pixels).astype(np.float32)
+    norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=n_bins)
+    q_edges = np.linspace(0.0, 0.01 * n_bins, n_bins + 1)
+    return IntegrationMatrix(shape=(h, w), q_edges=q_edges, pixel_ptr=pixel_ptr, bins=bins,
+                             weights=weights, pixel_scale=scale, norm=norm)
+
+
+def reference_sums(m, stack, errors=True):
+    """Independent float64 reference from the pixel-major arrays (bincount per frame)."""
+    stack = np.asarray(stack).reshape(-1, m.n_pixels)
+    counts = np.diff(m.pixel_ptr)
+    pix = np.repeat(np.arange(m.n_pixels), counts)
+    w = m.weights.astype(np.float64)
+    s = m.pixel_scale.astype(np.float64)[pix]
+    out = np.zeros((4, stack.shape[0], m.n_bins))
+    for i, frame in enumerate(stack):
+        x = frame[pix]
+        if x.dtype.kind == "u":
+            valid = x != np.iinfo(x.dtype).max
+        else:
+            with np.errstate(invalid="ignore"):
+                valid = (x >= 0) & (x < np.inf)
+        xv = np.where(valid, x, 0).astype(np.float64)
+        out[0, i] = np.bincount(m.bins, w * s * xv, minlength=m.n_bins)
+        out[1, i] = np.bincount(m.bins, w * valid, minlength=m.n_bins)
+        out[2, i] = np.bincount(m.bins, w * s * s * xv, minlength=m.n_bins)
+        out[3, i] = np.bincount(m.bins, w * (s * xv) ** 2, minlength=m.n_bins)
+    return Sums(*out) if errors else Sums(out[0], out[1])
+
+
+def make_frames(dtype, n, shape, rng):
+    """Frames with the invalid values of each dtype: PILATUS -1/-2, EIGER max-of-type, NaN/inf."""
+    dtype = np.dtype(dtype)
+    size = (n,) + tuple(shape)
+    gap = (slice(None), slice(shape[0] // 2, shape[0] // 2 + 7), slice(None))
+    if dtype.kind == "f":
+        x = (rng.random(size) * 1e4).astype(dtype)
+        u = rng.random(size)
+        x[u < 0.01] = np.nan
+        x[(u >= 0.01) & (u < 0.015)] = np.inf
+        x[(u >= 0.015) & (u < 0.02)] = -np.inf
+        x[(u >= 0.02) & (u < 0.03)] = -1.0
+        x[gap] = -1.0
+        return x
+    info = np.iinfo(dtype)
+    hi = min(int(info.max) - 1, 10**6)
+    x = rng.integers(0, hi, size=size, dtype=np.int64).astype(dtype)
+    u = rng.random(size)
+    if dtype.kind == "i":
+        x[u < 0.02] = -1
+        x[(u >= 0.02) & (u < 0.03)] = -2
+        x[gap] = -1
+    else:
+        if dtype.itemsize >= 4:  # genuine counts above 2**31 must stay valid
+            x[(u >= 0.03) & (u < 0.05)] = np.array(3_000_000_000, dtype=dtype)
+        x[u < 0.02] = info.max
+        x[gap] = info.max
+    return x
+
+
+def assert_sums_close(got, ref, rtol, errors=True):
+    names = Sums._fields if errors else Sums._fields[:2]
+    for name in names:
+        a, b = np.asarray(getattr(got, name)), np.asarray(getattr(ref, name))
+        assert a.shape == b.shape, name
+        assert a.dtype == np.float64, name
+        scale = np.maximum(np.abs(b), 1e-300)
+        rel = np.where((a == 0) & (b == 0), 0.0, np.abs(a - b) / scale)
+        assert np.all(np.isfinite(a)), name
+        assert rel.max(initial=0.0) <= rtol, f"{name}: max rel diff {rel.max()} > {rtol}"
+    if not errors:
+        assert got.variance is None and got.squares is None
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return random_matrix((H, W), np.random.default_rng(12345))
+
+
+@pytest.fixture(scope="module")
+def frames_by_dtype():
+    rng = np.random.default_rng(7)
+    return {np.dtype(d): make_frames(d, 5, (H, W), rng) for d in ALL_DTYPES}
+
+
+@pytest.fixture(scope="module")
+def references(matrix, frames_by_dtype):
+    return {d: reference_sums(matrix, x) for d, x in frames_by_dtype.items()}
+
+
+def test_random_matrix_is_realistic(matrix):
+    assert matrix.shape == (H, W)
+    ratio = matrix.nnz / matrix.n_pixels
+    assert 1.6 < ratio < 2.1
+    assert np.sum(matrix.norm == 0) >= 2  # empty bins exist
+
+
+# ---------------------------------------------------------------------------- helpers
+@pytest.mark.parametrize("dtype,values,expected", [
+    (np.int32, [-2, -1, 0, 5, 2**31 - 1], [0, 0, 1, 1, 1]),
+    (np.uint32, [0, 2**31, 3_000_000_000, 2**32 - 2, 2**32 - 1], [1, 1, 1, 1, 0]),
+    (np.uint16, [0, 65534, 65535], [1, 1, 0]),
+    (np.uint8, [0, 254, 255], [1, 1, 0]),
+    (np.int16, [-1, 0, 32767], [0, 1, 1]),
+    (np.float32, [0.0, -0.0, 1.5, -1.0, np.nan, np.inf, -np.inf], [1, 1, 1, 0, 0, 0, 0]),
+    (np.float64, [3e38, 1e300, np.nan, -1e-300], [1, 1, 0, 0]),
+])
+def test_valid_mask(dtype, values, expected):
+    got = valid_mask(np.array(values, dtype=dtype))
+    assert got.tolist() == [bool(v) for v in expected]
+
+
+def test_valid_mask_rejects_non_numeric():
+    with pytest.raises(TypeError):
+        valid_mask(np.array([1 + 2j]))
+
+
+def test_make_segments_covers_each_entry_once():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 50, 200)
+    counts[::17] = 0
+    counts[5] = 10_000
+    row_ptr = np.zeros(201, np.int64)
+    np.cumsum(counts, out=row_ptr[1:])
+    for length in (1, 7, 64, 4096):
+        sb, s0, s1 = make_segments(row_ptr, length)
+        assert sb.dtype == np.int32 and s0.dtype == np.int64
+        assert np.all(s1 > s0) and np.all(s1 - s0 <= length)
+        cover = np.zeros(row_ptr[-1], int)
+        for b, a, e in zip(sb, s0, s1):
+            assert row_ptr[b] <= a and e <= row_ptr[b + 1]
+            cover[a:e] += 1
+        assert np.all(cover == 1)
+        assert np.all(np.diff(sb) >= 0)
+        assert not np.any(np.isin(np.flatnonzero(counts == 0), sb))
+
+
+def test_kernel_names_cover_all_int_and_float_dtypes():
+    for d in ALL_DTYPES:
+        name = kernel_name(d, 8, True)
+        assert name.startswith("gs_integrate<") and name.endswith(", 8, true>")
+        assert CTYPES[np.dtype(d)] in name
+    assert kernel_name(np.uint32, 4, False) == "gs_integrate<unsigned int, 4, false>"
+
+
+# ---------------------------------------------------------------------------- NumPy engine
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_every_dtype_matches_reference(matrix, frames_by_dtype, references, dtype):
+    x = frames_by_dtype[np.dtype(dtype)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    assert eng.name == "numpy"
+    got = eng.sums(x, errors=True)
+    assert_sums_close(got, references[np.dtype(dtype)], 1e-10)
+    got2 = eng.sums(x, errors=False)
+    assert_sums_close(got2, references[np.dtype(dtype)], 1e-10, errors=False)
+
+
+def test_uint32_large_counts_are_not_negative(matrix):
+    x = np.full((1, H, W), 3_000_000_000, dtype=np.uint32)
+    got = DeviceEngine(matrix, xp=np).sums(x)
+    np.testing.assert_allclose(got.norm[0], matrix.norm, rtol=1e-12)
+    assert np.all(got.signal[0] >= 0)
+    ref = reference_sums(matrix, x)
+    assert_sums_close(got, ref, 1e-10, errors=False)
+
+
+@pytest.mark.parametrize("n,batch", [(0, 4), (1, 4), (4, 4), (5, 2), (5, 3), (5, 32)])
+def test_batching_gives_identical_sums(matrix, frames_by_dtype, references, n, batch):
+    x = frames_by_dtype[np.dtype(np.int32)][:n]
+    one_shot = DeviceEngine(matrix, xp=np, batch_size=64).sums(x, errors=True)
+    got = DeviceEngine(matrix, xp=np, batch_size=batch, n_streams=2).sums(x, errors=True)
+    for name in Sums._fields:
+        a, b = getattr(got, name), getattr(one_shot, name)
+        assert a.shape == (n, matrix.n_bins)
+        assert np.array_equal(a, b), name
+    if n:
+        ref = Sums(*(getattr(references[np.dtype(np.int32)], f)[:n] for f in Sums._fields))
+        assert_sums_close(got, ref, 1e-10)
+
+
+def test_input_shapes(matrix, frames_by_dtype):
+    x = frames_by_dtype[np.dtype(np.uint16)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=3)
+    full = eng.sums(x)
+    single = eng.sums(x[2])  # (H, W)
+    assert single.signal.shape == (1, matrix.n_bins)
+    assert np.array_equal(single.signal[0], full.signal[2])
+    flat = eng.sums(x.reshape(x.shape[0], -1))
+    assert np.array_equal(flat.signal, full.signal)
+    noncontig = eng.sums(np.asfortranarray(x))
+    assert np.array_equal(noncontig.signal, full.signal)
+    swapped = eng.sums(x.astype(x.dtype.newbyteorder(">")))
+    assert np.array_equal(swapped.signal, full.signal)
+
+
+def test_bad_inputs_raise(matrix):
+    eng = DeviceEngine(matrix, xp=np)
+    with pytest.raises(ValueError, match="shape"):
+        eng.sums(np.zeros((2, H, W + 1), np.int32))
+    with pytest.raises(TypeError):
+        eng.sums(np.zeros((1, H, W), np.complex64))
+    with pytest.raises(TypeError):
+        eng.sums(np.zeros((1, H, W), bool))
+    with pytest.raises(ValueError):
+        DeviceEngine(matrix, xp=np, method="dense")
+    with pytest.raises(ValueError):
+        DeviceEngine(matrix, xp=np, batch_size=0)
+
+
+def test_sums_device_numpy_matches_sums(matrix, frames_by_dtype):
+    x = frames_by_dtype[np.dtype(np.float32)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    a = eng.sums(x, errors=True)
+    b = eng.sums_device(x, errors=True)
+    for name in Sums._fields:
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    empty = eng.sums_device(x[:0])
+    assert empty.signal.shape == (0, matrix.n_bins) and empty.variance is None
+
+
+def test_float16_input(matrix):
+    rng = np.random.default_rng(1)
+    x = (rng.random((2, H, W)) * 100).astype(np.float16)
+    x[0, :3] = np.nan
+    x[1, 5] = -3
+    got = DeviceEngine(matrix, xp=np).sums(x, errors=True)
+    assert_sums_close(got, reference_sums(matrix, x), 1e-10)
+
+
+# ---------------------------------------------------------------------------- scheduler
+class DeferredStream:
+    """A stream that runs nothing until synchronised: exposes missing waits and buffer reuse."""
+
+    log = []
+
+    def __init__(self):
+        self.queue = collections.deque()
+        self.done = 0
+        self.submitted = 0
+        self.id = len(DeferredStream.log)
+        DeferredStream.log.append([])
+
+    def run(self, fn, *args):
+        self.queue.append((fn, args))
+        self.submitted += 1
+
+    def _drain(self, upto):
+        while self.done < upto:
+            fn, args = self.queue.popleft()
+            fn(*args)
+            self.done += 1
+
+    def record(self):
+        stream, mark = self, self.submitted
+
+        class _Event:
+            def synchronize(self_inner):
+                DeferredStream.log[stream.id].append(mark)
+                stream._drain(mark)
+        return _Event()
+
+    def synchronize(self):
+        self._drain(self.submitted)
+
+
+@pytest.mark.parametrize("n_streams", [1, 2, 3])
+def test_deferred_streams_give_same_results_in_order(matrix, frames_by_dtype, references,
+                                                     n_streams):
+    x = frames_by_dtype[np.dtype(np.uint32)]
+    DeferredStream.log = []
+    eng = DeviceEngine(matrix, xp=np, batch_size=2, n_streams=n_streams,
+                       stream_factory=DeferredStream)
+    parts = list(eng.integrate_stream(x, errors=True))
+    assert [p.signal.shape[0] for p in parts] == [2, 2, 1]
+    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
+    assert_sums_close(got, references[np.dtype(np.uint32)], 1e-10)
+    assert len(DeferredStream.log) == n_streams
+    for marks in DeferredStream.log:  # each stream's events are waited for in order
+        assert marks == sorted(marks)
+
+
+def test_iterable_with_reused_producer_buffer(matrix, frames_by_dtype, references):
+    """A producer that refills one buffer: each frame must be copied when received."""
+    x = frames_by_dtype[np.dtype(np.int32)]
+
+    def producer():
+        buf = np.empty((H, W), np.int32)
+        for frame in x:
+            buf[...] = frame
+            yield buf
+        buf[...] = -1  # scribble after the last frame
+
+    eng = DeviceEngine(matrix, xp=np, batch_size=2, n_streams=2, stream_factory=DeferredStream)
+    parts = list(eng.integrate_stream(producer(), errors=True))
+    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
+    assert_sums_close(got, references[np.dtype(np.int32)], 1e-10)
+
+
+def test_iterable_mixed_blocks_and_dtypes(matrix, frames_by_dtype, references):
+    i32 = frames_by_dtype[np.dtype(np.int32)]
+    f32 = frames_by_dtype[np.dtype(np.float32)]
+    items = [i32[0], i32[1:4], f32[0:2], i32[4], f32[2]]
+    eng = DeviceEngine(matrix, xp=np, batch_size=3, n_streams=2, stream_factory=DeferredStream)
+    parts = list(eng.integrate_stream(items, errors=False))
+    # int32 x4 -> [3, 1] (dtype change ends the batch), float32 x2, int32 x1, float32 x1
+    assert [p.signal.shape[0] for p in parts] == [3, 1, 2, 1, 1]
+    got = np.concatenate([p.signal for p in parts])
+    ri, rf = references[np.dtype(np.int32)].signal, references[np.dtype(np.float32)].signal
+    ref = np.concatenate([ri[0:4], rf[0:2], ri[4:5], rf[2:3]])
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_abandoned_stream_leaves_engine_usable(matrix, frames_by_dtype, references):
+    x = frames_by_dtype[np.dtype(np.int16)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=1, n_streams=2, stream_factory=DeferredStream)
+    gen = eng.integrate_stream(x)
+    first = next(gen)
+    with pytest.raises(RuntimeError, match="still running"):
+        next(eng.integrate_stream(x))
+    gen.close()
+    assert not any(s.busy for s in eng._slots)
+    got = eng.sums(x)
+    np.testing.assert_allclose(first.signal[0], references[np.dtype(np.int16)].signal[0],
+                               rtol=1e-10)
+    assert_sums_close(got, references[np.dtype(np.int16)], 1e-10, errors=False)
+
+
+def test_pinned_stack_is_uploaded_without_staging(matrix, frames_by_dtype, references,
+                                                  monkeypatch):
+    x = frames_by_dtype[np.dtype(np.uint16)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2, stream_factory=DeferredStream)
+    monkeypatch.setattr(eng._ops, "is_pinned", lambda arr: True)
+    got = eng.sums(x, errors=True)
+    assert_sums_close(got, references[np.dtype(np.uint16)], 1e-10)
+    assert all("stage" not in s._bufs for s in eng._slots)
+
+
+def test_threaded_staging_copy(matrix, frames_by_dtype, references):
+    x = frames_by_dtype[np.dtype(np.float64)]  # 3 frames x 8 MB per batch: threaded copy
+    eng = DeviceEngine(matrix, xp=np, batch_size=3, staging_threads=4)
+    got = eng.sums(x, errors=True)
+    assert eng._pool is not None
+    eng.close()
+    assert_sums_close(got, references[np.dtype(np.float64)], 1e-10)
+
+
+def test_sync_stream_runs_immediately():
+    s = SyncStream()
+    box = []
+    s.run(box.append, 1)
+    assert box == [1]
+    s.record().synchronize()
+    s.synchronize()
+
+
+# ---------------------------------------------------------------------------- CUDA source on CPU
+SHIM = r"""
+#include <barrier>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+struct gs_dim3 { unsigned x, y, z; };
+static thread_local gs_dim3 threadIdx;
+static gs_dim3 blockIdx, blockDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+static std::barrier<>* gs_block_barrier;
+static std::barrier<>* gs_warp_barrier[64];
+static double gs_shfl[64][32];
+static std::mutex gs_atomic_mutex;
+inline void __syncthreads() { gs_block_barrier->arrive_and_wait(); }
+inline double __shfl_down_sync(unsigned, double v, int off) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    gs_shfl[warp][lane] = v;
+    gs_warp_barrier[warp]->arrive_and_wait();
+    const double r = (lane + off < 32) ? gs_shfl[warp][lane + off] : v;
+    gs_warp_barrier[warp]->arrive_and_wait();
+    return r;
+}
+inline double atomicAdd(double* a, double v) {
+    std::lock_guard<std::mutex> g(gs_atomic_mutex); double o = *a; *a += v; return o;
+}
+"""
+
+DRIVER = r"""
+template <typename T> std::vector<T> load(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) { std::perror(path.c_str()); std::exit(3); }
+    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
+    std::vector<T> v(n / sizeof(T));
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(4);
+    std::fclose(f);
+    return v;
+}
+
+template <typename T, bool ERR>
+void run(const std::string& dir, long long P, int nf, int nb) {
+    auto frames = load<T>(dir + "/frames.bin");
+    auto seg_bin = load<int>(dir + "/seg_bin.bin");
+    auto seg_start = load<long long>(dir + "/seg_start.bin");
+    auto seg_end = load<long long>(dir + "/seg_end.bin");
+    auto pix = load<int>(dir + "/pix.bin");
+    auto w = load<float>(dir + "/w.bin");
+    auto s = load<float>(dir + "/s.bin");
+    const int NQ = ERR ? 4 : 2;
+    std::vector<double> out((size_t)NQ * nf * nb, 0.0);
+    const int n_groups = (nf + GS_FB - 1) / GS_FB;
+    const long long n_blocks = (long long)seg_bin.size() * n_groups;
+    blockDim.x = GS_BLOCK;
+    for (long long b = 0; b < n_blocks; ++b) {
+        blockIdx.x = (unsigned)b;
+        std::barrier<> block_barrier(GS_BLOCK);
+        std::vector<std::barrier<>*> warps;
+        gs_block_barrier = &block_barrier;
+        for (int k = 0; k < GS_BLOCK / 32; ++k) gs_warp_barrier[k] = new std::barrier<>(32);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < GS_BLOCK; ++t)
+            threads.emplace_back([&, t] {
+                threadIdx.x = t;
+                gs_integrate<T, GS_FB, ERR>(frames.data(), P, nf, n_groups, seg_bin.data(),
+                    seg_start.data(), seg_end.data(), pix.data(), w.data(), s.data(), nb,
+                    out.data());
+            });
+        for (auto& th : threads) th.join();
+        for (int k = 0; k < GS_BLOCK / 32; ++k) delete gs_warp_barrier[k];
+    }
+    std::string name = dir + (ERR ? "/out_err.bin" : "/out.bin");
+    FILE* f = std::fopen(name.c_str(), "wb");
+    std::fwrite(out.data(), sizeof(double), out.size(), f);
+    std::fclose(f);
+}
+
+template <typename T> void both(const std::string& dir, long long P, int nf, int nb) {
+    run<T, false>(dir, P, nf, nb);
+    run<T, true>(dir, P, nf, nb);
+}
+
+int main(int argc, char** argv) {
+    const std::string type = argv[1], dir = argv[2];
+    const long long P = std::atoll(argv[3]);
+    const int nf = std::atoi(argv[4]), nb = std::atoi(argv[5]);
+    if (type == "int8") both<signed char>(dir, P, nf, nb);
+    else if (type == "uint8") both<unsigned char>(dir, P, nf, nb);
+    else if (type == "int16") both<short>(dir, P, nf, nb);
+    else if (type == "uint16") both<unsigned short>(dir, P, nf, nb);
+    else if (type == "int32") both<int>(dir, P, nf, nb);
+    else if (type == "uint32") both<unsigned int>(dir, P, nf, nb);
+    else if (type == "int64") both<long long>(dir, P, nf, nb);
+    else if (type == "uint64") both<unsigned long long>(dir, P, nf, nb);
+    else if (type == "float32") both<float>(dir, P, nf, nb);
+    else if (type == "float64") both<double>(dir, P, nf, nb);
+    else return 2;
+    return 0;
+}
+"""
+
+EMU_BLOCK, EMU_FB = 64, 4
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The CUDA kernel source compiled with g++ against a CPU shim (threads = CUDA threads)."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ not available")
+    folder = tmp_path_factory.mktemp("kernel_emulator")
+    src = folder / "emu.cpp"
+    src.write_text(SHIM + KERNEL_SOURCE + DRIVER)
+    exe = folder / "emu"
+    proc = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-w",
+                           f"-DGS_BLOCK={EMU_BLOCK}", f"-DGS_FB={EMU_FB}", str(src), "-o",
+                           str(exe)], capture_output=True, text=True)
+    if proc.returncode != 0 and "barrier" in proc.stderr and "No such file" in proc.stderr:
+        pytest.skip("g++ without C++20 <barrier>")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return exe
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_cuda_kernel_source_on_cpu_emulator(emulator, tmp_path, dtype):
+    """Runs KERNEL_SOURCE itself (segments split across blocks, ragged frame group, both
+    error variants) and compares with the independent reference."""
+    rng = np.random.default_rng(99)
+    m = random_matrix((23, 37), rng, center=(5.5, 30.2), dr=4.0)
+    nf = 6  # two frame groups of 4, the second ragged
+    x = make_frames(dtype, nf, m.shape, rng)
+    eng = DeviceEngine(m, xp=np, segment_length=50)
+    arrays = eng.kernel_arrays()
+    assert np.any(np.bincount(arrays["seg_bin"]) > 1)  # some bins span several blocks
+    for key, value in arrays.items():
+        value.tofile(tmp_path / f"{key}.bin")
+    np.ascontiguousarray(x).tofile(tmp_path / "frames.bin")
+    proc = subprocess.run([str(emulator), np.dtype(dtype).name, str(tmp_path),
+                           str(m.n_pixels), str(nf), str(m.n_bins)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ref = reference_sums(m, x)
+    out = np.fromfile(tmp_path / "out.bin").reshape(2, nf, m.n_bins)
+    assert_sums_close(Sums(out[0], out[1]), ref, 1e-12, errors=False)
+    out = np.fromfile(tmp_path / "out_err.bin").reshape(4, nf, m.n_bins)
+    assert_sums_close(Sums(*out), ref, 1e-12)
+
+
+# ---------------------------------------------------------------------------- GPU
+@pytest.fixture(scope="module")
+def cp():
+    cupy = pytest.importorskip("cupy")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver / no device
+        pytest.skip(f"no CUDA device: {exc}")
+    if count < 1:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ALL_DTYPES + [np.float16], ids=lambda d: np.dtype(d).name)
+def test_gpu_kernel_spmm_numpy_agree(cp, matrix, frames_by_dtype, references, dtype):
+    dt = np.dtype(dtype)
+    x = frames_by_dtype[dt] if dt in frames_by_dtype else \
+        frames_by_dtype[np.dtype(np.float32)].astype(np.float16)
+    ref = references[dt] if dt in references else reference_sums(matrix, x)
+    kern = DeviceEngine(matrix, xp=cp, batch_size=2, method="kernel")
+    assert kern.name == "cupy"
+    got = kern.sums(x, errors=True)
+    assert_sums_close(got, ref, 1e-6)
+    assert_sums_close(kern.sums(x, errors=False), ref, 1e-6, errors=False)
+    spmm64 = DeviceEngine(matrix, xp=cp, batch_size=3, method="spmm", spmm_dtype="float64")
+    assert_sums_close(spmm64.sums(x, errors=True), ref, 1e-6)
+    spmm32 = DeviceEngine(matrix, xp=cp, batch_size=3, method="spmm", spmm_dtype="float32")
+    if dt.kind != "u" or dt.itemsize < 8:  # float32 cannot hold uint64 counts exactly
+        assert_sums_close(spmm32.sums(x, errors=True), ref, 1e-5)
+    numpy_eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    assert_sums_close(got, numpy_eng.sums(x, errors=True), 1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
+    x = frames_by_dtype[np.dtype(np.int32)]
+    eng = DeviceEngine(matrix, xp=cp, batch_size=2)
+    xd = cp.asarray(x)
+    res = eng.sums_device(xd, errors=True)
+    assert all(isinstance(getattr(res, f), cp.ndarray) for f in Sums._fields)
+    host = Sums(*(cp.asnumpy(getattr(res, f)) for f in Sums._fields))
+    assert_sums_close(host, references[np.dtype(np.int32)], 1e-6)
+    assert_sums_close(eng.sums(xd, errors=True), references[np.dtype(np.int32)], 1e-6)
+    spmm = DeviceEngine(matrix, xp=cp, method="spmm", spmm_dtype="float64")
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in spmm.sums_device(xd, errors=True))),
+                      host, 1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fb,seg,streams", [(1, 4096, 1), (3, 64, 2), (8, 100000, 3)])
+def test_gpu_kernel_parameters(cp, matrix, frames_by_dtype, references, fb, seg, streams):
+    x = frames_by_dtype[np.dtype(np.uint32)]
+    eng = DeviceEngine(matrix, xp=cp, batch_size=4, n_streams=streams, frames_per_block=fb,
+                       segment_length=seg)
+    assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_pinned_and_stream_inputs(cp, matrix, frames_by_dtype, references):
+    import cupyx
+
+    x = frames_by_dtype[np.dtype(np.uint16)]
+    pinned = cupyx.empty_pinned(x.shape, x.dtype)
+    pinned[...] = x
+    eng = DeviceEngine(matrix, xp=cp, batch_size=2, n_streams=2)
+    assert eng._ops.is_pinned(pinned) and not eng._ops.is_pinned(x)
+    assert_sums_close(eng.sums(pinned, errors=True), references[np.dtype(np.uint16)], 1e-6)
+    parts = list(eng.integrate_stream(iter(x), errors=True))
+    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
+    assert_sums_close(got, references[np.dtype(np.uint16)], 1e-6)
