@@ -1,0 +1,385 @@
+"""saxsfeeder: publish "new file" events of a folder tree on a ZeroMQ PUB socket (section 5.4.2).
+
+Watches one or more folders recursively with watchdog and publishes::
+
+    {"command": "new file", "argument": "/absolute/path/to/file.tif"}
+
+once a file is completely written: after a close-after-write event (Linux inotify) or a rename
+into place, or when its size and time stamp have stayed the same for ``--settle`` seconds, and,
+for images, only once the image decodes fully (``gpusaxs.io.images.image_complete``).  An
+overwritten file is published again (a new size/time stamp is a new version).  Every
+``--heartbeat`` seconds it publishes ``{"command": "heartbeat", "time": ...}`` so subscribers
+can tell that they are connected.  ``--simulate`` replays the files already there (the
+simulator of the specification) instead of watching.
+
+The socket is an XPUB socket (a PUB socket that also sees subscriptions), so --simulate can wait
+for the first subscriber instead of publishing into the void.
+"""
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+log = logging.getLogger("saxsfeeder")
+
+DEFAULT_SETTLE_S = 0.5
+DEFAULT_GIVE_UP_S = 60.0
+
+
+def _sig(st):
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _is_candidate(path):
+    name = os.path.basename(path)
+    return not (name.startswith(".") or name.endswith((".tmp", "~")))
+
+
+class FileSettler:
+    """Turns raw file-system events into one call of ``callback(path)`` per complete version.
+
+    touch(path, closed): a file event; ``closed=True`` when the writer closed the file (or renamed
+    it into place), so no settling time is needed.  A worker thread checks candidates: the file
+    must exist, keep its (mtime, size) for ``settle`` seconds unless closed, and, if
+    ``check_complete`` and it is an image, decode fully.  A version that never becomes complete
+    is passed on after ``give_up`` seconds without change (so the receiver records the error).
+    """
+
+    def __init__(self, callback, settle=DEFAULT_SETTLE_S, check_complete=True,
+                 give_up=DEFAULT_GIVE_UP_S, poll=0.02, memory=200_000):
+        self.callback = callback
+        self.settle = float(settle)
+        self.check_complete = check_complete
+        self.give_up = float(give_up)
+        self.poll = float(poll)
+        self.memory = int(memory)
+        self._cand = OrderedDict()      # path -> [sig, since (monotonic), closed]
+        self._done = OrderedDict()      # path -> sig published
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="file-settler", daemon=True)
+        self._thread.start()
+
+    def touch(self, path, closed=False):
+        path = os.path.abspath(path)
+        if not _is_candidate(path):
+            return
+        with self._cond:
+            ent = self._cand.get(path)
+            if ent is None:
+                self._cand[path] = [None, time.monotonic(), closed]
+            else:
+                ent[2] = ent[2] or closed
+            self._cond.notify()
+
+    def pending(self):
+        with self._cond:
+            return len(self._cand)
+
+    def stop(self):
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _complete(self, path):
+        if not self.check_complete:
+            return True
+        from gpusaxs.io.images import image_complete, is_image_file
+
+        if not is_image_file(path):
+            return True
+        return image_complete(path)
+
+    def _run(self):
+        while True:
+            with self._cond:
+                while not self._cand and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                items = list(self._cand.items())
+            now = time.monotonic()
+            for path, ent in items:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    with self._cond:
+                        self._cand.pop(path, None)
+                    continue
+                if not os.path.isfile(path):
+                    with self._cond:
+                        self._cand.pop(path, None)
+                    continue
+                sig = _sig(st)
+                with self._cond:
+                    if self._done.get(path) == sig:      # this version was published already
+                        self._cand.pop(path, None)
+                        continue
+                    if ent[0] != sig:                    # changed since last look
+                        ent[0], ent[1] = sig, now
+                        if not ent[2]:
+                            continue
+                    closed = ent[2]
+                    since = ent[1]
+                if not closed and now - since < self.settle:
+                    continue
+                ok = self._complete(path)
+                if not ok and now - since < self.give_up:
+                    with self._cond:
+                        ent[2] = False                  # wait for the next change or settle
+                    continue
+                if not ok:
+                    log.warning("%s: not a complete image after %.0f s; passing it on", path,
+                                self.give_up)
+                with self._cond:
+                    if self._cand.get(path) is ent:
+                        del self._cand[path]
+                    self._done[path] = sig
+                    self._done.move_to_end(path)
+                    while len(self._done) > self.memory:
+                        self._done.popitem(last=False)
+                try:
+                    self.callback(path)
+                except Exception:
+                    log.exception("callback failed for %s", path)
+            with self._cond:
+                if self._cand and not self._stop:
+                    self._cond.wait(self.poll)
+
+
+def make_handler(settler):
+    """A watchdog event handler feeding ``settler``."""
+    from watchdog.events import FileSystemEventHandler
+
+    class _Handler(FileSystemEventHandler):
+        def on_closed(self, event):
+            if not event.is_directory:
+                settler.touch(event.src_path, closed=True)
+
+        def on_moved(self, event):
+            if not event.is_directory:
+                settler.touch(event.dest_path, closed=True)
+
+        def on_created(self, event):
+            if not event.is_directory:
+                settler.touch(event.src_path)
+
+        def on_modified(self, event):
+            if not event.is_directory:
+                settler.touch(event.src_path)
+
+    return _Handler()
+
+
+def walk_images(folder):
+    """Image files below ``folder`` (sorted, hidden entries skipped)."""
+    from gpusaxs.io.images import is_image_file
+
+    out = []
+    for path, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(os.path.join(path, f) for f in sorted(files) if is_image_file(f))
+    return out
+
+
+class Feeder:
+    """The XPUB socket with publish(), heartbeats and subscriber counting."""
+
+    def __init__(self, bind_url, context=None):
+        import zmq
+
+        self.ctx = context or zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.SNDHWM, 0)        # never drop events for a slow subscriber
+        self.sock.bind(bind_url)
+        self.url = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.subscribers = 0
+        self.published = 0
+        self._lock = threading.Lock()
+
+    def _poll_subscriptions(self):
+        import zmq
+
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+                log.info("subscriber joined (%d)", self.subscribers)
+            elif msg[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+
+    def send(self, obj):
+        data = json.dumps(obj).encode("utf-8")
+        with self._lock:
+            self._poll_subscriptions()
+            self.sock.send(data)
+
+    def publish(self, path):
+        self.send({"command": "new file", "argument": path})
+        self.published += 1
+        log.info("new file %s", path)
+
+    def heartbeat(self):
+        self.send({"command": "heartbeat", "time": time.time()})
+
+    def wait_subscriber(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                self._poll_subscriptions()
+                if self.subscribers:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self):
+        self.sock.close()
+        self.ctx.term()
+
+
+EXAMPLES = """\
+examples:
+  saxsfeeder -d /data/beamtime            watch a folder tree, publish on the config's FeederUrl port
+  saxsfeeder -p 5556 -d /data/a -d /data/b two folders, port 5556
+  saxsfeeder --simulate -d data/ --interval 0.1 --loop
+                                          replay the files already there (spec simulator)
+  saxsdogserver -f tcp://feederhost:5556 /data   a server subscribing to this feeder
+"""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="saxsfeeder", description="Publish new-file events of a folder tree (ZeroMQ PUB).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-p", "--port", type=int, default=None,
+                   help="port to publish on (default: port of FeederUrl in the config, else 5556)")
+    p.add_argument("--bind", default="*", help="address to bind (default *; e.g. 127.0.0.1)")
+    p.add_argument("-d", "--dir", action="append", default=None, metavar="DIR",
+                   help="folder to watch recursively (repeatable; default .)")
+    p.add_argument("--config", metavar="FILE",
+                   help="network configuration (default ~/.saxsdognetwork); only FeederUrl is used")
+    p.add_argument("--settle", type=float, default=DEFAULT_SETTLE_S, metavar="S",
+                   help="seconds a file must stay unchanged when no close event is seen "
+                        f"(default {DEFAULT_SETTLE_S})")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not decode images to check that they are complete")
+    p.add_argument("--heartbeat", type=float, default=0.5, metavar="S",
+                   help="seconds between heartbeat messages (default 0.5; 0 = none)")
+    p.add_argument("--simulate", action="store_true",
+                   help="publish the image files already in the folders instead of watching")
+    p.add_argument("--interval", type=float, default=0.1, metavar="S",
+                   help="--simulate: seconds between messages (default 0.1)")
+    p.add_argument("--loop", action="store_true", help="--simulate: repeat forever")
+    p.add_argument("--wait", type=float, default=10.0, metavar="S",
+                   help="--simulate: wait up to S seconds for a subscriber (default 10)")
+    p.add_argument("--polling", action="store_true",
+                   help="use a polling observer (network file systems without inotify)")
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="write {pid, url} as JSON to FILE once publishing (for scripts/tests)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every published file")
+    return p
+
+
+def _port_from_config(path):
+    from .netconfig import DEFAULT_FEEDER_PORT, NetConfigError, load_config, url_port
+
+    try:
+        cfg = load_config(path)
+    except NetConfigError as exc:
+        if path:
+            raise
+        log.debug("no network configuration: %s", exc)
+        return DEFAULT_FEEDER_PORT
+    return url_port(cfg.feeder_url, DEFAULT_FEEDER_PORT)
+
+
+def _write_ready(path, info):
+    from gpusaxs.io.atomic import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        json.dump(info, fh)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s saxsfeeder %(levelname)s %(message)s")
+    from .netconfig import NetConfigError
+
+    try:
+        port = args.port if args.port is not None else _port_from_config(args.config)
+    except NetConfigError as exc:
+        print(f"saxsfeeder: {exc}", file=sys.stderr)
+        return 2
+    dirs = [os.path.abspath(d) for d in (args.dir or ["."])]
+    for d in dirs:
+        if not os.path.isdir(d):
+            print(f"saxsfeeder: {d}: not a folder", file=sys.stderr)
+            return 2
+    try:
+        feeder = Feeder(f"tcp://{args.bind}:{port}")
+    except Exception as exc:
+        print(f"saxsfeeder: cannot bind tcp://{args.bind}:{port}: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    print(f"saxsfeeder: publishing on {feeder.url}", file=sys.stderr, flush=True)
+    if args.ready_file:
+        _write_ready(args.ready_file, {"pid": os.getpid(), "url": feeder.url})
+
+    if args.simulate:
+        if not feeder.wait_subscriber(args.wait):
+            log.warning("no subscriber after %.0f s; publishing anyway", args.wait)
+        try:
+            while not stop.is_set():
+                for path in (p for d in dirs for p in walk_images(d)):
+                    if stop.is_set():
+                        break
+                    feeder.publish(os.path.realpath(path))
+                    stop.wait(args.interval)
+                if not args.loop:
+                    break
+        finally:
+            feeder.close()
+        return 0
+
+    from watchdog.observers import Observer
+    from watchdog.observers.polling import PollingObserver
+
+    settler = FileSettler(lambda p: feeder.publish(os.path.realpath(p)), settle=args.settle,
+                          check_complete=not args.no_check)
+    observer = PollingObserver(timeout=0.5) if args.polling else Observer()
+    handler = make_handler(settler)
+    for d in dirs:
+        observer.schedule(handler, d, recursive=True)
+    observer.start()
+    try:
+        while not stop.is_set():
+            if args.heartbeat > 0:
+                feeder.heartbeat()
+            stop.wait(args.heartbeat if args.heartbeat > 0 else 1.0)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+        settler.stop()
+        feeder.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

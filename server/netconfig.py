@@ -1,0 +1,173 @@
+"""The Saxsdog network configuration file (section 5.1).
+
+Default location ``~/.saxsdognetwork`` (every network tool takes ``--config FILE``).  The current
+form is::
+
+    {"ServerUrl": "tcp://hostname:port", "FeederUrl": "tcp://hostname:port", "Secret": "..."}
+
+Older installations used a list of servers, of which one is picked by name (or the first)::
+
+    [{"Name": "lab", "Server": "tcp://...", "Feeder": "tcp://...", "Secret": "..."}, ...]
+"""
+import json
+import os
+import secrets
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gpusaxs.errors import GpusaxsError
+
+DEFAULT_PATH = "~/.saxsdognetwork"
+DEFAULT_SERVER_PORT = 7777
+DEFAULT_FEEDER_PORT = 5556
+
+
+class NetConfigError(GpusaxsError, ValueError):
+    """The network configuration file is missing or invalid (message never contains the secret)."""
+
+
+@dataclass
+class NetConfig:
+    server_url: str
+    feeder_url: str
+    secret: str = field(repr=False)
+    name: str = ""
+    path: str = ""
+
+    def __repr__(self):  # never show the secret
+        return (f"NetConfig(server_url={self.server_url!r}, feeder_url={self.feeder_url!r}, "
+                f"name={self.name!r}, secret=<hidden>)")
+
+    def to_dict(self):
+        return {"ServerUrl": self.server_url, "FeederUrl": self.feeder_url, "Secret": self.secret}
+
+
+def default_path():
+    return Path(os.path.expanduser(DEFAULT_PATH))
+
+
+def new_secret():
+    """A fresh shared secret: 256 random bits as 64 hex characters."""
+    return secrets.token_hex(32)
+
+
+def url_port(url, default=None):
+    """The port number of ``tcp://host:port`` (``default`` when absent)."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = None
+    return default if port is None else port
+
+
+def check_url(url, what="URL"):
+    if not isinstance(url, str) or "://" not in url:
+        raise NetConfigError(f"{what} must look like tcp://hostname:port, got {url!r}")
+    return url
+
+
+def _from_entry(d, path, keys):
+    server_k, feeder_k, secret_k = keys
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise NetConfigError(f"{path}: missing field(s) {', '.join(missing)}")
+    sec = d[secret_k]
+    if not isinstance(sec, str) or len(sec) < 16:
+        raise NetConfigError(f"{path}: field {secret_k} must be a string of at least 16 characters")
+    return NetConfig(server_url=check_url(d[server_k], f"{path}: {server_k}"),
+                     feeder_url=check_url(d[feeder_k], f"{path}: {feeder_k}"),
+                     secret=sec, name=str(d.get("Name", "")), path=str(path))
+
+
+def parse_config(obj, path="<config>", name=None):
+    """Build a NetConfig from the parsed JSON of a configuration file (either form)."""
+    if isinstance(obj, dict):
+        if "ServerUrl" in obj or "FeederUrl" in obj:
+            return _from_entry(obj, path, ("ServerUrl", "FeederUrl", "Secret"))
+        if "Server" in obj:
+            return _from_entry(obj, path, ("Server", "Feeder", "Secret"))
+        raise NetConfigError(f"{path}: expected fields ServerUrl, FeederUrl, Secret")
+    if isinstance(obj, list):
+        entries = [e for e in obj if isinstance(e, dict)]
+        if not entries:
+            raise NetConfigError(f"{path}: the list of servers is empty")
+        if name is not None:
+            entries = [e for e in entries if e.get("Name") == name]
+            if not entries:
+                raise NetConfigError(f"{path}: no server named {name!r}")
+        e = entries[0]
+        if "ServerUrl" in e:
+            return _from_entry(e, path, ("ServerUrl", "FeederUrl", "Secret"))
+        return _from_entry(e, path, ("Server", "Feeder", "Secret"))
+    raise NetConfigError(f"{path}: expected a JSON object or a list of servers")
+
+
+def load_config(path=None, name=None):
+    """Read the configuration file (default ~/.saxsdognetwork)."""
+    p = Path(os.path.expanduser(str(path))) if path else default_path()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NetConfigError(f"{p}: network configuration not found (create it with saxsnetconf)") \
+            from None
+    except OSError as exc:
+        raise NetConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise NetConfigError(f"{p}: not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+    return parse_config(obj, p, name)
+
+
+def insecure_mode(path):
+    """True when the file is readable or writable by group/others."""
+    try:
+        return bool(os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    except OSError:
+        return False
+
+
+def write_config(path, server_url, feeder_url, secret=None, overwrite=False):
+    """Write a new configuration with mode 0600; refuse to replace an existing one unless asked.
+
+    Returns the NetConfig written.
+    """
+    p = Path(os.path.expanduser(str(path))) if path else default_path()
+    check_url(server_url, "server URL")
+    check_url(feeder_url, "feeder URL")
+    cfg = NetConfig(server_url, feeder_url, secret or new_secret(), path=str(p))
+    data = (json.dumps(cfg.to_dict(), indent=2) + "\n").encode("utf-8")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise NetConfigError(f"{p}: exists; use --new to replace it (the old secret is lost)") \
+                from None
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return cfg
+    # Replace atomically: a temporary 0600 file in the same folder, then rename.
+    fd, tmp = tempfile.mkstemp(prefix=".saxsdognetwork.", dir=p.parent)  # mkstemp uses 0600
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return cfg

@@ -1,0 +1,278 @@
+"""The Saxsdog network protocol (section 5.4): messages, schemas, names, limits and a client.
+
+A request is a multi-part ZeroMQ message on a REQ socket: frame 0 is the JSON request
+(``{"command": ..., "argument": {...}, "time": ..., "sign": ...}``), frames 1.. are attachments
+(for ``new``: the mask file).  The answer is one JSON frame ``{"result": ..., "data": {...}}``.
+Signing: see :mod:`server.auth`.  Schemas: ``server/schemas/{request,response}.schema.json``.
+"""
+import base64
+import json
+import math
+import time
+from functools import lru_cache
+from importlib import resources
+
+from .auth import sign_request
+
+# -- command names ------------------------------------------------------------------------------
+#: every accepted command name -> canonical short name
+COMMANDS = {
+    "new": "new", "new queue": "new",
+    "close": "close", "close queue": "close",
+    "abort": "abort", "abort queue": "abort",
+    "plot": "plot", "send plot": "plot",
+    "readdir": "readdir",
+    "stat": "stat",
+    "get": "get",
+    "listdir": "listdir",
+}
+
+# -- result strings (exactly those of the specification) ----------------------------------------
+R_NEW = "new queue"
+R_CLOSED = "queue closed"
+R_ABORTED = "queue stopped emptied and closed"
+R_PLOT = "plot data"
+R_READDIR = "directory refilled queue"
+R_STAT = "stat"
+R_LISTDIR = "directory listing"
+R_ERROR = "Error"
+R_AUTH = "AuthenticationError"
+ERROR_RESULTS = (R_ERROR, R_AUTH)
+
+STAT_FIELDS = ("time interval", "queue length", "frames per sec", "images processed", "pics")
+
+# -- size limits (server defaults; see saxsdogserver --help) ------------------------------------
+MAX_REQUEST_BYTES = 4 * 1024 * 1024          # frame 0 (the JSON request)
+MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024      # each attachment (a PILATUS 1M mask file is ~130 kB)
+MAX_ATTACHMENTS = 4
+MAX_JSON_DEPTH = 32
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be served (answered with result "Error")."""
+
+
+@lru_cache(maxsize=None)
+def load_schema(name):
+    """The parsed JSON schema ``request`` or ``response`` shipped in server/schemas/."""
+    text = resources.files("server").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=None)
+def _validator(name):
+    import jsonschema
+
+    schema = load_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def schema_error(name, document):
+    """None if ``document`` is valid against schema ``name``, else a one-line reason."""
+    v = _validator(name)
+    err = next(iter(sorted(v.iter_errors(document), key=lambda e: list(e.path))), None)
+    if err is None:
+        return None
+    where = "#" + "".join(f"/{p}" for p in err.absolute_path)
+    msg = err.message
+    if len(msg) > 200:
+        msg = msg[:200] + "..."
+    return f"{where}: {msg}"
+
+
+def validate_request(request):
+    reason = schema_error("request", request)
+    if reason:
+        raise ProtocolError(f"invalid request: {reason}")
+
+
+def validate_response(response):
+    reason = schema_error("response", response)
+    if reason:
+        raise ProtocolError(f"invalid response: {reason}")
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(obj, limit):
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return True
+
+
+def parse_json(frame, max_bytes=MAX_REQUEST_BYTES):
+    """Decode one JSON frame strictly (UTF-8, no NaN/Infinity, bounded size and depth)."""
+    if len(frame) > max_bytes:
+        raise ProtocolError(f"request too large ({len(frame)} bytes, limit {max_bytes})")
+    try:
+        text = bytes(frame).decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("malformed request: JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"malformed request: not valid JSON ({str(exc)[:120]})") from None
+    if not _depth(obj, MAX_JSON_DEPTH):
+        raise ProtocolError("malformed request: JSON nested too deeply")
+    return obj
+
+
+def json_safe(x):
+    """Floats that JSON cannot carry (NaN, inf) become null; NumPy scalars become Python ones."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
+def array_rows(*arrays):
+    """NumPy 1D arrays -> list of lists of float/None (NaN -> null) for the "array" field."""
+    import numpy as np
+
+    rows = []
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float64)
+        lst = a.tolist()
+        if not np.all(np.isfinite(a)):
+            lst = [v if math.isfinite(v) else None for v in lst]
+        rows.append(lst)
+    return rows
+
+
+def encode_response(response):
+    return json.dumps(json_safe(response), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def error_response(message, result=R_ERROR):
+    return {"result": result, "data": {"Error": str(message)}}
+
+
+def make_request(command, argument=None):
+    req = {"command": command}
+    if argument is not None:
+        req["argument"] = argument
+    return req
+
+
+def new_request(calibration, directory, mask_bytes=None, mask_name=None, use_maskbin=False):
+    """A ``new`` request and its attachments: the mask goes as attachment (or base64 maskbin)."""
+    arg = {"directory": str(directory), "calibration": calibration}
+    attachments = []
+    if mask_bytes is not None:
+        if mask_name:
+            arg["mask"] = str(mask_name)
+        if use_maskbin:
+            arg["maskbin"] = base64.b64encode(mask_bytes).decode("ascii")
+        else:
+            attachments.append(bytes(mask_bytes))
+    return make_request("new", arg), attachments
+
+
+# -- client -----------------------------------------------------------------------------------
+class NoAnswer(ConnectionError):
+    """The server did not answer within the timeout (after all retries)."""
+
+
+class Client:
+    """A REQ client with the lazy pirate pattern of the ZeroMQ guide.
+
+    Each try uses a REQ socket with RCVTIMEO/SNDTIMEO and LINGER=0; after a timeout the socket
+    is closed and a fresh one is made (a REQ socket cannot send twice without an answer).
+    Every try is signed anew (fresh time, so the server's replay cache does not refuse it).
+    """
+
+    def __init__(self, url, secret, timeout=10.0, retries=1, context=None):
+        import zmq
+
+        self.url = url
+        self._secret = secret
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self._own_ctx = context is None
+        self.ctx = context or zmq.Context()
+        self.sock = None
+
+    def __repr__(self):
+        return f"Client(url={self.url!r}, secret=<hidden>)"
+
+    def _socket(self):
+        import zmq
+
+        s = self.ctx.socket(zmq.REQ)
+        ms = max(1, int(self.timeout * 1000))
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, ms)
+        s.setsockopt(zmq.SNDTIMEO, ms)
+        s.connect(self.url)
+        return s
+
+    def _drop(self):
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def request_raw(self, frames):
+        """Send raw frames (no signing) and return the decoded answer; for tests."""
+        import zmq
+
+        for attempt in range(self.retries + 1):
+            if self.sock is None:
+                self.sock = self._socket()
+            try:
+                self.sock.send_multipart(frames)
+                return json.loads(self.sock.recv())
+            except zmq.Again:
+                self._drop()
+        raise NoAnswer(f"no answer from {self.url} within {self.timeout:g} s "
+                       f"({self.retries + 1} tries); is saxsdogserver running there?")
+
+    def request(self, command, argument=None, attachments=(), now=None):
+        """Sign and send one request; return the answer (dict)."""
+        import zmq
+
+        attachments = [bytes(a) for a in attachments]
+        for attempt in range(self.retries + 1):
+            req = sign_request(self._secret, make_request(command, argument), attachments, now)
+            if self.sock is None:
+                self.sock = self._socket()
+            try:
+                self.sock.send_multipart([json.dumps(req).encode("utf-8")] + attachments)
+                return json.loads(self.sock.recv())
+            except zmq.Again:
+                self._drop()
+        raise NoAnswer(f"no answer from {self.url} within {self.timeout:g} s "
+                       f"({self.retries + 1} tries); is saxsdogserver running there?")
+
+    def close(self):
+        self._drop()
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    """Poll ``predicate()`` until truthy or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)

@@ -1,0 +1,422 @@
+"""The server's processing queue: one directory, one integrator, a FramePipeline, bookkeeping.
+
+All work happens off the command loop: ``file_event``/``readdir``/``close``/``abort`` only put a
+marker into a FIFO; a dispatcher thread builds the integrator (cached by the server), feeds the
+:class:`gpusaxs.pipeline.FramePipeline` (reader threads, batched integration, atomic writes) and
+keeps the books.  Every file event for the queue's directory ends in exactly one of
+
+* a curve (``pics``), written atomically by the pipeline,
+* an error record (``errors``: unreadable image, vanished file, ...; reported by stat/plot),
+* skipped: the curve exists and is newer than the image (restart-safe ``readdir``), or the same
+  version of the file is already queued (duplicate events),
+* dropped: ``abort`` (or shutdown) came before the frame was started.
+
+A file that cannot be read yet because it is still being written (its time stamp is recent or
+changed) is retried with back-off for up to ``settle`` seconds before it becomes an error.
+"""
+import heapq
+import logging
+import os
+import queue as _queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+log = logging.getLogger("saxsdogserver")
+
+MAX_RECENT_ERRORS = 50
+
+
+class _Entry:
+    __slots__ = ("sig", "out", "dirty", "tries")
+
+    def __init__(self, sig, out):
+        self.sig = sig
+        self.out = out
+        self.dirty = False
+        self.tries = 0
+
+
+def _sig(st):
+    return (st.st_mtime_ns, st.st_size)
+
+
+def inside(path, root):
+    """True if the real path ``path`` is ``root`` or below it (both already real paths)."""
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:
+        return False
+
+
+class ProcessingQueue:
+    """One queue of the server (see module doc).
+
+    integrator_factory: callable returning an Integrator (called in the dispatcher thread).
+    out_dir: None -> curves go to ``<image folder>/work/<name>.chi``; else the tree below
+    ``directory`` is mirrored into ``out_dir``.  on_finished(n): called for every frame that
+    ends as curve or error (server-wide "images processed").  predecessor: a queue being
+    aborted; this one waits for it before writing (so no two pipelines write the same curve).
+    """
+
+    def __init__(self, directory, integrator_factory, out_dir=None, batch_size=16,
+                 read_threads=2, settle=10.0, on_finished=None, predecessor=None,
+                 pipeline_factory=None):
+        self.directory = os.path.realpath(directory)
+        self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
+        self._factory = integrator_factory
+        self.batch_size = int(batch_size)
+        self.read_threads = int(read_threads)
+        self.settle = float(settle)
+        self._on_finished = on_finished or (lambda n: None)
+        self._predecessor = predecessor
+        self._pipeline_factory = pipeline_factory
+
+        self._events = _queue.Queue()
+        self._lock = threading.Lock()
+        self._pending = {}            # image path -> _Entry (submitted, not finished)
+        self._retries = []            # heap of (due monotonic, path)
+        self._accepting = True
+        self._n_events = 0            # file events waiting in self._events
+        self._abort = threading.Event()
+        self.state = "starting"       # starting | running | closing | closed | aborted | failed
+        self.failure = None
+        self.backend = None
+        self.pipeline = None
+
+        self.pics = 0
+        self.errors = 0
+        self.skipped = 0
+        self.dropped = 0
+        self.recent_errors = deque(maxlen=MAX_RECENT_ERRORS)
+        self.latest = None            # (image path, out path, q, I)
+        self.t_created = time.time()
+        self._t_first = None          # monotonic, first frame submitted
+        self._t_last = None           # monotonic, last frame finished
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queue-dispatcher", daemon=True)
+
+    # -- commands (called from the server thread; never block) --------------------------------
+    def start(self):
+        self._thread.start()
+        return self
+
+    @property
+    def accepting(self):
+        return self._accepting
+
+    def _put_file(self, kind, path):
+        with self._lock:
+            self._n_events += 1
+        self._events.put((kind, path))
+
+    def file_event(self, path):
+        """A new/changed file somewhere; ignored unless the queue accepts files."""
+        if self._accepting:
+            self._put_file("file", path)
+
+    def readdir(self):
+        if not self._accepting:
+            raise RuntimeError("the queue is closed; start a new one with 'new'")
+        self._events.put(("readdir", None))
+
+    def close(self):
+        """Process what is queued, then stop; new files are ignored from now on."""
+        if self._accepting:
+            self._accepting = False
+            self._events.put(("close", None))
+
+    def abort(self):
+        """Finish frames in flight, drop the rest."""
+        self._accepting = False
+        self._abort.set()
+        self._events.put(("abort", None))
+
+    def join(self, timeout=None):
+        return self._finished.wait(timeout)
+
+    @property
+    def finished(self):
+        return self._finished.is_set()
+
+    # -- statistics -----------------------------------------------------------------------------
+    def queue_length(self):
+        with self._lock:
+            return len(self._pending) + self._n_events
+
+    def stat(self, images_processed):
+        with self._lock:
+            n_pending = len(self._pending) + self._n_events
+            pics = self.pics
+            if self._t_first is None:
+                interval = 0.0
+            else:
+                end = time.monotonic() if (n_pending or self._t_last is None) else self._t_last
+                interval = max(0.0, end - self._t_first)
+        return {"time interval": interval, "queue length": int(n_pending),
+                "frames per sec": pics / interval if interval > 0 else 0.0,
+                "images processed": int(images_processed), "pics": int(pics)}
+
+    def info(self, rel):
+        with self._lock:
+            return {"directory": rel(self.directory), "state": self.state,
+                    "errors": self.errors, "skipped": self.skipped, "dropped": self.dropped,
+                    "backend": self.backend, "failure": self.failure,
+                    "output": None if self.out_dir is None else rel(self.out_dir)}
+
+    def errors_report(self, rel):
+        with self._lock:
+            return {"count": self.errors,
+                    "recent": [{"file": rel(f), "error": e} for f, e in self.recent_errors]}
+
+    # -- internals ------------------------------------------------------------------------------
+    def out_path(self, image):
+        image = Path(image)
+        name = image.with_suffix(".chi").name
+        if self.out_dir is None:
+            return image.parent / "work" / name
+        try:
+            rel = image.parent.relative_to(self.directory)
+        except ValueError:
+            rel = Path()
+        return Path(self.out_dir) / rel / name
+
+    def _record_error(self, path, message):
+        # called with self._lock held
+        self.errors += 1
+        self.recent_errors.append((str(path), str(message)))
+        self._t_last = time.monotonic()
+        log.warning("%s: %s", path, message)
+
+    def _fail_all(self, message):
+        while True:
+            try:
+                kind, path = self._events.get_nowait()
+            except _queue.Empty:
+                break
+            if kind in ("file", "force"):
+                with self._lock:
+                    self._n_events -= 1
+                    self._record_error(path, message)
+                self._on_finished(1)
+
+    def _run(self):
+        try:
+            self._run_inner()
+        except Exception as exc:   # never leave the queue hanging
+            log.exception("queue dispatcher failed")
+            with self._lock:
+                self.state = "failed"
+                self.failure = f"{type(exc).__name__}: {exc}"
+            self._fail_all(f"queue failed: {self.failure}")
+        finally:
+            self._finished.set()
+
+    def _run_inner(self):
+        try:
+            integrator = self._factory()
+        except Exception as exc:
+            with self._lock:
+                self.state = "failed"
+                self.failure = f"{type(exc).__name__}: {exc}"
+            log.error("cannot build the integrator: %s", self.failure)
+            self._fail_all(f"queue failed: {self.failure}")
+            return
+        self.backend = getattr(integrator, "backend_name", None)
+        if self._predecessor is not None:
+            self._predecessor.join()
+            self._predecessor = None
+        if self._abort.is_set():
+            self._shutdown_aborted()
+            return
+        if self._pipeline_factory is None:
+            from gpusaxs.pipeline import FramePipeline
+            factory = FramePipeline
+        else:
+            factory = self._pipeline_factory
+        self.pipeline = factory(integrator, batch_size=self.batch_size,
+                                read_threads=self.read_threads,
+                                on_done=self._done, on_error=self._error)
+        with self._lock:
+            if self.state == "starting":
+                self.state = "running"
+        closing = False
+        while True:
+            if self._abort.is_set():
+                self._shutdown_aborted()
+                return
+            timeout = 0.2
+            with self._lock:
+                if self._retries:
+                    timeout = min(timeout, max(0.0, self._retries[0][0] - time.monotonic()))
+                idle = not self._pending and not self._retries
+            if closing and idle and self._events.empty():
+                self.pipeline.close()
+                with self._lock:
+                    self.state = "closed"
+                return
+            try:
+                kind, path = self._events.get(timeout=timeout)
+            except _queue.Empty:
+                kind = None
+            if kind in ("file", "force"):
+                with self._lock:
+                    self._n_events -= 1
+            self._due_retries()
+            if kind == "file":
+                self._consider(path)
+            elif kind == "force":
+                self._consider(path, force=True)
+            elif kind == "readdir":
+                self._walk()
+            elif kind == "close":
+                closing = True
+                with self._lock:
+                    self.state = "closing"
+
+    def _shutdown_aborted(self):
+        dropped = 0
+        if self.pipeline is not None:
+            dropped = self.pipeline.close(abort=True)
+        with self._lock:
+            # frames still pending were dropped by the pipeline or were waiting for a retry
+            left = len(self._pending)
+            self._pending.clear()
+            self._retries.clear()
+            while True:
+                try:
+                    kind, _ = self._events.get_nowait()
+                except _queue.Empty:
+                    break
+                if kind in ("file", "force"):
+                    left += 1
+                    self._n_events -= 1
+            self.dropped += max(left, dropped)
+            self.state = "aborted"
+        log.info("queue aborted, %d frames dropped", self.dropped)
+
+    def _due_retries(self):
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            while self._retries and self._retries[0][0] <= now:
+                due.append(heapq.heappop(self._retries)[1])
+        for path in due:
+            with self._lock:
+                ent = self._pending.get(path)
+            if ent is None:
+                continue
+            try:
+                ent.sig = _sig(os.stat(path))
+            except OSError:
+                pass
+            self._submit(path, ent.out)
+
+    def _submit(self, path, out):
+        try:
+            self.pipeline.submit(path, out)
+        except RuntimeError as exc:     # pipeline closed under us (abort)
+            with self._lock:
+                if self._pending.pop(path, None) is not None:
+                    self.dropped += 1
+            log.debug("not submitted %s: %s", path, exc)
+
+    def _consider(self, path, force=False):
+        from gpusaxs.io.images import is_image_file
+
+        if not isinstance(path, str) or not path or "\x00" in path:
+            return
+        p = path if os.path.isabs(path) else os.path.join(self.directory, path)
+        p = os.path.realpath(p)
+        if not inside(p, self.directory) or not is_image_file(p):
+            return
+        if self.out_dir is not None and inside(p, self.out_dir):
+            return
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            with self._lock:
+                self._record_error(p, f"cannot access file: {exc.strerror}")
+            self._on_finished(1)
+            return
+        sig = _sig(st)
+        out = self.out_path(p)
+        with self._lock:
+            ent = self._pending.get(p)
+            if ent is not None:
+                if ent.sig != sig:
+                    ent.dirty = True     # changed while queued/in flight: do it again after
+                return
+        if not force:
+            try:
+                if os.stat(out).st_mtime_ns >= st.st_mtime_ns:
+                    with self._lock:
+                        self.skipped += 1
+                    return
+            except OSError:
+                pass
+        with self._lock:
+            self._pending[p] = _Entry(sig, out)
+            if self._t_first is None:
+                self._t_first = time.monotonic()
+        self._submit(p, out)
+
+    def _walk(self):
+        from gpusaxs.io.images import is_image_file
+
+        for root, dirs, files in os.walk(self.directory):
+            if self._abort.is_set():
+                return
+            keep = []
+            for d in sorted(dirs):
+                full = os.path.join(root, d)
+                if d.startswith(".") or (self.out_dir is not None and
+                                         os.path.realpath(full) == self.out_dir):
+                    continue
+                keep.append(d)
+            dirs[:] = keep
+            for f in sorted(files):
+                if self._abort.is_set():
+                    return
+                if is_image_file(f):
+                    self._consider(os.path.join(root, f))
+            self._due_retries()
+
+    # -- pipeline callbacks (pipeline threads) ---------------------------------------------------
+    def _done(self, image_path, out_path, q, intensity):
+        p = str(image_path)
+        with self._lock:
+            ent = self._pending.pop(p, None)
+            self.pics += 1
+            self._t_last = time.monotonic()
+            self.latest = (p, str(out_path), q, intensity)
+        self._on_finished(1)
+        if ent is not None and ent.dirty and not self._abort.is_set():
+            self._put_file("force", p)
+
+    def _error(self, image_path, exc):
+        from gpusaxs.errors import ImageReadError
+
+        p = str(image_path)
+        now_wall = time.time()
+        with self._lock:
+            ent = self._pending.get(p)
+            if ent is None:
+                return
+            retry = False
+            if isinstance(exc, ImageReadError) and not self._abort.is_set():
+                try:
+                    st = os.stat(p)
+                    recent = (now_wall - st.st_mtime) < self.settle or _sig(st) != ent.sig
+                    retry = recent and ent.tries < 12
+                except OSError:
+                    retry = False
+            if retry:
+                ent.tries += 1
+                delay = min(2.0, 0.05 * (2 ** ent.tries))
+                heapq.heappush(self._retries, (time.monotonic() + delay, p))
+                return
+            del self._pending[p]
+            self._record_error(p, str(exc))
+        self._on_finished(1)

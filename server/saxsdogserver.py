@@ -1,0 +1,605 @@
+"""saxsdogserver: the Saxsdog network server (sections 5.2, 5.4).
+
+A ZeroMQ REP socket answers signed commands (new, close, abort, plot, readdir, stat, get,
+listdir); a SUB socket takes "new file" events from a saxsfeeder (-f or the config's FeederUrl),
+or the server watches the queue's folder itself (-w).  Integration runs in a
+:class:`server.queue.ProcessingQueue` (dispatcher thread + FramePipeline threads), so the command
+loop never waits for frames.  SIGINT/SIGTERM: stop accepting, finish the frames in flight, close
+the sockets, terminate the context.
+"""
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from gpusaxs.errors import GpusaxsError
+
+from . import protocol as P
+from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
+from .queue import ProcessingQueue, inside
+
+log = logging.getLogger("saxsdogserver")
+
+DEFAULT_PORT = 7777
+MAX_PIXELS = 64 * 1024 * 1024
+MAX_OVERSAMPLING = 16
+MAX_LISTDIR = 10_000
+
+
+class IntegratorCache:
+    """LRU of built integrators keyed by calibration key + mask digest + backend."""
+
+    def __init__(self, size=4):
+        self.size = int(size)
+        self._items = OrderedDict()
+        self._lock = threading.Lock()        # one build at a time (builds are rare and heavy)
+
+    def get(self, key, build):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            integ = build()
+            self._items[key] = integ
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return integ
+
+    def __contains__(self, key):
+        with self._lock:
+            return key in self._items
+
+
+class SaxsdogService:
+    """Everything but the sockets: request handling, queue, feeder/watch events.
+
+    ``handle(frames)`` takes the frames of one request and returns the answer (a dict); it
+    never raises.  Thread-safe for one command thread plus any number of event threads.
+    """
+
+    def __init__(self, base_dir, secret, window=DEFAULT_WINDOW_S, out_dir=None, threads=2,
+                 batch_size=16, backend="auto", settle=10.0, max_request=P.MAX_REQUEST_BYTES,
+                 max_attachment=P.MAX_ATTACHMENT_BYTES, max_attachments=P.MAX_ATTACHMENTS,
+                 replay_capacity=100_000, cache_size=4, integrator_class=None,
+                 pipeline_factory=None):
+        self.base = os.path.realpath(base_dir)
+        if not os.path.isdir(self.base):
+            raise ValueError(f"{base_dir}: base folder does not exist")
+        self.auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
+        self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
+        self.threads = int(threads)
+        self.batch_size = int(batch_size)
+        self.backend = backend
+        self.settle = float(settle)
+        self.max_request = int(max_request)
+        self.max_attachment = int(max_attachment)
+        self.max_attachments = int(max_attachments)
+        self.cache = IntegratorCache(cache_size)
+        self._integrator_class = integrator_class
+        self._pipeline_factory = pipeline_factory
+        self.queue = None
+        self._processed = 0
+        self._plock = threading.Lock()
+        self.on_new_queue = None      # callback(directory) for the -w watcher
+        self.feeder = {"messages": 0, "files": 0, "last": None}
+        self.requests = 0
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _count(self, n):
+        with self._plock:
+            self._processed += n
+
+    @property
+    def images_processed(self):
+        with self._plock:
+            return self._processed
+
+    def rel(self, path):
+        """A server path as shown to clients: relative to the base folder."""
+        try:
+            r = os.path.relpath(path, self.base)
+        except ValueError:
+            return os.path.basename(path)
+        return "." if r == "." else r
+
+    def resolve(self, path, what="path"):
+        """Real path of ``path`` (relative to the base folder or absolute) inside the base folder."""
+        if not isinstance(path, str) or "\x00" in path:
+            raise P.ProtocolError(f"{what} must be a string")
+        cand = os.path.join(self.base, path)
+        real = os.path.realpath(cand)
+        if not inside(real, self.base):
+            raise P.ProtocolError(f"{what} {path!r} is outside the server's base folder")
+        return real
+
+    def stat(self):
+        if self.queue is None:
+            return {"time interval": 0.0, "queue length": 0, "frames per sec": 0.0,
+                    "images processed": self.images_processed, "pics": 0}
+        return self.queue.stat(self.images_processed)
+
+    def _data(self, **extra):
+        d = {"stat": self.stat()}
+        if self.queue is not None:
+            d["queue"] = self.queue.info(self.rel)
+            d["errors"] = self.queue.errors_report(self.rel)
+        d.update(extra)
+        return d
+
+    # -- the request handler --------------------------------------------------------------------
+    def handle(self, frames):
+        self.requests += 1
+        try:
+            return self._handle(frames)
+        except AuthenticationError as exc:
+            log.warning("authentication failed: %s", exc)
+            return P.error_response(exc, P.R_AUTH)
+        except (P.ProtocolError, GpusaxsError) as exc:
+            log.info("error answer: %s", exc)
+            return P.error_response(exc)
+        except Exception as exc:  # never die of a request
+            log.exception("internal error while handling a request")
+            return P.error_response(f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _handle(self, frames):
+        if not frames:
+            raise P.ProtocolError("empty message")
+        attachments = frames[1:]
+        if len(attachments) > self.max_attachments:
+            raise P.ProtocolError(f"too many attachments ({len(attachments)}, "
+                                  f"limit {self.max_attachments})")
+        for a in attachments:
+            if len(a) > self.max_attachment:
+                raise P.ProtocolError(f"attachment too large ({len(a)} bytes, "
+                                      f"limit {self.max_attachment})")
+        req = P.parse_json(frames[0], self.max_request)
+        if not isinstance(req, dict):
+            raise P.ProtocolError("malformed request: not a JSON object")
+        self.auth.verify(req, attachments)          # before any other work
+        P.validate_request(req)
+        cmd = P.COMMANDS[req["command"]]
+        arg = req.get("argument") or {}
+        log.info("command %s", cmd)
+        return getattr(self, "cmd_" + cmd)(arg, attachments)
+
+    # -- commands -------------------------------------------------------------------------------
+    def cmd_stat(self, arg, attachments):
+        return {"result": P.R_STAT, "data": self._data(feeder=self._feeder_info())}
+
+    def _need_queue(self):
+        if self.queue is None:
+            raise P.ProtocolError("no queue; start one with 'new'")
+        return self.queue
+
+    def cmd_close(self, arg, attachments):
+        self._need_queue().close()
+        return {"result": P.R_CLOSED, "data": self._data()}
+
+    def cmd_abort(self, arg, attachments):
+        self._need_queue().abort()
+        return {"result": P.R_ABORTED, "data": self._data()}
+
+    def cmd_readdir(self, arg, attachments):
+        q = self._need_queue()
+        try:
+            q.readdir()
+        except RuntimeError as exc:
+            raise P.ProtocolError(str(exc)) from None
+        return {"result": P.R_READDIR, "data": self._data()}
+
+    def cmd_plot(self, arg, attachments):
+        q = self._need_queue()
+        latest = q.latest
+        if latest is None:
+            raise P.ProtocolError("no curve yet in this queue")
+        image, out, qv, iv = latest
+        return {"result": P.R_PLOT,
+                "data": self._data(filename=self.rel(image), array=self._curve_rows(out, qv, iv))}
+
+    @staticmethod
+    def _curve_rows(out_path, q=None, intensity=None):
+        try:
+            from gpusaxs.io.chi import read_chi
+
+            c = read_chi(out_path)
+            rows = [c.q, c.intensity] + ([c.error] if c.error is not None else [])
+            return P.array_rows(*rows)
+        except Exception:
+            if q is None:
+                raise
+            return P.array_rows(q, intensity)
+
+    def cmd_get(self, arg, attachments):
+        from gpusaxs.io.images import is_image_file
+
+        path = self.resolve(arg["path"], "path")
+        if is_image_file(path):
+            if self.queue is not None and inside(path, self.queue.directory):
+                chi = self.queue.out_path(path)
+            else:
+                chi = Path(path).parent / "work" / Path(path).with_suffix(".chi").name
+            image = path
+        else:
+            chi, image = path, path
+        chi = os.path.realpath(chi)
+        if not inside(chi, self.base):
+            raise P.ProtocolError("curve is outside the server's base folder")
+        if not os.path.isfile(chi):
+            raise P.ProtocolError(f"no curve for {arg['path']!r} (yet)")
+        try:
+            rows = self._curve_rows(chi)
+        except GpusaxsError as exc:
+            raise P.ProtocolError(f"cannot read the curve: {exc}") from None
+        return {"result": P.R_PLOT, "data": self._data(filename=self.rel(image), array=rows)}
+
+    def cmd_listdir(self, arg, attachments):
+        folder = self.resolve(arg.get("directory", "."), "directory")
+        if not os.path.isdir(folder):
+            raise P.ProtocolError(f"{arg.get('directory', '.')!r} is not a folder")
+        entries = []
+        with os.scandir(folder) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                if len(entries) >= MAX_LISTDIR:
+                    break
+                if e.name.startswith("."):
+                    continue
+                try:
+                    st = e.stat()
+                    kind = "dir" if e.is_dir() else "file" if e.is_file() else "other"
+                except OSError:
+                    continue
+                ent = {"name": e.name, "type": kind, "mtime": st.st_mtime}
+                if kind == "file":
+                    ent["size"] = st.st_size
+                entries.append(ent)
+        return {"result": P.R_LISTDIR, "data": {"directory": self.rel(folder), "entries": entries,
+                                                "stat": self.stat()}}
+
+    def cmd_new(self, arg, attachments):
+        import numpy as np
+
+        from gpusaxs.calibration import Calibration
+        from gpusaxs.io.masks import read_mask
+
+        directory = self.resolve(arg["directory"], "directory")
+        if not os.path.isdir(directory):
+            raise P.ProtocolError(f"directory {arg['directory']!r} does not exist in the base folder")
+        cal = Calibration.from_dict(arg["calibration"], base_dir=directory)
+        h, w = cal.imagesize
+        if h * w > MAX_PIXELS:
+            raise P.ProtocolError(f"Imagesize {h}x{w} exceeds the server limit of {MAX_PIXELS} pixels")
+        if cal.oversampling > MAX_OVERSAMPLING:
+            raise P.ProtocolError(f"Oversampling {cal.oversampling} exceeds the server limit "
+                                  f"of {MAX_OVERSAMPLING}")
+        mask_bytes = None
+        if attachments:
+            mask_bytes = bytes(attachments[0])
+        elif arg.get("maskbin"):
+            try:
+                mask_bytes = base64.b64decode(arg["maskbin"], validate=True)
+            except (binascii.Error, ValueError):
+                raise P.ProtocolError("maskbin is not valid base64") from None
+        if mask_bytes is not None:
+            name = os.path.basename(str(arg.get("mask") or "mask.msk")) or "mask.msk"
+            suffix = Path(name).suffix.lower() or ".msk"
+            if not suffix[1:].isalnum() or len(suffix) > 8:
+                suffix = ".msk"
+            with tempfile.TemporaryDirectory(prefix="saxsdog-mask-") as td:
+                mpath = os.path.join(td, "mask" + suffix)
+                with open(mpath, "wb") as fh:
+                    fh.write(mask_bytes)
+                try:
+                    mask = read_mask(mpath, shape=cal.imagesize)
+                except GpusaxsError as exc:
+                    raise P.ProtocolError(f"mask {name!r}: {getattr(exc, 'reason', exc)}") from None
+        elif cal.mask_file:
+            mfile = os.path.realpath(cal.mask_file)
+            if not inside(mfile, self.base) or not os.path.isfile(mfile):
+                raise P.ProtocolError("no mask sent and the calibration's MaskFile is not a file "
+                                      "inside the server's base folder")
+            try:
+                mask = read_mask(mfile, shape=cal.imagesize)
+            except GpusaxsError as exc:
+                raise P.ProtocolError(f"MaskFile: {getattr(exc, 'reason', exc)}") from None
+        else:
+            mask = np.zeros(cal.imagesize, dtype=bool)
+        mask = np.ascontiguousarray(mask, dtype=bool)
+        cal = cal.replace(mask_file=None)
+        key = hashlib.sha256(b"|".join([cal.key().encode(), hashlib.sha256(
+            np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest().encode(),
+            str(self.backend).encode()])).hexdigest()
+        backend = self.backend
+        integrator_class = self._integrator_class
+
+        def build():
+            def make():
+                if integrator_class is None:
+                    from gpusaxs.integrator import Integrator
+                    cls = Integrator
+                else:
+                    cls = integrator_class
+                t0 = time.perf_counter()
+                integ = cls(cal, backend=backend, mask=mask)
+                log.info("integrator built in %.2f s (%s)", time.perf_counter() - t0,
+                         getattr(integ, "backend_name", "?"))
+                return integ
+            return self.cache.get(key, make)
+
+        cached = key in self.cache
+        old = self.queue
+        if old is not None:
+            old.abort()
+        q = ProcessingQueue(directory, build, out_dir=self.out_dir, batch_size=self.batch_size,
+                            read_threads=self.threads, settle=self.settle,
+                            on_finished=self._count, predecessor=old,
+                            pipeline_factory=self._pipeline_factory)
+        self.queue = q
+        q.start()
+        if self.on_new_queue is not None:
+            try:
+                self.on_new_queue(directory)
+            except Exception:
+                log.exception("cannot watch %s", directory)
+        return {"result": P.R_NEW, "data": {"queue": q.info(self.rel),
+                                            "cal": {"key": key[:16], "cached": cached,
+                                                    "imagesize": [h, w]}}}
+
+    # -- events -----------------------------------------------------------------------------------
+    def file_event(self, path):
+        q = self.queue
+        if q is not None:
+            q.file_event(path)
+
+    def feeder_message(self, raw):
+        """One message from the feeder's PUB socket (never raises)."""
+        self.feeder["messages"] += 1
+        self.feeder["last"] = time.time()
+        try:
+            msg = json.loads(bytes(raw).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            log.warning("ignoring a malformed feeder message")
+            return
+        if isinstance(msg, dict) and msg.get("command") == "new file" and \
+                isinstance(msg.get("argument"), str):
+            self.feeder["files"] += 1
+            self.file_event(msg["argument"])
+
+    def _feeder_info(self):
+        last = self.feeder["last"]
+        return {"messages": self.feeder["messages"], "files": self.feeder["files"],
+                "last message age": None if last is None else time.time() - last}
+
+    def shutdown(self, timeout=60.0):
+        """Stop the queue: frames in flight are finished, the rest dropped."""
+        q = self.queue
+        if q is not None:
+            q.abort()
+            if not q.join(timeout):
+                log.warning("queue did not stop within %.0f s", timeout)
+
+
+class Watcher:
+    """-w: watch the current queue's folder with watchdog (close-after-write / rename events)."""
+
+    def __init__(self, service):
+        from watchdog.observers import Observer
+
+        from .feeder import FileSettler, make_handler
+
+        self.service = service
+        self.settler = FileSettler(service.file_event, settle=0.5, check_complete=False)
+        self.handler = make_handler(self.settler)
+        self.observer = Observer()
+        self.observer.start()
+        self._watch = None
+
+    def watch(self, directory):
+        if self._watch is not None:
+            self.observer.unschedule(self._watch)
+        self._watch = self.observer.schedule(self.handler, directory, recursive=True)
+
+    def stop(self):
+        self.observer.stop()
+        self.observer.join(timeout=5)
+        self.settler.stop()
+
+
+EXAMPLES = """\
+examples:
+  saxsdogserver /data                      serve the folder tree /data on port 7777
+  saxsdogserver -p 7777 -f tcp://beamline:5556 /data
+                                           take new-file events from a saxsfeeder
+  saxsdogserver -w -t 4 -o /data/curves /data
+                                           watch the queue folder itself, 4 reader threads,
+                                           curves mirrored below /data/curves
+  saxsdogserver --config lab.json --bind 127.0.0.1 -p 0 --ready-file ready.json /tmp/base
+                                           loopback only, any free port (written to ready.json)
+
+Every directory a request names is resolved inside the base folder; curves go to a folder
+'work' in each image's folder unless -o is given.  Authentication uses the Secret of the network
+configuration (saxsnetconf).
+"""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="saxsdogserver", description="The Saxsdog network server (integration service).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("basedir", nargs="?", default=".",
+                   help="base folder: every directory of a request must be inside it (default .)")
+    p.add_argument("-p", "--port", type=int, default=None,
+                   help=f"port of the command service (default: port of ServerUrl in the "
+                        f"config, else {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument("--bind", default="*", help="address to bind (default *; e.g. 127.0.0.1)")
+    p.add_argument("-t", "--threads", type=int, default=2,
+                   help="reader threads of the frame pipeline (default 2)")
+    p.add_argument("-b", "--batch-size", type=int, default=16,
+                   help="frames per integration call (default 16)")
+    p.add_argument("-f", "--feeder", metavar="tcp://hostname:port", default=None,
+                   help="subscribe to this saxsfeeder (default: FeederUrl of the config when -w "
+                        "is not given; 'none' to disable)")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="watch the queue's folder for new files (recursively) with file "
+                        "system events")
+    p.add_argument("-o", "--out", metavar="OUTDIR", default=None,
+                   help="write curves below OUTDIR (mirroring the queue folder); default: a "
+                        "folder 'work' in each image's folder")
+    p.add_argument("--config", metavar="FILE", help="network configuration "
+                   "(default ~/.saxsdognetwork)")
+    p.add_argument("--name", help="server entry of a list-form configuration")
+    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
+                   help="integration backend (default auto: GPU when present)")
+    p.add_argument("--time-window", type=float, default=DEFAULT_WINDOW_S, metavar="S",
+                   help=f"accepted clock difference of requests (default {DEFAULT_WINDOW_S:g} s)")
+    p.add_argument("--settle", type=float, default=10.0, metavar="S",
+                   help="retry unreadable, recently changed images for up to S seconds "
+                        "(default 10)")
+    p.add_argument("--max-request", type=int, default=P.MAX_REQUEST_BYTES, metavar="BYTES",
+                   help=f"largest JSON request (default {P.MAX_REQUEST_BYTES})")
+    p.add_argument("--max-attachment", type=int, default=P.MAX_ATTACHMENT_BYTES,
+                   metavar="BYTES", help=f"largest attachment (default {P.MAX_ATTACHMENT_BYTES})")
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def _write_ready(path, info):
+    from gpusaxs.io.atomic import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        json.dump(info, fh)
+
+
+def serve(args):
+    import zmq
+
+    from .netconfig import DEFAULT_SERVER_PORT, NetConfigError, load_config, url_port
+
+    try:
+        cfg = load_config(args.config, args.name)
+    except NetConfigError as exc:
+        print(f"saxsdogserver: {exc}", file=sys.stderr)
+        return 2
+    port = args.port if args.port is not None else url_port(cfg.server_url, DEFAULT_SERVER_PORT)
+    feeder_url = args.feeder
+    if feeder_url is None and not args.watch:
+        feeder_url = cfg.feeder_url
+    if feeder_url in ("none", ""):
+        feeder_url = None
+    try:
+        service = SaxsdogService(args.basedir, cfg.secret, window=args.time_window,
+                                 out_dir=args.out, threads=args.threads,
+                                 batch_size=args.batch_size, backend=args.backend,
+                                 settle=args.settle, max_request=args.max_request,
+                                 max_attachment=args.max_attachment)
+    except ValueError as exc:
+        print(f"saxsdogserver: {exc}", file=sys.stderr)
+        return 2
+
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    # per-frame limit enforced by libzmq (peer disconnected); finer checks in handle()
+    rep.setsockopt(zmq.MAXMSGSIZE, max(args.max_request, args.max_attachment) + 1024)
+    try:
+        if port == 0:
+            rep.bind(f"tcp://{args.bind}:*")
+        else:
+            rep.bind(f"tcp://{args.bind}:{port}")
+    except zmq.ZMQError as exc:
+        print(f"saxsdogserver: cannot bind port {port}: {exc}", file=sys.stderr)
+        rep.close()
+        ctx.term()
+        return 2
+    endpoint = rep.getsockopt_string(zmq.LAST_ENDPOINT)
+    bound_port = int(endpoint.rsplit(":", 1)[1])
+    sub = None
+    if feeder_url:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(feeder_url)
+    watcher = None
+    if args.watch:
+        watcher = Watcher(service)
+        service.on_new_queue = watcher.watch
+
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    poller = zmq.Poller()
+    poller.register(rep, zmq.POLLIN)
+    if sub is not None:
+        poller.register(sub, zmq.POLLIN)
+    log.warning("serving %s on %s%s%s", service.base, endpoint,
+                f", feeder {feeder_url}" if feeder_url else "", ", watching" if args.watch else "")
+    if args.ready_file:
+        _write_ready(args.ready_file, {"pid": os.getpid(), "port": bound_port, "url": endpoint})
+    try:
+        while not stop.is_set():
+            try:
+                events = dict(poller.poll(200))
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EINTR:
+                    continue
+                raise
+            if rep in events:
+                try:
+                    frames = rep.recv_multipart(copy=True)
+                except zmq.Again:
+                    frames = None
+                if frames is not None:
+                    answer = service.handle(frames)
+                    try:
+                        data = P.encode_response(answer)
+                    except (TypeError, ValueError) as exc:
+                        log.exception("cannot encode an answer")
+                        data = P.encode_response(P.error_response(f"internal error: {exc}"))
+                    rep.send(data)
+            if sub is not None and sub in events:
+                for _ in range(10_000):
+                    try:
+                        raw = sub.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    service.feeder_message(raw)
+    finally:
+        log.warning("shutting down: finishing frames in flight")
+        poller.unregister(rep)
+        rep.close(linger=0)
+        if sub is not None:
+            sub.close(linger=0)
+        if watcher is not None:
+            watcher.stop()
+        service.shutdown()
+        ctx.term()
+        log.warning("stopped")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 \
+        else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s saxsdogserver %(levelname)s %(message)s")
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
