@@ -1,0 +1,406 @@
+"""saxsconverter: fit2d calibration output / pyFAI .poni / calibration file conversions.
+
+    saxsconverter [options] INPUT OUTPUT
+
+INPUT is fit2d's refined-geometry text (calibration.txt), a pyFAI .poni file or a
+calibration JSON file; OUTPUT is a calibration JSON file or a .poni file.
+See ``saxsconverter --help`` and docs/calibration.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import re
+import sys
+
+from gpusaxs.calibration import (
+    DISTANCE_KEYS, FLAT_DEFAULTS, Calibration, format_poni, poni_to_fit2d, read_json, read_poni,
+    to_flat_dict, to_nested_dict, validate_dict, write_json_atomic,
+)
+from gpusaxs.errors import CalibrationError
+
+EPILOG = """\
+INPUT kinds (detected): a pyFAI .poni file (suffix .poni or --from-poni), a calibration
+JSON file (flat or nested form), otherwise fit2d's text output after a powder calibration.
+OUTPUT kinds: a .poni file (suffix .poni or --to-poni), otherwise a calibration JSON file.
+
+fit2d lines understood (the last occurrence wins; fit2d prints X before Y):
+  INFO: Refined Beam centre =      388.277     807.874 (pixels)
+  INFO: Best fit beam centre (X/Y pixels) = 388.2765 807.8745
+  INFO: Refined sample to detector distance =     1031.657 mm
+  INFO: Refined wavelength =      1.54000 Angstroms
+  INFO: Refined tilt plane rotation angle =       73.595 degrees
+  INFO: Best fit angle of tilt plane rotation (degrees) = 73.59509
+  INFO: Refined tilt angle =      -10.006 degrees
+  INFO: Best fit angle of tilt (degrees) = -10.00601
+They become BeamCenter = [Y, X], DedectorDistanceMM, Wavelength and
+Tilt {TiltRotDeg, TiltAngleDeg}. A beam centre line is required; other values not found
+are kept from the base file (with a warning on stderr).
+
+The base that supplies all other fields is, in this order: OUTPUT if it exists and is a
+valid calibration (it is then updated in place, atomically), else the --template file,
+else the specification's defaults. Missing fields are filled with the defaults
+(PolarizationCorrection is never added). A relative MaskFile is rewritten so that it
+still points to the same file from OUTPUT's folder.
+
+Examples:
+  saxsconverter calibration.txt cal.json            # fit2d -> new or updated cal.json
+  saxsconverter -t old.json calibration.txt new.json
+  saxsconverter cal.json cal.poni                   # calibration -> pyFAI PONI
+  saxsconverter -t cal.json pyfai.poni new.json     # PONI geometry + cal.json's mask etc.
+  saxsconverter --nested flat.json nested.json      # flat -> nested form
+  saxsconverter --flat --mask-index 1 nested.json second.json
+
+Exit status: 0 on success, 2 on any error (the message names the file and the field).
+"""
+
+NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?)"
+FIT2D_PATTERNS = {
+    "beam": [re.compile(r"Refined\s+beam\s+cent(?:re|er)\s*=\s*" + NUM + r"\s+" + NUM + r"\s*\(\s*pixels?\s*\)", re.I),
+             re.compile(r"Best\s+fit\s+beam\s+cent(?:re|er)\s*\(\s*X\s*/\s*Y\s+pixels?\s*\)\s*=\s*" + NUM + r"\s+" + NUM, re.I)],
+    "distance": [re.compile(r"(?:Refined|Best\s+fit)\s+sample\s+to\s+detector\s+distance\s*(?:\(\s*mm\s*\))?\s*=\s*" + NUM, re.I)],
+    "wavelength": [re.compile(r"(?:Refined|Best\s+fit)\s+wavelength\s*(?:\(\s*Angstroms?\s*\))?\s*=\s*" + NUM, re.I)],
+    "tilt_rot": [re.compile(r"Refined\s+tilt\s+plane\s+rotation\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
+                 re.compile(r"Best\s+fit\s+angle\s+of\s+tilt\s+plane\s+rotation\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I)],
+    "tilt": [re.compile(r"Refined\s+tilt\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
+             re.compile(r"Best\s+fit\s+angle\s+of\s+tilt\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I)],
+}
+FIT2D_NAMES = {"beam": "beam centre", "distance": "sample to detector distance",
+               "wavelength": "wavelength", "tilt_rot": "tilt plane rotation", "tilt": "tilt angle"}
+
+
+class ConvertError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _f(text):
+    return float(text.replace("D", "E").replace("d", "e"))
+
+
+def parse_fit2d(text):
+    """Values found in fit2d output: dict with some of beam (x, y), distance, wavelength, tilt_rot, tilt."""
+    found = {}
+    for line in text.splitlines():
+        for key, patterns in FIT2D_PATTERNS.items():
+            for pat in patterns:
+                m = pat.search(line)
+                if m:
+                    vals = tuple(_f(g) for g in m.groups())
+                    found[key] = vals if key == "beam" else vals[0]
+    return found
+
+
+# ------------------------------------------------------------------------------- dict helpers
+def _geometry_block(d):
+    """The dict holding the geometry fields (top level of a flat dict, Geometry of a nested one)."""
+    return d["Geometry"] if "Geometry" in d else d
+
+
+def _mask_blocks(d):
+    return d["Masks"] if "Masks" in d else [d]
+
+
+def _set_distance(block, value):
+    key = next((k for k in DISTANCE_KEYS if k in block), "DedectorDistanceMM")
+    for k in DISTANCE_KEYS:
+        block.pop(k, None)
+    block[key] = value
+
+
+def _fill_defaults(d):
+    """Add the specification's defaults for missing required fields (in place)."""
+    geo = _geometry_block(d)
+    for k, v in FLAT_DEFAULTS.items():
+        if k == "DedectorDistanceMM":
+            if not any(dk in geo for dk in DISTANCE_KEYS):
+                geo[k] = v
+        elif k == "Wavelength":
+            d.setdefault(k, v)
+        elif k in ("MaskFile", "Oversampling", "PixelPerRadialElement"):
+            if "Masks" in d:
+                if not d["Masks"]:
+                    d["Masks"].append({})
+                for m in d["Masks"]:
+                    if isinstance(m, dict):
+                        m.setdefault(k, v)
+            else:
+                d.setdefault(k, v)
+        else:
+            geo.setdefault(k, copy.deepcopy(v))
+    if isinstance(geo.get("Tilt"), dict):
+        for k, v in FLAT_DEFAULTS["Tilt"].items():
+            geo["Tilt"].setdefault(k, v)
+    return d
+
+
+def _rebase_masks(d, from_dir, to_dir):
+    """Rewrite relative MaskFile entries so they point to the same file from ``to_dir``."""
+    from_dir, to_dir = os.path.abspath(from_dir), os.path.abspath(to_dir)
+    if from_dir == to_dir:
+        return d
+    for m in _mask_blocks(d):
+        mf = m.get("MaskFile")
+        if isinstance(mf, str) and not os.path.isabs(os.path.expanduser(mf)):
+            target = os.path.normpath(os.path.join(from_dir, mf))
+            try:
+                m["MaskFile"] = os.path.relpath(target, to_dir)
+            except ValueError:       # other drive (Windows)
+                m["MaskFile"] = target
+    return d
+
+
+def _closest_representation(tilt, rot, ref_tilt):
+    """fit2d's (tilt, rot) equals (-tilt, rot + 180): keep the sign of the base file's tilt."""
+    if ref_tilt is not None and ref_tilt < 0 < tilt:
+        tilt, rot = -tilt, rot + 180.0
+        if rot > 180.0:
+            rot -= 360.0
+    return tilt, rot
+
+
+def _load_base(args, out_is_poni, warn):
+    """(dict, folder) that supplies the fields the input does not."""
+    if not out_is_poni and os.path.exists(args.output):
+        try:
+            d = read_json(args.output)
+            validate_dict(d, args.output)
+            return d, os.path.dirname(os.path.abspath(args.output)), args.output
+        except CalibrationError as exc:
+            if not args.force:
+                raise ConvertError(f"{exc} (OUTPUT exists and is not a valid calibration; "
+                                   "fix or remove it, or pass --force to overwrite)") from None
+            warn(f"overwriting invalid {args.output}: {exc.reason}")
+    if args.template:
+        d = read_json(args.template)
+        if not isinstance(d, dict):
+            raise CalibrationError("expected a JSON object", args.template, "#")
+        _fill_defaults(d)
+        validate_dict(d, args.template)
+        return d, os.path.dirname(os.path.abspath(args.template)), args.template
+    return _fill_defaults({}), os.path.dirname(os.path.abspath(args.output)), None
+
+
+# ------------------------------------------------------------------------------- main
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="saxsconverter",
+        usage="saxsconverter [options] INPUT OUTPUT",
+        description="Put fit2d's refined geometry (calibration.txt) into a SAXS calibration file, "
+                    "and convert between calibration files (flat/nested) and pyFAI .poni files.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="INPUT",
+                   help="fit2d calibration output (e.g. calibration.txt), a .poni file or a calibration JSON file")
+    p.add_argument("output", metavar="OUTPUT",
+                   help="calibration JSON file to create or update in place (e.g. cal.json), or a .poni file")
+    p.add_argument("-t", "--template", metavar="FILE",
+                   help="calibration file supplying the fields INPUT does not (mask, image size, ...), "
+                        "used when OUTPUT does not exist yet; e.g. -t beamline.json")
+    p.add_argument("--to-poni", action="store_true",
+                   help="write OUTPUT as a pyFAI PONI (version 2) file whatever its suffix; "
+                        "e.g. saxsconverter --to-poni cal.json geometry.txt")
+    p.add_argument("--from-poni", action="store_true",
+                   help="read INPUT as a pyFAI .poni file whatever its suffix; "
+                        "e.g. saxsconverter --from-poni -t cal.json geometry.txt new.json")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--nested", action="store_true",
+                      help="write OUTPUT in the nested form (Geometry + Masks); e.g. --nested flat.json nested.json")
+    form.add_argument("--flat", action="store_true",
+                      help="write OUTPUT in the flat form of the specification (one mask, see --mask-index); "
+                           "e.g. --flat nested.json flat.json")
+    p.add_argument("--mask-index", type=int, default=0, metavar="N",
+                   help="which entry of a nested file's Masks to use for --flat (default 0); e.g. --mask-index 1")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="overwrite OUTPUT even when it exists but is not a valid calibration file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _input_kind(args):
+    if args.from_poni or args.input.lower().endswith(".poni"):
+        return "poni"
+    if args.input.lower().endswith(".json"):
+        return "json"
+    try:
+        with open(args.input, encoding="utf-8-sig") as fh:
+            head = fh.read(1 << 16)
+    except FileNotFoundError:
+        raise ConvertError(f"{args.input}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{args.input}: cannot read: {exc}") from None
+    return "json" if head.lstrip().startswith("{") else "fit2d"
+
+
+def _updates_from_fit2d(args, warn):
+    try:
+        with open(args.input, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ConvertError(f"{args.input}: file not found") from None
+    except OSError as exc:
+        raise ConvertError(f"{args.input}: cannot read: {exc.strerror or exc}") from None
+    found = parse_fit2d(text)
+    if "beam" not in found:
+        raise ConvertError(f"{args.input}: no beam centre line found (expected e.g. "
+                           "'INFO: Refined Beam centre = 388.277 807.874 (pixels)')")
+    if ("tilt" in found) != ("tilt_rot" in found):
+        have, miss = ("tilt", "tilt_rot") if "tilt" in found else ("tilt_rot", "tilt")
+        raise ConvertError(f"{args.input}: {FIT2D_NAMES[have]} line found but no {FIT2D_NAMES[miss]} line")
+    for key in ("distance", "wavelength", "tilt"):
+        if key not in found:
+            warn(f"{args.input}: no {FIT2D_NAMES[key]} line found; keeping the base value")
+    x, y = found["beam"]
+    upd = {"BeamCenter": [y, x]}
+    if "distance" in found:
+        upd["distance"] = found["distance"]
+    if "wavelength" in found:
+        upd["Wavelength"] = found["wavelength"]
+    if "tilt" in found:
+        upd["Tilt"] = {"TiltRotDeg": found["tilt_rot"], "TiltAngleDeg": found["tilt"]}
+    return upd
+
+
+def _updates_from_poni(args, base, warn):
+    try:
+        p = read_poni(args.input)
+    except FileNotFoundError:
+        raise ConvertError(f"{args.input}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{args.input}: cannot read: {exc}") from None
+    except ValueError as exc:
+        raise ConvertError(f"{args.input}: {exc}") from None
+    geo = _geometry_block(base)
+    upd = {}
+    if p["pixel1"] is None or p["pixel2"] is None:
+        try:   # a named pyFAI detector: ask pyFAI for its pixel size, if installed
+            from pyFAI.detectors import detector_factory
+            det = detector_factory(p["detector"])
+            p["pixel1"], p["pixel2"] = det.pixel1, det.pixel2
+            p["max_shape"] = p["max_shape"] or list(det.max_shape)
+        except Exception:
+            raise ConvertError(f"{args.input}: no pixel size in the file (detector {p['detector']!r})") from None
+    if p["max_shape"] is not None:
+        upd["Imagesize"] = list(p["max_shape"])
+    height = (upd.get("Imagesize") or geo["Imagesize"])[0]
+    py, px = round(p["pixel1"] * 1e6, 9), round(p["pixel2"] * 1e6, 9)   # strip m -> um noise
+    upd["PixelSizeMicroM"] = [py] if py == px and len(geo.get("PixelSizeMicroM", [])) == 1 else [py, px]
+    try:
+        f = poni_to_fit2d(p["dist"], p["poni1"], p["poni2"], p["rot1"], p["rot2"], p["rot3"],
+                          p["pixel1"], p["pixel2"])
+    except ValueError as exc:
+        raise ConvertError(f"{args.input}: {exc}") from None
+    if abs(f["twist_rad"]) > 1e-9:
+        warn(f"{args.input}: Rot3 includes a rotation of {math.degrees(f['twist_rad']):.6g} degree about "
+             "the beam that fit2d's geometry cannot hold; dropped (changes only the azimuth)")
+    ref_tilt = geo.get("Tilt", {}).get("TiltAngleDeg") if isinstance(geo.get("Tilt"), dict) else None
+    tilt, rot = _closest_representation(f["tilt_deg"], -f["tilt_plane_rot_deg"], ref_tilt)
+    if tilt == 0:
+        rot = 0.0
+    upd["Tilt"] = {"TiltRotDeg": _clean(rot), "TiltAngleDeg": _clean(tilt)}
+    upd["BeamCenter"] = [_clean(height - f["center_y_px"]), _clean(f["center_x_px"])]
+    upd["distance"] = _clean(f["distance_mm"])
+    if p["wavelength"]:
+        upd["Wavelength"] = _clean(p["wavelength"] * 1e10)
+    else:
+        warn(f"{args.input}: no Wavelength; keeping the base value")
+    return upd
+
+
+def _clean(value):
+    """Strip unit-conversion noise: 12 significant digits (1e-12 relative, far below any precision)."""
+    return float(f"{value:.12g}") + 0.0
+
+
+def _apply(base, upd):
+    d = copy.deepcopy(base)
+    geo = _geometry_block(d)
+    for k, v in upd.items():
+        if k == "distance":
+            _set_distance(geo, v)
+        elif k == "Wavelength":
+            d[k] = v
+        else:
+            geo[k] = v
+    return d
+
+
+def run(args, warn):
+    out_is_poni = args.to_poni or args.output.lower().endswith(".poni")
+    kind = _input_kind(args)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if kind == "json":
+        d = read_json(args.input)
+        validate_dict(d, args.input)
+        in_dir = os.path.dirname(os.path.abspath(args.input))
+        source = args.input
+    else:
+        if kind == "poni" and out_is_poni:
+            raise ConvertError("both INPUT and OUTPUT are .poni files; nothing to convert")
+        base, in_dir, base_path = _load_base(args, out_is_poni, warn)
+        upd = (_updates_from_fit2d(args, warn) if kind == "fit2d"
+               else _updates_from_poni(args, base, warn))
+        d = _apply(base, upd)
+        validate_dict(d, base_path or args.output)
+        source = args.input
+    if out_is_poni:
+        cal = Calibration.from_dict(d, base_dir=in_dir, mask_index=args.mask_index, source=source)
+        text = format_poni(cal.to_poni(), comment=f"written by saxsconverter from {os.path.basename(source)}")
+        _write_text_atomic(args.output, text)
+        return cal
+    if args.flat:
+        d = to_flat_dict(d, args.mask_index, args.input)
+    elif args.nested:
+        d = to_nested_dict(d)
+    _rebase_masks(d, in_dir, out_dir)
+    validate_dict(d, args.output)
+    write_json_atomic(args.output, d)
+    return d
+
+
+def _write_text_atomic(path, text):
+    import tempfile
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def main(argv=None):
+    """Console entry point; returns the exit status (0 ok, 2 error)."""
+    args = build_parser().parse_args(argv)
+
+    def warn(msg):
+        if not args.quiet:
+            print(f"saxsconverter: warning: {msg}", file=sys.stderr)
+
+    try:
+        result = run(args, warn)
+    except (ConvertError, CalibrationError) as exc:
+        print(f"saxsconverter: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"saxsconverter: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        if isinstance(result, Calibration):
+            print(f"wrote {args.output} (PONI)")
+        else:
+            geo = _geometry_block(result)
+            dist = next(geo[k] for k in DISTANCE_KEYS if k in geo)
+            print(f"wrote {args.output}: BeamCenter {json.dumps(geo['BeamCenter'])}, distance {dist} mm, "
+                  f"Tilt {json.dumps(geo['Tilt'])}, Wavelength {result['Wavelength']} A")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

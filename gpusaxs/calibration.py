@@ -1,0 +1,637 @@
+"""The calibration file: load, validate, convert (SAXS 0.3.0, section 3).
+
+Two JSON forms are accepted (see docs/calibration.md and
+``gpusaxs/schemas/calibration.schema.json``):
+
+* the *flat* form of the specification (``Tilt``, ``BeamCenter``,
+  ``DedectorDistanceMM``, ``Imagesize``, ``MaskFile``, ...), and
+* the *nested* form ``{"Geometry": {...}, "Wavelength": ..., "Masks": [...]}``
+  with one geometry and one or more masks.
+
+:class:`Calibration` is the validated, immutable in-memory form (one mask).
+The module also converts to and from pyFAI's PONI geometry.
+
+Conventions: ``BeamCenter`` is ``[Y, X]`` in pixels with Y counted from the
+*bottom* edge (fit2d); in a NumPy image read top-down the beam sits at row
+``imagesize[0] - Y``, column ``X``. ``PixelSizeMicroM`` is ``[size]`` or
+``[along rows (Y), along columns (X)]``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from gpusaxs.errors import CalibrationError
+
+__all__ = [
+    "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
+    "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
+    "read_poni", "format_poni",
+]
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "calibration.schema.json"
+
+#: Defaults of the specification (section 3.1) for the required flat-form fields;
+#: ``saxsconverter`` fills missing fields with them. PolarizationCorrection is optional
+#: and deliberately not defaulted (absent = no correction).
+FLAT_DEFAULTS = {
+    "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
+    "BeamCenter": [808.37, 387.772],
+    "DedectorDistanceMM": 1031.657,
+    "Imagesize": [1043, 981],
+    "MaskFile": "AAA_integ.msk",
+    "Oversampling": 3,
+    "PixelSizeMicroM": [172.0],
+    "PixelPerRadialElement": 1,
+    "Wavelength": 1.54,
+}
+
+DISTANCE_KEYS = ("DedectorDistanceMM", "DetectorDistanceMM")
+GEOMETRY_KEYS = ("Tilt", "BeamCenter", "DedectorDistanceMM", "DetectorDistanceMM", "Imagesize",
+                 "PixelSizeMicroM")
+MASK_KEYS = ("MaskFile", "Oversampling", "PixelPerRadialElement", "qStart", "qStop")
+
+
+# ----------------------------------------------------------------------------- schema
+@functools.lru_cache(maxsize=1)
+def load_schema():
+    """The calibration JSON schema (draft 2020-12) as a dict."""
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@functools.lru_cache(maxsize=2)
+def _validator(form):
+    import jsonschema
+    schema = load_schema()
+    sub = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{form}"}
+    return jsonschema.Draft202012Validator(sub)
+
+
+def _json_path(parts):
+    return "#" + "".join(f"/{p}" for p in parts)
+
+
+def _error_from_schema(err, path):
+    """Turn a jsonschema ValidationError into a CalibrationError naming the field."""
+    parts = list(err.absolute_path)
+    inst = err.instance
+    if err.validator == "required" and isinstance(inst, dict):
+        missing = [k for k in err.validator_value if k not in inst]
+        if missing:
+            return CalibrationError("required field is missing", path, _json_path(parts + missing[:1]))
+    if err.validator == "additionalProperties" and isinstance(inst, dict):
+        allowed = list(err.schema.get("properties", {}))
+        extra = [k for k in inst if k not in allowed and not str(k).startswith("_")]
+        if extra:
+            hint = difflib.get_close_matches(extra[0], allowed, n=1)
+            reason = "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                        f" (allowed: {', '.join(allowed)})")
+            return CalibrationError(reason, path, _json_path(parts + extra[:1]))
+    if err.validator == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return CalibrationError(f"expected {want}, got {json.dumps(inst)[:60]}", path,
+                                _json_path(parts))
+    if err.validator in ("minItems", "maxItems"):
+        return CalibrationError(f"wrong number of items ({len(inst)}): {err.schema.get('description', err.message)}",
+                                path, _json_path(parts))
+    return CalibrationError(err.message, path, _json_path(parts))
+
+
+def _check_distance_keys(block, path, prefix):
+    if not isinstance(block, dict):
+        return
+    present = [k for k in DISTANCE_KEYS if k in block]
+    if len(present) == 2:
+        raise CalibrationError("both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
+                               path, _json_path(prefix + ["DetectorDistanceMM"]))
+    if not present:
+        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)",
+                               path, _json_path(prefix + ["DedectorDistanceMM"]))
+
+
+def validate_dict(d, path=None):
+    """Validate a calibration dict; return its form, ``"flat"`` or ``"nested"``.
+
+    Raises :class:`CalibrationError` naming ``path`` and the JSON path of the first problem.
+    """
+    from jsonschema.exceptions import best_match
+    if not isinstance(d, dict):
+        raise CalibrationError(f"expected a JSON object, got {type(d).__name__}", path, "#")
+    form = "nested" if ("Geometry" in d or "Masks" in d) else "flat"
+    if form == "nested":
+        _check_distance_keys(d.get("Geometry"), path, ["Geometry"])
+    else:
+        _check_distance_keys(d, path, [])
+    err = best_match(_validator(form).iter_errors(d))
+    if err is not None:
+        raise _error_from_schema(err, path)
+    masks = d["Masks"] if form == "nested" else [d]
+    for i, m in enumerate(masks):
+        if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:
+            prefix = ["Masks", i] if form == "nested" else []
+            raise CalibrationError(f"qStop ({m['qStop']}) must be larger than qStart ({m['qStart']})",
+                                   path, _json_path(prefix + ["qStop"]))
+    return form
+
+
+# ----------------------------------------------------------------------------- JSON files
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _bad_constant(name):
+    raise ValueError(f"{name} is not allowed")
+
+
+def read_json(path):
+    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise CalibrationError("file not found", path, "#") from None
+    except IsADirectoryError:
+        raise CalibrationError("is a directory, not a calibration file", path, "#") from None
+    except OSError as exc:
+        raise CalibrationError(f"cannot read file: {exc.strerror or exc}", path, "#") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"not UTF-8 text (byte {exc.start})", path, "#") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                               path, "#") from None
+    except ValueError as exc:
+        raise CalibrationError(f"not valid JSON: {exc}", path, "#") from None
+
+
+def write_json_atomic(path, data):
+    """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder + os.replace)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ----------------------------------------------------------------------------- form conversion
+def to_flat_dict(d, mask_index=0, path=None):
+    """Flat-form copy of a (validated) calibration dict; a nested one gives mask ``mask_index``.
+
+    Unknown-to-flat fields of the nested form (Directory, Threads) are dropped.
+    """
+    if "Geometry" not in d and "Masks" not in d:
+        return copy.deepcopy(d)
+    masks = d.get("Masks", [])
+    if not -len(masks) <= mask_index < len(masks):
+        raise CalibrationError(f"mask index {mask_index} out of range ({len(masks)} mask(s))", path, "#/Masks")
+    out = {}
+    if "Title" in d:
+        out["Title"] = d["Title"]
+    out.update(copy.deepcopy(d["Geometry"]))
+    out["Wavelength"] = d["Wavelength"]
+    out.update(copy.deepcopy(masks[mask_index]))
+    if "PolarizationCorrection" in d:
+        out["PolarizationCorrection"] = copy.deepcopy(d["PolarizationCorrection"])
+    return out
+
+
+def to_nested_dict(d):
+    """Nested-form copy of a (validated) calibration dict (a nested one is returned as a copy)."""
+    if "Geometry" in d or "Masks" in d:
+        return copy.deepcopy(d)
+    out = {}
+    if "Title" in d:
+        out["Title"] = d["Title"]
+    out["Geometry"] = {k: copy.deepcopy(d[k]) for k in GEOMETRY_KEYS if k in d}
+    out["Wavelength"] = d["Wavelength"]
+    out["Masks"] = [{k: d[k] for k in MASK_KEYS if k in d}]
+    if "PolarizationCorrection" in d:
+        out["PolarizationCorrection"] = copy.deepcopy(d["PolarizationCorrection"])
+    for k, v in d.items():   # keep "_comment" keys
+        if k.startswith("_"):
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- Calibration
+def _tuple(value, n, conv, name):
+    try:
+        t = tuple(conv(v) for v in value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"expected {n} numbers, got {value!r}", None, name) from None
+    if len(t) != n:
+        raise CalibrationError(f"expected {n} numbers, got {len(t)}", None, name)
+    return t
+
+
+def _num(value, conv, name):
+    if isinstance(value, bool):
+        raise CalibrationError(f"expected a number, got {value!r}", None, name)
+    try:
+        return conv(value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"expected a number, got {value!r}", None, name) from None
+
+
+def _strict_int(value):
+    if float(value) != int(value):
+        raise ValueError(value)
+    return int(value)
+
+
+def _hash_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """A validated calibration (one geometry, one mask); immutable.
+
+    Attributes (units in the names):
+      title: free text or None.
+      beam_center: (Y_from_bottom, X) in pixels, fit2d convention.
+      distance_mm: sample-to-detector distance along the beam, mm.
+      imagesize: (H, W) = (rows, cols) in pixels.
+      pixel_size_um: (along rows / Y, along columns / X), micrometre.
+      wavelength_A: wavelength, Angstrom.
+      tilt_angle_deg, tilt_rot_deg: fit2d tilt angle and tilt-plane rotation, degree.
+      oversampling: sub-pixels per pixel edge (int >= 1).
+      pixel_per_radial_element: radial bin width in pixels.
+      mask_file: absolute path of the mask file, or None (no mask).
+      polarization: None or (fraction 0..1, plane angle in degree).
+      q_start, q_stop: None or the q range in nm^-1 (nested form's Masks).
+      source: the file it was read from (not compared, not in key()).
+    """
+
+    title: str | None = None
+    beam_center: tuple
+    distance_mm: float
+    imagesize: tuple
+    pixel_size_um: tuple
+    wavelength_A: float
+    tilt_angle_deg: float = 0.0
+    tilt_rot_deg: float = 0.0
+    oversampling: int = 3
+    pixel_per_radial_element: float = 1.0
+    mask_file: str | None = None
+    polarization: tuple | None = None
+    q_start: float | None = None
+    q_stop: float | None = None
+    source: str | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        s = object.__setattr__
+        try:
+            s(self, "beam_center", _tuple(self.beam_center, 2, float, "#/BeamCenter"))
+            s(self, "distance_mm", _num(self.distance_mm, float, "#/DedectorDistanceMM"))
+            s(self, "imagesize", _tuple(self.imagesize, 2, int, "#/Imagesize"))
+            px = self.pixel_size_um
+            if isinstance(px, (int, float)) and not isinstance(px, bool):
+                px = (px, px)
+            s(self, "pixel_size_um", _tuple(px, 2, float, "#/PixelSizeMicroM"))
+            s(self, "wavelength_A", _num(self.wavelength_A, float, "#/Wavelength"))
+            s(self, "tilt_angle_deg", _num(self.tilt_angle_deg, float, "#/Tilt/TiltAngleDeg"))
+            s(self, "tilt_rot_deg", _num(self.tilt_rot_deg, float, "#/Tilt/TiltRotDeg"))
+            s(self, "oversampling", _num(self.oversampling, _strict_int, "#/Oversampling"))
+            s(self, "pixel_per_radial_element",
+              _num(self.pixel_per_radial_element, float, "#/PixelPerRadialElement"))
+            if self.mask_file is not None:
+                s(self, "mask_file", os.path.abspath(os.fspath(self.mask_file)))
+            if self.polarization is not None:
+                s(self, "polarization", _tuple(self.polarization, 2, float, "#/PolarizationCorrection"))
+            for name, jp in (("q_start", "#/qStart"), ("q_stop", "#/qStop")):
+                if getattr(self, name) is not None:
+                    s(self, name, _num(getattr(self, name), float, jp))
+            if self.source is not None:
+                s(self, "source", os.fspath(self.source))
+        except CalibrationError as exc:
+            raise CalibrationError(exc.reason, self.source, exc.json_path) from None
+        # everything else (ranges, finiteness) by the schema, on the flat form
+        for v in (*self.beam_center, self.distance_mm, *self.pixel_size_um, self.wavelength_A,
+                  self.tilt_angle_deg, self.tilt_rot_deg, self.pixel_per_radial_element):
+            if not math.isfinite(v):
+                raise CalibrationError(f"non-finite value {v}", self.source, "#")
+        validate_dict(self.to_dict("flat"), self.source)
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d, base_dir=None, mask_index=0, source=None):
+        """Build from a flat or nested dict; a relative MaskFile is resolved against
+        ``base_dir`` (default: the folder of ``source``, else the current directory)."""
+        validate_dict(d, source)
+        flat = to_flat_dict(d, mask_index, source)
+        if base_dir is None:
+            base_dir = os.path.dirname(os.path.abspath(source)) if source is not None else os.getcwd()
+        mask = flat.get("MaskFile")
+        if mask is not None:
+            mask = os.path.normpath(os.path.join(os.fspath(base_dir), os.path.expanduser(mask)))
+        dist = flat.get("DedectorDistanceMM", flat.get("DetectorDistanceMM"))
+        px = flat["PixelSizeMicroM"]
+        pol = flat.get("PolarizationCorrection")
+        return cls(
+            title=flat.get("Title"),
+            beam_center=flat["BeamCenter"],
+            distance_mm=dist,
+            imagesize=flat["Imagesize"],
+            pixel_size_um=(px[0], px[0]) if len(px) == 1 else px,
+            wavelength_A=flat["Wavelength"],
+            tilt_angle_deg=flat["Tilt"]["TiltAngleDeg"],
+            tilt_rot_deg=flat["Tilt"]["TiltRotDeg"],
+            oversampling=flat["Oversampling"],
+            pixel_per_radial_element=flat["PixelPerRadialElement"],
+            mask_file=mask,
+            polarization=None if pol is None else (pol["Fraction"], pol["Angle"]),
+            q_start=flat.get("qStart"),
+            q_stop=flat.get("qStop"),
+            source=None if source is None else os.fspath(source),
+        )
+
+    @classmethod
+    def from_file(cls, path, mask_index=0):
+        """Load a calibration file (flat or nested form; ``mask_index`` picks the nested mask)."""
+        path = os.fspath(path)
+        return cls.from_dict(read_json(path), base_dir=os.path.dirname(os.path.abspath(path)),
+                             mask_index=mask_index, source=path)
+
+    @classmethod
+    def all_from_file(cls, path):
+        """One Calibration per mask of a nested file (a flat file gives a one-element list)."""
+        path = os.fspath(path)
+        d = read_json(path)
+        form = validate_dict(d, path)
+        n = len(d["Masks"]) if form == "nested" else 1
+        base = os.path.dirname(os.path.abspath(path))
+        return [cls.from_dict(d, base_dir=base, mask_index=i, source=path) for i in range(n)]
+
+    def replace(self, **changes):
+        """A copy with some attributes changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- output ---------------------------------------------------------------------
+    def to_dict(self, form="flat", relative_to=None):
+        """The calibration as a JSON-ready dict, ``form`` = ``"flat"`` or ``"nested"``.
+
+        ``PixelSizeMicroM`` is always written as ``[y, x]``, the distance as
+        ``DedectorDistanceMM`` (the specification's spelling). MaskFile is absolute unless
+        ``relative_to`` (a folder) is given and the mask lies inside it.
+        """
+        if form not in ("flat", "nested"):
+            raise ValueError(f"form must be 'flat' or 'nested', not {form!r}")
+        mask = self.mask_file
+        if mask is not None and relative_to is not None:
+            rel = os.path.relpath(mask, os.path.abspath(os.fspath(relative_to)))
+            if not rel.startswith(os.pardir):
+                mask = rel
+        d = {}
+        if self.title is not None:
+            d["Title"] = self.title
+        d["Tilt"] = {"TiltRotDeg": self.tilt_rot_deg, "TiltAngleDeg": self.tilt_angle_deg}
+        d["BeamCenter"] = list(self.beam_center)
+        d["DedectorDistanceMM"] = self.distance_mm
+        d["Imagesize"] = list(self.imagesize)
+        d["MaskFile"] = mask
+        d["Oversampling"] = self.oversampling
+        d["PixelSizeMicroM"] = list(self.pixel_size_um)
+        d["PixelPerRadialElement"] = self.pixel_per_radial_element
+        d["Wavelength"] = self.wavelength_A
+        if self.polarization is not None:
+            d["PolarizationCorrection"] = {"Fraction": self.polarization[0], "Angle": self.polarization[1]}
+        if self.q_start is not None:
+            d["qStart"] = self.q_start
+        if self.q_stop is not None:
+            d["qStop"] = self.q_stop
+        return d if form == "flat" else to_nested_dict(d)
+
+    def to_json(self, path, form="flat"):
+        """Write the calibration file atomically; MaskFile is stored relative to its folder when inside it."""
+        path = os.fspath(path)
+        write_json_atomic(path, self.to_dict(form, relative_to=os.path.dirname(os.path.abspath(path))))
+
+    def load_mask(self):
+        """The mask as a bool array of shape ``imagesize`` (True = excluded); all False without a mask file."""
+        if self.mask_file is None:
+            return np.zeros(self.imagesize, dtype=bool)
+        from gpusaxs.io.masks import read_mask
+        return np.asarray(read_mask(self.mask_file, shape=self.imagesize), dtype=bool)
+
+    def key(self):
+        """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask content.
+
+        Title and source do not enter. Raises CalibrationError if the mask file is unreadable.
+        """
+        fields = {
+            "beam_center": [v.hex() for v in self.beam_center],
+            "distance_mm": self.distance_mm.hex(),
+            "imagesize": list(self.imagesize),
+            "pixel_size_um": [v.hex() for v in self.pixel_size_um],
+            "wavelength_A": self.wavelength_A.hex(),
+            "tilt_angle_deg": self.tilt_angle_deg.hex(),
+            "tilt_rot_deg": self.tilt_rot_deg.hex(),
+            "oversampling": self.oversampling,
+            "pixel_per_radial_element": self.pixel_per_radial_element.hex(),
+            "polarization": None if self.polarization is None else [v.hex() for v in self.polarization],
+            "q_start": None if self.q_start is None else self.q_start.hex(),
+            "q_stop": None if self.q_stop is None else self.q_stop.hex(),
+        }
+        if self.mask_file is None:
+            fields["mask_sha256"] = None
+        else:
+            try:
+                fields["mask_sha256"] = _hash_file(self.mask_file)
+            except OSError as exc:
+                raise CalibrationError(f"cannot read mask file {self.mask_file}: {exc.strerror or exc}",
+                                       self.source, "#/MaskFile") from None
+        blob = json.dumps({"gpusaxs-calibration-key": 1, **fields}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # -- pyFAI ----------------------------------------------------------------------
+    def to_poni(self):
+        """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
+        pixel1, pixel2 (m), max_shape, wavelength (m)."""
+        py, px = self.pixel_size_um
+        g = fit2d_to_poni(self.distance_mm, self.beam_center[1], self.imagesize[0] - self.beam_center[0],
+                          self.tilt_angle_deg, -self.tilt_rot_deg, px, py)
+        g["max_shape"] = list(self.imagesize)
+        g["wavelength"] = self.wavelength_A / 1e10
+        return g
+
+
+# ----------------------------------------------------------------------------- fit2d <-> PONI
+def _rotation_to(k):
+    """Rotation matrix R (no twist) with R @ e3 = k, for a unit vector k with k3 > -1."""
+    k = np.asarray(k, dtype=float)
+    s = math.hypot(k[0], k[1])
+    c = k[2]
+    if s == 0.0:
+        return np.eye(3)
+    ux, uy = -k[1] / s, k[0] / s          # unit axis e3 x k, in the detector plane
+    kx = np.array([[0.0, 0.0, uy], [0.0, 0.0, -ux], [-uy, ux, 0.0]])
+    return np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
+
+
+def _pyfai_matrix(rot1, rot2, rot3):
+    """pyFAI's detector-to-lab rotation: lab = M @ (p1, p2, L) (axis 3 along the beam)."""
+    c1, c2, c3 = math.cos(rot1), math.cos(rot2), math.cos(rot3)
+    s1, s2, s3 = math.sin(rot1), math.sin(rot2), math.sin(rot3)
+    return np.array([
+        [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
+        [c2 * s3, c1 * c3 + s1 * s2 * s3, c3 * s1 - c1 * s2 * s3],
+        [s2, -c2 * s1, c1 * c2],
+    ])
+
+
+def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_rot_deg,
+                  pixel_x_um, pixel_y_um):
+    """fit2d geometry (as pyFAI's setFit2D takes it: centre Y counted top-down) -> PONI.
+
+    Returns dict(dist, poni1, poni2 [m], rot1, rot2, rot3 [rad], pixel1, pixel2 [m]).
+    In the detector frame (axis 1 = rows, axis 2 = columns, axis 3 = normal) the beam
+    direction is k = (sin t sin r, sin t cos r, cos t); the detector is turned by the
+    pure tilt rotation taking the beam axis to k (no twist about the beam).
+    """
+    t, r = math.radians(tilt_deg), math.radians(tilt_plane_rot_deg)
+    k = np.array([math.sin(t) * math.sin(r), math.sin(t) * math.cos(r), math.cos(t)])
+    d = distance_mm / 1e3
+    p1, p2 = pixel_y_um / 1e6, pixel_x_um / 1e6
+    m = _rotation_to(k).T                   # detector -> lab, m @ k = e3
+    rot2 = math.asin(max(-1.0, min(1.0, m[2, 0])))
+    rot1 = math.atan2(-m[2, 1], m[2, 2])
+    rot3 = math.atan2(m[1, 0], m[0, 0])
+    return {"dist": float(d * k[2]),
+            "poni1": float(center_y_px * p1 - d * k[0]),
+            "poni2": float(center_x_px * p2 - d * k[1]),
+            "rot1": float(rot1), "rot2": float(rot2), "rot3": float(rot3),
+            "pixel1": float(p1), "pixel2": float(p2)}
+
+
+def poni_to_fit2d(dist, poni1, poni2, rot1, rot2, rot3, pixel1, pixel2):
+    """PONI (m, rad) -> fit2d geometry as setFit2D takes it.
+
+    Returns dict(distance_mm, center_x_px, center_y_px (top-down), tilt_deg (>= 0),
+    tilt_plane_rot_deg in (-180, 180], pixel_x_um, pixel_y_um, twist_rad). ``twist_rad`` is the
+    part of rot3 that fit2d cannot express (rotation about the beam; changes only the azimuth).
+    """
+    m = _pyfai_matrix(rot1, rot2, rot3)
+    k = [float(v) for v in m[2]]                                 # beam direction in the detector frame
+    if k[2] <= 0:
+        raise ValueError("detector does not face the beam (tilt >= 90 degree)")
+    tilt = math.atan2(math.hypot(k[0], k[1]), k[2])     # precise also for tiny tilts
+    rot = math.atan2(k[0], k[1]) if math.hypot(k[0], k[1]) > 1e-15 else 0.0
+    direct = dist / k[2]
+    b1 = poni1 + direct * k[0]
+    b2 = poni2 + direct * k[1]
+    pure = _rotation_to(k).T
+    twist_m = m @ pure.T                      # rotation about the beam axis
+    twist = float(math.atan2(twist_m[1, 0], twist_m[0, 0]))
+    rot_deg = math.degrees(rot)
+    if rot_deg <= -180.0:
+        rot_deg += 360.0
+    return {"distance_mm": direct * 1e3, "center_x_px": b2 / pixel2, "center_y_px": b1 / pixel1,
+            "tilt_deg": math.degrees(tilt), "tilt_plane_rot_deg": rot_deg,
+            "pixel_x_um": pixel2 * 1e6, "pixel_y_um": pixel1 * 1e6, "twist_rad": twist}
+
+
+def format_poni(poni, comment=None):
+    """PONI version 2 text for a dict as returned by :meth:`Calibration.to_poni`."""
+    cfg = {"pixel1": poni["pixel1"], "pixel2": poni["pixel2"], "max_shape": list(poni["max_shape"])}
+    lines = ["# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis"]
+    if comment:
+        lines += [f"# {c}" for c in str(comment).splitlines()]
+    lines += ["poni_version: 2",
+              "Detector: Detector",
+              f"Detector_config: {json.dumps(cfg)}",
+              f"Distance: {poni['dist']!r}",
+              f"Poni1: {poni['poni1']!r}",
+              f"Poni2: {poni['poni2']!r}",
+              f"Rot1: {poni['rot1']!r}",
+              f"Rot2: {poni['rot2']!r}",
+              f"Rot3: {poni['rot3']!r}"]
+    if poni.get("wavelength"):
+        lines.append(f"Wavelength: {poni['wavelength']!r}")
+    return "\n".join(lines) + "\n"
+
+
+def read_poni(path):
+    """Parse a pyFAI .poni file (versions 1 to 3).
+
+    Returns dict(dist, poni1, poni2, rot1, rot2, rot3, wavelength (m or None), pixel1, pixel2
+    (m or None when the file names a detector without sizes), max_shape (or None), detector).
+    Raises ValueError with a message on a malformed file, OSError if unreadable.
+    """
+    keys = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#") or ":" not in line:
+                continue
+            k, v = line.split(":", 1)
+            keys[k.strip().lower()] = v.strip()
+    out = {"detector": keys.get("detector", "Detector")}
+    for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
+        if name not in keys:
+            raise ValueError(f"no {name.capitalize()} line")
+    dist = keys.get("distance", keys.get("dist"))
+    if dist is None:
+        raise ValueError("no Distance line")
+    try:
+        out["dist"] = float(dist)
+        for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
+            out[name] = float(keys[name])
+        wl = keys.get("wavelength")
+        out["wavelength"] = float(wl) if wl not in (None, "", "None") else None
+    except ValueError as exc:
+        raise ValueError(f"bad number: {exc}") from None
+    cfg = {}
+    if "detector_config" in keys:
+        try:
+            cfg = json.loads(keys["detector_config"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Detector_config is not JSON: {exc.msg}") from None
+    orientation = cfg.get("orientation", 3) if isinstance(cfg, dict) else 3
+    if orientation not in (0, 3, None):
+        raise ValueError(f"detector orientation {orientation} is not supported (only 3, top-left)")
+    if cfg.get("splineFile") or cfg.get("splinefile") or keys.get("splinefile", "none").lower() != "none":
+        raise ValueError("spline (distortion) files are not supported")
+    p1 = cfg.get("pixel1", keys.get("pixelsize1"))
+    p2 = cfg.get("pixel2", keys.get("pixelsize2"))
+    out["pixel1"] = None if p1 is None else float(p1)
+    out["pixel2"] = None if p2 is None else float(p2)
+    shape = cfg.get("max_shape")
+    out["max_shape"] = None if shape is None else [int(shape[0]), int(shape[1])]
+    return out
