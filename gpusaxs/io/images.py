@@ -1,0 +1,244 @@
+"""Read single 2D detector frames (PILATUS/EIGER TIFF, CBF, EDF, ...).
+
+TIFF goes through tifffile (fast path); every other format through fabio (PNG/BMP/JPEG, used
+for masks, through Pillow). The pixel dtype of the file is kept (PILATUS TIFF/CBF: int32
+counts, -1 gaps, -2 bad pixels); only a non-native byte order is swapped to native.
+Every failure raises :class:`gpusaxs.errors.ImageReadError` with a one-line reason.
+"""
+import logging
+import os
+import threading
+
+import numpy as np
+
+from ..errors import ImageReadError
+
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "image_complete"]
+
+#: Suffixes (lower case) of the single-frame detector formats watchers should pick up.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".cbf", ".edf", ".img", ".mccd")
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_PIL_SUFFIXES = (".png", ".bmp", ".gif", ".jpg", ".jpeg")
+
+
+def is_image_file(path):
+    """True if ``path`` has a single-frame image suffix (see ``IMAGE_SUFFIXES``), any case.
+
+    Hidden/temporary names (``.name...tmp`` from :func:`gpusaxs.io.atomic_write`) never match.
+    """
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _one_line(exc):
+    """``Type: message`` of an exception on one line (fabio/tifffile messages can be multi-line)."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _check(path, arr, shape):
+    """Validate a decoded array: 2D, numeric, expected shape; return it in native byte order."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ImageReadError(path, f"expected a 2D frame, got an array of shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise ImageReadError(path, f"unsupported pixel type {arr.dtype}")
+    if shape is not None and tuple(arr.shape) != tuple(int(s) for s in shape):
+        h, w = arr.shape
+        raise ImageReadError(
+            path, f"image is {h}x{w} (rows x columns), expected {shape[0]}x{shape[1]}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _read_tiff(path):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            pages = tf.pages
+            n = len(pages)
+            if n != 1:
+                raise ImageReadError(path, f"multi-frame TIFF ({n} pages), expected one 2D frame"
+                                     if n else "TIFF file has no image")
+            page = pages[0]
+            size = int(tf.filehandle.size)
+            offsets = page.dataoffsets
+            counts = page.databytecounts
+            if offsets and counts:
+                end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+                if end > size:
+                    raise ImageReadError(
+                        path, f"truncated: image data ends at byte {end}, file has {size} bytes")
+            return page.asarray()
+    except ImageReadError:
+        raise
+    except Exception as exc:  # tifffile raises many types; report them on one line
+        raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
+
+
+class _FabioLogCapture(logging.Filter):
+    """Collect (and silence) fabio's ERROR records of the current thread while reading.
+
+    fabio reports truncated EDF data ("Data stream is incomplete", then zero-pads) and CBF
+    checksum mismatches only through logging; these must become ImageReadError.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._local = threading.local()
+        self._installed = set()
+
+    def filter(self, record):
+        bucket = getattr(self._local, "bucket", None)
+        if bucket is None or record.thread != threading.get_ident():
+            return True
+        if record.levelno >= logging.ERROR:
+            bucket.append(record.getMessage())
+        return record.levelno >= logging.CRITICAL
+
+    def __enter__(self):
+        # fabio modules log through their own loggers ("fabio.edfimage", ...); logger filters
+        # do not apply to propagated records, so attach to each of them (new ones appear as
+        # fabio imports format modules lazily).
+        for name in list(logging.root.manager.loggerDict):
+            if (name == "fabio" or name.startswith("fabio.")) and name not in self._installed:
+                logging.getLogger(name).addFilter(self)
+                self._installed.add(name)
+        self._local.bucket = []
+        return self._local.bucket
+
+    def __exit__(self, *exc):
+        self._local.bucket = None
+        return False
+
+
+_fabio_log = _FabioLogCapture()
+
+
+_CBF_STARTER = b"\x0c\x1a\x04\xd5"  # start of the binary data in a CBF file
+
+
+def _check_cbf_start(path):
+    """Reject a CBF file without the binary-data start marker before fabio sees it.
+
+    fabio's CBF reader loops forever on such a file (a CBF cut inside its binary-section
+    header, e.g. still being written by the detector), which would hang a file watcher.
+    """
+    import mmap
+
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+        low = path.lower()
+        if not (low.endswith(".cbf") or low.endswith(".cbf.gz") or low.endswith(".cbf.bz2")
+                or head.startswith(b"###CBF") or b"CIF-BINARY-FORMAT-SECTION" in head):
+            return
+        if low.endswith((".gz", ".bz2")):  # compressed: fabio parses the decompressed bytes
+            import bz2
+            import gzip
+            opener = gzip.open if low.endswith(".gz") else bz2.open
+            try:
+                with opener(path, "rb") as zf:
+                    found = _CBF_STARTER in zf.read()
+            except (OSError, EOFError, ValueError) as exc:
+                raise ImageReadError(path, f"cannot decompress: {_one_line(exc)}") from None
+            if found:
+                return
+            raise ImageReadError(path, "truncated or corrupt CBF: no binary data section")
+        if _CBF_STARTER in head:
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm.find(_CBF_STARTER) >= 0:
+                return
+    raise ImageReadError(path, "truncated or corrupt CBF: no binary data section")
+
+
+def _read_fabio(path):
+    _check_cbf_start(path)
+    try:
+        import fabio
+    except ImportError as exc:  # pragma: no cover - fabio is a dependency
+        raise ImageReadError(path, f"fabio is needed to read this format: {exc}") from None
+    try:
+        with _fabio_log as messages:
+            img = fabio.open(path)
+            try:
+                nframes = int(getattr(img, "nframes", 1) or 1)
+                data = img.data
+                incomplete = bool(getattr(img, "incomplete_file", False))
+            finally:
+                close = getattr(img, "close", None)
+                if close is not None:
+                    close()
+    except ImageReadError:
+        raise
+    except Exception as exc:  # fabio raises OSError, ValueError, AssertionError, ...
+        reason = _one_line(exc)
+        if isinstance(exc, OSError) and "could not identify" in str(exc).lower():
+            reason = "not a recognised image format"
+        raise ImageReadError(path, f"cannot decode image: {reason}") from None
+    if messages or incomplete:
+        detail = " ".join(messages[0].split()) if messages else "incomplete data"
+        raise ImageReadError(path, f"truncated or corrupt: {detail}")
+    if nframes != 1:
+        raise ImageReadError(path, f"multi-frame file ({nframes} frames), expected one 2D frame")
+    if data is None:
+        raise ImageReadError(path, "file holds no image data")
+    return data
+
+
+def _read_pil(path):
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover
+        raise ImageReadError(path, f"Pillow is needed to read this format: {exc}") from None
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if getattr(im, "n_frames", 1) != 1:
+                raise ImageReadError(path, f"multi-frame image ({im.n_frames} frames)")
+            return np.asarray(im)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(path, f"cannot decode image: {_one_line(exc)}") from None
+
+
+def read_image(path, shape=None):
+    """Read one 2D frame; return it as a ``(rows, cols)`` array in the file's dtype.
+
+    ``shape``: expected ``(H, W)`` in pixels, or None to accept any size.
+    Raises ImageReadError (missing file, truncated, not an image, not a single 2D frame,
+    wrong size).
+    """
+    spath = os.fspath(path)
+    if not os.path.exists(spath):
+        raise ImageReadError(path, "no such file")
+    if os.path.isdir(spath):
+        raise ImageReadError(path, "is a directory, not an image file")
+    if os.path.getsize(spath) == 0:
+        raise ImageReadError(path, "empty file")
+    low = spath.lower()
+    if low.endswith(_TIFF_SUFFIXES):
+        arr = _read_tiff(spath)
+    elif low.endswith(_PIL_SUFFIXES):
+        arr = _read_pil(spath)
+    else:
+        arr = _read_fabio(spath)
+    return _check(path, arr, shape)
+
+
+def image_complete(path, shape=None):
+    """True if ``path`` decodes fully as one 2D frame (of ``shape`` if given), else False.
+
+    Used by file watchers to wait for a detector file that is still being written.
+    """
+    try:
+        read_image(path, shape)
+    except ImageReadError:
+        return False
+    return True

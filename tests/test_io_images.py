@@ -1,0 +1,243 @@
+"""gpusaxs.io.images: read_image, image_complete, is_image_file."""
+import logging
+
+import fabio
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpusaxs.errors import ImageReadError
+from gpusaxs.io import IMAGE_SUFFIXES, image_complete, is_image_file, read_image
+
+FRAME = (np.arange(37 * 23, dtype=np.int32).reshape(37, 23) * 7919 % 100003) - 2
+
+
+def _write(path, data, fmt):
+    if fmt == "tif":
+        tifffile.imwrite(path, data)
+    elif fmt == "cbf":
+        fabio.cbfimage.CbfImage(data=data).write(str(path))
+    elif fmt == "edf":
+        fabio.edfimage.EdfImage(data=data).write(str(path))
+    else:
+        raise ValueError(fmt)
+    return path
+
+
+def _assert_one_line(exc_info, path):
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(path))
+    assert exc_info.value.path == str(path)
+
+
+# ---------------------------------------------------------------- reference frame
+
+def test_reference_tiff_keeps_int32(reference_dir):
+    img = read_image(reference_dir / "buf1_00000.tif")
+    assert img.shape == (1043, 981)
+    assert img.dtype == np.int32
+    assert img.flags.c_contiguous
+    assert (img == -1).any() and (img == -2).any()  # module gaps and bad pixels survive
+    assert img.max() > 0
+
+
+def test_reference_tiff_shape_check(reference_dir):
+    path = reference_dir / "buf1_00000.tif"
+    assert read_image(path, shape=(1043, 981)).shape == (1043, 981)
+    with pytest.raises(ImageReadError, match=r"1043x981 .*expected 981x1043") as ei:
+        read_image(path, shape=(981, 1043))
+    _assert_one_line(ei, path)
+    assert image_complete(path)
+    assert image_complete(path, shape=(1043, 981))
+    assert not image_complete(path, shape=(1000, 1000))
+
+
+# ---------------------------------------------------------------- formats and dtypes
+
+@pytest.mark.parametrize("fmt", ["tif", "cbf", "edf"])
+def test_roundtrip_int32_keeps_dtype_and_values(tmp_path, fmt):
+    path = _write(tmp_path / f"frame.{fmt}", FRAME, fmt)
+    img = read_image(path, shape=FRAME.shape)
+    assert img.dtype == np.int32
+    np.testing.assert_array_equal(img, FRAME)
+    assert image_complete(path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32])
+@pytest.mark.parametrize("fmt", ["tif", "edf"])
+def test_other_dtypes_not_converted(tmp_path, fmt, dtype):
+    data = (np.abs(FRAME) % 60000).astype(dtype)
+    img = read_image(_write(tmp_path / f"f.{fmt}", data, fmt))
+    assert img.dtype == dtype
+    np.testing.assert_array_equal(img, data)
+
+
+def test_big_endian_tiff_returned_in_native_order(tmp_path):
+    path = tmp_path / "be.tif"
+    tifffile.imwrite(path, FRAME, byteorder=">")
+    img = read_image(path)
+    assert img.dtype == np.int32 and img.dtype.isnative
+    np.testing.assert_array_equal(img, FRAME)
+
+
+def test_png_through_pillow(tmp_path):
+    from PIL import Image
+    data = (FRAME % 256).astype(np.uint8)
+    Image.fromarray(data).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "m.png"), data)
+
+
+# ---------------------------------------------------------------- failures
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.tif"
+    with pytest.raises(ImageReadError, match="no such file") as ei:
+        read_image(path)
+    _assert_one_line(ei, path)
+    assert not image_complete(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.cbf"
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty file"):
+        read_image(path)
+    assert not image_complete(path)
+
+
+def test_directory_is_not_an_image(tmp_path):
+    (tmp_path / "d.tif").mkdir()
+    with pytest.raises(ImageReadError, match="directory"):
+        read_image(tmp_path / "d.tif")
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".cbf", ".edf", ".img", ".dat"])
+def test_not_an_image(tmp_path, suffix):
+    path = tmp_path / f"notes{suffix}"
+    path.write_text("this is a text file\nwith two lines\n")
+    with pytest.raises(ImageReadError) as ei:
+        read_image(path)
+    _assert_one_line(ei, path)
+    assert not image_complete(path)
+
+
+def test_multi_page_tiff_rejected(tmp_path):
+    path = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(FRAME)
+        tw.write(FRAME)
+    with pytest.raises(ImageReadError, match="multi-frame TIFF \\(2 pages\\)") as ei:
+        read_image(path)
+    _assert_one_line(ei, path)
+
+
+def test_3d_tiff_rejected(tmp_path):
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.zeros((8, 9, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ImageReadError, match="expected a 2D frame.*\\(8, 9, 3\\)"):
+        read_image(path)
+
+
+def test_multi_frame_edf_rejected(tmp_path):
+    path = tmp_path / "two.edf"
+    img = fabio.edfimage.EdfImage(data=FRAME)
+    img.append_frame(data=FRAME + 1)
+    img.write(str(path))
+    with pytest.raises(ImageReadError, match="multi-frame file \\(2 frames\\)"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("fmt", ["tif", "cbf", "edf"])
+def test_truncated_file_rejected(tmp_path, fmt, caplog):
+    full = _write(tmp_path / f"full.{fmt}", FRAME, fmt).read_bytes()
+    path = tmp_path / f"cut.{fmt}"
+    path.write_bytes(full[: len(full) * 2 // 3])
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ImageReadError) as ei:
+            read_image(path)
+    _assert_one_line(ei, path)
+    assert not image_complete(path)
+    # fabio's "incomplete data" complaints become our exception, not log noise
+    assert not [r for r in caplog.records if r.name.startswith("fabio") and
+                r.levelno >= logging.ERROR]
+
+
+def test_cbf_cut_before_binary_data_does_not_hang(tmp_path):
+    """fabio loops forever on this file; read_image must refuse it up front."""
+    full = _write(tmp_path / "full.cbf", FRAME, "cbf").read_bytes()
+    start = full.index(b"\x0c\x1a\x04\xd5")
+    assert full.index(b"--CIF-BINARY-FORMAT-SECTION--") < start
+    path = tmp_path / "cut.cbf"
+    path.write_bytes(full[:start - 1])
+    with pytest.raises(ImageReadError, match="no binary data section"):
+        read_image(path)
+    assert not image_complete(path)
+
+
+def test_gzipped_cbf(tmp_path):
+    import gzip
+    data = np.random.default_rng(3).integers(-2, 2**30, (40, 30)).astype(np.int32)
+    _write(tmp_path / "raw.cbf", data, "cbf")
+    packed = gzip.compress((tmp_path / "raw.cbf").read_bytes())
+    (tmp_path / "ok.cbf.gz").write_bytes(packed)
+    np.testing.assert_array_equal(read_image(tmp_path / "ok.cbf.gz"), data)
+    (tmp_path / "cut.cbf.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ImageReadError, match="cannot decompress"):
+        read_image(tmp_path / "cut.cbf.gz")
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.mark.parametrize("fmt", ["tif", "cbf", "edf"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frac=st.floats(0.0, 1.0))
+def test_any_truncation_raises_or_gives_exact_data(fuzz_dir, fmt, frac):
+    """A file cut anywhere (a detector still writing it) never yields wrong pixels."""
+    full = _write(fuzz_dir / f"full.{fmt}", FRAME, fmt).read_bytes()
+    cut = int(frac * len(full))
+    path = fuzz_dir / f"cut.{fmt}"
+    path.write_bytes(full[:cut])
+    try:
+        img = read_image(path)
+    except ImageReadError as exc:
+        assert "\n" not in str(exc)
+        assert not image_complete(path)
+    else:
+        np.testing.assert_array_equal(img, FRAME)
+        assert image_complete(path)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".cbf", ".edf"])
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(min_size=1, max_size=3000))
+def test_garbage_bytes_raise_image_read_error(fuzz_dir, suffix, data):
+    path = fuzz_dir / f"garbage{suffix}"
+    path.write_bytes(data)
+    try:
+        img = read_image(path)
+    except ImageReadError as exc:
+        assert "\n" not in str(exc)
+    else:  # pragma: no cover - only if the bytes happen to form a valid image
+        assert img.ndim == 2
+
+
+# ---------------------------------------------------------------- suffixes
+
+@pytest.mark.parametrize("name,expected", [
+    ("a.tif", True), ("a.TIFF", True), ("/x/y/buf_00001.cbf", True), ("a.edf", True),
+    ("a.img", True), ("a.mccd", True), ("a.h5", False), ("a.chi", False), ("a.msk", False),
+    ("a.tif.tmp", False), (".a.tif.1234abcd.tmp", False), (".hidden.tif", False),
+    ("tif", False),
+])
+def test_is_image_file(name, expected):
+    assert is_image_file(name) is expected
+
+
+def test_image_suffixes():
+    assert set(IMAGE_SUFFIXES) == {".tif", ".tiff", ".cbf", ".edf", ".img", ".mccd"}
