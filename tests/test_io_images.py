@@ -241,3 +241,34 @@ def test_is_image_file(name, expected):
 
 def test_image_suffixes():
     assert set(IMAGE_SUFFIXES) == {".tif", ".tiff", ".cbf", ".edf", ".img", ".mccd"}
+
+
+@pytest.mark.parametrize("dtype", ["<i4", ">i4", "<u2", "<u4", "<f4", ">f8", "<i2", "u1"])
+@pytest.mark.parametrize("layout", [{}, {"rowsperstrip": 5}, {"compression": "zlib"},
+                                    {"tile": (16, 16)}])
+def test_plain_tiff_fast_path_equals_tifffile(tmp_path, dtype, layout):
+    """The struct-parsed fast path takes plain files only, and gives tifffile's pixels."""
+    import tifffile
+
+    from gpusaxs.io.images import _read_tiff_plain
+
+    rng = np.random.default_rng(0)
+    data = (rng.random((37, 53)) * 200 - 20).astype(dtype)
+    path = tmp_path / "frame.tif"
+    tifffile.imwrite(path, data, **layout)
+    got = read_image(path)
+    np.testing.assert_array_equal(got, tifffile.imread(path))
+    assert got.dtype.isnative
+    plain = _read_tiff_plain(path)
+    assert (plain is not None) == (not layout or "rowsperstrip" in layout)
+
+
+def test_plain_tiff_fast_path_reads_the_reference_frame(reference_dir):
+    import tifffile
+
+    from gpusaxs.io.images import _read_tiff_plain
+
+    path = reference_dir / "buf1_00000.tif"
+    fast = _read_tiff_plain(path)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, tifffile.imread(path))
