@@ -98,6 +98,7 @@ class FramePipeline:
         self._t_last = None
         self._timings = {"read": 0.0, "integrate": 0.0, "write": 0.0}
 
+        self._stack_buffer = None                   # owned by the integration thread
         self._read_q = collections.deque()          # guarded by _cond
         # bounded: at most ~2 batches of decoded frames wait for the engine
         self._ready_q = queue.Queue(maxsize=2 * self.batch_size)
@@ -265,7 +266,7 @@ class FramePipeline:
     def _integrate(self, batch):
         t0 = time.perf_counter()
         try:
-            stack = _stack([it.image for it in batch])
+            stack = self._stack([it.image for it in batch])
             if self.errors:
                 intensity, _std, err = self.integrator.integrate_batch_error(stack)
             else:
@@ -288,6 +289,25 @@ class FramePipeline:
         for it in batch:
             it.image = None
         self._write_q.put((batch, intensity, err))
+
+    def _stack(self, images):
+        """(B, H, W) stack of the batch's frames.
+
+        A single frame is a view; several are copied into one reused buffer per dtype (the
+        integration thread owns it), so no batch pays for a fresh 64 MB allocation.
+        """
+        if len(images) == 1:
+            return images[0][np.newaxis]
+        first = images[0]
+        if any(im.dtype != first.dtype or im.shape != first.shape for im in images):
+            return np.stack(images)
+        buf = self._stack_buffer
+        if buf is None or buf.dtype != first.dtype or buf.shape[1:] != first.shape \
+                or buf.shape[0] < len(images):
+            buf = self._stack_buffer = np.empty((self.batch_size,) + first.shape, first.dtype)
+        out = buf[:len(images)]
+        np.stack(images, out=out)
+        return out
 
     def _write_loop(self):
         while True:
@@ -324,8 +344,4 @@ def _image_shape(integrator):
     return None
 
 
-def _stack(images):
-    """(B, H, W) stack in a common dtype without needless copies of a single frame."""
-    if len(images) == 1:
-        return images[0][np.newaxis]
-    return np.stack(images)
+
