@@ -52,6 +52,7 @@ out = Path(p["out"]); out.mkdir(parents=True, exist_ok=True)
 files = sorted(Path(p["data"]).glob("*.tif"))
 kw = dict(npt=p["npt"], unit="q_nm^-1", method=("full", "csr", "cython"), mask=mask,
           polarization_factor=2 * 0.95 - 1,  # pyFAI's factor is 2P - 1
+          correctSolidAngle=False,           # as saxsdog and fit2d's reference curve
           radial_range=tuple(p["range"]))
 if p["errors"]:
     kw["error_model"] = "poisson"
