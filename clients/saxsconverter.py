@@ -21,6 +21,7 @@ from gpusaxs.calibration import (
     to_flat_dict, to_nested_dict, validate_dict, write_json_atomic,
 )
 from gpusaxs.errors import CalibrationError
+from gpusaxs.io.atomic import atomic_write
 
 EPILOG = """\
 INPUT kinds (detected): a pyFAI .poni file (suffix .poni or --from-poni), a calibration
@@ -360,19 +361,8 @@ def run(args, warn):
 
 
 def _write_text_atomic(path, text):
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
 
 
 def main(argv=None):

@@ -8,7 +8,6 @@ folders (recursively, new subfolders included) and integrates new images once co
 import argparse
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.progress import Progress, format_duration
+from gpusaxs.io.atomic import atomic_path
 
 PROG = "saxsdog"
 
@@ -194,8 +194,7 @@ class Hdf5Collector:
         intensity = np.stack([frames[n][0] for n in names])
         has_err = all(frames[n][1] is not None for n in names)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
+        with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["default"] = "entry"
                 f.attrs["creator"] = "gpusaxs saxsdog"
@@ -226,13 +225,6 @@ class Hdf5Collector:
                 note.attrs["NX_class"] = "NXnote"
                 note.create_dataset("type", data="application/json")
                 note.create_dataset("data", data=self.calibration_text)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
 
 
 def _plot_curve_svg(path, q, intensity, title):

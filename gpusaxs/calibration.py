@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -187,22 +186,11 @@ def read_json(path):
 
 def write_json_atomic(path, data):
     """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder + os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from gpusaxs.io.atomic import atomic_write
+
+    with atomic_write(path, "w", fsync=True) as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
 
 
 # ----------------------------------------------------------------------------- form conversion

@@ -42,12 +42,12 @@ def default_cache_dir():
 
 def save_matrix(matrix, path):
     """Write a matrix to ``path`` (.npz) under a temporary name, then rename."""
+    from .io.atomic import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         np.savez(fh, **{f: np.asarray(getattr(matrix, f)) for f in _FIELDS})
-    os.replace(tmp, path)
 
 
 def load_matrix(path):

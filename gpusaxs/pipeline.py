@@ -13,7 +13,6 @@ with the exception) or ``dropped`` (``close(abort=True)`` before it was read); n
 silently.  Used by the ``saxsdog`` tool and the network server.
 """
 import collections
-import os
 import queue
 import threading
 import time

@@ -13,12 +13,12 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from gpusaxs.errors import GpusaxsError
+from gpusaxs.io.atomic import atomic_write
 
 DEFAULT_PATH = "~/.saxsdognetwork"
 DEFAULT_SERVER_PORT = 7777
@@ -141,33 +141,10 @@ def write_config(path, server_url, feeder_url, secret=None, overwrite=False):
     cfg = NetConfig(server_url, feeder_url, secret or new_secret(), path=str(p))
     data = (json.dumps(cfg.to_dict(), indent=2) + "\n").encode("utf-8")
     p.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise NetConfigError(f"{p}: exists; use --new to replace it (the old secret is lost)") \
-                from None
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return cfg
-    # Replace atomically: a temporary 0600 file in the same folder, then rename.
-    fd, tmp = tempfile.mkstemp(prefix=".saxsdognetwork.", dir=p.parent)  # mkstemp uses 0600
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if not overwrite and os.path.lexists(p):
+        raise NetConfigError(f"{p}: exists; use --new to replace it (the old secret is lost)")
+    # A temporary 0600 file in the same folder, then rename: never readable by others, never
+    # half-written.
+    with atomic_write(p, "wb", fsync=True, permissions=0o600) as fh:
+        fh.write(data)
     return cfg

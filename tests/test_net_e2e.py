@@ -1,7 +1,5 @@
 """End to end on loopback with real processes: saxsnetconf, saxsfeeder, saxsdogserver, saxsleash."""
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +9,7 @@ import pytest
 
 from server import protocol as P
 from server.auth import sign_request
-from test_net_support import (REPO, SECRET, Proc, chi_files, env, free_port, leash,
+from test_net_support import (REPO, Proc, chi_files, env, free_port, leash,
                               start_server, wait_for, write_config, write_frames, write_setup)
 
 

@@ -1,6 +1,5 @@
 """saxsfeeder: publishes each file once it is completely written (and again when overwritten)."""
 import json
-import threading
 import time
 
 import numpy as np
