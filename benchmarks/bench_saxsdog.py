@@ -99,7 +99,7 @@ def run_saxsdog(cal, data, out, backend):
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"saxsdog failed ({r.returncode}):\n{r.stderr}")
-    setup = float(re.search(r"setup \(calibration, operator\)\s+([\d.]+)", r.stderr).group(1))
+    setup = float(re.search(r"setup \(operator \+ engine\)\s+([\d.]+)", r.stderr).group(1))
     loop = float(re.search(r"wall \(after setup\)\s+([\d.]+)", r.stderr).group(1))
     engine = re.search(r"integrate \(([^)]*)\)", r.stderr).group(1)
     return {"wall_s": wall, "setup_s": setup, "loop_s": loop, "engine": engine,

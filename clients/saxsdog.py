@@ -490,7 +490,7 @@ class Saxsdog:
                 (f"integrate ({self.integrator_name()})", t["integrate"]),
                 ("write", t["write"])]
         head = f"{'stage':<30}{'total s':>10}{'ms/frame':>11}{'% of wall':>11}"
-        lines = [head, f"{'setup (calibration, operator)':<30}{self.setup_seconds:>10.3f}"]
+        lines = [head, f"{'setup (operator + engine)':<30}{self.setup_seconds:>10.3f}"]
         for name, sec in rows + [("wall (after setup)", elapsed)]:
             share = 100.0 * sec / elapsed if elapsed > 0 else 0.0
             lines.append(f"{name:<30}{sec:>10.3f}{1000 * sec / n:>11.2f}{share:>10.1f}%")
@@ -688,7 +688,7 @@ def main(argv=None):
         cal = Calibration.from_file(args.calibration)
         calibration_text = json.dumps(cal.to_dict("flat"), indent=1)
         from gpusaxs.integrator import Integrator
-        integrator = Integrator(cal, backend=args.backend)
+        integrator = Integrator(cal, backend=args.backend).warm_up()
     except GpusaxsError as exc:
         _err(f"error: {exc}")
         return 2

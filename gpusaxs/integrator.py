@@ -78,6 +78,18 @@ class Integrator:
         return (f"Integrator(shape={self.shape}, n_bins={self.matrix.n_bins}, "
                 f"backend={self.backend_name!r}, engine={self.engine.name!r})")
 
+    def warm_up(self, dtype=np.int32):
+        """Run the engine once on two blank frames of ``dtype`` (default int32, PILATUS).
+
+        The first call of a kernel loads or compiles it and starts the thread pool (about
+        0.3 s on the CPU engine); services call this at setup so the first real frames do not
+        pay for it.  Returns self.
+        """
+        blank = np.zeros((2,) + tuple(self.shape), dtype=dtype)
+        self.engine.sums(blank, errors=False)
+        self.engine.sums(blank, errors=True)
+        return self
+
     # -- integration ----------------------------------------------------------------------------
     def integrate_batch(self, stack):
         """Mean intensity per bin of each frame: (B, H, W) -> (B, n_bins) float64."""

@@ -330,6 +330,8 @@ class SaxsdogService:
                     cls = integrator_class
                 t0 = time.perf_counter()
                 integ = cls(cal, backend=backend, mask=mask)
+                if hasattr(integ, "warm_up"):
+                    integ.warm_up()      # the first frames do not pay for loading the kernels
                 log.info("integrator built in %.2f s (%s)", time.perf_counter() - t0,
                          getattr(integ, "backend_name", "?"))
                 return integ
