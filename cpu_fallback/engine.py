@@ -93,14 +93,21 @@ class CpuEngine:
         return groups, parts
 
     def sums(self, stack, errors=False):
-        """Per-bin sums of a stack (B, H, W) of any integer or float dtype."""
+        """Per-bin sums of a stack (B, H, W) of any integer or float dtype.
+
+        errors: False (signal, norm), True (also variance and squares) or "poisson" (also
+        variance; squares None, which saves a quarter of the kernel's work).
+        """
         from . import kernels
         import numba
 
         frames = as_frame_stack(stack, self.matrix.shape)
         n_frames, n_bins = frames.shape[0], self.matrix.n_bins
         if n_frames == 0:
-            return Sums(*(np.zeros((0, n_bins)) for _ in range(4 if errors else 2)))
+            empty = [np.zeros((0, n_bins)) for _ in range(4 if errors else 2)]
+            if errors == "poisson":
+                empty[3] = None
+            return Sums(*empty)
         groups, parts = self._tiles(n_frames)
         lay = self.layout
         upper = invalid_threshold(frames.dtype)
@@ -111,7 +118,7 @@ class CpuEngine:
             if errors:
                 parts_out = kernels.error_sums(frames, lay["active"], lay["bins"], lay["ws"],
                                                lay["w"], lay["scale"], *overflow, upper, n_bins,
-                                               groups, parts)
+                                               groups, parts, errors != "poisson")
             else:
                 parts_out = kernels.mean_sums(frames, lay["active"], lay["bins"], lay["ws"],
                                               lay["w"], *overflow, upper, n_bins, groups, parts)
@@ -119,6 +126,8 @@ class CpuEngine:
             numba.set_num_threads(previous)
         signal, lost, *rest = (a.reshape(parts, n_frames, n_bins).sum(axis=0) for a in parts_out)
         norm = np.maximum(self.matrix.norm[None, :] - lost, 0.0)
+        if errors == "poisson":
+            rest[1] = None
         return Sums(signal, norm, *rest)
 
 
@@ -147,7 +156,7 @@ class ScipyEngine:
         if not errors:
             return Sums(signal, norm)
         variance = (A @ (xv * self._scale).T).T
-        squares = (A @ (xv * xv).T).T
+        squares = None if errors == "poisson" else (A @ (xv * xv).T).T
         return Sums(signal, norm, variance, squares)
 
 

@@ -72,8 +72,9 @@ def mean_sums(frames, active, ell_bins, ell_ws, ell_w, ovf_pix, ovf_bins, ovf_ws
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, ovf_pix, ovf_bins, ovf_ws, ovf_w,
-               upper, n_bins, n_groups, n_parts):
-    """As :func:`mean_sums`, plus partial variance (sum w s^2 x) and squares (sum w (s x)^2).
+               upper, n_bins, n_groups, n_parts, with_squares):
+    """As :func:`mean_sums`, plus partial variance (sum w s^2 x) and, if ``with_squares``,
+    squares (sum w (s x)^2; left zero otherwise: the Poisson error alone needs no squares).
 
     ``scale`` is the per-active-pixel 1/K (float32).  Frames are taken two at a time.
     """
@@ -113,10 +114,11 @@ def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, ovf_pix, ovf_bins
                     wy = ws * y
                     signal[r0, c] += wx
                     variance[r0, c] += wx * s
-                    squares[r0, c] += wx * sx
                     signal[r1, c] += wy
                     variance[r1, c] += wy * s
-                    squares[r1, c] += wy * sy
+                    if with_squares:
+                        squares[r0, c] += wx * sx
+                        squares[r1, c] += wy * sy
             b += 2
         if part == 0:
             for b in range(b0, b1):

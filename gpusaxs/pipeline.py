@@ -267,7 +267,7 @@ class FramePipeline:
         try:
             stack = self._stack([it.image for it in batch])
             if self.errors:
-                intensity, _std, err = self.integrator.integrate_batch_error(stack)
+                intensity, _, err = self.integrator.integrate_batch_error(stack, std=False)
             else:
                 intensity, err = self.integrator.integrate_batch(stack), None
             intensity = np.asarray(intensity)

@@ -24,11 +24,16 @@ def mean_intensity(sums):
 
 
 def error_model(sums):
-    """(I, std, err): mean, weighted standard deviation of pixel values, Poisson error."""
+    """(I, std, err): mean, weighted standard deviation of pixel values, Poisson error.
+
+    std is None when the sums carry no squares (engines asked for errors="poisson").
+    """
     intensity = mean_intensity(sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         empty = sums.norm <= 0
         err = np.where(empty, np.nan, np.sqrt(np.maximum(sums.variance, 0.0)) / sums.norm)
-        var = sums.squares / sums.norm - intensity * intensity
-        std = np.where(empty, np.nan, np.sqrt(np.maximum(var, 0.0)))
+        std = None
+        if sums.squares is not None:
+            var = sums.squares / sums.norm - intensity * intensity
+            std = np.where(empty, np.nan, np.sqrt(np.maximum(var, 0.0)))
     return intensity, std, err

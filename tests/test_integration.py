@@ -173,6 +173,23 @@ def test_numba_engine_equals_scipy_reference_on_a_real_size_stack(reference, n_f
         np.testing.assert_array_equal(batch[i], integ.integrate(stack[i])[1])
 
 
+def test_poisson_only_errors_equal_the_full_error_model(reference):
+    """integrate_batch_error(std=False): same I and err, no std (both CPU engines)."""
+    cal, image, _ = reference
+    integ = gpusaxs.Integrator(cal.replace(polarization=(0.95, 0.0)), backend="numpy")
+    stack = np.stack([image, np.where(image < 0, image, image + 3), image])
+    full = integ.integrate_batch_error(stack)
+    intensity, std, err = integ.integrate_batch_error(stack, std=False)
+    assert std is None and full[1] is not None
+    np.testing.assert_array_equal(intensity, full[0])
+    np.testing.assert_array_equal(err, full[2])
+    for engine in (CpuEngine(integ.matrix), ScipyEngine(integ.matrix)):
+        sums = engine.sums(stack, errors="poisson")
+        assert sums.squares is None
+        np.testing.assert_allclose(sums.variance, engine.sums(stack, errors=True).variance,
+                                   rtol=1e-12)
+
+
 def test_fine_user_bins_use_the_overflow_path(tmp_path):
     """Bins much finer than a pixel: pixels feed many bins; results still conserve intensity."""
     cal = calibration_with_mask(tmp_path, Imagesize=[40, 50], BeamCenter=[20.0, 25.0],

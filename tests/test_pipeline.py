@@ -23,7 +23,7 @@ class StubIntegrator:
         self.fail_on = fail_on      # a pixel value that makes integration raise
         self.entered = threading.Event()
 
-    def integrate_batch_error(self, stack):
+    def integrate_batch_error(self, stack, std=True):
         assert stack.ndim == 3 and stack.shape[1:] == (H, W)
         self.entered.set()
         if self.gate is not None:
