@@ -88,7 +88,9 @@ class CpuEngine:
 
     def _tiles(self, n_frames):
         """(frame groups, pixel parts): frames split across threads, pixels too when B is small."""
-        groups = max(1, min(n_frames // 2 or 1, self.threads))
+        from .kernels import FRAMES_PER_PASS
+
+        groups = max(1, min(-(-n_frames // FRAMES_PER_PASS), self.threads))
         parts = max(1, -(-self.threads // groups))
         return groups, parts
 
@@ -98,8 +100,9 @@ class CpuEngine:
         errors: False (signal, norm), True (also variance and squares) or "poisson" (also
         variance; squares None, which saves a quarter of the kernel's work).
         """
-        from . import kernels
         import numba
+
+        from . import kernels
 
         frames = as_frame_stack(stack, self.matrix.shape)
         n_frames, n_bins = frames.shape[0], self.matrix.n_bins
@@ -124,7 +127,8 @@ class CpuEngine:
                                               lay["w"], *overflow, upper, n_bins, groups, parts)
         finally:
             numba.set_num_threads(previous)
-        signal, lost, *rest = (a.reshape(parts, n_frames, n_bins).sum(axis=0) for a in parts_out)
+        signal, lost, *rest = (a[:parts * n_frames].reshape(parts, n_frames, n_bins).sum(axis=0)
+                               for a in parts_out)
         norm = np.maximum(self.matrix.norm[None, :] - lost, 0.0)
         if errors == "poisson":
             rest[1] = None

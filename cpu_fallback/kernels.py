@@ -7,11 +7,17 @@ count and no branch mispredictions; entries beyond ``S`` (rare: fine user bins) 
 pixel-sorted overflow list.  The polarization scale is folded into the signal weights.
 
 Work is cut into tiles (frame group x pixel part) with private float64 accumulator rows
-``part * B + b``, so there are no races; the caller adds the parts.  Frames are processed two
-at a time, so each matrix entry read from memory serves two frames.
+``part * B + b``, so there are no races; the caller adds the parts.  Frames are processed four
+at a time, so each matrix entry read from memory serves four frames; in a last pass of two or
+three frames the missing ones read the first frame again and accumulate into a scratch row of
+the tile (row ``n_parts * B + tile``), which the caller drops; a single frame left over gets a
+pass of its own.
 """
 import numba
 import numpy as np
+
+#: Frames processed per pass over the matrix.
+FRAMES_PER_PASS = 4
 
 
 @numba.njit(inline="always")
@@ -22,43 +28,75 @@ def _tile_range(tile, n_parts, n_groups, n_frames, n_items):
             part * n_items // n_parts, (part + 1) * n_items // n_parts)
 
 
+@numba.njit(inline="always")
+def _quads_end(b0, b1):
+    """End of the frames [b0, b1) done in passes of four: all of them, unless exactly one is
+    left over (a pass of four for one frame would do four frames' work); a last pass of two or
+    three real frames is still cheaper as one pass than as single ones."""
+    return b1 - 1 if (b1 - b0) % FRAMES_PER_PASS == 1 else b1
+
+
+@numba.njit(inline="always")
+def _quad(b, b1, part, n_frames, scratch):
+    """Frame indices and accumulator rows of the (up to) four frames starting at b."""
+    f1 = b + 1 if b + 1 < b1 else b
+    f2 = b + 2 if b + 2 < b1 else b
+    f3 = b + 3 if b + 3 < b1 else b
+    row = part * n_frames
+    return (f1, f2, f3, row + b, row + f1 if f1 != b else scratch,
+            row + f2 if f2 != b else scratch, row + f3 if f3 != b else scratch)
+
+
+@numba.njit(inline="always")
+def _take(value, upper, lost, row, ell_bins, ell_w, i):
+    """value as float64 if valid; else 0, after adding pixel i's weights to ``lost[row]``."""
+    x = np.float64(value)
+    if x >= 0.0 and x < upper:
+        return x
+    for k in range(ell_bins.shape[1]):
+        lost[row, ell_bins[i, k]] += ell_w[i, k]
+    return 0.0
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def mean_sums(frames, active, ell_bins, ell_ws, ell_w, ovf_pix, ovf_bins, ovf_ws, ovf_w,
               upper, n_bins, n_groups, n_parts):
-    """Partial (signal, lost) of shape (n_parts * B, n_bins).
+    """Partial (signal, lost), each (n_parts * B + n_tiles, n_bins); the first n_parts * B rows
+    are the result.
 
     signal = sum w*s*x over valid pixels; lost = sum w over invalid ones (x < 0, x >= upper, NaN),
     to be subtracted from the static norm.  frames: (B, N) of any numeric dtype.
     """
     n_frames = frames.shape[0]
     n_active, n_slots = ell_bins.shape
-    signal = np.zeros((n_parts * n_frames, n_bins))
-    lost = np.zeros((n_parts * n_frames, n_bins))
-    for tile in numba.prange(n_groups * n_parts):
+    n_tiles = n_groups * n_parts
+    signal = np.zeros((n_parts * n_frames + n_tiles, n_bins))
+    lost = np.zeros((n_parts * n_frames + n_tiles, n_bins))
+    for tile in numba.prange(n_tiles):
         part, b0, b1, i0, i1 = _tile_range(tile, n_parts, n_groups, n_frames, n_active)
-        b = b0
-        while b < b1:
-            pair = b + 1 < b1
-            r0 = part * n_frames + b
-            r1 = r0 + 1 if pair else r0
+        scratch = n_parts * n_frames + tile
+        quads_end = _quads_end(b0, b1)
+        for b in range(b0, quads_end, FRAMES_PER_PASS):
+            f1, f2, f3, r0, r1, r2, r3 = _quad(b, b1, part, n_frames, scratch)
             for i in range(i0, i1):
                 j = active[i]
-                x = np.float64(frames[b, j])
-                y = np.float64(frames[b + 1, j]) if pair else 0.0
-                if not (x >= 0.0 and x < upper):
-                    for s in range(n_slots):
-                        lost[r0, ell_bins[i, s]] += ell_w[i, s]
-                    x = 0.0
-                if pair and not (y >= 0.0 and y < upper):
-                    for s in range(n_slots):
-                        lost[r1, ell_bins[i, s]] += ell_w[i, s]
-                    y = 0.0
-                for s in range(n_slots):
-                    c = ell_bins[i, s]
-                    ws = ell_ws[i, s]
-                    signal[r0, c] += ws * x
-                    signal[r1, c] += ws * y
-            b += 2
+                x0 = _take(frames[b, j], upper, lost, r0, ell_bins, ell_w, i)
+                x1 = _take(frames[f1, j], upper, lost, r1, ell_bins, ell_w, i)
+                x2 = _take(frames[f2, j], upper, lost, r2, ell_bins, ell_w, i)
+                x3 = _take(frames[f3, j], upper, lost, r3, ell_bins, ell_w, i)
+                for k in range(n_slots):
+                    c = ell_bins[i, k]
+                    ws = np.float64(ell_ws[i, k])
+                    signal[r0, c] += ws * x0
+                    signal[r1, c] += ws * x1
+                    signal[r2, c] += ws * x2
+                    signal[r3, c] += ws * x3
+        if quads_end < b1:                   # one frame left: a pass of its own
+            r0 = part * n_frames + quads_end
+            for i in range(i0, i1):
+                x0 = _take(frames[quads_end, active[i]], upper, lost, r0, ell_bins, ell_w, i)
+                for k in range(n_slots):
+                    signal[r0, ell_bins[i, k]] += np.float64(ell_ws[i, k]) * x0
         if part == 0:
             for b in range(b0, b1):
                 for e in range(len(ovf_pix)):
@@ -76,50 +114,61 @@ def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, ovf_pix, ovf_bins
     """As :func:`mean_sums`, plus partial variance (sum w s^2 x) and, if ``with_squares``,
     squares (sum w (s x)^2; left zero otherwise: the Poisson error alone needs no squares).
 
-    ``scale`` is the per-active-pixel 1/K (float32).  Frames are taken two at a time.
+    ``scale`` is the per-active-pixel 1/K (float32).
     """
     n_frames = frames.shape[0]
     n_active, n_slots = ell_bins.shape
-    shape = (n_parts * n_frames, n_bins)
+    n_tiles = n_groups * n_parts
+    shape = (n_parts * n_frames + n_tiles, n_bins)
     signal = np.zeros(shape)
     lost = np.zeros(shape)
     variance = np.zeros(shape)
     squares = np.zeros(shape)
-    for tile in numba.prange(n_groups * n_parts):
+    for tile in numba.prange(n_tiles):
         part, b0, b1, i0, i1 = _tile_range(tile, n_parts, n_groups, n_frames, n_active)
-        b = b0
-        while b < b1:
-            pair = b + 1 < b1
-            r0 = part * n_frames + b
-            r1 = r0 + 1 if pair else r0
+        scratch = n_parts * n_frames + tile
+        quads_end = _quads_end(b0, b1)
+        for b in range(b0, quads_end, FRAMES_PER_PASS):
+            f1, f2, f3, r0, r1, r2, r3 = _quad(b, b1, part, n_frames, scratch)
             for i in range(i0, i1):
                 j = active[i]
-                x = np.float64(frames[b, j])
-                y = np.float64(frames[b + 1, j]) if pair else 0.0
-                if not (x >= 0.0 and x < upper):
-                    for k in range(n_slots):
-                        lost[r0, ell_bins[i, k]] += ell_w[i, k]
-                    x = 0.0
-                if pair and not (y >= 0.0 and y < upper):
-                    for k in range(n_slots):
-                        lost[r1, ell_bins[i, k]] += ell_w[i, k]
-                    y = 0.0
+                x0 = _take(frames[b, j], upper, lost, r0, ell_bins, ell_w, i)
+                x1 = _take(frames[f1, j], upper, lost, r1, ell_bins, ell_w, i)
+                x2 = _take(frames[f2, j], upper, lost, r2, ell_bins, ell_w, i)
+                x3 = _take(frames[f3, j], upper, lost, r3, ell_bins, ell_w, i)
                 s = np.float64(scale[i])
-                sx = s * x
-                sy = s * y
                 for k in range(n_slots):
                     c = ell_bins[i, k]
                     ws = np.float64(ell_ws[i, k])
-                    wx = ws * x
-                    wy = ws * y
-                    signal[r0, c] += wx
-                    variance[r0, c] += wx * s
-                    signal[r1, c] += wy
-                    variance[r1, c] += wy * s
+                    w0 = ws * x0
+                    w1 = ws * x1
+                    w2 = ws * x2
+                    w3 = ws * x3
+                    signal[r0, c] += w0
+                    signal[r1, c] += w1
+                    signal[r2, c] += w2
+                    signal[r3, c] += w3
+                    variance[r0, c] += w0 * s
+                    variance[r1, c] += w1 * s
+                    variance[r2, c] += w2 * s
+                    variance[r3, c] += w3 * s
                     if with_squares:
-                        squares[r0, c] += wx * sx
-                        squares[r1, c] += wy * sy
-            b += 2
+                        squares[r0, c] += w0 * s * x0
+                        squares[r1, c] += w1 * s * x1
+                        squares[r2, c] += w2 * s * x2
+                        squares[r3, c] += w3 * s * x3
+        if quads_end < b1:                   # one frame left: a pass of its own
+            r0 = part * n_frames + quads_end
+            for i in range(i0, i1):
+                x0 = _take(frames[quads_end, active[i]], upper, lost, r0, ell_bins, ell_w, i)
+                s = np.float64(scale[i])
+                for k in range(n_slots):
+                    c = ell_bins[i, k]
+                    w0 = np.float64(ell_ws[i, k]) * x0
+                    signal[r0, c] += w0
+                    variance[r0, c] += w0 * s
+                    if with_squares:
+                        squares[r0, c] += w0 * s * x0
         if part == 0:
             for b in range(b0, b1):
                 for e in range(len(ovf_pix)):
