@@ -325,7 +325,8 @@ class Saxsdog:
         self.walk_seconds = 0.0
         self.setup_seconds = 0.0
         self.pipeline = None
-        self.stabilizer = None
+        self.settler = None
+        self._waiting = {}           # watch mode: absolute image path -> curve path
 
     # -- pipeline callbacks (pipeline threads) -----------------------------------------------
     def write(self, image_path, out_path, q, intensity, error):
@@ -395,9 +396,50 @@ class Saxsdog:
             return
         self.progress.add_total()
         if check_complete:
-            self.stabilizer.add(image_path, out)
+            with self._lock:
+                self._waiting[os.path.abspath(image_path)] = out
+            self.settler.touch(str(image_path))
         else:
             self.pipeline.submit(image_path, out)
+
+    # -- watch mode: files handed on once complete (gpusaxs.io.settle.FileSettler) -------------
+    def start_settler(self, timeout):
+        """Wait for watched files to be complete: size and time stable, image decodes; a file
+        still incomplete ``timeout`` s after its last change is reported as an error."""
+        from gpusaxs.io.settle import FileSettler
+
+        self.wait_timeout = timeout
+        self.settler = FileSettler(self._settled, settle=0.1, give_up=timeout, poll=0.05,
+                                   on_give_up=self._never_complete)
+
+    def stop_settler(self):
+        """Stop waiting; the files still waited for count as abandoned."""
+        self.settler.stop()
+        with self._lock:
+            self.abandoned += len(self._waiting)
+            self._waiting.clear()
+
+    def _settled(self, path):
+        with self._lock:
+            out = self._waiting.pop(path, None)
+        if out is not None:
+            self.pipeline.submit(Path(path), out)
+
+    def _never_complete(self, path):
+        from gpusaxs.errors import ImageReadError
+        from gpusaxs.io.images import read_image
+
+        with self._lock:
+            if self._waiting.pop(path, None) is None:
+                return
+            self.failed_early += 1
+        try:
+            read_image(path)
+            reason = "did not become readable"
+        except ImageReadError as exc:
+            reason = exc.reason
+        self.on_error(Path(path), ImageReadError(
+            path, f"still incomplete {self.wait_timeout:g} s after its last change: {reason}"))
 
     def curve_path(self, image_path, root):
         from gpusaxs.pipeline import curve_path
@@ -500,92 +542,6 @@ class Saxsdog:
 
     def integrator_name(self):
         return getattr(self.integrator, "backend_name", "?")
-
-
-class Stabilizer:
-    """Watch mode: wait until a new file is complete (size stable and decodable), then submit.
-
-    A file is checked every ``poll`` seconds; when its size and mtime did not change since the
-    previous check it is decoded; once it decodes it is submitted.  A file that does not become
-    complete within ``timeout`` seconds of its last change is reported as an error.
-    """
-
-    def __init__(self, dog, timeout=30.0, poll=0.1):
-        self.dog = dog
-        self.timeout = timeout
-        self.poll = poll
-        self._cond = threading.Condition()
-        self._pending = {}    # path -> [out, last (size, mtime), changed_at]
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="saxsdog-stabilizer",
-                                        daemon=True)
-        self._thread.start()
-
-    def add(self, path, out):
-        with self._cond:
-            if self._stop:
-                with self.dog._lock:
-                    self.dog.abandoned += 1
-                return
-            self._pending[Path(path)] = [out, None, time.monotonic()]
-            self._cond.notify_all()
-
-    def stop(self):
-        """Stop; return how many files were still waited for."""
-        with self._cond:
-            self._stop = True
-            n = len(self._pending)
-            self._pending.clear()
-            self._cond.notify_all()
-        self._thread.join()
-        return n
-
-    def _run(self):
-        from gpusaxs.errors import ImageReadError
-        from gpusaxs.io.images import image_complete, read_image
-
-        while True:
-            with self._cond:
-                while not self._pending and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                self._cond.wait(self.poll)     # bounded polling of the file sizes
-                if self._stop:
-                    return
-                items = list(self._pending.items())
-            for path, state in items:
-                out, last, changed_at = state
-                now = time.monotonic()
-                try:
-                    st = path.stat()
-                    sig = (st.st_size, st.st_mtime_ns)
-                except OSError:
-                    sig = None
-                if sig != last:
-                    state[1], state[2] = sig, now
-                    continue
-                ready = sig is not None and sig[0] > 0 and image_complete(path)
-                if ready:
-                    self._take(path)
-                    self.dog.pipeline.submit(path, out)
-                elif now - changed_at > self.timeout:
-                    self._take(path)
-                    try:
-                        read_image(path)
-                        reason = "did not become readable"
-                    except ImageReadError as exc:
-                        reason = exc.reason
-                    exc = ImageReadError(
-                        path, f"still incomplete {self.timeout:g} s after its last change: "
-                              f"{reason}")
-                    with self.dog._lock:
-                        self.dog.failed_early += 1
-                    self.dog.on_error(path, exc)
-
-    def _take(self, path):
-        with self._cond:
-            self._pending.pop(path, None)
 
 
 def _start_watch(dog, roots):
@@ -714,7 +670,7 @@ def main(argv=None):
     caught = _install_signal_handlers()
     try:
         if args.watch:
-            dog.stabilizer = Stabilizer(dog, timeout=args.wait_timeout)
+            dog.start_settler(args.wait_timeout)
             observer = _start_watch(dog, roots)   # before the walk: no gap
         if not args.nowalk:
             dog.walk(roots)
@@ -735,8 +691,8 @@ def main(argv=None):
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=5)
-            if dog.stabilizer is not None:
-                dog.abandoned += dog.stabilizer.stop()
+            if dog.settler is not None:
+                dog.stop_settler()
             dog.pipeline.close(abort=interrupted)
         except KeyboardInterrupt:        # second Ctrl-C: leave now (outputs stay atomic)
             _err("interrupted again: stopping without waiting")

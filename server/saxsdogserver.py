@@ -396,7 +396,9 @@ class Watcher:
     def __init__(self, service):
         from watchdog.observers import Observer
 
-        from .feeder import FileSettler, make_handler
+        from gpusaxs.io.settle import FileSettler
+
+        from .feeder import make_handler
 
         self.service = service
         self.settler = FileSettler(service.file_event, settle=0.5, check_complete=False)

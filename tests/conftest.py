@@ -3,6 +3,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI draws the same examples every run (a landing never hangs on a new random draw);
+# locally hypothesis explores afresh each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REFERENCE_DIR = Path(os.environ.get(
     "GPUSAXS_REFERENCE_DIR",

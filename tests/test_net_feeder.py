@@ -5,7 +5,7 @@ import time
 import numpy as np
 import zmq
 
-from server.feeder import FileSettler
+from gpusaxs.io.settle import FileSettler
 from test_net_support import Proc, free_port, wait_for, write_frames
 
 

@@ -282,8 +282,12 @@ def test_calibration_to_poni_against_pyfai(tmp_path_factory, g):
     ref = fit2d_reference_ai(cal)
     assert np.abs(two_theta(ai, cal.imagesize) - two_theta(ref, cal.imagesize)).max() < 1e-9
     got, want = ai.getFit2D(), ref.getFit2D()
-    for k in ("directDist", "centerX", "centerY", "tilt", "pixelX", "pixelY"):
+    for k in ("directDist", "tilt", "pixelX", "pixelY"):
         assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-7), k
+    # both centres come out of pyFAI's getFit2D, whose acos-based conversion was seen 1.0e-7 px
+    # off for the same geometry (2theta above agrees to 1e-9 rad); 1e-6 px is 0.03 um here
+    for k in ("centerX", "centerY"):
+        assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-6), k
     # pyFAI's getFit2D finds tiltPlanRotation with acos (ill-conditioned at small tilt or near
     # 0/180 degree), so compare the beam direction it implies rather than the raw angle
     assert _beam_direction(got) == pytest.approx(_beam_direction(want), abs=1e-7)  # ~sqrt(eps)
