@@ -9,7 +9,7 @@ import pytest
 
 from server import protocol as P
 from server.auth import sign_request
-from test_net_support import (REPO, Proc, chi_files, env, free_port, leash,
+from net_support import (REPO, Proc, chi_files, env, free_port, leash,
                               start_server, wait_for, write_config, write_frames, write_setup)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import zmq
 
 from gpusaxs.io.settle import FileSettler
-from test_net_support import Proc, free_port, wait_for, write_frames
+from net_support import Proc, free_port, wait_for, write_frames
 
 
 def test_settler_waits_for_complete_image(tmp_path):

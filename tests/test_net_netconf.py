@@ -9,7 +9,7 @@ import pytest
 
 from clients.saxsnetconf import main as netconf_main
 from server.netconfig import NetConfigError, load_config, parse_config
-from test_net_support import REPO, env
+from net_support import REPO, env
 
 
 def test_write_mode_0600_secret_and_refuse_overwrite(tmp_path, capsys):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from server import protocol as P
 from server.auth import sign_request
 from server.saxsdogserver import SaxsdogService
-from test_net_support import SECRET, calibration_dict, mask_array, wait_for, write_frames
+from net_support import SECRET, calibration_dict, mask_array, wait_for, write_frames
 
 RESULTS = {"new queue", "queue closed", "queue stopped emptied and closed", "plot data",
            "directory refilled queue", "stat", "directory listing", "Error",
