@@ -189,17 +189,28 @@ class ProcessingQueue:
         self._t_last = time.monotonic()
         log.warning("%s: %s", path, message)
 
-    def _fail_all(self, message):
+    def _drain_file_events(self):
+        """Empty the event queue; return the paths of its file events (others are dropped).
+
+        The caller settles ``_n_events`` for them, under the lock.
+        """
+        paths = []
         while True:
             try:
                 kind, path = self._events.get_nowait()
             except _queue.Empty:
-                break
+                return paths
             if kind in ("file", "force"):
-                with self._lock:
-                    self._n_events -= 1
-                    self._record_error(path, message)
-                self._on_finished(1)
+                paths.append(path)
+
+    def _fail_all(self, message):
+        paths = self._drain_file_events()
+        with self._lock:
+            self._n_events -= len(paths)
+            for path in paths:
+                self._record_error(path, message)
+        if paths:
+            self._on_finished(len(paths))
 
     def _run(self):
         try:
@@ -284,14 +295,9 @@ class ProcessingQueue:
             left = len(self._pending)
             self._pending.clear()
             self._retries.clear()
-            while True:
-                try:
-                    kind, _ = self._events.get_nowait()
-                except _queue.Empty:
-                    break
-                if kind in ("file", "force"):
-                    left += 1
-                    self._n_events -= 1
+            queued = self._drain_file_events()
+            left += len(queued)
+            self._n_events -= len(queued)
             self.dropped += max(left, dropped)
             self.state = "aborted"
         log.info("queue aborted, %d frames dropped", self.dropped)

@@ -10,7 +10,6 @@ the sockets, terminate the context.
 import argparse
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import os
@@ -270,6 +269,7 @@ class SaxsdogService:
 
         from gpusaxs.calibration import Calibration
         from gpusaxs.io.masks import read_mask
+        from gpusaxs.matrix_cache import matrix_key
 
         directory = self.resolve(arg["directory"], "directory")
         if not os.path.isdir(directory):
@@ -315,9 +315,7 @@ class SaxsdogService:
             mask = np.zeros(cal.imagesize, dtype=bool)
         mask = np.ascontiguousarray(mask, dtype=bool)
         cal = cal.replace(mask_file=None)
-        key = hashlib.sha256(b"|".join([cal.key().encode(), hashlib.sha256(
-            np.packbits(mask).tobytes() + repr(mask.shape).encode()).hexdigest().encode(),
-            str(self.backend).encode()])).hexdigest()
+        key = (matrix_key(cal, mask=mask), str(self.backend))
         backend = self.backend
         integrator_class = self._integrator_class
 
