@@ -145,12 +145,12 @@ def _chunk_entries(cal, rows, q_edges, uniform, keep):
     Splits each pixel into ov x ov sub-pixels, bins them, and counts per pixel how many
     sub-pixels fall in each bin (as offsets from the pixel's lowest bin).
     """
-    from .geometry import q_from_two_theta, two_theta_and_azimuth
+    from .geometry import pixel_offsets_mm, q_from_two_theta, two_theta_of_offsets
 
     ov = int(cal.oversampling)
     n_rows = rows.stop - rows.start
     width = cal.imagesize[1]
-    tth, _ = two_theta_and_azimuth(cal, rows, ov)
+    tth = two_theta_of_offsets(cal, *pixel_offsets_mm(cal, rows, ov))
     idx = _bin_index(q_from_two_theta(tth, cal.wavelength_A), q_edges, uniform)
     # (rows, ov, W, ov) -> (rows*W, ov*ov): the sub-pixels of each pixel side by side
     idx = idx.reshape(n_rows, ov, width, ov).transpose(0, 2, 1, 3).reshape(n_rows * width, ov * ov)
