@@ -252,7 +252,7 @@ def run_case(name, case, cp, hbm, h2d, args):
     # CPU engine: speed and agreement
     n_cpu = min(args.cpu_frames, n_host)
     try:
-        from cpu_fallback.engine import CpuEngine
+        from gpusaxs.cpu_fallback.engine import CpuEngine
         cpu = CpuEngine(matrix)
         cpu.sums(stack[:1], errors=True)  # numba compile
         t0 = time.perf_counter()

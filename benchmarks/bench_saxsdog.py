@@ -4,7 +4,7 @@ Job: N PILATUS 1M frames (copies of the reference frame buf1_00000.tif) in a fol
 one text curve per frame (q, I, error), with the reference geometry, its mask and a
 polarization correction (fraction 0.95).
 
-* saxsdog: the command as a user runs it (subprocess ``python -m clients.saxsdog -P``).
+* saxsdog: the command as a user runs it (subprocess ``python -m gpusaxs.clients.saxsdog -P``).
 * pyFAI: a script (subprocess) doing fabio.open, ai.integrate1d(method=("full", "csr",
   "cython"), npt=n_bins, unit="q_nm^-1", mask, polarization_factor, error_model="poisson")
   and np.savetxt per frame; geometry via ai.setFit2D as in the reference README.  A second
@@ -93,7 +93,7 @@ def machine():
 def run_saxsdog(cal, data, out, backend):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "clients.saxsdog", "-c", str(cal), "-o", str(out),
+    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", "-c", str(cal), "-o", str(out),
                         "-P", "--backend", backend, str(data)],
                        capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server import protocol as P  # noqa: E402
+from gpusaxs.server import protocol as P  # noqa: E402
 
 SHAPE = (1043, 981)
 CAL = {"PixelSizeMicroM": [172.0], "Imagesize": list(SHAPE), "PixelPerRadialElement": 1,
@@ -129,12 +129,12 @@ def run_mode(mode, args, work, originals, secret, cfg, env):
     try:
         if mode == "feeder":
             fport = _free_port()
-            fp, finfo = start("server.feeder", ["--bind", "127.0.0.1", "-p", fport, "-d", data,
+            fp, finfo = start("gpusaxs.server.feeder", ["--bind", "127.0.0.1", "-p", fport, "-d", data,
                                                 "--heartbeat", "0.2"],
                               work / f"feeder-{mode}.ready", work / f"feeder-{mode}.log", env)
             procs.append(fp)
             extra = ["-f", finfo["url"]]
-        sp, sinfo = start("server.saxsdogserver",
+        sp, sinfo = start("gpusaxs.server.saxsdogserver",
                           ["--config", cfg, "--bind", "127.0.0.1", "-p", "0", "-t", args.threads,
                            "-b", args.batch, "--backend", args.backend, *extra, base],
                           work / f"server-{mode}.ready", work / f"server-{mode}.log", env)
@@ -220,7 +220,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from gpusaxs.io.masks import write_fit2d_mask
-    from server.netconfig import write_config
+    from gpusaxs.server.netconfig import write_config
 
     work = Path(tempfile.mkdtemp(prefix="bench-service-", dir=args.workdir))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

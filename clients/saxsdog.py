@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.progress import Progress, format_duration
+from gpusaxs.clients.progress import Progress, format_duration
 from gpusaxs.io.atomic import atomic_path
 
 PROG = "saxsdog"

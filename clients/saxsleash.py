@@ -160,8 +160,8 @@ def _plot(client, args):
 
 
 def run(args):
-    from server import protocol as P
-    from server.netconfig import NetConfigError, load_config
+    from gpusaxs.server import protocol as P
+    from gpusaxs.server.netconfig import NetConfigError, load_config
 
     lo, hi = NARGS[args.command]
     if not lo <= len(args.arguments) <= hi:
@@ -222,7 +222,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # e.g. NoAnswer during plot
-        from server.protocol import NoAnswer
+        from gpusaxs.server.protocol import NoAnswer
 
         if isinstance(exc, NoAnswer):
             print(f"saxsleash: {exc}", file=sys.stderr)

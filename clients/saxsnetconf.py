@@ -43,7 +43,7 @@ def _ask(prompt, default):
 
 
 def main(argv=None):
-    from server.netconfig import (NetConfigError, default_path, insecure_mode, load_config,
+    from gpusaxs.server.netconfig import (NetConfigError, default_path, insecure_mode, load_config,
                                   write_config)
 
     args = build_parser().parse_args(argv)

@@ -15,6 +15,17 @@ The public API, all of it (see README.md):
     gpusaxs.backend_info()
     gpusaxs.calibration(config)                        # the SAXS 0.3.0 class (section 6)
 """
+import os as _os
+
+# The card keeps the service, the clients and the CPU engine in top-level folders
+# (server/, clients/, cpu_fallback/); they install as gpusaxs.server, gpusaxs.clients and
+# gpusaxs.cpu_fallback (pyproject's package-dir), so that `gpusaxs` is the only top-level name.
+# In a source checkout (tests, benchmarks) the same names resolve to those folders.
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if (_os.path.isfile(_os.path.join(_ROOT, "pyproject.toml"))
+        and _os.path.isfile(_os.path.join(_ROOT, "server", "__init__.py"))):
+    __path__.append(_ROOT)  # noqa: F821 - a package's __path__
+
 from . import geometry
 from .backend import backend_info
 from .calibration import Calibration

@@ -124,7 +124,7 @@ def main(argv=None):
                         help="integration engine (default: auto)")
     args = parser.parse_args(argv)
 
-    from clients import saxsdog
+    from gpusaxs.clients import saxsdog
 
     from .io.chi import read_chi
     from .plotting import plot_curve

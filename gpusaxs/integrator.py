@@ -55,7 +55,7 @@ class Integrator:
             from .gpu_engine import DeviceEngine
             self.engine = DeviceEngine(self.matrix)
         else:
-            from cpu_fallback.engine import default_engine
+            from gpusaxs.cpu_fallback.engine import default_engine
             self.engine = default_engine(self.matrix, threads=threads)
 
     # -- properties ---------------------------------------------------------------------------

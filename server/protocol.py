@@ -55,7 +55,7 @@ class ProtocolError(ValueError):
 @lru_cache(maxsize=None)
 def load_schema(name):
     """The parsed JSON schema ``request`` or ``response`` shipped in server/schemas/."""
-    text = resources.files("server").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    text = resources.files(__package__).joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
     return json.loads(text)
 
 

@@ -150,14 +150,14 @@ class Proc:
 
 
 def start_server(tmp_path, base, config, extra=(), name="server"):
-    return Proc("server.saxsdogserver",
+    return Proc("gpusaxs.server.saxsdogserver",
                 ["--config", config, "--bind", "127.0.0.1", "-p", "0", *extra, base],
                 tmp_path / f"{name}.ready.json", tmp_path / f"{name}.log")
 
 
 def leash(config, url, *args, timeout=30):
     """Run saxsleash as a process; returns (rc, parsed answer or None, stderr)."""
-    r = subprocess.run([sys.executable, "-m", "clients.saxsleash", *map(str, args),
+    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsleash", *map(str, args),
                         "--config", str(config), "-S", url], cwd=str(REPO), env=env(),
                        capture_output=True, text=True, timeout=timeout)
     answer = None

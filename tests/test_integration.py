@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import gpusaxs
-from cpu_fallback.engine import CpuEngine, ScipyEngine
+from gpusaxs.cpu_fallback.engine import CpuEngine, ScipyEngine
 from gpusaxs.geometry import polarization_factor
 from tests.helpers import calibration_with_mask, fit2d_edges, pyfai_integrator
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from server.auth import (AuthenticationError, Authenticator, ReplayCache, canonical_bytes,
+from gpusaxs.server.auth import (AuthenticationError, Authenticator, ReplayCache, canonical_bytes,
                          compute_sign, sign_request)
 
 SECRET = "s3cr3t-" + "x" * 57

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server import protocol as P
-from server.auth import sign_request
+from gpusaxs.server import protocol as P
+from gpusaxs.server.auth import sign_request
 from net_support import (REPO, Proc, chi_files, env, free_port, leash,
                               start_server, wait_for, write_config, write_frames, write_setup)
 
@@ -50,7 +50,7 @@ def check_curves(base_data, n_images):
 def setup(tmp_path):
     sport, fport = free_port(), free_port()
     cfg = tmp_path / "net.json"
-    from clients.saxsnetconf import main as netconf
+    from gpusaxs.clients.saxsnetconf import main as netconf
 
     assert netconf(["--config", str(cfg), "--server", f"tcp://127.0.0.1:{sport}",
                     "--feeder", f"tcp://127.0.0.1:{fport}"]) == 0
@@ -68,11 +68,11 @@ def setup(tmp_path):
 @pytest.mark.slow
 def test_feeder_server_leash_1000_frames(setup):
     s = setup
-    feeder = Proc("server.feeder", ["--config", s["cfg"], "--bind", "127.0.0.1",
+    feeder = Proc("gpusaxs.server.feeder", ["--config", s["cfg"], "--bind", "127.0.0.1",
                                     "-d", s["base"] / "data", "--heartbeat", "0.2"],
                   s["tmp"] / "feeder.ready", s["tmp"] / "feeder.log")
     s["procs"].append(feeder)
-    srv = Proc("server.saxsdogserver", ["--config", s["cfg"], "--bind", "127.0.0.1",
+    srv = Proc("gpusaxs.server.saxsdogserver", ["--config", s["cfg"], "--bind", "127.0.0.1",
                                         "-t", "2", s["base"]],
                s["tmp"] / "server.ready", s["tmp"] / "server.log")
     s["procs"].append(srv)
@@ -193,7 +193,7 @@ def test_watch_mode_security_and_robustness_over_the_wire(setup):
         client.close()
     # no answer: clear message, exit 3
     dead = free_port()
-    r = subprocess.run([sys.executable, "-m", "clients.saxsleash", "stat", "--config", s["cfg"],
+    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsleash", "stat", "--config", s["cfg"],
                         "-S", f"tcp://127.0.0.1:{dead}", "--timeout", "0.3", "--retries", "1"],
                        capture_output=True, text=True, cwd=REPO, env=env(), timeout=60)
     assert r.returncode == 3 and "no answer" in r.stderr

@@ -48,7 +48,7 @@ def test_feeder_process_watch_and_simulate(tmp_path):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVTIMEO, 200)
     sub.connect(f"tcp://127.0.0.1:{port}")
-    feeder = Proc("server.feeder", ["-p", port, "--bind", "127.0.0.1", "-d", folder,
+    feeder = Proc("gpusaxs.server.feeder", ["-p", port, "--bind", "127.0.0.1", "-d", folder,
                                     "--heartbeat", "0.1"], tmp_path / "f.ready", tmp_path / "f.log")
     files, beats = [], []
 
@@ -71,7 +71,7 @@ def test_feeder_process_watch_and_simulate(tmp_path):
         assert len(names) == 7 and len(set(names)) == 5   # img_00000/1 in both folders
         assert feeder.stop() == 0
         # --simulate replays existing files once
-        sim = Proc("server.feeder", ["-p", port, "--bind", "127.0.0.1", "-d", folder,
+        sim = Proc("gpusaxs.server.feeder", ["-p", port, "--bind", "127.0.0.1", "-d", folder,
                                      "--simulate", "--interval", "0"],
                    tmp_path / "s.ready", tmp_path / "s.log")
         files.clear()

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from clients.saxsnetconf import main as netconf_main
-from server.netconfig import NetConfigError, load_config, parse_config
+from gpusaxs.clients.saxsnetconf import main as netconf_main
+from gpusaxs.server.netconfig import NetConfigError, load_config, parse_config
 from net_support import REPO, env
 
 
@@ -38,7 +38,7 @@ def test_write_mode_0600_secret_and_refuse_overwrite(tmp_path, capsys):
 
 def test_interactive_prompts(tmp_path):
     path = tmp_path / "sub" / "net.json"
-    r = subprocess.run([sys.executable, "-m", "clients.saxsnetconf", "--config", str(path)],
+    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsnetconf", "--config", str(path)],
                        input="tcp://srv:7000\n\n", capture_output=True, text=True, cwd=REPO,
                        env=env(), timeout=60)
     assert r.returncode == 0, r.stderr
@@ -65,8 +65,8 @@ def test_list_form_and_errors(tmp_path):
 
 
 def test_help_has_examples():
-    for mod in ("clients.saxsnetconf", "clients.saxsleash", "server.saxsdogserver",
-                "server.feeder"):
+    for mod in ("gpusaxs.clients.saxsnetconf", "gpusaxs.clients.saxsleash", "gpusaxs.server.saxsdogserver",
+                "gpusaxs.server.feeder"):
         r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True,
                            text=True, cwd=REPO, env=env(), timeout=60)
         assert r.returncode == 0 and "examples:" in r.stdout, mod

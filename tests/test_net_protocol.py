@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import protocol as P
-from server.auth import sign_request
-from server.saxsdogserver import SaxsdogService
+from gpusaxs.server import protocol as P
+from gpusaxs.server.auth import sign_request
+from gpusaxs.server.saxsdogserver import SaxsdogService
 from net_support import SECRET, calibration_dict, mask_array, wait_for, write_frames
 
 RESULTS = {"new queue", "queue closed", "queue stopped emptied and closed", "plot data",

@@ -20,7 +20,7 @@ def run(args, cwd, **env_changes):
             env.pop(k, None)
         else:
             env[k] = v
-    return subprocess.run([sys.executable, "-m", "clients.plotchi", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "gpusaxs.clients.plotchi", *map(str, args)],
                           cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -92,7 +92,7 @@ def _figure(**kw):
 
 
 def test_figure_options(reference_dir, ours):
-    from clients.plotchi import load_curves, make_figure
+    from gpusaxs.clients.plotchi import load_curves, make_figure
 
     fit2d = reference_dir / "buf1_00000.fit2d.chi"
     curves = load_curves([fit2d, ours], skip=10, clip=5)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clients.saxsconverter import main, parse_fit2d
+from gpusaxs.clients.saxsconverter import main, parse_fit2d
 from gpusaxs.calibration import Calibration, read_poni
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ INFO: Estimated coordinate radial position error (mm) = 0.7136476E-02
 def run_cli(*args, cwd=None):
     """Run the real console script in a subprocess; return (rc, stdout, stderr)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-m", "clients.saxsconverter", *map(str, args)],
+    p = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsconverter", *map(str, args)],
                        capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=120)
     return p.returncode, p.stdout, p.stderr
 

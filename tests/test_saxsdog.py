@@ -60,7 +60,7 @@ def write_frame(path, seed):
 def run(args, cwd, timeout=120):
     """Run saxsdog in a subprocess; return the CompletedProcess (text output)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "clients.saxsdog", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -99,7 +99,7 @@ def chi_files(folder):
 
 # -- tests ------------------------------------------------------------------------------------
 def test_help_explains_every_option():
-    r = subprocess.run([sys.executable, "-m", "clients.saxsdog", "--help"],
+    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", "--help"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0
     for opt in ("-c", "-t", "-m", "-w", "-r", "-o", "-i", "-s", "-p", "-P", "-S", "-n", "-D",
@@ -248,7 +248,7 @@ def test_watch_mode(synth, tmp_path):
     write_frame(watched / "before.tif", 0)                  # present at start: walked
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.saxsdog", "-c", str(synth / "cal.json"), "-w",
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", "-c", str(synth / "cal.json"), "-w",
          "--wait-timeout", "3", str(watched)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = []
