@@ -1,23 +1,35 @@
 """Numba kernels of the CPU engine.
 
-Layout (built by :class:`cpu_fallback.engine.CpuEngine` from the IntegrationMatrix): only the
+Layout (built by :func:`cpu_fallback.engine.ell_layout` from the IntegrationMatrix): only the
 *active* pixels (unmasked, with at least one bin) are visited, each with exactly ``S`` slots
 (ELL format: ``bins (n_active, S)``, weights padded with 0), so the inner loop has a fixed trip
 count and no branch mispredictions; entries beyond ``S`` (rare: fine user bins) go to a small
-pixel-sorted overflow list.  The polarization scale is folded into the signal weights.
+pixel-sorted overflow list.  The pixel scale (polarization, flat, solid angle) is folded into the
+signal weights ``ws = w * s``.
 
-Work is cut into tiles (frame group x pixel part) with private float64 accumulator rows
-``part * B + b``, so there are no races; the caller adds the parts.  Frames are processed four
-at a time, so each matrix entry read from memory serves four frames; in a last pass of two or
-three frames the missing ones read the first frame again and accumulate into a scratch row of
-the tile (row ``n_parts * B + tile``), which the caller drops; a single frame left over gets a
-pass of its own.
+Work is cut into tiles (frame group x pixel part), each with private float64 accumulators, so
+there are no races; the caller adds the parts.  A tile takes up to ``FRAMES_PER_PASS`` (8) frames
+per pass over the matrix, in blocks of ``BLOCK`` active pixels: the block's values of those frames
+are first *staged* (read, converted to float64, validity-checked, dark-subtracted) into a small
+pixel-major buffer ``(BLOCK, 8)`` that stays in L1, then each matrix slot adds ``ws * x`` for the
+8 frames into the accumulator row ``acc[bin, 0:8]`` (contiguous: one SIMD FMA line).  Each matrix
+entry read serves 8 frames, the bin index and weight are loaded once per 8 frames, and the
+staging loop carries the per-frame branches, out of the scatter loop.  Invalid values (x < 0,
+x >= the unsigned maximum, NaN) are staged as 0; the rare blocks that hold one are revisited to
+add the invalid pixels' weights to ``lost`` (subtracted from the static norm by the caller).
+
+Dark offset (``offset`` not None): the value used is v = x - offset, validity judged on raw x;
+the Poisson variance uses the raw x.  Passing None compiles a specialisation without it.
 """
 import numba
 import numpy as np
 
-#: Frames processed per pass over the matrix.
-FRAMES_PER_PASS = 4
+#: Most frames processed per pass over the matrix (the width of an accumulator row).
+FRAMES_PER_PASS = 8
+
+#: Active pixels per staging block: the buffer (BLOCK, 8) float64 is 16 KiB (twice that with a
+#: dark offset and errors), well inside L1.
+BLOCK = 256
 
 
 @numba.njit(inline="always")
@@ -29,156 +41,161 @@ def _tile_range(tile, n_parts, n_groups, n_frames, n_items):
 
 
 @numba.njit(inline="always")
-def _quads_end(b0, b1):
-    """End of the frames [b0, b1) done in passes of four: all of them, unless exactly one is
-    left over (a pass of four for one frame would do four frames' work); a last pass of two or
-    three real frames is still cheaper as one pass than as single ones."""
-    return b1 - 1 if (b1 - b0) % FRAMES_PER_PASS == 1 else b1
+def _stage(frames, active, offset, upper, fb, nf, width, blk, blk_end, vbuf, xbuf, raw):
+    """Stage frames fb..fb+nf of active pixels blk..blk_end into vbuf (and xbuf if raw);
+    columns nf..width are zeroed.  Returns the number of invalid values."""
+    n_invalid = 0
+    for f in range(nf):
+        row = frames[fb + f]
+        for i in range(blk, blk_end):
+            x = np.float64(row[active[i]])
+            ok = x >= 0.0 and x < upper
+            n_invalid += not ok
+            if offset is None:
+                vbuf[i - blk, f] = x if ok else 0.0
+            else:
+                vbuf[i - blk, f] = x - np.float64(offset[i]) if ok else 0.0
+                if raw:
+                    xbuf[i - blk, f] = x if ok else 0.0
+    for f in range(nf, width):
+        for i in range(blk, blk_end):
+            vbuf[i - blk, f] = 0.0
+            if raw:
+                xbuf[i - blk, f] = 0.0
+    return n_invalid
 
 
 @numba.njit(inline="always")
-def _quad(b, b1, part, n_frames, scratch):
-    """Frame indices and accumulator rows of the (up to) four frames starting at b."""
-    f1 = b + 1 if b + 1 < b1 else b
-    f2 = b + 2 if b + 2 < b1 else b
-    f3 = b + 3 if b + 3 < b1 else b
-    row = part * n_frames
-    return (f1, f2, f3, row + b, row + f1 if f1 != b else scratch,
-            row + f2 if f2 != b else scratch, row + f3 if f3 != b else scratch)
-
-
-@numba.njit(inline="always")
-def _take(value, upper, lost, row, ell_bins, ell_w, i):
-    """value as float64 if valid; else 0, after adding pixel i's weights to ``lost[row]``."""
-    x = np.float64(value)
-    if x >= 0.0 and x < upper:
-        return x
-    for k in range(ell_bins.shape[1]):
-        lost[row, ell_bins[i, k]] += ell_w[i, k]
-    return 0.0
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def mean_sums(frames, active, ell_bins, ell_ws, ell_w, ovf_pix, ovf_bins, ovf_ws, ovf_w,
-              upper, n_bins, n_groups, n_parts):
-    """Partial (signal, lost), each (n_parts * B + n_tiles, n_bins); the first n_parts * B rows
-    are the result.
-
-    signal = sum w*s*x over valid pixels; lost = sum w over invalid ones (x < 0, x >= upper, NaN),
-    to be subtracted from the static norm.  frames: (B, N) of any numeric dtype.
-    """
-    n_frames = frames.shape[0]
-    n_active, n_slots = ell_bins.shape
-    n_tiles = n_groups * n_parts
-    signal = np.zeros((n_parts * n_frames + n_tiles, n_bins))
-    lost = np.zeros((n_parts * n_frames + n_tiles, n_bins))
-    for tile in numba.prange(n_tiles):
-        part, b0, b1, i0, i1 = _tile_range(tile, n_parts, n_groups, n_frames, n_active)
-        scratch = n_parts * n_frames + tile
-        quads_end = _quads_end(b0, b1)
-        for b in range(b0, quads_end, FRAMES_PER_PASS):
-            f1, f2, f3, r0, r1, r2, r3 = _quad(b, b1, part, n_frames, scratch)
-            for i in range(i0, i1):
-                j = active[i]
-                x0 = _take(frames[b, j], upper, lost, r0, ell_bins, ell_w, i)
-                x1 = _take(frames[f1, j], upper, lost, r1, ell_bins, ell_w, i)
-                x2 = _take(frames[f2, j], upper, lost, r2, ell_bins, ell_w, i)
-                x3 = _take(frames[f3, j], upper, lost, r3, ell_bins, ell_w, i)
+def _one_pass(frames, active, ell_bins, ell_ws, ell_w, scale, offset, upper, fb, nf, width,
+              i0, i1, acc, acc_lost, acc_var, acc_sq, vbuf, xbuf, errors, squares):
+    """One pass over active pixels i0..i1 for frames fb..fb+nf, ``width`` (a constant at each
+    call site: 8 or 1) accumulator columns."""
+    n_slots = ell_bins.shape[1]
+    raw = errors and offset is not None
+    for blk in range(i0, i1, BLOCK):
+        blk_end = min(blk + BLOCK, i1)
+        n_invalid = _stage(frames, active, offset, upper, fb, nf, width, blk, blk_end, vbuf,
+                           xbuf, raw)
+        if not errors:
+            for i in range(blk, blk_end):
+                v = vbuf[i - blk]
                 for k in range(n_slots):
-                    c = ell_bins[i, k]
                     ws = np.float64(ell_ws[i, k])
-                    signal[r0, c] += ws * x0
-                    signal[r1, c] += ws * x1
-                    signal[r2, c] += ws * x2
-                    signal[r3, c] += ws * x3
-        if quads_end < b1:                   # one frame left: a pass of its own
-            r0 = part * n_frames + quads_end
-            for i in range(i0, i1):
-                x0 = _take(frames[quads_end, active[i]], upper, lost, r0, ell_bins, ell_w, i)
-                for k in range(n_slots):
-                    signal[r0, ell_bins[i, k]] += np.float64(ell_ws[i, k]) * x0
-        if part == 0:
-            for b in range(b0, b1):
-                for e in range(len(ovf_pix)):
-                    x = np.float64(frames[b, ovf_pix[e]])
-                    if x >= 0.0 and x < upper:
-                        signal[b, ovf_bins[e]] += ovf_ws[e] * x
-                    else:
-                        lost[b, ovf_bins[e]] += ovf_w[e]
-    return signal, lost
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, ovf_pix, ovf_bins, ovf_ws, ovf_w,
-               upper, n_bins, n_groups, n_parts, with_squares):
-    """As :func:`mean_sums`, plus partial variance (sum w s^2 x) and, if ``with_squares``,
-    squares (sum w (s x)^2; left zero otherwise: the Poisson error alone needs no squares).
-
-    ``scale`` is the per-active-pixel 1/K (float32).
-    """
-    n_frames = frames.shape[0]
-    n_active, n_slots = ell_bins.shape
-    n_tiles = n_groups * n_parts
-    shape = (n_parts * n_frames + n_tiles, n_bins)
-    signal = np.zeros(shape)
-    lost = np.zeros(shape)
-    variance = np.zeros(shape)
-    squares = np.zeros(shape)
-    for tile in numba.prange(n_tiles):
-        part, b0, b1, i0, i1 = _tile_range(tile, n_parts, n_groups, n_frames, n_active)
-        scratch = n_parts * n_frames + tile
-        quads_end = _quads_end(b0, b1)
-        for b in range(b0, quads_end, FRAMES_PER_PASS):
-            f1, f2, f3, r0, r1, r2, r3 = _quad(b, b1, part, n_frames, scratch)
-            for i in range(i0, i1):
-                j = active[i]
-                x0 = _take(frames[b, j], upper, lost, r0, ell_bins, ell_w, i)
-                x1 = _take(frames[f1, j], upper, lost, r1, ell_bins, ell_w, i)
-                x2 = _take(frames[f2, j], upper, lost, r2, ell_bins, ell_w, i)
-                x3 = _take(frames[f3, j], upper, lost, r3, ell_bins, ell_w, i)
+                    a = acc[ell_bins[i, k]]
+                    for f in range(width):
+                        a[f] += ws * v[f]
+        else:
+            for i in range(blk, blk_end):
+                v = vbuf[i - blk]
+                x = xbuf[i - blk] if raw else v
                 s = np.float64(scale[i])
                 for k in range(n_slots):
                     c = ell_bins[i, k]
                     ws = np.float64(ell_ws[i, k])
-                    w0 = ws * x0
-                    w1 = ws * x1
-                    w2 = ws * x2
-                    w3 = ws * x3
-                    signal[r0, c] += w0
-                    signal[r1, c] += w1
-                    signal[r2, c] += w2
-                    signal[r3, c] += w3
-                    variance[r0, c] += w0 * s
-                    variance[r1, c] += w1 * s
-                    variance[r2, c] += w2 * s
-                    variance[r3, c] += w3 * s
-                    if with_squares:
-                        squares[r0, c] += w0 * s * x0
-                        squares[r1, c] += w1 * s * x1
-                        squares[r2, c] += w2 * s * x2
-                        squares[r3, c] += w3 * s * x3
-        if quads_end < b1:                   # one frame left: a pass of its own
-            r0 = part * n_frames + quads_end
-            for i in range(i0, i1):
-                x0 = _take(frames[quads_end, active[i]], upper, lost, r0, ell_bins, ell_w, i)
-                s = np.float64(scale[i])
-                for k in range(n_slots):
-                    c = ell_bins[i, k]
-                    w0 = np.float64(ell_ws[i, k]) * x0
-                    signal[r0, c] += w0
-                    variance[r0, c] += w0 * s
-                    if with_squares:
-                        squares[r0, c] += w0 * s * x0
-        if part == 0:
+                    wss = ws * s
+                    a = acc[c]
+                    av = acc_var[c]
+                    for f in range(width):
+                        a[f] += ws * v[f]
+                        av[f] += wss * x[f]
+                    if squares:
+                        aq = acc_sq[c]
+                        for f in range(width):
+                            aq[f] += wss * v[f] * v[f]
+        if n_invalid:                                 # rare: weights of invalid pixels
+            for i in range(blk, blk_end):
+                for f in range(nf):
+                    x = np.float64(frames[fb + f, active[i]])
+                    if not (x >= 0.0 and x < upper):
+                        for k in range(n_slots):
+                            acc_lost[ell_bins[i, k], f] += ell_w[i, k]
+
+
+@numba.njit(inline="always")
+def _flush(part, fb, nf, acc, acc_lost, acc_var, acc_sq, signal, lost, variance, sq_out,
+           errors, squares):
+    """Copy the pass's accumulator columns to the outputs and zero them."""
+    for f in range(nf):
+        for c in range(acc.shape[0]):
+            signal[part, fb + f, c] = acc[c, f]
+            lost[part, fb + f, c] = acc_lost[c, f]
+            if errors:
+                variance[part, fb + f, c] = acc_var[c, f]
+                if squares:
+                    sq_out[part, fb + f, c] = acc_sq[c, f]
+    acc[:] = 0.0
+    acc_lost[:] = 0.0
+    acc_var[:] = 0.0
+    acc_sq[:] = 0.0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def accumulate(frames, active, ell_bins, ell_ws, ell_w, scale, offset, ovf_pix, ovf_bins,
+               ovf_ws, ovf_w, ovf_offset, upper, n_bins, n_groups, n_parts, errors, squares):
+    """Partial sums, each (n_parts, B, n_bins) float64; the caller adds the parts.
+
+    Returns (signal, lost, variance, squares): signal = sum w*s*v over valid pixels, lost =
+    sum w over invalid active pixels; if ``errors``, variance = sum w*s^2*x, and if also
+    ``squares``, squares = sum w*(s*v)^2 (else left zero).  Without ``errors`` variance and
+    squares are (0, B, n_bins) arrays.  frames: (B, N) of any numeric dtype; scale: (n_active,)
+    float32 s; offset: (n_active,) float32 dark or None; ovf_offset: (n_ovf,) float32 or None.
+    A tile's frames go in passes of 8 (the last one padded when 4 to 7 are left), then
+    passes of 1 (two code copies only: numba compile time).
+    """
+    n_frames = frames.shape[0]
+    n_tiles = n_groups * n_parts
+    F = FRAMES_PER_PASS
+    signal = np.zeros((n_parts, n_frames, n_bins))
+    lost = np.zeros((n_parts, n_frames, n_bins))
+    n_err = n_parts if errors else 0
+    variance = np.zeros((n_err, n_frames, n_bins))
+    sq_out = np.zeros((n_err, n_frames, n_bins))
+    n_var = n_bins if errors else 0
+    n_sq = n_bins if errors and squares else 0
+    n_raw = BLOCK if errors and offset is not None else 0
+    for tile in numba.prange(n_tiles):
+        part, b0, b1, i0, i1 = _tile_range(tile, n_parts, n_groups, n_frames, len(active))
+        acc = np.zeros((n_bins, F))
+        acc_lost = np.zeros((n_bins, F))
+        acc_var = np.zeros((n_var, F))
+        acc_sq = np.zeros((n_sq, F))
+        vbuf = np.zeros((BLOCK, F))                  # v = x - offset (or x), 0 if invalid
+        xbuf = np.zeros((n_raw, F))                  # raw x (errors with a dark)
+        fb = b0
+        while fb < b1:
+            left = b1 - fb
+            if left >= F:
+                nf = F
+                _one_pass(frames, active, ell_bins, ell_ws, ell_w, scale, offset, upper, fb,
+                          nf, F, i0, i1, acc, acc_lost, acc_var, acc_sq, vbuf, xbuf, errors,
+                          squares)
+            elif left >= 4:                           # 4 to 7 left: one padded pass
+                nf = left
+                _one_pass(frames, active, ell_bins, ell_ws, ell_w, scale, offset, upper, fb,
+                          nf, F, i0, i1, acc, acc_lost, acc_var, acc_sq, vbuf, xbuf, errors,
+                          squares)
+            else:
+                nf = 1
+                _one_pass(frames, active, ell_bins, ell_ws, ell_w, scale, offset, upper, fb,
+                          nf, 1, i0, i1, acc, acc_lost, acc_var, acc_sq, vbuf, xbuf, errors,
+                          squares)
+            _flush(part, fb, nf, acc, acc_lost, acc_var, acc_sq, signal, lost, variance,
+                   sq_out, errors, squares)
+            fb += nf
+        if part == 0:                                 # overflow entries (rare), whole frames
             for b in range(b0, b1):
                 for e in range(len(ovf_pix)):
                     x = np.float64(frames[b, ovf_pix[e]])
+                    c = ovf_bins[e]
                     if x >= 0.0 and x < upper:
+                        v = x if ovf_offset is None else x - np.float64(ovf_offset[e])
                         ws = np.float64(ovf_ws[e])
-                        s = ws / ovf_w[e]
-                        signal[b, ovf_bins[e]] += ws * x
-                        variance[b, ovf_bins[e]] += ws * s * x
-                        squares[b, ovf_bins[e]] += ws * s * x * x
+                        signal[0, b, c] += ws * v
+                        if errors:
+                            wss = ws * (ws / ovf_w[e])
+                            variance[0, b, c] += wss * x
+                            if squares:
+                                sq_out[0, b, c] += wss * v * v
                     else:
-                        lost[b, ovf_bins[e]] += ovf_w[e]
-    return signal, lost, variance, squares
+                        lost[0, b, c] += ovf_w[e]
+    return signal, lost, variance, sq_out

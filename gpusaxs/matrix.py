@@ -19,6 +19,8 @@ class IntegrationMatrix:
     bins: (nnz,) int32 bin index; weights: (nnz,) float32 area fraction.
     pixel_scale: (H*W,) float32 multiplicative correction 1/K (polarization), else 1.
     norm: (n_bins,) float64 sum of weights per bin over all unmasked pixels.
+    pixel_offset: (H*W,) float32 value subtracted from each raw pixel before scaling (the dark
+    current, counts), or None (no offset); validity is still judged on the raw value.
     """
 
     shape: tuple
@@ -28,6 +30,7 @@ class IntegrationMatrix:
     weights: np.ndarray
     pixel_scale: np.ndarray
     norm: np.ndarray
+    pixel_offset: np.ndarray = None
 
     @property
     def n_pixels(self):
