@@ -6,6 +6,7 @@ Oversampling x Oversampling sub-pixels whose shares go to their q bins.  Stored 
 docs/ARCHITECTURE.md for the contract with the engines.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -19,6 +20,8 @@ class IntegrationMatrix:
     bins: (nnz,) int32 bin index; weights: (nnz,) float32 area fraction.
     pixel_scale: (H*W,) float32 multiplicative correction 1/K (polarization), else 1.
     norm: (n_bins,) float64 sum of weights per bin over all unmasked pixels.
+    pixel_offset: (H*W,) float32 dark value subtracted from each raw pixel before scaling
+    (counts), or None for 0 (docs/CONTRACTS section 1).
     """
 
     shape: tuple
@@ -28,6 +31,7 @@ class IntegrationMatrix:
     weights: np.ndarray
     pixel_scale: np.ndarray
     norm: np.ndarray
+    pixel_offset: Optional[np.ndarray] = None
 
     @property
     def n_pixels(self):
