@@ -52,8 +52,11 @@ class Integrator:
         self.matrix = get_matrix(self.calibration, mask=mask, q_edges=q_edges,
                                  cache_dir=cache_dir, progress=progress)
         if self.backend_name == "cupy":
+            from .backend import array_module
             from .gpu_engine import DeviceEngine
-            self.engine = DeviceEngine(self.matrix)
+            # the module of the backend selected here: never "auto" again (which would follow
+            # $GPUSAXS_BACKEND and could silently run an explicit cupy request on the CPU)
+            self.engine = DeviceEngine(self.matrix, xp=array_module("cupy"))
         else:
             from gpusaxs.cpu_fallback.engine import default_engine
             self.engine = default_engine(self.matrix, threads=threads)

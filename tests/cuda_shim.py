@@ -51,7 +51,7 @@ static thread_local bool gs_returned = false;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define GS_SHARED(type, name, dims) type (&name) dims = *reinterpret_cast<type (*) dims>(gs_ctx->shared)
 template <typename T> inline T __ldg(const T* p) { return *p; }
 inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, 4); return u; }
