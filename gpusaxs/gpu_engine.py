@@ -690,7 +690,8 @@ class DeviceEngine:
         layout = self.batch_layout(dtype)
         if pixel_major:
             ld = self._leading_dim(b)
-            if layout == "pixel" and ld == b and stack_dev.flags.c_contiguous:
+            aligned = self.name == "numpy" or stack_dev.data.ptr % 16 == 0
+            if layout == "pixel" and ld == b and stack_dev.flags.c_contiguous and aligned:
                 self._integrate_into(stack_dev, "pixel", b, out, errors)
             elif layout == "pixel":
                 buf = xp.empty((self.n_pixels, ld), dtype=dtype)

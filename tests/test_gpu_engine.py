@@ -2,16 +2,13 @@
 kernel source compiled and run on the CPU through an emulation shim (needs g++), and GPU tests
 (marked ``gpu``, skipped without CuPy and a CUDA device)."""
 import collections
-import shutil
-import subprocess
+import platform
 
 import numpy as np
 import pytest
 
-import platform
-
 import cuda_shim
-from gpusaxs.gpu_engine import (CTYPES, KERNEL_DTYPES, DeviceEngine, SyncStream, engine_fallbacks,
+from gpusaxs.gpu_engine import (CTYPES, KERNEL_DTYPES, DeviceEngine, SyncStream,
                                 kernel_name, kernel_names, kernel_source, make_segments,
                                 transpose_name, valid_mask)
 from gpusaxs.matrix import IntegrationMatrix
@@ -218,7 +215,7 @@ def test_kernel_source_is_the_packaged_cu_file():
     path = pathlib.Path(gpusaxs.__file__).parent / "kernels" / "integrate.cu"
     assert kernel_source() == path.read_text()
     for name in ("gs_integrate_pm", "gs_integrate", "gs_to_pixel_major"):
-        assert f"void __launch_bounds__" in kernel_source() and name in kernel_source()
+        assert "void __launch_bounds__" in kernel_source() and name in kernel_source()
 
 
 # ---------------------------------------------------------------------------- NumPy engine
@@ -576,7 +573,7 @@ def _emu_case(rng, dtype, offset=False):
     m = _emu_matrix(rng, offset)
     eng = DeviceEngine(m, xp=np, segment_length=50)
     assert np.any(np.bincount(eng.kernel_arrays()["seg_bin"]) > 1)  # bins span blocks
-    x = make_frames(dtype, 11, m.shape, rng)  # two full frame groups of 8? no: 8 + ragged 3
+    x = make_frames(dtype, 11, m.shape, rng)  # frame groups of 8 and a ragged 3
     return m, eng, x
 
 
@@ -737,12 +734,41 @@ def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fb,seg,streams", [(1, 4096, 1), (3, 64, 2), (8, 100000, 3)])
-def test_gpu_kernel_parameters(cp, matrix, frames_by_dtype, references, fb, seg, streams):
+@pytest.mark.parametrize("layout,upload,seg,streams", [("pixel", "copy", 4096, 1),
+                                                       ("pixel", "mapped", 64, 2),
+                                                       ("frame", "copy", 100000, 3)])
+def test_gpu_kernel_parameters(cp, matrix, frames_by_dtype, references, layout, upload, seg,
+                               streams):
     x = frames_by_dtype[np.dtype(np.uint32)]
-    eng = DeviceEngine(matrix, xp=cp, batch_size=4, n_streams=streams, frames_per_block=fb,
-                       segment_length=seg)
+    eng = DeviceEngine(matrix, xp=cp, batch_size=4, n_streams=streams, layout=layout,
+                       upload=upload, segment_length=seg)
     assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-6)
+    assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+def test_gpu_poisson_offset_and_pixel_major_input(cp, matrix, frames_by_dtype, layout):
+    m = with_offset(matrix, np.random.default_rng(4))
+    x = frames_by_dtype[np.dtype(np.int32)]
+    ref = reference_sums(m, x)
+    eng = DeviceEngine(m, xp=cp, batch_size=3, layout=layout)
+    assert_sums_close(eng.sums(x, errors=True), ref, 1e-6)
+    pois = eng.sums(x, errors="poisson")
+    assert pois.squares is None
+    np.testing.assert_allclose(pois.variance, ref.variance, rtol=1e-6)
+    pm = cp.asarray(np.ascontiguousarray(x.reshape(len(x), -1).T))
+    got = eng.sums_device(pm, errors=True, pixel_major=True)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in got)), ref, 1e-6)
+    assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+def test_gpu_subnormal_validity_matches_cpu(cp, matrix):
+    rng = np.random.default_rng(2)
+    x = rng.choice(SUBNORMALS, size=(3,) + matrix.shape).astype(np.float32)
+    got = DeviceEngine(matrix, xp=cp).sums(x)
+    np.testing.assert_allclose(got.norm, reference_sums(matrix, x).norm, rtol=1e-12)
 
 
 @pytest.mark.gpu
