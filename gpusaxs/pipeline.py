@@ -310,11 +310,7 @@ class FramePipeline:
         except Exception:
             self._integrate(batch)  # synchronous retry, isolates a bad frame
             return
-        with self._cond:
-            self._timings["integrate"] += time.perf_counter() - t0
-        for it in batch:
-            it.image = None
-        self._write_q.put((batch, intensity, err))
+        self._emit(batch, intensity, err, t0)
 
     def _integrate(self, batch):
         t0 = time.perf_counter()
@@ -337,6 +333,10 @@ class FramePipeline:
                 it.image = None
                 self._fail(it, exc)
             return
+        self._emit(batch, intensity, err, t0)
+
+    def _emit(self, batch, intensity, err, t0):
+        """Count the integration time since t0, free the frames, pass the curves on."""
         with self._cond:
             self._timings["integrate"] += time.perf_counter() - t0
         for it in batch:

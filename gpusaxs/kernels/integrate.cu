@@ -110,14 +110,34 @@ __device__ __forceinline__ void gs_reduce_store(double (&acc)[4][FB], const int 
     }
 }
 
-// Frame-major stack: frames[f * n_pixels + p], (n_frames, n_pixels).
-// (at most 255 registers: 1 block of 256 threads per SM guaranteed; the pixel-major kernel
-// keeps 2 blocks per SM within 128 registers)
-// One block = one segment (<= segment_length entries of ONE bin) x one group of FB frames,
-// numbered segment-major (block = seg * n_groups + group) so the groups sharing a segment run
-// together and its entries come from L2 after the first.  The FB loads of an entry are issued
+// The work of one block: segment seg (entries e0..e1 of ONE bin) x frames f0..f0+nf-1.
+// Blocks are numbered segment-major (block = seg * n_groups + group) so the groups sharing a
+// segment run together and its entries come from L2 after the first.  Zeroes acc.
+struct gs_job { long long seg, e0, e1; int f0, nf; };
+
+template <int FB>
+__device__ __forceinline__ gs_job gs_block_job(const int n_frames, const int n_groups,
+                                               const long long* __restrict__ seg_start,
+                                               const long long* __restrict__ seg_end,
+                                               double (&acc)[4][FB]) {
+    gs_job j;
+    const long long block = (long long)blockIdx.x;
+    const int group = (int)(block % n_groups);
+    j.seg = block / n_groups;
+    j.f0 = group * FB;
+    j.nf = (n_frames - j.f0 < FB) ? (n_frames - j.f0) : FB;
+    j.e0 = seg_start[j.seg];
+    j.e1 = seg_end[j.seg];
+#pragma unroll
+    for (int f = 0; f < FB; ++f) { acc[0][f] = 0.0; acc[1][f] = 0.0; acc[2][f] = 0.0; acc[3][f] = 0.0; }
+    return j;
+}
+
+// Frame-major stack: frames[f * n_pixels + p], (n_frames, n_pixels).  One block = one segment
+// x one group of FB frames (gs_block_job).  The FB loads of an entry are issued
 // unconditionally (frame index clamped to 0 beyond nf) and tested afterwards, so they are in
-// flight together.  out: (NQ, n_frames, n_bins), zeroed.
+// flight together.  out: (NQ, n_frames, n_bins), zeroed.  At most 255 registers (1 block of
+// 256 threads per SM); the pixel-major kernel keeps 2 blocks per SM within 128.
 template <typename T, int FB, int MODE, bool OFF>
 __global__ void __launch_bounds__(GS_BLOCK, 1) gs_integrate(
         const T* __restrict__ frames, const long long n_pixels,
@@ -128,21 +148,12 @@ __global__ void __launch_bounds__(GS_BLOCK, 1) gs_integrate(
         const float* __restrict__ scl, const float* __restrict__ offs,
         const int n_bins, GS_OUT_T* __restrict__ out)
 {
-    constexpr int NQ = MODE + 2;
-    const long long block = (long long)blockIdx.x;
-    const int group = (int)(block % n_groups);
-    const long long seg = block / n_groups;
-    const int f0 = group * FB;
-    const int nf = (n_frames - f0 < FB) ? (n_frames - f0) : FB;
-    const long long e0 = seg_start[seg];
-    const long long e1 = seg_end[seg];
-    const T* base = frames + (long long)f0 * n_pixels;
-
     double acc[4][FB];
-#pragma unroll
-    for (int f = 0; f < FB; ++f) { acc[0][f] = 0.0; acc[1][f] = 0.0; acc[2][f] = 0.0; acc[3][f] = 0.0; }
+    const gs_job j = gs_block_job<FB>(n_frames, n_groups, seg_start, seg_end, acc);
+    const int nf = j.nf;
+    const T* base = frames + (long long)j.f0 * n_pixels;
 
-    for (long long e = e0 + (long long)threadIdx.x; e < e1; e += GS_BLOCK) {
+    for (long long e = j.e0 + (long long)threadIdx.x; e < j.e1; e += GS_BLOCK) {
         const long long p = (long long)pix[e];
         const double w = (double)wgt[e];
         const double s = (double)scl[e];
@@ -152,7 +163,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1) gs_integrate(
         for (int f = 0; f < FB; ++f) raw[f] = base[(long long)(f < nf ? f : 0) * n_pixels + p];
         gs_accumulate<T, FB, MODE, OFF>(acc, raw, nf, w, s, o);
     }
-    gs_reduce_store<FB, NQ>(acc, nf, f0, n_frames, seg_bin[seg], n_bins, out);
+    gs_reduce_store<FB, MODE + 2>(acc, nf, j.f0, n_frames, seg_bin[j.seg], n_bins, out);
 }
 
 // FB consecutive values from a pixel-major row, with 16- or 8-byte vector loads when the
@@ -192,21 +203,12 @@ __global__ void __launch_bounds__(GS_BLOCK, 2) gs_integrate_pm(
         const float* __restrict__ scl, const float* __restrict__ offs,
         const int n_bins, GS_OUT_T* __restrict__ out)
 {
-    constexpr int NQ = MODE + 2;
-    const long long block = (long long)blockIdx.x;
-    const int group = (int)(block % n_groups);
-    const long long seg = block / n_groups;
-    const int f0 = group * FB;
-    const int nf = (n_frames - f0 < FB) ? (n_frames - f0) : FB;
-    const long long e0 = seg_start[seg];
-    const long long e1 = seg_end[seg];
-    const T* base = frames + f0;
-
     double acc[4][FB];
-#pragma unroll
-    for (int f = 0; f < FB; ++f) { acc[0][f] = 0.0; acc[1][f] = 0.0; acc[2][f] = 0.0; acc[3][f] = 0.0; }
+    const gs_job j = gs_block_job<FB>(n_frames, n_groups, seg_start, seg_end, acc);
+    const int nf = j.nf;
+    const T* base = frames + j.f0;
 
-    for (long long e = e0 + (long long)threadIdx.x; e < e1; e += GS_BLOCK) {
+    for (long long e = j.e0 + (long long)threadIdx.x; e < j.e1; e += GS_BLOCK) {
         const long long p = (long long)pix[e];
         const double w = (double)wgt[e];
         const double s = (double)scl[e];
@@ -215,7 +217,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 2) gs_integrate_pm(
         gs_load_row<T, FB>(raw, base + p * ld);
         gs_accumulate<T, FB, MODE, OFF>(acc, raw, nf, w, s, o);
     }
-    gs_reduce_store<FB, NQ>(acc, nf, f0, n_frames, seg_bin[seg], n_bins, out);
+    gs_reduce_store<FB, MODE + 2>(acc, nf, j.f0, n_frames, seg_bin[j.seg], n_bins, out);
 }
 
 // (n_frames, n_pixels) frame-major -> (n_pixels, ld) pixel-major, through 32 x 32 tiles:
