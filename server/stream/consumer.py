@@ -206,6 +206,10 @@ class StreamConsumer:
                 return
             except queue.Full:
                 if self._stop.is_set() and item is not _STOP:
+                    if isinstance(item, Image):
+                        self.book.error(item.series_id, item.image_id,
+                                        "dropped: the server stopped with the buffer full",
+                                        "dropped")
                     return
 
     def _receive_loop(self):

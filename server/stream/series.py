@@ -31,6 +31,7 @@ class Series:
         self.errors = 0
         self.duplicates = 0
         self.dropped = 0
+        self.malformed = 0            # bad messages of this series that name no image id
         self.missing = None           # known at the end message
         self.missing_ids = []
         self.file = None
@@ -52,12 +53,13 @@ class Series:
         return 0.0 if t1 <= t0 else (n1 - n0) / (t1 - t0)
 
     def info(self):
-        lag = self.received - self.integrated - self.errors + self.duplicates
+        lag = self.received - self.integrated - self.errors
         rate = self.rate()
         return {"series_id": self.series_id, "unique_id": self.unique_id, "state": self.state,
                 "expected": self.expected, "received": self.received,
                 "integrated": self.integrated, "flushed": self.flushed, "errors": self.errors,
                 "duplicates": self.duplicates, "dropped": self.dropped,
+                "malformed": self.malformed,
                 "missing": self.missing, "rate": round(rate, 2), "lag": max(lag, 0),
                 "lag s": round(lag / rate, 3) if rate > 0 else None,
                 "file": self.file, "refused": self.refused}
@@ -135,12 +137,15 @@ class SeriesBook:
             return True
 
     def error(self, series_id, image_id, reason, kind="error"):
-        """One error record (the image is accounted for, not integrated)."""
+        """One error record: of an image (it is accounted for, not integrated), or of a message
+        that names a series but no image id, or none at all (counted as ``malformed``)."""
         rec = {"time": time.time(), "series_id": series_id, "image_id": image_id,
                "kind": kind, "error": str(reason)[:500]}
         with self._lock:
             if series_id is None:
                 self.malformed += 1
+            elif image_id is None:
+                self._get(series_id).malformed += 1
             else:
                 s = self._get(series_id)
                 s.errors += 1
