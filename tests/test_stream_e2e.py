@@ -324,3 +324,35 @@ def test_kill_minus_9_mid_series_then_restart(setup, tmp_path):
         proc.stop()
         det.close()
     assert proc.p.returncode == 0, proc.output()
+
+
+def test_saxsdetsim_process_to_server(setup, tmp_path):
+    """The saxsdetsim console tool (its own process) -> server: Stream V1, lz4, uint16."""
+    from gpusaxs.calibration import Calibration
+    from gpusaxs.clients.saxsdetsim import demo_frames
+    from gpusaxs.integrator import Integrator
+    from net_support import free_port
+
+    port = free_port()
+    sim = Proc("gpusaxs.clients.saxsdetsim",
+               ["--stream-version", "1", "--bind", f"tcp://127.0.0.1:{port}", "--compression",
+                "lz4", "--dtype", "uint16", "--frames", "25", "--distinct", "3", "--seed", "5",
+                "--series-id", "42", "-c", setup["cal"]],
+               tmp_path / "sim-ready.json", tmp_path / "sim.log", timeout=120)
+    proc, client, out = start_server(setup, tmp_path, sim.info["url"], 1)
+    try:
+        st = wait_series(client, 42)
+        assert (st["integrated"], st["errors"], st["missing"]) == (25, 0, 0), st
+        assert sim.p.wait(60) == 0, sim.output()
+    finally:
+        proc.stop()
+        sim.stop()
+    cal = Calibration.from_file(setup["cal"])
+    frames = demo_frames(3, np.uint16, seed=5, calibration=cal)
+    integ = Integrator(cal, backend="numpy")
+    from gpusaxs.io.nexus import read_nxazint
+    d = read_nxazint(out / "series_42.nxs")
+    assert d["image_ids"].tolist() == list(range(25))
+    for row, i in zip(d["intensity"], d["image_ids"]):
+        np.testing.assert_allclose(row, integ.integrate(frames[i % 3])[1], rtol=1e-6,
+                                   equal_nan=True)
