@@ -1,4 +1,5 @@
 """Stream pieces in one process: codecs, the V2/V1 message formats, and the buffer limit policy."""
+
 import struct
 import threading
 
@@ -10,10 +11,10 @@ pytest.importorskip("cbor2")
 bitshuffle = pytest.importorskip("bitshuffle")
 lz4_block = pytest.importorskip("lz4.block")
 
-from gpusaxs.server.stream import codecs, v1, v2  # noqa: E402
-from gpusaxs.server.stream.messages import MalformedMessage  # noqa: E402
+from gpusaxs.server.stream import codecs, v1, v2
+from gpusaxs.server.stream.messages import MalformedMessage
 
-SHAPE = (195, 487)          # one PILATUS module
+SHAPE = (195, 487)  # one PILATUS module
 
 
 def frame(dtype, seed=0):
@@ -33,8 +34,11 @@ def test_bslz4_framing_matches_the_hdf5_filter(dtype):
     body = np.frombuffer(enc[12:], np.uint8)
     # independent decode of the body with bitshuffle itself
     np.testing.assert_array_equal(
-        bitshuffle.decompress_lz4(body, f.shape, f.dtype, block // f.itemsize), f)
-    np.testing.assert_array_equal(codecs.decode_bslz4(enc, f.shape, f.dtype, f.itemsize), f)
+        bitshuffle.decompress_lz4(body, f.shape, f.dtype, block // f.itemsize), f
+    )
+    np.testing.assert_array_equal(
+        codecs.decode_bslz4(enc, f.shape, f.dtype, f.itemsize), f
+    )
     with pytest.raises(codecs.DecodeError, match="element size"):
         codecs.decode_bslz4(enc, f.shape, f.dtype, 8)
     with pytest.raises(codecs.DecodeError, match="header announces"):
@@ -47,14 +51,17 @@ def test_lz4_hdf5_framing_and_plain_block():
     f = frame(np.uint32)
     raw = f.tobytes()
     # HDF5 LZ4 framing with several blocks, one of them stored uncompressed
-    blocks = [raw[k:k + 100_000] for k in range(0, len(raw), 100_000)]     # 4 blocks
+    blocks = [raw[k : k + 100_000] for k in range(0, len(raw), 100_000)]  # 4 blocks
     parts = [struct.pack(">QI", len(raw), 100_000)]
     for k, b in enumerate(blocks):
         c = b if k == 1 else lz4_block.compress(b, store_size=False)
         parts += [struct.pack(">I", len(c)), c]
-    np.testing.assert_array_equal(codecs.decode_lz4_h5(b"".join(parts), f.shape, f.dtype), f)
     np.testing.assert_array_equal(
-        codecs.decode_lz4_h5(codecs.encode_lz4_h5(f), f.shape, f.dtype), f)
+        codecs.decode_lz4_h5(b"".join(parts), f.shape, f.dtype), f
+    )
+    np.testing.assert_array_equal(
+        codecs.decode_lz4_h5(codecs.encode_lz4_h5(f), f.shape, f.dtype), f
+    )
     plain = lz4_block.compress(raw, store_size=False)
     np.testing.assert_array_equal(codecs.decode_lz4_block(plain, f.shape, f.dtype), f)
     with pytest.raises(codecs.DecodeError):
@@ -70,12 +77,14 @@ def test_v2_message_structure_is_the_documented_one():
     f = frame(np.uint32)
     raw = v2.encode_image(7, "u-7", 3, f, "bslz4")
     plain = cbor2.loads(raw)
-    assert plain["type"] == "image" and plain["series_id"] == 7 and plain["image_id"] == 3
+    assert (
+        plain["type"] == "image" and plain["series_id"] == 7 and plain["image_id"] == 3
+    )
     arr = plain["data"]["threshold_1"]
     assert arr.tag == 40 and list(arr.value[0]) == [195, 487]
     typed = arr.value[1]
     assert typed.tag == 70 and typed.value.tag == 56500
-    algo, elem, data = typed.value.value
+    algo, elem, _ = typed.value.value
     assert (algo, elem) == ("bslz4", 4)
     msg = v2.decode(raw)
     assert (msg.series_id, msg.image_id, msg.payload.compression) == (7, 3, "bslz4")
@@ -90,7 +99,9 @@ def test_v2_message_structure_is_the_documented_one():
     with pytest.raises(MalformedMessage, match="not valid CBOR"):
         v2.decode(b"\x9f\x01")
     with pytest.raises(MalformedMessage) as e:
-        v2.decode(cbor2.dumps({"type": "image", "series_id": 7, "image_id": 9, "data": {}}))
+        v2.decode(
+            cbor2.dumps({"type": "image", "series_id": 7, "image_id": 9, "data": {}})
+        )
     assert (e.value.series_id, e.value.image_id) == (7, 9)
 
 
@@ -98,9 +109,10 @@ def test_v1_messages():
     f = frame(np.uint16)
     parts = v1.encode_image(3, 11, f, "bslz4")
     import json
+
     d = json.loads(parts[1])
     assert d["htype"] == "dimage_d-1.0" and d["encoding"] == "bs16-lz4<"
-    assert d["shape"] == [487, 195] and d["type"] == "uint16"     # [x, y]
+    assert d["shape"] == [487, 195] and d["type"] == "uint16"  # [x, y]
     msg = v1.decode(parts)
     assert (msg.series_id, msg.image_id) == (3, 11)
     np.testing.assert_array_equal(msg.payload.decode(), f)
@@ -146,18 +158,28 @@ def small_integrator():
     from gpusaxs.calibration import Calibration
     from gpusaxs.integrator import Integrator
 
-    cal = Calibration.from_dict({
-        "PixelSizeMicroM": [172.0], "Imagesize": list(SHAPE), "PixelPerRadialElement": 1,
-        "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0}, "Oversampling": 1, "Wavelength": 1.54,
-        "BeamCenter": [100.0, 200.0], "DedectorDistanceMM": 1000.0, "MaskFile": None})
+    cal = Calibration.from_dict(
+        {
+            "PixelSizeMicroM": [172.0],
+            "Imagesize": list(SHAPE),
+            "PixelPerRadialElement": 1,
+            "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
+            "Oversampling": 1,
+            "Wavelength": 1.54,
+            "BeamCenter": [100.0, 200.0],
+            "DedectorDistanceMM": 1000.0,
+            "MaskFile": None,
+        }
+    )
     return Integrator(cal, backend="numpy")
 
 
 @pytest.mark.parametrize("policy", ["drop", "block"])
 def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     """Integration stalled: 'drop' counts and records every dropped id; 'block' loses nothing."""
-    from gpusaxs.io.nexus import read_nxazint
     from gpusaxs.server.stream.consumer import StreamConsumer
+
+    from gpusaxs.io.nexus import read_nxazint
 
     gated = GatedIntegrator(small_integrator)
     ctx = zmq.Context()
@@ -166,9 +188,18 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     push.setsockopt(zmq.SNDTIMEO, 60_000)
     push.bind("tcp://127.0.0.1:*")
     url = push.getsockopt_string(zmq.LAST_ENDPOINT)
-    cons = StreamConsumer(url, tmp_path, version=2, integrator=gated, batch_size=4,
-                          decode_threads=1, buffer_frames=6, hwm=5, policy=policy,
-                          context=ctx).start()
+    cons = StreamConsumer(
+        url,
+        tmp_path,
+        version=2,
+        integrator=gated,
+        batch_size=4,
+        decode_threads=1,
+        buffer_frames=6,
+        hwm=5,
+        policy=policy,
+        context=ctx,
+    ).start()
     n = 80
     f = frame(np.uint32)
     sent = threading.Event()
@@ -192,7 +223,9 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
             assert cons.book.wait(lambda b: cons._buffer.full(), 60)
             assert not sent.is_set()
         gated.gate.set()
-        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60), cons.book.get(1)
+        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60), (
+            cons.book.get(1)
+        )
     finally:
         gated.gate.set()
         cons.stop()
@@ -203,18 +236,26 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     rows = read_nxazint(tmp_path / "series_1.nxs")
     ids = rows["image_ids"].tolist()
     recs = [r for r in cons.book.info()["recent errors"]]
-    log = (tmp_path / "series_1.errors.jsonl")
+    log = tmp_path / "series_1.errors.jsonl"
     dropped_ids = []
     if log.exists():
         import json
-        dropped_ids = [json.loads(x)["image_id"] for x in log.read_text().splitlines()
-                       if json.loads(x)["kind"] == "dropped"]
+
+        dropped_ids = [
+            json.loads(x)["image_id"]
+            for x in log.read_text().splitlines()
+            if json.loads(x)["kind"] == "dropped"
+        ]
     assert st["received"] == n and st["missing"] == 0
     assert st["integrated"] == len(ids) and st["dropped"] == len(dropped_ids)
-    assert sorted(ids + dropped_ids) == list(range(n))          # each id once, row or record
+    assert sorted(ids + dropped_ids) == list(range(n))  # each id once, row or record
     for row, i in zip(rows["intensity"], ids):
-        np.testing.assert_allclose(row, small_integrator.integrate(np.roll(f, i, axis=1))[1],
-                                   rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(
+            row,
+            small_integrator.integrate(np.roll(f, i, axis=1))[1],
+            rtol=1e-6,
+            equal_nan=True,
+        )
     if policy == "drop":
         assert st["dropped"] > 0 and all(r["kind"] == "dropped" for r in recs)
     else:

@@ -14,12 +14,22 @@
 Every decoder checks sizes against what the message announced and raises :class:`DecodeError`
 (never returns a wrong-sized frame).  Encoders are for the simulator and the tests.
 """
+
 import struct
 
 import numpy as np
 
-__all__ = ["DecodeError", "decode_bslz4", "decode_lz4_h5", "decode_lz4_block", "decode_raw",
-           "encode_bslz4", "encode_lz4_h5", "encode_lz4_block", "decode_payload"]
+__all__ = [
+    "DecodeError",
+    "decode_bslz4",
+    "decode_lz4_block",
+    "decode_lz4_h5",
+    "decode_payload",
+    "decode_raw",
+    "encode_bslz4",
+    "encode_lz4_block",
+    "encode_lz4_h5",
+]
 
 _H5_HEADER = struct.Struct(">QI")
 #: DECTRIS' bitshuffle block size (bytes) for the simulator (8192 bytes, as the detectors use).
@@ -40,6 +50,22 @@ def _expected(shape, dtype):
     return dtype, n * dtype.itemsize
 
 
+def _h5_header(name, buf, shape, dtype):
+    """(bytes view, dtype, frame bytes, block bytes) of a payload with the HDF5 filter header."""
+    dtype, nbytes = _expected(shape, dtype)
+    mv = memoryview(buf).cast("B")
+    if len(mv) < _H5_HEADER.size:
+        raise DecodeError(
+            f"{name} payload of {len(mv)} bytes is shorter than its header"
+        )
+    total, block = _H5_HEADER.unpack_from(mv, 0)
+    if total != nbytes:
+        raise DecodeError(
+            f"{name} header announces {total} bytes, the frame needs {nbytes}"
+        )
+    return mv, dtype, nbytes, block
+
+
 def decode_raw(buf, shape, dtype):
     """Uncompressed little-endian bytes -> array (a view, no copy)."""
     dtype, nbytes = _expected(shape, dtype)
@@ -52,24 +78,24 @@ def decode_bslz4(buf, shape, dtype, elem_size=None):
     """bitshuffle/LZ4 with HDF5 framing -> array of ``shape`` and ``dtype``."""
     import bitshuffle
 
-    dtype, nbytes = _expected(shape, dtype)
+    mv, dtype, nbytes, block = _h5_header("bslz4", buf, shape, dtype)
     if elem_size is not None and int(elem_size) != dtype.itemsize:
-        raise DecodeError(f"bslz4 element size {elem_size} does not match dtype {dtype} "
-                          f"({dtype.itemsize} bytes)")
-    mv = memoryview(buf).cast("B")
-    if len(mv) < _H5_HEADER.size:
-        raise DecodeError(f"bslz4 payload of {len(mv)} bytes is shorter than its header")
-    total, block = _H5_HEADER.unpack_from(mv, 0)
-    if total != nbytes:
-        raise DecodeError(f"bslz4 header announces {total} bytes, the frame needs {nbytes}")
+        raise DecodeError(
+            f"bslz4 element size {elem_size} does not match dtype {dtype} "
+            f"({dtype.itemsize} bytes)"
+        )
     if block == 0 or block % dtype.itemsize or (block // dtype.itemsize) % 8:
-        raise DecodeError(f"bslz4 block size {block} bytes is not a multiple of 8 elements")
-    _check_bslz4_blocks(mv, nbytes // dtype.itemsize, block // dtype.itemsize,
-                        dtype.itemsize)
+        raise DecodeError(
+            f"bslz4 block size {block} bytes is not a multiple of 8 elements"
+        )
+    _check_bslz4_blocks(
+        mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize
+    )
     body = np.frombuffer(mv, dtype=np.uint8, offset=_H5_HEADER.size)
     try:
-        out = bitshuffle.decompress_lz4(body, tuple(int(s) for s in shape), dtype,
-                                        block // dtype.itemsize)
+        out = bitshuffle.decompress_lz4(
+            body, tuple(int(s) for s in shape), dtype, block // dtype.itemsize
+        )
     except (RuntimeError, ValueError) as exc:
         raise DecodeError(f"bslz4: {exc}") from None
     return out
@@ -94,7 +120,7 @@ def _check_bslz4_blocks(mv, n_elems, block_elems, itemsize):
         if pos + 4 > end:
             raise DecodeError("bslz4 payload truncated (block header)")
         (csize,) = unpack(mv, pos)
-        if csize > plain + plain // 255 + 16:           # more than LZ4's worst case
+        if csize > plain + plain // 255 + 16:  # more than LZ4's worst case
             raise DecodeError(f"bslz4 block of {csize} bytes is larger than LZ4 allows")
         pos += 4 + csize
         if pos > end:
@@ -107,13 +133,7 @@ def decode_lz4_h5(buf, shape, dtype):
     """LZ4 with the HDF5 LZ4 filter framing -> array."""
     import lz4.block
 
-    dtype, nbytes = _expected(shape, dtype)
-    mv = memoryview(buf).cast("B")
-    if len(mv) < _H5_HEADER.size:
-        raise DecodeError(f"lz4 payload of {len(mv)} bytes is shorter than its header")
-    total, block = _H5_HEADER.unpack_from(mv, 0)
-    if total != nbytes:
-        raise DecodeError(f"lz4 header announces {total} bytes, the frame needs {nbytes}")
+    mv, dtype, nbytes, block = _h5_header("lz4", buf, shape, dtype)
     if block == 0:
         raise DecodeError("lz4 header has block size 0")
     out = np.empty(nbytes, dtype=np.uint8)
@@ -126,17 +146,19 @@ def decode_lz4_h5(buf, shape, dtype):
         pos += 4
         if pos + csize > len(mv):
             raise DecodeError("lz4 payload truncated (block data)")
-        chunk = mv[pos:pos + csize]
-        if csize == want:                           # stored uncompressed
-            out[done:done + want] = np.frombuffer(chunk, dtype=np.uint8)
+        chunk = mv[pos : pos + csize]
+        if csize == want:  # stored uncompressed
+            out[done : done + want] = np.frombuffer(chunk, dtype=np.uint8)
         else:
             try:
                 plain = lz4.block.decompress(chunk, uncompressed_size=want)
-            except Exception as exc:                # lz4.block.LZ4BlockError
+            except lz4.block.LZ4BlockError as exc:
                 raise DecodeError(f"lz4: {exc}") from None
             if len(plain) != want:
-                raise DecodeError(f"lz4 block decoded to {len(plain)} bytes, expected {want}")
-            out[done:done + want] = np.frombuffer(plain, dtype=np.uint8)
+                raise DecodeError(
+                    f"lz4 block decoded to {len(plain)} bytes, expected {want}"
+                )
+            out[done : done + want] = np.frombuffer(plain, dtype=np.uint8)
         pos += csize
         done += want
     if pos != len(mv):
@@ -151,10 +173,12 @@ def decode_lz4_block(buf, shape, dtype):
     dtype, nbytes = _expected(shape, dtype)
     try:
         plain = lz4.block.decompress(buf, uncompressed_size=nbytes)
-    except Exception as exc:
+    except lz4.block.LZ4BlockError as exc:
         raise DecodeError(f"lz4: {exc}") from None
     if len(plain) != nbytes:
-        raise DecodeError(f"lz4 block decoded to {len(plain)} bytes, the frame needs {nbytes}")
+        raise DecodeError(
+            f"lz4 block decoded to {len(plain)} bytes, the frame needs {nbytes}"
+        )
     return np.frombuffer(plain, dtype=dtype).reshape(shape)
 
 
@@ -189,7 +213,7 @@ def encode_lz4_h5(arr, block_bytes=LZ4_BLOCK_BYTES):
     raw = np.ascontiguousarray(arr).tobytes()
     parts = [_H5_HEADER.pack(len(raw), block_bytes)]
     for start in range(0, len(raw), block_bytes):
-        chunk = raw[start:start + block_bytes]
+        chunk = raw[start : start + block_bytes]
         comp = lz4.block.compress(chunk, store_size=False)
         if len(comp) >= len(chunk):
             comp = chunk

@@ -23,6 +23,7 @@ and writing overlap::
   ``out_dir`` (rows appended as they come, flushed at least every second); ``.chi`` per image
   only with ``chi=True``.
 """
+
 import logging
 import os
 import queue
@@ -46,16 +47,20 @@ def check_start(start, integ):
     """None if the start message fits the integrator's calibration, else the reason (a str)."""
     cal = integ.calibration
     if start.image_size is not None and tuple(start.image_size) != tuple(integ.shape):
-        return (f"image size {start.image_size[0]} x {start.image_size[1]} (rows x columns) "
-                f"of the start message differs from the calibration's Imagesize "
-                f"{integ.shape[0]} x {integ.shape[1]}")
+        return (
+            f"image size {start.image_size[0]} x {start.image_size[1]} (rows x columns) "
+            f"of the start message differs from the calibration's Imagesize "
+            f"{integ.shape[0]} x {integ.shape[1]}"
+        )
     if start.pixel_size_m is not None:
         want = [p * 1e-6 for p in cal.pixel_size_um]
         got = list(start.pixel_size_m)
         if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want)):
-            return (f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
-                    f"message differs from the calibration's PixelSizeMicroM "
-                    f"{want[0] * 1e6:g} x {want[1] * 1e6:g}")
+            return (
+                f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
+                f"message differs from the calibration's PixelSizeMicroM "
+                f"{want[0] * 1e6:g} x {want[1] * 1e6:g}"
+            )
     return None
 
 
@@ -65,6 +70,7 @@ def calibration_key(integ):
         key = key()
     if key is None:
         from gpusaxs.matrix_cache import matrix_key
+
         key = matrix_key(integ.calibration)
     return str(key)
 
@@ -113,9 +119,20 @@ class StreamConsumer:
     context : a zmq.Context to use (default: the process' instance).
     """
 
-    def __init__(self, url, out_dir, version=2, integrator=None, batch_size=16,
-                 decode_threads=2, buffer_frames=256, hwm=1000, policy="block", chi=False,
-                 context=None):
+    def __init__(
+        self,
+        url,
+        out_dir,
+        version=2,
+        integrator=None,
+        batch_size=16,
+        decode_threads=2,
+        buffer_frames=256,
+        hwm=1000,
+        policy="block",
+        chi=False,
+        context=None,
+    ):
         if version not in (1, 2):
             raise ValueError(f"stream version must be 1 or 2, not {version!r}")
         if policy not in ("block", "drop"):
@@ -132,8 +149,11 @@ class StreamConsumer:
         self.book = SeriesBook(self.out_dir)
         self._integ_lock = threading.Lock()
         self._integ_source = integrator
-        self._integ = None if callable(integrator) and not hasattr(integrator, "integrate") \
+        self._integ = (
+            None
+            if callable(integrator) and not hasattr(integrator, "integrate")
             else integrator
+        )
         self._ctx = context
         self._buffer = queue.Queue(maxsize=max(1, int(buffer_frames)))
         self._batches = queue.Queue(maxsize=2)
@@ -158,10 +178,18 @@ class StreamConsumer:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self):
-        self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="stream-decode")
-        for name, fn in (("receiver", self._receive_loop), ("assembler", self._assemble_loop),
-                         ("integrator", self._integrate_loop), ("writer", self._write_loop)):
-            t = threading.Thread(target=self._guard(fn), name=f"stream-{name}", daemon=True)
+        self._pool = ThreadPoolExecutor(
+            self.decode_threads, thread_name_prefix="stream-decode"
+        )
+        for name, fn in (
+            ("receiver", self._receive_loop),
+            ("assembler", self._assemble_loop),
+            ("integrator", self._integrate_loop),
+            ("writer", self._write_loop),
+        ):
+            t = threading.Thread(
+                target=self._guard(fn), name=f"stream-{name}", daemon=True
+            )
             t.start()
             self._threads.append(t)
         return self
@@ -180,7 +208,7 @@ class StreamConsumer:
         def run():
             try:
                 fn()
-            except Exception:       # a bug must not hang the others: log, pass the stop on
+            except Exception:  # a bug must not hang the others: log, pass the stop on
                 log.exception("stream %s stage failed", fn.__name__)
                 self._stop.set()
                 for q in (self._buffer, self._batches, self._rows):
@@ -188,14 +216,22 @@ class StreamConsumer:
                         q.put_nowait(_STOP)
                     except queue.Full:
                         pass
+
         return run
 
     def info(self):
         """The ``streams`` part of ``saxsleash stat``."""
         d = self.book.info()
-        d.update({"detector": self.url, "version": self.version, "policy": self.policy,
-                  "buffered": self._buffer.qsize(), "buffer size": self._buffer.maxsize,
-                  "output": self.out_dir})
+        d.update(
+            {
+                "detector": self.url,
+                "version": self.version,
+                "policy": self.policy,
+                "buffered": self._buffer.qsize(),
+                "buffer size": self._buffer.maxsize,
+                "output": self.out_dir,
+            }
+        )
         return d
 
     # -- stage 1: receiver ----------------------------------------------------------------------
@@ -207,9 +243,12 @@ class StreamConsumer:
             except queue.Full:
                 if self._stop.is_set() and item is not _STOP:
                     if isinstance(item, Image):
-                        self.book.error(item.series_id, item.image_id,
-                                        "dropped: the server stopped with the buffer full",
-                                        "dropped")
+                        self.book.error(
+                            item.series_id,
+                            item.image_id,
+                            "dropped: the server stopped with the buffer full",
+                            "dropped",
+                        )
                     return
 
     def _receive_loop(self):
@@ -231,7 +270,10 @@ class StreamConsumer:
                         if self.version == 2:
                             raw = sock.recv(zmq.NOBLOCK, copy=False).buffer
                         else:
-                            raw = [f.buffer for f in sock.recv_multipart(zmq.NOBLOCK, copy=False)]
+                            raw = [
+                                f.buffer
+                                for f in sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            ]
                     except zmq.Again:
                         break
                     self._on_message(decode, raw)
@@ -246,26 +288,43 @@ class StreamConsumer:
         try:
             msg = decode(raw)
         except MalformedMessage as exc:
-            if exc.series_id is not None and exc.image_id is not None:
-                if not book.receive(exc.series_id, exc.image_id):
-                    book.error(exc.series_id, exc.image_id,
-                               f"duplicate image_id (and malformed: {exc.reason})", "duplicate")
-                    return
+            if (
+                exc.series_id is not None
+                and exc.image_id is not None
+                and not book.receive(exc.series_id, exc.image_id)
+            ):
+                book.error(
+                    exc.series_id,
+                    exc.image_id,
+                    f"duplicate image_id (and malformed: {exc.reason})",
+                    "duplicate",
+                )
+                return
             book.error(exc.series_id, exc.image_id, exc.reason, "malformed")
             log.warning("malformed stream message: %s", exc.reason)
             return
-        except Exception as exc:     # whatever a hostile message triggers: never stop
-            book.error(None, None, f"undecodable message: {type(exc).__name__}: {exc}"[:300],
-                       "malformed")
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile message triggers: never stop
+            book.error(
+                None,
+                None,
+                f"undecodable message: {type(exc).__name__}: {exc}"[:300],
+                "malformed",
+            )
             return
         if isinstance(msg, Image):
             sid, iid = msg.series_id, msg.image_id
             if not book.receive(sid, iid):
-                book.error(sid, iid, "duplicate image_id: already received", "duplicate")
+                book.error(
+                    sid, iid, "duplicate image_id: already received", "duplicate"
+                )
                 return
             if not book.is_started(sid):
-                book.error(sid, iid, "no start message for this series (started before the "
-                                     "server?)", "no start")
+                book.error(
+                    sid,
+                    iid,
+                    "no start message for this series (started before the server?)",
+                    "no start",
+                )
                 return
             reason = book.is_refused(sid)
             if reason is not None:
@@ -275,8 +334,12 @@ class StreamConsumer:
                 try:
                     self._buffer.put_nowait(msg)
                 except queue.Full:
-                    book.error(sid, iid, f"dropped: stream buffer full "
-                                         f"({self._buffer.maxsize} frames)", "dropped")
+                    book.error(
+                        sid,
+                        iid,
+                        f"dropped: stream buffer full ({self._buffer.maxsize} frames)",
+                        "dropped",
+                    )
             else:
                 self._put_control(msg)
         elif isinstance(msg, Start):
@@ -288,8 +351,8 @@ class StreamConsumer:
 
     # -- stage 2: assembler + decode pool -------------------------------------------------------
     def _assemble_loop(self):
-        integs = {}               # series_id -> integrator
-        pools = {}                # shape -> _StackPool
+        integs = {}  # series_id -> integrator
+        pools = {}  # shape -> _StackPool
         pending = None
         while True:
             item = pending if pending is not None else self._buffer.get()
@@ -301,11 +364,13 @@ class StreamConsumer:
                 integ, reason = None, None
                 try:
                     integ = self._integrator()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
                     reason = f"cannot build the integrator: {exc}"
                 if integ is None and reason is None:
-                    reason = ("no calibration: start the server with --calibration FILE or "
-                              "send one with 'saxsleash new'")
+                    reason = (
+                        "no calibration: start the server with --calibration FILE or "
+                        "send one with 'saxsleash new'"
+                    )
                 if reason is None:
                     reason = check_start(item, integ)
                 if reason is not None:
@@ -323,9 +388,12 @@ class StreamConsumer:
             # an image: gather a batch of the same series and dtype
             integ = integs.get(item.series_id)
             if integ is None:
-                self.book.error(item.series_id, item.image_id,
-                                f"series refused: {self.book.is_refused(item.series_id)}",
-                                "refused")
+                self.book.error(
+                    item.series_id,
+                    item.image_id,
+                    f"series refused: {self.book.is_refused(item.series_id)}",
+                    "refused",
+                )
                 continue
             batch = [item]
             while len(batch) < self.batch_size:
@@ -333,8 +401,11 @@ class StreamConsumer:
                     nxt = self._buffer.get_nowait()
                 except queue.Empty:
                     break
-                if (isinstance(nxt, Image) and nxt.series_id == item.series_id
-                        and np.dtype(nxt.payload.dtype) == np.dtype(item.payload.dtype)):
+                if (
+                    isinstance(nxt, Image)
+                    and nxt.series_id == item.series_id
+                    and np.dtype(nxt.payload.dtype) == np.dtype(item.payload.dtype)
+                ):
                     batch.append(nxt)
                 else:
                     pending = nxt
@@ -353,13 +424,15 @@ class StreamConsumer:
             msg = batch[k]
             p = msg.payload
             if tuple(p.shape) != shape:
-                return f"image of {p.shape[0]} x {p.shape[1]} pixels, the calibration needs " \
-                       f"{shape[0]} x {shape[1]}"
+                return (
+                    f"image of {p.shape[0]} x {p.shape[1]} pixels, the calibration needs "
+                    f"{shape[0]} x {shape[1]}"
+                )
             if np.dtype(p.dtype).kind not in "uif":
                 return f"unsupported pixel dtype {np.dtype(p.dtype)}"
             try:
                 frame = p.decode()
-            except ValueError as exc:       # DecodeError and numpy's
+            except ValueError as exc:  # DecodeError and numpy's
                 return f"cannot decode ({p.compression}): {exc}"
             stack[k] = frame
             return None
@@ -372,7 +445,7 @@ class StreamConsumer:
         if not good:
             pool.give(stack)
             return
-        if len(good) != len(batch):           # compact the good frames to the front
+        if len(good) != len(batch):  # compact the good frames to the front
             for j, k in enumerate(good):
                 if j != k:
                     stack[j] = stack[k]
@@ -396,11 +469,15 @@ class StreamConsumer:
             else:
                 _, sid, stack, n, ids, pool = item
                 try:
-                    intensity, _, err = integs[sid].integrate_batch_error(stack[:n], std=False)
+                    intensity, _, err = integs[sid].integrate_batch_error(
+                        stack[:n], std=False
+                    )
                 except Exception as exc:
                     log.exception("integration failed")
                     for i in ids:
-                        self.book.error(sid, int(i), f"integration failed: {exc}", "integrate")
+                        self.book.error(
+                            sid, int(i), f"integration failed: {exc}", "integrate"
+                        )
                     continue
                 finally:
                     pool.give(stack)
@@ -410,7 +487,7 @@ class StreamConsumer:
     def _series_path(self, series_id):
         path = os.path.join(self.out_dir, f"series_{series_id}.nxs")
         n = 1
-        while os.path.exists(path):      # never overwrite an earlier series' file
+        while os.path.exists(path):  # never overwrite an earlier series' file
             n += 1
             path = os.path.join(self.out_dir, f"series_{series_id}.{n}.nxs")
         return path
@@ -418,14 +495,14 @@ class StreamConsumer:
     def _write_loop(self):
         from gpusaxs.io.nexus import NXazintWriter
 
-        writers = {}                      # series_id -> [writer, rows, q, last flush]
+        writers = {}  # series_id -> [writer, rows, q, last flush]
         while True:
             try:
                 item = self._rows.get(timeout=0.25)
             except queue.Empty:
                 item = None
             now = time.monotonic()
-            for sid, w in writers.items():       # rows reach the file at least every second
+            for sid, w in writers.items():  # rows reach the file at least every second
                 if w[1] != w[3] and now - w[4] >= 0.5:
                     w[0].flush()
                     w[3], w[4] = w[1], now
@@ -440,16 +517,21 @@ class StreamConsumer:
             if kind == "start":
                 start, integ = item[1], item[2]
                 sid = start.series_id
-                if sid in writers:                   # same id again: finish the old file
+                if sid in writers:  # same id again: finish the old file
                     self._close_writer(sid, writers.pop(sid))
                 path = self._series_path(sid)
                 try:
-                    w = NXazintWriter(path, integ.q, radial_unit="q_nm^-1",
-                                      calibration=integ.calibration,
-                                      calibration_key=calibration_key(integ),
-                                      inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
-                                      live=True, flush_interval_s=1.0)
-                except Exception as exc:
+                    w = NXazintWriter(
+                        path,
+                        integ.q,
+                        radial_unit="q_nm^-1",
+                        calibration=integ.calibration,
+                        calibration_key=calibration_key(integ),
+                        inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
+                        live=True,
+                        flush_interval_s=1.0,
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
                     self.book.refuse(sid, f"cannot create {path}: {exc}")
                     continue
                 writers[sid] = [w, 0, integ.q, 0, now]
@@ -464,15 +546,18 @@ class StreamConsumer:
                 w = writers.get(sid)
                 if w is None:
                     for i in ids:
-                        self.book.error(sid, int(i), "no open output file for the series",
-                                        "write")
+                        self.book.error(
+                            sid, int(i), "no open output file for the series", "write"
+                        )
                     continue
                 try:
                     w[0].append(intensity, err, ids)
                 except Exception as exc:
                     log.exception("cannot append to %s", w[0].path)
                     for i in ids:
-                        self.book.error(sid, int(i), f"cannot write the row: {exc}", "write")
+                        self.book.error(
+                            sid, int(i), f"cannot write the row: {exc}", "write"
+                        )
                     continue
                 w[1] += len(ids)
                 self.book.integrated(sid, len(ids))
@@ -493,4 +578,6 @@ class StreamConsumer:
         os.makedirs(folder, exist_ok=True)
         for k, i in enumerate(ids):
             path = os.path.join(folder, f"image_{int(i):06d}.chi")
-            write_chi(path, q, intensity[k], err[k], title=f"series {sid} image {int(i)}")
+            write_chi(
+                path, q, intensity[k], err[k], title=f"series {sid} image {int(i)}"
+            )

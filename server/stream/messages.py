@@ -3,6 +3,7 @@
 The receiver parses a message's envelope (type, series, image id, the still-compressed
 payload); decompression happens later, on the decode threads, through :meth:`Payload.decode`.
 """
+
 from dataclasses import dataclass, field
 
 from .codecs import DecodeError, decode_payload
@@ -22,6 +23,7 @@ class MalformedMessage(ValueError):
 class Payload:
     """A frame as received: compression ("bslz4", "lz4", "lz4-block", "none"), bytes-like data,
     shape (H, W), numpy dtype, bitshuffle element size (bslz4 only)."""
+
     compression: str
     data: object
     shape: tuple
@@ -30,19 +32,21 @@ class Payload:
 
     def decode(self):
         """The frame as a (H, W) array; raises DecodeError."""
-        return decode_payload(self.compression, self.data, self.shape, self.dtype,
-                              self.elem_size)
+        return decode_payload(
+            self.compression, self.data, self.shape, self.dtype, self.elem_size
+        )
 
 
 @dataclass
 class Start:
     """Start of a series.  Lengths in metres, energy in eV, wavelength in angstrom."""
+
     series_id: int
     unique_id: str = ""
-    image_size: tuple = None          # (H, W) = (image_size_y, image_size_x)
-    pixel_size_m: tuple = None        # (y, x) metres
+    image_size: tuple = None  # (H, W) = (image_size_y, image_size_x)
+    pixel_size_m: tuple = None  # (y, x) metres
     number_of_images: int = None
-    beam_center: tuple = None         # (x, y) pixels
+    beam_center: tuple = None  # (x, y) pixels
     distance_m: float = None
     wavelength_A: float = None
     energy_eV: float = None
@@ -54,6 +58,7 @@ class Start:
 @dataclass
 class Image:
     """One exposure: the first channel's payload (SAXS uses one threshold)."""
+
     series_id: int
     image_id: int
     payload: Payload
@@ -66,4 +71,4 @@ class End:
     unique_id: str = ""
 
 
-__all__ = ["MalformedMessage", "DecodeError", "Payload", "Start", "Image", "End"]
+__all__ = ["DecodeError", "End", "Image", "MalformedMessage", "Payload", "Start"]

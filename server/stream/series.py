@@ -6,6 +6,7 @@ kept, the latest ones, for ``saxsleash stat``).  Ids announced by ``number_of_im
 never arrive are ``missing`` (reported at the series' end); a second message with an id
 already received is a ``duplicate`` (an error record, not integrated twice).  Thread-safe.
 """
+
 import json
 import os
 import threading
@@ -22,8 +23,8 @@ class Series:
     def __init__(self, series_id, unique_id="", error_log=None):
         self.series_id = series_id
         self.unique_id = unique_id
-        self.state = "receiving"      # receiving, refused, ended, done
-        self.expected = None          # number_of_images of the start message
+        self.state = "receiving"  # receiving, refused, ended, done
+        self.expected = None  # number_of_images of the start message
         self.started = False
         self.received = 0
         self.integrated = 0
@@ -31,16 +32,16 @@ class Series:
         self.errors = 0
         self.duplicates = 0
         self.dropped = 0
-        self.malformed = 0            # bad messages of this series that name no image id
-        self.missing = None           # known at the end message
+        self.malformed = 0  # bad messages of this series that name no image id
+        self.missing = None  # known at the end message
         self.missing_ids = []
         self.file = None
-        self.refused = None           # reason
+        self.refused = None  # reason
         self.first_time = None
         self.last_time = None
         self._ids = set()
         self._error_log = error_log
-        self._times = deque()         # (monotonic time, integrated count) for the rate
+        self._times = deque()  # (monotonic time, integrated count) for the rate
 
     def rate(self, now=None):
         """Integrated frames/s over the last ~2 s."""
@@ -55,14 +56,25 @@ class Series:
     def info(self):
         lag = self.received - self.integrated - self.errors
         rate = self.rate()
-        return {"series_id": self.series_id, "unique_id": self.unique_id, "state": self.state,
-                "expected": self.expected, "received": self.received,
-                "integrated": self.integrated, "flushed": self.flushed, "errors": self.errors,
-                "duplicates": self.duplicates, "dropped": self.dropped,
-                "malformed": self.malformed,
-                "missing": self.missing, "rate": round(rate, 2), "lag": max(lag, 0),
-                "lag s": round(lag / rate, 3) if rate > 0 else None,
-                "file": self.file, "refused": self.refused}
+        return {
+            "series_id": self.series_id,
+            "unique_id": self.unique_id,
+            "state": self.state,
+            "expected": self.expected,
+            "received": self.received,
+            "integrated": self.integrated,
+            "flushed": self.flushed,
+            "errors": self.errors,
+            "duplicates": self.duplicates,
+            "dropped": self.dropped,
+            "malformed": self.malformed,
+            "missing": self.missing,
+            "rate": round(rate, 2),
+            "lag": max(lag, 0),
+            "lag s": round(lag / rate, 3) if rate > 0 else None,
+            "file": self.file,
+            "refused": self.refused,
+        }
 
 
 class SeriesBook:
@@ -81,7 +93,7 @@ class SeriesBook:
         self._lock = threading.RLock()
         self._series = {}
         self._order = deque()
-        self.malformed = 0            # messages attributable to no series
+        self.malformed = 0  # messages attributable to no series
         self.recent = deque(maxlen=RECENT_ERRORS)
         self._changed = threading.Condition(self._lock)
 
@@ -101,7 +113,11 @@ class SeriesBook:
         self.recent.append(record)
         if self.out_dir is None:
             return
-        name = "stream.errors.jsonl" if series_id is None else f"series_{series_id}.errors.jsonl"
+        name = (
+            "stream.errors.jsonl"
+            if series_id is None
+            else f"series_{series_id}.errors.jsonl"
+        )
         try:
             with open(os.path.join(self.out_dir, name), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -139,8 +155,13 @@ class SeriesBook:
     def error(self, series_id, image_id, reason, kind="error"):
         """One error record: of an image (it is accounted for, not integrated), or of a message
         that names a series but no image id, or none at all (counted as ``malformed``)."""
-        rec = {"time": time.time(), "series_id": series_id, "image_id": image_id,
-               "kind": kind, "error": str(reason)[:500]}
+        rec = {
+            "time": time.time(),
+            "series_id": series_id,
+            "image_id": image_id,
+            "kind": kind,
+            "error": str(reason)[:500],
+        }
         with self._lock:
             if series_id is None:
                 self.malformed += 1
@@ -159,8 +180,16 @@ class SeriesBook:
             s = self._get(series_id)
             s.state = "refused"
             s.refused = str(reason)
-            self._log(series_id, {"time": time.time(), "series_id": series_id,
-                                  "image_id": None, "kind": "refused", "error": str(reason)})
+            self._log(
+                series_id,
+                {
+                    "time": time.time(),
+                    "series_id": series_id,
+                    "image_id": None,
+                    "kind": "refused",
+                    "error": str(reason),
+                },
+            )
             self._changed.notify_all()
 
     def is_refused(self, series_id):
@@ -199,10 +228,17 @@ class SeriesBook:
                 s.missing = len(missing)
                 s.missing_ids = missing
                 if missing:
-                    self._log(series_id, {"time": time.time(), "series_id": series_id,
-                                          "image_id": None, "kind": "missing",
-                                          "error": f"{len(missing)} image ids never arrived",
-                                          "ids": missing[:10000]})
+                    self._log(
+                        series_id,
+                        {
+                            "time": time.time(),
+                            "series_id": series_id,
+                            "image_id": None,
+                            "kind": "missing",
+                            "error": f"{len(missing)} image ids never arrived",
+                            "ids": missing[:10000],
+                        },
+                    )
             self._changed.notify_all()
             return s
 
@@ -222,9 +258,13 @@ class SeriesBook:
 
     def info(self):
         with self._lock:
-            return {"series": [self._series[k].info() for k in self._order
-                               if k in self._series],
-                    "malformed": self.malformed, "recent errors": list(self.recent)}
+            return {
+                "series": [
+                    self._series[k].info() for k in self._order if k in self._series
+                ],
+                "malformed": self.malformed,
+                "recent errors": list(self.recent),
+            }
 
     def wait(self, predicate, timeout):
         """Block until ``predicate(book)`` is true (evaluated under the lock) or timeout."""
