@@ -477,3 +477,71 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
         np.testing.assert_allclose(
             row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True
         )
+
+
+def test_calibration_from_saxsleash_new_and_chi(tmp_path):
+    """No --calibration: a series is refused until 'new' sends one; then integrated (+ .chi)."""
+    from net_support import SHAPE, frame, mask_array, write_setup
+
+    from gpusaxs.calibration import Calibration
+    from gpusaxs.integrator import Integrator
+    from gpusaxs.io.chi import read_chi
+    from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.server import protocol as P
+    from gpusaxs.server.stream import v2
+
+    base = tmp_path / "base"
+    cal_path, mask_path = write_setup(base / "setup")
+    det = Detector(2)
+    cfg = write_config(tmp_path / "net.json", 0)
+    out = tmp_path / "out"
+    proc = Proc(
+        "gpusaxs.server.saxsdogserver",
+        [
+            base,
+            "--config",
+            cfg,
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--detector",
+            det.url,
+            "-o",
+            out,
+            "--chi",
+        ],
+        tmp_path / "ready.json",
+        tmp_path / "server.log",
+        timeout=120,
+    )
+    client = Client(proc.info["url"], SECRET, timeout=20)
+    frames = [np.clip(frame(i), 0, None).astype(np.uint32) for i in range(3)]
+    try:
+        det.series(1, frames, 3, "bslz4")
+        wait_for(lambda: (series_stat(client, 1) or {}).get("errors") == 3, 60, 0.1)
+        st = series_stat(client, 1)
+        assert st["state"] == "refused" and "no calibration" in st["refused"], st
+        cal_dict = json.loads(cal_path.read_text())
+        req, att = P.new_request(cal_dict, "setup", mask_path.read_bytes(), "mask.msk")
+        ans = client.request(req["command"], req["argument"], attachments=att)
+        assert ans["result"] == "new queue", ans
+        det.series(2, frames, 6, "lz4")
+        st = wait_series(client, 2)
+        assert (st["integrated"], st["errors"]) == (6, 0), st
+    finally:
+        proc.stop()
+        det.close()
+    assert proc.p.returncode == 0, proc.output()
+    cal = Calibration.from_dict(dict(cal_dict, MaskFile=None))
+    integ = Integrator(cal, backend="numpy", mask=mask_array(SHAPE))
+    d = read_nxazint(out / "series_2.nxs")
+    assert d["image_ids"].tolist() == list(range(6))
+    for row, i in zip(d["intensity"], d["image_ids"]):
+        np.testing.assert_allclose(
+            row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True
+        )
+    chi = read_chi(out / "series_2" / "image_000004.chi")
+    np.testing.assert_allclose(
+        chi.intensity, d["intensity"][4], rtol=1e-6, equal_nan=True
+    )
