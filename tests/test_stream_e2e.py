@@ -481,14 +481,13 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
 
 def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     """No --calibration: a series is refused until 'new' sends one; then integrated (+ .chi)."""
+    from gpusaxs.server import protocol as P
     from net_support import SHAPE, frame, mask_array, write_setup
 
     from gpusaxs.calibration import Calibration
     from gpusaxs.integrator import Integrator
     from gpusaxs.io.chi import read_chi
     from gpusaxs.io.nexus import read_nxazint
-    from gpusaxs.server import protocol as P
-    from gpusaxs.server.stream import v2
 
     base = tmp_path / "base"
     cal_path, mask_path = write_setup(base / "setup")
