@@ -291,6 +291,20 @@ class Integrator:
         return apply_corrections(matrix, cal, correct_solid_angle, polarization_factor, flat,
                                  dark)
 
+    def _norm_squared(self, matrix, norm):
+        """sum w^2 per bin of the valid pixels (B, n_bins): the matrix's static sum of w^2
+        (computed once per matrix) scaled by the fraction of the bin's weight valid per frame."""
+        cache = self.__dict__.setdefault("_norm_sq_cache", OrderedDict())
+        hit = cache.get(id(matrix))
+        if hit is None or hit[0] is not matrix:
+            squares = np.bincount(matrix.bins, weights=matrix.weights.astype(np.float64) ** 2,
+                                  minlength=matrix.n_bins)
+            hit = cache[id(matrix)] = (matrix, squares)
+            while len(cache) > self.OPTION_CACHE_SIZE:
+                cache.popitem(last=False)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(matrix.norm > 0, hit[1] * norm / matrix.norm, 0.0)
+
     def _integrate(self, stack, options, normalization_factor, error_model_name):
         from .results import IntegrationResult
 
@@ -308,7 +322,7 @@ class Integrator:
         else:
             intensity, std, sigma = mean_intensity(sums), None, None
         if error_model_name == "azimuthal":
-            sigma = std * np.sqrt(_norm_squared(matrix, sums.norm)) / np.where(
+            sigma = std * np.sqrt(self._norm_squared(matrix, sums.norm)) / np.where(
                 sums.norm > 0, sums.norm, np.nan)
         else:
             std = None
@@ -354,15 +368,6 @@ def _first_frame(res):
               "sum_variance")
     return replace(res, **{name: None if getattr(res, name) is None else getattr(res, name)[0]
                            for name in arrays})
-
-
-def _norm_squared(matrix, norm):
-    """sum w^2 per bin of the valid pixels, estimated from the matrix's static sum of w^2 scaled
-    by the fraction of the bin's weight that was valid in each frame (B, n_bins)."""
-    static_sq = np.bincount(matrix.bins, weights=matrix.weights.astype(np.float64) ** 2,
-                            minlength=matrix.n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(matrix.norm > 0, static_sq * norm / matrix.norm, 0.0)
 
 
 def _options_digest(*options):

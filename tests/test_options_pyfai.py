@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import gpusaxs
-from gpusaxs import geometry
-from tests.helpers import calibration_with_mask, pyfai_integrator
+from tests.helpers import pyfai_integrator, tilted_synthetic_frame
 
 pytest.importorskip("pyFAI")
 
@@ -37,18 +36,7 @@ def assert_same(ours, theirs, median=1e-6, p95=1e-3):
 @pytest.fixture(scope="module")
 def tilted(tmp_path_factory):
     """(integrator, pyFAI integrator, frame, mask, dark, flat) of a tilted synthetic geometry."""
-    folder = tmp_path_factory.mktemp("tilted")
-    cal = calibration_with_mask(folder, Oversampling=1, DedectorDistanceMM=400.0,
-                                Tilt={"TiltAngleDeg": 12.0, "TiltRotDeg": 40.0},
-                                BeamCenter=[600.3, 450.7])
-    rng = np.random.default_rng(12)
-    q = geometry.q_map(cal)
-    ideal = 2000.0 * np.exp(-q / 0.8) + 300.0 * np.exp(-((q - 2.0) / 0.05) ** 2) + 20.0
-    flat = rng.uniform(0.8, 1.2, cal.imagesize)
-    dark = rng.uniform(0.0, 5.0, cal.imagesize)
-    image = rng.poisson(ideal * flat * geometry.solid_angle(cal) + dark).astype(np.int32)
-    image[:, 487:494] = -1                    # a PILATUS module gap
-    image[rng.random(cal.imagesize) < 1e-3] = -2
+    cal, image, dark, flat = tilted_synthetic_frame(tmp_path_factory.mktemp("tilted"))
     mask = image < 0
     return (gpusaxs.Integrator(cal, backend="numpy"), pyfai_integrator(cal), image, mask,
             dark, flat)
