@@ -9,6 +9,7 @@
 """
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -66,6 +67,7 @@ class Integrator:
         self._build_args = dict(mask=mask, cache_dir=cache_dir, progress=progress)
         self._threads = threads
         self._option_engines = OrderedDict()
+        self._option_lock = threading.Lock()
         self.matrix = get_matrix(self.calibration, mask=mask, q_edges=q_edges,
                                  cache_dir=cache_dir, progress=progress)
         self.engine = self._make_engine(self.matrix)
@@ -250,16 +252,17 @@ class Integrator:
         unit = parse_unit(unit)
         key = _options_digest(npt, unit, radial_range, azimuth_range, azimuth_npt,
                               correct_solid_angle, dark, flat, polarization_factor, mask)
-        hit = self._option_engines.get(key)
-        if hit is not None:
+        with self._option_lock:          # one build per option set, also from several threads
+            hit = self._option_engines.get(key)
+            if hit is None:
+                matrix = self._option_matrix(npt, unit, radial_range, azimuth_range,
+                                             azimuth_npt, correct_solid_angle, dark, flat,
+                                             polarization_factor, mask)
+                hit = (matrix, self.engine if matrix is self.matrix else self._make_engine(matrix))
+                self._option_engines[key] = hit
+                while len(self._option_engines) > self.OPTION_CACHE_SIZE:
+                    self._option_engines.popitem(last=False)
             self._option_engines.move_to_end(key)
-            return hit
-        matrix = self._option_matrix(npt, unit, radial_range, azimuth_range, azimuth_npt,
-                                     correct_solid_angle, dark, flat, polarization_factor, mask)
-        hit = (matrix, self.engine if matrix is self.matrix else self._make_engine(matrix))
-        self._option_engines[key] = hit
-        while len(self._option_engines) > self.OPTION_CACHE_SIZE:
-            self._option_engines.popitem(last=False)
         return hit
 
     def _option_matrix(self, npt, unit, radial_range, azimuth_range, azimuth_npt,
@@ -294,14 +297,15 @@ class Integrator:
     def _norm_squared(self, matrix, norm):
         """sum w^2 per bin of the valid pixels (B, n_bins): the matrix's static sum of w^2
         (computed once per matrix) scaled by the fraction of the bin's weight valid per frame."""
-        cache = self.__dict__.setdefault("_norm_sq_cache", OrderedDict())
-        hit = cache.get(id(matrix))
-        if hit is None or hit[0] is not matrix:
-            squares = np.bincount(matrix.bins, weights=matrix.weights.astype(np.float64) ** 2,
-                                  minlength=matrix.n_bins)
-            hit = cache[id(matrix)] = (matrix, squares)
-            while len(cache) > self.OPTION_CACHE_SIZE:
-                cache.popitem(last=False)
+        with self._option_lock:
+            cache = self.__dict__.setdefault("_norm_sq_cache", OrderedDict())
+            hit = cache.get(id(matrix))
+            if hit is None or hit[0] is not matrix:
+                squares = np.bincount(matrix.bins, weights=matrix.weights.astype(np.float64) ** 2,
+                                      minlength=matrix.n_bins)
+                hit = cache[id(matrix)] = (matrix, squares)
+                while len(cache) > self.OPTION_CACHE_SIZE:
+                    cache.popitem(last=False)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(matrix.norm > 0, hit[1] * norm / matrix.norm, 0.0)
 
@@ -316,16 +320,6 @@ class Integrator:
         if stack.ndim != 3:
             raise ValueError(f"expected a stack (B, H, W), got an array of shape {stack.shape}")
         errors = {None: False, "poisson": "poisson", "azimuthal": True}[error_model_name]
-        sums = engine.sums(stack, errors=errors)
-        if errors:
-            intensity, std, sigma = error_model(sums)
-        else:
-            intensity, std, sigma = mean_intensity(sums), None, None
-        if error_model_name == "azimuthal":
-            sigma = std * np.sqrt(self._norm_squared(matrix, sums.norm)) / np.where(
-                sums.norm > 0, sums.norm, np.nan)
-        else:
-            std = None
         factor = np.asarray(normalization_factor, dtype=np.float64)
         if factor.ndim == 1:
             if len(factor) != stack.shape[0]:
@@ -336,6 +330,16 @@ class Integrator:
             raise ValueError("normalization_factor must be a number or one per frame")
         if np.any(factor <= 0) or not np.all(np.isfinite(factor)):
             raise ValueError(f"normalization_factor must be positive, got {normalization_factor}")
+        sums = engine.sums(stack, errors=errors)
+        if errors:
+            intensity, std, sigma = error_model(sums)
+        else:
+            intensity, std, sigma = mean_intensity(sums), None, None
+        if error_model_name == "azimuthal":
+            sigma = std * np.sqrt(self._norm_squared(matrix, sums.norm)) / np.where(
+                sums.norm > 0, sums.norm, np.nan)
+        else:
+            std = None
         if np.any(factor != 1.0):
             intensity = intensity / factor
             sigma = None if sigma is None else sigma / factor

@@ -50,6 +50,11 @@ class IntegrationResult:
     options: dict = field(default_factory=dict)
 
     @property
+    def sem(self):
+        """Standard error of the mean: pyFAI's name for ``sigma``."""
+        return self.sigma
+
+    @property
     def is_2d(self):
         return self.azimuthal is not None
 
