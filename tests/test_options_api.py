@@ -63,8 +63,11 @@ def test_batch_equals_single_frames_with_options(small):
     np.testing.assert_allclose(cake.intensity[1], one.intensity, rtol=1e-12, equal_nan=True)
 
 
-def test_options_give_the_same_sums_on_the_numba_and_scipy_engines(small):
-    """The options live in the matrix: the fast engine needs nothing new (dark aside)."""
+def test_options_give_the_same_sums_on_every_engine(small):
+    """The options live in the matrix: the engines need nothing new (dark aside).  The GPU
+    engine runs here on its NumPy stand-in (xp=numpy), the code path of its sparse products."""
+    from gpusaxs.gpu_engine import DeviceEngine
+
     integ, stack, rng = small
     for opts in (dict(npt=90, unit="q_A^-1", correct_solid_angle=True, polarization_factor=-0.3,
                       flat=rng.uniform(0.5, 1.5, integ.shape), azimuth_range=(-30.0, 80.0)),
@@ -72,9 +75,11 @@ def test_options_give_the_same_sums_on_the_numba_and_scipy_engines(small):
         matrix, _ = integ.option_engine(**opts)
         fast = CpuEngine(matrix).sums(stack, errors=True)
         ref = ScipyEngine(matrix).sums(stack, errors=True)
+        device = DeviceEngine(matrix, xp=np, batch_size=2).sums(stack, errors=True)
         for name in fast._fields:
-            np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), rtol=1e-6,
-                                       atol=1e-9)
+            for other in (fast, device):
+                np.testing.assert_allclose(getattr(other, name), getattr(ref, name), rtol=1e-6,
+                                           atol=1e-9)
 
 
 def test_dark_follows_the_engine_contract(small):
