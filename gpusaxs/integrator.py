@@ -191,13 +191,7 @@ class Integrator:
         All options are folded into the sparse matrix (cached per option set): one engine
         pass.  With the defaults the numbers are those of :meth:`integrate` / :meth:`integrate_error`.
         """
-        res = self.integrate1d_batch(self._single(image), npt=npt, unit=unit,
-                                     radial_range=radial_range, azimuth_range=azimuth_range,
-                                     correct_solid_angle=correct_solid_angle, dark=dark, flat=flat,
-                                     polarization_factor=polarization_factor,
-                                     normalization_factor=normalization_factor,
-                                     error_model=error_model, mask=mask)
-        return _first_frame(res)
+        return _first_frame(self.integrate1d_batch(self._single(image), **_passed_on(locals())))
 
     def integrate1d_batch(self, stack, npt=None, unit="q_nm^-1", radial_range=None,
                           azimuth_range=None, correct_solid_angle=False, dark=None, flat=None,
@@ -223,13 +217,7 @@ class Integrator:
         +-180.  The result's ``azimuthal`` holds the chi bin centres (degrees); it unpacks as
         ``I, radial, chi`` like pyFAI's Integrate2dResult.  Other options as :meth:`integrate1d`.
         """
-        res = self.integrate2d_batch(self._single(image), npt_rad, npt_azim=npt_azim, unit=unit,
-                                     radial_range=radial_range, azimuth_range=azimuth_range,
-                                     correct_solid_angle=correct_solid_angle, dark=dark, flat=flat,
-                                     polarization_factor=polarization_factor,
-                                     normalization_factor=normalization_factor,
-                                     error_model=error_model, mask=mask)
-        return _first_frame(res)
+        return _first_frame(self.integrate2d_batch(self._single(image), **_passed_on(locals())))
 
     def integrate2d_batch(self, stack, npt_rad, npt_azim=360, unit="q_nm^-1", radial_range=None,
                           azimuth_range=None, correct_solid_angle=False, dark=None, flat=None,
@@ -362,6 +350,11 @@ class Integrator:
         if arr.ndim != 2:
             raise ValueError(f"expected a 2D image, got an array of shape {arr.shape}")
         return arr[None]
+
+
+def _passed_on(arguments):
+    """A single-frame method's keyword arguments (its ``locals()``), for its batch method."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "image")}
 
 
 def _first_frame(res):

@@ -7,27 +7,25 @@ CPU and GPU engines honour the contract (helpers "cpuperf", "gpu") it is no long
 """
 import numpy as np
 
+from gpusaxs.cpu_fallback.engine import ScipyEngine, as_frame_stack, invalid_threshold
+
 from .sums import Sums
 
 __all__ = ["OffsetScipyEngine"]
 
 
-class OffsetScipyEngine:
-    """float64 SciPy sparse products applying ``matrix.pixel_offset`` (slow, simple)."""
+class OffsetScipyEngine(ScipyEngine):
+    """ScipyEngine applying ``matrix.pixel_offset`` (float64 sparse products; slow, simple)."""
 
     name = "scipy-offset"
     supports_pixel_offset = True
 
     def __init__(self, matrix):
-        self.matrix = matrix
-        self._weights = matrix.to_scipy(scaled=False)
-        self._scale = matrix.pixel_scale.astype(np.float64)
+        super().__init__(matrix)
         offset = matrix.pixel_offset
         self._offset = np.zeros(matrix.n_pixels) if offset is None else offset.astype(np.float64)
 
     def sums(self, stack, errors=False):
-        from gpusaxs.cpu_fallback.engine import as_frame_stack, invalid_threshold
-
         frames = as_frame_stack(stack, self.matrix.shape)
         upper = invalid_threshold(frames.dtype)
         x = frames.astype(np.float64)
