@@ -161,3 +161,15 @@ def test_bad_options_are_clear_errors(small, bad, match):
     integ, stack, _ = small
     with pytest.raises(ValueError, match=match):
         integ.integrate1d(stack[0], **bad)
+
+
+def test_option_builder_with_a_full_circle_is_the_saxsdog_builder(small):
+    """The general builder (any unit, sectors, cakes), asked for SAXSdog's bins over the full
+    circle, gives the original builder's matrix entry for entry."""
+    from gpusaxs.matrix import build_matrix
+
+    integ, _, _ = small
+    legacy = build_matrix(integ.calibration)
+    general = build_matrix(integ.calibration, azimuth_range=(-180.0, 180.0))
+    for field in ("q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm"):
+        np.testing.assert_array_equal(getattr(general, field), getattr(legacy, field))
