@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -24,18 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import gpusaxs  # noqa: E402
+from benchmarks.bench_cpu import best_of  # noqa: E402
 from tests.helpers import pyfai_integrator  # noqa: E402
-
-
-def best_of(fn, repeat):
-    """Smallest wall time (s) of ``repeat`` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main():
