@@ -95,37 +95,22 @@ class Detector:
 
 
 def start_server(setup, tmp_path, url, version, *extra):
+    """A saxsdogserver consuming ``url``; calibration from ``setup`` (None: from 'new')."""
     base = tmp_path / "base"
     out = tmp_path / "out"
     base.mkdir(exist_ok=True)
     cfg = write_config(tmp_path / "net.json", 0)
+    cal = [] if setup is None else ["--calibration", setup["cal"]]
+    args = ["--config", cfg, "--bind", "127.0.0.1", "-p", "0", "--detector", url]
+    args += ["--stream-version", version, *cal, "-o", out, *extra]
     proc = Proc(
         "gpusaxs.server.saxsdogserver",
-        [
-            base,
-            "--config",
-            cfg,
-            "--bind",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--detector",
-            url,
-            "--stream-version",
-            version,
-            "--calibration",
-            setup["cal"],
-            "-o",
-            out,
-            *extra,
-        ],
+        [base, *args],
         tmp_path / "ready.json",
         tmp_path / "server.log",
         timeout=120,
     )
-    client = Client(
-        proc.info["url"].replace("0.0.0.0", "127.0.0.1"), SECRET, timeout=20
-    )
+    client = Client(proc.info["url"], SECRET, timeout=20)
     return proc, client, out
 
 
@@ -492,29 +477,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     base = tmp_path / "base"
     cal_path, mask_path = write_setup(base / "setup")
     det = Detector(2)
-    cfg = write_config(tmp_path / "net.json", 0)
-    out = tmp_path / "out"
-    proc = Proc(
-        "gpusaxs.server.saxsdogserver",
-        [
-            base,
-            "--config",
-            cfg,
-            "--bind",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--detector",
-            det.url,
-            "-o",
-            out,
-            "--chi",
-        ],
-        tmp_path / "ready.json",
-        tmp_path / "server.log",
-        timeout=120,
-    )
-    client = Client(proc.info["url"], SECRET, timeout=20)
+    proc, client, out = start_server(None, tmp_path, det.url, 2, "--chi")
     frames = [np.clip(frame(i), 0, None).astype(np.uint32) for i in range(3)]
     try:
         det.series(1, frames, 3, "bslz4")
