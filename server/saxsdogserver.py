@@ -340,7 +340,7 @@ class SaxsdogService:
 
         cached = key in self.cache
         if self.stream is not None:
-            self.stream.set_integrator(build)       # series starting from now use it
+            self.stream.set_integrator(build, key[0])   # series starting from now use it
         old = self.queue
         if old is not None:
             old.abort()

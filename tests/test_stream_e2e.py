@@ -473,6 +473,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     from gpusaxs.integrator import Integrator
     from gpusaxs.io.chi import read_chi
     from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.matrix_cache import matrix_key
 
     base = tmp_path / "base"
     cal_path, mask_path = write_setup(base / "setup")
@@ -499,6 +500,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     integ = Integrator(cal, backend="numpy", mask=mask_array(SHAPE))
     d = read_nxazint(out / "series_2.nxs")
     assert d["image_ids"].tolist() == list(range(6))
+    assert d["calibration_key"] == matrix_key(cal, mask=mask_array(SHAPE))
     for row, i in zip(d["intensity"], d["image_ids"]):
         np.testing.assert_allclose(
             row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True

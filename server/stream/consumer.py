@@ -148,6 +148,7 @@ class StreamConsumer:
         self.chi = bool(chi)
         self.book = SeriesBook(self.out_dir)
         self._integ_lock = threading.Lock()
+        self._key = None
         self._integ_source = integrator
         self._integ = (
             None
@@ -164,9 +165,14 @@ class StreamConsumer:
         self.connected = threading.Event()
 
     # -- calibration ----------------------------------------------------------------------------
-    def set_integrator(self, integrator):
-        """Use this Integrator (or a callable returning one) for the series that start from now."""
+    def set_integrator(self, integrator, key=None):
+        """Use this Integrator (or a callable returning one) for the series that start from now.
+
+        ``key``: its calibration key (calibration + mask, see ``matrix_key``), stored in the
+        NeXus files; default: derived from the integrator.
+        """
         with self._integ_lock:
+            self._key = key
             self._integ_source = integrator
             self._integ = integrator if hasattr(integrator, "integrate") else None
 
@@ -174,7 +180,7 @@ class StreamConsumer:
         with self._integ_lock:
             if self._integ is None and self._integ_source is not None:
                 self._integ = self._integ_source()
-            return self._integ
+            return self._integ, self._key
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self):
@@ -361,9 +367,9 @@ class StreamConsumer:
                 self._batches.put(_STOP)
                 return
             if isinstance(item, Start):
-                integ, reason = None, None
+                integ, key, reason = None, None, None
                 try:
-                    integ = self._integrator()
+                    integ, key = self._integrator()
                 except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
                     reason = f"cannot build the integrator: {exc}"
                 if integ is None and reason is None:
@@ -379,7 +385,7 @@ class StreamConsumer:
                     integs.pop(item.series_id, None)
                     continue
                 integs[item.series_id] = integ
-                self._batches.put(("start", item, integ))
+                self._batches.put(("start", item, integ, key))
                 continue
             if isinstance(item, End):
                 integs.pop(item.series_id, None)
@@ -515,7 +521,7 @@ class StreamConsumer:
                 return
             kind = item[0]
             if kind == "start":
-                start, integ = item[1], item[2]
+                start, integ, key = item[1], item[2], item[3]
                 sid = start.series_id
                 if sid in writers:  # same id again: finish the old file
                     self._close_writer(sid, writers.pop(sid))
@@ -526,7 +532,7 @@ class StreamConsumer:
                         integ.q,
                         radial_unit="q_nm^-1",
                         calibration=integ.calibration,
-                        calibration_key=calibration_key(integ),
+                        calibration_key=key or calibration_key(integ),
                         inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
                         live=True,
                         flush_interval_s=1.0,
