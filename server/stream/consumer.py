@@ -394,12 +394,12 @@ class StreamConsumer:
             # an image: gather a batch of the same series and dtype
             integ = integs.get(item.series_id)
             if integ is None:
-                self.book.error(
-                    item.series_id,
-                    item.image_id,
-                    f"series refused: {self.book.is_refused(item.series_id)}",
-                    "refused",
-                )
+                why = self.book.is_refused(item.series_id)
+                if why is None:
+                    why, kind = "image after the series' end message", "after end"
+                else:
+                    why, kind = f"series refused: {why}", "refused"
+                self.book.error(item.series_id, item.image_id, why, kind)
                 continue
             batch = [item]
             while len(batch) < self.batch_size:
