@@ -370,6 +370,9 @@ class DeviceEngine:
     Not thread-safe: use one engine per thread, and one integrate_stream at a time.
     """
 
+    #: the matrix's pixel_offset (dark) is applied in the kernels (CONTRACTS.md section 1)
+    supports_pixel_offset = True
+
     def __init__(self, matrix, xp=None, batch_size=32, n_streams=2, method="kernel",
                  layout="pixel", upload="copy", segment_length=4096, spmm_dtype="float32",
                  staging_threads=None, stream_factory=None):
