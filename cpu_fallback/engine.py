@@ -93,6 +93,8 @@ class CpuEngine:
     """Multi-threaded numba engine.  ``threads``: cores to use (default: all numba sees)."""
 
     name = "numba"
+    #: the matrix's pixel_offset (dark) is applied in the kernel (CONTRACTS.md section 1)
+    supports_pixel_offset = True
 
     def __init__(self, matrix, threads=None):
         import numba
@@ -156,6 +158,7 @@ class ScipyEngine:
     """
 
     name = "scipy"
+    supports_pixel_offset = True
 
     def __init__(self, matrix):
         self.matrix = matrix
