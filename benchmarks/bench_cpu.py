@@ -46,7 +46,8 @@ def best_of(fn, repeat):
 
 
 def read_stack_seconds(stack, repeat):
-    """Best time (s) for two threads to read (sum) every value of ``stack`` once."""
+    """Best time (s) for the engine's threads (all cores) to read (sum) every value of
+    ``stack`` once."""
     from numba import njit, prange
 
     @njit(parallel=True, cache=False)
@@ -90,17 +91,7 @@ def options_matrix(matrix, cal, image_shape, rng):
 
 def read_bandwidth(n_bytes=256 << 20, repeat=5):
     """Memory read bandwidth (bytes/s) of this machine: summing a large int32 array, 2 threads."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=False)
-    def total(a):
-        s = 0
-        for i in prange(a.size):
-            s += a[i]
-        return s
-
-    arr = np.ones(n_bytes // 4, dtype=np.int32)
-    return n_bytes / best_of(lambda: total(arr), repeat)
+    return n_bytes / read_stack_seconds(np.ones(n_bytes // 4, dtype=np.int32), repeat)
 
 
 def git_commit():
