@@ -95,9 +95,10 @@ def _one_pass(frames, active, ell_bins, ell_ws, ell_w, scale, offset, upper, fb,
                     wss = ws * s
                     a = acc[c]
                     av = acc_var[c]
-                    for f in range(width):
-                        a[f] += ws * v[f]
-                        av[f] += wss * x[f]
+                    for h in range(0, width, 4):          # halves of 4: no register spills
+                        for f in range(h, min(h + 4, width)):
+                            a[f] += ws * v[f]
+                            av[f] += wss * x[f]
                     if squares:
                         aq = acc_sq[c]
                         for f in range(width):
