@@ -83,6 +83,10 @@ CHUNK_SUBPIXELS = 1 << 21
 FORMAT_VERSION = 1
 
 
+class BuildCancelled(Exception):
+    """A matrix build was stopped between two chunks (``should_stop`` or ``progress`` said so)."""
+
+
 def max_radius_mm(cal):
     """Largest in-plane distance (mm) from the beam centre to a detector corner."""
     height, width = cal.imagesize
@@ -168,12 +172,14 @@ def _chunk_entries(cal, rows, q_edges, uniform, keep):
     return pix, low[pix] + k, weights
 
 
-def build_matrix(cal, mask=None, q_edges=None, progress=None):
+def build_matrix(cal, mask=None, q_edges=None, progress=None, should_stop=None):
     """Build the IntegrationMatrix of a calibration on the CPU, in bounded memory.
 
     cal: a Calibration; mask: bool (H, W), True = excluded (default: ``cal.load_mask()`` when the
     calibration names a mask file, else nothing masked); q_edges: bin edges in nm^-1 (default
-    :func:`default_q_edges`); progress: optional callable(done_rows, total_rows).
+    :func:`default_q_edges`); progress: optional callable(done_rows, total_rows), called after
+    each chunk (it may raise :class:`BuildCancelled` to stop the build); should_stop: optional
+    callable() -> bool, asked before each chunk: True raises :class:`BuildCancelled`.
     """
     from .geometry import polarization_factor_rows
 
@@ -194,6 +200,8 @@ def build_matrix(cal, mask=None, q_edges=None, progress=None):
     bins_parts, weight_parts = [], []
     scale = np.ones(height * width, dtype=np.float32)
     for start in range(0, height, rows_per_chunk):
+        if should_stop is not None and should_stop():
+            raise BuildCancelled(f"build stopped at row {start} of {height}")
         rows = slice(start, min(height, start + rows_per_chunk))
         keep = ~mask[rows].ravel()
         pix, bins, weights = _chunk_entries(cal, rows, q_edges, uniform, keep)

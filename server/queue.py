@@ -23,6 +23,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .ratelimit import RateLimitedLog
+
 log = logging.getLogger("saxsdogserver")
 
 MAX_RECENT_ERRORS = 50
@@ -53,7 +55,8 @@ def inside(path, root):
 class ProcessingQueue:
     """One queue of the server (see module doc).
 
-    integrator_factory: callable returning an Integrator (called in the dispatcher thread).
+    integrator_factory: callable returning an Integrator (called in the dispatcher thread), or a
+    :class:`server.builds.Build` future (waited on; state "building" meanwhile).
     out_dir: None -> curves go to ``<image folder>/work/<name>.chi``; else the tree below
     ``directory`` is mirrored into ``out_dir``.  on_finished(n): called for every frame that
     ends as curve or error (server-wide "images processed").  predecessor: a queue being
@@ -90,6 +93,7 @@ class ProcessingQueue:
         self.skipped = 0
         self.dropped = 0
         self.recent_errors = deque(maxlen=MAX_RECENT_ERRORS)
+        self._error_log = RateLimitedLog(log, per_s=2.0, burst=20)   # a flood of bad files
         self.latest = None            # (image path, out path, q, I)
         self.t_created = time.time()
         self._t_first = None          # monotonic, first frame submitted
@@ -187,7 +191,7 @@ class ProcessingQueue:
         self.errors += 1
         self.recent_errors.append((str(path), str(message)))
         self._t_last = time.monotonic()
-        log.warning("%s: %s", path, message)
+        self._error_log.warning("%s: %s", path, message)
 
     def _drain_file_events(self):
         """Empty the event queue; return the paths of its file events (others are dropped).
@@ -224,9 +228,22 @@ class ProcessingQueue:
         finally:
             self._finished.set()
 
+    def _obtain_integrator(self):
+        """The integrator: from a Build (a future, waited on while not aborted) or a factory."""
+        if hasattr(self._factory, "result"):
+            with self._lock:
+                self.state = "building"
+            return self._factory.result(should_stop=self._abort.is_set)
+        return self._factory()
+
     def _run_inner(self):
+        from gpusaxs.matrix import BuildCancelled
+
         try:
-            integrator = self._factory()
+            integrator = self._obtain_integrator()
+        except BuildCancelled:
+            self._shutdown_aborted()
+            return
         except Exception as exc:
             with self._lock:
                 self.state = "failed"
@@ -250,7 +267,7 @@ class ProcessingQueue:
                                 read_threads=self.read_threads,
                                 on_done=self._done, on_error=self._error)
         with self._lock:
-            if self.state == "starting":
+            if self.state in ("starting", "building"):
                 self.state = "running"
         closing = False
         while True:
