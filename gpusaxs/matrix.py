@@ -76,8 +76,9 @@ class IntegrationMatrix:
 # Building
 # ----------------------------------------------------------------------------------------------
 
-#: Sub-pixels handled per chunk while building (bounds the builder's memory, ~40 B each).
-CHUNK_SUBPIXELS = 1 << 21
+#: Sub-pixels handled per chunk while building (bounds the builder's memory, ~40 B each, and
+#: the time between two progress/cancel checks: ~0.1-0.3 s on a loaded 2-core machine).
+CHUNK_SUBPIXELS = 1 << 19
 
 #: Bumped whenever the builder's output changes, so stale cache files are not reused.
 FORMAT_VERSION = 1

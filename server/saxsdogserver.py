@@ -323,7 +323,8 @@ class SaxsdogService:
         q = ProcessingQueue(directory, build, out_dir=self.out_dir, batch_size=self.batch_size,
                             read_threads=self.threads, settle=self.settle,
                             on_finished=self._count, predecessor=old,
-                            pipeline_factory=self._pipeline_factory)
+                            pipeline_factory=self._pipeline_factory,
+                            calibration_key=key[0], write_root=self.out_dir or self.base)
         self.queue = q
         q.start()
         if self.on_new_queue is not None:
