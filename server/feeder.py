@@ -59,13 +59,13 @@ def make_handler(settler):
     return _Handler()
 
 
-def walk_images(folder):
-    """Image files below ``folder`` (sorted, hidden entries skipped)."""
+def walk_images(folder, skip_dirs=("work",)):
+    """Image files below ``folder`` (sorted; hidden entries and ``skip_dirs`` skipped)."""
     from gpusaxs.io.images import is_image_file
 
     out = []
     for path, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip_dirs)
         out.extend(os.path.join(path, f) for f in sorted(files) if is_image_file(f))
     return out
 
@@ -253,12 +253,13 @@ def main(argv=None):
     if args.ready_file:
         _write_ready(args.ready_file, {"pid": os.getpid(), "url": feeder.url})
 
+    skip = tuple(args.skip_dir) if args.skip_dir else ("work",)
     if args.simulate:
         if not feeder.wait_subscriber(args.wait):
             log.warning("no subscriber after %.0f s; publishing anyway", args.wait)
         try:
             while not stop.is_set():
-                for path in (p for d in dirs for p in walk_images(d)):
+                for path in (p for d in dirs for p in walk_images(d, skip)):
                     if stop.is_set():
                         break
                     feeder.publish(os.path.realpath(path))
@@ -271,8 +272,6 @@ def main(argv=None):
 
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
-
-    skip = tuple(args.skip_dir) if args.skip_dir else ("work",)
 
     def publish(p):
         if wanted(p, skip):

@@ -59,12 +59,13 @@ def curve_keys(secret):
     secret knows the server's public key, so nobody without it completes the handshake.
     """
     import zmq
+    from zmq.utils import z85
 
     key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     out = {}
     for who in ("server", "client"):
         raw = hmac.new(key, f"saxsdog-curve-{who}".encode(), hashlib.sha256).digest()
-        sec = zmq.utils.z85.encode(raw)
+        sec = z85.encode(raw)
         out[f"{who}_secret"] = sec
         out[f"{who}_public"] = zmq.curve_public(sec)
     return out
