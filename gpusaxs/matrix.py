@@ -98,12 +98,13 @@ def max_radius_mm(cal):
     return float(np.sqrt((np.abs(dx).max() * px_x) ** 2 + (np.abs(dy).max() * px_y) ** 2))
 
 
-def default_q_edges(cal):
+def default_q_edges(cal, checkpoint=None):
     """Bin edges (nm^-1) uniform in q, from 0 (or qStart) to the largest q on the detector (or qStop).
 
     The number of bins over [0, q_max] is the corner distance in pixels divided by
     PixelPerRadialElement, so 1 means a bin about one pixel wide at the detector edge (for the
-    reference PILATUS frame this gives fit2d's 1002 bins).
+    reference PILATUS frame this gives fit2d's 1002 bins).  checkpoint: optional callable(),
+    called before each block of 256 rows (it may raise :class:`BuildCancelled`).
     """
     from .geometry import corner_offsets_mm, q_from_two_theta, two_theta_of_offsets
 
@@ -111,6 +112,8 @@ def default_q_edges(cal):
     q_hi = 0.0
     height = cal.imagesize[0]
     for start in range(0, height + 1, 256):
+        if checkpoint is not None:
+            checkpoint()
         dx, dy = corner_offsets_mm(cal, slice(start, start + 256))
         tth = two_theta_of_offsets(cal, dx, dy).max()
         q_hi = max(q_hi, float(q_from_two_theta(tth, cal.wavelength_A)))
@@ -179,8 +182,9 @@ def build_matrix(cal, mask=None, q_edges=None, progress=None, should_stop=None):
     cal: a Calibration; mask: bool (H, W), True = excluded (default: ``cal.load_mask()`` when the
     calibration names a mask file, else nothing masked); q_edges: bin edges in nm^-1 (default
     :func:`default_q_edges`); progress: optional callable(done_rows, total_rows), called after
-    each chunk (it may raise :class:`BuildCancelled` to stop the build); should_stop: optional
-    callable() -> bool, asked before each chunk: True raises :class:`BuildCancelled`.
+    each chunk, and with done_rows = 0 while the default bins are set up (it may raise
+    :class:`BuildCancelled` to stop the build); should_stop: optional callable() -> bool, asked
+    at the same points: True raises :class:`BuildCancelled`.
     """
     from .geometry import polarization_factor_rows
 
@@ -190,7 +194,15 @@ def build_matrix(cal, mask=None, q_edges=None, progress=None, should_stop=None):
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (height, width):
         raise ValueError(f"mask shape {mask.shape} does not match Imagesize {(height, width)}")
-    q_edges = default_q_edges(cal) if q_edges is None else np.asarray(q_edges, dtype=np.float64)
+
+    def checkpoint(done):
+        if should_stop is not None and should_stop():
+            raise BuildCancelled(f"build stopped at row {done} of {height}")
+        if progress is not None:
+            progress(done, height)
+
+    q_edges = default_q_edges(cal, checkpoint=lambda: checkpoint(0)) if q_edges is None \
+        else np.asarray(q_edges, dtype=np.float64)
     if q_edges.ndim != 1 or len(q_edges) < 2 or np.any(np.diff(q_edges) <= 0):
         raise ValueError("q_edges must be a 1D increasing array of at least 2 edges (nm^-1)")
     uniform = _is_uniform(q_edges)
@@ -212,8 +224,7 @@ def build_matrix(cal, mask=None, q_edges=None, progress=None, should_stop=None):
         weight_parts.append(weights.astype(np.float32))
         if getattr(cal, "polarization", None) is not None:
             scale[first:first + keep.size] = (1.0 / polarization_factor_rows(cal, rows)).ravel()
-        if progress is not None:
-            progress(rows.stop, height)
+        checkpoint(rows.stop)
 
     pixel_ptr = np.zeros(height * width + 1, dtype=np.int64)
     np.cumsum(counts_per_pixel, out=pixel_ptr[1:])

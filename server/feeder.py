@@ -197,8 +197,10 @@ def build_parser():
                    help="use a polling observer (network file systems without inotify)")
     p.add_argument("--ready-file", metavar="FILE",
                    help="write {pid, url} as JSON to FILE once publishing (for scripts/tests)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="-v: log start-up and subscribers (INFO); -vv: every published file")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log every published file (DEBUG)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="warnings and errors only (default: routine events too, INFO)")
     return p
 
 
@@ -222,7 +224,7 @@ def _write_ready(path, info):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s saxsfeeder %(levelname)s %(message)s")
     from .netconfig import NetConfigError
 

@@ -430,7 +430,9 @@ class Watcher:
 
 EXAMPLES = """\
 examples:
-  saxsdogserver /data                      serve the folder tree /data on port 7777
+  saxsdogserver /data                      serve the folder tree /data on port 7777 of this
+                                           computer (127.0.0.1)
+  saxsdogserver --bind '*' /data           serve the network (consider "Curve": true, saxsnetconf)
   saxsdogserver -p 7777 -f tcp://beamline:5556 /data
                                            take new-file events from a saxsfeeder
   saxsdogserver -w -t 4 -o /data/curves /data
