@@ -83,7 +83,7 @@ def secret_bits(secret):
     n = len(secret)
     if n == 0:
         return 0.0
-    h = -sum(c / n * math.log2(c / n) for c in Counter(secret).values())
+    h = sum(c / n * math.log2(n / c) for c in Counter(secret).values())
     return n * h
 
 
