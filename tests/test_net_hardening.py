@@ -284,3 +284,57 @@ def test_build_matrix_should_stop():
         build_matrix(cal, mask=np.zeros((200, 180), bool), should_stop=lambda: bool(seen),
                      progress=lambda d, t: seen.append(d))
     assert len(seen) == 1
+
+
+class _Frame:
+    def __init__(self, data):
+        self.buffer = memoryview(data)
+
+
+class _FakeSocket:
+    """A REP socket stand-in: a queue of frames; recv of frame ``fail_at`` raises MemoryError."""
+
+    def __init__(self, frames, fail_at=None):
+        self.frames, self.fail_at, self.i, self.sent = list(frames), fail_at, 0, []
+
+    def recv(self, copy=True, flags=0):
+        i, self.i = self.i, self.i + 1
+        if i == self.fail_at:
+            raise MemoryError
+        return _Frame(self.frames[i])
+
+    def getsockopt(self, opt):
+        return int(self.i < len(self.frames))
+
+    def send(self, data):
+        self.sent.append(json.loads(data))
+
+
+def test_memory_error_in_receive_or_handling_answers_an_error(service, monkeypatch):
+    """Item 1: a MemoryError while receiving (rest of the message drained) or handling a
+    request is answered with an error; the next request is served."""
+    from gpusaxs.server.saxsdogserver import _serve_one
+
+    sock = _FakeSocket(signed({"command": "stat"}) + [b"x" * 1000] * 3, fail_at=1)
+    _serve_one(sock, service)
+    assert sock.i == 4 and sock.sent[0]["result"] == "Error"
+    assert "out of memory" in sock.sent[0]["data"]["Error"]
+
+    def oom(*a):
+        raise MemoryError
+    monkeypatch.setattr(service, "cmd_stat", oom)
+    sock = _FakeSocket(signed({"command": "stat"}))
+    _serve_one(sock, service)
+    assert sock.sent[0]["result"] == "Error" and "out of memory" in sock.sent[0]["data"]["Error"]
+    monkeypatch.undo()
+    sock = _FakeSocket(signed({"command": "stat"}))
+    _serve_one(sock, service)
+    assert sock.sent[0]["result"] == "stat"
+
+
+def test_too_many_frames_dropped_with_one_answer(service):
+    from gpusaxs.server.saxsdogserver import _serve_one
+
+    sock = _FakeSocket(signed({"command": "stat"}) + [b"y"] * 50)
+    _serve_one(sock, service)
+    assert sock.i == 51 and "too many frames" in sock.sent[0]["data"]["Error"]
