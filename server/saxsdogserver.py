@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 from gpusaxs.errors import GpusaxsError

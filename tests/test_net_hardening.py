@@ -10,11 +10,8 @@ import pytest
 
 from gpusaxs.server import protocol as P
 from gpusaxs.server.auth import sign_request
-from net_support import SECRET, calibration_dict, mask_array, wait_for, write_frames
-
-
-def signed(req, attachments=()):
-    return [json.dumps(sign_request(SECRET, req, attachments)).encode()] + list(attachments)
+from net_support import (SECRET, ask, calibration_dict, mask_array, signed, wait_for,
+                         write_frames)
 
 
 @pytest.fixture
@@ -26,12 +23,6 @@ def service(tmp_path):
     svc = SaxsdogService(base, SECRET, threads=1, batch_size=4, backend="numpy")
     yield svc
     svc.shutdown(timeout=30)
-
-
-def ask(svc, frames):
-    ans = svc.handle(frames)
-    P.validate_response(json.loads(P.encode_response(ans)))
-    return ans
 
 
 def new(svc, cal=None, directory="data"):
