@@ -329,3 +329,24 @@ def test_too_many_frames_dropped_with_one_answer(service):
     sock = _FakeSocket(signed({"command": "stat"}) + [b"y"] * 50)
     _serve_one(sock, service)
     assert sock.i == 51 and "too many frames" in sock.sent[0]["data"]["Error"]
+
+
+def test_failed_build_fails_the_queue_not_the_server(tmp_path):
+    """A build that runs out of memory: the queue reports it, the server answers on."""
+    from gpusaxs.server.saxsdogserver import SaxsdogService
+
+    class Boom:
+        def __init__(self, *a, **k):
+            raise MemoryError("matrix too large")
+
+    base = tmp_path / "base"
+    (base / "data").mkdir(parents=True)
+    svc = SaxsdogService(base, SECRET, threads=1, batch_size=4, backend="numpy",
+                         integrator_class=Boom)
+    try:
+        new(svc)
+        assert wait_for(lambda: stat(svc)["queue"]["state"] == "failed", 30)
+        d = stat(svc)
+        assert "MemoryError" in d["queue"]["failure"] and d["builds"] == []
+    finally:
+        svc.shutdown(timeout=30)
