@@ -39,9 +39,9 @@ MAX_LISTDIR = 10_000
 
 def _check_limits(cal):
     """Calibration bounds of the library (time and memory of the build), where it has them."""
-    from gpusaxs import calibration
+    import importlib      # (the name gpusaxs.calibration is the SAXS 0.3.0 class, not the module)
 
-    getattr(calibration, "check_limits", lambda c: None)(cal)
+    getattr(importlib.import_module("gpusaxs.calibration"), "check_limits", lambda c: None)(cal)
 
 
 class SaxsdogService:

@@ -143,11 +143,11 @@ def _new(client, cal, mask_shape):
 
 
 def test_big_build_beside_the_loop_abort_and_sigterm(net):
-    """Item 3: a 2048^2 Oversampling-16 build (minutes) runs beside the command loop: stat
+    """Item 3: a 2048^2 Oversampling-8 build (minutes) runs beside the command loop: stat
     answers during it with progress, a second 'new' answers at once and cancels it, abort
     and SIGTERM act within about a second."""
     shape = (2048, 2048)
-    cal_a = calibration_dict(shape=shape, oversampling=16)
+    cal_a = calibration_dict(shape=shape, oversampling=8)     # 268 M sub-pixels
     cal_b = dict(cal_a, DedectorDistanceMM=800.0)
     cal_c = dict(cal_a, DedectorDistanceMM=700.0)
     srv = start_server(net["tmp"], net["base"], net["cfg"], ["-f", "none"])
