@@ -350,3 +350,21 @@ def test_failed_build_fails_the_queue_not_the_server(tmp_path):
         assert "MemoryError" in d["queue"]["failure"] and d["builds"] == []
     finally:
         svc.shutdown(timeout=30)
+
+
+def test_new_refuses_a_calibration_beyond_the_library_limits(service):
+    """Item 4's bounds in the server: 'new' answers the library's error, nothing is built."""
+    import importlib
+
+    import numpy as np
+
+    from gpusaxs.io.masks import fit2d_mask_bytes
+
+    if not hasattr(importlib.import_module("gpusaxs.calibration"), "check_limits"):
+        pytest.skip("gpusaxs.calibration.check_limits (issue 15 item 4) not on this branch yet")
+    shape = (2048, 2048)
+    req, atts = P.new_request(calibration_dict(shape=shape, oversampling=16), "data",
+                              fit2d_mask_bytes(np.zeros(shape, bool)), "m.msk")
+    ans = ask(service, signed(req, atts))
+    assert ans["result"] == "Error" and "Oversampling" in ans["data"]["Error"], ans
+    assert service.queue is None and stat(service)["builds"] == []
