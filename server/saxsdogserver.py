@@ -81,6 +81,7 @@ class SaxsdogService:
         self.feeder = {"messages": 0, "files": 0, "rejected": 0, "last": None}
         self._feeder_log = RateLimitedLog(log, per_s=1.0, burst=5)
         self.requests = 0
+        self.stream = None            # a StreamConsumer with --detector (docs/streams.md)
 
     # -- helpers --------------------------------------------------------------------------------
     def _count(self, n):
@@ -118,6 +119,8 @@ class SaxsdogService:
 
     def _data(self, **extra):
         d = {"stat": self.stat(), "builds": self.builds.running()}
+        if self.stream is not None:
+            d["streams"] = self.stream.info()
         if self.queue is not None:
             d["queue"] = self.queue.info(self.rel)
             d["errors"] = self.queue.errors_report(self.rel)
@@ -313,6 +316,9 @@ class SaxsdogService:
         key = (matrix_key(cal, mask=mask), str(self.backend))
         cached = key in self.builds
         build = self.builds.get(key, self._integrator_maker(cal, mask), label=self.rel(directory))
+        if self.stream is not None:
+            # series starting from now use it (waiting for the build, like the queue)
+            self.stream.set_integrator(build.result, key[0])
         old, old_build = self.queue, self.build
         if old is not None:
             old.abort()
@@ -439,6 +445,9 @@ examples:
                                            curves mirrored below /data/curves
   saxsdogserver --config lab.json --bind 127.0.0.1 -p 0 --ready-file ready.json /tmp/base
                                            loopback only, any free port (written to ready.json)
+  saxsdogserver --detector tcp://eiger:31001 --calibration cal.json -o /data/curves /data
+                                           integrate every image of the detector's stream
+                                           into /data/curves/series_<id>.nxs
 
 Every directory a request names is resolved inside the base folder; curves go to a folder
 'work' in each image's folder unless -o is given.  Authentication uses the Secret of the network
@@ -491,6 +500,8 @@ def build_parser():
                    help="-v: every command and build step (DEBUG)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="warnings and errors only (default: routine events too, INFO)")
+    from .stream.hook import add_arguments as add_stream_arguments
+    add_stream_arguments(p)
     return p
 
 
@@ -557,6 +568,13 @@ def serve(args):
                                  batch_size=args.batch_size, backend=args.backend,
                                  settle=args.settle, max_request=args.max_request,
                                  max_attachment=args.max_attachment)
+    except ValueError as exc:
+        print(f"saxsdogserver: {exc}", file=sys.stderr)
+        return 2
+
+    from .stream.hook import start_consumer
+    try:
+        stream = start_consumer(args, service)
     except ValueError as exc:
         print(f"saxsdogserver: {exc}", file=sys.stderr)
         return 2
@@ -635,6 +653,8 @@ def serve(args):
             sub.close(linger=0)
         if watcher is not None:
             watcher.stop()
+        if stream is not None:
+            stream.stop()
         service.shutdown()
         ctx.term()
         log.info("stopped")
