@@ -96,8 +96,10 @@ def build_parser():
                    help="do not integrate files already there, only watch (with -w)")
     p.add_argument("-D", "--walkdirinthreads", action="store_true",
                    help="walk folders in parallel")
-    p.add_argument("--format", choices=("chi", "hdf5", "both"), default="chi",
-                   help="curve output: chi (default), hdf5 (one NeXus file per folder), both")
+    p.add_argument("--format", choices=("chi", "hdf5", "both", "nexus", "chi+nexus"),
+                   default="chi",
+                   help="curve output: chi (default), hdf5 (one HDF5 file per folder), both "
+                        "(chi + hdf5), nexus (one NXazint1d file per folder), chi+nexus")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="integration backend (default auto)")
     p.add_argument("--batch-size", metavar="N", type=int, default=16,
@@ -141,7 +143,7 @@ class Hdf5Collector:
         folder_name = Path(image_path).resolve().parent.name or "frames"
         return Path(out_path).parent / f"{folder_name}.h5"
 
-    def add(self, h5path, frame_name, intensity, error):
+    def add(self, h5path, frame_name, intensity, error, source=None):
         with self._lock:
             self._files.setdefault(Path(h5path), {})[frame_name] = (
                 np.asarray(intensity, dtype=np.float64),
@@ -309,12 +311,17 @@ class Saxsdog:
         self.args = args
         self.integrator = integrator
         self.shape = tuple(int(s) for s in cal.imagesize)
-        self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"}}[args.format]
+        self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"},
+                        "nexus": {"nexus"}, "chi+nexus": {"chi", "nexus"}}[args.format]
         self.out_dir = Path(args.out)
         self.out_dir_resolved = self.out_dir.resolve()
         self.progress = Progress(silent=args.silent, label=PROG)
         self.hdf5 = Hdf5Collector(integrator.q, calibration_text) if "hdf5" in self.formats \
             else None
+        if "nexus" in self.formats:          # NXazint1d files (clients/saxsdog_nexus.py)
+            from gpusaxs.clients.saxsdog_nexus import NexusCollector
+            key = getattr(integrator, "matrix_key", None) or cal.key()
+            self.hdf5 = NexusCollector(integrator.q, cal, key if isinstance(key, str) else None)
         self.monitor = None
         self._lock = threading.Lock()
         self._seen = set()           # resolved image paths handed on (dedupe)
@@ -327,6 +334,7 @@ class Saxsdog:
         self.pipeline = None
         self.settler = None
         self._waiting = {}           # watch mode: absolute image path -> curve path
+        self._waiting_stacks = {}    # watch mode: absolute HDF5 path -> root, expanded once settled
 
     # -- pipeline callbacks (pipeline threads) -----------------------------------------------
     def write(self, image_path, out_path, q, intensity, error):
@@ -340,7 +348,8 @@ class Saxsdog:
             from gpusaxs.io.images import read_image
             _frame_png(out_path.with_suffix(".png"), read_image(image_path, shape=self.shape))
         if self.hdf5 is not None:
-            self.hdf5.add(Hdf5Collector.file_for(image_path, out_path), name, intensity, error)
+            self.hdf5.add(self.hdf5.file_for(image_path, out_path), name, intensity, error,
+                          source=image_path)
         if "chi" in self.formats:
             from gpusaxs.io.chi import write_chi
             write_chi(out_path, q, intensity, error=error, title=name)
@@ -364,15 +373,36 @@ class Saxsdog:
         self.progress.message(f"{PROG}: error: {msg}")
 
     # -- inputs ------------------------------------------------------------------------------
-    def offer(self, image_path, root, check_complete=False):
-        """Hand one image on (once): resume check, collision check, then pipeline/watch."""
-        image_path = Path(image_path)
-        if _is_temp(image_path.name):
+    def offer(self, image_path, root, check_complete=False, explicit=False):
+        """Hand on each frame of one file (gpusaxs.io.frames: an image, or every frame of an
+        HDF5/multi-frame file); a file the user named that holds no frame is an error."""
+        from gpusaxs.errors import GpusaxsError
+        from gpusaxs.io.frames import HDF5_SUFFIXES, frame_sources
+
+        if _is_temp(Path(image_path).name):
             return
-        from gpusaxs.io.images import is_image_file
-        if not is_image_file(image_path):
+        if check_complete and str(image_path).lower().endswith(HDF5_SUFFIXES):
+            with self._lock:                 # watch mode: list its frames once it is settled
+                self._waiting_stacks[os.path.abspath(image_path)] = root
+            self.settler.touch(str(image_path))
             return
-        key = image_path.resolve()
+        try:
+            sources = frame_sources(image_path, explicit=explicit)
+        except GpusaxsError as exc:
+            self.report(image_path, exc)
+            with self._lock:
+                self.failed_early += 1
+            return
+        for source in sources:
+            self._offer_frame(source, root, check_complete)
+
+    def _offer_frame(self, image_path, root, check_complete=False):
+        """Hand one frame on (once): resume check, collision check, then pipeline/watch."""
+        if hasattr(image_path, "file"):       # a frame of a stack (FrameRef)
+            key = f"{Path(image_path.file).resolve()}::{image_path.dataset}::{image_path.index}"
+        else:
+            image_path = Path(image_path)
+            key = image_path.resolve()
         if not self.args.inplace and _inside(key, self.out_dir_resolved):
             return           # our own output folder inside an input folder
         with self._lock:
@@ -421,6 +451,11 @@ class Saxsdog:
 
     def _settled(self, path):
         with self._lock:
+            root = self._waiting_stacks.pop(path, None)
+        if root is not None:
+            self.offer(Path(path), root)
+            return
+        with self._lock:
             out = self._waiting.pop(path, None)
         if out is not None:
             self.pipeline.submit(Path(path), out)
@@ -453,21 +488,22 @@ class Saxsdog:
                 try:
                     from gpusaxs.io.chi import read_chi
                     c = read_chi(out)
-                    h5 = Hdf5Collector.file_for(image_path, out)
-                    self.hdf5.add(h5, image_path.name, np.asarray(c.intensity), c.error)
+                    h5 = self.hdf5.file_for(image_path, out)
+                    self.hdf5.add(h5, Path(image_path).name, np.asarray(c.intensity), c.error,
+                                  source=image_path)
                 except Exception:
                     return False             # unreadable curve: recompute
             return True
-        h5 = Hdf5Collector.file_for(image_path, out)
+        h5 = self.hdf5.file_for(image_path, out)
         self.hdf5.preload(h5)
-        return image_path.name in self.hdf5.known_frames(h5)
+        return Path(image_path).name in self.hdf5.known_frames(h5)
 
     def walk(self, roots):
         """Initial walk over (path, root) inputs, folders sorted, optionally in parallel."""
         t0 = time.perf_counter()
         for p, r in roots:
             if not p.is_dir():
-                self.offer(p, r, check_complete=False)
+                self.offer(p, r, check_complete=False, explicit=True)
         folders = [(p, r) for p, r in roots if p.is_dir()]
         if self.args.walkdirinthreads and folders:
             # one task per input folder and per top-level subfolder
@@ -629,8 +665,8 @@ def main(argv=None):
         path = Path(p)
         if path.is_dir():
             roots.append((path, path))
-        elif path.exists():
-            roots.append((path, path.parent))
+        elif path.exists() or ("::" in p and Path(p.split("::")[0]).is_file()):
+            roots.append((path, path.parent))      # a file, or file.h5::/dataset[::N]
         else:
             _err(f"error: {p}: no such file or folder")
             return 2
