@@ -177,7 +177,8 @@ class _Stack:
             if arr.shape != self.mask_shape:
                 raise ImageReadError(self.path, f"pixel_mask is {self.mask_shape}, frames are "
                                                 f"{arr.shape}")
-            arr = np.array(arr, copy=True)
+            if not (arr.flags.writeable and arr.flags.c_contiguous and arr.flags.owndata):
+                arr = np.array(arr, copy=True)          # h5py hands a fresh array: no copy
             arr.reshape(-1)[self.mask_index] = _invalid_value(arr.dtype)
         return arr
 
