@@ -24,8 +24,9 @@ PROG = "saxsdog"
 
 EPILOG = """\
 options in detail:
-  -c FILE        calibration file (JSON, section 3 of the specification).  Required.
-                   saxsdog -c cal.json data/
+  -c FILE        calibration file (JSON, section 3 of the specification) or a pyFAI
+                 .poni file.  Required.
+                   saxsdog -c cal.json data/      saxsdog -c detector.poni data/
   -t N           number of reader threads (image decoding); integration is one batched
                  engine call per group of frames, writing runs in its own thread.
                    saxsdog -c cal.json -t 4 data/
@@ -48,11 +49,22 @@ options in detail:
   -n             no initial walk: only files that appear later are integrated (with -w).
                    saxsdog -c cal.json -w -n data/
   -D             walk the input folders (and their top-level subfolders) in parallel.
-  --format F     chi (default), hdf5 or both.  hdf5: one NeXus file per image folder,
+  --format F     chi (default), hdf5, both (chi + hdf5), nexus or chi+nexus.
+                 nexus: one NXazint1d file per image folder, <outfolder>/<foldername>.nxs
+                 (curves, calibration, units, program, input files; docs/tools.md).
+                   saxsdog -c cal.json --format nexus data/
+                 hdf5: one HDF5 file per image folder,
                  <outfolder>/<foldername>.h5 with /entry/data/q (1/nm), I (frames x bins),
                  errors, frame_names and the calibration JSON in /entry/calibration.
                    saxsdog -c cal.json --format both data/
   --backend B    auto (default: GPU when present), numpy or cupy.
+
+Multi-frame files: EIGER master files (with their data files, bslz4 compressed), any HDF5
+dataset named as FILE.h5::/path/to/data, multi-page TIFF and multi-frame EDF give one curve per
+frame, <name>_<index>.chi (index from 0, 5 digits):
+  saxsdog -c cal.json scan_master.h5        ->  out/scan_master_00000.chi, ...
+The EIGER pixel_mask is applied on top of the calibration's mask.  A file named on the
+command line that holds no readable frame is an error (exit status 1).
 
 Bad files (truncated, not an image, wrong size) are reported on stderr with their name and
 the reason; the others are still integrated.  Every output is written under a temporary name
@@ -72,9 +84,10 @@ def build_parser():
         description="Integrate folders of detector images to curves I(q), one .chi per image.",
         epilog=EPILOG)
     p.add_argument("paths", nargs="+", metavar="FOLDER_OR_IMAGE",
-                   help="folders to walk (recursively) and/or single image files")
+                   help="folders to walk (recursively) and/or image files (HDF5/EIGER master, "
+                        "FILE.h5::/dataset, multi-frame TIFF/EDF: one curve per frame)")
     p.add_argument("-c", "--calibration", metavar="FILE", required=True,
-                   help="calibration file (JSON)")
+                   help="calibration file (JSON) or pyFAI .poni file")
     p.add_argument("-t", "--threads", metavar="N", type=int, default=2,
                    help="number of reader threads (default 2)")
     p.add_argument("-m", "--plotmonitor", action="store_true",

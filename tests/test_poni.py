@@ -191,3 +191,15 @@ def test_wrong_file_kind_says_what_was_expected(tmp_path, kind):
         assert "expected a JSON object" in msg
     else:
         assert "expected a JSON calibration file" in msg and ".poni" in msg
+
+
+def test_poni_for_the_server_new_command(tmp_path):
+    """saxsleash new sends read_calibration_file's dict; the server builds it with from_dict."""
+    from gpusaxs.calibration import read_calibration_file
+
+    ai = _ai(GEOMETRIES[3], 4, shape=(200, 150))
+    ai.write(str(tmp_path / "g.poni"))
+    d = read_calibration_file(tmp_path / "g.poni")
+    sent = json.loads(json.dumps(d))                 # over the wire
+    cal = Calibration.from_dict(sent, base_dir=tmp_path)
+    assert np.abs(two_theta(cal) - _tth(ai)).max() < 1e-9
