@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusaxs.clients.saxsdog import Hdf5Collector
+
 __all__ = ["NexusCollector"]
 
 
@@ -30,8 +32,9 @@ def _frame_index(source):
     return int(m.group(1)) if m else 0
 
 
-class NexusCollector:
-    """Curves per output folder, written as one NXazint1d file per folder by ``write_all``."""
+class NexusCollector(Hdf5Collector):
+    """Curves per output folder, written as one NXazint1d file per folder by ``write_all``
+    (``known_frames`` and ``write_all`` as the hdf5 format's collector)."""
 
     suffix = ".nxs"
 
@@ -57,10 +60,6 @@ class NexusCollector:
                 None if error is None else np.asarray(error, dtype=np.float64),
                 os.path.abspath(os.fspath(getattr(src, "file", src))), _frame_index(src),
                 os.path.abspath(str(src)))
-
-    def known_frames(self, path):
-        with self._lock:
-            return set(self._files.get(Path(path), {}))
 
     def preload(self, path):
         """Load the curves of an existing file (resume): only with the same bins and key."""
@@ -88,14 +87,6 @@ class NexusCollector:
             with self._lock:
                 self._files[path][name] = (d["intensity"][k], d["sigma"][k],
                                            src.split("::")[0], int(d["image_ids"][k]), src)
-
-    def write_all(self):
-        """Write every collected folder file; return the paths."""
-        with self._lock:
-            items = [(p, dict(frames)) for p, frames in self._files.items() if frames]
-        for path, frames in items:
-            self._write(path, frames)
-        return [p for p, _ in items]
 
     def _write(self, path, frames):
         from gpusaxs.io.nexus import NXazintWriter

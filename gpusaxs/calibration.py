@@ -164,18 +164,23 @@ def _bad_constant(name):
     raise ValueError(f"{name} is not allowed")
 
 
-def read_json(path):
-    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
-    path = os.fspath(path)
+def _read_bytes(path, limit=-1):
+    """The file's bytes (the first ``limit`` of them), or a CalibrationError naming it."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            return fh.read(limit)
     except FileNotFoundError:
         raise CalibrationError("file not found", path, "#") from None
     except IsADirectoryError:
         raise CalibrationError("is a directory, not a calibration file", path, "#") from None
     except OSError as exc:
         raise CalibrationError(f"cannot read file: {exc.strerror or exc}", path, "#") from None
+
+
+def read_json(path):
+    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
+    path = os.fspath(path)
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -209,15 +214,7 @@ def calibration_file_kind(path):
     other text), saying what was expected.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 16)
-    except FileNotFoundError:
-        raise CalibrationError("file not found", path, "#") from None
-    except IsADirectoryError:
-        raise CalibrationError("is a directory, not a calibration file", path, "#") from None
-    except OSError as exc:
-        raise CalibrationError(f"cannot read file: {exc.strerror or exc}", path, "#") from None
+    head = _read_bytes(path, 1 << 16)
     if head.startswith(b"\x89HDF"):
         raise CalibrationError(f"an HDF5 file, not a calibration file; {EXPECTED_KINDS}", path, "#")
     if b"\0" in head:
