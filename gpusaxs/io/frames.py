@@ -13,6 +13,7 @@ nonzero = bad) is applied to every frame read from it: those pixels get the inva
 the frame's dtype (NaN, -1, or the unsigned maximum, EIGER's own gap flag), so they carry no
 weight, exactly as a masked pixel.
 """
+import atexit
 import collections
 import os
 import re
@@ -326,6 +327,7 @@ class _StackCache:
 
 
 _cache = _StackCache()
+atexit.register(_cache.clear)       # close open files before the interpreter tears down
 
 
 # ----------------------------------------------------------------------------- cheap checks
