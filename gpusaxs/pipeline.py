@@ -31,8 +31,12 @@ def curve_path(image_path, in_root, out_dir=None, inplace=False, suffix=".chi"):
     In place: beside the image.  Otherwise the tree below ``in_root`` is mirrored into
     ``out_dir`` (default ``./out``); an image outside ``in_root`` goes to ``out_dir`` itself.
     """
-    image_path = Path(image_path)
-    name = image_path.with_suffix(suffix).name
+    if hasattr(image_path, "curve_name"):    # a frame of a stack: <name>_<index>.chi
+        name = image_path.curve_name(suffix)
+        image_path = Path(image_path.file)
+    else:
+        image_path = Path(image_path)
+        name = image_path.with_suffix(suffix).name
     if inplace:
         return image_path.parent / name
     out_dir = Path("out" if out_dir is None else out_dir)
