@@ -35,7 +35,8 @@ from gpusaxs.errors import CalibrationError
 __all__ = [
     "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
     "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
-    "read_poni", "format_poni",
+    "read_poni", "format_poni", "LIMITS", "check_limits", "estimate_matrix_bytes",
+    "radial_bin_count",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "calibration.schema.json"
@@ -88,7 +89,8 @@ def _error_from_schema(err, path):
     if err.validator == "required" and isinstance(inst, dict):
         missing = [k for k in err.validator_value if k not in inst]
         if missing:
-            return CalibrationError("required field is missing", path, _json_path(parts + missing[:1]))
+            return CalibrationError("required field is missing" + _did_you_mean(missing[0], inst),
+                                    path, _json_path(parts + missing[:1]))
     if err.validator == "additionalProperties" and isinstance(inst, dict):
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed and not str(k).startswith("_")]
@@ -108,6 +110,14 @@ def _error_from_schema(err, path):
     return CalibrationError(err.message, path, _json_path(parts))
 
 
+def _did_you_mean(missing, block):
+    """' (found "Wavelenght": did you mean "Wavelength"?)' when a key of ``block`` is a likely
+    misspelling of the missing field ``missing``, else ''."""
+    unknown = [k for k in block if isinstance(k, str) and k != missing]
+    close = difflib.get_close_matches(missing, unknown, n=1, cutoff=0.75)
+    return f" (found {close[0]!r}: did you mean {missing!r}?)" if close else ""
+
+
 def _check_distance_keys(block, path, prefix):
     if not isinstance(block, dict):
         return
@@ -116,8 +126,9 @@ def _check_distance_keys(block, path, prefix):
         raise CalibrationError("both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
                                path, _json_path(prefix + ["DetectorDistanceMM"]))
     if not present:
-        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)",
-                               path, _json_path(prefix + ["DedectorDistanceMM"]))
+        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean("DedectorDistanceMM", block)
+        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)"
+                               + hint, path, _json_path(prefix + ["DedectorDistanceMM"]))
 
 
 def validate_dict(d, path=None):
@@ -178,7 +189,9 @@ def read_json(path):
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
     except json.JSONDecodeError as exc:
-        raise CalibrationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+        # some messages end in "at" ("Unterminated string starting at"): no second "at"
+        where = "" if exc.msg.endswith(" at") else " at"
+        raise CalibrationError(f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}",
                                path, "#") from None
     except ValueError as exc:
         raise CalibrationError(f"not valid JSON: {exc}", path, "#") from None
@@ -468,6 +481,11 @@ class Calibration:
         blob = json.dumps({"gpusaxs-calibration-key": 1, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def check_limits(self, q_edges=None, **limits):
+        """Raise CalibrationError if building this calibration's matrix would take too much
+        memory or time (see :func:`check_limits`); returns the estimate dict otherwise."""
+        return check_limits(self, q_edges=q_edges, **limits)
+
     # -- pyFAI ----------------------------------------------------------------------
     def to_poni(self):
         """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
@@ -478,6 +496,113 @@ class Calibration:
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
+
+
+# ----------------------------------------------------------------------------- size limits
+#: Bounds on what a calibration may make the matrix builder do (checked before building).
+#: ``pixels``: Imagesize rows x columns (an 8192 x 8192 frame; EIGER2 16M has 18 M pixels);
+#: ``subpixels``: pixels x Oversampling^2, the builder's work (about a minute on 2 cores);
+#: ``bins``: radial bins (a .chi of 100 000 rows is 4.5 MB); ``matrix_bytes``: the estimated
+#: memory of the built matrix (:func:`estimate_matrix_bytes`).
+LIMITS = {"pixels": 1 << 26, "subpixels": 1 << 28, "bins": 100_000, "matrix_bytes": 2 << 30}
+
+
+def _largest_q(cal):
+    """Largest q (nm^-1) at the four detector corners (the matrix's q range is up to this)."""
+    from gpusaxs.geometry import _offsets, q_from_two_theta, two_theta_of_offsets
+
+    height, width = (float(v) for v in cal.imagesize)
+    dx, dy = _offsets(cal, np.array([0.0, height]), np.array([0.0, width]))
+    return float(q_from_two_theta(two_theta_of_offsets(cal, dx, dy).max(), cal.wavelength_A))
+
+
+def radial_bin_count(cal, q_edges=None):
+    """Number of radial bins the matrix of ``cal`` will have (as ``matrix.default_q_edges``),
+    without building anything: the corner distance in pixels / PixelPerRadialElement over
+    [0, q_max], scaled to [qStart, qStop] when given."""
+    if q_edges is not None:
+        return max(len(q_edges) - 1, 0)
+    from gpusaxs.matrix import max_radius_mm
+
+    pixel_mm = float(np.mean(cal.pixel_size_um)) * 1e-3
+    n_full = max(1, int(max_radius_mm(cal) / pixel_mm / cal.pixel_per_radial_element))
+    q_start, q_stop = getattr(cal, "q_start", None), getattr(cal, "q_stop", None)
+    if q_start is None and q_stop is None:
+        return n_full
+    q_hi = _largest_q(cal)
+    lo = 0.0 if q_start is None else q_start
+    hi = q_hi if q_stop is None else q_stop
+    return max(1, int(math.ceil((hi - lo) / (q_hi / n_full) - 1e-9))) if q_hi > 0 else 1
+
+
+def estimate_matrix_bytes(cal, q_edges=None):
+    """Estimated memory (bytes) of the built IntegrationMatrix of ``cal``.
+
+    pixel_ptr (8 B) and pixel_scale (4 B) per pixel, 8 B per entry (bin, weight), with about
+    min(Oversampling^2, 1 + 1.3 / PixelPerRadialElement) entries per pixel (a pixel spans about
+    1.3 bin widths of one pixel), plus the bin arrays.  An upper estimate for unmasked frames.
+    """
+    n_pixels = int(cal.imagesize[0]) * int(cal.imagesize[1])
+    ov2 = int(cal.oversampling) ** 2
+    per_pixel = min(ov2, 1.0 + 1.3 / float(cal.pixel_per_radial_element))
+    n_bins = radial_bin_count(cal, q_edges)
+    return int(n_pixels * (12 + 8 * per_pixel) + 16 * (n_bins + 1))
+
+
+def check_limits(cal, q_edges=None, **limits):
+    """Check the fields of ``cal`` that drive the matrix's memory and build time.
+
+    Raises :class:`CalibrationError` naming the field and the limit (``LIMITS``; a keyword
+    ``pixels=``, ``subpixels=``, ``bins=`` or ``matrix_bytes=`` overrides one) before anything
+    is built.  Also rejects a qStart beyond the largest q on the detector.  Returns a dict:
+    pixels, subpixels, bins, matrix_bytes (the estimates checked).
+    """
+    unknown = set(limits) - set(LIMITS)
+    if unknown:
+        raise TypeError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+    lim = {**LIMITS, **limits}
+    source = getattr(cal, "source", None)
+    height, width = (int(v) for v in cal.imagesize)
+    ov = int(cal.oversampling)
+    pixels = height * width
+    if pixels > lim["pixels"]:
+        raise CalibrationError(
+            f"{height} x {width} = {pixels:,} pixels is more than the limit of "
+            f"{lim['pixels']:,} pixels", source, "#/Imagesize")
+    subpixels = pixels * ov * ov
+    if subpixels > lim["subpixels"]:
+        best = max(1, int(math.sqrt(lim["subpixels"] / pixels)))
+        raise CalibrationError(
+            f"Oversampling {ov} on {pixels:,} pixels splits them into {subpixels:,} sub-pixels, "
+            f"more than the limit of {lim['subpixels']:,} (at most Oversampling {best} for this "
+            f"Imagesize)", source, "#/Oversampling")
+    q_start = getattr(cal, "q_start", None)
+    if q_edges is None and q_start is not None:
+        q_hi = _largest_q(cal)
+        if q_start >= q_hi:
+            raise CalibrationError(f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
+                                   f"detector ({q_hi:.4g} nm^-1): no pixel would count",
+                                   source, "#/qStart")
+    bins = radial_bin_count(cal, q_edges)
+    if bins > lim["bins"]:
+        q_stop = getattr(cal, "q_stop", None)
+        if q_edges is not None:
+            field, why = "q_edges", "the q_edges given"
+        elif q_stop is not None and q_stop > 2 * _largest_q(cal):
+            field, why = "#/qStop", (f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
+                                     f"detector, {_largest_q(cal):.4g} nm^-1")
+        else:
+            field, why = "#/PixelPerRadialElement", (
+                f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; use a larger value")
+        raise CalibrationError(f"{bins:,} radial bins is more than the limit of {lim['bins']:,} "
+                               f"({why})", source, field)
+    nbytes = estimate_matrix_bytes(cal, q_edges)
+    if nbytes > lim["matrix_bytes"]:
+        raise CalibrationError(
+            f"the integration matrix would need about {nbytes / 2**30:.1f} GiB, more than the "
+            f"limit of {lim['matrix_bytes'] / 2**30:.1f} GiB (lower Oversampling or raise "
+            f"PixelPerRadialElement)", source, "#/Oversampling")
+    return {"pixels": pixels, "subpixels": subpixels, "bins": bins, "matrix_bytes": nbytes}
 
 
 # ----------------------------------------------------------------------------- fit2d <-> PONI
