@@ -131,12 +131,57 @@ def _check_distance_keys(block, path, prefix):
                                + hint, path, _json_path(prefix + ["DedectorDistanceMM"]))
 
 
+# Schema validation (jsonschema) costs ~0.3 s of imports at every start; its outcome depends
+# only on the schema and the document, so a document once found valid is remembered by the
+# sha256 of both: in this process, and as an empty marker file in the matrix cache folder.
+_VALID = set()
+
+
+def _validated_digest(d, form):
+    try:
+        text = json.dumps(d, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None                     # not plain JSON (e.g. NumPy numbers): always validate
+    h = hashlib.sha256(SCHEMA_PATH.read_bytes())
+    h.update(form.encode() + b"\0" + text.encode())
+    return h.hexdigest()
+
+
+def _marker(digest):
+    from gpusaxs.matrix_cache import default_cache_dir
+
+    folder = default_cache_dir()
+    return None if folder is None else folder / "validated" / digest[:40]
+
+
+def _known_valid(digest):
+    if digest in _VALID:
+        return True
+    marker = _marker(digest)
+    if marker is not None and marker.is_file():
+        _VALID.add(digest)
+        return True
+    return False
+
+
+def _remember_valid(digest):
+    if digest is None:
+        return
+    _VALID.add(digest)
+    marker = _marker(digest)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass                        # no cache folder: validate again next time
+
+
 def validate_dict(d, path=None):
     """Validate a calibration dict; return its form, ``"flat"`` or ``"nested"``.
 
     Raises :class:`CalibrationError` naming ``path`` and the JSON path of the first problem.
     """
-    from jsonschema.exceptions import best_match
     if not isinstance(d, dict):
         raise CalibrationError(f"expected a JSON object, got {type(d).__name__}", path, "#")
     form = "nested" if ("Geometry" in d or "Masks" in d) else "flat"
@@ -144,9 +189,14 @@ def validate_dict(d, path=None):
         _check_distance_keys(d.get("Geometry"), path, ["Geometry"])
     else:
         _check_distance_keys(d, path, [])
-    err = best_match(_validator(form).iter_errors(d))
-    if err is not None:
-        raise _error_from_schema(err, path)
+    digest = _validated_digest(d, form)
+    if digest is None or not _known_valid(digest):
+        from jsonschema.exceptions import best_match
+
+        err = best_match(_validator(form).iter_errors(d))
+        if err is not None:
+            raise _error_from_schema(err, path)
+        _remember_valid(digest)
     masks = d["Masks"] if form == "nested" else [d]
     for i, m in enumerate(masks):
         if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:

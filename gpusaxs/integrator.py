@@ -62,8 +62,9 @@ class Integrator:
                                  cache_dir=cache_dir, progress=progress, info=self.matrix_info)
         self.matrix_key = self.matrix_info["key"]
         self._threads = threads
-        self._engine = engine(self.matrix) if callable(engine) and not hasattr(engine, "sums") \
-            else engine
+        if engine is not None and (isinstance(engine, type) or not hasattr(engine, "sums")):
+            engine = engine(self.matrix)      # a class or factory taking the matrix
+        self._engine = engine
 
     @property
     def engine(self):

@@ -22,3 +22,12 @@ def reference_dir():
     if not (REFERENCE_DIR / "buf1_00000.tif").is_file():
         pytest.skip(f"reference data not found at {REFERENCE_DIR} (set GPUSAXS_REFERENCE_DIR)")
     return REFERENCE_DIR
+
+
+@pytest.fixture(autouse=True)
+def _private_matrix_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own, empty on-disk matrix cache: never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("gpusaxs-cache")
+    monkeypatch.setenv("GPUSAXS_CACHE_DIR", str(folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder / "xdg"))
+    return folder

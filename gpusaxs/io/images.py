@@ -145,8 +145,6 @@ def _read_tiff_plain(path, expect=None):
 
 
 def _read_tiff(path, expect=None):
-    import tifffile
-
     try:
         plain = _read_tiff_plain(path, expect)
     except ImageReadError:
@@ -155,6 +153,7 @@ def _read_tiff(path, expect=None):
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
     if plain is not None:
         return plain
+    import tifffile                       # only for TIFFs the fast path does not read
 
     try:
         with tifffile.TiffFile(path) as tf:
