@@ -16,6 +16,7 @@ process's eviction while being loaded is still read whole (POSIX unlink).
 import hashlib
 import os
 import time
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
@@ -158,7 +159,7 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
             matrix = load_matrix(path)
             source = "disk"
             _touch(path)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             matrix = None              # absent or corrupt: (re)built and replaced below
     if matrix is None:
         from .calibration import check_limits
