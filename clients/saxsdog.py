@@ -599,7 +599,9 @@ class Saxsdog:
         return "\n".join(lines)
 
     def integrator_name(self):
-        return getattr(self.integrator, "backend_name", "?")
+        engine = getattr(getattr(self.integrator, "_engine", None), "name", None)
+        backend = getattr(self.integrator, "backend_name", "?")
+        return f"{backend}, {engine}" if engine else backend
 
 
 def _start_watch(dog, roots):
