@@ -167,12 +167,13 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
         check_limits(cal, q_edges=q_edges)
         matrix = build_matrix(cal, mask=mask, q_edges=q_edges, progress=progress)
         source = "built"
-        if path is not None:
-            try:
-                save_matrix(matrix, path)
-                evict(path.parent, keep=path)
-            except OSError as exc:     # read-only or full cache folder: work without it
-                cache_error = f"cannot write the matrix cache {path}: {exc.strerror or exc}"
+    # a new build, or a matrix from memory not yet in this cache folder, is written there
+    if path is not None and (source == "built" or (source == "memory" and not path.is_file())):
+        try:
+            save_matrix(matrix, path)
+            evict(path.parent, keep=path)
+        except OSError as exc:         # read-only or full cache folder: work without it
+            cache_error = f"cannot write the matrix cache {path}: {exc.strerror or exc}"
     with _LOCK:
         _MEMORY[key] = matrix
         while len(_MEMORY) > _MEMORY_SIZE:
