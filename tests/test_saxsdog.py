@@ -435,3 +435,18 @@ def test_too_large_calibration_is_one_error(synth, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and expect in lines[0] and "limit" in lines[0], r.stderr
         assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr
+
+
+def test_build_progress_bar_counts_rows():
+    import io
+
+    from gpusaxs.clients.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress(total=1043, enabled=True, stream=out, unit="rows", min_interval=0.0,
+                   label="saxsdog: building the integration matrix")
+    bar.set_done(512)
+    assert "building the integration matrix" in out.getvalue()
+    assert "512/1043" in out.getvalue() and "rows/s" in out.getvalue()
+    bar.finish("saxsdog: built the integration matrix (1002 bins, 21 MB) in 3.0 s")
+    assert out.getvalue().endswith("in 3.0 s\n")
