@@ -18,6 +18,7 @@ class BincountEngine:
     """Per-bin sums of frames with ``np.bincount`` (float64); ``matrix``: an IntegrationMatrix."""
 
     name = "numpy-bincount"
+    supports_pixel_offset = True
 
     def __init__(self, matrix):
         self.matrix = matrix

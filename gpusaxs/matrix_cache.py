@@ -26,7 +26,7 @@ import numpy as np
 from .matrix import FORMAT_VERSION, IntegrationMatrix, build_matrix
 
 __all__ = ["matrix_key", "default_cache_dir", "cache_max_bytes", "save_matrix", "load_matrix",
-           "get_matrix", "evict"]
+           "get_matrix", "evict", "remember_matrix"]
 
 _MEMORY = OrderedDict()
 _MEMORY_SIZE = 4
@@ -35,13 +35,31 @@ _FIELDS = ("shape", "q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "n
 #: Default bound of the disk cache, MB (a PILATUS 1M matrix is 22 MB, an EIGER 16M one ~450 MB).
 DEFAULT_MAX_MB = 2048
 _PREFIX, _SUFFIX = "matrix-", ".npz"
+_OPTIONAL = ("radial_unit", "azimuth_edges")     # stored only when not at their default
 
 
-def matrix_key(cal, mask=None, q_edges=None):
-    """Hex digest identifying the matrix of (calibration, mask, q_edges)."""
+def _binning_options(options):
+    """The options that change the binning, without those at their defaults (so that the key
+    of a default matrix is the same as before options existed)."""
+    options = dict(options or {})
+    if options.get("unit", "q_nm^-1") == "q_nm^-1":
+        options.pop("unit", None)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def matrix_key(cal, mask=None, q_edges=None, options=None):
+    """Hex digest identifying the matrix of (calibration, mask, q_edges, binning options).
+
+    options: build_matrix's keyword arguments ``unit``, ``azimuth_range``, ``azimuth_edges``
+    (defaults left out of the digest: the default matrix keeps its key).
+    """
     h = hashlib.sha256()
     h.update(f"gpusaxs-matrix-v{FORMAT_VERSION}".encode())
     h.update(cal.key().encode())
+    options = _binning_options(options)
+    if options:
+        h.update(repr(sorted((k, np.asarray(v, dtype=np.float64).tolist() if k != "unit" else v)
+                             for k, v in options.items())).encode())
     for name, arr in (("mask", mask), ("edges", q_edges)):
         h.update(name.encode())
         if arr is not None:
@@ -78,13 +96,21 @@ def save_matrix(matrix, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as fh:
-        np.savez(fh, **{f: np.asarray(getattr(matrix, f)) for f in _FIELDS})
+        fields = {f: np.asarray(getattr(matrix, f)) for f in _FIELDS}
+        if getattr(matrix, "radial_unit", "q_nm^-1") != "q_nm^-1":
+            fields["radial_unit"] = np.asarray(matrix.radial_unit)
+        if getattr(matrix, "azimuth_edges", None) is not None:
+            fields["azimuth_edges"] = np.asarray(matrix.azimuth_edges)
+        np.savez(fh, **fields)
 
 
 def load_matrix(path):
     """Read a matrix written by :func:`save_matrix`."""
     with np.load(path, allow_pickle=False) as data:
         fields = {f: data[f] for f in _FIELDS}
+        fields.update({f: data[f] for f in _OPTIONAL if f in data.files})
+    if "radial_unit" in fields:
+        fields["radial_unit"] = str(fields["radial_unit"])
     fields["shape"] = tuple(int(v) for v in fields["shape"])
     return IntegrationMatrix(**fields)
 
@@ -131,7 +157,8 @@ def _touch(path):
         pass
 
 
-def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info=None):
+def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info=None,
+               options=None):
     """The matrix of a calibration: from memory, from the disk cache, or freshly built.
 
     cache_dir: the disk cache folder; None = :func:`default_cache_dir`; False = no disk cache.
@@ -139,10 +166,12 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
     with ``key``, ``source`` ("memory", "disk" or "built"), ``seconds`` (to get the matrix),
     ``path`` (the cache file or None) and ``cache_error`` (why the cache was not written, or
     None).  The calibration's size limits (:func:`gpusaxs.calibration.check_limits`) are
-    checked before building.
+    checked before building.  options: build_matrix's binning keywords (``unit``,
+    ``azimuth_range``, ``azimuth_edges``).
     """
     t0 = time.perf_counter()
-    key = matrix_key(cal, mask, q_edges)
+    options = _binning_options(options)
+    key = matrix_key(cal, mask, q_edges, options)
     if cache_dir is False:
         cache_dir = None
     elif cache_dir is None:
@@ -165,7 +194,7 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
         from .calibration import check_limits
 
         check_limits(cal, q_edges=q_edges)
-        matrix = build_matrix(cal, mask=mask, q_edges=q_edges, progress=progress)
+        matrix = build_matrix(cal, mask=mask, q_edges=q_edges, progress=progress, **options)
         source = "built"
     # a new build, or a matrix from memory not yet in this cache folder, is written there
     if path is not None and (source == "built" or (source == "memory" and not path.is_file())):
@@ -182,6 +211,16 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
         info.update(key=key, source=source, seconds=time.perf_counter() - t0,
                     path=None if path is None else str(path), cache_error=cache_error)
     return matrix
+
+
+def remember_matrix(key, matrix):
+    """Put a matrix built elsewhere (a Dask worker receives the client's) in the memory cache,
+    so that ``get_matrix`` of the same key returns it without building or reading a file."""
+    with _LOCK:
+        _MEMORY[key] = matrix
+        _MEMORY.move_to_end(key)
+        while len(_MEMORY) > _MEMORY_SIZE:
+            _MEMORY.popitem(last=False)
 
 
 def remember_matrix(key, matrix):
