@@ -203,10 +203,7 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
             evict(path.parent, keep=path)
         except OSError as exc:         # read-only or full cache folder: work without it
             cache_error = f"cannot write the matrix cache {path}: {exc.strerror or exc}"
-    with _LOCK:
-        _MEMORY[key] = matrix
-        while len(_MEMORY) > _MEMORY_SIZE:
-            _MEMORY.popitem(last=False)
+    remember_matrix(key, matrix)
     if info is not None:
         info.update(key=key, source=source, seconds=time.perf_counter() - t0,
                     path=None if path is None else str(path), cache_error=cache_error)
