@@ -6,10 +6,10 @@
   The curve is then written under that real folder (temporary name + rename; a rename replaces
   a symbolic link at the final name, it never writes through it).
 * :class:`CurveWriter` is the pipeline's writer: the .chi title line carries the calibration
-  key (``<image name>  calibration_key=<hex>``, CONTRACTS.md section 3), a failed write names
-  the output path (disk full, permissions).
-* :func:`curve_key` reads that key back (a resume redoes a curve whose key differs);
-  :func:`sweep_tmp` removes the hidden temporary files a killed writer left behind.
+  key (``gpusaxs.io.chi.write_chi(calibration_key=...)``, CONTRACTS.md section 3; read back
+  with ``read_chi_key``: a resume redoes a curve whose key differs), a failed write names the
+  output path (disk full, permissions).
+* :func:`sweep_tmp` removes the hidden temporary files a killed writer left behind.
 """
 import errno
 import os
@@ -25,8 +25,6 @@ def inside(path, root):
     except ValueError:
         return False
 
-#: marker of the calibration key on a .chi title line (gpusaxs.io.chi writes the same)
-KEY_MARKER = "  calibration_key="
 #: hidden temporary files of gpusaxs.io.atomic: .<name>.<8 hex>.tmp
 TMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 #: a temporary file younger than this may belong to a write in progress: left alone
@@ -80,32 +78,15 @@ class CurveWriter:
         from gpusaxs.io import chi
 
         out_path = Path(out_path)
-        title = Path(image_path).name
-        if self.key:
-            title = f"{title}{KEY_MARKER}{self.key}"
         try:
             folder = confined_dir(self.root, out_path.parent)
             chi.write_chi(os.path.join(folder, out_path.name), q, intensity, error=error,
-                          title=title)
+                          title=Path(image_path).name, calibration_key=self.key or None)
         except OutsideRoot:
             raise
         except OSError as exc:   # disk full, read-only, permissions: say which file
             raise OSError(exc.errno, f"cannot write the curve {out_path}: "
                                      f"{exc.strerror or exc}") from exc
-
-
-def curve_key(path):
-    """The calibration key on the title line of a .chi file; None if absent or unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline(4096).decode("utf-8", "replace").rstrip("\r\n")
-    except OSError:
-        return None
-    head, sep, key = first.rpartition(KEY_MARKER)
-    key = key.strip()
-    if sep and key and all(c in "0123456789abcdef" for c in key):
-        return key
-    return None
 
 
 def sweep_tmp(folder, min_age=TMP_MIN_AGE_S, now=None):

@@ -24,7 +24,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .curves import CurveWriter, curve_key, inside, sweep_tmp
+from gpusaxs.io.chi import read_chi_key
+
+from .curves import CurveWriter, inside, sweep_tmp
 from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("saxsdogserver")
@@ -381,7 +383,7 @@ class ProcessingQueue:
             except OSError:
                 newer = False
             if newer and self.calibration_key is not None and \
-                    curve_key(out) != self.calibration_key:
+                    read_chi_key(out) != self.calibration_key:
                 with self._lock:
                     self.redone += 1          # made with another calibration: do it again
             elif newer:

@@ -110,14 +110,14 @@ def test_readdir_redoes_curves_of_another_calibration(service, tmp_path):
 
 
 def test_curve_records_the_calibration_key(service, tmp_path):
+    from gpusaxs.io.chi import read_chi_key
     from gpusaxs.matrix_cache import matrix_key
-    from gpusaxs.server.curves import curve_key
 
     data = tmp_path / "base" / "data"
     write_frames(data, 1)
     ans = new(service)
     readdir_and_wait(service, 1)
-    key = curve_key(data / "work" / "img_00000.chi")
+    key = read_chi_key(data / "work" / "img_00000.chi")
     assert key is not None and key.startswith(ans["data"]["cal"]["key"])
     from gpusaxs.calibration import Calibration
     cal = Calibration.from_dict(calibration_dict(), base_dir=str(data)).replace(mask_file=None)
