@@ -9,7 +9,9 @@ Two JSON forms are accepted (see docs/calibration.md and
   with one geometry and one or more masks.
 
 :class:`Calibration` is the validated, immutable in-memory form (one mask).
-The module also converts to and from pyFAI's PONI geometry.
+A pyFAI ``.poni`` file is accepted wherever a calibration file is (its geometry, with
+documented defaults for what it lacks), and a JSON calibration may take its geometry from one
+(``"Geometry": "x.poni"``); the conversions are in :mod:`gpusaxs.poni`.
 
 Conventions: ``BeamCenter`` is ``[Y, X]`` in pixels with Y counted from the
 *bottom* edge (fit2d); in a NumPy image read top-down the beam sits at row
@@ -31,11 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from gpusaxs.errors import CalibrationError
+# PONI <-> fit2d conversion lives in gpusaxs.poni; the names stay importable from here
+from gpusaxs.poni import fit2d_to_poni, format_poni, poni_to_fit2d, read_poni  # noqa: F401
 
 __all__ = [
     "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
     "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
-    "read_poni", "format_poni",
+    "read_poni", "format_poni", "calibration_file_kind", "read_calibration_file",
+    "expand_poni_reference", "LIMITS", "check_limits", "estimate_matrix_bytes",
+    "radial_bin_count",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "calibration.schema.json"
@@ -88,7 +94,8 @@ def _error_from_schema(err, path):
     if err.validator == "required" and isinstance(inst, dict):
         missing = [k for k in err.validator_value if k not in inst]
         if missing:
-            return CalibrationError("required field is missing", path, _json_path(parts + missing[:1]))
+            return CalibrationError("required field is missing" + _did_you_mean(missing[0], inst),
+                                    path, _json_path(parts + missing[:1]))
     if err.validator == "additionalProperties" and isinstance(inst, dict):
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed and not str(k).startswith("_")]
@@ -108,6 +115,14 @@ def _error_from_schema(err, path):
     return CalibrationError(err.message, path, _json_path(parts))
 
 
+def _did_you_mean(missing, block):
+    """' (found "Wavelenght": did you mean "Wavelength"?)' when a key of ``block`` is a likely
+    misspelling of the missing field ``missing``, else ''."""
+    unknown = [k for k in block if isinstance(k, str) and k != missing]
+    close = difflib.get_close_matches(missing, unknown, n=1, cutoff=0.75)
+    return f" (found {close[0]!r}: did you mean {missing!r}?)" if close else ""
+
+
 def _check_distance_keys(block, path, prefix):
     if not isinstance(block, dict):
         return
@@ -116,8 +131,55 @@ def _check_distance_keys(block, path, prefix):
         raise CalibrationError("both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
                                path, _json_path(prefix + ["DetectorDistanceMM"]))
     if not present:
-        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)",
-                               path, _json_path(prefix + ["DedectorDistanceMM"]))
+        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean("DedectorDistanceMM", block)
+        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)"
+                               + hint, path, _json_path(prefix + ["DedectorDistanceMM"]))
+
+
+# Schema validation (jsonschema) costs ~0.3 s of imports at every start; its outcome depends
+# only on the schema and the document, so a document once found valid is remembered by the
+# sha256 of both: in this process, and as an empty marker file in the matrix cache folder.
+_VALID = set()
+
+
+def _validated_digest(d, form):
+    try:
+        text = json.dumps(d, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None                     # not plain JSON (e.g. NumPy numbers): always validate
+    h = hashlib.sha256(SCHEMA_PATH.read_bytes())
+    h.update(form.encode() + b"\0" + text.encode())
+    return h.hexdigest()
+
+
+def _marker(digest):
+    from gpusaxs.matrix_cache import default_cache_dir
+
+    folder = default_cache_dir()
+    return None if folder is None else folder / "validated" / digest[:40]
+
+
+def _known_valid(digest):
+    if digest in _VALID:
+        return True
+    marker = _marker(digest)
+    if marker is not None and marker.is_file():
+        _VALID.add(digest)
+        return True
+    return False
+
+
+def _remember_valid(digest):
+    if digest is None:
+        return
+    _VALID.add(digest)
+    marker = _marker(digest)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass                        # no cache folder: validate again next time
 
 
 def validate_dict(d, path=None):
@@ -125,7 +187,6 @@ def validate_dict(d, path=None):
 
     Raises :class:`CalibrationError` naming ``path`` and the JSON path of the first problem.
     """
-    from jsonschema.exceptions import best_match
     if not isinstance(d, dict):
         raise CalibrationError(f"expected a JSON object, got {type(d).__name__}", path, "#")
     form = "nested" if ("Geometry" in d or "Masks" in d) else "flat"
@@ -133,9 +194,14 @@ def validate_dict(d, path=None):
         _check_distance_keys(d.get("Geometry"), path, ["Geometry"])
     else:
         _check_distance_keys(d, path, [])
-    err = best_match(_validator(form).iter_errors(d))
-    if err is not None:
-        raise _error_from_schema(err, path)
+    digest = _validated_digest(d, form)
+    if digest is None or not _known_valid(digest):
+        from jsonschema.exceptions import best_match
+
+        err = best_match(_validator(form).iter_errors(d))
+        if err is not None:
+            raise _error_from_schema(err, path)
+        _remember_valid(digest)
     masks = d["Masks"] if form == "nested" else [d]
     for i, m in enumerate(masks):
         if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:
@@ -159,18 +225,23 @@ def _bad_constant(name):
     raise ValueError(f"{name} is not allowed")
 
 
-def read_json(path):
-    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
-    path = os.fspath(path)
+def _read_bytes(path, limit=-1):
+    """The file's bytes (the first ``limit`` of them), or a CalibrationError naming it."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            return fh.read(limit)
     except FileNotFoundError:
         raise CalibrationError("file not found", path, "#") from None
     except IsADirectoryError:
         raise CalibrationError("is a directory, not a calibration file", path, "#") from None
     except OSError as exc:
         raise CalibrationError(f"cannot read file: {exc.strerror or exc}", path, "#") from None
+
+
+def read_json(path):
+    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
+    path = os.fspath(path)
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -178,7 +249,9 @@ def read_json(path):
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
     except json.JSONDecodeError as exc:
-        raise CalibrationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+        # some messages end in "at" ("Unterminated string starting at"): no second "at"
+        where = "" if exc.msg.endswith(" at") else " at"
+        raise CalibrationError(f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}",
                                path, "#") from None
     except ValueError as exc:
         raise CalibrationError(f"not valid JSON: {exc}", path, "#") from None
@@ -191,6 +264,69 @@ def write_json_atomic(path, data):
     with atomic_write(path, "w", fsync=True) as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+
+
+# ----------------------------------------------------------------------------- file kinds
+EXPECTED_KINDS = ("expected a JSON calibration file (docs/calibration.md) or a pyFAI .poni file")
+
+
+def calibration_file_kind(path):
+    """``"json"`` or ``"poni"``, judged from the suffix and the content.
+
+    Raises CalibrationError for a missing file or one of another kind (an image, an HDF5 file,
+    other text), saying what was expected.
+    """
+    path = os.fspath(path)
+    head = _read_bytes(path, 1 << 16)
+    if head.startswith(b"\x89HDF"):
+        raise CalibrationError(f"an HDF5 file, not a calibration file; {EXPECTED_KINDS}", path, "#")
+    if b"\0" in head:
+        raise CalibrationError(f"a binary file (an image?), not a calibration file; {EXPECTED_KINDS}",
+                               path, "#")
+    from gpusaxs.poni import looks_like_poni
+    text = head.decode("utf-8-sig", errors="replace")
+    if path.lower().endswith(".poni") or looks_like_poni(text):
+        return "poni"
+    if path.lower().endswith(".json") or text.lstrip().startswith(("{", "[")):
+        return "json"
+    raise CalibrationError(f"not a calibration file; {EXPECTED_KINDS}", path, "#")
+
+
+def read_calibration_file(path):
+    """The calibration dict of a JSON calibration or a .poni file (PONI references expanded)."""
+    path = os.fspath(path)
+    from gpusaxs.poni import calibration_dict_from_poni
+    if calibration_file_kind(path) == "poni":
+        return calibration_dict_from_poni(path)
+    d = read_json(path)
+    if isinstance(d, dict) and isinstance(d.get("Geometry"), str):
+        d = expand_poni_reference(d, os.path.dirname(os.path.abspath(path)), path)
+    return d
+
+
+def expand_poni_reference(d, base_dir, path=None):
+    """A calibration dict whose ``"Geometry"`` names a .poni file (relative to ``base_dir``)
+    with the geometry filled in from it: the flat form, or the nested form when ``Masks`` is
+    given. The other fields (MaskFile, Oversampling, PolarizationCorrection, Wavelength, ...)
+    are kept; what neither gives gets ``gpusaxs.poni.PONI_DEFAULTS``."""
+    from gpusaxs.poni import PONI_DEFAULTS, calibration_dict_from_poni
+    rest = {k: copy.deepcopy(v) for k, v in d.items() if k != "Geometry"}
+    poni_path = os.path.join(os.fspath(base_dir), os.path.expanduser(d["Geometry"]))
+    try:
+        if "Masks" not in rest:
+            return calibration_dict_from_poni(poni_path, overrides=rest)
+        flat = calibration_dict_from_poni(poni_path, overrides={
+            k: v for k, v in rest.items() if k in ("Wavelength", "Imagesize")})
+    except CalibrationError as exc:
+        raise CalibrationError(f"Geometry {d['Geometry']!r}: {exc}", path, "#/Geometry") from None
+    out = dict(rest)
+    out["Geometry"] = {k: flat[k] for k in GEOMETRY_KEYS if k in flat}
+    out["Wavelength"] = flat["Wavelength"]
+    for m in out["Masks"]:
+        if isinstance(m, dict):
+            for k, v in PONI_DEFAULTS.items():
+                m.setdefault(k, v)
+    return out
 
 
 # ----------------------------------------------------------------------------- form conversion
@@ -342,6 +478,10 @@ class Calibration:
     def from_dict(cls, d, base_dir=None, mask_index=0, source=None):
         """Build from a flat or nested dict; a relative MaskFile is resolved against
         ``base_dir`` (default: the folder of ``source``, else the current directory)."""
+        if isinstance(d, dict) and isinstance(d.get("Geometry"), str):
+            raise CalibrationError("a PONI file reference is only read from a calibration file "
+                                   "(Calibration.from_file); give the geometry itself here",
+                                   source, "#/Geometry")
         validate_dict(d, source)
         flat = to_flat_dict(d, mask_index, source)
         if base_dir is None:
@@ -372,16 +512,19 @@ class Calibration:
 
     @classmethod
     def from_file(cls, path, mask_index=0):
-        """Load a calibration file (flat or nested form; ``mask_index`` picks the nested mask)."""
+        """Load a calibration file: JSON (flat or nested form; ``mask_index`` picks the nested
+        mask, ``"Geometry": "x.poni"`` takes the geometry from a PONI file) or a pyFAI .poni
+        file (its geometry, ``gpusaxs.poni.PONI_DEFAULTS`` for the rest)."""
         path = os.fspath(path)
-        return cls.from_dict(read_json(path), base_dir=os.path.dirname(os.path.abspath(path)),
+        return cls.from_dict(read_calibration_file(path),
+                             base_dir=os.path.dirname(os.path.abspath(path)),
                              mask_index=mask_index, source=path)
 
     @classmethod
     def all_from_file(cls, path):
         """One Calibration per mask of a nested file (a flat file gives a one-element list)."""
         path = os.fspath(path)
-        d = read_json(path)
+        d = read_calibration_file(path)
         form = validate_dict(d, path)
         n = len(d["Masks"]) if form == "nested" else 1
         base = os.path.dirname(os.path.abspath(path))
@@ -468,6 +611,11 @@ class Calibration:
         blob = json.dumps({"gpusaxs-calibration-key": 1, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def check_limits(self, q_edges=None, **limits):
+        """Raise CalibrationError if building this calibration's matrix would take too much
+        memory or time (see :func:`check_limits`); returns the estimate dict otherwise."""
+        return check_limits(self, q_edges=q_edges, **limits)
+
     # -- pyFAI ----------------------------------------------------------------------
     def to_poni(self):
         """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
@@ -478,6 +626,113 @@ class Calibration:
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
+
+
+# ----------------------------------------------------------------------------- size limits
+#: Bounds on what a calibration may make the matrix builder do (checked before building).
+#: ``pixels``: Imagesize rows x columns (an 8192 x 8192 frame; EIGER2 16M has 18 M pixels);
+#: ``subpixels``: pixels x Oversampling^2, the builder's work (about a minute on 2 cores);
+#: ``bins``: radial bins (a .chi of 100 000 rows is 4.5 MB); ``matrix_bytes``: the estimated
+#: memory of the built matrix (:func:`estimate_matrix_bytes`).
+LIMITS = {"pixels": 1 << 26, "subpixels": 1 << 28, "bins": 100_000, "matrix_bytes": 2 << 30}
+
+
+def _largest_q(cal):
+    """Largest q (nm^-1) at the four detector corners (the matrix's q range is up to this)."""
+    from gpusaxs.geometry import _offsets, q_from_two_theta, two_theta_of_offsets
+
+    height, width = (float(v) for v in cal.imagesize)
+    dx, dy = _offsets(cal, np.array([0.0, height]), np.array([0.0, width]))
+    return float(q_from_two_theta(two_theta_of_offsets(cal, dx, dy).max(), cal.wavelength_A))
+
+
+def radial_bin_count(cal, q_edges=None):
+    """Number of radial bins the matrix of ``cal`` will have (as ``matrix.default_q_edges``),
+    without building anything: the corner distance in pixels / PixelPerRadialElement over
+    [0, q_max], scaled to [qStart, qStop] when given."""
+    if q_edges is not None:
+        return max(len(q_edges) - 1, 0)
+    from gpusaxs.matrix import max_radius_mm
+
+    pixel_mm = float(np.mean(cal.pixel_size_um)) * 1e-3
+    n_full = max(1, int(max_radius_mm(cal) / pixel_mm / cal.pixel_per_radial_element))
+    q_start, q_stop = getattr(cal, "q_start", None), getattr(cal, "q_stop", None)
+    if q_start is None and q_stop is None:
+        return n_full
+    q_hi = _largest_q(cal)
+    lo = 0.0 if q_start is None else q_start
+    hi = q_hi if q_stop is None else q_stop
+    return max(1, int(math.ceil((hi - lo) / (q_hi / n_full) - 1e-9))) if q_hi > 0 else 1
+
+
+def estimate_matrix_bytes(cal, q_edges=None):
+    """Estimated memory (bytes) of the built IntegrationMatrix of ``cal``.
+
+    pixel_ptr (8 B) and pixel_scale (4 B) per pixel, 8 B per entry (bin, weight), with about
+    min(Oversampling^2, 1 + 1.3 / PixelPerRadialElement) entries per pixel (a pixel spans about
+    1.3 bin widths of one pixel), plus the bin arrays.  An upper estimate for unmasked frames.
+    """
+    n_pixels = int(cal.imagesize[0]) * int(cal.imagesize[1])
+    ov2 = int(cal.oversampling) ** 2
+    per_pixel = min(ov2, 1.0 + 1.3 / float(cal.pixel_per_radial_element))
+    n_bins = radial_bin_count(cal, q_edges)
+    return int(n_pixels * (12 + 8 * per_pixel) + 16 * (n_bins + 1))
+
+
+def check_limits(cal, q_edges=None, **limits):
+    """Check the fields of ``cal`` that drive the matrix's memory and build time.
+
+    Raises :class:`CalibrationError` naming the field and the limit (``LIMITS``; a keyword
+    ``pixels=``, ``subpixels=``, ``bins=`` or ``matrix_bytes=`` overrides one) before anything
+    is built.  Also rejects a qStart beyond the largest q on the detector.  Returns a dict:
+    pixels, subpixels, bins, matrix_bytes (the estimates checked).
+    """
+    unknown = set(limits) - set(LIMITS)
+    if unknown:
+        raise TypeError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+    lim = {**LIMITS, **limits}
+    source = getattr(cal, "source", None)
+    height, width = (int(v) for v in cal.imagesize)
+    ov = int(cal.oversampling)
+    pixels = height * width
+    if pixels > lim["pixels"]:
+        raise CalibrationError(
+            f"{height} x {width} = {pixels:,} pixels is more than the limit of "
+            f"{lim['pixels']:,} pixels", source, "#/Imagesize")
+    subpixels = pixels * ov * ov
+    if subpixels > lim["subpixels"]:
+        best = max(1, int(math.sqrt(lim["subpixels"] / pixels)))
+        raise CalibrationError(
+            f"Oversampling {ov} on {pixels:,} pixels splits them into {subpixels:,} sub-pixels, "
+            f"more than the limit of {lim['subpixels']:,} (at most Oversampling {best} for this "
+            f"Imagesize)", source, "#/Oversampling")
+    q_start = getattr(cal, "q_start", None)
+    if q_edges is None and q_start is not None:
+        q_hi = _largest_q(cal)
+        if q_start >= q_hi:
+            raise CalibrationError(f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
+                                   f"detector ({q_hi:.4g} nm^-1): no pixel would count",
+                                   source, "#/qStart")
+    bins = radial_bin_count(cal, q_edges)
+    if bins > lim["bins"]:
+        q_stop = getattr(cal, "q_stop", None)
+        if q_edges is not None:
+            field, why = "q_edges", "the q_edges given"
+        elif q_stop is not None and q_stop > 2 * _largest_q(cal):
+            field, why = "#/qStop", (f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
+                                     f"detector, {_largest_q(cal):.4g} nm^-1")
+        else:
+            field, why = "#/PixelPerRadialElement", (
+                f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; use a larger value")
+        raise CalibrationError(f"{bins:,} radial bins is more than the limit of {lim['bins']:,} "
+                               f"({why})", source, field)
+    nbytes = estimate_matrix_bytes(cal, q_edges)
+    if nbytes > lim["matrix_bytes"]:
+        raise CalibrationError(
+            f"the integration matrix would need about {nbytes / 2**30:.1f} GiB, more than the "
+            f"limit of {lim['matrix_bytes'] / 2**30:.1f} GiB (lower Oversampling or raise "
+            f"PixelPerRadialElement)", source, "#/Oversampling")
+    return {"pixels": pixels, "subpixels": subpixels, "bins": bins, "matrix_bytes": nbytes}
 
 
 # ----------------------------------------------------------------------------- fit2d <-> PONI
