@@ -1,0 +1,196 @@
+"""End to end in a real headless browser: saxsdogserver + a folder of frames + saxsleash dashboard.
+
+Debian's chromium (``apt-get install chromium``) driven by Playwright for Python.  Every wait is a
+bounded Playwright wait on a page condition.  Set GPUSAXS_DASHBOARD_SCREENSHOT=FILE.png to keep a
+screenshot of the page taken mid-run (docs/dashboard.png is made that way).
+"""
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
+pytest.importorskip("bokeh", reason="bokeh not installed (pip install '.[test]')")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright not installed (pip install '.[test]')")
+
+from gpusaxs.server import protocol as P  # noqa: E402
+from net_support import (SECRET, Proc, calibration_dict, free_port, mask_array,  # noqa: E402
+                         write_config)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-extensions",
+                 "--disable-default-apps", "--mute-audio"]
+SHAPE = (200, 180)
+WAIT_MS = 25_000
+
+
+def demo_calibration():
+    """The net tests' small detector, 250 mm away: q up to ~3.5 nm^-1, two AgBh rings."""
+    cal = calibration_dict(SHAPE)
+    cal["DedectorDistanceMM"] = 250.0
+    return cal
+
+
+def write_frames(folder, cal, start, n, scale=1):
+    """The demo's synthetic silver behenate frames (int32 TIFF, written atomically)."""
+    import tifffile
+
+    from gpusaxs.calibration import Calibration
+    from gpusaxs.demo import synthetic_frame
+
+    calibration = Calibration.from_dict(cal, base_dir=folder)
+    rng = np.random.default_rng(start)
+    names = []
+    for i in range(start, start + n):
+        img = synthetic_frame(calibration, rng, n_bad=20)
+        img[img > 0] *= scale * (1 + i % 3)
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, img)
+        tmp = folder / f".frame_{i:05d}.tif.part"
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, folder / f"frame_{i:05d}.tif")
+        names.append(f"frame_{i:05d}.tif")
+    return names
+
+
+def start_server(tmp, cfg, base, port, name):
+    return Proc("gpusaxs.server.saxsdogserver",
+                ["--config", cfg, "--bind", "127.0.0.1", "-p", port, "-w", "--settle", "1",
+                 "-t", "1", "-b", "4", base], tmp / f"{name}.ready", tmp / f"{name}.log")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    sport = free_port()
+    cfg = write_config(tmp_path / "net.json", sport, free_port())
+    base = tmp_path / "base"
+    data = base / "data"
+    data.mkdir(parents=True)
+    procs = {}
+    yield {"cfg": cfg, "base": base, "data": data, "sport": sport, "tmp": tmp_path,
+           "procs": procs}
+    for p in procs.values():
+        p.kill()
+
+
+def card(page, field):
+    return page.locator(f'.gs-card[data-field="{field}"]')
+
+
+def latest_curve(page):
+    """(title, q, I) of the latest curve as the browser holds it (Bokeh's data source)."""
+    return page.evaluate("""() => {
+        const doc = Bokeh.documents[0];
+        const src = doc.get_model_by_name('latest_curve');
+        const fig = doc.get_model_by_name('curve_figure');
+        return [fig.title.text, Array.from(src.data.q), Array.from(src.data.I)];
+    }""")
+
+
+def wait_curve_title(page, filename):
+    page.wait_for_function("""(f) => {
+        const d = window.Bokeh && Bokeh.documents[0];
+        const fig = d && d.get_model_by_name('curve_figure');
+        return fig && fig.title.text.includes(f);
+    }""", arg=filename, timeout=WAIT_MS)
+
+
+def check_against_chi(page, chi_path):
+    """The page's latest curve is the server's .chi file (positive values; log axis)."""
+    from gpusaxs.io.chi import read_chi
+
+    _, q, intensity = latest_curve(page)
+    c = read_chi(chi_path)
+    expected = np.where(c.intensity > 0, c.intensity, np.nan)
+    got = np.array([np.nan if v is None else v for v in intensity], dtype=float)
+    assert len(q) == len(c.q)
+    np.testing.assert_allclose(np.array(q, dtype=float), c.q, rtol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, equal_nan=True)
+    return got
+
+
+def test_dashboard_live_in_chromium(setup):
+    s = setup
+    tmp, data = s["tmp"], s["data"]
+    cal = demo_calibration()
+    s["procs"]["server"] = start_server(tmp, s["cfg"], s["base"], s["sport"], "server")
+    s["procs"]["dash"] = dash = Proc(
+        "gpusaxs.clients.dashboard",
+        ["--config", s["cfg"], "--port", "0", "--interval", "0.25", "--timeout", "1"],
+        tmp / "dash.ready", tmp / "dash.log")
+    page_url = dash.info["url"]
+    assert page_url.startswith("http://127.0.0.1:")
+
+    client = P.Client(f"tcp://127.0.0.1:{s['sport']}", SECRET, timeout=10)
+    from gpusaxs.io.masks import write_fit2d_mask
+
+    write_fit2d_mask(tmp / "mask.msk", mask_array(SHAPE))
+    req, att = P.new_request(cal, "data", (tmp / "mask.msk").read_bytes(), "mask.msk")
+    answer = client.request("new", req["argument"], att)
+    assert answer["result"] == "new queue", answer
+
+    requests, ws_frames = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1250})
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("websocket", lambda ws: ws.on(
+                "framereceived", lambda payload: ws_frames.append(payload)))
+            page.goto(page_url)
+            expect = sync_api.expect
+            expect(page.get_by_text("server answering")).to_be_visible(timeout=WAIT_MS)
+
+            # frames come: the count and the curve follow the server
+            write_frames(data, cal, 0, 3)
+            # the first build of the integration matrix may compile numba kernels (cold cache)
+            expect(card(page, "frames finished")).to_have_text("3", timeout=120_000)
+            expect(card(page, "curves")).to_have_text("3")
+            title, _, _ = latest_curve(page)
+            first_name = title.split("latest curve: ")[1].split()[0]
+            first = check_against_chi(page, data / "work" / (Path(first_name).stem + ".chi"))
+
+            write_frames(data, cal, 3, 4)
+            (data / "broken_00001.tif").write_bytes(b"II*\x00 this is not a TIFF frame")
+            expect(card(page, "frames finished")).to_have_text("8", timeout=WAIT_MS)
+            expect(card(page, "errors")).to_have_text("1")
+            expect(page.locator(".gs-error").first).to_contain_text("data/broken_00001.tif")
+            title, _, _ = latest_curve(page)
+            name = title.split("latest curve: ")[1].split()[0]
+            assert name != first_name
+            wait_curve_title(page, name)
+            latest = check_against_chi(page, data / "work" / (Path(name).stem + ".chi"))
+            assert not np.allclose(latest, first, equal_nan=True)      # the curve changed
+            page.wait_for_function(                                   # the waterfall filled
+                "() => Bokeh.documents[0].get_model_by_name('waterfall').data.image.length > 0",
+                timeout=WAIT_MS)
+            shot = os.environ.get("GPUSAXS_DASHBOARD_SCREENSHOT")
+            if shot:
+                page.screenshot(path=shot, full_page=True)
+
+            # the server goes away and comes back
+            assert s["procs"].pop("server").stop() == 0
+            expect(page.get_by_text("server not answering")).to_be_visible(timeout=WAIT_MS)
+            s["procs"]["server"] = start_server(tmp, s["cfg"], s["base"], s["sport"], "server2")
+            expect(page.get_by_text("server answering")).to_be_visible(timeout=WAIT_MS)
+            expect(card(page, "frames finished")).to_have_text("0", timeout=WAIT_MS)
+        finally:
+            browser.close()
+            client.close()
+
+    origin = page_url.rstrip("/")
+    outside = [u for u in requests if not (u.startswith(origin) or u.startswith("data:")
+                                           or u.startswith("blob:"))]
+    assert not outside, f"the page loaded assets from elsewhere: {outside}"
+    assert any("/static/" in u and u.endswith(".js") or ".js?" in u for u in requests)
+    assert ws_frames, "no websocket updates seen"
+    assert not any(SECRET in (f if isinstance(f, str) else f.decode("latin-1"))
+                   for f in ws_frames), "the secret reached the browser"
