@@ -7,7 +7,6 @@ screenshot of the page taken mid-run (docs/dashboard.png is made that way).
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +171,7 @@ def test_dashboard_live_in_chromium(setup):
             page.wait_for_function(                                   # the waterfall filled
                 "() => Bokeh.documents[0].get_model_by_name('waterfall').data.image.length > 0",
                 timeout=WAIT_MS)
+            assert SECRET not in page.content()
             shot = os.environ.get("GPUSAXS_DASHBOARD_SCREENSHOT")
             if shot:
                 page.screenshot(path=shot, full_page=True)

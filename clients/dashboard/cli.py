@@ -71,6 +71,16 @@ def is_loopback(address):
         return False
 
 
+def bind_warning(bind, port):
+    """The warning printed when the page is reachable from other computers, else None."""
+    if is_loopback(bind):
+        return None
+    return (f"WARNING: serving on {bind or '*'}:{port}, not only on this computer: anyone who "
+            f"can reach this port sees the server's state and curves (there is no password; the "
+            f"secret itself stays in this process). Prefer the default --bind 127.0.0.1 and an "
+            f"SSH tunnel.")
+
+
 def origins(bind, extra=()):
     """Host names the browser may use (Bokeh checks the websocket's Origin against them).
 
@@ -124,11 +134,9 @@ def serve(args):
         client.close()
         return 2
     port = server.port
-    if not is_loopback(args.bind):
-        print(f"saxsleash dashboard: WARNING: serving on {args.bind}:{port}, not only on this "
-              f"computer: anyone who can reach this port sees the server's state and curves "
-              f"(there is no password; the secret itself stays in this process). Prefer the "
-              f"default --bind 127.0.0.1 and an SSH tunnel.", file=sys.stderr)
+    warning = bind_warning(args.bind, port)
+    if warning:
+        print(f"saxsleash dashboard: {warning}", file=sys.stderr)
 
     watch.start()
     server.start()

@@ -80,9 +80,12 @@ class ServerWatch:
         Curves kept for the faded history and the waterfall (default 60).
     history_s : float
         Seconds of frames/s history kept for the chart (default 600).
+    clock : callable, optional
+        Returns (wall time, monotonic time) in s; for tests.
     """
 
-    def __init__(self, client, interval=0.5, n_curves=60, history_s=600.0):
+    def __init__(self, client, interval=0.5, n_curves=60, history_s=600.0, clock=None):
+        self._clock = clock or (lambda: (time.time(), time.monotonic()))
         self.client = client
         self.interval = float(interval)
         self.history_s = float(history_s)
@@ -150,10 +153,10 @@ class ServerWatch:
             self._curve_key = key
             return None, str((answer.get("data") or {}).get("Error") or answer.get("result"))
         self._curve_key = key
-        return parse_curve(answer), None
+        return parse_curve(answer, self._clock()[0]), None
 
     def _update(self, answering, problem, data=None, curve=None, note=...):
-        now, mono = time.time(), time.monotonic()
+        now, mono = self._clock()
         with self._lock:
             s = self._snap
             if s.answering is not answering:
