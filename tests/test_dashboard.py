@@ -1,4 +1,4 @@
-"""The dashboard without a browser: polling state, panels (escaping, unknown fields), page models."""
+"""The dashboard without a browser: poller states, panels (escaping, new fields), page models."""
 import re
 
 import numpy as np

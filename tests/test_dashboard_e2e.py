@@ -185,6 +185,7 @@ def test_dashboard_live_in_chromium(setup):
         finally:
             browser.close()
             client.close()
+    assert s["procs"].pop("dash").stop() == 0, dash.output()        # SIGTERM: clean exit
 
     origin = page_url.rstrip("/")
     outside = [u for u in requests if not (u.startswith(origin) or u.startswith("data:")

@@ -149,11 +149,8 @@ def serve(args):
         with atomic_write(args.ready_file, "w") as fh:
             json.dump({"pid": os.getpid(), "port": port, "url": page}, fh)
 
-    def _stop(*_):
-        io_loop.add_callback_from_signal(io_loop.stop)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        io_loop.asyncio_loop.add_signal_handler(sig, io_loop.stop)
     try:
         io_loop.start()
     finally:

@@ -59,7 +59,8 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
 
     faded_src = ColumnDataSource({"xs": [], "ys": [], "alpha": []})
     latest_src = ColumnDataSource({"q": [], "I": []}, name="latest_curve")
-    curve_fig = figure(title="latest curve", name="curve_figure", height=380, width=620, y_axis_type="log",
+    curve_fig = figure(title="latest curve", name="curve_figure", height=380, width=620,
+                       y_axis_type="log",
                        tools="pan,wheel_zoom,box_zoom,reset,save")
     curve_fig.multi_line("xs", "ys", source=faded_src, line_alpha="alpha", color="#7f7f7f",
                          line_width=1)

@@ -49,7 +49,7 @@ def hms(seconds):
 
 
 def flatten(data, prefix=""):
-    """Scalar fields of nested dicts as {"queue.state": "running", ...} (lists of dicts left out)."""
+    """Scalar fields of nested dicts as {"queue.state": "running", ...}; lists of dicts left out."""
     out = {}
     for key, value in (data or {}).items():
         name = f"{prefix}{key}"
@@ -65,7 +65,7 @@ def flatten(data, prefix=""):
 
 
 def first(flat, *names, word=None):
-    """The first of ``names`` present in ``flat``, else the first key whose last part has ``word``."""
+    """The first of ``names`` in ``flat``, else the first key whose last part contains ``word``."""
     for n in names:
         if n in flat:
             return n, flat[n]
@@ -206,7 +206,8 @@ def series_html(data):
         "<tr class='gs-series'><td style='padding:2px 8px'><b>" + esc(name) + "</b></td>" +
         "".join(f"<td style='padding:2px 8px;text-align:right'>{esc(fmt(s.get(c), c))}</td>"
                 for c in cols) + "</tr>" for name, s in series)
-    return (f"<div><b>stream series</b></div><table style='border-collapse:collapse;font-size:13px'>"
+    return ("<div><b>stream series</b></div>"
+            f"<table style='border-collapse:collapse;font-size:13px'>"
             f"<tr style='color:{GREY}'><th style='padding:2px 8px'>series</th>{head}</tr>{body}"
             f"</table>")
 

@@ -149,9 +149,10 @@ class ServerWatch:
             answer = self.client.request("plot")
         except NoAnswer:
             return None, ...
-        if answer.get("result") != "plot data":
+        if not isinstance(answer, dict) or answer.get("result") != "plot data":
             self._curve_key = key
-            return None, str((answer.get("data") or {}).get("Error") or answer.get("result"))
+            data = answer.get("data") if isinstance(answer, dict) else None
+            return None, str((data or {}).get("Error") or answer)
         self._curve_key = key
         return parse_curve(answer, self._clock()[0]), None
 
