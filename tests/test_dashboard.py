@@ -179,7 +179,7 @@ def test_series_table(shape):
 
 
 def test_page_models_follow_the_snapshot():
-    bokeh = pytest.importorskip("bokeh", reason="bokeh not installed (pip install '.[test]')")
+    pytest.importorskip("bokeh", reason="bokeh not installed (pip install '.[test]')")
     from bokeh.document import Document
 
     from gpusaxs.clients.dashboard.page import make_document

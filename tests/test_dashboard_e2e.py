@@ -116,6 +116,7 @@ def check_against_chi(page, chi_path):
     return got
 
 
+@pytest.mark.slow
 def test_dashboard_live_in_chromium(setup):
     s = setup
     tmp, data = s["tmp"], s["data"]
