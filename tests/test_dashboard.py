@@ -149,33 +149,57 @@ def test_errors_newest_first_and_escaped():
 
 
 def test_cards_show_known_and_new_fields():
-    data = stat_answer(1234, lag=0.25, uptime=3725, build={"progress": 0.5, "state": "x"},
+    data = stat_answer(1234, **{"lag s": 0.25}, uptime=3725,
                        feeder={"messages": 7, "files": 2, "rejected events": 3,
                                "last message age": 0.4})["data"]
     snap = Snapshot(url="u", data=data, rate=[(0, 12.5)])
     out = panels.cards_html(snap)
     for label, value in [("frames finished", "1,234"), ("engine", "numpy"), ("lag", "0.25 s"),
                          ("uptime", "1:02:05"), ("frames/s now", "12.5"),
-                         ("build.progress", "0.5"), ("feeder.rejected events", "3")]:
+                         ("feeder.rejected events", "3")]:
         assert f'data-field="{label}" style="font-size:20px;color:#111">{value}<' in out, label
     empty = panels.cards_html(Snapshot(url="u"))
     assert 'data-field="lag" style="font-size:20px;color:#111">-<' in empty
-    assert "build.state" in panels.fields_html(data)
+    assert "feeder.files" in panels.fields_html(data)
 
 
-@pytest.mark.parametrize("shape", ["dict", "list"])
-def test_series_table(shape):
-    rows = {"7": {"received": 100, "integrated": 98, "errors": 1, "missing": 1, "rate": 50.0,
-                  "lag": 0.1, "extra": "x"},
-            "8": {"received": 10, "integrated": 10}}
-    series = rows if shape == "dict" else [dict(series_id=k, **v) for k, v in rows.items()]
-    out = panels.series_html({"series": series})
+STREAMS = {"detector": "tcp://eiger:31001", "version": 2, "policy": "block", "malformed": 2,
+           "series": [{"series_id": 7, "state": "receiving", "expected": 200, "received": 100,
+                       "integrated": 50, "errors": 1, "missing": 1, "rate": 50.0, "lag": 49,
+                       "lag s": 0.98, "file": "series_7.nxs"},
+                      {"series_id": 8, "state": "ended", "expected": None, "received": 10,
+                       "integrated": 10, "errors": 0, "missing": None, "rate": 0.0, "lag": 0,
+                       "lag s": None}]}
+
+
+def test_stream_series_table_and_lag():
+    out = panels.series_html({"streams": STREAMS})
     assert out.count("class='gs-series'") == 2
     head = re.findall(r"<th[^>]*>([^<]*)</th>", out)
-    assert head == ["series", "received", "integrated", "errors", "missing", "rate", "lag",
-                    "extra"]
-    assert "<b>7</b>" in out and ">98<" in out
+    assert head[:9] == ["series", "progress", "received", "integrated", "errors", "missing",
+                        "rate", "lag", "lag s"]
+    assert {"state", "expected", "file"} <= set(head)
+    assert "<b>7</b>" in out and "50 / 200" in out and "width:25%" in out
+    assert "tcp://eiger:31001" in out and "malformed 2" in out
     assert panels.series_html(stat_answer(1)["data"]) == ""
+    text, _ = panels.lag_text({"streams": STREAMS}, {})
+    assert text == "49 fr (0.98 s)"
+    cards = panels.cards_html(Snapshot(url="u", data={"streams": STREAMS}))
+    assert 'data-field="streams.malformed" style="font-size:20px;color:#111">2<' in cards
+
+
+def test_series_as_dict_of_dicts():
+    out = panels.series_html({"series": {"a": {"received": 3}, "b": {"received": 4}}})
+    assert out.count("class='gs-series'") == 2 and "<b>b</b>" in out
+
+
+def test_builds_panel():
+    assert panels.builds_html(stat_answer(0)["data"]) == ""
+    out = panels.builds_html({"builds": [{"key": "ab", "label": "data/<x>", "state": "running",
+                                          "progress": 0.4, "rows": [400, 1000],
+                                          "elapsed": 2.5}]})
+    assert "building the integration matrix" in out and "data/&lt;x&gt;" in out
+    assert "width:40%" in out and "rows 400 / 1,000" in out and "2.5 s" in out
 
 
 def test_page_models_follow_the_snapshot():

@@ -45,6 +45,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     cards = Div(text="", name="cards", sizing_mode="stretch_width")
     errors = Div(text="", name="errors", width=560)
     series = Div(text="", name="series", sizing_mode="stretch_width")
+    builds = Div(text="", name="builds", sizing_mode="stretch_width")
     fields = Div(text="", name="fields", sizing_mode="stretch_width")
     curve_note = Div(text="", name="curve_note")
 
@@ -82,10 +83,10 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     heat_fig.add_layout(ColorBar(color_mapper=mapper, title="log10 I", width=10), "right")
 
     doc.add_root(column(
-        row(title), status, cards,
+        row(title), status, cards, builds, series,
         row(column(curve_fig, curve_note), heat_fig),
         row(rate_fig, column(Div(text="<b>error records</b>"), errors)),
-        series, fields, sizing_mode="stretch_width"))
+        fields, sizing_mode="stretch_width"))
 
     seen = {"version": None, "curves": None}
 
@@ -127,6 +128,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         cards.text = panels.cards_html(snap)
         errors.text = panels.errors_html(snap.data)
         series.text = panels.series_html(snap.data)
+        builds.text = panels.builds_html(snap.data)
         fields.text = panels.fields_html(snap.data)
         curve_note.text = "" if snap.curve_note is None else \
             f"<span style='color:#6b7280'>{panels.esc(snap.curve_note)}</span>"

@@ -2,8 +2,9 @@
 
 Everything the server sends is escaped (file names are user data).  Fields are read defensively:
 a field the server does not send shows as "-", and fields this module does not know (added by
-newer servers) appear in the "all fields" table and, when their name says lag, uptime, build,
-progress, received, missing or rejected, as a card of their own.
+newer servers) appear in the "all fields" table and, when their name says lag, uptime, received,
+missing, rejected, malformed, device or engine, as a card of their own.  Integrator builds in
+progress (``builds``) and stream series (``streams.series``) get panels with progress bars.
 """
 import html
 import math
@@ -12,10 +13,10 @@ import time
 #: flattened names not shown in the "all fields" table (drawn elsewhere, or bulky)
 HIDDEN = ("errors.recent", "array", "filename")
 #: words that promote an unknown field to a card
-CARD_WORDS = ("lag", "uptime", "build", "progress", "received", "missing", "rejected", "device",
+CARD_WORDS = ("lag", "uptime", "received", "missing", "rejected", "malformed", "device",
               "engine")
 #: columns shown first in the series table (others follow in the server's order)
-SERIES_COLUMNS = ("received", "integrated", "errors", "missing", "rate", "lag")
+SERIES_COLUMNS = ("received", "integrated", "errors", "missing", "rate", "lag", "lag s")
 
 GREEN, RED, GREY = "#1a7f37", "#c62828", "#6b7280"
 
@@ -107,6 +108,21 @@ def _card(label, value, title="", colour="#111"):
             f'color:{colour}">{esc(value)}</div></div>')
 
 
+def lag_text(data, flat):
+    """(text, tooltip) of the lag: frames waiting over the stream series, else a ``*lag*`` field."""
+    series = [v for _, v in series_of(data)]
+    frames = [v["lag"] for v in series if isinstance(v.get("lag"), (int, float))]
+    secs = [v["lag s"] for v in series if isinstance(v.get("lag s"), (int, float))]
+    if frames:
+        text = f"{fmt(sum(frames))} fr" + (f" ({max(secs):.2g} s)" if secs else "")
+        return text, "stream series: frames received not yet integrated (seconds at the rate)"
+    key, value = first(flat, "stat.lag", word="lag")
+    if key is None:
+        return "-", "not reported by this server"
+    seconds = key.endswith((" s", "_s", "seconds")) and isinstance(value, (int, float))
+    return fmt(value, key) + (" s" if seconds else ""), key
+
+
 def cards_html(snap):
     """The numbers: queue, frames finished, curves, errors, frames/s, lag, engine, uptime ..."""
     d = snap.data or {}
@@ -132,9 +148,7 @@ def cards_html(snap):
         ("frames/s queue", fmt(stat.get("frames per sec")), "stat: frames per sec (pics / "
                                                             "time interval)"),
     ]
-    k, v = first(flat, "stat.lag", word="lag")
-    cards.append(("lag", fmt(v, "lag") + (" s" if isinstance(v, (int, float)) else ""), k or
-                  "not reported by this server"))
+    cards.append(("lag", *lag_text(d, flat)))
     k, v = first(flat, "queue.backend", "engine", word="engine")
     cards.append(("engine", fmt(v), k or "not reported (no queue yet)"))
     k, v = first(flat, "uptime", "stat.uptime", "server.uptime", word="uptime")
@@ -179,21 +193,35 @@ def errors_html(data, limit=50):
 
 
 def series_of(data):
-    """Stream series in an answer as [(name, {field: value})], whatever the container's shape."""
-    for key in ("series", "streams", "stream"):
-        value = (data or {}).get(key)
+    """Stream series in an answer as [(name, {field: value})].
+
+    Reads ``streams.series`` (a list of dicts with ``series_id``, the stream consumer's form) and,
+    defensively, ``series``/``streams`` as a list of dicts or a dict of dicts.
+    """
+    data = data or {}
+    streams = data.get("streams")
+    candidates = [streams.get("series") if isinstance(streams, dict) else None,
+                  data.get("series"), streams]
+    for value in candidates:
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             return [(str(k), v) for k, v in value.items()]
-        if isinstance(value, dict) and value:
-            return [(str(value.get("series_id", value.get("name", key))), value)]
-        if isinstance(value, list):
+        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
             return [(str(v.get("series_id", v.get("id", v.get("name", i)))), v)
                     for i, v in enumerate(value) if isinstance(v, dict)]
     return []
 
 
+def progress_bar(fraction, text=""):
+    """A small bar for a fraction in [0, 1] (clipped), with ``text`` beside it."""
+    pct = max(0.0, min(1.0, float(fraction))) * 100
+    return (f"<span style='display:inline-block;width:90px;height:9px;background:#e5e7eb;"
+            f"border-radius:4px;vertical-align:middle'><span style='display:block;height:9px;"
+            f"width:{pct:.0f}%;background:#2563eb;border-radius:4px'></span></span> "
+            f"{esc(text or f'{pct:.0f} %')}")
+
+
 def series_html(data):
-    """A table of stream series progress (received/integrated/errors/missing/rate/lag)."""
+    """A table of stream series: progress, received/integrated/errors/missing/rate/lag, rest."""
     series = series_of(data)
     if not series:
         return ""
@@ -201,15 +229,49 @@ def series_html(data):
     for _, s in series:
         cols += [k for k, v in s.items() if k not in cols and not isinstance(v, (dict, list))
                  and k not in ("series_id", "name", "id")]
+
+    def progress(s):
+        done, total = s.get("integrated"), s.get("expected")
+        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            return progress_bar(done / total, f"{fmt(done)} / {fmt(total)}")
+        return "-"
+
     head = "".join(f"<th style='padding:2px 8px'>{esc(c)}</th>" for c in cols)
     body = "".join(
         "<tr class='gs-series'><td style='padding:2px 8px'><b>" + esc(name) + "</b></td>" +
+        f"<td style='padding:2px 8px'>{progress(s)}</td>" +
         "".join(f"<td style='padding:2px 8px;text-align:right'>{esc(fmt(s.get(c), c))}</td>"
                 for c in cols) + "</tr>" for name, s in series)
-    return ("<div><b>stream series</b></div>"
+    streams = (data or {}).get("streams")
+    about = ""
+    if isinstance(streams, dict):
+        about = ", ".join(f"{esc(k)} {esc(fmt(v))}" for k, v in streams.items()
+                          if not isinstance(v, (dict, list)))
+    return ("<div><b>stream series</b> " + (f"<span style='color:#6b7280'>({about})</span>"
+                                            if about else "") + "</div>"
             f"<table style='border-collapse:collapse;font-size:13px'>"
-            f"<tr style='color:{GREY}'><th style='padding:2px 8px'>series</th>{head}</tr>{body}"
-            f"</table>")
+            f"<tr style='color:{GREY}'><th style='padding:2px 8px'>series</th>"
+            f"<th style='padding:2px 8px'>progress</th>{head}</tr>{body}</table>")
+
+
+def builds_html(data):
+    """Integrator builds in progress (``builds``: label, state, progress, rows, elapsed)."""
+    builds = [b for b in ((data or {}).get("builds") or []) if isinstance(b, dict)]
+    if not builds:
+        return ""
+    lines = []
+    for b in builds:
+        frac = b.get("progress")
+        bar = progress_bar(frac) if isinstance(frac, (int, float)) else ""
+        rows = b.get("rows")
+        rows = f" rows {fmt(rows[0])} / {fmt(rows[1])}" if isinstance(rows, list) and \
+            len(rows) == 2 else ""
+        elapsed = b.get("elapsed")
+        lines.append(f"<div class='gs-build'>building the integration matrix for "
+                     f"<b>{esc(b.get('label', b.get('key', '?')))}</b> "
+                     f"({esc(b.get('state', ''))}): {bar}{esc(rows)}"
+                     + (f", {fmt(elapsed)} s" if elapsed is not None else "") + "</div>")
+    return "".join(lines)
 
 
 def fields_html(data):
