@@ -172,6 +172,9 @@ def test_dashboard_live_in_chromium(setup):
             page.wait_for_function(                                   # the waterfall filled
                 "() => Bokeh.documents[0].get_model_by_name('waterfall').data.image.length > 0",
                 timeout=WAIT_MS)
+            page.wait_for_function(                                   # the frames/s chart moved
+                "() => Math.max(...Bokeh.documents[0].get_model_by_name('frames_per_s')"
+                ".data.rate) > 0", timeout=WAIT_MS)
             assert SECRET not in page.content()
             shot = os.environ.get("GPUSAXS_DASHBOARD_SCREENSHOT")
             if shot:

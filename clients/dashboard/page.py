@@ -49,7 +49,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     fields = Div(text="", name="fields", sizing_mode="stretch_width")
     curve_note = Div(text="", name="curve_note")
 
-    rate_src = ColumnDataSource({"t": [], "rate": []})
+    rate_src = ColumnDataSource({"t": [], "rate": []}, name="frames_per_s")
     rate_fig = figure(title="frames finished per second (5 s window)", height=250, width=560,
                       x_axis_type="datetime", toolbar_location=None, y_range=(0, 1))
     rate_fig.line("t", "rate", source=rate_src, line_width=2, color="#1f77b4")
