@@ -5,6 +5,7 @@ bounded Playwright wait on a page condition.  Set GPUSAXS_DASHBOARD_SCREENSHOT=F
 screenshot of the page taken mid-run (docs/dashboard.png is made that way).
 """
 import io
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 from pathlib import Path
@@ -121,11 +122,20 @@ def test_dashboard_live_in_chromium(setup):
     s = setup
     tmp, data = s["tmp"], s["data"]
     cal = demo_calibration()
-    s["procs"]["server"] = start_server(tmp, s["cfg"], s["base"], s["sport"], "server")
-    s["procs"]["dash"] = dash = Proc(
-        "gpusaxs.clients.dashboard",
-        ["--config", s["cfg"], "--port", "0", "--interval", "0.25", "--timeout", "1"],
-        tmp / "dash.ready", tmp / "dash.log")
+    failed = []
+    with ThreadPoolExecutor(2) as pool:       # both start at once, each waits for its ready file
+        server = pool.submit(start_server, tmp, s["cfg"], s["base"], s["sport"], "server")
+        dash = pool.submit(Proc, "gpusaxs.clients.dashboard",
+                           ["--config", s["cfg"], "--port", "0", "--interval", "0.25",
+                            "--timeout", "1"], tmp / "dash.ready", tmp / "dash.log")
+        for name, future in (("server", server), ("dash", dash)):
+            try:
+                s["procs"][name] = future.result()
+            except RuntimeError as exc:         # the fixture stops the one that started
+                failed.append(str(exc))
+    if failed:
+        pytest.fail("\n".join(failed))
+    dash = s["procs"]["dash"]
     page_url = dash.info["url"]
     assert page_url.startswith("http://127.0.0.1:")
 
