@@ -22,6 +22,12 @@ def _positive(intensity):
     return out
 
 
+def local_ms(wall):
+    """Wall time (s since the epoch) as ms for Bokeh's datetime axis, which shows UTC: shifted
+    by this computer's UTC offset so the chart's clock matches the other times on the page."""
+    return (wall + time.localtime(wall).tm_gmtoff) * 1000.0
+
+
 def waterfall_image(curves):
     """(log10 I image [rows = curves, oldest first], q) for curves on a common q grid."""
     q = curves[-1].q
@@ -35,7 +41,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     """Fill a Bokeh ``doc`` with the dashboard of ``watch`` (a started :class:`ServerWatch`)."""
     from bokeh.layouts import column, row
     from bokeh.models import (ColorBar, ColumnDataSource, DatetimeTickFormatter, Div,
-                              HoverTool, LinearColorMapper)
+                              HoverTool, LinearColorMapper, Toggle)
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
@@ -46,7 +52,9 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     errors = Div(text="", name="errors", width=560)
     series = Div(text="", name="series", sizing_mode="stretch_width")
     builds = Div(text="", name="builds", sizing_mode="stretch_width")
-    fields = Div(text="", name="fields", sizing_mode="stretch_width")
+    fields = Div(text="", name="fields", sizing_mode="stretch_width", visible=False)
+    show_fields = Toggle(label="all fields of the last stat answer", active=False, width=260)
+    show_fields.js_link("active", fields, "visible")
     curve_note = Div(text="", name="curve_note")
 
     rate_src = ColumnDataSource({"t": [], "rate": []}, name="frames_per_s")
@@ -86,7 +94,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         row(title), status, cards, builds, series,
         row(column(curve_fig, curve_note), heat_fig),
         row(rate_fig, column(Div(text="<b>error records</b>"), errors)),
-        fields, sizing_mode="stretch_width"))
+        show_fields, fields, sizing_mode="stretch_width"))
 
     seen = {"version": None, "curves": None}
 
@@ -134,7 +142,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
             f"<span style='color:#6b7280'>{panels.esc(snap.curve_note)}</span>"
         if snap.rate:
             t, r = zip(*snap.rate)
-            rate_src.data = {"t": [x * 1000.0 for x in t], "rate": list(r)}
+            rate_src.data = {"t": [local_ms(x) for x in t], "rate": list(r)}
             rate_fig.y_range.end = max(1.0, 1.15 * max(r))
         if snap.curves_seen != seen["curves"] or not snap.curves:
             seen["curves"] = snap.curves_seen

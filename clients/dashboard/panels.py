@@ -282,5 +282,4 @@ def fields_html(data):
     rows = "".join(f"<tr><td style='padding:1px 8px;color:{GREY}'>{esc(k)}</td>"
                    f"<td style='padding:1px 8px'>{esc(fmt(v, k))}</td></tr>"
                    for k, v in flat.items())
-    return (f"<details><summary>all fields of the last stat answer</summary>"
-            f"<table style='font-size:12px;font-family:monospace'>{rows}</table></details>")
+    return f"<table style='font-size:12px;font-family:monospace'>{rows}</table>"
