@@ -50,8 +50,8 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     status = Div(text="", name="status")
     cards = Div(text="", name="cards", sizing_mode="stretch_width")
     errors = Div(text="", name="errors", width=560)
-    series = Div(text="", name="series", sizing_mode="stretch_width")
-    builds = Div(text="", name="builds", sizing_mode="stretch_width")
+    series = Div(text="", name="series", sizing_mode="stretch_width", visible=False)
+    builds = Div(text="", name="builds", sizing_mode="stretch_width", visible=False)
     fields = Div(text="", name="fields", sizing_mode="stretch_width", visible=False)
     show_fields = Toggle(label="all fields of the last stat answer", active=False, width=260)
     show_fields.js_link("active", fields, "visible")
@@ -135,8 +135,9 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         seen["version"] = snap.version
         cards.text = panels.cards_html(snap)
         errors.text = panels.errors_html(snap.data)
-        series.text = panels.series_html(snap.data)
-        builds.text = panels.builds_html(snap.data)
+        for div, text in ((series, panels.series_html(snap.data)),
+                          (builds, panels.builds_html(snap.data))):
+            div.text, div.visible = text, bool(text)      # empty panels take no room
         fields.text = panels.fields_html(snap.data)
         curve_note.text = "" if snap.curve_note is None else \
             f"<span style='color:#6b7280'>{panels.esc(snap.curve_note)}</span>"
