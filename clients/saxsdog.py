@@ -53,6 +53,13 @@ options in detail:
                  errors, frame_names and the calibration JSON in /entry/calibration.
                    saxsdog -c cal.json --format both data/
   --backend B    auto (default: GPU when present), numpy or cupy.
+  --scheduler A  send the work to a Dask cluster (pip install "gpusaxs[dask]"): A is a
+                 scheduler address, or local:N for N worker processes on this machine.
+                 Each worker writes its .chi files; HDF5 files and -s plots are written
+                 here from the curves the workers send back.  Not with -w, -p or -m.
+                   saxsdog -c cal.json --scheduler tcp://head:8786 -o curves/ data/
+                   saxsdog -c cal.json --scheduler local:2 data/
+  --frames-per-task N  frames per Dask task (default 200).
 
 Bad files (truncated, not an image, wrong size) are reported on stderr with their name and
 the reason; the others are still integrated.  Every output is written under a temporary name
@@ -100,6 +107,10 @@ def build_parser():
                    help="curve output: chi (default), hdf5 (one NeXus file per folder), both")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="integration backend (default auto)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler (tcp://host:8786) or local:N worker processes")
+    p.add_argument("--frames-per-task", metavar="N", type=int, default=200,
+                   help="with --scheduler: frames per Dask task (default 200)")
     p.add_argument("--batch-size", metavar="N", type=int, default=16,
                    help="most frames per engine call (default 16)")
     p.add_argument("--wait-timeout", metavar="S", type=float, default=30.0,
@@ -329,8 +340,10 @@ class Saxsdog:
         self._waiting = {}           # watch mode: absolute image path -> curve path
 
     # -- pipeline callbacks (pipeline threads) -----------------------------------------------
-    def write(self, image_path, out_path, q, intensity, error):
-        """Writer of one frame: svg/png, hdf5 collection, then the .chi (last: resume key)."""
+    def write(self, image_path, out_path, q, intensity, error, chi=True):
+        """Writer of one frame: svg/png, hdf5 collection, then the .chi (last: resume key).
+
+        chi=False: everything but the .chi (on a Dask cluster the workers write those)."""
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         name = Path(image_path).name
@@ -341,7 +354,7 @@ class Saxsdog:
             _frame_png(out_path.with_suffix(".png"), read_image(image_path, shape=self.shape))
         if self.hdf5 is not None:
             self.hdf5.add(Hdf5Collector.file_for(image_path, out_path), name, intensity, error)
-        if "chi" in self.formats:
+        if chi and "chi" in self.formats:
             from gpusaxs.io.chi import write_chi
             write_chi(out_path, q, intensity, error=error, title=name)
 
@@ -593,6 +606,26 @@ def _start_watch(dog, roots):
     return observer
 
 
+def _dask_pipeline(args, dog, integrator):
+    """--scheduler: a Dask client and a DaskPipeline that feeds the run's frames to it."""
+    from gpusaxs.distributed import DaskPipeline, connect, dashboard_link
+
+    client = connect(args.scheduler)
+    link = dashboard_link(client)
+    if not args.silent:
+        n = len(client.scheduler_info().get("workers", {}))
+        _err(f"Dask: {n} workers at {client.scheduler.address}"
+             + (f", dashboard {link}" if link else ""))
+    extras = dog.hdf5 is not None or args.svg
+    pipe = DaskPipeline(client, integrator, frames_per_task=args.frames_per_task,
+                        batch_size=args.batch_size, write_chi="chi" in dog.formats,
+                        client_writer=(lambda i, o, q, I, e: dog.write(i, o, q, I, e, chi=False))
+                        if extras else None,
+                        on_done=dog.on_done, on_error=dog.on_error, backend=args.backend,
+                        threads=1 if args.scheduler.startswith("local:") else None)
+    return client, pipe
+
+
 def _install_signal_handlers():
     """Ctrl-C (SIGINT) and SIGTERM stop the run gracefully (KeyboardInterrupt in main).
 
@@ -634,6 +667,11 @@ def main(argv=None):
         else:
             _err(f"error: {p}: no such file or folder")
             return 2
+    if args.scheduler and (args.watch or args.png or args.plotmonitor):
+        _err("error: --scheduler works on a fixed set of files: not with -w, -p or -m")
+        return 2
+    if args.frames_per_task < 1:
+        parser.error("--frames-per-task must be at least 1")
     if args.watch and not any(p.is_dir() for p, _ in roots):
         _err("error: -w needs at least one folder to watch")
         return 2
@@ -661,10 +699,18 @@ def main(argv=None):
         except Exception as exc:
             _err(f"warning: -m: no live plot window ({exc})")
 
-    from gpusaxs.pipeline import FramePipeline
-    dog.pipeline = FramePipeline(integrator, batch_size=args.batch_size,
-                                 read_threads=args.threads, on_done=dog.on_done,
-                                 on_error=dog.on_error, errors=True, writer=dog.write)
+    client = None
+    if args.scheduler:
+        try:
+            client, dog.pipeline = _dask_pipeline(args, dog, integrator)
+        except Exception as exc:
+            _err(f"error: --scheduler {args.scheduler}: {exc}")
+            return 2
+    else:
+        from gpusaxs.pipeline import FramePipeline
+        dog.pipeline = FramePipeline(integrator, batch_size=args.batch_size,
+                                     read_threads=args.threads, on_done=dog.on_done,
+                                     on_error=dog.on_error, errors=True, writer=dog.write)
     observer = None
     interrupted = False
     caught = _install_signal_handlers()
@@ -697,6 +743,9 @@ def main(argv=None):
         except KeyboardInterrupt:        # second Ctrl-C: leave now (outputs stay atomic)
             _err("interrupted again: stopping without waiting")
             return 130
+    if client is not None:
+        from gpusaxs.distributed import close_client
+        close_client(client)
     written_h5 = []
     if dog.hdf5 is not None:
         try:

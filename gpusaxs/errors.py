@@ -24,6 +24,9 @@ class CalibrationError(GpusaxsError, ValueError):
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{json_path}: {reason}")
 
+    def __reduce__(self):           # pickles (errors cross process boundaries: Dask workers)
+        return type(self), (self.reason, self.path, self.json_path)
+
 
 class ImageReadError(GpusaxsError, OSError):
     """An image or mask file cannot be read (missing, truncated, not an image, wrong size)."""
@@ -33,6 +36,9 @@ class ImageReadError(GpusaxsError, OSError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
 
 class ChiFormatError(GpusaxsError, ValueError):
     """A .chi curve file cannot be parsed."""
@@ -41,6 +47,9 @@ class ChiFormatError(GpusaxsError, ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
 
 
 class BackendError(GpusaxsError, RuntimeError):

@@ -86,3 +86,13 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None):
         while len(_MEMORY) > _MEMORY_SIZE:
             _MEMORY.popitem(last=False)
     return matrix
+
+
+def remember_matrix(key, matrix):
+    """Put a matrix built elsewhere (a Dask worker receives the client's) in the memory cache,
+    so that ``get_matrix`` of the same key returns it without building or reading a file."""
+    with _LOCK:
+        _MEMORY[key] = matrix
+        _MEMORY.move_to_end(key)
+        while len(_MEMORY) > _MEMORY_SIZE:
+            _MEMORY.popitem(last=False)
