@@ -1,5 +1,7 @@
 """End to end in a real headless browser: saxsdogserver + a folder of frames + saxsleash dashboard.
 
+The frames are the demo's synthetic silver behenate on a PILATUS 1M (real size).
+
 Debian's chromium (``apt-get install chromium``) driven by Playwright for Python.  Every wait is a
 bounded Playwright wait on a page condition.  Set GPUSAXS_DASHBOARD_SCREENSHOT=FILE.png to keep a
 screenshot of the page taken mid-run (docs/dashboard.png is made that way).
@@ -21,44 +23,48 @@ sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright not installed (pip install '.[test]')")
 
 from gpusaxs.server import protocol as P  # noqa: E402
-from net_support import (SECRET, Proc, calibration_dict, free_port, mask_array,  # noqa: E402
-                         write_config)
+from net_support import SECRET, Proc, free_port, write_config  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-extensions",
                  "--disable-default-apps", "--mute-audio"]
-SHAPE = (200, 180)
 WAIT_MS = 25_000
 
 
-def demo_calibration():
-    """The net tests' small detector, 250 mm away: q up to ~3.5 nm^-1, two AgBh rings."""
-    cal = calibration_dict(SHAPE)
-    cal["DedectorDistanceMM"] = 250.0
-    return cal
+class DemoFrames:
+    """The demo's synthetic silver-behenate frames on a PILATUS 1M (gpusaxs.demo), real size.
 
+    The expected counts are computed once; each frame is a Poisson draw of them (times 1, 2 or 3,
+    so consecutive curves differ), with the module gaps at -1.
+    """
 
-def write_frames(folder, cal, start, n, scale=1):
-    """The demo's synthetic silver behenate frames (int32 TIFF, written atomically)."""
-    import tifffile
+    def __init__(self):
+        from gpusaxs.calibration import Calibration
+        from gpusaxs.demo import (DEMO_CALIBRATION, PILATUS_1M_SHAPE, calibrant_profile,
+                                  demo_mask, pilatus_gaps)
+        from gpusaxs.geometry import polarization_factor, q_map
 
-    from gpusaxs.calibration import Calibration
-    from gpusaxs.demo import synthetic_frame
+        self.cal = dict(DEMO_CALIBRATION)
+        cal = Calibration.from_dict(self.cal).replace(mask_file=None)
+        self.expected = calibrant_profile(q_map(cal)) * polarization_factor(cal)
+        self.gaps = pilatus_gaps(PILATUS_1M_SHAPE)
+        height = self.cal["Imagesize"][0]
+        y, x = self.cal["BeamCenter"]
+        self.mask = demo_mask(PILATUS_1M_SHAPE, (height - y, x))
 
-    calibration = Calibration.from_dict(cal, base_dir=folder)
-    rng = np.random.default_rng(start)
-    names = []
-    for i in range(start, start + n):
-        img = synthetic_frame(calibration, rng, n_bad=20)
-        img[img > 0] *= scale * (1 + i % 3)
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, img)
-        tmp = folder / f".frame_{i:05d}.tif.part"
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, folder / f"frame_{i:05d}.tif")
-        names.append(f"frame_{i:05d}.tif")
-    return names
+    def write(self, folder, start, n):
+        """Frames frame_<start>.tif ... (int32 TIFF, temporary name then rename)."""
+        import tifffile
+
+        for i in range(start, start + n):
+            img = np.random.default_rng(i).poisson(self.expected * (1 + i % 3)).astype(np.int32)
+            img[self.gaps] = -1
+            buf = io.BytesIO()
+            tifffile.imwrite(buf, img)
+            tmp = folder / f".frame_{i:05d}.tif.part"
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, folder / f"frame_{i:05d}.tif")
 
 
 def start_server(tmp, cfg, base, port, name):
@@ -121,7 +127,7 @@ def check_against_chi(page, chi_path):
 def test_dashboard_live_in_chromium(setup):
     s = setup
     tmp, data = s["tmp"], s["data"]
-    cal = demo_calibration()
+    frames = DemoFrames()
     failed = []
     with ThreadPoolExecutor(2) as pool:       # both start at once, each waits for its ready file
         server = pool.submit(start_server, tmp, s["cfg"], s["base"], s["sport"], "server")
@@ -142,8 +148,8 @@ def test_dashboard_live_in_chromium(setup):
     client = P.Client(f"tcp://127.0.0.1:{s['sport']}", SECRET, timeout=10)
     from gpusaxs.io.masks import write_fit2d_mask
 
-    write_fit2d_mask(tmp / "mask.msk", mask_array(SHAPE))
-    req, att = P.new_request(cal, "data", (tmp / "mask.msk").read_bytes(), "mask.msk")
+    write_fit2d_mask(tmp / "mask.msk", frames.mask)
+    req, att = P.new_request(frames.cal, "data", (tmp / "mask.msk").read_bytes(), "mask.msk")
     answer = client.request("new", req["argument"], att)
     assert answer["result"] == "new queue", answer
 
@@ -160,7 +166,7 @@ def test_dashboard_live_in_chromium(setup):
             expect(page.get_by_text("server answering")).to_be_visible(timeout=WAIT_MS)
 
             # frames come: the count and the curve follow the server
-            write_frames(data, cal, 0, 3)
+            frames.write(data, 0, 3)
             # the first build of the integration matrix may compile numba kernels (cold cache)
             expect(card(page, "frames finished")).to_have_text("3", timeout=120_000)
             expect(card(page, "curves")).to_have_text("3")
@@ -168,7 +174,7 @@ def test_dashboard_live_in_chromium(setup):
             first_name = title.split("latest curve: ")[1].split()[0]
             first = check_against_chi(page, data / "work" / (Path(first_name).stem + ".chi"))
 
-            write_frames(data, cal, 3, 4)
+            frames.write(data, 3, 4)
             (data / "broken_00001.tif").write_bytes(b"II*\x00 this is not a TIFF frame")
             expect(card(page, "frames finished")).to_have_text("8", timeout=WAIT_MS)
             expect(card(page, "errors")).to_have_text("1")
