@@ -4,12 +4,12 @@ The frames are the demo's synthetic silver behenate on a PILATUS 1M (real size).
 
 Debian's chromium (``apt-get install chromium``) driven by Playwright for Python.  Every wait is a
 bounded Playwright wait on a page condition.  Set GPUSAXS_DASHBOARD_SCREENSHOT=FILE.png to keep a
-screenshot of the page taken mid-run (docs/dashboard.png is made that way).
+screenshot of the page taken mid-run (docs/dashboard.png comes from the longer run of
+tests/dashboard_screenshot.py).
 """
 import io
-from concurrent.futures import ThreadPoolExecutor
-import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +41,13 @@ class DemoFrames:
 
     def __init__(self):
         from gpusaxs.calibration import Calibration
-        from gpusaxs.demo import (DEMO_CALIBRATION, PILATUS_1M_SHAPE, calibrant_profile,
-                                  demo_mask, pilatus_gaps)
+        from gpusaxs.demo import (
+            DEMO_CALIBRATION,
+            PILATUS_1M_SHAPE,
+            calibrant_profile,
+            demo_mask,
+            pilatus_gaps,
+        )
         from gpusaxs.geometry import polarization_factor, q_map
 
         self.cal = dict(DEMO_CALIBRATION)

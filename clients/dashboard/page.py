@@ -40,8 +40,15 @@ def waterfall_image(curves):
 def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     """Fill a Bokeh ``doc`` with the dashboard of ``watch`` (a started :class:`ServerWatch`)."""
     from bokeh.layouts import column, row
-    from bokeh.models import (ColorBar, ColumnDataSource, DatetimeTickFormatter, Div,
-                              HoverTool, LinearColorMapper, Toggle)
+    from bokeh.models import (
+        ColorBar,
+        ColumnDataSource,
+        DatetimeTickFormatter,
+        Div,
+        HoverTool,
+        LinearColorMapper,
+        Toggle,
+    )
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
@@ -142,7 +149,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         curve_note.text = "" if snap.curve_note is None else \
             f"<span style='color:#6b7280'>{panels.esc(snap.curve_note)}</span>"
         if snap.rate:
-            t, r = zip(*snap.rate)
+            t, r = zip(*snap.rate, strict=True)
             rate_src.data = {"t": [local_ms(x) for x in t], "rate": list(r)}
             rate_fig.y_range.end = max(1.0, 1.15 * max(r))
         if snap.curves_seen != seen["curves"] or not snap.curves:
