@@ -20,10 +20,10 @@ PACE_S = 0.5          # seconds between frames: a steady feed for the frames/s c
 
 
 def main(out):
-    from gpusaxs.server import protocol as P
     from playwright.sync_api import expect, sync_playwright
 
     from gpusaxs.io.masks import write_fit2d_mask
+    from gpusaxs.server import protocol as P
 
     tmp = Path(tempfile.mkdtemp(prefix="dashboard-shot-"))
     sport = free_port()

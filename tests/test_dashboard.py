@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+
 from gpusaxs.clients.dashboard import cli, panels
 from gpusaxs.clients.dashboard.watch import ServerWatch, Snapshot
 from gpusaxs.server.protocol import NoAnswer
@@ -204,6 +205,7 @@ def test_builds_panel():
 def test_page_models_follow_the_snapshot():
     pytest.importorskip("bokeh", reason="bokeh not installed (pip install '.[test]')")
     from bokeh.document import Document
+
     from gpusaxs.clients.dashboard.page import make_document
 
     client, clock = FakeClient(), Clock()

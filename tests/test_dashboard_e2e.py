@@ -41,13 +41,8 @@ class DemoFrames:
 
     def __init__(self):
         from gpusaxs.calibration import Calibration
-        from gpusaxs.demo import (
-            DEMO_CALIBRATION,
-            PILATUS_1M_SHAPE,
-            calibrant_profile,
-            demo_mask,
-            pilatus_gaps,
-        )
+        from gpusaxs.demo import (DEMO_CALIBRATION, PILATUS_1M_SHAPE, calibrant_profile,
+                                  demo_mask, pilatus_gaps)
         from gpusaxs.geometry import polarization_factor, q_map
 
         self.cal = dict(DEMO_CALIBRATION)

@@ -105,9 +105,10 @@ def serve(args):
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
+    from tornado.ioloop import IOLoop
+
     from gpusaxs.server import protocol as P
     from gpusaxs.server.netconfig import NetConfigError, load_config
-    from tornado.ioloop import IOLoop
 
     from .page import make_document
     from .watch import ServerWatch

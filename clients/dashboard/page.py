@@ -40,15 +40,8 @@ def waterfall_image(curves):
 def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     """Fill a Bokeh ``doc`` with the dashboard of ``watch`` (a started :class:`ServerWatch`)."""
     from bokeh.layouts import column, row
-    from bokeh.models import (
-        ColorBar,
-        ColumnDataSource,
-        DatetimeTickFormatter,
-        Div,
-        HoverTool,
-        LinearColorMapper,
-        Toggle,
-    )
+    from bokeh.models import (ColorBar, ColumnDataSource, DatetimeTickFormatter, Div,
+                              HoverTool, LinearColorMapper, Toggle)
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
