@@ -8,6 +8,13 @@ The public API, all of it (see README.md):
     I = integ.integrate_batch(stack)                   # (B, H, W) -> (B, n_bins)
     I, std, err = integ.integrate_error(image)
     integ.integrate_chi(image, path); integ.plot(image, outputfile="")
+    res = integ.integrate1d(image, npt=None, unit="q_nm^-1", radial_range=None,
+                            azimuth_range=None, correct_solid_angle=False, dark=None, flat=None,
+                            polarization_factor=None, normalization_factor=1.0,
+                            error_model="poisson", mask=None)   # -> IntegrationResult
+    res = integ.integrate2d(image, npt_rad, npt_azim=360, ...)  # cake (azim, rad)
+    res = integ.integrate1d_batch(stack, ...); integ.integrate2d_batch(stack, npt_rad, ...)
+    gpusaxs.units.RADIAL_UNITS                         # q_nm^-1 q_A^-1 2th_deg 2th_rad r_mm
     gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)
     gpusaxs.calc_theta(r, phi, d, tilt, tilt_dir)
     gpusaxs.read_image(path); gpusaxs.read_mask(path)  # mask: True = pixel excluded
@@ -26,7 +33,7 @@ if (_os.path.isfile(_os.path.join(_ROOT, "pyproject.toml"))
         and _os.path.isfile(_os.path.join(_ROOT, "server", "__init__.py"))):
     __path__.append(_ROOT)  # noqa: F821 - a package's __path__
 
-from . import geometry
+from . import geometry, units
 from .backend import backend_info
 from .calibration import Calibration
 from .errors import (BackendError, CalibrationError, ChiFormatError, GpusaxsError,
@@ -38,11 +45,13 @@ from .io.images import read_image
 from .io.masks import read_mask
 from .legacy import calibration, openmask
 from .matrix import IntegrationMatrix, build_matrix
+from .results import IntegrationResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "Integrator", "IntegrationMatrix", "build_matrix", "geometry", "calc_theta",
+    "Calibration", "Integrator", "IntegrationMatrix", "IntegrationResult", "build_matrix",
+    "geometry", "units", "calc_theta",
     "read_image", "read_mask", "read_chi", "write_chi", "backend_info", "calibration",
     "openmask", "GpusaxsError", "CalibrationError", "ImageReadError", "ChiFormatError",
     "BackendError", "__version__",

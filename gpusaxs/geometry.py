@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "pixel_offsets_mm", "corner_offsets_mm", "two_theta", "two_theta_of_offsets", "azimuth", "two_theta_and_azimuth", "q_from_two_theta",
     "q_map", "polarization_factor", "polarization_factor_rows", "polarization_of", "calc_theta",
+    "lab_coordinates", "chi", "chi_of_lab", "solid_angle", "solid_angle_rows",
 ]
 
 
@@ -94,6 +95,39 @@ def two_theta_and_azimuth(cal, rows=None, oversampling=1):
     dx, dy = pixel_offsets_mm(cal, rows, oversampling)
     tx, ty, tz = _lab_transverse(cal, dx, dy)
     return np.arctan2(np.hypot(tx, ty), tz), np.arctan2(tx, ty)
+
+
+def lab_coordinates(cal, rows=None, oversampling=1):
+    """Lab-frame position (tx right, ty up, tz along the beam), mm from the sample, of the
+    (sub)pixel centres of ``rows``."""
+    return _lab_transverse(cal, *pixel_offsets_mm(cal, rows, oversampling))
+
+
+def chi_of_lab(tx, ty):
+    """pyFAI's azimuth chi (radians, (-pi, pi]) of lab positions: 0 at 3 o'clock, clockwise on
+    the image displayed with row 0 at the top (see :mod:`gpusaxs.units`)."""
+    return np.arctan2(-ty, tx)
+
+
+def chi(cal, oversampling=1):
+    """pyFAI's chi (radians) of every pixel centre, shape (H, W); chi = phi - pi/2."""
+    tx, ty, _ = lab_coordinates(cal, None, oversampling)
+    return chi_of_lab(tx, ty)
+
+
+def solid_angle_rows(cal, rows=None):
+    """Relative solid angle of the pixels of ``rows`` (pyFAI's definition, tilt included):
+    cos(incidence)^3 = (L / |SP|)^3, L the perpendicular distance from the sample to the
+    detector plane (D cos(tilt)), |SP| the sample-to-pixel-centre distance; 1 at the point of
+    normal incidence.  Intensities are divided by it."""
+    tx, ty, tz = lab_coordinates(cal, rows)
+    normal = cal.distance_mm * np.cos(np.deg2rad(cal.tilt_angle_deg))
+    return (normal / np.sqrt(tx * tx + ty * ty + tz * tz)) ** 3
+
+
+def solid_angle(cal):
+    """Relative solid angle of every pixel, shape (H, W); see :func:`solid_angle_rows`."""
+    return solid_angle_rows(cal, None)
 
 
 def two_theta(cal, oversampling=1):

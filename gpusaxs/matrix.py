@@ -5,7 +5,8 @@ Oversampling x Oversampling sub-pixels whose shares go to their q bins.  Stored 
 (for each pixel, the bins it feeds and the area fraction it gives each); see
 docs/ARCHITECTURE.md for the contract with the engines.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 
@@ -17,8 +18,14 @@ class IntegrationMatrix:
     q_edges: (n_bins+1,) float64 bin edges in nm^-1.
     pixel_ptr: (H*W+1,) int64; entries of pixel j are pixel_ptr[j]:pixel_ptr[j+1].
     bins: (nnz,) int32 bin index; weights: (nnz,) float32 area fraction.
-    pixel_scale: (H*W,) float32 multiplicative correction 1/K (polarization), else 1.
+    pixel_scale: (H*W,) float32 multiplicative correction: 1/K (polarization), divided by the
+        solid angle and the flat field when those options are on; else 1.
     norm: (n_bins,) float64 sum of weights per bin over all unmasked pixels.
+    pixel_offset: (H*W,) float32 value subtracted from each raw pixel before scaling (the dark
+        current, counts), or None (docs/ARCHITECTURE.md, CONTRACTS.md 1).
+    radial_unit: unit of ``q_edges`` (gpusaxs.units; "q_nm^-1" by default).
+    azimuth_edges: None for a 1D curve; for a 2D cake the (n_azim+1,) chi edges in degrees,
+        and bin ``a * n_radial + r`` is azimuth bin a, radial bin r.
     """
 
     shape: tuple
@@ -28,14 +35,35 @@ class IntegrationMatrix:
     weights: np.ndarray
     pixel_scale: np.ndarray
     norm: np.ndarray
+    pixel_offset: Optional[np.ndarray] = None
+    radial_unit: str = "q_nm^-1"
+    azimuth_edges: Optional[np.ndarray] = None
 
     @property
     def n_pixels(self):
         return int(self.shape[0]) * int(self.shape[1])
 
     @property
-    def n_bins(self):
+    def n_radial(self):
+        """Number of radial bins."""
         return len(self.q_edges) - 1
+
+    @property
+    def n_azimuthal(self):
+        """Number of azimuth bins (1 for a 1D curve)."""
+        return 1 if self.azimuth_edges is None else len(self.azimuth_edges) - 1
+
+    @property
+    def n_bins(self):
+        """Number of bins the engines sum into: n_azimuthal * n_radial."""
+        return self.n_radial * self.n_azimuthal
+
+    @property
+    def azimuth_centers(self):
+        """Azimuth bin centres (chi, degrees) of a cake; None for a 1D curve."""
+        if self.azimuth_edges is None:
+            return None
+        return 0.5 * (self.azimuth_edges[1:] + self.azimuth_edges[:-1])
 
     @property
     def nnz(self):
@@ -43,12 +71,13 @@ class IntegrationMatrix:
 
     @property
     def q_centers(self):
-        """Bin centres in nm^-1."""
+        """Radial bin centres (in nm^-1, or in ``radial_unit``)."""
         return 0.5 * (self.q_edges[1:] + self.q_edges[:-1])
 
     @property
     def nbytes(self):
-        return sum(a.nbytes for a in (self.pixel_ptr, self.bins, self.weights, self.pixel_scale))
+        arrays = (self.pixel_ptr, self.bins, self.weights, self.pixel_scale, self.pixel_offset)
+        return sum(a.nbytes for a in arrays if a is not None)
 
     def to_scipy(self, scaled=False):
         """(n_bins, n_pixels) scipy CSR matrix; values are w, or w*s if ``scaled``."""
@@ -168,24 +197,112 @@ def _chunk_entries(cal, rows, q_edges, uniform, keep):
     return pix, low[pix] + k, weights
 
 
-def build_matrix(cal, mask=None, q_edges=None, progress=None):
+def default_radial_edges(cal, unit="q_nm^-1", npt=None, radial_range=None):
+    """Radial bin edges in ``unit`` (see :mod:`gpusaxs.units`).
+
+    Without npt and radial_range in q_nm^-1 these are :func:`default_q_edges` (SAXSdog's bins).
+    Otherwise ``npt`` bins (default: as many as the default q bins) uniform over
+    ``radial_range`` (default: from 0 to the largest value on the detector's pixel corners).
+    """
+    from .geometry import _lab_transverse, corner_offsets_mm
+    from .units import parse_unit, radial_of
+
+    unit = parse_unit(unit)
+    if unit == "q_nm^-1" and npt is None and radial_range is None:
+        return default_q_edges(cal)
+    if npt is None:
+        npt = len(default_q_edges(cal)) - 1
+    npt = int(npt)
+    if npt < 1:
+        raise ValueError(f"npt must be a positive number of bins, got {npt}")
+    if radial_range is None:
+        hi = 0.0
+        for start in range(0, cal.imagesize[0] + 1, 256):
+            tx, ty, tz = _lab_transverse(cal, *corner_offsets_mm(cal, slice(start, start + 256)))
+            r = np.hypot(tx, ty)
+            hi = max(hi, float(np.max(radial_of(unit, np.arctan2(r, tz), r, cal.wavelength_A))))
+        lo = 0.0
+    else:
+        lo, hi = (float(v) for v in radial_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"radial_range must be (low, high) with low < high in {unit}, "
+                         f"got {radial_range!r}")
+    return np.linspace(lo, hi, npt + 1)
+
+
+def _option_bin_index(cal, rows, ov, q_edges, uniform, unit, sector, azimuth_edges):
+    """Bin index (int64, -1 outside) of each sub-pixel of ``rows`` for the options path: radial
+    coordinate in ``unit``, optionally restricted to an azimuth ``sector`` (lo, span) in
+    degrees and split into the cake's azimuth bins."""
+    from .geometry import chi_of_lab, lab_coordinates
+    from .units import in_sector, radial_of
+
+    tx, ty, tz = lab_coordinates(cal, rows, ov)
+    r = np.hypot(tx, ty)
+    idx = _bin_index(radial_of(unit, np.arctan2(r, tz), r, cal.wavelength_A), q_edges, uniform)
+    if sector is None:
+        return idx
+    pos = in_sector(np.rad2deg(chi_of_lab(tx, ty)), *sector)
+    outside = ~np.isfinite(pos)
+    if azimuth_edges is not None:
+        rel = azimuth_edges - azimuth_edges[0]
+        az = np.searchsorted(rel, np.where(outside, 0.0, pos), side="right") - 1
+        outside |= (az < 0) | (az >= len(rel) - 1)
+        idx = np.where(idx >= 0, az * (len(q_edges) - 1) + idx, -1)
+    idx[outside] = -1
+    return idx
+
+
+def _entries_of_index(idx, n_rows, width, ov, keep):
+    """(pixel within chunk, bin, weight) from the sub-pixel bins ``idx`` (n_rows*ov, W*ov), for
+    any bin layout (a pixel's bins need not be neighbours, as in a cake)."""
+    idx = idx.reshape(n_rows, ov, width, ov).transpose(0, 2, 1, 3).reshape(n_rows * width, ov * ov)
+    pix = np.repeat(np.arange(n_rows * width, dtype=np.int64), ov * ov)
+    idx = idx.ravel()
+    inside = (idx >= 0) & np.repeat(keep, ov * ov)
+    span = int(idx.max()) + 1 if inside.any() else 1
+    keys, counts = np.unique(pix[inside] * span + idx[inside], return_counts=True)
+    return keys // span, keys % span, counts.astype(np.float64) / (ov * ov)
+
+
+def build_matrix(cal, mask=None, q_edges=None, progress=None, unit="q_nm^-1",
+                 azimuth_range=None, azimuth_edges=None):
     """Build the IntegrationMatrix of a calibration on the CPU, in bounded memory.
 
     cal: a Calibration; mask: bool (H, W), True = excluded (default: ``cal.load_mask()`` when the
-    calibration names a mask file, else nothing masked); q_edges: bin edges in nm^-1 (default
-    :func:`default_q_edges`); progress: optional callable(done_rows, total_rows).
+    calibration names a mask file, else nothing masked); q_edges: radial bin edges in ``unit``
+    (default :func:`default_radial_edges`); progress: optional callable(done_rows, total_rows).
+    unit: radial unit (:mod:`gpusaxs.units`); azimuth_range: (lo, hi) sector in degrees (pyFAI's
+    chi, may wrap through +-180) outside which sub-pixels are dropped; azimuth_edges: chi edges
+    in degrees (increasing, spanning at most 360) of a 2D cake.  With the defaults the matrix is
+    SAXSdog's (q in nm^-1, full circle), built by the original path.
     """
     from .geometry import polarization_factor_rows
+    from .units import normalise_sector, parse_unit
 
+    unit = parse_unit(unit)
     height, width = (int(v) for v in cal.imagesize)
     if mask is None:
         mask = cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (height, width):
         raise ValueError(f"mask shape {mask.shape} does not match Imagesize {(height, width)}")
-    q_edges = default_q_edges(cal) if q_edges is None else np.asarray(q_edges, dtype=np.float64)
+    q_edges = default_radial_edges(cal, unit) if q_edges is None \
+        else np.asarray(q_edges, dtype=np.float64)
     if q_edges.ndim != 1 or len(q_edges) < 2 or np.any(np.diff(q_edges) <= 0):
-        raise ValueError("q_edges must be a 1D increasing array of at least 2 edges (nm^-1)")
+        raise ValueError(f"radial bin edges must be a 1D increasing array of at least 2 edges "
+                         f"({unit})")
+    sector = None
+    if azimuth_edges is not None:
+        azimuth_edges = np.asarray(azimuth_edges, dtype=np.float64)
+        if azimuth_edges.ndim != 1 or len(azimuth_edges) < 2 or np.any(np.diff(azimuth_edges) <= 0) \
+                or azimuth_edges[-1] - azimuth_edges[0] > 360.0 + 1e-9:
+            raise ValueError("azimuth_edges must be increasing chi edges in degrees spanning "
+                             "at most 360")
+        sector = (float(azimuth_edges[0]), float(azimuth_edges[-1] - azimuth_edges[0]))
+    elif azimuth_range is not None:
+        sector = normalise_sector(azimuth_range)
+    legacy = unit == "q_nm^-1" and sector is None
     uniform = _is_uniform(q_edges)
     ov = int(cal.oversampling)
     rows_per_chunk = max(1, CHUNK_SUBPIXELS // (width * ov * ov))
@@ -196,7 +313,11 @@ def build_matrix(cal, mask=None, q_edges=None, progress=None):
     for start in range(0, height, rows_per_chunk):
         rows = slice(start, min(height, start + rows_per_chunk))
         keep = ~mask[rows].ravel()
-        pix, bins, weights = _chunk_entries(cal, rows, q_edges, uniform, keep)
+        if legacy:
+            pix, bins, weights = _chunk_entries(cal, rows, q_edges, uniform, keep)
+        else:
+            idx = _option_bin_index(cal, rows, ov, q_edges, uniform, unit, sector, azimuth_edges)
+            pix, bins, weights = _entries_of_index(idx, rows.stop - rows.start, width, ov, keep)
         first = start * width
         counts_per_pixel[first:first + keep.size] = np.bincount(pix, minlength=keep.size)
         bins_parts.append(bins.astype(np.int32))
@@ -206,10 +327,27 @@ def build_matrix(cal, mask=None, q_edges=None, progress=None):
         if progress is not None:
             progress(rows.stop, height)
 
+    n_bins = (len(q_edges) - 1) * (1 if azimuth_edges is None else len(azimuth_edges) - 1)
     pixel_ptr = np.zeros(height * width + 1, dtype=np.int64)
     np.cumsum(counts_per_pixel, out=pixel_ptr[1:])
     bins = np.concatenate(bins_parts) if bins_parts else np.zeros(0, np.int32)
     weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
-    norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=len(q_edges) - 1)
+    norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=n_bins)
     return IntegrationMatrix(shape=(height, width), q_edges=q_edges, pixel_ptr=pixel_ptr,
-                             bins=bins, weights=weights, pixel_scale=scale, norm=norm)
+                             bins=bins, weights=weights, pixel_scale=scale, norm=norm,
+                             radial_unit=unit, azimuth_edges=azimuth_edges)
+
+
+def restrict_matrix(matrix, mask):
+    """The matrix without the pixels where ``mask`` (H, W) is True: the same as building with
+    that mask added, in one pass over the entries (no geometry recomputed)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(matrix.shape):
+        raise ValueError(f"mask shape {mask.shape} does not match Imagesize {tuple(matrix.shape)}")
+    counts = np.diff(matrix.pixel_ptr) * ~mask.ravel()
+    keep = np.repeat(~mask.ravel(), np.diff(matrix.pixel_ptr))
+    pixel_ptr = np.zeros_like(matrix.pixel_ptr)
+    np.cumsum(counts, out=pixel_ptr[1:])
+    bins, weights = matrix.bins[keep], matrix.weights[keep]
+    norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=matrix.n_bins)
+    return replace(matrix, pixel_ptr=pixel_ptr, bins=bins, weights=weights, norm=norm)

@@ -53,3 +53,24 @@ def fit2d_edges(chi_q):
     """Bin edges around fit2d's uniform bin centres."""
     dq = (chi_q[-1] - chi_q[0]) / (len(chi_q) - 1)
     return np.concatenate([chi_q - dq / 2, [chi_q[-1] + dq / 2]])
+
+
+def tilted_synthetic_frame(folder):
+    """(calibration, frame, dark, flat) of a real-size tilted geometry (PILATUS 1M, tilt 12
+    deg, 400 mm, Oversampling 1): a Poisson frame of a smooth curve with a ring, drawn through
+    a random flat (0.8-1.2), the solid angle and a dark (0-5 counts), with a module gap (-1)
+    and scattered bad pixels (-2)."""
+    from gpusaxs import geometry
+
+    cal = calibration_with_mask(folder, Oversampling=1, DedectorDistanceMM=400.0,
+                                Tilt={"TiltAngleDeg": 12.0, "TiltRotDeg": 40.0},
+                                BeamCenter=[600.3, 450.7])
+    rng = np.random.default_rng(12)
+    q = geometry.q_map(cal)
+    ideal = 2000.0 * np.exp(-q / 0.8) + 300.0 * np.exp(-((q - 2.0) / 0.05) ** 2) + 20.0
+    flat = rng.uniform(0.8, 1.2, cal.imagesize)
+    dark = rng.uniform(0.0, 5.0, cal.imagesize)
+    image = rng.poisson(ideal * flat * geometry.solid_angle(cal) + dark).astype(np.int32)
+    image[:, 487:494] = -1                    # a PILATUS module gap
+    image[rng.random(cal.imagesize) < 1e-3] = -2
+    return cal, image, dark, flat

@@ -91,3 +91,16 @@ def test_calc_theta_of_section_6_agrees_with_two_theta(cal):
     got = geometry.calc_theta(r, phi, cal.distance_mm, np.deg2rad(cal.tilt_angle_deg),
                               np.pi / 2 - np.deg2rad(cal.tilt_rot_deg))
     assert np.max(np.abs(got - geometry.two_theta(cal))) < 1e-9
+
+
+@settings(max_examples=8, deadline=None)
+@given(geometries)
+def test_solid_angle_and_chi_match_pyfai(cal):
+    """pyFAI's solid angle cos(incidence)^3 and its chi convention (gpusaxs.units)."""
+    ai = pyfai_integrator(cal)
+    np.testing.assert_allclose(geometry.solid_angle(cal), ai.solidAngleArray(cal.imagesize),
+                               rtol=1e-6)
+    diff = np.angle(np.exp(1j * (geometry.chi(cal) - ai.chiArray(cal.imagesize))))
+    assert np.max(np.abs(diff)) < 1e-4                 # pyFAI's chi is float32
+    phi = geometry.azimuth(cal)
+    np.testing.assert_allclose(np.cos(geometry.chi(cal)), np.cos(phi - np.pi / 2), atol=1e-12)

@@ -1,0 +1,86 @@
+"""Result objects of the pyFAI-style methods (Integrator.integrate1d, integrate2d, ...).
+
+Like pyFAI's Integrate1dResult / Integrate2dResult they unpack as tuples, so pyFAI scripts port:
+``q, I = res`` (or ``q, I, sigma = res`` when an error model was asked for) for a curve,
+``I, radial, chi = res`` for a cake.
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .units import RADIAL_UNITS
+
+__all__ = ["IntegrationResult"]
+
+
+@dataclass
+class IntegrationResult:
+    """One integrated curve (1D), cake (2D), or a batch of them.
+
+    Attributes
+    ----------
+    radial : (n_rad,) radial bin centres in ``unit``.
+    intensity : (n_rad,) 1D, (n_azim, n_rad) 2D, with a leading B axis for a batch; NaN in
+        empty bins.  The mean of the corrected pixel values ``(x - dark) / (K sa flat)`` in the
+        bin, divided by ``normalization_factor``.
+    sigma : uncertainty of ``intensity`` (same shape) from ``error_model``, or None.
+    std : standard deviation of the corrected pixel values in the bin ("azimuthal" model), or None.
+    unit : radial unit name (gpusaxs.units).
+    azimuthal : (n_azim,) chi bin centres in degrees for a cake (pyFAI's convention), else None.
+    count : sum of the pixel weights (area fractions of valid pixels) per bin.
+    sum_signal : weighted sum of the corrected pixel values per bin.
+    sum_normalization : count * normalization_factor, so intensity = sum_signal / sum_normalization.
+    sum_variance : weighted sum of the Poisson variances of the corrected values, or None.
+    error_model : "poisson", "azimuthal" or None.
+    """
+
+    radial: np.ndarray
+    intensity: np.ndarray
+    sigma: Optional[np.ndarray]
+    unit: str
+    count: np.ndarray
+    sum_signal: np.ndarray
+    sum_normalization: np.ndarray
+    sum_variance: Optional[np.ndarray] = None
+    std: Optional[np.ndarray] = None
+    azimuthal: Optional[np.ndarray] = None
+    error_model: Optional[str] = None
+    normalization_factor: object = 1.0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def sem(self):
+        """Standard error of the mean: pyFAI's name for ``sigma``."""
+        return self.sigma
+
+    @property
+    def is_2d(self):
+        return self.azimuthal is not None
+
+    @property
+    def radial_label(self):
+        """Axis label of the radial unit, e.g. 'q (nm^-1)'."""
+        return RADIAL_UNITS[self.unit][0]
+
+    def _items(self):
+        if self.is_2d:
+            return (self.intensity, self.radial, self.azimuthal)
+        if self.sigma is None:
+            return (self.radial, self.intensity)
+        return (self.radial, self.intensity, self.sigma)
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self):
+        return len(self._items())
+
+    def __getitem__(self, index):
+        return self._items()[index]
+
+    def __repr__(self):
+        shape = np.shape(self.intensity)
+        kind = "cake" if self.is_2d else "curve"
+        return (f"IntegrationResult({kind}, intensity shape={shape}, unit={self.unit!r}, "
+                f"error_model={self.error_model!r})")
