@@ -1,16 +1,20 @@
-"""GPU benchmark of DeviceEngine (issue 4): one command, prints a table, writes JSON.
+"""GPU benchmark of DeviceEngine: one command, prints a table, writes JSON.
 
-    python benchmarks/bench_gpu.py [--kind nvidia-h100] [--cases pilatus1m,eiger4m,eiger16m]
+    python benchmarks/bench_gpu.py [--kind nvidia-h100] [--cases pilatus1m,eiger16m]
+    python benchmarks/bench_gpu.py --xp numpy --cases tiny     # the logic, without a GPU (CI)
+    python benchmarks/bench_gpu.py --model                     # the bytes-moved predictions
 
 Cases: PILATUS 1M (1043x981, int32, -1 gaps / -2 bad pixels, module-gap mask, polarization,
-the reference tilt), EIGER 4M-size (2167x2070) and EIGER 16M-size (4362x4148) (uint32, gap
-flag 2**32-1 in the data, untilted).  Per case: device-resident batched throughput (CUDA
-events, GPix/s, fraction of the HBM bandwidth measured in the same run by a large
-device-to-device copy), host-fed throughput from pageable and from pinned host memory with
-results back on the host (frames/s, wall clock: it includes the host's share), the naive way
-(one cupyx SpMV per frame, float conversion on the host), pyFAI's CPU engine if importable
-(PILATUS only), the CPU engine, and max_rel_diff_vs_cpu.  Writes
-benchmarks/results/gpu-<kind>.json.  Exits with code 2 and a message without CuPy or a device.
+the reference tilt), EIGER 4M-size and EIGER2 16M-size (uint32, gap flag 2**32-1, untilted).
+First the curves are CHECKED: the GPU sums of every layout must agree with the CPU engine's
+within 1e-5 (relative), else the benchmark prints the differences, no throughput, and exits
+with code 3.  Then per layout ("pixel": pixel-major stack, "frame": frame-major) and batch size
+(32, 64): device-resident GPix/s (CUDA events; for "pixel" both a stack already pixel-major and
+a (B, H, W) stack transposed on the device, the transposition counted), host-fed frames/s from
+pinned memory as a fraction of the H2D bandwidth measured in the same run, and
+max_rel_diff_vs_cpu; plus pyFAI's best method (OpenCL CSR when available, else Cython CSR) and
+the CPU engine on the same frames.  Writes benchmarks/results/gpu-<kind>.json.  Exits with
+code 2 and a message without CuPy or a device.
 """
 import argparse
 import ctypes
@@ -44,7 +48,17 @@ CASES = {
                      beam_center=(2200.5, 2050.5), tilt=(0.0, 0.0), wavelength=1.0,
                      dtype=np.uint32, modules=(514, 1030, 37, 10), polarization=None,
                      mask_gaps=False, batch=16, host_frames=32, oversampling=2),
+    # a few-pixel detector for running the benchmark's logic on the NumPy module (CI)
+    "tiny": dict(shape=(67, 59), pixel_um=172.0, distance_mm=300.0, beam_center=(60.5, 20.5),
+                 tilt=(-0.56, 73.569), wavelength=1.54, dtype=np.int32,
+                 modules=(30, 25, 3, 2), polarization=(0.95, 0.0), mask_gaps=True, batch=8,
+                 host_frames=16, oversampling=2),
 }
+
+#: Batch sizes measured per layout.
+BATCHES = (32, 64)
+#: Largest relative difference to the CPU engine before the benchmark refuses to time.
+MAX_REL_DIFF = 1e-5
 
 
 def fail(msg, code=2):
@@ -95,54 +109,78 @@ def synthetic_frames(case, n_distinct, rng):
     return frames, gaps
 
 
-def median_events(cp, fn, repeats):
-    """Median seconds of fn() on the current stream, timed with CUDA events (after warm-up)."""
-    fn()
-    cp.cuda.get_current_stream().synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(repeats):
-        start.record()
+class Clock:
+    """Median seconds of fn(): CUDA events on CuPy (after a warm-up), wall clock on NumPy."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.cuda = xp.__name__ == "cupy"
+
+    def sync(self):
+        if self.cuda:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def device(self, fn, repeats):
         fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
-    return statistics.median(times)
+        self.sync()
+        if not self.cuda:
+            return median_wall(fn, repeats)
+        start, end = self.xp.cuda.Event(), self.xp.cuda.Event()
+        times = []
+        for _ in range(repeats):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(self.xp.cuda.get_elapsed_time(start, end) * 1e-3)
+        return statistics.median(times)
 
 
 def median_wall(fn, repeats):
     fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def measure_hbm(cp, nbytes=2 << 30, repeats=5):
+def measure_hbm(xp, clock, nbytes=2 << 30, repeats=5):
     """Device-to-device copy bandwidth in GB/s counting bytes read + written."""
-    src = cp.ones(nbytes // 4, cp.float32)
-    dst = cp.empty_like(src)
-    t = median_events(cp, lambda: dst.data.copy_from_device_async(src.data, src.nbytes),
-                      repeats)
+    src = xp.ones(nbytes // 4, xp.float32)
+    dst = xp.empty_like(src)
+    t = clock.device(lambda: xp.copyto(dst, src), repeats)
     del src, dst
     return 2 * nbytes / t / 1e9
 
 
-def measure_h2d(cp, nbytes=1 << 30, repeats=5):
-    """Pinned host-to-device copy bandwidth in GB/s (and pageable, for reference)."""
+def measure_h2d(xp, clock, nbytes=1 << 30, repeats=5):
+    """Pinned host-to-device copy bandwidth in GB/s (NumPy: a host memcpy)."""
+    if not clock.cuda:
+        host = np.ones(nbytes, np.uint8)
+        dev = np.empty_like(host)
+        return nbytes / median_wall(lambda: np.copyto(dev, host), repeats) / 1e9
     import cupyx
 
     host = cupyx.empty_pinned((nbytes,), np.uint8)
     host[...] = 1
-    dev = cp.empty((nbytes,), cp.uint8)
+    dev = xp.empty((nbytes,), xp.uint8)
     ptr = ctypes.c_void_p(host.ctypes.data)
-    pinned = median_events(cp, lambda: dev.data.copy_from_host_async(ptr, nbytes), repeats)
-    pageable_host = np.ones(nbytes, np.uint8)
-    pageable = median_wall(lambda: dev.set(pageable_host), 3)
-    del host, dev, pageable_host
-    return nbytes / pinned / 1e9, nbytes / pageable / 1e9
+    t = clock.device(lambda: dev.data.copy_from_host_async(ptr, nbytes), repeats)
+    del host, dev
+    return nbytes / t / 1e9
+
+
+def pinned_copy(xp, stack):
+    """A page-locked copy of stack on CuPy (the host-fed path's best case), stack on NumPy."""
+    if xp.__name__ != "cupy":
+        return stack
+    import cupyx
+
+    pinned = cupyx.empty_pinned(stack.shape, stack.dtype)
+    pinned[...] = stack
+    return pinned
 
 
 def rel_diff(a, b):
@@ -152,17 +190,17 @@ def rel_diff(a, b):
     return float((np.abs(a - b) / np.maximum(np.abs(b), floor)).max(initial=0.0))
 
 
-def run_case(name, case, cp, hbm, h2d, args):
-    import cupyx
-    import cupyx.scipy.sparse as csp
+def sums_diff(got, ref):
+    return max(rel_diff(getattr(got, f), getattr(ref, f))
+               for f in ("signal", "norm", "variance", "squares"))
 
+
+def make_matrix(case):
     from gpusaxs.calibration import Calibration
-    from gpusaxs.gpu_engine import DeviceEngine, valid_mask
     from gpusaxs.matrix import build_matrix
 
-    res = {"case": name}
-    rng = np.random.default_rng(2024)
     h, w = case["shape"]
+    rng = np.random.default_rng(2024)
     frames, gaps = synthetic_frames(case, 4, rng)
     cal = Calibration(beam_center=case["beam_center"], distance_mm=case["distance_mm"],
                       imagesize=case["shape"], pixel_size_um=(case["pixel_um"],) * 2,
@@ -170,110 +208,92 @@ def run_case(name, case, cp, hbm, h2d, args):
                       tilt_rot_deg=case["tilt"][1], oversampling=case["oversampling"],
                       polarization=case["polarization"])
     mask = gaps if case["mask_gaps"] else np.zeros((h, w), bool)
+    return cal, build_matrix(cal, mask=mask), frames, mask
+
+
+def check_curves(name, matrix, frames, xp, args):
+    """Max relative difference of every layout's sums to the CPU engine's (and the CPU
+    engine's frames/s).  The benchmark refuses to time anything above MAX_REL_DIFF."""
+    from gpusaxs.cpu_fallback.engine import default_engine
+    from gpusaxs.gpu_engine import DeviceEngine
+
+    cpu = default_engine(matrix)
+    cpu.sums(frames[:1], errors=True)  # compile
     t0 = time.perf_counter()
-    matrix = build_matrix(cal, mask=mask)
+    ref = cpu.sums(frames, errors=True)
+    cpu_fps = len(frames) / (time.perf_counter() - t0)
+    diffs = {}
+    for layout in ("pixel", "frame"):
+        eng = DeviceEngine(matrix, xp=xp, batch_size=len(frames), layout=layout)
+        diffs[f"{layout}_host"] = sums_diff(eng.sums(frames, errors=True), ref)
+        dev = eng.sums_device(xp.asarray(frames), errors=True)
+        diffs[f"{layout}_device"] = sums_diff(
+            type(ref)(*(eng._ops.to_host(a) for a in dev)), ref)
+        eng.close()
+    return diffs, cpu_fps
+
+
+def run_case(name, case, xp, clock, hbm, h2d, args):
+    from gpusaxs.gpu_engine import DeviceEngine
+
+    res = {"case": name}
+    t0 = time.perf_counter()
+    cal, matrix, frames, mask = make_matrix(case)
     res["build_s"] = time.perf_counter() - t0
-    itemsize = np.dtype(case["dtype"]).itemsize
+    h, w = case["shape"]
     n_pix = h * w
-    frame_bytes = n_pix * itemsize
-    batch = args.batch or case["batch"]
-    n_host = max(batch, (args.host_frames or case["host_frames"]) // batch * batch)
+    frame_bytes = n_pix * np.dtype(case["dtype"]).itemsize
     res.update(frame_shape=[h, w], dtype=np.dtype(case["dtype"]).name, n_pixels=n_pix,
-               n_bins=matrix.n_bins, nnz=matrix.nnz, entries_per_pixel=matrix.nnz / n_pix,
-               batch_size=batch, host_frames=n_host, oversampling=case["oversampling"],
-               polarization=case["polarization"] is not None, mask_gaps=case["mask_gaps"])
-    stack = frames[np.arange(n_host) % len(frames)]
-
-    eng = DeviceEngine(matrix, xp=cp, batch_size=batch, n_streams=args.streams)
-    res["matrix_device_bytes"] = eng.device_nbytes
-    # device-resident, one launch per batch
-    dev = cp.asarray(stack[:batch])
-    t = median_events(cp, lambda: eng.sums_device(dev), args.repeats)
-    res["device_resident_s_per_batch"] = t
-    res["device_resident_gpix_per_s"] = batch * n_pix / t / 1e9
-    res["device_resident_frames_per_s"] = batch / t
-    res["device_resident_fraction_of_hbm"] = batch * frame_bytes / t / (hbm * 1e9)
-    res["device_resident_fraction_of_hbm_with_matrix"] = \
-        (batch * frame_bytes + eng.device_nbytes) / t / (hbm * 1e9)
-    t = median_events(cp, lambda: eng.sums_device(dev, errors=True), args.repeats)
-    res["device_resident_errors_gpix_per_s"] = batch * n_pix / t / 1e9
-    if name == "pilatus1m" and not args.no_sweep:  # tuning data: frames per CUDA block
-        sweep = {}
-        for fb in (1, 2, 4, 8, 16):
-            e = DeviceEngine(matrix, xp=cp, batch_size=batch, frames_per_block=fb)
-            sweep[str(fb)] = batch * n_pix / median_events(cp, lambda: e.sums_device(dev),
-                                                           args.repeats) / 1e9
-        res["frames_per_block_sweep_gpix_per_s"] = sweep
-    spmm = DeviceEngine(matrix, xp=cp, batch_size=batch, method="spmm", spmm_dtype="float32")
-    t = median_events(cp, lambda: spmm.sums_device(dev), args.repeats)
-    res["spmm_device_resident_gpix_per_s"] = batch * n_pix / t / 1e9
-    kern_dev = eng.sums_device(dev, errors=True)
-    spmm_dev = spmm.sums_device(dev, errors=True)
-    res["max_rel_diff_spmm32_vs_kernel"] = max(
-        rel_diff(cp.asnumpy(getattr(spmm_dev, f)), cp.asnumpy(getattr(kern_dev, f)))
-        for f in ("signal", "norm", "variance", "squares"))
-    del dev, spmm, spmm_dev, kern_dev
-    cp.get_default_memory_pool().free_all_blocks()
-
-    # host-fed, results on host
-    t = median_wall(lambda: eng.sums(stack), max(1, args.repeats // 3))
-    res["host_fed_pageable_frames_per_s"] = n_host / t
-    pinned = cupyx.empty_pinned(stack.shape, stack.dtype)
-    pinned[...] = stack
-    t = median_wall(lambda: eng.sums(pinned), max(1, args.repeats // 3))
-    res["host_fed_pinned_frames_per_s"] = n_host / t
-    res["host_fed_frames_per_s"] = res["host_fed_pinned_frames_per_s"]
-    res["host_fed_gb_per_s"] = res["host_fed_frames_per_s"] * frame_bytes / 1e9
-    res["host_fed_fraction_of_h2d"] = res["host_fed_gb_per_s"] / h2d
-    res["pcie_bound_frames_per_s"] = h2d * 1e9 / frame_bytes
-    res["hbm_bound_frames_per_s"] = hbm * 1e9 / frame_bytes
-    del pinned
-
-    # naive: one SpMV per frame, float conversion and validity on the host
-    row_ptr, pix, wts = matrix.bin_major()
-    ws = wts * matrix.pixel_scale[pix]
-    a_ws = csp.csr_matrix((cp.asarray(ws.astype(np.float32)), cp.asarray(pix),
-                           cp.asarray(row_ptr.astype(np.int32))), shape=(matrix.n_bins, n_pix))
-    a_w = csp.csr_matrix((cp.asarray(wts.astype(np.float32)), cp.asarray(pix),
-                          cp.asarray(row_ptr.astype(np.int32))), shape=(matrix.n_bins, n_pix))
-    n_naive = min(args.naive_frames, n_host)
-
-    def naive():
-        for frame in stack[:n_naive]:
-            x = frame.reshape(-1)
-            valid = valid_mask(x)
-            xf = np.where(valid, x, 0).astype(np.float32)
-            xd, vd = cp.asarray(xf), cp.asarray(valid.astype(np.float32))
-            (a_ws @ xd).get(), (a_w @ vd).get()
-    t = median_wall(naive, max(1, args.repeats // 3))
-    res["naive_frames_per_s"] = n_naive / t
-    del a_ws, a_w
-
-    # CPU engine: speed and agreement
-    n_cpu = min(args.cpu_frames, n_host)
-    try:
-        from gpusaxs.cpu_fallback.engine import CpuEngine
-        cpu = CpuEngine(matrix)
-        cpu.sums(stack[:1], errors=True)  # numba compile
-        t0 = time.perf_counter()
-        ref = cpu.sums(stack[:n_cpu], errors=True)
-        res["cpu_frames_per_s"] = n_cpu / (time.perf_counter() - t0)
-        got = eng.sums(stack[:n_cpu], errors=True)
-        res["max_rel_diff_vs_cpu"] = max(rel_diff(getattr(got, f), getattr(ref, f))
-                                         for f in ("signal", "norm", "variance", "squares"))
-    except Exception as exc:
-        res["cpu_error"] = f"{type(exc).__name__}: {exc}"
-        res["max_rel_diff_vs_cpu"] = None
-
-    if name == "pilatus1m" and not args.no_pyfai:
-        res.update(bench_pyfai(case, cal, matrix, stack, mask, args))
-    eng.close()
-    cp.get_default_memory_pool().free_all_blocks()
+               n_bins=matrix.n_bins, nnz=matrix.nnz, entries_per_pixel=matrix.nnz / n_pix)
+    diffs, res["cpu_frames_per_s"] = check_curves(name, matrix, frames, xp, args)
+    res["max_rel_diff_vs_cpu_check"] = diffs
+    if max(diffs.values()) > MAX_REL_DIFF:
+        res["failed"] = True
+        return res
+    batches = [args.batch] if args.batch else [b for b in BATCHES] if name != "tiny" else [8]
+    res["layouts"] = {}
+    for layout in ("pixel", "frame"):
+        for batch in batches:
+            n_host = max(batch, (args.host_frames or case["host_frames"]) // batch * batch)
+            stack = frames[np.arange(max(n_host, batch)) % len(frames)]
+            eng = DeviceEngine(matrix, xp=xp, batch_size=batch, n_streams=args.streams,
+                               layout=layout)
+            r = {"batch_size": batch, "host_frames": n_host}
+            dev = xp.asarray(stack[:batch])
+            t = clock.device(lambda: eng.sums_device(dev), args.repeats)
+            r["device_resident_gpix_per_s"] = batch * n_pix / t / 1e9  # (B, H, W) input
+            r["device_resident_fraction_of_hbm"] = batch * frame_bytes / t / (hbm * 1e9)
+            if layout == "pixel":  # frames already pixel-major on the device: no transpose
+                pm = xp.ascontiguousarray(dev.reshape(batch, -1).T)
+                t = clock.device(lambda: eng.sums_device(pm, pixel_major=True), args.repeats)
+                r["device_resident_pixel_major_input_gpix_per_s"] = batch * n_pix / t / 1e9
+                del pm
+            t = clock.device(lambda: eng.sums_device(dev, errors=True), args.repeats)
+            r["device_resident_errors_gpix_per_s"] = batch * n_pix / t / 1e9
+            del dev
+            pinned = pinned_copy(xp, stack)
+            t = median_wall(lambda: eng.sums(pinned), max(1, args.repeats // 3))
+            r["host_fed_frames_per_s"] = n_host / t
+            r["host_fed_fraction_of_h2d"] = n_host * frame_bytes / t / (h2d * 1e9)
+            r["max_rel_diff_vs_cpu"] = max(diffs[f"{layout}_host"], diffs[f"{layout}_device"])
+            del pinned
+            eng.close()
+            res["layouts"][f"{layout}/{batch}"] = r
+            if clock.cuda:
+                xp.get_default_memory_pool().free_all_blocks()
+    best = max(res["layouts"].values(), key=lambda r: r["device_resident_gpix_per_s"])
+    res["device_resident_gpix_per_s"] = best["device_resident_gpix_per_s"]
+    res["host_fed_fraction_of_h2d"] = max(r["host_fed_fraction_of_h2d"]
+                                          for r in res["layouts"].values())
+    res["max_rel_diff_vs_cpu"] = max(diffs.values())
+    if not args.no_pyfai:
+        res.update(bench_pyfai(case, matrix, frames, mask, args))
     return res
 
 
-def bench_pyfai(case, cal, matrix, stack, mask, args):
-    """pyFAI integrate1d (full pixel splitting, CSR, cython) frames/s on the same frames."""
+def bench_pyfai(case, matrix, frames, mask, args):
+    """pyFAI integrate1d frames/s on the same frames with its best available method:
+    OpenCL CSR (GPU) when pyopencl works, else Cython CSR (CPU); full pixel splitting."""
     try:
         from pyFAI.integrator.azimuthal import AzimuthalIntegrator
     except Exception:
@@ -281,104 +301,185 @@ def bench_pyfai(case, cal, matrix, stack, mask, args):
             from pyFAI.azimuthalIntegrator import AzimuthalIntegrator
         except Exception as exc:
             return {"pyfai_frames_per_s": None, "pyfai_error": f"not importable: {exc}"}
-    try:
-        import pyFAI
-        ai = AzimuthalIntegrator()
-        ai.setFit2D(case["distance_mm"], centerX=case["beam_center"][1],
-                    centerY=case["beam_center"][0], tilt=case["tilt"][0],
-                    tiltPlanRotation=case["tilt"][1], pixelX=case["pixel_um"],
-                    pixelY=case["pixel_um"])
-        ai.wavelength = case["wavelength"] * 1e-10
-        pol = case["polarization"][0] if case["polarization"] else None
-        full_mask = mask | (stack[0] < 0)
-        kw = dict(npt=matrix.n_bins, unit="q_nm^-1", method=("full", "csr", "cython"),
-                  mask=full_mask, polarization_factor=pol, dummy=-1, delta_dummy=0.5)
-        ai.integrate1d(stack[0], **kw)  # builds the CSR matrix
-        n = min(args.pyfai_frames, len(stack))
-        t0 = time.perf_counter()
-        for frame in stack[:n]:
-            ai.integrate1d(frame, **kw)
-        return {"pyfai_frames_per_s": n / (time.perf_counter() - t0),
-                "pyfai_version": pyFAI.version}
-    except Exception as exc:
-        return {"pyfai_frames_per_s": None, "pyfai_error": f"{type(exc).__name__}: {exc}"}
+    import pyFAI
+
+    ai = AzimuthalIntegrator()
+    ai.setFit2D(case["distance_mm"], centerX=case["beam_center"][1],
+                centerY=case["beam_center"][0], tilt=case["tilt"][0],
+                tiltPlanRotation=case["tilt"][1], pixelX=case["pixel_um"],
+                pixelY=case["pixel_um"])
+    ai.wavelength = case["wavelength"] * 1e-10
+    pol = case["polarization"][0] if case["polarization"] else None
+    best = {"pyfai_frames_per_s": None, "pyfai_version": pyFAI.version, "pyfai_tried": {}}
+    for method in (("full", "csr", "opencl"), ("full", "csr", "cython")):
+        try:
+            kw = dict(npt=matrix.n_bins, unit="q_nm^-1", method=method,
+                      mask=mask | (frames[0] < 0), polarization_factor=pol, dummy=-1,
+                      delta_dummy=0.5)
+            first = ai.integrate1d(frames[0], **kw)  # builds the CSR matrix / OpenCL context
+            used = str(getattr(first, "method", method))
+            if method[2] not in used.lower():  # pyFAI substituted another implementation
+                best["pyfai_tried"]["/".join(method)] = f"not available (pyFAI used {used})"
+                continue
+            n = min(args.pyfai_frames, len(frames))
+            t0 = time.perf_counter()
+            for k in range(n):
+                ai.integrate1d(frames[k % len(frames)], **kw)
+            fps = n / (time.perf_counter() - t0)
+            best["pyfai_tried"]["/".join(method)] = fps
+            if best["pyfai_frames_per_s"] is None or fps > best["pyfai_frames_per_s"]:
+                best.update(pyfai_frames_per_s=fps, pyfai_method="/".join(method))
+        except Exception as exc:
+            best["pyfai_tried"]["/".join(method)] = f"{type(exc).__name__}: {exc}"[:200]
+    return best
+
+
+def print_failures(report):
+    print(f"bench_gpu: GPU curves differ from the CPU engine by more than {MAX_REL_DIFF:g}; "
+          "no throughput reported", file=sys.stderr)
+    for res in report["cases"].values():
+        for key, value in res.get("max_rel_diff_vs_cpu_check", {}).items():
+            flag = "  <-- FAIL" if value > MAX_REL_DIFF else ""
+            print(f"  {res['case']:>10} {key:>14}: max rel diff {value:.2e}{flag}",
+                  file=sys.stderr)
 
 
 def print_table(report):
-    cols = [("case", "case", "{}"), ("GPix/s dev", "device_resident_gpix_per_s", "{:.1f}"),
-            ("of HBM", "device_resident_fraction_of_hbm", "{:.0%}"),
-            ("spmm GPix/s", "spmm_device_resident_gpix_per_s", "{:.1f}"),
-            ("fps pageable", "host_fed_pageable_frames_per_s", "{:.0f}"),
-            ("fps pinned", "host_fed_pinned_frames_per_s", "{:.0f}"),
-            ("of H2D", "host_fed_fraction_of_h2d", "{:.0%}"),
-            ("fps naive", "naive_frames_per_s", "{:.0f}"),
-            ("fps cpu", "cpu_frames_per_s", "{:.1f}"),
-            ("fps pyFAI", "pyfai_frames_per_s", "{:.1f}"),
-            ("rel diff cpu", "max_rel_diff_vs_cpu", "{:.1e}")]
     print(f"\n{report['device']}  HBM {report['hbm_gb_per_s']:.0f} GB/s (r+w)  "
-          f"H2D pinned {report['h2d_gb_per_s']:.1f} GB/s, pageable "
-          f"{report['h2d_pageable_gb_per_s']:.1f} GB/s")
-    print("  ".join(f"{c[0]:>12}" for c in cols))
+          f"H2D pinned {report['h2d_gb_per_s']:.1f} GB/s")
+    head = ("case", "layout/B", "GPix/s dev", "pm input", "of HBM", "fps host", "of H2D",
+            "rel diff", "fps cpu", "fps pyFAI")
+    print("  ".join(f"{h:>11}" for h in head))
     for res in report["cases"].values():
-        cells = []
-        for _, key, fmt in cols:
-            v = res.get(key)
-            cells.append(f"{'-' if v is None else fmt.format(v):>12}")
-        print("  ".join(cells))
+        for key, r in res["layouts"].items():
+            pm = r.get("device_resident_pixel_major_input_gpix_per_s")
+            cells = [res["case"], key, f"{r['device_resident_gpix_per_s']:.1f}",
+                     "-" if pm is None else f"{pm:.1f}",
+                     f"{r['device_resident_fraction_of_hbm']:.0%}",
+                     f"{r['host_fed_frames_per_s']:.0f}", f"{r['host_fed_fraction_of_h2d']:.0%}",
+                     f"{r['max_rel_diff_vs_cpu']:.1e}", f"{res['cpu_frames_per_s']:.1f}",
+                     "-" if res.get("pyfai_frames_per_s") is None
+                     else f"{res['pyfai_frames_per_s']:.1f}"]
+            print("  ".join(f"{c:>11}" for c in cells))
+
+
+# ----------------------------------------------------------------------------- the model
+#: H100 SXM figures the model assumes: HBM3 bandwidth, achievable fraction of it, L2->SM
+#: bandwidth (an assumption: ~2x HBM; to be measured), 32-byte sectors.
+H100 = dict(hbm_tb_s=3.35, efficiency=0.85, l2_tb_s=7.0)
+DETECTORS = {"PILATUS 1M": dict(pixels=1043 * 981, itemsize=4, entries_per_pixel=1.72,
+                                sectors_per_read=13.5),
+             "EIGER2 16M": dict(pixels=4148 * 4362, itemsize=4, entries_per_pixel=1.8,
+                                sectors_per_read=15.3)}
+
+
+def bytes_model(layout, batch, det, fb=8, transpose=False):
+    """Bytes per pixel-frame: (HBM, L2->SM).  Frame data is read from HBM once (its other
+    uses hit L2); the matrix (12 B/entry) once per batch from HBM and once per frame group of
+    fb from L2.  Frame-major gathers fetch sectors_per_read 32-byte sectors per 32-lane read of
+    4-byte values; pixel-major reads one sector per lane for 8 int32 frames.  transpose: a
+    (B, H, W) stack made pixel-major on the device first (read + write of the stack)."""
+    e = det["entries_per_pixel"]
+    b = det["itemsize"]
+    hbm = b + 12.0 * e / batch + (2 * b if transpose else 0)
+    if layout == "frame":
+        gather = e * det["sectors_per_read"] * 32 / 32  # bytes per value read by a lane
+    else:
+        gather = e * b  # fb values of b bytes in fb*b contiguous bytes: no waste
+    l2 = gather + 12.0 * e / fb + (2 * b if transpose else 0)
+    return hbm, l2
+
+
+def predict(layout, batch, det, machine=H100, transpose=False):
+    """Predicted GPix/s: the tighter of the HBM and L2 bounds, times the efficiency."""
+    hbm, l2 = bytes_model(layout, batch, det, transpose=transpose)
+    bound_hbm = machine["hbm_tb_s"] * 1e12 / hbm / 1e9
+    bound_l2 = machine["l2_tb_s"] * 1e12 / l2 / 1e9
+    return dict(hbm_bytes=hbm, l2_bytes=l2, hbm_bound=bound_hbm, l2_bound=bound_l2,
+                predicted=machine["efficiency"] * min(bound_hbm, bound_l2))
+
+
+def model_table():
+    """Markdown table of the predictions (docs/gpu.md)."""
+    rows = ["| detector | layout | B | HBM B/px | L2 B/px | HBM bound | L2 bound | "
+            "predicted GPix/s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, det in DETECTORS.items():
+        for layout, transpose, label in (("frame", False, "frame-major"),
+                                         ("pixel", True, "pixel-major, (B,H,W) transposed"),
+                                         ("pixel", False, "pixel-major input")):
+            for batch in BATCHES:
+                p = predict(layout, batch, det, transpose=transpose)
+                rows.append(f"| {name} | {label} | {batch} | {p['hbm_bytes']:.1f} | "
+                            f"{p['l2_bytes']:.1f} | {p['hbm_bound']:.0f} | {p['l2_bound']:.0f} "
+                            f"| {p['predicted']:.0f} |")
+    return "\n".join(rows)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", help="result name suffix (default: from the device name)")
-    p.add_argument("--cases", default=",".join(CASES), help="comma list of " + ", ".join(CASES))
-    p.add_argument("--batch", type=int, default=None, help="batch size (default per case)")
+    p.add_argument("--cases", default="pilatus1m,eiger16m",
+                   help="comma list of " + ", ".join(CASES))
+    p.add_argument("--xp", choices=("cupy", "numpy"), default="cupy",
+                   help="array module (numpy: the logic without a GPU, for CI)")
+    p.add_argument("--batch", type=int, default=None, help="one batch size (default 32, 64)")
     p.add_argument("--streams", type=int, default=2)
     p.add_argument("--host-frames", type=int, default=None)
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--naive-frames", type=int, default=16)
-    p.add_argument("--cpu-frames", type=int, default=4)
     p.add_argument("--pyfai-frames", type=int, default=8)
     p.add_argument("--no-pyfai", action="store_true")
-    p.add_argument("--no-sweep", action="store_true", help="skip the frames-per-block sweep")
+    p.add_argument("--model", action="store_true", help="print the predictions and exit")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.model:
+        print(model_table())
+        return 0
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         fail(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}")
 
-    try:
-        import cupy as cp
-    except Exception as exc:
-        fail(f"CuPy is not available ({type(exc).__name__}: {exc}); this benchmark needs a "
-             f'CUDA device and CuPy: pip install ".[gpu]"')
-    try:
-        n_dev = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        fail(f"no CUDA device usable ({type(exc).__name__}: {exc})")
-    if n_dev < 1:
-        fail("no CUDA device visible")
-    props = cp.cuda.runtime.getDeviceProperties(0)
-    device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    if args.xp == "numpy":
+        xp, device, extra = np, "numpy (no GPU: logic check only)", {}
+        nbytes = 64 << 20
+    else:
+        try:
+            import cupy as xp
+        except Exception as exc:
+            fail(f"CuPy is not available ({type(exc).__name__}: {exc}); this benchmark needs a "
+                 f'CUDA device and CuPy: pip install ".[gpu]"')
+        try:
+            n_dev = xp.cuda.runtime.getDeviceCount()
+        except Exception as exc:
+            fail(f"no CUDA device usable ({type(exc).__name__}: {exc})")
+        if n_dev < 1:
+            fail("no CUDA device visible")
+        props = xp.cuda.runtime.getDeviceProperties(0)
+        device = (props["name"].decode() if isinstance(props["name"], bytes)
+                  else str(props["name"]))
+        extra = {"cupy_version": xp.__version__,
+                 "cuda_runtime_version": xp.cuda.runtime.runtimeGetVersion(),
+                 "compute_capability": f"{props['major']}.{props['minor']}"}
+        nbytes = 1 << 30
     kind = args.kind or kind_from_name(device)
-
+    clock = Clock(xp)
     t_start = time.perf_counter()
-    hbm = measure_hbm(cp)
-    h2d, h2d_pageable = measure_h2d(cp)
+    hbm = measure_hbm(xp, clock, 2 * nbytes)
+    h2d = measure_h2d(xp, clock, nbytes)
     report = {"device": device, "kind": kind,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), "cupy_version": cp.__version__,
-              "cuda_runtime_version": cp.cuda.runtime.runtimeGetVersion(),
-              "compute_capability": f"{props['major']}.{props['minor']}",
-              "hbm_gb_per_s": hbm, "h2d_gb_per_s": h2d, "h2d_pageable_gb_per_s": h2d_pageable,
-              "cases": {}}
+              "commit": git_commit(), **extra, "hbm_gb_per_s": hbm, "h2d_gb_per_s": h2d,
+              "max_rel_diff_allowed": MAX_REL_DIFF, "cases": {}}
     for name in cases:
         print(f"... {name}", flush=True)
-        report["cases"][name] = run_case(name, CASES[name], cp, hbm, h2d, args)
+        report["cases"][name] = run_case(name, CASES[name], xp, clock, hbm, h2d, args)
+    if any(r.get("failed") for r in report["cases"].values()):
+        print_failures(report)
+        return 3
     head = report["cases"].get("pilatus1m") or next(iter(report["cases"].values()))
-    for key in ("frame_shape", "batch_size", "device_resident_gpix_per_s",
-                "host_fed_frames_per_s", "host_fed_fraction_of_h2d", "naive_frames_per_s",
-                "max_rel_diff_vs_cpu", "pyfai_frames_per_s", "cpu_frames_per_s"):
+    for key in ("frame_shape", "device_resident_gpix_per_s", "host_fed_fraction_of_h2d",
+                "max_rel_diff_vs_cpu", "pyfai_frames_per_s", "pyfai_method",
+                "cpu_frames_per_s"):
         report[key] = head.get(key)
     report["headline_case"] = head["case"]
     report["total_s"] = time.perf_counter() - t_start

@@ -17,9 +17,10 @@ import re
 import sys
 
 from gpusaxs.calibration import (
-    DISTANCE_KEYS, FLAT_DEFAULTS, Calibration, format_poni, poni_to_fit2d, read_json, read_poni,
-    to_flat_dict, to_nested_dict, validate_dict, write_json_atomic,
+    DISTANCE_KEYS, FLAT_DEFAULTS, Calibration, read_json, to_flat_dict, to_nested_dict,
+    validate_dict, write_json_atomic,
 )
+from gpusaxs.poni import format_poni, poni_geometry, read_poni
 from gpusaxs.errors import CalibrationError
 from gpusaxs.io.atomic import atomic_write
 
@@ -273,37 +274,28 @@ def _updates_from_poni(args, base, warn):
     except ValueError as exc:
         raise ConvertError(f"{args.input}: {exc}") from None
     geo = _geometry_block(base)
-    upd = {}
-    if p["pixel1"] is None or p["pixel2"] is None:
-        try:   # a named pyFAI detector: ask pyFAI for its pixel size, if installed
-            from pyFAI.detectors import detector_factory
-            det = detector_factory(p["detector"])
-            p["pixel1"], p["pixel2"] = det.pixel1, det.pixel2
-            p["max_shape"] = p["max_shape"] or list(det.max_shape)
-        except Exception:
-            raise ConvertError(f"{args.input}: no pixel size in the file (detector {p['detector']!r})") from None
-    if p["max_shape"] is not None:
-        upd["Imagesize"] = list(p["max_shape"])
-    height = (upd.get("Imagesize") or geo["Imagesize"])[0]
-    py, px = round(p["pixel1"] * 1e6, 9), round(p["pixel2"] * 1e6, 9)   # strip m -> um noise
-    upd["PixelSizeMicroM"] = [py] if py == px and len(geo.get("PixelSizeMicroM", [])) == 1 else [py, px]
-    try:
-        f = poni_to_fit2d(p["dist"], p["poni1"], p["poni2"], p["rot1"], p["rot2"], p["rot3"],
-                          p["pixel1"], p["pixel2"])
+    try:   # any pyFAI orientation; the image shape from the base file when the PONI has none
+        g = poni_geometry(p, imagesize=geo.get("Imagesize"))
     except ValueError as exc:
         raise ConvertError(f"{args.input}: {exc}") from None
-    if abs(f["twist_rad"]) > 1e-9:
-        warn(f"{args.input}: Rot3 includes a rotation of {math.degrees(f['twist_rad']):.6g} degree about "
+    upd = {"Imagesize": g["Imagesize"]}
+    py, px = (round(v, 9) for v in g["PixelSizeMicroM"])   # strip m -> um noise
+    upd["PixelSizeMicroM"] = [py] if py == px and len(geo.get("PixelSizeMicroM", [])) == 1 else [py, px]
+    if abs(g["twist_rad"]) > 1e-9:
+        warn(f"{args.input}: Rot3 includes a rotation of {math.degrees(g['twist_rad']):.6g} degree about "
              "the beam that fit2d's geometry cannot hold; dropped (changes only the azimuth)")
+    if p["orientation"] != 3:
+        warn(f"{args.input}: detector orientation {p['orientation']} converted to the image as read "
+             "(2theta exact; the azimuth is measured on the image as read)")
     ref_tilt = geo.get("Tilt", {}).get("TiltAngleDeg") if isinstance(geo.get("Tilt"), dict) else None
-    tilt, rot = _closest_representation(f["tilt_deg"], -f["tilt_plane_rot_deg"], ref_tilt)
+    tilt, rot = _closest_representation(g["Tilt"]["TiltAngleDeg"], g["Tilt"]["TiltRotDeg"], ref_tilt)
     if tilt == 0:
         rot = 0.0
     upd["Tilt"] = {"TiltRotDeg": _clean(rot), "TiltAngleDeg": _clean(tilt)}
-    upd["BeamCenter"] = [_clean(height - f["center_y_px"]), _clean(f["center_x_px"])]
-    upd["distance"] = _clean(f["distance_mm"])
-    if p["wavelength"]:
-        upd["Wavelength"] = _clean(p["wavelength"] * 1e10)
+    upd["BeamCenter"] = [_clean(v) for v in g["BeamCenter"]]
+    upd["distance"] = _clean(g["DedectorDistanceMM"])
+    if g["Wavelength"]:
+        upd["Wavelength"] = _clean(g["Wavelength"])
     else:
         warn(f"{args.input}: no Wavelength; keeping the base value")
     return upd

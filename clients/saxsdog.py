@@ -24,8 +24,9 @@ PROG = "saxsdog"
 
 EPILOG = """\
 options in detail:
-  -c FILE        calibration file (JSON, section 3 of the specification).  Required.
-                   saxsdog -c cal.json data/
+  -c FILE        calibration file (JSON, section 3 of the specification) or a pyFAI
+                 .poni file.  Required.
+                   saxsdog -c cal.json data/      saxsdog -c detector.poni data/
   -t N           number of reader threads (image decoding); integration is one batched
                  engine call per group of frames, writing runs in its own thread.
                    saxsdog -c cal.json -t 4 data/
@@ -48,7 +49,11 @@ options in detail:
   -n             no initial walk: only files that appear later are integrated (with -w).
                    saxsdog -c cal.json -w -n data/
   -D             walk the input folders (and their top-level subfolders) in parallel.
-  --format F     chi (default), hdf5 or both.  hdf5: one NeXus file per image folder,
+  --format F     chi (default), hdf5, both (chi + hdf5), nexus or chi+nexus.
+                 nexus: one NXazint1d file per image folder, <outfolder>/<foldername>.nxs
+                 (curves, calibration, units, program, input files; docs/tools.md).
+                   saxsdog -c cal.json --format nexus data/
+                 hdf5: one HDF5 file per image folder,
                  <outfolder>/<foldername>.h5 with /entry/data/q (1/nm), I (frames x bins),
                  errors, frame_names and the calibration JSON in /entry/calibration.
                    saxsdog -c cal.json --format both data/
@@ -60,6 +65,13 @@ options in detail:
                    saxsdog -c cal.json --scheduler tcp://head:8786 -o curves/ data/
                    saxsdog -c cal.json --scheduler local:2 data/
   --frames-per-task N  frames per Dask task (default 200).
+
+Multi-frame files: EIGER master files (with their data files, bslz4 compressed), any HDF5
+dataset named as FILE.h5::/path/to/data, multi-page TIFF and multi-frame EDF give one curve per
+frame, <name>_<index>.chi (index from 0, 5 digits):
+  saxsdog -c cal.json scan_master.h5        ->  out/scan_master_00000.chi, ...
+The EIGER pixel_mask is applied on top of the calibration's mask.  A file named on the
+command line that holds no readable frame is an error (exit status 1).
 
 Bad files (truncated, not an image, wrong size) are reported on stderr with their name and
 the reason; the others are still integrated.  Every output is written under a temporary name
@@ -79,9 +91,10 @@ def build_parser():
         description="Integrate folders of detector images to curves I(q), one .chi per image.",
         epilog=EPILOG)
     p.add_argument("paths", nargs="+", metavar="FOLDER_OR_IMAGE",
-                   help="folders to walk (recursively) and/or single image files")
+                   help="folders to walk (recursively) and/or image files (HDF5/EIGER master, "
+                        "FILE.h5::/dataset, multi-frame TIFF/EDF: one curve per frame)")
     p.add_argument("-c", "--calibration", metavar="FILE", required=True,
-                   help="calibration file (JSON)")
+                   help="calibration file (JSON) or pyFAI .poni file")
     p.add_argument("-t", "--threads", metavar="N", type=int, default=2,
                    help="number of reader threads (default 2)")
     p.add_argument("-m", "--plotmonitor", action="store_true",
@@ -103,8 +116,10 @@ def build_parser():
                    help="do not integrate files already there, only watch (with -w)")
     p.add_argument("-D", "--walkdirinthreads", action="store_true",
                    help="walk folders in parallel")
-    p.add_argument("--format", choices=("chi", "hdf5", "both"), default="chi",
-                   help="curve output: chi (default), hdf5 (one NeXus file per folder), both")
+    p.add_argument("--format", choices=("chi", "hdf5", "both", "nexus", "chi+nexus"),
+                   default="chi",
+                   help="curve output: chi (default), hdf5 (one HDF5 file per folder), both "
+                        "(chi + hdf5), nexus (one NXazint1d file per folder), chi+nexus")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="integration backend (default auto)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -152,7 +167,7 @@ class Hdf5Collector:
         folder_name = Path(image_path).resolve().parent.name or "frames"
         return Path(out_path).parent / f"{folder_name}.h5"
 
-    def add(self, h5path, frame_name, intensity, error):
+    def add(self, h5path, frame_name, intensity, error, source=None):
         with self._lock:
             self._files.setdefault(Path(h5path), {})[frame_name] = (
                 np.asarray(intensity, dtype=np.float64),
@@ -320,12 +335,17 @@ class Saxsdog:
         self.args = args
         self.integrator = integrator
         self.shape = tuple(int(s) for s in cal.imagesize)
-        self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"}}[args.format]
+        self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"},
+                        "nexus": {"nexus"}, "chi+nexus": {"chi", "nexus"}}[args.format]
         self.out_dir = Path(args.out)
         self.out_dir_resolved = self.out_dir.resolve()
         self.progress = Progress(silent=args.silent, label=PROG)
         self.hdf5 = Hdf5Collector(integrator.q, calibration_text) if "hdf5" in self.formats \
             else None
+        if "nexus" in self.formats:          # NXazint1d files (clients/saxsdog_nexus.py)
+            from gpusaxs.clients.saxsdog_nexus import NexusCollector
+            key = getattr(integrator, "matrix_key", None) or cal.key()
+            self.hdf5 = NexusCollector(integrator.q, cal, key if isinstance(key, str) else None)
         self.monitor = None
         self._lock = threading.Lock()
         self._seen = set()           # resolved image paths handed on (dedupe)
@@ -338,6 +358,7 @@ class Saxsdog:
         self.pipeline = None
         self.settler = None
         self._waiting = {}           # watch mode: absolute image path -> curve path
+        self._waiting_stacks = {}    # watch mode: absolute HDF5 path -> root, expanded once settled
 
     # -- pipeline callbacks (pipeline threads) -----------------------------------------------
     def write(self, image_path, out_path, q, intensity, error, chi=True):
@@ -353,7 +374,8 @@ class Saxsdog:
             from gpusaxs.io.images import read_image
             _frame_png(out_path.with_suffix(".png"), read_image(image_path, shape=self.shape))
         if self.hdf5 is not None:
-            self.hdf5.add(Hdf5Collector.file_for(image_path, out_path), name, intensity, error)
+            self.hdf5.add(self.hdf5.file_for(image_path, out_path), name, intensity, error,
+                          source=image_path)
         if chi and "chi" in self.formats:
             from gpusaxs.io.chi import write_chi
             write_chi(out_path, q, intensity, error=error, title=name)
@@ -377,15 +399,36 @@ class Saxsdog:
         self.progress.message(f"{PROG}: error: {msg}")
 
     # -- inputs ------------------------------------------------------------------------------
-    def offer(self, image_path, root, check_complete=False):
-        """Hand one image on (once): resume check, collision check, then pipeline/watch."""
-        image_path = Path(image_path)
-        if _is_temp(image_path.name):
+    def offer(self, image_path, root, check_complete=False, explicit=False):
+        """Hand on each frame of one file (gpusaxs.io.frames: an image, or every frame of an
+        HDF5/multi-frame file); a file the user named that holds no frame is an error."""
+        from gpusaxs.errors import GpusaxsError
+        from gpusaxs.io.frames import HDF5_SUFFIXES, frame_sources
+
+        if _is_temp(Path(image_path).name):
             return
-        from gpusaxs.io.images import is_image_file
-        if not is_image_file(image_path):
+        if check_complete and str(image_path).lower().endswith(HDF5_SUFFIXES):
+            with self._lock:                 # watch mode: list its frames once it is settled
+                self._waiting_stacks[os.path.abspath(image_path)] = root
+            self.settler.touch(str(image_path))
             return
-        key = image_path.resolve()
+        try:
+            sources = frame_sources(image_path, explicit=explicit)
+        except GpusaxsError as exc:
+            self.report(image_path, exc)
+            with self._lock:
+                self.failed_early += 1
+            return
+        for source in sources:
+            self._offer_frame(source, root, check_complete)
+
+    def _offer_frame(self, image_path, root, check_complete=False):
+        """Hand one frame on (once): resume check, collision check, then pipeline/watch."""
+        if hasattr(image_path, "file"):       # a frame of a stack (FrameRef)
+            key = f"{Path(image_path.file).resolve()}::{image_path.dataset}::{image_path.index}"
+        else:
+            image_path = Path(image_path)
+            key = image_path.resolve()
         if not self.args.inplace and _inside(key, self.out_dir_resolved):
             return           # our own output folder inside an input folder
         with self._lock:
@@ -434,6 +477,11 @@ class Saxsdog:
 
     def _settled(self, path):
         with self._lock:
+            root = self._waiting_stacks.pop(path, None)
+        if root is not None:
+            self.offer(Path(path), root)
+            return
+        with self._lock:
             out = self._waiting.pop(path, None)
         if out is not None:
             self.pipeline.submit(Path(path), out)
@@ -466,21 +514,22 @@ class Saxsdog:
                 try:
                     from gpusaxs.io.chi import read_chi
                     c = read_chi(out)
-                    h5 = Hdf5Collector.file_for(image_path, out)
-                    self.hdf5.add(h5, image_path.name, np.asarray(c.intensity), c.error)
+                    h5 = self.hdf5.file_for(image_path, out)
+                    self.hdf5.add(h5, Path(image_path).name, np.asarray(c.intensity), c.error,
+                                  source=image_path)
                 except Exception:
                     return False             # unreadable curve: recompute
             return True
-        h5 = Hdf5Collector.file_for(image_path, out)
+        h5 = self.hdf5.file_for(image_path, out)
         self.hdf5.preload(h5)
-        return image_path.name in self.hdf5.known_frames(h5)
+        return Path(image_path).name in self.hdf5.known_frames(h5)
 
     def walk(self, roots):
         """Initial walk over (path, root) inputs, folders sorted, optionally in parallel."""
         t0 = time.perf_counter()
         for p, r in roots:
             if not p.is_dir():
-                self.offer(p, r, check_complete=False)
+                self.offer(p, r, check_complete=False, explicit=True)
         folders = [(p, r) for p, r in roots if p.is_dir()]
         if self.args.walkdirinthreads and folders:
             # one task per input folder and per top-level subfolder
@@ -662,8 +711,8 @@ def main(argv=None):
         path = Path(p)
         if path.is_dir():
             roots.append((path, path))
-        elif path.exists():
-            roots.append((path, path.parent))
+        elif path.exists() or ("::" in p and Path(p.split("::")[0]).is_file()):
+            roots.append((path, path.parent))      # a file, or file.h5::/dataset[::N]
         else:
             _err(f"error: {p}: no such file or folder")
             return 2

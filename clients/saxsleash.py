@@ -179,9 +179,9 @@ def run(args):
     argument, attachments = None, []
     if args.command == "new":
         cal_file, mask_file, directory = args.arguments
-        try:
-            with open(cal_file, "rb") as fh:
-                calibration = json.loads(fh.read().decode("utf-8"))
+        try:      # a JSON calibration or a pyFAI .poni (geometry expanded here, client side)
+            from gpusaxs.calibration import read_calibration_file
+            calibration = read_calibration_file(cal_file)
             with open(mask_file, "rb") as fh:
                 mask = fh.read()
         except (OSError, ValueError) as exc:

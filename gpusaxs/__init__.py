@@ -18,6 +18,8 @@ The public API, all of it (see README.md):
     gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)
     gpusaxs.calc_theta(r, phi, d, tilt, tilt_dir)
     gpusaxs.read_image(path); gpusaxs.read_mask(path)  # mask: True = pixel excluded
+    gpusaxs.iter_frames(path)                          # (source, frame) of HDF5/multi-frame files
+    gpusaxs.NXazintWriter(path, q, ...); gpusaxs.read_nxazint(path)   # NeXus NXazint1d/2d
     gpusaxs.read_chi(path); gpusaxs.write_chi(path, q, I, err)
     gpusaxs.backend_info()
     gpusaxs.calibration(config)                        # the SAXS 0.3.0 class (section 6)
@@ -56,3 +58,9 @@ __all__ = [
     "openmask", "GpusaxsError", "CalibrationError", "ImageReadError", "ChiFormatError",
     "BackendError", "__version__",
 ]
+
+# multi-frame files in, NeXus NXazint curves out (issue 12)
+from .io.frames import iter_frames  # noqa: E402
+from .io.nexus import NXazintWriter, read_nxazint  # noqa: E402
+
+__all__ += ["iter_frames", "NXazintWriter", "read_nxazint"]

@@ -129,7 +129,9 @@ def backend_info():
     reason, env (value of $GPUSAXS_BACKEND or None), cupy_available, cupy_version,
     cuda_runtime_version, cuda_driver_version, device_count, devices (list of dicts: name,
     compute_capability, total_memory_bytes, free_memory_bytes), device_name,
-    compute_capability, total_memory_bytes (of device 0), numpy/scipy/python versions.
+    compute_capability, total_memory_bytes (of device 0), numpy/scipy/python versions,
+    engine_fallbacks (list of {from, to, reason}: GPU engine paths that failed in this process
+    and what replaced them, see gpusaxs.gpu_engine).
     """
     import numpy
     import scipy
@@ -139,7 +141,12 @@ def backend_info():
             "cuda_driver_version": None, "device_count": 0, "devices": [],
             "device_name": None, "compute_capability": None, "total_memory_bytes": None,
             "numpy_version": numpy.__version__, "scipy_version": scipy.__version__,
-            "python_version": sys.version.split()[0]}
+            "python_version": sys.version.split()[0], "engine_fallbacks": []}
+    try:
+        from gpusaxs.gpu_engine import engine_fallbacks
+        info["engine_fallbacks"] = engine_fallbacks()
+    except Exception as exc:  # never raises
+        info["engine_fallbacks"] = [{"error": f"{type(exc).__name__}: {exc}"}]
     try:
         info["backend"], info["reason"] = select_backend("auto")
     except BackendError as exc:

@@ -9,7 +9,9 @@ Two JSON forms are accepted (see docs/calibration.md and
   with one geometry and one or more masks.
 
 :class:`Calibration` is the validated, immutable in-memory form (one mask).
-The module also converts to and from pyFAI's PONI geometry.
+A pyFAI ``.poni`` file is accepted wherever a calibration file is (its geometry, with
+documented defaults for what it lacks), and a JSON calibration may take its geometry from one
+(``"Geometry": "x.poni"``); the conversions are in :mod:`gpusaxs.poni`.
 
 Conventions: ``BeamCenter`` is ``[Y, X]`` in pixels with Y counted from the
 *bottom* edge (fit2d); in a NumPy image read top-down the beam sits at row
@@ -31,11 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from gpusaxs.errors import CalibrationError
+# PONI <-> fit2d conversion lives in gpusaxs.poni; the names stay importable from here
+from gpusaxs.poni import fit2d_to_poni, format_poni, poni_to_fit2d, read_poni  # noqa: F401
 
 __all__ = [
     "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
     "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
-    "read_poni", "format_poni",
+    "read_poni", "format_poni", "calibration_file_kind", "read_calibration_file",
+    "expand_poni_reference",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "calibration.schema.json"
@@ -159,18 +164,23 @@ def _bad_constant(name):
     raise ValueError(f"{name} is not allowed")
 
 
-def read_json(path):
-    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
-    path = os.fspath(path)
+def _read_bytes(path, limit=-1):
+    """The file's bytes (the first ``limit`` of them), or a CalibrationError naming it."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            return fh.read(limit)
     except FileNotFoundError:
         raise CalibrationError("file not found", path, "#") from None
     except IsADirectoryError:
         raise CalibrationError("is a directory, not a calibration file", path, "#") from None
     except OSError as exc:
         raise CalibrationError(f"cannot read file: {exc.strerror or exc}", path, "#") from None
+
+
+def read_json(path):
+    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
+    path = os.fspath(path)
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -191,6 +201,69 @@ def write_json_atomic(path, data):
     with atomic_write(path, "w", fsync=True) as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+
+
+# ----------------------------------------------------------------------------- file kinds
+EXPECTED_KINDS = ("expected a JSON calibration file (docs/calibration.md) or a pyFAI .poni file")
+
+
+def calibration_file_kind(path):
+    """``"json"`` or ``"poni"``, judged from the suffix and the content.
+
+    Raises CalibrationError for a missing file or one of another kind (an image, an HDF5 file,
+    other text), saying what was expected.
+    """
+    path = os.fspath(path)
+    head = _read_bytes(path, 1 << 16)
+    if head.startswith(b"\x89HDF"):
+        raise CalibrationError(f"an HDF5 file, not a calibration file; {EXPECTED_KINDS}", path, "#")
+    if b"\0" in head:
+        raise CalibrationError(f"a binary file (an image?), not a calibration file; {EXPECTED_KINDS}",
+                               path, "#")
+    from gpusaxs.poni import looks_like_poni
+    text = head.decode("utf-8-sig", errors="replace")
+    if path.lower().endswith(".poni") or looks_like_poni(text):
+        return "poni"
+    if path.lower().endswith(".json") or text.lstrip().startswith(("{", "[")):
+        return "json"
+    raise CalibrationError(f"not a calibration file; {EXPECTED_KINDS}", path, "#")
+
+
+def read_calibration_file(path):
+    """The calibration dict of a JSON calibration or a .poni file (PONI references expanded)."""
+    path = os.fspath(path)
+    from gpusaxs.poni import calibration_dict_from_poni
+    if calibration_file_kind(path) == "poni":
+        return calibration_dict_from_poni(path)
+    d = read_json(path)
+    if isinstance(d, dict) and isinstance(d.get("Geometry"), str):
+        d = expand_poni_reference(d, os.path.dirname(os.path.abspath(path)), path)
+    return d
+
+
+def expand_poni_reference(d, base_dir, path=None):
+    """A calibration dict whose ``"Geometry"`` names a .poni file (relative to ``base_dir``)
+    with the geometry filled in from it: the flat form, or the nested form when ``Masks`` is
+    given. The other fields (MaskFile, Oversampling, PolarizationCorrection, Wavelength, ...)
+    are kept; what neither gives gets ``gpusaxs.poni.PONI_DEFAULTS``."""
+    from gpusaxs.poni import PONI_DEFAULTS, calibration_dict_from_poni
+    rest = {k: copy.deepcopy(v) for k, v in d.items() if k != "Geometry"}
+    poni_path = os.path.join(os.fspath(base_dir), os.path.expanduser(d["Geometry"]))
+    try:
+        if "Masks" not in rest:
+            return calibration_dict_from_poni(poni_path, overrides=rest)
+        flat = calibration_dict_from_poni(poni_path, overrides={
+            k: v for k, v in rest.items() if k in ("Wavelength", "Imagesize")})
+    except CalibrationError as exc:
+        raise CalibrationError(f"Geometry {d['Geometry']!r}: {exc}", path, "#/Geometry") from None
+    out = dict(rest)
+    out["Geometry"] = {k: flat[k] for k in GEOMETRY_KEYS if k in flat}
+    out["Wavelength"] = flat["Wavelength"]
+    for m in out["Masks"]:
+        if isinstance(m, dict):
+            for k, v in PONI_DEFAULTS.items():
+                m.setdefault(k, v)
+    return out
 
 
 # ----------------------------------------------------------------------------- form conversion
@@ -342,6 +415,10 @@ class Calibration:
     def from_dict(cls, d, base_dir=None, mask_index=0, source=None):
         """Build from a flat or nested dict; a relative MaskFile is resolved against
         ``base_dir`` (default: the folder of ``source``, else the current directory)."""
+        if isinstance(d, dict) and isinstance(d.get("Geometry"), str):
+            raise CalibrationError("a PONI file reference is only read from a calibration file "
+                                   "(Calibration.from_file); give the geometry itself here",
+                                   source, "#/Geometry")
         validate_dict(d, source)
         flat = to_flat_dict(d, mask_index, source)
         if base_dir is None:
@@ -372,16 +449,19 @@ class Calibration:
 
     @classmethod
     def from_file(cls, path, mask_index=0):
-        """Load a calibration file (flat or nested form; ``mask_index`` picks the nested mask)."""
+        """Load a calibration file: JSON (flat or nested form; ``mask_index`` picks the nested
+        mask, ``"Geometry": "x.poni"`` takes the geometry from a PONI file) or a pyFAI .poni
+        file (its geometry, ``gpusaxs.poni.PONI_DEFAULTS`` for the rest)."""
         path = os.fspath(path)
-        return cls.from_dict(read_json(path), base_dir=os.path.dirname(os.path.abspath(path)),
+        return cls.from_dict(read_calibration_file(path),
+                             base_dir=os.path.dirname(os.path.abspath(path)),
                              mask_index=mask_index, source=path)
 
     @classmethod
     def all_from_file(cls, path):
         """One Calibration per mask of a nested file (a flat file gives a one-element list)."""
         path = os.fspath(path)
-        d = read_json(path)
+        d = read_calibration_file(path)
         form = validate_dict(d, path)
         n = len(d["Masks"]) if form == "nested" else 1
         base = os.path.dirname(os.path.abspath(path))
@@ -478,148 +558,3 @@ class Calibration:
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
-
-
-# ----------------------------------------------------------------------------- fit2d <-> PONI
-def _rotation_to(k):
-    """Rotation matrix R (no twist) with R @ e3 = k, for a unit vector k with k3 > -1."""
-    k = np.asarray(k, dtype=float)
-    s = math.hypot(k[0], k[1])
-    c = k[2]
-    if s == 0.0:
-        return np.eye(3)
-    ux, uy = -k[1] / s, k[0] / s          # unit axis e3 x k, in the detector plane
-    kx = np.array([[0.0, 0.0, uy], [0.0, 0.0, -ux], [-uy, ux, 0.0]])
-    return np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
-
-
-def _pyfai_matrix(rot1, rot2, rot3):
-    """pyFAI's detector-to-lab rotation: lab = M @ (p1, p2, L) (axis 3 along the beam)."""
-    c1, c2, c3 = math.cos(rot1), math.cos(rot2), math.cos(rot3)
-    s1, s2, s3 = math.sin(rot1), math.sin(rot2), math.sin(rot3)
-    return np.array([
-        [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
-        [c2 * s3, c1 * c3 + s1 * s2 * s3, c3 * s1 - c1 * s2 * s3],
-        [s2, -c2 * s1, c1 * c2],
-    ])
-
-
-def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_rot_deg,
-                  pixel_x_um, pixel_y_um):
-    """fit2d geometry (as pyFAI's setFit2D takes it: centre Y counted top-down) -> PONI.
-
-    Returns dict(dist, poni1, poni2 [m], rot1, rot2, rot3 [rad], pixel1, pixel2 [m]).
-    In the detector frame (axis 1 = rows, axis 2 = columns, axis 3 = normal) the beam
-    direction is k = (sin t sin r, sin t cos r, cos t); the detector is turned by the
-    pure tilt rotation taking the beam axis to k (no twist about the beam).
-    """
-    t, r = math.radians(tilt_deg), math.radians(tilt_plane_rot_deg)
-    k = np.array([math.sin(t) * math.sin(r), math.sin(t) * math.cos(r), math.cos(t)])
-    d = distance_mm / 1e3
-    p1, p2 = pixel_y_um / 1e6, pixel_x_um / 1e6
-    m = _rotation_to(k).T                   # detector -> lab, m @ k = e3
-    rot2 = math.asin(max(-1.0, min(1.0, m[2, 0])))
-    rot1 = math.atan2(-m[2, 1], m[2, 2])
-    rot3 = math.atan2(m[1, 0], m[0, 0])
-    return {"dist": float(d * k[2]),
-            "poni1": float(center_y_px * p1 - d * k[0]),
-            "poni2": float(center_x_px * p2 - d * k[1]),
-            "rot1": float(rot1), "rot2": float(rot2), "rot3": float(rot3),
-            "pixel1": float(p1), "pixel2": float(p2)}
-
-
-def poni_to_fit2d(dist, poni1, poni2, rot1, rot2, rot3, pixel1, pixel2):
-    """PONI (m, rad) -> fit2d geometry as setFit2D takes it.
-
-    Returns dict(distance_mm, center_x_px, center_y_px (top-down), tilt_deg (>= 0),
-    tilt_plane_rot_deg in (-180, 180], pixel_x_um, pixel_y_um, twist_rad). ``twist_rad`` is the
-    part of rot3 that fit2d cannot express (rotation about the beam; changes only the azimuth).
-    """
-    m = _pyfai_matrix(rot1, rot2, rot3)
-    k = [float(v) for v in m[2]]                                 # beam direction in the detector frame
-    if k[2] <= 0:
-        raise ValueError("detector does not face the beam (tilt >= 90 degree)")
-    tilt = math.atan2(math.hypot(k[0], k[1]), k[2])     # precise also for tiny tilts
-    rot = math.atan2(k[0], k[1]) if math.hypot(k[0], k[1]) > 1e-15 else 0.0
-    direct = dist / k[2]
-    b1 = poni1 + direct * k[0]
-    b2 = poni2 + direct * k[1]
-    pure = _rotation_to(k).T
-    twist_m = m @ pure.T                      # rotation about the beam axis
-    twist = float(math.atan2(twist_m[1, 0], twist_m[0, 0]))
-    rot_deg = math.degrees(rot)
-    if rot_deg <= -180.0:
-        rot_deg += 360.0
-    return {"distance_mm": direct * 1e3, "center_x_px": b2 / pixel2, "center_y_px": b1 / pixel1,
-            "tilt_deg": math.degrees(tilt), "tilt_plane_rot_deg": rot_deg,
-            "pixel_x_um": pixel2 * 1e6, "pixel_y_um": pixel1 * 1e6, "twist_rad": twist}
-
-
-def format_poni(poni, comment=None):
-    """PONI version 2 text for a dict as returned by :meth:`Calibration.to_poni`."""
-    cfg = {"pixel1": poni["pixel1"], "pixel2": poni["pixel2"], "max_shape": list(poni["max_shape"])}
-    lines = ["# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis"]
-    if comment:
-        lines += [f"# {c}" for c in str(comment).splitlines()]
-    lines += ["poni_version: 2",
-              "Detector: Detector",
-              f"Detector_config: {json.dumps(cfg)}",
-              f"Distance: {poni['dist']!r}",
-              f"Poni1: {poni['poni1']!r}",
-              f"Poni2: {poni['poni2']!r}",
-              f"Rot1: {poni['rot1']!r}",
-              f"Rot2: {poni['rot2']!r}",
-              f"Rot3: {poni['rot3']!r}"]
-    if poni.get("wavelength"):
-        lines.append(f"Wavelength: {poni['wavelength']!r}")
-    return "\n".join(lines) + "\n"
-
-
-def read_poni(path):
-    """Parse a pyFAI .poni file (versions 1 to 3).
-
-    Returns dict(dist, poni1, poni2, rot1, rot2, rot3, wavelength (m or None), pixel1, pixel2
-    (m or None when the file names a detector without sizes), max_shape (or None), detector).
-    Raises ValueError with a message on a malformed file, OSError if unreadable.
-    """
-    keys = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line or line.startswith("#") or ":" not in line:
-                continue
-            k, v = line.split(":", 1)
-            keys[k.strip().lower()] = v.strip()
-    out = {"detector": keys.get("detector", "Detector")}
-    for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
-        if name not in keys:
-            raise ValueError(f"no {name.capitalize()} line")
-    dist = keys.get("distance", keys.get("dist"))
-    if dist is None:
-        raise ValueError("no Distance line")
-    try:
-        out["dist"] = float(dist)
-        for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
-            out[name] = float(keys[name])
-        wl = keys.get("wavelength")
-        out["wavelength"] = float(wl) if wl not in (None, "", "None") else None
-    except ValueError as exc:
-        raise ValueError(f"bad number: {exc}") from None
-    cfg = {}
-    if "detector_config" in keys:
-        try:
-            cfg = json.loads(keys["detector_config"])
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"Detector_config is not JSON: {exc.msg}") from None
-    orientation = cfg.get("orientation", 3) if isinstance(cfg, dict) else 3
-    if orientation not in (0, 3, None):
-        raise ValueError(f"detector orientation {orientation} is not supported (only 3, top-left)")
-    if cfg.get("splineFile") or cfg.get("splinefile") or keys.get("splinefile", "none").lower() != "none":
-        raise ValueError("spline (distortion) files are not supported")
-    p1 = cfg.get("pixel1", keys.get("pixelsize1"))
-    p2 = cfg.get("pixel2", keys.get("pixelsize2"))
-    out["pixel1"] = None if p1 is None else float(p1)
-    out["pixel2"] = None if p2 is None else float(p2)
-    shape = cfg.get("max_shape")
-    out["max_shape"] = None if shape is None else [int(shape[0]), int(shape[1])]
-    return out

@@ -1,35 +1,44 @@
 """DeviceEngine: batched integration of frame stacks with an array module (CuPy or NumPy).
 
 On a GPU (``xp=cupy``) the matrix is uploaded once in bin-major CSR form and each batch of
-frames is integrated by ONE launch of a templated CUDA kernel (``KERNEL_SOURCE``): a block
-handles one segment of one bin's entries for up to ``frames_per_block`` frames, so each matrix
-entry (pixel index int32, weight float32, pixel scale float32: 12 bytes) is read once per frame
-group from HBM and from L2 for the other groups of the batch, while every frame pixel is read in
-its raw dtype (no host-side float conversion) and converted in registers.  Sums accumulate in
-float64.  Host frames stream through pinned staging buffers on ``n_streams`` CUDA streams so the
-copy of batch k+1 overlaps the integration of batch k.
+frames is integrated by ONE launch of a templated CUDA kernel (gpusaxs/kernels/integrate.cu,
+``kernel_source()``; every instance the engine can request is listed by ``kernel_names()`` and
+compiled with NVRTC in CI): a block handles one segment of one bin's entries for
+``FRAMES_PER_BLOCK`` frames; each matrix entry (pixel index int32, weight and pixel scale
+float32, plus the dark offset float32 when the matrix has one) is read once per frame group,
+every frame pixel in its raw dtype, converted in registers; sums accumulate in float64.  The
+default device stack is pixel-major, (n_pixels, frames), so the frames of one entry share one
+32-byte sector; host frames are uploaded frame-major and transposed on the device (or read
+through their mapped pinned buffer by the transposing kernel, ``upload="mapped"``).  Host
+frames stream through pinned staging buffers on ``n_streams`` CUDA streams so the copy of batch
+k+1 overlaps the integration of batch k.  A kernel that fails to compile or launch falls back to
+the cupyx sparse product, then to the CPU engine (logged once, see ``engine_fallbacks``).
 
-With ``xp=numpy`` (CI, no GPU) the same scheduler runs over synchronous "streams" and the
-"kernel" is a float64 SciPy sparse product with the same validity rules: batching, dtype
-handling, staging and ordering are tested without a device.  The CUDA source itself only runs
-on a device (tests compile and execute it on the CPU through a small emulation shim).
+With ``xp=numpy`` (CI, no GPU) the same scheduler and layouts run over synchronous "streams" and
+the "kernel" is a float64 SciPy sparse product with the same validity rules: batching, dtype
+handling, staging, transposition and ordering are tested without a device.  The CUDA source is
+compiled in CI by NVRTC and run on the CPU through an emulation shim (tests).
 
 Validity (matches docs/ARCHITECTURE.md and cpu_fallback): a pixel value x is valid when
 x >= 0 and finite; for unsigned dtypes every value is >= 0 but the type's maximum (2**32-1 for
 uint32: EIGER gap/overflow flag; 65535 for uint16; 255 for uint8) is invalid.  uint32 values
-above 2**31 are real counts, never reinterpreted as negative.
+above 2**31 are real counts, never reinterpreted as negative.  Float validity is judged on the
+bits, so a negative subnormal is invalid on the GPU (compiled with -ftz=true) as on the CPU.
 """
 import collections
 import concurrent.futures
 import ctypes
+import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
 from gpusaxs.sums import Sums
 
-__all__ = ["DeviceEngine", "valid_mask", "make_segments", "KERNEL_SOURCE", "kernel_name",
-           "SyncStream", "CTYPES"]
+__all__ = ["DeviceEngine", "valid_mask", "make_segments", "kernel_source", "kernel_names",
+           "kernel_name", "transpose_name", "SyncStream", "CTYPES", "FRAMES_PER_BLOCK",
+           "engine_fallbacks"]
 
 #: CUDA C type of each frame dtype the kernel is instantiated for (others: converted on device).
 CTYPES = {
@@ -43,117 +52,70 @@ CTYPES = {
 #: Threads per block of the CUDA kernel.
 BLOCK = 256
 
-KERNEL_SOURCE = r"""
-#ifndef GS_BLOCK
-#define GS_BLOCK 256
-#endif
-#define GS_WARPS (GS_BLOCK / 32)
+#: Frames handled by one CUDA block (template parameter FB of every integration kernel).
+FRAMES_PER_BLOCK = 8
 
-// Validity of a raw pixel value: x >= 0 and finite; the maximum of an unsigned type is a flag.
-template <typename T> struct gs_valid {
-    static __device__ __forceinline__ bool ok(T x) { return x >= 0; }
-};
-template <> struct gs_valid<unsigned char> {
-    static __device__ __forceinline__ bool ok(unsigned char x) { return x != (unsigned char)0xFFu; }
-};
-template <> struct gs_valid<unsigned short> {
-    static __device__ __forceinline__ bool ok(unsigned short x) { return x != (unsigned short)0xFFFFu; }
-};
-template <> struct gs_valid<unsigned int> {
-    static __device__ __forceinline__ bool ok(unsigned int x) { return x != 0xFFFFFFFFu; }
-};
-template <> struct gs_valid<unsigned long long> {
-    static __device__ __forceinline__ bool ok(unsigned long long x) { return x != 0xFFFFFFFFFFFFFFFFull; }
-};
-template <> struct gs_valid<float> {
-    static __device__ __forceinline__ bool ok(float x) { return x >= 0.0f && x <= 3.402823466e+38f; }
-};
-template <> struct gs_valid<double> {
-    static __device__ __forceinline__ bool ok(double x) { return x >= 0.0 && x <= 1.7976931348623157e+308; }
-};
+#: Dtypes the custom kernels are instantiated for.  8-byte dtypes (int64, uint64, float64; no
+#: detector writes them) and float16 (converted to float32) go through other paths.
+KERNEL_DTYPES = tuple(np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                                            np.uint32, np.float32))
 
-__device__ __forceinline__ double gs_warp_sum(double v) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    return v;
-}
+#: Dtypes that also have the frame-major kernel (layout="frame"), kept where it may win.
+FRAME_MAJOR_DTYPES = (np.dtype(np.int32), np.dtype(np.uint32))
 
-// One block = one segment (a run of <= segment_length entries of ONE bin) x one group of up
-// to FB frames.  Blocks are numbered segment-major (block = seg * n_groups + group) so the
-// groups sharing a segment run together and its matrix entries come from L2 after the first.
-// frames: (n_frames, n_pixels) raw values.  out: (NQ, n_frames, n_bins) float64, zeroed;
-// q = 0 signal, 1 norm, 2 variance, 3 squares (2 and 3 only when ERR).
-template <typename T, int FB, bool ERR>
-__global__ void __launch_bounds__(GS_BLOCK) gs_integrate(
-        const T* __restrict__ frames, const long long n_pixels,
-        const int n_frames, const int n_groups,
-        const int* __restrict__ seg_bin, const long long* __restrict__ seg_start,
-        const long long* __restrict__ seg_end,
-        const int* __restrict__ pix, const float* __restrict__ wgt,
-        const float* __restrict__ scl,
-        const int n_bins, double* __restrict__ out)
-{
-    const int NQ = ERR ? 4 : 2;
-    __shared__ double gs_red[GS_WARPS][4 * FB];
-    const long long block = (long long)blockIdx.x;
-    const int group = (int)(block % n_groups);
-    const long long seg = block / n_groups;
-    const int f0 = group * FB;
-    const int nf = (n_frames - f0 < FB) ? (n_frames - f0) : FB;
-    const long long e0 = seg_start[seg];
-    const long long e1 = seg_end[seg];
-    const T* base = frames + (long long)f0 * n_pixels;
+#: errors argument -> kernel MODE (number of sums - 2)
+_MODES = {False: 0, "poisson": 1, True: 2}
 
-    double acc[4][FB];
-#pragma unroll
-    for (int f = 0; f < FB; ++f) { acc[0][f] = 0.0; acc[1][f] = 0.0; acc[2][f] = 0.0; acc[3][f] = 0.0; }
+LAYOUTS = ("pixel", "frame")
+UPLOADS = ("copy", "mapped")
 
-    for (long long e = e0 + (long long)threadIdx.x; e < e1; e += GS_BLOCK) {
-        const long long p = (long long)pix[e];
-        const double w = (double)wgt[e];
-        const double s = (double)scl[e];
-#pragma unroll
-        for (int f = 0; f < FB; ++f) {
-            if (f < nf) {
-                const T raw = base[(long long)f * n_pixels + p];
-                if (gs_valid<T>::ok(raw)) {
-                    const double v = s * (double)raw;
-                    acc[0][f] += w * v;
-                    acc[1][f] += w;
-                    if (ERR) { acc[2][f] += w * s * v; acc[3][f] += w * v * v; }
-                }
-            }
-        }
-    }
-
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int q = 0; q < NQ; ++q) {
-#pragma unroll
-        for (int f = 0; f < FB; ++f) {
-            const double v = gs_warp_sum(acc[q][f]);
-            if (lane == 0) gs_red[warp][q * FB + f] = v;
-        }
-    }
-    __syncthreads();
-    const int bin = seg_bin[seg];
-    for (int i = threadIdx.x; i < NQ * FB; i += GS_BLOCK) {
-        const int q = i / FB;
-        const int f = i - q * FB;
-        if (f < nf) {
-            double t = 0.0;
-            for (int k = 0; k < GS_WARPS; ++k) t += gs_red[k][i];
-            atomicAdd(&out[((long long)q * n_frames + f0 + f) * n_bins + bin], t);
-        }
-    }
-}
-"""
+_log = logging.getLogger(__name__)
 
 
-def kernel_name(dtype, frames_per_block, errors):
-    """C++ name expression of the kernel instance for frames of ``dtype``."""
-    return (f"gs_integrate<{CTYPES[np.dtype(dtype)]}, {int(frames_per_block)}, "
-            f"{'true' if errors else 'false'}>")
+def kernel_source():
+    """Text of the CUDA source (gpusaxs/kernels/integrate.cu, shipped as package data)."""
+    return (Path(__file__).parent / "kernels" / "integrate.cu").read_text()
+
+
+def _mode(errors):
+    """Kernel MODE of an errors argument: False 0, "poisson" 1, True 2."""
+    if isinstance(errors, str):
+        if errors != "poisson":
+            raise ValueError(f"errors must be False, True or 'poisson', not {errors!r}")
+        return 1
+    return 2 if errors else 0
+
+
+def kernel_name(dtype, errors=True, offset=False, layout="pixel"):
+    """C++ name expression of the integration kernel instance for frames of ``dtype``.
+
+    errors: False, "poisson" or True (kernel MODE 0, 1, 2); offset: the matrix has a
+    pixel_offset; layout: "pixel" (stack (n_pixels, ld)) or "frame" (stack (B, n_pixels))."""
+    fn = "gs_integrate_pm" if layout == "pixel" else "gs_integrate"
+    return (f"{fn}<{CTYPES[np.dtype(dtype)]}, {FRAMES_PER_BLOCK}, {_mode(errors)}, "
+            f"{'true' if offset else 'false'}>")
+
+
+def transpose_name(dtype):
+    """C++ name expression of the frame-major -> pixel-major transposition for ``dtype``."""
+    return f"gs_to_pixel_major<{CTYPES[np.dtype(dtype)]}>"
+
+
+def kernel_names():
+    """Every name expression the engine can request (what CI compiles with NVRTC)."""
+    names = []
+    for dtype in KERNEL_DTYPES:
+        layouts = LAYOUTS if dtype in FRAME_MAJOR_DTYPES else ("pixel",)
+        for layout in layouts:
+            for errors in (False, "poisson", True):
+                for offset in (False, True):
+                    names.append(kernel_name(dtype, errors, offset, layout))
+        names.append(transpose_name(dtype))
+    return names
+
+
+#: NVRTC options (CuPy adds -arch and its own include path; it passes these by default).
+NVRTC_OPTIONS = (f"-DGS_BLOCK={BLOCK}",)
 
 
 def check_frame_dtype(dtype):
@@ -275,6 +237,9 @@ class _NumpyOps:
     def is_device_array(self, arr):
         return False
 
+    def mapped(self, arr):
+        return arr
+
 
 class _CupyOps:
     """Memory and asynchronous copies on a CUDA device (current stream)."""
@@ -332,6 +297,13 @@ class _CupyOps:
     def is_device_array(self, arr):
         return isinstance(arr, self.xp.ndarray)
 
+    def mapped(self, arr):
+        """Device view of a pinned host array (UVA: its mapped device address)."""
+        cp = self.xp
+        ptr = cp.cuda.runtime.hostGetDevicePointer(arr.ctypes.data, 0)
+        mem = cp.cuda.UnownedMemory(ptr, arr.nbytes, arr)
+        return cp.ndarray(arr.shape, arr.dtype, cp.cuda.MemoryPointer(mem, 0))
+
 
 class _Slot:
     """One pipeline stage: a stream with its staging/device buffers (grown on demand)."""
@@ -360,33 +332,61 @@ def _view(buf, dtype, shape):
     return buf.view(dtype).reshape(shape)
 
 
+_FALLBACKS = []
+
+
+def engine_fallbacks():
+    """Fallbacks taken in this process (list of dicts: from, to, reason), oldest first."""
+    return [dict(f) for f in _FALLBACKS]
+
+
+def _host_engine(matrix):
+    """The CPU engine, last step of the fallback chain."""
+    from gpusaxs.cpu_fallback.engine import default_engine
+
+    return default_engine(matrix)
+
+
 class DeviceEngine:
     """Batched integration engine over an array module (CuPy on a GPU, NumPy in CI).
 
-    matrix: IntegrationMatrix.  xp: cupy or numpy (default: the "auto" backend).
+    matrix: IntegrationMatrix (its optional ``pixel_offset`` is subtracted in the kernel).
+    xp: cupy or numpy (default: the "auto" backend).
     batch_size: frames per kernel launch / pipeline stage.  n_streams: pipeline depth (>= 1).
-    method: "kernel" (RawKernel gather, raw dtypes, float64 accumulation) or "spmm"
+    method: "kernel" (custom CUDA kernels, raw dtypes, float64 accumulation) or "spmm"
     (cupyx.scipy.sparse CSR product on float-converted frames; the simple GPU reference).
+    On CuPy a kernel that fails to compile or launch falls back to "spmm", then to the CPU
+    engine, each step logged once and listed by ``engine_fallbacks()`` / ``backend_info()``.
     On NumPy both methods are a float64 SciPy sparse product.
-    frames_per_block: frames handled by one CUDA block (kernel template parameter).
-    segment_length: most matrix entries per block (bins with more entries are split).
-    spmm_dtype: value dtype of the "spmm" path on CuPy (float32 as in the naive approach, or
-    float64); NumPy always uses float64.  staging_threads: threads copying pageable frames into
-    pinned buffers.  stream_factory: callable returning a stream object (tests).
+    layout: device stack layout of the kernel path, "pixel" ((n_pixels, frames): the FB frames
+    of one matrix entry are contiguous) or "frame" ((frames, n_pixels), int32/uint32 only).
+    upload: how host frames reach the pixel-major stack: "copy" (DMA copy, then a transposing
+    kernel on the device) or "mapped" (the transposing kernel reads the pinned staging buffer
+    itself: one pass).  segment_length: most matrix entries per block.
+    spmm_dtype: value dtype of the "spmm" path on CuPy (float32 or float64); NumPy always uses
+    float64.  staging_threads: threads copying pageable frames into pinned buffers.
+    stream_factory: callable returning a stream object (tests).
 
     Not thread-safe: use one engine per thread, and one integrate_stream at a time.
     """
 
+    #: the matrix's pixel_offset (dark) is applied in the kernels (CONTRACTS.md section 1)
+    supports_pixel_offset = True
+
     def __init__(self, matrix, xp=None, batch_size=32, n_streams=2, method="kernel",
-                 frames_per_block=8, segment_length=4096, spmm_dtype="float32",
+                 layout="pixel", upload="copy", segment_length=4096, spmm_dtype="float32",
                  staging_threads=None, stream_factory=None):
         if xp is None:
             from gpusaxs.backend import array_module, select_backend
             xp = array_module(select_backend("auto")[0])
         if method not in ("kernel", "spmm"):
             raise ValueError(f"method must be 'kernel' or 'spmm', not {method!r}")
-        if int(batch_size) < 1 or int(n_streams) < 1 or int(frames_per_block) < 1:
-            raise ValueError("batch_size, n_streams and frames_per_block must be >= 1")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        if upload not in UPLOADS:
+            raise ValueError(f"upload must be one of {UPLOADS}, not {upload!r}")
+        if int(batch_size) < 1 or int(n_streams) < 1:
+            raise ValueError("batch_size and n_streams must be >= 1")
         if int(segment_length) < 1:
             raise ValueError("segment_length must be >= 1")
         self.matrix = matrix
@@ -394,9 +394,11 @@ class DeviceEngine:
         self._ops = _NumpyOps() if xp is np else _CupyOps(xp)
         self.name = self._ops.name
         self.method = method
+        self.layout = layout
+        self.upload = upload
         self.batch_size = int(batch_size)
         self.n_streams = int(n_streams)
-        self.frames_per_block = int(frames_per_block)
+        self.frames_per_block = FRAMES_PER_BLOCK
         self.segment_length = int(segment_length)
         self.spmm_dtype = np.dtype(np.float64 if xp is np else spmm_dtype)
         if self.spmm_dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -406,18 +408,30 @@ class DeviceEngine:
         self.shape = tuple(int(v) for v in matrix.shape)
         self.n_pixels = matrix.n_pixels
         self.n_bins = matrix.n_bins
+        # paths tried in order; a failing one is dropped (logged once, see engine_fallbacks)
+        if self.name == "cupy":
+            self._chain = (["kernel"] if method == "kernel" else []) + ["spmm", "cpu"]
+        else:
+            self._chain = ["spmm", "cpu"]
+        self.fallbacks = []
 
-        # bin-major CSR on the host: (row_ptr int64, pixel int32, weight float32) + scale/entry
+        # bin-major CSR on the host: (row_ptr int64, pixel int32, weight float32) + scale and
+        # dark offset gathered per entry
         row_ptr, pix, w = matrix.bin_major()
         self._row_ptr = np.asarray(row_ptr, dtype=np.int64)
         self._pix = np.ascontiguousarray(pix, dtype=np.int32)
         self._w = np.ascontiguousarray(w, dtype=np.float32)
         self._s = np.ascontiguousarray(np.asarray(matrix.pixel_scale, np.float32)[self._pix])
+        offset = getattr(matrix, "pixel_offset", None)
+        self._pixel_offset = None if offset is None else np.asarray(offset, np.float32)
+        self._o = (None if offset is None
+                   else np.ascontiguousarray(self._pixel_offset[self._pix]))
         self._seg_bin, self._seg_start, self._seg_end = make_segments(self._row_ptr,
                                                                       self.segment_length)
         self._dev = None
         self._sparse = None
-        self._kernels = {}
+        self._cpu = None
+        self._modules = {}
         self._slots = None
         self._slot_counter = 0
         self._active = False
@@ -425,101 +439,200 @@ class DeviceEngine:
         if self.name == "cupy" and method == "kernel":
             self._upload()
 
+    @property
+    def path(self):
+        """The integration path in use: "kernel", "spmm" or "cpu"."""
+        return self._chain[0]
+
     # ------------------------------------------------------------------ matrix on the device
     def _upload(self):
-        """Copy the kernel's matrix arrays to the device once (12 bytes per entry)."""
+        """Copy the kernel's matrix arrays to the device once (12 bytes per entry, 16 with a
+        dark offset)."""
         xp = self.xp
-        self._dev = {k: xp.asarray(v) for k, v in (
-            ("pix", self._pix), ("w", self._w), ("s", self._s), ("seg_bin", self._seg_bin),
-            ("seg_start", self._seg_start), ("seg_end", self._seg_end))}
+        self._dev = {k: (None if v is None else xp.asarray(v))
+                     for k, v in self.kernel_arrays().items()}
         xp.cuda.runtime.deviceSynchronize()  # the upload ran on the default stream
 
     def kernel_arrays(self):
-        """Host copies of the kernel inputs: pix, w, s, seg_bin, seg_start, seg_end (tests)."""
-        return {"pix": self._pix, "w": self._w, "s": self._s, "seg_bin": self._seg_bin,
-                "seg_start": self._seg_start, "seg_end": self._seg_end}
+        """Host copies of the kernel inputs: pix, w, s, o (None without offset), seg_bin,
+        seg_start, seg_end (tests)."""
+        return {"pix": self._pix, "w": self._w, "s": self._s, "o": self._o,
+                "seg_bin": self._seg_bin, "seg_start": self._seg_start,
+                "seg_end": self._seg_end}
 
     @property
     def device_nbytes(self):
         """Bytes of matrix data the kernel reads per batch (entries + segment table)."""
-        return sum(a.nbytes for a in self.kernel_arrays().values())
+        return sum(a.nbytes for a in self.kernel_arrays().values() if a is not None)
 
-    def _sparse_matrices(self):
-        """(n_bins, n_pixels) CSR matrices with values w, w*s, w*s^2 (built once, lazily)."""
+    def _sparse_matrices(self, dtype=None):
+        """(n_bins, n_pixels) CSR matrices with values w, w*s, w*s^2 (built once per value
+        dtype, lazily)."""
+        dtype = np.dtype(dtype or self.spmm_dtype)
         if self._sparse is None:
+            self._sparse = {}
+        if dtype not in self._sparse:
             w = self._w.astype(np.float64)
             s = self._s.astype(np.float64)
             values = {"w": w, "ws": w * s, "ws2": w * s * s}
             shape = (self.n_bins, self.n_pixels)
             if self.xp is np:
                 import scipy.sparse as sp
-                self._sparse = {k: sp.csr_matrix((v, self._pix, self._row_ptr), shape=shape)
-                                for k, v in values.items()}
+                mats = {k: sp.csr_matrix((v, self._pix, self._row_ptr), shape=shape)
+                        for k, v in values.items()}
             else:
                 import cupyx.scipy.sparse as csp
                 xp = self.xp
                 idx = np.int32 if self._pix.size < 2**31 else np.int64
                 ind = xp.asarray(self._pix.astype(idx))
                 ptr = xp.asarray(self._row_ptr.astype(idx))
-                self._sparse = {k: csp.csr_matrix((xp.asarray(v.astype(self.spmm_dtype)), ind,
-                                                   ptr), shape=shape)
-                                for k, v in values.items()}
+                mats = {k: csp.csr_matrix((xp.asarray(v.astype(dtype)), ind, ptr), shape=shape)
+                        for k, v in values.items()}
                 xp.cuda.runtime.deviceSynchronize()
-        return self._sparse
+            self._sparse[dtype] = mats
+        return self._sparse[dtype]
+
+    # ------------------------------------------------------------------ paths and fallbacks
+    def _fallback(self, exc):
+        """Drop the failing path (logged once per engine and step, kept for backend_info)."""
+        failed = self._chain.pop(0)
+        entry = {"from": failed, "to": self._chain[0],
+                 "reason": f"{type(exc).__name__}: {exc}"}
+        self.fallbacks.append(entry)
+        _FALLBACKS.append(entry)
+        _log.warning("gpusaxs DeviceEngine: %s path failed (%s); falling back to %s",
+                     failed, entry["reason"], entry["to"])
+
+    def _kernel_ok(self, dtype):
+        return self.path == "kernel" and np.dtype(dtype) in KERNEL_DTYPES
+
+    def batch_layout(self, dtype):
+        """Layout of the device stack for frames of ``dtype``: "pixel" or "frame"."""
+        dtype = np.dtype(dtype)
+        if self.name == "numpy":
+            return self.layout
+        if not self._kernel_ok(dtype):
+            return "frame"
+        if self.layout == "frame" and dtype in FRAME_MAJOR_DTYPES:
+            return "frame"
+        return "pixel"
+
+    def _leading_dim(self, b):
+        """ld of a pixel-major stack of b frames: b rounded up to frames per block."""
+        return -(-b // FRAMES_PER_BLOCK) * FRAMES_PER_BLOCK
+
+    def _module(self, dtype):
+        """RawModule with every kernel of ``dtype`` (compiled on first use)."""
+        dtype = np.dtype(dtype)
+        mod = self._modules.get(dtype)
+        if mod is None:
+            names = [n for n in kernel_names() if f"<{CTYPES[dtype]}," in n
+                     or n == transpose_name(dtype)]
+            mod = self.xp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS,
+                                    name_expressions=names)
+            self._modules[dtype] = mod
+        return mod
+
+    def _function(self, dtype, name):
+        return self._module(dtype).get_function(name)
 
     # ------------------------------------------------------------------ one batch, on device
-    def _kernel(self, dtype, errors):
-        key = (np.dtype(dtype), bool(errors))
-        fn = self._kernels.get(key)
-        if fn is None:
-            names = [kernel_name(dtype, self.frames_per_block, e) for e in (False, True)]
-            module = self.xp.RawModule(code=KERNEL_SOURCE,
-                                       options=(f"-DGS_BLOCK={BLOCK}",),
-                                       name_expressions=names)
-            for e, name in zip((False, True), names):
-                self._kernels[(np.dtype(dtype), e)] = module.get_function(name)
-            fn = self._kernels[key]
-        return fn
+    def _integrate_into(self, arr, layout, b, out, errors):
+        """Sums of b frames of arr into out (nq, b, n_bins) float64, overwritten.
 
-    def _integrate_into(self, frames, out, errors):
-        """frames (b, n_pixels) raw dtype, on device; out (nq, b, n_bins) float64, overwritten.
+        arr: (b, n_pixels) for layout "frame"; (n_pixels, ld) with b valid columns for
+        "pixel".  Runs on the current stream (asynchronous on CuPy).  A path that raises is
+        dropped and the batch redone on the next one."""
+        while True:
+            path = self.path
+            try:
+                if path == "kernel" and self._kernel_ok(arr.dtype):
+                    self._launch(arr, layout, b, out, errors)
+                elif path == "kernel":  # no kernel for 8-byte dtypes and float16
+                    self._spmm_into(self._pixel_view(arr, layout, b), out, errors, np.float64)
+                elif path == "spmm":
+                    self._spmm_into(self._pixel_view(arr, layout, b), out, errors)
+                else:
+                    self._cpu_into(self._pixel_view(arr, layout, b), out, errors)
+                return
+            except Exception as exc:
+                if path == "cpu":
+                    raise
+                self._fallback(exc)
 
-        Runs on the current stream (asynchronous on CuPy)."""
-        if self.name == "cupy" and self.method == "kernel":
-            self._launch(frames, out, errors)
-        else:
-            self._spmm_into(frames, out, errors)
+    @staticmethod
+    def _pixel_view(arr, layout, b):
+        """(n_pixels, b) view of a batch in either layout."""
+        return arr[:, :b] if layout == "pixel" else arr[:b].T
 
-    def _launch(self, frames, out, errors):
-        xp = self.xp
-        if frames.dtype not in CTYPES:  # float16: exact in float32
-            frames = frames.astype(xp.float32)
-        b = int(frames.shape[0])
+    def _launch(self, arr, layout, b, out, errors):
         out.fill(0)
-        n_groups = -(-b // self.frames_per_block)
+        n_groups = -(-b // FRAMES_PER_BLOCK)
         grid = int(self._seg_bin.size) * n_groups
-        if grid == 0:
+        if grid == 0 or b == 0:
             return
         d = self._dev
-        self._kernel(frames.dtype, errors)(
-            (grid,), (BLOCK,),
-            (frames, np.int64(self.n_pixels), np.int32(b), np.int32(n_groups),
-             d["seg_bin"], d["seg_start"], d["seg_end"], d["pix"], d["w"], d["s"],
-             np.int32(self.n_bins), out))
+        offset = self._o is not None
+        fn = self._function(arr.dtype, kernel_name(arr.dtype, errors, offset, layout))
+        lead = np.int64(arr.shape[1]) if layout == "pixel" else np.int64(self.n_pixels)
+        zero = d["w"]  # placeholder pointer when there is no offset (never read)
+        fn((grid,), (BLOCK,),
+           (arr, lead, np.int32(b), np.int32(n_groups),
+            d["seg_bin"], d["seg_start"], d["seg_end"], d["pix"], d["w"], d["s"],
+            d["o"] if offset else zero, np.int32(self.n_bins), out))
 
-    def _spmm_into(self, frames, out, errors):
-        """Sparse-product path: frames converted to float on the device, invalid -> 0."""
+    def _transpose(self, src, b, dst):
+        """Frame-major src (b, n_pixels) -> pixel-major dst (n_pixels, ld), on the device
+        (src may be a mapped pinned host buffer); dst[:, :b] = src.T on NumPy."""
+        if self.name == "numpy":
+            np.copyto(dst[:, :b], src[:b].T)
+            return
+        n_ptiles = -(-self.n_pixels // 32)
+        grid = n_ptiles * (-(-b // 32))
+        fn = self._function(src.dtype, transpose_name(src.dtype))
+        fn((grid,), (256,), (src, np.int64(self.n_pixels), np.int32(b),
+                             np.int64(dst.shape[1]), dst))
+
+    def _pixel_batch(self, src, b, dev_pm, out, errors):
+        """Transpose src (b, P) into dev_pm (P, ld) and integrate it; if the transposition
+        kernel fails, fall back and integrate src as it is."""
+        try:
+            self._transpose(src, b, dev_pm)
+        except Exception as exc:
+            if self.name == "numpy" or self.path != "kernel":
+                raise
+            self._fallback(exc)
+            self._integrate_into(src, "frame", b, out, errors)
+            return
+        self._integrate_into(dev_pm, "pixel", b, out, errors)
+
+    def _spmm_into(self, x, out, errors, dtype=None):
+        """Sparse-product path on x (n_pixels, b): frames converted to float, invalid -> 0."""
         xp = self.xp
-        mats = self._sparse_matrices()
-        dt = self.spmm_dtype
-        valid = valid_mask(frames, xp)
-        x = xp.where(valid, frames.astype(dt), dt.type(0))
-        xt = x.T  # (n_pixels, b)
-        out[0] = (mats["ws"] @ xt).T
-        out[1] = (mats["w"] @ valid.astype(dt).T).T
+        dt = np.dtype(dtype or self.spmm_dtype)
+        mats = self._sparse_matrices(dt)
+        valid = valid_mask(x, xp)
+        xv = xp.where(valid, x.astype(dt), dt.type(0))
+        if self._o is not None:
+            off = xp.asarray(self._pixel_offset.astype(dt))[:, None]
+            d = xp.where(valid, xv - off, dt.type(0))
+        else:
+            d = xv
+        out[0] = (mats["ws"] @ d).T
+        out[1] = (mats["w"] @ valid.astype(dt)).T
         if errors:
-            out[2] = (mats["ws2"] @ xt).T
-            out[3] = (mats["ws2"] @ (x * x).T).T
+            out[2] = (mats["ws2"] @ xv).T
+        if errors is True:
+            out[3] = (mats["ws2"] @ (d * d)).T
+
+    def _cpu_into(self, x, out, errors):
+        """Last resort: the CPU engine on a host copy of x (n_pixels, b)."""
+        if self._cpu is None:
+            self._cpu = _host_engine(self.matrix)
+        frames = np.ascontiguousarray(self._ops.to_host(x).T).reshape((-1,) + self.shape)
+        res = self._cpu.sums(frames, errors=errors)
+        for q in range(out.shape[0]):
+            out[q] = self.xp.asarray(res[q])
 
     # ------------------------------------------------------------------ input checking
     def _as_frames(self, arr):
@@ -541,32 +654,77 @@ class DeviceEngine:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr.reshape(b, self.n_pixels)
 
+    def _nq(self, errors):
+        return _mode(errors) + 2
+
     def _empty_sums(self, xp, b, errors):
-        z = xp.zeros((4 if errors else 2, b, self.n_bins), dtype=np.float64)
-        return Sums(*z) if errors else Sums(z[0], z[1])
+        return self._to_sums(xp.zeros((self._nq(errors), b, self.n_bins), dtype=np.float64))
+
+    @staticmethod
+    def _to_sums(out):
+        """Sums from an (nq, b, n_bins) array: nq 2 (signal, norm), 3 (+ variance), 4."""
+        return Sums(*out)
 
     # ------------------------------------------------------------------ device-resident input
-    def sums_device(self, stack_dev, errors=False):
+    def sums_device(self, stack_dev, errors=False, pixel_major=False):
         """Sums of a stack already in device memory (CuPy array; NumPy array on NumPy).
 
-        Returns Sums of device arrays (B, n_bins) float64 on the current stream, no host copy.
-        The kernel path integrates the whole stack in one launch.
+        stack_dev: (B, H, W) / (B, n_pixels) frames, or with ``pixel_major=True`` an
+        (n_pixels, B) array (frames produced on the device in the kernel's layout: no
+        transposition).  Returns Sums of device arrays (B, n_bins) float64 on the current
+        stream, no host copy.  errors: False, "poisson" or True.  A frame-major stack on the
+        pixel-major path is transposed batch by batch (one extra read and write of the stack).
         """
-        frames = self._as_frames(stack_dev)
-        b = frames.shape[0]
         xp = self.xp
-        nq = 4 if errors else 2
+        nq = self._nq(errors)
+        if pixel_major:
+            check_frame_dtype(stack_dev.dtype)
+            if stack_dev.ndim != 2 or stack_dev.shape[0] != self.n_pixels:
+                raise ValueError(f"a pixel-major stack must be (n_pixels={self.n_pixels}, B), "
+                                 f"not {tuple(stack_dev.shape)}")
+            b = int(stack_dev.shape[1])
+        else:
+            frames = self._as_frames(stack_dev)
+            b = int(frames.shape[0])
         out = xp.empty((nq, b, self.n_bins), dtype=np.float64)
-        if b:
-            if self.name == "cupy" and self.method == "kernel":
-                self._launch(xp.ascontiguousarray(frames), out, errors)
+        if b == 0:
+            return self._to_sums(out)
+        dtype = stack_dev.dtype if pixel_major else frames.dtype
+        layout = self.batch_layout(dtype)
+        if pixel_major:
+            ld = self._leading_dim(b)
+            aligned = self.name == "numpy" or stack_dev.data.ptr % 16 == 0
+            if layout == "pixel" and ld == b and stack_dev.flags.c_contiguous and aligned:
+                self._integrate_into(stack_dev, "pixel", b, out, errors)
+            elif layout == "pixel":
+                buf = xp.empty((self.n_pixels, ld), dtype=dtype)
+                buf[:, :b] = stack_dev
+                self._integrate_into(buf, "pixel", b, out, errors)
             else:
-                for i in range(0, b, self.batch_size):
-                    part = frames[i:i + self.batch_size]
-                    o = xp.empty((nq, part.shape[0], self.n_bins), dtype=np.float64)
-                    self._spmm_into(part, o, errors)
-                    out[:, i:i + part.shape[0]] = o
-        return Sums(*out) if errors else Sums(out[0], out[1])
+                frames = xp.ascontiguousarray(stack_dev.T)
+                self._integrate_into(frames, "frame", b, out, errors)
+            return self._to_sums(out)
+        if layout == "frame":
+            if self.name == "cupy" and self.path == "kernel":
+                self._integrate_into(xp.ascontiguousarray(frames), "frame", b, out, errors)
+                return self._to_sums(out)
+            for i in range(0, b, self.batch_size):
+                part = frames[i:i + self.batch_size]
+                o = xp.empty((nq, part.shape[0], self.n_bins), dtype=np.float64)
+                self._integrate_into(part, "frame", part.shape[0], o, errors)
+                out[:, i:i + part.shape[0]] = o
+            return self._to_sums(out)
+        step = self.batch_size
+        buf = xp.empty((self.n_pixels, self._leading_dim(min(step, b))), dtype=dtype)
+        for i in range(0, b, step):
+            part = xp.ascontiguousarray(frames[i:i + step])
+            k = int(part.shape[0])
+            view = buf[:, :self._leading_dim(k)]
+            self._transpose(part, k, view)
+            o = xp.empty((nq, k, self.n_bins), dtype=np.float64)
+            self._integrate_into(view, "pixel", k, o, errors)
+            out[:, i:i + k] = o
+        return self._to_sums(out)
 
     # ------------------------------------------------------------------ host input
     def sums(self, stack, errors=False):
@@ -581,10 +739,7 @@ class DeviceEngine:
         if frames.shape[0] == 0:
             return self._empty_sums(np, 0, errors)
         parts = list(self.integrate_stream(frames, errors))
-        fields = [np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields[:2]]
-        if errors:
-            fields += [np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields[2:]]
-        return Sums(*fields)
+        return Sums(*(np.concatenate([p[q] for p in parts]) for q in range(self._nq(errors))))
 
     def integrate_stream(self, frames, errors=False):
         """Generator of Sums (host float64, (b, n_bins)), one per batch, in input order.
@@ -712,18 +867,36 @@ class DeviceEngine:
             f.result()
 
     def _submit(self, slot, src, errors):
-        """H2D of src (b, P), integration and D2H, asynchronously on the slot's stream."""
+        """H2D of src (b, P), integration and D2H, asynchronously on the slot's stream.
+
+        Pixel-major path: upload "copy" copies src to a frame-major device buffer and
+        transposes it into the slot's pixel-major stack; "mapped" lets the transposing kernel
+        read the pinned src directly (upload and transposition in one pass)."""
         b = src.shape[0]
-        nq = 4 if errors else 2
-        dev_frames = _view(slot.buffer("frames", src.nbytes, False), src.dtype,
-                           (b, self.n_pixels))
+        nq = self._nq(errors)
+        layout = self.batch_layout(src.dtype)
         out_nbytes = nq * b * self.n_bins * 8
         dev_out = _view(slot.buffer("out", out_nbytes, False), np.float64, (nq, b, self.n_bins))
         host_out = _view(slot.buffer("result", out_nbytes, True), np.float64,
                          (nq, b, self.n_bins))
         stream = slot.stream
-        stream.run(self._ops.h2d, dev_frames, src)
-        stream.run(self._integrate_into, dev_frames, dev_out, errors)
+        if layout == "pixel":
+            ld = self._leading_dim(b)
+            dev_pm = _view(slot.buffer("pixel_major", self.n_pixels * ld * src.itemsize, False),
+                           src.dtype, (self.n_pixels, ld))
+            mapped = self.upload == "mapped" and self.name == "cupy"
+            if mapped:
+                dev_src = self._ops.mapped(src)
+            else:
+                dev_src = _view(slot.buffer("frames", src.nbytes, False), src.dtype,
+                                (b, self.n_pixels))
+                stream.run(self._ops.h2d, dev_src, src)
+            stream.run(self._pixel_batch, dev_src, b, dev_pm, dev_out, errors)
+        else:
+            dev_frames = _view(slot.buffer("frames", src.nbytes, False), src.dtype,
+                               (b, self.n_pixels))
+            stream.run(self._ops.h2d, dev_frames, src)
+            stream.run(self._integrate_into, dev_frames, "frame", b, dev_out, errors)
         stream.run(self._ops.d2h, host_out, dev_out)
         slot.event = stream.record()
         slot.pending = (b, nq, host_out)
@@ -735,7 +908,58 @@ class DeviceEngine:
         res = np.array(host_out, copy=True)
         slot.pending = None
         slot.event = None
-        return Sums(*res) if nq == 4 else Sums(res[0], res[1])
+        return self._to_sums(res)
+
+    # ------------------------------------------------------------------ service batches
+    def submit(self, frames, errors=False):
+        """Queue one batch (a list of (H, W) frames or a (b, H, W) stack) without waiting.
+
+        The frames are copied into a pinned staging buffer at once (the caller may reuse them)
+        and uploaded, integrated and copied back asynchronously on the next stream, so a
+        service overlaps batch k+1's copies with batch k's integration.  If every stream is
+        busy, the oldest batch is waited for (its Sums stay queued for ``collect``).  Returns
+        the number of batches in flight or waiting.  Not to be mixed with integrate_stream.
+        """
+        if self._active:
+            raise RuntimeError("integrate_stream of this engine is running")
+        if not hasattr(self, "_service"):
+            self._service = collections.deque()  # (slot or None, Sums or None)
+        items = list(frames) if isinstance(frames, (list, tuple)) else [frames]
+        arrs = [self._as_frames(np.asarray(it)) for it in items]
+        if len(arrs) == 0 or sum(a.shape[0] for a in arrs) == 0:
+            raise ValueError("an empty batch")
+        dtype = arrs[0].dtype
+        if any(a.dtype != dtype for a in arrs):
+            raise ValueError("all frames of a batch must have one dtype")
+        b = sum(a.shape[0] for a in arrs)
+        slots = self._get_slots()
+        slot = slots[self._slot_counter % len(slots)]
+        self._slot_counter += 1
+        if slot.busy:  # round-robin: the busy slot is the oldest in flight
+            for k, (s_, res) in enumerate(self._service):
+                if s_ is slot:
+                    self._service[k] = (None, self._finish(slot))
+                    break
+        stage = self._stage(slot, dtype, b)
+        pos = 0
+        for a in arrs:
+            self._host_copy(stage[pos:pos + a.shape[0]], a)
+            pos += a.shape[0]
+        self._submit(slot, stage, errors)
+        self._service.append((slot, None))
+        return len(self._service)
+
+    def pending(self):
+        """Batches submitted and not yet collected."""
+        return len(getattr(self, "_service", ()))
+
+    def collect(self):
+        """Sums (host float64, (b, n_bins)) of the oldest submitted batch (waits for it)."""
+        service = getattr(self, "_service", None)
+        if not service:
+            raise RuntimeError("no batch submitted")
+        slot, res = service.popleft()
+        return res if slot is None else self._finish(slot)
 
     def close(self):
         """Release the staging thread pool (buffers are freed with the engine)."""

@@ -76,8 +76,11 @@ class Integrator:
         """The engine of this integrator's backend for ``matrix``."""
         threads = self._threads
         if self.backend_name == "cupy":
+            from .backend import array_module
             from .gpu_engine import DeviceEngine
-            engine = DeviceEngine(matrix)
+            # the module of the backend selected here: never "auto" again (which would follow
+            # $GPUSAXS_BACKEND and could silently run an explicit cupy request on the CPU)
+            engine = DeviceEngine(matrix, xp=array_module("cupy"))
         else:
             from gpusaxs.cpu_fallback.engine import default_engine
             engine = default_engine(matrix, threads=threads)

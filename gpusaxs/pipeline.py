@@ -31,8 +31,12 @@ def curve_path(image_path, in_root, out_dir=None, inplace=False, suffix=".chi"):
     In place: beside the image.  Otherwise the tree below ``in_root`` is mirrored into
     ``out_dir`` (default ``./out``); an image outside ``in_root`` goes to ``out_dir`` itself.
     """
-    image_path = Path(image_path)
-    name = image_path.with_suffix(suffix).name
+    if hasattr(image_path, "curve_name"):    # a frame of a stack: <name>_<index>.chi
+        name = image_path.curve_name(suffix)
+        image_path = Path(image_path.file)
+    else:
+        image_path = Path(image_path)
+        name = image_path.with_suffix(suffix).name
     if inplace:
         return image_path.parent / name
     out_dir = Path("out" if out_dir is None else out_dir)
@@ -71,10 +75,14 @@ class FramePipeline:
     (``err`` is None when ``errors=False``); it should write atomically.
     on_done(image_path, out_path, q, I) / on_error(image_path, exc): called from the
     pipeline's threads after a frame is written / has failed.
+    overlap: queue batches on the GPU engine without waiting (``DeviceEngine.submit``:
+    pinned staging, copies of batch k+1 overlapped with the integration of batch k); default
+    True when the integrator's engine is a DeviceEngine on CuPy.  Results still leave in order
+    and as soon as no further frame is ready.
     """
 
     def __init__(self, integrator, *, batch_size=16, read_threads=2, on_done=None,
-                 on_error=None, errors=True, writer=None):
+                 on_error=None, errors=True, writer=None, overlap=None):
         if batch_size < 1 or read_threads < 1:
             raise ValueError("batch_size and read_threads must be >= 1")
         self.integrator = integrator
@@ -84,6 +92,10 @@ class FramePipeline:
         self.on_error = on_error
         self.writer = writer or write_curve
         self.shape = _image_shape(integrator)
+        engine = getattr(integrator, "engine", None)
+        if overlap is None:
+            overlap = getattr(engine, "name", None) == "cupy" and hasattr(engine, "submit")
+        self._async_engine = engine if overlap else None
         self._q = np.asarray(integrator.q)
 
         self._cond = threading.Condition()
@@ -245,7 +257,11 @@ class FramePipeline:
 
     def _integrate_loop(self):
         stop = False
+        inflight = collections.deque()  # batches queued on the GPU engine, oldest first
         while not stop:
+            if inflight and self._ready_q.empty():
+                while inflight:  # nothing else ready: hand out what the device has
+                    self._collect(inflight.popleft())
             first = self._ready_q.get()
             if first is _STOP:
                 break
@@ -259,8 +275,46 @@ class FramePipeline:
                     stop = True
                     break
                 batch.append(nxt)
-            self._integrate(batch)
+            if self._async_engine is not None:
+                self._submit_async(batch, inflight)
+            else:
+                self._integrate(batch)
+        while inflight:
+            self._collect(inflight.popleft())
         self._write_q.put(_STOP)
+
+    def _submit_async(self, batch, inflight):
+        """Queue a batch on the GPU engine; collect the oldest when every stream is busy."""
+        engine = self._async_engine
+        t0 = time.perf_counter()
+        try:
+            engine.submit([it.image for it in batch], errors="poisson" if self.errors else False)
+        except Exception:
+            while inflight:  # keep the order: finish what is queued, then retry synchronously
+                self._collect(inflight.popleft())
+            self._integrate(batch)
+            return
+        with self._cond:
+            self._timings["integrate"] += time.perf_counter() - t0
+        inflight.append(batch)
+        if len(inflight) >= max(1, int(getattr(engine, "n_streams", 2))):
+            self._collect(inflight.popleft())
+
+    def _collect(self, batch):
+        """Wait for the oldest queued batch, turn its sums into curves, pass them on."""
+        from gpusaxs.sums import error_model, mean_intensity
+
+        t0 = time.perf_counter()
+        try:
+            sums = self._async_engine.collect()
+            if self.errors:
+                intensity, _, err = error_model(sums)
+            else:
+                intensity, err = mean_intensity(sums), None
+        except Exception:
+            self._integrate(batch)  # synchronous retry, isolates a bad frame
+            return
+        self._emit(batch, intensity, err, t0)
 
     def _integrate(self, batch):
         t0 = time.perf_counter()
@@ -283,6 +337,10 @@ class FramePipeline:
                 it.image = None
                 self._fail(it, exc)
             return
+        self._emit(batch, intensity, err, t0)
+
+    def _emit(self, batch, intensity, err, t0):
+        """Count the integration time since t0, free the frames, pass the curves on."""
         with self._cond:
             self._timings["integrate"] += time.perf_counter() - t0
         for it in batch:

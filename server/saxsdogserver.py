@@ -92,6 +92,7 @@ class SaxsdogService:
         self.on_new_queue = None      # callback(directory) for the -w watcher
         self.feeder = {"messages": 0, "files": 0, "last": None}
         self.requests = 0
+        self.stream = None            # a StreamConsumer with --detector (docs/streams.md)
 
     # -- helpers --------------------------------------------------------------------------------
     def _count(self, n):
@@ -129,6 +130,8 @@ class SaxsdogService:
 
     def _data(self, **extra):
         d = {"stat": self.stat()}
+        if self.stream is not None:
+            d["streams"] = self.stream.info()
         if self.queue is not None:
             d["queue"] = self.queue.info(self.rel)
             d["errors"] = self.queue.errors_report(self.rel)
@@ -336,6 +339,8 @@ class SaxsdogService:
             return self.cache.get(key, make)
 
         cached = key in self.cache
+        if self.stream is not None:
+            self.stream.set_integrator(build, key[0])   # series starting from now use it
         old = self.queue
         if old is not None:
             old.abort()
@@ -426,6 +431,9 @@ examples:
                                            curves mirrored below /data/curves
   saxsdogserver --config lab.json --bind 127.0.0.1 -p 0 --ready-file ready.json /tmp/base
                                            loopback only, any free port (written to ready.json)
+  saxsdogserver --detector tcp://eiger:31001 --calibration cal.json -o /data/curves /data
+                                           integrate every image of the detector's stream
+                                           into /data/curves/series_<id>.nxs
 
 Every directory a request names is resolved inside the base folder; curves go to a folder
 'work' in each image's folder unless -o is given.  Authentication uses the Secret of the network
@@ -473,6 +481,8 @@ def build_parser():
     p.add_argument("--ready-file", metavar="FILE",
                    help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    from .stream.hook import add_arguments as add_stream_arguments
+    add_stream_arguments(p)
     return p
 
 
@@ -505,6 +515,13 @@ def serve(args):
                                  batch_size=args.batch_size, backend=args.backend,
                                  settle=args.settle, max_request=args.max_request,
                                  max_attachment=args.max_attachment)
+    except ValueError as exc:
+        print(f"saxsdogserver: {exc}", file=sys.stderr)
+        return 2
+
+    from .stream.hook import start_consumer
+    try:
+        stream = start_consumer(args, service)
     except ValueError as exc:
         print(f"saxsdogserver: {exc}", file=sys.stderr)
         return 2
@@ -589,6 +606,8 @@ def serve(args):
             sub.close(linger=0)
         if watcher is not None:
             watcher.stop()
+        if stream is not None:
+            stream.stop()
         service.shutdown()
         ctx.term()
         log.warning("stopped")

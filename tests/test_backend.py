@@ -237,3 +237,67 @@ def test_backend_info_reports_devices_from_cupy(monkeypatch):
     assert info["total_memory_bytes"] == 85 * 2**30
     assert info["devices"][0]["free_memory_bytes"] == 80 * 2**30
     assert info["cupy_version"] == "13.3.0" and info["cuda_runtime_version"] == 12040
+
+
+# ---------------------------------------------------------------------------- Integrator wiring
+def _tiny_matrix():
+    import numpy as np
+
+    from gpusaxs.matrix import IntegrationMatrix
+
+    n = 12
+    return IntegrationMatrix(shape=(3, 4), q_edges=np.linspace(0, 1, 3),
+                             pixel_ptr=np.arange(n + 1, dtype=np.int64),
+                             bins=(np.arange(n) % 2).astype(np.int32),
+                             weights=np.ones(n, np.float32), pixel_scale=np.ones(n, np.float32),
+                             norm=np.full(2, 6.0))
+
+
+def _blank_calibration():
+    """A Calibration instance (get_matrix is patched, so its fields are never read)."""
+    from gpusaxs.calibration import Calibration
+
+    return object.__new__(Calibration)
+
+
+@pytest.mark.parametrize("env", [None, "numpy", "auto"])
+def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkeypatch, env):
+    """Integrator(backend="cupy") hands the CuPy module to the engine; $GPUSAXS_BACKEND=numpy
+    must not turn it into a silent CPU run."""
+    import gpusaxs.gpu_engine as ge
+    import gpusaxs.matrix_cache as mc
+    from gpusaxs.integrator import Integrator
+
+    if env:
+        monkeypatch.setenv(backend.ENV_VAR, env)
+    seen = {}
+
+    class RecordingEngine:
+        name = "cupy"
+
+        def __init__(self, matrix, xp=None, **kw):
+            seen["xp"] = xp
+
+    monkeypatch.setattr(ge, "DeviceEngine", RecordingEngine)
+    monkeypatch.setattr(mc, "get_matrix", lambda *a, **k: _tiny_matrix())
+    integ = Integrator(_blank_calibration(), backend="cupy")
+    assert integ.backend_name == "cupy"
+    assert seen["xp"] is fake_gpu
+
+
+def test_explicit_cupy_request_without_gpu_raises(no_gpu, monkeypatch):
+    import gpusaxs.matrix_cache as mc
+    from gpusaxs.integrator import Integrator
+
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    monkeypatch.setattr(mc, "get_matrix", lambda *a, **k: _tiny_matrix())
+    with pytest.raises(BackendError, match="not available"):
+        Integrator(_blank_calibration(), backend="cupy")
+
+
+def test_backend_info_lists_engine_fallbacks(monkeypatch):
+    import gpusaxs.gpu_engine as ge
+
+    monkeypatch.setattr(ge, "_FALLBACKS", [{"from": "kernel", "to": "spmm", "reason": "x"}])
+    info = json.loads(json.dumps(backend.backend_info()))
+    assert info["engine_fallbacks"] == [{"from": "kernel", "to": "spmm", "reason": "x"}]

@@ -2,14 +2,15 @@
 kernel source compiled and run on the CPU through an emulation shim (needs g++), and GPU tests
 (marked ``gpu``, skipped without CuPy and a CUDA device)."""
 import collections
-import shutil
-import subprocess
+import platform
 
 import numpy as np
 import pytest
 
-from gpusaxs.gpu_engine import (CTYPES, KERNEL_SOURCE, DeviceEngine, SyncStream,
-                                kernel_name, make_segments, valid_mask)
+import cuda_shim
+from gpusaxs.gpu_engine import (CTYPES, KERNEL_DTYPES, DeviceEngine, SyncStream,
+                                kernel_name, kernel_names, kernel_source, make_segments,
+                                transpose_name, valid_mask)
 from gpusaxs.matrix import IntegrationMatrix
 from gpusaxs.sums import Sums
 
@@ -57,6 +58,8 @@ def reference_sums(m, stack, errors=True):
     w = m.weights.astype(np.float64)
     s = m.pixel_scale.astype(np.float64)[pix]
     out = np.zeros((4, stack.shape[0], m.n_bins))
+    offset = getattr(m, "pixel_offset", None)
+    o = 0.0 if offset is None else offset.astype(np.float64)[pix]
     for i, frame in enumerate(stack):
         x = frame[pix]
         if x.dtype.kind == "u":
@@ -65,11 +68,20 @@ def reference_sums(m, stack, errors=True):
             with np.errstate(invalid="ignore"):
                 valid = (x >= 0) & (x < np.inf)
         xv = np.where(valid, x, 0).astype(np.float64)
-        out[0, i] = np.bincount(m.bins, w * s * xv, minlength=m.n_bins)
+        v = np.where(valid, xv - o, 0.0)  # CONTRACTS.md 1: v = x - offset, validity on raw x
+        out[0, i] = np.bincount(m.bins, w * s * v, minlength=m.n_bins)
         out[1, i] = np.bincount(m.bins, w * valid, minlength=m.n_bins)
-        out[2, i] = np.bincount(m.bins, w * s * s * xv, minlength=m.n_bins)
-        out[3, i] = np.bincount(m.bins, w * (s * xv) ** 2, minlength=m.n_bins)
+        out[2, i] = np.bincount(m.bins, w * s * s * np.maximum(xv, 0), minlength=m.n_bins)
+        out[3, i] = np.bincount(m.bins, w * (s * v) ** 2, minlength=m.n_bins)
     return Sums(*out) if errors else Sums(out[0], out[1])
+
+
+def with_offset(m, rng):
+    """The matrix with a per-pixel dark offset (counts, 0..50)."""
+    import dataclasses
+
+    offset = rng.uniform(0.0, 50.0, m.n_pixels).astype(np.float32)
+    return dataclasses.replace(m, pixel_offset=offset)
 
 
 def make_frames(dtype, n, shape, rng):
@@ -180,11 +192,30 @@ def test_make_segments_covers_each_entry_once():
 
 
 def test_kernel_names_cover_all_int_and_float_dtypes():
-    for d in ALL_DTYPES:
-        name = kernel_name(d, 8, True)
-        assert name.startswith("gs_integrate<") and name.endswith(", 8, true>")
-        assert CTYPES[np.dtype(d)] in name
-    assert kernel_name(np.uint32, 4, False) == "gs_integrate<unsigned int, 4, false>"
+    names = kernel_names()
+    assert len(names) == len(set(names))
+    for d in KERNEL_DTYPES:
+        for errors in (False, "poisson", True):
+            for off in (False, True):
+                assert kernel_name(d, errors, off, "pixel") in names
+        assert transpose_name(d) in names
+        assert CTYPES[d] in kernel_name(d)
+    assert kernel_name(np.uint32, False, False, "frame") == \
+        "gs_integrate<unsigned int, 8, 0, false>"
+    assert kernel_name(np.int32, "poisson", True) == "gs_integrate_pm<int, 8, 1, true>"
+    assert kernel_name(np.int32, True, False, "frame") in names
+    with pytest.raises(ValueError):
+        kernel_name(np.int32, "full")
+
+
+def test_kernel_source_is_the_packaged_cu_file():
+    import pathlib
+
+    import gpusaxs
+    path = pathlib.Path(gpusaxs.__file__).parent / "kernels" / "integrate.cu"
+    assert kernel_source() == path.read_text()
+    for name in ("gs_integrate_pm", "gs_integrate", "gs_to_pixel_major"):
+        assert "void __launch_bounds__" in kernel_source() and name in kernel_source()
 
 
 # ---------------------------------------------------------------------------- NumPy engine
@@ -269,6 +300,121 @@ def test_float16_input(matrix):
     x[1, 5] = -3
     got = DeviceEngine(matrix, xp=np).sums(x, errors=True)
     assert_sums_close(got, reference_sums(matrix, x), 1e-10)
+
+
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+def test_poisson_skips_squares(matrix, frames_by_dtype, references, layout):
+    x = frames_by_dtype[np.dtype(np.int32)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2, layout=layout)
+    got = eng.sums(x, errors="poisson")
+    assert got.squares is None and got.variance is not None
+    ref = references[np.dtype(np.int32)]
+    for name in ("signal", "norm", "variance"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10)
+    dev = eng.sums_device(x, errors="poisson")
+    assert dev.squares is None
+    np.testing.assert_array_equal(dev.variance, got.variance)
+    with pytest.raises(ValueError):
+        eng.sums(x, errors="std")
+
+
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.float32, np.uint16],
+                         ids=lambda d: np.dtype(d).name)
+def test_dark_offset_numpy_path(matrix, frames_by_dtype, dtype, layout):
+    """CONTRACTS.md 1: v = x - offset, validity on raw x, variance of the raw counts."""
+    m = with_offset(matrix, np.random.default_rng(4))
+    x = frames_by_dtype[np.dtype(dtype)]
+    eng = DeviceEngine(m, xp=np, batch_size=3, layout=layout)
+    ref = reference_sums(m, x)
+    assert_sums_close(eng.sums(x, errors=True), ref, 1e-9)
+    plain = reference_sums(matrix, x)
+    assert not np.allclose(ref.signal, plain.signal)  # the offset matters
+    np.testing.assert_array_equal(ref.norm, plain.norm)
+    np.testing.assert_allclose(ref.variance, plain.variance, rtol=1e-12)
+
+
+def test_dark_offset_field_defaults_to_none(matrix):
+    assert matrix.pixel_offset is None
+    assert DeviceEngine(matrix, xp=np).kernel_arrays()["o"] is None
+
+
+def test_pixel_major_device_input_numpy(matrix, frames_by_dtype, references):
+    x = frames_by_dtype[np.dtype(np.uint16)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    pm = np.ascontiguousarray(x.reshape(x.shape[0], -1).T)  # (n_pixels, B)
+    got = eng.sums_device(pm, errors=True, pixel_major=True)
+    assert_sums_close(got, references[np.dtype(np.uint16)], 1e-10)
+    with pytest.raises(ValueError, match="pixel-major"):
+        eng.sums_device(pm.T, pixel_major=True)
+
+
+def test_transpose_pads_to_frames_per_block(matrix):
+    eng = DeviceEngine(matrix, xp=np)
+    assert [eng._leading_dim(b) for b in (1, 8, 9, 32)] == [8, 8, 16, 32]
+    src = np.arange(3 * matrix.n_pixels, dtype=np.int32).reshape(3, -1)
+    dst = np.full((matrix.n_pixels, 8), -7, np.int32)
+    eng._transpose(src, 3, dst)
+    np.testing.assert_array_equal(dst[:, :3], src.T)
+    assert np.all(dst[:, 3:] == -7)
+
+
+def test_fallback_chain_is_logged_once_and_reported(matrix, frames_by_dtype, references,
+                                                    monkeypatch, caplog):
+    """A failing path is dropped with its reason (once) and the batch redone on the next."""
+    import gpusaxs.gpu_engine as ge
+
+    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    x = frames_by_dtype[np.dtype(np.int32)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    eng._chain = ["kernel", "spmm", "cpu"]  # as on CuPy
+    calls = []
+
+    def broken_launch(*args):
+        calls.append("kernel")
+        raise RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU (simulated)")
+
+    monkeypatch.setattr(eng, "_launch", broken_launch)
+    monkeypatch.setattr(eng, "_kernel_ok", lambda dtype: eng.path == "kernel")
+    with caplog.at_level("WARNING", logger="gpusaxs.gpu_engine"):
+        got = eng.sums(x, errors=True)
+    assert_sums_close(got, references[np.dtype(np.int32)], 1e-10)
+    assert calls == ["kernel"] and eng.path == "spmm"
+    assert [r.getMessage() for r in caplog.records].count(
+        caplog.records[0].getMessage()) == 1 and "falling back to spmm" in caplog.text
+    assert ge.engine_fallbacks()[0]["reason"].startswith("RuntimeError: CUDA_ERROR_NO_BINARY")
+
+    def broken_spmm(*args, **kw):
+        raise MemoryError("cusparse workspace (simulated)")
+
+    monkeypatch.setattr(eng, "_spmm_into", broken_spmm)
+    got = eng.sums(x[:2], errors="poisson")  # the CPU engine, last step
+    assert eng.path == "cpu" and got.squares is None
+    np.testing.assert_allclose(got.signal, references[np.dtype(np.int32)].signal[:2],
+                               rtol=1e-6)  # the CPU engine's float32 w*s
+    assert [f["to"] for f in ge.engine_fallbacks()] == ["spmm", "cpu"]
+    assert [f["to"] for f in eng.fallbacks] == ["spmm", "cpu"]
+
+
+def test_submit_collect_overlaps_batches_in_order(matrix, frames_by_dtype, references):
+    """The service API: batches are queued on round-robin streams and collected in order;
+    with deferred streams nothing runs until a result is waited for."""
+    x = frames_by_dtype[np.dtype(np.int32)]
+    DeferredStream.log = []
+    eng = DeviceEngine(matrix, xp=np, batch_size=2, n_streams=2, stream_factory=DeferredStream)
+    assert eng.submit([x[0], x[1]], errors="poisson") == 1
+    assert eng.submit(x[2:4], errors="poisson") == 2
+    assert all(s.stream.queue for s in eng._slots)  # both batches in flight, none run yet
+    assert eng.submit([x[4]], errors="poisson") == 3  # waits for batch 1 (its slot)
+    parts = [eng.collect() for _ in range(3)]
+    assert eng.pending() == 0
+    got = np.concatenate([p.signal for p in parts])
+    np.testing.assert_allclose(got, references[np.dtype(np.int32)].signal, rtol=1e-10)
+    assert all(p.squares is None for p in parts)
+    with pytest.raises(RuntimeError):
+        eng.collect()
+    with pytest.raises(ValueError):
+        eng.submit([x[0], x[1].astype(np.float32)])
 
 
 # ---------------------------------------------------------------------------- scheduler
@@ -398,157 +544,144 @@ def test_sync_stream_runs_immediately():
 
 
 # ---------------------------------------------------------------------------- CUDA source on CPU
-SHIM = r"""
-#include <barrier>
-#include <cstdio>
-#include <cstdlib>
-#include <mutex>
-#include <string>
-#include <thread>
-#include <vector>
-struct gs_dim3 { unsigned x, y, z; };
-static thread_local gs_dim3 threadIdx;
-static gs_dim3 blockIdx, blockDim;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(n)
-#define __shared__ static
-static std::barrier<>* gs_block_barrier;
-static std::barrier<>* gs_warp_barrier[64];
-static double gs_shfl[64][32];
-static std::mutex gs_atomic_mutex;
-inline void __syncthreads() { gs_block_barrier->arrive_and_wait(); }
-inline double __shfl_down_sync(unsigned, double v, int off) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    gs_shfl[warp][lane] = v;
-    gs_warp_barrier[warp]->arrive_and_wait();
-    const double r = (lane + off < 32) ? gs_shfl[warp][lane + off] : v;
-    gs_warp_barrier[warp]->arrive_and_wait();
-    return r;
-}
-inline double atomicAdd(double* a, double v) {
-    std::lock_guard<std::mutex> g(gs_atomic_mutex); double o = *a; *a += v; return o;
-}
-"""
+KERNEL_DTYPE_NAMES = [d.name for d in KERNEL_DTYPES]
+EMU_COMBOS = ([(n, 2, False, True) for n in KERNEL_DTYPE_NAMES]
+              + [(n, 2, False, False) for n in KERNEL_DTYPE_NAMES]
+              + [(n, m, True, pix) for n in ("int32", "float32") for m in (0, 1, 2)
+                 for pix in (False, True)]
+              + [("int32", m, False, True) for m in (0, 1)])
 
-DRIVER = r"""
-template <typename T> std::vector<T> load(const std::string& path) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) { std::perror(path.c_str()); std::exit(3); }
-    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
-    std::vector<T> v(n / sizeof(T));
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) std::exit(4);
-    std::fclose(f);
-    return v;
-}
 
-template <typename T, bool ERR>
-void run(const std::string& dir, long long P, int nf, int nb) {
-    auto frames = load<T>(dir + "/frames.bin");
-    auto seg_bin = load<int>(dir + "/seg_bin.bin");
-    auto seg_start = load<long long>(dir + "/seg_start.bin");
-    auto seg_end = load<long long>(dir + "/seg_end.bin");
-    auto pix = load<int>(dir + "/pix.bin");
-    auto w = load<float>(dir + "/w.bin");
-    auto s = load<float>(dir + "/s.bin");
-    const int NQ = ERR ? 4 : 2;
-    std::vector<double> out((size_t)NQ * nf * nb, 0.0);
-    const int n_groups = (nf + GS_FB - 1) / GS_FB;
-    const long long n_blocks = (long long)seg_bin.size() * n_groups;
-    blockDim.x = GS_BLOCK;
-    for (long long b = 0; b < n_blocks; ++b) {
-        blockIdx.x = (unsigned)b;
-        std::barrier<> block_barrier(GS_BLOCK);
-        std::vector<std::barrier<>*> warps;
-        gs_block_barrier = &block_barrier;
-        for (int k = 0; k < GS_BLOCK / 32; ++k) gs_warp_barrier[k] = new std::barrier<>(32);
-        std::vector<std::thread> threads;
-        for (int t = 0; t < GS_BLOCK; ++t)
-            threads.emplace_back([&, t] {
-                threadIdx.x = t;
-                gs_integrate<T, GS_FB, ERR>(frames.data(), P, nf, n_groups, seg_bin.data(),
-                    seg_start.data(), seg_end.data(), pix.data(), w.data(), s.data(), nb,
-                    out.data());
-            });
-        for (auto& th : threads) th.join();
-        for (int k = 0; k < GS_BLOCK / 32; ++k) delete gs_warp_barrier[k];
-    }
-    std::string name = dir + (ERR ? "/out_err.bin" : "/out.bin");
-    FILE* f = std::fopen(name.c_str(), "wb");
-    std::fwrite(out.data(), sizeof(double), out.size(), f);
-    std::fclose(f);
-}
-
-template <typename T> void both(const std::string& dir, long long P, int nf, int nb) {
-    run<T, false>(dir, P, nf, nb);
-    run<T, true>(dir, P, nf, nb);
-}
-
-int main(int argc, char** argv) {
-    const std::string type = argv[1], dir = argv[2];
-    const long long P = std::atoll(argv[3]);
-    const int nf = std::atoi(argv[4]), nb = std::atoi(argv[5]);
-    if (type == "int8") both<signed char>(dir, P, nf, nb);
-    else if (type == "uint8") both<unsigned char>(dir, P, nf, nb);
-    else if (type == "int16") both<short>(dir, P, nf, nb);
-    else if (type == "uint16") both<unsigned short>(dir, P, nf, nb);
-    else if (type == "int32") both<int>(dir, P, nf, nb);
-    else if (type == "uint32") both<unsigned int>(dir, P, nf, nb);
-    else if (type == "int64") both<long long>(dir, P, nf, nb);
-    else if (type == "uint64") both<unsigned long long>(dir, P, nf, nb);
-    else if (type == "float32") both<float>(dir, P, nf, nb);
-    else if (type == "float64") both<double>(dir, P, nf, nb);
-    else return 2;
-    return 0;
-}
-"""
-
-EMU_BLOCK, EMU_FB = 64, 4
+def _emu_matrix(rng, offset=False):
+    m = random_matrix((23, 37), rng, center=(5.5, 30.2), dr=4.0)
+    if offset:
+        m = with_offset(m, rng)
+    return m
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    """The CUDA kernel source compiled with g++ against a CPU shim (threads = CUDA threads)."""
-    cxx = shutil.which("g++")
-    if cxx is None:
-        pytest.skip("g++ not available")
-    folder = tmp_path_factory.mktemp("kernel_emulator")
-    src = folder / "emu.cpp"
-    src.write_text(SHIM + KERNEL_SOURCE + DRIVER)
-    exe = folder / "emu"
-    proc = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-w",
-                           f"-DGS_BLOCK={EMU_BLOCK}", f"-DGS_FB={EMU_FB}", str(src), "-o",
-                           str(exe)], capture_output=True, text=True)
-    if proc.returncode != 0 and "barrier" in proc.stderr and "No such file" in proc.stderr:
-        pytest.skip("g++ without C++20 <barrier>")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    """integrate.cu compiled with g++ against the CPU shim (concurrent blocks, random order)."""
+    exe, why = cuda_shim.build(kernel_source(), EMU_COMBOS,
+                               tmp_path_factory.mktemp("kernel_emulator"))
+    if exe is None:
+        pytest.skip(why)
     return exe
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_cuda_kernel_source_on_cpu_emulator(emulator, tmp_path, dtype):
-    """Runs KERNEL_SOURCE itself (segments split across blocks, ragged frame group, both
-    error variants) and compares with the independent reference."""
-    rng = np.random.default_rng(99)
-    m = random_matrix((23, 37), rng, center=(5.5, 30.2), dr=4.0)
-    nf = 6  # two frame groups of 4, the second ragged
-    x = make_frames(dtype, nf, m.shape, rng)
+def _emu_case(rng, dtype, offset=False):
+    m = _emu_matrix(rng, offset)
     eng = DeviceEngine(m, xp=np, segment_length=50)
-    arrays = eng.kernel_arrays()
-    assert np.any(np.bincount(arrays["seg_bin"]) > 1)  # some bins span several blocks
-    for key, value in arrays.items():
-        value.tofile(tmp_path / f"{key}.bin")
-    np.ascontiguousarray(x).tofile(tmp_path / "frames.bin")
-    proc = subprocess.run([str(emulator), np.dtype(dtype).name, str(tmp_path),
-                           str(m.n_pixels), str(nf), str(m.n_bins)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert np.any(np.bincount(eng.kernel_arrays()["seg_bin"]) > 1)  # bins span blocks
+    x = make_frames(dtype, 11, m.shape, rng)  # frame groups of 8 and a ragged 3
+    return m, eng, x
+
+
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+@pytest.mark.parametrize("dtype", [d.type for d in KERNEL_DTYPES], ids=KERNEL_DTYPE_NAMES)
+def test_cuda_kernel_source_on_cpu_emulator(emulator, tmp_path, dtype, layout):
+    """Runs integrate.cu itself (segments split across blocks run concurrently in random
+    order, a ragged frame group, the transposition for the pixel-major layout) against the
+    independent reference."""
+    rng = np.random.default_rng(99)
+    m, eng, x = _emu_case(rng, dtype)
+    out = cuda_shim.run(emulator, tmp_path, eng, x, layout, True, seed=3)
+    assert_sums_close(Sums(*out), reference_sums(m, x), 1e-12)
+
+
+@pytest.mark.parametrize("errors", [False, "poisson", True], ids=str)
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+@pytest.mark.parametrize("dtype", [np.int32, np.float32], ids=["int32", "float32"])
+def test_cuda_kernel_dark_offset_on_cpu_emulator(emulator, tmp_path, dtype, layout, errors):
+    rng = np.random.default_rng(5)
+    m, eng, x = _emu_case(rng, dtype, offset=True)
+    out = cuda_shim.run(emulator, tmp_path, eng, x, layout, errors, seed=4)
     ref = reference_sums(m, x)
-    out = np.fromfile(tmp_path / "out.bin").reshape(2, nf, m.n_bins)
-    assert_sums_close(Sums(out[0], out[1]), ref, 1e-12, errors=False)
-    out = np.fromfile(tmp_path / "out_err.bin").reshape(4, nf, m.n_bins)
-    assert_sums_close(Sums(*out), ref, 1e-12)
+    assert out.shape[0] == {False: 2, "poisson": 3, True: 4}[errors]
+    for q in range(out.shape[0]):
+        np.testing.assert_allclose(out[q], ref[q], rtol=1e-12, atol=1e-9)
+
+
+def test_cuda_kernel_modes_without_offset_on_emulator(emulator, tmp_path):
+    rng = np.random.default_rng(8)
+    m, eng, x = _emu_case(rng, np.int32)
+    ref = reference_sums(m, x)
+    out0 = cuda_shim.run(emulator, tmp_path, eng, x, "pixel", False, seed=5)
+    assert out0.shape[0] == 2
+    assert_sums_close(Sums(*out0), ref, 1e-12, errors=False)
+    out1 = cuda_shim.run(emulator, tmp_path, eng, x, "pixel", "poisson", seed=6)
+    assert out1.shape[0] == 3
+    np.testing.assert_allclose(out1[2], ref.variance, rtol=1e-12)
+
+
+def _race_case(rng):
+    """All pixels in two bins, 8-entry segments: hundreds of blocks add into one address."""
+    h, w = 24, 40
+    n = h * w
+    pixel_ptr = np.arange(n + 1, dtype=np.int64)
+    bins = (np.arange(n) % 2).astype(np.int32)
+    weights = rng.uniform(0.5, 1.0, n).astype(np.float32)
+    m = IntegrationMatrix(shape=(h, w), q_edges=np.linspace(0, 1, 3), pixel_ptr=pixel_ptr,
+                          bins=bins, weights=weights,
+                          pixel_scale=np.ones(n, np.float32),
+                          norm=np.bincount(bins, weights, minlength=2))
+    x = rng.integers(0, 1000, (8, h, w)).astype(np.int32)
+    return m, DeviceEngine(m, xp=np, segment_length=8), x
+
+
+def test_shim_catches_a_plain_add_where_atomicadd_belongs(tmp_path):
+    """Negative control: the kernel with its atomicAdd replaced by a plain += loses updates
+    on the shim (blocks run concurrently); the real kernel does not."""
+    rng = np.random.default_rng(1)
+    m, eng, x = _race_case(rng)
+    ref = reference_sums(m, x)
+    combos = [("int32", 0, False, True)]
+    broken, why = cuda_shim.build(kernel_source(), combos, _mkdir(tmp_path / "broken"),
+                                  defines=["-DGS_ATOMIC_ADD(p,v)=(*(p)+=(v))"])
+    if broken is None:
+        pytest.skip(why)
+    good, _ = cuda_shim.build(kernel_source(), combos, _mkdir(tmp_path / "good"))
+    out = cuda_shim.run(good, tmp_path, eng, x, "pixel", False, runners=8)
+    assert_sums_close(Sums(*out), ref, 1e-12, errors=False)
+    out = cuda_shim.run(broken, tmp_path, eng, x, "pixel", False, runners=8)
+    rel = np.abs(out[1] - ref.norm) / ref.norm
+    assert rel.max() > 1e-3, "the shim did not expose the missing atomicAdd"
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+SUBNORMALS = np.array([-1e-40, -1.4e-45, 1e-40, 1.4e-45, -0.0, 0.0, 5.0, -1.0], np.float32)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 DAZ flags")
+def test_subnormal_validity_same_with_ftz_on_emulator(tmp_path):
+    """-ftz=true (emulated by DAZ/FTZ) must not turn a negative subnormal into a valid 0.
+    The old float rule (x >= 0) fails this; the bit test of integrate.cu passes."""
+    rng = np.random.default_rng(2)
+    m = _emu_matrix(rng)
+    eng = DeviceEngine(m, xp=np, segment_length=50)
+    x = rng.choice(SUBNORMALS, size=(8,) + m.shape).astype(np.float32)
+    ref = reference_sums(m, x)
+    combos = [("float32", 0, False, True)]
+    exe, why = cuda_shim.build(kernel_source(), combos, _mkdir(tmp_path / "new"),
+                               defines=["-DGS_SHIM_FTZ"])
+    if exe is None:
+        pytest.skip(why)
+    out = cuda_shim.run(exe, tmp_path, eng, x, "pixel", False)
+    np.testing.assert_array_equal(out[1] > 0, ref.norm > 0)
+    np.testing.assert_allclose(out[1], ref.norm, rtol=1e-12)
+    np.testing.assert_allclose(out[0], ref.signal, rtol=1e-6, atol=1e-30)
+    old_rule = kernel_source().replace(
+        "return b < 0x7F800000u || b == 0x80000000u;",
+        "return x >= 0.0f && x <= 3.402823466e+38f;")
+    assert old_rule != kernel_source()
+    old, _ = cuda_shim.build(old_rule, combos, _mkdir(tmp_path / "old"),
+                             defines=["-DGS_SHIM_FTZ"])
+    out_old = cuda_shim.run(old, tmp_path, eng, x, "pixel", False)
+    assert np.abs(out_old[1] - ref.norm).max() > 1e-3  # negative subnormals counted
 
 
 # ---------------------------------------------------------------------------- GPU
@@ -601,12 +734,41 @@ def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fb,seg,streams", [(1, 4096, 1), (3, 64, 2), (8, 100000, 3)])
-def test_gpu_kernel_parameters(cp, matrix, frames_by_dtype, references, fb, seg, streams):
+@pytest.mark.parametrize("layout,upload,seg,streams", [("pixel", "copy", 4096, 1),
+                                                       ("pixel", "mapped", 64, 2),
+                                                       ("frame", "copy", 100000, 3)])
+def test_gpu_kernel_parameters(cp, matrix, frames_by_dtype, references, layout, upload, seg,
+                               streams):
     x = frames_by_dtype[np.dtype(np.uint32)]
-    eng = DeviceEngine(matrix, xp=cp, batch_size=4, n_streams=streams, frames_per_block=fb,
-                       segment_length=seg)
+    eng = DeviceEngine(matrix, xp=cp, batch_size=4, n_streams=streams, layout=layout,
+                       upload=upload, segment_length=seg)
     assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-6)
+    assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+def test_gpu_poisson_offset_and_pixel_major_input(cp, matrix, frames_by_dtype, layout):
+    m = with_offset(matrix, np.random.default_rng(4))
+    x = frames_by_dtype[np.dtype(np.int32)]
+    ref = reference_sums(m, x)
+    eng = DeviceEngine(m, xp=cp, batch_size=3, layout=layout)
+    assert_sums_close(eng.sums(x, errors=True), ref, 1e-6)
+    pois = eng.sums(x, errors="poisson")
+    assert pois.squares is None
+    np.testing.assert_allclose(pois.variance, ref.variance, rtol=1e-6)
+    pm = cp.asarray(np.ascontiguousarray(x.reshape(len(x), -1).T))
+    got = eng.sums_device(pm, errors=True, pixel_major=True)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in got)), ref, 1e-6)
+    assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+def test_gpu_subnormal_validity_matches_cpu(cp, matrix):
+    rng = np.random.default_rng(2)
+    x = rng.choice(SUBNORMALS, size=(3,) + matrix.shape).astype(np.float32)
+    got = DeviceEngine(matrix, xp=cp).sums(x)
+    np.testing.assert_allclose(got.norm, reference_sums(matrix, x).norm, rtol=1e-12)
 
 
 @pytest.mark.gpu

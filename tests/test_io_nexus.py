@@ -281,3 +281,33 @@ def test_nexus_structure_nxazint2d(tmp_path):
         assert nx.is_valid, nx.issues
         assert nx.signal.shape == (2, 36, 100)
         assert nx.axes_dataset_names == [None, "azimuthal_axis", "radial_axis"]
+
+
+def test_cakes_of_integrate2d_as_nxazint2d(tmp_path):
+    """Integrator.integrate2d_batch results written as NXazint2d and read back unchanged."""
+    from silx.io import nxdata
+
+    from gpusaxs import Integrator
+
+    d = flat_calibration(Imagesize=[150, 120], BeamCenter=[75.0, 60.0], MaskFile=None,
+                         Oversampling=1)
+    cal = Calibration.from_dict(d)
+    stack = np.random.default_rng(4).poisson(40, size=(3, 150, 120)).astype(np.int32)
+    res = Integrator(cal, backend="numpy").integrate2d_batch(stack, 80, npt_azim=36,
+                                                             unit="2th_deg",
+                                                             error_model="poisson")
+    assert res.intensity.shape == (3, 36, 80)
+    out = tmp_path / "cakes.h5"
+    with NXazintWriter(out, res.radial, radial_unit=res.unit, azimuthal=res.azimuthal,
+                       calibration=cal, options={"error_model": "poisson"}) as w:
+        w.append(res.intensity, res.sigma, np.arange(3), ["a::0", "a::1", "a::2"])
+    back = read_nxazint(out)
+    assert back["definition"] == "NXazint2d" and back["radial_unit"] == "2th_deg"
+    np.testing.assert_array_equal(back["radial"], res.radial)
+    np.testing.assert_array_equal(back["azimuthal"], res.azimuthal)
+    np.testing.assert_array_equal(back["intensity"], res.intensity)
+    np.testing.assert_array_equal(back["sigma"], res.sigma)
+    with h5py.File(out, "r") as f:
+        nx = nxdata.get_default(f)
+        assert nx.is_valid and nx.signal.shape == (3, 36, 80)
+        assert f["entry/data/radial_axis"].attrs["long_name"] == "2theta"

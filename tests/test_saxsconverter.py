@@ -345,9 +345,9 @@ def test_bad_poni(tmp_path):
     rc, _, stderr = run_cli(poni, tmp_path / "out.json")
     assert rc == 2 and "bad.poni: no Poni2 line" in stderr
     poni.write_text('poni_version: 2.1\nDetector: Detector\nDetector_config: {"pixel1": 1e-4, "pixel2": 1e-4, '
-                    '"orientation": 1}\nDistance: 0.1\nPoni1: 0\nPoni2: 0\nRot1: 0\nRot2: 0\nRot3: 0\n')
+                    '"orientation": 7}\nDistance: 0.1\nPoni1: 0\nPoni2: 0\nRot1: 0\nRot2: 0\nRot3: 0\n')
     rc, _, stderr = run_cli(poni, tmp_path / "out.json")
-    assert rc == 2 and "orientation 1 is not supported" in stderr
+    assert rc == 2 and "orientation 7 is not supported" in stderr
 
 
 def test_named_detector_poni(tmp_path):

@@ -306,8 +306,12 @@ def read_image(path, shape=None):
 
     ``shape``: expected ``(H, W)`` in pixels, or None to accept any size.
     Raises ImageReadError (missing file, truncated, not an image, not a single 2D frame,
-    wrong size).
+    wrong size). HDF5 files and frames of stacks (``file.h5::/dataset``, ``file::N``) are read
+    by :func:`gpusaxs.io.frames.read_frame`.
     """
+    from .frames import is_frame_source, read_frame
+    if is_frame_source(path):       # HDF5 / a frame of a stack (gpusaxs.io.frames)
+        return read_frame(path, shape)
     spath = os.fspath(path)
     if not os.path.exists(spath):
         raise ImageReadError(path, "no such file")

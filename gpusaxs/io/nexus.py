@@ -26,7 +26,8 @@ exception in a ``with`` block) removes it, so ``path`` is never half-written. ``
 file is written in place in HDF5 SWMR mode; another process reading it with
 :func:`read_nxazint` (or ``h5py.File(path, "r", swmr=True)``) sees the rows appended so far, at
 the latest ``flush_interval_s`` after they were appended, and a writer killed at any moment leaves
-a readable file with every row flushed before.
+a readable file with every row flushed before (a SWMR reader opens it; for other readers
+``h5clear -s FILE`` clears the "open for writing" flag the killed writer left).
 """
 import contextlib
 import datetime

@@ -1,0 +1,295 @@
+"""Detector stream throughput: end to end next to decode-only, in-memory integration and pyFAI.
+
+For PILATUS 1M-size (1043 x 981) and EIGER 4M-size (2167 x 2070) uint32 bslz4 frames (the
+demo's synthetic silver behenate), all in the same run on this machine:
+
+* decode, 1 thread: bslz4 -> array, frames/s;
+* integrate in memory: ``Integrator.integrate_batch_error`` on batches of decoded frames
+  (the CPU engine, all cores), frames/s;
+* sequential: 1 / (1/decode + 1/integrate), the rate of decoding then integrating each frame;
+* pyFAI: ``integrate1d`` (full/csr/cython) on the same decoded frames;
+* end to end: a sender process pushes a Stream V2 series (pre-encoded messages) to a
+  :class:`StreamConsumer` (receive, decode on 2 threads, integrate, write the live NeXus file);
+  frames/s from the start message to the closed file.
+
+The goal of issue 11: end to end >= 70 % of the sequential rate.  The machine is shared with
+other jobs: the ratios of one run are what to compare, not the absolute numbers.
+Writes benchmarks/results/stream-cpu.json.
+"""
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from gpusaxs.clients.saxsdetsim import demo_frames
+from gpusaxs.server.stream import codecs, v2
+
+from gpusaxs.calibration import Calibration
+from gpusaxs.demo import DEMO_CALIBRATION
+from gpusaxs.integrator import Integrator
+
+CASES = {
+    "PILATUS 1M": dict(DEMO_CALIBRATION, MaskFile=None),
+    "EIGER 4M": dict(
+        DEMO_CALIBRATION,
+        MaskFile=None,
+        Imagesize=[2167, 2070],
+        PixelSizeMicroM=[75.0],
+        BeamCenter=[1100.0, 1000.0],
+        Oversampling=2,
+        Title="EIGER 4M-size synthetic AgBh",
+    ),
+}
+
+
+def rate(n, fn):
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def git_commit():
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=HERE, text=True, stderr=subprocess.DEVNULL
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def end_to_end(integ, frames, n, batch, threads, out_dir):
+    """frames/s of a V2 series through StreamConsumer (sender in another process)."""
+    import zmq
+    from gpusaxs.server.stream.consumer import StreamConsumer
+
+    shape = frames[0].shape
+    px = tuple(p * 1e-6 for p in integ.calibration.pixel_size_um)
+    datas = [v2.image_data(f, "bslz4") for f in frames]
+    import cbor2
+
+    images = [
+        cbor2.dumps(
+            {
+                "type": "image",
+                "series_id": 1,
+                "series_unique_id": "bench",
+                "image_id": i,
+                "data": {"threshold_1": datas[i % len(datas)]},
+            }
+        )
+        for i in range(n)
+    ]
+    messages = {
+        "start": v2.encode_start(1, "bench", shape, px, n),
+        "images": images,
+        "end": v2.encode_end(1, "bench"),
+    }
+    ctx = zmq.Context()
+    pull_url = f"tcp://127.0.0.1:{_free_port()}"
+    # the sender binds, as a detector does; the consumer connects
+    ready = mp.get_context("fork").Event()
+    proc = mp.get_context("fork").Process(
+        target=_bind_sender, args=(pull_url, messages, n, ready)
+    )
+    proc.start()
+    ready.wait(60)
+    cons = StreamConsumer(
+        pull_url,
+        out_dir,
+        version=2,
+        integrator=integ,
+        batch_size=batch,
+        decode_threads=threads,
+        buffer_frames=256,
+        context=ctx,
+    ).start()
+    book = cons.book
+    assert book.wait(lambda b: (b.get(1) or {}).get("received", 0) >= 1, 120)
+    t0 = time.perf_counter()
+    ok = book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 600)
+    dt = time.perf_counter() - t0
+    st = book.get(1)
+    cons.stop()
+    proc.join(60)
+    ctx.term()
+    if not ok or st["integrated"] != n:
+        raise RuntimeError(f"end to end incomplete: {st}")
+    return (n - 1) / dt, st
+
+
+def _bind_sender(url, messages, n, ready):
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.SNDHWM, 1000)
+    s.bind(url)
+    ready.set()
+    s.send(messages["start"])
+    for m in messages["images"]:
+        s.send(m, copy=False)
+    s.send(messages["end"])
+    s.close(linger=-1)
+    ctx.term()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pyfai_rate(cal, frames, n_bins):
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import pyfai_integrator
+
+    ai = pyfai_integrator(cal)
+    top = float(np.iinfo(frames[0].dtype).max)
+    kw = {
+        "npt": n_bins,
+        "unit": "q_nm^-1",
+        "polarization_factor": 2 * 0.95 - 1,
+        "method": ("full", "csr", "cython"),
+        "correctSolidAngle": False,
+        "dummy": top,
+        "delta_dummy": 0.5,
+    }
+    ai.integrate1d(frames[0], **kw)  # builds pyFAI's CSR matrix
+    return rate(len(frames), lambda: [ai.integrate1d(f, **kw) for f in frames])
+
+
+def run_case(name, n_frames, batch, threads, no_pyfai):
+    cal = Calibration.from_dict(CASES[name])
+    t0 = time.perf_counter()
+    integ = Integrator(cal, backend="numpy").warm_up(np.uint32)
+    build_s = time.perf_counter() - t0
+    frames = demo_frames(4, np.uint32, seed=0, calibration=cal)
+    encoded = [codecs.encode_bslz4(f) for f in frames]
+    decoded = []
+    k = max(n_frames // 4, len(frames))
+
+    def dec():
+        for i in range(k):
+            decoded.append(
+                codecs.decode_bslz4(encoded[i % 4], frames[0].shape, np.uint32, 4)
+            )
+
+    r_dec = rate(k, dec)
+    stack = np.stack([decoded[i % len(decoded)] for i in range(batch)])
+    integ.integrate_batch_error(stack, std=False)
+    reps = max(1, k // batch)
+    r_int = rate(
+        reps * batch,
+        lambda: [integ.integrate_batch_error(stack, std=False) for _ in range(reps)],
+    )
+    r_seq = 1.0 / (1.0 / r_dec + 1.0 / r_int)
+    r_pyfai = (
+        None
+        if no_pyfai
+        else pyfai_rate(cal, decoded[: max(8, k // 4)], integ.matrix.n_bins)
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as out:
+        r_e2e, _ = end_to_end(integ, frames, n_frames, batch, threads, out)
+    comp = np.mean([f.nbytes / len(e) for f, e in zip(frames, encoded)])
+    return {
+        "case": name,
+        "shape": list(cal.imagesize),
+        "dtype": "uint32",
+        "compression": "bslz4",
+        "compression_ratio": round(float(comp), 2),
+        "oversampling": cal.oversampling,
+        "n_bins": int(integ.matrix.n_bins),
+        "frames_end_to_end": n_frames,
+        "batch": batch,
+        "decode_threads": threads,
+        "matrix_build_s": round(build_s, 2),
+        "decode_1thread_fps": r_dec,
+        "integrate_in_memory_fps": r_int,
+        "sequential_decode_then_integrate_fps": r_seq,
+        "pyfai_fps": r_pyfai,
+        "end_to_end_fps": r_e2e,
+        "end_to_end_vs_sequential": r_e2e / r_seq,
+        "end_to_end_vs_pyfai": None if r_pyfai is None else r_e2e / r_pyfai,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--frames", type=int, default=400, help="PILATUS 1M frames end to end"
+    )
+    p.add_argument(
+        "--frames-4m", type=int, default=100, help="EIGER 4M frames end to end"
+    )
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument(
+        "--threads", type=int, default=2, help="decode threads of the consumer"
+    )
+    p.add_argument("--no-pyfai", action="store_true")
+    p.add_argument("--cases", nargs="*", default=list(CASES))
+    p.add_argument("--out", default=str(HERE / "results" / "stream-cpu.json"))
+    args = p.parse_args(argv)
+    os.environ.setdefault(
+        "GPUSAXS_CACHE_DIR", os.path.join(tempfile.gettempdir(), "gpusaxs-bench-cache")
+    )
+    load0 = os.getloadavg()
+    rows = []
+    for name in args.cases:
+        n = args.frames if name == "PILATUS 1M" else args.frames_4m
+        rows.append(run_case(name, n, args.batch, args.threads, args.no_pyfai))
+    load1 = os.getloadavg()
+    print(
+        f"{'case':11s} {'decode 1t':>10s} {'integrate':>10s} {'sequential':>10s} "
+        f"{'pyFAI':>8s} {'end2end':>8s} {'e2e/seq':>8s} {'e2e/pyFAI':>9s}   (frames/s)"
+    )
+    for r in rows:
+        pf = "-" if r["pyfai_fps"] is None else f"{r['pyfai_fps']:.0f}"
+        rp = (
+            "-"
+            if r["end_to_end_vs_pyfai"] is None
+            else f"{r['end_to_end_vs_pyfai']:.2f}"
+        )
+        print(
+            f"{r['case']:11s} {r['decode_1thread_fps']:10.0f} {r['integrate_in_memory_fps']:10.0f} "
+            f"{r['sequential_decode_then_integrate_fps']:10.0f} {pf:>8s} "
+            f"{r['end_to_end_fps']:8.0f} {r['end_to_end_vs_sequential']:8.2f} {rp:>9s}"
+        )
+    print(
+        f"load average {load0[0]:.1f} before, {load1[0]:.1f} after, {os.cpu_count()} cores: "
+        f"the machine is shared, compare the ratios"
+    )
+    result = {
+        "benchmark": "bench_stream",
+        "commit": git_commit(),
+        "time": time.time(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": load0,
+        "loadavg_after": load1,
+        "note": "shared machine (other jobs running); compare ratios within this run",
+        "cases": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

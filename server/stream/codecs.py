@@ -1,0 +1,229 @@
+"""Frame payload codecs of the DECTRIS streams, on top of the ecosystem's packages.
+
+* ``bslz4``: bitshuffle + LZ4 with the HDF5 filter framing (a 12-byte header: uncompressed
+  size as big-endian uint64, block size in bytes as big-endian uint32; then the blocks, each a
+  big-endian uint32 compressed size and an LZ4 block).  Stream V2 tag 56500 ``"bslz4"`` and
+  Stream V1 ``bs32-lz4<`` / ``bs16-lz4<`` / ``bs8-lz4<`` both use it.  Decoded with the
+  ``bitshuffle`` package.
+* ``lz4`` (V2, tag 56500 ``"lz4"``): LZ4 blocks with the HDF5 LZ4 filter framing (the same
+  12-byte header; a block whose compressed size equals its plain size is stored as is).
+  Decoded with the ``lz4`` package.
+* ``lz4<`` (V1): one plain LZ4 block, no header.
+* raw: the little-endian bytes.
+
+Every decoder checks sizes against what the message announced and raises :class:`DecodeError`
+(never returns a wrong-sized frame).  Encoders are for the simulator and the tests.
+"""
+
+import struct
+
+import numpy as np
+
+__all__ = [
+    "DecodeError",
+    "decode_bslz4",
+    "decode_lz4_block",
+    "decode_lz4_h5",
+    "decode_payload",
+    "decode_raw",
+    "encode_bslz4",
+    "encode_lz4_block",
+    "encode_lz4_h5",
+]
+
+_H5_HEADER = struct.Struct(">QI")
+#: DECTRIS' bitshuffle block size (bytes) for the simulator (8192 bytes, as the detectors use).
+BSLZ4_BLOCK_BYTES = 8192
+#: block size of the HDF5 LZ4 filter framing written by the simulator (1 GiB: one block).
+LZ4_BLOCK_BYTES = 1 << 30
+
+
+class DecodeError(ValueError):
+    """A payload that cannot be decoded into the announced frame."""
+
+
+def _expected(shape, dtype):
+    dtype = np.dtype(dtype)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return dtype, n * dtype.itemsize
+
+
+def _h5_header(name, buf, shape, dtype):
+    """(bytes view, dtype, frame bytes, block bytes) of a payload with the HDF5 filter header."""
+    dtype, nbytes = _expected(shape, dtype)
+    mv = memoryview(buf).cast("B")
+    if len(mv) < _H5_HEADER.size:
+        raise DecodeError(
+            f"{name} payload of {len(mv)} bytes is shorter than its header"
+        )
+    total, block = _H5_HEADER.unpack_from(mv, 0)
+    if total != nbytes:
+        raise DecodeError(
+            f"{name} header announces {total} bytes, the frame needs {nbytes}"
+        )
+    return mv, dtype, nbytes, block
+
+
+def decode_raw(buf, shape, dtype):
+    """Uncompressed little-endian bytes -> array (a view, no copy)."""
+    dtype, nbytes = _expected(shape, dtype)
+    if len(buf) != nbytes:
+        raise DecodeError(f"raw payload has {len(buf)} bytes, the frame needs {nbytes}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def decode_bslz4(buf, shape, dtype, elem_size=None):
+    """bitshuffle/LZ4 with HDF5 framing -> array of ``shape`` and ``dtype``."""
+    import bitshuffle
+
+    mv, dtype, nbytes, block = _h5_header("bslz4", buf, shape, dtype)
+    if elem_size is not None and int(elem_size) != dtype.itemsize:
+        raise DecodeError(
+            f"bslz4 element size {elem_size} does not match dtype {dtype} "
+            f"({dtype.itemsize} bytes)"
+        )
+    if block == 0 or block % dtype.itemsize or (block // dtype.itemsize) % 8:
+        raise DecodeError(
+            f"bslz4 block size {block} bytes is not a multiple of 8 elements"
+        )
+    _check_bslz4_blocks(
+        mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize
+    )
+    body = np.frombuffer(mv, dtype=np.uint8, offset=_H5_HEADER.size)
+    try:
+        out = bitshuffle.decompress_lz4(
+            body, tuple(int(s) for s in shape), dtype, block // dtype.itemsize
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise DecodeError(f"bslz4: {exc}") from None
+    return out
+
+
+def _check_bslz4_blocks(mv, n_elems, block_elems, itemsize):
+    """Walk the bitshuffle block headers: every block must lie inside the payload.
+
+    bitshuffle trusts these sizes (a truncated payload makes it read past the buffer), so a
+    payload from the network is checked first.  Layout (bitshuffle ``bshuf_compress_lz4``):
+    ``n_elems // block_elems`` full blocks, one last block of the remainder rounded down to a
+    multiple of 8 elements, then the last ``n_elems % 8`` elements uncompressed.
+    """
+    leftover = (n_elems % 8) * itemsize
+    sizes = [block_elems * itemsize] * (n_elems // block_elems)
+    last = (n_elems % block_elems) - (n_elems % 8)
+    if last > 0:
+        sizes.append(last * itemsize)
+    pos, end = _H5_HEADER.size, len(mv) - leftover
+    unpack = struct.Struct(">I").unpack_from
+    for plain in sizes:
+        if pos + 4 > end:
+            raise DecodeError("bslz4 payload truncated (block header)")
+        (csize,) = unpack(mv, pos)
+        if csize > plain + plain // 255 + 16:  # more than LZ4's worst case
+            raise DecodeError(f"bslz4 block of {csize} bytes is larger than LZ4 allows")
+        pos += 4 + csize
+        if pos > end:
+            raise DecodeError("bslz4 payload truncated (block data)")
+    if pos != end:
+        raise DecodeError(f"bslz4 payload has {end - pos} bytes more than its blocks")
+
+
+def decode_lz4_h5(buf, shape, dtype):
+    """LZ4 with the HDF5 LZ4 filter framing -> array."""
+    import lz4.block
+
+    mv, dtype, nbytes, block = _h5_header("lz4", buf, shape, dtype)
+    if block == 0:
+        raise DecodeError("lz4 header has block size 0")
+    out = np.empty(nbytes, dtype=np.uint8)
+    pos, done = _H5_HEADER.size, 0
+    while done < nbytes:
+        want = min(block, nbytes - done)
+        if pos + 4 > len(mv):
+            raise DecodeError("lz4 payload truncated (block header)")
+        (csize,) = struct.unpack_from(">I", mv, pos)
+        pos += 4
+        if pos + csize > len(mv):
+            raise DecodeError("lz4 payload truncated (block data)")
+        chunk = mv[pos : pos + csize]
+        if csize == want:  # stored uncompressed
+            out[done : done + want] = np.frombuffer(chunk, dtype=np.uint8)
+        else:
+            try:
+                plain = lz4.block.decompress(chunk, uncompressed_size=want)
+            except lz4.block.LZ4BlockError as exc:
+                raise DecodeError(f"lz4: {exc}") from None
+            if len(plain) != want:
+                raise DecodeError(
+                    f"lz4 block decoded to {len(plain)} bytes, expected {want}"
+                )
+            out[done : done + want] = np.frombuffer(plain, dtype=np.uint8)
+        pos += csize
+        done += want
+    if pos != len(mv):
+        raise DecodeError(f"lz4 payload has {len(mv) - pos} trailing bytes")
+    return out.view(dtype).reshape(shape)
+
+
+def decode_lz4_block(buf, shape, dtype):
+    """One plain LZ4 block (Stream V1 ``lz4<``) -> array."""
+    import lz4.block
+
+    dtype, nbytes = _expected(shape, dtype)
+    try:
+        plain = lz4.block.decompress(buf, uncompressed_size=nbytes)
+    except lz4.block.LZ4BlockError as exc:
+        raise DecodeError(f"lz4: {exc}") from None
+    if len(plain) != nbytes:
+        raise DecodeError(
+            f"lz4 block decoded to {len(plain)} bytes, the frame needs {nbytes}"
+        )
+    return np.frombuffer(plain, dtype=dtype).reshape(shape)
+
+
+def decode_payload(compression, buf, shape, dtype, elem_size=None):
+    """Dispatch on the compression name: "bslz4", "lz4" (HDF5 framing), "lz4-block", "none"."""
+    if compression == "bslz4":
+        return decode_bslz4(buf, shape, dtype, elem_size)
+    if compression == "lz4":
+        return decode_lz4_h5(buf, shape, dtype)
+    if compression == "lz4-block":
+        return decode_lz4_block(buf, shape, dtype)
+    if compression == "none":
+        return decode_raw(buf, shape, dtype)
+    raise DecodeError(f"unknown compression {compression!r}")
+
+
+# -- encoders (simulator, tests) ------------------------------------------------------------------
+def encode_bslz4(arr, block_bytes=BSLZ4_BLOCK_BYTES):
+    """Array -> bslz4 bytes with HDF5 framing."""
+    import bitshuffle
+
+    arr = np.ascontiguousarray(arr)
+    elems = block_bytes // arr.dtype.itemsize
+    body = bitshuffle.compress_lz4(arr.reshape(-1), elems)
+    return _H5_HEADER.pack(arr.nbytes, elems * arr.dtype.itemsize) + body.tobytes()
+
+
+def encode_lz4_h5(arr, block_bytes=LZ4_BLOCK_BYTES):
+    """Array -> LZ4 bytes with the HDF5 LZ4 filter framing."""
+    import lz4.block
+
+    raw = np.ascontiguousarray(arr).tobytes()
+    parts = [_H5_HEADER.pack(len(raw), block_bytes)]
+    for start in range(0, len(raw), block_bytes):
+        chunk = raw[start : start + block_bytes]
+        comp = lz4.block.compress(chunk, store_size=False)
+        if len(comp) >= len(chunk):
+            comp = chunk
+        parts.append(struct.pack(">I", len(comp)))
+        parts.append(comp)
+    return b"".join(parts)
+
+
+def encode_lz4_block(arr):
+    """Array -> one plain LZ4 block (Stream V1 ``lz4<``)."""
+    import lz4.block
+
+    return lz4.block.compress(np.ascontiguousarray(arr).tobytes(), store_size=False)

@@ -1,0 +1,589 @@
+"""StreamConsumer: receive a detector stream, decode, integrate and write one NeXus file per series.
+
+Four stages, each a thread, joined by bounded queues so that receiving, decoding, integrating
+and writing overlap::
+
+    receiver ──(buffer: buffer_frames)──> assembler + decode pool ──(2 batches)──> integrator
+        ──(4 batches)──> writer
+
+* receiver: the ZeroMQ PULL socket (RCVHWM ``hwm``); parses each message's envelope only
+  (CBOR/JSON, the payload stays compressed), accounts for every image id in the
+  :class:`~.series.SeriesBook` (duplicates, malformed messages -> error records) and queues it.
+  When the buffer is full: ``policy="block"`` waits (ZeroMQ then holds frames up to the
+  high-water marks, and a full detector-side buffer is the detector's to report), ``"drop"``
+  drops the frame and writes a ``dropped`` error record naming its id.  Start and end messages
+  are never dropped.
+* assembler: checks each series' start message against the calibration (image size, pixel
+  size; a disagreeing series is refused with an error record), groups consecutive frames of a
+  series into batches and decodes them on ``decode_threads`` threads (bitshuffle and LZ4 release
+  the GIL) straight into a recycled (B, H, W) stack of the frames' own dtype.
+* integrator: ``Integrator.integrate_batch_error`` on the stack (mean intensity and Poisson
+  error per bin).
+* writer: :class:`gpusaxs.io.nexus.NXazintWriter` in live mode, ``series_<series_id>.nxs`` in
+  ``out_dir`` (rows appended as they come, flushed at least every second); ``.chi`` per image
+  only with ``chi=True``.
+"""
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import v1, v2
+from .messages import End, Image, MalformedMessage, Start
+from .series import SeriesBook
+
+log = logging.getLogger("saxsdogserver.stream")
+
+_STOP = ("stop",)
+PIXEL_SIZE_RTOL = 1e-3
+
+
+def check_start(start, integ):
+    """None if the start message fits the integrator's calibration, else the reason (a str)."""
+    cal = integ.calibration
+    if start.image_size is not None and tuple(start.image_size) != tuple(integ.shape):
+        return (
+            f"image size {start.image_size[0]} x {start.image_size[1]} (rows x columns) "
+            f"of the start message differs from the calibration's Imagesize "
+            f"{integ.shape[0]} x {integ.shape[1]}"
+        )
+    if start.pixel_size_m is not None:
+        want = [p * 1e-6 for p in cal.pixel_size_um]
+        got = list(start.pixel_size_m)
+        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want)):
+            return (
+                f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
+                f"message differs from the calibration's PixelSizeMicroM "
+                f"{want[0] * 1e6:g} x {want[1] * 1e6:g}"
+            )
+    return None
+
+
+def calibration_key(integ):
+    key = getattr(integ, "matrix_key", None)
+    if callable(key):
+        key = key()
+    if key is None:
+        from gpusaxs.matrix_cache import matrix_key
+
+        key = matrix_key(integ.calibration)
+    return str(key)
+
+
+class _StackPool:
+    """Recycled (B, H, W) stacks per dtype, so that batches do not allocate."""
+
+    def __init__(self, batch, shape):
+        self.batch, self.shape = batch, tuple(shape)
+        self._free = {}
+        self._lock = threading.Lock()
+
+    def take(self, dtype):
+        dtype = np.dtype(dtype)
+        with self._lock:
+            lst = self._free.get(dtype.str)
+            if lst:
+                return lst.pop()
+        return np.empty((self.batch,) + self.shape, dtype=dtype)
+
+    def give(self, stack):
+        with self._lock:
+            lst = self._free.setdefault(stack.dtype.str, [])
+            if len(lst) < 4:
+                lst.append(stack)
+
+
+class StreamConsumer:
+    """Consume a DECTRIS Stream V2 or V1 and integrate every image of every series.
+
+    Parameters
+    ----------
+    url : "tcp://HOST:PORT" of the detector's PUSH socket (we connect a PULL socket).
+    out_dir : folder of the NeXus files and error logs.
+    version : 2 (CBOR, default) or 1 (multipart JSON).
+    integrator : an Integrator, a callable returning one, or None (set later with
+        :meth:`set_integrator`, e.g. by ``saxsleash new``); a series starting without one is
+        refused.
+    batch_size : frames per integration call.
+    decode_threads : threads decoding frames.
+    buffer_frames : frames waiting between receiver and decoder (the bounded buffer).
+    hwm : ZeroMQ receive high-water mark (messages).
+    policy : "block" (default: backpressure, nothing dropped) or "drop" (drop frames that do
+        not fit the buffer, each with an error record).
+    chi : also write ``series_<id>/image_<id>.chi`` per image.
+    context : a zmq.Context to use (default: the process' instance).
+    """
+
+    def __init__(
+        self,
+        url,
+        out_dir,
+        version=2,
+        integrator=None,
+        batch_size=16,
+        decode_threads=2,
+        buffer_frames=256,
+        hwm=1000,
+        policy="block",
+        chi=False,
+        context=None,
+    ):
+        if version not in (1, 2):
+            raise ValueError(f"stream version must be 1 or 2, not {version!r}")
+        if policy not in ("block", "drop"):
+            raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
+        self.url = url
+        self.out_dir = os.path.realpath(out_dir)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.version = version
+        self.batch_size = max(1, int(batch_size))
+        self.decode_threads = max(1, int(decode_threads))
+        self.policy = policy
+        self.hwm = int(hwm)
+        self.chi = bool(chi)
+        self.book = SeriesBook(self.out_dir)
+        self._integ_lock = threading.Lock()
+        self._key = None
+        self._integ_source = integrator
+        self._integ = (
+            None
+            if callable(integrator) and not hasattr(integrator, "integrate")
+            else integrator
+        )
+        self._ctx = context
+        self._buffer = queue.Queue(maxsize=max(1, int(buffer_frames)))
+        self._batches = queue.Queue(maxsize=2)
+        self._rows = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._threads = []
+        self._pool = None
+        self.connected = threading.Event()
+
+    # -- calibration ----------------------------------------------------------------------------
+    def set_integrator(self, integrator, key=None):
+        """Use this Integrator (or a callable returning one) for the series that start from now.
+
+        ``key``: its calibration key (calibration + mask, see ``matrix_key``), stored in the
+        NeXus files; default: derived from the integrator.
+        """
+        with self._integ_lock:
+            self._key = key
+            self._integ_source = integrator
+            self._integ = integrator if hasattr(integrator, "integrate") else None
+
+    def _integrator(self):
+        with self._integ_lock:
+            if self._integ is None and self._integ_source is not None:
+                self._integ = self._integ_source()
+            return self._integ, self._key
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self):
+        self._pool = ThreadPoolExecutor(
+            self.decode_threads, thread_name_prefix="stream-decode"
+        )
+        for name, fn in (
+            ("receiver", self._receive_loop),
+            ("assembler", self._assemble_loop),
+            ("integrator", self._integrate_loop),
+            ("writer", self._write_loop),
+        ):
+            t = threading.Thread(
+                target=self._guard(fn), name=f"stream-{name}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout=60.0):
+        """Stop receiving; frames already received are integrated and written; files closed."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        return not any(t.is_alive() for t in self._threads)
+
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except Exception:  # a bug must not hang the others: log, pass the stop on
+                log.exception("stream %s stage failed", fn.__name__)
+                self._stop.set()
+                for q in (self._buffer, self._batches, self._rows):
+                    try:
+                        q.put_nowait(_STOP)
+                    except queue.Full:
+                        pass
+
+        return run
+
+    def info(self):
+        """The ``streams`` part of ``saxsleash stat``."""
+        d = self.book.info()
+        d.update(
+            {
+                "detector": self.url,
+                "version": self.version,
+                "policy": self.policy,
+                "buffered": self._buffer.qsize(),
+                "buffer size": self._buffer.maxsize,
+                "output": self.out_dir,
+            }
+        )
+        return d
+
+    # -- stage 1: receiver ----------------------------------------------------------------------
+    def _put_control(self, item):
+        while True:
+            try:
+                self._buffer.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._stop.is_set() and item is not _STOP:
+                    if isinstance(item, Image):
+                        self.book.error(
+                            item.series_id,
+                            item.image_id,
+                            "dropped: the server stopped with the buffer full",
+                            "dropped",
+                        )
+                    return
+
+    def _receive_loop(self):
+        import zmq
+
+        ctx = self._ctx or zmq.Context.instance()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.url)
+        self.connected.set()
+        decode = v2.decode if self.version == 2 else v1.decode
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(100):
+                    continue
+                while True:
+                    try:
+                        if self.version == 2:
+                            raw = sock.recv(zmq.NOBLOCK, copy=False).buffer
+                        else:
+                            raw = [
+                                f.buffer
+                                for f in sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            ]
+                    except zmq.Again:
+                        break
+                    self._on_message(decode, raw)
+                    if self._stop.is_set():
+                        break
+        finally:
+            sock.close(linger=0)
+            self._put_control(_STOP)
+
+    def _on_message(self, decode, raw):
+        book = self.book
+        try:
+            msg = decode(raw)
+        except MalformedMessage as exc:
+            if (
+                exc.series_id is not None
+                and exc.image_id is not None
+                and not book.receive(exc.series_id, exc.image_id)
+            ):
+                book.error(
+                    exc.series_id,
+                    exc.image_id,
+                    f"duplicate image_id (and malformed: {exc.reason})",
+                    "duplicate",
+                )
+                return
+            book.error(exc.series_id, exc.image_id, exc.reason, "malformed")
+            log.warning("malformed stream message: %s", exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile message triggers: never stop
+            book.error(
+                None,
+                None,
+                f"undecodable message: {type(exc).__name__}: {exc}"[:300],
+                "malformed",
+            )
+            return
+        if isinstance(msg, Image):
+            sid, iid = msg.series_id, msg.image_id
+            if not book.receive(sid, iid):
+                book.error(
+                    sid, iid, "duplicate image_id: already received", "duplicate"
+                )
+                return
+            if not book.is_started(sid):
+                book.error(
+                    sid,
+                    iid,
+                    "no start message for this series (started before the server?)",
+                    "no start",
+                )
+                return
+            reason = book.is_refused(sid)
+            if reason is not None:
+                book.error(sid, iid, f"series refused: {reason}", "refused")
+                return
+            if self.policy == "drop":
+                try:
+                    self._buffer.put_nowait(msg)
+                except queue.Full:
+                    book.error(
+                        sid,
+                        iid,
+                        f"dropped: stream buffer full ({self._buffer.maxsize} frames)",
+                        "dropped",
+                    )
+            else:
+                self._put_control(msg)
+        elif isinstance(msg, Start):
+            book.start(msg.series_id, msg.unique_id, msg.number_of_images)
+            self._put_control(msg)
+        elif isinstance(msg, End):
+            book.end(msg.series_id)
+            self._put_control(msg)
+
+    # -- stage 2: assembler + decode pool -------------------------------------------------------
+    def _assemble_loop(self):
+        integs = {}  # series_id -> integrator
+        pools = {}  # shape -> _StackPool
+        pending = None
+        while True:
+            item = pending if pending is not None else self._buffer.get()
+            pending = None
+            if item is _STOP:
+                self._batches.put(_STOP)
+                return
+            if isinstance(item, Start):
+                integ, key, reason = None, None, None
+                try:
+                    integ, key = self._integrator()
+                except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
+                    reason = f"cannot build the integrator: {exc}"
+                if integ is None and reason is None:
+                    reason = (
+                        "no calibration: start the server with --calibration FILE or "
+                        "send one with 'saxsleash new'"
+                    )
+                if reason is None:
+                    reason = check_start(item, integ)
+                if reason is not None:
+                    self.book.refuse(item.series_id, reason)
+                    log.warning("series %s refused: %s", item.series_id, reason)
+                    integs.pop(item.series_id, None)
+                    continue
+                integs[item.series_id] = integ
+                self._batches.put(("start", item, integ, key))
+                continue
+            if isinstance(item, End):
+                integs.pop(item.series_id, None)
+                self._batches.put(("end", item))
+                continue
+            # an image: gather a batch of the same series and dtype
+            integ = integs.get(item.series_id)
+            if integ is None:
+                why = self.book.is_refused(item.series_id)
+                if why is None:
+                    why, kind = "image after the series' end message", "after end"
+                else:
+                    why, kind = f"series refused: {why}", "refused"
+                self.book.error(item.series_id, item.image_id, why, kind)
+                continue
+            batch = [item]
+            while len(batch) < self.batch_size:
+                try:
+                    nxt = self._buffer.get_nowait()
+                except queue.Empty:
+                    break
+                if (
+                    isinstance(nxt, Image)
+                    and nxt.series_id == item.series_id
+                    and np.dtype(nxt.payload.dtype) == np.dtype(item.payload.dtype)
+                ):
+                    batch.append(nxt)
+                else:
+                    pending = nxt
+                    break
+            shape = tuple(integ.shape)
+            pool = pools.get(shape)
+            if pool is None or pool.batch != self.batch_size:
+                pool = pools[shape] = _StackPool(self.batch_size, shape)
+            self._decode_batch(item.series_id, batch, pool, shape)
+
+    def _decode_batch(self, series_id, batch, pool, shape):
+        dtype = np.dtype(batch[0].payload.dtype).newbyteorder("=")
+        stack = pool.take(dtype)
+
+        def job(k):
+            msg = batch[k]
+            p = msg.payload
+            if tuple(p.shape) != shape:
+                return (
+                    f"image of {p.shape[0]} x {p.shape[1]} pixels, the calibration needs "
+                    f"{shape[0]} x {shape[1]}"
+                )
+            if np.dtype(p.dtype).kind not in "uif":
+                return f"unsupported pixel dtype {np.dtype(p.dtype)}"
+            try:
+                frame = p.decode()
+            except ValueError as exc:  # DecodeError and numpy's
+                return f"cannot decode ({p.compression}): {exc}"
+            stack[k] = frame
+            return None
+
+        results = list(self._pool.map(job, range(len(batch))))
+        good = [k for k, r in enumerate(results) if r is None]
+        for k, r in enumerate(results):
+            if r is not None:
+                self.book.error(series_id, batch[k].image_id, r, "decode")
+        if not good:
+            pool.give(stack)
+            return
+        if len(good) != len(batch):  # compact the good frames to the front
+            for j, k in enumerate(good):
+                if j != k:
+                    stack[j] = stack[k]
+        ids = np.array([batch[k].image_id for k in good], dtype=np.int64)
+        self._batches.put(("batch", series_id, stack, len(good), ids, pool))
+
+    # -- stage 3: integrator --------------------------------------------------------------------
+    def _integrate_loop(self):
+        integs = {}
+        while True:
+            item = self._batches.get()
+            if item is _STOP:
+                self._rows.put(_STOP)
+                return
+            kind = item[0]
+            if kind == "start":
+                integs[item[1].series_id] = item[2]
+                self._rows.put(item)
+            elif kind == "end":
+                self._rows.put(item)
+            else:
+                _, sid, stack, n, ids, pool = item
+                try:
+                    intensity, _, err = integs[sid].integrate_batch_error(
+                        stack[:n], std=False
+                    )
+                except Exception as exc:
+                    log.exception("integration failed")
+                    for i in ids:
+                        self.book.error(
+                            sid, int(i), f"integration failed: {exc}", "integrate"
+                        )
+                    continue
+                finally:
+                    pool.give(stack)
+                self._rows.put(("rows", sid, intensity, err, ids))
+
+    # -- stage 4: writer ------------------------------------------------------------------------
+    def _series_path(self, series_id):
+        path = os.path.join(self.out_dir, f"series_{series_id}.nxs")
+        n = 1
+        while os.path.exists(path):  # never overwrite an earlier series' file
+            n += 1
+            path = os.path.join(self.out_dir, f"series_{series_id}.{n}.nxs")
+        return path
+
+    def _write_loop(self):
+        from gpusaxs.io.nexus import NXazintWriter
+
+        writers = {}  # series_id -> [writer, rows, q, last flush]
+        while True:
+            try:
+                item = self._rows.get(timeout=0.25)
+            except queue.Empty:
+                item = None
+            now = time.monotonic()
+            for sid, w in writers.items():  # rows reach the file at least every second
+                if w[1] != w[3] and now - w[4] >= 0.5:
+                    w[0].flush()
+                    w[3], w[4] = w[1], now
+                    self.book.flushed(sid, w[1])
+            if item is None:
+                continue
+            if item is _STOP:
+                for sid in list(writers):
+                    self._close_writer(sid, writers.pop(sid))
+                return
+            kind = item[0]
+            if kind == "start":
+                start, integ, key = item[1], item[2], item[3]
+                sid = start.series_id
+                if sid in writers:  # same id again: finish the old file
+                    self._close_writer(sid, writers.pop(sid))
+                path = self._series_path(sid)
+                try:
+                    w = NXazintWriter(
+                        path,
+                        integ.q,
+                        radial_unit="q_nm^-1",
+                        calibration=integ.calibration,
+                        calibration_key=key or calibration_key(integ),
+                        inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
+                        live=True,
+                        flush_interval_s=1.0,
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
+                    self.book.refuse(sid, f"cannot create {path}: {exc}")
+                    continue
+                writers[sid] = [w, 0, integ.q, 0, now]
+                self.book.flushed(sid, 0, os.path.basename(path))
+            elif kind == "end":
+                sid = item[1].series_id
+                if sid in writers:
+                    self._close_writer(sid, writers.pop(sid))
+                self.book.done(sid)
+            else:
+                _, sid, intensity, err, ids = item
+                w = writers.get(sid)
+                if w is None:
+                    for i in ids:
+                        self.book.error(
+                            sid, int(i), "no open output file for the series", "write"
+                        )
+                    continue
+                try:
+                    w[0].append(intensity, err, ids)
+                except Exception as exc:
+                    log.exception("cannot append to %s", w[0].path)
+                    for i in ids:
+                        self.book.error(
+                            sid, int(i), f"cannot write the row: {exc}", "write"
+                        )
+                    continue
+                w[1] += len(ids)
+                self.book.integrated(sid, len(ids))
+                if self.chi:
+                    self._write_chi(sid, w[2], intensity, err, ids)
+
+    def _close_writer(self, sid, w):
+        try:
+            w[0].close()
+            self.book.flushed(sid, w[1])
+        except Exception:
+            log.exception("cannot close %s", w[0].path)
+
+    def _write_chi(self, sid, q, intensity, err, ids):
+        from gpusaxs.io.chi import write_chi
+
+        folder = os.path.join(self.out_dir, f"series_{sid}")
+        os.makedirs(folder, exist_ok=True)
+        for k, i in enumerate(ids):
+            path = os.path.join(folder, f"image_{int(i):06d}.chi")
+            write_chi(
+                path, q, intensity[k], err[k], title=f"series {sid} image {int(i)}"
+            )

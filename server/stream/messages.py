@@ -1,0 +1,74 @@
+"""Format-neutral stream messages: what :mod:`.v2` and :mod:`.v1` decode into.
+
+The receiver parses a message's envelope (type, series, image id, the still-compressed
+payload); decompression happens later, on the decode threads, through :meth:`Payload.decode`.
+"""
+
+from dataclasses import dataclass, field
+
+from .codecs import DecodeError, decode_payload
+
+
+class MalformedMessage(ValueError):
+    """A message that cannot be understood; ``series_id``/``image_id`` when they were readable."""
+
+    def __init__(self, reason, series_id=None, image_id=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.series_id = series_id
+        self.image_id = image_id
+
+
+@dataclass
+class Payload:
+    """A frame as received: compression ("bslz4", "lz4", "lz4-block", "none"), bytes-like data,
+    shape (H, W), numpy dtype, bitshuffle element size (bslz4 only)."""
+
+    compression: str
+    data: object
+    shape: tuple
+    dtype: object
+    elem_size: int = None
+
+    def decode(self):
+        """The frame as a (H, W) array; raises DecodeError."""
+        return decode_payload(
+            self.compression, self.data, self.shape, self.dtype, self.elem_size
+        )
+
+
+@dataclass
+class Start:
+    """Start of a series.  Lengths in metres, energy in eV, wavelength in angstrom."""
+
+    series_id: int
+    unique_id: str = ""
+    image_size: tuple = None  # (H, W) = (image_size_y, image_size_x)
+    pixel_size_m: tuple = None  # (y, x) metres
+    number_of_images: int = None
+    beam_center: tuple = None  # (x, y) pixels
+    distance_m: float = None
+    wavelength_A: float = None
+    energy_eV: float = None
+    channels: list = field(default_factory=list)
+    count_time_s: float = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Image:
+    """One exposure: the first channel's payload (SAXS uses one threshold)."""
+
+    series_id: int
+    image_id: int
+    payload: Payload
+    unique_id: str = ""
+
+
+@dataclass
+class End:
+    series_id: int
+    unique_id: str = ""
+
+
+__all__ = ["DecodeError", "End", "Image", "MalformedMessage", "Payload", "Start"]
