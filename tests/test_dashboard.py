@@ -254,3 +254,15 @@ def test_saxsleash_dashboard_help(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--port" in out and "--bind" in out and "127.0.0.1" in out and "examples:" in out
+
+
+def test_stream_error_records_newest_first():
+    streams = dict(STREAMS)
+    streams["recent errors"] = [
+        {"time": 1.7e9, "series_id": 7, "image_id": 3, "kind": "error", "error": "bad CBOR"},
+        {"time": 1.7e9 + 5, "series_id": 7, "image_id": None, "kind": "missing",
+         "error": "2 image ids never arrived", "ids": [4, 5]}]
+    out = panels.errors_html({"streams": streams})
+    assert "stream error records" in out and "no error records in this queue" in out
+    assert out.index("missing: 2 image ids") < out.index("series 7 image 3")
+    assert "bad CBOR" in out and "[4, 5]" not in out

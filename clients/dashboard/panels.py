@@ -171,7 +171,37 @@ def cards_html(snap):
 
 
 def errors_html(data, limit=50):
-    """The error records, newest first: file (or image id) and reason."""
+    """The error records, newest first: file (or image id) and reason; then the stream's."""
+    return _queue_errors_html(data, limit) + _stream_errors_html(data, limit)
+
+
+def _stream_errors_html(data, limit):
+    """``streams["recent errors"]``: {time, series_id, image_id, kind, error}, newest first."""
+    streams = (data or {}).get("streams")
+    recent = streams.get("recent errors") if isinstance(streams, dict) else None
+    if not isinstance(recent, list) or not recent:
+        return ""
+    rows = []
+    for rec in list(reversed(recent))[:limit]:
+        if not isinstance(rec, dict):
+            continue
+        where = f"series {rec.get('series_id', '?')}"
+        if rec.get("image_id") is not None:
+            where += f" image {rec['image_id']}"
+        kind = rec.get("kind")
+        reason = f"{kind}: {rec.get('error', '')}" if kind and kind != "error" else \
+            rec.get("error", "")
+        when = time.strftime("%H:%M:%S", time.localtime(rec["time"])) \
+            if isinstance(rec.get("time"), (int, float)) else ""
+        rows.append(f'<tr class="gs-error"><td style="padding:2px 8px;color:{GREY}">{when}</td>'
+                    f'<td style="padding:2px 8px;font-family:monospace">{esc(where)}</td>'
+                    f'<td style="padding:2px 8px;color:{RED}">{esc(reason)}</td></tr>')
+    return ("<div style='margin-top:6px'><b>stream error records</b> (newest first)</div>"
+            '<table style="border-collapse:collapse;font-size:13px">' + "".join(rows)
+            + "</table>")
+
+
+def _queue_errors_html(data, limit):
     errors = (data or {}).get("errors") or {}
     recent = errors.get("recent") or []
     count = errors.get("count", len(recent))
