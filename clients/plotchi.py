@@ -94,7 +94,43 @@ def load_curves(paths, skip=0, clip=0):
         i = np.asarray(c.intensity, dtype=float)[sl]
         e = None if c.error is None else np.asarray(c.error, dtype=float)[sl]
         curves.append((Path(path).name, q, i, e, c.q_label))
+        _I_LABELS[Path(path).name] = c.i_label
     return curves
+
+
+_I_LABELS = {}      # curve label -> the file's intensity label (line 3 of the .chi)
+#: Curves up to this many use matplotlib's 10-colour cycle and a legend inside the axes; more
+#: get distinct colours from a colour map and a legend in columns beside the plot.
+MANY_CURVES = 10
+
+
+def y_label(curves):
+    """The intensity axis label with its unit: the files' own label when it names a unit,
+    else "I (counts/pixel)" (ours and fit2d's curves are mean counts per pixel)."""
+    labels = {(_I_LABELS.get(c[0]) or "").strip() for c in curves}
+    if len(labels) == 1:
+        (label,) = labels
+        if "(" in label and ")" in label:
+            return label
+    return "I (counts/pixel)"
+
+
+def _colors(n):
+    if n <= MANY_CURVES:
+        return [None] * n
+    from matplotlib import colormaps
+    cmap = colormaps["turbo"]
+    return [cmap(0.05 + 0.9 * k / (n - 1)) for k in range(n)]
+
+
+def _legend(ax, n):
+    """Inside the axes for a few curves; beside them, in columns of at most 25, for many."""
+    if n <= MANY_CURVES:
+        ax.legend(fontsize="small")
+        return
+    ncol = -(-n // 25)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol,
+              borderaxespad=0.0, frameon=False, handlelength=1.5)
 
 
 def _on_first_grid(q0, q, values):
@@ -118,7 +154,11 @@ def make_figure(curves, args, figure_factory):
     yscale = args.yaxisistype or ("log" if args.log else "linear")
     xscale = args.xaxisistype
     nrows = 3 if args.compare and len(curves) > 1 else 1
-    fig = figure_factory(figsize=(8, 5 if nrows == 1 else 9))
+    many = len(curves) > MANY_CURVES and not args.no_legend
+    width = 8 + (1.6 * -(-len(curves) // 25) if many else 0)     # room for the legend columns
+    fig = figure_factory(figsize=(width, 5 if nrows == 1 else 9))
+    if many:
+        fig.subplots_adjust(right=0.9 * 8 / width)                 # the plot keeps its size
     if nrows == 1:
         axes = [fig.add_subplot(1, 1, 1)]
     else:
@@ -127,9 +167,9 @@ def make_figure(curves, args, figure_factory):
         axes += [fig.add_subplot(gs[k], sharex=axes[0]) for k in (1, 2)]
     ax = axes[0]
     q0, i0 = curves[0][1], curves[0][2]
-    for label, q, i, e, _ in curves:
+    for (label, q, i, e, _), color in zip(curves, _colors(len(curves))):
         ok = _visible(i, yscale) & _visible(q, xscale)
-        (line,) = ax.plot(q[ok], i[ok], lw=1, label=label)
+        (line,) = ax.plot(q[ok], i[ok], lw=1, label=label, color=color)
         if e is not None:
             lo, hi = i - e, i + e
             band = ok & np.isfinite(e)
@@ -139,11 +179,11 @@ def make_figure(curves, args, figure_factory):
                             lw=0)
     ax.set_yscale(yscale)
     ax.set_xscale(xscale)
-    ax.set_ylabel("I")
+    ax.set_ylabel(y_label(curves))
     if args.title:
         ax.set_title(args.title)
     if not args.no_legend:
-        ax.legend(fontsize="small")
+        _legend(ax, len(curves))
     if nrows == 3:
         base = curves[0][0]
         for label, q, i, e, _ in curves[1:]:

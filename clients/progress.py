@@ -25,12 +25,13 @@ def format_duration(seconds):
 class Progress:
     """Thread-safe progress counter with an optional one-line bar.
 
-    total: number of files expected (may grow with ``add_total``; None = unknown).
+    total: number of items expected (may grow with ``add_total``; None = unknown).
+    unit: what is counted ("files", "rows", ...).
     silent: no bar and no summary.  enabled: draw the bar (default: stream is a tty).
     """
 
     def __init__(self, total=None, *, silent=False, stream=None, enabled=None, label="",
-                 min_interval=0.1):
+                 min_interval=0.1, unit="files"):
         self.stream = sys.stderr if stream is None else stream
         self.silent = silent
         if enabled is None:
@@ -38,6 +39,7 @@ class Progress:
         self.enabled = enabled and not silent
         self.total = total
         self.label = label
+        self.unit = unit
         self.done = 0
         self.failed = 0
         self.min_interval = min_interval
@@ -59,6 +61,12 @@ class Progress:
                 self.failed += n
             else:
                 self.done += n
+        self._draw()
+
+    def set_done(self, n):
+        """Set the number of finished items (e.g. rows of a build) and redraw."""
+        with self._lock:
+            self.done = int(n)
         self._draw()
 
     @property
@@ -83,8 +91,8 @@ class Progress:
             fill = int(round(frac * width))
             parts.append(f"[{'#' * fill}{'.' * (width - fill)}] {finished}/{self.total}")
         else:
-            parts.append(f"{finished} files")
-        parts.append(f"{rate:.1f} files/s")
+            parts.append(f"{finished} {self.unit}")
+        parts.append(f"{rate:.1f} {self.unit}/s")
         if self.total and rate > 0 and finished < self.total:
             parts.append(f"ETA {format_duration((self.total - finished) / rate)}")
         if self.failed:

@@ -36,7 +36,10 @@ options in detail:
                  decodable, at most --wait-timeout seconds after its last change), then
                  integrated once.  Stop with Ctrl-C.
                    saxsdog -c cal.json -w data/
-  -r             resume: skip frames whose curve already exists (the file is not touched).
+  -r             resume: skip frames whose curve already exists and was made with the same
+                 calibration (its calibration key, on the .chi title line or the HDF5 file's
+                 calibration_key attribute); a curve made with another calibration, or
+                 without a key, is redone.
                    saxsdog -c cal.json -r data/
   -o DIR         output folder (default ./out); the tree below each input folder is
                  mirrored there: data/a/x.tif -> DIR/a/x.chi.
@@ -58,6 +61,11 @@ options in detail:
                  errors, frame_names and the calibration JSON in /entry/calibration.
                    saxsdog -c cal.json --format both data/
   --backend B    auto (default: GPU when present), numpy or cupy.
+  --no-cache     do not use the on-disk matrix cache.  By default the integration matrix
+                 of a calibration is built once and kept in $GPUSAXS_CACHE_DIR (default
+                 $XDG_CACHE_HOME/gpusaxs or ~/.cache/gpusaxs, at most $GPUSAXS_CACHE_MAX_MB,
+                 default 2048 MB, least recently used files removed first), so the next run
+                 with the same calibration starts in a fraction of a second.
   --scheduler A  send the work to a Dask cluster (pip install "gpusaxs[dask]"): A is a
                  scheduler address, or local:N for N worker processes on this machine.
                  Each worker writes its .chi files; HDF5 files and -s plots are written
@@ -78,8 +86,12 @@ the reason; the others are still integrated.  Every output is written under a te
 and renamed, so no half-written file is ever visible.  Ctrl-C finishes and writes the frames
 in flight, prints a summary and exits with status 130.
 
-exit status: 0 all frames written, 1 some frames failed, 2 usage or calibration error,
-130 interrupted.
+Errors found at the start stop the run before any frame is read: an output folder that
+cannot be written (or is a file), a calibration that is invalid or too large to build (the
+error names the field and the limit).  No image in the inputs (without -w): a warning, exit 1.
+
+exit status: 0 all frames written, 1 some frames failed or no image found, 2 usage or
+calibration error, 130 interrupted.
 """
 
 
@@ -122,6 +134,8 @@ def build_parser():
                         "(chi + hdf5), nexus (one NXazint1d file per folder), chi+nexus")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="integration backend (default auto)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the on-disk matrix cache")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler (tcp://host:8786) or local:N worker processes")
     p.add_argument("--frames-per-task", metavar="N", type=int, default=200,
@@ -155,9 +169,10 @@ def _inside(path, folder):
 class Hdf5Collector:
     """Curves per output folder, written as one NeXus/HDF5 file per folder at the end."""
 
-    def __init__(self, q, calibration_text):
-        self.q = np.asarray(q, dtype=np.float64)
+    def __init__(self, q, calibration_text, calibration_key=None):
+        self.q = None if q is None else np.asarray(q, dtype=np.float64)   # set before writing
         self.calibration_text = calibration_text
+        self.calibration_key = calibration_key
         self._lock = threading.Lock()
         self._files = {}         # h5 path -> {frame name: (I, err)}
 
@@ -191,8 +206,11 @@ class Hdf5Collector:
         try:
             with h5py.File(h5path, "r") as f:
                 d = f["entry/data"]
-                if d["q"].shape != self.q.shape or not np.allclose(d["q"][()], self.q):
-                    return       # other binning: recompute everything
+                key = f["entry"].attrs.get("calibration_key")
+                if isinstance(key, bytes):
+                    key = key.decode()
+                if key is None or key != self.calibration_key:
+                    return       # another (or an unknown) calibration: recompute everything
                 names = [n.decode() if isinstance(n, bytes) else str(n)
                          for n in d["frame_names"][()]]
                 intensity = d["I"][()]
@@ -227,6 +245,9 @@ class Hdf5Collector:
                 f.attrs["file_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 entry = f.create_group("entry")
                 entry.attrs["NX_class"] = "NXentry"
+                if self.calibration_key is not None:
+                    entry.attrs["calibration_key"] = self.calibration_key
+                    f.attrs["calibration_key"] = self.calibration_key
                 entry.attrs["default"] = "data"
                 data = entry.create_group("data")
                 data.attrs["NX_class"] = "NXdata"
@@ -331,30 +352,35 @@ class LiveMonitor:
 class Saxsdog:
     """One run of the tool: inputs, pipeline, watcher, counters."""
 
-    def __init__(self, args, cal, integrator, calibration_text):
+    def __init__(self, args, cal, integrator, calibration_text, calibration_key=None):
         self.args = args
-        self.integrator = integrator
+        self.integrator = integrator     # None until attach(): the walk runs before the build
+        self.calibration_key = calibration_key if calibration_key is not None \
+            else getattr(integrator, "matrix_key", None)
         self.shape = tuple(int(s) for s in cal.imagesize)
         self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"},
                         "nexus": {"nexus"}, "chi+nexus": {"chi", "nexus"}}[args.format]
         self.out_dir = Path(args.out)
         self.out_dir_resolved = self.out_dir.resolve()
         self.progress = Progress(silent=args.silent, label=PROG)
-        self.hdf5 = Hdf5Collector(integrator.q, calibration_text) if "hdf5" in self.formats \
-            else None
+        self.hdf5 = Hdf5Collector(None if integrator is None else integrator.q, calibration_text,
+                                  self.calibration_key) if "hdf5" in self.formats else None
         if "nexus" in self.formats:          # NXazint1d files (clients/saxsdog_nexus.py)
             from gpusaxs.clients.saxsdog_nexus import NexusCollector
-            key = getattr(integrator, "matrix_key", None) or cal.key()
-            self.hdf5 = NexusCollector(integrator.q, cal, key if isinstance(key, str) else None)
+            self.hdf5 = NexusCollector(None if integrator is None else integrator.q, cal,
+                                       self.calibration_key)
         self.monitor = None
         self._lock = threading.Lock()
         self._seen = set()           # resolved image paths handed on (dedupe)
         self._outputs = {}           # out path -> image path (collision check)
         self.skipped = 0
+        self.redone = 0              # resume: curves of another calibration, made again
+        self.pending = []            # (image, curve) found before the pipeline exists
         self.failed_early = 0        # failures before the pipeline (collisions, timeouts)
         self.abandoned = 0           # watch-mode files still incomplete at Ctrl-C
         self.walk_seconds = 0.0
         self.setup_seconds = 0.0
+        self.matrix_info = {}
         self.pipeline = None
         self.settler = None
         self._waiting = {}           # watch mode: absolute image path -> curve path
@@ -378,7 +404,8 @@ class Saxsdog:
                           source=image_path)
         if chi and "chi" in self.formats:
             from gpusaxs.io.chi import write_chi
-            write_chi(out_path, q, intensity, error=error, title=name)
+            write_chi(out_path, q, intensity, error=error, title=name,
+                      calibration_key=self.calibration_key)
 
     def on_done(self, image_path, out_path, q, intensity):
         self.progress.advance()
@@ -456,7 +483,26 @@ class Saxsdog:
                 self._waiting[os.path.abspath(image_path)] = out
             self.settler.touch(str(image_path))
         else:
-            self.pipeline.submit(image_path, out)
+            self.submit(image_path, out)
+
+    def submit(self, image_path, out):
+        """To the pipeline, or kept until it exists (the initial walk runs before the build)."""
+        with self._lock:
+            if self.pipeline is None:
+                self.pending.append((image_path, out))
+                return
+        self.pipeline.submit(image_path, out)
+
+    def attach(self, integrator, pipeline):
+        """Start integrating: the frames found so far go to ``pipeline``."""
+        self.integrator = integrator
+        if self.hdf5 is not None:
+            self.hdf5.q = np.asarray(integrator.q, dtype=np.float64)
+        with self._lock:
+            self.pipeline = pipeline
+            pending, self.pending = self.pending, []
+        for image_path, out in pending:
+            pipeline.submit(image_path, out)
 
     # -- watch mode: files handed on once complete (gpusaxs.io.settle.FileSettler) -------------
     def start_settler(self, timeout):
@@ -484,7 +530,7 @@ class Saxsdog:
         with self._lock:
             out = self._waiting.pop(path, None)
         if out is not None:
-            self.pipeline.submit(Path(path), out)
+            self.submit(Path(path), out)
 
     def _never_complete(self, path):
         from gpusaxs.errors import ImageReadError
@@ -507,12 +553,18 @@ class Saxsdog:
         return curve_path(image_path, root, out_dir=self.out_dir, inplace=self.args.inplace)
 
     def _already_done(self, image_path, out):
+        """Resume: True when the curve exists and was made with this calibration (its key);
+        a curve of another calibration, or without a key, is counted in ``redone``."""
         if "chi" in self.formats:
             if not out.is_file():
                 return False
+            from gpusaxs.io.chi import read_chi, read_chi_key
+            if read_chi_key(out) != self.calibration_key:
+                with self._lock:
+                    self.redone += 1
+                return False
             if self.hdf5 is not None:        # both: keep the folder file complete
                 try:
-                    from gpusaxs.io.chi import read_chi
                     c = read_chi(out)
                     h5 = self.hdf5.file_for(image_path, out)
                     self.hdf5.add(h5, Path(image_path).name, np.asarray(c.intensity), c.error,
@@ -577,13 +629,19 @@ class Saxsdog:
         parts = [f"{stats['processed']} curves written", f"{failed} failed"]
         if self.skipped:
             parts.append(f"{self.skipped} skipped (already done)")
+        if self.redone:
+            parts.append(f"{self.redone} redone (made with another calibration)")
         dropped = stats["dropped"] + self.abandoned
         if dropped:
             parts.append(f"{dropped} not started")
         rate = stats["processed"] / elapsed if elapsed > 0 else 0.0
         head = "interrupted: " if interrupted else ""
-        return (f"{PROG}: {head}{', '.join(parts)} in {format_duration(elapsed)} "
-                f"({rate:.1f} frames/s)")
+        total = self.setup_seconds + elapsed
+        how = {"disk": "matrix from the cache", "built": "matrix built",
+               "memory": "matrix in memory"}.get(self.matrix_info.get("source"), "")
+        setup = f"set-up {format_duration(self.setup_seconds)}" + (f", {how}" if how else "")
+        return (f"{PROG}: {head}{', '.join(parts)} in {format_duration(total)} "
+                f"({setup}; {rate:.1f} frames/s after set-up)")
 
     def profile(self, stats, elapsed):
         """The -P table: seconds per stage (stages overlap, so shares add up to > 100 %)."""
@@ -603,7 +661,9 @@ class Saxsdog:
         return "\n".join(lines)
 
     def integrator_name(self):
-        return getattr(self.integrator, "backend_name", "?")
+        engine = getattr(getattr(self.integrator, "_engine", None), "name", None)
+        backend = getattr(self.integrator, "backend_name", "?")
+        return f"{backend}, {engine}" if engine else backend
 
 
 def _start_watch(dog, roots):
@@ -694,6 +754,74 @@ def _install_signal_handlers():
     return caught
 
 
+def _image_suffixes():
+    from gpusaxs.io.images import IMAGE_SUFFIXES
+    return IMAGE_SUFFIXES
+
+
+def _output_problem(out):
+    """Why curves cannot be written below ``out`` (a reason), or None.  Nothing is created."""
+    if out.exists() and not out.is_dir():
+        return "is a file, not a folder"
+    probe = out
+    while not probe.exists():              # the nearest existing ancestor is created under
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"cannot be created: {probe} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"not writable ({probe} does not allow creating files)"
+    if probe == out:                       # root ignores permission bits: try for real
+        import tempfile
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".saxsdog-probe-", suffix=".tmp", dir=out)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            return f"not writable ({exc.strerror or exc})"
+    return None
+
+
+#: Up to this many frames (and without -w) the NumPy engine is used: it needs no numba import
+#: nor compiled-kernel load (about 1-3 s), which a few frames would not repay.
+SMALL_JOB_FRAMES = 8
+
+
+def _make_integrator(args, cal, dog):
+    """The Integrator, with "building the integration matrix" and a progress bar on a build."""
+    from gpusaxs.integrator import Integrator
+
+    bar = Progress(total=int(cal.imagesize[0]), silent=args.silent, label=f"{PROG}: building the "
+                   "integration matrix", unit="rows")
+    engine = None
+    if not args.watch and len(dog.pending) <= SMALL_JOB_FRAMES and args.backend != "cupy":
+        from gpusaxs.light_engine import BincountEngine
+        engine = BincountEngine
+
+    def progress(done, total):
+        bar.total = total
+        bar.set_done(done)
+
+    integrator = Integrator(cal, backend=args.backend, progress=progress,
+                            cache_dir=False if args.no_cache else None, engine=engine)
+    if integrator.backend_name == "cupy" and engine is not None:
+        integrator._engine = None              # the GPU engine: ignore the small-job choice
+    info = dog.matrix_info = integrator.matrix_info
+    if info["source"] == "built":
+        m = integrator.matrix
+        where = f"; cached in {info['path']}" if info["path"] and not info["cache_error"] else ""
+        bar.finish(f"{PROG}: built the integration matrix ({m.n_bins} bins, "
+                   f"{m.nbytes / 2**20:.0f} MB) in {format_duration(info['seconds'])}{where}")
+    else:
+        bar.clear()
+    if info.get("cache_error") and not args.silent:
+        _err(f"warning: {info['cache_error']}")
+    if engine is None:
+        integrator.warm_up()
+    return integrator
+
+
 def main(argv=None):
     """Run saxsdog; returns the exit status (0 ok, 1 failures, 2 usage error, 130 Ctrl-C)."""
     parser = build_parser()
@@ -725,13 +853,20 @@ def main(argv=None):
         _err("error: -w needs at least one folder to watch")
         return 2
 
+    if not args.inplace:
+        problem = _output_problem(Path(args.out))
+        if problem:
+            _err(f"error: -o {args.out}: {problem}")
+            return 2
+
     from gpusaxs.errors import GpusaxsError
     try:
         from gpusaxs.calibration import Calibration
+        from gpusaxs.matrix_cache import matrix_key
         cal = Calibration.from_file(args.calibration)
+        cal.check_limits()                  # before anything is read or built
+        key = matrix_key(cal)               # the Integrator's matrix_key (resume checks)
         calibration_text = json.dumps(cal.to_dict("flat"), indent=1)
-        from gpusaxs.integrator import Integrator
-        integrator = Integrator(cal, backend=args.backend).warm_up()
     except GpusaxsError as exc:
         _err(f"error: {exc}")
         return 2
@@ -739,36 +874,57 @@ def main(argv=None):
         _err(f"error: {args.calibration}: {exc.strerror or exc}")
         return 2
 
-    dog = Saxsdog(args, cal, integrator, calibration_text)
-    dog.setup_seconds = time.perf_counter() - t_start
-    t_start = time.perf_counter()
+    dog = Saxsdog(args, cal, None, calibration_text, calibration_key=key)
     if args.plotmonitor:
         try:
             dog.monitor = LiveMonitor()
         except Exception as exc:
             _err(f"warning: -m: no live plot window ({exc})")
-
-    client = None
-    if args.scheduler:
-        try:
-            client, dog.pipeline = _dask_pipeline(args, dog, integrator)
-        except Exception as exc:
-            _err(f"error: --scheduler {args.scheduler}: {exc}")
-            return 2
-    else:
-        from gpusaxs.pipeline import FramePipeline
-        dog.pipeline = FramePipeline(integrator, batch_size=args.batch_size,
-                                     read_threads=args.threads, on_done=dog.on_done,
-                                     on_error=dog.on_error, errors=True, writer=dog.write)
-    observer = None
-    interrupted = False
     caught = _install_signal_handlers()
+    observer = None
     try:
         if args.watch:
             dog.start_settler(args.wait_timeout)
             observer = _start_watch(dog, roots)   # before the walk: no gap
         if not args.nowalk:
-            dog.walk(roots)
+            dog.walk(roots)                       # frames are kept until the pipeline exists
+        if not args.watch and not dog.pending and not dog.skipped and not dog.failed_early:
+            _err("warning: no image found in " + ", ".join(args.paths) + " (suffixes: "
+                 + " ".join(_image_suffixes()) + "); nothing to do")
+            return 1
+        integrator = _make_integrator(args, cal, dog)
+    except KeyboardInterrupt:
+        if observer is not None:
+            observer.stop()
+        if dog.settler is not None:
+            dog.settler.stop()
+        _err("interrupted during set-up")
+        return 128 + caught.get("signum", signal.SIGINT)
+    except (GpusaxsError, MemoryError) as exc:
+        if observer is not None:
+            observer.stop()
+        if dog.settler is not None:
+            dog.settler.stop()
+        _err(f"error: {exc}" if str(exc) else f"error: {type(exc).__name__}")
+        return 2
+    dog.setup_seconds = time.perf_counter() - t_start
+    t_start = time.perf_counter()
+
+    client = None
+    if args.scheduler:
+        try:
+            client, pipeline = _dask_pipeline(args, dog, integrator)
+        except Exception as exc:
+            _err(f"error: --scheduler {args.scheduler}: {exc}")
+            return 2
+    else:
+        from gpusaxs.pipeline import FramePipeline
+        pipeline = FramePipeline(integrator, batch_size=args.batch_size,
+                                 read_threads=args.threads, on_done=dog.on_done,
+                                 on_error=dog.on_error, errors=True, writer=dog.write)
+    dog.attach(integrator, pipeline)
+    interrupted = False
+    try:
         if args.watch:
             forever = threading.Event()
             while True:

@@ -40,7 +40,8 @@ __all__ = [
     "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
     "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
     "read_poni", "format_poni", "calibration_file_kind", "read_calibration_file",
-    "expand_poni_reference",
+    "expand_poni_reference", "LIMITS", "check_limits", "estimate_matrix_bytes",
+    "radial_bin_count",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "calibration.schema.json"
@@ -93,7 +94,8 @@ def _error_from_schema(err, path):
     if err.validator == "required" and isinstance(inst, dict):
         missing = [k for k in err.validator_value if k not in inst]
         if missing:
-            return CalibrationError("required field is missing", path, _json_path(parts + missing[:1]))
+            return CalibrationError("required field is missing" + _did_you_mean(missing[0], inst),
+                                    path, _json_path(parts + missing[:1]))
     if err.validator == "additionalProperties" and isinstance(inst, dict):
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed and not str(k).startswith("_")]
@@ -113,6 +115,14 @@ def _error_from_schema(err, path):
     return CalibrationError(err.message, path, _json_path(parts))
 
 
+def _did_you_mean(missing, block):
+    """' (found "Wavelenght": did you mean "Wavelength"?)' when a key of ``block`` is a likely
+    misspelling of the missing field ``missing``, else ''."""
+    unknown = [k for k in block if isinstance(k, str) and k != missing]
+    close = difflib.get_close_matches(missing, unknown, n=1, cutoff=0.75)
+    return f" (found {close[0]!r}: did you mean {missing!r}?)" if close else ""
+
+
 def _check_distance_keys(block, path, prefix):
     if not isinstance(block, dict):
         return
@@ -121,8 +131,55 @@ def _check_distance_keys(block, path, prefix):
         raise CalibrationError("both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
                                path, _json_path(prefix + ["DetectorDistanceMM"]))
     if not present:
-        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)",
-                               path, _json_path(prefix + ["DedectorDistanceMM"]))
+        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean("DedectorDistanceMM", block)
+        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)"
+                               + hint, path, _json_path(prefix + ["DedectorDistanceMM"]))
+
+
+# Schema validation (jsonschema) costs ~0.3 s of imports at every start; its outcome depends
+# only on the schema and the document, so a document once found valid is remembered by the
+# sha256 of both: in this process, and as an empty marker file in the matrix cache folder.
+_VALID = set()
+
+
+def _validated_digest(d, form):
+    try:
+        text = json.dumps(d, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None                     # not plain JSON (e.g. NumPy numbers): always validate
+    h = hashlib.sha256(SCHEMA_PATH.read_bytes())
+    h.update(form.encode() + b"\0" + text.encode())
+    return h.hexdigest()
+
+
+def _marker(digest):
+    from gpusaxs.matrix_cache import default_cache_dir
+
+    folder = default_cache_dir()
+    return None if folder is None else folder / "validated" / digest[:40]
+
+
+def _known_valid(digest):
+    if digest in _VALID:
+        return True
+    marker = _marker(digest)
+    if marker is not None and marker.is_file():
+        _VALID.add(digest)
+        return True
+    return False
+
+
+def _remember_valid(digest):
+    if digest is None:
+        return
+    _VALID.add(digest)
+    marker = _marker(digest)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass                        # no cache folder: validate again next time
 
 
 def validate_dict(d, path=None):
@@ -130,7 +187,6 @@ def validate_dict(d, path=None):
 
     Raises :class:`CalibrationError` naming ``path`` and the JSON path of the first problem.
     """
-    from jsonschema.exceptions import best_match
     if not isinstance(d, dict):
         raise CalibrationError(f"expected a JSON object, got {type(d).__name__}", path, "#")
     form = "nested" if ("Geometry" in d or "Masks" in d) else "flat"
@@ -138,9 +194,14 @@ def validate_dict(d, path=None):
         _check_distance_keys(d.get("Geometry"), path, ["Geometry"])
     else:
         _check_distance_keys(d, path, [])
-    err = best_match(_validator(form).iter_errors(d))
-    if err is not None:
-        raise _error_from_schema(err, path)
+    digest = _validated_digest(d, form)
+    if digest is None or not _known_valid(digest):
+        from jsonschema.exceptions import best_match
+
+        err = best_match(_validator(form).iter_errors(d))
+        if err is not None:
+            raise _error_from_schema(err, path)
+        _remember_valid(digest)
     masks = d["Masks"] if form == "nested" else [d]
     for i, m in enumerate(masks):
         if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:
@@ -188,7 +249,9 @@ def read_json(path):
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
     except json.JSONDecodeError as exc:
-        raise CalibrationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+        # some messages end in "at" ("Unterminated string starting at"): no second "at"
+        where = "" if exc.msg.endswith(" at") else " at"
+        raise CalibrationError(f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}",
                                path, "#") from None
     except ValueError as exc:
         raise CalibrationError(f"not valid JSON: {exc}", path, "#") from None
@@ -548,6 +611,11 @@ class Calibration:
         blob = json.dumps({"gpusaxs-calibration-key": 1, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def check_limits(self, q_edges=None, **limits):
+        """Raise CalibrationError if building this calibration's matrix would take too much
+        memory or time (see :func:`check_limits`); returns the estimate dict otherwise."""
+        return check_limits(self, q_edges=q_edges, **limits)
+
     # -- pyFAI ----------------------------------------------------------------------
     def to_poni(self):
         """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
@@ -558,3 +626,255 @@ class Calibration:
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
+
+
+# ----------------------------------------------------------------------------- size limits
+#: Bounds on what a calibration may make the matrix builder do (checked before building).
+#: ``pixels``: Imagesize rows x columns (an 8192 x 8192 frame; EIGER2 16M has 18 M pixels);
+#: ``subpixels``: pixels x Oversampling^2, the builder's work (about a minute on 2 cores);
+#: ``bins``: radial bins (a .chi of 100 000 rows is 4.5 MB); ``matrix_bytes``: the estimated
+#: memory of the built matrix (:func:`estimate_matrix_bytes`).
+LIMITS = {"pixels": 1 << 26, "subpixels": 1 << 28, "bins": 100_000, "matrix_bytes": 2 << 30}
+
+
+def _largest_q(cal):
+    """Largest q (nm^-1) at the four detector corners (the matrix's q range is up to this)."""
+    from gpusaxs.geometry import _offsets, q_from_two_theta, two_theta_of_offsets
+
+    height, width = (float(v) for v in cal.imagesize)
+    dx, dy = _offsets(cal, np.array([0.0, height]), np.array([0.0, width]))
+    return float(q_from_two_theta(two_theta_of_offsets(cal, dx, dy).max(), cal.wavelength_A))
+
+
+def radial_bin_count(cal, q_edges=None):
+    """Number of radial bins the matrix of ``cal`` will have (as ``matrix.default_q_edges``),
+    without building anything: the corner distance in pixels / PixelPerRadialElement over
+    [0, q_max], scaled to [qStart, qStop] when given."""
+    if q_edges is not None:
+        return max(len(q_edges) - 1, 0)
+    from gpusaxs.matrix import max_radius_mm
+
+    pixel_mm = float(np.mean(cal.pixel_size_um)) * 1e-3
+    n_full = max(1, int(max_radius_mm(cal) / pixel_mm / cal.pixel_per_radial_element))
+    q_start, q_stop = getattr(cal, "q_start", None), getattr(cal, "q_stop", None)
+    if q_start is None and q_stop is None:
+        return n_full
+    q_hi = _largest_q(cal)
+    lo = 0.0 if q_start is None else q_start
+    hi = q_hi if q_stop is None else q_stop
+    return max(1, int(math.ceil((hi - lo) / (q_hi / n_full) - 1e-9))) if q_hi > 0 else 1
+
+
+def estimate_matrix_bytes(cal, q_edges=None):
+    """Estimated memory (bytes) of the built IntegrationMatrix of ``cal``.
+
+    pixel_ptr (8 B) and pixel_scale (4 B) per pixel, 8 B per entry (bin, weight), with about
+    min(Oversampling^2, 1 + 1.3 / PixelPerRadialElement) entries per pixel (a pixel spans about
+    1.3 bin widths of one pixel), plus the bin arrays.  An upper estimate for unmasked frames.
+    """
+    n_pixels = int(cal.imagesize[0]) * int(cal.imagesize[1])
+    ov2 = int(cal.oversampling) ** 2
+    per_pixel = min(ov2, 1.0 + 1.3 / float(cal.pixel_per_radial_element))
+    n_bins = radial_bin_count(cal, q_edges)
+    return int(n_pixels * (12 + 8 * per_pixel) + 16 * (n_bins + 1))
+
+
+def check_limits(cal, q_edges=None, **limits):
+    """Check the fields of ``cal`` that drive the matrix's memory and build time.
+
+    Raises :class:`CalibrationError` naming the field and the limit (``LIMITS``; a keyword
+    ``pixels=``, ``subpixels=``, ``bins=`` or ``matrix_bytes=`` overrides one) before anything
+    is built.  Also rejects a qStart beyond the largest q on the detector.  Returns a dict:
+    pixels, subpixels, bins, matrix_bytes (the estimates checked).
+    """
+    unknown = set(limits) - set(LIMITS)
+    if unknown:
+        raise TypeError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+    lim = {**LIMITS, **limits}
+    source = getattr(cal, "source", None)
+    height, width = (int(v) for v in cal.imagesize)
+    ov = int(cal.oversampling)
+    pixels = height * width
+    if pixels > lim["pixels"]:
+        raise CalibrationError(
+            f"{height} x {width} = {pixels:,} pixels is more than the limit of "
+            f"{lim['pixels']:,} pixels", source, "#/Imagesize")
+    subpixels = pixels * ov * ov
+    if subpixels > lim["subpixels"]:
+        best = max(1, int(math.sqrt(lim["subpixels"] / pixels)))
+        raise CalibrationError(
+            f"Oversampling {ov} on {pixels:,} pixels splits them into {subpixels:,} sub-pixels, "
+            f"more than the limit of {lim['subpixels']:,} (at most Oversampling {best} for this "
+            f"Imagesize)", source, "#/Oversampling")
+    q_start = getattr(cal, "q_start", None)
+    if q_edges is None and q_start is not None:
+        q_hi = _largest_q(cal)
+        if q_start >= q_hi:
+            raise CalibrationError(f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
+                                   f"detector ({q_hi:.4g} nm^-1): no pixel would count",
+                                   source, "#/qStart")
+    bins = radial_bin_count(cal, q_edges)
+    if bins > lim["bins"]:
+        q_stop = getattr(cal, "q_stop", None)
+        if q_edges is not None:
+            field, why = "q_edges", "the q_edges given"
+        elif q_stop is not None and q_stop > 2 * _largest_q(cal):
+            field, why = "#/qStop", (f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
+                                     f"detector, {_largest_q(cal):.4g} nm^-1")
+        else:
+            field, why = "#/PixelPerRadialElement", (
+                f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; use a larger value")
+        raise CalibrationError(f"{bins:,} radial bins is more than the limit of {lim['bins']:,} "
+                               f"({why})", source, field)
+    nbytes = estimate_matrix_bytes(cal, q_edges)
+    if nbytes > lim["matrix_bytes"]:
+        raise CalibrationError(
+            f"the integration matrix would need about {nbytes / 2**30:.1f} GiB, more than the "
+            f"limit of {lim['matrix_bytes'] / 2**30:.1f} GiB (lower Oversampling or raise "
+            f"PixelPerRadialElement)", source, "#/Oversampling")
+    return {"pixels": pixels, "subpixels": subpixels, "bins": bins, "matrix_bytes": nbytes}
+
+
+# ----------------------------------------------------------------------------- fit2d <-> PONI
+def _rotation_to(k):
+    """Rotation matrix R (no twist) with R @ e3 = k, for a unit vector k with k3 > -1."""
+    k = np.asarray(k, dtype=float)
+    s = math.hypot(k[0], k[1])
+    c = k[2]
+    if s == 0.0:
+        return np.eye(3)
+    ux, uy = -k[1] / s, k[0] / s          # unit axis e3 x k, in the detector plane
+    kx = np.array([[0.0, 0.0, uy], [0.0, 0.0, -ux], [-uy, ux, 0.0]])
+    return np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
+
+
+def _pyfai_matrix(rot1, rot2, rot3):
+    """pyFAI's detector-to-lab rotation: lab = M @ (p1, p2, L) (axis 3 along the beam)."""
+    c1, c2, c3 = math.cos(rot1), math.cos(rot2), math.cos(rot3)
+    s1, s2, s3 = math.sin(rot1), math.sin(rot2), math.sin(rot3)
+    return np.array([
+        [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
+        [c2 * s3, c1 * c3 + s1 * s2 * s3, c3 * s1 - c1 * s2 * s3],
+        [s2, -c2 * s1, c1 * c2],
+    ])
+
+
+def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_rot_deg,
+                  pixel_x_um, pixel_y_um):
+    """fit2d geometry (as pyFAI's setFit2D takes it: centre Y counted top-down) -> PONI.
+
+    Returns dict(dist, poni1, poni2 [m], rot1, rot2, rot3 [rad], pixel1, pixel2 [m]).
+    In the detector frame (axis 1 = rows, axis 2 = columns, axis 3 = normal) the beam
+    direction is k = (sin t sin r, sin t cos r, cos t); the detector is turned by the
+    pure tilt rotation taking the beam axis to k (no twist about the beam).
+    """
+    t, r = math.radians(tilt_deg), math.radians(tilt_plane_rot_deg)
+    k = np.array([math.sin(t) * math.sin(r), math.sin(t) * math.cos(r), math.cos(t)])
+    d = distance_mm / 1e3
+    p1, p2 = pixel_y_um / 1e6, pixel_x_um / 1e6
+    m = _rotation_to(k).T                   # detector -> lab, m @ k = e3
+    rot2 = math.asin(max(-1.0, min(1.0, m[2, 0])))
+    rot1 = math.atan2(-m[2, 1], m[2, 2])
+    rot3 = math.atan2(m[1, 0], m[0, 0])
+    return {"dist": float(d * k[2]),
+            "poni1": float(center_y_px * p1 - d * k[0]),
+            "poni2": float(center_x_px * p2 - d * k[1]),
+            "rot1": float(rot1), "rot2": float(rot2), "rot3": float(rot3),
+            "pixel1": float(p1), "pixel2": float(p2)}
+
+
+def poni_to_fit2d(dist, poni1, poni2, rot1, rot2, rot3, pixel1, pixel2):
+    """PONI (m, rad) -> fit2d geometry as setFit2D takes it.
+
+    Returns dict(distance_mm, center_x_px, center_y_px (top-down), tilt_deg (>= 0),
+    tilt_plane_rot_deg in (-180, 180], pixel_x_um, pixel_y_um, twist_rad). ``twist_rad`` is the
+    part of rot3 that fit2d cannot express (rotation about the beam; changes only the azimuth).
+    """
+    m = _pyfai_matrix(rot1, rot2, rot3)
+    k = [float(v) for v in m[2]]                                 # beam direction in the detector frame
+    if k[2] <= 0:
+        raise ValueError("detector does not face the beam (tilt >= 90 degree)")
+    tilt = math.atan2(math.hypot(k[0], k[1]), k[2])     # precise also for tiny tilts
+    rot = math.atan2(k[0], k[1]) if math.hypot(k[0], k[1]) > 1e-15 else 0.0
+    direct = dist / k[2]
+    b1 = poni1 + direct * k[0]
+    b2 = poni2 + direct * k[1]
+    pure = _rotation_to(k).T
+    twist_m = m @ pure.T                      # rotation about the beam axis
+    twist = float(math.atan2(twist_m[1, 0], twist_m[0, 0]))
+    rot_deg = math.degrees(rot)
+    if rot_deg <= -180.0:
+        rot_deg += 360.0
+    return {"distance_mm": direct * 1e3, "center_x_px": b2 / pixel2, "center_y_px": b1 / pixel1,
+            "tilt_deg": math.degrees(tilt), "tilt_plane_rot_deg": rot_deg,
+            "pixel_x_um": pixel2 * 1e6, "pixel_y_um": pixel1 * 1e6, "twist_rad": twist}
+
+
+def format_poni(poni, comment=None):
+    """PONI version 2 text for a dict as returned by :meth:`Calibration.to_poni`."""
+    cfg = {"pixel1": poni["pixel1"], "pixel2": poni["pixel2"], "max_shape": list(poni["max_shape"])}
+    lines = ["# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis"]
+    if comment:
+        lines += [f"# {c}" for c in str(comment).splitlines()]
+    lines += ["poni_version: 2",
+              "Detector: Detector",
+              f"Detector_config: {json.dumps(cfg)}",
+              f"Distance: {poni['dist']!r}",
+              f"Poni1: {poni['poni1']!r}",
+              f"Poni2: {poni['poni2']!r}",
+              f"Rot1: {poni['rot1']!r}",
+              f"Rot2: {poni['rot2']!r}",
+              f"Rot3: {poni['rot3']!r}"]
+    if poni.get("wavelength"):
+        lines.append(f"Wavelength: {poni['wavelength']!r}")
+    return "\n".join(lines) + "\n"
+
+
+def read_poni(path):
+    """Parse a pyFAI .poni file (versions 1 to 3).
+
+    Returns dict(dist, poni1, poni2, rot1, rot2, rot3, wavelength (m or None), pixel1, pixel2
+    (m or None when the file names a detector without sizes), max_shape (or None), detector).
+    Raises ValueError with a message on a malformed file, OSError if unreadable.
+    """
+    keys = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#") or ":" not in line:
+                continue
+            k, v = line.split(":", 1)
+            keys[k.strip().lower()] = v.strip()
+    out = {"detector": keys.get("detector", "Detector")}
+    for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
+        if name not in keys:
+            raise ValueError(f"no {name.capitalize()} line")
+    dist = keys.get("distance", keys.get("dist"))
+    if dist is None:
+        raise ValueError("no Distance line")
+    try:
+        out["dist"] = float(dist)
+        for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
+            out[name] = float(keys[name])
+        wl = keys.get("wavelength")
+        out["wavelength"] = float(wl) if wl not in (None, "", "None") else None
+    except ValueError as exc:
+        raise ValueError(f"bad number: {exc}") from None
+    cfg = {}
+    if "detector_config" in keys:
+        try:
+            cfg = json.loads(keys["detector_config"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Detector_config is not JSON: {exc.msg}") from None
+    orientation = cfg.get("orientation", 3) if isinstance(cfg, dict) else 3
+    if orientation not in (0, 3, None):
+        raise ValueError(f"detector orientation {orientation} is not supported (only 3, top-left)")
+    if cfg.get("splineFile") or cfg.get("splinefile") or keys.get("splinefile", "none").lower() != "none":
+        raise ValueError("spline (distortion) files are not supported")
+    p1 = cfg.get("pixel1", keys.get("pixelsize1"))
+    p2 = cfg.get("pixel2", keys.get("pixelsize2"))
+    out["pixel1"] = None if p1 is None else float(p1)
+    out["pixel2"] = None if p2 is None else float(p2)
+    shape = cfg.get("max_shape")
+    out["max_shape"] = None if shape is None else [int(shape[0]), int(shape[1])]
+    return out

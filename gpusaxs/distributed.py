@@ -85,7 +85,8 @@ def _integrate_task(items, calibration, matrix, key, *, backend="auto", threads=
             try:
                 if write_chi and curve is not None:
                     Path(curve).parent.mkdir(parents=True, exist_ok=True)
-                    _write_chi(curve, integ.q, intensity[k], error=err[k], title=Path(image).name)
+                    _write_chi(curve, integ.q, intensity[k], error=err[k], title=Path(image).name,
+                               calibration_key=getattr(integ, "matrix_key", None))
             except Exception as exc:
                 records.append((image, curve, _message(curve, exc), None))
                 continue

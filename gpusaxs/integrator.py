@@ -43,8 +43,16 @@ class Integrator:
         the environment variable GPUSAXS_BACKEND overrides "auto"), "numpy" or "cupy".
     q_edges : optional bin edges in nm^-1 (default: uniform bins from PixelPerRadialElement).
     mask : optional bool array (H, W), True = excluded; replaces the calibration's MaskFile.
-    cache_dir : folder for built matrices (default $GPUSAXS_CACHE_DIR, else memory only).
+    cache_dir : folder of the on-disk matrix cache (default: $GPUSAXS_CACHE_DIR, else
+        $XDG_CACHE_HOME/gpusaxs or ~/.cache/gpusaxs); False: no disk cache.
     threads : CPU threads for the CPU engine (default: all cores).
+    progress : optional callable(done_rows, total_rows) while the matrix is built.
+    engine : optional engine object (``sums(stack, errors)``) or a callable(matrix) making one;
+        default: the engine of the backend, created on first use (importing numba or CuPy
+        only when a frame is integrated).
+
+    Attributes: ``matrix_key`` (the calibration key, recorded in every curve), ``matrix_info``
+    (dict: source "memory", "disk" or "built", seconds, cache path).
 
     Empty bins (no valid pixel) are NaN in every result.
 
@@ -58,7 +66,7 @@ class Integrator:
     OPTION_CACHE_SIZE = 4
 
     def __init__(self, cal, backend="auto", q_edges=None, mask=None, cache_dir=None,
-                 threads=None, progress=None):
+                 threads=None, progress=None, engine=None):
         from .backend import select_backend
         from .matrix_cache import get_matrix
 
@@ -68,9 +76,24 @@ class Integrator:
         self._threads = threads
         self._option_engines = OrderedDict()
         self._option_lock = threading.Lock()
+        self.matrix_info = {}
         self.matrix = get_matrix(self.calibration, mask=mask, q_edges=q_edges,
-                                 cache_dir=cache_dir, progress=progress)
-        self.engine = self._make_engine(self.matrix)
+                                 cache_dir=cache_dir, progress=progress, info=self.matrix_info)
+        self.matrix_key = self.matrix_info["key"]
+        if engine is not None and (isinstance(engine, type) or not hasattr(engine, "sums")):
+            engine = engine(self.matrix)      # a class or factory taking the matrix
+        self._engine = engine
+
+    @property
+    def engine(self):
+        """The integration engine, created on first use (lazy: no numba/CuPy import before)."""
+        if self._engine is None:
+            self._engine = self._make_engine(self.matrix)
+        return self._engine
+
+    @engine.setter
+    def engine(self, value):
+        self._engine = value
 
     def _make_engine(self, matrix):
         """The engine of this integrator's backend for ``matrix``."""
@@ -148,7 +171,8 @@ class Integrator:
         from .io.chi import write_chi
 
         intensity, _, err = self.integrate_error(image)
-        write_chi(path, self.q, intensity, err, title=title if title is not None else str(path))
+        write_chi(path, self.q, intensity, err, title=title if title is not None else str(path),
+                  calibration_key=self.matrix_key)
         return np.vstack([self.q, intensity, err])
 
     def plot(self, image, outputfile="", startplotat=0, fig=None):

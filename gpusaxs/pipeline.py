@@ -47,12 +47,14 @@ def curve_path(image_path, in_root, out_dir=None, inplace=False, suffix=".chi"):
     return out_dir / rel / name
 
 
-def write_curve(image_path, out_path, q, intensity, error):
-    """Default writer: a .chi file (q, I[, err]) titled with the image name, written atomically."""
+def write_curve(image_path, out_path, q, intensity, error, calibration_key=None):
+    """Default writer: a .chi file (q, I[, err]) titled with the image name (and the
+    calibration key), written atomically."""
     from gpusaxs.io.chi import write_chi
 
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    write_chi(out_path, q, intensity, error=error, title=Path(image_path).name)
+    write_chi(out_path, q, intensity, error=error, title=Path(image_path).name,
+              calibration_key=calibration_key)
 
 
 class _Item:
@@ -90,7 +92,8 @@ class FramePipeline:
         self.errors = bool(errors)
         self.on_done = on_done
         self.on_error = on_error
-        self.writer = writer or write_curve
+        key = getattr(integrator, "matrix_key", None)
+        self.writer = writer or (lambda *a: write_curve(*a, calibration_key=key))
         self.shape = _image_shape(integrator)
         engine = getattr(integrator, "engine", None)
         if overlap is None:

@@ -22,3 +22,33 @@ def reference_dir():
     if not (REFERENCE_DIR / "buf1_00000.tif").is_file():
         pytest.skip(f"reference data not found at {REFERENCE_DIR} (set GPUSAXS_REFERENCE_DIR)")
     return REFERENCE_DIR
+
+
+_SESSION_CACHE = None
+
+
+def pytest_configure(config):
+    """A private matrix cache for the whole run, set before any fixture or import builds a
+    matrix (module-scoped fixtures run before the per-test one below): never ~/.cache."""
+    global _SESSION_CACHE
+    import tempfile
+
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="gpusaxs-test-cache-")
+    os.environ["GPUSAXS_CACHE_DIR"] = _SESSION_CACHE
+    os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_CACHE, "xdg")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if _SESSION_CACHE:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _private_matrix_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own, empty on-disk matrix cache: never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("gpusaxs-cache")
+    monkeypatch.setenv("GPUSAXS_CACHE_DIR", str(folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder / "xdg"))
+    return folder

@@ -380,3 +380,114 @@ def test_fit2d_poni_inverse(dist, cx, cy, tilt, rot, px, py):
     k1 = [math.sin(t1) * math.sin(r1), math.sin(t1) * math.cos(r1), math.cos(t1)]
     assert k1 == pytest.approx(k0, abs=1e-12)
     assert f["tilt_deg"] >= 0 and -180 < f["tilt_plane_rot_deg"] <= 180
+
+
+# ---------------------------------------------------------------- limits and hints (issue 15)
+
+def _small_cal(**changes):
+    base = dict(beam_center=(100.0, 80.0), distance_mm=1000.0, imagesize=(200, 180),
+                pixel_size_um=(172.0, 172.0), wavelength_A=1.54, oversampling=3,
+                pixel_per_radial_element=1.0)
+    return Calibration(**{**base, **changes})
+
+
+def test_tiny_radial_bins_rejected_before_building():
+    """PixelPerRadialElement 1e-3 asked for 283k bins (1.1 GB and a minute on 1000^2)."""
+    from gpusaxs.integrator import Integrator
+
+    cal = _small_cal(pixel_per_radial_element=1e-3)
+    with pytest.raises(CalibrationError, match=r"#/PixelPerRadialElement: .*radial bins is more "
+                                               r"than the limit of 100,000"):
+        Integrator(cal, backend="numpy", cache_dir=False)
+
+
+def test_huge_oversampling_rejected_before_building():
+    """Oversampling 64 on 300x300 pixels is 368 M sub-pixels (minutes of building)."""
+    from gpusaxs.integrator import Integrator
+
+    cal = _small_cal(imagesize=(300, 300), beam_center=(150.0, 150.0), oversampling=64)
+    with pytest.raises(CalibrationError, match=r"#/Oversampling: .*sub-pixels, more than the "
+                                               r"limit of 268,435,456 \(at most Oversampling 54"):
+        Integrator(cal, backend="numpy", cache_dir=False)
+
+
+def test_huge_imagesize_rejected_before_building():
+    """Imagesize 100000^2 died in a MemoryError traceback."""
+    from gpusaxs.integrator import Integrator
+
+    cal = _small_cal(imagesize=(100000, 100000))
+    with pytest.raises(CalibrationError, match=r"#/Imagesize: 100000 x 100000 = "
+                                               r"10,000,000,000 pixels is more than the limit"):
+        Integrator(cal, backend="numpy", cache_dir=False)
+
+
+def test_q_range_limits():
+    from gpusaxs.calibration import check_limits
+
+    with pytest.raises(CalibrationError, match=r"#/qStop: .*qStop 1e\+06 nm\^-1 is far beyond"):
+        check_limits(_small_cal(q_start=0.1, q_stop=1e6))
+    with pytest.raises(CalibrationError, match=r"#/qStart: qStart \(50 nm\^-1\) is beyond the "
+                                               r"largest q"):
+        check_limits(_small_cal(q_start=50.0, q_stop=60.0))
+    with pytest.raises(CalibrationError, match="q_edges given"):
+        check_limits(_small_cal(), q_edges=np.linspace(0, 1, 200_002))
+    with pytest.raises(CalibrationError, match="more than the limit of 100 "):
+        check_limits(_small_cal(), bins=100, pixels=10**6)   # limits can be lowered per call
+
+
+@pytest.mark.parametrize("changes", [{}, {"pixel_per_radial_element": 0.37},
+                                     {"q_start": 0.5, "q_stop": 1.2}, {"q_stop": 5.0},
+                                     {"tilt_angle_deg": 20.0, "tilt_rot_deg": 30.0,
+                                      "beam_center": (-50.0, 250.0)}])
+def test_bin_count_and_memory_estimate_match_the_built_matrix(changes):
+    from gpusaxs.calibration import check_limits, estimate_matrix_bytes
+    from gpusaxs.matrix import build_matrix
+
+    cal = _small_cal(**changes)
+    est = check_limits(cal)
+    m = build_matrix(cal)
+    assert est["bins"] == m.n_bins
+    actual = m.nbytes + m.norm.nbytes + m.q_edges.nbytes
+    assert actual <= estimate_matrix_bytes(cal) <= 3 * actual
+
+
+def test_reference_calibration_within_limits(reference_dir):
+    cal = Calibration.from_file(reference_dir / "buf1_00000.calibration.json")
+    est = cal.check_limits()
+    assert est["bins"] == 1002 and est["pixels"] == 1043 * 981
+    # an EIGER2 16M at Oversampling 3 is allowed (163 M sub-pixels); 4 is not
+    eiger = cal.replace(imagesize=(4362, 4148), mask_file=None)
+    eiger.check_limits()
+    with pytest.raises(CalibrationError, match="at most Oversampling 3"):
+        eiger.replace(oversampling=4).check_limits()
+
+
+def test_misspelt_required_key_did_you_mean(tmp_path):
+    d = dict(SPEC_EXAMPLE)
+    d["Wavelenght"] = d.pop("Wavelength")
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match=r"#/Wavelength: required field is missing \(found "
+                                               r"'Wavelenght': did you mean 'Wavelength'\?\)"):
+        Calibration.from_file(path)
+    d = dict(SPEC_EXAMPLE)
+    d["DetectorDistanceMm"] = d.pop("DedectorDistanceMM")
+    with pytest.raises(CalibrationError, match="did you mean 'DetectorDistanceMM'"):
+        validate_dict(d)
+    d = dict(SPEC_EXAMPLE)
+    del d["Oversampling"]
+    with pytest.raises(CalibrationError, match=r"#/Oversampling: required field is missing$"):
+        validate_dict(d)
+
+
+def test_json_error_has_no_doubled_at(tmp_path):
+    path = tmp_path / "cal.json"
+    path.write_text('{"Title": "unterminated}')
+    with pytest.raises(CalibrationError) as ei:
+        read_json(path)
+    msg = str(ei.value)
+    assert " at at " not in msg
+    assert "Unterminated string starting at line 1, column 11" in msg
+    path.write_text('{"a": 1,}')
+    with pytest.raises(CalibrationError, match="double quotes at line 1, column 9"):
+        read_json(path)

@@ -249,3 +249,30 @@ def test_atomic_write_bad_mode(tmp_path):
         with atomic_write(tmp_path / "x", "a"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- calibration key (issue 15)
+
+def test_calibration_key_on_the_title_line(tmp_path):
+    from gpusaxs.io.chi import read_chi_key
+
+    key = "0123456789abcdef" * 4
+    path = tmp_path / "k.chi"
+    write_chi(path, [1.0, 2.0], [3.0, 4.0], [0.1, 0.2], title="frame.tif", calibration_key=key)
+    lines = path.read_text().splitlines()
+    assert lines[0] == f"frame.tif  calibration_key={key}"
+    assert lines[3].strip() == "2" and len(lines) == 6      # still a 4-line header .chi
+    c = read_chi(path)
+    assert c.title == "frame.tif" and c.calibration_key == key
+    assert read_chi_key(path) == key
+    write_chi(path, [1.0], [3.0], title="no key")
+    assert read_chi(path).calibration_key is None and read_chi_key(path) is None
+    assert read_chi_key(tmp_path / "missing.chi") is None
+    with pytest.raises(ValueError, match="hex"):
+        write_chi(path, [1.0], [3.0], calibration_key="not hex!")
+
+
+def test_fit2d_curve_has_no_key(reference_dir):
+    from gpusaxs.io.chi import read_chi_key
+
+    assert read_chi_key(reference_dir / "buf1_00000.fit2d.chi") is None

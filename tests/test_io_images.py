@@ -272,3 +272,103 @@ def test_plain_tiff_fast_path_reads_the_reference_frame(reference_dir):
     fast = _read_tiff_plain(path)
     assert fast is not None
     np.testing.assert_array_equal(fast, tifffile.imread(path))
+
+
+# ---------------------------------------------------------------- decompression bombs (issue 15)
+
+def _bomb_tiff(path, height, width, rows_per_strip=16):
+    """A zlib TIFF declaring height x width int32 pixels whose strips all point at ONE small
+    compressed block of zeros: a few kB on disk, height*width*4 bytes once decoded."""
+    import struct
+    import zlib
+
+    blob = zlib.compress(bytes(rows_per_strip * width * 4), 9)
+    n = -(-height // rows_per_strip)
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 32), (259, 3, 1, 8),
+            (262, 3, 1, 1), (273, 4, n, None), (277, 3, 1, 1), (278, 4, 1, rows_per_strip),
+            (279, 4, n, None), (339, 3, 1, 2)]
+    ifd_at = 8
+    arrays_at = ifd_at + 2 + 12 * len(tags) + 4
+    offsets_at, counts_at = arrays_at, arrays_at + 4 * n
+    blob_at = counts_at + 4 * n
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(tags)))
+    for tag, typ, count, value in tags:
+        if tag == 273:
+            value = offsets_at
+        elif tag == 279:
+            value = counts_at
+        fmt = "<HHIHH" if typ == 3 and count == 1 else "<HHII"
+        out += struct.pack(fmt, tag, typ, count, value, 0) if fmt == "<HHIHH" else \
+            struct.pack(fmt, tag, typ, count, value)
+    out += struct.pack("<I", 0)
+    out += struct.pack(f"<{n}I", *([blob_at] * n)) + struct.pack(f"<{n}I", *([len(blob)] * n))
+    out += blob
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _bomb_edf(path, height, width):
+    """An EDF header declaring height x width int32 pixels, followed by 1 kB of data."""
+    head = (f"{{\nHeaderID = EH:000001:000000:000000 ;\nImage = 1 ;\nByteOrder = LowByteFirst ;\n"
+            f"DataType = SignedInteger ;\nDim_1 = {width} ;\nDim_2 = {height} ;\n"
+            f"Size = {height * width * 4} ;\n")
+    head = head.ljust(1022) + "}\n"
+    path.write_bytes(head.encode() + bytes(1024))
+    return path
+
+
+def _rejected(path, **kw):
+    """(exception, seconds, peak traced bytes) of reading ``path``."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ImageReadError) as ei:
+            read_image(path, **kw)
+        return ei.value, time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_tiff_bomb_rejected_before_decoding(tmp_path):
+    path = _bomb_tiff(tmp_path / "bomb.tif", 20000, 20000)
+    assert path.stat().st_size < 100_000          # declares 1.6 GB of pixels
+    exc, seconds, peak = _rejected(path, shape=(1043, 981))
+    assert "20000x20000" in str(exc) and "expected 1043x981" in str(exc)
+    assert "not decoded" in str(exc)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MB allocated while rejecting"
+    # without an expected shape the pixel bound applies
+    exc, _, peak = _rejected(path)
+    assert "400,000,000 pixels" in str(exc) and "limit" in str(exc)
+    assert peak < 20 * 2**20
+    assert not image_complete(path, shape=(1043, 981))
+
+
+def test_tiff_bomb_shape_checked_on_a_small_frame(tmp_path):
+    """The header check passes a frame of the expected shape, which then decodes normally."""
+    path = _bomb_tiff(tmp_path / "ok.tif", 40, 30, rows_per_strip=8)
+    img = read_image(path, shape=(40, 30))
+    assert img.shape == (40, 30) and img.dtype == np.int32 and not img.any()
+    with pytest.raises(ImageReadError, match="declared in the header"):
+        read_image(path, shape=(30, 40))
+
+
+def test_edf_bomb_rejected_before_decoding(tmp_path):
+    path = _bomb_edf(tmp_path / "bomb.edf", 20000, 20000)
+    exc, seconds, peak = _rejected(path, shape=(1043, 981))
+    assert "20000x20000" in str(exc) and "not decoded" in str(exc)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MB allocated while rejecting"
+
+
+def test_declared_frame_of_real_cbf_and_edf(tmp_path):
+    from gpusaxs.io.images import declared_frame
+
+    for fmt in ("cbf", "edf"):
+        path = _write(tmp_path / f"f.{fmt}", FRAME, fmt)
+        shape, dtype = declared_frame(path)
+        assert shape == FRAME.shape and np.dtype(dtype) == np.int32
+        assert read_image(path, shape=FRAME.shape).shape == FRAME.shape
+        with pytest.raises(ImageReadError, match="declared in the header"):
+            read_image(path, shape=(23, 37))

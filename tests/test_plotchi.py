@@ -122,3 +122,45 @@ def test_figure_options(reference_dir, ours):
     np.testing.assert_allclose(rel.lines[0].get_ydata(), expected[ok], rtol=1e-9)
     np.testing.assert_allclose(diff.lines[0].get_ydata()[:3],
                                (np.interp(q0, curves[1][1], curves[1][2]) - i0)[:3])
+
+
+def _write_curves(folder, n, i_label="Intensity"):
+    from gpusaxs.io.chi import write_chi
+
+    q = np.linspace(0.05, 5, 300)
+    paths = []
+    for k in range(n):
+        p = folder / f"frame_{k:03d}.chi"
+        write_chi(p, q, 1e4 * np.exp(-q * (1 + 0.1 * k)) + 1, np.full(300, 2.0), i_label=i_label)
+        paths.append(p)
+    return paths
+
+
+def test_y_label_names_the_unit(reference_dir, ours, tmp_path):
+    from gpusaxs.clients.plotchi import load_curves, make_figure
+
+    fig = make_figure(load_curves([reference_dir / "buf1_00000.fit2d.chi", ours]), _args(),
+                      _figure)
+    assert fig.axes[0].get_ylabel() == "I (counts/pixel)"
+    paths = _write_curves(tmp_path, 2, i_label="I (photons/s/pixel)")
+    fig = make_figure(load_curves(paths), _args(), _figure)
+    assert fig.axes[0].get_ylabel() == "I (photons/s/pixel)"
+
+
+def test_legend_copes_with_20_curves(tmp_path):
+    from gpusaxs.clients.plotchi import load_curves, make_figure
+
+    curves = load_curves(_write_curves(tmp_path, 20))
+    fig = make_figure(curves, _args(log=True), _figure)
+    ax = fig.axes[0]
+    colors = {tuple(np.round(line.get_color(), 4)) if not isinstance(line.get_color(), str)
+              else line.get_color() for line in ax.lines}
+    assert len(ax.lines) == 20 and len(colors) == 20          # no colour used twice
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [c[0] for c in curves]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box, axbox = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.x0 >= axbox.x1                                  # beside the plot, not over it
+    figbox = fig.bbox
+    assert box.x1 <= figbox.x1 + 1 and box.y0 >= figbox.y0 - 1  # and inside the figure

@@ -300,3 +300,153 @@ def tifffile_bytes(img):
     buf = io.BytesIO()
     tifffile.imwrite(buf, img)
     return buf.getvalue()
+
+
+# -- start-up and first run (issue 15) ----------------------------------------------------------
+def _key(cal_file):
+    from gpusaxs.calibration import Calibration
+    from gpusaxs.matrix_cache import matrix_key
+
+    return matrix_key(Calibration.from_file(cal_file))
+
+
+def test_output_that_is_a_file_is_one_error_before_any_frame(synth, tmp_path):
+    data = tmp_path / "data"
+    write_frame(data / "f0.tif", 0)
+    (tmp_path / "taken").write_text("a file")
+    for out in ("taken", "taken/below"):
+        r = run(["-c", synth / "cal.json", "-o", out, data], cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"saxsdog: error: -o {out}: "), r.stderr
+        assert "file" in lines[0]
+        assert "building" not in r.stderr and "curves written" not in r.stderr
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_unwritable_output_is_one_error(synth, tmp_path):
+    data = tmp_path / "data"
+    write_frame(data / "f0.tif", 0)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = run(["-c", synth / "cal.json", "-o", ro / "out", data], cwd=tmp_path)
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "not writable" in r.stderr, r.stderr
+
+
+def test_folder_without_images_warns_and_exits_1(synth, tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    (data / "notes.txt").write_text("no images here")
+    r = run(["-c", synth / "cal.json", data], cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "warning: no image found in" in r.stderr and str(data) in r.stderr
+    assert "building" not in r.stderr          # nothing built for nothing
+    assert not (tmp_path / "out").exists()
+
+
+def test_matrix_cache_used_by_the_next_run_and_no_cache(synth, tmp_path, _private_matrix_cache):
+    data = tmp_path / "data"
+    write_frame(data / "f0.tif", 0)
+    cache = _private_matrix_cache
+    r = run(["-c", synth / "cal.json", "--no-cache", data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "built the integration matrix" in r.stderr and "matrix built" in r.stderr
+    assert not list(cache.glob("matrix-*.npz"))
+    r = run(["-c", synth / "cal.json", "-o", "out1", data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "cached in" in r.stderr
+    assert len(list(cache.glob("matrix-*.npz"))) == 1
+    r = run(["-c", synth / "cal.json", "-o", "out2", data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "built" not in r.stderr and "set-up" in r.stderr and "matrix from the cache" in r.stderr
+    assert (tmp_path / "out1" / "f0.chi").read_bytes() == (tmp_path / "out2" / "f0.chi").read_bytes()
+    assert (tmp_path / "out" / "f0.chi").read_bytes() == (tmp_path / "out2" / "f0.chi").read_bytes()
+
+
+def test_curves_carry_the_key_and_resume_redoes_other_calibrations(synth, tmp_path):
+    from gpusaxs.io.chi import read_chi, read_chi_key
+
+    data = tmp_path / "data"
+    for k in range(3):
+        write_frame(data / f"f{k}.tif", k)
+    cal_a = synth / "cal.json"
+    d = json.loads(cal_a.read_text())
+    d["DedectorDistanceMM"] = 450.0           # another calibration, same bins count or not
+    d["MaskFile"] = str(synth / "small.msk")
+    cal_b = tmp_path / "cal_b.json"
+    cal_b.write_text(json.dumps(d))
+    r = run(["-c", cal_a, data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    assert {read_chi_key(p) for p in out.glob("*.chi")} == {_key(cal_a)}
+    (out / "f1.chi").write_text(read_chi(out / "f1.chi").title + "\n" +
+                                "\n".join((out / "f1.chi").read_text().splitlines()[1:]) + "\n")
+    assert read_chi_key(out / "f1.chi") is None          # a curve without a key
+    r = run(["-c", cal_a, "-r", data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "1 curves written" in r.stderr and "2 skipped" in r.stderr and "1 redone" in r.stderr
+    r = run(["-c", cal_b, "-r", data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "3 curves written" in r.stderr and "3 redone" in r.stderr
+    assert {read_chi_key(p) for p in out.glob("*.chi")} == {_key(cal_b)}
+    q, intensity, err = direct(cal_b, frame(2))
+    assert_curve_equal(out / "f2.chi", q, intensity, err)
+
+
+def test_hdf5_records_the_key_and_resume_redoes_other_calibrations(synth, tmp_path):
+    import h5py
+
+    data = tmp_path / "data"
+    for k in range(2):
+        write_frame(data / f"f{k}.tif", k)
+    r = run(["-c", synth / "cal.json", "--format", "hdf5", data], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    h5 = tmp_path / "out" / "data.h5"
+    with h5py.File(h5, "r") as f:
+        assert f["entry"].attrs["calibration_key"] == _key(synth / "cal.json")
+    r = run(["-c", synth / "cal.json", "--format", "hdf5", "-r", data], cwd=tmp_path)
+    assert "0 curves written" in r.stderr and "2 skipped" in r.stderr, r.stderr
+    with h5py.File(h5, "r+") as f:
+        f["entry"].attrs["calibration_key"] = "00" * 32
+    r = run(["-c", synth / "cal.json", "--format", "hdf5", "-r", data], cwd=tmp_path)
+    assert "2 curves written" in r.stderr, r.stderr
+
+
+def test_too_large_calibration_is_one_error(synth, tmp_path):
+    data = tmp_path / "data"
+    write_frame(data / "f0.tif", 0)
+    for field, value, expect in (("Imagesize", [100000, 100000], "#/Imagesize"),
+                                 ("Oversampling", 64, "#/Oversampling"),
+                                 ("PixelPerRadialElement", 1e-4, "#/PixelPerRadialElement")):
+        d = json.loads((synth / "cal.json").read_text())
+        d[field] = value
+        d["MaskFile"] = str(synth / "small.msk")   # checked before the mask is read
+        if field == "Oversampling":
+            d["Imagesize"] = [400, 400]
+        cal = tmp_path / f"{field}.json"
+        cal.write_text(json.dumps(d))
+        r = run(["-c", cal, data], cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and expect in lines[0] and "limit" in lines[0], r.stderr
+        assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr
+
+
+def test_build_progress_bar_counts_rows():
+    import io
+
+    from gpusaxs.clients.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress(total=1043, enabled=True, stream=out, unit="rows", min_interval=0.0,
+                   label="saxsdog: building the integration matrix")
+    bar.set_done(512)
+    assert "building the integration matrix" in out.getvalue()
+    assert "512/1043" in out.getvalue() and "rows/s" in out.getvalue()
+    bar.finish("saxsdog: built the integration matrix (1002 bins, 21 MB) in 3.0 s")
+    assert out.getvalue().endswith("in 3.0 s\n")

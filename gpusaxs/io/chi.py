@@ -9,6 +9,11 @@ i.e. each value as ``%14.7E`` (8 significant digits), separated by one space; tw
 (q, I) or three (q, I, error). We write LF line endings and ``nan``/``inf`` for non-finite
 values; the reader also accepts fit2d's CRLF files.
 
+The calibration key (``Integrator.matrix_key``, a sha256 hex digest of the calibration, mask and
+bins) is appended to the title line as ``  calibration_key=<hex>`` so that the file stays a
+four-line-header .chi that fit2d-style readers accept; :func:`read_chi` strips it from the title
+into ``ChiCurve.calibration_key`` and :func:`read_chi_key` reads only that line (resume checks).
+
 Writing is the hot path of the server (1000-row curves, thousands of times), so the rows are
 formatted by NumPy into one byte buffer (about 0.1 ms per 1000x3 curve) instead of
 per-value Python formatting; the result is identical to ``"%14.7E" % value``.
@@ -20,7 +25,10 @@ import numpy as np
 from ..errors import ChiFormatError
 from .atomic import atomic_write
 
-__all__ = ["ChiCurve", "write_chi", "read_chi", "format_chi_rows"]
+__all__ = ["ChiCurve", "write_chi", "read_chi", "read_chi_key", "format_chi_rows"]
+
+#: Marker of the calibration key on the title line.
+KEY_MARKER = "  calibration_key="
 
 _FIELD = 15  # 14 characters of "%14.7E" + the following separator (" " or "\n")
 # Lookup tables of ASCII text as little-endian uint32 (4 characters each): ".ddd" for 0..999,
@@ -48,6 +56,7 @@ class ChiCurve(NamedTuple):
     title: str
     q_label: str
     i_label: str
+    calibration_key: Optional[str] = None  # the key on the title line, None if absent
 
 
 def _format_slow(cols):
@@ -133,14 +142,29 @@ def _header_line(text):
     return " ".join(str(text).splitlines()) if text else ""
 
 
+def _split_key(title_line):
+    """(title, key or None) of a first header line."""
+    head, sep, key = title_line.rpartition(KEY_MARKER)
+    key = key.strip()
+    if sep and key and all(c in "0123456789abcdef" for c in key):
+        return head, key
+    return title_line, None
+
+
 def write_chi(path, q, intensity, error=None, title="", q_label="q (nm^-1)",
-              i_label="Intensity", fsync=False):
+              i_label="Intensity", fsync=False, calibration_key=None):
     """Write a ``.chi`` curve atomically (LF line endings).
 
     ``q``: bin centres (unit as stated in ``q_label``, nm^-1 by default); ``intensity`` and
     ``error`` (optional third column): same length as ``q``. ``title``: first header line,
-    usually the image path. ``fsync``: flush to disk before the rename.
+    usually the image path. ``fsync``: flush to disk before the rename. ``calibration_key``:
+    hex digest appended to the title line (see the module docstring).
     """
+    if calibration_key is not None:
+        key = str(calibration_key)
+        if not key or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"write_chi: calibration_key must be lower-case hex, got {key!r}")
+        title = f"{_header_line(title)}{KEY_MARKER}{key}"
     q = np.asarray(q, dtype=np.float64)
     intensity = np.asarray(intensity, dtype=np.float64)
     arrays = [q, intensity] if error is None else [q, intensity,
@@ -201,6 +225,7 @@ def read_chi(path):
         raise ChiFormatError(path, f"line {len(lines) + 1}: expected 4 header lines, "
                                    f"file has {len(lines)} lines")
     title, q_label, i_label, count_line = lines[:4]
+    title, key = _split_key(title)
     try:
         count = int(count_line.strip())
     except ValueError:
@@ -217,7 +242,7 @@ def read_chi(path):
                                    f"found {len(data_lines)}")
     if count == 0:
         empty = np.empty(0, np.float64)
-        return ChiCurve(empty, empty.copy(), None, title, q_label, i_label)
+        return ChiCurve(empty, empty.copy(), None, title, q_label, i_label, key)
     ncols = len(data_lines[0].split())
     if ncols not in (2, 3):
         raise ChiFormatError(path, f"line 5: expected 2 or 3 columns, got {ncols}")
@@ -237,4 +262,17 @@ def read_chi(path):
     q = np.ascontiguousarray(values[:, 0])
     intensity = np.ascontiguousarray(values[:, 1])
     error = np.ascontiguousarray(values[:, 2]) if ncols == 3 else None
-    return ChiCurve(q, intensity, error, title, q_label, i_label)
+    return ChiCurve(q, intensity, error, title, q_label, i_label, key)
+
+
+def read_chi_key(path):
+    """The calibration key on the first line of a .chi file, or None (no key, unreadable).
+
+    Reads at most 4 kB: cheap enough to check every curve of a folder on resume.
+    """
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(4096).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    return _split_key(first.decode("utf-8", "replace").rstrip("\r"))[1]

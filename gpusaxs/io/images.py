@@ -4,6 +4,10 @@ TIFF goes through tifffile (fast path); every other format through fabio (PNG/BM
 for masks, through Pillow). The pixel dtype of the file is kept (PILATUS TIFF/CBF: int32
 counts, -1 gaps, -2 bad pixels); only a non-native byte order is swapped to native.
 Every failure raises :class:`gpusaxs.errors.ImageReadError` with a one-line reason.
+
+Before any pixel is decoded, the frame's declared size and pixel type (TIFF tags, the CBF and
+EDF headers) are checked against the expected shape and a pixel bound, so a small compressed
+file declaring a huge frame (a decompression bomb) is rejected without a large allocation.
 """
 import logging
 import os
@@ -13,7 +17,12 @@ import numpy as np
 
 from ..errors import ImageReadError
 
-__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "image_complete"]
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "image_complete", "declared_frame",
+           "MAX_PIXELS"]
+
+#: Largest frame (pixels) read when no expected shape is given (as the calibration's limit,
+#: an 8192 x 8192 frame; EIGER2 16M has 18 M pixels).
+MAX_PIXELS = 1 << 26
 
 #: Suffixes (lower case) of the single-frame detector formats watchers should pick up.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".cbf", ".edf", ".img", ".mccd")
@@ -63,7 +72,7 @@ _TIFF_TYPES = {3: "H", 4: "I"}
 _SAMPLE_KIND = {1: "u", 2: "i", 3: "f"}
 
 
-def _read_tiff_plain(path):
+def _read_tiff_plain(path, expect=None):
     """Pixels of a plain TIFF in one read, or None when the file is not plain.
 
     Plain: classic TIFF, one page, one sample per pixel, uncompressed, no predictor or tiles,
@@ -120,6 +129,7 @@ def _read_tiff_plain(path):
         if len(offsets) != len(counts) or any(
                 offsets[i] + counts[i] != offsets[i + 1] for i in range(len(offsets) - 1)):
             return None
+        _check_declared(path, (height, width), dtype, expect)
         nbytes = height * width * dtype.itemsize
         if sum(counts) != nbytes:
             return None
@@ -134,17 +144,16 @@ def _read_tiff_plain(path):
         return out
 
 
-def _read_tiff(path):
-    import tifffile
-
+def _read_tiff(path, expect=None):
     try:
-        plain = _read_tiff_plain(path)
+        plain = _read_tiff_plain(path, expect)
     except ImageReadError:
         raise
     except (OSError, ValueError, struct_error()) as exc:
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
     if plain is not None:
         return plain
+    import tifffile                       # only for TIFFs the fast path does not read
 
     try:
         with tifffile.TiffFile(path) as tf:
@@ -154,6 +163,7 @@ def _read_tiff(path):
                 raise ImageReadError(path, f"multi-frame TIFF ({n} pages), expected one 2D frame"
                                      if n else "TIFF file has no image")
             page = pages[0]
+            _check_declared(path, page.shape, page.dtype, expect)
             size = int(tf.filehandle.size)
             offsets = page.dataoffsets
             counts = page.databytecounts
@@ -167,6 +177,90 @@ def _read_tiff(path):
         raise
     except Exception as exc:  # tifffile raises many types; report them on one line
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
+
+
+def _check_declared(path, shape, dtype, expect):
+    """Reject a frame by its declared shape and dtype, before decoding it.
+
+    expect: (expected shape (H, W) or None, most pixels); None = no check.
+    """
+    if expect is None:
+        return
+    want, max_pixels = expect
+    shape = tuple(int(v) for v in shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    dtype = np.dtype(dtype) if dtype is not None else None
+    if dtype is not None and (dtype.kind not in "biuf" or dtype.itemsize > 8):
+        raise ImageReadError(path, f"unsupported pixel type {dtype} (declared in the header)")
+    n_pixels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if want is not None and len(shape) == 2 and shape != tuple(int(v) for v in want):
+        raise ImageReadError(path, f"image is {shape[0]}x{shape[1]} (rows x columns, declared in "
+                                   f"the header), expected {want[0]}x{want[1]}; not decoded")
+    if max_pixels is not None and n_pixels > max_pixels:
+        dims = "x".join(str(v) for v in shape)
+        raise ImageReadError(path, f"image declares {dims} = {n_pixels:,} pixels, more than the "
+                                   f"limit of {max_pixels:,}; not decoded")
+
+
+_EDF_TYPES = {"unsignedbyte": "u1", "signedbyte": "i1", "unsignedshort": "u2",
+              "signedshort": "i2", "unsignedinteger": "u4", "signedinteger": "i4",
+              "unsignedlong": "u4", "signedlong": "i4", "float": "f4", "floatvalue": "f4",
+              "doublevalue": "f8", "double": "f8", "unsigned64": "u8", "signed64": "i8",
+              "unsignedint": "u4", "signedint": "i4"}
+_CBF_TYPES = {"signed 32-bit integer": "i4", "unsigned 32-bit integer": "u4",
+              "signed 16-bit integer": "i2", "unsigned 16-bit integer": "u2",
+              "signed 8-bit integer": "i1", "unsigned 8-bit integer": "u1",
+              "signed 64-bit integer": "i8", "unsigned 64-bit integer": "u8",
+              "signed 64-bit real ieee": "f8", "signed 32-bit real ieee": "f4"}
+
+
+def _head_bytes(path, n=65536):
+    """The first ``n`` bytes of a file, decompressed for .gz/.bz2 (only ``n`` bytes are inflated)."""
+    low = path.lower()
+    if low.endswith(".gz"):
+        import gzip
+        opener = gzip.open
+    elif low.endswith(".bz2"):
+        import bz2
+        opener = bz2.open
+    else:
+        opener = open
+    try:
+        with opener(path, "rb") as fh:
+            return fh.read(n)
+    except (OSError, EOFError, ValueError):
+        return b""
+
+
+def declared_frame(path):
+    """(shape, dtype) a CBF or EDF file declares in its header, without decoding the pixels;
+    None when the header does not say (other formats: the reader checks after decoding)."""
+    import re
+
+    head = _head_bytes(os.fspath(path))
+    if not head:
+        return None
+    text = head.split(_CBF_STARTER, 1)[0].decode("latin-1")
+    fast = re.search(r"X-Binary-Size-Fastest-Dimension:\s*(\d+)", text)
+    second = re.search(r"X-Binary-Size-Second-Dimension:\s*(\d+)", text)
+    if fast and second:
+        kind = re.search(r'X-Binary-Element-Type:\s*"([^"]+)"', text)
+        dtype = _CBF_TYPES.get(kind.group(1).strip().lower()) if kind else None
+        return (int(second.group(1)), int(fast.group(1))), dtype
+    if text.lstrip().startswith("{"):
+        block = text.split("}", 1)[0]
+        fields = {}
+        for m in re.finditer(r"([A-Za-z_0-9]+)\s*=\s*([^;]*);", block):
+            fields[m.group(1).lower()] = m.group(2).strip()
+        try:
+            shape = tuple(int(fields[f"dim_{k}"]) for k in (3, 2, 1) if f"dim_{k}" in fields)
+        except ValueError:
+            return None
+        if len(shape) >= 2:
+            dtype = _EDF_TYPES.get(fields.get("datatype", "").lower())
+            return shape, dtype
+    return None
 
 
 def struct_error():
@@ -250,8 +344,11 @@ def _check_cbf_start(path):
     raise ImageReadError(path, "truncated or corrupt CBF: no binary data section")
 
 
-def _read_fabio(path):
+def _read_fabio(path, expect=None):
     _check_cbf_start(path)
+    declared = declared_frame(path)
+    if declared is not None:
+        _check_declared(path, declared[0], declared[1], expect)
     try:
         import fabio
     except ImportError as exc:  # pragma: no cover - fabio is a dependency
@@ -284,13 +381,14 @@ def _read_fabio(path):
     return data
 
 
-def _read_pil(path):
+def _read_pil(path, expect=None):
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover
         raise ImageReadError(path, f"Pillow is needed to read this format: {exc}") from None
     try:
         with Image.open(path) as im:
+            _check_declared(path, (im.height, im.width), None, expect)
             im.load()
             if getattr(im, "n_frames", 1) != 1:
                 raise ImageReadError(path, f"multi-frame image ({im.n_frames} frames)")
@@ -301,13 +399,15 @@ def _read_pil(path):
         raise ImageReadError(path, f"cannot decode image: {_one_line(exc)}") from None
 
 
-def read_image(path, shape=None):
+def read_image(path, shape=None, max_pixels=MAX_PIXELS):
     """Read one 2D frame; return it as a ``(rows, cols)`` array in the file's dtype.
 
-    ``shape``: expected ``(H, W)`` in pixels, or None to accept any size.
+    ``shape``: expected ``(H, W)`` in pixels, or None to accept any size up to ``max_pixels``
+    (default ``MAX_PIXELS``; None = no bound).  TIFF, CBF and EDF frames are checked against
+    both by their headers before decoding.
     Raises ImageReadError (missing file, truncated, not an image, not a single 2D frame,
-    wrong size). HDF5 files and frames of stacks (``file.h5::/dataset``, ``file::N``) are read
-    by :func:`gpusaxs.io.frames.read_frame`.
+    wrong size, too large). HDF5 files and frames of stacks (``file.h5::/dataset``, ``file::N``)
+    are read by :func:`gpusaxs.io.frames.read_frame`.
     """
     from .frames import is_frame_source, read_frame
     if is_frame_source(path):       # HDF5 / a frame of a stack (gpusaxs.io.frames)
@@ -320,13 +420,18 @@ def read_image(path, shape=None):
     if os.path.getsize(spath) == 0:
         raise ImageReadError(path, "empty file")
     low = spath.lower()
+    expect = (shape, max_pixels)
     if low.endswith(_TIFF_SUFFIXES):
-        arr = _read_tiff(spath)
+        arr = _read_tiff(spath, expect)
     elif low.endswith(_PIL_SUFFIXES):
-        arr = _read_pil(spath)
+        arr = _read_pil(spath, expect)
     else:
-        arr = _read_fabio(spath)
-    return _check(path, arr, shape)
+        arr = _read_fabio(spath, expect)
+    arr = _check(path, arr, shape)
+    if max_pixels is not None and arr.size > max_pixels:
+        raise ImageReadError(path, f"image has {arr.size:,} pixels, more than the limit of "
+                                   f"{max_pixels:,}")
+    return arr
 
 
 def image_complete(path, shape=None):

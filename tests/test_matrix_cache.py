@@ -1,0 +1,133 @@
+"""The on-disk matrix cache: default folder, LRU bound, concurrent processes (issue 15)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpusaxs.calibration import Calibration
+from gpusaxs.matrix_cache import (_MEMORY, default_cache_dir, evict, get_matrix, load_matrix,
+                                  matrix_key, save_matrix)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cal(distance=1000.0, size=(120, 100)):
+    return Calibration(beam_center=(60.0, 50.0), distance_mm=distance, imagesize=size,
+                       pixel_size_um=(172.0, 172.0), wavelength_A=1.54, oversampling=2)
+
+
+def test_default_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPUSAXS_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "gpusaxs"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "gpusaxs"
+    monkeypatch.setenv("GPUSAXS_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("GPUSAXS_CACHE_DIR", "off")
+    assert default_cache_dir() is None
+
+
+def test_second_process_loads_from_disk(_private_matrix_cache):
+    cal = _cal()
+    info = {}
+    m = get_matrix(cal, info=info)
+    assert info["source"] in ("built", "memory")
+    _MEMORY.clear()
+    info = {}
+    m2 = get_matrix(cal, info=info)
+    assert info["source"] == "disk" and info["key"] == matrix_key(cal)
+    assert Path(info["path"]).parent == _private_matrix_cache
+    for f in ("pixel_ptr", "bins", "weights", "pixel_scale", "norm", "q_edges"):
+        np.testing.assert_array_equal(getattr(m, f), getattr(m2, f))
+    info = {}
+    get_matrix(cal, cache_dir=False, info=info)
+    assert info["path"] is None
+
+
+def test_corrupt_file_is_rebuilt(_private_matrix_cache):
+    cal = _cal(distance=900.0)
+    info = {}
+    get_matrix(cal, info=info)
+    Path(info["path"]).write_bytes(b"PK\x03\x04 not a whole file")
+    _MEMORY.clear()
+    info = {}
+    get_matrix(cal, info=info)
+    assert info["source"] == "built"
+    load_matrix(info["path"])                 # replaced by a good file
+
+
+def test_lru_eviction(tmp_path):
+    m = get_matrix(_cal(), cache_dir=False)
+    paths = []
+    for k in range(3):
+        p = tmp_path / f"matrix-{k}.npz"
+        save_matrix(m, p)
+        os.utime(p, (1000 + k, 1000 + k))
+        paths.append(p)
+    size = paths[0].stat().st_size
+    os.utime(paths[0])                        # used just now: the newest
+    removed = evict(tmp_path, max_bytes=2 * size)
+    assert removed == [paths[1]]
+    assert paths[0].is_file() and paths[2].is_file()
+    assert evict(tmp_path, max_bytes=0, keep=paths[2]) == [paths[0]]
+    assert paths[2].is_file()
+
+
+_WORKER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from gpusaxs.calibration import Calibration
+    from gpusaxs import matrix_cache as mc
+    role, folder, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    cal = Calibration(beam_center=(60.0, 50.0), distance_mm=1000.0, imagesize=(120, 100),
+                      pixel_size_um=(172.0, 172.0), wavelength_A=1.54, oversampling=2)
+    (folder / f"ready-{{role}}").touch()
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)                     # polling a ready file, bounded
+    info = {{}}
+    m = mc.get_matrix(cal, cache_dir=folder, info=info)
+    path = Path(info["path"])
+    checks = 0
+    for i in range(150):
+        if role == "writer":
+            mc.save_matrix(m, path)           # rewrites the same key again and again
+        else:
+            got = mc.load_matrix(path)        # must always be a whole, equal file
+            assert np.array_equal(got.bins, m.bins) and np.array_equal(got.weights, m.weights)
+            checks += 1
+    print(role, info["source"], checks)
+""")
+
+
+def test_two_processes_share_the_cache_safely(tmp_path):
+    """Both build the same key at once from an empty cache, then one rewrites the file while
+    the other reads it 150 times: no error, no partial file, no temporary file left."""
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(root=str(ROOT)))
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(script), role, str(folder), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for role in ("writer", "reader")]
+    import time
+    deadline = time.monotonic() + 60
+    while not all((folder / f"ready-{r}").exists() for r in ("writer", "reader")):
+        assert time.monotonic() < deadline, "workers did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert "reader" in outs[1][0] and outs[1][0].split()[-1] == "150"
+    assert len(list(folder.glob("matrix-*.npz"))) == 1
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
