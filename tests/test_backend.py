@@ -253,6 +253,13 @@ def _tiny_matrix():
                              norm=np.full(2, 6.0))
 
 
+def _tiny_get_matrix(*args, info=None, **kwargs):
+    """get_matrix stand-in: the tiny matrix, reported as built (the Integrator reads its key)."""
+    if info is not None:
+        info.update(key="0" * 64, source="built", seconds=0.0, path=None)
+    return _tiny_matrix()
+
+
 def _blank_calibration():
     """A Calibration instance (get_matrix is patched, so its fields are never read)."""
     from gpusaxs.calibration import Calibration
@@ -279,9 +286,10 @@ def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkey
             seen["xp"] = xp
 
     monkeypatch.setattr(ge, "DeviceEngine", RecordingEngine)
-    monkeypatch.setattr(mc, "get_matrix", lambda *a, **k: _tiny_matrix())
+    monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
     integ = Integrator(_blank_calibration(), backend="cupy")
     assert integ.backend_name == "cupy"
+    integ.engine                            # built on first use
     assert seen["xp"] is fake_gpu
 
 
@@ -290,7 +298,7 @@ def test_explicit_cupy_request_without_gpu_raises(no_gpu, monkeypatch):
     from gpusaxs.integrator import Integrator
 
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
-    monkeypatch.setattr(mc, "get_matrix", lambda *a, **k: _tiny_matrix())
+    monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
     with pytest.raises(BackendError, match="not available"):
         Integrator(_blank_calibration(), backend="cupy")
 
