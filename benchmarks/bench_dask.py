@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def saxsdog(args):
+    """(wall seconds, frames/s after set-up as saxsdog's summary line reports it)."""
+    import re
+
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
@@ -37,7 +40,8 @@ def saxsdog(args):
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"saxsdog failed ({r.returncode}): {r.stderr[-2000:]}")
-    return wall
+    m = re.search(r"([0-9.]+) frames/s after set-up", r.stderr)
+    return wall, float(m.group(1)) if m else None
 
 
 def noop(x):
@@ -61,14 +65,16 @@ def main(argv=None):
     n = a.frames
     rows = []
 
-    wall = saxsdog(["-S", "-c", cal, "-o", tmp / "local", frames])
+    wall, steady = saxsdog(["-c", cal, "-o", tmp / "local", frames])
     rows.append({"run": "saxsdog, local (1 process, 2 engine threads)", "workers": 0,
-                 "wall_s": wall, "files_per_s": n / wall})
+                 "wall_s": wall, "files_per_s": n / wall, "steady_files_per_s": steady})
     for workers in (1, 2):
-        wall = saxsdog(["-S", "-c", cal, "-o", tmp / f"cli{workers}", "--scheduler",
-                        f"local:{workers}", "--frames-per-task", a.frames_per_task, frames])
+        wall, steady = saxsdog(["-c", cal, "-o", tmp / f"cli{workers}", "--scheduler",
+                                f"local:{workers}", "--frames-per-task", a.frames_per_task,
+                                frames])
         rows.append({"run": f"saxsdog --scheduler local:{workers} (cluster start included)",
-                     "workers": workers, "wall_s": wall, "files_per_s": n / wall})
+                     "workers": workers, "wall_s": wall, "files_per_s": n / wall,
+                     "steady_files_per_s": steady})
 
     files = sorted(frames.glob("*.tif"))
     overhead = {}
@@ -76,12 +82,14 @@ def main(argv=None):
         t0 = time.perf_counter()
         client = connect(f"local:{workers}")
         start_s = time.perf_counter() - t0
-        integrate_files(client, files[:32], cal, out_dir=tmp / "warm", frames_per_task=16)
+        integrate_files(client, files[:32], cal, out_dir=tmp / "warm", frames_per_task=16,
+                        threads=1)
         s = integrate_files(client, files, cal, out_dir=tmp / f"api{workers}",
-                            frames_per_task=a.frames_per_task)
+                            frames_per_task=a.frames_per_task, threads=1)
         rows.append({"run": f"integrate_files on a running cluster of {workers}",
                      "workers": workers, "wall_s": s["seconds"], "files_per_s": n / s["seconds"],
-                     "cluster_start_s": start_s, "tasks": s["tasks"]})
+                     "steady_files_per_s": n / s["seconds"], "cluster_start_s": start_s,
+                     "tasks": s["tasks"]})
         if workers == 2:
             t0 = time.perf_counter()
             futures = client.map(noop, range(1000), pure=False)
@@ -89,13 +97,16 @@ def main(argv=None):
             overhead["per_task_ms"] = 1000 * (time.perf_counter() - t0) / 1000
         close_client(client)
 
-    local = rows[0]["files_per_s"]
+    local, local_steady = rows[0]["files_per_s"], rows[0]["steady_files_per_s"]
     print(f"{n} PILATUS 1M files, {a.frames_per_task} frames per task, {os.cpu_count()} cores")
-    print(f"{'run':<62}{'wall s':>8}{'files/s':>9}{'vs local':>9}")
+    print(f"{'run':<62}{'wall s':>8}{'files/s':>9}{'vs local':>9}{'steady/s':>10}{'vs local':>9}")
     for r in rows:
         r["ratio_vs_local"] = r["files_per_s"] / local
+        st = r.get("steady_files_per_s")
+        r["steady_ratio_vs_local"] = st / local_steady if st and local_steady else None
         print(f"{r['run']:<62}{r['wall_s']:>8.2f}{r['files_per_s']:>9.1f}"
-              f"{r['ratio_vs_local']:>8.2f}x")
+              f"{r['ratio_vs_local']:>8.2f}x{st or float('nan'):>10.1f}"
+              f"{r['steady_ratio_vs_local'] or float('nan'):>8.2f}x")
     print(f"scheduler round trip per task (1000 empty tasks, 2 workers): "
           f"{overhead['per_task_ms']:.2f} ms")
 
