@@ -38,8 +38,7 @@ if (_os.path.isfile(_os.path.join(_ROOT, "pyproject.toml"))
 from . import geometry, units
 from .backend import backend_info
 from .calibration import Calibration
-from .errors import (BackendError, CalibrationError, ChiFormatError, GpusaxsError,
-                     ImageReadError)
+from .errors import BackendError, CalibrationError, ChiFormatError, GpusaxsError, ImageReadError
 from .geometry import calc_theta
 from .integrator import Integrator
 from .io.chi import read_chi, write_chi

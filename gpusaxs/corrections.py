@@ -6,10 +6,11 @@ engines apply every correction in their one pass over the frame.  A pixel whose 
 positive finite number is dropped (as if masked).
 """
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
-from .matrix import restrict_matrix
+from .matrix import IntegrationMatrix, restrict_matrix
 
 __all__ = ["pixel_divisor", "apply_corrections"]
 
@@ -29,7 +30,12 @@ def pixel_divisor(cal, correct_solid_angle=False, polarization_factor=None, flat
     one); a number f in [-1, 1] is pyFAI's factor (fraction (1 + f) / 2 polarized in the
     horizontal plane, chi = 0) and replaces it.
     """
-    from .geometry import polarization_factor_rows, polarization_of, solid_angle, two_theta_and_azimuth
+    from .geometry import (
+        polarization_factor_rows,
+        polarization_of,
+        solid_angle,
+        two_theta_and_azimuth,
+    )
 
     shape = tuple(int(v) for v in cal.imagesize)
     if polarization_factor is None:
@@ -47,8 +53,9 @@ def pixel_divisor(cal, correct_solid_angle=False, polarization_factor=None, flat
     return divisor
 
 
-def apply_corrections(matrix, cal, correct_solid_angle=False, polarization_factor=None,
-                      flat=None, dark=None):
+def apply_corrections(matrix: IntegrationMatrix, cal: Any, correct_solid_angle: bool = False,
+                      polarization_factor: float | None = None, flat: Any = None,
+                      dark: Any = None) -> IntegrationMatrix:
     """``matrix`` with the corrections folded in; the same object when there are none."""
     if not correct_solid_angle and polarization_factor is None and flat is None and dark is None:
         return matrix

@@ -144,9 +144,9 @@ def main(argv=None):
     found = ring_positions(curve.q, curve.intensity)
     expected = [2 * np.pi * n / AGBH_D_NM for n in range(1, len(found) + 1)]
     print("AgBh ring   expected q (nm^-1)   found q (nm^-1)")
-    for n, (e, f) in enumerate(zip(expected, found), start=1):
+    for n, (e, f) in enumerate(zip(expected, found, strict=True), start=1):
         print(f"{n:9d}   {e:18.4f}   {f:15.4f}")
-    worst = max(abs(e - f) for e, f in zip(expected, found))
+    worst = max(abs(e - f) for e, f in zip(expected, found, strict=True))
     print(f"curves in {out_dir}/, plot in {folder / 'demo.png'}; "
           f"largest ring offset {worst:.4f} nm^-1 (bin width {curve.q[1] - curve.q[0]:.4f})")
     return 0 if worst < 2 * (curve.q[1] - curve.q[0]) else 1

@@ -332,10 +332,10 @@ def _view(buf, dtype, shape):
     return buf.view(dtype).reshape(shape)
 
 
-_FALLBACKS = []
+_FALLBACKS: list[dict[str, str]] = []
 
 
-def engine_fallbacks():
+def engine_fallbacks() -> list[dict[str, str]]:
     """Fallbacks taken in this process (list of dicts: from, to, reason), oldest first."""
     return [dict(f) for f in _FALLBACKS]
 
@@ -936,7 +936,7 @@ class DeviceEngine:
         slot = slots[self._slot_counter % len(slots)]
         self._slot_counter += 1
         if slot.busy:  # round-robin: the busy slot is the oldest in flight
-            for k, (s_, res) in enumerate(self._service):
+            for k, (s_, _res) in enumerate(self._service):
                 if s_ is slot:
                     self._service[k] = (None, self._finish(slot))
                     break

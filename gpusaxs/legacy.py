@@ -5,46 +5,84 @@
     >>> data = cal.integratechi(image, "frame.chi")
     >>> I, std, err = cal.integrateerror(image)
 """
+
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
+from ._typing import ArrayLike, BoolArray, FloatArray, PathLike
 from .calibration import Calibration
 from .geometry import calc_theta  # noqa: F401  (SAXS.calc_theta)
 from .integrator import Integrator
 
 
 class calibration:  # noqa: N801  (the name of the original API)
-    """SAXS.calibration(config): config is the path of a calibration file (or a dict).
+    """SAXS.calibration(config): the SAXS 0.3.0 class, a thin layer over :class:`Integrator`.
 
     ``gpusaxs.calibration.Calibration`` keeps working as an attribute for code that expects the
     module of the same name.
+
+    Parameters
+    ----------
+    config : str, path-like or dict
+        The calibration file (JSON or .poni) or its dict.
+    backend : {"auto", "numpy", "cupy"}
+        As :class:`Integrator`.
+
+    Attributes
+    ----------
+    config : Calibration
+    integrator : Integrator
+
+    Examples
+    --------
+    >>> cal = gpusaxs.calibration("cal.json")  # doctest: +SKIP
+    >>> q, I = cal.integrate(image)  # q in nm^-1  # doctest: +SKIP
+    >>> I, std, err = cal.integrateerror(image)  # doctest: +SKIP
     """
 
     Calibration = Calibration
 
-    def __init__(self, config, backend="auto"):
+    def __init__(self, config: PathLike | dict[str, Any], backend: str = "auto") -> None:
         self.config = Calibration.from_file(config) if not isinstance(config, dict) \
             else Calibration.from_dict(config)
         self.integrator = Integrator(self.config, backend=backend)
 
-    def integrate(self, image):
-        """Returns (q, I): q in nm^-1, I the mean intensity per bin."""
+    def integrate(self, image: ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """(q, I) of a frame (H, W): q in nm^-1, I the mean intensity per bin, each (n_bins,)."""
         return self.integrator.integrate(image)
 
-    def integratechi(self, image, path):
+    def integratechi(self, image: ArrayLike, path: PathLike) -> FloatArray:
         """Integrate and save as .chi; returns the (3, n_bins) array q, I, Poisson error."""
         return self.integrator.integrate_chi(image, path)
 
-    def integrateerror(self, image):
+    def integrateerror(self, image: ArrayLike) -> FloatArray:
         """Returns an array (3, n_bins): intensity, standard deviation, Poisson error."""
-        return np.vstack(self.integrator.integrate_error(image))
+        rows: FloatArray = np.vstack(self.integrator.integrate_error(image))
+        return rows
 
-    def plot(self, image, outputfile="", startplotat=0, fig=None):
+    def plot(
+        self, image: ArrayLike, outputfile: str = "", startplotat: int = 0, fig: Any = None
+    ) -> Any:
         """Plot the curve with its error bands; writes ``outputfile`` when given."""
         return self.integrator.plot(image, outputfile=outputfile, startplotat=startplotat,
                                     fig=fig)
 
 
-def openmask(config):
-    """SAXS.openmask(config): the mask of a calibration as a bool array (True = masked)."""
+def openmask(config: Calibration | PathLike) -> BoolArray:
+    """SAXS.openmask(config): the mask of a calibration.
+
+    Parameters
+    ----------
+    config : Calibration, str or path-like
+        The calibration or its file.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+        True = pixel masked; all False when the calibration names no mask file.
+    """
     cal = config if isinstance(config, Calibration) else Calibration.from_file(config)
     return cal.load_mask()

@@ -20,6 +20,7 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from .matrix import FORMAT_VERSION, IntegrationMatrix, build_matrix
 __all__ = ["matrix_key", "default_cache_dir", "cache_max_bytes", "save_matrix", "load_matrix",
            "get_matrix", "evict", "remember_matrix"]
 
-_MEMORY = OrderedDict()
+_MEMORY: "OrderedDict[str, IntegrationMatrix]" = OrderedDict()
 _MEMORY_SIZE = 4
 _LOCK = Lock()
 _FIELDS = ("shape", "q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm")
@@ -69,7 +70,7 @@ def matrix_key(cal, mask=None, q_edges=None, options=None):
     return h.hexdigest()
 
 
-def default_cache_dir():
+def default_cache_dir() -> Path | None:
     """The disk cache folder: $GPUSAXS_CACHE_DIR, else $XDG_CACHE_HOME/gpusaxs, else
     ~/.cache/gpusaxs.  None when $GPUSAXS_CACHE_DIR is "off" or "none" (no disk cache)."""
     value = os.environ.get("GPUSAXS_CACHE_DIR")
@@ -157,8 +158,9 @@ def _touch(path):
         pass
 
 
-def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info=None,
-               options=None):
+def get_matrix(cal: Any, mask: Any = None, q_edges: Any = None, cache_dir: Any = None,
+               progress: Any = None, info: dict[str, Any] | None = None,
+               options: dict[str, Any] | None = None) -> IntegrationMatrix:
     """The matrix of a calibration: from memory, from the disk cache, or freshly built.
 
     cache_dir: the disk cache folder; None = :func:`default_cache_dir`; False = no disk cache.
@@ -208,16 +210,6 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
         info.update(key=key, source=source, seconds=time.perf_counter() - t0,
                     path=None if path is None else str(path), cache_error=cache_error)
     return matrix
-
-
-def remember_matrix(key, matrix):
-    """Put a matrix built elsewhere (a Dask worker receives the client's) in the memory cache,
-    so that ``get_matrix`` of the same key returns it without building or reading a file."""
-    with _LOCK:
-        _MEMORY[key] = matrix
-        _MEMORY.move_to_end(key)
-        while len(_MEMORY) > _MEMORY_SIZE:
-            _MEMORY.popitem(last=False)
 
 
 def remember_matrix(key, matrix):

@@ -1,9 +1,11 @@
 """Matplotlib plot of one curve with its error bands (used by Integrator.plot and the tools)."""
+from typing import Any
+
 import numpy as np
 
 
-def plot_curve(q, intensity, err=None, std=None, outputfile="", start=0, fig=None, title="",
-               log=True):
+def plot_curve(q: Any, intensity: Any, err: Any = None, std: Any = None, outputfile: str = "",
+               start: int = 0, fig: Any = None, title: str = "", log: bool = True) -> Any:
     """Plot I(q) (q in nm^-1) with Poisson error (blue) and standard deviation (yellow) bands.
 
     Writes ``outputfile`` when given (format from its suffix), else shows a window.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,9 @@ def _angles_of(m):
 
 
 # ----------------------------------------------------------------------------- fit2d <-> PONI
-def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_rot_deg,
-                  pixel_x_um, pixel_y_um):
+def fit2d_to_poni(distance_mm: float, center_x_px: float, center_y_px: float, tilt_deg: float,
+                  tilt_plane_rot_deg: float, pixel_x_um: float,
+                  pixel_y_um: float) -> dict[str, float]:
     """fit2d geometry (as pyFAI's setFit2D takes it: centre Y counted top-down) -> PONI.
 
     Returns dict(dist, poni1, poni2 [m], rot1, rot2, rot3 [rad], pixel1, pixel2 [m]).
@@ -177,7 +179,7 @@ def _key_values(text):
     return keys
 
 
-def looks_like_poni(text):
+def looks_like_poni(text: str) -> bool:
     """True if ``text`` has the lines every PONI file has (Distance/Poni1/Poni2/Rot1)."""
     keys = _key_values(text)
     return all(k in keys for k in ("poni1", "poni2", "rot1")) and ("distance" in keys or "dist" in keys)
@@ -294,7 +296,8 @@ def poni_geometry(p, imagesize=None):
             "twist_rad": f["twist_rad"]}
 
 
-def calibration_dict_from_poni(path, overrides=None):
+def calibration_dict_from_poni(path: str | os.PathLike[str],
+                               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A flat calibration dict from a .poni file: its geometry, PONI_DEFAULTS for the rest.
 
     ``overrides``: calibration fields given next to the PONI (e.g. by a JSON file with

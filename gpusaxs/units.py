@@ -14,7 +14,14 @@ the image columns (to the right, 3 o'clock with row 0 at the top) and y along th
 (:func:`gpusaxs.geometry.azimuth`, used by the polarization correction) is clockwise from
 12 o'clock: ``chi = phi - 90 deg``.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+
+from ._typing import ArrayLike, FloatArray
 
 __all__ = ["RADIAL_UNITS", "parse_unit", "radial_of", "in_sector", "normalise_sector"]
 
@@ -31,7 +38,7 @@ _ALIASES = {"q_nm-1": "q_nm^-1", "q_a^-1": "q_A^-1", "q_a-1": "q_A^-1", "q_A-1":
             "2th": "2th_deg", "r": "r_mm"}
 
 
-def parse_unit(unit):
+def parse_unit(unit: Any) -> str:
     """Canonical name of a radial unit (a name above, or a pyFAI Unit object); ValueError else."""
     name = getattr(unit, "name", unit)
     name = str(name).strip()
@@ -41,7 +48,7 @@ def parse_unit(unit):
     return name
 
 
-def radial_of(unit, tth, r_mm, wavelength_A):
+def radial_of(unit: str, tth: FloatArray, r_mm: FloatArray, wavelength_A: float) -> FloatArray:
     """Radial coordinate in ``unit`` from 2theta (radians) and the distance r (mm) from the beam
     axis across the beam; wavelength in Angstrom."""
     if unit == "q_nm^-1":
@@ -57,7 +64,7 @@ def radial_of(unit, tth, r_mm, wavelength_A):
     raise ValueError(f"unknown radial unit {unit!r}")
 
 
-def normalise_sector(azimuth_range):
+def normalise_sector(azimuth_range: tuple[float, float]) -> tuple[float, float]:
     """(lo, span) in degrees of an azimuth range (lo, hi) in pyFAI's chi convention.
 
     ``lo < hi`` is the sector from lo to hi (either may lie outside [-180, 180], e.g.
@@ -74,7 +81,7 @@ def normalise_sector(azimuth_range):
     return lo, span
 
 
-def in_sector(chi_deg, lo, span):
+def in_sector(chi_deg: ArrayLike, lo: float, span: float) -> FloatArray:
     """Position of chi (degrees) inside the sector [lo, lo + span), NaN outside: chi - lo
     taken modulo 360 (so every angle has one position, whichever turn it is given in)."""
     pos = np.mod(np.asarray(chi_deg, dtype=np.float64) - lo, 360.0)

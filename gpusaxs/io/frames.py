@@ -19,7 +19,9 @@ import os
 import re
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,10 @@ class FrameRef(str):
     Attributes: ``file`` (str), ``dataset`` (HDF5 path or None: the file's frame data),
     ``index`` (int, or None for a single 2D dataset).
     """
+
+    file: str
+    dataset: str | None
+    index: int | None  # type: ignore[assignment]  # shadows str.index (a frame number here)
 
     def __new__(cls, file, dataset=None, index=None):
         parts = [os.fspath(file)]
@@ -436,7 +442,7 @@ def frame_sources(path, explicit=False):
     return [FrameRef(file, dataset, i) for i in range(stack.n)]
 
 
-def is_frame_source(path):
+def is_frame_source(path: object) -> bool:
     """True if ``read_image`` should hand ``path`` to :func:`read_frame`: a FrameRef, a
     ``file::...`` string naming no existing file, or an HDF5 file name."""
     if isinstance(path, FrameRef):
@@ -449,7 +455,7 @@ def is_frame_source(path):
     return text.lower().endswith(HDF5_SUFFIXES)
 
 
-def read_frame(source, shape=None):
+def read_frame(source: "str | os.PathLike[str]", shape: "tuple[int, int] | None" = None) -> Any:
     """One 2D frame: ``source`` a FrameRef, or a string ``file[::/dataset][::index]``.
 
     ``shape``: expected (H, W) or None. The EIGER pixel mask is applied (see module doc).
@@ -472,8 +478,34 @@ def read_frame(source, shape=None):
     return _check(name, arr, shape)
 
 
-def iter_frames(path, explicit=True, shape=None):
-    """Yield ``(source, frame)`` for every frame of ``path``, one frame in memory at a time."""
+def iter_frames(
+    path: "str | os.PathLike[str]", explicit: bool = True, shape: "tuple[int, int] | None" = None
+) -> Iterator[tuple[str, Any]]:
+    """Yield ``(source, frame)`` for every frame of ``path``, one frame in memory at a time.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A single-frame image, a stack (HDF5 / NeXus, EIGER master, multi-frame EDF, CBF or
+        TIFF), ``file.h5::/dataset`` or ``file::N``.
+    explicit : bool
+        True (a file the user named): a file that holds no frame raises ImageReadError;
+        False (a file found in a folder): it yields nothing.
+    shape : (int, int), optional
+        Expected ``(H, W)`` of every frame.
+
+    Yields
+    ------
+    source : str
+        The path, or a :class:`FrameRef` ``file::index`` naming the frame.
+    frame : ndarray, shape (H, W)
+        The pixels, in the file's dtype (EIGER's pixel mask applied).
+
+    Examples
+    --------
+    >>> for source, frame in gpusaxs.iter_frames("scan_master.h5"):  # doctest: +SKIP
+    ...     q, I = integ.integrate(frame)
+    """
     from .images import read_image
 
     for src in frame_sources(path, explicit=explicit):

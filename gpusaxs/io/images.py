@@ -9,12 +9,18 @@ Before any pixel is decoded, the frame's declared size and pixel type (TIFF tags
 EDF headers) are checked against the expected shape and a pixel bound, so a small compressed
 file declaring a huge frame (a decompression bomb) is rejected without a large allocation.
 """
+
+from __future__ import annotations
+
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 
+from .._typing import AnyArray, PathLike
 from ..errors import ImageReadError
 
 __all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "image_complete", "declared_frame",
@@ -31,7 +37,7 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _PIL_SUFFIXES = (".png", ".bmp", ".gif", ".jpg", ".jpeg")
 
 
-def is_image_file(path):
+def is_image_file(path: PathLike) -> bool:
     """True if ``path`` has a single-frame image suffix (see ``IMAGE_SUFFIXES``), any case.
 
     Hidden/temporary names (``.name...tmp`` from :func:`gpusaxs.io.atomic_write`) never match.
@@ -40,15 +46,15 @@ def is_image_file(path):
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     """``Type: message`` of an exception on one line (fabio/tifffile messages can be multi-line)."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _check(path, arr, shape):
+def _check(path: PathLike, data: Any, shape: Any) -> AnyArray:
     """Validate a decoded array: 2D, numeric, expected shape; return it in native byte order."""
-    arr = np.asarray(arr)
+    arr: AnyArray = np.asarray(data)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
@@ -72,7 +78,7 @@ _TIFF_TYPES = {3: "H", 4: "I"}
 _SAMPLE_KIND = {1: "u", 2: "i", 3: "f"}
 
 
-def _read_tiff_plain(path, expect=None):
+def _read_tiff_plain(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray | None:
     """Pixels of a plain TIFF in one read, or None when the file is not plain.
 
     Plain: classic TIFF, one page, one sample per pixel, uncompressed, no predictor or tiles,
@@ -115,7 +121,9 @@ def _read_tiff_plain(path, expect=None):
                     vals = struct.unpack(order + fmt * count, fh.read(width))
                 tags[tag] = vals
         (next_ifd,) = struct.unpack(order + "I", raw[-4:])
-        one = lambda tag, default=None: tags.get(tag, (default,))[0]  # noqa: E731
+        def one(tag: int, default: Any = None) -> Any:
+            return tags.get(tag, (default,))[0]
+
         if next_ifd != 0 or one(259, 1) != 1 or one(277, 1) != 1 or one(266, 1) != 1 \
                 or 256 not in tags \
                 or 257 not in tags or 273 not in tags or 279 not in tags:
@@ -139,12 +147,12 @@ def _read_tiff_plain(path, expect=None):
                 path, f"truncated: image data ends at byte {end}, file has {size} bytes")
         out = np.empty((height, width), dtype=dtype)
         fh.seek(offsets[0])
-        if fh.readinto(memoryview(out).cast("B")) != nbytes:
+        if fh.readinto(out.data.cast("B")) != nbytes:
             raise ImageReadError(path, "truncated: file shrank while it was read")
         return out
 
 
-def _read_tiff(path, expect=None):
+def _read_tiff(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray:
     try:
         plain = _read_tiff_plain(path, expect)
     except ImageReadError:
@@ -153,7 +161,7 @@ def _read_tiff(path, expect=None):
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
     if plain is not None:
         return plain
-    import tifffile                       # only for TIFFs the fast path does not read
+    import tifffile  # only for TIFFs the fast path does not read
 
     try:
         with tifffile.TiffFile(path) as tf:
@@ -168,18 +176,19 @@ def _read_tiff(path, expect=None):
             offsets = page.dataoffsets
             counts = page.databytecounts
             if offsets and counts:
-                end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+                end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
                 if end > size:
                     raise ImageReadError(
                         path, f"truncated: image data ends at byte {end}, file has {size} bytes")
-            return page.asarray()
+            pixels: AnyArray = page.asarray()
+            return pixels
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many types; report them on one line
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
 
 
-def _check_declared(path, shape, dtype, expect):
+def _check_declared(path: PathLike, shape: Any, dtype: Any, expect: Any) -> None:
     """Reject a frame by its declared shape and dtype, before decoding it.
 
     expect: (expected shape (H, W) or None, most pixels); None = no check.
@@ -215,9 +224,10 @@ _CBF_TYPES = {"signed 32-bit integer": "i4", "unsigned 32-bit integer": "u4",
               "signed 64-bit real ieee": "f8", "signed 32-bit real ieee": "f4"}
 
 
-def _head_bytes(path, n=65536):
+def _head_bytes(path: str, n: int = 65536) -> bytes:
     """The first ``n`` bytes of a file, decompressed for .gz/.bz2 (only ``n`` bytes are inflated)."""
     low = path.lower()
+    opener: Callable[..., Any]
     if low.endswith(".gz"):
         import gzip
         opener = gzip.open
@@ -233,7 +243,7 @@ def _head_bytes(path, n=65536):
         return b""
 
 
-def declared_frame(path):
+def declared_frame(path: str) -> tuple[tuple[int, ...], Any] | None:
     """(shape, dtype) a CBF or EDF file declares in its header, without decoding the pixels;
     None when the header does not say (other formats: the reader checks after decoding)."""
     import re
@@ -263,7 +273,7 @@ def declared_frame(path):
     return None
 
 
-def struct_error():
+def struct_error() -> type[Exception]:
     import struct
     return struct.error
 
@@ -275,12 +285,12 @@ class _FabioLogCapture(logging.Filter):
     checksum mismatches only through logging; these must become ImageReadError.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._local = threading.local()
-        self._installed = set()
+        self._installed: set[str] = set()
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         bucket = getattr(self._local, "bucket", None)
         if bucket is None or record.thread != threading.get_ident():
             return True
@@ -288,7 +298,7 @@ class _FabioLogCapture(logging.Filter):
             bucket.append(record.getMessage())
         return record.levelno >= logging.CRITICAL
 
-    def __enter__(self):
+    def __enter__(self) -> list[str]:
         # fabio modules log through their own loggers ("fabio.edfimage", ...); logger filters
         # do not apply to propagated records, so attach to each of them (new ones appear as
         # fabio imports format modules lazily).
@@ -296,10 +306,11 @@ class _FabioLogCapture(logging.Filter):
             if (name == "fabio" or name.startswith("fabio.")) and name not in self._installed:
                 logging.getLogger(name).addFilter(self)
                 self._installed.add(name)
-        self._local.bucket = []
-        return self._local.bucket
+        bucket: list[str] = []
+        self._local.bucket = bucket
+        return bucket
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self._local.bucket = None
         return False
 
@@ -310,7 +321,7 @@ _fabio_log = _FabioLogCapture()
 _CBF_STARTER = b"\x0c\x1a\x04\xd5"  # start of the binary data in a CBF file
 
 
-def _check_cbf_start(path):
+def _check_cbf_start(path: str) -> None:
     """Reject a CBF file without the binary-data start marker before fabio sees it.
 
     fabio's CBF reader loops forever on such a file (a CBF cut inside its binary-section
@@ -344,7 +355,7 @@ def _check_cbf_start(path):
     raise ImageReadError(path, "truncated or corrupt CBF: no binary data section")
 
 
-def _read_fabio(path, expect=None):
+def _read_fabio(path: str, expect: tuple[Any, Any] | None = None) -> Any:
     _check_cbf_start(path)
     declared = declared_frame(path)
     if declared is not None:
@@ -381,7 +392,7 @@ def _read_fabio(path, expect=None):
     return data
 
 
-def _read_pil(path, expect=None):
+def _read_pil(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover
@@ -399,19 +410,50 @@ def _read_pil(path, expect=None):
         raise ImageReadError(path, f"cannot decode image: {_one_line(exc)}") from None
 
 
-def read_image(path, shape=None, max_pixels=MAX_PIXELS):
-    """Read one 2D frame; return it as a ``(rows, cols)`` array in the file's dtype.
+def read_image(
+    path: PathLike, shape: tuple[int, int] | None = None, max_pixels: int | None = MAX_PIXELS
+) -> AnyArray:
+    """Read one 2D detector frame.
 
-    ``shape``: expected ``(H, W)`` in pixels, or None to accept any size up to ``max_pixels``
-    (default ``MAX_PIXELS``; None = no bound).  TIFF, CBF and EDF frames are checked against
-    both by their headers before decoding.
-    Raises ImageReadError (missing file, truncated, not an image, not a single 2D frame,
-    wrong size, too large). HDF5 files and frames of stacks (``file.h5::/dataset``, ``file::N``)
-    are read by :func:`gpusaxs.io.frames.read_frame`.
+    TIFF (a fast path for plain detector TIFFs, else tifffile), CBF, EDF, MarCCD and the other
+    formats of fabio, PNG and friends through Pillow; HDF5 files and frames of stacks
+    (``file.h5::/dataset``, ``file::N``) through :func:`gpusaxs.io.frames.read_frame`.  TIFF,
+    CBF and EDF frames are checked against ``shape`` and ``max_pixels`` by their headers before
+    decoding (no decompression bombs).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file, or a frame source of a stack.
+    shape : (int, int), optional
+        Expected ``(H, W)`` in pixels (the calibration's Imagesize); None: any size up to
+        ``max_pixels``.
+    max_pixels : int or None
+        Largest frame accepted without a ``shape`` (default ``MAX_PIXELS``, 2^26); None: no
+        bound.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        The pixels in the file's dtype (e.g. int32 for PILATUS), native byte order, rows
+        top-down.
+
+    Raises
+    ------
+    ImageReadError
+        Naming the file and the reason: missing, truncated, not an image, not a single 2D
+        frame, wrong size, too large.
+
+    Examples
+    --------
+    >>> image = gpusaxs.read_image("frame_00001.tif", shape=(1043, 981))  # doctest: +SKIP
+    >>> image.dtype, image.shape  # doctest: +SKIP
+    (dtype('int32'), (1043, 981))
     """
     from .frames import is_frame_source, read_frame
     if is_frame_source(path):       # HDF5 / a frame of a stack (gpusaxs.io.frames)
-        return read_frame(path, shape)
+        frame: AnyArray = read_frame(path, shape)
+        return frame
     spath = os.fspath(path)
     if not os.path.exists(spath):
         raise ImageReadError(path, "no such file")
@@ -434,7 +476,7 @@ def read_image(path, shape=None, max_pixels=MAX_PIXELS):
     return arr
 
 
-def image_complete(path, shape=None):
+def image_complete(path: PathLike, shape: tuple[int, int] | None = None) -> bool:
     """True if ``path`` decodes fully as one 2D frame (of ``shape`` if given), else False.
 
     Used by file watchers to wait for a detector file that is still being written.

@@ -12,10 +12,14 @@ fit2d ``.msk`` layout (all integers little-endian int32):
 Note: ``fabio.open(path).data`` returns the rows in file order (bottom row first), i.e.
 ``read_mask(path) == np.flipud(fabio.open(path).data != 0)``.
 """
+
+from __future__ import annotations
+
 import os
 
 import numpy as np
 
+from .._typing import ArrayLike, BoolArray, PathLike
 from ..errors import ImageReadError
 from .atomic import atomic_save_bytes
 from .images import read_image
@@ -28,12 +32,12 @@ _HEADER_BYTES = 1024
 _MAX_DIM = 1 << 20  # sanity limit on width/height read from a header
 
 
-def _row_bytes(width):
+def _row_bytes(width: int) -> int:
     """Bytes per stored row: ``width`` bits rounded up to whole 32-bit words."""
     return ((width + 31) // 32) * 4
 
 
-def read_fit2d_mask(path, shape=None):
+def read_fit2d_mask(path: PathLike, shape: tuple[int, int] | None = None) -> BoolArray:
     """Read a fit2d binary ``.msk`` file; return a bool ``(rows, cols)`` array, True = masked.
 
     Raises ImageReadError naming the file and the reason (bad magic, truncated, wrong size).
@@ -66,15 +70,41 @@ def read_fit2d_mask(path, shape=None):
     packed = np.frombuffer(raw, np.uint8, count=need, offset=_HEADER_BYTES)
     bits = np.unpackbits(packed.reshape(height, row_bytes), axis=1, count=width,
                          bitorder="little")
-    return np.ascontiguousarray(bits[::-1]).view(bool)
+    mask: BoolArray = np.ascontiguousarray(bits[::-1]).view(bool)
+    return mask
 
 
-def read_mask(path, shape=None):
-    """Read a mask file; return a bool ``(rows, cols)`` array with True = pixel excluded.
+def read_mask(path: PathLike, shape: tuple[int, int] | None = None) -> BoolArray:
+    """Read a mask file; True = pixel excluded.
 
     fit2d ``.msk`` (recognised by suffix or magic bytes) or any image read by
-    :func:`gpusaxs.io.read_image` (TIFF, EDF, CBF, PNG, ...; nonzero = masked).
-    ``shape``: expected ``(H, W)`` in pixels, or None. Raises ImageReadError.
+    :func:`gpusaxs.read_image` (TIFF, EDF, CBF, PNG, ...; nonzero = masked).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The mask file.
+    shape : (int, int), optional
+        Expected ``(H, W)`` in pixels (the calibration's image size); None: any.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+        True where the pixel is excluded, rows top-down (NumPy order).
+
+    Raises
+    ------
+    ImageReadError
+        Naming the file and the reason (missing, truncated, wrong size, not a mask).
+
+    Examples
+    --------
+    >>> import numpy as np, gpusaxs
+    >>> from gpusaxs.io.masks import write_fit2d_mask
+    >>> m = np.zeros((4, 5), bool); m[0, 1] = True
+    >>> write_fit2d_mask(str(tmp_path / "m.msk"), m)  # doctest: +SKIP
+    >>> bool(gpusaxs.read_mask(str(tmp_path / "m.msk"))[0, 1])  # doctest: +SKIP
+    True
     """
     spath = os.fspath(path)
     is_msk = spath.lower().endswith(".msk")
@@ -90,7 +120,7 @@ def read_mask(path, shape=None):
     return np.asarray(img != 0, dtype=bool)
 
 
-def fit2d_mask_bytes(mask):
+def fit2d_mask_bytes(mask: ArrayLike) -> bytes:
     """Encode a 2D mask (True/nonzero = masked, NumPy top-down order) as fit2d ``.msk`` bytes."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
@@ -107,6 +137,6 @@ def fit2d_mask_bytes(mask):
     return header.tobytes() + packed.tobytes()
 
 
-def write_fit2d_mask(path, mask, fsync=False):
+def write_fit2d_mask(path: PathLike, mask: ArrayLike, fsync: bool = False) -> None:
     """Write a 2D mask (True = masked, NumPy top-down order) as a fit2d ``.msk`` file, atomically."""
     atomic_save_bytes(path, fit2d_mask_bytes(mask), fsync=fsync)
