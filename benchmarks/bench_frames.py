@@ -97,7 +97,7 @@ def main(argv=None):
         def fabio_master():
             img = fabio.open(str(master))
             for i in range(img.nframes):
-                img.getframe(i).data
+                _ = img.getframe(i).data  # decode the frame (what is timed)
 
         tiffs = [td / f"f_{k:05d}.tif" for k in range(args.n)]
 

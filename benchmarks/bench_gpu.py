@@ -19,6 +19,7 @@ code 2 and a message without CuPy or a device.
 import argparse
 import ctypes
 import datetime
+import functools
 import json
 import re
 import statistics
@@ -150,7 +151,7 @@ def measure_hbm(xp, clock, nbytes=2 << 30, repeats=5):
     """Device-to-device copy bandwidth in GB/s counting bytes read + written."""
     src = xp.ones(nbytes // 4, xp.float32)
     dst = xp.empty_like(src)
-    t = clock.device(lambda: xp.copyto(dst, src), repeats)
+    t = clock.device(functools.partial(xp.copyto, dst, src), repeats)
     del src, dst
     return 2 * nbytes / t / 1e9
 
@@ -160,14 +161,14 @@ def measure_h2d(xp, clock, nbytes=1 << 30, repeats=5):
     if not clock.cuda:
         host = np.ones(nbytes, np.uint8)
         dev = np.empty_like(host)
-        return nbytes / median_wall(lambda: np.copyto(dev, host), repeats) / 1e9
+        return nbytes / median_wall(functools.partial(np.copyto, dev, host), repeats) / 1e9
     import cupyx
 
     host = cupyx.empty_pinned((nbytes,), np.uint8)
     host[...] = 1
     dev = xp.empty((nbytes,), xp.uint8)
     ptr = ctypes.c_void_p(host.ctypes.data)
-    t = clock.device(lambda: dev.data.copy_from_host_async(ptr, nbytes), repeats)
+    t = clock.device(functools.partial(dev.data.copy_from_host_async, ptr, nbytes), repeats)
     del host, dev
     return nbytes / t / 1e9
 
@@ -260,19 +261,20 @@ def run_case(name, case, xp, clock, hbm, h2d, args):
                                layout=layout)
             r = {"batch_size": batch, "host_frames": n_host}
             dev = xp.asarray(stack[:batch])
-            t = clock.device(lambda: eng.sums_device(dev), args.repeats)
+            t = clock.device(functools.partial(eng.sums_device, dev), args.repeats)
             r["device_resident_gpix_per_s"] = batch * n_pix / t / 1e9  # (B, H, W) input
             r["device_resident_fraction_of_hbm"] = batch * frame_bytes / t / (hbm * 1e9)
             if layout == "pixel":  # frames already pixel-major on the device: no transpose
                 pm = xp.ascontiguousarray(dev.reshape(batch, -1).T)
-                t = clock.device(lambda: eng.sums_device(pm, pixel_major=True), args.repeats)
+                t = clock.device(functools.partial(eng.sums_device, pm, pixel_major=True),
+                                 args.repeats)
                 r["device_resident_pixel_major_input_gpix_per_s"] = batch * n_pix / t / 1e9
                 del pm
-            t = clock.device(lambda: eng.sums_device(dev, errors=True), args.repeats)
+            t = clock.device(functools.partial(eng.sums_device, dev, errors=True), args.repeats)
             r["device_resident_errors_gpix_per_s"] = batch * n_pix / t / 1e9
             del dev
             pinned = pinned_copy(xp, stack)
-            t = median_wall(lambda: eng.sums(pinned), max(1, args.repeats // 3))
+            t = median_wall(functools.partial(eng.sums, pinned), max(1, args.repeats // 3))
             r["host_fed_frames_per_s"] = n_host / t
             r["host_fed_fraction_of_h2d"] = n_host * frame_bytes / t / (h2d * 1e9)
             r["max_rel_diff_vs_cpu"] = max(diffs[f"{layout}_host"], diffs[f"{layout}_device"])

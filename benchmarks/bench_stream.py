@@ -34,12 +34,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from gpusaxs.clients.saxsdetsim import demo_frames
-from gpusaxs.server.stream import codecs, v2
-
 from gpusaxs.calibration import Calibration
+from gpusaxs.clients.saxsdetsim import demo_frames
 from gpusaxs.demo import DEMO_CALIBRATION
 from gpusaxs.integrator import Integrator
+from gpusaxs.server.stream import codecs, v2
 
 CASES = {
     "PILATUS 1M": dict(DEMO_CALIBRATION, MaskFile=None),
@@ -73,6 +72,7 @@ def git_commit():
 def end_to_end(integ, frames, n, batch, threads, out_dir):
     """frames/s of a V2 series through StreamConsumer (sender in another process)."""
     import zmq
+
     from gpusaxs.server.stream.consumer import StreamConsumer
 
     shape = frames[0].shape
@@ -207,7 +207,7 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
     )
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as out:
         r_e2e, _ = end_to_end(integ, frames, n_frames, batch, threads, out)
-    comp = np.mean([f.nbytes / len(e) for f, e in zip(frames, encoded)])
+    comp = np.mean([f.nbytes / len(e) for f, e in zip(frames, encoded, strict=True)])
     return {
         "case": name,
         "shape": list(cal.imagesize),

@@ -167,7 +167,7 @@ def make_figure(curves, args, figure_factory):
         axes += [fig.add_subplot(gs[k], sharex=axes[0]) for k in (1, 2)]
     ax = axes[0]
     q0, i0 = curves[0][1], curves[0][2]
-    for (label, q, i, e, _), color in zip(curves, _colors(len(curves))):
+    for (label, q, i, e, _), color in zip(curves, _colors(len(curves)), strict=True):
         ok = _visible(i, yscale) & _visible(q, xscale)
         (line,) = ax.plot(q[ok], i[ok], lw=1, label=label, color=color)
         if e is not None:
@@ -186,7 +186,7 @@ def make_figure(curves, args, figure_factory):
         _legend(ax, len(curves))
     if nrows == 3:
         base = curves[0][0]
-        for label, q, i, e, _ in curves[1:]:
+        for label, q, i, _e, _ in curves[1:]:
             on0 = _on_first_grid(q0, q, i)
             diff = on0 - i0
             with np.errstate(divide="ignore", invalid="ignore"):

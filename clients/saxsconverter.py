@@ -17,12 +17,18 @@ import re
 import sys
 
 from gpusaxs.calibration import (
-    DISTANCE_KEYS, FLAT_DEFAULTS, Calibration, read_json, to_flat_dict, to_nested_dict,
-    validate_dict, write_json_atomic,
+    DISTANCE_KEYS,
+    FLAT_DEFAULTS,
+    Calibration,
+    read_json,
+    to_flat_dict,
+    to_nested_dict,
+    validate_dict,
+    write_json_atomic,
 )
-from gpusaxs.poni import format_poni, poni_geometry, read_poni
 from gpusaxs.errors import CalibrationError
 from gpusaxs.io.atomic import atomic_write
+from gpusaxs.poni import format_poni, poni_geometry, read_poni
 
 EPILOG = """\
 INPUT kinds (detected): a pyFAI .poni file (suffix .poni or --from-poni), a calibration

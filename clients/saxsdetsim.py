@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+
 from gpusaxs.server.stream import v1, v2
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}

@@ -278,6 +278,7 @@ def _plot_curve_svg(path, q, intensity, title):
     """SVG plot of one curve (log intensity), drawn without pyplot (thread-safe)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     from gpusaxs.io.atomic import atomic_write
 
     fig = Figure(figsize=(6, 4))
@@ -296,6 +297,7 @@ def _plot_curve_svg(path, q, intensity, title):
 def _frame_png(path, image):
     """PNG picture of a frame (log scale, masked/negative pixels dark)."""
     import matplotlib.image as mpimg
+
     from gpusaxs.io.atomic import atomic_write
 
     img = np.asarray(image, dtype=np.float64)

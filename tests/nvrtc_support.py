@@ -7,9 +7,9 @@ compiles a source for one architecture through ctypes and returns the CUBIN, the
 lowered (mangled) name of every name expression.
 """
 import ctypes
-import re
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sysconfig

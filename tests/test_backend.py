@@ -7,7 +7,6 @@ import pytest
 from gpusaxs import backend
 from gpusaxs.errors import BackendError, GpusaxsError
 
-
 _REAL_PROBE = backend._probe_cupy
 
 
@@ -260,6 +259,13 @@ def _blank_calibration():
     return object.__new__(Calibration)
 
 
+def _fake_get_matrix(*args, info=None, **kwargs):
+    """get_matrix without building: the tiny matrix, and the key the Integrator records."""
+    if info is not None:
+        info.update(key="0" * 64, source="built")
+    return _tiny_matrix()
+
+
 @pytest.mark.parametrize("env", [None, "numpy", "auto"])
 def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkeypatch, env):
     """Integrator(backend="cupy") hands the CuPy module to the engine; $GPUSAXS_BACKEND=numpy
@@ -279,9 +285,10 @@ def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkey
             seen["xp"] = xp
 
     monkeypatch.setattr(ge, "DeviceEngine", RecordingEngine)
-    monkeypatch.setattr(mc, "get_matrix", lambda *a, **k: _tiny_matrix())
+    monkeypatch.setattr(mc, "get_matrix", _fake_get_matrix)
     integ = Integrator(_blank_calibration(), backend="cupy")
     assert integ.backend_name == "cupy"
+    _ = integ.engine  # the engine is made on first use
     assert seen["xp"] is fake_gpu
 
 
@@ -290,7 +297,7 @@ def test_explicit_cupy_request_without_gpu_raises(no_gpu, monkeypatch):
     from gpusaxs.integrator import Integrator
 
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
-    monkeypatch.setattr(mc, "get_matrix", lambda *a, **k: _tiny_matrix())
+    monkeypatch.setattr(mc, "get_matrix", _fake_get_matrix)
     with pytest.raises(BackendError, match="not available"):
         Integrator(_blank_calibration(), backend="cupy")
 

@@ -8,11 +8,20 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpusaxs.calibration import (
-    FLAT_DEFAULTS, SCHEMA_PATH, Calibration, fit2d_to_poni, load_schema, poni_to_fit2d, read_json,
-    to_flat_dict, to_nested_dict, validate_dict,
+    FLAT_DEFAULTS,
+    SCHEMA_PATH,
+    Calibration,
+    fit2d_to_poni,
+    load_schema,
+    poni_to_fit2d,
+    read_json,
+    to_flat_dict,
+    to_nested_dict,
+    validate_dict,
 )
 from gpusaxs.errors import CalibrationError
 

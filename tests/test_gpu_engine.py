@@ -4,13 +4,22 @@ kernel source compiled and run on the CPU through an emulation shim (needs g++),
 import collections
 import platform
 
+import cuda_shim
 import numpy as np
 import pytest
 
-import cuda_shim
-from gpusaxs.gpu_engine import (CTYPES, KERNEL_DTYPES, DeviceEngine, SyncStream,
-                                kernel_name, kernel_names, kernel_source, make_segments,
-                                transpose_name, valid_mask)
+from gpusaxs.gpu_engine import (
+    CTYPES,
+    KERNEL_DTYPES,
+    DeviceEngine,
+    SyncStream,
+    kernel_name,
+    kernel_names,
+    kernel_source,
+    make_segments,
+    transpose_name,
+    valid_mask,
+)
 from gpusaxs.matrix import IntegrationMatrix
 from gpusaxs.sums import Sums
 
@@ -183,7 +192,7 @@ def test_make_segments_covers_each_entry_once():
         assert sb.dtype == np.int32 and s0.dtype == np.int64
         assert np.all(s1 > s0) and np.all(s1 - s0 <= length)
         cover = np.zeros(row_ptr[-1], int)
-        for b, a, e in zip(sb, s0, s1):
+        for b, a, e in zip(sb, s0, s1, strict=True):
             assert row_ptr[b] <= a and e <= row_ptr[b + 1]
             cover[a:e] += 1
         assert np.all(cover == 1)

@@ -6,10 +6,9 @@ source + options + NVRTC version)."""
 import re
 
 import pytest
+from nvrtc_support import ARCHS, compiled
 
 from gpusaxs.gpu_engine import kernel_names
-
-from nvrtc_support import ARCHS, compiled
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

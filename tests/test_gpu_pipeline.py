@@ -6,14 +6,13 @@ import threading
 
 import numpy as np
 import tifffile
+from test_gpu_engine import DeferredStream, reference_sums
 
 from gpusaxs.gpu_engine import DeviceEngine
 from gpusaxs.io.chi import read_chi
 from gpusaxs.matrix import IntegrationMatrix
 from gpusaxs.pipeline import FramePipeline
 from gpusaxs.sums import error_model
-
-from test_gpu_engine import DeferredStream, reference_sums
 
 H, W = 12, 10
 
@@ -87,7 +86,7 @@ def test_pipeline_overlaps_batches_on_the_device_engine(tmp_path):
     pipe.close()
     assert integ.sync_calls == 0 and submitted  # every batch went through submit/collect
     assert all(errors == "poisson" for _, errors, _ in submitted)
-    for x, p in zip(frames, paths):
+    for x, p in zip(frames, paths, strict=True):
         ref = reference_sums(m, x[None])
         intensity = ref.signal[0] / ref.norm[0]
         err = np.sqrt(ref.variance[0]) / ref.norm[0]

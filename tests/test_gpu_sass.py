@@ -9,10 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
+from nvrtc_support import compile_source, compiled, find_tool, run_tool
 
 from gpusaxs.gpu_engine import FRAMES_PER_BLOCK, kernel_names
-
-from nvrtc_support import compile_source, compiled, find_tool, run_tool
 
 INT32_KERNELS = [n for n in kernel_names()
                  if n.startswith("gs_integrate") and ("<int," in n or "<unsigned int," in n)]

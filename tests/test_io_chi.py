@@ -15,7 +15,7 @@ from gpusaxs.io import atomic_save_bytes, atomic_write, format_chi_rows, read_ch
 
 def _py_format(v):
     """The reference: Python's %14.7E with lower-case nan/inf."""
-    return ("%14.7E" % v).replace("NAN", "nan").replace("INF", "inf")
+    return ("%14.7E" % v).replace("NAN", "nan").replace("INF", "inf")  # noqa: UP031 - printf
 
 
 # ---------------------------------------------------------------- fit2d's file
@@ -124,9 +124,9 @@ def test_roundtrip_8_significant_digits(chi_dir, data, n, with_error):
     c = read_chi(path)
     back = [c.q, c.intensity] + ([c.error] if with_error else [])
     assert (c.error is None) == (not with_error)
-    for orig, got in zip(cols, back):
+    for orig, got in zip(cols, back, strict=True):
         # exactly what 8 significant digits give: float("%.7E" % x)
-        expected = np.array([float("%.7E" % v) for v in orig])
+        expected = np.array([float("%.7E" % v) for v in orig])  # noqa: UP031 - printf reference
         np.testing.assert_array_equal(got, expected)
         finite = np.isfinite(orig) & (orig != 0)
         assert np.all(np.abs(got[finite] - orig[finite]) <= 5.0000001e-8 * np.abs(orig[finite]))

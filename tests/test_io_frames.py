@@ -110,7 +110,7 @@ def test_eiger_master_frames_lazily(eiger):
     # one frame in memory at a time: the peak stays far below the 440 MB of the series
     tracemalloc.start()
     n = 0
-    for src, frame in iter_frames(master):
+    for _src, frame in iter_frames(master):
         n += 1
         assert frame.shape == (H, W)
     peak = tracemalloc.get_traced_memory()[1]

@@ -1,6 +1,5 @@
 """NXazintWriter / read_nxazint: round trip, atomic and live modes, NeXus structure (silx)."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,11 +10,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import flat_calibration
 
 from gpusaxs import Calibration
 from gpusaxs.io.nexus import NXazintWriter, read_nxazint
-
-from helpers import flat_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,12 +172,12 @@ def test_live_mode_readable_while_writing_and_after_sigkill(tmp_path):
                             stderr=subprocess.PIPE)
     try:
         for step in range(3):
-            _wait_for(lambda: (ctl / f"appended{step}").exists() or proc.poll() is not None,
+            _wait_for(lambda step=step: (ctl / f"appended{step}").exists() or proc.poll() is not None,
                       f"step {step}")
             assert proc.poll() is None, proc.stderr.read().decode()
             n = 100 * (step + 1)
             if step == 2:   # rows not flushed by the caller appear within the flush interval
-                _wait_for(lambda: len(read_nxazint(out)["image_ids"]) == n, "interval flush", 10)
+                _wait_for(lambda n=n: len(read_nxazint(out)["image_ids"]) == n, "interval flush", 10)
             d = read_nxazint(out)
             assert d["intensity"].shape == (n, 1000)
             np.testing.assert_array_equal(d["image_ids"], np.arange(n))

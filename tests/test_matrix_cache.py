@@ -6,11 +6,17 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from gpusaxs.calibration import Calibration
-from gpusaxs.matrix_cache import (_MEMORY, default_cache_dir, evict, get_matrix, load_matrix,
-                                  matrix_key, save_matrix)
+from gpusaxs.matrix_cache import (
+    _MEMORY,
+    default_cache_dir,
+    evict,
+    get_matrix,
+    load_matrix,
+    matrix_key,
+    save_matrix,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +132,7 @@ def test_two_processes_share_the_cache_safely(tmp_path):
         time.sleep(0.01)
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     assert "reader" in outs[1][0] and outs[1][0].split()[-1] == "150"
     assert len(list(folder.glob("matrix-*.npz"))) == 1

@@ -73,7 +73,7 @@ def test_pipeline_writes_every_frame(tmp_path):
     pipe = FramePipeline(stub, batch_size=8, read_threads=2,
                          on_done=lambda ip, op, q, i: done.append((ip, op)))
     outs = [tmp_path / "out" / p.with_suffix(".chi").name for p in paths]
-    for p, o in zip(paths, outs):
+    for p, o in zip(paths, outs, strict=True):
         pipe.submit(p, o)
     assert pipe.wait_idle(timeout=30)
     st = pipe.stats

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gpusaxs.clients.saxsconverter import main, parse_fit2d
 from gpusaxs.calibration import Calibration, read_poni
+from gpusaxs.clients.saxsconverter import main, parse_fit2d
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,10 @@ pytest.importorskip("cbor2")
 pytest.importorskip("bitshuffle")
 pytest.importorskip("lz4")
 
+from net_support import SECRET, Proc, wait_for, write_config
+
 from gpusaxs.clients.saxsdetsim import Encoder, demo_frames, publish_series, send
 from gpusaxs.server.protocol import Client
-from net_support import SECRET, Proc, wait_for, write_config
 
 N_DISTINCT = 4
 PX = (172e-6, 172e-6)
@@ -151,7 +152,7 @@ def check_rows(setup, path, dtype, expect_ids):
     assert len(set(ids.tolist())) == len(ids)  # each id once
     np.testing.assert_allclose(d["radial"], setup["q"], rtol=1e-12)
     assert d["radial_unit"] == "q_nm^-1"
-    for row, i in zip(d["intensity"], ids):
+    for row, i in zip(d["intensity"], ids, strict=True):
         np.testing.assert_allclose(
             row,
             setup["ref"][dtype][i % N_DISTINCT],
@@ -179,7 +180,7 @@ def test_series_end_to_end(setup, tmp_path, version):
             plan.append((4, "bslz4", "uint16", 30))
         for sid, comp, dt, n in plan:
             det.series(sid, setup["frames"][dt], n, comp)
-        for sid, comp, dt, n in plan:
+        for sid, _comp, dt, n in plan:
             st = wait_series(client, sid)
             assert (st["received"], st["integrated"], st["errors"], st["missing"]) == (
                 n,
@@ -226,6 +227,7 @@ def raw_image(sid, iid, algorithm, modifier, data, shape=(1043, 981), tag=70):
 def test_bad_messages_never_stop_the_server(setup, tmp_path):
     """Hand-made bad messages: each image id ends as one row or one error record."""
     import cbor2
+
     from gpusaxs.server.stream import codecs, v2
 
     det = Detector(2)
@@ -410,10 +412,10 @@ def test_kill_minus_9_mid_series_then_restart(setup, tmp_path):
 
 def test_saxsdetsim_process_to_server(setup, tmp_path):
     """The saxsdetsim console tool (its own process) -> server: Stream V1, lz4, uint16."""
-    from gpusaxs.clients.saxsdetsim import demo_frames
     from net_support import free_port
 
     from gpusaxs.calibration import Calibration
+    from gpusaxs.clients.saxsdetsim import demo_frames
     from gpusaxs.integrator import Integrator
 
     port = free_port()
@@ -458,7 +460,7 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
 
     d = read_nxazint(out / "series_42.nxs")
     assert d["image_ids"].tolist() == list(range(25))
-    for row, i in zip(d["intensity"], d["image_ids"]):
+    for row, i in zip(d["intensity"], d["image_ids"], strict=True):
         np.testing.assert_allclose(
             row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True
         )
@@ -466,7 +468,6 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
 
 def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     """No --calibration: a series is refused until 'new' sends one; then integrated (+ .chi)."""
-    from gpusaxs.server import protocol as P
     from net_support import SHAPE, frame, mask_array, write_setup
 
     from gpusaxs.calibration import Calibration
@@ -474,6 +475,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     from gpusaxs.io.chi import read_chi
     from gpusaxs.io.nexus import read_nxazint
     from gpusaxs.matrix_cache import matrix_key
+    from gpusaxs.server import protocol as P
 
     base = tmp_path / "base"
     cal_path, mask_path = write_setup(base / "setup")
@@ -501,7 +503,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     d = read_nxazint(out / "series_2.nxs")
     assert d["image_ids"].tolist() == list(range(6))
     assert d["calibration_key"] == matrix_key(cal, mask=mask_array(SHAPE))
-    for row, i in zip(d["intensity"], d["image_ids"]):
+    for row, i in zip(d["intensity"], d["image_ids"], strict=True):
         np.testing.assert_allclose(
             row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True
         )

@@ -177,9 +177,8 @@ def small_integrator():
 @pytest.mark.parametrize("policy", ["drop", "block"])
 def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     """Integration stalled: 'drop' counts and records every dropped id; 'block' loses nothing."""
-    from gpusaxs.server.stream.consumer import StreamConsumer
-
     from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.server.stream.consumer import StreamConsumer
 
     gated = GatedIntegrator(small_integrator)
     ctx = zmq.Context()
@@ -249,7 +248,7 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     assert st["received"] == n and st["missing"] == 0
     assert st["integrated"] == len(ids) and st["dropped"] == len(dropped_ids)
     assert sorted(ids + dropped_ids) == list(range(n))  # each id once, row or record
-    for row, i in zip(rows["intensity"], ids):
+    for row, i in zip(rows["intensity"], ids, strict=True):
         np.testing.assert_allclose(
             row,
             small_integrator.integrate(np.roll(f, i, axis=1))[1],

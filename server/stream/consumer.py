@@ -55,7 +55,7 @@ def check_start(start, integ):
     if start.pixel_size_m is not None:
         want = [p * 1e-6 for p in cal.pixel_size_um]
         got = list(start.pixel_size_m)
-        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want)):
+        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want, strict=False)):
             return (
                 f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
                 f"message differs from the calibration's PixelSizeMicroM "
