@@ -129,8 +129,9 @@ def run_mode(mode, args, work, originals, secret, cfg, env):
     try:
         if mode == "feeder":
             fport = _free_port()
-            fp, finfo = start("gpusaxs.server.feeder", ["--bind", "127.0.0.1", "-p", fport, "-d", data,
-                                                "--heartbeat", "0.2"],
+            fp, finfo = start("gpusaxs.server.feeder", ["--config", cfg, "--bind", "127.0.0.1",
+                                                        "-p", fport, "-d", data,
+                                                        "--heartbeat", "0.2"],
                               work / f"feeder-{mode}.ready", work / f"feeder-{mode}.log", env)
             procs.append(fp)
             extra = ["-f", finfo["url"]]

@@ -15,7 +15,8 @@ examples:
   saxsleash readdir                                  queue every image already in the folder
   saxsleash stat                                     statistics
   saxsleash plot -x log -y log -s 10                 live plot of the latest curve (Ctrl-C ends)
-  saxsleash plot --once -o latest.png                save one plot (no window needed)
+  saxsleash plot --once -o latest.png                save one plot (no window needed; log y
+                                                     axis unless -y linear)
   saxsleash close                                    finish what is queued, ignore new files
   saxsleash abort                                    finish frames in flight, drop the rest
   saxsleash get data/img_00001.tif                   the curve of one image (or a .chi file)
@@ -59,12 +60,15 @@ def build_parser():
     g.add_argument("-x", "--xaxisistype", default="linear", metavar="TYPE",
                    choices=["linear", "log", "symlog"],
                    help="plot: X axis scale [linear|log|symlog]")
-    g.add_argument("-y", "--yaxisistype", default="linear", metavar="TYPE",
+    g.add_argument("-y", "--yaxisistype", default="log", metavar="TYPE",
                    choices=["linear", "log", "symlog"],
-                   help="plot: Y axis scale [linear|log|symlog]")
+                   help="plot: Y axis scale [linear|log|symlog] (default log)")
     g.add_argument("--once", action="store_true", help="plot: fetch one curve and stop")
     g.add_argument("-o", "--output", metavar="FILE",
-                   help="plot: save the plot to FILE (png, svg, pdf) instead of a window")
+                   help="plot: save the plot to FILE (png, svg, pdf) instead of a window; "
+                        "prints only where it was saved (--json: the answer too)")
+    g.add_argument("--json", action="store_true",
+                   help="plot --once/-o: print the answer JSON as well")
     g.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="plot: seconds between updates of the live window (default 1)")
     return p
@@ -128,8 +132,11 @@ def _plot(client, args):
 
     if args.once or args.output:
         answer = client.request("plot")
-        _print(answer)
+        if args.json or not args.output or _is_error(answer):
+            _print(answer)
         if _is_error(answer):
+            print(f"saxsleash: {answer.get('result')}: {answer.get('data', {}).get('Error')}",
+                  file=sys.stderr)
             return 1
         fig, ax = plt.subplots(figsize=(7, 4.5))
         _draw(ax, answer, args)
@@ -161,7 +168,7 @@ def _plot(client, args):
 
 def run(args):
     from gpusaxs.server import protocol as P
-    from gpusaxs.server.netconfig import NetConfigError, load_config
+    from gpusaxs.server.netconfig import NetConfigError, load_config, permission_warning
 
     lo, hi = NARGS[args.command]
     if not lo <= len(args.arguments) <= hi:
@@ -173,6 +180,9 @@ def run(args):
     except NetConfigError as exc:
         print(f"saxsleash: {exc}", file=sys.stderr)
         return 2
+    warning = permission_warning(cfg.path)
+    if warning:
+        print(f"saxsleash: warning: {warning}", file=sys.stderr)
     url = args.server or cfg.server_url
     argument, attachments = None, []
     if args.command == "new":
@@ -188,6 +198,11 @@ def run(args):
         if not isinstance(calibration, dict):
             print(f"saxsleash: {cal_file}: not a calibration (JSON object)", file=sys.stderr)
             return 2
+        if len(mask) > P.MAX_ATTACHMENT_BYTES:
+            print(f"saxsleash: {mask_file}: {len(mask)} bytes, more than a server takes "
+                  f"({P.MAX_ATTACHMENT_BYTES}); save the mask as a fit2d .msk (1 bit per pixel) "
+                  f"or a compressed TIFF", file=sys.stderr)
+            return 2
         req, attachments = P.new_request(calibration, directory, mask,
                                           os.path.basename(mask_file), use_maskbin=args.maskbin)
         argument = req["argument"]
@@ -197,7 +212,8 @@ def run(args):
         argument = {"directory": args.arguments[0] if args.arguments else "."}
     elif args.command == "stat":
         argument = {}
-    with P.Client(url, cfg.secret, timeout=args.timeout, retries=args.retries) as client:
+    with P.Client(url, cfg.secret, timeout=args.timeout, retries=args.retries,
+                  curve=cfg.curve) as client:
         try:
             if args.command == "plot":
                 return _plot(client, args)

@@ -28,6 +28,9 @@ def build_parser():
     p.add_argument("--feeder", metavar="tcp://HOST:PORT", help="URL of the Saxsdog feeder")
     p.add_argument("--new", action="store_true",
                    help="replace an existing configuration (generates a new secret)")
+    p.add_argument("--curve", action="store_true",
+                   help="encrypt and authenticate connections with ZeroMQ CURVE (keys derived "
+                        "from the secret): peers without the secret are dropped at connect")
     p.add_argument("--show", action="store_true",
                    help="print the configuration's URLs and exit (the secret is not shown)")
     p.add_argument("--name", help="--show: entry of a list-form configuration")
@@ -57,6 +60,7 @@ def main(argv=None):
         print(f"config:  {path}")
         print(f"server:  {cfg.server_url}")
         print(f"feeder:  {cfg.feeder_url}")
+        print(f"curve:   {'yes' if cfg.curve else 'no'}")
         if insecure_mode(path):
             print("warning: the file is readable by others; chmod 600 it", file=sys.stderr)
         return 0
@@ -68,7 +72,7 @@ def main(argv=None):
     server = args.server or _ask("Saxsdog server URL", "tcp://localhost:7777")
     feeder = args.feeder or _ask("Saxsdog feeder URL", "tcp://localhost:5556")
     try:
-        write_config(path, server, feeder, overwrite=args.new)
+        write_config(path, server, feeder, overwrite=args.new, curve=args.curve)
     except NetConfigError as exc:
         print(f"saxsnetconf: {exc}", file=sys.stderr)
         return 1

@@ -54,8 +54,8 @@ def compute_sign(secret, request, attachments=()):
     """HMAC-SHA256 (hex) of the canonical request and its attachment frames."""
     mac = hmac.new(_key(secret), canonical_bytes(request), hashlib.sha256)
     for att in attachments:
-        att = bytes(att)
-        mac.update(len(att).to_bytes(8, "big"))
+        att = memoryview(att)          # no copy of a (possibly large) frame
+        mac.update(att.nbytes.to_bytes(8, "big"))
         mac.update(att)
     return mac.hexdigest()
 
@@ -137,8 +137,8 @@ class Authenticator:
         except (TypeError, ValueError):
             raise AuthenticationError("request cannot be canonicalised") from None
         for att in attachments:
-            att = bytes(att)
-            expected.update(len(att).to_bytes(8, "big"))
+            att = memoryview(att)      # no copy of a (possibly large) frame
+            expected.update(att.nbytes.to_bytes(8, "big"))
             expected.update(att)
         # compare_digest on ASCII str requires ASCII; compare bytes to be safe.
         if not hmac.compare_digest(expected.hexdigest().encode("ascii"),

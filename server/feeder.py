@@ -2,13 +2,19 @@
 
 Watches one or more folders recursively with watchdog and publishes::
 
-    {"command": "new file", "argument": "/absolute/path/to/file.tif"}
+    {"command": "new file", "argument": "/absolute/path/to/file.tif", "time": ..., "sign": ...}
+
+signed with the network's shared secret exactly like a request (``server.auth.sign_request``:
+HMAC-SHA256 of the canonical JSON), so a server drops events from anyone without the secret.
+Only image files are published, never files below a folder named ``work`` (``--skip-dir``: the
+server's own output folders) nor hidden/temporary names.
 
 once a file is completely written: after a close-after-write event (Linux inotify) or a rename
 into place, or when its size and time stamp have stayed the same for ``--settle`` seconds, and,
 for images, only once the image decodes fully (``gpusaxs.io.images.image_complete``).  An
 overwritten file is published again (a new size/time stamp is a new version).  Every
-``--heartbeat`` seconds it publishes ``{"command": "heartbeat", "time": ...}`` so subscribers
+``--heartbeat`` seconds it publishes ``{"command": "heartbeat", "time": ..., "sign": ...}`` so
+subscribers
 can tell that they are connected.  ``--simulate`` replays the files already there (the
 simulator of the specification) instead of watching.
 
@@ -26,7 +32,7 @@ import time
 
 log = logging.getLogger("saxsfeeder")
 
-from gpusaxs.io.settle import DEFAULT_SETTLE_S, FileSettler
+from gpusaxs.io.settle import DEFAULT_GIVE_UP_S, DEFAULT_SETTLE_S, FileSettler
 
 
 def make_handler(settler):
@@ -53,21 +59,35 @@ def make_handler(settler):
     return _Handler()
 
 
-def walk_images(folder):
-    """Image files below ``folder`` (sorted, hidden entries skipped)."""
+def walk_images(folder, skip_dirs=("work",)):
+    """Image files below ``folder`` (sorted; hidden entries and ``skip_dirs`` skipped)."""
     from gpusaxs.io.images import is_image_file
 
     out = []
     for path, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip_dirs)
         out.extend(os.path.join(path, f) for f in sorted(files) if is_image_file(f))
     return out
 
 
-class Feeder:
-    """The XPUB socket with publish(), heartbeats and subscriber counting."""
+def wanted(path, skip_dirs=("work",)):
+    """True for an image file that is not below a folder named in ``skip_dirs``."""
+    from gpusaxs.io.images import is_image_file
 
-    def __init__(self, bind_url, context=None):
+    if not is_image_file(path):
+        return False
+    parts = os.path.normpath(os.path.dirname(path)).split(os.sep)
+    return not any(d in parts for d in skip_dirs)
+
+
+class Feeder:
+    """The XPUB socket with publish(), heartbeats and subscriber counting.
+
+    secret: the shared secret; every message is signed with it (None: unsigned, for tests of
+    the server's rejection only).
+    """
+
+    def __init__(self, bind_url, secret=None, context=None):
         import zmq
 
         self.ctx = context or zmq.Context()
@@ -78,7 +98,11 @@ class Feeder:
         self.url = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.subscribers = 0
         self.published = 0
+        self._secret = secret
         self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"Feeder(url={self.url!r}, secret=<hidden>)"
 
     def _poll_subscriptions(self):
         import zmq
@@ -95,6 +119,9 @@ class Feeder:
                 self.subscribers = max(0, self.subscribers - 1)
 
     def send(self, obj):
+        if self._secret is not None:
+            from .auth import sign_request
+            obj = sign_request(self._secret, obj)
         data = json.dumps(obj).encode("utf-8")
         with self._lock:
             self._poll_subscriptions()
@@ -103,10 +130,10 @@ class Feeder:
     def publish(self, path):
         self.send({"command": "new file", "argument": path})
         self.published += 1
-        log.info("new file %s", path)
+        log.debug("new file %s", path)
 
     def heartbeat(self):
-        self.send({"command": "heartbeat", "time": time.time()})
+        self.send({"command": "heartbeat"})
 
     def wait_subscriber(self, timeout):
         deadline = time.monotonic() + timeout
@@ -143,10 +170,18 @@ def build_parser():
     p.add_argument("-d", "--dir", action="append", default=None, metavar="DIR",
                    help="folder to watch recursively (repeatable; default .)")
     p.add_argument("--config", metavar="FILE",
-                   help="network configuration (default ~/.saxsdognetwork); only FeederUrl is used")
+                   help="network configuration (default ~/.saxsdognetwork): FeederUrl (port) and "
+                        "Secret (messages are signed with it)")
     p.add_argument("--settle", type=float, default=DEFAULT_SETTLE_S, metavar="S",
                    help="seconds a file must stay unchanged when no close event is seen "
                         f"(default {DEFAULT_SETTLE_S})")
+    p.add_argument("--give-up", type=float, default=DEFAULT_GIVE_UP_S, metavar="S",
+                   help="settle timeout: an image that does not decode completely after S "
+                        "seconds without change is published anyway, so the server records "
+                        f"the error (default {DEFAULT_GIVE_UP_S:g})")
+    p.add_argument("--skip-dir", action="append", default=None, metavar="NAME",
+                   help="never publish files below folders of this name (repeatable; default "
+                        "'work', the server's output folders)")
     p.add_argument("--no-check", action="store_true",
                    help="do not decode images to check that they are complete")
     p.add_argument("--heartbeat", type=float, default=0.5, metavar="S",
@@ -162,21 +197,22 @@ def build_parser():
                    help="use a polling observer (network file systems without inotify)")
     p.add_argument("--ready-file", metavar="FILE",
                    help="write {pid, url} as JSON to FILE once publishing (for scripts/tests)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every published file")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log every published file (DEBUG)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="warnings and errors only (default: routine events too, INFO)")
     return p
 
 
-def _port_from_config(path):
-    from .netconfig import DEFAULT_FEEDER_PORT, NetConfigError, load_config, url_port
+def _load_config(path):
+    """(port, secret) from the network configuration; its secret signs every message."""
+    from .netconfig import DEFAULT_FEEDER_PORT, load_config, permission_warning, url_port
 
-    try:
-        cfg = load_config(path)
-    except NetConfigError as exc:
-        if path:
-            raise
-        log.debug("no network configuration: %s", exc)
-        return DEFAULT_FEEDER_PORT
-    return url_port(cfg.feeder_url, DEFAULT_FEEDER_PORT)
+    cfg = load_config(path)
+    warning = permission_warning(cfg.path)
+    if warning:
+        log.warning("%s", warning)
+    return url_port(cfg.feeder_url, DEFAULT_FEEDER_PORT), cfg.secret
 
 
 def _write_ready(path, info):
@@ -188,12 +224,13 @@ def _write_ready(path, info):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s saxsfeeder %(levelname)s %(message)s")
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s saxsfeeder %(levelname)s %(message)s")
     from .netconfig import NetConfigError
 
     try:
-        port = args.port if args.port is not None else _port_from_config(args.config)
+        cfg_port, secret = _load_config(args.config)
+        port = args.port if args.port is not None else cfg_port
     except NetConfigError as exc:
         print(f"saxsfeeder: {exc}", file=sys.stderr)
         return 2
@@ -203,7 +240,7 @@ def main(argv=None):
             print(f"saxsfeeder: {d}: not a folder", file=sys.stderr)
             return 2
     try:
-        feeder = Feeder(f"tcp://{args.bind}:{port}")
+        feeder = Feeder(f"tcp://{args.bind}:{port}", secret=secret)
     except Exception as exc:
         print(f"saxsfeeder: cannot bind tcp://{args.bind}:{port}: {exc}", file=sys.stderr)
         return 2
@@ -214,16 +251,17 @@ def main(argv=None):
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    print(f"saxsfeeder: publishing on {feeder.url}", file=sys.stderr, flush=True)
+    log.info("publishing on %s", feeder.url)
     if args.ready_file:
         _write_ready(args.ready_file, {"pid": os.getpid(), "url": feeder.url})
 
+    skip = tuple(args.skip_dir) if args.skip_dir else ("work",)
     if args.simulate:
         if not feeder.wait_subscriber(args.wait):
             log.warning("no subscriber after %.0f s; publishing anyway", args.wait)
         try:
             while not stop.is_set():
-                for path in (p for d in dirs for p in walk_images(d)):
+                for path in (p for d in dirs for p in walk_images(d, skip)):
                     if stop.is_set():
                         break
                     feeder.publish(os.path.realpath(path))
@@ -237,8 +275,12 @@ def main(argv=None):
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
-    settler = FileSettler(lambda p: feeder.publish(os.path.realpath(p)), settle=args.settle,
-                          check_complete=not args.no_check)
+    def publish(p):
+        if wanted(p, skip):
+            feeder.publish(os.path.realpath(p))
+
+    settler = FileSettler(publish, settle=args.settle, check_complete=not args.no_check,
+                          give_up=args.give_up)
     observer = PollingObserver(timeout=0.5) if args.polling else Observer()
     handler = make_handler(settler)
     for d in dirs:

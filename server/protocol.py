@@ -43,7 +43,11 @@ STAT_FIELDS = ("time interval", "queue length", "frames per sec", "images proces
 
 # -- size limits (server defaults; see saxsdogserver --help) ------------------------------------
 MAX_REQUEST_BYTES = 4 * 1024 * 1024          # frame 0 (the JSON request)
-MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024      # each attachment (a PILATUS 1M mask file is ~130 kB)
+#: each attachment, and ZMQ_MAXMSGSIZE of the command socket.  Sized for the largest legitimate
+#: attachment, the mask of an EIGER2 X 16M (4148 x 4362 = 18.1 Mpixel) stored as one byte per
+#: pixel (uncompressed 8-bit TIFF/EDF: 18.1 MB + header; fit2d .msk packs it into 2.3 MB);
+#: a PILATUS 1M .msk is ~130 kB.
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 MAX_ATTACHMENTS = 4
 MAX_JSON_DEPTH = 32
 
@@ -194,11 +198,12 @@ class Client:
     Every try is signed anew (fresh time, so the server's replay cache does not refuse it).
     """
 
-    def __init__(self, url, secret, timeout=10.0, retries=1, context=None):
+    def __init__(self, url, secret, timeout=10.0, retries=1, context=None, curve=False):
         import zmq
 
         self.url = url
         self._secret = secret
+        self.curve = bool(curve)        # ZeroMQ CURVE with keys derived from the secret
         self.timeout = float(timeout)
         self.retries = int(retries)
         self._own_ctx = context is None
@@ -216,6 +221,9 @@ class Client:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVTIMEO, ms)
         s.setsockopt(zmq.SNDTIMEO, ms)
+        if self.curve:
+            from .wire import configure_client_socket
+            configure_client_socket(s, self._secret)
         s.connect(self.url)
         return s
 

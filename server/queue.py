@@ -7,8 +7,9 @@ keeps the books.  Every file event for the queue's directory ends in exactly one
 
 * a curve (``pics``), written atomically by the pipeline,
 * an error record (``errors``: unreadable image, vanished file, ...; reported by stat/plot),
-* skipped: the curve exists and is newer than the image (restart-safe ``readdir``), or the same
-  version of the file is already queued (duplicate events),
+* skipped: the curve exists, is newer than the image and was made with the queue's calibration
+  key (restart-safe ``readdir``; a curve with another key is redone, counted in ``redone``), or
+  the same version of the file is already queued (duplicate events),
 * dropped: ``abort`` (or shutdown) came before the frame was started.
 
 A file that cannot be read yet because it is still being written (its time stamp is recent or
@@ -22,6 +23,11 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+
+from gpusaxs.io.chi import read_chi_key
+
+from .curves import CurveWriter, inside, sweep_tmp
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("saxsdogserver")
 
@@ -42,18 +48,11 @@ def _sig(st):
     return (st.st_mtime_ns, st.st_size)
 
 
-def inside(path, root):
-    """True if the real path ``path`` is ``root`` or below it (both already real paths)."""
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:
-        return False
-
-
 class ProcessingQueue:
     """One queue of the server (see module doc).
 
-    integrator_factory: callable returning an Integrator (called in the dispatcher thread).
+    integrator_factory: callable returning an Integrator (called in the dispatcher thread), or a
+    :class:`server.builds.Build` future (waited on; state "building" meanwhile).
     out_dir: None -> curves go to ``<image folder>/work/<name>.chi``; else the tree below
     ``directory`` is mirrored into ``out_dir``.  on_finished(n): called for every frame that
     ends as curve or error (server-wide "images processed").  predecessor: a queue being
@@ -62,9 +61,12 @@ class ProcessingQueue:
 
     def __init__(self, directory, integrator_factory, out_dir=None, batch_size=16,
                  read_threads=2, settle=10.0, on_finished=None, predecessor=None,
-                 pipeline_factory=None):
+                 pipeline_factory=None, calibration_key=None, write_root=None):
         self.directory = os.path.realpath(directory)
         self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
+        self.calibration_key = calibration_key
+        # every curve is written below the real path of write_root (server base folder or -o)
+        self.write_root = os.path.realpath(write_root or self.out_dir or self.directory)
         self._factory = integrator_factory
         self.batch_size = int(batch_size)
         self.read_threads = int(read_threads)
@@ -88,8 +90,11 @@ class ProcessingQueue:
         self.pics = 0
         self.errors = 0
         self.skipped = 0
+        self.redone = 0               # curves made with another calibration key, done again
+        self.tmp_removed = 0          # leftover temporary files of a killed writer removed
         self.dropped = 0
         self.recent_errors = deque(maxlen=MAX_RECENT_ERRORS)
+        self._error_log = RateLimitedLog(log, per_s=2.0, burst=20)   # a flood of bad files
         self.latest = None            # (image path, out path, q, I)
         self.t_created = time.time()
         self._t_first = None          # monotonic, first frame submitted
@@ -162,6 +167,7 @@ class ProcessingQueue:
         with self._lock:
             return {"directory": rel(self.directory), "state": self.state,
                     "errors": self.errors, "skipped": self.skipped, "dropped": self.dropped,
+                    "redone": self.redone, "tmp removed": self.tmp_removed,
                     "backend": self.backend, "failure": self.failure,
                     "output": None if self.out_dir is None else rel(self.out_dir)}
 
@@ -187,7 +193,7 @@ class ProcessingQueue:
         self.errors += 1
         self.recent_errors.append((str(path), str(message)))
         self._t_last = time.monotonic()
-        log.warning("%s: %s", path, message)
+        self._error_log.warning("%s: %s", path, message)
 
     def _drain_file_events(self):
         """Empty the event queue; return the paths of its file events (others are dropped).
@@ -224,9 +230,22 @@ class ProcessingQueue:
         finally:
             self._finished.set()
 
+    def _obtain_integrator(self):
+        """The integrator: from a Build (a future, waited on while not aborted) or a factory."""
+        if hasattr(self._factory, "result"):
+            with self._lock:
+                self.state = "building"
+            return self._factory.result(should_stop=self._abort.is_set)
+        return self._factory()
+
     def _run_inner(self):
+        from gpusaxs.matrix import BuildCancelled
+
         try:
-            integrator = self._factory()
+            integrator = self._obtain_integrator()
+        except BuildCancelled:
+            self._shutdown_aborted()
+            return
         except Exception as exc:
             with self._lock:
                 self.state = "failed"
@@ -235,9 +254,12 @@ class ProcessingQueue:
             self._fail_all(f"queue failed: {self.failure}")
             return
         self.backend = getattr(integrator, "backend_name", None)
+        # the key the library records in curves (CONTRACTS.md section 3), when it exposes one
+        self.calibration_key = getattr(integrator, "matrix_key", None) or self.calibration_key
         if self._predecessor is not None:
             self._predecessor.join()
             self._predecessor = None
+        self._sweep(self.directory)       # leftovers of a killed server in the queue's folder
         if self._abort.is_set():
             self._shutdown_aborted()
             return
@@ -248,9 +270,10 @@ class ProcessingQueue:
             factory = self._pipeline_factory
         self.pipeline = factory(integrator, batch_size=self.batch_size,
                                 read_threads=self.read_threads,
-                                on_done=self._done, on_error=self._error)
+                                on_done=self._done, on_error=self._error,
+                                writer=CurveWriter(self.write_root, self.calibration_key))
         with self._lock:
-            if self.state == "starting":
+            if self.state in ("starting", "building"):
                 self.state = "running"
         closing = False
         while True:
@@ -356,12 +379,17 @@ class ProcessingQueue:
                 return
         if not force:
             try:
-                if os.stat(out).st_mtime_ns >= st.st_mtime_ns:
-                    with self._lock:
-                        self.skipped += 1
-                    return
+                newer = os.stat(out).st_mtime_ns >= st.st_mtime_ns
             except OSError:
-                pass
+                newer = False
+            if newer and self.calibration_key is not None and \
+                    read_chi_key(out) != self.calibration_key:
+                with self._lock:
+                    self.redone += 1          # made with another calibration: do it again
+            elif newer:
+                with self._lock:
+                    self.skipped += 1
+                return
         with self._lock:
             self._pending[p] = _Entry(sig, out)
             if self._t_first is None:
@@ -382,12 +410,22 @@ class ProcessingQueue:
                     continue
                 keep.append(d)
             dirs[:] = keep
+            self._sweep(root)
             for f in sorted(files):
                 if self._abort.is_set():
                     return
                 if is_image_file(f):
                     self._consider(os.path.join(root, f))
             self._due_retries()
+
+    def _sweep(self, image_folder):
+        """Remove temporary files left by a killed writer in the curve folder of a folder."""
+        folder = self.out_path(os.path.join(image_folder, "x.tif")).parent
+        n = sweep_tmp(folder)
+        if n:
+            with self._lock:
+                self.tmp_removed += n
+            log.info("removed %d leftover temporary file(s) in %s", n, folder)
 
     # -- pipeline callbacks (pipeline threads) ---------------------------------------------------
     def _done(self, image_path, out_path, q, intensity):

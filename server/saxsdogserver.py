@@ -18,14 +18,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 from gpusaxs.errors import GpusaxsError
 
 from . import protocol as P
 from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
+from .builds import BuildCancelled, BuildManager
 from .queue import ProcessingQueue, inside
+from .ratelimit import RateLimitedLog
+from .wire import TooManyFrames, configure_command_socket, recv_request
 
 log = logging.getLogger("saxsdogserver")
 
@@ -35,28 +37,11 @@ MAX_OVERSAMPLING = 16
 MAX_LISTDIR = 10_000
 
 
-class IntegratorCache:
-    """LRU of built integrators keyed by calibration key + mask digest + backend."""
+def _check_limits(cal):
+    """Calibration bounds of the library (time and memory of the build), where it has them."""
+    import importlib      # (the name gpusaxs.calibration is the SAXS 0.3.0 class, not the module)
 
-    def __init__(self, size=4):
-        self.size = int(size)
-        self._items = OrderedDict()
-        self._lock = threading.Lock()        # one build at a time (builds are rare and heavy)
-
-    def get(self, key, build):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            integ = build()
-            self._items[key] = integ
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-            return integ
-
-    def __contains__(self, key):
-        with self._lock:
-            return key in self._items
+    getattr(importlib.import_module("gpusaxs.calibration"), "check_limits", lambda c: None)(cal)
 
 
 class SaxsdogService:
@@ -75,6 +60,8 @@ class SaxsdogService:
         if not os.path.isdir(self.base):
             raise ValueError(f"{base_dir}: base folder does not exist")
         self.auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
+        # feeder events are signed like requests; their own replay cache
+        self.feeder_auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
         self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
         self.threads = int(threads)
         self.batch_size = int(batch_size)
@@ -83,14 +70,16 @@ class SaxsdogService:
         self.max_request = int(max_request)
         self.max_attachment = int(max_attachment)
         self.max_attachments = int(max_attachments)
-        self.cache = IntegratorCache(cache_size)
+        self.builds = BuildManager(cache_size)   # integrators, built beside the command loop
         self._integrator_class = integrator_class
         self._pipeline_factory = pipeline_factory
         self.queue = None
+        self.build = None             # the Build (future) of the current queue's integrator
         self._processed = 0
         self._plock = threading.Lock()
         self.on_new_queue = None      # callback(directory) for the -w watcher
-        self.feeder = {"messages": 0, "files": 0, "last": None}
+        self.feeder = {"messages": 0, "files": 0, "rejected": 0, "last": None}
+        self._feeder_log = RateLimitedLog(log, per_s=1.0, burst=5)
         self.requests = 0
         self.stream = None            # a StreamConsumer with --detector (docs/streams.md)
 
@@ -129,7 +118,7 @@ class SaxsdogService:
         return self.queue.stat(self.images_processed)
 
     def _data(self, **extra):
-        d = {"stat": self.stat()}
+        d = {"stat": self.stat(), "builds": self.builds.running()}
         if self.stream is not None:
             d["streams"] = self.stream.info()
         if self.queue is not None:
@@ -149,6 +138,9 @@ class SaxsdogService:
         except (P.ProtocolError, GpusaxsError) as exc:
             log.info("error answer: %s", exc)
             return P.error_response(exc)
+        except MemoryError:
+            log.error("out of memory while handling a request")
+            return P.error_response("out of memory while handling the request; try again later")
         except Exception as exc:  # never die of a request
             log.exception("internal error while handling a request")
             return P.error_response(f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
@@ -161,8 +153,8 @@ class SaxsdogService:
             raise P.ProtocolError(f"too many attachments ({len(attachments)}, "
                                   f"limit {self.max_attachments})")
         for a in attachments:
-            if len(a) > self.max_attachment:
-                raise P.ProtocolError(f"attachment too large ({len(a)} bytes, "
+            if memoryview(a).nbytes > self.max_attachment:
+                raise P.ProtocolError(f"attachment too large ({memoryview(a).nbytes} bytes, "
                                       f"limit {self.max_attachment})")
         req = P.parse_json(frames[0], self.max_request)
         if not isinstance(req, dict):
@@ -171,7 +163,7 @@ class SaxsdogService:
         P.validate_request(req)
         cmd = P.COMMANDS[req["command"]]
         arg = req.get("argument") or {}
-        log.info("command %s", cmd)
+        log.debug("command %s", cmd)
         return getattr(self, "cmd_" + cmd)(arg, attachments)
 
     # -- commands -------------------------------------------------------------------------------
@@ -189,6 +181,8 @@ class SaxsdogService:
 
     def cmd_abort(self, arg, attachments):
         self._need_queue().abort()
+        if self.build is not None:
+            self.build.cancel()          # stops at its next chunk of rows (no effect when built)
         return {"result": P.R_ABORTED, "data": self._data()}
 
     def cmd_readdir(self, arg, attachments):
@@ -278,6 +272,7 @@ class SaxsdogService:
         if not os.path.isdir(directory):
             raise P.ProtocolError(f"directory {arg['directory']!r} does not exist in the base folder")
         cal = Calibration.from_dict(arg["calibration"], base_dir=directory)
+        _check_limits(cal)
         h, w = cal.imagesize
         if h * w > MAX_PIXELS:
             raise P.ProtocolError(f"Imagesize {h}x{w} exceeds the server limit of {MAX_PIXELS} pixels")
@@ -319,35 +314,22 @@ class SaxsdogService:
         mask = np.ascontiguousarray(mask, dtype=bool)
         cal = cal.replace(mask_file=None)
         key = (matrix_key(cal, mask=mask), str(self.backend))
-        backend = self.backend
-        integrator_class = self._integrator_class
-
-        def build():
-            def make():
-                if integrator_class is None:
-                    from gpusaxs.integrator import Integrator
-                    cls = Integrator
-                else:
-                    cls = integrator_class
-                t0 = time.perf_counter()
-                integ = cls(cal, backend=backend, mask=mask)
-                if hasattr(integ, "warm_up"):
-                    integ.warm_up()      # the first frames do not pay for loading the kernels
-                log.info("integrator built in %.2f s (%s)", time.perf_counter() - t0,
-                         getattr(integ, "backend_name", "?"))
-                return integ
-            return self.cache.get(key, make)
-
-        cached = key in self.cache
+        cached = key in self.builds
+        build = self.builds.get(key, self._integrator_maker(cal, mask), label=self.rel(directory))
         if self.stream is not None:
-            self.stream.set_integrator(build, key[0])   # series starting from now use it
-        old = self.queue
+            # series starting from now use it (waiting for the build, like the queue)
+            self.stream.set_integrator(build.result, key[0])
+        old, old_build = self.queue, self.build
         if old is not None:
             old.abort()
+        if old_build is not None and old_build is not build:
+            old_build.cancel()
+        self.build = build
         q = ProcessingQueue(directory, build, out_dir=self.out_dir, batch_size=self.batch_size,
                             read_threads=self.threads, settle=self.settle,
                             on_finished=self._count, predecessor=old,
-                            pipeline_factory=self._pipeline_factory)
+                            pipeline_factory=self._pipeline_factory,
+                            calibration_key=key[0], write_root=self.out_dir or self.base)
         self.queue = q
         q.start()
         if self.on_new_queue is not None:
@@ -356,8 +338,29 @@ class SaxsdogService:
             except Exception:
                 log.exception("cannot watch %s", directory)
         return {"result": P.R_NEW, "data": {"queue": q.info(self.rel),
-                                            "cal": {"key": key[:16], "cached": cached,
+                                            "cal": {"key": key[0][:16], "cached": cached,
                                                     "imagesize": [h, w]}}}
+
+    def _integrator_maker(self, cal, mask):
+        """make(build) for the BuildManager: the Integrator, its matrix built chunk by chunk."""
+        backend, integrator_class = self.backend, self._integrator_class
+
+        def make(build):
+            if integrator_class is None:
+                from gpusaxs.integrator import Integrator
+                cls = Integrator
+            else:
+                cls = integrator_class
+            t0 = time.perf_counter()
+            integ = cls(cal, backend=backend, mask=mask, progress=build.report)
+            if build.cancelled():
+                raise BuildCancelled("build cancelled")
+            if hasattr(integ, "warm_up"):
+                integ.warm_up()      # the first frames do not pay for loading the kernels
+            log.info("integrator built in %.2f s (%s)", time.perf_counter() - t0,
+                     getattr(integ, "backend_name", "?"))
+            return integ
+        return make
 
     # -- events -----------------------------------------------------------------------------------
     def file_event(self, path):
@@ -366,31 +369,40 @@ class SaxsdogService:
             q.file_event(path)
 
     def feeder_message(self, raw):
-        """One message from the feeder's PUB socket (never raises)."""
+        """One message from the feeder's PUB socket (never raises).
+
+        Only messages signed with the shared secret count (``feeder.messages``); the others are
+        counted in ``feeder.rejected`` and logged at most once a second.
+        """
+        try:
+            msg = P.parse_json(raw, 64 * 1024)
+            self.feeder_auth.verify(msg)
+        except (P.ProtocolError, AuthenticationError) as exc:
+            self.feeder["rejected"] += 1
+            self._feeder_log.warning("rejected a feeder message: %s", exc)
+            return
         self.feeder["messages"] += 1
         self.feeder["last"] = time.time()
-        try:
-            msg = json.loads(bytes(raw).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            log.warning("ignoring a malformed feeder message")
-            return
-        if isinstance(msg, dict) and msg.get("command") == "new file" and \
-                isinstance(msg.get("argument"), str):
+        if msg.get("command") == "new file" and isinstance(msg.get("argument"), str):
             self.feeder["files"] += 1
             self.file_event(msg["argument"])
 
     def _feeder_info(self):
         last = self.feeder["last"]
         return {"messages": self.feeder["messages"], "files": self.feeder["files"],
+                "rejected": self.feeder["rejected"],
                 "last message age": None if last is None else time.time() - last}
 
     def shutdown(self, timeout=60.0):
-        """Stop the queue: frames in flight are finished, the rest dropped."""
+        """Stop builds and the queue: frames in flight are finished, the rest dropped."""
+        self.builds.cancel_all()
         q = self.queue
         if q is not None:
             q.abort()
             if not q.join(timeout):
                 log.warning("queue did not stop within %.0f s", timeout)
+        if not self.builds.join(2.0):
+            log.warning("an integrator build did not stop within 2 s")
 
 
 class Watcher:
@@ -423,7 +435,9 @@ class Watcher:
 
 EXAMPLES = """\
 examples:
-  saxsdogserver /data                      serve the folder tree /data on port 7777
+  saxsdogserver /data                      serve the folder tree /data on port 7777 of this
+                                           computer (127.0.0.1)
+  saxsdogserver --bind '*' /data           serve the network (consider "Curve": true, saxsnetconf)
   saxsdogserver -p 7777 -f tcp://beamline:5556 /data
                                            take new-file events from a saxsfeeder
   saxsdogserver -w -t 4 -o /data/curves /data
@@ -450,7 +464,9 @@ def build_parser():
     p.add_argument("-p", "--port", type=int, default=None,
                    help=f"port of the command service (default: port of ServerUrl in the "
                         f"config, else {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--bind", default="*", help="address to bind (default *; e.g. 127.0.0.1)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1, this computer only; '*' for every "
+                        "interface: then consider \"Curve\": true in the configuration)")
     p.add_argument("-t", "--threads", type=int, default=2,
                    help="reader threads of the frame pipeline (default 2)")
     p.add_argument("-b", "--batch-size", type=int, default=16,
@@ -480,7 +496,10 @@ def build_parser():
                    metavar="BYTES", help=f"largest attachment (default {P.MAX_ATTACHMENT_BYTES})")
     p.add_argument("--ready-file", metavar="FILE",
                    help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: every command and build step (DEBUG)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="warnings and errors only (default: routine events too, INFO)")
     from .stream.hook import add_arguments as add_stream_arguments
     add_stream_arguments(p)
     return p
@@ -493,15 +512,49 @@ def _write_ready(path, info):
         json.dump(info, fh)
 
 
+def _serve_one(rep, service):
+    """Receive one request, answer it; never raises (MemoryError included)."""
+    import zmq
+
+    try:
+        frames = recv_request(rep, 1 + service.max_attachments)
+    except zmq.Again:
+        return
+    except TooManyFrames as exc:
+        answer = P.error_response(exc)
+    except MemoryError:
+        log.error("out of memory receiving a request")
+        answer = P.error_response("out of memory receiving the request; try again later")
+    else:
+        answer = service.handle(frames)
+        del frames
+    try:
+        data = P.encode_response(answer)
+    except MemoryError:
+        data = P.encode_response(P.error_response("out of memory encoding the answer"))
+    except (TypeError, ValueError) as exc:
+        log.exception("cannot encode an answer")
+        data = P.encode_response(P.error_response(f"internal error: {exc}"))
+    try:
+        rep.send(data)
+    except zmq.ZMQError as exc:          # peer gone; the REP socket is ready for the next one
+        log.info("cannot send an answer: %s", exc)
+
+
 def serve(args):
     import zmq
 
-    from .netconfig import DEFAULT_SERVER_PORT, NetConfigError, load_config, url_port
+    from .netconfig import (DEFAULT_SERVER_PORT, NetConfigError, load_config, permission_warning,
+                            url_port)
 
     try:
         cfg = load_config(args.config, args.name)
     except NetConfigError as exc:
         print(f"saxsdogserver: {exc}", file=sys.stderr)
+        return 2
+    warning = permission_warning(cfg.path)
+    if warning:
+        print(f"saxsdogserver: refusing to start: {warning}", file=sys.stderr)
         return 2
     port = args.port if args.port is not None else url_port(cfg.server_url, DEFAULT_SERVER_PORT)
     feeder_url = args.feeder
@@ -528,9 +581,9 @@ def serve(args):
 
     ctx = zmq.Context()
     rep = ctx.socket(zmq.REP)
-    rep.setsockopt(zmq.LINGER, 0)
-    # per-frame limit enforced by libzmq (peer disconnected); finer checks in handle()
-    rep.setsockopt(zmq.MAXMSGSIZE, max(args.max_request, args.max_attachment) + 1024)
+    # bounded before authentication: frame size, queued messages per peer (server/wire.py)
+    configure_command_socket(rep, max(args.max_request, args.max_attachment),
+                             curve_secret=cfg.secret if cfg.curve else None)
     try:
         if port == 0:
             rep.bind(f"tcp://{args.bind}:*")
@@ -547,7 +600,8 @@ def serve(args):
     if feeder_url:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)         # events of ~200 bytes
+        sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)   # a path and a signature, never more
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(feeder_url)
     watcher = None
@@ -566,8 +620,9 @@ def serve(args):
     poller.register(rep, zmq.POLLIN)
     if sub is not None:
         poller.register(sub, zmq.POLLIN)
-    log.warning("serving %s on %s%s%s", service.base, endpoint,
-                f", feeder {feeder_url}" if feeder_url else "", ", watching" if args.watch else "")
+    log.info("serving %s on %s%s%s%s", service.base, endpoint,
+             f", feeder {feeder_url}" if feeder_url else "", ", watching" if args.watch else "",
+             ", CURVE" if cfg.curve else "")
     if args.ready_file:
         _write_ready(args.ready_file, {"pid": os.getpid(), "port": bound_port, "url": endpoint})
     try:
@@ -579,27 +634,19 @@ def serve(args):
                     continue
                 raise
             if rep in events:
-                try:
-                    frames = rep.recv_multipart(copy=True)
-                except zmq.Again:
-                    frames = None
-                if frames is not None:
-                    answer = service.handle(frames)
-                    try:
-                        data = P.encode_response(answer)
-                    except (TypeError, ValueError) as exc:
-                        log.exception("cannot encode an answer")
-                        data = P.encode_response(P.error_response(f"internal error: {exc}"))
-                    rep.send(data)
+                _serve_one(rep, service)
             if sub is not None and sub in events:
                 for _ in range(10_000):
                     try:
                         raw = sub.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    except MemoryError:
+                        log.error("out of memory receiving a feeder message")
+                        break
                     service.feeder_message(raw)
     finally:
-        log.warning("shutting down: finishing frames in flight")
+        log.info("shutting down: finishing frames in flight")
         poller.unregister(rep)
         rep.close(linger=0)
         if sub is not None:
@@ -610,14 +657,13 @@ def serve(args):
             stream.stop()
         service.shutdown()
         ctx.term()
-        log.warning("stopped")
+        log.info("stopped")
     return 0
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 \
-        else logging.DEBUG
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s saxsdogserver %(levelname)s %(message)s")
     return serve(args)
 

@@ -168,3 +168,19 @@ def leash(config, url, *args, timeout=30):
 
 def chi_files(folder):
     return sorted(p for p in Path(folder).rglob("*.chi"))
+
+
+def signed(req, attachments=(), secret=SECRET):
+    """The frames of a request signed with ``secret``: [JSON, *attachments]."""
+    from gpusaxs.server.auth import sign_request
+
+    return [json.dumps(sign_request(secret, req, attachments)).encode()] + list(attachments)
+
+
+def ask(svc, frames):
+    """Answer of an in-process SaxsdogService, checked against the response schema."""
+    from gpusaxs.server import protocol as P
+
+    ans = svc.handle(frames)
+    P.validate_response(json.loads(P.encode_response(ans)))
+    return ans

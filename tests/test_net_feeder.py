@@ -6,7 +6,7 @@ import numpy as np
 import zmq
 
 from gpusaxs.io.settle import FileSettler
-from net_support import Proc, free_port, wait_for, write_frames
+from net_support import SECRET, Proc, free_port, wait_for, write_config, write_frames
 
 
 def test_settler_waits_for_complete_image(tmp_path):
@@ -48,19 +48,28 @@ def test_feeder_process_watch_and_simulate(tmp_path):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVTIMEO, 200)
     sub.connect(f"tcp://127.0.0.1:{port}")
-    feeder = Proc("gpusaxs.server.feeder", ["-p", port, "--bind", "127.0.0.1", "-d", folder,
-                                    "--heartbeat", "0.1"], tmp_path / "f.ready", tmp_path / "f.log")
+    from gpusaxs.server.auth import Authenticator
+
+    cfg = write_config(tmp_path / "net.json", 1, port)
+    feeder = Proc("gpusaxs.server.feeder", ["--config", cfg, "--bind", "127.0.0.1", "-d", folder,
+                                            "--heartbeat", "0.1"],
+                  tmp_path / "f.ready", tmp_path / "f.log")
     files, beats = [], []
+    auth = Authenticator(SECRET)
 
     def drain():
         try:
             m = json.loads(sub.recv())
         except zmq.Again:
             return False
+        auth.verify(m)                                    # every message signed (item 7)
         (files if m["command"] == "new file" else beats).append(m)
         return True
     try:
         assert wait_for(lambda: drain() and beats, 20, interval=0)
+        write_frames(folder / "work", 2)                  # the server's output folder: skipped
+        (folder / "work" / "img_00000.chi").write_text("a curve\n")
+        (folder / "notes.txt").write_text("not an image\n")
         write_frames(folder, 5, atomic=False)
         write_frames(folder / "sub", 2)                   # subfolders too, renamed into place
         assert wait_for(lambda: drain() and len(files) >= 7, 20, interval=0)
@@ -71,8 +80,8 @@ def test_feeder_process_watch_and_simulate(tmp_path):
         assert len(names) == 7 and len(set(names)) == 5   # img_00000/1 in both folders
         assert feeder.stop() == 0
         # --simulate replays existing files once
-        sim = Proc("gpusaxs.server.feeder", ["-p", port, "--bind", "127.0.0.1", "-d", folder,
-                                     "--simulate", "--interval", "0"],
+        sim = Proc("gpusaxs.server.feeder", ["--config", cfg, "--bind", "127.0.0.1", "-d", folder,
+                                             "--simulate", "--interval", "0"],
                    tmp_path / "s.ready", tmp_path / "s.log")
         files.clear()
         assert wait_for(lambda: drain() and len(files) >= 7, 20, interval=0)

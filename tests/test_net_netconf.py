@@ -48,10 +48,13 @@ def test_interactive_prompts(tmp_path):
 
 
 def test_list_form_and_errors(tmp_path):
-    entries = [{"Name": "a", "Server": "tcp://a:1", "Feeder": "tcp://a:2", "Secret": "x" * 32},
-               {"Name": "b", "Server": "tcp://b:1", "Feeder": "tcp://b:2", "Secret": "y" * 32}]
+    sa, sb = "0123456789abcdef" * 2, "fedcba9876543210" * 2
+    entries = [{"Name": "a", "Server": "tcp://a:1", "Feeder": "tcp://a:2", "Secret": sa},
+               {"Name": "b", "Server": "tcp://b:1", "Feeder": "tcp://b:2", "Secret": sb}]
     assert parse_config(entries).server_url == "tcp://a:1"
-    assert parse_config(entries, name="b").secret == "y" * 32
+    assert parse_config(entries, name="b").secret == sb
+    with pytest.raises(NetConfigError, match="entropy"):        # 32 characters, 0 bits
+        parse_config([dict(entries[0], Secret="x" * 32)])
     with pytest.raises(NetConfigError):
         parse_config(entries, name="c")
     with pytest.raises(NetConfigError):

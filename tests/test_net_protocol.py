@@ -10,15 +10,12 @@ from hypothesis import strategies as st
 from gpusaxs.server import protocol as P
 from gpusaxs.server.auth import sign_request
 from gpusaxs.server.saxsdogserver import SaxsdogService
-from net_support import SECRET, calibration_dict, mask_array, wait_for, write_frames
+from net_support import (SECRET, ask, calibration_dict, mask_array, signed, wait_for,
+                         write_frames)
 
 RESULTS = {"new queue", "queue closed", "queue stopped emptied and closed", "plot data",
            "directory refilled queue", "stat", "directory listing", "Error",
            "AuthenticationError"}
-
-
-def signed(req, attachments=()):
-    return [json.dumps(sign_request(SECRET, req, attachments)).encode()] + list(attachments)
 
 
 @pytest.fixture
@@ -32,12 +29,6 @@ def service(tmp_path):
     svc = SaxsdogService(base, SECRET, threads=1, batch_size=4, backend="numpy")
     yield svc
     svc.shutdown(timeout=30)
-
-
-def ask(svc, frames):
-    ans = svc.handle(frames)
-    P.validate_response(json.loads(P.encode_response(ans)))
-    return ans
 
 
 def test_schemas_are_valid_and_shipped():

@@ -511,3 +511,4 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     np.testing.assert_allclose(
         chi.intensity, d["intensity"][4], rtol=1e-6, equal_nan=True
     )
+    assert chi.calibration_key == d["calibration_key"]  # resume tells stale curves apart

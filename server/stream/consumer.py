@@ -526,13 +526,14 @@ class StreamConsumer:
                 if sid in writers:  # same id again: finish the old file
                     self._close_writer(sid, writers.pop(sid))
                 path = self._series_path(sid)
+                key = key or calibration_key(integ)
                 try:
                     w = NXazintWriter(
                         path,
                         integ.q,
                         radial_unit="q_nm^-1",
                         calibration=integ.calibration,
-                        calibration_key=key or calibration_key(integ),
+                        calibration_key=key,
                         inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
                         live=True,
                         flush_interval_s=1.0,
@@ -540,7 +541,7 @@ class StreamConsumer:
                 except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
                     self.book.refuse(sid, f"cannot create {path}: {exc}")
                     continue
-                writers[sid] = [w, 0, integ.q, 0, now]
+                writers[sid] = [w, 0, integ.q, 0, now, key]
                 self.book.flushed(sid, 0, os.path.basename(path))
             elif kind == "end":
                 sid = item[1].series_id
@@ -568,7 +569,7 @@ class StreamConsumer:
                 w[1] += len(ids)
                 self.book.integrated(sid, len(ids))
                 if self.chi:
-                    self._write_chi(sid, w[2], intensity, err, ids)
+                    self._write_chi(sid, w[2], intensity, err, ids, w[5])
 
     def _close_writer(self, sid, w):
         try:
@@ -577,7 +578,7 @@ class StreamConsumer:
         except Exception:
             log.exception("cannot close %s", w[0].path)
 
-    def _write_chi(self, sid, q, intensity, err, ids):
+    def _write_chi(self, sid, q, intensity, err, ids, key):
         from gpusaxs.io.chi import write_chi
 
         folder = os.path.join(self.out_dir, f"series_{sid}")
@@ -585,5 +586,10 @@ class StreamConsumer:
         for k, i in enumerate(ids):
             path = os.path.join(folder, f"image_{int(i):06d}.chi")
             write_chi(
-                path, q, intensity[k], err[k], title=f"series {sid} image {int(i)}"
+                path,
+                q,
+                intensity[k],
+                err[k],
+                title=f"series {sid} image {int(i)}",
+                calibration_key=key,
             )
