@@ -27,9 +27,7 @@ class _Probe:
 
     __slots__ = ("ok", "reason", "cupy", "device_count")
 
-    def __init__(
-        self, ok: bool, reason: str, cupy: Any = None, device_count: int = 0
-    ) -> None:
+    def __init__(self, ok: bool, reason: str, cupy: Any = None, device_count: int = 0) -> None:
         self.ok = ok
         self.reason = reason
         self.cupy = cupy
@@ -42,14 +40,21 @@ def _probe_cupy() -> _Probe:
     try:
         import cupy
     except Exception as exc:  # ImportError, or a broken install raising anything else
-        return _Probe(False, f"CuPy is not installed or cannot be imported "
-                             f"({type(exc).__name__}: {exc}); install it with {INSTALL_HINT}")
+        return _Probe(
+            False,
+            f"CuPy is not installed or cannot be imported "
+            f"({type(exc).__name__}: {exc}); install it with {INSTALL_HINT}",
+        )
     version = getattr(cupy, "__version__", "?")
     try:
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as exc:  # no driver, CUDA_VISIBLE_DEVICES="", driver/runtime mismatch
-        return _Probe(False, f"CuPy {version} is installed but no CUDA device is usable "
-                             f"({type(exc).__name__}: {exc})", cupy)
+        return _Probe(
+            False,
+            f"CuPy {version} is installed but no CUDA device is usable "
+            f"({type(exc).__name__}: {exc})",
+            cupy,
+        )
     if count <= 0:
         return _Probe(False, f"CuPy {version} is installed but no CUDA device is visible", cupy)
     return _Probe(True, f"CuPy {version} with {count} CUDA device(s)", cupy, count)
@@ -59,12 +64,14 @@ def _normalise(name: object, what: str) -> str:
     if name is None:
         return "auto"
     if not isinstance(name, str):
-        raise BackendError(f"{what} must be a string, one of {', '.join(VALID_BACKENDS)}; "
-                           f"got {name!r}")
+        raise BackendError(
+            f"{what} must be a string, one of {', '.join(VALID_BACKENDS)}; got {name!r}"
+        )
     key = name.strip().lower()
     if key not in VALID_BACKENDS:
-        raise BackendError(f"unknown backend {name!r} ({what}); valid names: "
-                           f"{', '.join(VALID_BACKENDS)}")
+        raise BackendError(
+            f"unknown backend {name!r} ({what}); valid names: {', '.join(VALID_BACKENDS)}"
+        )
     return key
 
 
@@ -112,6 +119,7 @@ def array_module(name: str) -> ModuleType:
     """The array module for a backend name from select_backend: numpy or cupy."""
     if name == "numpy":
         import numpy
+
         return numpy
     if name == "cupy":
         probe = _probe_cupy()
@@ -170,14 +178,27 @@ def backend_info() -> dict[str, Any]:
     import numpy
     import scipy
 
-    info: dict[str, Any] = {"backend": None, "reason": None, "env": os.environ.get(ENV_VAR) or None,
-            "cupy_available": False, "cupy_version": None, "cuda_runtime_version": None,
-            "cuda_driver_version": None, "device_count": 0, "devices": [],
-            "device_name": None, "compute_capability": None, "total_memory_bytes": None,
-            "numpy_version": numpy.__version__, "scipy_version": scipy.__version__,
-            "python_version": sys.version.split()[0], "engine_fallbacks": []}
+    info: dict[str, Any] = {
+        "backend": None,
+        "reason": None,
+        "env": os.environ.get(ENV_VAR) or None,
+        "cupy_available": False,
+        "cupy_version": None,
+        "cuda_runtime_version": None,
+        "cuda_driver_version": None,
+        "device_count": 0,
+        "devices": [],
+        "device_name": None,
+        "compute_capability": None,
+        "total_memory_bytes": None,
+        "numpy_version": numpy.__version__,
+        "scipy_version": scipy.__version__,
+        "python_version": sys.version.split()[0],
+        "engine_fallbacks": [],
+    }
     try:
         from gpusaxs.gpu_engine import engine_fallbacks
+
         info["engine_fallbacks"] = engine_fallbacks()
     except Exception as exc:  # never raises
         info["engine_fallbacks"] = [{"error": f"{type(exc).__name__}: {exc}"}]
@@ -189,8 +210,10 @@ def backend_info() -> dict[str, Any]:
     if probe.cupy is not None:
         cupy = probe.cupy
         info["cupy_version"] = str(getattr(cupy, "__version__", None))
-        for key, fn in (("cuda_runtime_version", "runtimeGetVersion"),
-                        ("cuda_driver_version", "driverGetVersion")):
+        for key, fn in (
+            ("cuda_runtime_version", "runtimeGetVersion"),
+            ("cuda_driver_version", "driverGetVersion"),
+        ):
             try:
                 info[key] = int(getattr(cupy.cuda.runtime, fn)())
             except Exception:

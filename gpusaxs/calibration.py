@@ -18,6 +18,7 @@ Conventions: ``BeamCenter`` is ``[Y, X]`` in pixels with Y counted from the
 ``imagesize[0] - Y``, column ``X``. ``PixelSizeMicroM`` is ``[size]`` or
 ``[along rows (Y), along columns (X)]``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,10 +42,25 @@ from gpusaxs.errors import CalibrationError
 from gpusaxs.poni import fit2d_to_poni, format_poni, poni_to_fit2d, read_poni  # noqa: F401
 
 __all__ = [
-    "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
-    "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
-    "read_poni", "format_poni", "calibration_file_kind", "read_calibration_file",
-    "expand_poni_reference", "LIMITS", "check_limits", "estimate_matrix_bytes",
+    "Calibration",
+    "FLAT_DEFAULTS",
+    "SCHEMA_PATH",
+    "load_schema",
+    "read_json",
+    "validate_dict",
+    "to_flat_dict",
+    "to_nested_dict",
+    "write_json_atomic",
+    "fit2d_to_poni",
+    "poni_to_fit2d",
+    "read_poni",
+    "format_poni",
+    "calibration_file_kind",
+    "read_calibration_file",
+    "expand_poni_reference",
+    "LIMITS",
+    "check_limits",
+    "estimate_matrix_bytes",
     "radial_bin_count",
 ]
 
@@ -66,8 +82,14 @@ FLAT_DEFAULTS = {
 }
 
 DISTANCE_KEYS = ("DedectorDistanceMM", "DetectorDistanceMM")
-GEOMETRY_KEYS = ("Tilt", "BeamCenter", "DedectorDistanceMM", "DetectorDistanceMM", "Imagesize",
-                 "PixelSizeMicroM")
+GEOMETRY_KEYS = (
+    "Tilt",
+    "BeamCenter",
+    "DedectorDistanceMM",
+    "DetectorDistanceMM",
+    "Imagesize",
+    "PixelSizeMicroM",
+)
 MASK_KEYS = ("MaskFile", "Oversampling", "PixelPerRadialElement", "qStart", "qStop")
 
 
@@ -83,6 +105,7 @@ def load_schema() -> dict[str, Any]:
 @functools.lru_cache(maxsize=2)
 def _validator(form: str) -> Any:
     import jsonschema
+
     schema = load_schema()
     sub = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{form}"}
     return jsonschema.Draft202012Validator(sub)
@@ -99,24 +122,32 @@ def _error_from_schema(err: Any, path: PathLike | None) -> CalibrationError:
     if err.validator == "required" and isinstance(inst, dict):
         missing = [k for k in err.validator_value if k not in inst]
         if missing:
-            return CalibrationError("required field is missing" + _did_you_mean(missing[0], inst),
-                                    path, _json_path(parts + missing[:1]))
+            return CalibrationError(
+                "required field is missing" + _did_you_mean(missing[0], inst),
+                path,
+                _json_path(parts + missing[:1]),
+            )
     if err.validator == "additionalProperties" and isinstance(inst, dict):
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed and not str(k).startswith("_")]
         if extra:
             hint = difflib.get_close_matches(extra[0], allowed, n=1)
-            reason = "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else
-                                        f" (allowed: {', '.join(allowed)})")
+            reason = "unknown field" + (
+                f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(allowed)})"
+            )
             return CalibrationError(reason, path, _json_path(parts + extra[:1]))
     if err.validator == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
-        return CalibrationError(f"expected {want}, got {json.dumps(inst)[:60]}", path,
-                                _json_path(parts))
+        return CalibrationError(
+            f"expected {want}, got {json.dumps(inst)[:60]}", path, _json_path(parts)
+        )
     if err.validator in ("minItems", "maxItems"):
-        return CalibrationError(f"wrong number of items ({len(inst)}): {err.schema.get('description', err.message)}",
-                                path, _json_path(parts))
+        return CalibrationError(
+            f"wrong number of items ({len(inst)}): {err.schema.get('description', err.message)}",
+            path,
+            _json_path(parts),
+        )
     return CalibrationError(err.message, path, _json_path(parts))
 
 
@@ -133,12 +164,20 @@ def _check_distance_keys(block: object, path: PathLike | None, prefix: list[str]
         return
     present = [k for k in DISTANCE_KEYS if k in block]
     if len(present) == 2:
-        raise CalibrationError("both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
-                               path, _json_path(prefix + ["DetectorDistanceMM"]))
+        raise CalibrationError(
+            "both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
+            path,
+            _json_path(prefix + ["DetectorDistanceMM"]),
+        )
     if not present:
-        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean("DedectorDistanceMM", block)
-        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)"
-                               + hint, path, _json_path(prefix + ["DedectorDistanceMM"]))
+        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean(
+            "DedectorDistanceMM", block
+        )
+        raise CalibrationError(
+            "required field is missing (DetectorDistanceMM is accepted as a synonym)" + hint,
+            path,
+            _json_path(prefix + ["DedectorDistanceMM"]),
+        )
 
 
 # Schema validation (jsonschema) costs ~0.3 s of imports at every start; its outcome depends
@@ -151,7 +190,7 @@ def _validated_digest(d: object, form: str) -> str | None:
     try:
         text = json.dumps(d, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError):
-        return None                     # not plain JSON (e.g. NumPy numbers): always validate
+        return None  # not plain JSON (e.g. NumPy numbers): always validate
     h = hashlib.sha256(SCHEMA_PATH.read_bytes())
     h.update(form.encode() + b"\0" + text.encode())
     return h.hexdigest()
@@ -184,7 +223,7 @@ def _remember_valid(digest: str | None) -> None:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
         except OSError:
-            pass                        # no cache folder: validate again next time
+            pass  # no cache folder: validate again next time
 
 
 def validate_dict(d: Any, path: PathLike | None = None) -> Literal["flat", "nested"]:
@@ -211,8 +250,11 @@ def validate_dict(d: Any, path: PathLike | None = None) -> Literal["flat", "nest
     for i, m in enumerate(masks):
         if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:
             prefix = ["Masks", i] if form == "nested" else []
-            raise CalibrationError(f"qStop ({m['qStop']}) must be larger than qStart ({m['qStart']})",
-                                   path, _json_path(prefix + ["qStop"]))
+            raise CalibrationError(
+                f"qStop ({m['qStop']}) must be larger than qStart ({m['qStart']})",
+                path,
+                _json_path(prefix + ["qStop"]),
+            )
     return form
 
 
@@ -244,7 +286,8 @@ def _read_bytes(path: PathLike, limit: int = -1) -> bytes:
 
 
 def read_json(path: PathLike) -> Any:
-    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
+    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as
+    CalibrationError."""
     path = os.fspath(path)
     raw = _read_bytes(path)
     try:
@@ -256,14 +299,16 @@ def read_json(path: PathLike) -> Any:
     except json.JSONDecodeError as exc:
         # some messages end in "at" ("Unterminated string starting at"): no second "at"
         where = "" if exc.msg.endswith(" at") else " at"
-        raise CalibrationError(f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}",
-                               path, "#") from None
+        raise CalibrationError(
+            f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}", path, "#"
+        ) from None
     except ValueError as exc:
         raise CalibrationError(f"not valid JSON: {exc}", path, "#") from None
 
 
 def write_json_atomic(path: PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder + os.replace)."""
+    """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder +
+    os.replace)."""
     from gpusaxs.io.atomic import atomic_write
 
     with atomic_write(path, "w", fsync=True) as fh:
@@ -272,7 +317,7 @@ def write_json_atomic(path: PathLike, data: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- file kinds
-EXPECTED_KINDS = ("expected a JSON calibration file (docs/calibration.md) or a pyFAI .poni file")
+EXPECTED_KINDS = "expected a JSON calibration file (docs/calibration.md) or a pyFAI .poni file"
 
 
 def calibration_file_kind(path: PathLike) -> Literal["json", "poni"]:
@@ -286,9 +331,11 @@ def calibration_file_kind(path: PathLike) -> Literal["json", "poni"]:
     if head.startswith(b"\x89HDF"):
         raise CalibrationError(f"an HDF5 file, not a calibration file; {EXPECTED_KINDS}", path, "#")
     if b"\0" in head:
-        raise CalibrationError(f"a binary file (an image?), not a calibration file; {EXPECTED_KINDS}",
-                               path, "#")
+        raise CalibrationError(
+            f"a binary file (an image?), not a calibration file; {EXPECTED_KINDS}", path, "#"
+        )
     from gpusaxs.poni import looks_like_poni
+
     text = head.decode("utf-8-sig", errors="replace")
     if path.lower().endswith(".poni") or looks_like_poni(text):
         return "poni"
@@ -301,6 +348,7 @@ def read_calibration_file(path: PathLike) -> Any:
     """The calibration dict of a JSON calibration or a .poni file (PONI references expanded)."""
     path = os.fspath(path)
     from gpusaxs.poni import calibration_dict_from_poni
+
     if calibration_file_kind(path) == "poni":
         return calibration_dict_from_poni(path)
     d = read_json(path)
@@ -317,13 +365,15 @@ def expand_poni_reference(
     given. The other fields (MaskFile, Oversampling, PolarizationCorrection, Wavelength, ...)
     are kept; what neither gives gets ``gpusaxs.poni.PONI_DEFAULTS``."""
     from gpusaxs.poni import PONI_DEFAULTS, calibration_dict_from_poni
+
     rest = {k: copy.deepcopy(v) for k, v in d.items() if k != "Geometry"}
     poni_path = os.path.join(os.fspath(base_dir), os.path.expanduser(d["Geometry"]))
     try:
         if "Masks" not in rest:
             return calibration_dict_from_poni(poni_path, overrides=rest)
-        flat = calibration_dict_from_poni(poni_path, overrides={
-            k: v for k, v in rest.items() if k in ("Wavelength", "Imagesize")})
+        flat = calibration_dict_from_poni(
+            poni_path, overrides={k: v for k, v in rest.items() if k in ("Wavelength", "Imagesize")}
+        )
     except CalibrationError as exc:
         raise CalibrationError(f"Geometry {d['Geometry']!r}: {exc}", path, "#/Geometry") from None
     out = dict(rest)
@@ -348,7 +398,9 @@ def to_flat_dict(
         return copy.deepcopy(d)
     masks = d.get("Masks", [])
     if not -len(masks) <= mask_index < len(masks):
-        raise CalibrationError(f"mask index {mask_index} out of range ({len(masks)} mask(s))", path, "#/Masks")
+        raise CalibrationError(
+            f"mask index {mask_index} out of range ({len(masks)} mask(s))", path, "#/Masks"
+        )
     out: dict[str, Any] = {}
     if "Title" in d:
         out["Title"] = d["Title"]
@@ -372,7 +424,7 @@ def to_nested_dict(d: dict[str, Any]) -> dict[str, Any]:
     out["Masks"] = [{k: d[k] for k in MASK_KEYS if k in d}]
     if "PolarizationCorrection" in d:
         out["PolarizationCorrection"] = copy.deepcopy(d["PolarizationCorrection"])
-    for k, v in d.items():   # keep "_comment" keys
+    for k, v in d.items():  # keep "_comment" keys
         if k.startswith("_"):
             out[k] = copy.deepcopy(v)
     return out
@@ -487,12 +539,19 @@ class Calibration:
             s(self, "tilt_angle_deg", _num(self.tilt_angle_deg, float, "#/Tilt/TiltAngleDeg"))
             s(self, "tilt_rot_deg", _num(self.tilt_rot_deg, float, "#/Tilt/TiltRotDeg"))
             s(self, "oversampling", _num(self.oversampling, _strict_int, "#/Oversampling"))
-            s(self, "pixel_per_radial_element",
-              _num(self.pixel_per_radial_element, float, "#/PixelPerRadialElement"))
+            s(
+                self,
+                "pixel_per_radial_element",
+                _num(self.pixel_per_radial_element, float, "#/PixelPerRadialElement"),
+            )
             if self.mask_file is not None:
                 s(self, "mask_file", os.path.abspath(os.fspath(self.mask_file)))
             if self.polarization is not None:
-                s(self, "polarization", _tuple(self.polarization, 2, float, "#/PolarizationCorrection"))
+                s(
+                    self,
+                    "polarization",
+                    _tuple(self.polarization, 2, float, "#/PolarizationCorrection"),
+                )
             for name, jp in (("q_start", "#/qStart"), ("q_stop", "#/qStop")):
                 if getattr(self, name) is not None:
                     s(self, name, _num(getattr(self, name), float, jp))
@@ -501,8 +560,15 @@ class Calibration:
         except CalibrationError as exc:
             raise CalibrationError(exc.reason, self.source, exc.json_path) from None
         # everything else (ranges, finiteness) by the schema, on the flat form
-        for v in (*self.beam_center, self.distance_mm, *self.pixel_size_um, self.wavelength_A,
-                  self.tilt_angle_deg, self.tilt_rot_deg, self.pixel_per_radial_element):
+        for v in (
+            *self.beam_center,
+            self.distance_mm,
+            *self.pixel_size_um,
+            self.wavelength_A,
+            self.tilt_angle_deg,
+            self.tilt_rot_deg,
+            self.pixel_per_radial_element,
+        ):
             if not math.isfinite(v):
                 raise CalibrationError(f"non-finite value {v}", self.source, "#")
         validate_dict(self.to_dict("flat"), self.source)
@@ -541,20 +607,33 @@ class Calibration:
 
         Examples
         --------
-        >>> cal = gpusaxs.Calibration.from_dict({  # doctest: +SKIP
-        ...     "BeamCenter": [500.0, 400.0], "DedectorDistanceMM": 1000.0,
-        ...     "Imagesize": [1043, 981], "PixelSizeMicroM": [172.0], "Wavelength": 1.54,
-        ...     "Tilt": {"TiltAngleDeg": 0.0, "TiltRotDeg": 0.0}, "Oversampling": 3,
-        ...     "PixelPerRadialElement": 1.0, "MaskFile": None})
+        >>> cal = gpusaxs.Calibration.from_dict(
+        ...     {  # doctest: +SKIP
+        ...         "BeamCenter": [500.0, 400.0],
+        ...         "DedectorDistanceMM": 1000.0,
+        ...         "Imagesize": [1043, 981],
+        ...         "PixelSizeMicroM": [172.0],
+        ...         "Wavelength": 1.54,
+        ...         "Tilt": {"TiltAngleDeg": 0.0, "TiltRotDeg": 0.0},
+        ...         "Oversampling": 3,
+        ...         "PixelPerRadialElement": 1.0,
+        ...         "MaskFile": None,
+        ...     }
+        ... )
         """
         if isinstance(d, dict) and isinstance(d.get("Geometry"), str):
-            raise CalibrationError("a PONI file reference is only read from a calibration file "
-                                   "(Calibration.from_file); give the geometry itself here",
-                                   source, "#/Geometry")
+            raise CalibrationError(
+                "a PONI file reference is only read from a calibration file "
+                "(Calibration.from_file); give the geometry itself here",
+                source,
+                "#/Geometry",
+            )
         validate_dict(d, source)
         flat = to_flat_dict(d, mask_index, source)
         if base_dir is None:
-            base_dir = os.path.dirname(os.path.abspath(source)) if source is not None else os.getcwd()
+            base_dir = (
+                os.path.dirname(os.path.abspath(source)) if source is not None else os.getcwd()
+            )
         mask = flat.get("MaskFile")
         if mask is not None:
             mask = os.path.normpath(os.path.join(os.fspath(base_dir), os.path.expanduser(mask)))
@@ -608,9 +687,12 @@ class Calibration:
         (1000.0, 1.54)
         """
         path = os.fspath(path)
-        return cls.from_dict(read_calibration_file(path),
-                             base_dir=os.path.dirname(os.path.abspath(path)),
-                             mask_index=mask_index, source=path)
+        return cls.from_dict(
+            read_calibration_file(path),
+            base_dir=os.path.dirname(os.path.abspath(path)),
+            mask_index=mask_index,
+            source=path,
+        )
 
     @classmethod
     def all_from_file(cls, path: PathLike) -> list[Calibration]:
@@ -627,9 +709,7 @@ class Calibration:
         return dataclasses.replace(self, **changes)
 
     # -- output ---------------------------------------------------------------------
-    def to_dict(
-        self, form: str = "flat", relative_to: PathLike | None = None
-    ) -> dict[str, Any]:
+    def to_dict(self, form: str = "flat", relative_to: PathLike | None = None) -> dict[str, Any]:
         """The calibration as a JSON-ready dict, ``form`` = ``"flat"`` or ``"nested"``.
 
         ``PixelSizeMicroM`` is always written as ``[y, x]``, the distance as
@@ -656,7 +736,10 @@ class Calibration:
         d["PixelPerRadialElement"] = self.pixel_per_radial_element
         d["Wavelength"] = self.wavelength_A
         if self.polarization is not None:
-            d["PolarizationCorrection"] = {"Fraction": self.polarization[0], "Angle": self.polarization[1]}
+            d["PolarizationCorrection"] = {
+                "Fraction": self.polarization[0],
+                "Angle": self.polarization[1],
+            }
         if self.q_start is not None:
             d["qStart"] = self.q_start
         if self.q_stop is not None:
@@ -664,19 +747,24 @@ class Calibration:
         return d if form == "flat" else to_nested_dict(d)
 
     def to_json(self, path: PathLike, form: str = "flat") -> None:
-        """Write the calibration file atomically; MaskFile is stored relative to its folder when inside it."""
+        """Write the calibration file atomically; MaskFile is stored relative to its folder when
+        inside it."""
         path = os.fspath(path)
-        write_json_atomic(path, self.to_dict(form, relative_to=os.path.dirname(os.path.abspath(path))))
+        write_json_atomic(
+            path, self.to_dict(form, relative_to=os.path.dirname(os.path.abspath(path)))
+        )
 
     def load_mask(self) -> BoolArray:
-        """The mask as a bool array of shape ``imagesize`` (True = excluded); all False without a mask file."""
+        """The mask as a bool array of shape ``imagesize`` (True = excluded); all False without a
+        mask file."""
         if self.mask_file is None:
             return np.zeros(self.imagesize, dtype=bool)
         from gpusaxs.io.masks import read_mask
+
         return np.asarray(read_mask(self.mask_file, shape=self.imagesize), dtype=bool)
 
     def key(self) -> str:
-        """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask content.
+        """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask.
 
         Title and source do not enter. Raises CalibrationError if the mask file is unreadable.
         """
@@ -690,7 +778,9 @@ class Calibration:
             "tilt_rot_deg": self.tilt_rot_deg.hex(),
             "oversampling": self.oversampling,
             "pixel_per_radial_element": self.pixel_per_radial_element.hex(),
-            "polarization": None if self.polarization is None else [v.hex() for v in self.polarization],
+            "polarization": None
+            if self.polarization is None
+            else [v.hex() for v in self.polarization],
             "q_start": None if self.q_start is None else self.q_start.hex(),
             "q_stop": None if self.q_stop is None else self.q_stop.hex(),
         }
@@ -700,8 +790,11 @@ class Calibration:
             try:
                 fields["mask_sha256"] = _hash_file(self.mask_file)
             except OSError as exc:
-                raise CalibrationError(f"cannot read mask file {self.mask_file}: {exc.strerror or exc}",
-                                       self.source, "#/MaskFile") from None
+                raise CalibrationError(
+                    f"cannot read mask file {self.mask_file}: {exc.strerror or exc}",
+                    self.source,
+                    "#/MaskFile",
+                ) from None
         blob = json.dumps({"gpusaxs-calibration-key": 1, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -715,8 +808,15 @@ class Calibration:
         """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
         pixel1, pixel2 (m), max_shape, wavelength (m)."""
         py, px = self.pixel_size_um
-        g: dict[str, Any] = fit2d_to_poni(self.distance_mm, self.beam_center[1], self.imagesize[0] - self.beam_center[0],
-                          self.tilt_angle_deg, -self.tilt_rot_deg, px, py)
+        g: dict[str, Any] = fit2d_to_poni(
+            self.distance_mm,
+            self.beam_center[1],
+            self.imagesize[0] - self.beam_center[0],
+            self.tilt_angle_deg,
+            -self.tilt_rot_deg,
+            px,
+            py,
+        )
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
@@ -792,38 +892,61 @@ def check_limits(cal: Calibration, q_edges: Any = None, **limits: int) -> dict[s
     if pixels > lim["pixels"]:
         raise CalibrationError(
             f"{height} x {width} = {pixels:,} pixels is more than the limit of "
-            f"{lim['pixels']:,} pixels", source, "#/Imagesize")
+            f"{lim['pixels']:,} pixels",
+            source,
+            "#/Imagesize",
+        )
     subpixels = pixels * ov * ov
     if subpixels > lim["subpixels"]:
         best = max(1, int(math.sqrt(lim["subpixels"] / pixels)))
         raise CalibrationError(
             f"Oversampling {ov} on {pixels:,} pixels splits them into {subpixels:,} sub-pixels, "
             f"more than the limit of {lim['subpixels']:,} (at most Oversampling {best} for this "
-            f"Imagesize)", source, "#/Oversampling")
+            f"Imagesize)",
+            source,
+            "#/Oversampling",
+        )
     q_start = getattr(cal, "q_start", None)
     if q_edges is None and q_start is not None:
         q_hi = _largest_q(cal)
         if q_start >= q_hi:
-            raise CalibrationError(f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
-                                   f"detector ({q_hi:.4g} nm^-1): no pixel would count",
-                                   source, "#/qStart")
+            raise CalibrationError(
+                f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
+                f"detector ({q_hi:.4g} nm^-1): no pixel would count",
+                source,
+                "#/qStart",
+            )
     bins = radial_bin_count(cal, q_edges)
     if bins > lim["bins"]:
         q_stop = getattr(cal, "q_stop", None)
         if q_edges is not None:
             field, why = "q_edges", "the q_edges given"
         elif q_stop is not None and q_stop > 2 * _largest_q(cal):
-            field, why = "#/qStop", (f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
-                                     f"detector, {_largest_q(cal):.4g} nm^-1")
+            field, why = (
+                "#/qStop",
+                (
+                    f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
+                    f"detector, {_largest_q(cal):.4g} nm^-1"
+                ),
+            )
         else:
-            field, why = "#/PixelPerRadialElement", (
-                f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; use a larger value")
-        raise CalibrationError(f"{bins:,} radial bins is more than the limit of {lim['bins']:,} "
-                               f"({why})", source, field)
+            field, why = (
+                "#/PixelPerRadialElement",
+                (
+                    f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; "
+                    "use a larger value"
+                ),
+            )
+        raise CalibrationError(
+            f"{bins:,} radial bins is more than the limit of {lim['bins']:,} ({why})", source, field
+        )
     nbytes = estimate_matrix_bytes(cal, q_edges)
     if nbytes > lim["matrix_bytes"]:
         raise CalibrationError(
             f"the integration matrix would need about {nbytes / 2**30:.1f} GiB, more than the "
             f"limit of {lim['matrix_bytes'] / 2**30:.1f} GiB (lower Oversampling or raise "
-            f"PixelPerRadialElement)", source, "#/Oversampling")
+            f"PixelPerRadialElement)",
+            source,
+            "#/Oversampling",
+        )
     return {"pixels": pixels, "subpixels": subpixels, "bins": bins, "matrix_bytes": nbytes}

@@ -5,6 +5,7 @@ Each pixel's value x becomes ``(x - dark) / (K * solid_angle * flat)``: the dark
 engines apply every correction in their one pass over the frame.  A pixel whose flat is not a
 positive finite number is dropped (as if masked).
 """
+
 from dataclasses import replace
 from typing import Any
 
@@ -18,8 +19,9 @@ __all__ = ["pixel_divisor", "apply_corrections"]
 def _frame_array(value, shape, name):
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != tuple(shape):
-        raise ValueError(f"{name} of shape {arr.shape} does not match the frames' shape "
-                         f"{tuple(shape)}")
+        raise ValueError(
+            f"{name} of shape {arr.shape} does not match the frames' shape {tuple(shape)}"
+        )
     return arr
 
 
@@ -53,9 +55,14 @@ def pixel_divisor(cal, correct_solid_angle=False, polarization_factor=None, flat
     return divisor
 
 
-def apply_corrections(matrix: IntegrationMatrix, cal: Any, correct_solid_angle: bool = False,
-                      polarization_factor: float | None = None, flat: Any = None,
-                      dark: Any = None) -> IntegrationMatrix:
+def apply_corrections(
+    matrix: IntegrationMatrix,
+    cal: Any,
+    correct_solid_angle: bool = False,
+    polarization_factor: float | None = None,
+    flat: Any = None,
+    dark: Any = None,
+) -> IntegrationMatrix:
     """``matrix`` with the corrections folded in; the same object when there are none."""
     if not correct_solid_angle and polarization_factor is None and flat is None and dark is None:
         return matrix

@@ -39,7 +39,9 @@ class CalibrationError(GpusaxsError, ValueError):
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{json_path}: {reason}")
 
-    def __reduce__(self) -> tuple[Any, ...]:  # pickles (errors cross process boundaries: Dask workers)
+    def __reduce__(
+        self,
+    ) -> tuple[Any, ...]:  # pickles (errors cross process boundaries: Dask workers)
         return type(self), (self.reason, self.path, self.json_path)
 
 

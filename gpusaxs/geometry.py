@@ -32,9 +32,23 @@ if TYPE_CHECKING:
 Rows: TypeAlias = "slice | NDArray[np.integer[Any]] | None"
 
 __all__ = [
-    "pixel_offsets_mm", "corner_offsets_mm", "two_theta", "two_theta_of_offsets", "azimuth", "two_theta_and_azimuth", "q_from_two_theta",
-    "q_map", "polarization_factor", "polarization_factor_rows", "polarization_of", "calc_theta",
-    "lab_coordinates", "chi", "chi_of_lab", "solid_angle", "solid_angle_rows",
+    "pixel_offsets_mm",
+    "corner_offsets_mm",
+    "two_theta",
+    "two_theta_of_offsets",
+    "azimuth",
+    "two_theta_and_azimuth",
+    "q_from_two_theta",
+    "q_map",
+    "polarization_factor",
+    "polarization_factor_rows",
+    "polarization_of",
+    "calc_theta",
+    "lab_coordinates",
+    "chi",
+    "chi_of_lab",
+    "solid_angle",
+    "solid_angle_rows",
 ]
 
 
@@ -81,8 +95,9 @@ def _offsets(
     px_y, px_x = cal.pixel_size_um
     dx = (x_pix - x_center) * (px_x * 1e-3)
     dy = (y_pix - y_center) * (px_y * 1e-3)
-    return np.broadcast_to(dx[None, :], (len(y_pix), len(x_pix))), \
-        np.broadcast_to(dy[:, None], (len(y_pix), len(x_pix)))
+    return np.broadcast_to(dx[None, :], (len(y_pix), len(x_pix))), np.broadcast_to(
+        dy[:, None], (len(y_pix), len(x_pix))
+    )
 
 
 def _lab_transverse(
@@ -91,8 +106,8 @@ def _lab_transverse(
     """Lab-frame offsets across the beam (tx right, ty up) and along it (tz), in mm."""
     tau, rho = _tilt(cal)
     cos_r, sin_r = np.cos(rho), np.sin(rho)
-    a = dx * cos_r + dy * sin_r          # along the tilt direction
-    b = -dx * sin_r + dy * cos_r         # along the tilt axis
+    a = dx * cos_r + dy * sin_r  # along the tilt direction
+    b = -dx * sin_r + dy * cos_r  # along the tilt axis
     a_proj = a * np.cos(tau)
     tx = a_proj * cos_r - b * sin_r
     ty = a_proj * sin_r + b * cos_r
@@ -204,8 +219,9 @@ def polarization_of(
     """
     phi_p = phi - np.deg2rad(angle_deg)
     s2 = np.sin(tth) ** 2
-    k: FloatArray = fraction * (1.0 - np.sin(phi_p) ** 2 * s2) + \
-        (1.0 - fraction) * (1.0 - np.cos(phi_p) ** 2 * s2)
+    k: FloatArray = fraction * (1.0 - np.sin(phi_p) ** 2 * s2) + (1.0 - fraction) * (
+        1.0 - np.cos(phi_p) ** 2 * s2
+    )
     return k
 
 
@@ -238,9 +254,7 @@ def polarization_factor_rows(
     return polarization_of(tth, phi, fraction, angle)
 
 
-def calc_theta(
-    r: ArrayLike, phi: ArrayLike, d: float, tilt: float, tilt_dir: float
-) -> FloatArray:
+def calc_theta(r: ArrayLike, phi: ArrayLike, d: float, tilt: float, tilt_dir: float) -> FloatArray:
     """Scattering angle (radians) from polar detector coordinates, as SAXS.calc_theta (section 6).
 
     Parameters
@@ -277,7 +291,7 @@ def calc_theta(
     """
     r = np.asarray(r, dtype=float)
     sin_alpha = np.sin(tilt) * np.sin(np.asarray(phi) + tilt_dir)
-    along = d + r * sin_alpha                           # l cos(theta)
+    along = d + r * sin_alpha  # l cos(theta)
     across = np.sqrt(np.maximum(r * r - (r * sin_alpha) ** 2, 0.0))  # l sin(theta)
     theta: FloatArray = np.arctan2(across, along)
     return theta

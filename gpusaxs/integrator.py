@@ -1,11 +1,11 @@
 """Integrator: the user-facing front end, one per calibration, on the CPU or the GPU.
 
-    >>> cal = Calibration.from_file("cal.json")
-    >>> integ = Integrator(cal)                 # backend "auto": CuPy when a GPU is present
-    >>> res = integ.integrate1d(image, unit="q_nm^-1", correct_solid_angle=True)  # pyFAI-style
-    >>> q, I, sigma = res
-    >>> q, I = integ.integrate(image)           # SAXSdog's methods, q in nm^-1
-    >>> I = integ.integrate_batch(stack)        # (B, H, W) -> (B, n_bins)
+>>> cal = Calibration.from_file("cal.json")
+>>> integ = Integrator(cal)  # backend "auto": CuPy when a GPU is present
+>>> res = integ.integrate1d(image, unit="q_nm^-1", correct_solid_angle=True)  # pyFAI-style
+>>> q, I, sigma = res
+>>> q, I = integ.integrate(image)  # SAXSdog's methods, q in nm^-1
+>>> I = integ.integrate_batch(stack)  # (B, H, W) -> (B, n_bins)
 """
 
 from __future__ import annotations
@@ -125,8 +125,14 @@ class Integrator:
         self._option_engines: OrderedDict[str, tuple[IntegrationMatrix, Engine]] = OrderedDict()
         self._option_lock = threading.Lock()
         self.matrix_info: dict[str, Any] = {}
-        self.matrix = get_matrix(self.calibration, mask=mask, q_edges=q_edges,
-                                 cache_dir=cache_dir, progress=progress, info=self.matrix_info)
+        self.matrix = get_matrix(
+            self.calibration,
+            mask=mask,
+            q_edges=q_edges,
+            cache_dir=cache_dir,
+            progress=progress,
+            info=self.matrix_info,
+        )
         self.matrix_key = self.matrix_info["key"]
         if engine is not None and (isinstance(engine, type) or not hasattr(engine, "sums")):
             engine = engine(self.matrix)  # a class or factory taking the matrix
@@ -149,15 +155,18 @@ class Integrator:
         if self.backend_name == "cupy":
             from .backend import array_module
             from .gpu_engine import DeviceEngine
+
             # the module of the backend selected here: never "auto" again (which would follow
             # $GPUSAXS_BACKEND and could silently run an explicit cupy request on the CPU)
             engine: Engine = DeviceEngine(matrix, xp=array_module("cupy"))
         else:
             from gpusaxs.cpu_fallback.engine import default_engine
+
             engine = default_engine(matrix, threads=threads)
         if matrix.pixel_offset is not None and not getattr(engine, "supports_pixel_offset", False):
             from .offset_engine import OffsetScipyEngine
-            engine = OffsetScipyEngine(matrix)       # until the engines apply the dark themselves
+
+            engine = OffsetScipyEngine(matrix)  # until the engines apply the dark themselves
         return engine
 
     # -- properties ---------------------------------------------------------------------------
@@ -177,8 +186,10 @@ class Integrator:
         return self.matrix.shape
 
     def __repr__(self) -> str:
-        return (f"Integrator(shape={self.shape}, n_bins={self.matrix.n_bins}, "
-                f"backend={self.backend_name!r}, engine={self.engine.name!r})")
+        return (
+            f"Integrator(shape={self.shape}, n_bins={self.matrix.n_bins}, "
+            f"backend={self.backend_name!r}, engine={self.engine.name!r})"
+        )
 
     def warm_up(self, dtype: DTypeLike = np.int32) -> Integrator:
         """Run the engine once on two blank frames of ``dtype`` (default int32, PILATUS).
@@ -290,8 +301,14 @@ class Integrator:
         from .io.chi import write_chi
 
         intensity, _, err = self.integrate_error(image)
-        write_chi(path, self.q, intensity, err, title=title if title is not None else str(path),
-                  calibration_key=self.matrix_key)
+        write_chi(
+            path,
+            self.q,
+            intensity,
+            err,
+            title=title if title is not None else str(path),
+            calibration_key=self.matrix_key,
+        )
         return np.vstack([self.q, intensity, err])
 
     def plot(
@@ -317,9 +334,16 @@ class Integrator:
         from .plotting import plot_curve
 
         intensity, std, err = self.integrate_error(image)
-        figure: Figure = plot_curve(self.q, intensity, err=err, std=std, outputfile=outputfile,
-                          start=startplotat, fig=fig,
-                          title=getattr(self.calibration, "title", "") or "")
+        figure: Figure = plot_curve(
+            self.q,
+            intensity,
+            err=err,
+            std=std,
+            outputfile=outputfile,
+            start=startplotat,
+            fig=fig,
+            title=getattr(self.calibration, "title", "") or "",
+        )
         return figure
 
     # -- pyFAI-style methods ---------------------------------------------------------------------
@@ -386,8 +410,13 @@ class Integrator:
 
         Examples
         --------
-        >>> res = integ.integrate1d(image, npt=500, unit="q_A^-1",  # doctest: +SKIP
-        ...                         azimuth_range=(-30, 30), correct_solid_angle=True)
+        >>> res = integ.integrate1d(
+        ...     image,
+        ...     npt=500,
+        ...     unit="q_A^-1",  # doctest: +SKIP
+        ...     azimuth_range=(-30, 30),
+        ...     correct_solid_angle=True,
+        ... )
         >>> q, I, sigma = res  # doctest: +SKIP
         """
         return _first_frame(self.integrate1d_batch(self._single(image), **_passed_on(locals())))
@@ -424,11 +453,23 @@ polarization_factor, error_model, mask
         IntegrationResult
             ``intensity``, ``sigma``, ... of shape (B, npt).
         """
-        return self._integrate(stack, dict(
-            npt=npt, unit=unit, radial_range=radial_range, azimuth_range=azimuth_range,
-            azimuth_npt=None, correct_solid_angle=correct_solid_angle, dark=dark, flat=flat,
-            polarization_factor=polarization_factor, mask=mask), normalization_factor,
-            error_model)
+        return self._integrate(
+            stack,
+            dict(
+                npt=npt,
+                unit=unit,
+                radial_range=radial_range,
+                azimuth_range=azimuth_range,
+                azimuth_npt=None,
+                correct_solid_angle=correct_solid_angle,
+                dark=dark,
+                flat=flat,
+                polarization_factor=polarization_factor,
+                mask=mask,
+            ),
+            normalization_factor,
+            error_model,
+        )
 
     def integrate2d(
         self,
@@ -492,12 +533,23 @@ normalization_factor, error_model, mask
         mask: ArrayLike | None = None,
     ) -> IntegrationResult:
         """:meth:`integrate2d` of a stack (B, H, W): intensity (B, npt_azim, npt_rad)."""
-        return self._integrate(stack, dict(
-            npt=npt_rad, unit=unit, radial_range=radial_range,
-            azimuth_range=(-180.0, 180.0) if azimuth_range is None else azimuth_range,
-            azimuth_npt=int(npt_azim), correct_solid_angle=correct_solid_angle, dark=dark,
-            flat=flat, polarization_factor=polarization_factor, mask=mask),
-            normalization_factor, error_model)
+        return self._integrate(
+            stack,
+            dict(
+                npt=npt_rad,
+                unit=unit,
+                radial_range=radial_range,
+                azimuth_range=(-180.0, 180.0) if azimuth_range is None else azimuth_range,
+                azimuth_npt=int(npt_azim),
+                correct_solid_angle=correct_solid_angle,
+                dark=dark,
+                flat=flat,
+                polarization_factor=polarization_factor,
+                mask=mask,
+            ),
+            normalization_factor,
+            error_model,
+        )
 
     def option_engine(
         self,
@@ -516,14 +568,33 @@ normalization_factor, error_model, mask
         from .units import parse_unit
 
         unit = parse_unit(unit)
-        key = _options_digest(npt, unit, radial_range, azimuth_range, azimuth_npt,
-                              correct_solid_angle, dark, flat, polarization_factor, mask)
-        with self._option_lock:          # one build per option set, also from several threads
+        key = _options_digest(
+            npt,
+            unit,
+            radial_range,
+            azimuth_range,
+            azimuth_npt,
+            correct_solid_angle,
+            dark,
+            flat,
+            polarization_factor,
+            mask,
+        )
+        with self._option_lock:  # one build per option set, also from several threads
             hit = self._option_engines.get(key)
             if hit is None:
-                matrix = self._option_matrix(npt, unit, radial_range, azimuth_range,
-                                             azimuth_npt, correct_solid_angle, dark, flat,
-                                             polarization_factor, mask)
+                matrix = self._option_matrix(
+                    npt,
+                    unit,
+                    radial_range,
+                    azimuth_range,
+                    azimuth_npt,
+                    correct_solid_angle,
+                    dark,
+                    flat,
+                    polarization_factor,
+                    mask,
+                )
                 hit = (matrix, self.engine if matrix is self.matrix else self._make_engine(matrix))
                 self._option_engines[key] = hit
                 while len(self._option_engines) > self.OPTION_CACHE_SIZE:
@@ -565,23 +636,32 @@ normalization_factor, error_model, mask
             matrix = self.matrix
         else:
             args = self._build_args
-            matrix = get_matrix(cal, mask=args["mask"], q_edges=edges, options=options,
-                                cache_dir=args["cache_dir"], progress=args["progress"])
+            matrix = get_matrix(
+                cal,
+                mask=args["mask"],
+                q_edges=edges,
+                options=options,
+                cache_dir=args["cache_dir"],
+                progress=args["progress"],
+            )
         if mask is not None:
             matrix = restrict_matrix(matrix, mask)
-        return apply_corrections(matrix, cal, correct_solid_angle, polarization_factor, flat,
-                                 dark)
+        return apply_corrections(matrix, cal, correct_solid_angle, polarization_factor, flat, dark)
 
     def _norm_squared(self, matrix: IntegrationMatrix, norm: FloatArray) -> FloatArray:
         """sum w^2 per bin of the valid pixels (B, n_bins): the matrix's static sum of w^2
         (computed once per matrix) scaled by the fraction of the bin's weight valid per frame."""
         with self._option_lock:
             cache: OrderedDict[int, tuple[IntegrationMatrix, FloatArray]] = (
-                self.__dict__.setdefault("_norm_sq_cache", OrderedDict()))
+                self.__dict__.setdefault("_norm_sq_cache", OrderedDict())
+            )
             hit = cache.get(id(matrix))
             if hit is None or hit[0] is not matrix:
-                squares = np.bincount(matrix.bins, weights=matrix.weights.astype(np.float64) ** 2,
-                                      minlength=matrix.n_bins).astype(np.float64, copy=False)
+                squares = np.bincount(
+                    matrix.bins,
+                    weights=matrix.weights.astype(np.float64) ** 2,
+                    minlength=matrix.n_bins,
+                ).astype(np.float64, copy=False)
                 hit = cache[id(matrix)] = (matrix, squares)
                 while len(cache) > self.OPTION_CACHE_SIZE:
                     cache.popitem(last=False)
@@ -599,8 +679,7 @@ normalization_factor, error_model, mask
         from .results import IntegrationResult
 
         if error_model_name not in ERROR_MODELS:
-            raise ValueError(f"error_model must be one of {ERROR_MODELS}, "
-                             f"got {error_model_name!r}")
+            raise ValueError(f"error_model must be one of {ERROR_MODELS}, got {error_model_name!r}")
         matrix, engine = self.option_engine(**options)
         stack = np.asarray(stack)
         assert isinstance(stack, np.ndarray)
@@ -611,8 +690,9 @@ normalization_factor, error_model, mask
         factor = np.asarray(normalization_factor, dtype=np.float64)
         if factor.ndim == 1:
             if len(factor) != stack.shape[0]:
-                raise ValueError(f"normalization_factor has {len(factor)} values for "
-                                 f"{stack.shape[0]} frames")
+                raise ValueError(
+                    f"normalization_factor has {len(factor)} values for {stack.shape[0]} frames"
+                )
             factor = factor[:, None]
         elif factor.ndim != 0:
             raise ValueError("normalization_factor must be a number or one per frame")
@@ -625,26 +705,40 @@ normalization_factor, error_model, mask
             intensity, std, sigma = mean_intensity(sums), None, None
         if error_model_name == "azimuthal":
             assert std is not None  # errors=True gives the squares
-            sigma = std * np.sqrt(self._norm_squared(matrix, sums.norm)) / np.where(
-                sums.norm > 0, sums.norm, np.nan)
+            sigma = (
+                std
+                * np.sqrt(self._norm_squared(matrix, sums.norm))
+                / np.where(sums.norm > 0, sums.norm, np.nan)
+            )
         else:
             std = None
         if np.any(factor != 1.0):
             intensity = intensity / factor
             sigma = None if sigma is None else sigma / factor
             std = None if std is None else std / factor
-        shape = (stack.shape[0], matrix.n_azimuthal, matrix.n_radial) \
-            if matrix.azimuth_edges is not None else (stack.shape[0], matrix.n_radial)
+        shape = (
+            (stack.shape[0], matrix.n_azimuthal, matrix.n_radial)
+            if matrix.azimuth_edges is not None
+            else (stack.shape[0], matrix.n_radial)
+        )
 
         def cake(a: Any) -> Any:
             return None if a is None else np.reshape(a, shape)
 
         return IntegrationResult(
-            radial=matrix.q_centers, intensity=cake(intensity), sigma=cake(sigma),
-            unit=matrix.radial_unit, count=cake(sums.norm), sum_signal=cake(sums.signal),
-            sum_normalization=cake(sums.norm * factor), sum_variance=cake(sums.variance),
-            std=cake(std), azimuthal=matrix.azimuth_centers, error_model=error_model_name,
-            normalization_factor=normalization_factor)
+            radial=matrix.q_centers,
+            intensity=cake(intensity),
+            sigma=cake(sigma),
+            unit=matrix.radial_unit,
+            count=cake(sums.norm),
+            sum_signal=cake(sums.signal),
+            sum_normalization=cake(sums.norm * factor),
+            sum_variance=cake(sums.variance),
+            std=cake(std),
+            azimuthal=matrix.azimuth_centers,
+            error_model=error_model_name,
+            normalization_factor=normalization_factor,
+        )
 
     def _single(self, image: ArrayLike) -> AnyArray:
         arr = np.asarray(image)
@@ -662,10 +756,18 @@ def _first_frame(res: IntegrationResult) -> IntegrationResult:
     """The single-frame result of a batch result of one frame."""
     from dataclasses import replace
 
-    arrays = ("intensity", "sigma", "std", "count", "sum_signal", "sum_normalization",
-              "sum_variance")
-    changes: dict[str, Any] = {name: None if getattr(res, name) is None else getattr(res, name)[0]
-                               for name in arrays}
+    arrays = (
+        "intensity",
+        "sigma",
+        "std",
+        "count",
+        "sum_signal",
+        "sum_normalization",
+        "sum_variance",
+    )
+    changes: dict[str, Any] = {
+        name: None if getattr(res, name) is None else getattr(res, name)[0] for name in arrays
+    }
     return replace(res, **changes)
 
 
@@ -678,7 +780,12 @@ def _options_digest(*options: Any) -> str:
             h.update(str((arr.shape, arr.dtype.str)).encode())
             h.update(arr.tobytes())
         else:
-            h.update(repr(value if not isinstance(value, (list, tuple)) else
-                          tuple(float(v) for v in value)).encode())
+            h.update(
+                repr(
+                    value
+                    if not isinstance(value, (list, tuple))
+                    else tuple(float(v) for v in value)
+                ).encode()
+            )
         h.update(b"|")
     return h.hexdigest()

@@ -1,9 +1,9 @@
 """The SAXS 0.3.0 module API (section 6), for existing scripts.
 
-    >>> cal = gpusaxs.calibration("cal.json")     # SAXS.calibration(config)
-    >>> q, I = cal.integrate(image)
-    >>> data = cal.integratechi(image, "frame.chi")
-    >>> I, std, err = cal.integrateerror(image)
+>>> cal = gpusaxs.calibration("cal.json")  # SAXS.calibration(config)
+>>> q, I = cal.integrate(image)
+>>> data = cal.integratechi(image, "frame.chi")
+>>> I, std, err = cal.integrateerror(image)
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ class calibration:  # noqa: N801  (the name of the original API)
     Calibration = Calibration
 
     def __init__(self, config: PathLike | dict[str, Any], backend: str = "auto") -> None:
-        self.config = Calibration.from_file(config) if not isinstance(config, dict) \
+        self.config = (
+            Calibration.from_file(config)
+            if not isinstance(config, dict)
             else Calibration.from_dict(config)
+        )
         self.integrator = Integrator(self.config, backend=backend)
 
     def integrate(self, image: ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -67,8 +70,7 @@ class calibration:  # noqa: N801  (the name of the original API)
         self, image: ArrayLike, outputfile: str = "", startplotat: int = 0, fig: Any = None
     ) -> Any:
         """Plot the curve with its error bands; writes ``outputfile`` when given."""
-        return self.integrator.plot(image, outputfile=outputfile, startplotat=startplotat,
-                                    fig=fig)
+        return self.integrator.plot(image, outputfile=outputfile, startplotat=startplotat, fig=fig)
 
 
 def openmask(config: Calibration | PathLike) -> BoolArray:

@@ -124,8 +124,7 @@ class IntegrationMatrix:
         if scaled:
             counts = np.diff(self.pixel_ptr)
             values = values * np.repeat(self.pixel_scale.astype(np.float64), counts)
-        csc = sp.csc_matrix((values, self.bins, self.pixel_ptr),
-                            shape=(self.n_bins, self.n_pixels))
+        csc = sp.csc_matrix((values, self.bins, self.pixel_ptr), shape=(self.n_bins, self.n_pixels))
         csr: scipy.sparse.csr_matrix = csc.tocsr()
         return csr
 
@@ -134,8 +133,9 @@ class IntegrationMatrix:
     ) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.float32]]:
         """Bin-major CSR arrays (row_ptr int64, pixel int32, weight float32) for gather kernels."""
         order = np.argsort(self.bins, kind="stable")
-        pixel_of_entry = np.repeat(np.arange(self.n_pixels, dtype=np.int32),
-                                   np.diff(self.pixel_ptr))
+        pixel_of_entry = np.repeat(
+            np.arange(self.n_pixels, dtype=np.int32), np.diff(self.pixel_ptr)
+        )
         row_ptr = np.zeros(self.n_bins + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.bins, minlength=self.n_bins), out=row_ptr[1:])
         return row_ptr, pixel_of_entry[order], self.weights[order]
@@ -168,7 +168,8 @@ def max_radius_mm(cal: Calibration) -> float:
 
 
 def default_q_edges(cal: Calibration, checkpoint: Callable[[], Any] | None = None) -> FloatArray:
-    """Bin edges (nm^-1) uniform in q, from 0 (or qStart) to the largest q on the detector (or qStop).
+    """Bin edges (nm^-1) uniform in q, from 0 (or qStart) to the largest q on the detector
+    (or qStop).
 
     The number of bins over [0, q_max] is the corner distance in pixels divided by
     PixelPerRadialElement, so 1 means a bin about one pixel wide at the detector edge (for the
@@ -286,8 +287,9 @@ def default_radial_edges(
     else:
         lo, hi = (float(v) for v in radial_range)
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        raise ValueError(f"radial_range must be (low, high) with low < high in {unit}, "
-                         f"got {radial_range!r}")
+        raise ValueError(
+            f"radial_range must be (low, high) with low < high in {unit}, got {radial_range!r}"
+        )
     return np.linspace(lo, hi, npt + 1)
 
 
@@ -397,7 +399,9 @@ def build_matrix(
     unit = parse_unit(unit)
     height, width = (int(v) for v in cal.imagesize)
     if mask is None:
-        mask = cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
+        mask = (
+            cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
+        )
     mask_arr: BoolArray = np.asarray(mask, dtype=bool)
     if mask_arr.shape != (height, width):
         raise ValueError(f"mask shape {mask_arr.shape} does not match Imagesize {(height, width)}")
@@ -413,16 +417,22 @@ def build_matrix(
     else:
         edges = np.asarray(q_edges, dtype=np.float64)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"radial bin edges must be a 1D increasing array of at least 2 edges "
-                         f"({unit})")
+        raise ValueError(
+            f"radial bin edges must be a 1D increasing array of at least 2 edges ({unit})"
+        )
     sector = None
     az_edges: FloatArray | None = None
     if azimuth_edges is not None:
         az_edges = np.asarray(azimuth_edges, dtype=np.float64)
-        if az_edges.ndim != 1 or len(az_edges) < 2 or np.any(np.diff(az_edges) <= 0) \
-                or az_edges[-1] - az_edges[0] > 360.0 + 1e-9:
-            raise ValueError("azimuth_edges must be increasing chi edges in degrees spanning "
-                             "at most 360")
+        if (
+            az_edges.ndim != 1
+            or len(az_edges) < 2
+            or np.any(np.diff(az_edges) <= 0)
+            or az_edges[-1] - az_edges[0] > 360.0 + 1e-9
+        ):
+            raise ValueError(
+                "azimuth_edges must be increasing chi edges in degrees spanning at most 360"
+            )
         sector = (float(az_edges[0]), float(az_edges[-1] - az_edges[0]))
     elif azimuth_range is not None:
         sector = normalise_sector(azimuth_range)
@@ -446,11 +456,11 @@ def build_matrix(
             idx = _option_bin_index(cal, rows, ov, edges, uniform, unit, sector, az_edges)
             pix, bins64, weights64 = _entries_of_index(idx, rows.stop - rows.start, width, ov, keep)
         first = start * width
-        counts_per_pixel[first:first + keep.size] = np.bincount(pix, minlength=keep.size)
+        counts_per_pixel[first : first + keep.size] = np.bincount(pix, minlength=keep.size)
         bins_parts.append(bins64.astype(np.int32))
         weight_parts.append(weights64.astype(np.float32))
         if getattr(cal, "polarization", None) is not None:
-            scale[first:first + keep.size] = (1.0 / polarization_factor_rows(cal, rows)).ravel()
+            scale[first : first + keep.size] = (1.0 / polarization_factor_rows(cal, rows)).ravel()
         checkpoint(rows.stop)
 
     n_bins = (len(edges) - 1) * (1 if az_edges is None else len(az_edges) - 1)
@@ -459,10 +469,19 @@ def build_matrix(
     bins = np.concatenate(bins_parts) if bins_parts else np.zeros(0, np.int32)
     weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
     norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=n_bins).astype(
-        np.float64, copy=False)
-    return IntegrationMatrix(shape=(height, width), q_edges=edges, pixel_ptr=pixel_ptr,
-                             bins=bins, weights=weights, pixel_scale=scale, norm=norm,
-                             radial_unit=unit, azimuth_edges=az_edges)
+        np.float64, copy=False
+    )
+    return IntegrationMatrix(
+        shape=(height, width),
+        q_edges=edges,
+        pixel_ptr=pixel_ptr,
+        bins=bins,
+        weights=weights,
+        pixel_scale=scale,
+        norm=norm,
+        radial_unit=unit,
+        azimuth_edges=az_edges,
+    )
 
 
 def restrict_matrix(matrix: IntegrationMatrix, mask: ArrayLike) -> IntegrationMatrix:
@@ -470,13 +489,15 @@ def restrict_matrix(matrix: IntegrationMatrix, mask: ArrayLike) -> IntegrationMa
     that mask added, in one pass over the entries (no geometry recomputed)."""
     excluded = np.asarray(mask, dtype=bool)
     if excluded.shape != tuple(matrix.shape):
-        raise ValueError(f"mask shape {excluded.shape} does not match Imagesize "
-                         f"{tuple(matrix.shape)}")
+        raise ValueError(
+            f"mask shape {excluded.shape} does not match Imagesize {tuple(matrix.shape)}"
+        )
     counts = np.diff(matrix.pixel_ptr) * ~excluded.ravel()
     keep = np.repeat(~excluded.ravel(), np.diff(matrix.pixel_ptr))
     pixel_ptr = np.zeros_like(matrix.pixel_ptr)
     np.cumsum(counts, out=pixel_ptr[1:])
     bins, weights = matrix.bins[keep], matrix.weights[keep]
     norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=matrix.n_bins).astype(
-        np.float64, copy=False)
+        np.float64, copy=False
+    )
     return replace(matrix, pixel_ptr=pixel_ptr, bins=bins, weights=weights, norm=norm)

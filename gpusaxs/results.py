@@ -97,5 +97,7 @@ class IntegrationResult:
     def __repr__(self) -> str:
         shape = np.shape(self.intensity)
         kind = "cake" if self.is_2d else "curve"
-        return (f"IntegrationResult({kind}, intensity shape={shape}, unit={self.unit!r}, "
-                f"error_model={self.error_model!r})")
+        return (
+            f"IntegrationResult({kind}, intensity shape={shape}, unit={self.unit!r}, "
+            f"error_model={self.error_model!r})"
+        )

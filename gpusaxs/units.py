@@ -34,8 +34,14 @@ RADIAL_UNITS = {
     "r_mm": ("r (mm)", "distance from the beam axis, across the beam, in mm"),
 }
 
-_ALIASES = {"q_nm-1": "q_nm^-1", "q_a^-1": "q_A^-1", "q_a-1": "q_A^-1", "q_A-1": "q_A^-1",
-            "2th": "2th_deg", "r": "r_mm"}
+_ALIASES = {
+    "q_nm-1": "q_nm^-1",
+    "q_a^-1": "q_A^-1",
+    "q_a-1": "q_A^-1",
+    "q_A-1": "q_A^-1",
+    "2th": "2th_deg",
+    "r": "r_mm",
+}
 
 
 def parse_unit(unit: Any) -> str:
@@ -73,8 +79,9 @@ def normalise_sector(azimuth_range: tuple[float, float]) -> tuple[float, float]:
     """
     lo, hi = (float(v) for v in azimuth_range)
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
-        raise ValueError(f"azimuth_range must be two different finite angles in degrees, "
-                         f"got {azimuth_range!r}")
+        raise ValueError(
+            f"azimuth_range must be two different finite angles in degrees, got {azimuth_range!r}"
+        )
     span = hi - lo if hi > lo else hi - lo + 360.0
     if span > 360.0:
         raise ValueError(f"azimuth_range {azimuth_range!r} spans more than 360 degrees")

@@ -2,6 +2,7 @@
 batches with ``DeviceEngine.submit`` (pinned staging, overlapped copies) and collects them in
 order.  Run here on the NumPy module with deferred streams (nothing runs until a result is
 waited for), so a missing wait or a reused staging buffer would give wrong curves."""
+
 import threading
 
 import numpy as np
@@ -21,10 +22,15 @@ def column_matrix():
     """Bin = column, weight 1, scale 1: I = column mean of valid pixels (independent check)."""
     n = H * W
     bins = (np.arange(n) % W).astype(np.int32)
-    return IntegrationMatrix(shape=(H, W), q_edges=np.linspace(0.0, 1.0, W + 1),
-                             pixel_ptr=np.arange(n + 1, dtype=np.int64), bins=bins,
-                             weights=np.ones(n, np.float32), pixel_scale=np.ones(n, np.float32),
-                             norm=np.full(W, float(H)))
+    return IntegrationMatrix(
+        shape=(H, W),
+        q_edges=np.linspace(0.0, 1.0, W + 1),
+        pixel_ptr=np.arange(n + 1, dtype=np.int64),
+        bins=bins,
+        weights=np.ones(n, np.float32),
+        pixel_scale=np.ones(n, np.float32),
+        norm=np.full(W, float(H)),
+    )
 
 
 class GpuLikeIntegrator:
@@ -118,12 +124,15 @@ def test_submit_failure_falls_back_to_synchronous_integration(tmp_path):
     engine.submit = broken_submit
     done = threading.Event()
     count = []
-    pipe = FramePipeline(integ, batch_size=4, overlap=True,
-                         on_done=lambda *a: (count.append(1), len(count) == 5 and done.set()))
+    pipe = FramePipeline(
+        integ,
+        batch_size=4,
+        overlap=True,
+        on_done=lambda *a: (count.append(1), len(count) == 5 and done.set()),
+    )
     for p in paths:
         pipe.submit(p, tmp_path / "out" / (p.stem + ".chi"))
     assert done.wait(30)
     pipe.close()
     assert integ.sync_calls >= 1
-    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == \
-        [p.stem + ".chi" for p in paths]
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [p.stem + ".chi" for p in paths]

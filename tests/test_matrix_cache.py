@@ -1,4 +1,5 @@
 """The on-disk matrix cache: default folder, LRU bound, concurrent processes (issue 15)."""
+
 import os
 import subprocess
 import sys
@@ -22,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cal(distance=1000.0, size=(120, 100)):
-    return Calibration(beam_center=(60.0, 50.0), distance_mm=distance, imagesize=size,
-                       pixel_size_um=(172.0, 172.0), wavelength_A=1.54, oversampling=2)
+    return Calibration(
+        beam_center=(60.0, 50.0),
+        distance_mm=distance,
+        imagesize=size,
+        pixel_size_um=(172.0, 172.0),
+        wavelength_A=1.54,
+        oversampling=2,
+    )
 
 
 def test_default_folder(monkeypatch, tmp_path):
@@ -64,7 +71,7 @@ def test_corrupt_file_is_rebuilt(_private_matrix_cache):
     info = {}
     get_matrix(cal, info=info)
     assert info["source"] == "built"
-    load_matrix(info["path"])                 # replaced by a good file
+    load_matrix(info["path"])  # replaced by a good file
 
 
 def test_lru_eviction(tmp_path):
@@ -76,7 +83,7 @@ def test_lru_eviction(tmp_path):
         os.utime(p, (1000 + k, 1000 + k))
         paths.append(p)
     size = paths[0].stat().st_size
-    os.utime(paths[0])                        # used just now: the newest
+    os.utime(paths[0])  # used just now: the newest
     removed = evict(tmp_path, max_bytes=2 * size)
     assert removed == [paths[1]]
     assert paths[0].is_file() and paths[2].is_file()
@@ -121,10 +128,17 @@ def test_two_processes_share_the_cache_safely(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, str(script), role, str(folder), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for role in ("writer", "reader")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), role, str(folder), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in ("writer", "reader")
+    ]
     import time
+
     deadline = time.monotonic() + 60
     while not all((folder / f"ready-{r}").exists() for r in ("writer", "reader")):
         assert time.monotonic() < deadline, "workers did not start"

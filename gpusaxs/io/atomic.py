@@ -5,6 +5,7 @@ its old content or has the complete new one. The temporary file lives in the tar
 (so ``os.replace`` is a same-filesystem rename) and is named ``.<name>.<random>.tmp``, so
 watchers can skip names that start with ``.`` or end with ``.tmp``.
 """
+
 import contextlib
 import os
 import secrets

@@ -42,8 +42,9 @@ _FRAC = np.frombuffer("".join(f".{k:03d}" for k in range(1000)).encode(), "<u4")
 _LO = np.frombuffer("".join(f"{k:04d}" for k in range(10000)).encode(), "<u4").copy()
 _EXP = np.frombuffer("".join(f"E{k:+03d}" for k in range(-99, 100)).encode(), "<u4").copy()
 # one 14-character field "%14.7E" plus its separator: sign, lead digit, ".ddd", "dddd", "E+ee", sep
-_FIELD_DTYPE = np.dtype([("sign", "u1"), ("lead", "u1"), ("frac", "<u4"), ("low", "<u4"),
-                         ("exp", "<u4"), ("sep", "u1")])
+_FIELD_DTYPE = np.dtype(
+    [("sign", "u1"), ("lead", "u1"), ("frac", "<u4"), ("low", "<u4"), ("exp", "<u4"), ("sep", "u1")]
+)
 assert _FIELD_DTYPE.itemsize == _FIELD
 _TEN = np.array([float(f"1e{k}") for k in range(120)])  # Python parses these correctly rounded
 _NONFINITE = {
@@ -83,7 +84,8 @@ def _format_slow(cols: FloatArray) -> bytes:
 
 
 def _mantissa(ax: FloatArray, e: NDArray[np.int64]) -> FloatArray:
-    """ax / 10**(e-7) (one rounding): 8 significant digits of ax before the point, for |e| <= 101."""
+    """ax / 10**(e-7) (one rounding): 8 significant digits of ax before the point, for
+    |e| <= 101."""
     p = 7 - e
     ap = np.abs(p)
     m: FloatArray = ax * np.where(p >= 0, _TEN[ap], 1.0) / np.where(p < 0, _TEN[ap], 1.0)
@@ -224,18 +226,22 @@ def write_chi(
         title = f"{_header_line(title)}{KEY_MARKER}{key}"
     q = np.asarray(q, dtype=np.float64)
     intensity = np.asarray(intensity, dtype=np.float64)
-    arrays = [q, intensity] if error is None else [q, intensity,
-                                                  np.asarray(error, dtype=np.float64)]
+    arrays = (
+        [q, intensity] if error is None else [q, intensity, np.asarray(error, dtype=np.float64)]
+    )
     n = q.shape[0] if q.ndim == 1 else -1
     for name, a in zip(("q", "intensity", "error"), arrays, strict=False):  # 2 or 3 columns
         if a.ndim != 1 or a.shape[0] != n:
-            raise ValueError(f"write_chi: {name} must be 1D with the length of q "
-                             f"({q.shape}), got shape {a.shape}")
+            raise ValueError(
+                f"write_chi: {name} must be 1D with the length of q "
+                f"({q.shape}), got shape {a.shape}"
+            )
     cols = np.empty((n, len(arrays)), np.float64)
     for j, a in enumerate(arrays):
         cols[:, j] = a
-    header = "\n".join([_header_line(title), _header_line(q_label), _header_line(i_label),
-                        f"{n:>11d}", ""]).encode("utf-8")
+    header = "\n".join(
+        [_header_line(title), _header_line(q_label), _header_line(i_label), f"{n:>11d}", ""]
+    ).encode("utf-8")
     body = format_chi_rows(cols)
     with atomic_write(path, "wb", fsync=fsync) as fh:
         fh.write(header + body)  # one write call: cheaper than two on a disk filesystem
@@ -250,14 +256,16 @@ def _parse_rows_slow(
         line_no = first_line_no + i
         parts = line.split()
         if len(parts) != ncols:
-            raise ChiFormatError(path, f"line {line_no}: expected {ncols} columns, "
-                                       f"got {len(parts)}: {line.strip()[:60]!r}")
+            raise ChiFormatError(
+                path,
+                f"line {line_no}: expected {ncols} columns, "
+                f"got {len(parts)}: {line.strip()[:60]!r}",
+            )
         for j, tok in enumerate(parts):
             try:
                 values[i, j] = float(tok)
             except ValueError:
-                raise ChiFormatError(
-                    path, f"line {line_no}: not a number: {tok[:40]!r}") from None
+                raise ChiFormatError(path, f"line {line_no}: not a number: {tok[:40]!r}") from None
     return values
 
 
@@ -300,24 +308,30 @@ def read_chi(path: PathLike) -> ChiCurve:
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) < 4:
-        raise ChiFormatError(path, f"line {len(lines) + 1}: expected 4 header lines, "
-                                   f"file has {len(lines)} lines")
+        raise ChiFormatError(
+            path, f"line {len(lines) + 1}: expected 4 header lines, file has {len(lines)} lines"
+        )
     title, q_label, i_label, count_line = lines[:4]
     title, key = _split_key(title)
     try:
         count = int(count_line.strip())
     except ValueError:
-        raise ChiFormatError(path, f"line 4: expected the number of rows, "
-                                   f"got {count_line.strip()[:40]!r}") from None
+        raise ChiFormatError(
+            path, f"line 4: expected the number of rows, got {count_line.strip()[:40]!r}"
+        ) from None
     if count < 0:
         raise ChiFormatError(path, f"line 4: negative number of rows {count}")
     data_lines = lines[4:]
     if len(data_lines) < count:
-        raise ChiFormatError(path, f"line {5 + len(data_lines)}: unexpected end of file: "
-                                   f"line 4 says {count} rows, found {len(data_lines)}")
+        raise ChiFormatError(
+            path,
+            f"line {5 + len(data_lines)}: unexpected end of file: "
+            f"line 4 says {count} rows, found {len(data_lines)}",
+        )
     if len(data_lines) > count:
-        raise ChiFormatError(path, f"line {5 + count}: extra data: line 4 says {count} rows, "
-                                   f"found {len(data_lines)}")
+        raise ChiFormatError(
+            path, f"line {5 + count}: extra data: line 4 says {count} rows, found {len(data_lines)}"
+        )
     if count == 0:
         empty = np.empty(0, np.float64)
         return ChiCurve(empty, empty.copy(), None, title, q_label, i_label, key)

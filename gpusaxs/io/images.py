@@ -23,8 +23,14 @@ import numpy as np
 from .._typing import AnyArray, PathLike
 from ..errors import ImageReadError
 
-__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "image_complete", "declared_frame",
-           "MAX_PIXELS"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "is_image_file",
+    "read_image",
+    "image_complete",
+    "declared_frame",
+    "MAX_PIXELS",
+]
 
 #: Largest frame (pixels) read when no expected shape is given (as the calibration's limit,
 #: an 8192 x 8192 frame; EIGER2 16M has 18 M pixels).
@@ -64,7 +70,8 @@ def _check(path: PathLike, data: Any, shape: Any) -> AnyArray:
     if shape is not None and tuple(arr.shape) != tuple(int(s) for s in shape):
         h, w = arr.shape
         raise ImageReadError(
-            path, f"image is {h}x{w} (rows x columns), expected {shape[0]}x{shape[1]}")
+            path, f"image is {h}x{w} (rows x columns), expected {shape[0]}x{shape[1]}"
+        )
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
@@ -103,7 +110,7 @@ def _read_tiff_plain(path: str, expect: tuple[Any, Any] | None = None) -> AnyArr
             return None
         tags = {}
         for k in range(n_entries):
-            tag, typ, count, value = struct.unpack(order + "HHI4s", raw[12 * k:12 * k + 12])
+            tag, typ, count, value = struct.unpack(order + "HHI4s", raw[12 * k : 12 * k + 12])
             if tag in _NOT_PLAIN_TAGS:
                 return None
             if tag in _LAYOUT_TAGS:
@@ -121,12 +128,20 @@ def _read_tiff_plain(path: str, expect: tuple[Any, Any] | None = None) -> AnyArr
                     vals = struct.unpack(order + fmt * count, fh.read(width))
                 tags[tag] = vals
         (next_ifd,) = struct.unpack(order + "I", raw[-4:])
+
         def one(tag: int, default: Any = None) -> Any:
             return tags.get(tag, (default,))[0]
 
-        if next_ifd != 0 or one(259, 1) != 1 or one(277, 1) != 1 or one(266, 1) != 1 \
-                or 256 not in tags \
-                or 257 not in tags or 273 not in tags or 279 not in tags:
+        if (
+            next_ifd != 0
+            or one(259, 1) != 1
+            or one(277, 1) != 1
+            or one(266, 1) != 1
+            or 256 not in tags
+            or 257 not in tags
+            or 273 not in tags
+            or 279 not in tags
+        ):
             return None
         bits, kind = one(258, 1), _SAMPLE_KIND.get(one(339, 1))
         if kind is None or bits not in (8, 16, 32, 64) or (kind == "f" and bits < 32):
@@ -135,7 +150,8 @@ def _read_tiff_plain(path: str, expect: tuple[Any, Any] | None = None) -> AnyArr
         height, width = one(257), one(256)
         offsets, counts = tags[273], tags[279]
         if len(offsets) != len(counts) or any(
-                offsets[i] + counts[i] != offsets[i + 1] for i in range(len(offsets) - 1)):
+            offsets[i] + counts[i] != offsets[i + 1] for i in range(len(offsets) - 1)
+        ):
             return None
         _check_declared(path, (height, width), dtype, expect)
         nbytes = height * width * dtype.itemsize
@@ -144,7 +160,8 @@ def _read_tiff_plain(path: str, expect: tuple[Any, Any] | None = None) -> AnyArr
         end = offsets[0] + nbytes
         if end > size:
             raise ImageReadError(
-                path, f"truncated: image data ends at byte {end}, file has {size} bytes")
+                path, f"truncated: image data ends at byte {end}, file has {size} bytes"
+            )
         out = np.empty((height, width), dtype=dtype)
         fh.seek(offsets[0])
         if fh.readinto(out.data.cast("B")) != nbytes:
@@ -168,8 +185,12 @@ def _read_tiff(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray:
             pages = tf.pages
             n = len(pages)
             if n != 1:
-                raise ImageReadError(path, f"multi-frame TIFF ({n} pages), expected one 2D frame"
-                                     if n else "TIFF file has no image")
+                raise ImageReadError(
+                    path,
+                    f"multi-frame TIFF ({n} pages), expected one 2D frame"
+                    if n
+                    else "TIFF file has no image",
+                )
             page = pages[0]
             _check_declared(path, page.shape, page.dtype, expect)
             size = int(tf.filehandle.size)
@@ -179,7 +200,8 @@ def _read_tiff(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray:
                 end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
                 if end > size:
                     raise ImageReadError(
-                        path, f"truncated: image data ends at byte {end}, file has {size} bytes")
+                        path, f"truncated: image data ends at byte {end}, file has {size} bytes"
+                    )
             pixels: AnyArray = page.asarray()
             return pixels
     except ImageReadError:
@@ -204,35 +226,63 @@ def _check_declared(path: PathLike, shape: Any, dtype: Any, expect: Any) -> None
         raise ImageReadError(path, f"unsupported pixel type {dtype} (declared in the header)")
     n_pixels = int(np.prod(shape, dtype=np.int64)) if shape else 0
     if want is not None and len(shape) == 2 and shape != tuple(int(v) for v in want):
-        raise ImageReadError(path, f"image is {shape[0]}x{shape[1]} (rows x columns, declared in "
-                                   f"the header), expected {want[0]}x{want[1]}; not decoded")
+        raise ImageReadError(
+            path,
+            f"image is {shape[0]}x{shape[1]} (rows x columns, declared in "
+            f"the header), expected {want[0]}x{want[1]}; not decoded",
+        )
     if max_pixels is not None and n_pixels > max_pixels:
         dims = "x".join(str(v) for v in shape)
-        raise ImageReadError(path, f"image declares {dims} = {n_pixels:,} pixels, more than the "
-                                   f"limit of {max_pixels:,}; not decoded")
+        raise ImageReadError(
+            path,
+            f"image declares {dims} = {n_pixels:,} pixels, more than the "
+            f"limit of {max_pixels:,}; not decoded",
+        )
 
 
-_EDF_TYPES = {"unsignedbyte": "u1", "signedbyte": "i1", "unsignedshort": "u2",
-              "signedshort": "i2", "unsignedinteger": "u4", "signedinteger": "i4",
-              "unsignedlong": "u4", "signedlong": "i4", "float": "f4", "floatvalue": "f4",
-              "doublevalue": "f8", "double": "f8", "unsigned64": "u8", "signed64": "i8",
-              "unsignedint": "u4", "signedint": "i4"}
-_CBF_TYPES = {"signed 32-bit integer": "i4", "unsigned 32-bit integer": "u4",
-              "signed 16-bit integer": "i2", "unsigned 16-bit integer": "u2",
-              "signed 8-bit integer": "i1", "unsigned 8-bit integer": "u1",
-              "signed 64-bit integer": "i8", "unsigned 64-bit integer": "u8",
-              "signed 64-bit real ieee": "f8", "signed 32-bit real ieee": "f4"}
+_EDF_TYPES = {
+    "unsignedbyte": "u1",
+    "signedbyte": "i1",
+    "unsignedshort": "u2",
+    "signedshort": "i2",
+    "unsignedinteger": "u4",
+    "signedinteger": "i4",
+    "unsignedlong": "u4",
+    "signedlong": "i4",
+    "float": "f4",
+    "floatvalue": "f4",
+    "doublevalue": "f8",
+    "double": "f8",
+    "unsigned64": "u8",
+    "signed64": "i8",
+    "unsignedint": "u4",
+    "signedint": "i4",
+}
+_CBF_TYPES = {
+    "signed 32-bit integer": "i4",
+    "unsigned 32-bit integer": "u4",
+    "signed 16-bit integer": "i2",
+    "unsigned 16-bit integer": "u2",
+    "signed 8-bit integer": "i1",
+    "unsigned 8-bit integer": "u1",
+    "signed 64-bit integer": "i8",
+    "unsigned 64-bit integer": "u8",
+    "signed 64-bit real ieee": "f8",
+    "signed 32-bit real ieee": "f4",
+}
 
 
 def _head_bytes(path: str, n: int = 65536) -> bytes:
-    """The first ``n`` bytes of a file, decompressed for .gz/.bz2 (only ``n`` bytes are inflated)."""
+    """The first ``n`` bytes of a file, decompressed for .gz/.bz2 (only ``n`` bytes inflated)."""
     low = path.lower()
     opener: Callable[..., Any]
     if low.endswith(".gz"):
         import gzip
+
         opener = gzip.open
     elif low.endswith(".bz2"):
         import bz2
+
         opener = bz2.open
     else:
         opener = open
@@ -275,6 +325,7 @@ def declared_frame(path: str) -> tuple[tuple[int, ...], Any] | None:
 
 def struct_error() -> type[Exception]:
     import struct
+
     return struct.error
 
 
@@ -332,12 +383,18 @@ def _check_cbf_start(path: str) -> None:
     with open(path, "rb") as fh:
         head = fh.read(4096)
         low = path.lower()
-        if not (low.endswith(".cbf") or low.endswith(".cbf.gz") or low.endswith(".cbf.bz2")
-                or head.startswith(b"###CBF") or b"CIF-BINARY-FORMAT-SECTION" in head):
+        if not (
+            low.endswith(".cbf")
+            or low.endswith(".cbf.gz")
+            or low.endswith(".cbf.bz2")
+            or head.startswith(b"###CBF")
+            or b"CIF-BINARY-FORMAT-SECTION" in head
+        ):
             return
         if low.endswith((".gz", ".bz2")):  # compressed: fabio parses the decompressed bytes
             import bz2
             import gzip
+
             opener = gzip.open if low.endswith(".gz") else bz2.open
             try:
                 with opener(path, "rb") as zf:
@@ -451,7 +508,8 @@ def read_image(
     (dtype('int32'), (1043, 981))
     """
     from .frames import is_frame_source, read_frame
-    if is_frame_source(path):       # HDF5 / a frame of a stack (gpusaxs.io.frames)
+
+    if is_frame_source(path):  # HDF5 / a frame of a stack (gpusaxs.io.frames)
         frame: AnyArray = read_frame(path, shape)
         return frame
     spath = os.fspath(path)
@@ -471,8 +529,9 @@ def read_image(
         arr = _read_fabio(spath, expect)
     arr = _check(path, arr, shape)
     if max_pixels is not None and arr.size > max_pixels:
-        raise ImageReadError(path, f"image has {arr.size:,} pixels, more than the limit of "
-                                   f"{max_pixels:,}")
+        raise ImageReadError(
+            path, f"image has {arr.size:,} pixels, more than the limit of {max_pixels:,}"
+        )
     return arr
 
 

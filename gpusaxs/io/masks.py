@@ -2,7 +2,8 @@
 
 fit2d ``.msk`` layout (all integers little-endian int32):
 
-* bytes 0-15: ``'M','A','S','K'``, each as an int32 (``b'M\\0\\0\\0A\\0\\0\\0S\\0\\0\\0K\\0\\0\\0'``)
+* bytes 0-15: ``'M','A','S','K'``, each as an int32
+  (``b'M\\0\\0\\0A\\0\\0\\0S\\0\\0\\0K\\0\\0\\0'``)
 * byte 0x10: width (columns), byte 0x14: height (rows), byte 0x18: 1; rest of the
   1024-byte header zero
 * from byte 1024: one bit per pixel, LSB first within each little-endian 32-bit word, each
@@ -24,8 +25,13 @@ from ..errors import ImageReadError
 from .atomic import atomic_save_bytes
 from .images import read_image
 
-__all__ = ["FIT2D_MASK_MAGIC", "read_mask", "read_fit2d_mask", "write_fit2d_mask",
-           "fit2d_mask_bytes"]
+__all__ = [
+    "FIT2D_MASK_MAGIC",
+    "read_mask",
+    "read_fit2d_mask",
+    "write_fit2d_mask",
+    "fit2d_mask_bytes",
+]
 
 FIT2D_MASK_MAGIC = b"M\0\0\0A\0\0\0S\0\0\0K\0\0\0"
 _HEADER_BYTES = 1024
@@ -53,14 +59,17 @@ def read_fit2d_mask(path: PathLike, shape: tuple[int, int] | None = None) -> Boo
         raise ImageReadError(path, "not a fit2d mask: bad magic")
     if len(raw) < _HEADER_BYTES:
         raise ImageReadError(
-            path, f"truncated: expected a {_HEADER_BYTES}-byte header, got {len(raw)} bytes")
+            path, f"truncated: expected a {_HEADER_BYTES}-byte header, got {len(raw)} bytes"
+        )
     width, height = (int(v) for v in np.frombuffer(raw, "<i4", count=2, offset=0x10))
     if not (0 < width <= _MAX_DIM and 0 < height <= _MAX_DIM):
         raise ImageReadError(
-            path, f"not a fit2d mask: invalid size {width}x{height} (width x height) in header")
+            path, f"not a fit2d mask: invalid size {width}x{height} (width x height) in header"
+        )
     if shape is not None and (height, width) != tuple(int(s) for s in shape):
         raise ImageReadError(
-            path, f"mask is {height}x{width} (rows x columns), expected {shape[0]}x{shape[1]}")
+            path, f"mask is {height}x{width} (rows x columns), expected {shape[0]}x{shape[1]}"
+        )
     row_bytes = _row_bytes(width)
     need = row_bytes * height
     got = len(raw) - _HEADER_BYTES
@@ -68,8 +77,7 @@ def read_fit2d_mask(path: PathLike, shape: tuple[int, int] | None = None) -> Boo
         raise ImageReadError(path, f"truncated: expected {need} bytes of bit data, got {got}")
     # Trailing bytes beyond the bit data are ignored (some writers add a newline).
     packed = np.frombuffer(raw, np.uint8, count=need, offset=_HEADER_BYTES)
-    bits = np.unpackbits(packed.reshape(height, row_bytes), axis=1, count=width,
-                         bitorder="little")
+    bits = np.unpackbits(packed.reshape(height, row_bytes), axis=1, count=width, bitorder="little")
     mask: BoolArray = np.ascontiguousarray(bits[::-1]).view(bool)
     return mask
 
@@ -101,7 +109,8 @@ def read_mask(path: PathLike, shape: tuple[int, int] | None = None) -> BoolArray
     --------
     >>> import numpy as np, gpusaxs
     >>> from gpusaxs.io.masks import write_fit2d_mask
-    >>> m = np.zeros((4, 5), bool); m[0, 1] = True
+    >>> m = np.zeros((4, 5), bool)
+    ... m[0, 1] = True
     >>> write_fit2d_mask(str(tmp_path / "m.msk"), m)  # doctest: +SKIP
     >>> bool(gpusaxs.read_mask(str(tmp_path / "m.msk"))[0, 1])  # doctest: +SKIP
     True
@@ -138,5 +147,6 @@ def fit2d_mask_bytes(mask: ArrayLike) -> bytes:
 
 
 def write_fit2d_mask(path: PathLike, mask: ArrayLike, fsync: bool = False) -> None:
-    """Write a 2D mask (True = masked, NumPy top-down order) as a fit2d ``.msk`` file, atomically."""
+    """Write a 2D mask (True = masked, NumPy top-down order) as a fit2d ``.msk`` file,
+    atomically."""
     atomic_save_bytes(path, fit2d_mask_bytes(mask), fsync=fsync)

@@ -64,10 +64,12 @@ RADIAL_UNITS = {
 
 PROGRAM = "gpusaxs"
 REFERENCE = "gpusaxs: GPU-backed azimuthal integration (successor of SAXSdog, SAXS 0.3.0)"
-NOTE = ("Geometry: fit2d convention (BeamCenter [Y from the bottom edge, X] in pixels, tilt angle "
-        "and tilt-plane rotation in degrees), the same geometry as pyFAI's PONI in "
-        "reduction/input/poni. Intensity: mean counts per pixel in the bin (corrections as "
-        "flagged in the entry); I_errors: Poisson error of that mean; empty bins are NaN.")
+NOTE = (
+    "Geometry: fit2d convention (BeamCenter [Y from the bottom edge, X] in pixels, tilt angle "
+    "and tilt-plane rotation in degrees), the same geometry as pyFAI's PONI in "
+    "reduction/input/poni. Intensity: mean counts per pixel in the bin (corrections as "
+    "flagged in the entry); I_errors: Poisson error of that mean; empty bins are NaN."
+)
 _EMPTY_ID = -1
 
 
@@ -78,6 +80,7 @@ def _now() -> str:
 def _version() -> str:
     try:
         from gpusaxs import __version__
+
         return str(__version__)
     except ImportError:  # pragma: no cover - a broken checkout
         return "unknown"
@@ -143,7 +146,9 @@ class NXazintWriter:
         options: dict[str, Any] | None = None,
     ) -> None:
         if radial_unit not in RADIAL_UNITS:
-            raise ValueError(f"radial_unit must be one of {sorted(RADIAL_UNITS)}, not {radial_unit!r}")
+            raise ValueError(
+                f"radial_unit must be one of {sorted(RADIAL_UNITS)}, not {radial_unit!r}"
+            )
         radial = np.asarray(radial, dtype=np.float64)
         assert isinstance(radial, np.ndarray)
         if radial.ndim != 1 or radial.size == 0:
@@ -154,8 +159,12 @@ class NXazintWriter:
         self.radial = radial
         self.azimuthal = None if azimuthal is None else np.asarray(azimuthal, dtype=np.float64)
         if self.azimuthal is not None and (self.azimuthal.ndim != 1 or self.azimuthal.size == 0):
-            raise ValueError(f"azimuthal must be a non-empty 1D array, not shape {self.azimuthal.shape}")
-        self.row_shape: tuple[int, ...] = (radial.size,) if self.azimuthal is None else (self.azimuthal.size, radial.size)
+            raise ValueError(
+                f"azimuthal must be a non-empty 1D array, not shape {self.azimuthal.shape}"
+            )
+        self.row_shape: tuple[int, ...] = (
+            (radial.size,) if self.azimuthal is None else (self.azimuthal.size, radial.size)
+        )
         self.n_rows = 0
         self._lock = threading.RLock()
         self._dirty = False
@@ -176,8 +185,9 @@ class NXazintWriter:
             if self.live:
                 self._file.swmr_mode = True
                 self._file.flush()
-                self._flusher = threading.Thread(target=self._flush_loop, name="nxazint-flush",
-                                                 daemon=True)
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="nxazint-flush", daemon=True
+                )
                 self._flusher.start()
         except BaseException:
             self.abort()
@@ -241,8 +251,9 @@ class NXazintWriter:
         if key is not None:
             _text(inp, "calibration_key", key)
         if inputs is not None:
-            inp.create_dataset("input_files", data=[os.fspath(p) for p in inputs],
-                               dtype=h5py.string_dtype())
+            inp.create_dataset(
+                "input_files", data=[os.fspath(p) for p in inputs], dtype=h5py.string_dtype()
+            )
         for name, value in sorted(options.items()):
             if value is None or isinstance(value, (bool, int, float, str)):
                 _text(inp, f"option_{name}", json.dumps(value))
@@ -254,7 +265,9 @@ class NXazintWriter:
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "I"
-        data.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"] if two_d else [".", "radial_axis"]
+        data.attrs["axes"] = (
+            [".", "azimuthal_axis", "radial_axis"] if two_d else [".", "radial_axis"]
+        )
         data.attrs["interpretation"] = "image" if two_d else "spectrum"
         units, long_name = RADIAL_UNITS[radial_unit]
         ax = data.create_dataset("radial_axis", data=self.radial)
@@ -266,16 +279,28 @@ class NXazintWriter:
             az.attrs["long_name"] = "chi"
         rows = _chunk_rows(int(np.prod(self.row_shape)) * 8)
         for name, long_name in (("I", "intensity"), ("I_errors", "estimated intensity error")):
-            d = data.create_dataset(name, shape=(0, *self.row_shape), maxshape=(None, *self.row_shape),
-                                    dtype=np.float64, chunks=(rows, *self.row_shape),
-                                    fillvalue=np.nan)
+            d = data.create_dataset(
+                name,
+                shape=(0, *self.row_shape),
+                maxshape=(None, *self.row_shape),
+                dtype=np.float64,
+                chunks=(rows, *self.row_shape),
+                fillvalue=np.nan,
+            )
             d.attrs["units"] = "arbitrary units"
             d.attrs["long_name"] = long_name
-        ids = data.create_dataset("image_id", shape=(0,), maxshape=(None,), dtype=np.int64,
-                                  chunks=(4096,), fillvalue=_EMPTY_ID)
+        ids = data.create_dataset(
+            "image_id",
+            shape=(0,),
+            maxshape=(None,),
+            dtype=np.int64,
+            chunks=(4096,),
+            fillvalue=_EMPTY_ID,
+        )
         ids.attrs["long_name"] = "image index"
-        data.create_dataset("source", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(),
-                            chunks=(1024,))
+        data.create_dataset(
+            "source", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(1024,)
+        )
         self._I = data["I"]
         self._E = data["I_errors"]
         self._ids = ids
@@ -289,14 +314,15 @@ class NXazintWriter:
         geo = inp.create_group("geometry")
         geo.attrs["NX_class"] = "NXparameters"
         for name, value, unit in (
-                ("distance", cal.distance_mm, "mm"),
-                ("beam_center_y_from_bottom", cal.beam_center[0], "pixel"),
-                ("beam_center_x", cal.beam_center[1], "pixel"),
-                ("pixel_size", np.asarray(cal.pixel_size_um), "um"),
-                ("image_size", np.asarray(cal.imagesize), "pixel"),
-                ("tilt_angle", cal.tilt_angle_deg, "degrees"),
-                ("tilt_plane_rotation", cal.tilt_rot_deg, "degrees"),
-                ("wavelength", cal.wavelength_A, "angstrom")):
+            ("distance", cal.distance_mm, "mm"),
+            ("beam_center_y_from_bottom", cal.beam_center[0], "pixel"),
+            ("beam_center_x", cal.beam_center[1], "pixel"),
+            ("pixel_size", np.asarray(cal.pixel_size_um), "um"),
+            ("image_size", np.asarray(cal.imagesize), "pixel"),
+            ("tilt_angle", cal.tilt_angle_deg, "degrees"),
+            ("tilt_plane_rotation", cal.tilt_rot_deg, "degrees"),
+            ("wavelength", cal.wavelength_A, "angstrom"),
+        ):
             geo[name] = value
             geo[name].attrs["units"] = unit
         try:
