@@ -696,7 +696,17 @@ class Calibration:
 
     @classmethod
     def all_from_file(cls, path: PathLike) -> list[Calibration]:
-        """One Calibration per mask of a nested file (a flat file gives a one-element list)."""
+        """One Calibration per mask of a nested file (a flat file gives a one-element list).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The calibration file (JSON or .poni).
+
+        Returns
+        -------
+        list of Calibration
+        """
         path = os.fspath(path)
         d = read_calibration_file(path)
         form = validate_dict(d, path)
@@ -705,7 +715,17 @@ class Calibration:
         return [cls.from_dict(d, base_dir=base, mask_index=i, source=path) for i in range(n)]
 
     def replace(self, **changes: Any) -> Calibration:
-        """A copy with some attributes changed (validated again)."""
+        """A copy with some attributes changed (validated again).
+
+        Parameters
+        ----------
+        **changes
+            Attribute names and their new values, e.g. ``oversampling=2``.
+
+        Returns
+        -------
+        Calibration
+        """
         return dataclasses.replace(self, **changes)
 
     # -- output ---------------------------------------------------------------------
@@ -715,6 +735,18 @@ class Calibration:
         ``PixelSizeMicroM`` is always written as ``[y, x]``, the distance as
         ``DedectorDistanceMM`` (the specification's spelling). MaskFile is absolute unless
         ``relative_to`` (a folder) is given and the mask lies inside it.
+
+        Parameters
+        ----------
+        form : {"flat", "nested"}
+            The form of docs/calibration.md.
+        relative_to : str or path-like, optional
+            Folder MaskFile is written relative to, when the mask lies inside it.
+
+        Returns
+        -------
+        dict
+            Plain JSON types.
         """
         if form not in ("flat", "nested"):
             raise ValueError(f"form must be 'flat' or 'nested', not {form!r}")
@@ -747,16 +779,28 @@ class Calibration:
         return d if form == "flat" else to_nested_dict(d)
 
     def to_json(self, path: PathLike, form: str = "flat") -> None:
-        """Write the calibration file atomically; MaskFile is stored relative to its folder when
-        inside it."""
+        """Write the calibration file atomically; MaskFile relative to its folder when inside it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The JSON file.
+        form : {"flat", "nested"}
+            As :meth:`to_dict`.
+        """
         path = os.fspath(path)
         write_json_atomic(
             path, self.to_dict(form, relative_to=os.path.dirname(os.path.abspath(path)))
         )
 
     def load_mask(self) -> BoolArray:
-        """The mask as a bool array of shape ``imagesize`` (True = excluded); all False without a
-        mask file."""
+        """The calibration's mask.
+
+        Returns
+        -------
+        ndarray of bool, shape ``imagesize``
+            True = excluded; all False without a mask file.
+        """
         if self.mask_file is None:
             return np.zeros(self.imagesize, dtype=bool)
         from gpusaxs.io.masks import read_mask
@@ -766,7 +810,18 @@ class Calibration:
     def key(self) -> str:
         """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask.
 
-        Title and source do not enter. Raises CalibrationError if the mask file is unreadable.
+        Title and source do not enter.
+
+        Returns
+        -------
+        str
+            64 lower-case hex digits; names the matrix in the cache and is written into every
+            curve.
+
+        Raises
+        ------
+        CalibrationError
+            If the mask file is unreadable.
         """
         fields: dict[str, Any] = {
             "beam_center": [v.hex() for v in self.beam_center],
@@ -799,14 +854,38 @@ class Calibration:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def check_limits(self, q_edges: Any = None, **limits: int) -> dict[str, int]:
-        """Raise CalibrationError if building this calibration's matrix would take too much
-        memory or time (see :func:`check_limits`); returns the estimate dict otherwise."""
+        """Check that building this calibration's matrix stays within memory and time limits.
+
+        Parameters
+        ----------
+        q_edges : array_like, optional
+            Radial bin edges, when not the calibration's own.
+        **limits : int
+            ``pixels=``, ``subpixels=``, ``bins=`` or ``matrix_bytes=`` overrides a limit of
+            ``LIMITS``.
+
+        Returns
+        -------
+        dict
+            The estimates checked: pixels, subpixels, bins, matrix_bytes.
+
+        Raises
+        ------
+        CalibrationError
+            Naming the field and the limit (see :func:`check_limits`).
+        """
         return check_limits(self, q_edges=q_edges, **limits)
 
     # -- pyFAI ----------------------------------------------------------------------
     def to_poni(self) -> dict[str, Any]:
-        """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
-        pixel1, pixel2 (m), max_shape, wavelength (m)."""
+        """The geometry as pyFAI's PONI (SI units).
+
+        Returns
+        -------
+        dict
+            dist, poni1, poni2 (m), rot1, rot2, rot3 (rad), pixel1, pixel2 (m), max_shape
+            (rows, columns), wavelength (m).
+        """
         py, px = self.pixel_size_um
         g: dict[str, Any] = fit2d_to_poni(
             self.distance_mm,

@@ -196,7 +196,17 @@ class Integrator:
 
         The first call of a kernel loads or compiles it and starts the thread pool (about
         0.3 s on the CPU engine); services call this at setup so the first real frames do not
-        pay for it.  Returns self.
+        pay for it.
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+            The detector's pixel type.
+
+        Returns
+        -------
+        Integrator
+            self.
         """
         blank = np.zeros((2,) + tuple(self.shape), dtype=dtype)
         self.engine.sums(blank, errors=False)
@@ -532,7 +542,23 @@ normalization_factor, error_model, mask
         error_model: str | None = None,
         mask: ArrayLike | None = None,
     ) -> IntegrationResult:
-        """:meth:`integrate2d` of a stack (B, H, W): intensity (B, npt_azim, npt_rad)."""
+        """:meth:`integrate2d` of a stack in one engine pass.
+
+        Parameters
+        ----------
+        stack : array_like, shape (B, H, W)
+            The frames.
+        npt_rad, npt_azim, unit, radial_range, azimuth_range, correct_solid_angle, dark, \
+flat, polarization_factor, error_model, mask
+            As :meth:`integrate2d`.
+        normalization_factor : float or array_like, shape (B,)
+            A scalar or one value per frame.
+
+        Returns
+        -------
+        IntegrationResult
+            ``intensity`` of shape (B, npt_azim, npt_rad).
+        """
         return self._integrate(
             stack,
             dict(
@@ -564,7 +590,21 @@ normalization_factor, error_model, mask
         polarization_factor: float | None = None,
         mask: ArrayLike | None = None,
     ) -> tuple[IntegrationMatrix, Engine]:
-        """(matrix, engine) of an option set, built once and cached (the last few sets)."""
+        """The matrix and engine of an option set, built once and cached (the last few sets).
+
+        Parameters
+        ----------
+        npt, unit, radial_range, azimuth_range, correct_solid_angle, dark, flat, \
+polarization_factor, mask
+            As :meth:`integrate1d`.
+        azimuth_npt : int, optional
+            chi bins of a cake; None for a curve.
+
+        Returns
+        -------
+        matrix : IntegrationMatrix
+        engine : Engine
+        """
         from .units import parse_unit
 
         unit = parse_unit(unit)

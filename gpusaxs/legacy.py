@@ -54,22 +54,75 @@ class calibration:  # noqa: N801  (the name of the original API)
         self.integrator = Integrator(self.config, backend=backend)
 
     def integrate(self, image: ArrayLike) -> tuple[FloatArray, FloatArray]:
-        """(q, I) of a frame (H, W): q in nm^-1, I the mean intensity per bin, each (n_bins,)."""
+        """Integrate one frame (SAXS.calibration.integrate).
+
+        Parameters
+        ----------
+        image : array_like, shape (H, W)
+            The frame.
+
+        Returns
+        -------
+        q : ndarray of float64, shape (n_bins,)
+            Bin centres, nm^-1.
+        I : ndarray of float64, shape (n_bins,)
+            Mean intensity per bin.
+        """
         return self.integrator.integrate(image)
 
     def integratechi(self, image: ArrayLike, path: PathLike) -> FloatArray:
-        """Integrate and save as .chi; returns the (3, n_bins) array q, I, Poisson error."""
+        """Integrate one frame and save it as a .chi file.
+
+        Parameters
+        ----------
+        image : array_like, shape (H, W)
+            The frame.
+        path : str or path-like
+            The .chi file.
+
+        Returns
+        -------
+        ndarray of float64, shape (3, n_bins)
+            q (nm^-1), I, Poisson error.
+        """
         return self.integrator.integrate_chi(image, path)
 
     def integrateerror(self, image: ArrayLike) -> FloatArray:
-        """Returns an array (3, n_bins): intensity, standard deviation, Poisson error."""
+        """Mean, standard deviation and Poisson error per bin of one frame.
+
+        Parameters
+        ----------
+        image : array_like, shape (H, W)
+            The frame.
+
+        Returns
+        -------
+        ndarray of float64, shape (3, n_bins)
+            Intensity, standard deviation, Poisson error.
+        """
         rows: FloatArray = np.vstack(self.integrator.integrate_error(image))
         return rows
 
     def plot(
         self, image: ArrayLike, outputfile: str = "", startplotat: int = 0, fig: Any = None
     ) -> Any:
-        """Plot the curve with its error bands; writes ``outputfile`` when given."""
+        """Plot the curve with its error bands.
+
+        Parameters
+        ----------
+        image : array_like, shape (H, W)
+            The frame.
+        outputfile : str
+            Write the figure there; empty: show a window.
+        startplotat : int
+            First bin to plot.
+        fig : matplotlib Figure, optional
+            Draw into this figure.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
         return self.integrator.plot(image, outputfile=outputfile, startplotat=startplotat, fig=fig)
 
 

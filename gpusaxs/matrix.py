@@ -117,7 +117,17 @@ class IntegrationMatrix:
         return int(sum(a.nbytes for a in arrays if a is not None))
 
     def to_scipy(self, scaled: bool = False) -> scipy.sparse.csr_matrix:
-        """(n_bins, n_pixels) scipy CSR matrix; values are w, or w*s if ``scaled``."""
+        """The operator as a SciPy sparse matrix.
+
+        Parameters
+        ----------
+        scaled : bool
+            False: the values are the weights w; True: w times ``pixel_scale``.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix, shape (n_bins, n_pixels)
+        """
         import scipy.sparse as sp
 
         values = self.weights.astype(np.float64)
@@ -131,7 +141,14 @@ class IntegrationMatrix:
     def bin_major(
         self,
     ) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.float32]]:
-        """Bin-major CSR arrays (row_ptr int64, pixel int32, weight float32) for gather kernels."""
+        """Bin-major CSR arrays, for gather kernels.
+
+        Returns
+        -------
+        row_ptr : ndarray of int64, shape (n_bins + 1,)
+        pixel : ndarray of int32, shape (nnz,)
+        weight : ndarray of float32, shape (nnz,)
+        """
         order = np.argsort(self.bins, kind="stable")
         pixel_of_entry = np.repeat(
             np.arange(self.n_pixels, dtype=np.int32), np.diff(self.pixel_ptr)
