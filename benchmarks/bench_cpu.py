@@ -1,11 +1,15 @@
 """CPU engine against pyFAI, in one run on this machine: frames/s, ratios, memory-bound fraction.
 
-    python benchmarks/bench_cpu.py [--reference ../shared/reference] [--frames 32] [--repeat 5]
+    python benchmarks/bench_cpu.py [--reference ../shared/reference] [--frames 64] [--repeat 5]
                                    [--skip-eiger]
 
 PILATUS 1M int32 frames (the reference frame with Poisson resampling), mask and polarization on.
 pyFAI runs its best CPU method, integrate1d with method=("full", "csr", "cython") and the same
-mask, polarization factor and number of bins.  Also measured: the matrix build of a PILATUS 1M
+mask, polarization factor and number of bins.  "Options on" adds solid angle + flat (folded into
+the pixel scale), a dark (the matrix's pixel_offset) and an azimuthal sector (-60..60 deg, pixels
+outside masked), next to pyFAI's integrate1d with correctSolidAngle, dark, flat and
+azimuth_range.  The read bound: two threads summing the same (B, H, W) int32 stack, in the same
+run; each stack row gives its fraction of that rate.  Also measured: the matrix build of a PILATUS 1M
 and of an EIGER 16M (4362 x 4148) at Oversampling 3, with its peak traced memory.
 Prints a table and writes benchmarks/results/cpu.json.
 """
@@ -41,8 +45,9 @@ def best_of(fn, repeat):
     return min(times)
 
 
-def read_bandwidth(n_bytes=256 << 20, repeat=5):
-    """Memory read bandwidth (bytes/s) of this machine: summing a large int32 array, 2 threads."""
+def read_stack_seconds(stack, repeat):
+    """Best time (s) for the engine's threads (all cores) to read (sum) every value of
+    ``stack`` once."""
     from numba import njit, prange
 
     @njit(parallel=True, cache=False)
@@ -52,8 +57,41 @@ def read_bandwidth(n_bytes=256 << 20, repeat=5):
             s += a[i]
         return s
 
-    arr = np.ones(n_bytes // 4, dtype=np.int32)
-    return n_bytes / best_of(lambda: total(arr), repeat)
+    flat = stack.reshape(-1)
+    return best_of(lambda: total(flat), repeat)
+
+
+def options_matrix(matrix, cal, image_shape, rng):
+    """The matrix with solid angle + flat folded into pixel_scale, a dark offset, and a sector.
+
+    Returns (matrix, solid_angle, flat, dark, sector_mask) (float32 (H, W) arrays, bool mask True
+    = outside the sector, chi in pyFAI's convention from -60 to 60 degrees)."""
+    import dataclasses
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import pyfai_integrator
+
+    ai = pyfai_integrator(cal)
+    solid = ai.solidAngleArray(image_shape).astype(np.float32)
+    chi = np.degrees(ai.chiArray(image_shape))
+    outside = (chi < -60) | (chi > 60)
+    flat = rng.uniform(0.9, 1.1, image_shape).astype(np.float32)
+    dark = rng.uniform(0.0, 2.0, image_shape).astype(np.float32)
+    counts = np.diff(matrix.pixel_ptr)
+    keep = np.repeat(~outside.ravel(), counts)
+    pixel_ptr = np.zeros_like(matrix.pixel_ptr)
+    np.cumsum(np.where(outside.ravel(), 0, counts), out=pixel_ptr[1:])
+    bins, weights = matrix.bins[keep], matrix.weights[keep]
+    scale = (matrix.pixel_scale / (solid * flat).ravel()).astype(np.float32)
+    norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=matrix.n_bins)
+    m = dataclasses.replace(matrix, pixel_ptr=pixel_ptr, bins=bins, weights=weights,
+                            pixel_scale=scale, norm=norm, pixel_offset=dark.ravel())
+    return m, solid, flat, dark, outside
+
+
+def read_bandwidth(n_bytes=256 << 20, repeat=5):
+    """Memory read bandwidth (bytes/s) of this machine: summing a large int32 array, 2 threads."""
+    return n_bytes / read_stack_seconds(np.ones(n_bytes // 4, dtype=np.int32), repeat)
 
 
 def git_commit():
@@ -93,7 +131,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", default=str(HERE.parent.parent / "shared" / "reference"))
-    parser.add_argument("--frames", type=int, default=32, help="stack size (default 32)")
+    parser.add_argument("--frames", type=int, default=64, help="stack size (default 64)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-eiger", action="store_true", help="skip the EIGER 16M build")
     parser.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
@@ -111,32 +149,45 @@ def main(argv=None):
     integ = gpusaxs.Integrator(cal, backend="numpy")
     n_bins = integ.matrix.n_bins
     ai, kw = pyfai_setup(cal, mask, n_bins)
+    from gpusaxs.cpu_fallback.engine import CpuEngine
+    from gpusaxs.sums import mean_intensity
+
+    opt_matrix, solid, flat, dark, outside = options_matrix(integ.matrix, cal, image.shape, rng)
+    opt_engine = CpuEngine(opt_matrix)
+    kw_on = dict(kw, correctSolidAngle=True, dark=dark, flat=flat, azimuth_range=(-60, 60))
 
     t_pyfai_one = best_of(lambda: ai.integrate1d(image, **kw), args.repeat)
-    t_pyfai_stack = best_of(lambda: [ai.integrate1d(f, **kw) for f in stack], 1) / args.frames
+    t_pyfai_stack = best_of(lambda: [ai.integrate1d(f, **kw) for f in stack[:16]], 1) / 16
+    t_pyfai_on = best_of(lambda: [ai.integrate1d(f, **kw_on) for f in stack[:16]], 1) / 16
     t_one = best_of(lambda: integ.integrate(image), args.repeat)
+    t_read = read_stack_seconds(stack, args.repeat) / args.frames
     t_stack = best_of(lambda: integ.integrate_batch(stack), args.repeat) / args.frames
+    t_on = best_of(lambda: mean_intensity(opt_engine.sums(stack)), args.repeat) / args.frames
     t_stack_err = best_of(lambda: integ.integrate_batch_error(stack), args.repeat) / args.frames
+    t_read2 = read_stack_seconds(stack, args.repeat) / args.frames
+    t_read = min(t_read, t_read2)            # the bound: the faster of two reads around the rows
     bandwidth = read_bandwidth()
     frame_bytes = image.nbytes
     bound_fps = bandwidth / frame_bytes
 
     rows = [
-        ("pyFAI full/csr/cython, one frame", t_pyfai_one),
-        ("pyFAI full/csr/cython, stack (per frame)", t_pyfai_stack),
-        ("gpusaxs numba, one frame", t_one),
-        (f"gpusaxs numba, stack of {args.frames}", t_stack),
-        (f"gpusaxs numba, stack of {args.frames} with errors", t_stack_err),
+        ("pyFAI full/csr/cython, one frame", t_pyfai_one, t_pyfai_one),
+        ("pyFAI full/csr/cython, stack (per frame)", t_pyfai_stack, t_pyfai_stack),
+        ("pyFAI, options on (per frame)", t_pyfai_on, t_pyfai_on),
+        (f"read bound: 2 threads sum the stack of {args.frames}", t_read, None),
+        ("gpusaxs numba, one frame", t_one, t_pyfai_one),
+        (f"gpusaxs numba, stack of {args.frames}", t_stack, t_pyfai_stack),
+        (f"gpusaxs numba, stack of {args.frames}, options on", t_on, t_pyfai_on),
+        (f"gpusaxs numba, stack of {args.frames} with errors", t_stack_err, t_pyfai_stack),
     ]
     print(f"PILATUS 1M int32 {image.shape}, {n_bins} bins, mask + polarization, "
-          f"{os.cpu_count()} cores")
-    print(f"{'method':48s} {'ms/frame':>9s} {'frames/s':>9s} {'vs pyFAI':>9s} {'of bound':>9s}")
-    for name, t in rows:
-        base = t_pyfai_one if "one frame" in name else t_pyfai_stack
-        print(f"{name:48s} {t * 1e3:9.2f} {1 / t:9.0f} {base / t:8.1f}x "
-              f"{(1 / t) / bound_fps:8.1%}")
-    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s -> bound {bound_fps:.0f} frames/s "
-          f"({frame_bytes / 1e6:.1f} MB per frame read once)")
+          f"{os.cpu_count()} cores; options on = solid angle + flat + dark + sector -60..60 deg")
+    print(f"{'method':52s} {'ms/frame':>9s} {'frames/s':>9s} {'vs pyFAI':>9s} {'of read':>8s}")
+    for name, t, base in rows:
+        ratio = f"{base / t:8.1f}x" if base else f"{'':9s}"
+        print(f"{name:52s} {t * 1e3:9.3f} {1 / t:9.0f} {ratio} {t_read / t:7.1%}")
+    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s (256 MB array) -> "
+          f"{bound_fps:.0f} frames/s ({frame_bytes / 1e6:.1f} MB per frame read once)")
 
     builds = [build_case("PILATUS 1M", cal, mask)]
     if not args.skip_eiger:
@@ -157,13 +208,17 @@ def main(argv=None):
         "cores": os.cpu_count(), "frame_shape": list(image.shape), "dtype": "int32",
         "n_bins": n_bins, "stack_frames": args.frames,
         "pyfai_version": __import__("pyFAI").version,
-        "ms_per_frame": {name: t * 1e3 for name, t in rows},
+        "ms_per_frame": {name: t * 1e3 for name, t, _ in rows},
+        "fraction_of_read": {name: t_read / t for name, t, _ in rows},
+        "read_bound_frames_per_s": 1 / t_read,
         "speedup_one_frame": t_pyfai_one / t_one,
         "speedup_stack": t_pyfai_stack / t_stack,
+        "speedup_options_on": t_pyfai_on / t_on,
         "speedup_stack_with_errors": t_pyfai_stack / t_stack_err,
+        "stack_fraction_of_read": t_read / t_stack,
+        "options_on_fraction_of_read": t_read / t_on,
         "read_bandwidth_gb_per_s": bandwidth / 1e9,
         "bound_frames_per_s": bound_fps,
-        "stack_fraction_of_bound": (1 / t_stack) / bound_fps,
         "builds": builds,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ examples:
   saxsleash get data/img_00001.tif                   the curve of one image (or a .chi file)
   saxsleash listdir data                             list a folder of the server's base folder
   saxsleash -S tcp://gpubox:7777 --config lab.json stat
+  saxsleash dashboard --port 8050                    live page in the browser (see
+                                                     saxsleash dashboard --help)
 
 commands: new CAL MASK DIR | close | abort | plot | readdir | stat | get PATH | listdir [DIR]
 exit status: 0 ok, 1 error answer, 2 usage/local error, 3 no answer from the server
@@ -231,6 +233,10 @@ def run(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["dashboard"]:                 # its own options: clients/dashboard/cli.py
+        from .dashboard.cli import main as dashboard_main
+        return dashboard_main(argv[1:])
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from gpusaxs.sums import Sums
 
-__all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack"]
+__all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack", "pixel_offset"]
 
 
 def invalid_threshold(dtype):
@@ -46,8 +46,9 @@ def ell_layout(matrix, max_slots=MAX_SLOTS):
     """Active-pixel ELL arrays of a matrix (see :mod:`cpu_fallback.kernels`).
 
     Returns a dict: active (n,) int32 pixel indices; bins (n, S) int32; ws (n, S) float32 =
-    w*s; w (n, S) float32; scale (n,) float32; overflow arrays ovf_pix, ovf_bins, ovf_ws, ovf_w.
-    Padding slots repeat the pixel's first bin with weight 0.
+    w*s; w (n, S) float32; scale (n,) float32; offset (n,) float32 dark or None; overflow arrays
+    ovf_pix, ovf_bins, ovf_ws, ovf_w, ovf_offset (None without a dark).  Padding slots repeat
+    the pixel's first bin with weight 0.
     """
     counts = np.diff(matrix.pixel_ptr)
     active = np.flatnonzero(counts)
@@ -67,16 +68,36 @@ def ell_layout(matrix, max_slots=MAX_SLOTS):
         (np.arange(extra.sum()) - np.repeat(np.cumsum(extra) - extra, extra))
     ovf_pix = np.repeat(np.arange(len(counts), dtype=np.int32), extra)
     ovf_w = matrix.weights[ovf_entries].astype(np.float32)
+    dark = pixel_offset(matrix)
     return dict(active=active.astype(np.int32), bins=bins,
                 ws=(weights * scale[:, None]).astype(np.float32), w=weights, scale=scale,
+                offset=None if dark is None else np.ascontiguousarray(dark[active]),
                 ovf_pix=ovf_pix, ovf_bins=matrix.bins[ovf_entries].astype(np.int32),
-                ovf_ws=(ovf_w * matrix.pixel_scale[ovf_pix]).astype(np.float32), ovf_w=ovf_w)
+                ovf_ws=(ovf_w * matrix.pixel_scale[ovf_pix]).astype(np.float32), ovf_w=ovf_w,
+                ovf_offset=None if dark is None else np.ascontiguousarray(dark[ovf_pix]))
+
+
+def pixel_offset(matrix):
+    """The matrix's per-pixel dark offset as float32 (n_pixels,), or None (no dark)."""
+    dark = getattr(matrix, "pixel_offset", None)
+    if dark is None:
+        return None
+    dark = np.asarray(dark, dtype=np.float32).ravel()
+    if dark.shape != (matrix.n_pixels,):
+        raise ValueError(f"pixel_offset has {dark.size} values, the matrix {matrix.n_pixels} "
+                         "pixels")
+    return dark
+
+
+_NO_DARK = np.zeros(0, dtype=np.float32)      # the kernels' offset argument without a dark
 
 
 class CpuEngine:
     """Multi-threaded numba engine.  ``threads``: cores to use (default: all numba sees)."""
 
     name = "numba"
+    #: the matrix's pixel_offset (dark) is applied in the kernel (CONTRACTS.md section 1)
+    supports_pixel_offset = True
 
     def __init__(self, matrix, threads=None):
         import numba
@@ -114,17 +135,21 @@ class CpuEngine:
         groups, parts = self._tiles(n_frames)
         lay = self.layout
         upper = invalid_threshold(frames.dtype)
+        has_dark = lay["offset"] is not None
+        dark = (lay["offset"], lay["ovf_offset"]) if has_dark else (_NO_DARK, _NO_DARK)
         overflow = (lay["ovf_pix"], lay["ovf_bins"], lay["ovf_ws"], lay["ovf_w"])
         previous = numba.get_num_threads()
         numba.set_num_threads(self.threads)
         try:
             if errors:
                 parts_out = kernels.error_sums(frames, lay["active"], lay["bins"], lay["ws"],
-                                               lay["w"], lay["scale"], *overflow, upper, n_bins,
-                                               groups, parts, errors != "poisson")
+                                               lay["w"], lay["scale"], dark[0], *overflow,
+                                               dark[1], has_dark, upper, n_bins, groups, parts,
+                                               errors != "poisson")
             else:
                 parts_out = kernels.mean_sums(frames, lay["active"], lay["bins"], lay["ws"],
-                                              lay["w"], *overflow, upper, n_bins, groups, parts)
+                                              lay["w"], dark[0], *overflow, dark[1], has_dark,
+                                              upper, n_bins, groups, parts)
         finally:
             numba.set_num_threads(previous)
         signal, lost, *rest = (a[:parts * n_frames].reshape(parts, n_frames, n_bins).sum(axis=0)
@@ -136,16 +161,23 @@ class CpuEngine:
 
 
 class ScipyEngine:
-    """Reference engine: float64 SciPy sparse products (slow, simple, independent of numba)."""
+    """Reference engine: float64 SciPy sparse products (slow, simple, independent of numba).
+
+    Implements the engine contract (docs/ARCHITECTURE.md, CONTRACTS section 1) literally: with
+    v = x - pixel_offset (v = x without a dark), over valid pixels (unmasked, x >= 0, finite, not
+    the unsigned maximum): signal = sum w*s*v, norm = sum w, variance = sum w*s^2*x,
+    squares = sum w*(s*v)^2.
+    """
 
     name = "scipy"
+    supports_pixel_offset = True
 
     def __init__(self, matrix):
         self.matrix = matrix
         self._weights = matrix.to_scipy(scaled=False)
-        counts = np.diff(matrix.pixel_ptr)
         self._scale = matrix.pixel_scale.astype(np.float64)
-        self._has_entries = counts > 0
+        dark = pixel_offset(matrix)
+        self._offset = None if dark is None else dark.astype(np.float64)
 
     def sums(self, stack, errors=False):
         frames = as_frame_stack(stack, self.matrix.shape)
@@ -153,14 +185,16 @@ class ScipyEngine:
         x = frames.astype(np.float64)
         with np.errstate(invalid="ignore"):
             valid = (x >= 0) & (x < upper)
-        xv = np.where(valid, x, 0.0) * self._scale
+        x = np.where(valid, x, 0.0)
+        v = x if self._offset is None else np.where(valid, x - self._offset, 0.0)
+        sv = v * self._scale
         A = self._weights
-        signal = (A @ xv.T).T
+        signal = (A @ sv.T).T
         norm = (A @ valid.T.astype(np.float64)).T
         if not errors:
             return Sums(signal, norm)
-        variance = (A @ (xv * self._scale).T).T
-        squares = None if errors == "poisson" else (A @ (xv * xv).T).T
+        variance = (A @ (x * self._scale * self._scale).T).T
+        squares = None if errors == "poisson" else (A @ (sv * sv).T).T
         return Sums(signal, norm, variance, squares)
 
 

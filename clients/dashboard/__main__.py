@@ -1,0 +1,6 @@
+"""``python -m gpusaxs.clients.dashboard`` = ``saxsleash dashboard``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

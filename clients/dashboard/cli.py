@@ -1,0 +1,168 @@
+"""``saxsleash dashboard``: options, the Bokeh server, signals."""
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+DEFAULT_PORT = 8050
+
+EXAMPLES = """\
+examples:
+  saxsleash dashboard                         page at http://127.0.0.1:8050/ for the server of
+                                              ~/.saxsdognetwork
+  saxsleash dashboard --port 8060 -S tcp://gpubox:7777 --config lab.json
+  ssh -L 8050:127.0.0.1:8050 beamline-pc      then open http://127.0.0.1:8050/ on your laptop
+  saxsleash dashboard --bind 0.0.0.0 --allow-origin controlroom:8050
+                                              reachable from the network (no password: anyone
+                                              who reaches the port sees the data)
+
+The page shows, refreshed twice a second: whether the server answers, queue and frame counts,
+frames/s over the last minutes, lag, engine, uptime, the latest curve (log I vs q) with the
+previous ones faded, a waterfall of the recent curves, the error records (newest first) and the
+progress of stream series.  The dashboard talks to the server with the signed protocol of
+saxsleash; the browser talks only to the dashboard, so the secret never reaches it.
+"""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="saxsleash dashboard",
+        description="Serve a live web page showing a Saxsdog server's state and curves.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"HTTP port of the page (default {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this computer only)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
+                   help="extra host name the browser may use to reach the page (repeatable; "
+                        "needed with --bind when the page is opened by host name)")
+    p.add_argument("-S", "--server", metavar="tcp://HOSTNAME:PORT",
+                   help='URL of the "Saxsdog Server" (default: ServerUrl of the config)')
+    p.add_argument("--config", metavar="FILE",
+                   help="network configuration (default ~/.saxsdognetwork)")
+    p.add_argument("--name", help="server entry of a list-form configuration")
+    p.add_argument("--interval", type=float, default=0.5, metavar="S",
+                   help="seconds between polls of the server (default 0.5)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                   help="seconds to wait for an answer before saying 'server not answering' "
+                        "(default 2)")
+    p.add_argument("--curves", type=int, default=60, metavar="N",
+                   help="recent curves kept for the waterfall (default 60; the latest 10 are "
+                        "drawn faded behind the newest)")
+    p.add_argument("--history", type=float, default=600.0, metavar="S",
+                   help="seconds of frames/s history in the chart (default 600)")
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def is_loopback(address):
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(bind, port):
+    """The warning printed when the page is reachable from other computers, else None."""
+    if is_loopback(bind):
+        return None
+    return (f"WARNING: serving on {bind or '*'}:{port}, not only on this computer: anyone who "
+            f"can reach this port sees the server's state and curves (there is no password; the "
+            f"secret itself stays in this process). Prefer the default --bind 127.0.0.1 and an "
+            f"SSH tunnel.")
+
+
+def origins(bind, extra=()):
+    """Host names the browser may use (Bokeh checks the websocket's Origin against them).
+
+    Names without ``:PORT`` get the page's port.
+    """
+    names = ["localhost", "127.0.0.1"]
+    if not is_loopback(bind):
+        hosts = {socket.gethostname(), socket.getfqdn()}
+        if bind not in ("", "0.0.0.0", "::"):
+            hosts.add(bind)
+        names += sorted(hosts)
+    return names + list(extra)
+
+
+def serve(args):
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        print("saxsleash dashboard: needs Bokeh: pip install 'gpusaxs[dashboard]' "
+              "(or pip install bokeh)", file=sys.stderr)
+        return 2
+    from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
+    from bokeh.server.server import Server
+    from tornado.ioloop import IOLoop
+
+    from gpusaxs.server import protocol as P
+    from gpusaxs.server.netconfig import NetConfigError, load_config
+
+    from .page import make_document
+    from .watch import ServerWatch
+
+    try:
+        cfg = load_config(args.config, args.name)
+    except NetConfigError as exc:
+        print(f"saxsleash dashboard: {exc}", file=sys.stderr)
+        return 2
+    url = args.server or cfg.server_url
+    client = P.Client(url, cfg.secret, timeout=args.timeout, retries=0)
+    watch = ServerWatch(client, interval=args.interval, n_curves=args.curves,
+                        history_s=args.history)
+    refresh_ms = max(100, min(1000, int(args.interval * 1000)))
+    app = Application(FunctionHandler(lambda doc: make_document(doc, watch, refresh_ms)))
+    io_loop = IOLoop.current()
+    try:
+        server = Server({"/": app}, io_loop=io_loop, port=args.port, address=args.bind,
+                        allow_websocket_origin=origins(args.bind, args.allow_origin))
+    except OSError as exc:
+        print(f"saxsleash dashboard: cannot serve on {args.bind}:{args.port}: {exc}",
+              file=sys.stderr)
+        client.close()
+        return 2
+    port = server.port
+    warning = bind_warning(args.bind, port)
+    if warning:
+        print(f"saxsleash dashboard: {warning}", file=sys.stderr)
+
+    watch.start()
+    server.start()
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.bind, args.bind)
+    page = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    print(f"saxsleash dashboard: open {page} (server {url}; Ctrl-C ends)", file=sys.stderr)
+    if args.ready_file:
+        from gpusaxs.io.atomic import atomic_write
+
+        with atomic_write(args.ready_file, "w") as fh:
+            json.dump({"pid": os.getpid(), "port": port, "url": page}, fh)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        io_loop.asyncio_loop.add_signal_handler(sig, io_loop.stop)
+    try:
+        io_loop.start()
+    finally:
+        server.stop()
+        watch.stop()
+        client.close()
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 \
+        else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s dashboard %(levelname)s %(message)s")
+    return serve(args)

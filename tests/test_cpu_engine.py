@@ -1,0 +1,144 @@
+"""The CPU engines against each other and against a direct NumPy formula of the engine contract
+(CONTRACTS.md section 1): real-size PILATUS 1M frames, the reference mask, every frame dtype with
+gaps, negative, NaN, subnormal and unsigned-max values, errors on/off, dark offset on/off."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import gpusaxs
+from gpusaxs.cpu_fallback.engine import CpuEngine, ScipyEngine, invalid_threshold
+
+
+@pytest.fixture(scope="module")
+def pilatus(reference_dir):
+    """The reference calibration (mask, polarization) and its matrix, plus a dark and a scale."""
+    cal = gpusaxs.Calibration.from_file(reference_dir / "buf1_00000.calibration.json")
+    cal = cal.replace(polarization=(0.95, 0.0))
+    matrix = gpusaxs.Integrator(cal, backend="numpy").matrix
+    image = gpusaxs.read_image(reference_dir / "buf1_00000.tif")
+    rng = np.random.default_rng(12)
+    dark = rng.uniform(0.0, 4.0, matrix.n_pixels).astype(np.float32)
+    # a flat / solid-angle-like scale folded into the polarization scale
+    scale = (matrix.pixel_scale * rng.uniform(0.8, 1.25, matrix.n_pixels)).astype(np.float32)
+    return cal, matrix, image, dark, scale
+
+
+def contract_sums(matrix, frames, offset):
+    """The contract written out with dense NumPy per entry (no SciPy, no numba)."""
+    frames = np.asarray(frames).reshape(len(frames), -1)
+    x = frames.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = (x >= 0) & (x < invalid_threshold(frames.dtype))
+    x = np.where(valid, x, 0.0)
+    v = x if offset is None else np.where(valid, x - offset.astype(np.float64), 0.0)
+    pix = np.repeat(np.arange(matrix.n_pixels), np.diff(matrix.pixel_ptr))
+    w = matrix.weights.astype(np.float64)
+    s = matrix.pixel_scale.astype(np.float64)[pix]
+    out = {name: np.zeros((len(frames), matrix.n_bins)) for name in
+           ("signal", "norm", "variance", "squares")}
+    for b in range(len(frames)):
+        vb, xb = v[b, pix], x[b, pix]
+        out["signal"][b] = np.bincount(matrix.bins, w * s * vb, matrix.n_bins)
+        out["norm"][b] = np.bincount(matrix.bins, w * valid[b, pix], matrix.n_bins)
+        out["variance"][b] = np.bincount(matrix.bins, w * s * s * xb, matrix.n_bins)
+        out["squares"][b] = np.bincount(matrix.bins, w * (s * vb) ** 2, matrix.n_bins)
+    return out
+
+
+def hostile_stack(image, dtype, n_frames, seed):
+    """Poisson frames of the reference image in ``dtype``, with gaps and odd values planted in
+    the open (unmasked) area: negative, the unsigned max, NaN, subnormal, huge."""
+    rng = np.random.default_rng(seed)
+    stack = np.stack([np.where(image < 0, image, rng.poisson(np.maximum(image, 0)))
+                      for _ in range(n_frames)]).astype(np.float64)
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u":
+        stack = np.maximum(stack, 0)
+        stack[0, 500, 400:440] = np.iinfo(dtype).max          # EIGER gap flag
+        stack[-1, 300:302, :] = np.iinfo(dtype).max
+    else:
+        stack[0, 500, 400:440] = -2                           # gaps inside the open area
+        stack[-1, 300:302, :] = -1
+    if dtype.kind == "f":
+        stack[-1, 600, 100:130] = np.nan
+        stack[0, 700, 200:210] = np.inf
+        stack[0, 710, 200:210] = 1e-42                        # subnormal in float32
+        stack[-1, 720, 200:210] = 3.0e8                       # beyond float32's exact integers
+    elif dtype.itemsize >= 4:
+        stack[-1, 720, 200:210] = 2 ** 30 + 7                 # beyond float32's exact integers
+    return stack.astype(dtype)
+
+
+def relative(a, b):
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))
+
+
+@pytest.mark.parametrize("dtype,n_frames", [(np.int32, 11), (np.uint16, 3), (np.uint32, 2),
+                                            (np.float32, 9)])
+@pytest.mark.parametrize("with_dark", [False, True])
+def test_numba_scipy_and_direct_formula_agree(pilatus, dtype, n_frames, with_dark):
+    cal, matrix, image, dark, scale = pilatus
+    if with_dark:
+        matrix = dataclasses.replace(matrix, pixel_offset=dark, pixel_scale=scale)
+    stack = hostile_stack(image, dtype, n_frames, seed=n_frames)
+    direct = contract_sums(matrix, stack, matrix.pixel_offset)
+    for engine in (CpuEngine(matrix), ScipyEngine(matrix)):
+        for errors in (False, "poisson", True):
+            got = engine.sums(stack, errors=errors)
+            names = ("signal", "norm") + (("variance",) if errors else ()) + \
+                (("squares",) if errors is True else ())
+            for name in names:
+                assert relative(getattr(got, name), direct[name]) < 1e-6, (engine.name, errors,
+                                                                          name)
+            if errors == "poisson":
+                assert got.squares is None
+            if not errors:
+                assert got.variance is None and got.squares is None
+
+
+def test_dark_offset_shifts_the_mean_by_the_binned_dark(pilatus):
+    """A constant dark d subtracts exactly d from every bin's mean; the Poisson variance stays
+    that of the raw counts (the dark is taken as noiseless)."""
+    cal, matrix, image, _, _ = pilatus
+    stack = hostile_stack(image, np.int32, 5, seed=3)
+    dark = np.full(matrix.n_pixels, 2.5, np.float32)
+    with_dark = dataclasses.replace(matrix, pixel_offset=dark)
+    for errors in (False, True):
+        plain = CpuEngine(matrix).sums(stack, errors=errors)
+        shifted = CpuEngine(with_dark).sums(stack, errors=errors)
+        np.testing.assert_allclose(shifted.norm, plain.norm, rtol=0, atol=0)
+        ok = plain.norm > 0
+        mean_plain = plain.signal[ok] / plain.norm[ok]
+        mean_shift = shifted.signal[ok] / shifted.norm[ok]
+        # s is the polarization scale here: the mean drops by the s-weighted dark
+        s_mean = (CpuEngine(matrix).sums(np.ones((1,) + matrix.shape, np.int32)).signal /
+                  CpuEngine(matrix).sums(np.ones((1,) + matrix.shape, np.int32)).norm)
+        expect = mean_plain - 2.5 * np.broadcast_to(s_mean, plain.norm.shape)[ok]
+        np.testing.assert_allclose(mean_shift, expect, rtol=1e-6, atol=1e-6)
+        if errors:
+            np.testing.assert_array_equal(shifted.variance, plain.variance)
+
+
+def test_dark_is_validated_against_the_pixel_count(pilatus):
+    _, matrix, _, _, _ = pilatus
+    bad = dataclasses.replace(matrix, pixel_offset=np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="pixel_offset"):
+        CpuEngine(bad)
+    with pytest.raises(ValueError, match="pixel_offset"):
+        ScipyEngine(bad)
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 4, 7, 8, 17])
+def test_every_batch_split_gives_each_frame_the_single_frame_result(pilatus, n_frames):
+    """Passes of 8, 4 and 1 frames and the thread tiles do not change a frame's numbers."""
+    _, matrix, image, dark, _ = pilatus
+    matrix = dataclasses.replace(matrix, pixel_offset=dark)
+    stack = hostile_stack(image, np.int32, n_frames, seed=n_frames)
+    engine = CpuEngine(matrix, threads=1)
+    batch = engine.sums(stack, errors=True)
+    for b in (0, n_frames - 1):
+        one = engine.sums(stack[b], errors=True)
+        for name in ("signal", "norm", "variance", "squares"):
+            np.testing.assert_allclose(getattr(batch, name)[b], getattr(one, name)[0],
+                                       rtol=1e-12, atol=0)
