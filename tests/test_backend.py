@@ -282,18 +282,18 @@ def _tiny_matrix():
     )
 
 
+def _tiny_get_matrix(*args, info=None, **kwargs):
+    """get_matrix stand-in: the tiny matrix, reported as built (the Integrator reads its key)."""
+    if info is not None:
+        info.update(key="0" * 64, source="built", seconds=0.0, path=None)
+    return _tiny_matrix()
+
+
 def _blank_calibration():
     """A Calibration instance (get_matrix is patched, so its fields are never read)."""
     from gpusaxs.calibration import Calibration
 
     return object.__new__(Calibration)
-
-
-def _fake_get_matrix(*args, info=None, **kwargs):
-    """get_matrix without building: the tiny matrix, and the key the Integrator records."""
-    if info is not None:
-        info.update(key="0" * 64, source="built")
-    return _tiny_matrix()
 
 
 @pytest.mark.parametrize("env", [None, "numpy", "auto"])
@@ -315,10 +315,10 @@ def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkey
             seen["xp"] = xp
 
     monkeypatch.setattr(ge, "DeviceEngine", RecordingEngine)
-    monkeypatch.setattr(mc, "get_matrix", _fake_get_matrix)
+    monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
     integ = Integrator(_blank_calibration(), backend="cupy")
     assert integ.backend_name == "cupy"
-    _ = integ.engine  # the engine is made on first use
+    _ = integ.engine  # built on first use
     assert seen["xp"] is fake_gpu
 
 
@@ -327,7 +327,7 @@ def test_explicit_cupy_request_without_gpu_raises(no_gpu, monkeypatch):
     from gpusaxs.integrator import Integrator
 
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
-    monkeypatch.setattr(mc, "get_matrix", _fake_get_matrix)
+    monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
     with pytest.raises(BackendError, match="not available"):
         Integrator(_blank_calibration(), backend="cupy")
 
