@@ -124,6 +124,10 @@ def test_solid_angle_and_chi_match_pyfai(cal):
         geometry.solid_angle(cal), ai.solidAngleArray(cal.imagesize), rtol=1e-6
     )
     diff = np.angle(np.exp(1j * (geometry.chi(cal) - ai.chiArray(cal.imagesize))))
-    assert np.max(np.abs(diff)) < 1e-4  # pyFAI's chi is float32
+    # pyFAI's chi is float32, and within a pixel or two of the beam the angle of a float32
+    # position is ill-conditioned (seen: 1.5e-4 rad at 0.7 px): compare from 2 px out
+    rows, cols = np.indices(cal.imagesize) + 0.5
+    r_px = np.hypot(rows - (cal.imagesize[0] - cal.beam_center[0]), cols - cal.beam_center[1])
+    assert np.max(np.abs(diff[r_px > 2])) < 1e-4
     phi = geometry.azimuth(cal)
     np.testing.assert_allclose(np.cos(geometry.chi(cal)), np.cos(phi - np.pi / 2), atol=1e-12)
