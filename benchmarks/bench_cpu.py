@@ -9,10 +9,11 @@ mask, polarization factor and number of bins.  "Options on" adds solid angle + f
 the pixel scale), a dark (the matrix's pixel_offset) and an azimuthal sector (-60..60 deg, pixels
 outside masked), next to pyFAI's integrate1d with correctSolidAngle, dark, flat and
 azimuth_range.  The read bound: two threads summing the same (B, H, W) int32 stack, in the same
-run; each stack row gives its fraction of that rate.  Also measured: the matrix build of a PILATUS 1M
-and of an EIGER 16M (4362 x 4148) at Oversampling 3, with its peak traced memory.
+run; each stack row gives its fraction of that rate.  Also measured: the matrix build of a
+PILATUS 1M and of an EIGER 16M (4362 x 4148) at Oversampling 3, with its peak traced memory.
 Prints a table and writes benchmarks/results/cpu.json.
 """
+
 import argparse
 import json
 import logging
@@ -84,8 +85,15 @@ def options_matrix(matrix, cal, image_shape, rng):
     bins, weights = matrix.bins[keep], matrix.weights[keep]
     scale = (matrix.pixel_scale / (solid * flat).ravel()).astype(np.float32)
     norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=matrix.n_bins)
-    m = dataclasses.replace(matrix, pixel_ptr=pixel_ptr, bins=bins, weights=weights,
-                            pixel_scale=scale, norm=norm, pixel_offset=dark.ravel())
+    m = dataclasses.replace(
+        matrix,
+        pixel_ptr=pixel_ptr,
+        bins=bins,
+        weights=weights,
+        pixel_scale=scale,
+        norm=norm,
+        pixel_offset=dark.ravel(),
+    )
     return m, solid, flat, dark, outside
 
 
@@ -96,8 +104,9 @@ def read_bandwidth(n_bytes=256 << 20, repeat=5):
 
 def git_commit():
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
-                                       text=True, stderr=subprocess.DEVNULL).strip()
+        return subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=HERE, text=True, stderr=subprocess.DEVNULL
+        ).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -109,9 +118,16 @@ def pyfai_setup(cal, mask, n_bins):
     from helpers import pyfai_integrator
 
     ai = pyfai_integrator(cal)
-    kwargs = dict(npt=n_bins, unit="q_nm^-1", mask=mask, polarization_factor=2 * 0.95 - 1,
-                  method=("full", "csr", "cython"), correctSolidAngle=False, dummy=-1,
-                  delta_dummy=0.5)
+    kwargs = dict(
+        npt=n_bins,
+        unit="q_nm^-1",
+        mask=mask,
+        polarization_factor=2 * 0.95 - 1,
+        method=("full", "csr", "cython"),
+        correctSolidAngle=False,
+        dummy=-1,
+        delta_dummy=0.5,
+    )
     return ai, kwargs
 
 
@@ -122,14 +138,22 @@ def build_case(name, cal, mask):
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"case": name, "shape": list(cal.imagesize), "oversampling": cal.oversampling,
-            "n_bins": matrix.n_bins, "nnz": matrix.nnz, "build_s": seconds,
-            "peak_traced_mb": peak / 1e6, "matrix_mb": matrix.nbytes / 1e6}
+    return {
+        "case": name,
+        "shape": list(cal.imagesize),
+        "oversampling": cal.oversampling,
+        "n_bins": matrix.n_bins,
+        "nnz": matrix.nnz,
+        "build_s": seconds,
+        "peak_traced_mb": peak / 1e6,
+        "matrix_mb": matrix.nbytes / 1e6,
+    }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reference", default=str(HERE.parent.parent / "shared" / "reference"))
     parser.add_argument("--frames", type=int, default=64, help="stack size (default 64)")
     parser.add_argument("--repeat", type=int, default=5)
@@ -143,8 +167,9 @@ def main(argv=None):
     mask = cal.load_mask()
     image = gpusaxs.read_image(ref / "buf1_00000.tif")
     rng = np.random.default_rng(0)
-    stack = np.stack([np.where(image < 0, image, rng.poisson(np.maximum(image, 0)))
-                      for _ in range(args.frames)]).astype(np.int32)
+    stack = np.stack(
+        [np.where(image < 0, image, rng.poisson(np.maximum(image, 0))) for _ in range(args.frames)]
+    ).astype(np.int32)
 
     integ = gpusaxs.Integrator(cal, backend="numpy")
     n_bins = integ.matrix.n_bins
@@ -165,7 +190,7 @@ def main(argv=None):
     t_on = best_of(lambda: mean_intensity(opt_engine.sums(stack)), args.repeat) / args.frames
     t_stack_err = best_of(lambda: integ.integrate_batch_error(stack), args.repeat) / args.frames
     t_read2 = read_stack_seconds(stack, args.repeat) / args.frames
-    t_read = min(t_read, t_read2)            # the bound: the faster of two reads around the rows
+    t_read = min(t_read, t_read2)  # the bound: the faster of two reads around the rows
     bandwidth = read_bandwidth()
     frame_bytes = image.nbytes
     bound_fps = bandwidth / frame_bytes
@@ -180,33 +205,51 @@ def main(argv=None):
         (f"gpusaxs numba, stack of {args.frames}, options on", t_on, t_pyfai_on),
         (f"gpusaxs numba, stack of {args.frames} with errors", t_stack_err, t_pyfai_stack),
     ]
-    print(f"PILATUS 1M int32 {image.shape}, {n_bins} bins, mask + polarization, "
-          f"{os.cpu_count()} cores; options on = solid angle + flat + dark + sector -60..60 deg")
+    print(
+        f"PILATUS 1M int32 {image.shape}, {n_bins} bins, mask + polarization, "
+        f"{os.cpu_count()} cores; options on = solid angle + flat + dark + sector -60..60 deg"
+    )
     print(f"{'method':52s} {'ms/frame':>9s} {'frames/s':>9s} {'vs pyFAI':>9s} {'of read':>8s}")
     for name, t, base in rows:
         ratio = f"{base / t:8.1f}x" if base else f"{'':9s}"
         print(f"{name:52s} {t * 1e3:9.3f} {1 / t:9.0f} {ratio} {t_read / t:7.1%}")
-    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s (256 MB array) -> "
-          f"{bound_fps:.0f} frames/s ({frame_bytes / 1e6:.1f} MB per frame read once)")
+    print(
+        f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s (256 MB array) -> "
+        f"{bound_fps:.0f} frames/s ({frame_bytes / 1e6:.1f} MB per frame read once)"
+    )
 
     builds = [build_case("PILATUS 1M", cal, mask)]
     if not args.skip_eiger:
-        eiger = cal.replace(imagesize=(4362, 4148), beam_center=(2200.0, 2100.0),
-                            pixel_size_um=(75.0, 75.0), distance_mm=2000.0,
-                            tilt_angle_deg=0.3, polarization=(0.95, 0.0))
+        eiger = cal.replace(
+            imagesize=(4362, 4148),
+            beam_center=(2200.0, 2100.0),
+            pixel_size_um=(75.0, 75.0),
+            distance_mm=2000.0,
+            tilt_angle_deg=0.3,
+            polarization=(0.95, 0.0),
+        )
         builds.append(build_case("EIGER 16M", eiger, np.zeros(eiger.imagesize, bool)))
-    print(f"\n{'matrix build':12s} {'shape':>12s} {'ov':>3s} {'nnz':>11s} {'seconds':>8s} "
-          f"{'peak MB':>8s} {'matrix MB':>9s}")
+    print(
+        f"\n{'matrix build':12s} {'shape':>12s} {'ov':>3s} {'nnz':>11s} {'seconds':>8s} "
+        f"{'peak MB':>8s} {'matrix MB':>9s}"
+    )
     for b in builds:
-        print(f"{b['case']:12s} {str(tuple(b['shape'])):>12s} {b['oversampling']:3d} "
-              f"{b['nnz']:11d} {b['build_s']:8.1f} {b['peak_traced_mb']:8.0f} "
-              f"{b['matrix_mb']:9.0f}")
+        print(
+            f"{b['case']:12s} {str(tuple(b['shape'])):>12s} {b['oversampling']:3d} "
+            f"{b['nnz']:11d} {b['build_s']:8.1f} {b['peak_traced_mb']:8.0f} "
+            f"{b['matrix_mb']:9.0f}"
+        )
 
     result = {
-        "benchmark": "bench_cpu", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "commit": git_commit(), "machine": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(), "frame_shape": list(image.shape), "dtype": "int32",
-        "n_bins": n_bins, "stack_frames": args.frames,
+        "benchmark": "bench_cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": git_commit(),
+        "machine": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "frame_shape": list(image.shape),
+        "dtype": "int32",
+        "n_bins": n_bins,
+        "stack_frames": args.frames,
         "pyfai_version": __import__("pyFAI").version,
         "ms_per_frame": {name: t * 1e3 for name, t, _ in rows},
         "fraction_of_read": {name: t_read / t for name, t, _ in rows},

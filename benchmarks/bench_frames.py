@@ -15,6 +15,7 @@ benchmarks/results/frames-cpu.json.
 
     python benchmarks/bench_frames.py [-n 100] [--repeats 3]
 """
+
 import argparse
 import datetime
 import json
@@ -66,13 +67,16 @@ def main(argv=None):
             ds = f.create_dataset("data", shape=(args.n, H, W), dtype=np.uint32, chunks=(1, H, W))
             off = 0
             for c in counts:
-                ds[off:off + c] = eiger_frames(c, off)
+                ds[off : off + c] = eiger_frames(c, off)
                 off += c
         for k in range(args.n):
             tifffile.imwrite(td / f"f_{k:05d}.tif", eiger_frames(1, k)[0])
-        sizes = {"bslz4 (data files)": sum((td / f"series_data_{k:06d}.h5").stat().st_size
-                                           for k in (1, 2)),
-                 "uncompressed HDF5": plain.stat().st_size}
+        sizes = {
+            "bslz4 (data files)": sum(
+                (td / f"series_data_{k:06d}.h5").stat().st_size for k in (1, 2)
+            ),
+            "uncompressed HDF5": plain.stat().st_size,
+        }
         refs = frame_sources(master, explicit=True)
 
         def ours():
@@ -81,8 +85,10 @@ def main(argv=None):
                 read_frame(r)
 
         def h5_bslz4():
-            with h5py.File(td / "series_data_000001.h5", "r") as f1, \
-                    h5py.File(td / "series_data_000002.h5", "r") as f2:
+            with (
+                h5py.File(td / "series_data_000001.h5", "r") as f1,
+                h5py.File(td / "series_data_000002.h5", "r") as f2,
+            ):
                 for f, c in ((f1, counts[0]), (f2, counts[1])):
                     d = f["entry/data/data"]
                     for i in range(c):
@@ -97,7 +103,7 @@ def main(argv=None):
         def fabio_master():
             img = fabio.open(str(master))
             for i in range(img.nframes):
-                img.getframe(i).data
+                _ = img.getframe(i).data  # decode the frame (what is timed)
 
         tiffs = [td / f"f_{k:05d}.tif" for k in range(args.n)]
 
@@ -105,17 +111,30 @@ def main(argv=None):
             for t in tiffs:
                 read_image(t)
 
-        for fn in (ours, h5_bslz4, h5_plain, tiff_files):      # warm the page cache
+        for fn in (ours, h5_bslz4, h5_plain, tiff_files):  # warm the page cache
             fn()
-        rows = [("gpusaxs read_frame, bslz4 master (+pixel mask)", best_rate(ours, args.n, args.repeats)),
-                ("h5py ds[i], bslz4 data files", best_rate(h5_bslz4, args.n, args.repeats)),
-                ("h5py ds[i], uncompressed HDF5", best_rate(h5_plain, args.n, args.repeats))]
+        rows = [
+            (
+                "gpusaxs read_frame, bslz4 master (+pixel mask)",
+                best_rate(ours, args.n, args.repeats),
+            ),
+            ("h5py ds[i], bslz4 data files", best_rate(h5_bslz4, args.n, args.repeats)),
+            ("h5py ds[i], uncompressed HDF5", best_rate(h5_plain, args.n, args.repeats)),
+        ]
         try:
-            rows.append(("fabio getframe, bslz4 master", best_rate(fabio_master, args.n, args.repeats)))
-        except Exception as exc:     # fabio's EIGER reader may not know this layout
-            rows.append((f"fabio getframe, bslz4 master: failed ({type(exc).__name__})", float("nan")))
-        rows.append(("read_image, one uncompressed TIFF per frame",
-                     best_rate(tiff_files, args.n, args.repeats)))
+            rows.append(
+                ("fabio getframe, bslz4 master", best_rate(fabio_master, args.n, args.repeats))
+            )
+        except Exception as exc:  # fabio's EIGER reader may not know this layout
+            rows.append(
+                (f"fabio getframe, bslz4 master: failed ({type(exc).__name__})", float("nan"))
+            )
+        rows.append(
+            (
+                "read_image, one uncompressed TIFF per frame",
+                best_rate(tiff_files, args.n, args.repeats),
+            )
+        )
     ref = rows[0][1]
     print(f"{args.n} frames of {H}x{W} uint32, one thread, best of {args.repeats} (shared machine)")
     print(f"{'reader':<50}{'frames/s':>10}{'gpusaxs / this':>16}")
@@ -125,12 +144,23 @@ def main(argv=None):
         print(f"file size, {name}: {size / 1e6:.1f} MB")
     out = ROOT / "benchmarks" / "results" / "frames-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": platform.platform(), "cpus": os.cpu_count(), "frames": args.n,
-        "shape": [H, W], "dtype": "uint32", "repeats": args.repeats,
-        "frames_per_s": {name: rate for name, rate in rows},
-        "bytes": sizes}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": platform.platform(),
+                "cpus": os.cpu_count(),
+                "frames": args.n,
+                "shape": [H, W],
+                "dtype": "uint32",
+                "repeats": args.repeats,
+                "frames_per_s": {name: rate for name, rate in rows},
+                "bytes": sizes,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

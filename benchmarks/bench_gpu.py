@@ -16,9 +16,11 @@ max_rel_diff_vs_cpu; plus pyFAI's best method (OpenCL CSR when available, else C
 the CPU engine on the same frames.  Writes benchmarks/results/gpu-<kind>.json.  Exits with
 code 2 and a message without CuPy or a device.
 """
+
 import argparse
 import ctypes
 import datetime
+import functools
 import json
 import re
 import statistics
@@ -36,23 +38,67 @@ CASES = {
     # name: image (H, W), pixel um, distance mm, beam centre (Y from bottom, X) px, tilt
     # (angle, rotation) deg, wavelength A, dtype, module grid (module H, W, gap H, gap W),
     # polarization, batch size, host frames, oversampling
-    "pilatus1m": dict(shape=(1043, 981), pixel_um=172.0, distance_mm=1031.657,
-                      beam_center=(808.37, 387.772), tilt=(-0.56, 73.569), wavelength=1.54,
-                      dtype=np.int32, modules=(195, 487, 17, 7), polarization=(0.95, 0.0),
-                      mask_gaps=True, batch=32, host_frames=256, oversampling=3),
-    "eiger4m": dict(shape=(2167, 2070), pixel_um=75.0, distance_mm=1500.0,
-                    beam_center=(1100.5, 1020.5), tilt=(0.0, 0.0), wavelength=1.0,
-                    dtype=np.uint32, modules=(514, 1030, 37, 10), polarization=None,
-                    mask_gaps=False, batch=32, host_frames=64, oversampling=2),
-    "eiger16m": dict(shape=(4362, 4148), pixel_um=75.0, distance_mm=2500.0,
-                     beam_center=(2200.5, 2050.5), tilt=(0.0, 0.0), wavelength=1.0,
-                     dtype=np.uint32, modules=(514, 1030, 37, 10), polarization=None,
-                     mask_gaps=False, batch=16, host_frames=32, oversampling=2),
+    "pilatus1m": dict(
+        shape=(1043, 981),
+        pixel_um=172.0,
+        distance_mm=1031.657,
+        beam_center=(808.37, 387.772),
+        tilt=(-0.56, 73.569),
+        wavelength=1.54,
+        dtype=np.int32,
+        modules=(195, 487, 17, 7),
+        polarization=(0.95, 0.0),
+        mask_gaps=True,
+        batch=32,
+        host_frames=256,
+        oversampling=3,
+    ),
+    "eiger4m": dict(
+        shape=(2167, 2070),
+        pixel_um=75.0,
+        distance_mm=1500.0,
+        beam_center=(1100.5, 1020.5),
+        tilt=(0.0, 0.0),
+        wavelength=1.0,
+        dtype=np.uint32,
+        modules=(514, 1030, 37, 10),
+        polarization=None,
+        mask_gaps=False,
+        batch=32,
+        host_frames=64,
+        oversampling=2,
+    ),
+    "eiger16m": dict(
+        shape=(4362, 4148),
+        pixel_um=75.0,
+        distance_mm=2500.0,
+        beam_center=(2200.5, 2050.5),
+        tilt=(0.0, 0.0),
+        wavelength=1.0,
+        dtype=np.uint32,
+        modules=(514, 1030, 37, 10),
+        polarization=None,
+        mask_gaps=False,
+        batch=16,
+        host_frames=32,
+        oversampling=2,
+    ),
     # a few-pixel detector for running the benchmark's logic on the NumPy module (CI)
-    "tiny": dict(shape=(67, 59), pixel_um=172.0, distance_mm=300.0, beam_center=(60.5, 20.5),
-                 tilt=(-0.56, 73.569), wavelength=1.54, dtype=np.int32,
-                 modules=(30, 25, 3, 2), polarization=(0.95, 0.0), mask_gaps=True, batch=8,
-                 host_frames=16, oversampling=2),
+    "tiny": dict(
+        shape=(67, 59),
+        pixel_um=172.0,
+        distance_mm=300.0,
+        beam_center=(60.5, 20.5),
+        tilt=(-0.56, 73.569),
+        wavelength=1.54,
+        dtype=np.int32,
+        modules=(30, 25, 3, 2),
+        polarization=(0.95, 0.0),
+        mask_gaps=True,
+        batch=8,
+        host_frames=16,
+        oversampling=2,
+    ),
 }
 
 #: Batch sizes measured per layout.
@@ -68,8 +114,9 @@ def fail(msg, code=2):
 
 def git_commit():
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown" if out.returncode == 0 else "unknown"
     except Exception:
         return "unknown"
@@ -150,7 +197,7 @@ def measure_hbm(xp, clock, nbytes=2 << 30, repeats=5):
     """Device-to-device copy bandwidth in GB/s counting bytes read + written."""
     src = xp.ones(nbytes // 4, xp.float32)
     dst = xp.empty_like(src)
-    t = clock.device(lambda: xp.copyto(dst, src), repeats)
+    t = clock.device(functools.partial(xp.copyto, dst, src), repeats)
     del src, dst
     return 2 * nbytes / t / 1e9
 
@@ -160,14 +207,14 @@ def measure_h2d(xp, clock, nbytes=1 << 30, repeats=5):
     if not clock.cuda:
         host = np.ones(nbytes, np.uint8)
         dev = np.empty_like(host)
-        return nbytes / median_wall(lambda: np.copyto(dev, host), repeats) / 1e9
+        return nbytes / median_wall(functools.partial(np.copyto, dev, host), repeats) / 1e9
     import cupyx
 
     host = cupyx.empty_pinned((nbytes,), np.uint8)
     host[...] = 1
     dev = xp.empty((nbytes,), xp.uint8)
     ptr = ctypes.c_void_p(host.ctypes.data)
-    t = clock.device(lambda: dev.data.copy_from_host_async(ptr, nbytes), repeats)
+    t = clock.device(functools.partial(dev.data.copy_from_host_async, ptr, nbytes), repeats)
     del host, dev
     return nbytes / t / 1e9
 
@@ -191,8 +238,10 @@ def rel_diff(a, b):
 
 
 def sums_diff(got, ref):
-    return max(rel_diff(getattr(got, f), getattr(ref, f))
-               for f in ("signal", "norm", "variance", "squares"))
+    return max(
+        rel_diff(getattr(got, f), getattr(ref, f))
+        for f in ("signal", "norm", "variance", "squares")
+    )
 
 
 def make_matrix(case):
@@ -202,11 +251,17 @@ def make_matrix(case):
     h, w = case["shape"]
     rng = np.random.default_rng(2024)
     frames, gaps = synthetic_frames(case, 4, rng)
-    cal = Calibration(beam_center=case["beam_center"], distance_mm=case["distance_mm"],
-                      imagesize=case["shape"], pixel_size_um=(case["pixel_um"],) * 2,
-                      wavelength_A=case["wavelength"], tilt_angle_deg=case["tilt"][0],
-                      tilt_rot_deg=case["tilt"][1], oversampling=case["oversampling"],
-                      polarization=case["polarization"])
+    cal = Calibration(
+        beam_center=case["beam_center"],
+        distance_mm=case["distance_mm"],
+        imagesize=case["shape"],
+        pixel_size_um=(case["pixel_um"],) * 2,
+        wavelength_A=case["wavelength"],
+        tilt_angle_deg=case["tilt"][0],
+        tilt_rot_deg=case["tilt"][1],
+        oversampling=case["oversampling"],
+        polarization=case["polarization"],
+    )
     mask = gaps if case["mask_gaps"] else np.zeros((h, w), bool)
     return cal, build_matrix(cal, mask=mask), frames, mask
 
@@ -227,8 +282,7 @@ def check_curves(name, matrix, frames, xp, args):
         eng = DeviceEngine(matrix, xp=xp, batch_size=len(frames), layout=layout)
         diffs[f"{layout}_host"] = sums_diff(eng.sums(frames, errors=True), ref)
         dev = eng.sums_device(xp.asarray(frames), errors=True)
-        diffs[f"{layout}_device"] = sums_diff(
-            type(ref)(*(eng._ops.to_host(a) for a in dev)), ref)
+        diffs[f"{layout}_device"] = sums_diff(type(ref)(*(eng._ops.to_host(a) for a in dev)), ref)
         eng.close()
     return diffs, cpu_fps
 
@@ -243,8 +297,14 @@ def run_case(name, case, xp, clock, hbm, h2d, args):
     h, w = case["shape"]
     n_pix = h * w
     frame_bytes = n_pix * np.dtype(case["dtype"]).itemsize
-    res.update(frame_shape=[h, w], dtype=np.dtype(case["dtype"]).name, n_pixels=n_pix,
-               n_bins=matrix.n_bins, nnz=matrix.nnz, entries_per_pixel=matrix.nnz / n_pix)
+    res.update(
+        frame_shape=[h, w],
+        dtype=np.dtype(case["dtype"]).name,
+        n_pixels=n_pix,
+        n_bins=matrix.n_bins,
+        nnz=matrix.nnz,
+        entries_per_pixel=matrix.nnz / n_pix,
+    )
     diffs, res["cpu_frames_per_s"] = check_curves(name, matrix, frames, xp, args)
     res["max_rel_diff_vs_cpu_check"] = diffs
     if max(diffs.values()) > MAX_REL_DIFF:
@@ -256,23 +316,26 @@ def run_case(name, case, xp, clock, hbm, h2d, args):
         for batch in batches:
             n_host = max(batch, (args.host_frames or case["host_frames"]) // batch * batch)
             stack = frames[np.arange(max(n_host, batch)) % len(frames)]
-            eng = DeviceEngine(matrix, xp=xp, batch_size=batch, n_streams=args.streams,
-                               layout=layout)
+            eng = DeviceEngine(
+                matrix, xp=xp, batch_size=batch, n_streams=args.streams, layout=layout
+            )
             r = {"batch_size": batch, "host_frames": n_host}
             dev = xp.asarray(stack[:batch])
-            t = clock.device(lambda: eng.sums_device(dev), args.repeats)
+            t = clock.device(functools.partial(eng.sums_device, dev), args.repeats)
             r["device_resident_gpix_per_s"] = batch * n_pix / t / 1e9  # (B, H, W) input
             r["device_resident_fraction_of_hbm"] = batch * frame_bytes / t / (hbm * 1e9)
             if layout == "pixel":  # frames already pixel-major on the device: no transpose
                 pm = xp.ascontiguousarray(dev.reshape(batch, -1).T)
-                t = clock.device(lambda: eng.sums_device(pm, pixel_major=True), args.repeats)
+                t = clock.device(
+                    functools.partial(eng.sums_device, pm, pixel_major=True), args.repeats
+                )
                 r["device_resident_pixel_major_input_gpix_per_s"] = batch * n_pix / t / 1e9
                 del pm
-            t = clock.device(lambda: eng.sums_device(dev, errors=True), args.repeats)
+            t = clock.device(functools.partial(eng.sums_device, dev, errors=True), args.repeats)
             r["device_resident_errors_gpix_per_s"] = batch * n_pix / t / 1e9
             del dev
             pinned = pinned_copy(xp, stack)
-            t = median_wall(lambda: eng.sums(pinned), max(1, args.repeats // 3))
+            t = median_wall(functools.partial(eng.sums, pinned), max(1, args.repeats // 3))
             r["host_fed_frames_per_s"] = n_host / t
             r["host_fed_fraction_of_h2d"] = n_host * frame_bytes / t / (h2d * 1e9)
             r["max_rel_diff_vs_cpu"] = max(diffs[f"{layout}_host"], diffs[f"{layout}_device"])
@@ -283,8 +346,9 @@ def run_case(name, case, xp, clock, hbm, h2d, args):
                 xp.get_default_memory_pool().free_all_blocks()
     best = max(res["layouts"].values(), key=lambda r: r["device_resident_gpix_per_s"])
     res["device_resident_gpix_per_s"] = best["device_resident_gpix_per_s"]
-    res["host_fed_fraction_of_h2d"] = max(r["host_fed_fraction_of_h2d"]
-                                          for r in res["layouts"].values())
+    res["host_fed_fraction_of_h2d"] = max(
+        r["host_fed_fraction_of_h2d"] for r in res["layouts"].values()
+    )
     res["max_rel_diff_vs_cpu"] = max(diffs.values())
     if not args.no_pyfai:
         res.update(bench_pyfai(case, matrix, frames, mask, args))
@@ -304,18 +368,29 @@ def bench_pyfai(case, matrix, frames, mask, args):
     import pyFAI
 
     ai = AzimuthalIntegrator()
-    ai.setFit2D(case["distance_mm"], centerX=case["beam_center"][1],
-                centerY=case["beam_center"][0], tilt=case["tilt"][0],
-                tiltPlanRotation=case["tilt"][1], pixelX=case["pixel_um"],
-                pixelY=case["pixel_um"])
+    ai.setFit2D(
+        case["distance_mm"],
+        centerX=case["beam_center"][1],
+        centerY=case["beam_center"][0],
+        tilt=case["tilt"][0],
+        tiltPlanRotation=case["tilt"][1],
+        pixelX=case["pixel_um"],
+        pixelY=case["pixel_um"],
+    )
     ai.wavelength = case["wavelength"] * 1e-10
     pol = case["polarization"][0] if case["polarization"] else None
     best = {"pyfai_frames_per_s": None, "pyfai_version": pyFAI.version, "pyfai_tried": {}}
     for method in (("full", "csr", "opencl"), ("full", "csr", "cython")):
         try:
-            kw = dict(npt=matrix.n_bins, unit="q_nm^-1", method=method,
-                      mask=mask | (frames[0] < 0), polarization_factor=pol, dummy=-1,
-                      delta_dummy=0.5)
+            kw = dict(
+                npt=matrix.n_bins,
+                unit="q_nm^-1",
+                method=method,
+                mask=mask | (frames[0] < 0),
+                polarization_factor=pol,
+                dummy=-1,
+                delta_dummy=0.5,
+            )
             first = ai.integrate1d(frames[0], **kw)  # builds the CSR matrix / OpenCL context
             used = str(getattr(first, "method", method))
             if method[2] not in used.lower():  # pyFAI substituted another implementation
@@ -335,31 +410,52 @@ def bench_pyfai(case, matrix, frames, mask, args):
 
 
 def print_failures(report):
-    print(f"bench_gpu: GPU curves differ from the CPU engine by more than {MAX_REL_DIFF:g}; "
-          "no throughput reported", file=sys.stderr)
+    print(
+        f"bench_gpu: GPU curves differ from the CPU engine by more than {MAX_REL_DIFF:g}; "
+        "no throughput reported",
+        file=sys.stderr,
+    )
     for res in report["cases"].values():
         for key, value in res.get("max_rel_diff_vs_cpu_check", {}).items():
             flag = "  <-- FAIL" if value > MAX_REL_DIFF else ""
-            print(f"  {res['case']:>10} {key:>14}: max rel diff {value:.2e}{flag}",
-                  file=sys.stderr)
+            print(f"  {res['case']:>10} {key:>14}: max rel diff {value:.2e}{flag}", file=sys.stderr)
 
 
 def print_table(report):
-    print(f"\n{report['device']}  HBM {report['hbm_gb_per_s']:.0f} GB/s (r+w)  "
-          f"H2D pinned {report['h2d_gb_per_s']:.1f} GB/s")
-    head = ("case", "layout/B", "GPix/s dev", "pm input", "of HBM", "fps host", "of H2D",
-            "rel diff", "fps cpu", "fps pyFAI")
+    print(
+        f"\n{report['device']}  HBM {report['hbm_gb_per_s']:.0f} GB/s (r+w)  "
+        f"H2D pinned {report['h2d_gb_per_s']:.1f} GB/s"
+    )
+    head = (
+        "case",
+        "layout/B",
+        "GPix/s dev",
+        "pm input",
+        "of HBM",
+        "fps host",
+        "of H2D",
+        "rel diff",
+        "fps cpu",
+        "fps pyFAI",
+    )
     print("  ".join(f"{h:>11}" for h in head))
     for res in report["cases"].values():
         for key, r in res["layouts"].items():
             pm = r.get("device_resident_pixel_major_input_gpix_per_s")
-            cells = [res["case"], key, f"{r['device_resident_gpix_per_s']:.1f}",
-                     "-" if pm is None else f"{pm:.1f}",
-                     f"{r['device_resident_fraction_of_hbm']:.0%}",
-                     f"{r['host_fed_frames_per_s']:.0f}", f"{r['host_fed_fraction_of_h2d']:.0%}",
-                     f"{r['max_rel_diff_vs_cpu']:.1e}", f"{res['cpu_frames_per_s']:.1f}",
-                     "-" if res.get("pyfai_frames_per_s") is None
-                     else f"{res['pyfai_frames_per_s']:.1f}"]
+            cells = [
+                res["case"],
+                key,
+                f"{r['device_resident_gpix_per_s']:.1f}",
+                "-" if pm is None else f"{pm:.1f}",
+                f"{r['device_resident_fraction_of_hbm']:.0%}",
+                f"{r['host_fed_frames_per_s']:.0f}",
+                f"{r['host_fed_fraction_of_h2d']:.0%}",
+                f"{r['max_rel_diff_vs_cpu']:.1e}",
+                f"{res['cpu_frames_per_s']:.1f}",
+                "-"
+                if res.get("pyfai_frames_per_s") is None
+                else f"{res['pyfai_frames_per_s']:.1f}",
+            ]
             print("  ".join(f"{c:>11}" for c in cells))
 
 
@@ -367,10 +463,14 @@ def print_table(report):
 #: H100 SXM figures the model assumes: HBM3 bandwidth, achievable fraction of it, L2->SM
 #: bandwidth (an assumption: ~2x HBM; to be measured), 32-byte sectors.
 H100 = dict(hbm_tb_s=3.35, efficiency=0.85, l2_tb_s=7.0)
-DETECTORS = {"PILATUS 1M": dict(pixels=1043 * 981, itemsize=4, entries_per_pixel=1.72,
-                                sectors_per_read=13.5),
-             "EIGER2 16M": dict(pixels=4148 * 4362, itemsize=4, entries_per_pixel=1.8,
-                                sectors_per_read=15.3)}
+DETECTORS = {
+    "PILATUS 1M": dict(
+        pixels=1043 * 981, itemsize=4, entries_per_pixel=1.72, sectors_per_read=13.5
+    ),
+    "EIGER2 16M": dict(
+        pixels=4148 * 4362, itemsize=4, entries_per_pixel=1.8, sectors_per_read=15.3
+    ),
+}
 
 
 def bytes_model(layout, batch, det, fb=8, transpose=False):
@@ -395,33 +495,49 @@ def predict(layout, batch, det, machine=H100, transpose=False):
     hbm, l2 = bytes_model(layout, batch, det, transpose=transpose)
     bound_hbm = machine["hbm_tb_s"] * 1e12 / hbm / 1e9
     bound_l2 = machine["l2_tb_s"] * 1e12 / l2 / 1e9
-    return dict(hbm_bytes=hbm, l2_bytes=l2, hbm_bound=bound_hbm, l2_bound=bound_l2,
-                predicted=machine["efficiency"] * min(bound_hbm, bound_l2))
+    return dict(
+        hbm_bytes=hbm,
+        l2_bytes=l2,
+        hbm_bound=bound_hbm,
+        l2_bound=bound_l2,
+        predicted=machine["efficiency"] * min(bound_hbm, bound_l2),
+    )
 
 
 def model_table():
     """Markdown table of the predictions (docs/gpu.md)."""
-    rows = ["| detector | layout | B | HBM B/px | L2 B/px | HBM bound | L2 bound | "
-            "predicted GPix/s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| detector | layout | B | HBM B/px | L2 B/px | HBM bound | L2 bound | predicted GPix/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, det in DETECTORS.items():
-        for layout, transpose, label in (("frame", False, "frame-major"),
-                                         ("pixel", True, "pixel-major, (B,H,W) transposed"),
-                                         ("pixel", False, "pixel-major input")):
+        for layout, transpose, label in (
+            ("frame", False, "frame-major"),
+            ("pixel", True, "pixel-major, (B,H,W) transposed"),
+            ("pixel", False, "pixel-major input"),
+        ):
             for batch in BATCHES:
                 p = predict(layout, batch, det, transpose=transpose)
-                rows.append(f"| {name} | {label} | {batch} | {p['hbm_bytes']:.1f} | "
-                            f"{p['l2_bytes']:.1f} | {p['hbm_bound']:.0f} | {p['l2_bound']:.0f} "
-                            f"| {p['predicted']:.0f} |")
+                rows.append(
+                    f"| {name} | {label} | {batch} | {p['hbm_bytes']:.1f} | "
+                    f"{p['l2_bytes']:.1f} | {p['hbm_bound']:.0f} | {p['l2_bound']:.0f} "
+                    f"| {p['predicted']:.0f} |"
+                )
     return "\n".join(rows)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", help="result name suffix (default: from the device name)")
-    p.add_argument("--cases", default="pilatus1m,eiger16m",
-                   help="comma list of " + ", ".join(CASES))
-    p.add_argument("--xp", choices=("cupy", "numpy"), default="cupy",
-                   help="array module (numpy: the logic without a GPU, for CI)")
+    p.add_argument(
+        "--cases", default="pilatus1m,eiger16m", help="comma list of " + ", ".join(CASES)
+    )
+    p.add_argument(
+        "--xp",
+        choices=("cupy", "numpy"),
+        default="cupy",
+        help="array module (numpy: the logic without a GPU, for CI)",
+    )
     p.add_argument("--batch", type=int, default=None, help="one batch size (default 32, 64)")
     p.add_argument("--streams", type=int, default=2)
     p.add_argument("--host-frames", type=int, default=None)
@@ -446,8 +562,10 @@ def main(argv=None):
         try:
             import cupy as xp
         except Exception as exc:
-            fail(f"CuPy is not available ({type(exc).__name__}: {exc}); this benchmark needs a "
-                 f'CUDA device and CuPy: pip install ".[gpu]"')
+            fail(
+                f"CuPy is not available ({type(exc).__name__}: {exc}); this benchmark needs a "
+                f'CUDA device and CuPy: pip install ".[gpu]"'
+            )
         try:
             n_dev = xp.cuda.runtime.getDeviceCount()
         except Exception as exc:
@@ -455,21 +573,29 @@ def main(argv=None):
         if n_dev < 1:
             fail("no CUDA device visible")
         props = xp.cuda.runtime.getDeviceProperties(0)
-        device = (props["name"].decode() if isinstance(props["name"], bytes)
-                  else str(props["name"]))
-        extra = {"cupy_version": xp.__version__,
-                 "cuda_runtime_version": xp.cuda.runtime.runtimeGetVersion(),
-                 "compute_capability": f"{props['major']}.{props['minor']}"}
+        device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        extra = {
+            "cupy_version": xp.__version__,
+            "cuda_runtime_version": xp.cuda.runtime.runtimeGetVersion(),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+        }
         nbytes = 1 << 30
     kind = args.kind or kind_from_name(device)
     clock = Clock(xp)
     t_start = time.perf_counter()
     hbm = measure_hbm(xp, clock, 2 * nbytes)
     h2d = measure_h2d(xp, clock, nbytes)
-    report = {"device": device, "kind": kind,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), **extra, "hbm_gb_per_s": hbm, "h2d_gb_per_s": h2d,
-              "max_rel_diff_allowed": MAX_REL_DIFF, "cases": {}}
+    report = {
+        "device": device,
+        "kind": kind,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        **extra,
+        "hbm_gb_per_s": hbm,
+        "h2d_gb_per_s": h2d,
+        "max_rel_diff_allowed": MAX_REL_DIFF,
+        "cases": {},
+    }
     for name in cases:
         print(f"... {name}", flush=True)
         report["cases"][name] = run_case(name, CASES[name], xp, clock, hbm, h2d, args)
@@ -477,9 +603,15 @@ def main(argv=None):
         print_failures(report)
         return 3
     head = report["cases"].get("pilatus1m") or next(iter(report["cases"].values()))
-    for key in ("frame_shape", "device_resident_gpix_per_s", "host_fed_fraction_of_h2d",
-                "max_rel_diff_vs_cpu", "pyfai_frames_per_s", "pyfai_method",
-                "cpu_frames_per_s"):
+    for key in (
+        "frame_shape",
+        "device_resident_gpix_per_s",
+        "host_fed_fraction_of_h2d",
+        "max_rel_diff_vs_cpu",
+        "pyfai_frames_per_s",
+        "pyfai_method",
+        "cpu_frames_per_s",
+    ):
         report[key] = head.get(key)
     report["headline_case"] = head["case"]
     report["total_s"] = time.perf_counter() - t_start

@@ -15,6 +15,7 @@ Prints a table and writes JSON to benchmarks/results/service-<cpu|gpu>.json.
     python benchmarks/bench_service.py                 # 300 frames, backend auto
     python benchmarks/bench_service.py --frames 1000 --backend cupy --threads 4
 """
+
 import argparse
 import json
 import os
@@ -36,10 +37,18 @@ sys.path.insert(0, str(REPO))
 from gpusaxs.server import protocol as P  # noqa: E402
 
 SHAPE = (1043, 981)
-CAL = {"PixelSizeMicroM": [172.0], "Imagesize": list(SHAPE), "PixelPerRadialElement": 1,
-       "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0}, "MaskFile": "mask.msk", "Oversampling": 3,
-       "Wavelength": 1.54, "BeamCenter": [808.37, 387.772], "DedectorDistanceMM": 1031.657,
-       "PolarizationCorrection": {"Fraction": 0.95, "Angle": 0.0}}
+CAL = {
+    "PixelSizeMicroM": [172.0],
+    "Imagesize": list(SHAPE),
+    "PixelPerRadialElement": 1,
+    "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
+    "MaskFile": "mask.msk",
+    "Oversampling": 3,
+    "Wavelength": 1.54,
+    "BeamCenter": [808.37, 387.772],
+    "DedectorDistanceMM": 1031.657,
+    "PolarizationCorrection": {"Fraction": 0.95, "Angle": 0.0},
+}
 
 
 def make_frames(folder, n, unique=16):
@@ -53,7 +62,7 @@ def make_frames(folder, n, unique=16):
     originals = []
     for i in range(min(unique, n)):
         img = rng.poisson(40, size=SHAPE).astype(np.int32)
-        img[:, 487:494] = -1                      # PILATUS module gap
+        img[:, 487:494] = -1  # PILATUS module gap
         p = src / f"orig_{i:03d}.tif"
         tifffile.imwrite(p, img)
         originals.append(p)
@@ -72,9 +81,13 @@ def link_frames(originals, folder, n, start=0, delay=0.0):
 def start(module, args, ready, log, env):
     if ready.exists():
         ready.unlink()
-    p = subprocess.Popen([sys.executable, "-m", module, *map(str, args), "--ready-file",
-                          str(ready)], cwd=str(REPO), env=env, stdout=open(log, "ab"),
-                         stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        [sys.executable, "-m", module, *map(str, args), "--ready-file", str(ready)],
+        cwd=str(REPO),
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while not ready.exists():
         if p.poll() is not None or time.monotonic() > deadline:
@@ -106,8 +119,12 @@ def lat_summary(samples):
     if not samples:
         return {}
     s = sorted(samples)
-    return {"n": len(s), "median_ms": statistics.median(s),
-            "p95_ms": s[min(len(s) - 1, int(0.95 * len(s)))], "max_ms": s[-1]}
+    return {
+        "n": len(s),
+        "median_ms": statistics.median(s),
+        "p95_ms": s[min(len(s) - 1, int(0.95 * len(s)))],
+        "max_ms": s[-1],
+    }
 
 
 def wait_pics(client, n, timeout):
@@ -129,16 +146,48 @@ def run_mode(mode, args, work, originals, secret, cfg, env):
     try:
         if mode == "feeder":
             fport = _free_port()
-            fp, finfo = start("gpusaxs.server.feeder", ["--config", cfg, "--bind", "127.0.0.1",
-                                                        "-p", fport, "-d", data,
-                                                        "--heartbeat", "0.2"],
-                              work / f"feeder-{mode}.ready", work / f"feeder-{mode}.log", env)
+            fp, finfo = start(
+                "gpusaxs.server.feeder",
+                [
+                    "--config",
+                    cfg,
+                    "--bind",
+                    "127.0.0.1",
+                    "-p",
+                    fport,
+                    "-d",
+                    data,
+                    "--heartbeat",
+                    "0.2",
+                ],
+                work / f"feeder-{mode}.ready",
+                work / f"feeder-{mode}.log",
+                env,
+            )
             procs.append(fp)
             extra = ["-f", finfo["url"]]
-        sp, sinfo = start("gpusaxs.server.saxsdogserver",
-                          ["--config", cfg, "--bind", "127.0.0.1", "-p", "0", "-t", args.threads,
-                           "-b", args.batch, "--backend", args.backend, *extra, base],
-                          work / f"server-{mode}.ready", work / f"server-{mode}.log", env)
+        sp, sinfo = start(
+            "gpusaxs.server.saxsdogserver",
+            [
+                "--config",
+                cfg,
+                "--bind",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "-t",
+                args.threads,
+                "-b",
+                args.batch,
+                "--backend",
+                args.backend,
+                *extra,
+                base,
+            ],
+            work / f"server-{mode}.ready",
+            work / f"server-{mode}.log",
+            env,
+        )
         procs.append(sp)
         url = sinfo["url"]
         client = P.Client(url, secret, timeout=60)
@@ -185,11 +234,18 @@ def run_mode(mode, args, work, originals, secret, cfg, env):
         probe.stop.set()
         probe.join()
         client.close()
-        return {"mode": mode, "frames": n, "seconds": dt, "frames_per_sec": n / dt,
-                "server_frames_per_sec": d["stat"]["frames per sec"],
-                "errors": d["errors"]["count"], "backend": d["queue"]["backend"],
-                "setup_seconds": t_build, "stat_idle": lat_summary(idle),
-                "stat_under_load": lat_summary(probe.samples)}
+        return {
+            "mode": mode,
+            "frames": n,
+            "seconds": dt,
+            "frames_per_sec": n / dt,
+            "server_frames_per_sec": d["stat"]["frames per sec"],
+            "errors": d["errors"]["count"],
+            "backend": d["queue"]["backend"],
+            "setup_seconds": t_build,
+            "stat_idle": lat_summary(idle),
+            "stat_under_load": lat_summary(probe.samples),
+        }
     finally:
         for p in procs:
             p.terminate()
@@ -208,15 +264,19 @@ def _free_port():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2, help="server reader threads")
     ap.add_argument("--batch", type=int, default=16, help="server batch size")
     ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     ap.add_argument("--modes", default="readdir,feeder")
-    ap.add_argument("--out", default=None, help="JSON output (default "
-                    "benchmarks/results/service-<cpu|gpu>.json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default benchmarks/results/service-<cpu|gpu>.json)",
+    )
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder)")
     args = ap.parse_args(argv)
 
@@ -244,24 +304,38 @@ def main(argv=None):
 
     backend = results[0]["backend"] if results else "?"
     print()
-    print(f"Saxsdog service, PILATUS 1M frames {SHAPE[0]}x{SHAPE[1]} int32, backend {backend}, "
-          f"{os.cpu_count()} CPU cores, reader threads {args.threads}, batch {args.batch}")
-    hdr = (f"{'mode':<8} {'frames':>6} {'seconds':>8} {'frames/s':>9} "
-           f"{'stat idle med/p95 ms':>21} {'stat under load med/p95/max ms':>31}")
+    print(
+        f"Saxsdog service, PILATUS 1M frames {SHAPE[0]}x{SHAPE[1]} int32, backend {backend}, "
+        f"{os.cpu_count()} CPU cores, reader threads {args.threads}, batch {args.batch}"
+    )
+    hdr = (
+        f"{'mode':<8} {'frames':>6} {'seconds':>8} {'frames/s':>9} "
+        f"{'stat idle med/p95 ms':>21} {'stat under load med/p95/max ms':>31}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         i, lo = r["stat_idle"], r["stat_under_load"]
-        print(f"{r['mode']:<8} {r['frames']:>6} {r['seconds']:>8.2f} {r['frames_per_sec']:>9.1f} "
-              f"{i['median_ms']:>10.2f}/{i['p95_ms']:<10.2f} "
-              f"{lo.get('median_ms', 0):>12.2f}/{lo.get('p95_ms', 0):.2f}/{lo.get('max_ms', 0):.2f}")
+        print(
+            f"{r['mode']:<8} {r['frames']:>6} {r['seconds']:>8.2f} {r['frames_per_sec']:>9.1f} "
+            f"{i['median_ms']:>10.2f}/{i['p95_ms']:<10.2f} "
+            f"{lo.get('median_ms', 0):>12.2f}/{lo.get('p95_ms', 0):.2f}/{lo.get('max_ms', 0):.2f}"
+        )
     kind = "gpu" if backend == "cupy" else "cpu"
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"service-{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": "service", "shape": list(SHAPE), "oversampling": CAL["Oversampling"],
-           "cpu_count": os.cpu_count(), "machine": platform.platform(),
-           "python": platform.python_version(), "threads": args.threads, "batch": args.batch,
-           "results": results, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    doc = {
+        "benchmark": "service",
+        "shape": list(SHAPE),
+        "oversampling": CAL["Oversampling"],
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "results": results,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwritten {out}")
     return 0

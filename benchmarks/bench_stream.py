@@ -34,12 +34,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from gpusaxs.clients.saxsdetsim import demo_frames
-from gpusaxs.server.stream import codecs, v2
-
 from gpusaxs.calibration import Calibration
+from gpusaxs.clients.saxsdetsim import demo_frames
 from gpusaxs.demo import DEMO_CALIBRATION
 from gpusaxs.integrator import Integrator
+from gpusaxs.server.stream import codecs, v2
 
 CASES = {
     "PILATUS 1M": dict(DEMO_CALIBRATION, MaskFile=None),
@@ -73,6 +72,7 @@ def git_commit():
 def end_to_end(integ, frames, n, batch, threads, out_dir):
     """frames/s of a V2 series through StreamConsumer (sender in another process)."""
     import zmq
+
     from gpusaxs.server.stream.consumer import StreamConsumer
 
     shape = frames[0].shape
@@ -101,9 +101,7 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     pull_url = f"tcp://127.0.0.1:{_free_port()}"
     # the sender binds, as a detector does; the consumer connects
     ready = mp.get_context("fork").Event()
-    proc = mp.get_context("fork").Process(
-        target=_bind_sender, args=(pull_url, messages, n, ready)
-    )
+    proc = mp.get_context("fork").Process(target=_bind_sender, args=(pull_url, messages, n, ready))
     proc.start()
     ready.wait(60)
     cons = StreamConsumer(
@@ -187,9 +185,7 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
 
     def dec():
         for i in range(k):
-            decoded.append(
-                codecs.decode_bslz4(encoded[i % 4], frames[0].shape, np.uint32, 4)
-            )
+            decoded.append(codecs.decode_bslz4(encoded[i % 4], frames[0].shape, np.uint32, 4))
 
     r_dec = rate(k, dec)
     stack = np.stack([decoded[i % len(decoded)] for i in range(batch)])
@@ -200,14 +196,10 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
         lambda: [integ.integrate_batch_error(stack, std=False) for _ in range(reps)],
     )
     r_seq = 1.0 / (1.0 / r_dec + 1.0 / r_int)
-    r_pyfai = (
-        None
-        if no_pyfai
-        else pyfai_rate(cal, decoded[: max(8, k // 4)], integ.matrix.n_bins)
-    )
+    r_pyfai = None if no_pyfai else pyfai_rate(cal, decoded[: max(8, k // 4)], integ.matrix.n_bins)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as out:
         r_e2e, _ = end_to_end(integ, frames, n_frames, batch, threads, out)
-    comp = np.mean([f.nbytes / len(e) for f, e in zip(frames, encoded)])
+    comp = np.mean([f.nbytes / len(e) for f, e in zip(frames, encoded, strict=True)])
     return {
         "case": name,
         "shape": list(cal.imagesize),
@@ -232,16 +224,10 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--frames", type=int, default=400, help="PILATUS 1M frames end to end"
-    )
-    p.add_argument(
-        "--frames-4m", type=int, default=100, help="EIGER 4M frames end to end"
-    )
+    p.add_argument("--frames", type=int, default=400, help="PILATUS 1M frames end to end")
+    p.add_argument("--frames-4m", type=int, default=100, help="EIGER 4M frames end to end")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument(
-        "--threads", type=int, default=2, help="decode threads of the consumer"
-    )
+    p.add_argument("--threads", type=int, default=2, help="decode threads of the consumer")
     p.add_argument("--no-pyfai", action="store_true")
     p.add_argument("--cases", nargs="*", default=list(CASES))
     p.add_argument("--out", default=str(HERE / "results" / "stream-cpu.json"))
@@ -261,11 +247,7 @@ def main(argv=None):
     )
     for r in rows:
         pf = "-" if r["pyfai_fps"] is None else f"{r['pyfai_fps']:.0f}"
-        rp = (
-            "-"
-            if r["end_to_end_vs_pyfai"] is None
-            else f"{r['end_to_end_vs_pyfai']:.2f}"
-        )
+        rp = "-" if r["end_to_end_vs_pyfai"] is None else f"{r['end_to_end_vs_pyfai']:.2f}"
         print(
             f"{r['case']:11s} {r['decode_1thread_fps']:10.0f} {r['integrate_in_memory_fps']:10.0f} "
             f"{r['sequential_decode_then_integrate_fps']:10.0f} {pf:>8s} "

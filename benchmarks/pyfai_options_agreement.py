@@ -11,6 +11,7 @@ Two set-ups (the same as tests/test_options_pyfai.py):
 Per option: median and 95th percentile over the bins of |ours - pyFAI| / |pyFAI|.
 Writes benchmarks/results/pyfai-options.json.
 """
+
 import argparse
 import json
 import sys
@@ -35,29 +36,69 @@ def agreement(ours, theirs):
 def cases(dark, flat):
     """(name, our keywords, pyFAI keywords, compared attribute)."""
     every = dict(dark=dark, flat=flat, polarization_factor=0.9, normalization_factor=2.5)
-    rows = [("no option", {}, {}, "intensity"),
-            ("correct_solid_angle", dict(correct_solid_angle=True), dict(correctSolidAngle=True),
-             "intensity"),
-            ("dark", dict(dark=dark), dict(dark=dark), "intensity"),
-            ("flat (+ dark)", dict(flat=flat, dark=dark), dict(flat=flat, dark=dark), "intensity"),
-            ("polarization_factor 0.9", dict(polarization_factor=0.9),
-             dict(polarization_factor=0.9), "intensity"),
-            ("normalization_factor 2.5", dict(normalization_factor=2.5),
-             dict(normalization_factor=2.5), "intensity"),
-            ("all corrections", dict(correct_solid_angle=True, **every),
-             dict(correctSolidAngle=True, **every), "intensity")]
+    rows = [
+        ("no option", {}, {}, "intensity"),
+        (
+            "correct_solid_angle",
+            dict(correct_solid_angle=True),
+            dict(correctSolidAngle=True),
+            "intensity",
+        ),
+        ("dark", dict(dark=dark), dict(dark=dark), "intensity"),
+        ("flat (+ dark)", dict(flat=flat, dark=dark), dict(flat=flat, dark=dark), "intensity"),
+        (
+            "polarization_factor 0.9",
+            dict(polarization_factor=0.9),
+            dict(polarization_factor=0.9),
+            "intensity",
+        ),
+        (
+            "normalization_factor 2.5",
+            dict(normalization_factor=2.5),
+            dict(normalization_factor=2.5),
+            "intensity",
+        ),
+        (
+            "all corrections",
+            dict(correct_solid_angle=True, **every),
+            dict(correctSolidAngle=True, **every),
+            "intensity",
+        ),
+    ]
     for unit in ("q_A^-1", "2th_deg", "2th_rad", "r_mm"):
         rows.append((f"unit {unit}", dict(unit=unit), dict(unit=unit), "intensity"))
-    rows += [("radial_range", dict(radial_range=(0.5, 2.5), npt=400),
-              dict(radial_range=(0.5, 2.5), npt=400), "intensity"),
-             ("azimuth_range (60, 120)", dict(azimuth_range=(60.0, 120.0)),
-              dict(azimuth_range=(60.0, 120.0)), "intensity"),
-             ("sigma, error_model poisson", dict(error_model="poisson"),
-              dict(error_model="poisson"), "sigma"),
-             ("sigma, error_model azimuthal", dict(error_model="azimuthal"),
-              dict(error_model="azimuthal"), "sigma"),
-             ("std, error_model azimuthal", dict(error_model="azimuthal"),
-              dict(error_model="azimuthal"), "std")]
+    rows += [
+        (
+            "radial_range",
+            dict(radial_range=(0.5, 2.5), npt=400),
+            dict(radial_range=(0.5, 2.5), npt=400),
+            "intensity",
+        ),
+        (
+            "azimuth_range (60, 120)",
+            dict(azimuth_range=(60.0, 120.0)),
+            dict(azimuth_range=(60.0, 120.0)),
+            "intensity",
+        ),
+        (
+            "sigma, error_model poisson",
+            dict(error_model="poisson"),
+            dict(error_model="poisson"),
+            "sigma",
+        ),
+        (
+            "sigma, error_model azimuthal",
+            dict(error_model="azimuthal"),
+            dict(error_model="azimuthal"),
+            "sigma",
+        ),
+        (
+            "std, error_model azimuthal",
+            dict(error_model="azimuthal"),
+            dict(error_model="azimuthal"),
+            "std",
+        ),
+    ]
     return rows
 
 
@@ -71,30 +112,54 @@ def run_setup(name, integ, ai, image, mask, method, dark, flat, npt):
         edges = integ.option_engine(npt=n, **build)[0].q_edges
         pkw = {k: v for k, v in pyfai_kw.items() if k not in ("npt", "radial_range")}
         pkw.setdefault("correctSolidAngle", False)
-        theirs = ai.integrate1d(image, n, radial_range=(edges[0], edges[-1]), mask=mask,
-                                method=method, **pkw)
+        theirs = ai.integrate1d(
+            image, n, radial_range=(edges[0], edges[-1]), mask=mask, method=method, **pkw
+        )
         med, p95, bins = agreement(getattr(ours, attr), getattr(theirs, attr))
         rows.append(dict(setup=name, option=label, median=med, p95=p95, bins=bins))
     ours = integ.integrate2d(image, 300, 36, unit="2th_deg")
-    edges = integ.option_engine(npt=300, unit="2th_deg", azimuth_range=(-180.0, 180.0),
-                                azimuth_npt=36)[0].q_edges
-    theirs = ai.integrate2d(image, 300, 36, unit="2th_deg", radial_range=(edges[0], edges[-1]),
-                            azimuth_range=(-180.0, 180.0), mask=mask, method=method,
-                            correctSolidAngle=False)
+    edges = integ.option_engine(
+        npt=300, unit="2th_deg", azimuth_range=(-180.0, 180.0), azimuth_npt=36
+    )[0].q_edges
+    theirs = ai.integrate2d(
+        image,
+        300,
+        36,
+        unit="2th_deg",
+        radial_range=(edges[0], edges[-1]),
+        azimuth_range=(-180.0, 180.0),
+        mask=mask,
+        method=method,
+        correctSolidAngle=False,
+    )
     med, p95, bins = agreement(ours.intensity, theirs.intensity)
-    rows.append(dict(setup=name, option="integrate2d (36 x 300, 2th_deg)", median=med, p95=p95,
-                     bins=bins))
+    rows.append(
+        dict(setup=name, option="integrate2d (36 x 300, 2th_deg)", median=med, p95=p95, bins=bins)
+    )
     wrap = integ.integrate1d(image, npt=npt, azimuth_range=(150.0, -150.0))
     if np.isfinite(wrap.intensity).sum() > 100:
         edges = integ.option_engine(npt=npt)[0].q_edges
         ai.setChiDiscAtZero()
-        theirs = ai.integrate1d(image, npt, radial_range=(edges[0], edges[-1]), mask=mask,
-                                azimuth_range=(150.0, 210.0), method=method,
-                                correctSolidAngle=False)
+        theirs = ai.integrate1d(
+            image,
+            npt,
+            radial_range=(edges[0], edges[-1]),
+            mask=mask,
+            azimuth_range=(150.0, 210.0),
+            method=method,
+            correctSolidAngle=False,
+        )
         ai.setChiDiscAtPi()
         med, p95, bins = agreement(wrap.intensity, theirs.intensity)
-        rows.append(dict(setup=name, option="azimuth_range (150, -150), through 180", median=med,
-                         p95=p95, bins=bins))
+        rows.append(
+            dict(
+                setup=name,
+                option="azimuth_range (150, -150), through 180",
+                median=med,
+                p95=p95,
+                bins=bins,
+            )
+        )
     return rows
 
 
@@ -105,22 +170,39 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         cal, image, dark, flat = tilted_synthetic_frame(folder)
-        rows += run_setup("tilted, no split", gpusaxs.Integrator(cal, backend="numpy"),
-                          pyfai_integrator(cal), image, image < 0, ("no", "csr", "cython"),
-                          dark, flat, 800)
+        rows += run_setup(
+            "tilted, no split",
+            gpusaxs.Integrator(cal, backend="numpy"),
+            pyfai_integrator(cal),
+            image,
+            image < 0,
+            ("no", "csr", "cython"),
+            dark,
+            flat,
+            800,
+        )
     ref = Path(args.reference)
     if (ref / "buf1_00000.tif").is_file():
         cal = gpusaxs.Calibration.from_file(ref / "buf1_00000.calibration.json")
         image = gpusaxs.read_image(ref / "buf1_00000.tif")
         rng = np.random.default_rng(4)
-        rows += run_setup("reference, split", gpusaxs.Integrator(cal, backend="numpy"),
-                          pyfai_integrator(cal), image, cal.load_mask() | (image < 0),
-                          ("full", "csr", "cython"), rng.uniform(0, 2, image.shape),
-                          rng.uniform(0.8, 1.2, image.shape), 1002)
+        rows += run_setup(
+            "reference, split",
+            gpusaxs.Integrator(cal, backend="numpy"),
+            pyfai_integrator(cal),
+            image,
+            cal.load_mask() | (image < 0),
+            ("full", "csr", "cython"),
+            rng.uniform(0, 2, image.shape),
+            rng.uniform(0.8, 1.2, image.shape),
+            1002,
+        )
     print("| set-up | option | median abs(dI)/I | 95th percentile | bins |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['setup']} | {r['option']} | {r['median']:.1e} | {r['p95']:.1e} | {r['bins']} |")
+        print(
+            f"| {r['setup']} | {r['option']} | {r['median']:.1e} | {r['p95']:.1e} | {r['bins']} |"
+        )
     out = HERE / "results" / "pyfai-options.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))

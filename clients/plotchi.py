@@ -4,6 +4,7 @@ Reads the project's .chi files (2 or 3 columns) and fit2d's; draws error bands f
 column; compares curves to the first one (-c); writes the plot to a file (-o, format from the
 suffix) or opens a window.
 """
+
 import argparse
 import os
 import sys
@@ -43,25 +44,40 @@ exit status: 0 plotted, 1 a file could not be read, 2 usage error or no display.
 def build_parser():
     """The argument parser (options of section 2.3)."""
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [options] CHIFILE [CHIFILE ...]",
-        description="Plot one or more .chi curves (ours or fit2d's).", epilog=EPILOG)
+        description="Plot one or more .chi curves (ours or fit2d's).",
+        epilog=EPILOG,
+    )
     p.add_argument("files", nargs="+", metavar="CHIFILE", help=".chi files to plot")
-    p.add_argument("-o", "--out", metavar="FILE",
-                   help="write the plot to FILE (format from the suffix)")
-    p.add_argument("-c", "--compare", action="store_true",
-                   help="compare the curves to the first one")
+    p.add_argument(
+        "-o", "--out", metavar="FILE", help="write the plot to FILE (format from the suffix)"
+    )
+    p.add_argument(
+        "-c", "--compare", action="store_true", help="compare the curves to the first one"
+    )
     p.add_argument("-l", "--log", action="store_true", help="use log scale for intensity")
     p.add_argument("-n", "--no-legend", action="store_true", help="hide the legend")
     p.add_argument("-t", "--title", metavar="TITLE", help="plot title")
-    p.add_argument("-s", "--skip", metavar="N", type=int, default=0,
-                   help="skip the first N points")
-    p.add_argument("-k", "--clip", metavar="N", type=int, default=0,
-                   help="clip the last N points")
-    p.add_argument("-x", "--xaxisistype", metavar="TYPE", choices=SCALES, default="linear",
-                   help="X axis scale: linear|log|symlog")
-    p.add_argument("-y", "--yaxisistype", metavar="TYPE", choices=SCALES, default=None,
-                   help="Y axis scale: linear|log|symlog")
+    p.add_argument("-s", "--skip", metavar="N", type=int, default=0, help="skip the first N points")
+    p.add_argument("-k", "--clip", metavar="N", type=int, default=0, help="clip the last N points")
+    p.add_argument(
+        "-x",
+        "--xaxisistype",
+        metavar="TYPE",
+        choices=SCALES,
+        default="linear",
+        help="X axis scale: linear|log|symlog",
+    )
+    p.add_argument(
+        "-y",
+        "--yaxisistype",
+        metavar="TYPE",
+        choices=SCALES,
+        default=None,
+        help="Y axis scale: linear|log|symlog",
+    )
     return p
 
 
@@ -72,11 +88,13 @@ def _err(msg):
 def _no_display_reason():
     """Why no window can be opened, or None if one probably can."""
     import matplotlib
-    backend = matplotlib.get_backend().lower()      # resolves to "agg" on a headless machine
+
+    backend = matplotlib.get_backend().lower()  # resolves to "agg" on a headless machine
     if backend in ("agg", "pdf", "svg", "ps", "cairo", "template", "pgf"):
         return f"the matplotlib backend is {backend!r}, which cannot open a window"
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                  or os.environ.get("WAYLAND_DISPLAY")):
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
         return "there is no display (DISPLAY is not set)"
     return None
 
@@ -98,7 +116,7 @@ def load_curves(paths, skip=0, clip=0):
     return curves
 
 
-_I_LABELS = {}      # curve label -> the file's intensity label (line 3 of the .chi)
+_I_LABELS = {}  # curve label -> the file's intensity label (line 3 of the .chi)
 #: Curves up to this many use matplotlib's 10-colour cycle and a legend inside the axes; more
 #: get distinct colours from a colour map and a legend in columns beside the plot.
 MANY_CURVES = 10
@@ -119,6 +137,7 @@ def _colors(n):
     if n <= MANY_CURVES:
         return [None] * n
     from matplotlib import colormaps
+
     cmap = colormaps["turbo"]
     return [cmap(0.05 + 0.9 * k / (n - 1)) for k in range(n)]
 
@@ -129,8 +148,15 @@ def _legend(ax, n):
         ax.legend(fontsize="small")
         return
     ncol = -(-n // 25)
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol,
-              borderaxespad=0.0, frameon=False, handlelength=1.5)
+    ax.legend(
+        fontsize="x-small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncol=ncol,
+        borderaxespad=0.0,
+        frameon=False,
+        handlelength=1.5,
+    )
 
 
 def _on_first_grid(q0, q, values):
@@ -155,10 +181,10 @@ def make_figure(curves, args, figure_factory):
     xscale = args.xaxisistype
     nrows = 3 if args.compare and len(curves) > 1 else 1
     many = len(curves) > MANY_CURVES and not args.no_legend
-    width = 8 + (1.6 * -(-len(curves) // 25) if many else 0)     # room for the legend columns
+    width = 8 + (1.6 * -(-len(curves) // 25) if many else 0)  # room for the legend columns
     fig = figure_factory(figsize=(width, 5 if nrows == 1 else 9))
     if many:
-        fig.subplots_adjust(right=0.9 * 8 / width)                 # the plot keeps its size
+        fig.subplots_adjust(right=0.9 * 8 / width)  # the plot keeps its size
     if nrows == 1:
         axes = [fig.add_subplot(1, 1, 1)]
     else:
@@ -167,7 +193,7 @@ def make_figure(curves, args, figure_factory):
         axes += [fig.add_subplot(gs[k], sharex=axes[0]) for k in (1, 2)]
     ax = axes[0]
     q0, i0 = curves[0][1], curves[0][2]
-    for (label, q, i, e, _), color in zip(curves, _colors(len(curves))):
+    for (label, q, i, e, _), color in zip(curves, _colors(len(curves)), strict=True):
         ok = _visible(i, yscale) & _visible(q, xscale)
         (line,) = ax.plot(q[ok], i[ok], lw=1, label=label, color=color)
         if e is not None:
@@ -175,8 +201,7 @@ def make_figure(curves, args, figure_factory):
             band = ok & np.isfinite(e)
             if yscale == "log":
                 lo = np.where(lo > 0, lo, i * 1e-3)
-            ax.fill_between(q[band], lo[band], hi[band], color=line.get_color(), alpha=0.25,
-                            lw=0)
+            ax.fill_between(q[band], lo[band], hi[band], color=line.get_color(), alpha=0.25, lw=0)
     ax.set_yscale(yscale)
     ax.set_xscale(xscale)
     ax.set_ylabel(y_label(curves))
@@ -186,7 +211,7 @@ def make_figure(curves, args, figure_factory):
         _legend(ax, len(curves))
     if nrows == 3:
         base = curves[0][0]
-        for label, q, i, e, _ in curves[1:]:
+        for label, q, i, _e, _ in curves[1:]:
             on0 = _on_first_grid(q0, q, i)
             diff = on0 - i0
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -215,6 +240,7 @@ def main(argv=None):
         _err("error: -s and -k take N >= 0")
         return 2
     from gpusaxs.errors import GpusaxsError
+
     try:
         curves = load_curves(args.files, args.skip, args.clip)
     except GpusaxsError as exc:
@@ -239,10 +265,13 @@ def main(argv=None):
         fmt = out.suffix.lstrip(".").lower()
         supported = fig.canvas.get_supported_filetypes()
         if fmt not in supported:
-            _err(f"error: cannot write {out}: unknown format {out.suffix!r} "
-                 f"(use one of {', '.join('.' + k for k in sorted(supported))})")
+            _err(
+                f"error: cannot write {out}: unknown format {out.suffix!r} "
+                f"(use one of {', '.join('.' + k for k in sorted(supported))})"
+            )
             return 2
         from gpusaxs.io.atomic import atomic_write
+
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(out, "wb") as fh:
@@ -254,11 +283,14 @@ def main(argv=None):
 
     reason = _no_display_reason()
     if reason is not None:
-        _err(f"cannot open a plot window: {reason}.\n"
-             f"Save the plot to a file instead with -o FILE, e.g.: "
-             f"{PROG} -o plot.png {' '.join(args.files)}")
+        _err(
+            f"cannot open a plot window: {reason}.\n"
+            f"Save the plot to a file instead with -o FILE, e.g.: "
+            f"{PROG} -o plot.png {' '.join(args.files)}"
+        )
         return 2
     import matplotlib.pyplot as plt
+
     make_figure(curves, args, plt.figure)
     plt.show()
     return 0

@@ -3,6 +3,7 @@
 The bar is drawn only on a terminal (and not when silent); the final summary line is printed
 whenever the tool is not silent, terminal or not.
 """
+
 import sys
 import threading
 import time
@@ -30,8 +31,17 @@ class Progress:
     silent: no bar and no summary.  enabled: draw the bar (default: stream is a tty).
     """
 
-    def __init__(self, total=None, *, silent=False, stream=None, enabled=None, label="",
-                 min_interval=0.1, unit="files"):
+    def __init__(
+        self,
+        total=None,
+        *,
+        silent=False,
+        stream=None,
+        enabled=None,
+        label="",
+        min_interval=0.1,
+        unit="files",
+    ):
         self.stream = sys.stderr if stream is None else stream
         self.silent = silent
         if enabled is None:

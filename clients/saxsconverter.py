@@ -6,6 +6,7 @@ INPUT is fit2d's refined-geometry text (calibration.txt), a pyFAI .poni file or 
 calibration JSON file; OUTPUT is a calibration JSON file or a .poni file.
 See ``saxsconverter --help`` and docs/calibration.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,18 @@ import re
 import sys
 
 from gpusaxs.calibration import (
-    DISTANCE_KEYS, FLAT_DEFAULTS, Calibration, read_json, to_flat_dict, to_nested_dict,
-    validate_dict, write_json_atomic,
+    DISTANCE_KEYS,
+    FLAT_DEFAULTS,
+    Calibration,
+    read_json,
+    to_flat_dict,
+    to_nested_dict,
+    validate_dict,
+    write_json_atomic,
 )
-from gpusaxs.poni import format_poni, poni_geometry, read_poni
 from gpusaxs.errors import CalibrationError
 from gpusaxs.io.atomic import atomic_write
+from gpusaxs.poni import format_poni, poni_geometry, read_poni
 
 EPILOG = """\
 INPUT kinds (detected): a pyFAI .poni file (suffix .poni or --from-poni), a calibration
@@ -61,17 +68,53 @@ Exit status: 0 on success, 2 on any error (the message names the file and the fi
 
 NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?)"
 FIT2D_PATTERNS = {
-    "beam": [re.compile(r"Refined\s+beam\s+cent(?:re|er)\s*=\s*" + NUM + r"\s+" + NUM + r"\s*\(\s*pixels?\s*\)", re.I),
-             re.compile(r"Best\s+fit\s+beam\s+cent(?:re|er)\s*\(\s*X\s*/\s*Y\s+pixels?\s*\)\s*=\s*" + NUM + r"\s+" + NUM, re.I)],
-    "distance": [re.compile(r"(?:Refined|Best\s+fit)\s+sample\s+to\s+detector\s+distance\s*(?:\(\s*mm\s*\))?\s*=\s*" + NUM, re.I)],
-    "wavelength": [re.compile(r"(?:Refined|Best\s+fit)\s+wavelength\s*(?:\(\s*Angstroms?\s*\))?\s*=\s*" + NUM, re.I)],
-    "tilt_rot": [re.compile(r"Refined\s+tilt\s+plane\s+rotation\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
-                 re.compile(r"Best\s+fit\s+angle\s+of\s+tilt\s+plane\s+rotation\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I)],
-    "tilt": [re.compile(r"Refined\s+tilt\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
-             re.compile(r"Best\s+fit\s+angle\s+of\s+tilt\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I)],
+    "beam": [
+        re.compile(
+            r"Refined\s+beam\s+cent(?:re|er)\s*=\s*" + NUM + r"\s+" + NUM + r"\s*\(\s*pixels?\s*\)",
+            re.I,
+        ),
+        re.compile(
+            r"Best\s+fit\s+beam\s+cent(?:re|er)\s*\(\s*X\s*/\s*Y\s+pixels?\s*\)\s*=\s*"
+            + NUM
+            + r"\s+"
+            + NUM,
+            re.I,
+        ),
+    ],
+    "distance": [
+        re.compile(
+            r"(?:Refined|Best\s+fit)\s+sample\s+to\s+detector\s+distance\s*(?:\(\s*mm\s*\))?\s*=\s*"
+            + NUM,
+            re.I,
+        )
+    ],
+    "wavelength": [
+        re.compile(
+            r"(?:Refined|Best\s+fit)\s+wavelength\s*(?:\(\s*Angstroms?\s*\))?\s*=\s*" + NUM, re.I
+        )
+    ],
+    "tilt_rot": [
+        re.compile(
+            r"Refined\s+tilt\s+plane\s+rotation\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I
+        ),
+        re.compile(
+            r"Best\s+fit\s+angle\s+of\s+tilt\s+plane\s+rotation\s*(?:\(\s*degrees\s*\))?\s*=\s*"
+            + NUM,
+            re.I,
+        ),
+    ],
+    "tilt": [
+        re.compile(r"Refined\s+tilt\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
+        re.compile(r"Best\s+fit\s+angle\s+of\s+tilt\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
+    ],
 }
-FIT2D_NAMES = {"beam": "beam centre", "distance": "sample to detector distance",
-               "wavelength": "wavelength", "tilt_rot": "tilt plane rotation", "tilt": "tilt angle"}
+FIT2D_NAMES = {
+    "beam": "beam centre",
+    "distance": "sample to detector distance",
+    "wavelength": "wavelength",
+    "tilt_rot": "tilt plane rotation",
+    "tilt": "tilt angle",
+}
 
 
 class ConvertError(Exception):
@@ -83,7 +126,8 @@ def _f(text):
 
 
 def parse_fit2d(text):
-    """Values found in fit2d output: dict with some of beam (x, y), distance, wavelength, tilt_rot, tilt."""
+    """Values found in fit2d output: dict with some of beam (x, y), distance, wavelength,
+    tilt_rot, tilt."""
     found = {}
     for line in text.splitlines():
         for key, patterns in FIT2D_PATTERNS.items():
@@ -149,7 +193,7 @@ def _rebase_masks(d, from_dir, to_dir):
             target = os.path.normpath(os.path.join(from_dir, mf))
             try:
                 m["MaskFile"] = os.path.relpath(target, to_dir)
-            except ValueError:       # other drive (Windows)
+            except ValueError:  # other drive (Windows)
                 m["MaskFile"] = target
     return d
 
@@ -172,8 +216,10 @@ def _load_base(args, out_is_poni, warn):
             return d, os.path.dirname(os.path.abspath(args.output)), args.output
         except CalibrationError as exc:
             if not args.force:
-                raise ConvertError(f"{exc} (OUTPUT exists and is not a valid calibration; "
-                                   "fix or remove it, or pass --force to overwrite)") from None
+                raise ConvertError(
+                    f"{exc} (OUTPUT exists and is not a valid calibration; "
+                    "fix or remove it, or pass --force to overwrite)"
+                ) from None
             warn(f"overwriting invalid {args.output}: {exc.reason}")
     if args.template:
         d = read_json(args.template)
@@ -191,31 +237,67 @@ def build_parser():
         prog="saxsconverter",
         usage="saxsconverter [options] INPUT OUTPUT",
         description="Put fit2d's refined geometry (calibration.txt) into a SAXS calibration file, "
-                    "and convert between calibration files (flat/nested) and pyFAI .poni files.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT",
-                   help="fit2d calibration output (e.g. calibration.txt), a .poni file or a calibration JSON file")
-    p.add_argument("output", metavar="OUTPUT",
-                   help="calibration JSON file to create or update in place (e.g. cal.json), or a .poni file")
-    p.add_argument("-t", "--template", metavar="FILE",
-                   help="calibration file supplying the fields INPUT does not (mask, image size, ...), "
-                        "used when OUTPUT does not exist yet; e.g. -t beamline.json")
-    p.add_argument("--to-poni", action="store_true",
-                   help="write OUTPUT as a pyFAI PONI (version 2) file whatever its suffix; "
-                        "e.g. saxsconverter --to-poni cal.json geometry.txt")
-    p.add_argument("--from-poni", action="store_true",
-                   help="read INPUT as a pyFAI .poni file whatever its suffix; "
-                        "e.g. saxsconverter --from-poni -t cal.json geometry.txt new.json")
+        "and convert between calibration files (flat/nested) and pyFAI .poni files.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="fit2d calibration output (e.g. calibration.txt), a .poni file or a calibration "
+        "JSON file",
+    )
+    p.add_argument(
+        "output",
+        metavar="OUTPUT",
+        help="calibration JSON file to create or update in place (e.g. cal.json), or a .poni file",
+    )
+    p.add_argument(
+        "-t",
+        "--template",
+        metavar="FILE",
+        help="calibration file supplying the fields INPUT does not (mask, image size, ...), "
+        "used when OUTPUT does not exist yet; e.g. -t beamline.json",
+    )
+    p.add_argument(
+        "--to-poni",
+        action="store_true",
+        help="write OUTPUT as a pyFAI PONI (version 2) file whatever its suffix; "
+        "e.g. saxsconverter --to-poni cal.json geometry.txt",
+    )
+    p.add_argument(
+        "--from-poni",
+        action="store_true",
+        help="read INPUT as a pyFAI .poni file whatever its suffix; "
+        "e.g. saxsconverter --from-poni -t cal.json geometry.txt new.json",
+    )
     form = p.add_mutually_exclusive_group()
-    form.add_argument("--nested", action="store_true",
-                      help="write OUTPUT in the nested form (Geometry + Masks); e.g. --nested flat.json nested.json")
-    form.add_argument("--flat", action="store_true",
-                      help="write OUTPUT in the flat form of the specification (one mask, see --mask-index); "
-                           "e.g. --flat nested.json flat.json")
-    p.add_argument("--mask-index", type=int, default=0, metavar="N",
-                   help="which entry of a nested file's Masks to use for --flat (default 0); e.g. --mask-index 1")
-    p.add_argument("-f", "--force", action="store_true",
-                   help="overwrite OUTPUT even when it exists but is not a valid calibration file")
+    form.add_argument(
+        "--nested",
+        action="store_true",
+        help="write OUTPUT in the nested form (Geometry + Masks); "
+        "e.g. --nested flat.json nested.json",
+    )
+    form.add_argument(
+        "--flat",
+        action="store_true",
+        help="write OUTPUT in the flat form of the specification (one mask, see --mask-index); "
+        "e.g. --flat nested.json flat.json",
+    )
+    p.add_argument(
+        "--mask-index",
+        type=int,
+        default=0,
+        metavar="N",
+        help="which entry of a nested file's Masks to use for --flat (default 0); "
+        "e.g. --mask-index 1",
+    )
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="overwrite OUTPUT even when it exists but is not a valid calibration file",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -245,11 +327,15 @@ def _updates_from_fit2d(args, warn):
         raise ConvertError(f"{args.input}: cannot read: {exc.strerror or exc}") from None
     found = parse_fit2d(text)
     if "beam" not in found:
-        raise ConvertError(f"{args.input}: no beam centre line found (expected e.g. "
-                           "'INFO: Refined Beam centre = 388.277 807.874 (pixels)')")
+        raise ConvertError(
+            f"{args.input}: no beam centre line found (expected e.g. "
+            "'INFO: Refined Beam centre = 388.277 807.874 (pixels)')"
+        )
     if ("tilt" in found) != ("tilt_rot" in found):
         have, miss = ("tilt", "tilt_rot") if "tilt" in found else ("tilt_rot", "tilt")
-        raise ConvertError(f"{args.input}: {FIT2D_NAMES[have]} line found but no {FIT2D_NAMES[miss]} line")
+        raise ConvertError(
+            f"{args.input}: {FIT2D_NAMES[have]} line found but no {FIT2D_NAMES[miss]} line"
+        )
     for key in ("distance", "wavelength", "tilt"):
         if key not in found:
             warn(f"{args.input}: no {FIT2D_NAMES[key]} line found; keeping the base value")
@@ -274,21 +360,31 @@ def _updates_from_poni(args, base, warn):
     except ValueError as exc:
         raise ConvertError(f"{args.input}: {exc}") from None
     geo = _geometry_block(base)
-    try:   # any pyFAI orientation; the image shape from the base file when the PONI has none
+    try:  # any pyFAI orientation; the image shape from the base file when the PONI has none
         g = poni_geometry(p, imagesize=geo.get("Imagesize"))
     except ValueError as exc:
         raise ConvertError(f"{args.input}: {exc}") from None
     upd = {"Imagesize": g["Imagesize"]}
-    py, px = (round(v, 9) for v in g["PixelSizeMicroM"])   # strip m -> um noise
-    upd["PixelSizeMicroM"] = [py] if py == px and len(geo.get("PixelSizeMicroM", [])) == 1 else [py, px]
+    py, px = (round(v, 9) for v in g["PixelSizeMicroM"])  # strip m -> um noise
+    upd["PixelSizeMicroM"] = (
+        [py] if py == px and len(geo.get("PixelSizeMicroM", [])) == 1 else [py, px]
+    )
     if abs(g["twist_rad"]) > 1e-9:
-        warn(f"{args.input}: Rot3 includes a rotation of {math.degrees(g['twist_rad']):.6g} degree about "
-             "the beam that fit2d's geometry cannot hold; dropped (changes only the azimuth)")
+        warn(
+            f"{args.input}: Rot3 includes a rotation of {math.degrees(g['twist_rad']):.6g} degree "
+            "about the beam that fit2d's geometry cannot hold; dropped (changes only the azimuth)"
+        )
     if p["orientation"] != 3:
-        warn(f"{args.input}: detector orientation {p['orientation']} converted to the image as read "
-             "(2theta exact; the azimuth is measured on the image as read)")
-    ref_tilt = geo.get("Tilt", {}).get("TiltAngleDeg") if isinstance(geo.get("Tilt"), dict) else None
-    tilt, rot = _closest_representation(g["Tilt"]["TiltAngleDeg"], g["Tilt"]["TiltRotDeg"], ref_tilt)
+        warn(
+            f"{args.input}: detector orientation {p['orientation']} converted to the image as read "
+            "(2theta exact; the azimuth is measured on the image as read)"
+        )
+    ref_tilt = (
+        geo.get("Tilt", {}).get("TiltAngleDeg") if isinstance(geo.get("Tilt"), dict) else None
+    )
+    tilt, rot = _closest_representation(
+        g["Tilt"]["TiltAngleDeg"], g["Tilt"]["TiltRotDeg"], ref_tilt
+    )
     if tilt == 0:
         rot = 0.0
     upd["Tilt"] = {"TiltRotDeg": _clean(rot), "TiltAngleDeg": _clean(tilt)}
@@ -302,7 +398,8 @@ def _updates_from_poni(args, base, warn):
 
 
 def _clean(value):
-    """Strip unit-conversion noise: 12 significant digits (1e-12 relative, far below any precision)."""
+    """Strip unit-conversion noise: 12 significant digits (1e-12 relative, far below any
+    precision)."""
     return float(f"{value:.12g}") + 0.0
 
 
@@ -332,14 +429,19 @@ def run(args, warn):
         if kind == "poni" and out_is_poni:
             raise ConvertError("both INPUT and OUTPUT are .poni files; nothing to convert")
         base, in_dir, base_path = _load_base(args, out_is_poni, warn)
-        upd = (_updates_from_fit2d(args, warn) if kind == "fit2d"
-               else _updates_from_poni(args, base, warn))
+        upd = (
+            _updates_from_fit2d(args, warn)
+            if kind == "fit2d"
+            else _updates_from_poni(args, base, warn)
+        )
         d = _apply(base, upd)
         validate_dict(d, base_path or args.output)
         source = args.input
     if out_is_poni:
         cal = Calibration.from_dict(d, base_dir=in_dir, mask_index=args.mask_index, source=source)
-        text = format_poni(cal.to_poni(), comment=f"written by saxsconverter from {os.path.basename(source)}")
+        text = format_poni(
+            cal.to_poni(), comment=f"written by saxsconverter from {os.path.basename(source)}"
+        )
         _write_text_atomic(args.output, text)
         return cal
     if args.flat:
@@ -379,8 +481,11 @@ def main(argv=None):
         else:
             geo = _geometry_block(result)
             dist = next(geo[k] for k in DISTANCE_KEYS if k in geo)
-            print(f"wrote {args.output}: BeamCenter {json.dumps(geo['BeamCenter'])}, distance {dist} mm, "
-                  f"Tilt {json.dumps(geo['Tilt'])}, Wavelength {result['Wavelength']} A")
+            print(
+                f"wrote {args.output}: BeamCenter {json.dumps(geo['BeamCenter'])}, "
+                f"distance {dist} mm, "
+                f"Tilt {json.dumps(geo['Tilt'])}, Wavelength {result['Wavelength']} A"
+            )
     return 0
 
 

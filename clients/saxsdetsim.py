@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+
 from gpusaxs.server.stream import v1, v2
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
@@ -64,19 +65,13 @@ class Encoder:
 
     def start(self, series_id, unique_id, shape, pixel_size_m, n, **geo):
         if self.version == 2:
-            return [
-                v2.encode_start(series_id, unique_id, shape, pixel_size_m, n, **geo)
-            ]
+            return [v2.encode_start(series_id, unique_id, shape, pixel_size_m, n, **geo)]
         return v1.encode_start(
             series_id,
             shape,
             pixel_size_m,
             n,
-            **{
-                k: v
-                for k, v in geo.items()
-                if k in ("beam_center", "distance_m", "wavelength_A")
-            },
+            **{k: v for k, v in geo.items() if k in ("beam_center", "distance_m", "wavelength_A")},
         )
 
     def images(self, series_id, unique_id, frames, n):
@@ -102,9 +97,7 @@ class Encoder:
                     )
                 ]
         else:
-            encoded = [
-                v1.encode_image(series_id, 0, f, self.compression) for f in frames
-            ]
+            encoded = [v1.encode_image(series_id, 0, f, self.compression) for f in frames]
             for i in range(n):
                 parts = list(encoded[i % len(encoded)])
                 parts[0] = json.dumps(
@@ -179,16 +172,14 @@ then, e.g.:  saxsdogserver --detector tcp://localhost:31001 --calibration cal.js
 def build_parser():
     p = argparse.ArgumentParser(
         prog="saxsdetsim",
-        description="Detector stream simulator "
-        "(DECTRIS Stream V2 / V1 over ZeroMQ PUSH).",
+        description="Detector stream simulator (DECTRIS Stream V2 / V1 over ZeroMQ PUSH).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "files",
         nargs="*",
-        help="image files to publish (default: generated "
-        "silver-behenate frames of the demo)",
+        help="image files to publish (default: generated silver-behenate frames of the demo)",
     )
     p.add_argument(
         "--bind",
@@ -228,9 +219,7 @@ def build_parser():
         help="distinct generated frames, repeated cyclically (default 8)",
     )
     p.add_argument("--series", type=int, default=1, help="number of series (default 1)")
-    p.add_argument(
-        "--series-id", type=int, default=1, help="first series id (default 1)"
-    )
+    p.add_argument("--series-id", type=int, default=1, help="first series id (default 1)")
     p.add_argument(
         "--rate",
         type=float,
@@ -244,12 +233,8 @@ def build_parser():
         metavar="FILE",
         help="calibration for the start message (default: the demo's)",
     )
-    p.add_argument(
-        "--hwm", type=int, default=1000, help="send high-water mark (default 1000)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="random seed of generated frames"
-    )
+    p.add_argument("--hwm", type=int, default=1000, help="send high-water mark (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of generated frames")
     p.add_argument(
         "--ready-file",
         metavar="FILE",
@@ -282,9 +267,7 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    bind = args.bind or (
-        "tcp://*:31001" if args.stream_version == 2 else "tcp://*:9999"
-    )
+    bind = args.bind or ("tcp://*:31001" if args.stream_version == 2 else "tcp://*:9999")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, args.hwm)

@@ -5,6 +5,7 @@ Walks the given folders (and files), integrates every image with the batched eng
 .chi curve per frame, optionally a NeXus/HDF5 file per folder.  With -w it then watches the
 folders (recursively, new subfolders included) and integrates new images once complete.
 """
+
 import argparse
 import json
 import os
@@ -98,53 +99,110 @@ calibration error, 130 interrupted.
 def build_parser():
     """The argument parser (options of section 2.1 plus --format, --backend)."""
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [options] -c CALIBRATION FOLDER_OR_IMAGE [...]",
         description="Integrate folders of detector images to curves I(q), one .chi per image.",
-        epilog=EPILOG)
-    p.add_argument("paths", nargs="+", metavar="FOLDER_OR_IMAGE",
-                   help="folders to walk (recursively) and/or image files (HDF5/EIGER master, "
-                        "FILE.h5::/dataset, multi-frame TIFF/EDF: one curve per frame)")
-    p.add_argument("-c", "--calibration", metavar="FILE", required=True,
-                   help="calibration file (JSON) or pyFAI .poni file")
-    p.add_argument("-t", "--threads", metavar="N", type=int, default=2,
-                   help="number of reader threads (default 2)")
-    p.add_argument("-m", "--plotmonitor", action="store_true",
-                   help="show a live updating plot window")
-    p.add_argument("-w", "--watch", action="store_true",
-                   help="watch the folders for new images (recursive, new subfolders too)")
-    p.add_argument("-r", "--resume", action="store_true",
-                   help="skip frames whose curve already exists")
-    p.add_argument("-o", "--out", metavar="OUTDIR", default="out",
-                   help="output folder, input tree mirrored below it (default ./out)")
-    p.add_argument("-i", "--inplace", action="store_true",
-                   help="write curves beside the images")
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="FOLDER_OR_IMAGE",
+        help="folders to walk (recursively) and/or image files (HDF5/EIGER master, "
+        "FILE.h5::/dataset, multi-frame TIFF/EDF: one curve per frame)",
+    )
+    p.add_argument(
+        "-c",
+        "--calibration",
+        metavar="FILE",
+        required=True,
+        help="calibration file (JSON) or pyFAI .poni file",
+    )
+    p.add_argument(
+        "-t",
+        "--threads",
+        metavar="N",
+        type=int,
+        default=2,
+        help="number of reader threads (default 2)",
+    )
+    p.add_argument(
+        "-m", "--plotmonitor", action="store_true", help="show a live updating plot window"
+    )
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="watch the folders for new images (recursive, new subfolders too)",
+    )
+    p.add_argument(
+        "-r", "--resume", action="store_true", help="skip frames whose curve already exists"
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="OUTDIR",
+        default="out",
+        help="output folder, input tree mirrored below it (default ./out)",
+    )
+    p.add_argument("-i", "--inplace", action="store_true", help="write curves beside the images")
     p.add_argument("-s", "--svg", action="store_true", help="write an SVG plot per curve")
     p.add_argument("-p", "--png", action="store_true", help="write a PNG picture per frame")
-    p.add_argument("-P", "--profile", action="store_true",
-                   help="print a read/integrate/write time profile")
+    p.add_argument(
+        "-P", "--profile", action="store_true", help="print a read/integrate/write time profile"
+    )
     p.add_argument("-S", "--silent", action="store_true", help="less output")
-    p.add_argument("-n", "--nowalk", action="store_true",
-                   help="do not integrate files already there, only watch (with -w)")
-    p.add_argument("-D", "--walkdirinthreads", action="store_true",
-                   help="walk folders in parallel")
-    p.add_argument("--format", choices=("chi", "hdf5", "both", "nexus", "chi+nexus"),
-                   default="chi",
-                   help="curve output: chi (default), hdf5 (one HDF5 file per folder), both "
-                        "(chi + hdf5), nexus (one NXazint1d file per folder), chi+nexus")
-    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
-                   help="integration backend (default auto)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="do not read or write the on-disk matrix cache")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="Dask scheduler (tcp://host:8786) or local:N worker processes")
-    p.add_argument("--frames-per-task", metavar="N", type=int, default=200,
-                   help="with --scheduler: frames per Dask task (default 200)")
-    p.add_argument("--batch-size", metavar="N", type=int, default=16,
-                   help="most frames per engine call (default 16)")
-    p.add_argument("--wait-timeout", metavar="S", type=float, default=30.0,
-                   help="watch mode: seconds an incomplete file is waited for after its last "
-                        "change before it is reported (default 30)")
+    p.add_argument(
+        "-n",
+        "--nowalk",
+        action="store_true",
+        help="do not integrate files already there, only watch (with -w)",
+    )
+    p.add_argument("-D", "--walkdirinthreads", action="store_true", help="walk folders in parallel")
+    p.add_argument(
+        "--format",
+        choices=("chi", "hdf5", "both", "nexus", "chi+nexus"),
+        default="chi",
+        help="curve output: chi (default), hdf5 (one HDF5 file per folder), both "
+        "(chi + hdf5), nexus (one NXazint1d file per folder), chi+nexus",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "numpy", "cupy"),
+        default="auto",
+        help="integration backend (default auto)",
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="do not read or write the on-disk matrix cache"
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler (tcp://host:8786) or local:N worker processes",
+    )
+    p.add_argument(
+        "--frames-per-task",
+        metavar="N",
+        type=int,
+        default=200,
+        help="with --scheduler: frames per Dask task (default 200)",
+    )
+    p.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=int,
+        default=16,
+        help="most frames per engine call (default 16)",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        metavar="S",
+        type=float,
+        default=30.0,
+        help="watch mode: seconds an incomplete file is waited for after its last "
+        "change before it is reported (default 30)",
+    )
     return p
 
 
@@ -170,11 +228,11 @@ class Hdf5Collector:
     """Curves per output folder, written as one NeXus/HDF5 file per folder at the end."""
 
     def __init__(self, q, calibration_text, calibration_key=None):
-        self.q = None if q is None else np.asarray(q, dtype=np.float64)   # set before writing
+        self.q = None if q is None else np.asarray(q, dtype=np.float64)  # set before writing
         self.calibration_text = calibration_text
         self.calibration_key = calibration_key
         self._lock = threading.Lock()
-        self._files = {}         # h5 path -> {frame name: (I, err)}
+        self._files = {}  # h5 path -> {frame name: (I, err)}
 
     @staticmethod
     def file_for(image_path, out_path):
@@ -186,7 +244,8 @@ class Hdf5Collector:
         with self._lock:
             self._files.setdefault(Path(h5path), {})[frame_name] = (
                 np.asarray(intensity, dtype=np.float64),
-                None if error is None else np.asarray(error, dtype=np.float64))
+                None if error is None else np.asarray(error, dtype=np.float64),
+            )
 
     def known_frames(self, h5path):
         """Frame names already collected for ``h5path`` (after ``preload``)."""
@@ -203,6 +262,7 @@ class Hdf5Collector:
         if not h5path.is_file():
             return
         import h5py
+
         try:
             with h5py.File(h5path, "r") as f:
                 d = f["entry/data"]
@@ -210,9 +270,10 @@ class Hdf5Collector:
                 if isinstance(key, bytes):
                     key = key.decode()
                 if key is None or key != self.calibration_key:
-                    return       # another (or an unknown) calibration: recompute everything
-                names = [n.decode() if isinstance(n, bytes) else str(n)
-                         for n in d["frame_names"][()]]
+                    return  # another (or an unknown) calibration: recompute everything
+                names = [
+                    n.decode() if isinstance(n, bytes) else str(n) for n in d["frame_names"][()]
+                ]
                 intensity = d["I"][()]
                 errors = d["errors"][()] if "errors" in d else None
         except (OSError, KeyError) as exc:
@@ -257,17 +318,23 @@ class Hdf5Collector:
                 dq = data.create_dataset("q", data=self.q)
                 dq.attrs["units"] = "1/nm"
                 dq.attrs["long_name"] = "q (1/nm)"
-                di = data.create_dataset("I", data=intensity, compression="gzip",
-                                         compression_opts=1, shuffle=True)
+                di = data.create_dataset(
+                    "I", data=intensity, compression="gzip", compression_opts=1, shuffle=True
+                )
                 di.attrs["long_name"] = "mean intensity"
                 if has_err:
                     de = data.create_dataset(
-                        "errors", data=np.stack([frames[n][1] for n in names]),
-                        compression="gzip", compression_opts=1, shuffle=True)
+                        "errors",
+                        data=np.stack([frames[n][1] for n in names]),
+                        compression="gzip",
+                        compression_opts=1,
+                        shuffle=True,
+                    )
                     de.attrs["long_name"] = "Poisson error of I"
-                    data["I_errors"] = de          # NeXus 2014 name, same data (hard link)
-                data.create_dataset("frame_names", data=np.array(names, dtype=object),
-                                    dtype=h5py.string_dtype())
+                    data["I_errors"] = de  # NeXus 2014 name, same data (hard link)
+                data.create_dataset(
+                    "frame_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype()
+                )
                 note = entry.create_group("calibration")
                 note.attrs["NX_class"] = "NXnote"
                 note.create_dataset("type", data="application/json")
@@ -278,6 +345,7 @@ def _plot_curve_svg(path, q, intensity, title):
     """SVG plot of one curve (log intensity), drawn without pyplot (thread-safe)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     from gpusaxs.io.atomic import atomic_write
 
     fig = Figure(figsize=(6, 4))
@@ -296,6 +364,7 @@ def _plot_curve_svg(path, q, intensity, title):
 def _frame_png(path, image):
     """PNG picture of a frame (log scale, masked/negative pixels dark)."""
     import matplotlib.image as mpimg
+
     from gpusaxs.io.atomic import atomic_write
 
     img = np.asarray(image, dtype=np.float64)
@@ -312,10 +381,15 @@ class LiveMonitor:
 
     def __init__(self):
         import matplotlib
-        if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") \
-                and sys.platform.startswith("linux"):
+
+        if (
+            not os.environ.get("DISPLAY")
+            and not os.environ.get("WAYLAND_DISPLAY")
+            and sys.platform.startswith("linux")
+        ):
             raise RuntimeError("no display (DISPLAY is not set)")
         import matplotlib.pyplot as plt
+
         backend = matplotlib.get_backend().lower()
         if backend in ("agg", "pdf", "svg", "ps", "cairo", "template"):
             raise RuntimeError(f"matplotlib backend {backend!r} cannot open a window")
@@ -354,37 +428,52 @@ class Saxsdog:
 
     def __init__(self, args, cal, integrator, calibration_text, calibration_key=None):
         self.args = args
-        self.integrator = integrator     # None until attach(): the walk runs before the build
-        self.calibration_key = calibration_key if calibration_key is not None \
+        self.integrator = integrator  # None until attach(): the walk runs before the build
+        self.calibration_key = (
+            calibration_key
+            if calibration_key is not None
             else getattr(integrator, "matrix_key", None)
+        )
         self.shape = tuple(int(s) for s in cal.imagesize)
-        self.formats = {"chi": {"chi"}, "hdf5": {"hdf5"}, "both": {"chi", "hdf5"},
-                        "nexus": {"nexus"}, "chi+nexus": {"chi", "nexus"}}[args.format]
+        self.formats = {
+            "chi": {"chi"},
+            "hdf5": {"hdf5"},
+            "both": {"chi", "hdf5"},
+            "nexus": {"nexus"},
+            "chi+nexus": {"chi", "nexus"},
+        }[args.format]
         self.out_dir = Path(args.out)
         self.out_dir_resolved = self.out_dir.resolve()
         self.progress = Progress(silent=args.silent, label=PROG)
-        self.hdf5 = Hdf5Collector(None if integrator is None else integrator.q, calibration_text,
-                                  self.calibration_key) if "hdf5" in self.formats else None
-        if "nexus" in self.formats:          # NXazint1d files (clients/saxsdog_nexus.py)
+        self.hdf5 = (
+            Hdf5Collector(
+                None if integrator is None else integrator.q, calibration_text, self.calibration_key
+            )
+            if "hdf5" in self.formats
+            else None
+        )
+        if "nexus" in self.formats:  # NXazint1d files (clients/saxsdog_nexus.py)
             from gpusaxs.clients.saxsdog_nexus import NexusCollector
-            self.hdf5 = NexusCollector(None if integrator is None else integrator.q, cal,
-                                       self.calibration_key)
+
+            self.hdf5 = NexusCollector(
+                None if integrator is None else integrator.q, cal, self.calibration_key
+            )
         self.monitor = None
         self._lock = threading.Lock()
-        self._seen = set()           # resolved image paths handed on (dedupe)
-        self._outputs = {}           # out path -> image path (collision check)
+        self._seen = set()  # resolved image paths handed on (dedupe)
+        self._outputs = {}  # out path -> image path (collision check)
         self.skipped = 0
-        self.redone = 0              # resume: curves of another calibration, made again
-        self.pending = []            # (image, curve) found before the pipeline exists
-        self.failed_early = 0        # failures before the pipeline (collisions, timeouts)
-        self.abandoned = 0           # watch-mode files still incomplete at Ctrl-C
+        self.redone = 0  # resume: curves of another calibration, made again
+        self.pending = []  # (image, curve) found before the pipeline exists
+        self.failed_early = 0  # failures before the pipeline (collisions, timeouts)
+        self.abandoned = 0  # watch-mode files still incomplete at Ctrl-C
         self.walk_seconds = 0.0
         self.setup_seconds = 0.0
         self.matrix_info = {}
         self.pipeline = None
         self.settler = None
-        self._waiting = {}           # watch mode: absolute image path -> curve path
-        self._waiting_stacks = {}    # watch mode: absolute HDF5 path -> root, expanded once settled
+        self._waiting = {}  # watch mode: absolute image path -> curve path
+        self._waiting_stacks = {}  # watch mode: absolute HDF5 path -> root, expanded once settled
 
     # -- pipeline callbacks (pipeline threads) -----------------------------------------------
     def write(self, image_path, out_path, q, intensity, error, chi=True):
@@ -398,14 +487,23 @@ class Saxsdog:
             _plot_curve_svg(out_path.with_suffix(".svg"), q, intensity, name)
         if self.args.png:
             from gpusaxs.io.images import read_image
+
             _frame_png(out_path.with_suffix(".png"), read_image(image_path, shape=self.shape))
         if self.hdf5 is not None:
-            self.hdf5.add(self.hdf5.file_for(image_path, out_path), name, intensity, error,
-                          source=image_path)
+            self.hdf5.add(
+                self.hdf5.file_for(image_path, out_path), name, intensity, error, source=image_path
+            )
         if chi and "chi" in self.formats:
             from gpusaxs.io.chi import write_chi
-            write_chi(out_path, q, intensity, error=error, title=name,
-                      calibration_key=self.calibration_key)
+
+            write_chi(
+                out_path,
+                q,
+                intensity,
+                error=error,
+                title=name,
+                calibration_key=self.calibration_key,
+            )
 
     def on_done(self, image_path, out_path, q, intensity):
         self.progress.advance()
@@ -435,7 +533,7 @@ class Saxsdog:
         if _is_temp(Path(image_path).name):
             return
         if check_complete and str(image_path).lower().endswith(HDF5_SUFFIXES):
-            with self._lock:                 # watch mode: list its frames once it is settled
+            with self._lock:  # watch mode: list its frames once it is settled
                 self._waiting_stacks[os.path.abspath(image_path)] = root
             self.settler.touch(str(image_path))
             return
@@ -451,13 +549,13 @@ class Saxsdog:
 
     def _offer_frame(self, image_path, root, check_complete=False):
         """Hand one frame on (once): resume check, collision check, then pipeline/watch."""
-        if hasattr(image_path, "file"):       # a frame of a stack (FrameRef)
+        if hasattr(image_path, "file"):  # a frame of a stack (FrameRef)
             key = f"{Path(image_path.file).resolve()}::{image_path.dataset}::{image_path.index}"
         else:
             image_path = Path(image_path)
             key = image_path.resolve()
         if not self.args.inplace and _inside(key, self.out_dir_resolved):
-            return           # our own output folder inside an input folder
+            return  # our own output folder inside an input folder
         with self._lock:
             if key in self._seen:
                 return
@@ -472,8 +570,12 @@ class Saxsdog:
             if other is None:
                 self._outputs[out] = image_path
         if other is not None:
-            self.report(image_path, RuntimeError(
-                f"its curve {out} would overwrite the curve of {other}; not integrated"))
+            self.report(
+                image_path,
+                RuntimeError(
+                    f"its curve {out} would overwrite the curve of {other}; not integrated"
+                ),
+            )
             with self._lock:
                 self.failed_early += 1
             return
@@ -511,8 +613,9 @@ class Saxsdog:
         from gpusaxs.io.settle import FileSettler
 
         self.wait_timeout = timeout
-        self.settler = FileSettler(self._settled, settle=0.1, give_up=timeout, poll=0.05,
-                                   on_give_up=self._never_complete)
+        self.settler = FileSettler(
+            self._settled, settle=0.1, give_up=timeout, poll=0.05, on_give_up=self._never_complete
+        )
 
     def stop_settler(self):
         """Stop waiting; the files still waited for count as abandoned."""
@@ -545,11 +648,16 @@ class Saxsdog:
             reason = "did not become readable"
         except ImageReadError as exc:
             reason = exc.reason
-        self.on_error(Path(path), ImageReadError(
-            path, f"still incomplete {self.wait_timeout:g} s after its last change: {reason}"))
+        self.on_error(
+            Path(path),
+            ImageReadError(
+                path, f"still incomplete {self.wait_timeout:g} s after its last change: {reason}"
+            ),
+        )
 
     def curve_path(self, image_path, root):
         from gpusaxs.pipeline import curve_path
+
         return curve_path(image_path, root, out_dir=self.out_dir, inplace=self.args.inplace)
 
     def _already_done(self, image_path, out):
@@ -559,18 +667,24 @@ class Saxsdog:
             if not out.is_file():
                 return False
             from gpusaxs.io.chi import read_chi, read_chi_key
+
             if read_chi_key(out) != self.calibration_key:
                 with self._lock:
                     self.redone += 1
                 return False
-            if self.hdf5 is not None:        # both: keep the folder file complete
+            if self.hdf5 is not None:  # both: keep the folder file complete
                 try:
                     c = read_chi(out)
                     h5 = self.hdf5.file_for(image_path, out)
-                    self.hdf5.add(h5, Path(image_path).name, np.asarray(c.intensity), c.error,
-                                  source=image_path)
+                    self.hdf5.add(
+                        h5,
+                        Path(image_path).name,
+                        np.asarray(c.intensity),
+                        c.error,
+                        source=image_path,
+                    )
                 except Exception:
-                    return False             # unreadable curve: recompute
+                    return False  # unreadable curve: recompute
             return True
         h5 = self.hdf5.file_for(image_path, out)
         self.hdf5.preload(h5)
@@ -637,27 +751,36 @@ class Saxsdog:
         rate = stats["processed"] / elapsed if elapsed > 0 else 0.0
         head = "interrupted: " if interrupted else ""
         total = self.setup_seconds + elapsed
-        how = {"disk": "matrix from the cache", "built": "matrix built",
-               "memory": "matrix in memory"}.get(self.matrix_info.get("source"), "")
+        how = {
+            "disk": "matrix from the cache",
+            "built": "matrix built",
+            "memory": "matrix in memory",
+        }.get(self.matrix_info.get("source"), "")
         setup = f"set-up {format_duration(self.setup_seconds)}" + (f", {how}" if how else "")
-        return (f"{PROG}: {head}{', '.join(parts)} in {format_duration(total)} "
-                f"({setup}; {rate:.1f} frames/s after set-up)")
+        return (
+            f"{PROG}: {head}{', '.join(parts)} in {format_duration(total)} "
+            f"({setup}; {rate:.1f} frames/s after set-up)"
+        )
 
     def profile(self, stats, elapsed):
         """The -P table: seconds per stage (stages overlap, so shares add up to > 100 %)."""
         t = stats["timings"]
         n = max(stats["processed"] + stats["failed"], 1)
-        rows = [("walk", self.walk_seconds),
-                (f"read ({self.args.threads} threads)", t["read"]),
-                (f"integrate ({self.integrator_name()})", t["integrate"]),
-                ("write", t["write"])]
+        rows = [
+            ("walk", self.walk_seconds),
+            (f"read ({self.args.threads} threads)", t["read"]),
+            (f"integrate ({self.integrator_name()})", t["integrate"]),
+            ("write", t["write"]),
+        ]
         head = f"{'stage':<30}{'total s':>10}{'ms/frame':>11}{'% of wall':>11}"
         lines = [head, f"{'setup (operator + engine)':<30}{self.setup_seconds:>10.3f}"]
         for name, sec in rows + [("wall (after setup)", elapsed)]:
             share = 100.0 * sec / elapsed if elapsed > 0 else 0.0
             lines.append(f"{name:<30}{sec:>10.3f}{1000 * sec / n:>11.2f}{share:>10.1f}%")
-        lines.append(f"{n} frames; read, integrate and write overlap (batched engine, "
-                     f"batch size {self.args.batch_size})")
+        lines.append(
+            f"{n} frames; read, integrate and write overlap (batched engine, "
+            f"batch size {self.args.batch_size})"
+        )
         return "\n".join(lines)
 
     def integrator_name(self):
@@ -678,7 +801,7 @@ def _start_watch(dog, roots):
         def _file(self, path):
             try:
                 dog.offer(Path(path), self.root, check_complete=True)
-            except Exception as exc:   # never kill the observer thread
+            except Exception as exc:  # never kill the observer thread
                 dog.report(path, exc)
 
         def on_created(self, event):
@@ -701,8 +824,9 @@ def _start_watch(dog, roots):
 
         def on_moved(self, event):
             if event.is_directory:
-                self.on_created(type("E", (), {"is_directory": True,
-                                               "src_path": event.dest_path})())
+                self.on_created(
+                    type("E", (), {"is_directory": True, "src_path": event.dest_path})()
+                )
             else:
                 self._file(event.dest_path)
 
@@ -723,15 +847,25 @@ def _dask_pipeline(args, dog, integrator):
     link = dashboard_link(client)
     if not args.silent:
         n = len(client.scheduler_info().get("workers", {}))
-        _err(f"Dask: {n} workers at {client.scheduler.address}"
-             + (f", dashboard {link}" if link else ""))
+        _err(
+            f"Dask: {n} workers at {client.scheduler.address}"
+            + (f", dashboard {link}" if link else "")
+        )
     extras = dog.hdf5 is not None or args.svg
-    pipe = DaskPipeline(client, integrator, frames_per_task=args.frames_per_task,
-                        batch_size=args.batch_size, write_chi="chi" in dog.formats,
-                        client_writer=(lambda i, o, q, I, e: dog.write(i, o, q, I, e, chi=False))
-                        if extras else None,
-                        on_done=dog.on_done, on_error=dog.on_error, backend=args.backend,
-                        threads=1 if args.scheduler.startswith("local:") else None)
+    pipe = DaskPipeline(
+        client,
+        integrator,
+        frames_per_task=args.frames_per_task,
+        batch_size=args.batch_size,
+        write_chi="chi" in dog.formats,
+        client_writer=(lambda i, o, q, I, e: dog.write(i, o, q, I, e, chi=False))
+        if extras
+        else None,
+        on_done=dog.on_done,
+        on_error=dog.on_error,
+        backend=args.backend,
+        threads=1 if args.scheduler.startswith("local:") else None,
+    )
     return client, pipe
 
 
@@ -756,6 +890,7 @@ def _install_signal_handlers():
 
 def _image_suffixes():
     from gpusaxs.io.images import IMAGE_SUFFIXES
+
     return IMAGE_SUFFIXES
 
 
@@ -764,7 +899,7 @@ def _output_problem(out):
     if out.exists() and not out.is_dir():
         return "is a file, not a folder"
     probe = out
-    while not probe.exists():              # the nearest existing ancestor is created under
+    while not probe.exists():  # the nearest existing ancestor is created under
         if probe.parent == probe:
             break
         probe = probe.parent
@@ -772,8 +907,9 @@ def _output_problem(out):
         return f"cannot be created: {probe} is a file"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"not writable ({probe} does not allow creating files)"
-    if probe == out:                       # root ignores permission bits: try for real
+    if probe == out:  # root ignores permission bits: try for real
         import tempfile
+
         try:
             fd, tmp = tempfile.mkstemp(prefix=".saxsdog-probe-", suffix=".tmp", dir=out)
             os.close(fd)
@@ -792,27 +928,39 @@ def _make_integrator(args, cal, dog):
     """The Integrator, with "building the integration matrix" and a progress bar on a build."""
     from gpusaxs.integrator import Integrator
 
-    bar = Progress(total=int(cal.imagesize[0]), silent=args.silent, label=f"{PROG}: building the "
-                   "integration matrix", unit="rows")
+    bar = Progress(
+        total=int(cal.imagesize[0]),
+        silent=args.silent,
+        label=f"{PROG}: building the integration matrix",
+        unit="rows",
+    )
     engine = None
     if not args.watch and len(dog.pending) <= SMALL_JOB_FRAMES and args.backend != "cupy":
         from gpusaxs.light_engine import BincountEngine
+
         engine = BincountEngine
 
     def progress(done, total):
         bar.total = total
         bar.set_done(done)
 
-    integrator = Integrator(cal, backend=args.backend, progress=progress,
-                            cache_dir=False if args.no_cache else None, engine=engine)
+    integrator = Integrator(
+        cal,
+        backend=args.backend,
+        progress=progress,
+        cache_dir=False if args.no_cache else None,
+        engine=engine,
+    )
     if integrator.backend_name == "cupy" and engine is not None:
-        integrator._engine = None              # the GPU engine: ignore the small-job choice
+        integrator._engine = None  # the GPU engine: ignore the small-job choice
     info = dog.matrix_info = integrator.matrix_info
     if info["source"] == "built":
         m = integrator.matrix
         where = f"; cached in {info['path']}" if info["path"] and not info["cache_error"] else ""
-        bar.finish(f"{PROG}: built the integration matrix ({m.n_bins} bins, "
-                   f"{m.nbytes / 2**20:.0f} MB) in {format_duration(info['seconds'])}{where}")
+        bar.finish(
+            f"{PROG}: built the integration matrix ({m.n_bins} bins, "
+            f"{m.nbytes / 2**20:.0f} MB) in {format_duration(info['seconds'])}{where}"
+        )
     else:
         bar.clear()
     if info.get("cache_error") and not args.silent:
@@ -840,7 +988,7 @@ def main(argv=None):
         if path.is_dir():
             roots.append((path, path))
         elif path.exists() or ("::" in p and Path(p.split("::")[0]).is_file()):
-            roots.append((path, path.parent))      # a file, or file.h5::/dataset[::N]
+            roots.append((path, path.parent))  # a file, or file.h5::/dataset[::N]
         else:
             _err(f"error: {p}: no such file or folder")
             return 2
@@ -860,12 +1008,14 @@ def main(argv=None):
             return 2
 
     from gpusaxs.errors import GpusaxsError
+
     try:
         from gpusaxs.calibration import Calibration
         from gpusaxs.matrix_cache import matrix_key
+
         cal = Calibration.from_file(args.calibration)
-        cal.check_limits()                  # before anything is read or built
-        key = matrix_key(cal)               # the Integrator's matrix_key (resume checks)
+        cal.check_limits()  # before anything is read or built
+        key = matrix_key(cal)  # the Integrator's matrix_key (resume checks)
         calibration_text = json.dumps(cal.to_dict("flat"), indent=1)
     except GpusaxsError as exc:
         _err(f"error: {exc}")
@@ -885,12 +1035,17 @@ def main(argv=None):
     try:
         if args.watch:
             dog.start_settler(args.wait_timeout)
-            observer = _start_watch(dog, roots)   # before the walk: no gap
+            observer = _start_watch(dog, roots)  # before the walk: no gap
         if not args.nowalk:
-            dog.walk(roots)                       # frames are kept until the pipeline exists
+            dog.walk(roots)  # frames are kept until the pipeline exists
         if not args.watch and not dog.pending and not dog.skipped and not dog.failed_early:
-            _err("warning: no image found in " + ", ".join(args.paths) + " (suffixes: "
-                 + " ".join(_image_suffixes()) + "); nothing to do")
+            _err(
+                "warning: no image found in "
+                + ", ".join(args.paths)
+                + " (suffixes: "
+                + " ".join(_image_suffixes())
+                + "); nothing to do"
+            )
             return 1
         integrator = _make_integrator(args, cal, dog)
     except KeyboardInterrupt:
@@ -919,9 +1074,16 @@ def main(argv=None):
             return 2
     else:
         from gpusaxs.pipeline import FramePipeline
-        pipeline = FramePipeline(integrator, batch_size=args.batch_size,
-                                 read_threads=args.threads, on_done=dog.on_done,
-                                 on_error=dog.on_error, errors=True, writer=dog.write)
+
+        pipeline = FramePipeline(
+            integrator,
+            batch_size=args.batch_size,
+            read_threads=args.threads,
+            on_done=dog.on_done,
+            on_error=dog.on_error,
+            errors=True,
+            writer=dog.write,
+        )
     dog.attach(integrator, pipeline)
     interrupted = False
     try:
@@ -945,11 +1107,12 @@ def main(argv=None):
             if dog.settler is not None:
                 dog.stop_settler()
             dog.pipeline.close(abort=interrupted)
-        except KeyboardInterrupt:        # second Ctrl-C: leave now (outputs stay atomic)
+        except KeyboardInterrupt:  # second Ctrl-C: leave now (outputs stay atomic)
             _err("interrupted again: stopping without waiting")
             return 130
     if client is not None:
         from gpusaxs.distributed import close_client
+
         close_client(client)
     written_h5 = []
     if dog.hdf5 is not None:

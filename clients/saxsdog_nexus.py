@@ -7,6 +7,7 @@ units, the program and version and the input files are stored with the curves. R
 ordered by input file, then frame index; ``image_id`` is the frame's index in its file
 (0 for a single-frame image), ``source`` the frame's name (``file`` or ``file::N``).
 """
+
 import os
 import re
 import threading
@@ -43,7 +44,7 @@ class NexusCollector(Hdf5Collector):
         self.calibration = calibration
         self.calibration_key = calibration_key
         self._lock = threading.Lock()
-        self._files = {}       # path -> {frame name: (I, err, source path, index)}
+        self._files = {}  # path -> {frame name: (I, err, source path, index)}
 
     @classmethod
     def file_for(cls, image_path, out_path):
@@ -58,8 +59,10 @@ class NexusCollector(Hdf5Collector):
             self._files.setdefault(Path(path), {})[str(frame_name)] = (
                 np.asarray(intensity, dtype=np.float64),
                 None if error is None else np.asarray(error, dtype=np.float64),
-                os.path.abspath(os.fspath(getattr(src, "file", src))), _frame_index(src),
-                os.path.abspath(str(src)))
+                os.path.abspath(os.fspath(getattr(src, "file", src))),
+                _frame_index(src),
+                os.path.abspath(str(src)),
+            )
 
     def preload(self, path):
         """Load the curves of an existing file (resume): only with the same bins and key."""
@@ -75,18 +78,25 @@ class NexusCollector(Hdf5Collector):
         try:
             d = read_nxazint(path)
         except (OSError, KeyError, ValueError):
-            return                          # unreadable: everything is recomputed
-        if d["radial"].shape != self.q.shape or not np.allclose(d["radial"], self.q) \
-                or (self.calibration_key is not None
-                    and d["calibration_key"] != self.calibration_key):
+            return  # unreadable: everything is recomputed
+        if (
+            d["radial"].shape != self.q.shape
+            or not np.allclose(d["radial"], self.q)
+            or (self.calibration_key is not None and d["calibration_key"] != self.calibration_key)
+        ):
             return
         for k, src in enumerate(d["sources"] or []):
             if not src:
                 continue
             name = os.path.basename(src)
             with self._lock:
-                self._files[path][name] = (d["intensity"][k], d["sigma"][k],
-                                           src.split("::")[0], int(d["image_ids"][k]), src)
+                self._files[path][name] = (
+                    d["intensity"][k],
+                    d["sigma"][k],
+                    src.split("::")[0],
+                    int(d["image_ids"][k]),
+                    src,
+                )
 
     def _write(self, path, frames):
         from gpusaxs.io.nexus import NXazintWriter
@@ -99,7 +109,17 @@ class NexusCollector(Hdf5Collector):
             sigma = np.stack([r[1] for r in rows])
         inputs = sorted({r[2] for r in rows}, key=_natural)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with NXazintWriter(path, self.q, radial_unit="q_nm^-1", calibration=self.calibration,
-                           calibration_key=self.calibration_key, inputs=inputs) as w:
-            w.append(intensity, sigma, np.array([r[3] for r in rows], dtype=np.int64),
-                     [r[4] for r in rows])
+        with NXazintWriter(
+            path,
+            self.q,
+            radial_unit="q_nm^-1",
+            calibration=self.calibration,
+            calibration_key=self.calibration_key,
+            inputs=inputs,
+        ) as w:
+            w.append(
+                intensity,
+                sigma,
+                np.array([r[3] for r in rows], dtype=np.int64),
+                [r[4] for r in rows],
+            )

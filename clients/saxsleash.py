@@ -3,6 +3,7 @@
 Prints the server's JSON answer on stdout.  Exit status: 0 answer OK, 1 error answer
 ("Error" / "AuthenticationError"), 2 usage or local error, 3 no answer (timeout).
 """
+
 import argparse
 import json
 import os
@@ -29,50 +30,102 @@ commands: new CAL MASK DIR | close | abort | plot | readdir | stat | get PATH | 
 exit status: 0 ok, 1 error answer, 2 usage/local error, 3 no answer from the server
 """
 
-NARGS = {"new": (3, 3), "close": (0, 0), "abort": (0, 0), "plot": (0, 0), "readdir": (0, 0),
-         "stat": (0, 0), "get": (1, 1), "listdir": (0, 1)}
+NARGS = {
+    "new": (3, 3),
+    "close": (0, 0),
+    "abort": (0, 0),
+    "plot": (0, 0),
+    "readdir": (0, 0),
+    "stat": (0, 0),
+    "get": (1, 1),
+    "listdir": (0, 1),
+}
 
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="saxsleash", usage="saxsleash close|abort|new|plot|readdir|stat|get|listdir "
-                                "[options] [arguments]",
+        prog="saxsleash",
+        usage="saxsleash close|abort|new|plot|readdir|stat|get|listdir [options] [arguments]",
         description="Send a command to a Saxsdog server and print its JSON answer.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=sorted(NARGS), metavar="COMMAND",
-                   help="close|abort|new|plot|readdir|stat|get|listdir")
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "command",
+        choices=sorted(NARGS),
+        metavar="COMMAND",
+        help="close|abort|new|plot|readdir|stat|get|listdir",
+    )
     p.add_argument("arguments", nargs="*", help="new: CAL MASK DIR; get: PATH; listdir: [DIR]")
-    p.add_argument("-S", "--server", metavar="tcp://HOSTNAME:PORT",
-                   help='URL of the "Saxsdog Server" (default: ServerUrl of the config)')
-    p.add_argument("--config", metavar="FILE",
-                   help="network configuration (default ~/.saxsdognetwork)")
+    p.add_argument(
+        "-S",
+        "--server",
+        metavar="tcp://HOSTNAME:PORT",
+        help='URL of the "Saxsdog Server" (default: ServerUrl of the config)',
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
+    )
     p.add_argument("--name", help="server entry of a list-form configuration")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                   help="seconds to wait for an answer (default 10)")
-    p.add_argument("--retries", type=int, default=1,
-                   help="tries after a timeout, each with a fresh socket (default 1)")
-    p.add_argument("--maskbin", action="store_true",
-                   help="new: send the mask base64 in the request (old servers) instead of "
-                        "as an attachment")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for an answer (default 10)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="tries after a timeout, each with a fresh socket (default 1)",
+    )
+    p.add_argument(
+        "--maskbin",
+        action="store_true",
+        help="new: send the mask base64 in the request (old servers) instead of as an attachment",
+    )
     g = p.add_argument_group("plot options")
-    g.add_argument("-s", "--skip", type=int, default=0, metavar="N",
-                   help="plot: skip first N points")
-    g.add_argument("-k", "--clip", type=int, default=0, metavar="N",
-                   help="plot: clip last N points")
-    g.add_argument("-x", "--xaxisistype", default="linear", metavar="TYPE",
-                   choices=["linear", "log", "symlog"],
-                   help="plot: X axis scale [linear|log|symlog]")
-    g.add_argument("-y", "--yaxisistype", default="log", metavar="TYPE",
-                   choices=["linear", "log", "symlog"],
-                   help="plot: Y axis scale [linear|log|symlog] (default log)")
+    g.add_argument(
+        "-s", "--skip", type=int, default=0, metavar="N", help="plot: skip first N points"
+    )
+    g.add_argument(
+        "-k", "--clip", type=int, default=0, metavar="N", help="plot: clip last N points"
+    )
+    g.add_argument(
+        "-x",
+        "--xaxisistype",
+        default="linear",
+        metavar="TYPE",
+        choices=["linear", "log", "symlog"],
+        help="plot: X axis scale [linear|log|symlog]",
+    )
+    g.add_argument(
+        "-y",
+        "--yaxisistype",
+        default="log",
+        metavar="TYPE",
+        choices=["linear", "log", "symlog"],
+        help="plot: Y axis scale [linear|log|symlog] (default log)",
+    )
     g.add_argument("--once", action="store_true", help="plot: fetch one curve and stop")
-    g.add_argument("-o", "--output", metavar="FILE",
-                   help="plot: save the plot to FILE (png, svg, pdf) instead of a window; "
-                        "prints only where it was saved (--json: the answer too)")
-    g.add_argument("--json", action="store_true",
-                   help="plot --once/-o: print the answer JSON as well")
-    g.add_argument("--interval", type=float, default=1.0, metavar="S",
-                   help="plot: seconds between updates of the live window (default 1)")
+    g.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="plot: save the plot to FILE (png, svg, pdf) instead of a window; "
+        "prints only where it was saved (--json: the answer too)",
+    )
+    g.add_argument(
+        "--json", action="store_true", help="plot --once/-o: print the answer JSON as well"
+    )
+    g.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="plot: seconds between updates of the live window (default 1)",
+    )
     return p
 
 
@@ -112,23 +165,30 @@ def _draw(ax, answer, args):
     ax.set_xlabel("q (nm$^{-1}$)")
     ax.set_ylabel("Intensity")
     st = answer["data"].get("stat", {})
-    ax.set_title(f"{answer['data'].get('filename', '')}   "
-                 f"{st.get('frames per sec', 0):.1f} frames/s, {st.get('pics', 0)} curves",
-                 fontsize=9)
+    ax.set_title(
+        f"{answer['data'].get('filename', '')}   "
+        f"{st.get('frames per sec', 0):.1f} frames/s, {st.get('pics', 0)} curves",
+        fontsize=9,
+    )
 
 
 def _headless():
-    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or
-                                                     os.environ.get("WAYLAND_DISPLAY"))
+    return sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
 
 
 def _plot(client, args):
     if args.output:
         import matplotlib
+
         matplotlib.use("Agg")
     elif _headless():
-        print("saxsleash: no display for a live plot window; use --once -o FILE.png to save a "
-              "plot instead", file=sys.stderr)
+        print(
+            "saxsleash: no display for a live plot window; use --once -o FILE.png to save a "
+            "plot instead",
+            file=sys.stderr,
+        )
         return 2
     import matplotlib.pyplot as plt
 
@@ -137,8 +197,10 @@ def _plot(client, args):
         if args.json or not args.output or _is_error(answer):
             _print(answer)
         if _is_error(answer):
-            print(f"saxsleash: {answer.get('result')}: {answer.get('data', {}).get('Error')}",
-                  file=sys.stderr)
+            print(
+                f"saxsleash: {answer.get('result')}: {answer.get('data', {}).get('Error')}",
+                file=sys.stderr,
+            )
             return 1
         fig, ax = plt.subplots(figsize=(7, 4.5))
         _draw(ax, answer, args)
@@ -189,8 +251,9 @@ def run(args):
     argument, attachments = None, []
     if args.command == "new":
         cal_file, mask_file, directory = args.arguments
-        try:      # a JSON calibration or a pyFAI .poni (geometry expanded here, client side)
+        try:  # a JSON calibration or a pyFAI .poni (geometry expanded here, client side)
             from gpusaxs.calibration import read_calibration_file
+
             calibration = read_calibration_file(cal_file)
             with open(mask_file, "rb") as fh:
                 mask = fh.read()
@@ -201,12 +264,16 @@ def run(args):
             print(f"saxsleash: {cal_file}: not a calibration (JSON object)", file=sys.stderr)
             return 2
         if len(mask) > P.MAX_ATTACHMENT_BYTES:
-            print(f"saxsleash: {mask_file}: {len(mask)} bytes, more than a server takes "
-                  f"({P.MAX_ATTACHMENT_BYTES}); save the mask as a fit2d .msk (1 bit per pixel) "
-                  f"or a compressed TIFF", file=sys.stderr)
+            print(
+                f"saxsleash: {mask_file}: {len(mask)} bytes, more than a server takes "
+                f"({P.MAX_ATTACHMENT_BYTES}); save the mask as a fit2d .msk (1 bit per pixel) "
+                f"or a compressed TIFF",
+                file=sys.stderr,
+            )
             return 2
-        req, attachments = P.new_request(calibration, directory, mask,
-                                          os.path.basename(mask_file), use_maskbin=args.maskbin)
+        req, attachments = P.new_request(
+            calibration, directory, mask, os.path.basename(mask_file), use_maskbin=args.maskbin
+        )
         argument = req["argument"]
     elif args.command == "get":
         argument = {"path": args.arguments[0]}
@@ -214,8 +281,9 @@ def run(args):
         argument = {"directory": args.arguments[0] if args.arguments else "."}
     elif args.command == "stat":
         argument = {}
-    with P.Client(url, cfg.secret, timeout=args.timeout, retries=args.retries,
-                  curve=cfg.curve) as client:
+    with P.Client(
+        url, cfg.secret, timeout=args.timeout, retries=args.retries, curve=cfg.curve
+    ) as client:
         try:
             if args.command == "plot":
                 return _plot(client, args)
@@ -226,16 +294,19 @@ def run(args):
     _print(answer)
     if _is_error(answer):
         err = answer.get("data", {}).get("Error") if isinstance(answer, dict) else answer
-        print(f"saxsleash: {answer.get('result') if isinstance(answer, dict) else 'error'}: "
-              f"{err}", file=sys.stderr)
+        print(
+            f"saxsleash: {answer.get('result') if isinstance(answer, dict) else 'error'}: {err}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["dashboard"]:                 # its own options: clients/dashboard/cli.py
+    if argv[:1] == ["dashboard"]:  # its own options: clients/dashboard/cli.py
         from .dashboard.cli import main as dashboard_main
+
         return dashboard_main(argv[1:])
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)

@@ -1,4 +1,5 @@
 """saxsnetconf: create the Saxsdog network configuration (section 5.1)."""
+
 import argparse
 import sys
 
@@ -17,22 +18,34 @@ every computer that runs saxsleash or saxsdogserver in this network.
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="saxsnetconf",
-                                description="Write the Saxsdog network configuration "
-                                            "(server URL, feeder URL, shared secret).",
-                                epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE",
-                   help="configuration file (default ~/.saxsdognetwork)")
+    p = argparse.ArgumentParser(
+        prog="saxsnetconf",
+        description="Write the Saxsdog network configuration "
+        "(server URL, feeder URL, shared secret).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="configuration file (default ~/.saxsdognetwork)"
+    )
     p.add_argument("--server", metavar="tcp://HOST:PORT", help="URL of the Saxsdog server")
     p.add_argument("--feeder", metavar="tcp://HOST:PORT", help="URL of the Saxsdog feeder")
-    p.add_argument("--new", action="store_true",
-                   help="replace an existing configuration (generates a new secret)")
-    p.add_argument("--curve", action="store_true",
-                   help="encrypt and authenticate connections with ZeroMQ CURVE (keys derived "
-                        "from the secret): peers without the secret are dropped at connect")
-    p.add_argument("--show", action="store_true",
-                   help="print the configuration's URLs and exit (the secret is not shown)")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="replace an existing configuration (generates a new secret)",
+    )
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt and authenticate connections with ZeroMQ CURVE (keys derived "
+        "from the secret): peers without the secret are dropped at connect",
+    )
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="print the configuration's URLs and exit (the secret is not shown)",
+    )
     p.add_argument("--name", help="--show: entry of a list-form configuration")
     return p
 
@@ -46,8 +59,13 @@ def _ask(prompt, default):
 
 
 def main(argv=None):
-    from gpusaxs.server.netconfig import (NetConfigError, default_path, insecure_mode, load_config,
-                                  write_config)
+    from gpusaxs.server.netconfig import (
+        NetConfigError,
+        default_path,
+        insecure_mode,
+        load_config,
+        write_config,
+    )
 
     args = build_parser().parse_args(argv)
     path = args.config or str(default_path())
@@ -65,9 +83,12 @@ def main(argv=None):
             print("warning: the file is readable by others; chmod 600 it", file=sys.stderr)
         return 0
     import os
+
     if os.path.exists(os.path.expanduser(path)) and not args.new:
-        print(f"saxsnetconf: {path} exists; use --new to replace it (the old secret is lost)",
-              file=sys.stderr)
+        print(
+            f"saxsnetconf: {path} exists; use --new to replace it (the old secret is lost)",
+            file=sys.stderr,
+        )
         return 1
     server = args.server or _ask("Saxsdog server URL", "tcp://localhost:7777")
     feeder = args.feeder or _ask("Saxsdog feeder URL", "tcp://localhost:5556")

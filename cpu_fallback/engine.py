@@ -4,6 +4,7 @@
 ``ScipyEngine`` is the plain NumPy/SciPy sparse product, used when numba is missing and as an
 independent reference in tests.  Both return :class:`gpusaxs.sums.Sums` (float64, (B, n_bins)).
 """
+
 import os
 
 import numpy as np
@@ -29,8 +30,10 @@ def as_frame_stack(stack, shape):
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or tuple(arr.shape[1:]) != tuple(shape):
-        raise ValueError(f"frames of shape {arr.shape[-2:] if arr.ndim >= 2 else arr.shape} "
-                         f"do not match the calibration's Imagesize {tuple(shape)}")
+        raise ValueError(
+            f"frames of shape {arr.shape[-2:] if arr.ndim >= 2 else arr.shape} "
+            f"do not match the calibration's Imagesize {tuple(shape)}"
+        )
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
         raise TypeError(f"frames must be integer or float, not {arr.dtype}")
     if arr.dtype.byteorder not in "=|":
@@ -64,17 +67,25 @@ def ell_layout(matrix, max_slots=MAX_SLOTS):
         weights[:, k] = np.where(has, matrix.weights[entry], 0.0)
     scale = matrix.pixel_scale[active].astype(np.float32)
     extra = np.maximum(counts - n_slots, 0)
-    ovf_entries = np.repeat(matrix.pixel_ptr[:-1] + n_slots, extra) + \
-        (np.arange(extra.sum()) - np.repeat(np.cumsum(extra) - extra, extra))
+    ovf_entries = np.repeat(matrix.pixel_ptr[:-1] + n_slots, extra) + (
+        np.arange(extra.sum()) - np.repeat(np.cumsum(extra) - extra, extra)
+    )
     ovf_pix = np.repeat(np.arange(len(counts), dtype=np.int32), extra)
     ovf_w = matrix.weights[ovf_entries].astype(np.float32)
     dark = pixel_offset(matrix)
-    return dict(active=active.astype(np.int32), bins=bins,
-                ws=(weights * scale[:, None]).astype(np.float32), w=weights, scale=scale,
-                offset=None if dark is None else np.ascontiguousarray(dark[active]),
-                ovf_pix=ovf_pix, ovf_bins=matrix.bins[ovf_entries].astype(np.int32),
-                ovf_ws=(ovf_w * matrix.pixel_scale[ovf_pix]).astype(np.float32), ovf_w=ovf_w,
-                ovf_offset=None if dark is None else np.ascontiguousarray(dark[ovf_pix]))
+    return dict(
+        active=active.astype(np.int32),
+        bins=bins,
+        ws=(weights * scale[:, None]).astype(np.float32),
+        w=weights,
+        scale=scale,
+        offset=None if dark is None else np.ascontiguousarray(dark[active]),
+        ovf_pix=ovf_pix,
+        ovf_bins=matrix.bins[ovf_entries].astype(np.int32),
+        ovf_ws=(ovf_w * matrix.pixel_scale[ovf_pix]).astype(np.float32),
+        ovf_w=ovf_w,
+        ovf_offset=None if dark is None else np.ascontiguousarray(dark[ovf_pix]),
+    )
 
 
 def pixel_offset(matrix):
@@ -84,12 +95,13 @@ def pixel_offset(matrix):
         return None
     dark = np.asarray(dark, dtype=np.float32).ravel()
     if dark.shape != (matrix.n_pixels,):
-        raise ValueError(f"pixel_offset has {dark.size} values, the matrix {matrix.n_pixels} "
-                         "pixels")
+        raise ValueError(
+            f"pixel_offset has {dark.size} values, the matrix {matrix.n_pixels} pixels"
+        )
     return dark
 
 
-_NO_DARK = np.zeros(0, dtype=np.float32)      # the kernels' offset argument without a dark
+_NO_DARK = np.zeros(0, dtype=np.float32)  # the kernels' offset argument without a dark
 
 
 class CpuEngine:
@@ -103,8 +115,9 @@ class CpuEngine:
         import numba
 
         self.matrix = matrix
-        self.threads = max(1, min(int(threads or numba.config.NUMBA_NUM_THREADS),
-                                  numba.config.NUMBA_NUM_THREADS))
+        self.threads = max(
+            1, min(int(threads or numba.config.NUMBA_NUM_THREADS), numba.config.NUMBA_NUM_THREADS)
+        )
         self.layout = ell_layout(matrix)
 
     def _tiles(self, n_frames):
@@ -142,18 +155,44 @@ class CpuEngine:
         numba.set_num_threads(self.threads)
         try:
             if errors:
-                parts_out = kernels.error_sums(frames, lay["active"], lay["bins"], lay["ws"],
-                                               lay["w"], lay["scale"], dark[0], *overflow,
-                                               dark[1], has_dark, upper, n_bins, groups, parts,
-                                               errors != "poisson")
+                parts_out = kernels.error_sums(
+                    frames,
+                    lay["active"],
+                    lay["bins"],
+                    lay["ws"],
+                    lay["w"],
+                    lay["scale"],
+                    dark[0],
+                    *overflow,
+                    dark[1],
+                    has_dark,
+                    upper,
+                    n_bins,
+                    groups,
+                    parts,
+                    errors != "poisson",
+                )
             else:
-                parts_out = kernels.mean_sums(frames, lay["active"], lay["bins"], lay["ws"],
-                                              lay["w"], dark[0], *overflow, dark[1], has_dark,
-                                              upper, n_bins, groups, parts)
+                parts_out = kernels.mean_sums(
+                    frames,
+                    lay["active"],
+                    lay["bins"],
+                    lay["ws"],
+                    lay["w"],
+                    dark[0],
+                    *overflow,
+                    dark[1],
+                    has_dark,
+                    upper,
+                    n_bins,
+                    groups,
+                    parts,
+                )
         finally:
             numba.set_num_threads(previous)
-        signal, lost, *rest = (a[:parts * n_frames].reshape(parts, n_frames, n_bins).sum(axis=0)
-                               for a in parts_out)
+        signal, lost, *rest = (
+            a[: parts * n_frames].reshape(parts, n_frames, n_bins).sum(axis=0) for a in parts_out
+        )
         norm = np.maximum(self.matrix.norm[None, :] - lost, 0.0)
         if errors == "poisson":
             rest[1] = None
@@ -203,6 +242,7 @@ def default_engine(matrix, threads=None):
     if not os.environ.get("GPUSAXS_NO_NUMBA"):
         try:
             import numba  # noqa: F401
+
             return CpuEngine(matrix, threads=threads)
         except ImportError:
             pass

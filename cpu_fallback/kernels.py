@@ -16,6 +16,7 @@ three frames the missing ones read the first frame again and accumulate into a s
 the tile (row ``n_parts * B + tile``), which the caller drops; a single frame left over gets a
 pass of its own.
 """
+
 import numba
 import numpy as np
 
@@ -27,8 +28,13 @@ FRAMES_PER_PASS = 4
 def _tile_range(tile, n_parts, n_groups, n_frames, n_items):
     group = tile // n_parts
     part = tile % n_parts
-    return (part, group * n_frames // n_groups, (group + 1) * n_frames // n_groups,
-            part * n_items // n_parts, (part + 1) * n_items // n_parts)
+    return (
+        part,
+        group * n_frames // n_groups,
+        (group + 1) * n_frames // n_groups,
+        part * n_items // n_parts,
+        (part + 1) * n_items // n_parts,
+    )
 
 
 @numba.njit(inline="always")
@@ -46,8 +52,15 @@ def _quad(b, b1, part, n_frames, scratch):
     f2 = b + 2 if b + 2 < b1 else b
     f3 = b + 3 if b + 3 < b1 else b
     row = part * n_frames
-    return (f1, f2, f3, row + b, row + f1 if f1 != b else scratch,
-            row + f2 if f2 != b else scratch, row + f3 if f3 != b else scratch)
+    return (
+        f1,
+        f2,
+        f3,
+        row + b,
+        row + f1 if f1 != b else scratch,
+        row + f2 if f2 != b else scratch,
+        row + f3 if f3 != b else scratch,
+    )
 
 
 @numba.njit(inline="always")
@@ -68,8 +81,24 @@ def _dark(offset, i, has_dark):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def mean_sums(frames, active, ell_bins, ell_ws, ell_w, offset, ovf_pix, ovf_bins, ovf_ws, ovf_w,
-              ovf_offset, has_dark, upper, n_bins, n_groups, n_parts):
+def mean_sums(
+    frames,
+    active,
+    ell_bins,
+    ell_ws,
+    ell_w,
+    offset,
+    ovf_pix,
+    ovf_bins,
+    ovf_ws,
+    ovf_w,
+    ovf_offset,
+    has_dark,
+    upper,
+    n_bins,
+    n_groups,
+    n_parts,
+):
     """Partial (signal, lost), each (n_parts * B + n_tiles, n_bins); the first n_parts * B rows
     are the result.
 
@@ -102,11 +131,19 @@ def mean_sums(frames, active, ell_bins, ell_ws, ell_w, offset, ovf_pix, ovf_bins
                     signal[r1, c] += ws * x1
                     signal[r2, c] += ws * x2
                     signal[r3, c] += ws * x3
-        if quads_end < b1:                   # one frame left: a pass of its own
+        if quads_end < b1:  # one frame left: a pass of its own
             r0 = part * n_frames + quads_end
             for i in range(i0, i1):
-                x0, _ = _take(frames[quads_end, active[i]], _dark(offset, i, has_dark), upper,
-                              lost, r0, ell_bins, ell_w, i)
+                x0, _ = _take(
+                    frames[quads_end, active[i]],
+                    _dark(offset, i, has_dark),
+                    upper,
+                    lost,
+                    r0,
+                    ell_bins,
+                    ell_w,
+                    i,
+                )
                 for k in range(n_slots):
                     signal[r0, ell_bins[i, k]] += np.float64(ell_ws[i, k]) * x0
         if part == 0:
@@ -121,8 +158,26 @@ def mean_sums(frames, active, ell_bins, ell_ws, ell_w, offset, ovf_pix, ovf_bins
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, offset, ovf_pix, ovf_bins, ovf_ws,
-               ovf_w, ovf_offset, has_dark, upper, n_bins, n_groups, n_parts, with_squares):
+def error_sums(
+    frames,
+    active,
+    ell_bins,
+    ell_ws,
+    ell_w,
+    scale,
+    offset,
+    ovf_pix,
+    ovf_bins,
+    ovf_ws,
+    ovf_w,
+    ovf_offset,
+    has_dark,
+    upper,
+    n_bins,
+    n_groups,
+    n_parts,
+    with_squares,
+):
     """As :func:`mean_sums`, plus partial variance (sum w s^2 x, raw x) and, if
     ``with_squares``, squares (sum w (s (x - dark))^2; left zero otherwise: the Poisson error
     alone needs no squares).
@@ -172,11 +227,19 @@ def error_sums(frames, active, ell_bins, ell_ws, ell_w, scale, offset, ovf_pix, 
                         squares[r1, c] += w1 * s * x1
                         squares[r2, c] += w2 * s * x2
                         squares[r3, c] += w3 * s * x3
-        if quads_end < b1:                   # one frame left: a pass of its own
+        if quads_end < b1:  # one frame left: a pass of its own
             r0 = part * n_frames + quads_end
             for i in range(i0, i1):
-                x0, y0 = _take(frames[quads_end, active[i]], _dark(offset, i, has_dark), upper,
-                               lost, r0, ell_bins, ell_w, i)
+                x0, y0 = _take(
+                    frames[quads_end, active[i]],
+                    _dark(offset, i, has_dark),
+                    upper,
+                    lost,
+                    r0,
+                    ell_bins,
+                    ell_w,
+                    i,
+                )
                 s = np.float64(scale[i])
                 for k in range(n_slots):
                     c = ell_bins[i, k]

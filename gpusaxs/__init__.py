@@ -24,6 +24,7 @@ The public API, all of it (see README.md):
     gpusaxs.backend_info()
     gpusaxs.calibration(config)                        # the SAXS 0.3.0 class (section 6)
 """
+
 import os as _os
 
 # The card keeps the service, the clients and the CPU engine in top-level folders
@@ -31,15 +32,15 @@ import os as _os
 # gpusaxs.cpu_fallback (pyproject's package-dir), so that `gpusaxs` is the only top-level name.
 # In a source checkout (tests, benchmarks) the same names resolve to those folders.
 _ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if (_os.path.isfile(_os.path.join(_ROOT, "pyproject.toml"))
-        and _os.path.isfile(_os.path.join(_ROOT, "server", "__init__.py"))):
+if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isfile(
+    _os.path.join(_ROOT, "server", "__init__.py")
+):
     __path__.append(_ROOT)  # noqa: F821 - a package's __path__
 
 from . import geometry, units
 from .backend import backend_info
 from .calibration import Calibration
-from .errors import (BackendError, CalibrationError, ChiFormatError, GpusaxsError,
-                     ImageReadError)
+from .errors import BackendError, CalibrationError, ChiFormatError, GpusaxsError, ImageReadError
 from .geometry import calc_theta
 from .integrator import Integrator
 from .io.chi import read_chi, write_chi
@@ -52,11 +53,27 @@ from .results import IntegrationResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "Integrator", "IntegrationMatrix", "IntegrationResult", "build_matrix",
-    "geometry", "units", "calc_theta",
-    "read_image", "read_mask", "read_chi", "write_chi", "backend_info", "calibration",
-    "openmask", "GpusaxsError", "CalibrationError", "ImageReadError", "ChiFormatError",
-    "BackendError", "__version__",
+    "Calibration",
+    "Integrator",
+    "IntegrationMatrix",
+    "IntegrationResult",
+    "build_matrix",
+    "geometry",
+    "units",
+    "calc_theta",
+    "read_image",
+    "read_mask",
+    "read_chi",
+    "write_chi",
+    "backend_info",
+    "calibration",
+    "openmask",
+    "GpusaxsError",
+    "CalibrationError",
+    "ImageReadError",
+    "ChiFormatError",
+    "BackendError",
+    "__version__",
 ]
 
 # multi-frame files in, NeXus NXazint curves out (issue 12)

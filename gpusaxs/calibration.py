@@ -18,6 +18,7 @@ Conventions: ``BeamCenter`` is ``[Y, X]`` in pixels with Y counted from the
 ``imagesize[0] - Y``, column ``X``. ``PixelSizeMicroM`` is ``[size]`` or
 ``[along rows (Y), along columns (X)]``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,19 +29,38 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from gpusaxs._typing import BoolArray, PathLike
 from gpusaxs.errors import CalibrationError
+
 # PONI <-> fit2d conversion lives in gpusaxs.poni; the names stay importable from here
 from gpusaxs.poni import fit2d_to_poni, format_poni, poni_to_fit2d, read_poni  # noqa: F401
 
 __all__ = [
-    "Calibration", "FLAT_DEFAULTS", "SCHEMA_PATH", "load_schema", "read_json", "validate_dict",
-    "to_flat_dict", "to_nested_dict", "write_json_atomic", "fit2d_to_poni", "poni_to_fit2d",
-    "read_poni", "format_poni", "calibration_file_kind", "read_calibration_file",
-    "expand_poni_reference", "LIMITS", "check_limits", "estimate_matrix_bytes",
+    "Calibration",
+    "FLAT_DEFAULTS",
+    "SCHEMA_PATH",
+    "load_schema",
+    "read_json",
+    "validate_dict",
+    "to_flat_dict",
+    "to_nested_dict",
+    "write_json_atomic",
+    "fit2d_to_poni",
+    "poni_to_fit2d",
+    "read_poni",
+    "format_poni",
+    "calibration_file_kind",
+    "read_calibration_file",
+    "expand_poni_reference",
+    "LIMITS",
+    "check_limits",
+    "estimate_matrix_bytes",
     "radial_bin_count",
 ]
 
@@ -62,60 +82,76 @@ FLAT_DEFAULTS = {
 }
 
 DISTANCE_KEYS = ("DedectorDistanceMM", "DetectorDistanceMM")
-GEOMETRY_KEYS = ("Tilt", "BeamCenter", "DedectorDistanceMM", "DetectorDistanceMM", "Imagesize",
-                 "PixelSizeMicroM")
+GEOMETRY_KEYS = (
+    "Tilt",
+    "BeamCenter",
+    "DedectorDistanceMM",
+    "DetectorDistanceMM",
+    "Imagesize",
+    "PixelSizeMicroM",
+)
 MASK_KEYS = ("MaskFile", "Oversampling", "PixelPerRadialElement", "qStart", "qStop")
 
 
 # ----------------------------------------------------------------------------- schema
 @functools.lru_cache(maxsize=1)
-def load_schema():
+def load_schema() -> dict[str, Any]:
     """The calibration JSON schema (draft 2020-12) as a dict."""
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return json.load(fh)
+        schema: dict[str, Any] = json.load(fh)
+        return schema
 
 
 @functools.lru_cache(maxsize=2)
-def _validator(form):
+def _validator(form: str) -> Any:
     import jsonschema
+
     schema = load_schema()
     sub = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{form}"}
     return jsonschema.Draft202012Validator(sub)
 
 
-def _json_path(parts):
+def _json_path(parts: Iterable[object]) -> str:
     return "#" + "".join(f"/{p}" for p in parts)
 
 
-def _error_from_schema(err, path):
+def _error_from_schema(err: Any, path: PathLike | None) -> CalibrationError:
     """Turn a jsonschema ValidationError into a CalibrationError naming the field."""
     parts = list(err.absolute_path)
     inst = err.instance
     if err.validator == "required" and isinstance(inst, dict):
         missing = [k for k in err.validator_value if k not in inst]
         if missing:
-            return CalibrationError("required field is missing" + _did_you_mean(missing[0], inst),
-                                    path, _json_path(parts + missing[:1]))
+            return CalibrationError(
+                "required field is missing" + _did_you_mean(missing[0], inst),
+                path,
+                _json_path(parts + missing[:1]),
+            )
     if err.validator == "additionalProperties" and isinstance(inst, dict):
         allowed = list(err.schema.get("properties", {}))
         extra = [k for k in inst if k not in allowed and not str(k).startswith("_")]
         if extra:
             hint = difflib.get_close_matches(extra[0], allowed, n=1)
-            reason = "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else
-                                        f" (allowed: {', '.join(allowed)})")
+            reason = "unknown field" + (
+                f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(allowed)})"
+            )
             return CalibrationError(reason, path, _json_path(parts + extra[:1]))
     if err.validator == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
-        return CalibrationError(f"expected {want}, got {json.dumps(inst)[:60]}", path,
-                                _json_path(parts))
+        return CalibrationError(
+            f"expected {want}, got {json.dumps(inst)[:60]}", path, _json_path(parts)
+        )
     if err.validator in ("minItems", "maxItems"):
-        return CalibrationError(f"wrong number of items ({len(inst)}): {err.schema.get('description', err.message)}",
-                                path, _json_path(parts))
+        return CalibrationError(
+            f"wrong number of items ({len(inst)}): {err.schema.get('description', err.message)}",
+            path,
+            _json_path(parts),
+        )
     return CalibrationError(err.message, path, _json_path(parts))
 
 
-def _did_you_mean(missing, block):
+def _did_you_mean(missing: str, block: Iterable[object]) -> str:
     """' (found "Wavelenght": did you mean "Wavelength"?)' when a key of ``block`` is a likely
     misspelling of the missing field ``missing``, else ''."""
     unknown = [k for k in block if isinstance(k, str) and k != missing]
@@ -123,43 +159,51 @@ def _did_you_mean(missing, block):
     return f" (found {close[0]!r}: did you mean {missing!r}?)" if close else ""
 
 
-def _check_distance_keys(block, path, prefix):
+def _check_distance_keys(block: object, path: PathLike | None, prefix: list[str]) -> None:
     if not isinstance(block, dict):
         return
     present = [k for k in DISTANCE_KEYS if k in block]
     if len(present) == 2:
-        raise CalibrationError("both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
-                               path, _json_path(prefix + ["DetectorDistanceMM"]))
+        raise CalibrationError(
+            "both DedectorDistanceMM and DetectorDistanceMM given; use exactly one",
+            path,
+            _json_path(prefix + ["DetectorDistanceMM"]),
+        )
     if not present:
-        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean("DedectorDistanceMM", block)
-        raise CalibrationError("required field is missing (DetectorDistanceMM is accepted as a synonym)"
-                               + hint, path, _json_path(prefix + ["DedectorDistanceMM"]))
+        hint = _did_you_mean("DetectorDistanceMM", block) or _did_you_mean(
+            "DedectorDistanceMM", block
+        )
+        raise CalibrationError(
+            "required field is missing (DetectorDistanceMM is accepted as a synonym)" + hint,
+            path,
+            _json_path(prefix + ["DedectorDistanceMM"]),
+        )
 
 
 # Schema validation (jsonschema) costs ~0.3 s of imports at every start; its outcome depends
 # only on the schema and the document, so a document once found valid is remembered by the
 # sha256 of both: in this process, and as an empty marker file in the matrix cache folder.
-_VALID = set()
+_VALID: set[str] = set()
 
 
-def _validated_digest(d, form):
+def _validated_digest(d: object, form: str) -> str | None:
     try:
         text = json.dumps(d, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError):
-        return None                     # not plain JSON (e.g. NumPy numbers): always validate
+        return None  # not plain JSON (e.g. NumPy numbers): always validate
     h = hashlib.sha256(SCHEMA_PATH.read_bytes())
     h.update(form.encode() + b"\0" + text.encode())
     return h.hexdigest()
 
 
-def _marker(digest):
+def _marker(digest: str) -> Path | None:
     from gpusaxs.matrix_cache import default_cache_dir
 
     folder = default_cache_dir()
     return None if folder is None else folder / "validated" / digest[:40]
 
 
-def _known_valid(digest):
+def _known_valid(digest: str) -> bool:
     if digest in _VALID:
         return True
     marker = _marker(digest)
@@ -169,7 +213,7 @@ def _known_valid(digest):
     return False
 
 
-def _remember_valid(digest):
+def _remember_valid(digest: str | None) -> None:
     if digest is None:
         return
     _VALID.add(digest)
@@ -179,17 +223,17 @@ def _remember_valid(digest):
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
         except OSError:
-            pass                        # no cache folder: validate again next time
+            pass  # no cache folder: validate again next time
 
 
-def validate_dict(d, path=None):
+def validate_dict(d: Any, path: PathLike | None = None) -> Literal["flat", "nested"]:
     """Validate a calibration dict; return its form, ``"flat"`` or ``"nested"``.
 
     Raises :class:`CalibrationError` naming ``path`` and the JSON path of the first problem.
     """
     if not isinstance(d, dict):
         raise CalibrationError(f"expected a JSON object, got {type(d).__name__}", path, "#")
-    form = "nested" if ("Geometry" in d or "Masks" in d) else "flat"
+    form: Literal["flat", "nested"] = "nested" if ("Geometry" in d or "Masks" in d) else "flat"
     if form == "nested":
         _check_distance_keys(d.get("Geometry"), path, ["Geometry"])
     else:
@@ -206,14 +250,17 @@ def validate_dict(d, path=None):
     for i, m in enumerate(masks):
         if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:
             prefix = ["Masks", i] if form == "nested" else []
-            raise CalibrationError(f"qStop ({m['qStop']}) must be larger than qStart ({m['qStart']})",
-                                   path, _json_path(prefix + ["qStop"]))
+            raise CalibrationError(
+                f"qStop ({m['qStop']}) must be larger than qStart ({m['qStart']})",
+                path,
+                _json_path(prefix + ["qStop"]),
+            )
     return form
 
 
 # ----------------------------------------------------------------------------- JSON files
-def _no_duplicates(pairs):
-    out = {}
+def _no_duplicates(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
             raise ValueError(f"duplicate key {k!r}")
@@ -221,11 +268,11 @@ def _no_duplicates(pairs):
     return out
 
 
-def _bad_constant(name):
+def _bad_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _read_bytes(path, limit=-1):
+def _read_bytes(path: PathLike, limit: int = -1) -> bytes:
     """The file's bytes (the first ``limit`` of them), or a CalibrationError naming it."""
     try:
         with open(path, "rb") as fh:
@@ -238,8 +285,9 @@ def _read_bytes(path, limit=-1):
         raise CalibrationError(f"cannot read file: {exc.strerror or exc}", path, "#") from None
 
 
-def read_json(path):
-    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as CalibrationError."""
+def read_json(path: PathLike) -> Any:
+    """Parse a JSON file with precise errors (line/column, duplicate keys, NaN) as
+    CalibrationError."""
     path = os.fspath(path)
     raw = _read_bytes(path)
     try:
@@ -251,14 +299,16 @@ def read_json(path):
     except json.JSONDecodeError as exc:
         # some messages end in "at" ("Unterminated string starting at"): no second "at"
         where = "" if exc.msg.endswith(" at") else " at"
-        raise CalibrationError(f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}",
-                               path, "#") from None
+        raise CalibrationError(
+            f"not valid JSON: {exc.msg}{where} line {exc.lineno}, column {exc.colno}", path, "#"
+        ) from None
     except ValueError as exc:
         raise CalibrationError(f"not valid JSON: {exc}", path, "#") from None
 
 
-def write_json_atomic(path, data):
-    """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder + os.replace)."""
+def write_json_atomic(path: PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder +
+    os.replace)."""
     from gpusaxs.io.atomic import atomic_write
 
     with atomic_write(path, "w", fsync=True) as fh:
@@ -267,10 +317,10 @@ def write_json_atomic(path, data):
 
 
 # ----------------------------------------------------------------------------- file kinds
-EXPECTED_KINDS = ("expected a JSON calibration file (docs/calibration.md) or a pyFAI .poni file")
+EXPECTED_KINDS = "expected a JSON calibration file (docs/calibration.md) or a pyFAI .poni file"
 
 
-def calibration_file_kind(path):
+def calibration_file_kind(path: PathLike) -> Literal["json", "poni"]:
     """``"json"`` or ``"poni"``, judged from the suffix and the content.
 
     Raises CalibrationError for a missing file or one of another kind (an image, an HDF5 file,
@@ -281,9 +331,11 @@ def calibration_file_kind(path):
     if head.startswith(b"\x89HDF"):
         raise CalibrationError(f"an HDF5 file, not a calibration file; {EXPECTED_KINDS}", path, "#")
     if b"\0" in head:
-        raise CalibrationError(f"a binary file (an image?), not a calibration file; {EXPECTED_KINDS}",
-                               path, "#")
+        raise CalibrationError(
+            f"a binary file (an image?), not a calibration file; {EXPECTED_KINDS}", path, "#"
+        )
     from gpusaxs.poni import looks_like_poni
+
     text = head.decode("utf-8-sig", errors="replace")
     if path.lower().endswith(".poni") or looks_like_poni(text):
         return "poni"
@@ -292,10 +344,11 @@ def calibration_file_kind(path):
     raise CalibrationError(f"not a calibration file; {EXPECTED_KINDS}", path, "#")
 
 
-def read_calibration_file(path):
+def read_calibration_file(path: PathLike) -> Any:
     """The calibration dict of a JSON calibration or a .poni file (PONI references expanded)."""
     path = os.fspath(path)
     from gpusaxs.poni import calibration_dict_from_poni
+
     if calibration_file_kind(path) == "poni":
         return calibration_dict_from_poni(path)
     d = read_json(path)
@@ -304,19 +357,23 @@ def read_calibration_file(path):
     return d
 
 
-def expand_poni_reference(d, base_dir, path=None):
+def expand_poni_reference(
+    d: dict[str, Any], base_dir: PathLike, path: PathLike | None = None
+) -> dict[str, Any]:
     """A calibration dict whose ``"Geometry"`` names a .poni file (relative to ``base_dir``)
     with the geometry filled in from it: the flat form, or the nested form when ``Masks`` is
     given. The other fields (MaskFile, Oversampling, PolarizationCorrection, Wavelength, ...)
     are kept; what neither gives gets ``gpusaxs.poni.PONI_DEFAULTS``."""
     from gpusaxs.poni import PONI_DEFAULTS, calibration_dict_from_poni
+
     rest = {k: copy.deepcopy(v) for k, v in d.items() if k != "Geometry"}
     poni_path = os.path.join(os.fspath(base_dir), os.path.expanduser(d["Geometry"]))
     try:
         if "Masks" not in rest:
             return calibration_dict_from_poni(poni_path, overrides=rest)
-        flat = calibration_dict_from_poni(poni_path, overrides={
-            k: v for k, v in rest.items() if k in ("Wavelength", "Imagesize")})
+        flat = calibration_dict_from_poni(
+            poni_path, overrides={k: v for k, v in rest.items() if k in ("Wavelength", "Imagesize")}
+        )
     except CalibrationError as exc:
         raise CalibrationError(f"Geometry {d['Geometry']!r}: {exc}", path, "#/Geometry") from None
     out = dict(rest)
@@ -330,7 +387,9 @@ def expand_poni_reference(d, base_dir, path=None):
 
 
 # ----------------------------------------------------------------------------- form conversion
-def to_flat_dict(d, mask_index=0, path=None):
+def to_flat_dict(
+    d: dict[str, Any], mask_index: int = 0, path: PathLike | None = None
+) -> dict[str, Any]:
     """Flat-form copy of a (validated) calibration dict; a nested one gives mask ``mask_index``.
 
     Unknown-to-flat fields of the nested form (Directory, Threads) are dropped.
@@ -339,8 +398,10 @@ def to_flat_dict(d, mask_index=0, path=None):
         return copy.deepcopy(d)
     masks = d.get("Masks", [])
     if not -len(masks) <= mask_index < len(masks):
-        raise CalibrationError(f"mask index {mask_index} out of range ({len(masks)} mask(s))", path, "#/Masks")
-    out = {}
+        raise CalibrationError(
+            f"mask index {mask_index} out of range ({len(masks)} mask(s))", path, "#/Masks"
+        )
+    out: dict[str, Any] = {}
     if "Title" in d:
         out["Title"] = d["Title"]
     out.update(copy.deepcopy(d["Geometry"]))
@@ -351,11 +412,11 @@ def to_flat_dict(d, mask_index=0, path=None):
     return out
 
 
-def to_nested_dict(d):
+def to_nested_dict(d: dict[str, Any]) -> dict[str, Any]:
     """Nested-form copy of a (validated) calibration dict (a nested one is returned as a copy)."""
     if "Geometry" in d or "Masks" in d:
         return copy.deepcopy(d)
-    out = {}
+    out: dict[str, Any] = {}
     if "Title" in d:
         out["Title"] = d["Title"]
     out["Geometry"] = {k: copy.deepcopy(d[k]) for k in GEOMETRY_KEYS if k in d}
@@ -363,14 +424,17 @@ def to_nested_dict(d):
     out["Masks"] = [{k: d[k] for k in MASK_KEYS if k in d}]
     if "PolarizationCorrection" in d:
         out["PolarizationCorrection"] = copy.deepcopy(d["PolarizationCorrection"])
-    for k, v in d.items():   # keep "_comment" keys
+    for k, v in d.items():  # keep "_comment" keys
         if k.startswith("_"):
             out[k] = copy.deepcopy(v)
     return out
 
 
 # ----------------------------------------------------------------------------- Calibration
-def _tuple(value, n, conv, name):
+_T = TypeVar("_T")
+
+
+def _tuple(value: Any, n: int, conv: Callable[[Any], _T], name: str) -> tuple[_T, ...]:
     try:
         t = tuple(conv(v) for v in value)
     except (TypeError, ValueError):
@@ -380,7 +444,7 @@ def _tuple(value, n, conv, name):
     return t
 
 
-def _num(value, conv, name):
+def _num(value: Any, conv: Callable[[Any], _T], name: str) -> _T:
     if isinstance(value, bool):
         raise CalibrationError(f"expected a number, got {value!r}", None, name)
     try:
@@ -389,13 +453,13 @@ def _num(value, conv, name):
         raise CalibrationError(f"expected a number, got {value!r}", None, name) from None
 
 
-def _strict_int(value):
+def _strict_int(value: Any) -> int:
     if float(value) != int(value):
         raise ValueError(value)
     return int(value)
 
 
-def _hash_file(path):
+def _hash_file(path: PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -407,39 +471,61 @@ def _hash_file(path):
 class Calibration:
     """A validated calibration (one geometry, one mask); immutable.
 
-    Attributes (units in the names):
-      title: free text or None.
-      beam_center: (Y_from_bottom, X) in pixels, fit2d convention.
-      distance_mm: sample-to-detector distance along the beam, mm.
-      imagesize: (H, W) = (rows, cols) in pixels.
-      pixel_size_um: (along rows / Y, along columns / X), micrometre.
-      wavelength_A: wavelength, Angstrom.
-      tilt_angle_deg, tilt_rot_deg: fit2d tilt angle and tilt-plane rotation, degree.
-      oversampling: sub-pixels per pixel edge (int >= 1).
-      pixel_per_radial_element: radial bin width in pixels.
-      mask_file: absolute path of the mask file, or None (no mask).
-      polarization: None or (fraction 0..1, plane angle in degree).
-      q_start, q_stop: None or the q range in nm^-1 (nested form's Masks).
-      source: the file it was read from (not compared, not in key()).
+    Build it with :meth:`from_file` or :meth:`from_dict` (the keyword constructor validates
+    the same way); :meth:`key` is the digest that names its integration matrix.
+
+    Attributes
+    ----------
+    title : str or None
+        Free text.
+    beam_center : (float, float)
+        (Y from the bottom edge, X) in pixels, fit2d convention.
+    distance_mm : float
+        Sample-to-detector distance along the beam, mm.
+    imagesize : (int, int)
+        (H, W) = (rows, columns) in pixels.
+    pixel_size_um : (float, float)
+        Pixel size along rows (Y) and along columns (X), micrometre.
+    wavelength_A : float
+        Wavelength, Angstrom.
+    tilt_angle_deg, tilt_rot_deg : float
+        fit2d tilt angle and tilt-plane rotation, degrees.
+    oversampling : int
+        Sub-pixels per pixel edge (>= 1).
+    pixel_per_radial_element : float
+        Radial bin width in pixels.
+    mask_file : str or None
+        Absolute path of the mask file, or None (no mask).
+    polarization : (float, float) or None
+        (fraction 0..1, plane angle in degrees), or None.
+    q_start, q_stop : float or None
+        The q range in nm^-1 (nested form's Masks), or None.
+    source : str or None
+        The file it was read from (not compared, not in :meth:`key`).
+
+    Examples
+    --------
+    >>> cal = gpusaxs.Calibration.from_file("calibration.json")  # doctest: +SKIP
+    >>> cal.replace(oversampling=2).to_json("coarse.json")  # doctest: +SKIP
     """
 
     title: str | None = None
-    beam_center: tuple
+    beam_center: tuple[float, float]
     distance_mm: float
-    imagesize: tuple
-    pixel_size_um: tuple
+    imagesize: tuple[int, int]
+    pixel_size_um: tuple[float, float]
     wavelength_A: float
     tilt_angle_deg: float = 0.0
     tilt_rot_deg: float = 0.0
     oversampling: int = 3
     pixel_per_radial_element: float = 1.0
     mask_file: str | None = None
-    polarization: tuple | None = None
+    polarization: tuple[float, float] | None = None
     q_start: float | None = None
     q_stop: float | None = None
     source: str | None = dataclasses.field(default=None, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         s = object.__setattr__
         try:
             s(self, "beam_center", _tuple(self.beam_center, 2, float, "#/BeamCenter"))
@@ -453,12 +539,19 @@ class Calibration:
             s(self, "tilt_angle_deg", _num(self.tilt_angle_deg, float, "#/Tilt/TiltAngleDeg"))
             s(self, "tilt_rot_deg", _num(self.tilt_rot_deg, float, "#/Tilt/TiltRotDeg"))
             s(self, "oversampling", _num(self.oversampling, _strict_int, "#/Oversampling"))
-            s(self, "pixel_per_radial_element",
-              _num(self.pixel_per_radial_element, float, "#/PixelPerRadialElement"))
+            s(
+                self,
+                "pixel_per_radial_element",
+                _num(self.pixel_per_radial_element, float, "#/PixelPerRadialElement"),
+            )
             if self.mask_file is not None:
                 s(self, "mask_file", os.path.abspath(os.fspath(self.mask_file)))
             if self.polarization is not None:
-                s(self, "polarization", _tuple(self.polarization, 2, float, "#/PolarizationCorrection"))
+                s(
+                    self,
+                    "polarization",
+                    _tuple(self.polarization, 2, float, "#/PolarizationCorrection"),
+                )
             for name, jp in (("q_start", "#/qStart"), ("q_stop", "#/qStop")):
                 if getattr(self, name) is not None:
                     s(self, name, _num(getattr(self, name), float, jp))
@@ -467,29 +560,84 @@ class Calibration:
         except CalibrationError as exc:
             raise CalibrationError(exc.reason, self.source, exc.json_path) from None
         # everything else (ranges, finiteness) by the schema, on the flat form
-        for v in (*self.beam_center, self.distance_mm, *self.pixel_size_um, self.wavelength_A,
-                  self.tilt_angle_deg, self.tilt_rot_deg, self.pixel_per_radial_element):
+        for v in (
+            *self.beam_center,
+            self.distance_mm,
+            *self.pixel_size_um,
+            self.wavelength_A,
+            self.tilt_angle_deg,
+            self.tilt_rot_deg,
+            self.pixel_per_radial_element,
+        ):
             if not math.isfinite(v):
                 raise CalibrationError(f"non-finite value {v}", self.source, "#")
         validate_dict(self.to_dict("flat"), self.source)
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d, base_dir=None, mask_index=0, source=None):
-        """Build from a flat or nested dict; a relative MaskFile is resolved against
-        ``base_dir`` (default: the folder of ``source``, else the current directory)."""
+    def from_dict(
+        cls,
+        d: dict[str, Any],
+        base_dir: PathLike | None = None,
+        mask_index: int = 0,
+        source: PathLike | None = None,
+    ) -> Calibration:
+        """Build from a flat or nested calibration dict (docs/calibration.md).
+
+        Parameters
+        ----------
+        d : dict
+            The flat or nested form, as read from a calibration JSON file.
+        base_dir : str or path-like, optional
+            Folder a relative MaskFile is resolved against (default: the folder of
+            ``source``, else the current directory).
+        mask_index : int
+            Which mask of a nested dict's ``Masks`` list.
+        source : str or path-like, optional
+            The file ``d`` came from, named in errors.
+
+        Returns
+        -------
+        Calibration
+
+        Raises
+        ------
+        CalibrationError
+            Naming ``source`` and the JSON path of the first invalid field.
+
+        Examples
+        --------
+        >>> cal = gpusaxs.Calibration.from_dict(
+        ...     {  # doctest: +SKIP
+        ...         "BeamCenter": [500.0, 400.0],
+        ...         "DedectorDistanceMM": 1000.0,
+        ...         "Imagesize": [1043, 981],
+        ...         "PixelSizeMicroM": [172.0],
+        ...         "Wavelength": 1.54,
+        ...         "Tilt": {"TiltAngleDeg": 0.0, "TiltRotDeg": 0.0},
+        ...         "Oversampling": 3,
+        ...         "PixelPerRadialElement": 1.0,
+        ...         "MaskFile": None,
+        ...     }
+        ... )
+        """
         if isinstance(d, dict) and isinstance(d.get("Geometry"), str):
-            raise CalibrationError("a PONI file reference is only read from a calibration file "
-                                   "(Calibration.from_file); give the geometry itself here",
-                                   source, "#/Geometry")
+            raise CalibrationError(
+                "a PONI file reference is only read from a calibration file "
+                "(Calibration.from_file); give the geometry itself here",
+                source,
+                "#/Geometry",
+            )
         validate_dict(d, source)
         flat = to_flat_dict(d, mask_index, source)
         if base_dir is None:
-            base_dir = os.path.dirname(os.path.abspath(source)) if source is not None else os.getcwd()
+            base_dir = (
+                os.path.dirname(os.path.abspath(source)) if source is not None else os.getcwd()
+            )
         mask = flat.get("MaskFile")
         if mask is not None:
             mask = os.path.normpath(os.path.join(os.fspath(base_dir), os.path.expanduser(mask)))
-        dist = flat.get("DedectorDistanceMM", flat.get("DetectorDistanceMM"))
+        dist: Any = flat.get("DedectorDistanceMM", flat.get("DetectorDistanceMM"))
         px = flat["PixelSizeMicroM"]
         pol = flat.get("PolarizationCorrection")
         return cls(
@@ -511,18 +659,54 @@ class Calibration:
         )
 
     @classmethod
-    def from_file(cls, path, mask_index=0):
-        """Load a calibration file: JSON (flat or nested form; ``mask_index`` picks the nested
-        mask, ``"Geometry": "x.poni"`` takes the geometry from a PONI file) or a pyFAI .poni
-        file (its geometry, ``gpusaxs.poni.PONI_DEFAULTS`` for the rest)."""
+    def from_file(cls, path: PathLike, mask_index: int = 0) -> Calibration:
+        """Load a calibration file.
+
+        Parameters
+        ----------
+        path : str or path-like
+            JSON (flat or nested form; ``"Geometry": "x.poni"`` takes the geometry from a PONI
+            file) or a pyFAI .poni file (its geometry, ``gpusaxs.poni.PONI_DEFAULTS`` for the
+            rest).  A relative MaskFile is resolved against the file's folder.
+        mask_index : int
+            Which mask of a nested file's ``Masks`` list.
+
+        Returns
+        -------
+        Calibration
+
+        Raises
+        ------
+        CalibrationError
+            Naming the file and the JSON path of the first invalid field.
+
+        Examples
+        --------
+        >>> cal = gpusaxs.Calibration.from_file("calibration.json")  # doctest: +SKIP
+        >>> cal.distance_mm, cal.wavelength_A  # doctest: +SKIP
+        (1000.0, 1.54)
+        """
         path = os.fspath(path)
-        return cls.from_dict(read_calibration_file(path),
-                             base_dir=os.path.dirname(os.path.abspath(path)),
-                             mask_index=mask_index, source=path)
+        return cls.from_dict(
+            read_calibration_file(path),
+            base_dir=os.path.dirname(os.path.abspath(path)),
+            mask_index=mask_index,
+            source=path,
+        )
 
     @classmethod
-    def all_from_file(cls, path):
-        """One Calibration per mask of a nested file (a flat file gives a one-element list)."""
+    def all_from_file(cls, path: PathLike) -> list[Calibration]:
+        """One Calibration per mask of a nested file (a flat file gives a one-element list).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The calibration file (JSON or .poni).
+
+        Returns
+        -------
+        list of Calibration
+        """
         path = os.fspath(path)
         d = read_calibration_file(path)
         form = validate_dict(d, path)
@@ -530,17 +714,39 @@ class Calibration:
         base = os.path.dirname(os.path.abspath(path))
         return [cls.from_dict(d, base_dir=base, mask_index=i, source=path) for i in range(n)]
 
-    def replace(self, **changes):
-        """A copy with some attributes changed (validated again)."""
+    def replace(self, **changes: Any) -> Calibration:
+        """A copy with some attributes changed (validated again).
+
+        Parameters
+        ----------
+        **changes
+            Attribute names and their new values, e.g. ``oversampling=2``.
+
+        Returns
+        -------
+        Calibration
+        """
         return dataclasses.replace(self, **changes)
 
     # -- output ---------------------------------------------------------------------
-    def to_dict(self, form="flat", relative_to=None):
+    def to_dict(self, form: str = "flat", relative_to: PathLike | None = None) -> dict[str, Any]:
         """The calibration as a JSON-ready dict, ``form`` = ``"flat"`` or ``"nested"``.
 
         ``PixelSizeMicroM`` is always written as ``[y, x]``, the distance as
         ``DedectorDistanceMM`` (the specification's spelling). MaskFile is absolute unless
         ``relative_to`` (a folder) is given and the mask lies inside it.
+
+        Parameters
+        ----------
+        form : {"flat", "nested"}
+            The form of docs/calibration.md.
+        relative_to : str or path-like, optional
+            Folder MaskFile is written relative to, when the mask lies inside it.
+
+        Returns
+        -------
+        dict
+            Plain JSON types.
         """
         if form not in ("flat", "nested"):
             raise ValueError(f"form must be 'flat' or 'nested', not {form!r}")
@@ -549,7 +755,7 @@ class Calibration:
             rel = os.path.relpath(mask, os.path.abspath(os.fspath(relative_to)))
             if not rel.startswith(os.pardir):
                 mask = rel
-        d = {}
+        d: dict[str, Any] = {}
         if self.title is not None:
             d["Title"] = self.title
         d["Tilt"] = {"TiltRotDeg": self.tilt_rot_deg, "TiltAngleDeg": self.tilt_angle_deg}
@@ -562,31 +768,62 @@ class Calibration:
         d["PixelPerRadialElement"] = self.pixel_per_radial_element
         d["Wavelength"] = self.wavelength_A
         if self.polarization is not None:
-            d["PolarizationCorrection"] = {"Fraction": self.polarization[0], "Angle": self.polarization[1]}
+            d["PolarizationCorrection"] = {
+                "Fraction": self.polarization[0],
+                "Angle": self.polarization[1],
+            }
         if self.q_start is not None:
             d["qStart"] = self.q_start
         if self.q_stop is not None:
             d["qStop"] = self.q_stop
         return d if form == "flat" else to_nested_dict(d)
 
-    def to_json(self, path, form="flat"):
-        """Write the calibration file atomically; MaskFile is stored relative to its folder when inside it."""
-        path = os.fspath(path)
-        write_json_atomic(path, self.to_dict(form, relative_to=os.path.dirname(os.path.abspath(path))))
+    def to_json(self, path: PathLike, form: str = "flat") -> None:
+        """Write the calibration file atomically; MaskFile relative to its folder when inside it.
 
-    def load_mask(self):
-        """The mask as a bool array of shape ``imagesize`` (True = excluded); all False without a mask file."""
+        Parameters
+        ----------
+        path : str or path-like
+            The JSON file.
+        form : {"flat", "nested"}
+            As :meth:`to_dict`.
+        """
+        path = os.fspath(path)
+        write_json_atomic(
+            path, self.to_dict(form, relative_to=os.path.dirname(os.path.abspath(path)))
+        )
+
+    def load_mask(self) -> BoolArray:
+        """The calibration's mask.
+
+        Returns
+        -------
+        ndarray of bool, shape ``imagesize``
+            True = excluded; all False without a mask file.
+        """
         if self.mask_file is None:
             return np.zeros(self.imagesize, dtype=bool)
         from gpusaxs.io.masks import read_mask
+
         return np.asarray(read_mask(self.mask_file, shape=self.imagesize), dtype=bool)
 
-    def key(self):
-        """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask content.
+    def key(self) -> str:
+        """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask.
 
-        Title and source do not enter. Raises CalibrationError if the mask file is unreadable.
+        Title and source do not enter.
+
+        Returns
+        -------
+        str
+            64 lower-case hex digits; names the matrix in the cache and is written into every
+            curve.
+
+        Raises
+        ------
+        CalibrationError
+            If the mask file is unreadable.
         """
-        fields = {
+        fields: dict[str, Any] = {
             "beam_center": [v.hex() for v in self.beam_center],
             "distance_mm": self.distance_mm.hex(),
             "imagesize": list(self.imagesize),
@@ -596,7 +833,9 @@ class Calibration:
             "tilt_rot_deg": self.tilt_rot_deg.hex(),
             "oversampling": self.oversampling,
             "pixel_per_radial_element": self.pixel_per_radial_element.hex(),
-            "polarization": None if self.polarization is None else [v.hex() for v in self.polarization],
+            "polarization": None
+            if self.polarization is None
+            else [v.hex() for v in self.polarization],
             "q_start": None if self.q_start is None else self.q_start.hex(),
             "q_stop": None if self.q_stop is None else self.q_stop.hex(),
         }
@@ -606,23 +845,57 @@ class Calibration:
             try:
                 fields["mask_sha256"] = _hash_file(self.mask_file)
             except OSError as exc:
-                raise CalibrationError(f"cannot read mask file {self.mask_file}: {exc.strerror or exc}",
-                                       self.source, "#/MaskFile") from None
+                raise CalibrationError(
+                    f"cannot read mask file {self.mask_file}: {exc.strerror or exc}",
+                    self.source,
+                    "#/MaskFile",
+                ) from None
         blob = json.dumps({"gpusaxs-calibration-key": 1, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def check_limits(self, q_edges=None, **limits):
-        """Raise CalibrationError if building this calibration's matrix would take too much
-        memory or time (see :func:`check_limits`); returns the estimate dict otherwise."""
+    def check_limits(self, q_edges: Any = None, **limits: int) -> dict[str, int]:
+        """Check that building this calibration's matrix stays within memory and time limits.
+
+        Parameters
+        ----------
+        q_edges : array_like, optional
+            Radial bin edges, when not the calibration's own.
+        **limits : int
+            ``pixels=``, ``subpixels=``, ``bins=`` or ``matrix_bytes=`` overrides a limit of
+            ``LIMITS``.
+
+        Returns
+        -------
+        dict
+            The estimates checked: pixels, subpixels, bins, matrix_bytes.
+
+        Raises
+        ------
+        CalibrationError
+            Naming the field and the limit (see :func:`check_limits`).
+        """
         return check_limits(self, q_edges=q_edges, **limits)
 
     # -- pyFAI ----------------------------------------------------------------------
-    def to_poni(self):
-        """pyFAI PONI geometry (SI units): dict with dist, poni1, poni2, rot1, rot2, rot3 (m, rad),
-        pixel1, pixel2 (m), max_shape, wavelength (m)."""
+    def to_poni(self) -> dict[str, Any]:
+        """The geometry as pyFAI's PONI (SI units).
+
+        Returns
+        -------
+        dict
+            dist, poni1, poni2 (m), rot1, rot2, rot3 (rad), pixel1, pixel2 (m), max_shape
+            (rows, columns), wavelength (m).
+        """
         py, px = self.pixel_size_um
-        g = fit2d_to_poni(self.distance_mm, self.beam_center[1], self.imagesize[0] - self.beam_center[0],
-                          self.tilt_angle_deg, -self.tilt_rot_deg, px, py)
+        g: dict[str, Any] = fit2d_to_poni(
+            self.distance_mm,
+            self.beam_center[1],
+            self.imagesize[0] - self.beam_center[0],
+            self.tilt_angle_deg,
+            -self.tilt_rot_deg,
+            px,
+            py,
+        )
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
@@ -637,7 +910,7 @@ class Calibration:
 LIMITS = {"pixels": 1 << 26, "subpixels": 1 << 28, "bins": 100_000, "matrix_bytes": 2 << 30}
 
 
-def _largest_q(cal):
+def _largest_q(cal: Calibration) -> float:
     """Largest q (nm^-1) at the four detector corners (the matrix's q range is up to this)."""
     from gpusaxs.geometry import _offsets, q_from_two_theta, two_theta_of_offsets
 
@@ -646,7 +919,7 @@ def _largest_q(cal):
     return float(q_from_two_theta(two_theta_of_offsets(cal, dx, dy).max(), cal.wavelength_A))
 
 
-def radial_bin_count(cal, q_edges=None):
+def radial_bin_count(cal: Calibration, q_edges: Any = None) -> int:
     """Number of radial bins the matrix of ``cal`` will have (as ``matrix.default_q_edges``),
     without building anything: the corner distance in pixels / PixelPerRadialElement over
     [0, q_max], scaled to [qStart, qStop] when given."""
@@ -665,7 +938,7 @@ def radial_bin_count(cal, q_edges=None):
     return max(1, int(math.ceil((hi - lo) / (q_hi / n_full) - 1e-9))) if q_hi > 0 else 1
 
 
-def estimate_matrix_bytes(cal, q_edges=None):
+def estimate_matrix_bytes(cal: Calibration, q_edges: Any = None) -> int:
     """Estimated memory (bytes) of the built IntegrationMatrix of ``cal``.
 
     pixel_ptr (8 B) and pixel_scale (4 B) per pixel, 8 B per entry (bin, weight), with about
@@ -679,7 +952,7 @@ def estimate_matrix_bytes(cal, q_edges=None):
     return int(n_pixels * (12 + 8 * per_pixel) + 16 * (n_bins + 1))
 
 
-def check_limits(cal, q_edges=None, **limits):
+def check_limits(cal: Calibration, q_edges: Any = None, **limits: int) -> dict[str, int]:
     """Check the fields of ``cal`` that drive the matrix's memory and build time.
 
     Raises :class:`CalibrationError` naming the field and the limit (``LIMITS``; a keyword
@@ -698,183 +971,61 @@ def check_limits(cal, q_edges=None, **limits):
     if pixels > lim["pixels"]:
         raise CalibrationError(
             f"{height} x {width} = {pixels:,} pixels is more than the limit of "
-            f"{lim['pixels']:,} pixels", source, "#/Imagesize")
+            f"{lim['pixels']:,} pixels",
+            source,
+            "#/Imagesize",
+        )
     subpixels = pixels * ov * ov
     if subpixels > lim["subpixels"]:
         best = max(1, int(math.sqrt(lim["subpixels"] / pixels)))
         raise CalibrationError(
             f"Oversampling {ov} on {pixels:,} pixels splits them into {subpixels:,} sub-pixels, "
             f"more than the limit of {lim['subpixels']:,} (at most Oversampling {best} for this "
-            f"Imagesize)", source, "#/Oversampling")
+            f"Imagesize)",
+            source,
+            "#/Oversampling",
+        )
     q_start = getattr(cal, "q_start", None)
     if q_edges is None and q_start is not None:
         q_hi = _largest_q(cal)
         if q_start >= q_hi:
-            raise CalibrationError(f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
-                                   f"detector ({q_hi:.4g} nm^-1): no pixel would count",
-                                   source, "#/qStart")
+            raise CalibrationError(
+                f"qStart ({q_start:g} nm^-1) is beyond the largest q on the "
+                f"detector ({q_hi:.4g} nm^-1): no pixel would count",
+                source,
+                "#/qStart",
+            )
     bins = radial_bin_count(cal, q_edges)
     if bins > lim["bins"]:
         q_stop = getattr(cal, "q_stop", None)
         if q_edges is not None:
             field, why = "q_edges", "the q_edges given"
         elif q_stop is not None and q_stop > 2 * _largest_q(cal):
-            field, why = "#/qStop", (f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
-                                     f"detector, {_largest_q(cal):.4g} nm^-1")
+            field, why = (
+                "#/qStop",
+                (
+                    f"qStop {q_stop:g} nm^-1 is far beyond the largest q on the "
+                    f"detector, {_largest_q(cal):.4g} nm^-1"
+                ),
+            )
         else:
-            field, why = "#/PixelPerRadialElement", (
-                f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; use a larger value")
-        raise CalibrationError(f"{bins:,} radial bins is more than the limit of {lim['bins']:,} "
-                               f"({why})", source, field)
+            field, why = (
+                "#/PixelPerRadialElement",
+                (
+                    f"PixelPerRadialElement {cal.pixel_per_radial_element:g} pixel; "
+                    "use a larger value"
+                ),
+            )
+        raise CalibrationError(
+            f"{bins:,} radial bins is more than the limit of {lim['bins']:,} ({why})", source, field
+        )
     nbytes = estimate_matrix_bytes(cal, q_edges)
     if nbytes > lim["matrix_bytes"]:
         raise CalibrationError(
             f"the integration matrix would need about {nbytes / 2**30:.1f} GiB, more than the "
             f"limit of {lim['matrix_bytes'] / 2**30:.1f} GiB (lower Oversampling or raise "
-            f"PixelPerRadialElement)", source, "#/Oversampling")
+            f"PixelPerRadialElement)",
+            source,
+            "#/Oversampling",
+        )
     return {"pixels": pixels, "subpixels": subpixels, "bins": bins, "matrix_bytes": nbytes}
-
-
-# ----------------------------------------------------------------------------- fit2d <-> PONI
-def _rotation_to(k):
-    """Rotation matrix R (no twist) with R @ e3 = k, for a unit vector k with k3 > -1."""
-    k = np.asarray(k, dtype=float)
-    s = math.hypot(k[0], k[1])
-    c = k[2]
-    if s == 0.0:
-        return np.eye(3)
-    ux, uy = -k[1] / s, k[0] / s          # unit axis e3 x k, in the detector plane
-    kx = np.array([[0.0, 0.0, uy], [0.0, 0.0, -ux], [-uy, ux, 0.0]])
-    return np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
-
-
-def _pyfai_matrix(rot1, rot2, rot3):
-    """pyFAI's detector-to-lab rotation: lab = M @ (p1, p2, L) (axis 3 along the beam)."""
-    c1, c2, c3 = math.cos(rot1), math.cos(rot2), math.cos(rot3)
-    s1, s2, s3 = math.sin(rot1), math.sin(rot2), math.sin(rot3)
-    return np.array([
-        [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
-        [c2 * s3, c1 * c3 + s1 * s2 * s3, c3 * s1 - c1 * s2 * s3],
-        [s2, -c2 * s1, c1 * c2],
-    ])
-
-
-def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_rot_deg,
-                  pixel_x_um, pixel_y_um):
-    """fit2d geometry (as pyFAI's setFit2D takes it: centre Y counted top-down) -> PONI.
-
-    Returns dict(dist, poni1, poni2 [m], rot1, rot2, rot3 [rad], pixel1, pixel2 [m]).
-    In the detector frame (axis 1 = rows, axis 2 = columns, axis 3 = normal) the beam
-    direction is k = (sin t sin r, sin t cos r, cos t); the detector is turned by the
-    pure tilt rotation taking the beam axis to k (no twist about the beam).
-    """
-    t, r = math.radians(tilt_deg), math.radians(tilt_plane_rot_deg)
-    k = np.array([math.sin(t) * math.sin(r), math.sin(t) * math.cos(r), math.cos(t)])
-    d = distance_mm / 1e3
-    p1, p2 = pixel_y_um / 1e6, pixel_x_um / 1e6
-    m = _rotation_to(k).T                   # detector -> lab, m @ k = e3
-    rot2 = math.asin(max(-1.0, min(1.0, m[2, 0])))
-    rot1 = math.atan2(-m[2, 1], m[2, 2])
-    rot3 = math.atan2(m[1, 0], m[0, 0])
-    return {"dist": float(d * k[2]),
-            "poni1": float(center_y_px * p1 - d * k[0]),
-            "poni2": float(center_x_px * p2 - d * k[1]),
-            "rot1": float(rot1), "rot2": float(rot2), "rot3": float(rot3),
-            "pixel1": float(p1), "pixel2": float(p2)}
-
-
-def poni_to_fit2d(dist, poni1, poni2, rot1, rot2, rot3, pixel1, pixel2):
-    """PONI (m, rad) -> fit2d geometry as setFit2D takes it.
-
-    Returns dict(distance_mm, center_x_px, center_y_px (top-down), tilt_deg (>= 0),
-    tilt_plane_rot_deg in (-180, 180], pixel_x_um, pixel_y_um, twist_rad). ``twist_rad`` is the
-    part of rot3 that fit2d cannot express (rotation about the beam; changes only the azimuth).
-    """
-    m = _pyfai_matrix(rot1, rot2, rot3)
-    k = [float(v) for v in m[2]]                                 # beam direction in the detector frame
-    if k[2] <= 0:
-        raise ValueError("detector does not face the beam (tilt >= 90 degree)")
-    tilt = math.atan2(math.hypot(k[0], k[1]), k[2])     # precise also for tiny tilts
-    rot = math.atan2(k[0], k[1]) if math.hypot(k[0], k[1]) > 1e-15 else 0.0
-    direct = dist / k[2]
-    b1 = poni1 + direct * k[0]
-    b2 = poni2 + direct * k[1]
-    pure = _rotation_to(k).T
-    twist_m = m @ pure.T                      # rotation about the beam axis
-    twist = float(math.atan2(twist_m[1, 0], twist_m[0, 0]))
-    rot_deg = math.degrees(rot)
-    if rot_deg <= -180.0:
-        rot_deg += 360.0
-    return {"distance_mm": direct * 1e3, "center_x_px": b2 / pixel2, "center_y_px": b1 / pixel1,
-            "tilt_deg": math.degrees(tilt), "tilt_plane_rot_deg": rot_deg,
-            "pixel_x_um": pixel2 * 1e6, "pixel_y_um": pixel1 * 1e6, "twist_rad": twist}
-
-
-def format_poni(poni, comment=None):
-    """PONI version 2 text for a dict as returned by :meth:`Calibration.to_poni`."""
-    cfg = {"pixel1": poni["pixel1"], "pixel2": poni["pixel2"], "max_shape": list(poni["max_shape"])}
-    lines = ["# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis"]
-    if comment:
-        lines += [f"# {c}" for c in str(comment).splitlines()]
-    lines += ["poni_version: 2",
-              "Detector: Detector",
-              f"Detector_config: {json.dumps(cfg)}",
-              f"Distance: {poni['dist']!r}",
-              f"Poni1: {poni['poni1']!r}",
-              f"Poni2: {poni['poni2']!r}",
-              f"Rot1: {poni['rot1']!r}",
-              f"Rot2: {poni['rot2']!r}",
-              f"Rot3: {poni['rot3']!r}"]
-    if poni.get("wavelength"):
-        lines.append(f"Wavelength: {poni['wavelength']!r}")
-    return "\n".join(lines) + "\n"
-
-
-def read_poni(path):
-    """Parse a pyFAI .poni file (versions 1 to 3).
-
-    Returns dict(dist, poni1, poni2, rot1, rot2, rot3, wavelength (m or None), pixel1, pixel2
-    (m or None when the file names a detector without sizes), max_shape (or None), detector).
-    Raises ValueError with a message on a malformed file, OSError if unreadable.
-    """
-    keys = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line or line.startswith("#") or ":" not in line:
-                continue
-            k, v = line.split(":", 1)
-            keys[k.strip().lower()] = v.strip()
-    out = {"detector": keys.get("detector", "Detector")}
-    for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
-        if name not in keys:
-            raise ValueError(f"no {name.capitalize()} line")
-    dist = keys.get("distance", keys.get("dist"))
-    if dist is None:
-        raise ValueError("no Distance line")
-    try:
-        out["dist"] = float(dist)
-        for name in ("poni1", "poni2", "rot1", "rot2", "rot3"):
-            out[name] = float(keys[name])
-        wl = keys.get("wavelength")
-        out["wavelength"] = float(wl) if wl not in (None, "", "None") else None
-    except ValueError as exc:
-        raise ValueError(f"bad number: {exc}") from None
-    cfg = {}
-    if "detector_config" in keys:
-        try:
-            cfg = json.loads(keys["detector_config"])
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"Detector_config is not JSON: {exc.msg}") from None
-    orientation = cfg.get("orientation", 3) if isinstance(cfg, dict) else 3
-    if orientation not in (0, 3, None):
-        raise ValueError(f"detector orientation {orientation} is not supported (only 3, top-left)")
-    if cfg.get("splineFile") or cfg.get("splinefile") or keys.get("splinefile", "none").lower() != "none":
-        raise ValueError("spline (distortion) files are not supported")
-    p1 = cfg.get("pixel1", keys.get("pixelsize1"))
-    p2 = cfg.get("pixel2", keys.get("pixelsize2"))
-    out["pixel1"] = None if p1 is None else float(p1)
-    out["pixel2"] = None if p2 is None else float(p2)
-    shape = cfg.get("max_shape")
-    out["max_shape"] = None if shape is None else [int(shape[0]), int(shape[1])]
-    return out

@@ -5,11 +5,13 @@ Each pixel's value x becomes ``(x - dark) / (K * solid_angle * flat)``: the dark
 engines apply every correction in their one pass over the frame.  A pixel whose flat is not a
 positive finite number is dropped (as if masked).
 """
+
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
-from .matrix import restrict_matrix
+from .matrix import IntegrationMatrix, restrict_matrix
 
 __all__ = ["pixel_divisor", "apply_corrections"]
 
@@ -17,8 +19,9 @@ __all__ = ["pixel_divisor", "apply_corrections"]
 def _frame_array(value, shape, name):
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != tuple(shape):
-        raise ValueError(f"{name} of shape {arr.shape} does not match the frames' shape "
-                         f"{tuple(shape)}")
+        raise ValueError(
+            f"{name} of shape {arr.shape} does not match the frames' shape {tuple(shape)}"
+        )
     return arr
 
 
@@ -29,7 +32,12 @@ def pixel_divisor(cal, correct_solid_angle=False, polarization_factor=None, flat
     one); a number f in [-1, 1] is pyFAI's factor (fraction (1 + f) / 2 polarized in the
     horizontal plane, chi = 0) and replaces it.
     """
-    from .geometry import polarization_factor_rows, polarization_of, solid_angle, two_theta_and_azimuth
+    from .geometry import (
+        polarization_factor_rows,
+        polarization_of,
+        solid_angle,
+        two_theta_and_azimuth,
+    )
 
     shape = tuple(int(v) for v in cal.imagesize)
     if polarization_factor is None:
@@ -47,8 +55,14 @@ def pixel_divisor(cal, correct_solid_angle=False, polarization_factor=None, flat
     return divisor
 
 
-def apply_corrections(matrix, cal, correct_solid_angle=False, polarization_factor=None,
-                      flat=None, dark=None):
+def apply_corrections(
+    matrix: IntegrationMatrix,
+    cal: Any,
+    correct_solid_angle: bool = False,
+    polarization_factor: float | None = None,
+    flat: Any = None,
+    dark: Any = None,
+) -> IntegrationMatrix:
     """``matrix`` with the corrections folded in; the same object when there are none."""
     if not correct_solid_angle and polarization_factor is None and flat is None and dark is None:
         return matrix

@@ -5,6 +5,7 @@ the PILATUS 1M module gaps (-1) and some bad pixels (-2), integrates them with `
 ``demo/out/*.chi``, plots the first curve to ``demo/demo.png`` and checks that the calibrant's
 rings come out where they must.
 """
+
 import argparse
 import io
 import json
@@ -40,7 +41,7 @@ def pilatus_gaps(shape=PILATUS_1M_SHAPE):
     gaps = np.ones(shape, dtype=bool)
     for r0 in range(0, shape[0], MODULE[0] + GAP[0]):
         for c0 in range(0, shape[1], MODULE[1] + GAP[1]):
-            gaps[r0:r0 + MODULE[0], c0:c0 + MODULE[1]] = False
+            gaps[r0 : r0 + MODULE[0], c0 : c0 + MODULE[1]] = False
     return gaps
 
 
@@ -55,7 +56,8 @@ def calibrant_profile(q):
 
 
 def synthetic_frame(cal, rng, n_bad=200):
-    """One int32 frame: Poisson counts of the profile (polarized as ``cal`` says), gaps -1, bad -2."""
+    """One int32 frame: Poisson counts of the profile (polarized as ``cal`` says), gaps -1,
+    bad -2."""
     from .geometry import polarization_factor, q_map
 
     expected = calibrant_profile(q_map(cal)) * polarization_factor(cal)
@@ -68,9 +70,10 @@ def synthetic_frame(cal, rng, n_bad=200):
 
 def demo_mask(shape, beam_row_col, beamstop_px=25):
     """Mask (True = excluded): module gaps and a round beamstop at the beam centre."""
-    rows, cols = np.ogrid[:shape[0], :shape[1]]
-    beamstop = (rows + 0.5 - beam_row_col[0]) ** 2 + (cols + 0.5 - beam_row_col[1]) ** 2 \
-        < beamstop_px ** 2
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    beamstop = (rows + 0.5 - beam_row_col[0]) ** 2 + (
+        cols + 0.5 - beam_row_col[1]
+    ) ** 2 < beamstop_px**2
     return pilatus_gaps(shape) | beamstop
 
 
@@ -113,15 +116,21 @@ def ring_positions(q, intensity, n_rings=6):
 def main(argv=None):
     """gpusaxs-demo: make demo data, integrate it with saxsdog, plot and check the rings."""
     parser = argparse.ArgumentParser(
-        prog="gpusaxs-demo", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="gpusaxs-demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Make a synthetic PILATUS 1M silver-behenate data set and integrate it.",
         epilog="example:\n  gpusaxs-demo demo/ --frames 50\n"
-               "  -> demo/calibration.json, demo/mask.msk, demo/frames/*.tif,\n"
-               "     demo/out/*.chi (one curve per frame) and demo/demo.png")
+        "  -> demo/calibration.json, demo/mask.msk, demo/frames/*.tif,\n"
+        "     demo/out/*.chi (one curve per frame) and demo/demo.png",
+    )
     parser.add_argument("folder", nargs="?", default="demo", help="where to write (default: demo)")
     parser.add_argument("--frames", type=int, default=20, help="number of frames (default: 20)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
-                        help="integration engine (default: auto)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "numpy", "cupy"],
+        help="integration engine (default: auto)",
+    )
     args = parser.parse_args(argv)
 
     from gpusaxs.clients import saxsdog
@@ -133,22 +142,30 @@ def main(argv=None):
     print(f"writing {args.frames} synthetic PILATUS 1M frames to {folder}/frames ...")
     cal_path, frames_dir = make_demo_data(folder, args.frames)
     out_dir = folder / "out"
-    status = saxsdog.main(["-c", str(cal_path), "-o", str(out_dir), "--backend", args.backend,
-                           str(frames_dir)])
+    status = saxsdog.main(
+        ["-c", str(cal_path), "-o", str(out_dir), "--backend", args.backend, str(frames_dir)]
+    )
     if status != 0:
         print(f"saxsdog failed with exit status {status}", file=sys.stderr)
         return status
     curve = read_chi(out_dir / "frame_00000.chi")
-    plot_curve(curve.q, curve.intensity, err=curve.error, outputfile=str(folder / "demo.png"),
-               title="gpusaxs demo: silver behenate, frame 0")
+    plot_curve(
+        curve.q,
+        curve.intensity,
+        err=curve.error,
+        outputfile=str(folder / "demo.png"),
+        title="gpusaxs demo: silver behenate, frame 0",
+    )
     found = ring_positions(curve.q, curve.intensity)
     expected = [2 * np.pi * n / AGBH_D_NM for n in range(1, len(found) + 1)]
     print("AgBh ring   expected q (nm^-1)   found q (nm^-1)")
-    for n, (e, f) in enumerate(zip(expected, found), start=1):
+    for n, (e, f) in enumerate(zip(expected, found, strict=True), start=1):
         print(f"{n:9d}   {e:18.4f}   {f:15.4f}")
-    worst = max(abs(e - f) for e, f in zip(expected, found))
-    print(f"curves in {out_dir}/, plot in {folder / 'demo.png'}; "
-          f"largest ring offset {worst:.4f} nm^-1 (bin width {curve.q[1] - curve.q[0]:.4f})")
+    worst = max(abs(e - f) for e, f in zip(expected, found, strict=True))
+    print(
+        f"curves in {out_dir}/, plot in {folder / 'demo.png'}; "
+        f"largest ring offset {worst:.4f} nm^-1 (bin width {curve.q[1] - curve.q[0]:.4f})"
+    )
     return 0 if worst < 2 * (curve.q[1] - curve.q[0]) else 1
 
 

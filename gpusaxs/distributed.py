@@ -16,6 +16,7 @@ rewrites the same bytes and never duplicates a curve.  Every input ends as exact
 or one error record.  ``saxsdog --scheduler ADDRESS`` uses :class:`DaskPipeline`, which has
 the interface of :class:`gpusaxs.pipeline.FramePipeline`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,7 @@ __all__ = ["DaskPipeline", "connect", "integrate_array", "integrate_files"]
 DEFAULT_FRAMES_PER_TASK = 200
 
 # -- worker side ------------------------------------------------------------------------------
-_WORKER_INTEGRATORS: dict = {}          # (matrix key, backend, threads) -> Integrator
+_WORKER_INTEGRATORS: dict = {}  # (matrix key, backend, threads) -> Integrator
 _WORKER_LOCK = threading.Lock()
 
 
@@ -46,14 +47,24 @@ def _worker_integrator(calibration, matrix, key, backend, threads):
             from .integrator import Integrator
             from .matrix_cache import remember_matrix
 
-            remember_matrix(key, matrix)          # Integrator finds it in the memory cache
+            remember_matrix(key, matrix)  # Integrator finds it in the memory cache
             integ = Integrator(calibration, backend=backend, threads=threads)
             _WORKER_INTEGRATORS[ident] = integ
         return integ
 
 
-def _integrate_task(items, calibration, matrix, key, *, backend="auto", threads=None,
-                    batch_size=16, write_chi=True, return_curves=False):
+def _integrate_task(
+    items,
+    calibration,
+    matrix,
+    key,
+    *,
+    backend="auto",
+    threads=None,
+    batch_size=16,
+    write_chi=True,
+    return_curves=False,
+):
     """Run on a worker: read, integrate (batches) and write the curves of ``items``.
 
     items: list of (image path, curve path or None).  Returns one record per item:
@@ -66,13 +77,13 @@ def _integrate_task(items, calibration, matrix, key, *, backend="auto", threads=
     shape = tuple(int(s) for s in integ.shape)
     records = []
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         frames, good = [], []
         for image, curve in chunk:
             try:
                 frames.append(read_image(image, shape=shape))
                 good.append((image, curve))
-            except Exception as exc:          # one bad file is one error record
+            except Exception as exc:  # one bad file is one error record
                 records.append((image, curve, _message(image, exc), None))
         if not frames:
             continue
@@ -85,8 +96,14 @@ def _integrate_task(items, calibration, matrix, key, *, backend="auto", threads=
             try:
                 if write_chi and curve is not None:
                     Path(curve).parent.mkdir(parents=True, exist_ok=True)
-                    _write_chi(curve, integ.q, intensity[k], error=err[k], title=Path(image).name,
-                               calibration_key=getattr(integ, "matrix_key", None))
+                    _write_chi(
+                        curve,
+                        integ.q,
+                        intensity[k],
+                        error=err[k],
+                        title=Path(image).name,
+                        calibration_key=getattr(integ, "matrix_key", None),
+                    )
             except Exception as exc:
                 records.append((image, curve, _message(curve, exc), None))
                 continue
@@ -122,7 +139,7 @@ def connect(address, *, threads_per_worker=1, silent=False):
     ``local:N`` (a ``LocalCluster`` of N worker processes on this machine, loopback only)."""
     try:
         from distributed import Client, LocalCluster
-    except ImportError as exc:     # pragma: no cover - the [dask] extra is missing
+    except ImportError as exc:  # pragma: no cover - the [dask] extra is missing
         raise RuntimeError('--scheduler needs Dask: pip install "gpusaxs[dask]"') from exc
     if address.startswith("local:"):
         try:
@@ -131,11 +148,16 @@ def connect(address, *, threads_per_worker=1, silent=False):
             raise ValueError(f"--scheduler {address!r}: expected local:N, N workers") from None
         if n < 1:
             raise ValueError(f"--scheduler {address!r}: N must be at least 1")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                               silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        )
         client = Client(cluster)
-        client._gpusaxs_cluster = cluster          # closed with the client (see close_client)
+        client._gpusaxs_cluster = cluster  # closed with the client (see close_client)
         return client
     return Client(address, timeout="30s")
 
@@ -179,17 +201,33 @@ class DaskPipeline:
     ``on_error(image, exc)`` run on the client.
     """
 
-    def __init__(self, client, integrator, *, frames_per_task=DEFAULT_FRAMES_PER_TASK,
-                 batch_size=16, write_chi=True, client_writer=None, on_done=None,
-                 on_error=None, backend="auto", threads=None):
+    def __init__(
+        self,
+        client,
+        integrator,
+        *,
+        frames_per_task=DEFAULT_FRAMES_PER_TASK,
+        batch_size=16,
+        write_chi=True,
+        client_writer=None,
+        on_done=None,
+        on_error=None,
+        backend="auto",
+        threads=None,
+    ):
         if frames_per_task < 1:
             raise ValueError("frames_per_task must be >= 1")
         self.client = client
         self.q = np.asarray(integrator.q)
         self.frames_per_task = int(frames_per_task)
         self.on_done, self.on_error, self.client_writer = on_done, on_error, client_writer
-        self._task_kw = dict(backend=backend, threads=threads, batch_size=int(batch_size),
-                             write_chi=write_chi, return_curves=client_writer is not None)
+        self._task_kw = dict(
+            backend=backend,
+            threads=threads,
+            batch_size=int(batch_size),
+            write_chi=write_chi,
+            return_curves=client_writer is not None,
+        )
         self._shipped = _Shipped(client, integrator)
         self._cond = threading.Condition()
         self._batch = []
@@ -244,11 +282,16 @@ class DaskPipeline:
         with self._cond:
             c = dict(self._counts)
             elapsed = (self._t_last - self._t0) if self._t0 and self._t_last else 0.0
-        return {"processed": c["processed"], "failed": c["failed"],
-                "queued": c["submitted"] - c["processed"] - c["failed"] - c["dropped"],
-                "dropped": c["dropped"], "elapsed": elapsed,
-                "frames_per_sec": c["processed"] / elapsed if elapsed > 0 else 0.0,
-                "timings": {"read": 0.0, "integrate": 0.0, "write": 0.0}, "tasks": self.tasks}
+        return {
+            "processed": c["processed"],
+            "failed": c["failed"],
+            "queued": c["submitted"] - c["processed"] - c["failed"] - c["dropped"],
+            "dropped": c["dropped"],
+            "elapsed": elapsed,
+            "frames_per_sec": c["processed"] / elapsed if elapsed > 0 else 0.0,
+            "timings": {"read": 0.0, "integrate": 0.0, "write": 0.0},
+            "tasks": self.tasks,
+        }
 
     def __enter__(self):
         return self
@@ -266,8 +309,9 @@ class DaskPipeline:
             return
         items, self._batch = self._batch, []
         s = self._shipped
-        fut = self.client.submit(_integrate_task, items, s.calibration, s.matrix, s.key,
-                                 pure=False, **self._task_kw)
+        fut = self.client.submit(
+            _integrate_task, items, s.calibration, s.matrix, s.key, pure=False, **self._task_kw
+        )
         self.tasks += 1
         self._futures.add(fut)
         fut.add_done_callback(lambda f, items=items: self._collect(f, items))
@@ -278,14 +322,21 @@ class DaskPipeline:
 
         try:
             records = fut.result()
-        except BaseException as exc:   # cancelled (abort) or failed on every retry
+        except BaseException as exc:  # cancelled (abort) or failed on every retry
             cancelled = fut.status == "cancelled"
             if not cancelled:
                 for image, _ in items:
-                    self._call(self.on_error, Path(image), GpusaxsError(
-                        f"{image}: task failed on the cluster: {exc!r}"))
-            self._finish(items, fut, dropped=len(items) if cancelled else 0,
-                         failed=0 if cancelled else len(items))
+                    self._call(
+                        self.on_error,
+                        Path(image),
+                        GpusaxsError(f"{image}: task failed on the cluster: {exc!r}"),
+                    )
+            self._finish(
+                items,
+                fut,
+                dropped=len(items) if cancelled else 0,
+                failed=0 if cancelled else len(items),
+            )
             return
         done = failed = 0
         for image, curve, error, curves in records:
@@ -296,15 +347,17 @@ class DaskPipeline:
             intensity, err = curves if curves is not None else (None, None)
             if self.client_writer is not None:
                 try:
-                    self.client_writer(Path(image), None if curve is None else Path(curve),
-                                       self.q, intensity, err)
+                    self.client_writer(
+                        Path(image), None if curve is None else Path(curve), self.q, intensity, err
+                    )
                 except Exception as exc:
                     failed += 1
                     self._call(self.on_error, Path(image), exc)
                     continue
             done += 1
-            self._call(self.on_done, Path(image), None if curve is None else Path(curve),
-                       self.q, intensity)
+            self._call(
+                self.on_done, Path(image), None if curve is None else Path(curve), self.q, intensity
+            )
         self._finish(items, fut, done=done, failed=failed)
 
     def _finish(self, items, fut, done=0, failed=0, dropped=0):
@@ -323,14 +376,26 @@ class DaskPipeline:
             return
         try:
             callback(*args)
-        except Exception:                 # a broken callback must not lose the counters
+        except Exception:  # a broken callback must not lose the counters
             import traceback
+
             traceback.print_exc()
 
 
-def integrate_files(client, files, calibration, *, out_dir="out", in_root=None,
-                    frames_per_task=DEFAULT_FRAMES_PER_TASK, backend="auto", threads=None,
-                    resume=False, on_progress=None, **integrator_options):
+def integrate_files(
+    client,
+    files,
+    calibration,
+    *,
+    out_dir="out",
+    in_root=None,
+    frames_per_task=DEFAULT_FRAMES_PER_TASK,
+    backend="auto",
+    threads=None,
+    resume=False,
+    on_progress=None,
+    **integrator_options,
+):
     """Integrate image ``files`` on the cluster of ``client``; one ``.chi`` per file.
 
     Parameters
@@ -357,8 +422,11 @@ def integrate_files(client, files, calibration, *, out_dir="out", in_root=None,
 
     files = [Path(f) for f in files]
     if in_root is None:
-        in_root = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) \
-            if files else Path(".")
+        in_root = (
+            Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+            if files
+            else Path(".")
+        )
     integ = Integrator(calibration, **integrator_options)
     errors, lock = [], threading.Lock()
     progress = {"done": 0, "failed": 0}
@@ -384,21 +452,33 @@ def integrate_files(client, files, calibration, *, out_dir="out", in_root=None,
             todo.append((f, out))
     total = len(todo)
     t0 = time.perf_counter()
-    pipe = DaskPipeline(client, integ, frames_per_task=frames_per_task, backend=backend,
-                        threads=threads, on_done=lambda *a: tick(False), on_error=on_error)
+    pipe = DaskPipeline(
+        client,
+        integ,
+        frames_per_task=frames_per_task,
+        backend=backend,
+        threads=threads,
+        on_done=lambda *a: tick(False),
+        on_error=on_error,
+    )
     with pipe:
         for f, out in todo:
             pipe.submit(f, out)
         pipe.wait_idle()
     seconds = time.perf_counter() - t0
     st = pipe.stats
-    return {"processed": st["processed"], "failed": st["failed"], "skipped": skipped,
-            "errors": sorted(errors), "tasks": pipe.tasks, "seconds": seconds,
-            "frames_per_sec": st["processed"] / seconds if seconds > 0 else 0.0}
+    return {
+        "processed": st["processed"],
+        "failed": st["failed"],
+        "skipped": skipped,
+        "errors": sorted(errors),
+        "tasks": pipe.tasks,
+        "seconds": seconds,
+        "frames_per_sec": st["processed"] / seconds if seconds > 0 else 0.0,
+    }
 
 
-def integrate_array(stack, calibration, *, backend="auto", threads=None,
-                    **integrator_options):
+def integrate_array(stack, calibration, *, backend="auto", threads=None, **integrator_options):
     """Lazy curves of a Dask array of frames: ``(B, H, W)`` -> ``(B, n_bins)`` float64.
 
     The matrix is built once here and enters the graph once (one key every block depends on),
@@ -406,7 +486,7 @@ def integrate_array(stack, calibration, *, backend="auto", threads=None,
 
     >>> import dask.array as da, h5py
     >>> frames = da.from_array(h5py.File("master.h5")["entry/data/data"], chunks=(64, -1, -1))
-    >>> curves = integrate_array(frames, "cal.json")      # nothing computed yet
+    >>> curves = integrate_array(frames, "cal.json")  # nothing computed yet
     >>> curves[:100].compute()
     """
     import dask
@@ -419,13 +499,25 @@ def integrate_array(stack, calibration, *, backend="auto", threads=None,
         raise ValueError(f"expected a (B, H, W) Dask array of frames, got shape {stack.shape}")
     integ = Integrator(calibration, backend="numpy", **integrator_options)
     if tuple(stack.shape[1:]) != tuple(integ.shape):
-        raise ValueError(f"frames of shape {tuple(stack.shape[1:])} do not match the "
-                         f"calibration's Imagesize {tuple(integ.shape)}")
+        raise ValueError(
+            f"frames of shape {tuple(stack.shape[1:])} do not match the "
+            f"calibration's Imagesize {tuple(integ.shape)}"
+        )
     key = getattr(integ, "matrix_key", None) or matrix_key(integ.calibration)
     stack = stack.rechunk({1: -1, 2: -1})
     matrix = dask.delayed(integ.matrix, pure=True, name=f"gpusaxs-matrix-{key[:16]}")
     cal = dask.delayed(integ.calibration, pure=True, name=f"gpusaxs-calibration-{key[:16]}")
     n_bins = len(integ.q)
-    return da.map_blocks(_integrate_block, stack, cal, matrix, key, backend, threads,
-                         dtype=np.float64, drop_axis=2, chunks=(stack.chunks[0], (n_bins,)),
-                         meta=np.empty((0, n_bins), dtype=np.float64))
+    return da.map_blocks(
+        _integrate_block,
+        stack,
+        cal,
+        matrix,
+        key,
+        backend,
+        threads,
+        dtype=np.float64,
+        drop_axis=2,
+        chunks=(stack.chunks[0], (n_bins,)),
+        meta=np.empty((0, n_bins), dtype=np.float64),
+    )

@@ -25,6 +25,7 @@ uint32: EIGER gap/overflow flag; 65535 for uint16; 255 for uint8) is invalid.  u
 above 2**31 are real counts, never reinterpreted as negative.  Float validity is judged on the
 bits, so a negative subnormal is invalid on the GPU (compiled with -ftz=true) as on the CPU.
 """
+
 import collections
 import concurrent.futures
 import ctypes
@@ -36,17 +37,32 @@ import numpy as np
 
 from gpusaxs.sums import Sums
 
-__all__ = ["DeviceEngine", "valid_mask", "make_segments", "kernel_source", "kernel_names",
-           "kernel_name", "transpose_name", "SyncStream", "CTYPES", "FRAMES_PER_BLOCK",
-           "engine_fallbacks"]
+__all__ = [
+    "DeviceEngine",
+    "valid_mask",
+    "make_segments",
+    "kernel_source",
+    "kernel_names",
+    "kernel_name",
+    "transpose_name",
+    "SyncStream",
+    "CTYPES",
+    "FRAMES_PER_BLOCK",
+    "engine_fallbacks",
+]
 
 #: CUDA C type of each frame dtype the kernel is instantiated for (others: converted on device).
 CTYPES = {
-    np.dtype(np.int8): "signed char", np.dtype(np.uint8): "unsigned char",
-    np.dtype(np.int16): "short", np.dtype(np.uint16): "unsigned short",
-    np.dtype(np.int32): "int", np.dtype(np.uint32): "unsigned int",
-    np.dtype(np.int64): "long long", np.dtype(np.uint64): "unsigned long long",
-    np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+    np.dtype(np.int8): "signed char",
+    np.dtype(np.uint8): "unsigned char",
+    np.dtype(np.int16): "short",
+    np.dtype(np.uint16): "unsigned short",
+    np.dtype(np.int32): "int",
+    np.dtype(np.uint32): "unsigned int",
+    np.dtype(np.int64): "long long",
+    np.dtype(np.uint64): "unsigned long long",
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
 }
 
 #: Threads per block of the CUDA kernel.
@@ -57,8 +73,9 @@ FRAMES_PER_BLOCK = 8
 
 #: Dtypes the custom kernels are instantiated for.  8-byte dtypes (int64, uint64, float64; no
 #: detector writes them) and float16 (converted to float32) go through other paths.
-KERNEL_DTYPES = tuple(np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32,
-                                            np.uint32, np.float32))
+KERNEL_DTYPES = tuple(
+    np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.float32)
+)
 
 #: Dtypes that also have the frame-major kernel (layout="frame"), kept where it may win.
 FRAME_MAJOR_DTYPES = (np.dtype(np.int32), np.dtype(np.uint32))
@@ -92,8 +109,10 @@ def kernel_name(dtype, errors=True, offset=False, layout="pixel"):
     errors: False, "poisson" or True (kernel MODE 0, 1, 2); offset: the matrix has a
     pixel_offset; layout: "pixel" (stack (n_pixels, ld)) or "frame" (stack (B, n_pixels))."""
     fn = "gs_integrate_pm" if layout == "pixel" else "gs_integrate"
-    return (f"{fn}<{CTYPES[np.dtype(dtype)]}, {FRAMES_PER_BLOCK}, {_mode(errors)}, "
-            f"{'true' if offset else 'false'}>")
+    return (
+        f"{fn}<{CTYPES[np.dtype(dtype)]}, {FRAMES_PER_BLOCK}, {_mode(errors)}, "
+        f"{'true' if offset else 'false'}>"
+    )
 
 
 def transpose_name(dtype):
@@ -332,10 +351,10 @@ def _view(buf, dtype, shape):
     return buf.view(dtype).reshape(shape)
 
 
-_FALLBACKS = []
+_FALLBACKS: list[dict[str, str]] = []
 
 
-def engine_fallbacks():
+def engine_fallbacks() -> list[dict[str, str]]:
     """Fallbacks taken in this process (list of dicts: from, to, reason), oldest first."""
     return [dict(f) for f in _FALLBACKS]
 
@@ -373,11 +392,23 @@ class DeviceEngine:
     #: the matrix's pixel_offset (dark) is applied in the kernels (CONTRACTS.md section 1)
     supports_pixel_offset = True
 
-    def __init__(self, matrix, xp=None, batch_size=32, n_streams=2, method="kernel",
-                 layout="pixel", upload="copy", segment_length=4096, spmm_dtype="float32",
-                 staging_threads=None, stream_factory=None):
+    def __init__(
+        self,
+        matrix,
+        xp=None,
+        batch_size=32,
+        n_streams=2,
+        method="kernel",
+        layout="pixel",
+        upload="copy",
+        segment_length=4096,
+        spmm_dtype="float32",
+        staging_threads=None,
+        stream_factory=None,
+    ):
         if xp is None:
             from gpusaxs.backend import array_module, select_backend
+
             xp = array_module(select_backend("auto")[0])
         if method not in ("kernel", "spmm"):
             raise ValueError(f"method must be 'kernel' or 'spmm', not {method!r}")
@@ -424,10 +455,10 @@ class DeviceEngine:
         self._s = np.ascontiguousarray(np.asarray(matrix.pixel_scale, np.float32)[self._pix])
         offset = getattr(matrix, "pixel_offset", None)
         self._pixel_offset = None if offset is None else np.asarray(offset, np.float32)
-        self._o = (None if offset is None
-                   else np.ascontiguousarray(self._pixel_offset[self._pix]))
-        self._seg_bin, self._seg_start, self._seg_end = make_segments(self._row_ptr,
-                                                                      self.segment_length)
+        self._o = None if offset is None else np.ascontiguousarray(self._pixel_offset[self._pix])
+        self._seg_bin, self._seg_start, self._seg_end = make_segments(
+            self._row_ptr, self.segment_length
+        )
         self._dev = None
         self._sparse = None
         self._cpu = None
@@ -449,16 +480,23 @@ class DeviceEngine:
         """Copy the kernel's matrix arrays to the device once (12 bytes per entry, 16 with a
         dark offset)."""
         xp = self.xp
-        self._dev = {k: (None if v is None else xp.asarray(v))
-                     for k, v in self.kernel_arrays().items()}
+        self._dev = {
+            k: (None if v is None else xp.asarray(v)) for k, v in self.kernel_arrays().items()
+        }
         xp.cuda.runtime.deviceSynchronize()  # the upload ran on the default stream
 
     def kernel_arrays(self):
         """Host copies of the kernel inputs: pix, w, s, o (None without offset), seg_bin,
         seg_start, seg_end (tests)."""
-        return {"pix": self._pix, "w": self._w, "s": self._s, "o": self._o,
-                "seg_bin": self._seg_bin, "seg_start": self._seg_start,
-                "seg_end": self._seg_end}
+        return {
+            "pix": self._pix,
+            "w": self._w,
+            "s": self._s,
+            "o": self._o,
+            "seg_bin": self._seg_bin,
+            "seg_start": self._seg_start,
+            "seg_end": self._seg_end,
+        }
 
     @property
     def device_nbytes(self):
@@ -478,16 +516,22 @@ class DeviceEngine:
             shape = (self.n_bins, self.n_pixels)
             if self.xp is np:
                 import scipy.sparse as sp
-                mats = {k: sp.csr_matrix((v, self._pix, self._row_ptr), shape=shape)
-                        for k, v in values.items()}
+
+                mats = {
+                    k: sp.csr_matrix((v, self._pix, self._row_ptr), shape=shape)
+                    for k, v in values.items()
+                }
             else:
                 import cupyx.scipy.sparse as csp
+
                 xp = self.xp
                 idx = np.int32 if self._pix.size < 2**31 else np.int64
                 ind = xp.asarray(self._pix.astype(idx))
                 ptr = xp.asarray(self._row_ptr.astype(idx))
-                mats = {k: csp.csr_matrix((xp.asarray(v.astype(dtype)), ind, ptr), shape=shape)
-                        for k, v in values.items()}
+                mats = {
+                    k: csp.csr_matrix((xp.asarray(v.astype(dtype)), ind, ptr), shape=shape)
+                    for k, v in values.items()
+                }
                 xp.cuda.runtime.deviceSynchronize()
             self._sparse[dtype] = mats
         return self._sparse[dtype]
@@ -496,12 +540,15 @@ class DeviceEngine:
     def _fallback(self, exc):
         """Drop the failing path (logged once per engine and step, kept for backend_info)."""
         failed = self._chain.pop(0)
-        entry = {"from": failed, "to": self._chain[0],
-                 "reason": f"{type(exc).__name__}: {exc}"}
+        entry = {"from": failed, "to": self._chain[0], "reason": f"{type(exc).__name__}: {exc}"}
         self.fallbacks.append(entry)
         _FALLBACKS.append(entry)
-        _log.warning("gpusaxs DeviceEngine: %s path failed (%s); falling back to %s",
-                     failed, entry["reason"], entry["to"])
+        _log.warning(
+            "gpusaxs DeviceEngine: %s path failed (%s); falling back to %s",
+            failed,
+            entry["reason"],
+            entry["to"],
+        )
 
     def _kernel_ok(self, dtype):
         return self.path == "kernel" and np.dtype(dtype) in KERNEL_DTYPES
@@ -526,10 +573,12 @@ class DeviceEngine:
         dtype = np.dtype(dtype)
         mod = self._modules.get(dtype)
         if mod is None:
-            names = [n for n in kernel_names() if f"<{CTYPES[dtype]}," in n
-                     or n == transpose_name(dtype)]
-            mod = self.xp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS,
-                                    name_expressions=names)
+            names = [
+                n for n in kernel_names() if f"<{CTYPES[dtype]}," in n or n == transpose_name(dtype)
+            ]
+            mod = self.xp.RawModule(
+                code=kernel_source(), options=NVRTC_OPTIONS, name_expressions=names
+            )
             self._modules[dtype] = mod
         return mod
 
@@ -576,10 +625,25 @@ class DeviceEngine:
         fn = self._function(arr.dtype, kernel_name(arr.dtype, errors, offset, layout))
         lead = np.int64(arr.shape[1]) if layout == "pixel" else np.int64(self.n_pixels)
         zero = d["w"]  # placeholder pointer when there is no offset (never read)
-        fn((grid,), (BLOCK,),
-           (arr, lead, np.int32(b), np.int32(n_groups),
-            d["seg_bin"], d["seg_start"], d["seg_end"], d["pix"], d["w"], d["s"],
-            d["o"] if offset else zero, np.int32(self.n_bins), out))
+        fn(
+            (grid,),
+            (BLOCK,),
+            (
+                arr,
+                lead,
+                np.int32(b),
+                np.int32(n_groups),
+                d["seg_bin"],
+                d["seg_start"],
+                d["seg_end"],
+                d["pix"],
+                d["w"],
+                d["s"],
+                d["o"] if offset else zero,
+                np.int32(self.n_bins),
+                out,
+            ),
+        )
 
     def _transpose(self, src, b, dst):
         """Frame-major src (b, n_pixels) -> pixel-major dst (n_pixels, ld), on the device
@@ -590,8 +654,11 @@ class DeviceEngine:
         n_ptiles = -(-self.n_pixels // 32)
         grid = n_ptiles * (-(-b // 32))
         fn = self._function(src.dtype, transpose_name(src.dtype))
-        fn((grid,), (256,), (src, np.int64(self.n_pixels), np.int32(b),
-                             np.int64(dst.shape[1]), dst))
+        fn(
+            (grid,),
+            (256,),
+            (src, np.int64(self.n_pixels), np.int32(b), np.int64(dst.shape[1]), dst),
+        )
 
     def _pixel_batch(self, src, b, dev_pm, out, errors):
         """Transpose src (b, P) into dev_pm (P, ld) and integrate it; if the transposition
@@ -648,8 +715,9 @@ class DeviceEngine:
         elif arr.ndim == 1 and shape[0] == self.n_pixels:
             b = 1
         else:
-            raise ValueError(f"frames of shape {shape} do not match the matrix image shape "
-                             f"{self.shape}")
+            raise ValueError(
+                f"frames of shape {shape} do not match the matrix image shape {self.shape}"
+            )
         if arr.dtype.byteorder not in "=|":
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr.reshape(b, self.n_pixels)
@@ -680,8 +748,10 @@ class DeviceEngine:
         if pixel_major:
             check_frame_dtype(stack_dev.dtype)
             if stack_dev.ndim != 2 or stack_dev.shape[0] != self.n_pixels:
-                raise ValueError(f"a pixel-major stack must be (n_pixels={self.n_pixels}, B), "
-                                 f"not {tuple(stack_dev.shape)}")
+                raise ValueError(
+                    f"a pixel-major stack must be (n_pixels={self.n_pixels}, B), "
+                    f"not {tuple(stack_dev.shape)}"
+                )
             b = int(stack_dev.shape[1])
         else:
             frames = self._as_frames(stack_dev)
@@ -709,21 +779,21 @@ class DeviceEngine:
                 self._integrate_into(xp.ascontiguousarray(frames), "frame", b, out, errors)
                 return self._to_sums(out)
             for i in range(0, b, self.batch_size):
-                part = frames[i:i + self.batch_size]
+                part = frames[i : i + self.batch_size]
                 o = xp.empty((nq, part.shape[0], self.n_bins), dtype=np.float64)
                 self._integrate_into(part, "frame", part.shape[0], o, errors)
-                out[:, i:i + part.shape[0]] = o
+                out[:, i : i + part.shape[0]] = o
             return self._to_sums(out)
         step = self.batch_size
         buf = xp.empty((self.n_pixels, self._leading_dim(min(step, b))), dtype=dtype)
         for i in range(0, b, step):
-            part = xp.ascontiguousarray(frames[i:i + step])
+            part = xp.ascontiguousarray(frames[i : i + step])
             k = int(part.shape[0])
-            view = buf[:, :self._leading_dim(k)]
+            view = buf[:, : self._leading_dim(k)]
             self._transpose(part, k, view)
             o = xp.empty((nq, k, self.n_bins), dtype=np.float64)
             self._integrate_into(view, "pixel", k, o, errors)
-            out[:, i:i + k] = o
+            out[:, i : i + k] = o
         return self._to_sums(out)
 
     # ------------------------------------------------------------------ host input
@@ -760,7 +830,7 @@ class DeviceEngine:
     def _device_stream(self, stack_dev, errors):
         frames = self._as_frames(stack_dev)
         for i in range(0, frames.shape[0], self.batch_size):
-            res = self.sums_device(frames[i:i + self.batch_size], errors)
+            res = self.sums_device(frames[i : i + self.batch_size], errors)
             yield Sums(*(None if a is None else self._ops.to_host(a) for a in res))
 
     # Job generators run inside _pipeline.  They obtain idle slots with
@@ -769,7 +839,7 @@ class DeviceEngine:
     def _stack_jobs(self, stack):
         direct = bool(stack.flags.c_contiguous and self._ops.is_pinned(stack))
         for i in range(0, stack.shape[0], self.batch_size):
-            part = stack[i:i + self.batch_size]
+            part = stack[i : i + self.batch_size]
             slot = yield ("acquire",)
             if direct:
                 src = part
@@ -794,7 +864,7 @@ class DeviceEngine:
                     count = 0
                 take = min(self.batch_size - count, arr.shape[0] - pos)
                 # copied now: the producer may reuse its buffer as soon as we ask for the next
-                self._host_copy(stage[count:count + take], arr[pos:pos + take])
+                self._host_copy(stage[count : count + take], arr[pos : pos + take])
                 count += take
                 pos += take
                 if count == self.batch_size:
@@ -810,8 +880,7 @@ class DeviceEngine:
 
     def _get_slots(self):
         if self._slots is None:
-            self._slots = [_Slot(self._ops, self._stream_factory())
-                           for _ in range(self.n_streams)]
+            self._slots = [_Slot(self._ops, self._stream_factory()) for _ in range(self.n_streams)]
         return self._slots
 
     def _pipeline(self, jobs, errors):
@@ -861,8 +930,10 @@ class DeviceEngine:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.staging_threads)
         step = -(-self.n_pixels // self.staging_threads)
-        futures = [self._pool.submit(np.copyto, dst[:, c:c + step], src[:, c:c + step])
-                   for c in range(0, self.n_pixels, step)]
+        futures = [
+            self._pool.submit(np.copyto, dst[:, c : c + step], src[:, c : c + step])
+            for c in range(0, self.n_pixels, step)
+        ]
         for f in futures:
             f.result()
 
@@ -877,24 +948,28 @@ class DeviceEngine:
         layout = self.batch_layout(src.dtype)
         out_nbytes = nq * b * self.n_bins * 8
         dev_out = _view(slot.buffer("out", out_nbytes, False), np.float64, (nq, b, self.n_bins))
-        host_out = _view(slot.buffer("result", out_nbytes, True), np.float64,
-                         (nq, b, self.n_bins))
+        host_out = _view(slot.buffer("result", out_nbytes, True), np.float64, (nq, b, self.n_bins))
         stream = slot.stream
         if layout == "pixel":
             ld = self._leading_dim(b)
-            dev_pm = _view(slot.buffer("pixel_major", self.n_pixels * ld * src.itemsize, False),
-                           src.dtype, (self.n_pixels, ld))
+            dev_pm = _view(
+                slot.buffer("pixel_major", self.n_pixels * ld * src.itemsize, False),
+                src.dtype,
+                (self.n_pixels, ld),
+            )
             mapped = self.upload == "mapped" and self.name == "cupy"
             if mapped:
                 dev_src = self._ops.mapped(src)
             else:
-                dev_src = _view(slot.buffer("frames", src.nbytes, False), src.dtype,
-                                (b, self.n_pixels))
+                dev_src = _view(
+                    slot.buffer("frames", src.nbytes, False), src.dtype, (b, self.n_pixels)
+                )
                 stream.run(self._ops.h2d, dev_src, src)
             stream.run(self._pixel_batch, dev_src, b, dev_pm, dev_out, errors)
         else:
-            dev_frames = _view(slot.buffer("frames", src.nbytes, False), src.dtype,
-                               (b, self.n_pixels))
+            dev_frames = _view(
+                slot.buffer("frames", src.nbytes, False), src.dtype, (b, self.n_pixels)
+            )
             stream.run(self._ops.h2d, dev_frames, src)
             stream.run(self._integrate_into, dev_frames, "frame", b, dev_out, errors)
         stream.run(self._ops.d2h, host_out, dev_out)
@@ -936,14 +1011,14 @@ class DeviceEngine:
         slot = slots[self._slot_counter % len(slots)]
         self._slot_counter += 1
         if slot.busy:  # round-robin: the busy slot is the oldest in flight
-            for k, (s_, res) in enumerate(self._service):
+            for k, (s_, _res) in enumerate(self._service):
                 if s_ is slot:
                     self._service[k] = (None, self._finish(slot))
                     break
         stage = self._stage(slot, dtype, b)
         pos = 0
         for a in arrs:
-            self._host_copy(stage[pos:pos + a.shape[0]], a)
+            self._host_copy(stage[pos : pos + a.shape[0]], a)
             pos += a.shape[0]
         self._submit(slot, stage, errors)
         self._service.append((slot, None))

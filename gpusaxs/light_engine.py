@@ -7,6 +7,7 @@ PILATUS 1M frame: the right choice up to a few dozen frames (``saxsdog`` picks i
 jobs).  Same sums as the other engines (docs/ARCHITECTURE.md, CONTRACTS section 1, with the
 optional per-pixel dark ``pixel_offset``).
 """
+
 import numpy as np
 
 from .sums import Sums

@@ -13,6 +13,7 @@ temporary name and renamed, so a reader sees a whole file or none; two processes
 same key both write, the second rename wins with identical content; a file removed by another
 process's eviction while being loaded is still read whole (POSIX unlink).
 """
+
 import hashlib
 import os
 import time
@@ -20,22 +21,31 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
+from typing import Any
 
 import numpy as np
 
 from .matrix import FORMAT_VERSION, IntegrationMatrix, build_matrix
 
-__all__ = ["matrix_key", "default_cache_dir", "cache_max_bytes", "save_matrix", "load_matrix",
-           "get_matrix", "evict", "remember_matrix"]
+__all__ = [
+    "matrix_key",
+    "default_cache_dir",
+    "cache_max_bytes",
+    "save_matrix",
+    "load_matrix",
+    "get_matrix",
+    "evict",
+    "remember_matrix",
+]
 
-_MEMORY = OrderedDict()
+_MEMORY: "OrderedDict[str, IntegrationMatrix]" = OrderedDict()
 _MEMORY_SIZE = 4
 _LOCK = Lock()
 _FIELDS = ("shape", "q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm")
 #: Default bound of the disk cache, MB (a PILATUS 1M matrix is 22 MB, an EIGER 16M one ~450 MB).
 DEFAULT_MAX_MB = 2048
 _PREFIX, _SUFFIX = "matrix-", ".npz"
-_OPTIONAL = ("radial_unit", "azimuth_edges")     # stored only when not at their default
+_OPTIONAL = ("radial_unit", "azimuth_edges")  # stored only when not at their default
 
 
 def _binning_options(options):
@@ -58,8 +68,14 @@ def matrix_key(cal, mask=None, q_edges=None, options=None):
     h.update(cal.key().encode())
     options = _binning_options(options)
     if options:
-        h.update(repr(sorted((k, np.asarray(v, dtype=np.float64).tolist() if k != "unit" else v)
-                             for k, v in options.items())).encode())
+        h.update(
+            repr(
+                sorted(
+                    (k, np.asarray(v, dtype=np.float64).tolist() if k != "unit" else v)
+                    for k, v in options.items()
+                )
+            ).encode()
+        )
     for name, arr in (("mask", mask), ("edges", q_edges)):
         h.update(name.encode())
         if arr is not None:
@@ -69,7 +85,7 @@ def matrix_key(cal, mask=None, q_edges=None, options=None):
     return h.hexdigest()
 
 
-def default_cache_dir():
+def default_cache_dir() -> Path | None:
     """The disk cache folder: $GPUSAXS_CACHE_DIR, else $XDG_CACHE_HOME/gpusaxs, else
     ~/.cache/gpusaxs.  None when $GPUSAXS_CACHE_DIR is "off" or "none" (no disk cache)."""
     value = os.environ.get("GPUSAXS_CACHE_DIR")
@@ -157,8 +173,15 @@ def _touch(path):
         pass
 
 
-def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info=None,
-               options=None):
+def get_matrix(
+    cal: Any,
+    mask: Any = None,
+    q_edges: Any = None,
+    cache_dir: Any = None,
+    progress: Any = None,
+    info: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> IntegrationMatrix:
     """The matrix of a calibration: from memory, from the disk cache, or freshly built.
 
     cache_dir: the disk cache folder; None = :func:`default_cache_dir`; False = no disk cache.
@@ -189,7 +212,7 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
             source = "disk"
             _touch(path)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
-            matrix = None              # absent or corrupt: (re)built and replaced below
+            matrix = None  # absent or corrupt: (re)built and replaced below
     if matrix is None:
         from .calibration import check_limits
 
@@ -201,23 +224,18 @@ def get_matrix(cal, mask=None, q_edges=None, cache_dir=None, progress=None, info
         try:
             save_matrix(matrix, path)
             evict(path.parent, keep=path)
-        except OSError as exc:         # read-only or full cache folder: work without it
+        except OSError as exc:  # read-only or full cache folder: work without it
             cache_error = f"cannot write the matrix cache {path}: {exc.strerror or exc}"
     remember_matrix(key, matrix)
     if info is not None:
-        info.update(key=key, source=source, seconds=time.perf_counter() - t0,
-                    path=None if path is None else str(path), cache_error=cache_error)
+        info.update(
+            key=key,
+            source=source,
+            seconds=time.perf_counter() - t0,
+            path=None if path is None else str(path),
+            cache_error=cache_error,
+        )
     return matrix
-
-
-def remember_matrix(key, matrix):
-    """Put a matrix built elsewhere (a Dask worker receives the client's) in the memory cache,
-    so that ``get_matrix`` of the same key returns it without building or reading a file."""
-    with _LOCK:
-        _MEMORY[key] = matrix
-        _MEMORY.move_to_end(key)
-        while len(_MEMORY) > _MEMORY_SIZE:
-            _MEMORY.popitem(last=False)
 
 
 def remember_matrix(key, matrix):

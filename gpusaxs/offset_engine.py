@@ -5,6 +5,7 @@ max(x, 0), squares = sum w (s v)^2, validity judged on the raw x.  The Integrato
 SciPy engine only when its engine does not declare ``supports_pixel_offset = True``; once the
 CPU and GPU engines honour the contract (helpers "cpuperf", "gpu") it is no longer used.
 """
+
 import numpy as np
 
 from gpusaxs.cpu_fallback.engine import ScipyEngine, as_frame_stack, invalid_threshold

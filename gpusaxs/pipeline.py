@@ -12,6 +12,7 @@ Every submitted frame ends in exactly one of ``processed``, ``failed`` (``on_err
 with the exception) or ``dropped`` (``close(abort=True)`` before it was read); nothing is lost
 silently.  Used by the ``saxsdog`` tool and the network server.
 """
+
 import collections
 import queue
 import threading
@@ -31,7 +32,7 @@ def curve_path(image_path, in_root, out_dir=None, inplace=False, suffix=".chi"):
     In place: beside the image.  Otherwise the tree below ``in_root`` is mirrored into
     ``out_dir`` (default ``./out``); an image outside ``in_root`` goes to ``out_dir`` itself.
     """
-    if hasattr(image_path, "curve_name"):    # a frame of a stack: <name>_<index>.chi
+    if hasattr(image_path, "curve_name"):  # a frame of a stack: <name>_<index>.chi
         name = image_path.curve_name(suffix)
         image_path = Path(image_path.file)
     else:
@@ -53,8 +54,14 @@ def write_curve(image_path, out_path, q, intensity, error, calibration_key=None)
     from gpusaxs.io.chi import write_chi
 
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    write_chi(out_path, q, intensity, error=error, title=Path(image_path).name,
-              calibration_key=calibration_key)
+    write_chi(
+        out_path,
+        q,
+        intensity,
+        error=error,
+        title=Path(image_path).name,
+        calibration_key=calibration_key,
+    )
 
 
 class _Item:
@@ -83,8 +90,18 @@ class FramePipeline:
     and as soon as no further frame is ready.
     """
 
-    def __init__(self, integrator, *, batch_size=16, read_threads=2, on_done=None,
-                 on_error=None, errors=True, writer=None, overlap=None):
+    def __init__(
+        self,
+        integrator,
+        *,
+        batch_size=16,
+        read_threads=2,
+        on_done=None,
+        on_error=None,
+        errors=True,
+        writer=None,
+        overlap=None,
+    ):
         if batch_size < 1 or read_threads < 1:
             raise ValueError("batch_size and read_threads must be >= 1")
         self.integrator = integrator
@@ -112,17 +129,19 @@ class FramePipeline:
         self._t_last = None
         self._timings = {"read": 0.0, "integrate": 0.0, "write": 0.0}
 
-        self._stack_buffer = None                   # owned by the integration thread
-        self._read_q = collections.deque()          # guarded by _cond
+        self._stack_buffer = None  # owned by the integration thread
+        self._read_q = collections.deque()  # guarded by _cond
         # bounded: at most ~2 batches of decoded frames wait for the engine
         self._ready_q = queue.Queue(maxsize=2 * self.batch_size)
         self._write_q = queue.Queue(maxsize=4)
-        self._readers = [threading.Thread(target=self._read_loop, name=f"pipeline-read-{i}",
-                                          daemon=True) for i in range(int(read_threads))]
-        self._integ = threading.Thread(target=self._integrate_loop, name="pipeline-integrate",
-                                       daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name="pipeline-write",
-                                        daemon=True)
+        self._readers = [
+            threading.Thread(target=self._read_loop, name=f"pipeline-read-{i}", daemon=True)
+            for i in range(int(read_threads))
+        ]
+        self._integ = threading.Thread(
+            target=self._integrate_loop, name="pipeline-integrate", daemon=True
+        )
+        self._writer = threading.Thread(target=self._write_loop, name="pipeline-write", daemon=True)
         self._readers_alive = len(self._readers)
         for t in self._readers + [self._integ, self._writer]:
             t.start()
@@ -231,6 +250,7 @@ class FramePipeline:
             callback(*args)
         except Exception:  # a broken callback must not stop the pipeline
             import traceback
+
             traceback.print_exc()
 
     def _read_loop(self):
@@ -240,7 +260,7 @@ class FramePipeline:
             with self._cond:
                 while not self._read_q and not self._closed:
                     self._cond.wait()
-                if not self._read_q:            # closed and drained
+                if not self._read_q:  # closed and drained
                     self._readers_alive -= 1
                     last = self._readers_alive == 0
                     break
@@ -248,7 +268,7 @@ class FramePipeline:
             t0 = time.perf_counter()
             try:
                 item.image = read_image(item.image_path, shape=self.shape)
-            except Exception as exc:   # ImageReadError and anything unexpected: per frame
+            except Exception as exc:  # ImageReadError and anything unexpected: per frame
                 self._fail(item, exc)
                 continue
             finally:
@@ -330,7 +350,7 @@ class FramePipeline:
             intensity = np.asarray(intensity)
             err = None if err is None else np.asarray(err)
         except Exception as exc:
-            if len(batch) > 1:       # isolate the culprit: retry frame by frame
+            if len(batch) > 1:  # isolate the culprit: retry frame by frame
                 with self._cond:
                     self._timings["integrate"] += time.perf_counter() - t0
                 for it in batch:
@@ -362,10 +382,14 @@ class FramePipeline:
         if any(im.dtype != first.dtype or im.shape != first.shape for im in images):
             return np.stack(images)
         buf = self._stack_buffer
-        if buf is None or buf.dtype != first.dtype or buf.shape[1:] != first.shape \
-                or buf.shape[0] < len(images):
+        if (
+            buf is None
+            or buf.dtype != first.dtype
+            or buf.shape[1:] != first.shape
+            or buf.shape[0] < len(images)
+        ):
             buf = self._stack_buffer = np.empty((self.batch_size,) + first.shape, first.dtype)
-        out = buf[:len(images)]
+        out = buf[: len(images)]
         np.stack(images, out=out)
         return out
 
@@ -402,6 +426,3 @@ def _image_shape(integrator):
     if size is not None:
         return tuple(int(s) for s in size)
     return None
-
-
-

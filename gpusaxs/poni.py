@@ -15,17 +15,26 @@ exact. What fit2d's geometry cannot hold is dropped: a rotation about the beam (
 of Rot3) and, for orientations 1, 2, 4, the mirror of the azimuth; both change only the
 azimuth, never 2theta. gpusaxs measures the azimuth on the image as read (docs/calibration.md).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "read_poni", "format_poni", "fit2d_to_poni", "poni_to_fit2d", "to_orientation3",
-    "poni_geometry", "calibration_dict_from_poni", "looks_like_poni", "PONI_DEFAULTS",
+    "read_poni",
+    "format_poni",
+    "fit2d_to_poni",
+    "poni_to_fit2d",
+    "to_orientation3",
+    "poni_geometry",
+    "calibration_dict_from_poni",
+    "looks_like_poni",
+    "PONI_DEFAULTS",
 ]
 
 #: What a PONI file does not say, and the calibration fields it then gets (docs/calibration.md).
@@ -43,7 +52,7 @@ def _rotation_to(k):
     c = k[2]
     if s == 0.0:
         return np.eye(3)
-    ux, uy = -k[1] / s, k[0] / s          # unit axis e3 x k, in the detector plane
+    ux, uy = -k[1] / s, k[0] / s  # unit axis e3 x k, in the detector plane
     kx = np.array([[0.0, 0.0, uy], [0.0, 0.0, -ux], [-uy, ux, 0.0]])
     return np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
 
@@ -52,11 +61,13 @@ def _pyfai_matrix(rot1, rot2, rot3):
     """pyFAI's detector-to-lab rotation: lab = M @ (p1, p2, L) (axis 3 along the beam)."""
     c1, c2, c3 = math.cos(rot1), math.cos(rot2), math.cos(rot3)
     s1, s2, s3 = math.sin(rot1), math.sin(rot2), math.sin(rot3)
-    return np.array([
-        [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
-        [c2 * s3, c1 * c3 + s1 * s2 * s3, c3 * s1 - c1 * s2 * s3],
-        [s2, -c2 * s1, c1 * c2],
-    ])
+    return np.array(
+        [
+            [c2 * c3, c3 * s1 * s2 - c1 * s3, -(c1 * c3 * s2 + s1 * s3)],
+            [c2 * s3, c1 * c3 + s1 * s2 * s3, c3 * s1 - c1 * s2 * s3],
+            [s2, -c2 * s1, c1 * c2],
+        ]
+    )
 
 
 def _angles_of(m):
@@ -68,8 +79,15 @@ def _angles_of(m):
 
 
 # ----------------------------------------------------------------------------- fit2d <-> PONI
-def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_rot_deg,
-                  pixel_x_um, pixel_y_um):
+def fit2d_to_poni(
+    distance_mm: float,
+    center_x_px: float,
+    center_y_px: float,
+    tilt_deg: float,
+    tilt_plane_rot_deg: float,
+    pixel_x_um: float,
+    pixel_y_um: float,
+) -> dict[str, float]:
     """fit2d geometry (as pyFAI's setFit2D takes it: centre Y counted top-down) -> PONI.
 
     Returns dict(dist, poni1, poni2 [m], rot1, rot2, rot3 [rad], pixel1, pixel2 [m]).
@@ -81,12 +99,17 @@ def fit2d_to_poni(distance_mm, center_x_px, center_y_px, tilt_deg, tilt_plane_ro
     k = np.array([math.sin(t) * math.sin(r), math.sin(t) * math.cos(r), math.cos(t)])
     d = distance_mm / 1e3
     p1, p2 = pixel_y_um / 1e6, pixel_x_um / 1e6
-    rot1, rot2, rot3 = _angles_of(_rotation_to(k).T)     # detector -> lab, m @ k = e3
-    return {"dist": float(d * k[2]),
-            "poni1": float(center_y_px * p1 - d * k[0]),
-            "poni2": float(center_x_px * p2 - d * k[1]),
-            "rot1": float(rot1), "rot2": float(rot2), "rot3": float(rot3),
-            "pixel1": float(p1), "pixel2": float(p2)}
+    rot1, rot2, rot3 = _angles_of(_rotation_to(k).T)  # detector -> lab, m @ k = e3
+    return {
+        "dist": float(d * k[2]),
+        "poni1": float(center_y_px * p1 - d * k[0]),
+        "poni2": float(center_x_px * p2 - d * k[1]),
+        "rot1": float(rot1),
+        "rot2": float(rot2),
+        "rot3": float(rot3),
+        "pixel1": float(p1),
+        "pixel2": float(p2),
+    }
 
 
 def poni_to_fit2d(dist, poni1, poni2, rot1, rot2, rot3, pixel1, pixel2):
@@ -97,23 +120,30 @@ def poni_to_fit2d(dist, poni1, poni2, rot1, rot2, rot3, pixel1, pixel2):
     part of rot3 that fit2d cannot express (rotation about the beam; changes only the azimuth).
     """
     m = _pyfai_matrix(rot1, rot2, rot3)
-    k = [float(v) for v in m[2]]                                 # beam direction in the detector frame
+    k = [float(v) for v in m[2]]  # beam direction in the detector frame
     if k[2] <= 0:
         raise ValueError("detector does not face the beam (tilt >= 90 degree)")
-    tilt = math.atan2(math.hypot(k[0], k[1]), k[2])     # precise also for tiny tilts
+    tilt = math.atan2(math.hypot(k[0], k[1]), k[2])  # precise also for tiny tilts
     rot = math.atan2(k[0], k[1]) if math.hypot(k[0], k[1]) > 1e-15 else 0.0
     direct = dist / k[2]
     b1 = poni1 + direct * k[0]
     b2 = poni2 + direct * k[1]
     pure = _rotation_to(k).T
-    twist_m = m @ pure.T                      # rotation about the beam axis
+    twist_m = m @ pure.T  # rotation about the beam axis
     twist = float(math.atan2(twist_m[1, 0], twist_m[0, 0]))
     rot_deg = math.degrees(rot)
     if rot_deg <= -180.0:
         rot_deg += 360.0
-    return {"distance_mm": direct * 1e3, "center_x_px": b2 / pixel2, "center_y_px": b1 / pixel1,
-            "tilt_deg": math.degrees(tilt), "tilt_plane_rot_deg": rot_deg,
-            "pixel_x_um": pixel2 * 1e6, "pixel_y_um": pixel1 * 1e6, "twist_rad": twist}
+    return {
+        "distance_mm": direct * 1e3,
+        "center_x_px": b2 / pixel2,
+        "center_y_px": b1 / pixel1,
+        "tilt_deg": math.degrees(tilt),
+        "tilt_plane_rot_deg": rot_deg,
+        "pixel_x_um": pixel2 * 1e6,
+        "pixel_y_um": pixel1 * 1e6,
+        "twist_rad": twist,
+    }
 
 
 def to_orientation3(p):
@@ -140,8 +170,14 @@ def to_orientation3(p):
     k = _pyfai_matrix(p["rot1"], p["rot2"], p["rot3"])[2] * np.array([f1, f2, 1.0])
     rot1, rot2, rot3 = _angles_of(_rotation_to(k).T)
     out = dict(p)
-    out.update(poni1=f1 * (p["poni1"] - c1), poni2=f2 * (p["poni2"] - c2),
-               rot1=rot1, rot2=rot2, rot3=rot3, orientation=3)
+    out.update(
+        poni1=f1 * (p["poni1"] - c1),
+        poni2=f2 * (p["poni2"] - c2),
+        rot1=rot1,
+        rot2=rot2,
+        rot3=rot3,
+        orientation=3,
+    )
     return out
 
 
@@ -152,15 +188,17 @@ def format_poni(poni, comment=None):
     lines = ["# Nota: C-Order, 1 refers to the Y axis, 2 to the X axis"]
     if comment:
         lines += [f"# {c}" for c in str(comment).splitlines()]
-    lines += ["poni_version: 2",
-              "Detector: Detector",
-              f"Detector_config: {json.dumps(cfg)}",
-              f"Distance: {poni['dist']!r}",
-              f"Poni1: {poni['poni1']!r}",
-              f"Poni2: {poni['poni2']!r}",
-              f"Rot1: {poni['rot1']!r}",
-              f"Rot2: {poni['rot2']!r}",
-              f"Rot3: {poni['rot3']!r}"]
+    lines += [
+        "poni_version: 2",
+        "Detector: Detector",
+        f"Detector_config: {json.dumps(cfg)}",
+        f"Distance: {poni['dist']!r}",
+        f"Poni1: {poni['poni1']!r}",
+        f"Poni2: {poni['poni2']!r}",
+        f"Rot1: {poni['rot1']!r}",
+        f"Rot2: {poni['rot2']!r}",
+        f"Rot3: {poni['rot3']!r}",
+    ]
     if poni.get("wavelength"):
         lines.append(f"Wavelength: {poni['wavelength']!r}")
     return "\n".join(lines) + "\n"
@@ -173,14 +211,16 @@ def _key_values(text):
         if not line or line.startswith("#") or ":" not in line:
             continue
         k, v = line.split(":", 1)
-        keys[k.strip().lower()] = v.strip()        # the last occurrence wins (as in pyFAI)
+        keys[k.strip().lower()] = v.strip()  # the last occurrence wins (as in pyFAI)
     return keys
 
 
-def looks_like_poni(text):
+def looks_like_poni(text: str) -> bool:
     """True if ``text`` has the lines every PONI file has (Distance/Poni1/Poni2/Rot1)."""
     keys = _key_values(text)
-    return all(k in keys for k in ("poni1", "poni2", "rot1")) and ("distance" in keys or "dist" in keys)
+    return all(k in keys for k in ("poni1", "poni2", "rot1")) and (
+        "distance" in keys or "dist" in keys
+    )
 
 
 def _named_detector(name, cfg):
@@ -188,16 +228,22 @@ def _named_detector(name, cfg):
     try:
         from pyFAI.detectors import detector_factory
     except ImportError:
-        raise ValueError(f"detector {name!r}: its pixel size and shape are not in the file; "
-                         "install pyFAI (which knows it) or write Detector: Detector with "
-                         "pixel1, pixel2 and max_shape in Detector_config") from None
+        raise ValueError(
+            f"detector {name!r}: its pixel size and shape are not in the file; "
+            "install pyFAI (which knows it) or write Detector: Detector with "
+            "pixel1, pixel2 and max_shape in Detector_config"
+        ) from None
     try:
         det = detector_factory(name, cfg or None)
     except Exception as exc:  # pyFAI raises many kinds for an unknown name
         raise ValueError(f"detector {name!r} unknown to pyFAI: {exc}") from None
     shape = det.shape if det.shape is not None else det.max_shape
-    return (float(det.pixel1), float(det.pixel2), None if shape is None else [int(s) for s in shape],
-            int(getattr(det, "orientation", 3) or 3))
+    return (
+        float(det.pixel1),
+        float(det.pixel2),
+        None if shape is None else [int(s) for s in shape],
+        int(getattr(det, "orientation", 3) or 3),
+    )
 
 
 def read_poni(path):
@@ -262,8 +308,9 @@ def read_poni(path):
     except (TypeError, ValueError, IndexError):
         raise ValueError("bad pixel size, max_shape or orientation in Detector_config") from None
     if out["orientation"] not in (0, 1, 2, 3, 4):
-        raise ValueError(f"detector orientation {out['orientation']} is not supported "
-                         "(pyFAI's 1, 2, 3, 4)")
+        raise ValueError(
+            f"detector orientation {out['orientation']} is not supported (pyFAI's 1, 2, 3, 4)"
+        )
     out["orientation"] = out["orientation"] or 3
     return out
 
@@ -280,21 +327,26 @@ def poni_geometry(p, imagesize=None):
     if shape is None:
         raise ValueError("no image shape (max_shape in Detector_config)")
     q = to_orientation3({**p, "max_shape": shape})
-    f = poni_to_fit2d(q["dist"], q["poni1"], q["poni2"], q["rot1"], q["rot2"], q["rot3"],
-                      q["pixel1"], q["pixel2"])
+    f = poni_to_fit2d(
+        q["dist"], q["poni1"], q["poni2"], q["rot1"], q["rot2"], q["rot3"], q["pixel1"], q["pixel2"]
+    )
     tilt, rot = f["tilt_deg"], -f["tilt_plane_rot_deg"]
     if tilt == 0:
         rot = 0.0
-    return {"BeamCenter": [shape[0] - f["center_y_px"], f["center_x_px"]],
-            "DedectorDistanceMM": f["distance_mm"],
-            "Tilt": {"TiltAngleDeg": tilt, "TiltRotDeg": rot},
-            "Imagesize": [int(shape[0]), int(shape[1])],
-            "PixelSizeMicroM": [q["pixel1"] * 1e6, q["pixel2"] * 1e6],
-            "Wavelength": None if not p.get("wavelength") else p["wavelength"] * 1e10,
-            "twist_rad": f["twist_rad"]}
+    return {
+        "BeamCenter": [shape[0] - f["center_y_px"], f["center_x_px"]],
+        "DedectorDistanceMM": f["distance_mm"],
+        "Tilt": {"TiltAngleDeg": tilt, "TiltRotDeg": rot},
+        "Imagesize": [int(shape[0]), int(shape[1])],
+        "PixelSizeMicroM": [q["pixel1"] * 1e6, q["pixel2"] * 1e6],
+        "Wavelength": None if not p.get("wavelength") else p["wavelength"] * 1e10,
+        "twist_rad": f["twist_rad"],
+    }
 
 
-def calibration_dict_from_poni(path, overrides=None):
+def calibration_dict_from_poni(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A flat calibration dict from a .poni file: its geometry, PONI_DEFAULTS for the rest.
 
     ``overrides``: calibration fields given next to the PONI (e.g. by a JSON file with
@@ -311,8 +363,9 @@ def calibration_dict_from_poni(path, overrides=None):
     except FileNotFoundError:
         raise CalibrationError("PONI file not found", path, "#") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"cannot read PONI file: {getattr(exc, 'strerror', None) or exc}",
-                               path, "#") from None
+        raise CalibrationError(
+            f"cannot read PONI file: {getattr(exc, 'strerror', None) or exc}", path, "#"
+        ) from None
     except ValueError as exc:
         raise CalibrationError(f"not a usable pyFAI PONI file: {exc}", path, "#") from None
     d = dict(PONI_DEFAULTS)
@@ -321,7 +374,10 @@ def calibration_dict_from_poni(path, overrides=None):
         d["Wavelength"] = g["Wavelength"]
     d.update(overrides or {})
     if "Wavelength" not in d:
-        raise CalibrationError("the PONI file has no Wavelength; give one next to it "
-                               "(a calibration file with \"Geometry\": \"x.poni\", \"Wavelength\")",
-                               path, "#/Wavelength")
+        raise CalibrationError(
+            "the PONI file has no Wavelength; give one next to it "
+            '(a calibration file with "Geometry": "x.poni", "Wavelength")',
+            path,
+            "#/Wavelength",
+        )
     return d

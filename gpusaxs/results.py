@@ -4,11 +4,16 @@ Like pyFAI's Integrate1dResult / Integrate2dResult they unpack as tuples, so pyF
 ``q, I = res`` (or ``q, I, sigma = res`` when an error model was asked for) for a curve,
 ``I, radial, chi = res`` for a cake.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any
 
 import numpy as np
 
+from ._typing import FloatArray
 from .units import RADIAL_UNITS
 
 __all__ = ["IntegrationResult"]
@@ -33,54 +38,66 @@ class IntegrationResult:
     sum_normalization : count * normalization_factor, so intensity = sum_signal / sum_normalization.
     sum_variance : weighted sum of the Poisson variances of the corrected values, or None.
     error_model : "poisson", "azimuthal" or None.
+    normalization_factor : the divisor of ``intensity`` (float, or one per frame of a batch).
+    options : the options the integration ran with (unit, ranges, corrections).
+
+    Examples
+    --------
+    >>> res = integ.integrate1d(image, unit="q_nm^-1", error_model="poisson")  # doctest: +SKIP
+    >>> q, I, sigma = res  # doctest: +SKIP
+    >>> res.radial_label  # doctest: +SKIP
+    'q (nm^-1)'
     """
 
-    radial: np.ndarray
-    intensity: np.ndarray
-    sigma: Optional[np.ndarray]
+    radial: FloatArray
+    intensity: FloatArray
+    sigma: FloatArray | None
     unit: str
-    count: np.ndarray
-    sum_signal: np.ndarray
-    sum_normalization: np.ndarray
-    sum_variance: Optional[np.ndarray] = None
-    std: Optional[np.ndarray] = None
-    azimuthal: Optional[np.ndarray] = None
-    error_model: Optional[str] = None
+    count: FloatArray
+    sum_signal: FloatArray
+    sum_normalization: FloatArray
+    sum_variance: FloatArray | None = None
+    std: FloatArray | None = None
+    azimuthal: FloatArray | None = None
+    error_model: str | None = None
     normalization_factor: object = 1.0
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def sem(self):
+    def sem(self) -> FloatArray | None:
         """Standard error of the mean: pyFAI's name for ``sigma``."""
         return self.sigma
 
     @property
-    def is_2d(self):
+    def is_2d(self) -> bool:
+        """True for a cake (radial x azimuthal bins)."""
         return self.azimuthal is not None
 
     @property
-    def radial_label(self):
+    def radial_label(self) -> str:
         """Axis label of the radial unit, e.g. 'q (nm^-1)'."""
         return RADIAL_UNITS[self.unit][0]
 
-    def _items(self):
+    def _items(self) -> tuple[Any, ...]:
         if self.is_2d:
             return (self.intensity, self.radial, self.azimuthal)
         if self.sigma is None:
             return (self.radial, self.intensity)
         return (self.radial, self.intensity, self.sigma)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self._items())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._items())
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Any:
         return self._items()[index]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         shape = np.shape(self.intensity)
         kind = "cake" if self.is_2d else "curve"
-        return (f"IntegrationResult({kind}, intensity shape={shape}, unit={self.unit!r}, "
-                f"error_model={self.error_model!r})")
+        return (
+            f"IntegrationResult({kind}, intensity shape={shape}, unit={self.unit!r}, "
+            f"error_model={self.error_model!r})"
+        )

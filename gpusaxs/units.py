@@ -14,7 +14,14 @@ the image columns (to the right, 3 o'clock with row 0 at the top) and y along th
 (:func:`gpusaxs.geometry.azimuth`, used by the polarization correction) is clockwise from
 12 o'clock: ``chi = phi - 90 deg``.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+
+from ._typing import ArrayLike, FloatArray
 
 __all__ = ["RADIAL_UNITS", "parse_unit", "radial_of", "in_sector", "normalise_sector"]
 
@@ -27,11 +34,17 @@ RADIAL_UNITS = {
     "r_mm": ("r (mm)", "distance from the beam axis, across the beam, in mm"),
 }
 
-_ALIASES = {"q_nm-1": "q_nm^-1", "q_a^-1": "q_A^-1", "q_a-1": "q_A^-1", "q_A-1": "q_A^-1",
-            "2th": "2th_deg", "r": "r_mm"}
+_ALIASES = {
+    "q_nm-1": "q_nm^-1",
+    "q_a^-1": "q_A^-1",
+    "q_a-1": "q_A^-1",
+    "q_A-1": "q_A^-1",
+    "2th": "2th_deg",
+    "r": "r_mm",
+}
 
 
-def parse_unit(unit):
+def parse_unit(unit: Any) -> str:
     """Canonical name of a radial unit (a name above, or a pyFAI Unit object); ValueError else."""
     name = getattr(unit, "name", unit)
     name = str(name).strip()
@@ -41,7 +54,7 @@ def parse_unit(unit):
     return name
 
 
-def radial_of(unit, tth, r_mm, wavelength_A):
+def radial_of(unit: str, tth: FloatArray, r_mm: FloatArray, wavelength_A: float) -> FloatArray:
     """Radial coordinate in ``unit`` from 2theta (radians) and the distance r (mm) from the beam
     axis across the beam; wavelength in Angstrom."""
     if unit == "q_nm^-1":
@@ -57,7 +70,7 @@ def radial_of(unit, tth, r_mm, wavelength_A):
     raise ValueError(f"unknown radial unit {unit!r}")
 
 
-def normalise_sector(azimuth_range):
+def normalise_sector(azimuth_range: tuple[float, float]) -> tuple[float, float]:
     """(lo, span) in degrees of an azimuth range (lo, hi) in pyFAI's chi convention.
 
     ``lo < hi`` is the sector from lo to hi (either may lie outside [-180, 180], e.g.
@@ -66,15 +79,16 @@ def normalise_sector(azimuth_range):
     """
     lo, hi = (float(v) for v in azimuth_range)
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
-        raise ValueError(f"azimuth_range must be two different finite angles in degrees, "
-                         f"got {azimuth_range!r}")
+        raise ValueError(
+            f"azimuth_range must be two different finite angles in degrees, got {azimuth_range!r}"
+        )
     span = hi - lo if hi > lo else hi - lo + 360.0
     if span > 360.0:
         raise ValueError(f"azimuth_range {azimuth_range!r} spans more than 360 degrees")
     return lo, span
 
 
-def in_sector(chi_deg, lo, span):
+def in_sector(chi_deg: ArrayLike, lo: float, span: float) -> FloatArray:
     """Position of chi (degrees) inside the sector [lo, lo + span), NaN outside: chi - lo
     taken modulo 360 (so every angle has one position, whichever turn it is given in)."""
     pos = np.mod(np.asarray(chi_deg, dtype=np.float64) - lo, 360.0)

@@ -6,7 +6,8 @@ epoch, ``time.time()``) and ``sign``::
 
     canonical = json.dumps(request without "sign", sort_keys=True, separators=(",", ":"),
                            ensure_ascii=True, allow_nan=False).encode("utf-8")
-    message   = canonical || for each attachment: len(attachment) as 8 bytes big-endian || attachment
+    message   = canonical || for each attachment:
+                    len(attachment) as 8 bytes big-endian || attachment
     sign      = HMAC-SHA256(key=secret.encode("utf-8"), message).hexdigest()
 
 The server recomputes the signature from the *parsed* request (so key order and white space of
@@ -17,6 +18,7 @@ looked at any further.
 
 The secret is never logged, never put into an answer or an exception message.
 """
+
 import hashlib
 import hmac
 import json
@@ -24,6 +26,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 DEFAULT_WINDOW_S = 900.0
 DEFAULT_REPLAY_CAPACITY = 100_000
@@ -38,8 +42,9 @@ def canonical_bytes(request):
     if not isinstance(request, dict):
         raise TypeError("request must be a JSON object")
     body = {k: v for k, v in request.items() if k != "sign"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("utf-8")
 
 
 def _key(secret):
@@ -54,13 +59,18 @@ def compute_sign(secret, request, attachments=()):
     """HMAC-SHA256 (hex) of the canonical request and its attachment frames."""
     mac = hmac.new(_key(secret), canonical_bytes(request), hashlib.sha256)
     for att in attachments:
-        att = memoryview(att)          # no copy of a (possibly large) frame
+        att = memoryview(att)  # no copy of a (possibly large) frame
         mac.update(att.nbytes.to_bytes(8, "big"))
         mac.update(att)
     return mac.hexdigest()
 
 
-def sign_request(secret, request, attachments=(), now=None):
+def sign_request(
+    secret: "str | bytes",
+    request: "Mapping[str, Any]",
+    attachments: "Iterable[bytes]" = (),
+    now: "float | None" = None,
+) -> Any:
     """Return a copy of ``request`` with a fresh ``time`` and its ``sign``."""
     req = {k: v for k, v in request.items() if k != "sign"}
     req["time"] = float(time.time() if now is None else now)
@@ -112,8 +122,13 @@ class ReplayCache:
 class Authenticator:
     """Checks signature, time window and replay for incoming requests."""
 
-    def __init__(self, secret, window=DEFAULT_WINDOW_S, replay_capacity=DEFAULT_REPLAY_CAPACITY,
-                 clock=time.time):
+    def __init__(
+        self,
+        secret,
+        window=DEFAULT_WINDOW_S,
+        replay_capacity=DEFAULT_REPLAY_CAPACITY,
+        clock=time.time,
+    ):
         self._key = _key(secret)
         self.window = float(window)
         self.clock = clock
@@ -137,16 +152,18 @@ class Authenticator:
         except (TypeError, ValueError):
             raise AuthenticationError("request cannot be canonicalised") from None
         for att in attachments:
-            att = memoryview(att)      # no copy of a (possibly large) frame
+            att = memoryview(att)  # no copy of a (possibly large) frame
             expected.update(att.nbytes.to_bytes(8, "big"))
             expected.update(att)
         # compare_digest on ASCII str requires ASCII; compare bytes to be safe.
-        if not hmac.compare_digest(expected.hexdigest().encode("ascii"),
-                                   sign.encode("utf-8", "replace")):
+        if not hmac.compare_digest(
+            expected.hexdigest().encode("ascii"), sign.encode("utf-8", "replace")
+        ):
             raise AuthenticationError("wrong signature (check the shared secret)")
         now = self.clock()
         if abs(now - float(t)) > self.window:
             raise AuthenticationError(
                 f"request time outside the accepted window of {self.window:g} s "
-                f"(clock difference {now - float(t):.0f} s)")
+                f"(clock difference {now - float(t):.0f} s)"
+            )
         self.replay.check_and_add(sign, float(t), now)

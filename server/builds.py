@@ -9,6 +9,7 @@ and SIGTERM act within one chunk (well under a second).  Finished integrators ar
 of ``size`` keys.  Reusable by any service that needs an integrator per calibration (queues,
 live streams).
 """
+
 import logging
 import threading
 import time
@@ -87,10 +88,14 @@ class Build:
     def info(self):
         done, total = self.progress
         end = self.finished_at or time.monotonic()
-        return {"key": self.key[0][:16] if isinstance(self.key, tuple) else str(self.key)[:16],
-                "label": self.label, "state": self.state,
-                "progress": (done / total) if total else 0.0, "rows": [done, total],
-                "elapsed": round(end - self.started, 3)}
+        return {
+            "key": self.key[0][:16] if isinstance(self.key, tuple) else str(self.key)[:16],
+            "label": self.label,
+            "state": self.state,
+            "progress": (done / total) if total else 0.0,
+            "rows": [done, total],
+            "elapsed": round(end - self.started, 3),
+        }
 
 
 class BuildManager:
@@ -102,8 +107,8 @@ class BuildManager:
 
     def __init__(self, size=4):
         self.size = int(size)
-        self._cached = OrderedDict()   # key -> finished Build
-        self._running = {}             # key -> Build in progress
+        self._cached = OrderedDict()  # key -> finished Build
+        self._running = {}  # key -> Build in progress
         self._lock = threading.Lock()
 
     def __contains__(self, key):
@@ -122,8 +127,7 @@ class BuildManager:
                 return b
             b = Build(key, label)
             self._running[key] = b
-        t = threading.Thread(target=self._run, args=(b, make), name="integrator-build",
-                             daemon=True)
+        t = threading.Thread(target=self._run, args=(b, make), name="integrator-build", daemon=True)
         t.start()
         return b
 
@@ -138,7 +142,7 @@ class BuildManager:
             self._forget(b)
             b._finish("cancelled", error=exc)
             return
-        except BaseException as exc:   # MemoryError included: reported to the waiting queue
+        except BaseException as exc:  # MemoryError included: reported to the waiting queue
             self._forget(b)
             b._finish("failed", error=exc)
             return

@@ -11,6 +11,7 @@
   output path (disk full, permissions).
 * :func:`sweep_tmp` removes the hidden temporary files a killed writer left behind.
 """
+
 import errno
 import os
 import re
@@ -24,6 +25,7 @@ def inside(path, root):
         return os.path.commonpath([path, root]) == root
     except ValueError:
         return False
+
 
 #: hidden temporary files of gpusaxs.io.atomic: .<name>.<8 hex>.tmp
 TMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
@@ -52,8 +54,10 @@ def confined_dir(root, folder):
         cur = parent
     real = os.path.realpath(cur)
     if not inside(real, root):
-        raise OutsideRoot(errno.EACCES, f"curve folder {folder} leads outside the server's "
-                                        f"folder {root} (symbolic link?)")
+        raise OutsideRoot(
+            errno.EACCES,
+            f"curve folder {folder} leads outside the server's folder {root} (symbolic link?)",
+        )
     for name in reversed(missing):
         real = os.path.join(real, name)
         try:
@@ -80,13 +84,20 @@ class CurveWriter:
         out_path = Path(out_path)
         try:
             folder = confined_dir(self.root, out_path.parent)
-            chi.write_chi(os.path.join(folder, out_path.name), q, intensity, error=error,
-                          title=Path(image_path).name, calibration_key=self.key or None)
+            chi.write_chi(
+                os.path.join(folder, out_path.name),
+                q,
+                intensity,
+                error=error,
+                title=Path(image_path).name,
+                calibration_key=self.key or None,
+            )
         except OutsideRoot:
             raise
-        except OSError as exc:   # disk full, read-only, permissions: say which file
-            raise OSError(exc.errno, f"cannot write the curve {out_path}: "
-                                     f"{exc.strerror or exc}") from exc
+        except OSError as exc:  # disk full, read-only, permissions: say which file
+            raise OSError(
+                exc.errno, f"cannot write the curve {out_path}: {exc.strerror or exc}"
+            ) from exc
 
 
 def sweep_tmp(folder, min_age=TMP_MIN_AGE_S, now=None):
@@ -104,8 +115,10 @@ def sweep_tmp(folder, min_age=TMP_MIN_AGE_S, now=None):
         if not TMP_RE.match(e.name):
             continue
         try:
-            if not e.is_file(follow_symlinks=False) or \
-                    now - e.stat(follow_symlinks=False).st_mtime < min_age:
+            if (
+                not e.is_file(follow_symlinks=False)
+                or now - e.stat(follow_symlinks=False).st_mtime < min_age
+            ):
                 continue
             os.unlink(e.path)
             removed += 1

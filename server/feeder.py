@@ -21,6 +21,7 @@ simulator of the specification) instead of watching.
 The socket is an XPUB socket (a PUB socket that also sees subscriptions), so --simulate can wait
 for the first subscriber instead of publishing into the void.
 """
+
 import argparse
 import json
 import logging
@@ -30,9 +31,9 @@ import sys
 import threading
 import time
 
-log = logging.getLogger("saxsfeeder")
-
 from gpusaxs.io.settle import DEFAULT_GIVE_UP_S, DEFAULT_SETTLE_S, FileSettler
+
+log = logging.getLogger("saxsfeeder")
 
 
 def make_handler(settler):
@@ -93,7 +94,7 @@ class Feeder:
         self.ctx = context or zmq.Context()
         self.sock = self.ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.SNDHWM, 0)        # never drop events for a slow subscriber
+        self.sock.setsockopt(zmq.SNDHWM, 0)  # never drop events for a slow subscriber
         self.sock.bind(bind_url)
         self.url = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.subscribers = 0
@@ -121,6 +122,7 @@ class Feeder:
     def send(self, obj):
         if self._secret is not None:
             from .auth import sign_request
+
             obj = sign_request(self._secret, obj)
         data = json.dumps(obj).encode("utf-8")
         with self._lock:
@@ -152,7 +154,7 @@ class Feeder:
 
 EXAMPLES = """\
 examples:
-  saxsfeeder -d /data/beamtime            watch a folder tree, publish on the config's FeederUrl port
+  saxsfeeder -d /data/beamtime            watch a folder tree, publish on FeederUrl's port
   saxsfeeder -p 5556 -d /data/a -d /data/b two folders, port 5556
   saxsfeeder --simulate -d data/ --interval 0.1 --loop
                                           replay the files already there (spec simulator)
@@ -162,45 +164,107 @@ examples:
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="saxsfeeder", description="Publish new-file events of a folder tree (ZeroMQ PUB).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-p", "--port", type=int, default=None,
-                   help="port to publish on (default: port of FeederUrl in the config, else 5556)")
+        prog="saxsfeeder",
+        description="Publish new-file events of a folder tree (ZeroMQ PUB).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        default=None,
+        help="port to publish on (default: port of FeederUrl in the config, else 5556)",
+    )
     p.add_argument("--bind", default="*", help="address to bind (default *; e.g. 127.0.0.1)")
-    p.add_argument("-d", "--dir", action="append", default=None, metavar="DIR",
-                   help="folder to watch recursively (repeatable; default .)")
-    p.add_argument("--config", metavar="FILE",
-                   help="network configuration (default ~/.saxsdognetwork): FeederUrl (port) and "
-                        "Secret (messages are signed with it)")
-    p.add_argument("--settle", type=float, default=DEFAULT_SETTLE_S, metavar="S",
-                   help="seconds a file must stay unchanged when no close event is seen "
-                        f"(default {DEFAULT_SETTLE_S})")
-    p.add_argument("--give-up", type=float, default=DEFAULT_GIVE_UP_S, metavar="S",
-                   help="settle timeout: an image that does not decode completely after S "
-                        "seconds without change is published anyway, so the server records "
-                        f"the error (default {DEFAULT_GIVE_UP_S:g})")
-    p.add_argument("--skip-dir", action="append", default=None, metavar="NAME",
-                   help="never publish files below folders of this name (repeatable; default "
-                        "'work', the server's output folders)")
-    p.add_argument("--no-check", action="store_true",
-                   help="do not decode images to check that they are complete")
-    p.add_argument("--heartbeat", type=float, default=0.5, metavar="S",
-                   help="seconds between heartbeat messages (default 0.5; 0 = none)")
-    p.add_argument("--simulate", action="store_true",
-                   help="publish the image files already in the folders instead of watching")
-    p.add_argument("--interval", type=float, default=0.1, metavar="S",
-                   help="--simulate: seconds between messages (default 0.1)")
+    p.add_argument(
+        "-d",
+        "--dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folder to watch recursively (repeatable; default .)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="network configuration (default ~/.saxsdognetwork): FeederUrl (port) and "
+        "Secret (messages are signed with it)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=DEFAULT_SETTLE_S,
+        metavar="S",
+        help="seconds a file must stay unchanged when no close event is seen "
+        f"(default {DEFAULT_SETTLE_S})",
+    )
+    p.add_argument(
+        "--give-up",
+        type=float,
+        default=DEFAULT_GIVE_UP_S,
+        metavar="S",
+        help="settle timeout: an image that does not decode completely after S "
+        "seconds without change is published anyway, so the server records "
+        f"the error (default {DEFAULT_GIVE_UP_S:g})",
+    )
+    p.add_argument(
+        "--skip-dir",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="never publish files below folders of this name (repeatable; default "
+        "'work', the server's output folders)",
+    )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not decode images to check that they are complete",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between heartbeat messages (default 0.5; 0 = none)",
+    )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="publish the image files already in the folders instead of watching",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="--simulate: seconds between messages (default 0.1)",
+    )
     p.add_argument("--loop", action="store_true", help="--simulate: repeat forever")
-    p.add_argument("--wait", type=float, default=10.0, metavar="S",
-                   help="--simulate: wait up to S seconds for a subscriber (default 10)")
-    p.add_argument("--polling", action="store_true",
-                   help="use a polling observer (network file systems without inotify)")
-    p.add_argument("--ready-file", metavar="FILE",
-                   help="write {pid, url} as JSON to FILE once publishing (for scripts/tests)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="log every published file (DEBUG)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="warnings and errors only (default: routine events too, INFO)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="--simulate: wait up to S seconds for a subscriber (default 10)",
+    )
+    p.add_argument(
+        "--polling",
+        action="store_true",
+        help="use a polling observer (network file systems without inotify)",
+    )
+    p.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="write {pid, url} as JSON to FILE once publishing (for scripts/tests)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log every published file (DEBUG)")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="warnings and errors only (default: routine events too, INFO)",
+    )
     return p
 
 
@@ -279,8 +343,9 @@ def main(argv=None):
         if wanted(p, skip):
             feeder.publish(os.path.realpath(p))
 
-    settler = FileSettler(publish, settle=args.settle, check_complete=not args.no_check,
-                          give_up=args.give_up)
+    settler = FileSettler(
+        publish, settle=args.settle, check_complete=not args.no_check, give_up=args.give_up
+    )
     observer = PollingObserver(timeout=0.5) if args.polling else Observer()
     handler = make_handler(settler)
     for d in dirs:

@@ -13,12 +13,13 @@ An optional ``"Curve": true`` makes server and clients use ZeroMQ CURVE with key
 the secret (see server/wire.py).  A secret must have at least 16 characters and an estimated
 :data:`MIN_SECRET_BITS` bits of entropy; the file must not be readable by group or others.
 """
+
 import json
 import math
-from collections import Counter
 import os
 import secrets
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,8 +48,10 @@ class NetConfig:
     curve: bool = False
 
     def __repr__(self):  # never show the secret
-        return (f"NetConfig(server_url={self.server_url!r}, feeder_url={self.feeder_url!r}, "
-                f"name={self.name!r}, secret=<hidden>)")
+        return (
+            f"NetConfig(server_url={self.server_url!r}, feeder_url={self.feeder_url!r}, "
+            f"name={self.name!r}, secret=<hidden>)"
+        )
 
     def to_dict(self):
         d = {"ServerUrl": self.server_url, "FeederUrl": self.feeder_url, "Secret": self.secret}
@@ -92,17 +95,21 @@ def check_secret(sec, where="Secret"):
     if not isinstance(sec, str) or len(sec) < 16:
         raise NetConfigError(f"{where} must be a string of at least 16 characters")
     if secret_bits(sec) < MIN_SECRET_BITS:
-        raise NetConfigError(f"{where} has too little entropy (about {secret_bits(sec):.0f} bits, "
-                             f"at least {MIN_SECRET_BITS}); make a new one with saxsnetconf --new")
+        raise NetConfigError(
+            f"{where} has too little entropy (about {secret_bits(sec):.0f} bits, "
+            f"at least {MIN_SECRET_BITS}); make a new one with saxsnetconf --new"
+        )
     return sec
 
 
 def permission_warning(path):
     """A warning text when the file at ``path`` is accessible by group or others, else None."""
     if path and insecure_mode(path):
-        return (f"{path} is accessible by group or others (mode "
-                f"{stat.S_IMODE(os.stat(path).st_mode):03o}); anyone who reads it can command the "
-                f"server: chmod 600 {path}")
+        return (
+            f"{path} is accessible by group or others (mode "
+            f"{stat.S_IMODE(os.stat(path).st_mode):03o}); anyone who reads it can command the "
+            f"server: chmod 600 {path}"
+        )
     return None
 
 
@@ -121,9 +128,14 @@ def _from_entry(d, path, keys):
     curve = d.get("Curve", False)
     if not isinstance(curve, bool):
         raise NetConfigError(f"{path}: field Curve must be true or false")
-    return NetConfig(server_url=check_url(d[server_k], f"{path}: {server_k}"),
-                     feeder_url=check_url(d[feeder_k], f"{path}: {feeder_k}"),
-                     secret=sec, name=str(d.get("Name", "")), path=str(path), curve=curve)
+    return NetConfig(
+        server_url=check_url(d[server_k], f"{path}: {server_k}"),
+        feeder_url=check_url(d[feeder_k], f"{path}: {feeder_k}"),
+        secret=sec,
+        name=str(d.get("Name", "")),
+        path=str(path),
+        curve=curve,
+    )
 
 
 def parse_config(obj, path="<config>", name=None):
@@ -155,8 +167,9 @@ def load_config(path=None, name=None):
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise NetConfigError(f"{p}: network configuration not found (create it with saxsnetconf)") \
-            from None
+        raise NetConfigError(
+            f"{p}: network configuration not found (create it with saxsnetconf)"
+        ) from None
     except OSError as exc:
         raise NetConfigError(f"{p}: cannot read: {exc.strerror}") from None
     try:
@@ -182,8 +195,9 @@ def write_config(path, server_url, feeder_url, secret=None, overwrite=False, cur
     p = Path(os.path.expanduser(str(path))) if path else default_path()
     check_url(server_url, "server URL")
     check_url(feeder_url, "feeder URL")
-    cfg = NetConfig(server_url, feeder_url, check_secret(secret or new_secret()), path=str(p),
-                    curve=bool(curve))
+    cfg = NetConfig(
+        server_url, feeder_url, check_secret(secret or new_secret()), path=str(p), curve=bool(curve)
+    )
     data = (json.dumps(cfg.to_dict(), indent=2) + "\n").encode("utf-8")
     p.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and os.path.lexists(p):

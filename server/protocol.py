@@ -5,22 +5,32 @@ A request is a multi-part ZeroMQ message on a REQ socket: frame 0 is the JSON re
 (for ``new``: the mask file).  The answer is one JSON frame ``{"result": ..., "data": {...}}``.
 Signing: see :mod:`server.auth`.  Schemas: ``server/schemas/{request,response}.schema.json``.
 """
+
+from __future__ import annotations
+
 import base64
 import json
 import math
 import time
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from importlib import resources
+from types import TracebackType
+from typing import Any, TypedDict, TypeVar
 
 from .auth import sign_request
 
 # -- command names ------------------------------------------------------------------------------
 #: every accepted command name -> canonical short name
 COMMANDS = {
-    "new": "new", "new queue": "new",
-    "close": "close", "close queue": "close",
-    "abort": "abort", "abort queue": "abort",
-    "plot": "plot", "send plot": "plot",
+    "new": "new",
+    "new queue": "new",
+    "close": "close",
+    "close queue": "close",
+    "abort": "abort",
+    "abort queue": "abort",
+    "plot": "plot",
+    "send plot": "plot",
     "readdir": "readdir",
     "stat": "stat",
     "get": "get",
@@ -42,7 +52,7 @@ ERROR_RESULTS = (R_ERROR, R_AUTH)
 STAT_FIELDS = ("time interval", "queue length", "frames per sec", "images processed", "pics")
 
 # -- size limits (server defaults; see saxsdogserver --help) ------------------------------------
-MAX_REQUEST_BYTES = 4 * 1024 * 1024          # frame 0 (the JSON request)
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # frame 0 (the JSON request)
 #: each attachment, and ZMQ_MAXMSGSIZE of the command socket.  Sized for the largest legitimate
 #: attachment, the mask of an EIGER2 X 16M (4148 x 4362 = 18.1 Mpixel) stored as one byte per
 #: pixel (uncompressed 8-bit TIFF/EDF: 18.1 MB + header; fit2d .msk packs it into 2.3 MB);
@@ -52,19 +62,45 @@ MAX_ATTACHMENTS = 4
 MAX_JSON_DEPTH = 32
 
 
+class _RequestCommand(TypedDict):
+    command: str
+
+
+class Request(_RequestCommand, total=False):
+    """A request (frame 0, JSON): ``command``, its ``argument``, and, once signed, ``time``
+    (seconds since the epoch) and ``sign`` (HMAC, server/auth.py)."""
+
+    argument: Any
+    time: float
+    sign: str
+
+
+class Response(TypedDict):
+    """An answer: ``result`` (one of the R_* names) and its ``data``."""
+
+    result: str
+    data: Any
+
+
 class ProtocolError(ValueError):
     """A request that cannot be served (answered with result "Error")."""
 
 
-@lru_cache(maxsize=None)
-def load_schema(name):
+@cache
+def load_schema(name: str) -> dict[str, Any]:
     """The parsed JSON schema ``request`` or ``response`` shipped in server/schemas/."""
-    text = resources.files(__package__).joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
-    return json.loads(text)
+    text = (
+        resources.files(__package__)
+        .joinpath("schemas")
+        .joinpath(f"{name}.schema.json")
+        .read_text("utf-8")
+    )
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
-@lru_cache(maxsize=None)
-def _validator(name):
+@cache
+def _validator(name: str) -> Any:
     import jsonschema
 
     schema = load_schema(name)
@@ -73,7 +109,7 @@ def _validator(name):
     return cls(schema)
 
 
-def schema_error(name, document):
+def schema_error(name: str, document: object) -> str | None:
     """None if ``document`` is valid against schema ``name``, else a one-line reason."""
     v = _validator(name)
     err = next(iter(sorted(v.iter_errors(document), key=lambda e: list(e.path))), None)
@@ -86,24 +122,24 @@ def schema_error(name, document):
     return f"{where}: {msg}"
 
 
-def validate_request(request):
+def validate_request(request: object) -> None:
     reason = schema_error("request", request)
     if reason:
         raise ProtocolError(f"invalid request: {reason}")
 
 
-def validate_response(response):
+def validate_response(response: object) -> None:
     reason = schema_error("response", response)
     if reason:
         raise ProtocolError(f"invalid response: {reason}")
 
 
-def _reject_constant(name):
+def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth(obj, limit):
-    stack = [(obj, 1)]
+def _depth(obj: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(obj, 1)]
     while stack:
         o, d = stack.pop()
         if d > limit:
@@ -115,7 +151,7 @@ def _depth(obj, limit):
     return True
 
 
-def parse_json(frame, max_bytes=MAX_REQUEST_BYTES):
+def parse_json(frame: bytes | bytearray | memoryview, max_bytes: int = MAX_REQUEST_BYTES) -> Any:
     """Decode one JSON frame strictly (UTF-8, no NaN/Infinity, bounded size and depth)."""
     if len(frame) > max_bytes:
         raise ProtocolError(f"request too large ({len(frame)} bytes, limit {max_bytes})")
@@ -131,7 +167,7 @@ def parse_json(frame, max_bytes=MAX_REQUEST_BYTES):
     return obj
 
 
-def json_safe(x):
+def json_safe(x: Any) -> Any:
     """Floats that JSON cannot carry (NaN, inf) become null; NumPy scalars become Python ones."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
@@ -142,13 +178,13 @@ def json_safe(x):
     return x
 
 
-def array_rows(*arrays):
+def array_rows(*arrays: Any) -> list[list[float | None]]:
     """NumPy 1D arrays -> list of lists of float/None (NaN -> null) for the "array" field."""
     import numpy as np
 
-    rows = []
-    for a in arrays:
-        a = np.asarray(a, dtype=np.float64)
+    rows: list[list[float | None]] = []
+    for values in arrays:
+        a = np.asarray(values, dtype=np.float64)
         lst = a.tolist()
         if not np.all(np.isfinite(a)):
             lst = [v if math.isfinite(v) else None for v in lst]
@@ -156,25 +192,31 @@ def array_rows(*arrays):
     return rows
 
 
-def encode_response(response):
+def encode_response(response: Response | dict[str, Any]) -> bytes:
     return json.dumps(json_safe(response), separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def error_response(message, result=R_ERROR):
+def error_response(message: object, result: str = R_ERROR) -> Response:
     return {"result": result, "data": {"Error": str(message)}}
 
 
-def make_request(command, argument=None):
-    req = {"command": command}
+def make_request(command: str, argument: Any = None) -> Request:
+    req: Request = {"command": command}
     if argument is not None:
         req["argument"] = argument
     return req
 
 
-def new_request(calibration, directory, mask_bytes=None, mask_name=None, use_maskbin=False):
+def new_request(
+    calibration: Any,
+    directory: object,
+    mask_bytes: bytes | None = None,
+    mask_name: str | None = None,
+    use_maskbin: bool = False,
+) -> tuple[Request, list[bytes]]:
     """A ``new`` request and its attachments: the mask goes as attachment (or base64 maskbin)."""
-    arg = {"directory": str(directory), "calibration": calibration}
-    attachments = []
+    arg: dict[str, Any] = {"directory": str(directory), "calibration": calibration}
+    attachments: list[bytes] = []
     if mask_bytes is not None:
         if mask_name:
             arg["mask"] = str(mask_name)
@@ -183,6 +225,9 @@ def new_request(calibration, directory, mask_bytes=None, mask_name=None, use_mas
         else:
             attachments.append(bytes(mask_bytes))
     return make_request("new", arg), attachments
+
+
+_T = TypeVar("_T")
 
 
 # -- client -----------------------------------------------------------------------------------
@@ -198,22 +243,30 @@ class Client:
     Every try is signed anew (fresh time, so the server's replay cache does not refuse it).
     """
 
-    def __init__(self, url, secret, timeout=10.0, retries=1, context=None, curve=False):
+    def __init__(
+        self,
+        url: str,
+        secret: str | bytes,
+        timeout: float = 10.0,
+        retries: int = 1,
+        context: Any = None,
+        curve: bool = False,
+    ) -> None:
         import zmq
 
         self.url = url
         self._secret = secret
-        self.curve = bool(curve)        # ZeroMQ CURVE with keys derived from the secret
+        self.curve = bool(curve)  # ZeroMQ CURVE with keys derived from the secret
         self.timeout = float(timeout)
         self.retries = int(retries)
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
-        self.sock = None
+        self.sock: Any = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Client(url={self.url!r}, secret=<hidden>)"
 
-    def _socket(self):
+    def _socket(self) -> Any:
         import zmq
 
         s = self.ctx.socket(zmq.REQ)
@@ -223,20 +276,21 @@ class Client:
         s.setsockopt(zmq.SNDTIMEO, ms)
         if self.curve:
             from .wire import configure_client_socket
+
             configure_client_socket(s, self._secret)
         s.connect(self.url)
         return s
 
-    def _drop(self):
+    def _drop(self) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
 
-    def request_raw(self, frames):
+    def request_raw(self, frames: Sequence[bytes]) -> Any:
         """Send raw frames (no signing) and return the decoded answer; for tests."""
         import zmq
 
-        for attempt in range(self.retries + 1):
+        for _attempt in range(self.retries + 1):
             if self.sock is None:
                 self.sock = self._socket()
             try:
@@ -244,39 +298,54 @@ class Client:
                 return json.loads(self.sock.recv())
             except zmq.Again:
                 self._drop()
-        raise NoAnswer(f"no answer from {self.url} within {self.timeout:g} s "
-                       f"({self.retries + 1} tries); is saxsdogserver running there?")
+        raise NoAnswer(
+            f"no answer from {self.url} within {self.timeout:g} s "
+            f"({self.retries + 1} tries); is saxsdogserver running there?"
+        )
 
-    def request(self, command, argument=None, attachments=(), now=None):
+    def request(
+        self,
+        command: str,
+        argument: Any = None,
+        attachments: Iterable[bytes] = (),
+        now: float | None = None,
+    ) -> Any:
         """Sign and send one request; return the answer (dict)."""
         import zmq
 
-        attachments = [bytes(a) for a in attachments]
-        for attempt in range(self.retries + 1):
-            req = sign_request(self._secret, make_request(command, argument), attachments, now)
+        frames = [bytes(a) for a in attachments]
+        for _attempt in range(self.retries + 1):
+            req = sign_request(self._secret, make_request(command, argument), frames, now)
             if self.sock is None:
                 self.sock = self._socket()
             try:
-                self.sock.send_multipart([json.dumps(req).encode("utf-8")] + attachments)
+                self.sock.send_multipart([json.dumps(req).encode("utf-8")] + frames)
                 return json.loads(self.sock.recv())
             except zmq.Again:
                 self._drop()
-        raise NoAnswer(f"no answer from {self.url} within {self.timeout:g} s "
-                       f"({self.retries + 1} tries); is saxsdogserver running there?")
+        raise NoAnswer(
+            f"no answer from {self.url} within {self.timeout:g} s "
+            f"({self.retries + 1} tries); is saxsdogserver running there?"
+        )
 
-    def close(self):
+    def close(self) -> None:
         self._drop()
         if self._own_ctx:
             self.ctx.term()
 
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
-def wait_for(predicate, timeout, interval=0.05):
+def wait_for(predicate: Callable[[], _T], timeout: float, interval: float = 0.05) -> _T:
     """Poll ``predicate()`` until truthy or ``timeout`` seconds pass; return its last value."""
     deadline = time.monotonic() + timeout
     while True:

@@ -15,6 +15,7 @@ keeps the books.  Every file event for the queue's directory ends in exactly one
 A file that cannot be read yet because it is still being written (its time stamp is recent or
 changed) is retried with back-off for up to ``settle`` seconds before it becomes an error.
 """
+
 import heapq
 import logging
 import os
@@ -59,9 +60,20 @@ class ProcessingQueue:
     aborted; this one waits for it before writing (so no two pipelines write the same curve).
     """
 
-    def __init__(self, directory, integrator_factory, out_dir=None, batch_size=16,
-                 read_threads=2, settle=10.0, on_finished=None, predecessor=None,
-                 pipeline_factory=None, calibration_key=None, write_root=None):
+    def __init__(
+        self,
+        directory,
+        integrator_factory,
+        out_dir=None,
+        batch_size=16,
+        read_threads=2,
+        settle=10.0,
+        on_finished=None,
+        predecessor=None,
+        pipeline_factory=None,
+        calibration_key=None,
+        write_root=None,
+    ):
         self.directory = os.path.realpath(directory)
         self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
         self.calibration_key = calibration_key
@@ -77,12 +89,12 @@ class ProcessingQueue:
 
         self._events = _queue.Queue()
         self._lock = threading.Lock()
-        self._pending = {}            # image path -> _Entry (submitted, not finished)
-        self._retries = []            # heap of (due monotonic, path)
+        self._pending = {}  # image path -> _Entry (submitted, not finished)
+        self._retries = []  # heap of (due monotonic, path)
         self._accepting = True
-        self._n_events = 0            # file events waiting in self._events
+        self._n_events = 0  # file events waiting in self._events
         self._abort = threading.Event()
-        self.state = "starting"       # starting | running | closing | closed | aborted | failed
+        self.state = "starting"  # starting | running | closing | closed | aborted | failed
         self.failure = None
         self.backend = None
         self.pipeline = None
@@ -90,15 +102,15 @@ class ProcessingQueue:
         self.pics = 0
         self.errors = 0
         self.skipped = 0
-        self.redone = 0               # curves made with another calibration key, done again
-        self.tmp_removed = 0          # leftover temporary files of a killed writer removed
+        self.redone = 0  # curves made with another calibration key, done again
+        self.tmp_removed = 0  # leftover temporary files of a killed writer removed
         self.dropped = 0
         self.recent_errors = deque(maxlen=MAX_RECENT_ERRORS)
-        self._error_log = RateLimitedLog(log, per_s=2.0, burst=20)   # a flood of bad files
-        self.latest = None            # (image path, out path, q, I)
+        self._error_log = RateLimitedLog(log, per_s=2.0, burst=20)  # a flood of bad files
+        self.latest = None  # (image path, out path, q, I)
         self.t_created = time.time()
-        self._t_first = None          # monotonic, first frame submitted
-        self._t_last = None           # monotonic, last frame finished
+        self._t_first = None  # monotonic, first frame submitted
+        self._t_last = None  # monotonic, last frame finished
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="queue-dispatcher", daemon=True)
 
@@ -159,22 +171,35 @@ class ProcessingQueue:
             else:
                 end = time.monotonic() if (n_pending or self._t_last is None) else self._t_last
                 interval = max(0.0, end - self._t_first)
-        return {"time interval": interval, "queue length": int(n_pending),
-                "frames per sec": pics / interval if interval > 0 else 0.0,
-                "images processed": int(images_processed), "pics": int(pics)}
+        return {
+            "time interval": interval,
+            "queue length": int(n_pending),
+            "frames per sec": pics / interval if interval > 0 else 0.0,
+            "images processed": int(images_processed),
+            "pics": int(pics),
+        }
 
     def info(self, rel):
         with self._lock:
-            return {"directory": rel(self.directory), "state": self.state,
-                    "errors": self.errors, "skipped": self.skipped, "dropped": self.dropped,
-                    "redone": self.redone, "tmp removed": self.tmp_removed,
-                    "backend": self.backend, "failure": self.failure,
-                    "output": None if self.out_dir is None else rel(self.out_dir)}
+            return {
+                "directory": rel(self.directory),
+                "state": self.state,
+                "errors": self.errors,
+                "skipped": self.skipped,
+                "dropped": self.dropped,
+                "redone": self.redone,
+                "tmp removed": self.tmp_removed,
+                "backend": self.backend,
+                "failure": self.failure,
+                "output": None if self.out_dir is None else rel(self.out_dir),
+            }
 
     def errors_report(self, rel):
         with self._lock:
-            return {"count": self.errors,
-                    "recent": [{"file": rel(f), "error": e} for f, e in self.recent_errors]}
+            return {
+                "count": self.errors,
+                "recent": [{"file": rel(f), "error": e} for f, e in self.recent_errors],
+            }
 
     # -- internals ------------------------------------------------------------------------------
     def out_path(self, image):
@@ -221,7 +246,7 @@ class ProcessingQueue:
     def _run(self):
         try:
             self._run_inner()
-        except Exception as exc:   # never leave the queue hanging
+        except Exception as exc:  # never leave the queue hanging
             log.exception("queue dispatcher failed")
             with self._lock:
                 self.state = "failed"
@@ -259,19 +284,24 @@ class ProcessingQueue:
         if self._predecessor is not None:
             self._predecessor.join()
             self._predecessor = None
-        self._sweep(self.directory)       # leftovers of a killed server in the queue's folder
+        self._sweep(self.directory)  # leftovers of a killed server in the queue's folder
         if self._abort.is_set():
             self._shutdown_aborted()
             return
         if self._pipeline_factory is None:
             from gpusaxs.pipeline import FramePipeline
+
             factory = FramePipeline
         else:
             factory = self._pipeline_factory
-        self.pipeline = factory(integrator, batch_size=self.batch_size,
-                                read_threads=self.read_threads,
-                                on_done=self._done, on_error=self._error,
-                                writer=CurveWriter(self.write_root, self.calibration_key))
+        self.pipeline = factory(
+            integrator,
+            batch_size=self.batch_size,
+            read_threads=self.read_threads,
+            on_done=self._done,
+            on_error=self._error,
+            writer=CurveWriter(self.write_root, self.calibration_key),
+        )
         with self._lock:
             if self.state in ("starting", "building"):
                 self.state = "running"
@@ -345,7 +375,7 @@ class ProcessingQueue:
     def _submit(self, path, out):
         try:
             self.pipeline.submit(path, out)
-        except RuntimeError as exc:     # pipeline closed under us (abort)
+        except RuntimeError as exc:  # pipeline closed under us (abort)
             with self._lock:
                 if self._pending.pop(path, None) is not None:
                     self.dropped += 1
@@ -375,17 +405,20 @@ class ProcessingQueue:
             ent = self._pending.get(p)
             if ent is not None:
                 if ent.sig != sig:
-                    ent.dirty = True     # changed while queued/in flight: do it again after
+                    ent.dirty = True  # changed while queued/in flight: do it again after
                 return
         if not force:
             try:
                 newer = os.stat(out).st_mtime_ns >= st.st_mtime_ns
             except OSError:
                 newer = False
-            if newer and self.calibration_key is not None and \
-                    read_chi_key(out) != self.calibration_key:
+            if (
+                newer
+                and self.calibration_key is not None
+                and read_chi_key(out) != self.calibration_key
+            ):
                 with self._lock:
-                    self.redone += 1          # made with another calibration: do it again
+                    self.redone += 1  # made with another calibration: do it again
             elif newer:
                 with self._lock:
                     self.skipped += 1
@@ -405,8 +438,9 @@ class ProcessingQueue:
             keep = []
             for d in sorted(dirs):
                 full = os.path.join(root, d)
-                if d.startswith(".") or (self.out_dir is not None and
-                                         os.path.realpath(full) == self.out_dir):
+                if d.startswith(".") or (
+                    self.out_dir is not None and os.path.realpath(full) == self.out_dir
+                ):
                     continue
                 keep.append(d)
             dirs[:] = keep
@@ -458,7 +492,7 @@ class ProcessingQueue:
                     retry = False
             if retry:
                 ent.tries += 1
-                delay = min(2.0, 0.05 * (2 ** ent.tries))
+                delay = min(2.0, 0.05 * (2**ent.tries))
                 heapq.heappush(self._retries, (time.monotonic() + delay, p))
                 return
             del self._pending[p]

@@ -1,4 +1,5 @@
 """Log records under a flood: a token bucket per message kind."""
+
 import logging
 import threading
 import time

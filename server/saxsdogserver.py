@@ -7,6 +7,7 @@ or the server watches the queue's folder itself (-w).  Integration runs in a
 loop never waits for frames.  SIGINT/SIGTERM: stop accepting, finish the frames in flight, close
 the sockets, terminate the context.
 """
+
 import argparse
 import base64
 import binascii
@@ -39,7 +40,7 @@ MAX_LISTDIR = 10_000
 
 def _check_limits(cal):
     """Calibration bounds of the library (time and memory of the build), where it has them."""
-    import importlib      # (the name gpusaxs.calibration is the SAXS 0.3.0 class, not the module)
+    import importlib  # (the name gpusaxs.calibration is the SAXS 0.3.0 class, not the module)
 
     getattr(importlib.import_module("gpusaxs.calibration"), "check_limits", lambda c: None)(cal)
 
@@ -51,11 +52,24 @@ class SaxsdogService:
     never raises.  Thread-safe for one command thread plus any number of event threads.
     """
 
-    def __init__(self, base_dir, secret, window=DEFAULT_WINDOW_S, out_dir=None, threads=2,
-                 batch_size=16, backend="auto", settle=10.0, max_request=P.MAX_REQUEST_BYTES,
-                 max_attachment=P.MAX_ATTACHMENT_BYTES, max_attachments=P.MAX_ATTACHMENTS,
-                 replay_capacity=100_000, cache_size=4, integrator_class=None,
-                 pipeline_factory=None):
+    def __init__(
+        self,
+        base_dir,
+        secret,
+        window=DEFAULT_WINDOW_S,
+        out_dir=None,
+        threads=2,
+        batch_size=16,
+        backend="auto",
+        settle=10.0,
+        max_request=P.MAX_REQUEST_BYTES,
+        max_attachment=P.MAX_ATTACHMENT_BYTES,
+        max_attachments=P.MAX_ATTACHMENTS,
+        replay_capacity=100_000,
+        cache_size=4,
+        integrator_class=None,
+        pipeline_factory=None,
+    ):
         self.base = os.path.realpath(base_dir)
         if not os.path.isdir(self.base):
             raise ValueError(f"{base_dir}: base folder does not exist")
@@ -70,18 +84,18 @@ class SaxsdogService:
         self.max_request = int(max_request)
         self.max_attachment = int(max_attachment)
         self.max_attachments = int(max_attachments)
-        self.builds = BuildManager(cache_size)   # integrators, built beside the command loop
+        self.builds = BuildManager(cache_size)  # integrators, built beside the command loop
         self._integrator_class = integrator_class
         self._pipeline_factory = pipeline_factory
         self.queue = None
-        self.build = None             # the Build (future) of the current queue's integrator
+        self.build = None  # the Build (future) of the current queue's integrator
         self._processed = 0
         self._plock = threading.Lock()
-        self.on_new_queue = None      # callback(directory) for the -w watcher
+        self.on_new_queue = None  # callback(directory) for the -w watcher
         self.feeder = {"messages": 0, "files": 0, "rejected": 0, "last": None}
         self._feeder_log = RateLimitedLog(log, per_s=1.0, burst=5)
         self.requests = 0
-        self.stream = None            # a StreamConsumer with --detector (docs/streams.md)
+        self.stream = None  # a StreamConsumer with --detector (docs/streams.md)
 
     # -- helpers --------------------------------------------------------------------------------
     def _count(self, n):
@@ -102,7 +116,8 @@ class SaxsdogService:
         return "." if r == "." else r
 
     def resolve(self, path, what="path"):
-        """Real path of ``path`` (relative to the base folder or absolute) inside the base folder."""
+        """Real path of ``path`` (relative to the base folder, or absolute) inside the base
+        folder."""
         if not isinstance(path, str) or "\x00" in path:
             raise P.ProtocolError(f"{what} must be a string")
         cand = os.path.join(self.base, path)
@@ -113,8 +128,13 @@ class SaxsdogService:
 
     def stat(self):
         if self.queue is None:
-            return {"time interval": 0.0, "queue length": 0, "frames per sec": 0.0,
-                    "images processed": self.images_processed, "pics": 0}
+            return {
+                "time interval": 0.0,
+                "queue length": 0,
+                "frames per sec": 0.0,
+                "images processed": self.images_processed,
+                "pics": 0,
+            }
         return self.queue.stat(self.images_processed)
 
     def _data(self, **extra):
@@ -150,16 +170,19 @@ class SaxsdogService:
             raise P.ProtocolError("empty message")
         attachments = frames[1:]
         if len(attachments) > self.max_attachments:
-            raise P.ProtocolError(f"too many attachments ({len(attachments)}, "
-                                  f"limit {self.max_attachments})")
+            raise P.ProtocolError(
+                f"too many attachments ({len(attachments)}, limit {self.max_attachments})"
+            )
         for a in attachments:
             if memoryview(a).nbytes > self.max_attachment:
-                raise P.ProtocolError(f"attachment too large ({memoryview(a).nbytes} bytes, "
-                                      f"limit {self.max_attachment})")
+                raise P.ProtocolError(
+                    f"attachment too large ({memoryview(a).nbytes} bytes, "
+                    f"limit {self.max_attachment})"
+                )
         req = P.parse_json(frames[0], self.max_request)
         if not isinstance(req, dict):
             raise P.ProtocolError("malformed request: not a JSON object")
-        self.auth.verify(req, attachments)          # before any other work
+        self.auth.verify(req, attachments)  # before any other work
         P.validate_request(req)
         cmd = P.COMMANDS[req["command"]]
         arg = req.get("argument") or {}
@@ -182,7 +205,7 @@ class SaxsdogService:
     def cmd_abort(self, arg, attachments):
         self._need_queue().abort()
         if self.build is not None:
-            self.build.cancel()          # stops at its next chunk of rows (no effect when built)
+            self.build.cancel()  # stops at its next chunk of rows (no effect when built)
         return {"result": P.R_ABORTED, "data": self._data()}
 
     def cmd_readdir(self, arg, attachments):
@@ -199,8 +222,10 @@ class SaxsdogService:
         if latest is None:
             raise P.ProtocolError("no curve yet in this queue")
         image, out, qv, iv = latest
-        return {"result": P.R_PLOT,
-                "data": self._data(filename=self.rel(image), array=self._curve_rows(out, qv, iv))}
+        return {
+            "result": P.R_PLOT,
+            "data": self._data(filename=self.rel(image), array=self._curve_rows(out, qv, iv)),
+        }
 
     @staticmethod
     def _curve_rows(out_path, q=None, intensity=None):
@@ -258,8 +283,10 @@ class SaxsdogService:
                 if kind == "file":
                     ent["size"] = st.st_size
                 entries.append(ent)
-        return {"result": P.R_LISTDIR, "data": {"directory": self.rel(folder), "entries": entries,
-                                                "stat": self.stat()}}
+        return {
+            "result": P.R_LISTDIR,
+            "data": {"directory": self.rel(folder), "entries": entries, "stat": self.stat()},
+        }
 
     def cmd_new(self, arg, attachments):
         import numpy as np
@@ -270,15 +297,20 @@ class SaxsdogService:
 
         directory = self.resolve(arg["directory"], "directory")
         if not os.path.isdir(directory):
-            raise P.ProtocolError(f"directory {arg['directory']!r} does not exist in the base folder")
+            raise P.ProtocolError(
+                f"directory {arg['directory']!r} does not exist in the base folder"
+            )
         cal = Calibration.from_dict(arg["calibration"], base_dir=directory)
         _check_limits(cal)
         h, w = cal.imagesize
         if h * w > MAX_PIXELS:
-            raise P.ProtocolError(f"Imagesize {h}x{w} exceeds the server limit of {MAX_PIXELS} pixels")
+            raise P.ProtocolError(
+                f"Imagesize {h}x{w} exceeds the server limit of {MAX_PIXELS} pixels"
+            )
         if cal.oversampling > MAX_OVERSAMPLING:
-            raise P.ProtocolError(f"Oversampling {cal.oversampling} exceeds the server limit "
-                                  f"of {MAX_OVERSAMPLING}")
+            raise P.ProtocolError(
+                f"Oversampling {cal.oversampling} exceeds the server limit of {MAX_OVERSAMPLING}"
+            )
         mask_bytes = None
         if attachments:
             mask_bytes = bytes(attachments[0])
@@ -303,8 +335,10 @@ class SaxsdogService:
         elif cal.mask_file:
             mfile = os.path.realpath(cal.mask_file)
             if not inside(mfile, self.base) or not os.path.isfile(mfile):
-                raise P.ProtocolError("no mask sent and the calibration's MaskFile is not a file "
-                                      "inside the server's base folder")
+                raise P.ProtocolError(
+                    "no mask sent and the calibration's MaskFile is not a file "
+                    "inside the server's base folder"
+                )
             try:
                 mask = read_mask(mfile, shape=cal.imagesize)
             except GpusaxsError as exc:
@@ -325,11 +359,19 @@ class SaxsdogService:
         if old_build is not None and old_build is not build:
             old_build.cancel()
         self.build = build
-        q = ProcessingQueue(directory, build, out_dir=self.out_dir, batch_size=self.batch_size,
-                            read_threads=self.threads, settle=self.settle,
-                            on_finished=self._count, predecessor=old,
-                            pipeline_factory=self._pipeline_factory,
-                            calibration_key=key[0], write_root=self.out_dir or self.base)
+        q = ProcessingQueue(
+            directory,
+            build,
+            out_dir=self.out_dir,
+            batch_size=self.batch_size,
+            read_threads=self.threads,
+            settle=self.settle,
+            on_finished=self._count,
+            predecessor=old,
+            pipeline_factory=self._pipeline_factory,
+            calibration_key=key[0],
+            write_root=self.out_dir or self.base,
+        )
         self.queue = q
         q.start()
         if self.on_new_queue is not None:
@@ -337,9 +379,13 @@ class SaxsdogService:
                 self.on_new_queue(directory)
             except Exception:
                 log.exception("cannot watch %s", directory)
-        return {"result": P.R_NEW, "data": {"queue": q.info(self.rel),
-                                            "cal": {"key": key[0][:16], "cached": cached,
-                                                    "imagesize": [h, w]}}}
+        return {
+            "result": P.R_NEW,
+            "data": {
+                "queue": q.info(self.rel),
+                "cal": {"key": key[0][:16], "cached": cached, "imagesize": [h, w]},
+            },
+        }
 
     def _integrator_maker(self, cal, mask):
         """make(build) for the BuildManager: the Integrator, its matrix built chunk by chunk."""
@@ -348,6 +394,7 @@ class SaxsdogService:
         def make(build):
             if integrator_class is None:
                 from gpusaxs.integrator import Integrator
+
                 cls = Integrator
             else:
                 cls = integrator_class
@@ -356,10 +403,14 @@ class SaxsdogService:
             if build.cancelled():
                 raise BuildCancelled("build cancelled")
             if hasattr(integ, "warm_up"):
-                integ.warm_up()      # the first frames do not pay for loading the kernels
-            log.info("integrator built in %.2f s (%s)", time.perf_counter() - t0,
-                     getattr(integ, "backend_name", "?"))
+                integ.warm_up()  # the first frames do not pay for loading the kernels
+            log.info(
+                "integrator built in %.2f s (%s)",
+                time.perf_counter() - t0,
+                getattr(integ, "backend_name", "?"),
+            )
             return integ
+
         return make
 
     # -- events -----------------------------------------------------------------------------------
@@ -389,9 +440,12 @@ class SaxsdogService:
 
     def _feeder_info(self):
         last = self.feeder["last"]
-        return {"messages": self.feeder["messages"], "files": self.feeder["files"],
-                "rejected": self.feeder["rejected"],
-                "last message age": None if last is None else time.time() - last}
+        return {
+            "messages": self.feeder["messages"],
+            "files": self.feeder["files"],
+            "rejected": self.feeder["rejected"],
+            "last message age": None if last is None else time.time() - last,
+        }
 
     def shutdown(self, timeout=60.0):
         """Stop builds and the queue: frames in flight are finished, the rest dropped."""
@@ -457,50 +511,121 @@ configuration (saxsnetconf).
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="saxsdogserver", description="The Saxsdog network server (integration service).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("basedir", nargs="?", default=".",
-                   help="base folder: every directory of a request must be inside it (default .)")
-    p.add_argument("-p", "--port", type=int, default=None,
-                   help=f"port of the command service (default: port of ServerUrl in the "
-                        f"config, else {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--bind", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1, this computer only; '*' for every "
-                        "interface: then consider \"Curve\": true in the configuration)")
-    p.add_argument("-t", "--threads", type=int, default=2,
-                   help="reader threads of the frame pipeline (default 2)")
-    p.add_argument("-b", "--batch-size", type=int, default=16,
-                   help="frames per integration call (default 16)")
-    p.add_argument("-f", "--feeder", metavar="tcp://hostname:port", default=None,
-                   help="subscribe to this saxsfeeder (default: FeederUrl of the config when -w "
-                        "is not given; 'none' to disable)")
-    p.add_argument("-w", "--watch", action="store_true",
-                   help="watch the queue's folder for new files (recursively) with file "
-                        "system events")
-    p.add_argument("-o", "--out", metavar="OUTDIR", default=None,
-                   help="write curves below OUTDIR (mirroring the queue folder); default: a "
-                        "folder 'work' in each image's folder")
-    p.add_argument("--config", metavar="FILE", help="network configuration "
-                   "(default ~/.saxsdognetwork)")
+        prog="saxsdogserver",
+        description="The Saxsdog network server (integration service).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "basedir",
+        nargs="?",
+        default=".",
+        help="base folder: every directory of a request must be inside it (default .)",
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        default=None,
+        help=f"port of the command service (default: port of ServerUrl in the "
+        f"config, else {DEFAULT_PORT}; 0 = any free port)",
+    )
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this computer only; '*' for every "
+        'interface: then consider "Curve": true in the configuration)',
+    )
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=2,
+        help="reader threads of the frame pipeline (default 2)",
+    )
+    p.add_argument(
+        "-b", "--batch-size", type=int, default=16, help="frames per integration call (default 16)"
+    )
+    p.add_argument(
+        "-f",
+        "--feeder",
+        metavar="tcp://hostname:port",
+        default=None,
+        help="subscribe to this saxsfeeder (default: FeederUrl of the config when -w "
+        "is not given; 'none' to disable)",
+    )
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="watch the queue's folder for new files (recursively) with file system events",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="OUTDIR",
+        default=None,
+        help="write curves below OUTDIR (mirroring the queue folder); default: a "
+        "folder 'work' in each image's folder",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
+    )
     p.add_argument("--name", help="server entry of a list-form configuration")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
-                   help="integration backend (default auto: GPU when present)")
-    p.add_argument("--time-window", type=float, default=DEFAULT_WINDOW_S, metavar="S",
-                   help=f"accepted clock difference of requests (default {DEFAULT_WINDOW_S:g} s)")
-    p.add_argument("--settle", type=float, default=10.0, metavar="S",
-                   help="retry unreadable, recently changed images for up to S seconds "
-                        "(default 10)")
-    p.add_argument("--max-request", type=int, default=P.MAX_REQUEST_BYTES, metavar="BYTES",
-                   help=f"largest JSON request (default {P.MAX_REQUEST_BYTES})")
-    p.add_argument("--max-attachment", type=int, default=P.MAX_ATTACHMENT_BYTES,
-                   metavar="BYTES", help=f"largest attachment (default {P.MAX_ATTACHMENT_BYTES})")
-    p.add_argument("--ready-file", metavar="FILE",
-                   help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="-v: every command and build step (DEBUG)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="warnings and errors only (default: routine events too, INFO)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "numpy", "cupy"],
+        help="integration backend (default auto: GPU when present)",
+    )
+    p.add_argument(
+        "--time-window",
+        type=float,
+        default=DEFAULT_WINDOW_S,
+        metavar="S",
+        help=f"accepted clock difference of requests (default {DEFAULT_WINDOW_S:g} s)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="retry unreadable, recently changed images for up to S seconds (default 10)",
+    )
+    p.add_argument(
+        "--max-request",
+        type=int,
+        default=P.MAX_REQUEST_BYTES,
+        metavar="BYTES",
+        help=f"largest JSON request (default {P.MAX_REQUEST_BYTES})",
+    )
+    p.add_argument(
+        "--max-attachment",
+        type=int,
+        default=P.MAX_ATTACHMENT_BYTES,
+        metavar="BYTES",
+        help=f"largest attachment (default {P.MAX_ATTACHMENT_BYTES})",
+    )
+    p.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: every command and build step (DEBUG)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="warnings and errors only (default: routine events too, INFO)",
+    )
     from .stream.hook import add_arguments as add_stream_arguments
+
     add_stream_arguments(p)
     return p
 
@@ -537,15 +662,20 @@ def _serve_one(rep, service):
         data = P.encode_response(P.error_response(f"internal error: {exc}"))
     try:
         rep.send(data)
-    except zmq.ZMQError as exc:          # peer gone; the REP socket is ready for the next one
+    except zmq.ZMQError as exc:  # peer gone; the REP socket is ready for the next one
         log.info("cannot send an answer: %s", exc)
 
 
 def serve(args):
     import zmq
 
-    from .netconfig import (DEFAULT_SERVER_PORT, NetConfigError, load_config, permission_warning,
-                            url_port)
+    from .netconfig import (
+        DEFAULT_SERVER_PORT,
+        NetConfigError,
+        load_config,
+        permission_warning,
+        url_port,
+    )
 
     try:
         cfg = load_config(args.config, args.name)
@@ -563,16 +693,24 @@ def serve(args):
     if feeder_url in ("none", ""):
         feeder_url = None
     try:
-        service = SaxsdogService(args.basedir, cfg.secret, window=args.time_window,
-                                 out_dir=args.out, threads=args.threads,
-                                 batch_size=args.batch_size, backend=args.backend,
-                                 settle=args.settle, max_request=args.max_request,
-                                 max_attachment=args.max_attachment)
+        service = SaxsdogService(
+            args.basedir,
+            cfg.secret,
+            window=args.time_window,
+            out_dir=args.out,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            backend=args.backend,
+            settle=args.settle,
+            max_request=args.max_request,
+            max_attachment=args.max_attachment,
+        )
     except ValueError as exc:
         print(f"saxsdogserver: {exc}", file=sys.stderr)
         return 2
 
     from .stream.hook import start_consumer
+
     try:
         stream = start_consumer(args, service)
     except ValueError as exc:
@@ -582,8 +720,11 @@ def serve(args):
     ctx = zmq.Context()
     rep = ctx.socket(zmq.REP)
     # bounded before authentication: frame size, queued messages per peer (server/wire.py)
-    configure_command_socket(rep, max(args.max_request, args.max_attachment),
-                             curve_secret=cfg.secret if cfg.curve else None)
+    configure_command_socket(
+        rep,
+        max(args.max_request, args.max_attachment),
+        curve_secret=cfg.secret if cfg.curve else None,
+    )
     try:
         if port == 0:
             rep.bind(f"tcp://{args.bind}:*")
@@ -600,8 +741,8 @@ def serve(args):
     if feeder_url:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 100_000)         # events of ~200 bytes
-        sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)   # a path and a signature, never more
+        sub.setsockopt(zmq.RCVHWM, 100_000)  # events of ~200 bytes
+        sub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # a path and a signature, never more
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(feeder_url)
     watcher = None
@@ -620,9 +761,14 @@ def serve(args):
     poller.register(rep, zmq.POLLIN)
     if sub is not None:
         poller.register(sub, zmq.POLLIN)
-    log.info("serving %s on %s%s%s%s", service.base, endpoint,
-             f", feeder {feeder_url}" if feeder_url else "", ", watching" if args.watch else "",
-             ", CURVE" if cfg.curve else "")
+    log.info(
+        "serving %s on %s%s%s%s",
+        service.base,
+        endpoint,
+        f", feeder {feeder_url}" if feeder_url else "",
+        ", watching" if args.watch else "",
+        ", CURVE" if cfg.curve else "",
+    )
     if args.ready_file:
         _write_ready(args.ready_file, {"pid": os.getpid(), "port": bound_port, "url": endpoint})
     try:

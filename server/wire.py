@@ -16,9 +16,11 @@ of frames), so peers x RCVHWM x frames x MAXMSGSIZE is not a hard bound on a hos
 there, enable CURVE (``"Curve": true`` in the network configuration): a peer without the shared
 secret then fails the handshake and cannot send a single frame.
 """
+
 import hashlib
 import hmac
 import logging
+from typing import Any
 
 log = logging.getLogger("saxsdogserver")
 
@@ -42,7 +44,7 @@ def configure_command_socket(sock, max_frame_bytes, curve_secret=None):
         sock.curve_publickey = keys["server_public"]
 
 
-def configure_client_socket(sock, curve_secret=None):
+def configure_client_socket(sock: Any, curve_secret: Any = None) -> None:
     """CURVE client settings matching :func:`configure_command_socket` (None: plain TCP)."""
     if curve_secret is None:
         return

@@ -1,4 +1,5 @@
 """Shared fixtures: the reference data in ../shared/reference (skipped when absent)."""
+
 import os
 from pathlib import Path
 
@@ -11,9 +12,11 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-REFERENCE_DIR = Path(os.environ.get(
-    "GPUSAXS_REFERENCE_DIR",
-    Path(__file__).resolve().parents[1].parent / "shared" / "reference"))
+REFERENCE_DIR = Path(
+    os.environ.get(
+        "GPUSAXS_REFERENCE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+    )
+)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,12 @@ source itself is compiled with g++ and run in CI (no GPU).
 
 Blocks run CONCURRENTLY in a random order (``GS_SHIM_RUNNERS`` runner threads, order shuffled
 with ``GS_SHIM_SEED``); a block's threads are fibers (ucontext) of its runner thread, switched
-at ``__syncthreads`` and warp shuffles (barriers).  Global memory of the output is a type whose plain ``+=``
-is a slow, non-atomic read-modify-write, so a ``+=`` where ``atomicAdd`` belongs loses updates
+at ``__syncthreads`` and warp shuffles (barriers).  Global memory of the output is a type whose
+plain ``+=`` is a slow, non-atomic read-modify-write, so a ``+=`` where ``atomicAdd`` belongs loses updates
 (the race test shows it).  ``-DGS_SHIM_FTZ`` sets the x86 DAZ/FTZ flags in every kernel thread,
 as ``-ftz=true`` does on the GPU: subnormal float inputs read as zero.
 """
+
 import shutil
 import subprocess
 
@@ -205,19 +206,29 @@ DISPATCH
 """
 
 #: numpy dtype name -> C type of the kernel template
-CTYPE_OF = {"int8": "signed char", "uint8": "unsigned char", "int16": "short",
-            "uint16": "unsigned short", "int32": "int", "uint32": "unsigned int",
-            "float32": "float", "float64": "double", "int64": "long long",
-            "uint64": "unsigned long long"}
+CTYPE_OF = {
+    "int8": "signed char",
+    "uint8": "unsigned char",
+    "int16": "short",
+    "uint16": "unsigned short",
+    "int32": "int",
+    "uint32": "unsigned int",
+    "float32": "float",
+    "float64": "double",
+    "int64": "long long",
+    "uint64": "unsigned long long",
+}
 
 
 def dispatch(combos):
     """C++ dispatch over (dtype name, mode, offset, pixel) instantiations."""
     lines = []
     for name, mode, off, pixel in combos:
-        lines.append(f'    if (type == "{name}" && mode == {mode} && off == {int(off)} && '
-                     f'pixel == {str(pixel).lower()}) {{ run<{CTYPE_OF[name]}, {mode}, '
-                     f'{str(off).lower()}, {str(pixel).lower()}>(dir, P, nf, nb); return 0; }}')
+        lines.append(
+            f'    if (type == "{name}" && mode == {mode} && off == {int(off)} && '
+            f"pixel == {str(pixel).lower()}) {{ run<{CTYPE_OF[name]}, {mode}, "
+            f"{str(off).lower()}, {str(pixel).lower()}>(dir, P, nf, nb); return 0; }}"
+        )
     return "\n".join(lines)
 
 
@@ -230,9 +241,23 @@ def build(source, combos, folder, block=64, fb=8, defines=()):
     src = folder / "emu.cpp"
     src.write_text(SHIM + source + DRIVER.replace("DISPATCH", dispatch(combos)))
     exe = folder / "emu"
-    proc = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-w", f"-DGS_BLOCK={block}",
-                           f"-DGS_FB={fb}", *defines, str(src), "-o", str(exe)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            cxx,
+            "-std=c++20",
+            "-O1",
+            "-pthread",
+            "-w",
+            f"-DGS_BLOCK={block}",
+            f"-DGS_FB={fb}",
+            *defines,
+            str(src),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-4000:])
     return exe, None
@@ -254,9 +279,23 @@ def run(exe, folder, engine, frames, layout, errors, seed=1, runners=4):
     mode = _mode(errors)
     off = engine.kernel_arrays()["o"] is not None
     env = dict(os.environ, GS_SHIM_SEED=str(seed), GS_SHIM_RUNNERS=str(runners))
-    proc = subprocess.run([str(exe), frames.dtype.name, str(folder), str(engine.n_pixels),
-                           str(nf), str(engine.n_bins), layout, str(mode), str(int(off))],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            str(exe),
+            frames.dtype.name,
+            str(folder),
+            str(engine.n_pixels),
+            str(nf),
+            str(engine.n_bins),
+            layout,
+            str(mode),
+            str(int(off)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"emulator exit {proc.returncode}: {proc.stderr[-2000:]}")
     return np.fromfile(folder / "out.bin").reshape(mode + 2, nf, engine.n_bins)

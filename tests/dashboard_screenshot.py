@@ -4,6 +4,7 @@ Not a test.  A saxsdogserver (-w) and a dashboard on loopback, the demo's PILATU
 at about two a second (one broken file among them), a screenshot in headless chromium while
 frames are still coming.  Needs /usr/bin/chromium and playwright, like test_dashboard_e2e.py.
 """
+
 import shutil
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from net_support import SECRET, Proc, free_port, write_config  # noqa: E402
 from test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS, DemoFrames, card, start_server  # noqa: E402
 
 N_FRAMES = 40
-PACE_S = 0.5          # seconds between frames: a steady feed for the frames/s chart
+PACE_S = 0.5  # seconds between frames: a steady feed for the frames/s chart
 
 
 def main(out):
@@ -31,8 +32,12 @@ def main(out):
     data = tmp / "base" / "run42"
     data.mkdir(parents=True)
     server = start_server(tmp, cfg, tmp / "base", sport, "server")
-    dash = Proc("gpusaxs.clients.dashboard", ["--config", cfg, "--port", "0"],
-                tmp / "dash.ready", tmp / "dash.log")
+    dash = Proc(
+        "gpusaxs.clients.dashboard",
+        ["--config", cfg, "--port", "0"],
+        tmp / "dash.ready",
+        tmp / "dash.log",
+    )
     try:
         frames = DemoFrames()
         write_fit2d_mask(tmp / "mask.msk", frames.mask)

@@ -1,4 +1,5 @@
 """Helpers shared by the core tests: pyFAI set up with our geometry mapping."""
+
 import logging
 import warnings
 
@@ -16,9 +17,15 @@ def pyfai_integrator(cal):
     px_y, px_x = cal.pixel_size_um
     det = Detector(pixel1=px_y * 1e-6, pixel2=px_x * 1e-6, max_shape=(height, width))
     ai = AzimuthalIntegrator(detector=det, wavelength=cal.wavelength_A * 1e-10)
-    ai.setFit2D(cal.distance_mm, centerX=cal.beam_center[1], centerY=height - cal.beam_center[0],
-                tilt=cal.tilt_angle_deg, tiltPlanRotation=-cal.tilt_rot_deg,
-                pixelX=px_x, pixelY=px_y)
+    ai.setFit2D(
+        cal.distance_mm,
+        centerX=cal.beam_center[1],
+        centerY=height - cal.beam_center[0],
+        tilt=cal.tilt_angle_deg,
+        tiltPlanRotation=-cal.tilt_rot_deg,
+        pixelX=px_x,
+        pixelY=px_y,
+    )
     return ai
 
 
@@ -39,10 +46,14 @@ def calibration_with_mask(folder, mask=None, **changes):
 def flat_calibration(**changes):
     """A flat calibration dict (the reference geometry), with changes applied."""
     d = {
-        "PixelPerRadialElement": 1, "Imagesize": [1043, 981],
+        "PixelPerRadialElement": 1,
+        "Imagesize": [1043, 981],
         "Tilt": {"TiltRotDeg": 73.569, "TiltAngleDeg": -0.56},
-        "MaskFile": "mask.msk", "Oversampling": 3, "Wavelength": 1.54,
-        "BeamCenter": [808.37, 387.772], "DedectorDistanceMM": 1031.657,
+        "MaskFile": "mask.msk",
+        "Oversampling": 3,
+        "Wavelength": 1.54,
+        "BeamCenter": [808.37, 387.772],
+        "DedectorDistanceMM": 1031.657,
         "PixelSizeMicroM": [172.0, 172.0],
     }
     d.update(changes)
@@ -62,15 +73,19 @@ def tilted_synthetic_frame(folder):
     and scattered bad pixels (-2)."""
     from gpusaxs import geometry
 
-    cal = calibration_with_mask(folder, Oversampling=1, DedectorDistanceMM=400.0,
-                                Tilt={"TiltAngleDeg": 12.0, "TiltRotDeg": 40.0},
-                                BeamCenter=[600.3, 450.7])
+    cal = calibration_with_mask(
+        folder,
+        Oversampling=1,
+        DedectorDistanceMM=400.0,
+        Tilt={"TiltAngleDeg": 12.0, "TiltRotDeg": 40.0},
+        BeamCenter=[600.3, 450.7],
+    )
     rng = np.random.default_rng(12)
     q = geometry.q_map(cal)
-    ideal = 2000.0 * np.exp(-q / 0.8) + 300.0 * np.exp(-((q - 2.0) / 0.05) ** 2) + 20.0
+    ideal = 2000.0 * np.exp(-q / 0.8) + 300.0 * np.exp(-(((q - 2.0) / 0.05) ** 2)) + 20.0
     flat = rng.uniform(0.8, 1.2, cal.imagesize)
     dark = rng.uniform(0.0, 5.0, cal.imagesize)
     image = rng.poisson(ideal * flat * geometry.solid_angle(cal) + dark).astype(np.int32)
-    image[:, 487:494] = -1                    # a PILATUS module gap
+    image[:, 487:494] = -1  # a PILATUS module gap
     image[rng.random(cal.imagesize) < 1e-3] = -2
     return cal, image, dark, flat

@@ -1,4 +1,5 @@
 """Helpers for the network tests (no tests here): synthetic data, processes, polling."""
+
 import json
 import os
 import signal
@@ -79,9 +80,15 @@ def write_frames(folder, n, start=0, shape=SHAPE, prefix="img_", atomic=True):
 
 def write_config(path, server_port, feeder_port=5556, secret=SECRET):
     path = Path(path)
-    path.write_text(json.dumps({"ServerUrl": f"tcp://127.0.0.1:{server_port}",
-                                "FeederUrl": f"tcp://127.0.0.1:{feeder_port}",
-                                "Secret": secret}))
+    path.write_text(
+        json.dumps(
+            {
+                "ServerUrl": f"tcp://127.0.0.1:{server_port}",
+                "FeederUrl": f"tcp://127.0.0.1:{feeder_port}",
+                "Secret": secret,
+            }
+        )
+    )
     os.chmod(path, 0o600)
     return path
 
@@ -119,10 +126,13 @@ class Proc:
             self.ready.unlink()
         self.log_path = Path(log_path)
         self.log = open(self.log_path, "ab")
-        self.p = subprocess.Popen([sys.executable, "-m", module, *map(str, args),
-                                   "--ready-file", str(self.ready)],
-                                  cwd=str(REPO), env=env(), stdout=self.log,
-                                  stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", module, *map(str, args), "--ready-file", str(self.ready)],
+            cwd=str(REPO),
+            env=env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         ok = wait_for(lambda: self.ready.exists() or self.p.poll() is not None, timeout)
         if not ok or not self.ready.exists():
             self.stop()
@@ -150,16 +160,33 @@ class Proc:
 
 
 def start_server(tmp_path, base, config, extra=(), name="server"):
-    return Proc("gpusaxs.server.saxsdogserver",
-                ["--config", config, "--bind", "127.0.0.1", "-p", "0", *extra, base],
-                tmp_path / f"{name}.ready.json", tmp_path / f"{name}.log")
+    return Proc(
+        "gpusaxs.server.saxsdogserver",
+        ["--config", config, "--bind", "127.0.0.1", "-p", "0", *extra, base],
+        tmp_path / f"{name}.ready.json",
+        tmp_path / f"{name}.log",
+    )
 
 
 def leash(config, url, *args, timeout=30):
     """Run saxsleash as a process; returns (rc, parsed answer or None, stderr)."""
-    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsleash", *map(str, args),
-                        "--config", str(config), "-S", url], cwd=str(REPO), env=env(),
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpusaxs.clients.saxsleash",
+            *map(str, args),
+            "--config",
+            str(config),
+            "-S",
+            url,
+        ],
+        cwd=str(REPO),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     answer = None
     if r.stdout.strip():
         answer = json.loads(r.stdout.strip().splitlines()[-1])

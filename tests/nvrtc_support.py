@@ -6,10 +6,11 @@ the CI tests that compile the CUDA kernels and read their machine code without a
 compiles a source for one architecture through ctypes and returns the CUBIN, the log and the
 lowered (mangled) name of every name expression.
 """
+
 import ctypes
-import re
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -22,6 +23,7 @@ def _nvidia_dirs():
     roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     try:
         import nvidia
+
         roots.update(os.path.dirname(p) for p in nvidia.__path__)
     except ImportError:
         pass
@@ -71,12 +73,18 @@ class Nvrtc:
         """(cubin bytes, log str, {name expression: lowered name})."""
         lib = self.lib
         prog = ctypes.c_void_p()
-        self._check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(),
-                                           0, None, None), "nvrtcCreateProgram")
+        self._check(
+            lib.nvrtcCreateProgram(
+                ctypes.byref(prog), source.encode(), name.encode(), 0, None, None
+            ),
+            "nvrtcCreateProgram",
+        )
         try:
             for expr in name_expressions:
-                self._check(lib.nvrtcAddNameExpression(prog, expr.encode()),
-                            f"nvrtcAddNameExpression({expr})")
+                self._check(
+                    lib.nvrtcAddNameExpression(prog, expr.encode()),
+                    f"nvrtcAddNameExpression({expr})",
+                )
             opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
             status = lib.nvrtcCompileProgram(prog, len(options), opts)
             size = ctypes.c_size_t()
@@ -91,8 +99,10 @@ class Nvrtc:
             lowered = {}
             for expr in name_expressions:
                 out = ctypes.c_char_p()
-                self._check(lib.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(out)),
-                            f"nvrtcGetLoweredName({expr})")
+                self._check(
+                    lib.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(out)),
+                    f"nvrtcGetLoweredName({expr})",
+                )
                 lowered[expr] = out.value.decode()
             return cubin.raw, log, lowered
         finally:
@@ -124,11 +134,15 @@ class Compiled:
             m = re.search(r"Function properties for (\S+)", line)
             if m:
                 current = out.setdefault(m.group(1), {})
-            m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
-                          r"loads", line)
+            m = re.search(
+                r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                r"loads",
+                line,
+            )
             if m and current is not None:
-                current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
-                               spill_loads=int(m.group(3)))
+                current.update(
+                    stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3))
+                )
             m = re.search(r"Compiling entry function '(\S+)'", line)
             if m:
                 current = out.setdefault(m.group(1), {})
@@ -153,15 +167,18 @@ def compile_source(source, names, arch, chunks=4):
     path = find_nvrtc()
     if path is None:
         import pytest
+
         pytest.skip("no NVRTC (pip install nvidia-cuda-nvrtc: part of .[test])")
     nvrtc = Nvrtc(path)
     options = list(CUPY_OPTIONS) + list(NVRTC_OPTIONS) + [f"-arch={arch}", "-Xptxas=-v"]
-    key = hashlib.sha256(repr((source, sorted(names), options, nvrtc.version)).encode()
-                         ).hexdigest()
+    key = hashlib.sha256(repr((source, sorted(names), options, nvrtc.version)).encode()).hexdigest()
     if key in _SESSION:
         return _SESSION[key]
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                         "gpusaxs-nvrtc", key + ".pickle")
+    cache = os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "gpusaxs-nvrtc",
+        key + ".pickle",
+    )
     if os.path.exists(cache):
         with open(cache, "rb") as f:
             result = pickle.load(f)

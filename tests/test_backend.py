@@ -1,4 +1,5 @@
 """Backend selection: auto/numpy/cupy, GPUSAXS_BACKEND, errors, backend_info."""
+
 import json
 import types
 
@@ -6,7 +7,6 @@ import pytest
 
 from gpusaxs import backend
 from gpusaxs.errors import BackendError, GpusaxsError
-
 
 _REAL_PROBE = backend._probe_cupy
 
@@ -33,8 +33,11 @@ def fake_gpu(monkeypatch):
 
 @pytest.fixture
 def no_gpu(monkeypatch):
-    probe = backend._Probe(False, "CuPy is not installed or cannot be imported (ImportError: x); "
-                                  f"install it with {backend.INSTALL_HINT}")
+    probe = backend._Probe(
+        False,
+        "CuPy is not installed or cannot be imported (ImportError: x); "
+        f"install it with {backend.INSTALL_HINT}",
+    )
     monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
 
 
@@ -58,6 +61,7 @@ def test_auto_picks_cupy_when_probe_succeeds(fake_gpu):
 def test_numpy_request_never_probes(monkeypatch):
     def boom():
         raise AssertionError("probe must not run for an explicit numpy request")
+
     monkeypatch.setattr(backend, "_probe_cupy", boom)
     assert backend.select_backend("numpy")[0] == "numpy"
     assert backend.select_backend(" NumPy ")[0] == "numpy"
@@ -110,8 +114,10 @@ def test_cupy_without_cupy_installed_explains_install(no_gpu):
 
 
 def test_cupy_without_device_explains(monkeypatch):
-    probe = backend._Probe(False, "CuPy 13.0 is installed but no CUDA device is usable "
-                                  "(CUDARuntimeError: cudaErrorNoDevice)")
+    probe = backend._Probe(
+        False,
+        "CuPy 13.0 is installed but no CUDA device is usable (CUDARuntimeError: cudaErrorNoDevice)",
+    )
     monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
     with pytest.raises(BackendError, match="no CUDA device"):
         backend.select_backend("cupy")
@@ -133,6 +139,7 @@ def test_probe_is_cached():
 
 def test_probe_never_raises_when_import_fails(monkeypatch):
     import builtins
+
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kwargs):
@@ -153,8 +160,10 @@ def test_probe_reports_device_count_failure(monkeypatch):
     def no_device():
         raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
 
-    fake = types.SimpleNamespace(__version__="13.9", cuda=types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDeviceCount=no_device)))
+    fake = types.SimpleNamespace(
+        __version__="13.9",
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device)),
+    )
     backend._probe_cupy.cache_clear()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     probe = backend._probe_cupy()
@@ -181,6 +190,7 @@ def test_non_string_request_is_rejected():
 
 def test_array_module():
     import numpy
+
     assert backend.array_module("numpy") is numpy
     with pytest.raises(BackendError):
         backend.array_module("fortran")
@@ -192,8 +202,15 @@ def test_backend_info_is_json_serialisable():
     back = json.loads(text)
     assert back["backend"] in ("numpy", "cupy")
     assert back["reason"]
-    for key in ("cupy_version", "device_name", "compute_capability", "total_memory_bytes",
-                "devices", "device_count", "numpy_version"):
+    for key in (
+        "cupy_version",
+        "device_name",
+        "compute_capability",
+        "total_memory_bytes",
+        "devices",
+        "device_count",
+        "numpy_version",
+    ):
         assert key in back
     if not _cupy_usable():
         assert back["backend"] == "numpy" and back["devices"] == []
@@ -209,8 +226,13 @@ def test_backend_info_with_env_error_does_not_raise(no_gpu, monkeypatch):
 
 
 def test_backend_info_reports_devices_from_cupy(monkeypatch):
-    props = {"name": b"NVIDIA H100 80GB HBM3", "major": 9, "minor": 0,
-             "totalGlobalMem": 85 * 2**30, "multiProcessorCount": 132}
+    props = {
+        "name": b"NVIDIA H100 80GB HBM3",
+        "major": 9,
+        "minor": 0,
+        "totalGlobalMem": 85 * 2**30,
+        "multiProcessorCount": 132,
+    }
 
     class _Dev:
         def __init__(self, i):
@@ -222,12 +244,15 @@ def test_backend_info_reports_devices_from_cupy(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    runtime = types.SimpleNamespace(getDeviceProperties=lambda i: props,
-                                    memGetInfo=lambda: (80 * 2**30, 85 * 2**30),
-                                    runtimeGetVersion=lambda: 12040,
-                                    driverGetVersion=lambda: 12050)
-    fake = types.SimpleNamespace(__version__="13.3.0",
-                                 cuda=types.SimpleNamespace(runtime=runtime, Device=_Dev))
+    runtime = types.SimpleNamespace(
+        getDeviceProperties=lambda i: props,
+        memGetInfo=lambda: (80 * 2**30, 85 * 2**30),
+        runtimeGetVersion=lambda: 12040,
+        driverGetVersion=lambda: 12050,
+    )
+    fake = types.SimpleNamespace(
+        __version__="13.3.0", cuda=types.SimpleNamespace(runtime=runtime, Device=_Dev)
+    )
     probe = backend._Probe(True, "CuPy 13.3.0 with 1 CUDA device(s)", fake, 1)
     monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
     info = json.loads(json.dumps(backend.backend_info()))
@@ -246,11 +271,15 @@ def _tiny_matrix():
     from gpusaxs.matrix import IntegrationMatrix
 
     n = 12
-    return IntegrationMatrix(shape=(3, 4), q_edges=np.linspace(0, 1, 3),
-                             pixel_ptr=np.arange(n + 1, dtype=np.int64),
-                             bins=(np.arange(n) % 2).astype(np.int32),
-                             weights=np.ones(n, np.float32), pixel_scale=np.ones(n, np.float32),
-                             norm=np.full(2, 6.0))
+    return IntegrationMatrix(
+        shape=(3, 4),
+        q_edges=np.linspace(0, 1, 3),
+        pixel_ptr=np.arange(n + 1, dtype=np.int64),
+        bins=(np.arange(n) % 2).astype(np.int32),
+        weights=np.ones(n, np.float32),
+        pixel_scale=np.ones(n, np.float32),
+        norm=np.full(2, 6.0),
+    )
 
 
 def _tiny_get_matrix(*args, info=None, **kwargs):
@@ -289,7 +318,7 @@ def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkey
     monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
     integ = Integrator(_blank_calibration(), backend="cupy")
     assert integ.backend_name == "cupy"
-    integ.engine                            # built on first use
+    _ = integ.engine  # built on first use
     assert seen["xp"] is fake_gpu
 
 

@@ -1,5 +1,6 @@
 """benchmarks/bench_gpu.py run on the NumPy module (its logic, not its figures): the JSON it
 writes, the refusal to time wrong curves, and the bytes-moved model of docs/gpu.md."""
+
 import importlib.util
 import json
 import sys
@@ -13,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" /
-                                                  "bench_gpu.py")
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["bench_gpu"] = mod
     spec.loader.exec_module(mod)
@@ -22,14 +22,33 @@ def bench():
 
 
 def test_numpy_run_writes_the_json(bench, tmp_path, capsys):
-    rc = bench.main(["--xp", "numpy", "--cases", "tiny", "--repeats", "1", "--pyfai-frames",
-                     "2", "--out-dir", str(tmp_path)])
+    rc = bench.main(
+        [
+            "--xp",
+            "numpy",
+            "--cases",
+            "tiny",
+            "--repeats",
+            "1",
+            "--pyfai-frames",
+            "2",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     files = list(tmp_path.glob("gpu-*.json"))
     assert len(files) == 1
     report = json.loads(files[0].read_text())
-    for key in ("device", "date", "commit", "device_resident_gpix_per_s",
-                "host_fed_fraction_of_h2d", "max_rel_diff_vs_cpu", "pyfai_frames_per_s"):
+    for key in (
+        "device",
+        "date",
+        "commit",
+        "device_resident_gpix_per_s",
+        "host_fed_fraction_of_h2d",
+        "max_rel_diff_vs_cpu",
+        "pyfai_frames_per_s",
+    ):
         assert key in report, key
     case = report["cases"]["tiny"]
     assert set(case["layouts"]) == {"pixel/8", "frame/8"}
@@ -49,8 +68,19 @@ def test_wrong_curves_give_no_throughput(bench, tmp_path, capsys, monkeypatch):
         out[0] *= 1.0 + 1e-4  # signal 1e-4 too large
 
     monkeypatch.setattr(ge.DeviceEngine, "_spmm_into", off_by_a_bit)
-    rc = bench.main(["--xp", "numpy", "--cases", "tiny", "--repeats", "1", "--no-pyfai",
-                     "--out-dir", str(tmp_path)])
+    rc = bench.main(
+        [
+            "--xp",
+            "numpy",
+            "--cases",
+            "tiny",
+            "--repeats",
+            "1",
+            "--no-pyfai",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 3
     assert "GPix/s" not in out.out and "no throughput" in out.err and "FAIL" in out.err

@@ -1,4 +1,5 @@
 """Tests of gpusaxs.calibration: loading, validation, forms, errors, round trips."""
+
 import copy
 import json
 import math
@@ -8,34 +9,64 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpusaxs.calibration import (
-    FLAT_DEFAULTS, SCHEMA_PATH, Calibration, fit2d_to_poni, load_schema, poni_to_fit2d, read_json,
-    to_flat_dict, to_nested_dict, validate_dict,
+    FLAT_DEFAULTS,
+    SCHEMA_PATH,
+    Calibration,
+    fit2d_to_poni,
+    load_schema,
+    poni_to_fit2d,
+    read_json,
+    to_flat_dict,
+    to_nested_dict,
+    validate_dict,
 )
 from gpusaxs.errors import CalibrationError
 
 SPEC_EXAMPLE = {
-    "PixelSizeMicroM": [172.0], "Imagesize": [1043, 981], "PixelPerRadialElement": 1,
-    "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0}, "MaskFile": "AAA_integ.msk", "Oversampling": 3,
-    "Wavelength": 1.54, "BeamCenter": [808.37, 387.772], "DedectorDistanceMM": 1031.657,
+    "PixelSizeMicroM": [172.0],
+    "Imagesize": [1043, 981],
+    "PixelPerRadialElement": 1,
+    "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
+    "MaskFile": "AAA_integ.msk",
+    "Oversampling": 3,
+    "Wavelength": 1.54,
+    "BeamCenter": [808.37, 387.772],
+    "DedectorDistanceMM": 1031.657,
 }
-SPEC_TILT_EXAMPLE = {   # section 4.3.1
-    "PixelPerRadialElement": 1, "Imagesize": [1043, 981],
-    "Tilt": {"TiltAngleDeg": -10, "TiltRotDeg": 73.569}, "MaskFile": "emptymask.tif",
-    "PixelSizeMicroM": [172.0, 172.0], "Wavelength": 1.54, "DedectorDistanceMM": 1031.657,
-    "BeamCenter": [808.37, 387.772], "Oversampling": 2,
+SPEC_TILT_EXAMPLE = {  # section 4.3.1
+    "PixelPerRadialElement": 1,
+    "Imagesize": [1043, 981],
+    "Tilt": {"TiltAngleDeg": -10, "TiltRotDeg": 73.569},
+    "MaskFile": "emptymask.tif",
+    "PixelSizeMicroM": [172.0, 172.0],
+    "Wavelength": 1.54,
+    "DedectorDistanceMM": 1031.657,
+    "BeamCenter": [808.37, 387.772],
+    "Oversampling": 2,
 }
 NESTED = {
     "Title": "two masks",
-    "Geometry": {"Tilt": {"TiltRotDeg": 73.569, "TiltAngleDeg": -0.56}, "BeamCenter": [808.37, 387.772],
-                 "DetectorDistanceMM": 1031.657, "Imagesize": [1043, 981], "PixelSizeMicroM": [172.0, 172.0]},
+    "Geometry": {
+        "Tilt": {"TiltRotDeg": 73.569, "TiltAngleDeg": -0.56},
+        "BeamCenter": [808.37, 387.772],
+        "DetectorDistanceMM": 1031.657,
+        "Imagesize": [1043, 981],
+        "PixelSizeMicroM": [172.0, 172.0],
+    },
     "Wavelength": 1.54,
     "Masks": [
         {"MaskFile": "AAA_integ.msk", "Oversampling": 3, "PixelPerRadialElement": 1},
-        {"MaskFile": "sub/other.msk", "Oversampling": 2, "PixelPerRadialElement": 2.5, "qStart": 0.1,
-         "qStop": 3.0},
+        {
+            "MaskFile": "sub/other.msk",
+            "Oversampling": 2,
+            "PixelPerRadialElement": 2.5,
+            "qStart": 0.1,
+            "qStop": 3.0,
+        },
     ],
     "Directory": ["/data/a", "/data/b"],
     "Threads": 4,
@@ -72,10 +103,11 @@ def test_reference_calibration(reference_dir):
 
 def test_schema_file_is_valid_and_shipped():
     import jsonschema
+
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert SCHEMA_PATH.name == "calibration.schema.json" and SCHEMA_PATH.parent.name == "schemas"
-    validator = jsonschema.Draft202012Validator(schema)   # the top-level oneOf takes both forms
+    validator = jsonschema.Draft202012Validator(schema)  # the top-level oneOf takes both forms
     assert validator.is_valid(SPEC_EXAMPLE) and validator.is_valid(NESTED)
     assert not validator.is_valid({**SPEC_EXAMPLE, "DetectorDistanceMM": 1.0})
     defaults = {k: v.get("default") for k, v in schema["$defs"].items() if isinstance(v, dict)}
@@ -84,19 +116,22 @@ def test_schema_file_is_valid_and_shipped():
     assert validate_dict(FLAT_DEFAULTS) == "flat"
 
 
-@pytest.mark.parametrize("fragment", [
-    {"Title": ""},
-    {"Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0}},
-    {"BeamCenter": [808.37, 387.772]},
-    {"DedectorDistanceMM": 1031.657},
-    {"Imagesize": [1043, 981]},
-    {"MaskFile": "AAA_integ.msk"},
-    {"Oversampling": 3},
-    {"PixelSizeMicroM": [172.0]},
-    {"PixelPerRadialElement": 1},
-    {"Wavelength": 1.54},
-    {"PolarizationCorrection": {"Angle": 0.0, "Fraction": 0.95}},
-])
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        {"Title": ""},
+        {"Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0}},
+        {"BeamCenter": [808.37, 387.772]},
+        {"DedectorDistanceMM": 1031.657},
+        {"Imagesize": [1043, 981]},
+        {"MaskFile": "AAA_integ.msk"},
+        {"Oversampling": 3},
+        {"PixelSizeMicroM": [172.0]},
+        {"PixelPerRadialElement": 1},
+        {"Wavelength": 1.54},
+        {"PolarizationCorrection": {"Angle": 0.0, "Fraction": 0.95}},
+    ],
+)
 def test_spec_section_examples(fragment, tmp_path):
     d = {**SPEC_EXAMPLE, **fragment}
     assert validate_dict(d) == "flat"
@@ -109,7 +144,7 @@ def test_spec_section_examples(fragment, tmp_path):
 
 def test_spec_full_examples(tmp_path):
     cal = Calibration.from_dict(SPEC_EXAMPLE, base_dir=tmp_path)
-    assert cal.pixel_size_um == (172.0, 172.0)            # one element = square pixels
+    assert cal.pixel_size_um == (172.0, 172.0)  # one element = square pixels
     assert cal.mask_file == str(tmp_path / "AAA_integ.msk")
     tilt = Calibration.from_dict(SPEC_TILT_EXAMPLE, base_dir=tmp_path)
     assert tilt.tilt_angle_deg == -10.0 and tilt.oversampling == 2
@@ -118,7 +153,7 @@ def test_spec_full_examples(tmp_path):
 
 def test_pixel_size_order():
     cal = Calibration.from_dict({**SPEC_EXAMPLE, "PixelSizeMicroM": [75.0, 172.0]}, base_dir="/")
-    assert cal.pixel_size_um == (75.0, 172.0)              # (along rows / Y, along columns / X)
+    assert cal.pixel_size_um == (75.0, 172.0)  # (along rows / Y, along columns / X)
     assert cal.to_dict()["PixelSizeMicroM"] == [75.0, 172.0]
 
 
@@ -154,11 +189,14 @@ def test_nested_flat_equivalence(tmp_path):
         assert validate_dict(flat) == "flat"
         assert "Directory" not in flat and "Threads" not in flat
         assert Calibration.from_dict(flat, base_dir=tmp_path) == Calibration.from_dict(
-            NESTED, base_dir=tmp_path, mask_index=i)
+            NESTED, base_dir=tmp_path, mask_index=i
+        )
     nested = to_nested_dict(SPEC_EXAMPLE)
     assert validate_dict(nested) == "nested"
     assert to_flat_dict(nested) == SPEC_EXAMPLE
-    assert Calibration.from_dict(nested, base_dir=tmp_path) == Calibration.from_dict(SPEC_EXAMPLE, base_dir=tmp_path)
+    assert Calibration.from_dict(nested, base_dir=tmp_path) == Calibration.from_dict(
+        SPEC_EXAMPLE, base_dir=tmp_path
+    )
     cal = Calibration.from_dict(NESTED, base_dir=tmp_path, mask_index=1)
     assert Calibration.from_dict(cal.to_dict("nested")) == cal
     assert cal.to_dict("nested")["Masks"][0]["qStop"] == 3.0
@@ -171,8 +209,13 @@ def test_mask_file_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Calibration.from_file(path).mask_file == str(sub / "masks" / "a.msk")
     assert Calibration.from_file(os.path.relpath(path)).mask_file == str(sub / "masks" / "a.msk")
-    assert Calibration.from_dict({**SPEC_EXAMPLE, "MaskFile": "b.msk"}).mask_file == str(tmp_path / "b.msk")
-    assert Calibration.from_dict({**SPEC_EXAMPLE, "MaskFile": "/abs/c.msk"}, base_dir=sub).mask_file == "/abs/c.msk"
+    assert Calibration.from_dict({**SPEC_EXAMPLE, "MaskFile": "b.msk"}).mask_file == str(
+        tmp_path / "b.msk"
+    )
+    assert (
+        Calibration.from_dict({**SPEC_EXAMPLE, "MaskFile": "/abs/c.msk"}, base_dir=sub).mask_file
+        == "/abs/c.msk"
+    )
     assert Calibration.from_dict({**SPEC_EXAMPLE, "MaskFile": None}).mask_file is None
 
 
@@ -182,7 +225,7 @@ def test_to_json_atomic_and_relative(tmp_path):
     cal.to_json(out)
     assert json.loads(out.read_text())["MaskFile"] == "emptymask.tif"
     assert Calibration.from_file(out) == cal
-    assert sorted(os.listdir(tmp_path)) == ["out.json"]       # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == ["out.json"]  # no temporary file left
     cal.to_json(out, form="nested")
     assert "Geometry" in json.loads(out.read_text())
     assert Calibration.from_file(out) == cal
@@ -198,10 +241,10 @@ def test_replace_and_key(tmp_path):
     moved = cal.replace(beam_center=(800.0, 390.0))
     assert moved.beam_center == (800.0, 390.0) and moved.distance_mm == cal.distance_mm
     assert moved.key() != key
-    assert cal.replace(title="another title").key() == key         # title is not geometry
+    assert cal.replace(title="another title").key() == key  # title is not geometry
     assert cal.replace(oversampling=2).key() != key
     (tmp_path / "AAA_integ.msk").write_bytes(b"mask two")
-    assert cal.key() != key                                         # mask content enters
+    assert cal.key() != key  # mask content enters
     with pytest.raises(CalibrationError, match="#/DedectorDistanceMM"):
         cal.replace(distance_mm=-1.0)
     with pytest.raises(CalibrationError, match="#/Oversampling"):
@@ -214,6 +257,7 @@ def test_replace_and_key(tmp_path):
 
 def dataclasses_frozen_error():
     import dataclasses
+
     return dataclasses.FrozenInstanceError
 
 
@@ -261,28 +305,49 @@ BAD = [
     ("tilt angle bool", _with(["Tilt", "TiltAngleDeg"], True), "#/Tilt/TiltAngleDeg", "number"),
     ("negative distance", _with(["DedectorDistanceMM"], -5), "#/DedectorDistanceMM", "0"),
     ("zero wavelength", _with(["Wavelength"], 0), "#/Wavelength", "0"),
-    ("no distance", _without(SPEC_EXAMPLE, "DedectorDistanceMM"), "#/DedectorDistanceMM", "missing"),
+    (
+        "no distance",
+        _without(SPEC_EXAMPLE, "DedectorDistanceMM"),
+        "#/DedectorDistanceMM",
+        "missing",
+    ),
     ("both distances", _with(["DetectorDistanceMM"], 1000.0), "#/DetectorDistanceMM", "both"),
     ("beam center one value", _with(["BeamCenter"], [808.37]), "#/BeamCenter", "number of items"),
     ("beam center string", _with(["BeamCenter"], [808.37, "x"]), "#/BeamCenter/1", "number"),
     ("imagesize float", _with(["Imagesize"], [1043.5, 981]), "#/Imagesize/0", "integer"),
     ("imagesize zero", _with(["Imagesize"], [0, 981]), "#/Imagesize/0", "minimum"),
     ("oversampling zero", _with(["Oversampling"], 0), "#/Oversampling", "minimum"),
-    ("pixel size three", _with(["PixelSizeMicroM"], [1.0, 2.0, 3.0]), "#/PixelSizeMicroM", "number of items"),
+    (
+        "pixel size three",
+        _with(["PixelSizeMicroM"], [1.0, 2.0, 3.0]),
+        "#/PixelSizeMicroM",
+        "number of items",
+    ),
     ("pixel size negative", _with(["PixelSizeMicroM"], [-172.0]), "#/PixelSizeMicroM/0", "0"),
-    ("fraction > 1", _with(["PolarizationCorrection"], {"Fraction": 1.5, "Angle": 0}),
-     "#/PolarizationCorrection/Fraction", "maximum"),
+    (
+        "fraction > 1",
+        _with(["PolarizationCorrection"], {"Fraction": 1.5, "Angle": 0}),
+        "#/PolarizationCorrection/Fraction",
+        "maximum",
+    ),
     ("typo field", _with(["Wavelenght"], 1.54), "#/Wavelenght", "did you mean 'Wavelength'"),
     ("mask file number", _with(["MaskFile"], 3), "#/MaskFile", "string"),
     ("not an object", [1, 2], "#", "object"),
     ("qstop < qstart", {**SPEC_EXAMPLE, "qStart": 2.0, "qStop": 1.0}, "#/qStop", "larger"),
-    ("nested missing mask file", {**NESTED, "Masks": [{"Oversampling": 3, "PixelPerRadialElement": 1}]},
-     "#/Masks/0/MaskFile", "missing"),
+    (
+        "nested missing mask file",
+        {**NESTED, "Masks": [{"Oversampling": 3, "PixelPerRadialElement": 1}]},
+        "#/Masks/0/MaskFile",
+        "missing",
+    ),
     ("nested bad threads", {**NESTED, "Threads": "four"}, "#/Threads", "integer"),
     ("nested no masks", {**NESTED, "Masks": []}, "#/Masks", ""),
-    ("nested geometry distance negative",
-     {**NESTED, "Geometry": {**NESTED["Geometry"], "DetectorDistanceMM": -1}},
-     "#/Geometry/DetectorDistanceMM", "0"),
+    (
+        "nested geometry distance negative",
+        {**NESTED, "Geometry": {**NESTED["Geometry"], "DetectorDistanceMM": -1}},
+        "#/Geometry/DetectorDistanceMM",
+        "0",
+    ),
 ]
 
 
@@ -297,17 +362,20 @@ def test_bad_calibration_names_file_and_path(name, data, json_path, words, tmp_p
     msg = str(exc)
     assert msg.startswith(f"{path}: {json_path}: ")
     assert words.lower() in msg.lower()
-    with pytest.raises(CalibrationError) as info2:      # the dict API says the same without a file
+    with pytest.raises(CalibrationError) as info2:  # the dict API says the same without a file
         Calibration.from_dict(data)
     assert info2.value.json_path == json_path and info2.value.path is None
 
 
-@pytest.mark.parametrize("text,words", [
-    ('{"Wavelength": 1.54,\n  "Tilt": }', "line 2, column 11"),
-    ('{"Wavelength": 1.54, "Wavelength": 1.0}', "duplicate key 'Wavelength'"),
-    ('{"Wavelength": NaN}', "NaN is not allowed"),
-    ("", "line 1, column 1"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ('{"Wavelength": 1.54,\n  "Tilt": }', "line 2, column 11"),
+        ('{"Wavelength": 1.54, "Wavelength": 1.0}', "duplicate key 'Wavelength'"),
+        ('{"Wavelength": NaN}', "NaN is not allowed"),
+        ("", "line 1, column 1"),
+    ],
+)
 def test_not_json(text, words, tmp_path):
     path = write(tmp_path, text)
     with pytest.raises(CalibrationError) as info:
@@ -345,7 +413,9 @@ calibrations = st.builds(
     oversampling=st.integers(1, 10),
     pixel_per_radial_element=st.floats(1e-3, 100, **finite),
     mask_file=st.one_of(st.none(), st.sampled_from(["/data/a.msk", "/x y/mask.tif"])),
-    polarization=st.one_of(st.none(), st.tuples(st.floats(0, 1, **finite), st.floats(-360, 360, **finite))),
+    polarization=st.one_of(
+        st.none(), st.tuples(st.floats(0, 1, **finite), st.floats(-360, 360, **finite))
+    ),
     q_start=st.one_of(st.none(), st.floats(0, 1, **finite)),
     q_stop=st.one_of(st.none(), st.floats(2, 100, **finite)),
 )
@@ -364,11 +434,20 @@ def test_round_trip(cal, form):
 
 # ------------------------------------------------------------------------------ fit2d <-> PONI math
 @settings(max_examples=200, deadline=None)
-@given(st.floats(10, 5000), st.floats(-500, 1500), st.floats(-500, 1500), st.floats(-45, 45),
-       st.floats(-180, 180), st.floats(20, 300), st.floats(20, 300))
+@given(
+    st.floats(10, 5000),
+    st.floats(-500, 1500),
+    st.floats(-500, 1500),
+    st.floats(-45, 45),
+    st.floats(-180, 180),
+    st.floats(20, 300),
+    st.floats(20, 300),
+)
 def test_fit2d_poni_inverse(dist, cx, cy, tilt, rot, px, py):
     g = fit2d_to_poni(dist, cx, cy, tilt, rot, px, py)
-    f = poni_to_fit2d(g["dist"], g["poni1"], g["poni2"], g["rot1"], g["rot2"], g["rot3"], g["pixel1"], g["pixel2"])
+    f = poni_to_fit2d(
+        g["dist"], g["poni1"], g["poni2"], g["rot1"], g["rot2"], g["rot3"], g["pixel1"], g["pixel2"]
+    )
     assert f["distance_mm"] == pytest.approx(dist, rel=1e-9)
     assert f["center_x_px"] == pytest.approx(cx, abs=1e-6)
     assert f["center_y_px"] == pytest.approx(cy, abs=1e-6)
@@ -384,10 +463,17 @@ def test_fit2d_poni_inverse(dist, cx, cy, tilt, rot, px, py):
 
 # ---------------------------------------------------------------- limits and hints (issue 15)
 
+
 def _small_cal(**changes):
-    base = dict(beam_center=(100.0, 80.0), distance_mm=1000.0, imagesize=(200, 180),
-                pixel_size_um=(172.0, 172.0), wavelength_A=1.54, oversampling=3,
-                pixel_per_radial_element=1.0)
+    base = dict(
+        beam_center=(100.0, 80.0),
+        distance_mm=1000.0,
+        imagesize=(200, 180),
+        pixel_size_um=(172.0, 172.0),
+        wavelength_A=1.54,
+        oversampling=3,
+        pixel_per_radial_element=1.0,
+    )
     return Calibration(**{**base, **changes})
 
 
@@ -396,8 +482,11 @@ def test_tiny_radial_bins_rejected_before_building():
     from gpusaxs.integrator import Integrator
 
     cal = _small_cal(pixel_per_radial_element=1e-3)
-    with pytest.raises(CalibrationError, match=r"#/PixelPerRadialElement: .*radial bins is more "
-                                               r"than the limit of 100,000"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"#/PixelPerRadialElement: .*radial bins is more "
+        r"than the limit of 100,000",
+    ):
         Integrator(cal, backend="numpy", cache_dir=False)
 
 
@@ -406,8 +495,11 @@ def test_huge_oversampling_rejected_before_building():
     from gpusaxs.integrator import Integrator
 
     cal = _small_cal(imagesize=(300, 300), beam_center=(150.0, 150.0), oversampling=64)
-    with pytest.raises(CalibrationError, match=r"#/Oversampling: .*sub-pixels, more than the "
-                                               r"limit of 268,435,456 \(at most Oversampling 54"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"#/Oversampling: .*sub-pixels, more than the "
+        r"limit of 268,435,456 \(at most Oversampling 54",
+    ):
         Integrator(cal, backend="numpy", cache_dir=False)
 
 
@@ -416,8 +508,11 @@ def test_huge_imagesize_rejected_before_building():
     from gpusaxs.integrator import Integrator
 
     cal = _small_cal(imagesize=(100000, 100000))
-    with pytest.raises(CalibrationError, match=r"#/Imagesize: 100000 x 100000 = "
-                                               r"10,000,000,000 pixels is more than the limit"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"#/Imagesize: 100000 x 100000 = "
+        r"10,000,000,000 pixels is more than the limit",
+    ):
         Integrator(cal, backend="numpy", cache_dir=False)
 
 
@@ -426,19 +521,28 @@ def test_q_range_limits():
 
     with pytest.raises(CalibrationError, match=r"#/qStop: .*qStop 1e\+06 nm\^-1 is far beyond"):
         check_limits(_small_cal(q_start=0.1, q_stop=1e6))
-    with pytest.raises(CalibrationError, match=r"#/qStart: qStart \(50 nm\^-1\) is beyond the "
-                                               r"largest q"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"#/qStart: qStart \(50 nm\^-1\) is beyond the "
+        r"largest q",
+    ):
         check_limits(_small_cal(q_start=50.0, q_stop=60.0))
     with pytest.raises(CalibrationError, match="q_edges given"):
         check_limits(_small_cal(), q_edges=np.linspace(0, 1, 200_002))
     with pytest.raises(CalibrationError, match="more than the limit of 100 "):
-        check_limits(_small_cal(), bins=100, pixels=10**6)   # limits can be lowered per call
+        check_limits(_small_cal(), bins=100, pixels=10**6)  # limits can be lowered per call
 
 
-@pytest.mark.parametrize("changes", [{}, {"pixel_per_radial_element": 0.37},
-                                     {"q_start": 0.5, "q_stop": 1.2}, {"q_stop": 5.0},
-                                     {"tilt_angle_deg": 20.0, "tilt_rot_deg": 30.0,
-                                      "beam_center": (-50.0, 250.0)}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"pixel_per_radial_element": 0.37},
+        {"q_start": 0.5, "q_stop": 1.2},
+        {"q_stop": 5.0},
+        {"tilt_angle_deg": 20.0, "tilt_rot_deg": 30.0, "beam_center": (-50.0, 250.0)},
+    ],
+)
 def test_bin_count_and_memory_estimate_match_the_built_matrix(changes):
     from gpusaxs.calibration import check_limits, estimate_matrix_bytes
     from gpusaxs.matrix import build_matrix
@@ -467,8 +571,11 @@ def test_misspelt_required_key_did_you_mean(tmp_path):
     d["Wavelenght"] = d.pop("Wavelength")
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(d))
-    with pytest.raises(CalibrationError, match=r"#/Wavelength: required field is missing \(found "
-                                               r"'Wavelenght': did you mean 'Wavelength'\?\)"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"#/Wavelength: required field is missing \(found "
+        r"'Wavelenght': did you mean 'Wavelength'\?\)",
+    ):
         Calibration.from_file(path)
     d = dict(SPEC_EXAMPLE)
     d["DetectorDistanceMm"] = d.pop("DedectorDistanceMM")

@@ -1,6 +1,7 @@
 """The CPU engines against each other and against a direct NumPy formula of the engine contract
 (CONTRACTS.md section 1): real-size PILATUS 1M frames, the reference mask, every frame dtype with
 gaps, negative, NaN, subnormal and unsigned-max values, errors on/off, dark offset on/off."""
+
 import dataclasses
 
 import numpy as np
@@ -35,8 +36,10 @@ def contract_sums(matrix, frames, offset):
     pix = np.repeat(np.arange(matrix.n_pixels), np.diff(matrix.pixel_ptr))
     w = matrix.weights.astype(np.float64)
     s = matrix.pixel_scale.astype(np.float64)[pix]
-    out = {name: np.zeros((len(frames), matrix.n_bins)) for name in
-           ("signal", "norm", "variance", "squares")}
+    out = {
+        name: np.zeros((len(frames), matrix.n_bins))
+        for name in ("signal", "norm", "variance", "squares")
+    }
     for b in range(len(frames)):
         vb, xb = v[b, pix], x[b, pix]
         out["signal"][b] = np.bincount(matrix.bins, w * s * vb, matrix.n_bins)
@@ -50,23 +53,24 @@ def hostile_stack(image, dtype, n_frames, seed):
     """Poisson frames of the reference image in ``dtype``, with gaps and odd values planted in
     the open (unmasked) area: negative, the unsigned max, NaN, subnormal, huge."""
     rng = np.random.default_rng(seed)
-    stack = np.stack([np.where(image < 0, image, rng.poisson(np.maximum(image, 0)))
-                      for _ in range(n_frames)]).astype(np.float64)
+    stack = np.stack(
+        [np.where(image < 0, image, rng.poisson(np.maximum(image, 0))) for _ in range(n_frames)]
+    ).astype(np.float64)
     dtype = np.dtype(dtype)
     if dtype.kind == "u":
         stack = np.maximum(stack, 0)
-        stack[0, 500, 400:440] = np.iinfo(dtype).max          # EIGER gap flag
+        stack[0, 500, 400:440] = np.iinfo(dtype).max  # EIGER gap flag
         stack[-1, 300:302, :] = np.iinfo(dtype).max
     else:
-        stack[0, 500, 400:440] = -2                           # gaps inside the open area
+        stack[0, 500, 400:440] = -2  # gaps inside the open area
         stack[-1, 300:302, :] = -1
     if dtype.kind == "f":
         stack[-1, 600, 100:130] = np.nan
         stack[0, 700, 200:210] = np.inf
-        stack[0, 710, 200:210] = 1e-42                        # subnormal in float32
-        stack[-1, 720, 200:210] = 3.0e8                       # beyond float32's exact integers
+        stack[0, 710, 200:210] = 1e-42  # subnormal in float32
+        stack[-1, 720, 200:210] = 3.0e8  # beyond float32's exact integers
     elif dtype.itemsize >= 4:
-        stack[-1, 720, 200:210] = 2 ** 30 + 7                 # beyond float32's exact integers
+        stack[-1, 720, 200:210] = 2**30 + 7  # beyond float32's exact integers
     return stack.astype(dtype)
 
 
@@ -74,8 +78,9 @@ def relative(a, b):
     return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))
 
 
-@pytest.mark.parametrize("dtype,n_frames", [(np.int32, 11), (np.uint16, 3), (np.uint32, 2),
-                                            (np.float32, 9)])
+@pytest.mark.parametrize(
+    "dtype,n_frames", [(np.int32, 11), (np.uint16, 3), (np.uint32, 2), (np.float32, 9)]
+)
 @pytest.mark.parametrize("with_dark", [False, True])
 def test_numba_scipy_and_direct_formula_agree(pilatus, dtype, n_frames, with_dark):
     cal, matrix, image, dark, scale = pilatus
@@ -86,11 +91,17 @@ def test_numba_scipy_and_direct_formula_agree(pilatus, dtype, n_frames, with_dar
     for engine in (CpuEngine(matrix), ScipyEngine(matrix)):
         for errors in (False, "poisson", True):
             got = engine.sums(stack, errors=errors)
-            names = ("signal", "norm") + (("variance",) if errors else ()) + \
-                (("squares",) if errors is True else ())
+            names = (
+                ("signal", "norm")
+                + (("variance",) if errors else ())
+                + (("squares",) if errors is True else ())
+            )
             for name in names:
-                assert relative(getattr(got, name), direct[name]) < 1e-6, (engine.name, errors,
-                                                                          name)
+                assert relative(getattr(got, name), direct[name]) < 1e-6, (
+                    engine.name,
+                    errors,
+                    name,
+                )
             if errors == "poisson":
                 assert got.squares is None
             if not errors:
@@ -112,8 +123,10 @@ def test_dark_offset_shifts_the_mean_by_the_binned_dark(pilatus):
         mean_plain = plain.signal[ok] / plain.norm[ok]
         mean_shift = shifted.signal[ok] / shifted.norm[ok]
         # s is the polarization scale here: the mean drops by the s-weighted dark
-        s_mean = (CpuEngine(matrix).sums(np.ones((1,) + matrix.shape, np.int32)).signal /
-                  CpuEngine(matrix).sums(np.ones((1,) + matrix.shape, np.int32)).norm)
+        s_mean = (
+            CpuEngine(matrix).sums(np.ones((1,) + matrix.shape, np.int32)).signal
+            / CpuEngine(matrix).sums(np.ones((1,) + matrix.shape, np.int32)).norm
+        )
         expect = mean_plain - 2.5 * np.broadcast_to(s_mean, plain.norm.shape)[ok]
         np.testing.assert_allclose(mean_shift, expect, rtol=1e-6, atol=1e-6)
         if errors:
@@ -140,5 +153,6 @@ def test_every_batch_split_gives_each_frame_the_single_frame_result(pilatus, n_f
     for b in (0, n_frames - 1):
         one = engine.sums(stack[b], errors=True)
         for name in ("signal", "norm", "variance", "squares"):
-            np.testing.assert_allclose(getattr(batch, name)[b], getattr(one, name)[0],
-                                       rtol=1e-12, atol=0)
+            np.testing.assert_allclose(
+                getattr(batch, name)[b], getattr(one, name)[0], rtol=1e-12, atol=0
+            )

@@ -7,6 +7,7 @@ bounded Playwright wait on a page condition.  Set GPUSAXS_DASHBOARD_SCREENSHOT=F
 screenshot of the page taken mid-run (docs/dashboard.png comes from the longer run of
 tests/dashboard_screenshot.py).
 """
+
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -19,16 +20,27 @@ CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
 pytest.importorskip("bokeh", reason="bokeh not installed (pip install '.[test]')")
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright not installed (pip install '.[test]')")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright not installed (pip install '.[test]')"
+)
 
-from gpusaxs.server import protocol as P  # noqa: E402
 from net_support import SECRET, Proc, free_port, write_config  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-extensions",
-                 "--disable-default-apps", "--mute-audio"]
+from gpusaxs.server import protocol as P  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--mute-audio",
+]
 WAIT_MS = 25_000
 
 
@@ -41,8 +53,13 @@ class DemoFrames:
 
     def __init__(self):
         from gpusaxs.calibration import Calibration
-        from gpusaxs.demo import (DEMO_CALIBRATION, PILATUS_1M_SHAPE, calibrant_profile,
-                                  demo_mask, pilatus_gaps)
+        from gpusaxs.demo import (
+            DEMO_CALIBRATION,
+            PILATUS_1M_SHAPE,
+            calibrant_profile,
+            demo_mask,
+            pilatus_gaps,
+        )
         from gpusaxs.geometry import polarization_factor, q_map
 
         self.cal = dict(DEMO_CALIBRATION)
@@ -68,9 +85,27 @@ class DemoFrames:
 
 
 def start_server(tmp, cfg, base, port, name):
-    return Proc("gpusaxs.server.saxsdogserver",
-                ["--config", cfg, "--bind", "127.0.0.1", "-p", port, "-w", "--settle", "1",
-                 "-t", "1", "-b", "4", base], tmp / f"{name}.ready", tmp / f"{name}.log")
+    return Proc(
+        "gpusaxs.server.saxsdogserver",
+        [
+            "--config",
+            cfg,
+            "--bind",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-w",
+            "--settle",
+            "1",
+            "-t",
+            "1",
+            "-b",
+            "4",
+            base,
+        ],
+        tmp / f"{name}.ready",
+        tmp / f"{name}.log",
+    )
 
 
 @pytest.fixture
@@ -81,8 +116,7 @@ def setup(tmp_path):
     data = base / "data"
     data.mkdir(parents=True)
     procs = {}
-    yield {"cfg": cfg, "base": base, "data": data, "sport": sport, "tmp": tmp_path,
-           "procs": procs}
+    yield {"cfg": cfg, "base": base, "data": data, "sport": sport, "tmp": tmp_path, "procs": procs}
     for p in procs.values():
         p.kill()
 
@@ -102,11 +136,15 @@ def latest_curve(page):
 
 
 def wait_curve_title(page, filename):
-    page.wait_for_function("""(f) => {
+    page.wait_for_function(
+        """(f) => {
         const d = window.Bokeh && Bokeh.documents[0];
         const fig = d && d.get_model_by_name('curve_figure');
         return fig && fig.title.text.includes(f);
-    }""", arg=filename, timeout=WAIT_MS)
+    }""",
+        arg=filename,
+        timeout=WAIT_MS,
+    )
 
 
 def check_against_chi(page, chi_path):
@@ -129,15 +167,19 @@ def test_dashboard_live_in_chromium(setup):
     tmp, data = s["tmp"], s["data"]
     frames = DemoFrames()
     failed = []
-    with ThreadPoolExecutor(2) as pool:       # both start at once, each waits for its ready file
+    with ThreadPoolExecutor(2) as pool:  # both start at once, each waits for its ready file
         server = pool.submit(start_server, tmp, s["cfg"], s["base"], s["sport"], "server")
-        dash = pool.submit(Proc, "gpusaxs.clients.dashboard",
-                           ["--config", s["cfg"], "--port", "0", "--interval", "0.25",
-                            "--timeout", "1"], tmp / "dash.ready", tmp / "dash.log")
+        dash = pool.submit(
+            Proc,
+            "gpusaxs.clients.dashboard",
+            ["--config", s["cfg"], "--port", "0", "--interval", "0.25", "--timeout", "1"],
+            tmp / "dash.ready",
+            tmp / "dash.log",
+        )
         for name, future in (("server", server), ("dash", dash)):
             try:
                 s["procs"][name] = future.result()
-            except RuntimeError as exc:         # the fixture stops the one that started
+            except RuntimeError as exc:  # the fixture stops the one that started
                 failed.append(str(exc))
     if failed:
         pytest.fail("\n".join(failed))
@@ -159,8 +201,10 @@ def test_dashboard_live_in_chromium(setup):
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 1250})
             page.on("request", lambda r: requests.append(r.url))
-            page.on("websocket", lambda ws: ws.on(
-                "framereceived", lambda payload: ws_frames.append(payload)))
+            page.on(
+                "websocket",
+                lambda ws: ws.on("framereceived", lambda payload: ws_frames.append(payload)),
+            )
             page.goto(page_url)
             expect = sync_api.expect
             expect(page.get_by_text("server answering")).to_be_visible(timeout=WAIT_MS)
@@ -185,13 +229,16 @@ def test_dashboard_live_in_chromium(setup):
             assert name != first_name
             wait_curve_title(page, name)
             latest = check_against_chi(page, data / "work" / (Path(name).stem + ".chi"))
-            assert not np.allclose(latest, first, equal_nan=True)      # the curve changed
-            page.wait_for_function(                                   # the waterfall filled
+            assert not np.allclose(latest, first, equal_nan=True)  # the curve changed
+            page.wait_for_function(  # the waterfall filled
                 "() => Bokeh.documents[0].get_model_by_name('waterfall').data.image.length > 0",
-                timeout=WAIT_MS)
-            page.wait_for_function(                                   # the frames/s chart moved
+                timeout=WAIT_MS,
+            )
+            page.wait_for_function(  # the frames/s chart moved
                 "() => Math.max(...Bokeh.documents[0].get_model_by_name('frames_per_s')"
-                ".data.rate) > 0", timeout=WAIT_MS)
+                ".data.rate) > 0",
+                timeout=WAIT_MS,
+            )
             assert SECRET not in page.content()
             shot = os.environ.get("GPUSAXS_DASHBOARD_SCREENSHOT")
             if shot:
@@ -206,13 +253,17 @@ def test_dashboard_live_in_chromium(setup):
         finally:
             browser.close()
             client.close()
-    assert s["procs"].pop("dash").stop() == 0, dash.output()        # SIGTERM: clean exit
+    assert s["procs"].pop("dash").stop() == 0, dash.output()  # SIGTERM: clean exit
 
     origin = page_url.rstrip("/")
-    outside = [u for u in requests if not (u.startswith(origin) or u.startswith("data:")
-                                           or u.startswith("blob:"))]
+    outside = [
+        u
+        for u in requests
+        if not (u.startswith(origin) or u.startswith("data:") or u.startswith("blob:"))
+    ]
     assert not outside, f"the page loaded assets from elsewhere: {outside}"
     assert any("/static/" in u and u.endswith(".js") or ".js?" in u for u in requests)
     assert ws_frames, "no websocket updates seen"
-    assert not any(SECRET in (f if isinstance(f, str) else f.decode("latin-1"))
-                   for f in ws_frames), "the secret reached the browser"
+    assert not any(
+        SECRET in (f if isinstance(f, str) else f.decode("latin-1")) for f in ws_frames
+    ), "the secret reached the browser"

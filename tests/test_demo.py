@@ -1,4 +1,5 @@
 """The quick-start demo, run as a user runs it."""
+
 import subprocess
 import sys
 
@@ -10,11 +11,18 @@ from gpusaxs.demo import AGBH_D_NM, pilatus_gaps
 
 def test_demo_writes_data_integrates_it_and_finds_the_rings(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "gpusaxs.demo", str(out), "--frames", "3"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpusaxs.demo", str(out), "--frames", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert sorted(p.name for p in (out / "out").glob("*.chi")) == \
-        ["frame_00000.chi", "frame_00001.chi", "frame_00002.chi"]
+    assert sorted(p.name for p in (out / "out").glob("*.chi")) == [
+        "frame_00000.chi",
+        "frame_00001.chi",
+        "frame_00002.chi",
+    ]
     assert (out / "demo.png").stat().st_size > 10_000
     frame = gpusaxs.read_image(out / "frames" / "frame_00001.tif")
     assert frame.dtype == np.int32 and frame.shape == (1043, 981)

@@ -4,6 +4,7 @@ Checks that a cluster run writes the same bytes as a local run, that bad files a
 locally, that a worker killed with SIGKILL mid-run loses and duplicates nothing, that resume
 works, and that the array API equals ``integrate_batch``.  Frames are PILATUS 1M size.
 """
+
 import os
 import shutil
 import signal
@@ -44,14 +45,23 @@ def client():
 
 def saxsdog(*args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def tree(folder):
     """{relative path: bytes} of every file below ``folder`` (hidden temporaries included)."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def error_lines(stderr):
@@ -60,29 +70,51 @@ def error_lines(stderr):
 
 def test_cluster_run_writes_the_same_bytes_as_a_local_run(data, tmp_path):
     cal, frames = data
-    local = saxsdog("-S", "-c", cal, "-o", tmp_path / "local", "--format", "both", frames,
-                    cwd=tmp_path)
-    dask = saxsdog("-c", cal, "-o", tmp_path / "dask", "--format", "both",
-                   "--scheduler", "local:2", "--frames-per-task", "5", frames, cwd=tmp_path)
-    assert local.returncode == dask.returncode == 1          # the truncated file fails
+    local = saxsdog(
+        "-S", "-c", cal, "-o", tmp_path / "local", "--format", "both", frames, cwd=tmp_path
+    )
+    dask = saxsdog(
+        "-c",
+        cal,
+        "-o",
+        tmp_path / "dask",
+        "--format",
+        "both",
+        "--scheduler",
+        "local:2",
+        "--frames-per-task",
+        "5",
+        frames,
+        cwd=tmp_path,
+    )
+    assert local.returncode == dask.returncode == 1  # the truncated file fails
     assert "Dask: 2 workers" in dask.stderr
     # every good frame a .chi, identical to the byte; the bad file reported the same way
     local_tree, dask_tree = tree(tmp_path / "local"), tree(tmp_path / "dask")
     chis = [k for k in local_tree if k.endswith(".chi")]
     assert len(chis) == N_FRAMES
-    assert {k: v for k, v in dask_tree.items() if k.endswith(".chi")} == \
-        {k: local_tree[k] for k in chis}
+    assert {k: v for k, v in dask_tree.items() if k.endswith(".chi")} == {
+        k: local_tree[k] for k in chis
+    }
     assert error_lines(dask.stderr) == error_lines(local.stderr)
     assert "zz_truncated.tif" in error_lines(dask.stderr)[0]
     # the HDF5 folder file, gathered on the client: row for row the same curves (float64
     # sums in another order: the local engine splits pixels over 2 threads, a worker uses 1)
     import h5py
-    with h5py.File(tmp_path / "local" / "frames.h5") as a, \
-            h5py.File(tmp_path / "dask" / "frames.h5") as b:
+
+    with (
+        h5py.File(tmp_path / "local" / "frames.h5") as a,
+        h5py.File(tmp_path / "dask" / "frames.h5") as b,
+    ):
         assert list(a["entry/data/frame_names"][()]) == list(b["entry/data/frame_names"][()])
         for name in ("I", "errors"):
-            np.testing.assert_allclose(b["entry/data"][name][()], a["entry/data"][name][()],
-                                       rtol=1e-13, atol=0, equal_nan=True)
+            np.testing.assert_allclose(
+                b["entry/data"][name][()],
+                a["entry/data"][name][()],
+                rtol=1e-13,
+                atol=0,
+                equal_nan=True,
+            )
 
 
 def test_resume_on_a_cluster_skips_done_curves(data, tmp_path):
@@ -99,7 +131,7 @@ def test_resume_on_a_cluster_skips_done_curves(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "10 skipped" in r.stderr
     assert len(list(out.glob("*.chi"))) == N_FRAMES
-    assert {n: (out / n).stat().st_mtime_ns for n in before} == before   # untouched
+    assert {n: (out / n).stat().st_mtime_ns for n in before} == before  # untouched
 
 
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(data, client, tmp_path):
@@ -108,7 +140,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(data, client, tmp_
     cal, frames = data
     files = sorted(frames.glob("frame_*.tif"))
     files = files + [shutil.copy(f, tmp_path / f"copy_{f.name}") for f in files]  # 48 inputs
-    pids = client.run(os.getpid)                   # worker address -> process id
+    pids = client.run(os.getpid)  # worker address -> process id
     first_done = threading.Event()
     result = {}
 
@@ -116,9 +148,15 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(data, client, tmp_
         first_done.set()
 
     def run():
-        result["summary"] = integrate_files(client, files, cal, out_dir=tmp_path / "out",
-                                            in_root=tmp_path, frames_per_task=2,
-                                            on_progress=on_progress)
+        result["summary"] = integrate_files(
+            client,
+            files,
+            cal,
+            out_dir=tmp_path / "out",
+            in_root=tmp_path,
+            frames_per_task=2,
+            on_progress=on_progress,
+        )
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -132,8 +170,11 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(data, client, tmp_
     assert summary["processed"] == len(files) and summary["failed"] == 0, summary
     curves = sorted(p.name for p in (tmp_path / "out").rglob("*.chi"))
     assert len(curves) == len(set(curves)) == len(files)
-    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file()
-                 and not p.name.endswith(".chi") and not p.name.startswith(".")]
+    leftovers = [
+        p
+        for p in (tmp_path / "out").rglob("*")
+        if p.is_file() and not p.name.endswith(".chi") and not p.name.startswith(".")
+    ]
     assert leftovers == []
 
 
@@ -144,11 +185,11 @@ def test_bad_files_are_error_records(data, client, tmp_path):
     files = sorted(frames.glob("*.tif"))
     summary = integrate_files(client, files, cal, out_dir=tmp_path, frames_per_task=8)
     assert summary["processed"] == N_FRAMES and summary["failed"] == 1
-    (bad, message), = summary["errors"]
+    ((bad, message),) = summary["errors"]
     assert bad.endswith("zz_truncated.tif") and "zz_truncated.tif" in message
 
 
-@pytest.mark.filterwarnings("ignore:Sending large graph")     # the test's frames, in memory
+@pytest.mark.filterwarnings("ignore:Sending large graph")  # the test's frames, in memory
 def test_array_api_equals_integrate_batch(data, client):
     from gpusaxs import Integrator
     from gpusaxs.distributed import integrate_array

@@ -1,4 +1,5 @@
 """Geometry against pyFAI: scattering angle, q and polarization (sections 4.3, 4.4)."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,17 +14,30 @@ pytest.importorskip("pyFAI")
 
 
 def make_cal(height, width, y, x, dist, tilt, rot, px_y=172.0, px_x=172.0, pol=None):
-    return SimpleNamespace(imagesize=(height, width), beam_center=(y, x), distance_mm=dist,
-                           tilt_angle_deg=tilt, tilt_rot_deg=rot, pixel_size_um=(px_y, px_x),
-                           wavelength_A=1.54, polarization=pol)
+    return SimpleNamespace(
+        imagesize=(height, width),
+        beam_center=(y, x),
+        distance_mm=dist,
+        tilt_angle_deg=tilt,
+        tilt_rot_deg=rot,
+        pixel_size_um=(px_y, px_x),
+        wavelength_A=1.54,
+        polarization=pol,
+    )
 
 
 geometries = st.builds(
     make_cal,
-    height=st.integers(16, 96), width=st.integers(16, 96),
-    y=st.floats(-300, 400), x=st.floats(-300, 400),          # on or off the detector
-    dist=st.floats(50, 5000), tilt=st.floats(-45, 45), rot=st.floats(-360, 360),
-    px_y=st.floats(50, 200), px_x=st.floats(50, 200))
+    height=st.integers(16, 96),
+    width=st.integers(16, 96),
+    y=st.floats(-300, 400),
+    x=st.floats(-300, 400),  # on or off the detector
+    dist=st.floats(50, 5000),
+    tilt=st.floats(-45, 45),
+    rot=st.floats(-360, 360),
+    px_y=st.floats(50, 200),
+    px_x=st.floats(50, 200),
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,25 +74,28 @@ def test_polarization_matches_pyfai_on_untilted_detector(fraction):
     ref = ai.polarization(cal.imagesize, factor=2 * fraction - 1)
     k = geometry.polarization_factor(cal)
     assert np.max(np.abs(k - ref)) < 1e-6
-    assert k.min() < 0.99        # the test geometry reaches angles where K matters
+    assert k.min() < 0.99  # the test geometry reaches angles where K matters
 
 
 def test_polarization_angle_rotates_the_pattern():
     """Angle = 90 deg with fraction P is the same as Angle = 0 with fraction 1 - P."""
     cal = make_cal(100, 90, 50.0, 45.0, 100.0, 0.0, 0.0)
     tth, phi = geometry.two_theta_and_azimuth(cal)
-    np.testing.assert_allclose(geometry.polarization_of(tth, phi, 0.9, 90.0),
-                               geometry.polarization_of(tth, phi, 0.1, 0.0), atol=1e-12)
+    np.testing.assert_allclose(
+        geometry.polarization_of(tth, phi, 0.9, 90.0),
+        geometry.polarization_of(tth, phi, 0.1, 0.0),
+        atol=1e-12,
+    )
 
 
 def test_azimuth_is_clockwise_from_twelve_o_clock():
     # beam in the middle of a 101 x 101 image, untilted
     cal = make_cal(101, 101, 50.5, 50.5, 100.0, 0.0, 0.0)
     phi = geometry.azimuth(cal)
-    assert phi[0, 50] == pytest.approx(0.0)                 # straight up (row 0 is the top)
-    assert phi[50, 100] == pytest.approx(np.pi / 2)         # right: 3 o'clock
-    assert abs(phi[100, 50]) == pytest.approx(np.pi)        # down
-    assert phi[50, 0] == pytest.approx(-np.pi / 2)          # left: 9 o'clock
+    assert phi[0, 50] == pytest.approx(0.0)  # straight up (row 0 is the top)
+    assert phi[50, 100] == pytest.approx(np.pi / 2)  # right: 3 o'clock
+    assert abs(phi[100, 50]) == pytest.approx(np.pi)  # down
+    assert phi[50, 0] == pytest.approx(-np.pi / 2)  # left: 9 o'clock
 
 
 @settings(max_examples=30, deadline=None)
@@ -88,8 +105,13 @@ def test_calc_theta_of_section_6_agrees_with_two_theta(cal):
     tilt_dir = 90 deg - TiltRotDeg gives the same angles (documented in its docstring)."""
     dx, dy = geometry.pixel_offsets_mm(cal)
     r, phi = np.hypot(dx, dy), np.arctan2(dy, dx)
-    got = geometry.calc_theta(r, phi, cal.distance_mm, np.deg2rad(cal.tilt_angle_deg),
-                              np.pi / 2 - np.deg2rad(cal.tilt_rot_deg))
+    got = geometry.calc_theta(
+        r,
+        phi,
+        cal.distance_mm,
+        np.deg2rad(cal.tilt_angle_deg),
+        np.pi / 2 - np.deg2rad(cal.tilt_rot_deg),
+    )
     assert np.max(np.abs(got - geometry.two_theta(cal))) < 1e-9
 
 
@@ -98,8 +120,9 @@ def test_calc_theta_of_section_6_agrees_with_two_theta(cal):
 def test_solid_angle_and_chi_match_pyfai(cal):
     """pyFAI's solid angle cos(incidence)^3 and its chi convention (gpusaxs.units)."""
     ai = pyfai_integrator(cal)
-    np.testing.assert_allclose(geometry.solid_angle(cal), ai.solidAngleArray(cal.imagesize),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        geometry.solid_angle(cal), ai.solidAngleArray(cal.imagesize), rtol=1e-6
+    )
     diff = np.angle(np.exp(1j * (geometry.chi(cal) - ai.chiArray(cal.imagesize))))
     # pyFAI's chi is float32, and within a pixel or two of the beam the angle of a float32
     # position is ill-conditioned (seen: 1.5e-4 rad at 0.7 px): compare from 2 px out

@@ -1,27 +1,48 @@
 """DeviceEngine: NumPy-module tests (CI) against an independent float64 reference, the CUDA
 kernel source compiled and run on the CPU through an emulation shim (needs g++), and GPU tests
 (marked ``gpu``, skipped without CuPy and a CUDA device)."""
+
 import collections
 import platform
 
+import cuda_shim
 import numpy as np
 import pytest
 
-import cuda_shim
-from gpusaxs.gpu_engine import (CTYPES, KERNEL_DTYPES, DeviceEngine, SyncStream,
-                                kernel_name, kernel_names, kernel_source, make_segments,
-                                transpose_name, valid_mask)
+from gpusaxs.gpu_engine import (
+    CTYPES,
+    KERNEL_DTYPES,
+    DeviceEngine,
+    SyncStream,
+    kernel_name,
+    kernel_names,
+    kernel_source,
+    make_segments,
+    transpose_name,
+    valid_mask,
+)
 from gpusaxs.matrix import IntegrationMatrix
 from gpusaxs.sums import Sums
 
 H, W = 1043, 981  # PILATUS 1M
-ALL_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
-              np.uint64, np.float32, np.float64]
+ALL_DTYPES = [
+    np.int8,
+    np.uint8,
+    np.int16,
+    np.uint16,
+    np.int32,
+    np.uint32,
+    np.int64,
+    np.uint64,
+    np.float32,
+    np.float64,
+]
 
 
 # ---------------------------------------------------------------------------- fixtures
-def random_matrix(shape, rng, entries_per_pixel=(0.3, 0.4, 0.3), mask_fraction=0.05,
-                  center=(400.3, 800.7), dr=1.0):
+def random_matrix(
+    shape, rng, entries_per_pixel=(0.3, 0.4, 0.3), mask_fraction=0.05, center=(400.3, 800.7), dr=1.0
+):
     """Ring-like random IntegrationMatrix: 1-3 entries per pixel (about 2), random weights,
     random pixel scale, ~5% randomly masked pixels, a masked gap band and empty bins."""
     h, w = shape
@@ -32,7 +53,7 @@ def random_matrix(shape, rng, entries_per_pixel=(0.3, 0.4, 0.3), mask_fraction=0
     b0 = np.minimum((r / dr).astype(np.int64), n_bins - 1)
     counts = rng.choice([1, 2, 3], size=n_pixels, p=entries_per_pixel)
     masked = rng.random(n_pixels) < mask_fraction
-    masked |= ((yy.ravel() >= h // 5) & (yy.ravel() < h // 5 + 17))  # detector gap band
+    masked |= (yy.ravel() >= h // 5) & (yy.ravel() < h // 5 + 17)  # detector gap band
     masked |= (b0 >= 100) & (b0 <= 102)  # bins 100..103 only get neighbours' shares
     masked |= (b0 >= 300) & (b0 <= 305)
     counts[masked] = 0
@@ -46,8 +67,15 @@ def random_matrix(shape, rng, entries_per_pixel=(0.3, 0.4, 0.3), mask_fraction=0
     scale = rng.uniform(0.7, 1.4, size=n_pixels).astype(np.float32)
     norm = np.bincount(bins, weights=weights.astype(np.float64), minlength=n_bins)
     q_edges = np.linspace(0.0, 0.01 * n_bins, n_bins + 1)
-    return IntegrationMatrix(shape=(h, w), q_edges=q_edges, pixel_ptr=pixel_ptr, bins=bins,
-                             weights=weights, pixel_scale=scale, norm=norm)
+    return IntegrationMatrix(
+        shape=(h, w),
+        q_edges=q_edges,
+        pixel_ptr=pixel_ptr,
+        bins=bins,
+        weights=weights,
+        pixel_scale=scale,
+        norm=norm,
+    )
 
 
 def reference_sums(m, stack, errors=True):
@@ -152,15 +180,18 @@ def test_random_matrix_is_realistic(matrix):
 
 
 # ---------------------------------------------------------------------------- helpers
-@pytest.mark.parametrize("dtype,values,expected", [
-    (np.int32, [-2, -1, 0, 5, 2**31 - 1], [0, 0, 1, 1, 1]),
-    (np.uint32, [0, 2**31, 3_000_000_000, 2**32 - 2, 2**32 - 1], [1, 1, 1, 1, 0]),
-    (np.uint16, [0, 65534, 65535], [1, 1, 0]),
-    (np.uint8, [0, 254, 255], [1, 1, 0]),
-    (np.int16, [-1, 0, 32767], [0, 1, 1]),
-    (np.float32, [0.0, -0.0, 1.5, -1.0, np.nan, np.inf, -np.inf], [1, 1, 1, 0, 0, 0, 0]),
-    (np.float64, [3e38, 1e300, np.nan, -1e-300], [1, 1, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "dtype,values,expected",
+    [
+        (np.int32, [-2, -1, 0, 5, 2**31 - 1], [0, 0, 1, 1, 1]),
+        (np.uint32, [0, 2**31, 3_000_000_000, 2**32 - 2, 2**32 - 1], [1, 1, 1, 1, 0]),
+        (np.uint16, [0, 65534, 65535], [1, 1, 0]),
+        (np.uint8, [0, 254, 255], [1, 1, 0]),
+        (np.int16, [-1, 0, 32767], [0, 1, 1]),
+        (np.float32, [0.0, -0.0, 1.5, -1.0, np.nan, np.inf, -np.inf], [1, 1, 1, 0, 0, 0, 0]),
+        (np.float64, [3e38, 1e300, np.nan, -1e-300], [1, 1, 0, 0]),
+    ],
+)
 def test_valid_mask(dtype, values, expected):
     got = valid_mask(np.array(values, dtype=dtype))
     assert got.tolist() == [bool(v) for v in expected]
@@ -183,7 +214,7 @@ def test_make_segments_covers_each_entry_once():
         assert sb.dtype == np.int32 and s0.dtype == np.int64
         assert np.all(s1 > s0) and np.all(s1 - s0 <= length)
         cover = np.zeros(row_ptr[-1], int)
-        for b, a, e in zip(sb, s0, s1):
+        for b, a, e in zip(sb, s0, s1, strict=True):
             assert row_ptr[b] <= a and e <= row_ptr[b + 1]
             cover[a:e] += 1
         assert np.all(cover == 1)
@@ -200,8 +231,9 @@ def test_kernel_names_cover_all_int_and_float_dtypes():
                 assert kernel_name(d, errors, off, "pixel") in names
         assert transpose_name(d) in names
         assert CTYPES[d] in kernel_name(d)
-    assert kernel_name(np.uint32, False, False, "frame") == \
-        "gs_integrate<unsigned int, 8, 0, false>"
+    assert (
+        kernel_name(np.uint32, False, False, "frame") == "gs_integrate<unsigned int, 8, 0, false>"
+    )
     assert kernel_name(np.int32, "poisson", True) == "gs_integrate_pm<int, 8, 1, true>"
     assert kernel_name(np.int32, True, False, "frame") in names
     with pytest.raises(ValueError):
@@ -212,6 +244,7 @@ def test_kernel_source_is_the_packaged_cu_file():
     import pathlib
 
     import gpusaxs
+
     path = pathlib.Path(gpusaxs.__file__).parent / "kernels" / "integrate.cu"
     assert kernel_source() == path.read_text()
     for name in ("gs_integrate_pm", "gs_integrate", "gs_to_pixel_major"):
@@ -319,8 +352,9 @@ def test_poisson_skips_squares(matrix, frames_by_dtype, references, layout):
 
 
 @pytest.mark.parametrize("layout", ["pixel", "frame"])
-@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.float32, np.uint16],
-                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [np.int32, np.uint32, np.float32, np.uint16], ids=lambda d: np.dtype(d).name
+)
 def test_dark_offset_numpy_path(matrix, frames_by_dtype, dtype, layout):
     """CONTRACTS.md 1: v = x - offset, validity on raw x, variance of the raw counts."""
     m = with_offset(matrix, np.random.default_rng(4))
@@ -359,8 +393,9 @@ def test_transpose_pads_to_frames_per_block(matrix):
     assert np.all(dst[:, 3:] == -7)
 
 
-def test_fallback_chain_is_logged_once_and_reported(matrix, frames_by_dtype, references,
-                                                    monkeypatch, caplog):
+def test_fallback_chain_is_logged_once_and_reported(
+    matrix, frames_by_dtype, references, monkeypatch, caplog
+):
     """A failing path is dropped with its reason (once) and the batch redone on the next."""
     import gpusaxs.gpu_engine as ge
 
@@ -381,7 +416,8 @@ def test_fallback_chain_is_logged_once_and_reported(matrix, frames_by_dtype, ref
     assert_sums_close(got, references[np.dtype(np.int32)], 1e-10)
     assert calls == ["kernel"] and eng.path == "spmm"
     assert [r.getMessage() for r in caplog.records].count(
-        caplog.records[0].getMessage()) == 1 and "falling back to spmm" in caplog.text
+        caplog.records[0].getMessage()
+    ) == 1 and "falling back to spmm" in caplog.text
     assert ge.engine_fallbacks()[0]["reason"].startswith("RuntimeError: CUDA_ERROR_NO_BINARY")
 
     def broken_spmm(*args, **kw):
@@ -390,8 +426,9 @@ def test_fallback_chain_is_logged_once_and_reported(matrix, frames_by_dtype, ref
     monkeypatch.setattr(eng, "_spmm_into", broken_spmm)
     got = eng.sums(x[:2], errors="poisson")  # the CPU engine, last step
     assert eng.path == "cpu" and got.squares is None
-    np.testing.assert_allclose(got.signal, references[np.dtype(np.int32)].signal[:2],
-                               rtol=1e-6)  # the CPU engine's float32 w*s
+    np.testing.assert_allclose(
+        got.signal, references[np.dtype(np.int32)].signal[:2], rtol=1e-6
+    )  # the CPU engine's float32 w*s
     assert [f["to"] for f in ge.engine_fallbacks()] == ["spmm", "cpu"]
     assert [f["to"] for f in eng.fallbacks] == ["spmm", "cpu"]
 
@@ -447,6 +484,7 @@ class DeferredStream:
             def synchronize(self_inner):
                 DeferredStream.log[stream.id].append(mark)
                 stream._drain(mark)
+
         return _Event()
 
     def synchronize(self):
@@ -454,12 +492,14 @@ class DeferredStream:
 
 
 @pytest.mark.parametrize("n_streams", [1, 2, 3])
-def test_deferred_streams_give_same_results_in_order(matrix, frames_by_dtype, references,
-                                                     n_streams):
+def test_deferred_streams_give_same_results_in_order(
+    matrix, frames_by_dtype, references, n_streams
+):
     x = frames_by_dtype[np.dtype(np.uint32)]
     DeferredStream.log = []
-    eng = DeviceEngine(matrix, xp=np, batch_size=2, n_streams=n_streams,
-                       stream_factory=DeferredStream)
+    eng = DeviceEngine(
+        matrix, xp=np, batch_size=2, n_streams=n_streams, stream_factory=DeferredStream
+    )
     parts = list(eng.integrate_stream(x, errors=True))
     assert [p.signal.shape[0] for p in parts] == [2, 2, 1]
     got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
@@ -510,13 +550,13 @@ def test_abandoned_stream_leaves_engine_usable(matrix, frames_by_dtype, referenc
     gen.close()
     assert not any(s.busy for s in eng._slots)
     got = eng.sums(x)
-    np.testing.assert_allclose(first.signal[0], references[np.dtype(np.int16)].signal[0],
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        first.signal[0], references[np.dtype(np.int16)].signal[0], rtol=1e-10
+    )
     assert_sums_close(got, references[np.dtype(np.int16)], 1e-10, errors=False)
 
 
-def test_pinned_stack_is_uploaded_without_staging(matrix, frames_by_dtype, references,
-                                                  monkeypatch):
+def test_pinned_stack_is_uploaded_without_staging(matrix, frames_by_dtype, references, monkeypatch):
     x = frames_by_dtype[np.dtype(np.uint16)]
     eng = DeviceEngine(matrix, xp=np, batch_size=2, stream_factory=DeferredStream)
     monkeypatch.setattr(eng._ops, "is_pinned", lambda arr: True)
@@ -545,11 +585,12 @@ def test_sync_stream_runs_immediately():
 
 # ---------------------------------------------------------------------------- CUDA source on CPU
 KERNEL_DTYPE_NAMES = [d.name for d in KERNEL_DTYPES]
-EMU_COMBOS = ([(n, 2, False, True) for n in KERNEL_DTYPE_NAMES]
-              + [(n, 2, False, False) for n in KERNEL_DTYPE_NAMES]
-              + [(n, m, True, pix) for n in ("int32", "float32") for m in (0, 1, 2)
-                 for pix in (False, True)]
-              + [("int32", m, False, True) for m in (0, 1)])
+EMU_COMBOS = (
+    [(n, 2, False, True) for n in KERNEL_DTYPE_NAMES]
+    + [(n, 2, False, False) for n in KERNEL_DTYPE_NAMES]
+    + [(n, m, True, pix) for n in ("int32", "float32") for m in (0, 1, 2) for pix in (False, True)]
+    + [("int32", m, False, True) for m in (0, 1)]
+)
 
 
 def _emu_matrix(rng, offset=False):
@@ -562,8 +603,9 @@ def _emu_matrix(rng, offset=False):
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     """integrate.cu compiled with g++ against the CPU shim (concurrent blocks, random order)."""
-    exe, why = cuda_shim.build(kernel_source(), EMU_COMBOS,
-                               tmp_path_factory.mktemp("kernel_emulator"))
+    exe, why = cuda_shim.build(
+        kernel_source(), EMU_COMBOS, tmp_path_factory.mktemp("kernel_emulator")
+    )
     if exe is None:
         pytest.skip(why)
     return exe
@@ -621,10 +663,15 @@ def _race_case(rng):
     pixel_ptr = np.arange(n + 1, dtype=np.int64)
     bins = (np.arange(n) % 2).astype(np.int32)
     weights = rng.uniform(0.5, 1.0, n).astype(np.float32)
-    m = IntegrationMatrix(shape=(h, w), q_edges=np.linspace(0, 1, 3), pixel_ptr=pixel_ptr,
-                          bins=bins, weights=weights,
-                          pixel_scale=np.ones(n, np.float32),
-                          norm=np.bincount(bins, weights, minlength=2))
+    m = IntegrationMatrix(
+        shape=(h, w),
+        q_edges=np.linspace(0, 1, 3),
+        pixel_ptr=pixel_ptr,
+        bins=bins,
+        weights=weights,
+        pixel_scale=np.ones(n, np.float32),
+        norm=np.bincount(bins, weights, minlength=2),
+    )
     x = rng.integers(0, 1000, (8, h, w)).astype(np.int32)
     return m, DeviceEngine(m, xp=np, segment_length=8), x
 
@@ -636,8 +683,12 @@ def test_shim_catches_a_plain_add_where_atomicadd_belongs(tmp_path):
     m, eng, x = _race_case(rng)
     ref = reference_sums(m, x)
     combos = [("int32", 0, False, True)]
-    broken, why = cuda_shim.build(kernel_source(), combos, _mkdir(tmp_path / "broken"),
-                                  defines=["-DGS_ATOMIC_ADD(p,v)=(*(p)+=(v))"])
+    broken, why = cuda_shim.build(
+        kernel_source(),
+        combos,
+        _mkdir(tmp_path / "broken"),
+        defines=["-DGS_ATOMIC_ADD(p,v)=(*(p)+=(v))"],
+    )
     if broken is None:
         pytest.skip(why)
     good, _ = cuda_shim.build(kernel_source(), combos, _mkdir(tmp_path / "good"))
@@ -666,8 +717,9 @@ def test_subnormal_validity_same_with_ftz_on_emulator(tmp_path):
     x = rng.choice(SUBNORMALS, size=(8,) + m.shape).astype(np.float32)
     ref = reference_sums(m, x)
     combos = [("float32", 0, False, True)]
-    exe, why = cuda_shim.build(kernel_source(), combos, _mkdir(tmp_path / "new"),
-                               defines=["-DGS_SHIM_FTZ"])
+    exe, why = cuda_shim.build(
+        kernel_source(), combos, _mkdir(tmp_path / "new"), defines=["-DGS_SHIM_FTZ"]
+    )
     if exe is None:
         pytest.skip(why)
     out = cuda_shim.run(exe, tmp_path, eng, x, "pixel", False)
@@ -675,11 +727,10 @@ def test_subnormal_validity_same_with_ftz_on_emulator(tmp_path):
     np.testing.assert_allclose(out[1], ref.norm, rtol=1e-12)
     np.testing.assert_allclose(out[0], ref.signal, rtol=1e-6, atol=1e-30)
     old_rule = kernel_source().replace(
-        "return b < 0x7F800000u || b == 0x80000000u;",
-        "return x >= 0.0f && x <= 3.402823466e+38f;")
+        "return b < 0x7F800000u || b == 0x80000000u;", "return x >= 0.0f && x <= 3.402823466e+38f;"
+    )
     assert old_rule != kernel_source()
-    old, _ = cuda_shim.build(old_rule, combos, _mkdir(tmp_path / "old"),
-                             defines=["-DGS_SHIM_FTZ"])
+    old, _ = cuda_shim.build(old_rule, combos, _mkdir(tmp_path / "old"), defines=["-DGS_SHIM_FTZ"])
     out_old = cuda_shim.run(old, tmp_path, eng, x, "pixel", False)
     assert np.abs(out_old[1] - ref.norm).max() > 1e-3  # negative subnormals counted
 
@@ -701,8 +752,11 @@ def cp():
 @pytest.mark.parametrize("dtype", ALL_DTYPES + [np.float16], ids=lambda d: np.dtype(d).name)
 def test_gpu_kernel_spmm_numpy_agree(cp, matrix, frames_by_dtype, references, dtype):
     dt = np.dtype(dtype)
-    x = frames_by_dtype[dt] if dt in frames_by_dtype else \
-        frames_by_dtype[np.dtype(np.float32)].astype(np.float16)
+    x = (
+        frames_by_dtype[dt]
+        if dt in frames_by_dtype
+        else frames_by_dtype[np.dtype(np.float32)].astype(np.float16)
+    )
     ref = references[dt] if dt in references else reference_sums(matrix, x)
     kern = DeviceEngine(matrix, xp=cp, batch_size=2, method="kernel")
     assert kern.name == "cupy"
@@ -729,19 +783,27 @@ def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
     assert_sums_close(host, references[np.dtype(np.int32)], 1e-6)
     assert_sums_close(eng.sums(xd, errors=True), references[np.dtype(np.int32)], 1e-6)
     spmm = DeviceEngine(matrix, xp=cp, method="spmm", spmm_dtype="float64")
-    assert_sums_close(Sums(*(cp.asnumpy(a) for a in spmm.sums_device(xd, errors=True))),
-                      host, 1e-6)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in spmm.sums_device(xd, errors=True))), host, 1e-6)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout,upload,seg,streams", [("pixel", "copy", 4096, 1),
-                                                       ("pixel", "mapped", 64, 2),
-                                                       ("frame", "copy", 100000, 3)])
-def test_gpu_kernel_parameters(cp, matrix, frames_by_dtype, references, layout, upload, seg,
-                               streams):
+@pytest.mark.parametrize(
+    "layout,upload,seg,streams",
+    [("pixel", "copy", 4096, 1), ("pixel", "mapped", 64, 2), ("frame", "copy", 100000, 3)],
+)
+def test_gpu_kernel_parameters(
+    cp, matrix, frames_by_dtype, references, layout, upload, seg, streams
+):
     x = frames_by_dtype[np.dtype(np.uint32)]
-    eng = DeviceEngine(matrix, xp=cp, batch_size=4, n_streams=streams, layout=layout,
-                       upload=upload, segment_length=seg)
+    eng = DeviceEngine(
+        matrix,
+        xp=cp,
+        batch_size=4,
+        n_streams=streams,
+        layout=layout,
+        upload=upload,
+        segment_length=seg,
+    )
     assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-6)
     assert eng.path == "kernel" and not eng.fallbacks
 

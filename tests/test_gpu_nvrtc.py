@@ -3,13 +3,13 @@ nvidia-cuda-nvrtc wheel, through ctypes), for sm_80 and sm_90 with CuPy's option
 expression the engine can request, failing on any error, warning or register spill.  The
 cubins are shared with test_gpu_sass.py (one compile per test session, cached on disk by
 source + options + NVRTC version)."""
+
 import re
 
 import pytest
+from nvrtc_support import ARCHS, compiled
 
 from gpusaxs.gpu_engine import kernel_names
-
-from nvrtc_support import ARCHS, compiled
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

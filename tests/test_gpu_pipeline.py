@@ -2,18 +2,18 @@
 batches with ``DeviceEngine.submit`` (pinned staging, overlapped copies) and collects them in
 order.  Run here on the NumPy module with deferred streams (nothing runs until a result is
 waited for), so a missing wait or a reused staging buffer would give wrong curves."""
+
 import threading
 
 import numpy as np
 import tifffile
+from test_gpu_engine import DeferredStream, reference_sums
 
 from gpusaxs.gpu_engine import DeviceEngine
 from gpusaxs.io.chi import read_chi
 from gpusaxs.matrix import IntegrationMatrix
 from gpusaxs.pipeline import FramePipeline
 from gpusaxs.sums import error_model
-
-from test_gpu_engine import DeferredStream, reference_sums
 
 H, W = 12, 10
 
@@ -22,10 +22,15 @@ def column_matrix():
     """Bin = column, weight 1, scale 1: I = column mean of valid pixels (independent check)."""
     n = H * W
     bins = (np.arange(n) % W).astype(np.int32)
-    return IntegrationMatrix(shape=(H, W), q_edges=np.linspace(0.0, 1.0, W + 1),
-                             pixel_ptr=np.arange(n + 1, dtype=np.int64), bins=bins,
-                             weights=np.ones(n, np.float32), pixel_scale=np.ones(n, np.float32),
-                             norm=np.full(W, float(H)))
+    return IntegrationMatrix(
+        shape=(H, W),
+        q_edges=np.linspace(0.0, 1.0, W + 1),
+        pixel_ptr=np.arange(n + 1, dtype=np.int64),
+        bins=bins,
+        weights=np.ones(n, np.float32),
+        pixel_scale=np.ones(n, np.float32),
+        norm=np.full(W, float(H)),
+    )
 
 
 class GpuLikeIntegrator:
@@ -87,7 +92,7 @@ def test_pipeline_overlaps_batches_on_the_device_engine(tmp_path):
     pipe.close()
     assert integ.sync_calls == 0 and submitted  # every batch went through submit/collect
     assert all(errors == "poisson" for _, errors, _ in submitted)
-    for x, p in zip(frames, paths):
+    for x, p in zip(frames, paths, strict=True):
         ref = reference_sums(m, x[None])
         intensity = ref.signal[0] / ref.norm[0]
         err = np.sqrt(ref.variance[0]) / ref.norm[0]
@@ -119,12 +124,15 @@ def test_submit_failure_falls_back_to_synchronous_integration(tmp_path):
     engine.submit = broken_submit
     done = threading.Event()
     count = []
-    pipe = FramePipeline(integ, batch_size=4, overlap=True,
-                         on_done=lambda *a: (count.append(1), len(count) == 5 and done.set()))
+    pipe = FramePipeline(
+        integ,
+        batch_size=4,
+        overlap=True,
+        on_done=lambda *a: (count.append(1), len(count) == 5 and done.set()),
+    )
     for p in paths:
         pipe.submit(p, tmp_path / "out" / (p.stem + ".chi"))
     assert done.wait(30)
     pipe.close()
     assert integ.sync_calls >= 1
-    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == \
-        [p.stem + ".chi" for p in paths]
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [p.stem + ".chi" for p in paths]

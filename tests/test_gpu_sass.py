@@ -5,17 +5,20 @@ issue in ONE basic block (no branch between them), so a warp has them all in fli
 kernel of commit 9b1df5d (tests/kernel_9b1df5d.cu) is the negative control: its
 ``if (f < nf)`` around each load serialises them, and the same check fails on it.
 cuobjdump's resource usage gives the registers/spills table (docs/gpu.md)."""
+
 import re
 from pathlib import Path
 
 import pytest
+from nvrtc_support import compile_source, compiled, find_tool, run_tool
 
 from gpusaxs.gpu_engine import FRAMES_PER_BLOCK, kernel_names
 
-from nvrtc_support import compile_source, compiled, find_tool, run_tool
-
-INT32_KERNELS = [n for n in kernel_names()
-                 if n.startswith("gs_integrate") and ("<int," in n or "<unsigned int," in n)]
+INT32_KERNELS = [
+    n
+    for n in kernel_names()
+    if n.startswith("gs_integrate") and ("<int," in n or "<unsigned int," in n)
+]
 
 
 def basic_blocks(sass):
@@ -65,8 +68,9 @@ def check_loads_in_one_block(sass, lowered, pixel_major):
             continue
         counts = [frame_loads_per_block(b, pixel_major) for b in blocks]
         if max(counts) < per_entry:
-            problems.append(f"{name}: at most {max(counts)} frame loads in one basic block, "
-                            f"{per_entry} needed")
+            problems.append(
+                f"{name}: at most {max(counts)} frame loads in one basic block, {per_entry} needed"
+            )
         if pixel_major and any(0 < c < per_entry for c in counts):
             problems.append(f"{name}: a block with {counts} vector loads splits an entry")
     return problems
@@ -85,8 +89,7 @@ def disassemble(cubin, tmp_path, name="k.cubin"):
 def sm90(tmp_path_factory):
     result = compiled("sm_90")
     folder = tmp_path_factory.mktemp("sass")
-    sass = "\n".join(disassemble(c, folder, f"part{i}.cubin")
-                     for i, c in enumerate(result.cubins))
+    sass = "\n".join(disassemble(c, folder, f"part{i}.cubin") for i, c in enumerate(result.cubins))
     return result, sass, folder
 
 
@@ -119,8 +122,7 @@ def test_resource_usage_table(sm90):
     usage = {}
     for i, _ in enumerate(result.cubins):
         out = run_tool(cuobjdump, "--dump-resource-usage", str(folder / f"part{i}.cubin"))
-        for fn, reg, local in re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) .*?LOCAL:(\d+)",
-                                         out):
+        for fn, reg, local in re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) .*?LOCAL:(\d+)", out):
             usage[fn] = (int(reg), int(local))
     ptxas = result.usage()
     for name in kernel_names():

@@ -1,4 +1,5 @@
 """Integration against fit2d's curve and pyFAI, and the accuracy checks of sections 4.4-4.7."""
+
 import numpy as np
 import pytest
 
@@ -38,9 +39,15 @@ def test_curve_matches_pyfai_full_splitting(reference):
     integ = gpusaxs.Integrator(cal, backend="numpy", q_edges=fit2d_edges(chi.q))
     _, ours = integ.integrate(image)
     ai = pyfai_integrator(cal)
-    res = ai.integrate1d(image, npt=len(chi.q), unit="q_nm^-1", mask=mask | (image < 0),
-                         radial_range=(integ.q_edges[0], integ.q_edges[-1]),
-                         method=("full", "csr", "cython"), correctSolidAngle=False)
+    res = ai.integrate1d(
+        image,
+        npt=len(chi.q),
+        unit="q_nm^-1",
+        mask=mask | (image < 0),
+        radial_range=(integ.q_edges[0], integ.q_edges[-1]),
+        method=("full", "csr", "cython"),
+        correctSolidAngle=False,
+    )
     rel, n = relative_deviation(ours, res.intensity)
     assert n > 900
     # two pixel-splitting schemes on the same bins: they agree far better than either with fit2d
@@ -73,14 +80,14 @@ def test_polarization_image_integrates_to_one(tmp_path, reference_dir):
     filled = np.isfinite(intensity)
     assert np.max(np.abs(intensity[filled] / 1000.0 - 1.0)) < 1e-6
     _, flat = integ.integrate(np.full(cal.imagesize, 1000.0))
-    assert np.nanmax(flat) / 1000.0 > 1.0 + 1e-4      # ones alone show the polarization wiggles
+    assert np.nanmax(flat) / 1000.0 > 1.0 + 1e-4  # ones alone show the polarization wiggles
 
 
 def test_empty_bins_are_nan_and_negative_pixels_carry_no_weight(tmp_path):
     cal = calibration_with_mask(tmp_path, Imagesize=[120, 100], BeamCenter=[60.0, 50.0])
     integ = gpusaxs.Integrator(cal, backend="numpy")
     image = np.full(cal.imagesize, 7, dtype=np.int32)
-    image[::3, ::2] = -1                       # gaps: must not pull the mean down
+    image[::3, ::2] = -1  # gaps: must not pull the mean down
     image[5, 5] = -2
     _, intensity = integ.integrate(image)
     filled = np.isfinite(intensity)
@@ -95,8 +102,9 @@ def test_intensity_is_conserved_by_oversampling(tmp_path):
     """Each unmasked pixel's weights add up to 1 inside the q range: nothing lost or doubled."""
     rng = np.random.default_rng(3)
     mask = rng.random((90, 110)) < 0.2
-    cal = calibration_with_mask(tmp_path, mask=mask, Imagesize=[90, 110],
-                                BeamCenter=[45.3, 20.1], Oversampling=4)
+    cal = calibration_with_mask(
+        tmp_path, mask=mask, Imagesize=[90, 110], BeamCenter=[45.3, 20.1], Oversampling=4
+    )
     m = gpusaxs.Integrator(cal, backend="numpy").matrix
     per_pixel = np.add.reduceat(np.r_[m.weights.astype(np.float64), 0.0], m.pixel_ptr[:-1])
     per_pixel[np.diff(m.pixel_ptr) == 0] = 0.0
@@ -107,14 +115,18 @@ def test_intensity_is_conserved_by_oversampling(tmp_path):
 def test_error_model_matches_direct_computation(tmp_path):
     """Poisson error sqrt(sum w s^2 x)/sum w and weighted std, computed here by hand."""
     rng = np.random.default_rng(5)
-    cal = calibration_with_mask(tmp_path, Imagesize=[64, 70], BeamCenter=[30.0, 35.0],
-                                PolarizationCorrection={"Fraction": 0.9, "Angle": 10.0},
-                                DedectorDistanceMM=60.0)
+    cal = calibration_with_mask(
+        tmp_path,
+        Imagesize=[64, 70],
+        BeamCenter=[30.0, 35.0],
+        PolarizationCorrection={"Fraction": 0.9, "Angle": 10.0},
+        DedectorDistanceMM=60.0,
+    )
     integ = gpusaxs.Integrator(cal, backend="numpy")
     image = rng.poisson(50, cal.imagesize).astype(np.int32)
     image[rng.random(cal.imagesize) < 0.05] = -1
     intensity, std, err = integ.integrate_error(image)
-    A = integ.matrix.to_scipy().toarray()                       # (n_bins, n_pixels) weights w
+    A = integ.matrix.to_scipy().toarray()  # (n_bins, n_pixels) weights w
     s = 1.0 / polarization_factor(cal).ravel()
     x = image.ravel().astype(float)
     v = x >= 0
@@ -124,12 +136,13 @@ def test_error_model_matches_direct_computation(tmp_path):
     mean = (w @ (x * s))[ok] / norm[ok]
     np.testing.assert_allclose(intensity[ok], mean, rtol=1e-6)
     np.testing.assert_allclose(err[ok], np.sqrt(w @ (x * s * s))[ok] / norm[ok], rtol=1e-6)
-    spread = np.sqrt(np.maximum((w @ (x * s) ** 2)[ok] / norm[ok] - mean ** 2, 0))
+    spread = np.sqrt(np.maximum((w @ (x * s) ** 2)[ok] / norm[ok] - mean**2, 0))
     np.testing.assert_allclose(std[ok], spread, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.uint16, np.int16, np.float32,
-                                   np.float64, ">i4"])
+@pytest.mark.parametrize(
+    "dtype", [np.int32, np.uint32, np.uint16, np.int16, np.float32, np.float64, ">i4"]
+)
 def test_every_dtype_gives_the_float64_result(tmp_path, dtype):
     rng = np.random.default_rng(7)
     cal = calibration_with_mask(tmp_path, Imagesize=[50, 60], BeamCenter=[20.0, 25.0])
@@ -144,7 +157,7 @@ def test_unsigned_maximum_and_nan_are_invalid(tmp_path):
     cal = calibration_with_mask(tmp_path, Imagesize=[40, 40], BeamCenter=[20.0, 20.0])
     integ = gpusaxs.Integrator(cal, backend="numpy")
     image = np.full(cal.imagesize, 3, dtype=np.uint32)
-    image[::2] = np.iinfo(np.uint32).max               # EIGER gap flag
+    image[::2] = np.iinfo(np.uint32).max  # EIGER gap flag
     _, got = integ.integrate(image)
     np.testing.assert_allclose(got[np.isfinite(got)], 3.0)
     fimage = image.astype(np.float32)
@@ -159,9 +172,10 @@ def test_numba_engine_equals_scipy_reference_on_a_real_size_stack(reference, n_f
     cal = cal.replace(polarization=(0.95, 0.0))
     integ = gpusaxs.Integrator(cal, backend="numpy")
     rng = np.random.default_rng(n_frames)
-    stack = np.stack([np.where(image < 0, image, rng.poisson(np.maximum(image, 0)))
-                      for _ in range(n_frames)]).astype(np.int32)
-    stack[-1, 500, 400:420] = -2               # invalid pixels inside the mask's open area
+    stack = np.stack(
+        [np.where(image < 0, image, rng.poisson(np.maximum(image, 0))) for _ in range(n_frames)]
+    ).astype(np.int32)
+    stack[-1, 500, 400:420] = -2  # invalid pixels inside the mask's open area
     for errors in (False, True):
         fast = CpuEngine(integ.matrix).sums(stack, errors=errors)
         ref = ScipyEngine(integ.matrix).sums(stack, errors=errors)
@@ -186,14 +200,16 @@ def test_poisson_only_errors_equal_the_full_error_model(reference):
     for engine in (CpuEngine(integ.matrix), ScipyEngine(integ.matrix)):
         sums = engine.sums(stack, errors="poisson")
         assert sums.squares is None
-        np.testing.assert_allclose(sums.variance, engine.sums(stack, errors=True).variance,
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            sums.variance, engine.sums(stack, errors=True).variance, rtol=1e-12
+        )
 
 
 def test_fine_user_bins_use_the_overflow_path(tmp_path):
     """Bins much finer than a pixel: pixels feed many bins; results still conserve intensity."""
-    cal = calibration_with_mask(tmp_path, Imagesize=[40, 50], BeamCenter=[20.0, 25.0],
-                                Oversampling=5)
+    cal = calibration_with_mask(
+        tmp_path, Imagesize=[40, 50], BeamCenter=[20.0, 25.0], Oversampling=5
+    )
     coarse = gpusaxs.Integrator(cal, backend="numpy")
     edges = np.linspace(0, coarse.q_edges[-1], 20 * coarse.matrix.n_bins)
     fine = gpusaxs.Integrator(cal, backend="numpy", q_edges=edges)
@@ -211,7 +227,7 @@ def test_fine_user_bins_use_the_overflow_path(tmp_path):
 def test_default_bins_follow_pixel_per_radial_element(reference):
     cal, _, chi = reference
     one = gpusaxs.Integrator(cal, backend="numpy")
-    assert one.matrix.n_bins == len(chi.q)            # fit2d's 1002 bins for this detector
+    assert one.matrix.n_bins == len(chi.q)  # fit2d's 1002 bins for this detector
     two = gpusaxs.Integrator(cal.replace(pixel_per_radial_element=2), backend="numpy")
     assert two.matrix.n_bins == len(chi.q) // 2
     assert one.q_edges[0] == 0.0
@@ -228,7 +244,7 @@ def test_matrix_cache_round_trip(tmp_path, reference):
     for field in ("q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm"):
         np.testing.assert_array_equal(getattr(loaded, field), getattr(built, field))
     assert loaded.shape == built.shape
-    files[0].write_bytes(b"corrupt")                  # a corrupt cache file is rebuilt
+    files[0].write_bytes(b"corrupt")  # a corrupt cache file is rebuilt
     matrix_cache._MEMORY.clear()
     again = matrix_cache.get_matrix(cal, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.weights, built.weights)
@@ -256,5 +272,4 @@ def test_legacy_api_of_section_6(tmp_path, reference_dir):
     np.testing.assert_allclose(errs[0], intensity, equal_nan=True)
     fig = legacy.plot(image, outputfile=str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 1000 and fig is not None
-    assert gpusaxs.openmask(str(reference_dir / "buf1_00000.calibration.json")).shape == \
-        image.shape
+    assert gpusaxs.openmask(str(reference_dir / "buf1_00000.calibration.json")).shape == image.shape

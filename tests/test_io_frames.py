@@ -1,5 +1,6 @@
 """Frames in: EIGER master + bslz4 data files, HDF5 datasets by name, multi-frame EDF/TIFF,
 through gpusaxs.io.frames and saxsdog (one curve per frame, .chi or NXazint1d)."""
+
 import functools
 import json
 import os
@@ -19,8 +20,8 @@ from gpusaxs.io.frames import FrameRef, frame_sources, iter_frames, pixel_mask, 
 from gpusaxs.io.nexus import read_nxazint
 
 ROOT = Path(__file__).resolve().parents[1]
-H, W = 1065, 1030                       # EIGER 1M
-N_FRAMES = (60, 40)                     # frames per data file: 100 in all
+H, W = 1065, 1030  # EIGER 1M
+N_FRAMES = (60, 40)  # frames per data file: 100 in all
 GAP = np.iinfo(np.uint32).max
 
 
@@ -28,14 +29,14 @@ GAP = np.iinfo(np.uint32).max
 def _base(offset, shape):
     rng = np.random.default_rng(offset)
     y, x = np.indices(shape)
-    ring = 20 + 200 * np.exp(-((np.hypot(y - 500.0, x - 480.0) - 300.0) / 15.0) ** 2)
+    ring = 20 + 200 * np.exp(-(((np.hypot(y - 500.0, x - 480.0) - 300.0) / 15.0) ** 2))
     return rng.poisson(ring).astype(np.uint32)
 
 
 def eiger_frame(offset, j, shape=(H, W)):
     """Frame j of a data file whose first frame is number ``offset`` of the series."""
     frame = _base(offset, shape) * np.uint32(1 + (offset + j) % 7) + np.uint32(offset + j)
-    frame[513:551, :] = GAP                  # the horizontal module gap
+    frame[513:551, :] = GAP  # the horizontal module gap
     return frame
 
 
@@ -54,13 +55,17 @@ def write_eiger(folder, name="series", counts=N_FRAMES, shape=(H, W), bad=((10, 
         mask = np.zeros(shape, np.uint32)
         for r, c in bad:
             mask[r, c] = 1
-        mask[513:551, :] = 1                 # EIGER flags its gaps in the pixel mask too
+        mask[513:551, :] = 1  # EIGER flags its gaps in the pixel mask too
         det.create_dataset("pixel_mask", data=mask, **hdf5plugin.Bitshuffle(cname="lz4"))
         for k, n in enumerate(counts, 1):
             data_name = f"{name}_data_{k:06d}.h5"
             with h5py.File(folder / data_name, "w") as f:
-                f.create_dataset("entry/data/data", data=eiger_frames(n, offset, shape),
-                                 chunks=(1, *shape), **hdf5plugin.Bitshuffle(cname="lz4"))
+                f.create_dataset(
+                    "entry/data/data",
+                    data=eiger_frames(n, offset, shape),
+                    chunks=(1, *shape),
+                    **hdf5plugin.Bitshuffle(cname="lz4"),
+                )
             master[f"entry/data/data_{k:06d}"] = h5py.ExternalLink(data_name, "/entry/data/data")
             offset += n
     return folder / f"{name}_master.h5"
@@ -70,17 +75,31 @@ def write_eiger(folder, name="series", counts=N_FRAMES, shape=(H, W), bad=((10, 
 def eiger(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eiger")
     master = write_eiger(folder / "scan")
-    cal = {"Imagesize": [H, W], "BeamCenter": [H - 500.0, 480.0], "DedectorDistanceMM": 300.0,
-           "PixelSizeMicroM": [75.0], "Wavelength": 1.0, "MaskFile": None, "Oversampling": 1,
-           "PixelPerRadialElement": 1, "Tilt": {"TiltRotDeg": 30.0, "TiltAngleDeg": 0.5}}
+    cal = {
+        "Imagesize": [H, W],
+        "BeamCenter": [H - 500.0, 480.0],
+        "DedectorDistanceMM": 300.0,
+        "PixelSizeMicroM": [75.0],
+        "Wavelength": 1.0,
+        "MaskFile": None,
+        "Oversampling": 1,
+        "PixelPerRadialElement": 1,
+        "Tilt": {"TiltRotDeg": 30.0, "TiltAngleDeg": 0.5},
+    }
     (folder / "cal.json").write_text(json.dumps(cal))
     return folder, master
 
 
 def run(args, cwd, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def expected_frame(k):
@@ -100,7 +119,7 @@ def test_eiger_master_frames_lazily(eiger):
     assert len(sources) == 100
     assert all(isinstance(s, FrameRef) for s in sources)
     assert sources[61] == f"{master}::61" and sources[61].index == 61
-    for k in (0, 59, 60, 99):                  # both data files, their first and last frames
+    for k in (0, 59, 60, 99):  # both data files, their first and last frames
         got = read_frame(sources[k], shape=(H, W))
         assert got.dtype == np.uint32
         np.testing.assert_array_equal(got, expected_frame(k))
@@ -110,7 +129,7 @@ def test_eiger_master_frames_lazily(eiger):
     # one frame in memory at a time: the peak stays far below the 440 MB of the series
     tracemalloc.start()
     n = 0
-    for src, frame in iter_frames(master):
+    for _src, frame in iter_frames(master):
         n += 1
         assert frame.shape == (H, W)
     peak = tracemalloc.get_traced_memory()[1]
@@ -126,7 +145,9 @@ def test_hdf5_dataset_by_name(eiger):
     assert len(refs) == 40 and refs[3] == f"{data1}::/entry/data/data::3"
     # a data file named alone has no pixel mask: gaps stay as written
     np.testing.assert_array_equal(read_frame(refs[3]), eiger_frames(40, 60)[3])
-    assert FrameRef(str(data1), "/entry/data/data", 3).curve_name() == "series_data_000002_00003.chi"
+    assert (
+        FrameRef(str(data1), "/entry/data/data", 3).curve_name() == "series_data_000002_00003.chi"
+    )
     # a single 2D dataset is one frame
     single = folder / "single.h5"
     with h5py.File(single, "w") as f:
@@ -137,8 +158,8 @@ def test_hdf5_dataset_by_name(eiger):
         read_image(f"{single}::/nope")
     with pytest.raises(ImageReadError, match="no frame data found"):
         frame_sources(single, explicit=True)
-    assert frame_sources(single) == []              # a walk: not an image file
-    assert frame_sources(folder / "scan" / "series_data_000001.h5") == []   # via its master
+    assert frame_sources(single) == []  # a walk: not an image file
+    assert frame_sources(folder / "scan" / "series_data_000001.h5") == []  # via its master
 
 
 def test_4m_frames(tmp_path):
@@ -161,22 +182,24 @@ def test_multi_frame_edf_and_tiff(tmp_path):
     for k in range(1, 4):
         edf.append_frame(data=stack[k])
     edf.write(str(tmp_path / "m.edf"))
-    tifffile.imwrite(tmp_path / "m.tif", stack, photometric="minisblack")   # 4 pages
+    tifffile.imwrite(tmp_path / "m.tif", stack, photometric="minisblack")  # 4 pages
     tifffile.imwrite(tmp_path / "one.tif", stack[0])
     for name in ("m.edf", "m.tif"):
         refs = frame_sources(tmp_path / name)
         assert [r.index for r in refs] == [0, 1, 2, 3], name
         for k, r in enumerate(refs):
             np.testing.assert_array_equal(read_image(r), stack[k])
-    assert frame_sources(tmp_path / "one.tif") == [tmp_path / "one.tif"]     # unchanged path
+    assert frame_sources(tmp_path / "one.tif") == [tmp_path / "one.tif"]  # unchanged path
     with pytest.raises(ImageReadError, match="multi-frame"):
-        read_image(tmp_path / "m.tif")          # a stack is not one frame
+        read_image(tmp_path / "m.tif")  # a stack is not one frame
 
 
 def test_broken_external_link_is_named(tmp_path):
     master = write_eiger(tmp_path / "s", counts=(2, 2), shape=(40, 30), bad=())
     (tmp_path / "s" / "series_data_000002.h5").unlink()
-    with pytest.raises(ImageReadError, match="data_000002: cannot open its data file series_data_000002.h5"):
+    with pytest.raises(
+        ImageReadError, match="data_000002: cannot open its data file series_data_000002.h5"
+    ):
         frame_sources(master, explicit=True)
 
 
@@ -184,8 +207,10 @@ def test_broken_external_link_is_named(tmp_path):
 def test_saxsdog_eiger_master_to_chi_and_nexus(eiger, tmp_path):
     folder, master = eiger
     out = tmp_path / "out"
-    r = run(["-c", folder / "cal.json", "--format", "chi+nexus", "-o", out, "-t", "2", master],
-            cwd=tmp_path)
+    r = run(
+        ["-c", folder / "cal.json", "--format", "chi+nexus", "-o", out, "-t", "2", master],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "100 curves written" in r.stderr
     chis = sorted(out.glob("*.chi"))
@@ -210,11 +235,13 @@ def test_saxsdog_eiger_master_to_chi_and_nexus(eiger, tmp_path):
         np.testing.assert_allclose(nx["sigma"][k], err, rtol=1e-6, equal_nan=True)
     # the pixel mask counts: the bad pixels' bins differ from a run without it
     raw = eiger_frames(60, 0)[0]
-    raw[10, 20] = 10 ** 6
-    assert not np.allclose(integ.integrate(raw)[1], integ.integrate(expected_frame(0))[1],
-                           equal_nan=True)
+    raw[10, 20] = 10**6
+    assert not np.allclose(
+        integ.integrate(raw)[1], integ.integrate(expected_frame(0))[1], equal_nan=True
+    )
     # NeXus structure, as silx sees it
     from silx.io import nxdata
+
     with h5py.File(out / "scan.nxs", "r") as f:
         assert f["entry/definition"][()] == b"NXazint1d"
         nxd = nxdata.get_default(f)
@@ -228,13 +255,20 @@ def test_saxsdog_walk_finds_masters_and_multi_frame_files(eiger, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     small = write_eiger(data, "small", counts=(2, 1), shape=(H, W), bad=())
-    tifffile.imwrite(data / "stack.tif", eiger_frames(2, 5).astype(np.int32), photometric="minisblack")
+    tifffile.imwrite(
+        data / "stack.tif", eiger_frames(2, 5).astype(np.int32), photometric="minisblack"
+    )
     (data / "notes.txt").write_text("not an image")
     r = run(["-c", folder / "cal.json", "-o", tmp_path / "out", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (tmp_path / "out").glob("*.chi"))
-    assert names == ["small_master_00000.chi", "small_master_00001.chi",
-                     "small_master_00002.chi", "stack_00000.chi", "stack_00001.chi"]
+    assert names == [
+        "small_master_00000.chi",
+        "small_master_00001.chi",
+        "small_master_00002.chi",
+        "stack_00000.chi",
+        "stack_00001.chi",
+    ]
     assert small.exists()
 
 
@@ -246,17 +280,23 @@ def test_saxsdog_named_file_that_cannot_be_read_is_an_error(eiger, tmp_path):
     assert r.returncode == 1
     assert "series_data_000002.h5" in r.stderr and "0 curves written, 1 failed" in r.stderr
     (tmp_path / "notes.txt").write_text("x")
-    r = run(["-c", folder / "cal.json", "-o", tmp_path / "out", tmp_path / "notes.txt"], cwd=tmp_path)
+    r = run(
+        ["-c", folder / "cal.json", "-o", tmp_path / "out", tmp_path / "notes.txt"], cwd=tmp_path
+    )
     assert r.returncode == 1 and "not an image or HDF5 file" in r.stderr
     # a dataset named on the command line
     good = write_eiger(tmp_path / "g", counts=(3,), shape=(H, W), bad=())
     data = tmp_path / "g" / "series_data_000001.h5"
-    r = run(["-c", folder / "cal.json", "-o", tmp_path / "out2", f"{data}::/entry/data/data"],
-            cwd=tmp_path)
+    r = run(
+        ["-c", folder / "cal.json", "-o", tmp_path / "out2", f"{data}::/entry/data/data"],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out2").glob("*.chi")) == [
-        "series_data_000001_00000.chi", "series_data_000001_00001.chi",
-        "series_data_000001_00002.chi"]
+        "series_data_000001_00000.chi",
+        "series_data_000001_00001.chi",
+        "series_data_000001_00002.chi",
+    ]
     assert good.exists()
 
 
@@ -266,17 +306,20 @@ def test_saxsdog_with_a_poni_calibration(tmp_path):
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
     det = Detector(pixel1=172e-6, pixel2=172e-6, max_shape=(120, 100), orientation=2)
-    ai = AzimuthalIntegrator(dist=0.3, poni1=0.01, poni2=0.008, rot1=0.01, detector=det,
-                             wavelength=1e-10)
+    ai = AzimuthalIntegrator(
+        dist=0.3, poni1=0.01, poni2=0.008, rot1=0.01, detector=det, wavelength=1e-10
+    )
     ai.write(str(tmp_path / "g.poni"))
     img = np.random.default_rng(1).poisson(30, size=(120, 100)).astype(np.int32)
     tifffile.imwrite(tmp_path / "a.tif", img)
     r = run(["-c", tmp_path / "g.poni", "-o", tmp_path / "out", tmp_path / "a.tif"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     from gpusaxs.io.chi import read_chi
+
     q, intensity = Integrator(str(tmp_path / "g.poni"), backend="numpy").integrate(img)
-    np.testing.assert_allclose(read_chi(tmp_path / "out" / "a.chi").intensity, intensity,
-                               rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        read_chi(tmp_path / "out" / "a.chi").intensity, intensity, rtol=1e-6, equal_nan=True
+    )
     (tmp_path / "x.tif").write_bytes((tmp_path / "a.tif").read_bytes())
     r = run(["-c", tmp_path / "x.tif", tmp_path / "a.tif"], cwd=tmp_path)
     assert r.returncode == 2 and "expected a JSON calibration file" in r.stderr

@@ -1,4 +1,5 @@
 """gpusaxs.io.images: read_image, image_complete, is_image_file."""
+
 import logging
 
 import fabio
@@ -35,6 +36,7 @@ def _assert_one_line(exc_info, path):
 
 # ---------------------------------------------------------------- reference frame
 
+
 def test_reference_tiff_keeps_int32(reference_dir):
     img = read_image(reference_dir / "buf1_00000.tif")
     assert img.shape == (1043, 981)
@@ -56,6 +58,7 @@ def test_reference_tiff_shape_check(reference_dir):
 
 
 # ---------------------------------------------------------------- formats and dtypes
+
 
 @pytest.mark.parametrize("fmt", ["tif", "cbf", "edf"])
 def test_roundtrip_int32_keeps_dtype_and_values(tmp_path, fmt):
@@ -85,12 +88,14 @@ def test_big_endian_tiff_returned_in_native_order(tmp_path):
 
 def test_png_through_pillow(tmp_path):
     from PIL import Image
+
     data = (FRAME % 256).astype(np.uint8)
     Image.fromarray(data).save(tmp_path / "m.png")
     np.testing.assert_array_equal(read_image(tmp_path / "m.png"), data)
 
 
 # ---------------------------------------------------------------- failures
+
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.tif"
@@ -161,8 +166,9 @@ def test_truncated_file_rejected(tmp_path, fmt, caplog):
     _assert_one_line(ei, path)
     assert not image_complete(path)
     # fabio's "incomplete data" complaints become our exception, not log noise
-    assert not [r for r in caplog.records if r.name.startswith("fabio") and
-                r.levelno >= logging.ERROR]
+    assert not [
+        r for r in caplog.records if r.name.startswith("fabio") and r.levelno >= logging.ERROR
+    ]
 
 
 def test_cbf_cut_before_binary_data_does_not_hang(tmp_path):
@@ -171,7 +177,7 @@ def test_cbf_cut_before_binary_data_does_not_hang(tmp_path):
     start = full.index(b"\x0c\x1a\x04\xd5")
     assert full.index(b"--CIF-BINARY-FORMAT-SECTION--") < start
     path = tmp_path / "cut.cbf"
-    path.write_bytes(full[:start - 1])
+    path.write_bytes(full[: start - 1])
     with pytest.raises(ImageReadError, match="no binary data section"):
         read_image(path)
     assert not image_complete(path)
@@ -179,6 +185,7 @@ def test_cbf_cut_before_binary_data_does_not_hang(tmp_path):
 
 def test_gzipped_cbf(tmp_path):
     import gzip
+
     data = np.random.default_rng(3).integers(-2, 2**30, (40, 30)).astype(np.int32)
     _write(tmp_path / "raw.cbf", data, "cbf")
     packed = gzip.compress((tmp_path / "raw.cbf").read_bytes())
@@ -229,12 +236,25 @@ def test_garbage_bytes_raise_image_read_error(fuzz_dir, suffix, data):
 
 # ---------------------------------------------------------------- suffixes
 
-@pytest.mark.parametrize("name,expected", [
-    ("a.tif", True), ("a.TIFF", True), ("/x/y/buf_00001.cbf", True), ("a.edf", True),
-    ("a.img", True), ("a.mccd", True), ("a.h5", False), ("a.chi", False), ("a.msk", False),
-    ("a.tif.tmp", False), (".a.tif.1234abcd.tmp", False), (".hidden.tif", False),
-    ("tif", False),
-])
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("a.tif", True),
+        ("a.TIFF", True),
+        ("/x/y/buf_00001.cbf", True),
+        ("a.edf", True),
+        ("a.img", True),
+        ("a.mccd", True),
+        ("a.h5", False),
+        ("a.chi", False),
+        ("a.msk", False),
+        ("a.tif.tmp", False),
+        (".a.tif.1234abcd.tmp", False),
+        (".hidden.tif", False),
+        ("tif", False),
+    ],
+)
 def test_is_image_file(name, expected):
     assert is_image_file(name) is expected
 
@@ -244,8 +264,9 @@ def test_image_suffixes():
 
 
 @pytest.mark.parametrize("dtype", ["<i4", ">i4", "<u2", "<u4", "<f4", ">f8", "<i2", "u1"])
-@pytest.mark.parametrize("layout", [{}, {"rowsperstrip": 5}, {"compression": "zlib"},
-                                    {"tile": (16, 16)}])
+@pytest.mark.parametrize(
+    "layout", [{}, {"rowsperstrip": 5}, {"compression": "zlib"}, {"tile": (16, 16)}]
+)
 def test_plain_tiff_fast_path_equals_tifffile(tmp_path, dtype, layout):
     """The struct-parsed fast path takes plain files only, and gives tifffile's pixels."""
     import tifffile
@@ -276,6 +297,7 @@ def test_plain_tiff_fast_path_reads_the_reference_frame(reference_dir):
 
 # ---------------------------------------------------------------- decompression bombs (issue 15)
 
+
 def _bomb_tiff(path, height, width, rows_per_strip=16):
     """A zlib TIFF declaring height x width int32 pixels whose strips all point at ONE small
     compressed block of zeros: a few kB on disk, height*width*4 bytes once decoded."""
@@ -284,9 +306,18 @@ def _bomb_tiff(path, height, width, rows_per_strip=16):
 
     blob = zlib.compress(bytes(rows_per_strip * width * 4), 9)
     n = -(-height // rows_per_strip)
-    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 32), (259, 3, 1, 8),
-            (262, 3, 1, 1), (273, 4, n, None), (277, 3, 1, 1), (278, 4, 1, rows_per_strip),
-            (279, 4, n, None), (339, 3, 1, 2)]
+    tags = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 32),
+        (259, 3, 1, 8),
+        (262, 3, 1, 1),
+        (273, 4, n, None),
+        (277, 3, 1, 1),
+        (278, 4, 1, rows_per_strip),
+        (279, 4, n, None),
+        (339, 3, 1, 2),
+    ]
     ifd_at = 8
     arrays_at = ifd_at + 2 + 12 * len(tags) + 4
     offsets_at, counts_at = arrays_at, arrays_at + 4 * n
@@ -298,8 +329,11 @@ def _bomb_tiff(path, height, width, rows_per_strip=16):
         elif tag == 279:
             value = counts_at
         fmt = "<HHIHH" if typ == 3 and count == 1 else "<HHII"
-        out += struct.pack(fmt, tag, typ, count, value, 0) if fmt == "<HHIHH" else \
-            struct.pack(fmt, tag, typ, count, value)
+        out += (
+            struct.pack(fmt, tag, typ, count, value, 0)
+            if fmt == "<HHIHH"
+            else struct.pack(fmt, tag, typ, count, value)
+        )
     out += struct.pack("<I", 0)
     out += struct.pack(f"<{n}I", *([blob_at] * n)) + struct.pack(f"<{n}I", *([len(blob)] * n))
     out += blob
@@ -309,9 +343,11 @@ def _bomb_tiff(path, height, width, rows_per_strip=16):
 
 def _bomb_edf(path, height, width):
     """An EDF header declaring height x width int32 pixels, followed by 1 kB of data."""
-    head = (f"{{\nHeaderID = EH:000001:000000:000000 ;\nImage = 1 ;\nByteOrder = LowByteFirst ;\n"
-            f"DataType = SignedInteger ;\nDim_1 = {width} ;\nDim_2 = {height} ;\n"
-            f"Size = {height * width * 4} ;\n")
+    head = (
+        f"{{\nHeaderID = EH:000001:000000:000000 ;\nImage = 1 ;\nByteOrder = LowByteFirst ;\n"
+        f"DataType = SignedInteger ;\nDim_1 = {width} ;\nDim_2 = {height} ;\n"
+        f"Size = {height * width * 4} ;\n"
+    )
     head = head.ljust(1022) + "}\n"
     path.write_bytes(head.encode() + bytes(1024))
     return path
@@ -334,7 +370,7 @@ def _rejected(path, **kw):
 
 def test_tiff_bomb_rejected_before_decoding(tmp_path):
     path = _bomb_tiff(tmp_path / "bomb.tif", 20000, 20000)
-    assert path.stat().st_size < 100_000          # declares 1.6 GB of pixels
+    assert path.stat().st_size < 100_000  # declares 1.6 GB of pixels
     exc, seconds, peak = _rejected(path, shape=(1043, 981))
     assert "20000x20000" in str(exc) and "expected 1043x981" in str(exc)
     assert "not decoded" in str(exc)

@@ -1,4 +1,5 @@
 """gpusaxs.io.masks: fit2d .msk and image masks (True = pixel excluded)."""
+
 import fabio
 import numpy as np
 import pytest
@@ -21,13 +22,15 @@ def ref_mask(reference_dir):
 
 # ---------------------------------------------------------------- the beamline mask
 
+
 def test_reference_mask_shape_and_fraction(ref_mask, record_property):
     assert ref_mask.shape == REF_SHAPE
     assert ref_mask.dtype == np.bool_
     fraction = float(ref_mask.mean())
     record_property("masked_fraction", fraction)
-    print(f"AAA_integ.msk: {ref_mask.sum()} of {ref_mask.size} pixels masked "
-          f"({100 * fraction:.2f} %)")
+    print(
+        f"AAA_integ.msk: {ref_mask.sum()} of {ref_mask.size} pixels masked ({100 * fraction:.2f} %)"
+    )
     assert 0.05 < fraction < 0.9  # neither trivial nor all-masked
     assert ref_mask.sum() == 356788
 
@@ -69,9 +72,10 @@ def test_reference_mask_shape_check(reference_dir):
 
 # ---------------------------------------------------------------- writer format and round trip
 
+
 def test_header_layout(tmp_path):
     mask = np.zeros((5, 40), bool)
-    mask[0, 0] = True   # top-left pixel: stored in the last row, bit 0 of its first word
+    mask[0, 0] = True  # top-left pixel: stored in the last row, bit 0 of its first word
     mask[4, 33] = True  # bottom row, column 33: first stored row, bit 1 of its second word
     raw = fit2d_mask_bytes(mask)
     assert raw[:16] == FIT2D_MASK_MAGIC
@@ -116,6 +120,7 @@ def test_write_accepts_nonzero_ints_and_rejects_bad_shapes(tmp_path):
 
 # ---------------------------------------------------------------- bad files
 
+
 def _msk(tmp_path, raw, name="bad.msk"):
     path = tmp_path / name
     path.write_bytes(raw)
@@ -125,8 +130,9 @@ def _msk(tmp_path, raw, name="bad.msk"):
 def test_truncated_bit_data(tmp_path):
     raw = fit2d_mask_bytes(np.ones((10, 33), bool))  # 2 words per row -> 80 bytes of bits
     path = _msk(tmp_path, raw[:-7])
-    with pytest.raises(ImageReadError,
-                       match=r"truncated: expected 80 bytes of bit data, got 73") as ei:
+    with pytest.raises(
+        ImageReadError, match=r"truncated: expected 80 bytes of bit data, got 73"
+    ) as ei:
         read_mask(path)
     assert ei.value.path == str(path)
     assert "\n" not in str(ei.value)
@@ -168,6 +174,7 @@ def test_missing_mask(tmp_path):
 
 # ---------------------------------------------------------------- image masks
 
+
 @pytest.mark.parametrize("fmt", ["tif", "edf", "png"])
 def test_image_mask_nonzero_is_masked(tmp_path, fmt):
     data = np.zeros((7, 9), np.uint8)
@@ -180,6 +187,7 @@ def test_image_mask_nonzero_is_masked(tmp_path, fmt):
         fabio.edfimage.EdfImage(data=data).write(str(path))
     else:
         from PIL import Image
+
         Image.fromarray(data).save(path)
     mask = read_mask(path, shape=(7, 9))
     assert mask.dtype == np.bool_

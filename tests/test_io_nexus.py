@@ -1,6 +1,6 @@
 """NXazintWriter / read_nxazint: round trip, atomic and live modes, NeXus structure (silx)."""
+
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,11 +11,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import flat_calibration
 
 from gpusaxs import Calibration
 from gpusaxs.io.nexus import NXazintWriter, read_nxazint
-
-from helpers import flat_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def cal(tmp_path):
 
 def _rows(rng, b, shape):
     I = rng.random((b, *shape)) * 100
-    I[:, ..., :3] = np.nan          # empty bins near the centre
+    I[:, ..., :3] = np.nan  # empty bins near the centre
     return I, np.sqrt(np.abs(I)) / 10
 
 
@@ -38,8 +37,13 @@ def test_rows_round_trip_1d(tmp_path, cal):
     q = np.linspace(0.01, 5.0, 1200)
     out = tmp_path / "curves.h5"
     all_I, all_E, all_ids, all_src = [], [], [], []
-    with NXazintWriter(out, q, calibration=cal, calibration_key="abc123",
-                       inputs=["/data/master.h5", "/data/other.tif"]) as w:
+    with NXazintWriter(
+        out,
+        q,
+        calibration=cal,
+        calibration_key="abc123",
+        inputs=["/data/master.h5", "/data/other.tif"],
+    ) as w:
         for k, b in enumerate((7, 1, 300)):
             I, E = _rows(rng, b, (q.size,))
             ids = np.arange(b, dtype=np.int64) + 1000 * k
@@ -49,9 +53,9 @@ def test_rows_round_trip_1d(tmp_path, cal):
             all_E.append(E)
             all_ids.append(ids)
             all_src += src
-        w.append(np.empty((0, q.size)), None, np.empty(0, np.int64))   # nothing
+        w.append(np.empty((0, q.size)), None, np.empty(0, np.int64))  # nothing
         I, _ = _rows(rng, 2, (q.size,))
-        w.append(I, None, [5, 6])                                       # no sigma, no sources
+        w.append(I, None, [5, 6])  # no sigma, no sources
         all_I.append(I)
         all_E.append(np.full_like(I, np.nan))
         all_ids.append(np.array([5, 6]))
@@ -79,7 +83,7 @@ def test_rows_round_trip_2d_cake(tmp_path, cal):
     I, E = _rows(rng, 4, (360, 500))
     with NXazintWriter(out, q, radial_unit="2th_deg", azimuthal=chi, calibration=cal) as w:
         w.append(I[:3], E[:3], [0, 1, 2], ["a::0", "a::1", "a::2"])
-        w.append(I[3], E[3], [3], ["b"])                 # one unbatched row
+        w.append(I[3], E[3], [3], ["b"])  # one unbatched row
     d = read_nxazint(out)
     assert d["definition"] == "NXazint2d"
     assert d["radial_unit"] == "2th_deg"
@@ -111,7 +115,7 @@ def test_atomic_mode_leaves_nothing_on_abort(tmp_path):
     w = NXazintWriter(out, q)
     w.append(np.ones((5, 100)), None, np.arange(5))
     w.flush()
-    assert not out.exists()                        # only a hidden temporary so far
+    assert not out.exists()  # only a hidden temporary so far
     w.abort()
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RuntimeError, match="boom"):
@@ -170,16 +174,21 @@ def test_live_mode_readable_while_writing_and_after_sigkill(tmp_path):
     ctl.mkdir()
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(root=str(ROOT)))
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(ctl), "0.2"],
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(ctl), "0.2"], stderr=subprocess.PIPE
+    )
     try:
         for step in range(3):
-            _wait_for(lambda: (ctl / f"appended{step}").exists() or proc.poll() is not None,
-                      f"step {step}")
+            _wait_for(
+                lambda step=step: (ctl / f"appended{step}").exists() or proc.poll() is not None,
+                f"step {step}",
+            )
             assert proc.poll() is None, proc.stderr.read().decode()
             n = 100 * (step + 1)
-            if step == 2:   # rows not flushed by the caller appear within the flush interval
-                _wait_for(lambda: len(read_nxazint(out)["image_ids"]) == n, "interval flush", 10)
+            if step == 2:  # rows not flushed by the caller appear within the flush interval
+                _wait_for(
+                    lambda n=n: len(read_nxazint(out)["image_ids"]) == n, "interval flush", 10
+                )
             d = read_nxazint(out)
             assert d["intensity"].shape == (n, 1000)
             np.testing.assert_array_equal(d["image_ids"], np.arange(n))
@@ -191,7 +200,7 @@ def test_live_mode_readable_while_writing_and_after_sigkill(tmp_path):
         proc.wait(timeout=30)
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    d = read_nxazint(out)                      # a killed writer leaves every flushed row
+    d = read_nxazint(out)  # a killed writer leaves every flushed row
     np.testing.assert_array_equal(d["image_ids"], np.arange(300))
     np.testing.assert_array_equal(d["intensity"][:, -1], np.arange(300))
     np.testing.assert_array_equal(d["sigma"], np.ones((300, 1000)))
@@ -225,7 +234,7 @@ def test_nexus_structure_nxazint1d(tmp_path, cal):
         assert entry["definition"][()].decode() == "NXazint1d"
         for flag in ("solid_angle_applied", "polarization_applied", "normalization_applied"):
             assert entry[flag].dtype == np.bool_
-        assert bool(entry["polarization_applied"][()]) is True     # the calibration has it
+        assert bool(entry["polarization_applied"][()]) is True  # the calibration has it
         assert bool(entry["solid_angle_applied"][()]) is False
         inst = [g for g in entry.values() if g.attrs.get("NX_class") == "NXinstrument"]
         assert len(inst) == 1 and "name" in inst[0]
@@ -289,17 +298,24 @@ def test_cakes_of_integrate2d_as_nxazint2d(tmp_path):
 
     from gpusaxs import Integrator
 
-    d = flat_calibration(Imagesize=[150, 120], BeamCenter=[75.0, 60.0], MaskFile=None,
-                         Oversampling=1)
+    d = flat_calibration(
+        Imagesize=[150, 120], BeamCenter=[75.0, 60.0], MaskFile=None, Oversampling=1
+    )
     cal = Calibration.from_dict(d)
     stack = np.random.default_rng(4).poisson(40, size=(3, 150, 120)).astype(np.int32)
-    res = Integrator(cal, backend="numpy").integrate2d_batch(stack, 80, npt_azim=36,
-                                                             unit="2th_deg",
-                                                             error_model="poisson")
+    res = Integrator(cal, backend="numpy").integrate2d_batch(
+        stack, 80, npt_azim=36, unit="2th_deg", error_model="poisson"
+    )
     assert res.intensity.shape == (3, 36, 80)
     out = tmp_path / "cakes.h5"
-    with NXazintWriter(out, res.radial, radial_unit=res.unit, azimuthal=res.azimuthal,
-                       calibration=cal, options={"error_model": "poisson"}) as w:
+    with NXazintWriter(
+        out,
+        res.radial,
+        radial_unit=res.unit,
+        azimuthal=res.azimuthal,
+        calibration=cal,
+        options={"error_model": "poisson"},
+    ) as w:
         w.append(res.intensity, res.sigma, np.arange(3), ["a::0", "a::1", "a::2"])
     back = read_nxazint(out)
     assert back["definition"] == "NXazint2d" and back["radial_unit"] == "2th_deg"

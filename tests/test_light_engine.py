@@ -1,4 +1,5 @@
 """The start-up-free NumPy engine used by saxsdog for small jobs: same sums as the reference."""
+
 import numpy as np
 import pytest
 
@@ -24,18 +25,27 @@ def test_reference_frame_matches_scipy_engine(reference_dir):
     from gpusaxs.io.images import read_image
 
     cal = Calibration.from_file(reference_dir / "buf1_00000.calibration.json").replace(
-        polarization=(0.95, 0.0))
+        polarization=(0.95, 0.0)
+    )
     matrix = get_matrix(cal, cache_dir=False)
     img = read_image(reference_dir / "buf1_00000.tif")
-    assert (img < 0).any()                        # gaps and bad pixels carry no weight
+    assert (img < 0).any()  # gaps and bad pixels carry no weight
     _check(matrix, np.stack([img, img[::-1, ::-1].copy()]))
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int32])
 def test_invalid_pixels_and_dtypes(dtype):
-    cal = Calibration(beam_center=(30.0, 20.0), distance_mm=300.0, imagesize=(60, 50),
-                      pixel_size_um=(172.0, 172.0), wavelength_A=1.0, oversampling=3,
-                      polarization=(0.9, 10.0), tilt_angle_deg=3.0, tilt_rot_deg=40.0)
+    cal = Calibration(
+        beam_center=(30.0, 20.0),
+        distance_mm=300.0,
+        imagesize=(60, 50),
+        pixel_size_um=(172.0, 172.0),
+        wavelength_A=1.0,
+        oversampling=3,
+        polarization=(0.9, 10.0),
+        tilt_angle_deg=3.0,
+        tilt_rot_deg=40.0,
+    )
     matrix = get_matrix(cal, cache_dir=False)
     rng = np.random.default_rng(3)
     stack = rng.poisson(50, size=(3, 60, 50)).astype(dtype)

@@ -1,4 +1,5 @@
 """The on-disk matrix cache: default folder, LRU bound, concurrent processes (issue 15)."""
+
 import os
 import subprocess
 import sys
@@ -6,18 +7,30 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from gpusaxs.calibration import Calibration
-from gpusaxs.matrix_cache import (_MEMORY, default_cache_dir, evict, get_matrix, load_matrix,
-                                  matrix_key, save_matrix)
+from gpusaxs.matrix_cache import (
+    _MEMORY,
+    default_cache_dir,
+    evict,
+    get_matrix,
+    load_matrix,
+    matrix_key,
+    save_matrix,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cal(distance=1000.0, size=(120, 100)):
-    return Calibration(beam_center=(60.0, 50.0), distance_mm=distance, imagesize=size,
-                       pixel_size_um=(172.0, 172.0), wavelength_A=1.54, oversampling=2)
+    return Calibration(
+        beam_center=(60.0, 50.0),
+        distance_mm=distance,
+        imagesize=size,
+        pixel_size_um=(172.0, 172.0),
+        wavelength_A=1.54,
+        oversampling=2,
+    )
 
 
 def test_default_folder(monkeypatch, tmp_path):
@@ -58,7 +71,7 @@ def test_corrupt_file_is_rebuilt(_private_matrix_cache):
     info = {}
     get_matrix(cal, info=info)
     assert info["source"] == "built"
-    load_matrix(info["path"])                 # replaced by a good file
+    load_matrix(info["path"])  # replaced by a good file
 
 
 def test_lru_eviction(tmp_path):
@@ -70,7 +83,7 @@ def test_lru_eviction(tmp_path):
         os.utime(p, (1000 + k, 1000 + k))
         paths.append(p)
     size = paths[0].stat().st_size
-    os.utime(paths[0])                        # used just now: the newest
+    os.utime(paths[0])  # used just now: the newest
     removed = evict(tmp_path, max_bytes=2 * size)
     assert removed == [paths[1]]
     assert paths[0].is_file() and paths[2].is_file()
@@ -115,10 +128,17 @@ def test_two_processes_share_the_cache_safely(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, str(script), role, str(folder), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for role in ("writer", "reader")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), role, str(folder), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in ("writer", "reader")
+    ]
     import time
+
     deadline = time.monotonic() + 60
     while not all((folder / f"ready-{r}").exists() for r in ("writer", "reader")):
         assert time.monotonic() < deadline, "workers did not start"
@@ -126,7 +146,7 @@ def test_two_processes_share_the_cache_safely(tmp_path):
         time.sleep(0.01)
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     assert "reader" in outs[1][0] and outs[1][0].split()[-1] == "150"
     assert len(list(folder.glob("matrix-*.npz"))) == 1

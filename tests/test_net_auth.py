@@ -1,10 +1,17 @@
 """Authentication of requests: HMAC-SHA256 over canonical JSON + attachments, window, replay."""
+
 import json
 
 import pytest
 
-from gpusaxs.server.auth import (AuthenticationError, Authenticator, ReplayCache, canonical_bytes,
-                         compute_sign, sign_request)
+from gpusaxs.server.auth import (
+    AuthenticationError,
+    Authenticator,
+    ReplayCache,
+    canonical_bytes,
+    compute_sign,
+    sign_request,
+)
 
 SECRET = "s3cr3t-" + "x" * 57
 
@@ -57,10 +64,10 @@ def test_tampered_request_and_attachment():
     with pytest.raises(AuthenticationError):
         auth.verify(req, [b"mask bytes \x00\x02"])
     with pytest.raises(AuthenticationError):
-        auth.verify(req, [])                       # attachment left out
+        auth.verify(req, [])  # attachment left out
     with pytest.raises(AuthenticationError):
-        auth.verify(req, att + [b""])              # attachment added
-    with pytest.raises(AuthenticationError):       # bytes moved between attachments
+        auth.verify(req, att + [b""])  # attachment added
+    with pytest.raises(AuthenticationError):  # bytes moved between attachments
         auth.verify(req, [b"mask bytes", b" \x00\x01"])
     auth.verify(req, att)
 
@@ -72,19 +79,24 @@ def test_sign_is_hmac_sha256_of_documented_message():
     req = {"command": "new", "time": 3.0}
     atts = [b"abc", b""]
     msg = canonical_bytes(req) + b"".join(len(a).to_bytes(8, "big") + a for a in atts)
-    assert compute_sign(SECRET, req, atts) == hmac.new(SECRET.encode(), msg,
-                                                       hashlib.sha256).hexdigest()
+    assert (
+        compute_sign(SECRET, req, atts)
+        == hmac.new(SECRET.encode(), msg, hashlib.sha256).hexdigest()
+    )
 
 
-@pytest.mark.parametrize("req", [
-    {"command": "stat", "time": 1.0},                        # unsigned
-    {"command": "stat", "time": 1.0, "sign": ""},
-    {"command": "stat", "sign": "ab" * 32},                  # no time
-    {"command": "stat", "time": "now", "sign": "ab" * 32},
-    {"command": "stat", "time": True, "sign": "ab" * 32},
-    {"command": "stat", "time": 1.0, "sign": 5},
-    {"command": "stat", "time": 1.0, "sign": "\udcff" * 3},
-])
+@pytest.mark.parametrize(
+    "req",
+    [
+        {"command": "stat", "time": 1.0},  # unsigned
+        {"command": "stat", "time": 1.0, "sign": ""},
+        {"command": "stat", "sign": "ab" * 32},  # no time
+        {"command": "stat", "time": "now", "sign": "ab" * 32},
+        {"command": "stat", "time": True, "sign": "ab" * 32},
+        {"command": "stat", "time": 1.0, "sign": 5},
+        {"command": "stat", "time": 1.0, "sign": "\udcff" * 3},
+    ],
+)
 def test_malformed_auth_fields(req):
     with pytest.raises(AuthenticationError):
         Authenticator(SECRET, clock=lambda: 1.0).verify(req)
@@ -97,7 +109,7 @@ def test_replay_cache_expires_and_is_bounded():
     c.check_and_add("c", 0.0, now=0.0)
     with pytest.raises(AuthenticationError, match="too many"):
         c.check_and_add("d", 0.0, now=1.0)
-    c.check_and_add("d", 11.0, now=11.0)       # a, b, c expired
+    c.check_and_add("d", 11.0, now=11.0)  # a, b, c expired
     assert len(c) == 1
     with pytest.raises(AuthenticationError):
         c.check_and_add("d", 11.0, now=12.0)

@@ -1,17 +1,17 @@
 """Issue 15, service side: confined writes, stale curves, leftovers, disk full, signed feeder
 events, secrets and config permissions (in-process service; the process tests are in
 test_net_hardening_proc.py)."""
+
 import errno
 import json
 import os
 import time
 
 import pytest
+from net_support import SECRET, ask, calibration_dict, mask_array, signed, wait_for, write_frames
 
 from gpusaxs.server import protocol as P
 from gpusaxs.server.auth import sign_request
-from net_support import (SECRET, ask, calibration_dict, mask_array, signed, wait_for,
-                         write_frames)
 
 
 @pytest.fixture
@@ -28,8 +28,9 @@ def service(tmp_path):
 def new(svc, cal=None, directory="data"):
     from gpusaxs.io.masks import fit2d_mask_bytes
 
-    req, atts = P.new_request(cal or calibration_dict(), directory,
-                              fit2d_mask_bytes(mask_array()), "m.msk")
+    req, atts = P.new_request(
+        cal or calibration_dict(), directory, fit2d_mask_bytes(mask_array()), "m.msk"
+    )
     ans = ask(svc, signed(req, atts))
     assert ans["result"] == "new queue", ans
     return ans
@@ -47,8 +48,12 @@ def readdir_and_wait(svc, n, timeout=90):
         d = stat(svc)
         last.update(d)
         q = d["queue"]
-        return (d["stat"]["pics"] + d["errors"]["count"] + q["skipped"] >= n
-                and d["stat"]["queue length"] == 0 and q["state"] == "running")
+        return (
+            d["stat"]["pics"] + d["errors"]["count"] + q["skipped"] >= n
+            and d["stat"]["queue length"] == 0
+            and q["state"] == "running"
+        )
+
     assert wait_for(done, timeout, interval=0.05), last
     return last
 
@@ -81,8 +86,10 @@ def test_nested_curve_folder_link_refused_and_regular_folders_fine(service, tmp_
     new(service)
     d = readdir_and_wait(service, 4)
     assert d["stat"]["pics"] == 2 and d["errors"]["count"] == 2, d
-    assert sorted(p.name for p in (data / "ok" / "work").iterdir()) == \
-        ["img_00000.chi", "img_00001.chi"]
+    assert sorted(p.name for p in (data / "ok" / "work").iterdir()) == [
+        "img_00000.chi",
+        "img_00001.chi",
+    ]
     assert list(outside.iterdir()) == []
 
 
@@ -103,8 +110,8 @@ def test_readdir_redoes_curves_of_another_calibration(service, tmp_path):
     assert d["queue"]["skipped"] == 0 and d["stat"]["pics"] == 5, d
     assert d["queue"]["redone"] == 5
     second = read_chi(data / "work" / "img_00002.chi")
-    assert second.q[-1] != pytest.approx(first.q[-1])          # made with the new geometry
-    new(service, cal_b)                                          # same calibration again
+    assert second.q[-1] != pytest.approx(first.q[-1])  # made with the new geometry
+    new(service, cal_b)  # same calibration again
     d = readdir_and_wait(service, 5)
     assert d["queue"]["skipped"] == 5 and d["stat"]["pics"] == 0, d
 
@@ -120,8 +127,9 @@ def test_curve_records_the_calibration_key(service, tmp_path):
     key = read_chi_key(data / "work" / "img_00000.chi")
     assert key is not None and key.startswith(ans["data"]["cal"]["key"])
     from gpusaxs.calibration import Calibration
+
     cal = Calibration.from_dict(calibration_dict(), base_dir=str(data)).replace(mask_file=None)
-    assert key == matrix_key(cal, mask=mask_array())      # the key of CONTRACTS.md section 3
+    assert key == matrix_key(cal, mask=mask_array())  # the key of CONTRACTS.md section 3
 
 
 def test_leftover_tmp_files_removed_by_readdir(service, tmp_path):
@@ -136,7 +144,7 @@ def test_leftover_tmp_files_removed_by_readdir(service, tmp_path):
         os.utime(p, (time.time() - 60, time.time() - 60))
     young = work / ".img_00001.chi.12345678.tmp"
     young.write_text("being written")
-    keep = work / ".notes.tmp"                       # not an atomic_write name: not touched
+    keep = work / ".notes.tmp"  # not an atomic_write name: not touched
     keep.write_text("x")
     os.utime(keep, (time.time() - 60, time.time() - 60))
     new(service)
@@ -170,17 +178,19 @@ def test_feeder_events_must_be_signed(service, tmp_path):
     new(service)
     img = str(data / "img_00000.tif")
     for i in range(500):
-        service.feeder_message(json.dumps({"command": "new file",
-                                           "argument": f"/nonexistent/{i}.tif"}).encode())
-    forged = sign_request("another secret of enough entropy 123",
-                          {"command": "new file", "argument": img})
+        service.feeder_message(
+            json.dumps({"command": "new file", "argument": f"/nonexistent/{i}.tif"}).encode()
+        )
+    forged = sign_request(
+        "another secret of enough entropy 123", {"command": "new file", "argument": img}
+    )
     service.feeder_message(json.dumps(forged).encode())
     service.feeder_message(b"\xff not json")
     f = stat(service)["feeder"]
     assert f["rejected"] == 502 and f["messages"] == 0 and f["files"] == 0
     ok = json.dumps(sign_request(SECRET, {"command": "new file", "argument": img})).encode()
     service.feeder_message(ok)
-    service.feeder_message(ok)                         # replayed: rejected
+    service.feeder_message(ok)  # replayed: rejected
     assert wait_for(lambda: stat(service)["stat"]["pics"] == 1, 60)
     d = stat(service)
     assert d["feeder"]["files"] == 1 and d["feeder"]["rejected"] == 503
@@ -210,8 +220,9 @@ def test_rate_limited_log():
     assert records[-1] == "again (9997 similar messages suppressed)"
 
 
-@pytest.mark.parametrize("secret", ["aaaaaaaaaaaaaaaa", "abababababababababababab",
-                                    "0000000011111111"])
+@pytest.mark.parametrize(
+    "secret", ["aaaaaaaaaaaaaaaa", "abababababababababababab", "0000000011111111"]
+)
 def test_low_entropy_secret_refused(secret):
     from gpusaxs.server.netconfig import NetConfigError, parse_config
 
@@ -268,12 +279,17 @@ def test_build_matrix_should_stop():
     from gpusaxs.calibration import Calibration
     from gpusaxs.matrix import BuildCancelled, build_matrix
 
-    cal = Calibration.from_dict(calibration_dict(oversampling=16),
-                                base_dir=".").replace(mask_file=None)
+    cal = Calibration.from_dict(calibration_dict(oversampling=16), base_dir=".").replace(
+        mask_file=None
+    )
     seen = []
     with pytest.raises(BuildCancelled):
-        build_matrix(cal, mask=np.zeros((200, 180), bool), should_stop=lambda: bool(seen),
-                     progress=lambda d, t: seen.append(d))
+        build_matrix(
+            cal,
+            mask=np.zeros((200, 180), bool),
+            should_stop=lambda: bool(seen),
+            progress=lambda d, t: seen.append(d),
+        )
     assert len(seen) == 1
 
 
@@ -313,6 +329,7 @@ def test_memory_error_in_receive_or_handling_answers_an_error(service, monkeypat
 
     def oom(*a):
         raise MemoryError
+
     monkeypatch.setattr(service, "cmd_stat", oom)
     sock = _FakeSocket(signed({"command": "stat"}))
     _serve_one(sock, service)
@@ -341,8 +358,9 @@ def test_failed_build_fails_the_queue_not_the_server(tmp_path):
 
     base = tmp_path / "base"
     (base / "data").mkdir(parents=True)
-    svc = SaxsdogService(base, SECRET, threads=1, batch_size=4, backend="numpy",
-                         integrator_class=Boom)
+    svc = SaxsdogService(
+        base, SECRET, threads=1, batch_size=4, backend="numpy", integrator_class=Boom
+    )
     try:
         new(svc)
         assert wait_for(lambda: stat(svc)["queue"]["state"] == "failed", 30)
@@ -363,8 +381,12 @@ def test_new_refuses_a_calibration_beyond_the_library_limits(service):
     if not hasattr(importlib.import_module("gpusaxs.calibration"), "check_limits"):
         pytest.skip("gpusaxs.calibration.check_limits (issue 15 item 4) not on this branch yet")
     shape = (2048, 2048)
-    req, atts = P.new_request(calibration_dict(shape=shape, oversampling=16), "data",
-                              fit2d_mask_bytes(np.zeros(shape, bool)), "m.msk")
+    req, atts = P.new_request(
+        calibration_dict(shape=shape, oversampling=16),
+        "data",
+        fit2d_mask_bytes(np.zeros(shape, bool)),
+        "m.msk",
+    )
     ans = ask(service, signed(req, atts))
     assert ans["result"] == "Error" and "Oversampling" in ans["data"]["Error"], ans
     assert service.queue is None and stat(service)["builds"] == []

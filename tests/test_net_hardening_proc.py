@@ -1,6 +1,7 @@
 """Issue 15, service side, with real server processes on 127.0.0.1: memory before
 authentication, builds beside the command loop (stat during a build, abort, SIGTERM), rogue
 feeder, config permissions, CURVE, saxsleash plot -o.  Figures are printed (pytest -s)."""
+
 import json
 import os
 import signal
@@ -11,10 +12,21 @@ import time
 import numpy as np
 import pytest
 import zmq
+from net_support import (
+    REPO,
+    SECRET,
+    calibration_dict,
+    env,
+    free_port,
+    leash,
+    start_server,
+    wait_for,
+    write_config,
+    write_frames,
+    write_setup,
+)
 
 from gpusaxs.server import protocol as P
-from net_support import (REPO, SECRET, calibration_dict, env, free_port, leash, start_server,
-                         wait_for, write_config, write_frames, write_setup)
 
 MB = 1 << 20
 
@@ -91,7 +103,7 @@ def test_unauthenticated_big_messages_keep_memory_bounded(net):
         for s in socks:
             s.send_multipart([b"", b'{"command": "stat"}', big, big, big, big], copy=False)
         ended = 0
-        for s, mon in zip(socks, mons):
+        for s, mon in zip(socks, mons, strict=True):
             # after the fix the server drops the peer (disconnect); before it, it answers
             if _answer_or_disconnect(s, mon, 60):
                 ended += 1
@@ -121,20 +133,21 @@ def test_unauthenticated_big_messages_keep_memory_bounded(net):
         for s in socks + mons:
             s.close(0)
         ctx.term()
-    print(f"\nRSS before {rss0 / 1024:.0f} MB; peak growth after 6 peers x 4 x 60 MB: "
-          f"{growth_a:.0f} MB (stat {lat_a * 1e3:.0f} ms); after 6 x 4 x 16 MB unauthenticated: "
-          f"{growth_b:.0f} MB (stat {lat_b * 1e3:.0f} ms); RSS at end {rss_end / 1024:.0f} MB")
-    assert srv.p.poll() is None                              # alive
-    assert growth_a < 100, growth_a                          # 60 MB frames never allocated
-    assert growth_b < 6 * 4 * 16 + 150, growth_b             # at most what was queued, no copy
+    print(
+        f"\nRSS before {rss0 / 1024:.0f} MB; peak growth after 6 peers x 4 x 60 MB: "
+        f"{growth_a:.0f} MB (stat {lat_a * 1e3:.0f} ms); after 6 x 4 x 16 MB unauthenticated: "
+        f"{growth_b:.0f} MB (stat {lat_b * 1e3:.0f} ms); RSS at end {rss_end / 1024:.0f} MB"
+    )
+    assert srv.p.poll() is None  # alive
+    assert growth_a < 100, growth_a  # 60 MB frames never allocated
+    assert growth_b < 6 * 4 * 16 + 150, growth_b  # at most what was queued, no copy
     assert srv.stop() == 0
 
 
 def _new(client, cal, mask_shape):
     from gpusaxs.io.masks import fit2d_mask_bytes
 
-    req, atts = P.new_request(cal, "data", fit2d_mask_bytes(np.zeros(mask_shape, bool)),
-                              "m.msk")
+    req, atts = P.new_request(cal, "data", fit2d_mask_bytes(np.zeros(mask_shape, bool)), "m.msk")
     t0 = time.perf_counter()
     ans = client.request("new", req["argument"], atts)
     dt = time.perf_counter() - t0
@@ -147,7 +160,7 @@ def test_big_build_beside_the_loop_abort_and_sigterm(net):
     answers during it with progress, a second 'new' answers at once and cancels it, abort
     and SIGTERM act within about a second."""
     shape = (2048, 2048)
-    cal_a = calibration_dict(shape=shape, oversampling=8)     # 268 M sub-pixels
+    cal_a = calibration_dict(shape=shape, oversampling=8)  # 268 M sub-pixels
     cal_b = dict(cal_a, DedectorDistanceMM=800.0)
     cal_c = dict(cal_a, DedectorDistanceMM=700.0)
     srv = start_server(net["tmp"], net["base"], net["cfg"], ["-f", "none"])
@@ -165,14 +178,16 @@ def test_big_build_beside_the_loop_abort_and_sigterm(net):
             seen.append(builds[0]["rows"][0])
             assert d["queue"]["state"] == "building"
         return len(set(seen)) >= 3
+
     assert wait_for(progressing, 120, interval=0.05), seen
     assert seen == sorted(seen) and seen[-1] < shape[0]
     # a second 'new' with another calibration: answered at once, the first build cancelled
     ans_b, t_new_b = _new(client, cal_b, shape)
     key_b = ans_b["data"]["cal"]["key"]
     t0 = time.perf_counter()
-    assert wait_for(lambda: [b["key"] for b in timed_stat(client)[0]["builds"]] == [key_b],
-                    10, interval=0.02)
+    assert wait_for(
+        lambda: [b["key"] for b in timed_stat(client)[0]["builds"]] == [key_b], 10, interval=0.02
+    )
     t_cancel = time.perf_counter() - t0
     # abort: the build stops within a chunk
     t0 = time.perf_counter()
@@ -183,18 +198,21 @@ def test_big_build_beside_the_loop_abort_and_sigterm(net):
     assert timed_stat(client)[0]["queue"]["state"] == "aborted"
     # SIGTERM during a build
     _new(client, cal_c, shape)
-    assert wait_for(lambda: any(b["rows"][0] > 0 for b in timed_stat(client)[0]["builds"]),
-                    60, interval=0.05)
+    assert wait_for(
+        lambda: any(b["rows"][0] > 0 for b in timed_stat(client)[0]["builds"]), 60, interval=0.05
+    )
     t0 = time.perf_counter()
     srv.p.send_signal(signal.SIGTERM)
     rc = srv.p.wait(30)
     t_term = time.perf_counter() - t0
-    print(f"\nnew answered in {t_new_a * 1e3:.0f} ms, second new {t_new_b * 1e3:.0f} ms; stat "
-          f"during the build: median {np.median(lat) * 1e3:.1f} ms, max {max(lat) * 1e3:.0f} ms "
-          f"({len(lat)} calls); first build gone {t_cancel:.2f} s after the second new; "
-          f"abort -> no build {t_abort:.2f} s; SIGTERM -> exit {t_term:.2f} s")
+    print(
+        f"\nnew answered in {t_new_a * 1e3:.0f} ms, second new {t_new_b * 1e3:.0f} ms; stat "
+        f"during the build: median {np.median(lat) * 1e3:.1f} ms, max {max(lat) * 1e3:.0f} ms "
+        f"({len(lat)} calls); first build gone {t_cancel:.2f} s after the second new; "
+        f"abort -> no build {t_abort:.2f} s; SIGTERM -> exit {t_term:.2f} s"
+    )
     assert rc == 0
-    assert t_new_b < 5 and t_abort < 5 and t_term < 5       # ~1 s; loose for a loaded CI box
+    assert t_new_b < 5 and t_abort < 5 and t_term < 5  # ~1 s; loose for a loaded CI box
 
 
 def test_rogue_publisher_on_the_feeder_port(net):
@@ -211,7 +229,7 @@ def test_rogue_publisher_on_the_feeder_port(net):
     try:
         srv = start_server(net["tmp"], net["base"], cfg, ["-f", f"tcp://127.0.0.1:{fport}"])
         net["procs"].append(srv)
-        assert pub.poll(30_000) and pub.recv()[:1] == b"\x01"        # the server subscribed
+        assert pub.poll(30_000) and pub.recv()[:1] == b"\x01"  # the server subscribed
         client = P.Client(srv.info["url"], SECRET, timeout=10)
         net["clients"].append(client)
         cal, msk = write_setup(net["tmp"])
@@ -219,11 +237,13 @@ def test_rogue_publisher_on_the_feeder_port(net):
         assert rc == 0, err
         n = 20_000
         for i in range(n):
-            pub.send(json.dumps({"command": "new file",
-                                 "argument": str(net["base"] / "data" / f"no_{i}.tif")}).encode())
+            pub.send(
+                json.dumps(
+                    {"command": "new file", "argument": str(net["base"] / "data" / f"no_{i}.tif")}
+                ).encode()
+            )
         pub.send(json.dumps(sign_request(SECRET, {"command": "heartbeat"})).encode())
-        assert wait_for(lambda: timed_stat(client)[0]["feeder"]["messages"] == 1, 60,
-                        interval=0.1)
+        assert wait_for(lambda: timed_stat(client)[0]["feeder"]["messages"] == 1, 60, interval=0.1)
         d = timed_stat(client)[0]
         assert d["feeder"]["rejected"] == n and d["feeder"]["files"] == 0, d["feeder"]
         assert d["errors"]["count"] == 0 and d["stat"]["images processed"] == 0
@@ -241,14 +261,29 @@ def test_group_readable_config_refused_by_server_warned_by_leash(net):
     cfg = net["cfg"]
     os.chmod(cfg, 0o644)
     try:
-        r = subprocess.run([sys.executable, "-m", "gpusaxs.server.saxsdogserver", "--config",
-                            str(cfg), "-p", "0", str(net["base"])], cwd=REPO, env=env(),
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gpusaxs.server.saxsdogserver",
+                "--config",
+                str(cfg),
+                "-p",
+                "0",
+                str(net["base"]),
+            ],
+            cwd=REPO,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the server started with a group-readable configuration")
     assert r.returncode == 2 and "chmod 600" in r.stderr, r.stderr
-    rc, _, err = leash(cfg, f"tcp://127.0.0.1:{free_port()}", "stat", "--timeout", "0.3",
-                       "--retries", "0")
+    rc, _, err = leash(
+        cfg, f"tcp://127.0.0.1:{free_port()}", "stat", "--timeout", "0.3", "--retries", "0"
+    )
     assert rc == 3 and "warning" in err and "chmod 600" in err
 
 
@@ -275,9 +310,26 @@ def test_curve_drops_peers_without_the_key_and_leash_plot_png(net):
     assert leash(net["cfg"], url, "readdir")[0] == 0
     assert wait_for(lambda: timed_stat(good)[0]["stat"]["pics"] == 3, 60, interval=0.1)
     png = net["tmp"] / "p.png"
-    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsleash", "plot", "--once",
-                        "-o", str(png), "--config", str(net["cfg"]), "-S", url], cwd=REPO,
-                       env=env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpusaxs.clients.saxsleash",
+            "plot",
+            "--once",
+            "-o",
+            str(png),
+            "--config",
+            str(net["cfg"]),
+            "-S",
+            url,
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout == "" and png.stat().st_size > 1000, r.stderr
     assert "saved" in r.stderr
     assert srv.stop() == 0

@@ -1,4 +1,5 @@
 """Protocol: schemas, command names, path confinement, fuzzed requests (in-process service)."""
+
 import base64
 import json
 import os
@@ -6,16 +7,23 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from net_support import SECRET, ask, calibration_dict, mask_array, signed, wait_for, write_frames
 
 from gpusaxs.server import protocol as P
 from gpusaxs.server.auth import sign_request
 from gpusaxs.server.saxsdogserver import SaxsdogService
-from net_support import (SECRET, ask, calibration_dict, mask_array, signed, wait_for,
-                         write_frames)
 
-RESULTS = {"new queue", "queue closed", "queue stopped emptied and closed", "plot data",
-           "directory refilled queue", "stat", "directory listing", "Error",
-           "AuthenticationError"}
+RESULTS = {
+    "new queue",
+    "queue closed",
+    "queue stopped emptied and closed",
+    "plot data",
+    "directory refilled queue",
+    "stat",
+    "directory listing",
+    "Error",
+    "AuthenticationError",
+}
 
 
 @pytest.fixture
@@ -40,8 +48,9 @@ def test_schemas_are_valid_and_shipped():
     assert set(P.load_schema("request")["properties"]["command"]["enum"]) == set(P.COMMANDS)
 
 
-@pytest.mark.parametrize("cmd", ["stat", "plot", "send plot", "close", "close queue", "abort",
-                                 "abort queue", "readdir"])
+@pytest.mark.parametrize(
+    "cmd", ["stat", "plot", "send plot", "close", "close queue", "abort", "abort queue", "readdir"]
+)
 def test_command_names_without_queue(service, cmd):
     ans = ask(service, signed({"command": cmd}))
     if P.COMMANDS[cmd] == "stat":
@@ -65,8 +74,9 @@ def test_new_readdir_plot_get_close_in_process(service, tmp_path):
     ans = _new(service, maskbin=True)
     assert ans["result"] == "new queue", ans
     assert ask(service, signed({"command": "readdir"}))["result"] == "directory refilled queue"
-    done = wait_for(lambda: ask(service, signed({"command": "stat"}))["data"]["stat"]["pics"]
-                    == 5, 60)
+    done = wait_for(
+        lambda: ask(service, signed({"command": "stat"}))["data"]["stat"]["pics"] == 5, 60
+    )
     assert done
     plot = ask(service, signed({"command": "send plot"}))
     assert plot["result"] == "plot data" and len(plot["data"]["array"]) == 3
@@ -88,22 +98,39 @@ def test_new_readdir_plot_get_close_in_process(service, tmp_path):
     assert ask(service, signed({"command": "readdir"}))["result"] == "Error"
 
 
-@pytest.mark.parametrize("path", ["..", "../outside", "/", "/etc", "link", "link/", "data/../..",
-                                  "data/../../outside", str("/tmp")])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "..",
+        "../outside",
+        "/",
+        "/etc",
+        "link",
+        "link/",
+        "data/../..",
+        "data/../../outside",
+        "/tmp",
+    ],
+)
 def test_path_traversal_refused(service, path):
-    for req in ({"command": "listdir", "argument": {"directory": path}},
-                {"command": "get", "argument": {"path": path + "/x.chi"}}):
+    for req in (
+        {"command": "listdir", "argument": {"directory": path}},
+        {"command": "get", "argument": {"path": path + "/x.chi"}},
+    ):
         ans = ask(service, signed(req))
         assert ans["result"] == "Error", (req, ans)
     ans = _new(service, directory=path)
-    assert ans["result"] == "Error" and ("outside" in ans["data"]["Error"]
-                                         or "does not exist" in ans["data"]["Error"])
+    assert ans["result"] == "Error" and (
+        "outside" in ans["data"]["Error"] or "does not exist" in ans["data"]["Error"]
+    )
     assert service.queue is None
 
 
 def test_absolute_path_inside_base_is_fine(service, tmp_path):
-    ans = ask(service, signed({"command": "listdir",
-                               "argument": {"directory": str(tmp_path / "base" / "data")}}))
+    ans = ask(
+        service,
+        signed({"command": "listdir", "argument": {"directory": str(tmp_path / "base" / "data")}}),
+    )
     assert ans["result"] == "directory listing" and ans["data"]["directory"] == "data"
 
 
@@ -133,49 +160,71 @@ def test_auth_errors_and_limits(service):
     huge = [b"{" + b" " * (service.max_request + 1) + b"}"]
     assert "too large" in ask(service, huge)["data"]["Error"]
     # bad base64 mask, unknown command (signed)
-    req3 = {"command": "new", "argument": {"directory": "data", "calibration": calibration_dict(),
-                                           "maskbin": "***"}}
+    req3 = {
+        "command": "new",
+        "argument": {"directory": "data", "calibration": calibration_dict(), "maskbin": "***"},
+    }
     assert "base64" in ask(service, signed(req3))["data"]["Error"]
     assert ask(service, signed({"command": "explode"}))["result"] == "Error"
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
-                                                                      children, max_size=4),
-    max_leaves=20)
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 commands = st.sampled_from(sorted(P.COMMANDS) + ["", "NEW", "new file", "stat "]) | st.text(
-    max_size=12)
-arguments = st.fixed_dictionaries({}, optional={
-    "directory": st.sampled_from([".", "data", "..", "/", "link", "nope"]) | json_values,
-    "calibration": st.just(calibration_dict()) | st.dictionaries(
-        st.sampled_from(list(calibration_dict())), json_values, max_size=10) | json_values,
-    "mask": json_values | st.text(max_size=12),
-    "maskbin": st.just(base64.b64encode(b"\x00" * 16).decode()) | json_values,
-    "path": st.sampled_from(["data/a.tif", "../x.chi", "data"]) | json_values,
-}) | json_values
-requests = st.fixed_dictionaries({"command": commands}, optional={"argument": arguments,
-                                                                  "extra": json_values})
+    max_size=12
+)
+arguments = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "directory": st.sampled_from([".", "data", "..", "/", "link", "nope"]) | json_values,
+            "calibration": st.just(calibration_dict())
+            | st.dictionaries(st.sampled_from(list(calibration_dict())), json_values, max_size=10)
+            | json_values,
+            "mask": json_values | st.text(max_size=12),
+            "maskbin": st.just(base64.b64encode(b"\x00" * 16).decode()) | json_values,
+            "path": st.sampled_from(["data/a.tif", "../x.chi", "data"]) | json_values,
+        },
+    )
+    | json_values
+)
+requests = st.fixed_dictionaries(
+    {"command": commands}, optional={"argument": arguments, "extra": json_values}
+)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(req=requests, atts=st.lists(st.binary(max_size=64), max_size=2))
 def test_fuzz_signed_requests(service, req, atts):
     try:
         frames = signed(req, atts)
-    except ValueError:        # not canonicalisable (cannot be signed): not a request
+    except ValueError:  # not canonicalisable (cannot be signed): not a request
         return
     ans = ask(service, frames)
     assert ans["result"] in RESULTS
     assert ans["result"] != "AuthenticationError", ans
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frames=st.lists(st.binary(max_size=200) | json_values.map(
-    lambda v: json.dumps(v).encode()), min_size=0, max_size=3))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    frames=st.lists(
+        st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+        min_size=0,
+        max_size=3,
+    )
+)
 def test_fuzz_unsigned_garbage(service, frames):
     ans = ask(service, frames)
     assert ans["result"] in ("Error", "AuthenticationError")

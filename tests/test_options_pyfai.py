@@ -8,6 +8,7 @@ Two set-ups:
   splitting: the two splitting schemes differ by ~0.03 % median, the options must not add to it.
 The agreement reached is listed in docs/pyfai-options.md.
 """
+
 import numpy as np
 import pytest
 
@@ -38,17 +39,31 @@ def tilted(tmp_path_factory):
     """(integrator, pyFAI integrator, frame, mask, dark, flat) of a tilted synthetic geometry."""
     cal, image, dark, flat = tilted_synthetic_frame(tmp_path_factory.mktemp("tilted"))
     mask = image < 0
-    return (gpusaxs.Integrator(cal, backend="numpy"), pyfai_integrator(cal), image, mask,
-            dark, flat)
+    return (
+        gpusaxs.Integrator(cal, backend="numpy"),
+        pyfai_integrator(cal),
+        image,
+        mask,
+        dark,
+        flat,
+    )
 
 
-def pyfai_1d(ai, integ, image, mask, npt, unit="q_nm^-1", radial_range=None, method=NO_SPLIT,
-             **kwargs):
+def pyfai_1d(
+    ai, integ, image, mask, npt, unit="q_nm^-1", radial_range=None, method=NO_SPLIT, **kwargs
+):
     """pyFAI's integrate1d on the bins of our matrix for the same npt/unit/range."""
     edges = integ.option_engine(npt=npt, unit=unit, radial_range=radial_range)[0].q_edges
     kwargs.setdefault("correctSolidAngle", False)
-    return ai.integrate1d(image, npt, unit=unit, radial_range=(edges[0], edges[-1]), mask=mask,
-                          method=method, **kwargs)
+    return ai.integrate1d(
+        image,
+        npt,
+        unit=unit,
+        radial_range=(edges[0], edges[-1]),
+        mask=mask,
+        method=method,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("unit", ["q_nm^-1", "q_A^-1", "2th_deg", "2th_rad", "r_mm"])
@@ -87,11 +102,20 @@ def test_per_pixel_corrections_one_at_a_time_and_all_together(tilted):
         # deg): ~4e-4 median; the factors themselves equal pyFAI's (tests/test_geometry.py)
         assert_same(ours.intensity, theirs.intensity, median=1e-3, p95=5e-3)
         assert agreement(ours.intensity, plain.intensity)[0] > 1e-3, ours_kw  # it did something
-    everything = dict(correct_solid_angle=True, dark=dark, polarization_factor=0.9,
-                      normalization_factor=2.5)
+    everything = dict(
+        correct_solid_angle=True, dark=dark, polarization_factor=0.9, normalization_factor=2.5
+    )
     ours = integ.integrate1d(image, npt=800, flat=flat, **everything)
-    theirs = pyfai_1d(ai, integ, image, mask, 800, flat=flat, correctSolidAngle=True,
-                      **{k: v for k, v in everything.items() if k != "correct_solid_angle"})
+    theirs = pyfai_1d(
+        ai,
+        integ,
+        image,
+        mask,
+        800,
+        flat=flat,
+        correctSolidAngle=True,
+        **{k: v for k, v in everything.items() if k != "correct_solid_angle"},
+    )
     # the frame was drawn as ideal * flat * solid angle + dark: both recover the ideal curve
     assert_same(ours.intensity, theirs.intensity, median=2e-3, p95=6e-3)
 
@@ -113,7 +137,7 @@ def test_azimuth_sector_and_sector_through_180(tilted):
     wrap = integ.integrate1d(image, npt=500, azimuth_range=(150.0, -150.0))
     same = integ.integrate1d(image, npt=500, azimuth_range=(-210.0, -150.0))
     np.testing.assert_array_equal(wrap.intensity, same.intensity)
-    ai.setChiDiscAtZero()                      # pyFAI's chi in [0, 360) for this sector
+    ai.setChiDiscAtZero()  # pyFAI's chi in [0, 360) for this sector
     try:
         theirs = pyfai_1d(ai, integ, image, mask, 500, azimuth_range=(150.0, 210.0))
     finally:
@@ -125,16 +149,25 @@ def test_azimuth_sector_and_sector_through_180(tilted):
 
 def test_cake_2d(tilted):
     integ, ai, image, mask, _, _ = tilted
-    ours = integ.integrate2d(image, 300, 36, unit="2th_deg", radial_range=(0.0, 30.0),
-                             correct_solid_angle=True)
-    theirs = ai.integrate2d(image, 300, 36, unit="2th_deg", radial_range=(0.0, 30.0), mask=mask,
-                            azimuth_range=(-180.0, 180.0), method=NO_SPLIT,
-                            correctSolidAngle=True)
+    ours = integ.integrate2d(
+        image, 300, 36, unit="2th_deg", radial_range=(0.0, 30.0), correct_solid_angle=True
+    )
+    theirs = ai.integrate2d(
+        image,
+        300,
+        36,
+        unit="2th_deg",
+        radial_range=(0.0, 30.0),
+        mask=mask,
+        azimuth_range=(-180.0, 180.0),
+        method=NO_SPLIT,
+        correctSolidAngle=True,
+    )
     assert ours.intensity.shape == (36, 300)
     np.testing.assert_allclose(ours.radial, theirs.radial, rtol=1e-6)
     np.testing.assert_allclose(ours.azimuthal, theirs.azimuthal, atol=1e-3)
     assert_same(ours.intensity, theirs.intensity, median=1e-4, p95=5e-4)
-    intensity, radial, chi = ours                  # unpacks like pyFAI's Integrate2dResult
+    intensity, radial, chi = ours  # unpacks like pyFAI's Integrate2dResult
     assert intensity is ours.intensity and chi is ours.azimuthal
 
 
@@ -152,6 +185,7 @@ def test_error_models_without_pixel_splitting(tilted, model):
 
 # -- the reference frame, with pixel splitting -----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def reference(reference_dir):
     cal = gpusaxs.Calibration.from_file(reference_dir / "buf1_00000.calibration.json")
@@ -164,12 +198,24 @@ def test_reference_frame_all_options_in_a_sector(reference):
     integ, ai, image, mask = reference
     rng = np.random.default_rng(4)
     dark = rng.uniform(0.0, 2.0, image.shape)
-    options = dict(correct_solid_angle=True, dark=dark, polarization_factor=0.95,
-                   normalization_factor=3.0, azimuth_range=(60.0, 120.0))
+    options = dict(
+        correct_solid_angle=True,
+        dark=dark,
+        polarization_factor=0.95,
+        normalization_factor=3.0,
+        azimuth_range=(60.0, 120.0),
+    )
     ours = integ.integrate1d(image, **options)
-    theirs = pyfai_1d(ai, integ, image, mask, integ.matrix.n_bins, method=FULL_SPLIT,
-                      correctSolidAngle=True,
-                      **{k: v for k, v in options.items() if k != "correct_solid_angle"})
+    theirs = pyfai_1d(
+        ai,
+        integ,
+        image,
+        mask,
+        integ.matrix.n_bins,
+        method=FULL_SPLIT,
+        correctSolidAngle=True,
+        **{k: v for k, v in options.items() if k != "correct_solid_angle"},
+    )
     # the two splitting schemes alone differ by a median 0.03 %, 95th percentile 0.1 %
     assert_same(ours.intensity, theirs.intensity, median=1e-3, p95=4e-3)
 
@@ -179,7 +225,8 @@ def test_reference_frame_poisson_sigma_is_saxsdogs_not_pyfais(reference):
     sqrt(sum w^2 x)/sum w: ours is larger by sqrt(sum w / sum w^2) (documented)."""
     integ, ai, image, mask = reference
     ours = integ.integrate1d(image)
-    theirs = pyfai_1d(ai, integ, image, mask, integ.matrix.n_bins, method=FULL_SPLIT,
-                      error_model="poisson")
+    theirs = pyfai_1d(
+        ai, integ, image, mask, integ.matrix.n_bins, method=FULL_SPLIT, error_model="poisson"
+    )
     ratio = np.nanmedian(ours.sigma / theirs.sigma)
     assert 1.1 < ratio < 1.4

@@ -1,4 +1,5 @@
 """gpusaxs.pipeline: curve_path and FramePipeline with a stub integrator and real files."""
+
 import threading
 from pathlib import Path
 
@@ -19,8 +20,8 @@ class StubIntegrator:
         self.shape = (H, W)
         self.q = np.linspace(0.1, 1.0, W)
         self.batches = []
-        self.gate = gate            # threading.Event the engine waits for (to hold frames)
-        self.fail_on = fail_on      # a pixel value that makes integration raise
+        self.gate = gate  # threading.Event the engine waits for (to hold frames)
+        self.fail_on = fail_on  # a pixel value that makes integration raise
         self.entered = threading.Event()
 
     def integrate_batch_error(self, stack, std=True):
@@ -52,6 +53,7 @@ def make_frames(folder, n, value0=1):
 
 def read_rows(path):
     from gpusaxs.io.chi import read_chi
+
     return read_chi(path)
 
 
@@ -70,10 +72,11 @@ def test_pipeline_writes_every_frame(tmp_path):
     paths = make_frames(tmp_path / "in", 37)
     stub = StubIntegrator()
     done = []
-    pipe = FramePipeline(stub, batch_size=8, read_threads=2,
-                         on_done=lambda ip, op, q, i: done.append((ip, op)))
+    pipe = FramePipeline(
+        stub, batch_size=8, read_threads=2, on_done=lambda ip, op, q, i: done.append((ip, op))
+    )
     outs = [tmp_path / "out" / p.with_suffix(".chi").name for p in paths]
-    for p, o in zip(paths, outs):
+    for p, o in zip(paths, outs, strict=True):
         pipe.submit(p, o)
     assert pipe.wait_idle(timeout=30)
     st = pipe.stats
@@ -101,7 +104,7 @@ def test_pipeline_batches_frames_that_wait(tmp_path):
     stub = StubIntegrator(gate=gate)
     pipe = FramePipeline(stub, batch_size=16, read_threads=2)
     pipe.submit(paths[0], tmp_path / "o" / "0.chi")
-    assert stub.entered.wait(10)            # the engine holds frame 0
+    assert stub.entered.wait(10)  # the engine holds frame 0
     for k, p in enumerate(paths[1:], 1):
         pipe.submit(p, tmp_path / "o" / f"{k}.chi")
     # wait (bounded) until the 8 later frames are decoded and waiting for the engine
@@ -122,8 +125,11 @@ def test_bad_files_go_to_on_error_rest_continues(tmp_path):
     tifffile.imwrite(wrong, np.zeros((H + 1, W), np.int32))
     missing = tmp_path / "in" / "missing.tif"
     errors = {}
-    pipe = FramePipeline(StubIntegrator(), batch_size=4,
-                         on_error=lambda ip, exc: errors.__setitem__(Path(ip).name, exc))
+    pipe = FramePipeline(
+        StubIntegrator(),
+        batch_size=4,
+        on_error=lambda ip, exc: errors.__setitem__(Path(ip).name, exc),
+    )
     for p in [paths[0], trunc, paths[1], text, wrong, missing] + paths[2:]:
         pipe.submit(p, tmp_path / "out" / p.with_suffix(".chi").name)
     pipe.wait_idle()
@@ -140,7 +146,7 @@ def test_bad_files_go_to_on_error_rest_continues(tmp_path):
 def test_engine_failure_isolates_the_frame(tmp_path):
     paths = make_frames(tmp_path / "in", 5)
     gate = threading.Event()
-    stub = StubIntegrator(gate=gate, fail_on=3)       # frame f002 holds value 3
+    stub = StubIntegrator(gate=gate, fail_on=3)  # frame f002 holds value 3
     errors = []
     pipe = FramePipeline(stub, batch_size=8, on_error=lambda ip, e: errors.append(Path(ip).name))
     pipe.submit(paths[0], tmp_path / "o" / "0.chi")
@@ -165,13 +171,20 @@ def test_writer_failure_and_custom_writer(tmp_path):
         seen.append((Path(image_path).name, float(intensity[0]), err is None))
 
     errors = []
-    pipe = FramePipeline(StubIntegrator(), errors=False, writer=writer,
-                         on_error=lambda ip, e: errors.append((Path(ip).name, str(e))))
+    pipe = FramePipeline(
+        StubIntegrator(),
+        errors=False,
+        writer=writer,
+        on_error=lambda ip, e: errors.append((Path(ip).name, str(e))),
+    )
     for p in paths:
         pipe.submit(p, tmp_path / "x.chi")
-    pipe.close()             # close without abort finishes everything
-    assert sorted(seen) == [("f000.tif", 1.0, True), ("f002.tif", 3.0, True),
-                            ("f003.tif", 4.0, True)]
+    pipe.close()  # close without abort finishes everything
+    assert sorted(seen) == [
+        ("f000.tif", 1.0, True),
+        ("f002.tif", 3.0, True),
+        ("f003.tif", 4.0, True),
+    ]
     assert errors == [("f001.tif", "disk full")]
     assert pipe.stats["processed"] == 3 and pipe.stats["failed"] == 1
 
@@ -183,7 +196,7 @@ def test_close_abort_finishes_in_flight_and_drops_the_rest(tmp_path):
     pipe = FramePipeline(stub, batch_size=4, read_threads=1)
     for k, p in enumerate(paths):
         pipe.submit(p, tmp_path / "o" / f"{k:03d}.chi")
-    assert stub.entered.wait(10)        # the engine holds the first frame(s)
+    assert stub.entered.wait(10)  # the engine holds the first frame(s)
     result = {}
     closer = threading.Thread(target=lambda: result.setdefault("d", pipe.close(abort=True)))
     closer.start()
@@ -204,9 +217,14 @@ def test_submit_is_thread_safe(tmp_path):
     paths = make_frames(tmp_path / "in", 40)
     pipe = FramePipeline(StubIntegrator(), batch_size=5, read_threads=3)
     chunks = [paths[i::4] for i in range(4)]
-    threads = [threading.Thread(target=lambda c=c: [pipe.submit(p, tmp_path / "o" /
-                                                                p.with_suffix(".chi").name)
-                                                    for p in c]) for c in chunks]
+    threads = [
+        threading.Thread(
+            target=lambda c=c: [
+                pipe.submit(p, tmp_path / "o" / p.with_suffix(".chi").name) for p in c
+            ]
+        )
+        for c in chunks
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -220,6 +238,7 @@ def test_submit_is_thread_safe(tmp_path):
 def _poll(cond, timeout=10.0):
     """Bounded polling: True as soon as ``cond()`` holds, False after ``timeout`` seconds."""
     import time
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

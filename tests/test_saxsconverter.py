@@ -1,4 +1,5 @@
 """Tests of the saxsconverter console tool (fit2d text, templates, in-place update, PONI, forms)."""
+
 import json
 import logging
 import math
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gpusaxs.clients.saxsconverter import main, parse_fit2d
 from gpusaxs.calibration import Calibration, read_poni
+from gpusaxs.clients.saxsconverter import main, parse_fit2d
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +38,14 @@ INFO: Estimated coordinate radial position error (mm) = 0.7136476E-02
 def run_cli(*args, cwd=None):
     """Run the real console script in a subprocess; return (rc, stdout, stderr)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsconverter", *map(str, args)],
-                       capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsconverter", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env,
+        timeout=120,
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -48,9 +56,15 @@ def load(path):
 def fit2d_reference_ai(cal):
     """pyFAI integrator set up from our calibration with the documented setFit2D mapping."""
     ai = AzimuthalIntegrator()
-    ai.setFit2D(cal.distance_mm, centerX=cal.beam_center[1], centerY=cal.imagesize[0] - cal.beam_center[0],
-                tilt=cal.tilt_angle_deg, tiltPlanRotation=-cal.tilt_rot_deg,
-                pixelX=cal.pixel_size_um[1], pixelY=cal.pixel_size_um[0])
+    ai.setFit2D(
+        cal.distance_mm,
+        centerX=cal.beam_center[1],
+        centerY=cal.imagesize[0] - cal.beam_center[0],
+        tilt=cal.tilt_angle_deg,
+        tiltPlanRotation=-cal.tilt_rot_deg,
+        pixelX=cal.pixel_size_um[1],
+        pixelY=cal.pixel_size_um[0],
+    )
     return ai
 
 
@@ -72,7 +86,11 @@ def test_reference_fit2d_file(reference_dir, tmp_path):
     assert d["Tilt"] == {"TiltRotDeg": 73.595, "TiltAngleDeg": -10.006}
     # the rest comes from the specification's defaults
     assert d["Imagesize"] == [1043, 981] and d["PixelSizeMicroM"] == [172.0]
-    assert d["MaskFile"] == "AAA_integ.msk" and d["Oversampling"] == 3 and d["PixelPerRadialElement"] == 1
+    assert (
+        d["MaskFile"] == "AAA_integ.msk"
+        and d["Oversampling"] == 3
+        and d["PixelPerRadialElement"] == 1
+    )
     assert "PolarizationCorrection" not in d
     cal = Calibration.from_file(out)
     assert cal.beam_center == (807.874, 388.277)
@@ -87,17 +105,19 @@ def test_spec_best_fit_lines(tmp_path):
     rc, _, stderr = run_cli(src, out)
     assert rc == 0, stderr
     d = load(out)
-    assert d["BeamCenter"] == [807.8745, 388.2765]         # mm line ignored, X/Y swapped
+    assert d["BeamCenter"] == [807.8745, 388.2765]  # mm line ignored, X/Y swapped
     assert d["Tilt"] == {"TiltRotDeg": 73.59509, "TiltAngleDeg": -10.00601}
-    assert d["DedectorDistanceMM"] == 1031.657              # not in the text: default kept, with a warning
+    assert d["DedectorDistanceMM"] == 1031.657  # not in the text: default kept, with a warning
     assert "no sample to detector distance line found" in stderr
 
 
 def test_parse_last_occurrence_and_fortran_numbers():
-    text = ("INFO: Refined Beam centre = 1.0 2.0 (pixels)\n"
-            "INFO: Refined Beam centre = 66.784 138.954 (mm)\n"
-            "INFO: Refined Beam centre = 3.5D+02 4.0E+01 (pixels)\n"
-            "INFO: Refined tilt angle = -1.5 degrees\n")
+    text = (
+        "INFO: Refined Beam centre = 1.0 2.0 (pixels)\n"
+        "INFO: Refined Beam centre = 66.784 138.954 (mm)\n"
+        "INFO: Refined Beam centre = 3.5D+02 4.0E+01 (pixels)\n"
+        "INFO: Refined tilt angle = -1.5 degrees\n"
+    )
     found = parse_fit2d(text)
     assert found["beam"] == (350.0, 40.0)
     assert found["tilt"] == -1.5 and "tilt_rot" not in found
@@ -107,19 +127,35 @@ def test_template(reference_dir, tmp_path):
     tdir = tmp_path / "templates"
     tdir.mkdir()
     template = tdir / "beamline.json"
-    template.write_text(json.dumps({
-        "Title": "beamline", "Imagesize": [512, 256], "PixelSizeMicroM": [75.0, 80.0], "MaskFile": "m/b.msk",
-        "Oversampling": 2, "PolarizationCorrection": {"Fraction": 0.9, "Angle": 10.0}}))
+    template.write_text(
+        json.dumps(
+            {
+                "Title": "beamline",
+                "Imagesize": [512, 256],
+                "PixelSizeMicroM": [75.0, 80.0],
+                "MaskFile": "m/b.msk",
+                "Oversampling": 2,
+                "PolarizationCorrection": {"Fraction": 0.9, "Angle": 10.0},
+            }
+        )
+    )
     outdir = tmp_path / "out"
     outdir.mkdir()
     out = outdir / "cal.json"
     rc, _, stderr = run_cli("-t", template, reference_dir / "fit2d-calibration.txt", out)
     assert rc == 0, stderr
     d = load(out)
-    assert d["Title"] == "beamline" and d["Imagesize"] == [512, 256] and d["PixelSizeMicroM"] == [75.0, 80.0]
-    assert d["Oversampling"] == 2 and d["PolarizationCorrection"] == {"Fraction": 0.9, "Angle": 10.0}
+    assert (
+        d["Title"] == "beamline"
+        and d["Imagesize"] == [512, 256]
+        and d["PixelSizeMicroM"] == [75.0, 80.0]
+    )
+    assert d["Oversampling"] == 2 and d["PolarizationCorrection"] == {
+        "Fraction": 0.9,
+        "Angle": 10.0,
+    }
     assert d["BeamCenter"] == [807.874, 388.277] and d["Wavelength"] == 1.54
-    assert d["PixelPerRadialElement"] == 1                  # default for what the template lacks
+    assert d["PixelPerRadialElement"] == 1  # default for what the template lacks
     # the template's relative mask path still points to the same file from the output's folder
     assert Calibration.from_file(out).mask_file == str(tdir / "m" / "b.msk")
 
@@ -127,7 +163,9 @@ def test_template(reference_dir, tmp_path):
 def test_bad_template(reference_dir, tmp_path):
     template = tmp_path / "t.json"
     template.write_text('{"Wavelength": -1}')
-    rc, _, stderr = run_cli("-t", template, reference_dir / "fit2d-calibration.txt", tmp_path / "o.json")
+    rc, _, stderr = run_cli(
+        "-t", template, reference_dir / "fit2d-calibration.txt", tmp_path / "o.json"
+    )
     assert rc == 2
     assert f"{template}: #/Wavelength:" in stderr
     assert not (tmp_path / "o.json").exists()
@@ -135,12 +173,23 @@ def test_bad_template(reference_dir, tmp_path):
 
 def test_update_in_place(reference_dir, tmp_path):
     out = tmp_path / "cal.json"
-    existing = {"Title": "keep me", "Geometry": {"Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
-                                                 "BeamCenter": [1, 2], "DetectorDistanceMM": 500,
-                                                 "Imagesize": [1043, 981], "PixelSizeMicroM": [172.0, 172.0]},
-                "Wavelength": 1.0, "Threads": 3, "Directory": "/data",
-                "Masks": [{"MaskFile": "a.msk", "Oversampling": 4, "PixelPerRadialElement": 2},
-                          {"MaskFile": "b.msk", "Oversampling": 1, "PixelPerRadialElement": 1, "qStop": 2.0}]}
+    existing = {
+        "Title": "keep me",
+        "Geometry": {
+            "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
+            "BeamCenter": [1, 2],
+            "DetectorDistanceMM": 500,
+            "Imagesize": [1043, 981],
+            "PixelSizeMicroM": [172.0, 172.0],
+        },
+        "Wavelength": 1.0,
+        "Threads": 3,
+        "Directory": "/data",
+        "Masks": [
+            {"MaskFile": "a.msk", "Oversampling": 4, "PixelPerRadialElement": 2},
+            {"MaskFile": "b.msk", "Oversampling": 1, "PixelPerRadialElement": 1, "qStop": 2.0},
+        ],
+    }
     out.write_text(json.dumps(existing))
     template = tmp_path / "ignored.json"
     template.write_text(json.dumps({"Imagesize": [10, 10]}))
@@ -149,9 +198,11 @@ def test_update_in_place(reference_dir, tmp_path):
     d = load(out)
     geo = d["Geometry"]
     assert geo["BeamCenter"] == [807.874, 388.277]
-    assert geo["DetectorDistanceMM"] == 1031.657 and "DedectorDistanceMM" not in geo   # spelling kept
+    assert (
+        geo["DetectorDistanceMM"] == 1031.657 and "DedectorDistanceMM" not in geo
+    )  # spelling kept
     assert geo["Tilt"] == {"TiltRotDeg": 73.595, "TiltAngleDeg": -10.006}
-    assert geo["Imagesize"] == [1043, 981]                  # existing output wins over the template
+    assert geo["Imagesize"] == [1043, 981]  # existing output wins over the template
     assert d["Wavelength"] == 1.54
     assert d["Title"] == "keep me" and d["Threads"] == 3 and d["Directory"] == "/data"
     assert d["Masks"] == existing["Masks"]
@@ -169,13 +220,21 @@ def test_invalid_existing_output_is_not_clobbered(reference_dir, tmp_path):
     assert load(out)["BeamCenter"] == [807.874, 388.277]
 
 
-@pytest.mark.parametrize("text,message", [
-    ("INFO: Refined tilt angle = 1.0 degrees\nINFO: Refined tilt plane rotation angle = 2 degrees\n",
-     "calibration.txt: no beam centre line found"),
-    ("", "calibration.txt: no beam centre line found"),
-    ("INFO: Refined Beam centre = 1 2 (pixels)\nINFO: Refined tilt angle = 1.0 degrees\n",
-     "calibration.txt: tilt angle line found but no tilt plane rotation line"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "INFO: Refined tilt angle = 1.0 degrees\n"
+            "INFO: Refined tilt plane rotation angle = 2 degrees\n",
+            "calibration.txt: no beam centre line found",
+        ),
+        ("", "calibration.txt: no beam centre line found"),
+        (
+            "INFO: Refined Beam centre = 1 2 (pixels)\nINFO: Refined tilt angle = 1.0 degrees\n",
+            "calibration.txt: tilt angle line found but no tilt plane rotation line",
+        ),
+    ],
+)
 def test_unreadable_fit2d_input(text, message, tmp_path):
     src = tmp_path / "calibration.txt"
     src.write_text(text)
@@ -193,8 +252,19 @@ def test_missing_input(tmp_path):
 def test_help_explains_options():
     rc, stdout, _ = run_cli("--help")
     assert rc == 0
-    for opt in ("--template", "--to-poni", "--from-poni", "--nested", "--flat", "--mask-index", "--force",
-                "--quiet", "Examples:", "saxsconverter calibration.txt cal.json", "BeamCenter = [Y, X]"):
+    for opt in (
+        "--template",
+        "--to-poni",
+        "--from-poni",
+        "--nested",
+        "--flat",
+        "--mask-index",
+        "--force",
+        "--quiet",
+        "Examples:",
+        "saxsconverter calibration.txt cal.json",
+        "BeamCenter = [Y, X]",
+    ):
         assert opt in stdout
 
 
@@ -206,7 +276,7 @@ def test_nested_flat_conversion(reference_dir, tmp_path):
     d = load(nested)
     assert set(d) >= {"Geometry", "Wavelength", "Masks"} and len(d["Masks"]) == 1
     ref = Calibration.from_file(reference_dir / "buf1_00000.calibration.json")
-    assert Calibration.from_file(nested) == ref             # mask path rebased to the new folder
+    assert Calibration.from_file(nested) == ref  # mask path rebased to the new folder
     flat = tmp_path / "flat.json"
     assert run_cli("--flat", nested, flat)[0] == 0
     assert "Geometry" not in load(flat)
@@ -241,7 +311,7 @@ def test_reference_to_poni_matches_pyfai(reference_dir, tmp_path):
     rc, _, stderr = run_cli("-t", reference_dir / "buf1_00000.calibration.json", poni, back)
     assert rc == 0, stderr
     again = Calibration.from_file(back)
-    assert again.tilt_angle_deg == pytest.approx(-0.56, abs=1e-9)   # the template's sign is kept
+    assert again.tilt_angle_deg == pytest.approx(-0.56, abs=1e-9)  # the template's sign is kept
     assert again.tilt_rot_deg == pytest.approx(73.569, abs=1e-9)
     assert again.beam_center == pytest.approx(cal.beam_center, abs=1e-9)
     assert again.distance_mm == pytest.approx(cal.distance_mm, abs=1e-9)
@@ -253,21 +323,40 @@ def _beam_direction(f2d):
     return [math.sin(t) * math.sin(r), math.sin(t) * math.cos(r), math.cos(t)]
 
 
-# pyFAI's own setFit2D takes acos of values near 1 and loses ~1e-8 rad for tilts below ~1e-2 degree,
-# so tiny non-zero tilts are left out of the 1e-9 rad comparison (our conversion uses atan2/Rodrigues).
-geometries = st.fixed_dictionaries({
-    "tilt": st.one_of(st.just(0.0), st.floats(1e-2, 45), st.floats(-45, -1e-2)), "rot": st.floats(-360, 360), "y": st.floats(-200, 300), "x": st.floats(-200, 300),
-    "dist": st.floats(20, 5000), "py": st.floats(30, 250), "px": st.floats(30, 250),
-    "h": st.integers(16, 40), "w": st.integers(16, 40), "wl": st.floats(0.1, 3),
-})
+# pyFAI's own setFit2D takes acos of values near 1 and loses ~1e-8 rad for tilts below ~1e-2
+# degree, so tiny non-zero tilts are left out of the 1e-9 rad comparison (our conversion uses
+# atan2/Rodrigues).
+geometries = st.fixed_dictionaries(
+    {
+        "tilt": st.one_of(st.just(0.0), st.floats(1e-2, 45), st.floats(-45, -1e-2)),
+        "rot": st.floats(-360, 360),
+        "y": st.floats(-200, 300),
+        "x": st.floats(-200, 300),
+        "dist": st.floats(20, 5000),
+        "py": st.floats(30, 250),
+        "px": st.floats(30, 250),
+        "h": st.integers(16, 40),
+        "w": st.integers(16, 40),
+        "wl": st.floats(0.1, 3),
+    }
+)
 
 
 def _cal_from(g, tmp_path):
-    return Calibration.from_dict({
-        "Tilt": {"TiltRotDeg": g["rot"], "TiltAngleDeg": g["tilt"]}, "BeamCenter": [g["y"], g["x"]],
-        "DedectorDistanceMM": g["dist"], "Imagesize": [g["h"], g["w"]], "MaskFile": "m.msk",
-        "Oversampling": 1, "PixelSizeMicroM": [g["py"], g["px"]], "PixelPerRadialElement": 1,
-        "Wavelength": g["wl"]}, base_dir=tmp_path)
+    return Calibration.from_dict(
+        {
+            "Tilt": {"TiltRotDeg": g["rot"], "TiltAngleDeg": g["tilt"]},
+            "BeamCenter": [g["y"], g["x"]],
+            "DedectorDistanceMM": g["dist"],
+            "Imagesize": [g["h"], g["w"]],
+            "MaskFile": "m.msk",
+            "Oversampling": 1,
+            "PixelSizeMicroM": [g["py"], g["px"]],
+            "PixelPerRadialElement": 1,
+            "Wavelength": g["wl"],
+        },
+        base_dir=tmp_path,
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -299,8 +388,16 @@ def test_calibration_to_poni_against_pyfai(tmp_path_factory, g):
 def test_pyfai_poni_to_calibration(tmp_path_factory, g):
     tmp = tmp_path_factory.mktemp("frompyfai")
     ai = AzimuthalIntegrator()
-    ai.setFit2D(g["dist"], centerX=g["x"], centerY=g["h"] - g["y"], tilt=g["tilt"],
-                tiltPlanRotation=-g["rot"], pixelX=g["px"], pixelY=g["py"], wavelength=g["wl"])
+    ai.setFit2D(
+        g["dist"],
+        centerX=g["x"],
+        centerY=g["h"] - g["y"],
+        tilt=g["tilt"],
+        tiltPlanRotation=-g["rot"],
+        pixelX=g["px"],
+        pixelY=g["py"],
+        wavelength=g["wl"],
+    )
     poni = tmp / "pyfai.poni"
     ai.write(str(poni))
     template = tmp / "template.json"
@@ -317,15 +414,28 @@ def test_pyfai_poni_to_calibration(tmp_path_factory, g):
     if tilt < 0:
         tilt, rot = -tilt, rot + 180
     assert cal.tilt_angle_deg == pytest.approx(tilt, abs=1e-6)
-    if tilt > 0.1:   # below, pyFAI's setFit2D (acos near 1) blurs the rotation it writes
+    if tilt > 0.1:  # below, pyFAI's setFit2D (acos near 1) blurs the rotation it writes
         assert (cal.tilt_rot_deg - rot + 180) % 360 - 180 == pytest.approx(0, abs=1e-6)
     shape = (g["h"], g["w"])
     assert np.abs(two_theta(fit2d_reference_ai(cal), shape) - two_theta(ai, shape)).max() < 1e-9
 
 
 def test_poni_subprocess_round_trip(tmp_path):
-    cal = _cal_from({"tilt": 30.0, "rot": -120.0, "y": 100.5, "x": 20.25, "dist": 250.0, "py": 75.0,
-                     "px": 100.0, "h": 30, "w": 20, "wl": 0.8}, tmp_path)
+    cal = _cal_from(
+        {
+            "tilt": 30.0,
+            "rot": -120.0,
+            "y": 100.5,
+            "x": 20.25,
+            "dist": 250.0,
+            "py": 75.0,
+            "px": 100.0,
+            "h": 30,
+            "w": 20,
+            "wl": 0.8,
+        },
+        tmp_path,
+    )
     src = tmp_path / "cal.json"
     cal.to_json(src)
     rc, _, stderr = run_cli("--to-poni", src, tmp_path / "geometry.txt")
@@ -344,14 +454,18 @@ def test_bad_poni(tmp_path):
     poni.write_text("poni_version: 2\nDistance: 0.1\nPoni1: 0.01\n")
     rc, _, stderr = run_cli(poni, tmp_path / "out.json")
     assert rc == 2 and "bad.poni: no Poni2 line" in stderr
-    poni.write_text('poni_version: 2.1\nDetector: Detector\nDetector_config: {"pixel1": 1e-4, "pixel2": 1e-4, '
-                    '"orientation": 7}\nDistance: 0.1\nPoni1: 0\nPoni2: 0\nRot1: 0\nRot2: 0\nRot3: 0\n')
+    poni.write_text(
+        'poni_version: 2.1\nDetector: Detector\nDetector_config: {"pixel1": 1e-4, "pixel2": 1e-4, '
+        '"orientation": 7}\nDistance: 0.1\nPoni1: 0\nPoni2: 0\nRot1: 0\nRot2: 0\nRot3: 0\n'
+    )
     rc, _, stderr = run_cli(poni, tmp_path / "out.json")
     assert rc == 2 and "orientation 7 is not supported" in stderr
 
 
 def test_named_detector_poni(tmp_path):
-    ai = AzimuthalIntegrator(dist=1.0, poni1=0.1, poni2=0.05, detector="Pilatus1M", wavelength=1.54e-10)
+    ai = AzimuthalIntegrator(
+        dist=1.0, poni1=0.1, poni2=0.05, detector="Pilatus1M", wavelength=1.54e-10
+    )
     poni = tmp_path / "p1m.poni"
     ai.write(str(poni))
     assert main(["-q", str(poni), str(tmp_path / "out.json")]) == 0

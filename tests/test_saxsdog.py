@@ -1,4 +1,5 @@
 """saxsdog end to end, as a user runs it: real subprocesses, real files, bad files among them."""
+
 import json
 import os
 import signal
@@ -24,8 +25,8 @@ def synth(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("cal")
     mask = np.zeros((H, W), bool)
-    mask[:, :4] = True               # a masked strip
-    mask[90:110, 80:100] = True      # a beam stop
+    mask[:, :4] = True  # a masked strip
+    mask[90:110, 80:100] = True  # a beam stop
     write_fit2d_mask(d / "small.msk", mask)
     cal = {
         "Title": "synthetic 200x180",
@@ -47,7 +48,7 @@ def synth(tmp_path_factory):
 def frame(seed):
     rng = np.random.default_rng(seed)
     img = rng.poisson(100 + 10 * seed, size=(H, W)).astype(np.int32)
-    img[50, 60] = -2                 # a bad pixel
+    img[50, 60] = -2  # a bad pixel
     return img
 
 
@@ -60,8 +61,14 @@ def write_frame(path, seed):
 def run(args, cwd, timeout=120):
     """Run saxsdog in a subprocess; return the CompletedProcess (text output)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def wait_for(cond, timeout=60.0, interval=0.05):
@@ -99,11 +106,32 @@ def chi_files(folder):
 
 # -- tests ------------------------------------------------------------------------------------
 def test_help_explains_every_option():
-    r = subprocess.run([sys.executable, "-m", "gpusaxs.clients.saxsdog", "--help"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0
-    for opt in ("-c", "-t", "-m", "-w", "-r", "-o", "-i", "-s", "-p", "-P", "-S", "-n", "-D",
-                "--format", "--backend", "exit status", "saxsdog -c cal.json -w data/"):
+    for opt in (
+        "-c",
+        "-t",
+        "-m",
+        "-w",
+        "-r",
+        "-o",
+        "-i",
+        "-s",
+        "-p",
+        "-P",
+        "-S",
+        "-n",
+        "-D",
+        "--format",
+        "--backend",
+        "exit status",
+        "saxsdog -c cal.json -w data/",
+    ):
         assert opt in r.stdout, opt
 
 
@@ -113,13 +141,31 @@ def test_mirrors_tree_and_matches_library(synth, tmp_path):
     write_frame(data / "sub" / "b_001.tif", 1)
     write_frame(data / "sub" / "deeper" / "c_002.tif", 2)
     single = write_frame(tmp_path / "elsewhere" / "single.tif", 3)
-    r = run(["-c", synth / "cal.json", "-o", "curves", "-t", "2", "--backend", "numpy",
-             "-P", data, single], cwd=tmp_path)
+    r = run(
+        [
+            "-c",
+            synth / "cal.json",
+            "-o",
+            "curves",
+            "-t",
+            "2",
+            "--backend",
+            "numpy",
+            "-P",
+            data,
+            single,
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
-    assert chi_files(tmp_path / "curves") == ["a_000.chi", "single.chi", "sub/b_001.chi",
-                                              "sub/deeper/c_002.chi"]
+    assert chi_files(tmp_path / "curves") == [
+        "a_000.chi",
+        "single.chi",
+        "sub/b_001.chi",
+        "sub/deeper/c_002.chi",
+    ]
     assert "4 curves written, 0 failed" in r.stderr
-    for stage in ("read", "integrate", "write"):             # -P profile table
+    for stage in ("read", "integrate", "write"):  # -P profile table
         assert stage in r.stderr
     q, intensity, err = direct(synth / "cal.json", frame(2))
     assert_curve_equal(tmp_path / "curves" / "sub" / "deeper" / "c_002.chi", q, intensity, err)
@@ -134,7 +180,7 @@ def test_inplace_svg_png_silent_parallel_walk(synth, tmp_path):
         write_frame(data / sub / f"f{k}.tif", k)
     r = run(["-c", synth / "cal.json", "-i", "-s", "-p", "-S", "-D", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stderr == ""                                     # -S: no bar, no summary
+    assert r.stderr == ""  # -S: no bar, no summary
     assert not (tmp_path / "out").exists()
     for k, sub in enumerate(["x", "y", "z"]):
         base = data / sub / f"f{k}"
@@ -174,8 +220,11 @@ def test_bad_files_reported_others_written(synth, tmp_path):
     r = run(["-c", synth / "cal.json", data], cwd=tmp_path)
     assert r.returncode == 1
     lines = r.stderr.splitlines()
-    for name, reason in (("truncated.tif", "truncated"), ("text.tif", "not a TIFF"),
-                         ("wrongsize.tif", "expected 200x180")):
+    for name, reason in (
+        ("truncated.tif", "truncated"),
+        ("text.tif", "not a TIFF"),
+        ("wrongsize.tif", "expected 200x180"),
+    ):
         hit = [ln for ln in lines if name in ln and "error" in ln]
         assert hit and reason in hit[0], (name, r.stderr)
     assert "Traceback" not in r.stderr
@@ -238,6 +287,7 @@ def test_reference_frame_matches_integrator(reference_dir, tmp_path):
     r = run(["-c", cal, data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     from gpusaxs.io.images import read_image
+
     q, intensity, err = direct(cal, read_image(reference_dir / "buf1_00000.tif"))
     assert_curve_equal(tmp_path / "out" / "buf1_00000.chi", q, intensity, err)
 
@@ -245,15 +295,30 @@ def test_reference_frame_matches_integrator(reference_dir, tmp_path):
 def test_watch_mode(synth, tmp_path):
     watched = tmp_path / "watched"
     watched.mkdir()
-    write_frame(watched / "before.tif", 0)                  # present at start: walked
+    write_frame(watched / "before.tif", 0)  # present at start: walked
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpusaxs.clients.saxsdog", "-c", str(synth / "cal.json"), "-w",
-         "--wait-timeout", "3", str(watched)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "gpusaxs.clients.saxsdog",
+            "-c",
+            str(synth / "cal.json"),
+            "-w",
+            "--wait-timeout",
+            "3",
+            str(watched),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    )
     reader.start()
     out = tmp_path / "out"
     try:
@@ -270,13 +335,16 @@ def test_watch_mode(synth, tmp_path):
             # saxsdog's polls (0.1 s), so it has to recognise it as incomplete
             time.sleep(1.0)
             assert not (out / "slow.chi").exists()
-            fh.write(content[len(content) // 2:])
-        write_frame(watched / "newdir" / "inner" / "deep.tif", 3)   # a new subfolder
-        (watched / ".hidden.tif").write_bytes(content)            # temporary names ignored
+            fh.write(content[len(content) // 2 :])
+        write_frame(watched / "newdir" / "inner" / "deep.tif", 3)  # a new subfolder
+        (watched / ".hidden.tif").write_bytes(content)  # temporary names ignored
         (watched / "part.tif.tmp").write_bytes(content)
-        (watched / "garbage.tif").write_text("never an image")    # reported after timeout
-        assert wait_for(lambda: (out / "slow.chi").is_file()
-                        and (out / "newdir" / "inner" / "deep.chi").is_file())
+        (watched / "garbage.tif").write_text("never an image")  # reported after timeout
+        assert wait_for(
+            lambda: (
+                (out / "slow.chi").is_file() and (out / "newdir" / "inner" / "deep.chi").is_file()
+            )
+        )
         # the garbage file is reported once --wait-timeout has passed; then Ctrl-C
         assert wait_for(lambda: any("garbage.tif" in ln for ln in lines), timeout=30)
         proc.send_signal(signal.SIGINT)
@@ -292,11 +360,12 @@ def test_watch_mode(synth, tmp_path):
     assert "interrupted: 4 curves written, 1 failed" in stderr, stderr
     assert chi_files(out) == ["before.chi", "new1.chi", "newdir/inner/deep.chi", "slow.chi"]
     q, intensity, err = direct(synth / "cal.json", frame(2))
-    assert_curve_equal(out / "slow.chi", q, intensity, err)      # read once, complete
+    assert_curve_equal(out / "slow.chi", q, intensity, err)  # read once, complete
 
 
 def tifffile_bytes(img):
     import io
+
     buf = io.BytesIO()
     tifffile.imwrite(buf, img)
     return buf.getvalue()
@@ -345,7 +414,7 @@ def test_folder_without_images_warns_and_exits_1(synth, tmp_path):
     r = run(["-c", synth / "cal.json", data], cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "warning: no image found in" in r.stderr and str(data) in r.stderr
-    assert "building" not in r.stderr          # nothing built for nothing
+    assert "building" not in r.stderr  # nothing built for nothing
     assert not (tmp_path / "out").exists()
 
 
@@ -364,7 +433,9 @@ def test_matrix_cache_used_by_the_next_run_and_no_cache(synth, tmp_path, _privat
     r = run(["-c", synth / "cal.json", "-o", "out2", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "built" not in r.stderr and "set-up" in r.stderr and "matrix from the cache" in r.stderr
-    assert (tmp_path / "out1" / "f0.chi").read_bytes() == (tmp_path / "out2" / "f0.chi").read_bytes()
+    assert (tmp_path / "out1" / "f0.chi").read_bytes() == (
+        tmp_path / "out2" / "f0.chi"
+    ).read_bytes()
     assert (tmp_path / "out" / "f0.chi").read_bytes() == (tmp_path / "out2" / "f0.chi").read_bytes()
 
 
@@ -376,7 +447,7 @@ def test_curves_carry_the_key_and_resume_redoes_other_calibrations(synth, tmp_pa
         write_frame(data / f"f{k}.tif", k)
     cal_a = synth / "cal.json"
     d = json.loads(cal_a.read_text())
-    d["DedectorDistanceMM"] = 450.0           # another calibration, same bins count or not
+    d["DedectorDistanceMM"] = 450.0  # another calibration, same bins count or not
     d["MaskFile"] = str(synth / "small.msk")
     cal_b = tmp_path / "cal_b.json"
     cal_b.write_text(json.dumps(d))
@@ -384,9 +455,13 @@ def test_curves_carry_the_key_and_resume_redoes_other_calibrations(synth, tmp_pa
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
     assert {read_chi_key(p) for p in out.glob("*.chi")} == {_key(cal_a)}
-    (out / "f1.chi").write_text(read_chi(out / "f1.chi").title + "\n" +
-                                "\n".join((out / "f1.chi").read_text().splitlines()[1:]) + "\n")
-    assert read_chi_key(out / "f1.chi") is None          # a curve without a key
+    (out / "f1.chi").write_text(
+        read_chi(out / "f1.chi").title
+        + "\n"
+        + "\n".join((out / "f1.chi").read_text().splitlines()[1:])
+        + "\n"
+    )
+    assert read_chi_key(out / "f1.chi") is None  # a curve without a key
     r = run(["-c", cal_a, "-r", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "1 curves written" in r.stderr and "2 skipped" in r.stderr and "1 redone" in r.stderr
@@ -420,12 +495,14 @@ def test_hdf5_records_the_key_and_resume_redoes_other_calibrations(synth, tmp_pa
 def test_too_large_calibration_is_one_error(synth, tmp_path):
     data = tmp_path / "data"
     write_frame(data / "f0.tif", 0)
-    for field, value, expect in (("Imagesize", [100000, 100000], "#/Imagesize"),
-                                 ("Oversampling", 64, "#/Oversampling"),
-                                 ("PixelPerRadialElement", 1e-4, "#/PixelPerRadialElement")):
+    for field, value, expect in (
+        ("Imagesize", [100000, 100000], "#/Imagesize"),
+        ("Oversampling", 64, "#/Oversampling"),
+        ("PixelPerRadialElement", 1e-4, "#/PixelPerRadialElement"),
+    ):
         d = json.loads((synth / "cal.json").read_text())
         d[field] = value
-        d["MaskFile"] = str(synth / "small.msk")   # checked before the mask is read
+        d["MaskFile"] = str(synth / "small.msk")  # checked before the mask is read
         if field == "Oversampling":
             d["Imagesize"] = [400, 400]
         cal = tmp_path / f"{field}.json"
@@ -443,8 +520,14 @@ def test_build_progress_bar_counts_rows():
     from gpusaxs.clients.progress import Progress
 
     out = io.StringIO()
-    bar = Progress(total=1043, enabled=True, stream=out, unit="rows", min_interval=0.0,
-                   label="saxsdog: building the integration matrix")
+    bar = Progress(
+        total=1043,
+        enabled=True,
+        stream=out,
+        unit="rows",
+        min_interval=0.0,
+        label="saxsdog: building the integration matrix",
+    )
     bar.set_done(512)
     assert "building the integration matrix" in out.getvalue()
     assert "512/1043" in out.getvalue() and "rows/s" in out.getvalue()

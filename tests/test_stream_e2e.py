@@ -19,9 +19,10 @@ pytest.importorskip("cbor2")
 pytest.importorskip("bitshuffle")
 pytest.importorskip("lz4")
 
+from net_support import SECRET, Proc, wait_for, write_config
+
 from gpusaxs.clients.saxsdetsim import Encoder, demo_frames, publish_series, send
 from gpusaxs.server.protocol import Client
-from net_support import SECRET, Proc, wait_for, write_config
 
 N_DISTINCT = 4
 PX = (172e-6, 172e-6)
@@ -46,9 +47,7 @@ def setup(tmp_path_factory):
     cal_path = d / "cal.json"
     cal_path.write_text(json.dumps(DEMO_CALIBRATION))
     y, x = DEMO_CALIBRATION["BeamCenter"]
-    write_fit2d_mask(
-        d / "mask.msk", demo_mask(PILATUS_1M_SHAPE, (PILATUS_1M_SHAPE[0] - y, x))
-    )
+    write_fit2d_mask(d / "mask.msk", demo_mask(PILATUS_1M_SHAPE, (PILATUS_1M_SHAPE[0] - y, x)))
     cal = Calibration.from_file(cal_path)
     integ = Integrator(cal, backend="numpy")
     frames = {}
@@ -70,9 +69,7 @@ class Detector:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(
-            zmq.SNDTIMEO, sndtimeo_ms
-        )  # a dead server fails the test, no hang
+        self.sock.setsockopt(zmq.SNDTIMEO, sndtimeo_ms)  # a dead server fails the test, no hang
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.bind("tcp://127.0.0.1:*")
         self.url = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -128,9 +125,7 @@ def series_stat(client, sid):
 
 
 def wait_series(client, sid, state="done", timeout=120):
-    ok = wait_for(
-        lambda: (series_stat(client, sid) or {}).get("state") == state, timeout, 0.1
-    )
+    ok = wait_for(lambda: (series_stat(client, sid) or {}).get("state") == state, timeout, 0.1)
     assert ok, series_stat(client, sid)
     return series_stat(client, sid)
 
@@ -151,7 +146,7 @@ def check_rows(setup, path, dtype, expect_ids):
     assert len(set(ids.tolist())) == len(ids)  # each id once
     np.testing.assert_allclose(d["radial"], setup["q"], rtol=1e-12)
     assert d["radial_unit"] == "q_nm^-1"
-    for row, i in zip(d["intensity"], ids):
+    for row, i in zip(d["intensity"], ids, strict=True):
         np.testing.assert_allclose(
             row,
             setup["ref"][dtype][i % N_DISTINCT],
@@ -165,7 +160,8 @@ def check_rows(setup, path, dtype, expect_ids):
 
 @pytest.mark.parametrize("version", [2, 1])
 def test_series_end_to_end(setup, tmp_path, version):
-    """V2: 1000 bslz4 uint32 frames; then lz4/uint16 and raw/uint32 series.  V1 likewise, shorter."""
+    """V2: 1000 bslz4 uint32 frames; then lz4/uint16 and raw/uint32 series. V1 likewise,
+    shorter."""
     det = Detector(version)
     proc, client, out = start_server(setup, tmp_path, det.url, version)
     try:
@@ -179,7 +175,7 @@ def test_series_end_to_end(setup, tmp_path, version):
             plan.append((4, "bslz4", "uint16", 30))
         for sid, comp, dt, n in plan:
             det.series(sid, setup["frames"][dt], n, comp)
-        for sid, comp, dt, n in plan:
+        for sid, _comp, dt, n in plan:
             st = wait_series(client, sid)
             assert (st["received"], st["integrated"], st["errors"], st["missing"]) == (
                 n,
@@ -226,6 +222,7 @@ def raw_image(sid, iid, algorithm, modifier, data, shape=(1043, 981), tag=70):
 def test_bad_messages_never_stop_the_server(setup, tmp_path):
     """Hand-made bad messages: each image id ends as one row or one error record."""
     import cbor2
+
     from gpusaxs.server.stream import codecs, v2
 
     det = Detector(2)
@@ -262,9 +259,7 @@ def test_bad_messages_never_stop_the_server(setup, tmp_path):
                         "series_id": 5,
                         "image_id": 5,
                         "data": {
-                            "t": cbor2.CBORTag(
-                                40, [[1043, 981], cbor2.CBORTag(84, b"\x00" * 7)]
-                            )
+                            "t": cbor2.CBORTag(40, [[1043, 981], cbor2.CBORTag(84, b"\x00" * 7)])
                         },
                     }
                 )
@@ -285,9 +280,7 @@ def test_bad_messages_never_stop_the_server(setup, tmp_path):
         check_rows(setup, out / "series_5.nxs", "uint32", rows_ids)
         recs = error_records(out, 5)
         err_ids = sorted(
-            r["image_id"]
-            for r in recs
-            if r["image_id"] is not None and r["kind"] != "duplicate"
+            r["image_id"] for r in recs if r["image_id"] is not None and r["kind"] != "duplicate"
         )
         assert err_ids == [2, 3, 4, 5], recs
         kinds = {r["image_id"]: r["kind"] for r in recs if r["image_id"] is not None}
@@ -307,26 +300,18 @@ def test_bad_messages_never_stop_the_server(setup, tmp_path):
         for i in range(2):
             send(
                 det.sock,
-                [
-                    v2.encode_image(
-                        6, "wrong", i, np.zeros((1000, 981), np.uint32), "bslz4"
-                    )
-                ],
+                [v2.encode_image(6, "wrong", i, np.zeros((1000, 981), np.uint32), "bslz4")],
             )
         send(det.sock, [v2.encode_end(6, "wrong")])
         send(det.sock, [v2.encode_start(7, "wrong-px", f[0].shape, (75e-6, 75e-6), 1)])
         send(det.sock, [v2.encode_end(7, "wrong-px")])
-        st6 = wait_for(
-            lambda: (series_stat(client, 6) or {}).get("errors") == 2, 60, 0.1
-        )
+        st6 = wait_for(lambda: (series_stat(client, 6) or {}).get("errors") == 2, 60, 0.1)
         assert st6, series_stat(client, 6)
         st6 = series_stat(client, 6)
         assert st6["state"] == "refused" and "Imagesize" in st6["refused"]
         assert not (out / "series_6.nxs").exists()
         assert {r["kind"] for r in error_records(out, 6)} == {"refused"}
-        st7 = wait_for(
-            lambda: (series_stat(client, 7) or {}).get("state") == "refused", 60, 0.1
-        )
+        st7 = wait_for(lambda: (series_stat(client, 7) or {}).get("state") == "refused", 60, 0.1)
         assert st7 and "PixelSizeMicroM" in series_stat(client, 7)["refused"]
 
         # and a good series after all that
@@ -383,9 +368,7 @@ def test_kill_minus_9_mid_series_then_restart(setup, tmp_path):
         assert not sender.is_alive()
         d = read_nxazint(out / "series_1.nxs")
         assert len(d["image_ids"]) >= flushed
-        check_rows(
-            setup, out / "series_1.nxs", "uint32", list(range(len(d["image_ids"])))
-        )
+        check_rows(setup, out / "series_1.nxs", "uint32", list(range(len(d["image_ids"]))))
     finally:
         halt.set()
         proc.stop()
@@ -410,10 +393,10 @@ def test_kill_minus_9_mid_series_then_restart(setup, tmp_path):
 
 def test_saxsdetsim_process_to_server(setup, tmp_path):
     """The saxsdetsim console tool (its own process) -> server: Stream V1, lz4, uint16."""
-    from gpusaxs.clients.saxsdetsim import demo_frames
     from net_support import free_port
 
     from gpusaxs.calibration import Calibration
+    from gpusaxs.clients.saxsdetsim import demo_frames
     from gpusaxs.integrator import Integrator
 
     port = free_port()
@@ -458,7 +441,7 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
 
     d = read_nxazint(out / "series_42.nxs")
     assert d["image_ids"].tolist() == list(range(25))
-    for row, i in zip(d["intensity"], d["image_ids"]):
+    for row, i in zip(d["intensity"], d["image_ids"], strict=True):
         np.testing.assert_allclose(
             row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True
         )
@@ -466,7 +449,6 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
 
 def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     """No --calibration: a series is refused until 'new' sends one; then integrated (+ .chi)."""
-    from gpusaxs.server import protocol as P
     from net_support import SHAPE, frame, mask_array, write_setup
 
     from gpusaxs.calibration import Calibration
@@ -474,6 +456,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     from gpusaxs.io.chi import read_chi
     from gpusaxs.io.nexus import read_nxazint
     from gpusaxs.matrix_cache import matrix_key
+    from gpusaxs.server import protocol as P
 
     base = tmp_path / "base"
     cal_path, mask_path = write_setup(base / "setup")
@@ -501,12 +484,10 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     d = read_nxazint(out / "series_2.nxs")
     assert d["image_ids"].tolist() == list(range(6))
     assert d["calibration_key"] == matrix_key(cal, mask=mask_array(SHAPE))
-    for row, i in zip(d["intensity"], d["image_ids"]):
+    for row, i in zip(d["intensity"], d["image_ids"], strict=True):
         np.testing.assert_allclose(
             row, integ.integrate(frames[i % 3])[1], rtol=1e-6, equal_nan=True
         )
     chi = read_chi(out / "series_2" / "image_000004.chi")
-    np.testing.assert_allclose(
-        chi.intensity, d["intensity"][4], rtol=1e-6, equal_nan=True
-    )
+    np.testing.assert_allclose(chi.intensity, d["intensity"][4], rtol=1e-6, equal_nan=True)
     assert chi.calibration_key == d["calibration_key"]  # resume tells stale curves apart

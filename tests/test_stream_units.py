@@ -36,9 +36,7 @@ def test_bslz4_framing_matches_the_hdf5_filter(dtype):
     np.testing.assert_array_equal(
         bitshuffle.decompress_lz4(body, f.shape, f.dtype, block // f.itemsize), f
     )
-    np.testing.assert_array_equal(
-        codecs.decode_bslz4(enc, f.shape, f.dtype, f.itemsize), f
-    )
+    np.testing.assert_array_equal(codecs.decode_bslz4(enc, f.shape, f.dtype, f.itemsize), f)
     with pytest.raises(codecs.DecodeError, match="element size"):
         codecs.decode_bslz4(enc, f.shape, f.dtype, 8)
     with pytest.raises(codecs.DecodeError, match="header announces"):
@@ -56,9 +54,7 @@ def test_lz4_hdf5_framing_and_plain_block():
     for k, b in enumerate(blocks):
         c = b if k == 1 else lz4_block.compress(b, store_size=False)
         parts += [struct.pack(">I", len(c)), c]
-    np.testing.assert_array_equal(
-        codecs.decode_lz4_h5(b"".join(parts), f.shape, f.dtype), f
-    )
+    np.testing.assert_array_equal(codecs.decode_lz4_h5(b"".join(parts), f.shape, f.dtype), f)
     np.testing.assert_array_equal(
         codecs.decode_lz4_h5(codecs.encode_lz4_h5(f), f.shape, f.dtype), f
     )
@@ -77,9 +73,7 @@ def test_v2_message_structure_is_the_documented_one():
     f = frame(np.uint32)
     raw = v2.encode_image(7, "u-7", 3, f, "bslz4")
     plain = cbor2.loads(raw)
-    assert (
-        plain["type"] == "image" and plain["series_id"] == 7 and plain["image_id"] == 3
-    )
+    assert plain["type"] == "image" and plain["series_id"] == 7 and plain["image_id"] == 3
     arr = plain["data"]["threshold_1"]
     assert arr.tag == 40 and list(arr.value[0]) == [195, 487]
     typed = arr.value[1]
@@ -99,9 +93,7 @@ def test_v2_message_structure_is_the_documented_one():
     with pytest.raises(MalformedMessage, match="not valid CBOR"):
         v2.decode(b"\x9f\x01")
     with pytest.raises(MalformedMessage) as e:
-        v2.decode(
-            cbor2.dumps({"type": "image", "series_id": 7, "image_id": 9, "data": {}})
-        )
+        v2.decode(cbor2.dumps({"type": "image", "series_id": 7, "image_id": 9, "data": {}}))
     assert (e.value.series_id, e.value.image_id) == (7, 9)
 
 
@@ -177,9 +169,8 @@ def small_integrator():
 @pytest.mark.parametrize("policy", ["drop", "block"])
 def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     """Integration stalled: 'drop' counts and records every dropped id; 'block' loses nothing."""
-    from gpusaxs.server.stream.consumer import StreamConsumer
-
     from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.server.stream.consumer import StreamConsumer
 
     gated = GatedIntegrator(small_integrator)
     ctx = zmq.Context()
@@ -223,8 +214,8 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
             assert cons.book.wait(lambda b: cons._buffer.full(), 60)
             assert not sent.is_set()
         gated.gate.set()
-        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60), (
-            cons.book.get(1)
+        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60), cons.book.get(
+            1
         )
     finally:
         gated.gate.set()
@@ -249,7 +240,7 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
     assert st["received"] == n and st["missing"] == 0
     assert st["integrated"] == len(ids) and st["dropped"] == len(dropped_ids)
     assert sorted(ids + dropped_ids) == list(range(n))  # each id once, row or record
-    for row, i in zip(rows["intensity"], ids):
+    for row, i in zip(rows["intensity"], ids, strict=True):
         np.testing.assert_allclose(
             row,
             small_integrator.integrate(np.roll(f, i, axis=1))[1],

@@ -1,4 +1,5 @@
 """``python -m gpusaxs.clients.dashboard`` = ``saxsleash dashboard``."""
+
 import sys
 
 from .cli import main

@@ -1,4 +1,5 @@
 """``saxsleash dashboard``: options, the Bokeh server, signals."""
+
 import argparse
 import ipaddress
 import json
@@ -32,31 +33,72 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="saxsleash dashboard",
         description="Serve a live web page showing a Saxsdog server's state and curves.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"HTTP port of the page (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--bind", default="127.0.0.1",
-                   help="address to serve on (default 127.0.0.1: this computer only)")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
-                   help="extra host name the browser may use to reach the page (repeatable; "
-                        "needed with --bind when the page is opened by host name)")
-    p.add_argument("-S", "--server", metavar="tcp://HOSTNAME:PORT",
-                   help='URL of the "Saxsdog Server" (default: ServerUrl of the config)')
-    p.add_argument("--config", metavar="FILE",
-                   help="network configuration (default ~/.saxsdognetwork)")
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"HTTP port of the page (default {DEFAULT_PORT}; 0 = any free port)",
+    )
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to serve on (default 127.0.0.1: this computer only)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="extra host name the browser may use to reach the page (repeatable; "
+        "needed with --bind when the page is opened by host name)",
+    )
+    p.add_argument(
+        "-S",
+        "--server",
+        metavar="tcp://HOSTNAME:PORT",
+        help='URL of the "Saxsdog Server" (default: ServerUrl of the config)',
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
+    )
     p.add_argument("--name", help="server entry of a list-form configuration")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S",
-                   help="seconds between polls of the server (default 0.5)")
-    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
-                   help="seconds to wait for an answer before saying 'server not answering' "
-                        "(default 2)")
-    p.add_argument("--curves", type=int, default=60, metavar="N",
-                   help="recent curves kept for the waterfall (default 60; the latest 10 are "
-                        "drawn faded behind the newest)")
-    p.add_argument("--history", type=float, default=600.0, metavar="S",
-                   help="seconds of frames/s history in the chart (default 600)")
-    p.add_argument("--ready-file", metavar="FILE",
-                   help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between polls of the server (default 0.5)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for an answer before saying 'server not answering' (default 2)",
+    )
+    p.add_argument(
+        "--curves",
+        type=int,
+        default=60,
+        metavar="N",
+        help="recent curves kept for the waterfall (default 60; the latest 10 are "
+        "drawn faded behind the newest)",
+    )
+    p.add_argument(
+        "--history",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds of frames/s history in the chart (default 600)",
+    )
+    p.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 
@@ -75,10 +117,12 @@ def bind_warning(bind, port):
     """The warning printed when the page is reachable from other computers, else None."""
     if is_loopback(bind):
         return None
-    return (f"WARNING: serving on {bind or '*'}:{port}, not only on this computer: anyone who "
-            f"can reach this port sees the server's state and curves (there is no password; the "
-            f"secret itself stays in this process). Prefer the default --bind 127.0.0.1 and an "
-            f"SSH tunnel.")
+    return (
+        f"WARNING: serving on {bind or '*'}:{port}, not only on this computer: anyone who "
+        f"can reach this port sees the server's state and curves (there is no password; the "
+        f"secret itself stays in this process). Prefer the default --bind 127.0.0.1 and an "
+        f"SSH tunnel."
+    )
 
 
 def origins(bind, extra=()):
@@ -99,8 +143,11 @@ def serve(args):
     try:
         import bokeh  # noqa: F401
     except ImportError:
-        print("saxsleash dashboard: needs Bokeh: pip install 'gpusaxs[dashboard]' "
-              "(or pip install bokeh)", file=sys.stderr)
+        print(
+            "saxsleash dashboard: needs Bokeh: pip install 'gpusaxs[dashboard]' "
+            "(or pip install bokeh)",
+            file=sys.stderr,
+        )
         return 2
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
@@ -120,17 +167,24 @@ def serve(args):
         return 2
     url = args.server or cfg.server_url
     client = P.Client(url, cfg.secret, timeout=args.timeout, retries=0)
-    watch = ServerWatch(client, interval=args.interval, n_curves=args.curves,
-                        history_s=args.history)
+    watch = ServerWatch(
+        client, interval=args.interval, n_curves=args.curves, history_s=args.history
+    )
     refresh_ms = max(100, min(1000, int(args.interval * 1000)))
     app = Application(FunctionHandler(lambda doc: make_document(doc, watch, refresh_ms)))
     io_loop = IOLoop.current()
     try:
-        server = Server({"/": app}, io_loop=io_loop, port=args.port, address=args.bind,
-                        allow_websocket_origin=origins(args.bind, args.allow_origin))
+        server = Server(
+            {"/": app},
+            io_loop=io_loop,
+            port=args.port,
+            address=args.bind,
+            allow_websocket_origin=origins(args.bind, args.allow_origin),
+        )
     except OSError as exc:
-        print(f"saxsleash dashboard: cannot serve on {args.bind}:{args.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"saxsleash dashboard: cannot serve on {args.bind}:{args.port}: {exc}", file=sys.stderr
+        )
         client.close()
         return 2
     port = server.port
@@ -162,7 +216,12 @@ def serve(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 \
+    level = (
+        logging.WARNING
+        if args.verbose == 0
+        else logging.INFO
+        if args.verbose == 1
         else logging.DEBUG
+    )
     logging.basicConfig(level=level, format="%(asctime)s dashboard %(levelname)s %(message)s")
     return serve(args)

@@ -5,6 +5,7 @@ snapshot: status line, numbers, frames/s chart, the latest curve (log I vs q, th
 faded behind it), a waterfall of the recent curves (log10 I, time vs q), error records and
 stream series.  Bokeh sends the changes to the browser over its websocket; the page never reloads.
 """
+
 import time
 
 import numpy as np
@@ -34,14 +35,21 @@ def waterfall_image(curves):
     rows = [c.intensity for c in curves if c.q.shape == q.shape]
     with np.errstate(divide="ignore", invalid="ignore"):
         img = np.log10(_positive(np.vstack(rows)))
-    return img.astype(np.float32), q          # float32: half the bytes sent to the browser
+    return img.astype(np.float32), q  # float32: half the bytes sent to the browser
 
 
 def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     """Fill a Bokeh ``doc`` with the dashboard of ``watch`` (a started :class:`ServerWatch`)."""
     from bokeh.layouts import column, row
-    from bokeh.models import (ColorBar, ColumnDataSource, DatetimeTickFormatter, Div,
-                              HoverTool, LinearColorMapper, Toggle)
+    from bokeh.models import (
+        ColorBar,
+        ColumnDataSource,
+        DatetimeTickFormatter,
+        Div,
+        HoverTool,
+        LinearColorMapper,
+        Toggle,
+    )
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
@@ -58,43 +66,75 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     curve_note = Div(text="", name="curve_note")
 
     rate_src = ColumnDataSource({"t": [], "rate": []}, name="frames_per_s")
-    rate_fig = figure(title="frames finished per second (5 s window)", height=250, width=560,
-                      x_axis_type="datetime", toolbar_location=None, y_range=(0, 1))
+    rate_fig = figure(
+        title="frames finished per second (5 s window)",
+        height=250,
+        width=560,
+        x_axis_type="datetime",
+        toolbar_location=None,
+        y_range=(0, 1),
+    )
     rate_fig.line("t", "rate", source=rate_src, line_width=2, color="#1f77b4")
-    rate_fig.xaxis.formatter = DatetimeTickFormatter(seconds="%H:%M:%S", minsec="%H:%M:%S",
-                                                     minutes="%H:%M", hourmin="%H:%M")
+    rate_fig.xaxis.formatter = DatetimeTickFormatter(
+        seconds="%H:%M:%S", minsec="%H:%M:%S", minutes="%H:%M", hourmin="%H:%M"
+    )
     rate_fig.yaxis.axis_label = "frames/s"
     rate_fig.y_range.start = 0
 
     faded_src = ColumnDataSource({"xs": [], "ys": [], "alpha": []})
     latest_src = ColumnDataSource({"q": [], "I": []}, name="latest_curve")
-    curve_fig = figure(title="latest curve", name="curve_figure", height=380, width=620,
-                       y_axis_type="log",
-                       tools="pan,wheel_zoom,box_zoom,reset,save")
-    curve_fig.multi_line("xs", "ys", source=faded_src, line_alpha="alpha", color="#7f7f7f",
-                         line_width=1)
+    curve_fig = figure(
+        title="latest curve",
+        name="curve_figure",
+        height=380,
+        width=620,
+        y_axis_type="log",
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+    )
+    curve_fig.multi_line(
+        "xs", "ys", source=faded_src, line_alpha="alpha", color="#7f7f7f", line_width=1
+    )
     curve_fig.line("q", "I", source=latest_src, line_width=2, color="#d62728")
     curve_fig.xaxis.axis_label = "q (nm\u207b\u00b9)"
     curve_fig.yaxis.axis_label = "intensity I (a.u., log scale)"
-    curve_fig.add_tools(HoverTool(tooltips=[("q (nm^-1)", "@q{0.000}"), ("I", "@I{0.00}")],
-                                  renderers=[curve_fig.renderers[-1]]))
+    curve_fig.add_tools(
+        HoverTool(
+            tooltips=[("q (nm^-1)", "@q{0.000}"), ("I", "@I{0.00}")],
+            renderers=[curve_fig.renderers[-1]],
+        )
+    )
 
-    heat_src = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []},
-                                name="waterfall")
+    heat_src = ColumnDataSource(
+        {"image": [], "x": [], "y": [], "dw": [], "dh": []}, name="waterfall"
+    )
     mapper = LinearColorMapper(palette=Viridis256, nan_color="white")
-    heat_fig = figure(title="recent curves: log10 I (oldest at the bottom)", height=380,
-                      width=560, toolbar_location=None)
-    heat_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=heat_src,
-                   color_mapper=mapper)
+    heat_fig = figure(
+        title="recent curves: log10 I (oldest at the bottom)",
+        height=380,
+        width=560,
+        toolbar_location=None,
+    )
+    heat_fig.image(
+        image="image", x="x", y="y", dw="dw", dh="dh", source=heat_src, color_mapper=mapper
+    )
     heat_fig.xaxis.axis_label = "q (nm\u207b\u00b9)"
     heat_fig.yaxis.axis_label = "time (curve received)"
     heat_fig.add_layout(ColorBar(color_mapper=mapper, title="log10 I", width=10), "right")
 
-    doc.add_root(column(
-        row(title), status, cards, builds, series,
-        row(column(curve_fig, curve_note), heat_fig),
-        row(rate_fig, column(Div(text="<b>error records</b>"), errors)),
-        show_fields, fields, sizing_mode="stretch_width"))
+    doc.add_root(
+        column(
+            row(title),
+            status,
+            cards,
+            builds,
+            series,
+            row(column(curve_fig, curve_note), heat_fig),
+            row(rate_fig, column(Div(text="<b>error records</b>"), errors)),
+            show_fields,
+            fields,
+            sizing_mode="stretch_width",
+        )
+    )
 
     seen = {"version": None, "curves": None}
 
@@ -107,25 +147,38 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
             return
         last = curves[-1]
         latest_src.data = {"q": last.q, "I": _positive(last.intensity)}
-        prev = curves[-1 - n_faded:-1]
-        faded_src.data = {"xs": [c.q for c in prev], "ys": [_positive(c.intensity) for c in prev],
-                          "alpha": list(np.linspace(0.08, 0.45, len(prev)))}
-        curve_fig.title.text = f"latest curve: {last.filename}   " \
-                               f"({time.strftime('%H:%M:%S', time.localtime(last.received))})"
+        prev = curves[-1 - n_faded : -1]
+        faded_src.data = {
+            "xs": [c.q for c in prev],
+            "ys": [_positive(c.intensity) for c in prev],
+            "alpha": list(np.linspace(0.08, 0.45, len(prev))),
+        }
+        curve_fig.title.text = (
+            f"latest curve: {last.filename}   "
+            f"({time.strftime('%H:%M:%S', time.localtime(last.received))})"
+        )
         img, q = waterfall_image(curves)
         finite = img[np.isfinite(img)]
         if finite.size:
-            mapper.low, mapper.high = float(np.percentile(finite, 1)), \
-                float(np.percentile(finite, 99.5))
+            mapper.low, mapper.high = (
+                float(np.percentile(finite, 1)),
+                float(np.percentile(finite, 99.5)),
+            )
         qmin, qmax = float(np.nanmin(q)), float(np.nanmax(q))
-        heat_src.data = {"image": [img], "x": [qmin], "y": [0], "dw": [qmax - qmin],
-                         "dh": [img.shape[0]]}
+        heat_src.data = {
+            "image": [img],
+            "x": [qmin],
+            "y": [0],
+            "dw": [qmax - qmin],
+            "dh": [img.shape[0]],
+        }
         n = img.shape[0]
         ticks = sorted({0, n // 2, n - 1}) if n > 1 else [0]
         heat_fig.yaxis.ticker = [t + 0.5 for t in ticks]
         times = [c.received for c in curves if c.q.shape == q.shape]
         heat_fig.yaxis.major_label_overrides = {
-            t + 0.5: time.strftime("%H:%M:%S", time.localtime(times[t])) for t in ticks}
+            t + 0.5: time.strftime("%H:%M:%S", time.localtime(times[t])) for t in ticks
+        }
 
     def update():
         snap = watch.snapshot()
@@ -135,12 +188,17 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         seen["version"] = snap.version
         cards.text = panels.cards_html(snap)
         errors.text = panels.errors_html(snap.data)
-        for div, text in ((series, panels.series_html(snap.data)),
-                          (builds, panels.builds_html(snap.data))):
-            div.text, div.visible = text, bool(text)      # empty panels take no room
+        for div, text in (
+            (series, panels.series_html(snap.data)),
+            (builds, panels.builds_html(snap.data)),
+        ):
+            div.text, div.visible = text, bool(text)  # empty panels take no room
         fields.text = panels.fields_html(snap.data)
-        curve_note.text = "" if snap.curve_note is None else \
-            f"<span style='color:#6b7280'>{panels.esc(snap.curve_note)}</span>"
+        curve_note.text = (
+            ""
+            if snap.curve_note is None
+            else f"<span style='color:#6b7280'>{panels.esc(snap.curve_note)}</span>"
+        )
         if snap.rate:
             t, r = zip(*snap.rate, strict=True)
             rate_src.data = {"t": [local_ms(x) for x in t], "rate": list(r)}

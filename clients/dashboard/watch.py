@@ -6,6 +6,7 @@ and for ``plot`` when the server has finished frames since the last curve.  It k
 shows: the last answer, the frames/s history, the recent curves, and whether the server answers.
 The page reads it with :meth:`ServerWatch.snapshot` (a consistent copy, cheap).  No Bokeh here.
 """
+
 import logging
 import math
 import threading
@@ -25,10 +26,10 @@ RATE_WINDOW_S = 5.0
 class Curve:
     """One integrated curve as the server sent it (``plot`` answer)."""
 
-    filename: str           #: image path relative to the server's base folder
-    received: float         #: wall time (s since the epoch) the dashboard got it
-    q: np.ndarray           #: scattering vector (nm^-1)
-    intensity: np.ndarray   #: azimuthally averaged intensity (NaN for empty bins)
+    filename: str  #: image path relative to the server's base folder
+    received: float  #: wall time (s since the epoch) the dashboard got it
+    q: np.ndarray  #: scattering vector (nm^-1)
+    intensity: np.ndarray  #: azimuthally averaged intensity (NaN for empty bins)
 
 
 @dataclass
@@ -36,16 +37,16 @@ class Snapshot:
     """Everything the page draws, as of one poll."""
 
     url: str
-    version: int = 0                      #: +1 at every poll (the page redraws when it changes)
-    answering: bool | None = None         #: None until the first try
-    since: float | None = None            #: wall time ``answering`` last changed
-    last_answer: float | None = None      #: wall time of the last answer
-    problem: str | None = None            #: why the last poll failed, or the server's refusal
-    data: dict = field(default_factory=dict)      #: ``data`` of the last ``stat`` answer
-    rate: list = field(default_factory=list)      #: [(wall time, frames/s finished)]
-    curves: list = field(default_factory=list)    #: [Curve], oldest first
-    curve_note: str | None = None         #: why there is no curve (e.g. "no queue")
-    curves_seen: int = 0                  #: curves taken in since start (a new one: +1)
+    version: int = 0  #: +1 at every poll (the page redraws when it changes)
+    answering: bool | None = None  #: None until the first try
+    since: float | None = None  #: wall time ``answering`` last changed
+    last_answer: float | None = None  #: wall time of the last answer
+    problem: str | None = None  #: why the last poll failed, or the server's refusal
+    data: dict = field(default_factory=dict)  #: ``data`` of the last ``stat`` answer
+    rate: list = field(default_factory=list)  #: [(wall time, frames/s finished)]
+    curves: list = field(default_factory=list)  #: [Curve], oldest first
+    curve_note: str | None = None  #: why there is no curve (e.g. "no queue")
+    curves_seen: int = 0  #: curves taken in since start (a new one: +1)
 
 
 def parse_curve(answer, now=None):
@@ -93,7 +94,7 @@ class ServerWatch:
         self._snap = Snapshot(url=client.url)
         self._curves = deque(maxlen=max(1, int(n_curves)))
         self._rate = deque()
-        self._samples = deque()            # (monotonic, finished count)
+        self._samples = deque()  # (monotonic, finished count)
         self._curve_key = None
         self._stop = threading.Event()
         self._thread = None
@@ -114,7 +115,7 @@ class ServerWatch:
             t0 = time.monotonic()
             try:
                 self.poll_once()
-            except Exception:          # never let the page freeze on a surprise
+            except Exception:  # never let the page freeze on a surprise
                 log.exception("dashboard poll failed")
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
 
@@ -174,9 +175,12 @@ class ServerWatch:
             if curve is not None:
                 last = self._curves[-1] if self._curves else None
                 if last is not None and last.q.shape != curve.q.shape:
-                    self._curves.clear()         # another q grid: a new calibration
-                if last is None or last.filename != curve.filename or \
-                        not np.array_equal(last.intensity, curve.intensity, equal_nan=True):
+                    self._curves.clear()  # another q grid: a new calibration
+                if (
+                    last is None
+                    or last.filename != curve.filename
+                    or not np.array_equal(last.intensity, curve.intensity, equal_nan=True)
+                ):
                     self._curves.append(curve)
                     s.curves_seen += 1
                 s.curve_note = None
@@ -187,7 +191,7 @@ class ServerWatch:
         if count is None:
             return
         if self._samples and count < self._samples[-1][1]:
-            self._samples.clear()                # the server restarted: counts from zero again
+            self._samples.clear()  # the server restarted: counts from zero again
         self._samples.append((mono, count))
         while len(self._samples) > 2 and mono - self._samples[1][0] >= RATE_WINDOW_S:
             self._samples.popleft()
@@ -201,7 +205,16 @@ class ServerWatch:
         """A copy of the current state (lists copied; arrays shared, never modified)."""
         with self._lock:
             s = self._snap
-            return Snapshot(url=s.url, version=s.version, answering=s.answering, since=s.since,
-                            last_answer=s.last_answer, problem=s.problem, data=s.data,
-                            rate=list(self._rate), curves=list(self._curves),
-                            curve_note=s.curve_note, curves_seen=s.curves_seen)
+            return Snapshot(
+                url=s.url,
+                version=s.version,
+                answering=s.answering,
+                since=s.since,
+                last_answer=s.last_answer,
+                problem=s.problem,
+                data=s.data,
+                rate=list(self._rate),
+                curves=list(self._curves),
+                curve_note=s.curve_note,
+                curves_seen=s.curves_seen,
+            )

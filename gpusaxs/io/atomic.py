@@ -5,6 +5,7 @@ its old content or has the complete new one. The temporary file lives in the tar
 (so ``os.replace`` is a same-filesystem rename) and is named ``.<name>.<random>.tmp``, so
 watchers can skip names that start with ``.`` or end with ``.tmp``.
 """
+
 import contextlib
 import os
 import secrets
@@ -17,7 +18,7 @@ TMP_SUFFIX = ".tmp"
 _MODES = {"w": "w", "wt": "w", "wb": "wb"}
 
 
-def _open_temp(path, permissions=0o666):
+def _open_temp(path: "str | os.PathLike[str]", permissions: int = 0o666) -> tuple[int, str]:
     """Create a new, empty, exclusive temporary file next to ``path``; return (fd, tmp path).
 
     Created with ``permissions`` filtered by the umask (default 0o666, like a plain
@@ -104,7 +105,7 @@ def atomic_path(path):
         raise
 
 
-def atomic_save_bytes(path, data, fsync=False):
+def atomic_save_bytes(path: "str | os.PathLike[str]", data: bytes, fsync: bool = False) -> None:
     """Write ``data`` (bytes-like) to ``path`` atomically."""
     with atomic_write(path, "wb", fsync=fsync) as fh:
         fh.write(data)

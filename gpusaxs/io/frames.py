@@ -13,21 +13,33 @@ nonzero = bad) is applied to every frame read from it: those pixels get the inva
 the frame's dtype (NaN, -1, or the unsigned maximum, EIGER's own gap flag), so they carry no
 weight, exactly as a masked pixel.
 """
+
 import atexit
 import collections
 import os
 import re
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ImageReadError
 
-__all__ = ["FrameRef", "HDF5_SUFFIXES", "frame_sources", "read_frame", "iter_frames",
-           "is_frame_source",
-           "pixel_mask", "split_source", "is_eiger_data_file", "count_frames"]
+__all__ = [
+    "FrameRef",
+    "HDF5_SUFFIXES",
+    "frame_sources",
+    "read_frame",
+    "iter_frames",
+    "is_frame_source",
+    "pixel_mask",
+    "split_source",
+    "is_eiger_data_file",
+    "count_frames",
+]
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 #: EIGER data files (reached through their master file; skipped by folder walks)
@@ -50,6 +62,10 @@ class FrameRef(str):
     Attributes: ``file`` (str), ``dataset`` (HDF5 path or None: the file's frame data),
     ``index`` (int, or None for a single 2D dataset).
     """
+
+    file: str
+    dataset: str | None
+    index: int | None  # type: ignore[assignment]  # shadows str.index (a frame number here)
 
     def __new__(cls, file, dataset=None, index=None):
         parts = [os.fspath(file)]
@@ -113,6 +129,7 @@ class _Stack:
     # HDF5 ---------------------------------------------------------------------------
     def _open_hdf5(self, path, dataset):
         import h5py
+
         _hdf5plugin()
         try:
             self.h5 = h5py.File(path, "r")
@@ -141,6 +158,7 @@ class _Stack:
     # TIFF ---------------------------------------------------------------------------
     def _open_tiff(self, path):
         import tifffile
+
         try:
             self.tif = tifffile.TiffFile(path)
             self.n = len(self.tif.pages)
@@ -151,6 +169,7 @@ class _Stack:
     # fabio (EDF, CBF, ...) -------------------------------------------------------------
     def _open_fabio(self, path):
         import fabio
+
         try:
             self.fab = fabio.open(path)
             self.n = int(getattr(self.fab, "nframes", 1) or 1)
@@ -172,14 +191,17 @@ class _Stack:
             except ImageReadError:
                 raise
             except Exception as exc:
-                raise ImageReadError(self.path, f"frame {i}: cannot decode: {_one_line(exc)}") from None
+                raise ImageReadError(
+                    self.path, f"frame {i}: cannot decode: {_one_line(exc)}"
+                ) from None
         arr = np.asarray(arr)
         if self.mask_index is not None:
             if arr.shape != self.mask_shape:
-                raise ImageReadError(self.path, f"pixel_mask is {self.mask_shape}, frames are "
-                                                f"{arr.shape}")
+                raise ImageReadError(
+                    self.path, f"pixel_mask is {self.mask_shape}, frames are {arr.shape}"
+                )
             if not (arr.flags.writeable and arr.flags.c_contiguous and arr.flags.owndata):
-                arr = np.array(arr, copy=True)          # h5py hands a fresh array: no copy
+                arr = np.array(arr, copy=True)  # h5py hands a fresh array: no copy
             arr.reshape(-1)[self.mask_index] = _invalid_value(arr.dtype)
         return arr
 
@@ -217,17 +239,21 @@ def _is_hdf5(path):
 
 def _frame_dataset(obj, path, name):
     import h5py
+
     if not isinstance(obj, h5py.Dataset):
         raise ImageReadError(path, f"{name} is not a dataset")
     if obj.ndim not in (2, 3) or obj.dtype.kind not in "biuf":
-        raise ImageReadError(path, f"{name} is not a frame or a stack of frames "
-                                   f"(shape {obj.shape}, type {obj.dtype})")
+        raise ImageReadError(
+            path,
+            f"{name} is not a frame or a stack of frames (shape {obj.shape}, type {obj.dtype})",
+        )
     return obj, (1 if obj.ndim == 2 else obj.shape[0])
 
 
 def _hdf5_parts(h5, path, dataset):
     """[(dataset, n_frames), ...] of the frame data of an open HDF5 file."""
     import h5py
+
     if dataset is not None:
         if dataset not in h5:
             raise ImageReadError(path, f"no dataset {dataset!r} in the file")
@@ -235,7 +261,7 @@ def _hdf5_parts(h5, path, dataset):
     data = h5.get("entry/data")
     if isinstance(data, h5py.Group):
         names = sorted(n for n in data if re.fullmatch(r"data_\d{6}", n))
-        if names:                                   # an EIGER master file
+        if names:  # an EIGER master file
             parts = []
             for n in names:
                 try:
@@ -244,8 +270,9 @@ def _hdf5_parts(h5, path, dataset):
                     link = data.get(n, getlink=True)
                     target = getattr(link, "filename", None)
                     what = f"its data file {target}" if target else n
-                    raise ImageReadError(path, f"/entry/data/{n}: cannot open {what} "
-                                               f"({_one_line(exc)})") from None
+                    raise ImageReadError(
+                        path, f"/entry/data/{n}: cannot open {what} ({_one_line(exc)})"
+                    ) from None
                 parts.append(_frame_dataset(obj, path, f"/entry/data/{n}"))
             return parts
         if "data" in data:
@@ -256,9 +283,12 @@ def _hdf5_parts(h5, path, dataset):
     signal = _nexus_default_signal(h5)
     if signal is not None:
         return [_frame_dataset(h5[signal], path, signal)]
-    raise ImageReadError(path, "no frame data found (looked for /entry/data/data_NNNNNN, "
-                               "/entry/data/data and the NeXus default); name the dataset as "
-                               f"{os.path.basename(path)}::/path/to/dataset")
+    raise ImageReadError(
+        path,
+        "no frame data found (looked for /entry/data/data_NNNNNN, "
+        "/entry/data/data and the NeXus default); name the dataset as "
+        f"{os.path.basename(path)}::/path/to/dataset",
+    )
 
 
 def _nexus_default_signal(h5):
@@ -327,7 +357,7 @@ class _StackCache:
 
 
 _cache = _StackCache()
-atexit.register(_cache.clear)       # close open files before the interpreter tears down
+atexit.register(_cache.clear)  # close open files before the interpreter tears down
 
 
 # ----------------------------------------------------------------------------- cheap checks
@@ -339,7 +369,7 @@ def _tiff_pages_beyond_first(path):
             return False
         order = "<" if head[:2] == b"II" else ">"
         magic = struct.unpack(order + "H", head[2:4])[0]
-        if magic == 43:                         # BigTIFF: let tifffile count
+        if magic == 43:  # BigTIFF: let tifffile count
             return True
         (ifd,) = struct.unpack(order + "I", head[4:8])
         fh.seek(ifd)
@@ -403,8 +433,9 @@ def frame_sources(path, explicit=False):
     from .images import is_image_file
 
     text = os.fspath(path)
-    file, dataset, index = split_source(text) if _SEP in text and not os.path.exists(text) \
-        else (text, None, None)
+    file, dataset, index = (
+        split_source(text) if _SEP in text and not os.path.exists(text) else (text, None, None)
+    )
     if index is not None:
         return [FrameRef(file, dataset, index)]
     low = file.lower()
@@ -413,8 +444,11 @@ def frame_sources(path, explicit=False):
         if explicit and os.path.isfile(file) and _is_hdf5(file):
             hdf5 = True
         elif explicit:
-            raise ImageReadError(file, "not an image or HDF5 file (expected TIFF, CBF, EDF, "
-                                       "... or HDF5/NeXus, e.g. an EIGER master file)")
+            raise ImageReadError(
+                file,
+                "not an image or HDF5 file (expected TIFF, CBF, EDF, "
+                "... or HDF5/NeXus, e.g. an EIGER master file)",
+            )
         else:
             return []
     if hdf5 and dataset is None and not explicit and is_eiger_data_file(file):
@@ -427,8 +461,8 @@ def frame_sources(path, explicit=False):
         if explicit or hdf5:
             if explicit:
                 raise
-            return []        # a walk: HDF5 files without frames are not images
-        return [path]        # the reader will report it with the reason
+            return []  # a walk: HDF5 files without frames are not images
+        return [path]  # the reader will report it with the reason
     if stack.kind != "hdf5" and stack.single:
         return [path]
     if stack.kind == "hdf5" and stack.single:
@@ -436,7 +470,7 @@ def frame_sources(path, explicit=False):
     return [FrameRef(file, dataset, i) for i in range(stack.n)]
 
 
-def is_frame_source(path):
+def is_frame_source(path: object) -> bool:
     """True if ``read_image`` should hand ``path`` to :func:`read_frame`: a FrameRef, a
     ``file::...`` string naming no existing file, or an HDF5 file name."""
     if isinstance(path, FrameRef):
@@ -449,7 +483,7 @@ def is_frame_source(path):
     return text.lower().endswith(HDF5_SUFFIXES)
 
 
-def read_frame(source, shape=None):
+def read_frame(source: "str | os.PathLike[str]", shape: "tuple[int, int] | None" = None) -> Any:
     """One 2D frame: ``source`` a FrameRef, or a string ``file[::/dataset][::index]``.
 
     ``shape``: expected (H, W) or None. The EIGER pixel mask is applied (see module doc).
@@ -464,16 +498,43 @@ def read_frame(source, shape=None):
     stack = _cache.get(file, dataset)
     if index is None:
         if stack.n != 1:
-            raise ImageReadError(file, f"holds {stack.n} frames; name one as "
-                                       f"{os.path.basename(file)}::N (N from 0)")
+            raise ImageReadError(
+                file, f"holds {stack.n} frames; name one as {os.path.basename(file)}::N (N from 0)"
+            )
         index = 0
     arr = stack.read(index)
     name = str(source) if isinstance(source, FrameRef) else os.fspath(source)
     return _check(name, arr, shape)
 
 
-def iter_frames(path, explicit=True, shape=None):
-    """Yield ``(source, frame)`` for every frame of ``path``, one frame in memory at a time."""
+def iter_frames(
+    path: "str | os.PathLike[str]", explicit: bool = True, shape: "tuple[int, int] | None" = None
+) -> Iterator[tuple[str, Any]]:
+    """Yield ``(source, frame)`` for every frame of ``path``, one frame in memory at a time.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A single-frame image, a stack (HDF5 / NeXus, EIGER master, multi-frame EDF, CBF or
+        TIFF), ``file.h5::/dataset`` or ``file::N``.
+    explicit : bool
+        True (a file the user named): a file that holds no frame raises ImageReadError;
+        False (a file found in a folder): it yields nothing.
+    shape : (int, int), optional
+        Expected ``(H, W)`` of every frame.
+
+    Yields
+    ------
+    source : str
+        The path, or a :class:`FrameRef` ``file::index`` naming the frame.
+    frame : ndarray, shape (H, W)
+        The pixels, in the file's dtype (EIGER's pixel mask applied).
+
+    Examples
+    --------
+    >>> for source, frame in gpusaxs.iter_frames("scan_master.h5"):  # doctest: +SKIP
+    ...     q, I = integ.integrate(frame)
+    """
     from .images import read_image
 
     for src in frame_sources(path, explicit=explicit):
@@ -483,6 +544,7 @@ def iter_frames(path, explicit=True, shape=None):
 def pixel_mask(path):
     """The EIGER master's pixel mask as bool (True = bad), or None if the file has none."""
     import h5py
+
     _hdf5plugin()
     file, _, _ = split_source(os.fspath(path))
     try:

@@ -9,16 +9,28 @@ Before any pixel is decoded, the frame's declared size and pixel type (TIFF tags
 EDF headers) are checked against the expected shape and a pixel bound, so a small compressed
 file declaring a huge frame (a decompression bomb) is rejected without a large allocation.
 """
+
+from __future__ import annotations
+
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 
+from .._typing import AnyArray, PathLike
 from ..errors import ImageReadError
 
-__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "image_complete", "declared_frame",
-           "MAX_PIXELS"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "is_image_file",
+    "read_image",
+    "image_complete",
+    "declared_frame",
+    "MAX_PIXELS",
+]
 
 #: Largest frame (pixels) read when no expected shape is given (as the calibration's limit,
 #: an 8192 x 8192 frame; EIGER2 16M has 18 M pixels).
@@ -31,7 +43,7 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _PIL_SUFFIXES = (".png", ".bmp", ".gif", ".jpg", ".jpeg")
 
 
-def is_image_file(path):
+def is_image_file(path: PathLike) -> bool:
     """True if ``path`` has a single-frame image suffix (see ``IMAGE_SUFFIXES``), any case.
 
     Hidden/temporary names (``.name...tmp`` from :func:`gpusaxs.io.atomic_write`) never match.
@@ -40,15 +52,15 @@ def is_image_file(path):
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     """``Type: message`` of an exception on one line (fabio/tifffile messages can be multi-line)."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _check(path, arr, shape):
+def _check(path: PathLike, data: Any, shape: Any) -> AnyArray:
     """Validate a decoded array: 2D, numeric, expected shape; return it in native byte order."""
-    arr = np.asarray(arr)
+    arr: AnyArray = np.asarray(data)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
@@ -58,7 +70,8 @@ def _check(path, arr, shape):
     if shape is not None and tuple(arr.shape) != tuple(int(s) for s in shape):
         h, w = arr.shape
         raise ImageReadError(
-            path, f"image is {h}x{w} (rows x columns), expected {shape[0]}x{shape[1]}")
+            path, f"image is {h}x{w} (rows x columns), expected {shape[0]}x{shape[1]}"
+        )
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
@@ -72,7 +85,7 @@ _TIFF_TYPES = {3: "H", 4: "I"}
 _SAMPLE_KIND = {1: "u", 2: "i", 3: "f"}
 
 
-def _read_tiff_plain(path, expect=None):
+def _read_tiff_plain(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray | None:
     """Pixels of a plain TIFF in one read, or None when the file is not plain.
 
     Plain: classic TIFF, one page, one sample per pixel, uncompressed, no predictor or tiles,
@@ -97,7 +110,7 @@ def _read_tiff_plain(path, expect=None):
             return None
         tags = {}
         for k in range(n_entries):
-            tag, typ, count, value = struct.unpack(order + "HHI4s", raw[12 * k:12 * k + 12])
+            tag, typ, count, value = struct.unpack(order + "HHI4s", raw[12 * k : 12 * k + 12])
             if tag in _NOT_PLAIN_TAGS:
                 return None
             if tag in _LAYOUT_TAGS:
@@ -115,10 +128,20 @@ def _read_tiff_plain(path, expect=None):
                     vals = struct.unpack(order + fmt * count, fh.read(width))
                 tags[tag] = vals
         (next_ifd,) = struct.unpack(order + "I", raw[-4:])
-        one = lambda tag, default=None: tags.get(tag, (default,))[0]  # noqa: E731
-        if next_ifd != 0 or one(259, 1) != 1 or one(277, 1) != 1 or one(266, 1) != 1 \
-                or 256 not in tags \
-                or 257 not in tags or 273 not in tags or 279 not in tags:
+
+        def one(tag: int, default: Any = None) -> Any:
+            return tags.get(tag, (default,))[0]
+
+        if (
+            next_ifd != 0
+            or one(259, 1) != 1
+            or one(277, 1) != 1
+            or one(266, 1) != 1
+            or 256 not in tags
+            or 257 not in tags
+            or 273 not in tags
+            or 279 not in tags
+        ):
             return None
         bits, kind = one(258, 1), _SAMPLE_KIND.get(one(339, 1))
         if kind is None or bits not in (8, 16, 32, 64) or (kind == "f" and bits < 32):
@@ -127,7 +150,8 @@ def _read_tiff_plain(path, expect=None):
         height, width = one(257), one(256)
         offsets, counts = tags[273], tags[279]
         if len(offsets) != len(counts) or any(
-                offsets[i] + counts[i] != offsets[i + 1] for i in range(len(offsets) - 1)):
+            offsets[i] + counts[i] != offsets[i + 1] for i in range(len(offsets) - 1)
+        ):
             return None
         _check_declared(path, (height, width), dtype, expect)
         nbytes = height * width * dtype.itemsize
@@ -136,15 +160,16 @@ def _read_tiff_plain(path, expect=None):
         end = offsets[0] + nbytes
         if end > size:
             raise ImageReadError(
-                path, f"truncated: image data ends at byte {end}, file has {size} bytes")
+                path, f"truncated: image data ends at byte {end}, file has {size} bytes"
+            )
         out = np.empty((height, width), dtype=dtype)
         fh.seek(offsets[0])
-        if fh.readinto(memoryview(out).cast("B")) != nbytes:
+        if fh.readinto(out.data.cast("B")) != nbytes:
             raise ImageReadError(path, "truncated: file shrank while it was read")
         return out
 
 
-def _read_tiff(path, expect=None):
+def _read_tiff(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray:
     try:
         plain = _read_tiff_plain(path, expect)
     except ImageReadError:
@@ -153,33 +178,39 @@ def _read_tiff(path, expect=None):
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
     if plain is not None:
         return plain
-    import tifffile                       # only for TIFFs the fast path does not read
+    import tifffile  # only for TIFFs the fast path does not read
 
     try:
         with tifffile.TiffFile(path) as tf:
             pages = tf.pages
             n = len(pages)
             if n != 1:
-                raise ImageReadError(path, f"multi-frame TIFF ({n} pages), expected one 2D frame"
-                                     if n else "TIFF file has no image")
+                raise ImageReadError(
+                    path,
+                    f"multi-frame TIFF ({n} pages), expected one 2D frame"
+                    if n
+                    else "TIFF file has no image",
+                )
             page = pages[0]
             _check_declared(path, page.shape, page.dtype, expect)
             size = int(tf.filehandle.size)
             offsets = page.dataoffsets
             counts = page.databytecounts
             if offsets and counts:
-                end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+                end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
                 if end > size:
                     raise ImageReadError(
-                        path, f"truncated: image data ends at byte {end}, file has {size} bytes")
-            return page.asarray()
+                        path, f"truncated: image data ends at byte {end}, file has {size} bytes"
+                    )
+            pixels: AnyArray = page.asarray()
+            return pixels
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many types; report them on one line
         raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
 
 
-def _check_declared(path, shape, dtype, expect):
+def _check_declared(path: PathLike, shape: Any, dtype: Any, expect: Any) -> None:
     """Reject a frame by its declared shape and dtype, before decoding it.
 
     expect: (expected shape (H, W) or None, most pixels); None = no check.
@@ -195,34 +226,63 @@ def _check_declared(path, shape, dtype, expect):
         raise ImageReadError(path, f"unsupported pixel type {dtype} (declared in the header)")
     n_pixels = int(np.prod(shape, dtype=np.int64)) if shape else 0
     if want is not None and len(shape) == 2 and shape != tuple(int(v) for v in want):
-        raise ImageReadError(path, f"image is {shape[0]}x{shape[1]} (rows x columns, declared in "
-                                   f"the header), expected {want[0]}x{want[1]}; not decoded")
+        raise ImageReadError(
+            path,
+            f"image is {shape[0]}x{shape[1]} (rows x columns, declared in "
+            f"the header), expected {want[0]}x{want[1]}; not decoded",
+        )
     if max_pixels is not None and n_pixels > max_pixels:
         dims = "x".join(str(v) for v in shape)
-        raise ImageReadError(path, f"image declares {dims} = {n_pixels:,} pixels, more than the "
-                                   f"limit of {max_pixels:,}; not decoded")
+        raise ImageReadError(
+            path,
+            f"image declares {dims} = {n_pixels:,} pixels, more than the "
+            f"limit of {max_pixels:,}; not decoded",
+        )
 
 
-_EDF_TYPES = {"unsignedbyte": "u1", "signedbyte": "i1", "unsignedshort": "u2",
-              "signedshort": "i2", "unsignedinteger": "u4", "signedinteger": "i4",
-              "unsignedlong": "u4", "signedlong": "i4", "float": "f4", "floatvalue": "f4",
-              "doublevalue": "f8", "double": "f8", "unsigned64": "u8", "signed64": "i8",
-              "unsignedint": "u4", "signedint": "i4"}
-_CBF_TYPES = {"signed 32-bit integer": "i4", "unsigned 32-bit integer": "u4",
-              "signed 16-bit integer": "i2", "unsigned 16-bit integer": "u2",
-              "signed 8-bit integer": "i1", "unsigned 8-bit integer": "u1",
-              "signed 64-bit integer": "i8", "unsigned 64-bit integer": "u8",
-              "signed 64-bit real ieee": "f8", "signed 32-bit real ieee": "f4"}
+_EDF_TYPES = {
+    "unsignedbyte": "u1",
+    "signedbyte": "i1",
+    "unsignedshort": "u2",
+    "signedshort": "i2",
+    "unsignedinteger": "u4",
+    "signedinteger": "i4",
+    "unsignedlong": "u4",
+    "signedlong": "i4",
+    "float": "f4",
+    "floatvalue": "f4",
+    "doublevalue": "f8",
+    "double": "f8",
+    "unsigned64": "u8",
+    "signed64": "i8",
+    "unsignedint": "u4",
+    "signedint": "i4",
+}
+_CBF_TYPES = {
+    "signed 32-bit integer": "i4",
+    "unsigned 32-bit integer": "u4",
+    "signed 16-bit integer": "i2",
+    "unsigned 16-bit integer": "u2",
+    "signed 8-bit integer": "i1",
+    "unsigned 8-bit integer": "u1",
+    "signed 64-bit integer": "i8",
+    "unsigned 64-bit integer": "u8",
+    "signed 64-bit real ieee": "f8",
+    "signed 32-bit real ieee": "f4",
+}
 
 
-def _head_bytes(path, n=65536):
-    """The first ``n`` bytes of a file, decompressed for .gz/.bz2 (only ``n`` bytes are inflated)."""
+def _head_bytes(path: str, n: int = 65536) -> bytes:
+    """The first ``n`` bytes of a file, decompressed for .gz/.bz2 (only ``n`` bytes inflated)."""
     low = path.lower()
+    opener: Callable[..., Any]
     if low.endswith(".gz"):
         import gzip
+
         opener = gzip.open
     elif low.endswith(".bz2"):
         import bz2
+
         opener = bz2.open
     else:
         opener = open
@@ -233,7 +293,7 @@ def _head_bytes(path, n=65536):
         return b""
 
 
-def declared_frame(path):
+def declared_frame(path: str) -> tuple[tuple[int, ...], Any] | None:
     """(shape, dtype) a CBF or EDF file declares in its header, without decoding the pixels;
     None when the header does not say (other formats: the reader checks after decoding)."""
     import re
@@ -263,8 +323,9 @@ def declared_frame(path):
     return None
 
 
-def struct_error():
+def struct_error() -> type[Exception]:
     import struct
+
     return struct.error
 
 
@@ -275,12 +336,12 @@ class _FabioLogCapture(logging.Filter):
     checksum mismatches only through logging; these must become ImageReadError.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._local = threading.local()
-        self._installed = set()
+        self._installed: set[str] = set()
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         bucket = getattr(self._local, "bucket", None)
         if bucket is None or record.thread != threading.get_ident():
             return True
@@ -288,7 +349,7 @@ class _FabioLogCapture(logging.Filter):
             bucket.append(record.getMessage())
         return record.levelno >= logging.CRITICAL
 
-    def __enter__(self):
+    def __enter__(self) -> list[str]:
         # fabio modules log through their own loggers ("fabio.edfimage", ...); logger filters
         # do not apply to propagated records, so attach to each of them (new ones appear as
         # fabio imports format modules lazily).
@@ -296,10 +357,11 @@ class _FabioLogCapture(logging.Filter):
             if (name == "fabio" or name.startswith("fabio.")) and name not in self._installed:
                 logging.getLogger(name).addFilter(self)
                 self._installed.add(name)
-        self._local.bucket = []
-        return self._local.bucket
+        bucket: list[str] = []
+        self._local.bucket = bucket
+        return bucket
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self._local.bucket = None
         return False
 
@@ -310,7 +372,7 @@ _fabio_log = _FabioLogCapture()
 _CBF_STARTER = b"\x0c\x1a\x04\xd5"  # start of the binary data in a CBF file
 
 
-def _check_cbf_start(path):
+def _check_cbf_start(path: str) -> None:
     """Reject a CBF file without the binary-data start marker before fabio sees it.
 
     fabio's CBF reader loops forever on such a file (a CBF cut inside its binary-section
@@ -321,12 +383,18 @@ def _check_cbf_start(path):
     with open(path, "rb") as fh:
         head = fh.read(4096)
         low = path.lower()
-        if not (low.endswith(".cbf") or low.endswith(".cbf.gz") or low.endswith(".cbf.bz2")
-                or head.startswith(b"###CBF") or b"CIF-BINARY-FORMAT-SECTION" in head):
+        if not (
+            low.endswith(".cbf")
+            or low.endswith(".cbf.gz")
+            or low.endswith(".cbf.bz2")
+            or head.startswith(b"###CBF")
+            or b"CIF-BINARY-FORMAT-SECTION" in head
+        ):
             return
         if low.endswith((".gz", ".bz2")):  # compressed: fabio parses the decompressed bytes
             import bz2
             import gzip
+
             opener = gzip.open if low.endswith(".gz") else bz2.open
             try:
                 with opener(path, "rb") as zf:
@@ -344,7 +412,7 @@ def _check_cbf_start(path):
     raise ImageReadError(path, "truncated or corrupt CBF: no binary data section")
 
 
-def _read_fabio(path, expect=None):
+def _read_fabio(path: str, expect: tuple[Any, Any] | None = None) -> Any:
     _check_cbf_start(path)
     declared = declared_frame(path)
     if declared is not None:
@@ -381,7 +449,7 @@ def _read_fabio(path, expect=None):
     return data
 
 
-def _read_pil(path, expect=None):
+def _read_pil(path: str, expect: tuple[Any, Any] | None = None) -> AnyArray:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover
@@ -399,19 +467,51 @@ def _read_pil(path, expect=None):
         raise ImageReadError(path, f"cannot decode image: {_one_line(exc)}") from None
 
 
-def read_image(path, shape=None, max_pixels=MAX_PIXELS):
-    """Read one 2D frame; return it as a ``(rows, cols)`` array in the file's dtype.
+def read_image(
+    path: PathLike, shape: tuple[int, int] | None = None, max_pixels: int | None = MAX_PIXELS
+) -> AnyArray:
+    """Read one 2D detector frame.
 
-    ``shape``: expected ``(H, W)`` in pixels, or None to accept any size up to ``max_pixels``
-    (default ``MAX_PIXELS``; None = no bound).  TIFF, CBF and EDF frames are checked against
-    both by their headers before decoding.
-    Raises ImageReadError (missing file, truncated, not an image, not a single 2D frame,
-    wrong size, too large). HDF5 files and frames of stacks (``file.h5::/dataset``, ``file::N``)
-    are read by :func:`gpusaxs.io.frames.read_frame`.
+    TIFF (a fast path for plain detector TIFFs, else tifffile), CBF, EDF, MarCCD and the other
+    formats of fabio, PNG and friends through Pillow; HDF5 files and frames of stacks
+    (``file.h5::/dataset``, ``file::N``) through :func:`gpusaxs.io.frames.read_frame`.  TIFF,
+    CBF and EDF frames are checked against ``shape`` and ``max_pixels`` by their headers before
+    decoding (no decompression bombs).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file, or a frame source of a stack.
+    shape : (int, int), optional
+        Expected ``(H, W)`` in pixels (the calibration's Imagesize); None: any size up to
+        ``max_pixels``.
+    max_pixels : int or None
+        Largest frame accepted without a ``shape`` (default ``MAX_PIXELS``, 2^26); None: no
+        bound.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        The pixels in the file's dtype (e.g. int32 for PILATUS), native byte order, rows
+        top-down.
+
+    Raises
+    ------
+    ImageReadError
+        Naming the file and the reason: missing, truncated, not an image, not a single 2D
+        frame, wrong size, too large.
+
+    Examples
+    --------
+    >>> image = gpusaxs.read_image("frame_00001.tif", shape=(1043, 981))  # doctest: +SKIP
+    >>> image.dtype, image.shape  # doctest: +SKIP
+    (dtype('int32'), (1043, 981))
     """
     from .frames import is_frame_source, read_frame
-    if is_frame_source(path):       # HDF5 / a frame of a stack (gpusaxs.io.frames)
-        return read_frame(path, shape)
+
+    if is_frame_source(path):  # HDF5 / a frame of a stack (gpusaxs.io.frames)
+        frame: AnyArray = read_frame(path, shape)
+        return frame
     spath = os.fspath(path)
     if not os.path.exists(spath):
         raise ImageReadError(path, "no such file")
@@ -429,12 +529,13 @@ def read_image(path, shape=None, max_pixels=MAX_PIXELS):
         arr = _read_fabio(spath, expect)
     arr = _check(path, arr, shape)
     if max_pixels is not None and arr.size > max_pixels:
-        raise ImageReadError(path, f"image has {arr.size:,} pixels, more than the limit of "
-                                   f"{max_pixels:,}")
+        raise ImageReadError(
+            path, f"image has {arr.size:,} pixels, more than the limit of {max_pixels:,}"
+        )
     return arr
 
 
-def image_complete(path, shape=None):
+def image_complete(path: PathLike, shape: tuple[int, int] | None = None) -> bool:
     """True if ``path`` decodes fully as one 2D frame (of ``shape`` if given), else False.
 
     Used by file watchers to wait for a detector file that is still being written.

@@ -29,17 +29,27 @@ the latest ``flush_interval_s`` after they were appended, and a writer killed at
 a readable file with every row flushed before (a SWMR reader opens it; for other readers
 ``h5clear -s FILE`` clears the "open for writing" flag the killed writer left).
 """
+
+from __future__ import annotations
+
 import contextlib
 import datetime
 import json
 import os
 import threading
 import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import numpy as np
 
+from .._typing import ArrayLike, PathLike
 from .atomic import _open_temp
+
+if TYPE_CHECKING:
+    from ..calibration import Calibration
 
 __all__ = ["NXazintWriter", "read_nxazint", "RADIAL_UNITS"]
 
@@ -54,31 +64,34 @@ RADIAL_UNITS = {
 
 PROGRAM = "gpusaxs"
 REFERENCE = "gpusaxs: GPU-backed azimuthal integration (successor of SAXSdog, SAXS 0.3.0)"
-NOTE = ("Geometry: fit2d convention (BeamCenter [Y from the bottom edge, X] in pixels, tilt angle "
-        "and tilt-plane rotation in degrees), the same geometry as pyFAI's PONI in "
-        "reduction/input/poni. Intensity: mean counts per pixel in the bin (corrections as "
-        "flagged in the entry); I_errors: Poisson error of that mean; empty bins are NaN.")
+NOTE = (
+    "Geometry: fit2d convention (BeamCenter [Y from the bottom edge, X] in pixels, tilt angle "
+    "and tilt-plane rotation in degrees), the same geometry as pyFAI's PONI in "
+    "reduction/input/poni. Intensity: mean counts per pixel in the bin (corrections as "
+    "flagged in the entry); I_errors: Poisson error of that mean; empty bins are NaN."
+)
 _EMPTY_ID = -1
 
 
-def _now():
+def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _version():
+def _version() -> str:
     try:
         from gpusaxs import __version__
+
         return str(__version__)
     except ImportError:  # pragma: no cover - a broken checkout
         return "unknown"
 
 
-def _chunk_rows(row_bytes):
+def _chunk_rows(row_bytes: int) -> int:
     """Rows per chunk: about 1 MiB, between 1 and 1024 rows."""
     return int(max(1, min(1024, (1 << 20) // max(1, row_bytes))))
 
 
-def _text(group, name, value):
+def _text(group: Any, name: str, value: object) -> None:
     group.create_dataset(name, data=str(value), dtype=h5py.string_dtype())
 
 
@@ -118,12 +131,26 @@ class NXazintWriter:
     ...     w.append(I, sigma, image_ids=np.arange(len(I)), sources=names)
     """
 
-    def __init__(self, path, radial, *, radial_unit="q_nm^-1", azimuthal=None, calibration=None,
-                 calibration_key=None, inputs=None, live=False, flush_interval_s=1.0,
-                 options=None):
+    def __init__(
+        self,
+        path: PathLike,
+        radial: ArrayLike,
+        *,
+        radial_unit: str = "q_nm^-1",
+        azimuthal: ArrayLike | None = None,
+        calibration: Calibration | None = None,
+        calibration_key: str | None = None,
+        inputs: Sequence[str] | None = None,
+        live: bool = False,
+        flush_interval_s: float = 1.0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         if radial_unit not in RADIAL_UNITS:
-            raise ValueError(f"radial_unit must be one of {sorted(RADIAL_UNITS)}, not {radial_unit!r}")
+            raise ValueError(
+                f"radial_unit must be one of {sorted(RADIAL_UNITS)}, not {radial_unit!r}"
+            )
         radial = np.asarray(radial, dtype=np.float64)
+        assert isinstance(radial, np.ndarray)
         if radial.ndim != 1 or radial.size == 0:
             raise ValueError(f"radial must be a non-empty 1D array, not shape {radial.shape}")
         self.path = os.fspath(path)
@@ -132,15 +159,20 @@ class NXazintWriter:
         self.radial = radial
         self.azimuthal = None if azimuthal is None else np.asarray(azimuthal, dtype=np.float64)
         if self.azimuthal is not None and (self.azimuthal.ndim != 1 or self.azimuthal.size == 0):
-            raise ValueError(f"azimuthal must be a non-empty 1D array, not shape {self.azimuthal.shape}")
-        self.row_shape = (radial.size,) if self.azimuthal is None else (self.azimuthal.size, radial.size)
+            raise ValueError(
+                f"azimuthal must be a non-empty 1D array, not shape {self.azimuthal.shape}"
+            )
+        self.row_shape: tuple[int, ...] = (
+            (radial.size,) if self.azimuthal is None else (self.azimuthal.size, radial.size)
+        )
         self.n_rows = 0
         self._lock = threading.RLock()
         self._dirty = False
         self._last_flush = time.monotonic()
         self._closed = False
         self._stop = threading.Event()
-        self._flusher = None
+        self._flusher: threading.Thread | None = None
+        self._tmp: str | None
         if self.live:
             self._tmp = None
             self._file = h5py.File(self.path, "w", libver="latest")
@@ -153,15 +185,23 @@ class NXazintWriter:
             if self.live:
                 self._file.swmr_mode = True
                 self._file.flush()
-                self._flusher = threading.Thread(target=self._flush_loop, name="nxazint-flush",
-                                                 daemon=True)
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="nxazint-flush", daemon=True
+                )
                 self._flusher.start()
         except BaseException:
             self.abort()
             raise
 
     # -- structure ------------------------------------------------------------------------
-    def _write_header(self, radial_unit, cal, key, inputs, options):
+    def _write_header(
+        self,
+        radial_unit: str,
+        cal: Calibration | None,
+        key: str | None,
+        inputs: Sequence[str] | None,
+        options: dict[str, Any],
+    ) -> None:
         f = self._file
         two_d = self.azimuthal is not None
         f.attrs["NX_class"] = "NXroot"
@@ -211,8 +251,9 @@ class NXazintWriter:
         if key is not None:
             _text(inp, "calibration_key", key)
         if inputs is not None:
-            inp.create_dataset("input_files", data=[os.fspath(p) for p in inputs],
-                               dtype=h5py.string_dtype())
+            inp.create_dataset(
+                "input_files", data=[os.fspath(p) for p in inputs], dtype=h5py.string_dtype()
+            )
         for name, value in sorted(options.items()):
             if value is None or isinstance(value, (bool, int, float, str)):
                 _text(inp, f"option_{name}", json.dumps(value))
@@ -224,7 +265,9 @@ class NXazintWriter:
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "I"
-        data.attrs["axes"] = [".", "azimuthal_axis", "radial_axis"] if two_d else [".", "radial_axis"]
+        data.attrs["axes"] = (
+            [".", "azimuthal_axis", "radial_axis"] if two_d else [".", "radial_axis"]
+        )
         data.attrs["interpretation"] = "image" if two_d else "spectrum"
         units, long_name = RADIAL_UNITS[radial_unit]
         ax = data.create_dataset("radial_axis", data=self.radial)
@@ -236,37 +279,50 @@ class NXazintWriter:
             az.attrs["long_name"] = "chi"
         rows = _chunk_rows(int(np.prod(self.row_shape)) * 8)
         for name, long_name in (("I", "intensity"), ("I_errors", "estimated intensity error")):
-            d = data.create_dataset(name, shape=(0, *self.row_shape), maxshape=(None, *self.row_shape),
-                                    dtype=np.float64, chunks=(rows, *self.row_shape),
-                                    fillvalue=np.nan)
+            d = data.create_dataset(
+                name,
+                shape=(0, *self.row_shape),
+                maxshape=(None, *self.row_shape),
+                dtype=np.float64,
+                chunks=(rows, *self.row_shape),
+                fillvalue=np.nan,
+            )
             d.attrs["units"] = "arbitrary units"
             d.attrs["long_name"] = long_name
-        ids = data.create_dataset("image_id", shape=(0,), maxshape=(None,), dtype=np.int64,
-                                  chunks=(4096,), fillvalue=_EMPTY_ID)
+        ids = data.create_dataset(
+            "image_id",
+            shape=(0,),
+            maxshape=(None,),
+            dtype=np.int64,
+            chunks=(4096,),
+            fillvalue=_EMPTY_ID,
+        )
         ids.attrs["long_name"] = "image index"
-        data.create_dataset("source", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(),
-                            chunks=(1024,))
+        data.create_dataset(
+            "source", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(1024,)
+        )
         self._I = data["I"]
         self._E = data["I_errors"]
         self._ids = ids
         self._src = data["source"]
 
     @staticmethod
-    def _write_calibration(inp, cal):
+    def _write_calibration(inp: Any, cal: Calibration) -> None:
         _text(inp, "calibration", json.dumps(cal.to_dict("flat"), sort_keys=True))
         if cal.source is not None:
             _text(inp, "calibration_file", cal.source)
         geo = inp.create_group("geometry")
         geo.attrs["NX_class"] = "NXparameters"
         for name, value, unit in (
-                ("distance", cal.distance_mm, "mm"),
-                ("beam_center_y_from_bottom", cal.beam_center[0], "pixel"),
-                ("beam_center_x", cal.beam_center[1], "pixel"),
-                ("pixel_size", np.asarray(cal.pixel_size_um), "um"),
-                ("image_size", np.asarray(cal.imagesize), "pixel"),
-                ("tilt_angle", cal.tilt_angle_deg, "degrees"),
-                ("tilt_plane_rotation", cal.tilt_rot_deg, "degrees"),
-                ("wavelength", cal.wavelength_A, "angstrom")):
+            ("distance", cal.distance_mm, "mm"),
+            ("beam_center_y_from_bottom", cal.beam_center[0], "pixel"),
+            ("beam_center_x", cal.beam_center[1], "pixel"),
+            ("pixel_size", np.asarray(cal.pixel_size_um), "um"),
+            ("image_size", np.asarray(cal.imagesize), "pixel"),
+            ("tilt_angle", cal.tilt_angle_deg, "degrees"),
+            ("tilt_plane_rotation", cal.tilt_rot_deg, "degrees"),
+            ("wavelength", cal.wavelength_A, "angstrom"),
+        ):
             geo[name] = value
             geo[name].attrs["units"] = unit
         try:
@@ -276,14 +332,23 @@ class NXazintWriter:
         _text(inp, "poni", json.dumps(poni, sort_keys=True))
 
     # -- rows -------------------------------------------------------------------------------
-    def append(self, intensity, sigma, image_ids, sources=None):
-        """Append B rows.
+    def append(
+        self,
+        intensity: ArrayLike,
+        sigma: ArrayLike | None,
+        image_ids: ArrayLike,
+        sources: Sequence[PathLike] | None = None,
+    ) -> None:
+        """Append B rows (one row, without the B axis, is accepted too).
 
         Parameters
         ----------
         intensity : array_like, shape (B, n_rad) or (B, n_azim, n_rad)
-        sigma : array_like of the same shape, or None (stored as NaN)
+            Mean intensity per bin.
+        sigma : array_like of the same shape, or None
+            Its uncertainty; None stores NaN.
         image_ids : array_like of int, shape (B,)
+            The frame numbers.
         sources : list of B str, optional
             The file (``file::frame``) each row came from.
         """
@@ -299,10 +364,11 @@ class NXazintWriter:
         ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
         if ids.shape != (b,):
             raise ValueError(f"image_ids must have {b} entries, not {ids.size}")
+        names = None
         if sources is not None:
-            sources = [os.fspath(s) for s in sources]
-            if len(sources) != b:
-                raise ValueError(f"sources must have {b} entries, not {len(sources)}")
+            names = [os.fspath(s) for s in sources]
+            if len(names) != b:
+                raise ValueError(f"sources must have {b} entries, not {len(names)}")
         if b == 0:
             return
         with self._lock:
@@ -313,8 +379,8 @@ class NXazintWriter:
             self._I[n0:n1] = I
             if E is not None:
                 self._E[n0:n1] = E
-            if sources is not None:
-                self._src[n0:n1] = sources
+            if names is not None:
+                self._src[n0:n1] = names
             # the ids last: a reader takes rows whose id is set (-1 = not written yet)
             self._ids.resize((n1,))
             self._ids[n0:n1] = ids
@@ -323,18 +389,18 @@ class NXazintWriter:
             if self.live and time.monotonic() - self._last_flush >= self.flush_interval_s:
                 self._flush_locked()
 
-    def flush(self):
+    def flush(self) -> None:
         """Push the rows appended so far to the file (readers see them)."""
         with self._lock:
             self._check_open()
             self._flush_locked()
 
-    def _flush_locked(self):
+    def _flush_locked(self) -> None:
         self._file.flush()
         self._dirty = False
         self._last_flush = time.monotonic()
 
-    def _flush_loop(self):
+    def _flush_loop(self) -> None:
         while not self._stop.wait(max(0.01, self.flush_interval_s / 2)):
             with self._lock:
                 if self._closed:
@@ -342,17 +408,17 @@ class NXazintWriter:
                 if self._dirty and time.monotonic() - self._last_flush >= self.flush_interval_s:
                     self._flush_locked()
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"{self.path}: the NeXus writer is closed")
 
     # -- end ---------------------------------------------------------------------------------
-    def _stop_flusher(self):
+    def _stop_flusher(self) -> None:
         self._stop.set()
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(timeout=10)
 
-    def close(self):
+    def close(self) -> None:
         """Finish the file: flush and close it; in atomic mode rename it onto ``path``."""
         if self._closed:
             return
@@ -372,7 +438,7 @@ class NXazintWriter:
                     raise
                 self._tmp = None
 
-    def abort(self):
+    def abort(self) -> None:
         """Give up: close the file; in atomic mode remove the temporary file (``path`` untouched).
 
         In live mode the rows written so far stay in ``path``.
@@ -386,33 +452,38 @@ class NXazintWriter:
                 self._file.close()
             self._remove_tmp()
 
-    def _remove_tmp(self):
+    def _remove_tmp(self) -> None:
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
             self._tmp = None
 
-    def __enter__(self):
+    def __enter__(self) -> NXazintWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         if exc_type is None:
             self.close()
         else:
             self.abort()
         return False
 
-    def __del__(self):  # an unclosed atomic writer never leaves its temporary file behind
+    def __del__(self) -> None:  # an unclosed atomic writer never leaves its temporary file behind
         with contextlib.suppress(Exception):
             if not self._closed:
                 self.abort()
 
 
-def _decode(v):
+def _decode(v: object) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-def _open_for_reading(path):
+def _open_for_reading(path: str) -> Any:
     """Open read-only; SWMR first (a live file being written, or one whose writer was killed)."""
     try:
         return h5py.File(path, "r", swmr=True)
@@ -420,15 +491,30 @@ def _open_for_reading(path):
         return h5py.File(path, "r")
 
 
-def read_nxazint(path):
+def read_nxazint(path: PathLike) -> dict[str, Any]:
     """Read an NXazint1d / NXazint2d file written by :class:`NXazintWriter`.
 
-    Returns a dict: ``radial`` (n_rad,), ``radial_unit`` (e.g. ``"q_nm^-1"``), ``azimuthal``
-    (n_azim,) degrees or None, ``intensity`` and ``sigma`` (n_img, [n_azim,] n_rad),
-    ``image_ids`` (n_img,) int64, ``sources`` (list of str, "" where none was given),
-    ``calibration_key`` (str or None), ``calibration`` (dict or None), ``definition``,
-    ``inputs`` (list of str or None). On a file still being written (live mode) only the complete
-    rows are returned.
+    On a file still being written (live mode) only the complete rows are returned.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The NeXus file.
+
+    Returns
+    -------
+    dict
+        ``radial`` (n_rad,), ``radial_unit`` (e.g. ``"q_nm^-1"``), ``azimuthal`` (n_azim,)
+        degrees or None, ``intensity`` and ``sigma`` (n_img, [n_azim,] n_rad), ``image_ids``
+        (n_img,) int64, ``sources`` (list of str, "" where none was given),
+        ``calibration_key`` (str or None), ``calibration`` (dict or None), ``definition``,
+        ``inputs`` (list of str or None).
+
+    Examples
+    --------
+    >>> d = gpusaxs.read_nxazint("curves.h5")  # doctest: +SKIP
+    >>> d["intensity"].shape  # (n_img, n_rad)  # doctest: +SKIP
+    (100, 1002)
     """
     path = os.fspath(path)
     with _open_for_reading(path) as f:

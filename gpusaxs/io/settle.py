@@ -4,6 +4,7 @@ A detector or a copy writes a file over some time; watchers get several events f
 :class:`FileSettler` turns those events into one call per complete version of a file, used by
 saxsdog -w, saxsdogserver -w and saxsfeeder.
 """
+
 import logging
 import os
 import threading
@@ -38,8 +39,16 @@ class FileSettler:
     that hook, passed on to ``callback`` (so the receiver records the error).
     """
 
-    def __init__(self, callback, settle=DEFAULT_SETTLE_S, check_complete=True,
-                 give_up=DEFAULT_GIVE_UP_S, poll=0.02, memory=200_000, on_give_up=None):
+    def __init__(
+        self,
+        callback,
+        settle=DEFAULT_SETTLE_S,
+        check_complete=True,
+        give_up=DEFAULT_GIVE_UP_S,
+        poll=0.02,
+        memory=200_000,
+        on_give_up=None,
+    ):
         self.callback = callback
         self.on_give_up = on_give_up
         self.settle = float(settle)
@@ -47,8 +56,8 @@ class FileSettler:
         self.give_up = float(give_up)
         self.poll = float(poll)
         self.memory = int(memory)
-        self._cand = OrderedDict()      # path -> [sig, since (monotonic), closed]
-        self._done = OrderedDict()      # path -> sig published
+        self._cand = OrderedDict()  # path -> [sig, since (monotonic), closed]
+        self._done = OrderedDict()  # path -> sig published
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="file-settler", daemon=True)
@@ -107,10 +116,10 @@ class FileSettler:
                     continue
                 sig = _sig(st)
                 with self._cond:
-                    if self._done.get(path) == sig:      # this version was published already
+                    if self._done.get(path) == sig:  # this version was published already
                         self._cand.pop(path, None)
                         continue
-                    if ent[0] != sig:                    # changed since last look
+                    if ent[0] != sig:  # changed since last look
                         ent[0], ent[1] = sig, now
                         if not ent[2]:
                             continue
@@ -121,7 +130,7 @@ class FileSettler:
                 ok = self._complete(path)
                 if not ok and now - since < self.give_up:
                     with self._cond:
-                        ent[2] = False                  # wait for the next change or settle
+                        ent[2] = False  # wait for the next change or settle
                     continue
                 if not ok:
                     log.warning("%s: not a complete image after %.0f s", path, self.give_up)

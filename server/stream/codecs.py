@@ -55,14 +55,10 @@ def _h5_header(name, buf, shape, dtype):
     dtype, nbytes = _expected(shape, dtype)
     mv = memoryview(buf).cast("B")
     if len(mv) < _H5_HEADER.size:
-        raise DecodeError(
-            f"{name} payload of {len(mv)} bytes is shorter than its header"
-        )
+        raise DecodeError(f"{name} payload of {len(mv)} bytes is shorter than its header")
     total, block = _H5_HEADER.unpack_from(mv, 0)
     if total != nbytes:
-        raise DecodeError(
-            f"{name} header announces {total} bytes, the frame needs {nbytes}"
-        )
+        raise DecodeError(f"{name} header announces {total} bytes, the frame needs {nbytes}")
     return mv, dtype, nbytes, block
 
 
@@ -81,16 +77,11 @@ def decode_bslz4(buf, shape, dtype, elem_size=None):
     mv, dtype, nbytes, block = _h5_header("bslz4", buf, shape, dtype)
     if elem_size is not None and int(elem_size) != dtype.itemsize:
         raise DecodeError(
-            f"bslz4 element size {elem_size} does not match dtype {dtype} "
-            f"({dtype.itemsize} bytes)"
+            f"bslz4 element size {elem_size} does not match dtype {dtype} ({dtype.itemsize} bytes)"
         )
     if block == 0 or block % dtype.itemsize or (block // dtype.itemsize) % 8:
-        raise DecodeError(
-            f"bslz4 block size {block} bytes is not a multiple of 8 elements"
-        )
-    _check_bslz4_blocks(
-        mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize
-    )
+        raise DecodeError(f"bslz4 block size {block} bytes is not a multiple of 8 elements")
+    _check_bslz4_blocks(mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize)
     body = np.frombuffer(mv, dtype=np.uint8, offset=_H5_HEADER.size)
     try:
         out = bitshuffle.decompress_lz4(
@@ -155,9 +146,7 @@ def decode_lz4_h5(buf, shape, dtype):
             except lz4.block.LZ4BlockError as exc:
                 raise DecodeError(f"lz4: {exc}") from None
             if len(plain) != want:
-                raise DecodeError(
-                    f"lz4 block decoded to {len(plain)} bytes, expected {want}"
-                )
+                raise DecodeError(f"lz4 block decoded to {len(plain)} bytes, expected {want}")
             out[done : done + want] = np.frombuffer(plain, dtype=np.uint8)
         pos += csize
         done += want
@@ -176,9 +165,7 @@ def decode_lz4_block(buf, shape, dtype):
     except lz4.block.LZ4BlockError as exc:
         raise DecodeError(f"lz4: {exc}") from None
     if len(plain) != nbytes:
-        raise DecodeError(
-            f"lz4 block decoded to {len(plain)} bytes, the frame needs {nbytes}"
-        )
+        raise DecodeError(f"lz4 block decoded to {len(plain)} bytes, the frame needs {nbytes}")
     return np.frombuffer(plain, dtype=dtype).reshape(shape)
 
 

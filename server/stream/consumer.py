@@ -55,7 +55,7 @@ def check_start(start, integ):
     if start.pixel_size_m is not None:
         want = [p * 1e-6 for p in cal.pixel_size_um]
         got = list(start.pixel_size_m)
-        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want)):
+        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want, strict=False)):
             return (
                 f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
                 f"message differs from the calibration's PixelSizeMicroM "
@@ -151,9 +151,7 @@ class StreamConsumer:
         self._key = None
         self._integ_source = integrator
         self._integ = (
-            None
-            if callable(integrator) and not hasattr(integrator, "integrate")
-            else integrator
+            None if callable(integrator) and not hasattr(integrator, "integrate") else integrator
         )
         self._ctx = context
         self._buffer = queue.Queue(maxsize=max(1, int(buffer_frames)))
@@ -184,18 +182,14 @@ class StreamConsumer:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self):
-        self._pool = ThreadPoolExecutor(
-            self.decode_threads, thread_name_prefix="stream-decode"
-        )
+        self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="stream-decode")
         for name, fn in (
             ("receiver", self._receive_loop),
             ("assembler", self._assemble_loop),
             ("integrator", self._integrate_loop),
             ("writer", self._write_loop),
         ):
-            t = threading.Thread(
-                target=self._guard(fn), name=f"stream-{name}", daemon=True
-            )
+            t = threading.Thread(target=self._guard(fn), name=f"stream-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         return self
@@ -276,10 +270,7 @@ class StreamConsumer:
                         if self.version == 2:
                             raw = sock.recv(zmq.NOBLOCK, copy=False).buffer
                         else:
-                            raw = [
-                                f.buffer
-                                for f in sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                            ]
+                            raw = [f.buffer for f in sock.recv_multipart(zmq.NOBLOCK, copy=False)]
                     except zmq.Again:
                         break
                     self._on_message(decode, raw)
@@ -320,9 +311,7 @@ class StreamConsumer:
         if isinstance(msg, Image):
             sid, iid = msg.series_id, msg.image_id
             if not book.receive(sid, iid):
-                book.error(
-                    sid, iid, "duplicate image_id: already received", "duplicate"
-                )
+                book.error(sid, iid, "duplicate image_id: already received", "duplicate")
                 return
             if not book.is_started(sid):
                 book.error(
@@ -475,15 +464,11 @@ class StreamConsumer:
             else:
                 _, sid, stack, n, ids, pool = item
                 try:
-                    intensity, _, err = integs[sid].integrate_batch_error(
-                        stack[:n], std=False
-                    )
+                    intensity, _, err = integs[sid].integrate_batch_error(stack[:n], std=False)
                 except Exception as exc:
                     log.exception("integration failed")
                     for i in ids:
-                        self.book.error(
-                            sid, int(i), f"integration failed: {exc}", "integrate"
-                        )
+                        self.book.error(sid, int(i), f"integration failed: {exc}", "integrate")
                     continue
                 finally:
                     pool.give(stack)
@@ -553,18 +538,14 @@ class StreamConsumer:
                 w = writers.get(sid)
                 if w is None:
                     for i in ids:
-                        self.book.error(
-                            sid, int(i), "no open output file for the series", "write"
-                        )
+                        self.book.error(sid, int(i), "no open output file for the series", "write")
                     continue
                 try:
                     w[0].append(intensity, err, ids)
                 except Exception as exc:
                     log.exception("cannot append to %s", w[0].path)
                     for i in ids:
-                        self.book.error(
-                            sid, int(i), f"cannot write the row: {exc}", "write"
-                        )
+                        self.book.error(sid, int(i), f"cannot write the row: {exc}", "write")
                     continue
                 w[1] += len(ids)
                 self.book.integrated(sid, len(ids))

@@ -32,9 +32,7 @@ class Payload:
 
     def decode(self):
         """The frame as a (H, W) array; raises DecodeError."""
-        return decode_payload(
-            self.compression, self.data, self.shape, self.dtype, self.elem_size
-        )
+        return decode_payload(self.compression, self.data, self.shape, self.dtype, self.elem_size)
 
 
 @dataclass

@@ -113,11 +113,7 @@ class SeriesBook:
         self.recent.append(record)
         if self.out_dir is None:
             return
-        name = (
-            "stream.errors.jsonl"
-            if series_id is None
-            else f"series_{series_id}.errors.jsonl"
-        )
+        name = "stream.errors.jsonl" if series_id is None else f"series_{series_id}.errors.jsonl"
         try:
             with open(os.path.join(self.out_dir, name), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -259,9 +255,7 @@ class SeriesBook:
     def info(self):
         with self._lock:
             return {
-                "series": [
-                    self._series[k].info() for k in self._order if k in self._series
-                ],
+                "series": [self._series[k].info() for k in self._order if k in self._series],
                 "malformed": self.malformed,
                 "recent errors": list(self.recent),
             }

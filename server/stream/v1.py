@@ -41,9 +41,7 @@ def _json(part, what, series_id=None, image_id=None):
     try:
         d = json.loads(bytes(part).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise MalformedMessage(
-            f"{what} part is not valid JSON", series_id, image_id
-        ) from None
+        raise MalformedMessage(f"{what} part is not valid JSON", series_id, image_id) from None
     if not isinstance(d, dict):
         raise MalformedMessage(f"{what} part is not a JSON object", series_id, image_id)
     return d
@@ -87,17 +85,11 @@ def decode(parts):
         if not (
             isinstance(shape, list)
             and len(shape) == 2
-            and all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
-            )
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
         ):
-            raise MalformedMessage(
-                f"dimage_d-1.0 shape {shape!r} is not [x, y]", sid, iid
-            )
+            raise MalformedMessage(f"dimage_d-1.0 shape {shape!r} is not [x, y]", sid, iid)
         if d.get("type") not in TYPES:
-            raise MalformedMessage(
-                f"dimage_d-1.0 type {d.get('type')!r} not supported", sid, iid
-            )
+            raise MalformedMessage(f"dimage_d-1.0 type {d.get('type')!r} not supported", sid, iid)
         if d.get("encoding") not in ENCODINGS:
             raise MalformedMessage(
                 f"dimage_d-1.0 encoding {d.get('encoding')!r} not supported", sid, iid
@@ -116,9 +108,7 @@ def decode(parts):
                 sid,
                 iid,
             )
-        return Image(
-            sid, iid, Payload(compression, data, (shape[1], shape[0]), dtype, elem)
-        )
+        return Image(sid, iid, Payload(compression, data, (shape[1], shape[0]), dtype, elem))
     if htype == "dheader-1.0":
         sid = _uint(head, "series", "dheader-1.0")
         detail = head.get("header_detail", "basic")
@@ -131,9 +121,7 @@ def decode(parts):
         px, py = _float(cfg, "x_pixel_size"), _float(cfg, "y_pixel_size")
         n = None
         if isinstance(cfg.get("nimages"), int):
-            n = cfg["nimages"] * (
-                cfg["ntrigger"] if isinstance(cfg.get("ntrigger"), int) else 1
-            )
+            n = cfg["nimages"] * (cfg["ntrigger"] if isinstance(cfg.get("ntrigger"), int) else 1)
         bx, by = _float(cfg, "beam_center_x"), _float(cfg, "beam_center_y")
         return Start(
             series_id=sid,
@@ -187,9 +175,7 @@ def encode_start(
         "detector_number": "SIM-0",
     }
     return [
-        _j(
-            {"htype": "dheader-1.0", "series": int(series_id), "header_detail": "basic"}
-        ),
+        _j({"htype": "dheader-1.0", "series": int(series_id), "header_detail": "basic"}),
         _j(cfg),
     ]
 
@@ -202,9 +188,7 @@ def encode_image(series_id, image_id, frame, compression):
 
     frame = np.ascontiguousarray(frame)
     tname = {v: k for k, v in TYPES.items()}[
-        frame.dtype.newbyteorder("<").str
-        if frame.dtype.itemsize > 1
-        else frame.dtype.str
+        frame.dtype.newbyteorder("<").str if frame.dtype.itemsize > 1 else frame.dtype.str
     ]
     if compression == "bslz4":
         data, enc = encode_bslz4(frame), f"bs{8 * frame.dtype.itemsize}-lz4<"

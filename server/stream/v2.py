@@ -78,19 +78,13 @@ def _tag_hook(first, second):
             and isinstance(v[0], str)
             and isinstance(v[2], (bytes, bytearray))
         ):
-            raise MalformedMessage(
-                "tag 56500 content is not [algorithm, modifier, bytes]"
-            )
+            raise MalformedMessage("tag 56500 content is not [algorithm, modifier, bytes]")
         return _Compressed(v[0], v[1], v[2])
     if t in TYPED_ARRAY_TAGS:
         return _Typed(np.dtype(TYPED_ARRAY_TAGS[t]), tag.value)
     if t in (TAG_MULTIDIM_ROW_MAJOR, TAG_MULTIDIM_COLUMN_MAJOR):
         v = tag.value
-        if not (
-            isinstance(v, (list, tuple))
-            and len(v) == 2
-            and isinstance(v[0], (list, tuple))
-        ):
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], (list, tuple))):
             raise MalformedMessage("tag 40 content is not [dimensions, array]")
         return _MultiDim(v[0], v[1], t == TAG_MULTIDIM_COLUMN_MAJOR)
     return tag
@@ -141,9 +135,7 @@ def _payload(value, series_id, image_id):
     shape = (int(dims[0]), int(dims[1]))
     if isinstance(inner, _Compressed):
         if inner.algorithm not in ("bslz4", "lz4"):
-            raise MalformedMessage(
-                f"unknown compression {inner.algorithm!r}", series_id, image_id
-            )
+            raise MalformedMessage(f"unknown compression {inner.algorithm!r}", series_id, image_id)
         return Payload(
             inner.algorithm,
             inner.data,
@@ -153,9 +145,7 @@ def _payload(value, series_id, image_id):
         )
     if isinstance(inner, (bytes, bytearray)):
         return Payload("none", inner, shape, typed.dtype)
-    raise MalformedMessage(
-        "typed array holds neither bytes nor tag 56500", series_id, image_id
-    )
+    raise MalformedMessage("typed array holds neither bytes nor tag 56500", series_id, image_id)
 
 
 def decode(raw):
@@ -167,9 +157,7 @@ def decode(raw):
     except MalformedMessage:
         raise
     except Exception as exc:  # noqa: BLE001 - CBORDecodeError and whatever hostile input triggers
-        raise MalformedMessage(
-            f"not valid CBOR: {type(exc).__name__}: {str(exc)[:120]}"
-        ) from None
+        raise MalformedMessage(f"not valid CBOR: {type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(msg, dict):
         raise MalformedMessage("CBOR message is not a map")
     kind = msg.get("type")
@@ -182,9 +170,7 @@ def decode(raw):
         if not isinstance(data, dict) or not data:
             raise MalformedMessage("image message has no channel data", sid, iid)
         channel = next(iter(data.values()))
-        return Image(
-            sid, iid, _payload(channel, sid, iid), str(msg.get("series_unique_id", ""))
-        )
+        return Image(sid, iid, _payload(channel, sid, iid), str(msg.get("series_unique_id", "")))
     if kind == "start":
         sid = _int(msg, "series_id")
         h, w = _int(msg, "image_size_y", sid), _int(msg, "image_size_x", sid)
@@ -269,9 +255,7 @@ def image_data(frame, compression):
 
     frame = np.ascontiguousarray(frame)
     tag = DTYPE_TAGS[
-        frame.dtype.newbyteorder("<").str
-        if frame.dtype.itemsize > 1
-        else frame.dtype.str
+        frame.dtype.newbyteorder("<").str if frame.dtype.itemsize > 1 else frame.dtype.str
     ]
     if compression == "bslz4":
         inner = cbor2.CBORTag(
@@ -284,14 +268,10 @@ def image_data(frame, compression):
         inner = frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes()
     else:
         raise ValueError(f"unknown compression {compression!r}")
-    return cbor2.CBORTag(
-        TAG_MULTIDIM_ROW_MAJOR, [list(frame.shape), cbor2.CBORTag(tag, inner)]
-    )
+    return cbor2.CBORTag(TAG_MULTIDIM_ROW_MAJOR, [list(frame.shape), cbor2.CBORTag(tag, inner)])
 
 
-def encode_image(
-    series_id, unique_id, image_id, frame, compression, channel="threshold_1"
-):
+def encode_image(series_id, unique_id, image_id, frame, compression, channel="threshold_1"):
     import cbor2
 
     return cbor2.dumps(
