@@ -164,9 +164,9 @@ class Integrator:
 
             engine = default_engine(matrix, threads=threads)
         if matrix.pixel_offset is not None and not getattr(engine, "supports_pixel_offset", False):
-            from .offset_engine import OffsetScipyEngine
+            from gpusaxs.cpu_fallback.engine import ScipyEngine
 
-            engine = OffsetScipyEngine(matrix)  # until the engines apply the dark themselves
+            engine = ScipyEngine(matrix)  # an engine without the dark: the reference has it
         return engine
 
     # -- properties ---------------------------------------------------------------------------
