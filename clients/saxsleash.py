@@ -230,23 +230,33 @@ def _plot(client, args):
     return 0
 
 
+def client_config(args, prog):
+    """The network configuration named by ``args.config``/``args.name``, with a warning when it
+    is readable by others; None (after printing why) when it cannot be loaded."""
+    from gpusaxs.server.netconfig import NetConfigError, load_config, permission_warning
+
+    try:
+        cfg = load_config(args.config, args.name)
+    except NetConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+    warning = permission_warning(cfg.path)
+    if warning:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    return cfg
+
+
 def run(args):
     from gpusaxs.server import protocol as P
-    from gpusaxs.server.netconfig import NetConfigError, load_config, permission_warning
 
     lo, hi = NARGS[args.command]
     if not lo <= len(args.arguments) <= hi:
         need = {"new": "CAL MASK DIR", "get": "PATH", "listdir": "[DIR]"}.get(args.command, "none")
         print(f"saxsleash {args.command}: expected arguments: {need}", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(args.config, args.name)
-    except NetConfigError as exc:
-        print(f"saxsleash: {exc}", file=sys.stderr)
+    cfg = client_config(args, "saxsleash")
+    if cfg is None:
         return 2
-    warning = permission_warning(cfg.path)
-    if warning:
-        print(f"saxsleash: warning: {warning}", file=sys.stderr)
     url = args.server or cfg.server_url
     argument, attachments = None, []
     if args.command == "new":

@@ -154,16 +154,14 @@ def serve(args):
     from bokeh.server.server import Server
     from tornado.ioloop import IOLoop
 
+    from gpusaxs.clients.saxsleash import client_config
     from gpusaxs.server import protocol as P
-    from gpusaxs.server.netconfig import NetConfigError, load_config
 
     from .page import make_document
     from .watch import ServerWatch
 
-    try:
-        cfg = load_config(args.config, args.name)
-    except NetConfigError as exc:
-        print(f"saxsleash dashboard: {exc}", file=sys.stderr)
+    cfg = client_config(args, "saxsleash dashboard")
+    if cfg is None:
         return 2
     url = args.server or cfg.server_url
     client = P.Client(url, cfg.secret, timeout=args.timeout, retries=0)
