@@ -57,16 +57,7 @@ def build_parser():
         help="close|abort|new|plot|readdir|stat|get|listdir",
     )
     p.add_argument("arguments", nargs="*", help="new: CAL MASK DIR; get: PATH; listdir: [DIR]")
-    p.add_argument(
-        "-S",
-        "--server",
-        metavar="tcp://HOSTNAME:PORT",
-        help='URL of the "Saxsdog Server" (default: ServerUrl of the config)',
-    )
-    p.add_argument(
-        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
-    )
-    p.add_argument("--name", help="server entry of a list-form configuration")
+    add_connection_arguments(p)
     p.add_argument(
         "--timeout",
         type=float,
@@ -228,6 +219,20 @@ def _plot(client, args):
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def add_connection_arguments(p):
+    """-S/--server, --config and --name: which server and which network configuration."""
+    p.add_argument(
+        "-S",
+        "--server",
+        metavar="tcp://HOSTNAME:PORT",
+        help='URL of the "Saxsdog Server" (default: ServerUrl of the config)',
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
+    )
+    p.add_argument("--name", help="server entry of a list-form configuration")
 
 
 def client_config(args, prog):

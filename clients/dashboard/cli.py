@@ -30,6 +30,8 @@ saxsleash; the browser talks only to the dashboard, so the secret never reaches 
 
 
 def build_parser():
+    from gpusaxs.clients.saxsleash import add_connection_arguments
+
     p = argparse.ArgumentParser(
         prog="saxsleash dashboard",
         description="Serve a live web page showing a Saxsdog server's state and curves.",
@@ -55,16 +57,7 @@ def build_parser():
         help="extra host name the browser may use to reach the page (repeatable; "
         "needed with --bind when the page is opened by host name)",
     )
-    p.add_argument(
-        "-S",
-        "--server",
-        metavar="tcp://HOSTNAME:PORT",
-        help='URL of the "Saxsdog Server" (default: ServerUrl of the config)',
-    )
-    p.add_argument(
-        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
-    )
-    p.add_argument("--name", help="server entry of a list-form configuration")
+    add_connection_arguments(p)
     p.add_argument(
         "--interval",
         type=float,
