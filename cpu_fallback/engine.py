@@ -103,6 +103,12 @@ def pixel_offset(matrix):
 
 _NO_DARK = np.zeros(0, dtype=np.float32)  # the kernels' offset argument without a dark
 
+#: Stacks of this many frames or more go to the banded kernel (cpu_fallback/banded.py); smaller
+#: ones to the ELL kernels (cpu_fallback/kernels.py), which waste no lanes on missing frames.
+BANDED_MIN_FRAMES = 8
+#: Bound on the banded kernel's private per-thread sums (bytes); larger stacks go in groups.
+BANDED_OUTPUT_BYTES = 256 << 20
+
 
 class CpuEngine:
     """Multi-threaded numba engine.  ``threads``: cores to use (default: all numba sees)."""
@@ -119,6 +125,15 @@ class CpuEngine:
             1, min(int(threads or numba.config.NUMBA_NUM_THREADS), numba.config.NUMBA_NUM_THREADS)
         )
         self.layout = ell_layout(matrix)
+        self._banded = None  # built on the first stack of BANDED_MIN_FRAMES or more
+
+    def banded_layout(self):
+        """The band-sorted layout of :mod:`cpu_fallback.banded` (built once, on first use)."""
+        if self._banded is None:
+            from .banded import banded_layout
+
+            self._banded = banded_layout(self.matrix)
+        return self._banded
 
     def _tiles(self, n_frames):
         """(frame groups, pixel parts): frames split across threads, pixels too when B is small."""
@@ -145,6 +160,8 @@ class CpuEngine:
             if errors == "poisson":
                 empty[3] = None
             return Sums(*empty)
+        if n_frames >= BANDED_MIN_FRAMES:
+            return self._banded_sums(frames, errors)
         groups, parts = self._tiles(n_frames)
         lay = self.layout
         upper = invalid_threshold(frames.dtype)
@@ -197,6 +214,58 @@ class CpuEngine:
         if errors == "poisson":
             rest[1] = None
         return Sums(signal, norm, *rest)
+
+    def _banded_sums(self, frames, errors):
+        """Sums of a (B, N) stack by the banded kernel, in groups of frames that bound the
+        threads' private output to about BANDED_OUTPUT_BYTES."""
+        import numba
+
+        from .banded import LANES, banded_sums, thread_bands
+
+        n_frames, n_bins = frames.shape[0], self.matrix.n_bins
+        lay = self.banded_layout()
+        n_sums = 1 if not errors else (2 if errors == "poisson" else 3)
+        dark = pixel_offset(self.matrix)
+        per_frame = 4 * self.threads * n_bins * 8
+        group = max(LANES, BANDED_OUTPUT_BYTES // per_frame // LANES * LANES)
+        out = np.zeros((4, n_frames, n_bins))
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            bands = thread_bands(lay, self.threads)
+            for b0 in range(0, n_frames, group):
+                part = frames[b0 : b0 + group]
+                n = part.shape[0]
+                bp = -(-n // LANES) * LANES
+                sums = banded_sums(
+                    part,
+                    bands,
+                    lay["band_pixels"],
+                    lay["band_seg"],
+                    lay["seg_ptr"],
+                    lay["seg_bin"],
+                    lay["local"],
+                    lay["ws"],
+                    lay["active"],
+                    _NO_DARK if dark is None else dark,
+                    dark is not None,
+                    self.matrix.pixel_scale,
+                    n_sums,
+                    invalid_threshold(frames.dtype),
+                    self.matrix.pixel_ptr,
+                    self.matrix.bins,
+                    self.matrix.weights,
+                    n_bins,
+                )
+                total = sums[: 1 + n_sums].sum(axis=1).reshape(1 + n_sums, n_bins, bp)
+                out[: 1 + n_sums, b0 : b0 + n] = total[:, :, :n].transpose(0, 2, 1)
+        finally:
+            numba.set_num_threads(previous)
+        signal, lost, variance, squares = out
+        norm = np.maximum(self.matrix.norm[None, :] - lost, 0.0)
+        if not errors:
+            return Sums(signal, norm)
+        return Sums(signal, norm, variance, squares if errors is True else None)
 
 
 class ScipyEngine:

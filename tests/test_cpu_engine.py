@@ -79,7 +79,18 @@ def relative(a, b):
 
 
 @pytest.mark.parametrize(
-    "dtype,n_frames", [(np.int32, 11), (np.uint16, 3), (np.uint32, 2), (np.float32, 9)]
+    "dtype,n_frames",
+    # under 8 frames the ELL kernels run, from 8 the banded kernel: each dtype on both
+    [
+        (np.int32, 11),
+        (np.int32, 3),
+        (np.uint16, 3),
+        (np.uint16, 10),
+        (np.uint32, 2),
+        (np.uint32, 9),
+        (np.float32, 9),
+        (np.float32, 5),
+    ],
 )
 @pytest.mark.parametrize("with_dark", [False, True])
 def test_numba_scipy_and_direct_formula_agree(pilatus, dtype, n_frames, with_dark):
@@ -156,3 +167,39 @@ def test_every_batch_split_gives_each_frame_the_single_frame_result(pilatus, n_f
             np.testing.assert_allclose(
                 getattr(batch, name)[b], getattr(one, name)[0], rtol=1e-12, atol=0
             )
+
+
+def test_banded_groups_of_frames_give_the_same_sums(pilatus, monkeypatch):
+    """A stack split into groups of 8 frames (a small output bound) sums as in one group."""
+    from gpusaxs.cpu_fallback import engine as engine_module
+
+    _, matrix, image, dark, _ = pilatus
+    matrix = dataclasses.replace(matrix, pixel_offset=dark)
+    stack = hostile_stack(image, np.int32, 19, seed=19)
+    whole = CpuEngine(matrix).sums(stack, errors=True)
+    monkeypatch.setattr(engine_module, "BANDED_OUTPUT_BYTES", 1)
+    grouped = CpuEngine(matrix).sums(stack, errors=True)
+    for name in ("signal", "norm", "variance", "squares"):
+        np.testing.assert_allclose(getattr(grouped, name), getattr(whole, name), rtol=1e-12)
+
+
+def test_banded_layout_keeps_every_entry_once(pilatus):
+    """Each matrix entry appears in exactly one (band, bin) segment, with weight w * s."""
+    from gpusaxs.cpu_fallback.banded import banded_layout
+
+    _, matrix, _, _, _ = pilatus
+    lay = banded_layout(matrix, band_pixels=1000)
+    seg_len = np.diff(lay["seg_ptr"])
+    segments_of_band = np.diff(lay["band_seg"])
+    band = np.repeat(np.repeat(np.arange(len(segments_of_band)), segments_of_band), seg_len)
+    got = (band * 1000 + lay["local"].astype(np.int64), np.repeat(lay["seg_bin"], seg_len))
+    pixel = np.repeat(np.arange(matrix.n_pixels), np.diff(matrix.pixel_ptr))
+    expect = (pixel, matrix.bins.astype(np.int64))
+    got_order, expect_order = np.lexsort(got[::-1]), np.lexsort(expect[::-1])
+    for a, b in zip(got, expect, strict=True):
+        np.testing.assert_array_equal(a[got_order], b[expect_order])
+    ws = (matrix.weights * matrix.pixel_scale[pixel]).astype(np.float32)
+    np.testing.assert_array_equal(lay["ws"][got_order], ws[expect_order])
+    band_of_segment = np.repeat(np.arange(len(segments_of_band)), segments_of_band)
+    same_band = np.diff(band_of_segment) == 0
+    assert np.all(np.diff(lay["seg_bin"])[same_band] > 0)  # one segment per bin, ascending

@@ -1,0 +1,391 @@
+"""The banded CPU kernel: stacks of 8 or more frames at close to the memory read rate.
+
+Layout (:func:`banded_layout`, built once per matrix): the image is cut into *bands* of ``P``
+consecutive pixels (2048 by default: two PILATUS rows, half an EIGER 16M row); the matrix
+entries of each band are sorted by bin, so that each (band, bin) *segment* is a short run of
+entries ``(local pixel index, w*s)`` (uint16, float32).
+
+Kernel (:func:`banded_sums`): each thread takes a contiguous run of bands (balanced by cost);
+for each band and each group of 8 frames it
+
+1. reads the 8 frames' values of the band once, in order (the only pass over the frames), and
+   writes them pixel-major into a small float64 buffer (``P x 8``, 128 kB: L2), the dark
+   subtracted, while checking that every value of an active pixel is valid;
+2. if one is not (rare: a negative, NaN, or the unsigned maximum on an unmasked pixel), zeroes
+   those values and adds their weights to ``lost`` (subtracted from the norm by the caller);
+3. sums each segment of the band with :func:`cpu_fallback.simd.segment_add8`: per entry, two
+   ``<4 x double>`` loads of the buffer and two FMAs serve all 8 frames, accumulated in
+   registers and added once per segment to the thread's private output row block.
+
+So the frames are read from memory exactly once, the matrix once per band (it stays in L1/L2
+across the frame groups), and no output element is updated per entry (the ELL kernel's chains
+of read-modify-writes through memory are gone).  Frames beyond the last real one in a group of
+8 read the last frame again; their lanes land in padding columns the caller drops.
+"""
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from .simd import segment_add8
+
+__all__ = ["BAND_PIXELS", "LANES", "banded_layout", "banded_sums", "thread_bands"]
+
+#: Pixels per band (a uint16 local index needs <= 65536).
+BAND_PIXELS = 2048
+#: Frames per pass (the vector width of :func:`cpu_fallback.simd.segment_add8`).
+LANES = 8
+
+
+def banded_layout(matrix, band_pixels=BAND_PIXELS):
+    """Band-sorted arrays of ``matrix`` for :func:`banded_sums`.
+
+    Returns a dict: band_pixels; band_seg (n_bands + 1,) int64 segment ranges of each band;
+    seg_ptr (n_seg + 1,) int64 entry ranges; seg_bin (n_seg,) int64; local (nnz,) uint16 pixel
+    index within the band; ws (nnz,) float32 weight x pixel scale; active (n_pixels,) uint8
+    (1 where the pixel has entries); band_cost (n_bands,) float64 (work estimate).
+    """
+    if not 0 < band_pixels <= 65536:
+        raise ValueError(f"band_pixels must be in 1..65536, not {band_pixels}")
+    counts = np.diff(matrix.pixel_ptr)
+    n_pixels = matrix.n_pixels
+    n_bands = -(-n_pixels // band_pixels)
+    pixel = np.repeat(np.arange(n_pixels, dtype=np.int64), counts)
+    band = pixel // band_pixels
+    key = band * np.int64(matrix.n_bins) + matrix.bins.astype(np.int64)
+    order = np.argsort(key, kind="stable")  # entries are pixel-sorted: stays so within a bin
+    key = key[order]
+    pixel = pixel[order]
+    ws = (
+        matrix.weights[order].astype(np.float64) * matrix.pixel_scale[pixel].astype(np.float64)
+    ).astype(np.float32)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
+    seg_band = key[starts] // matrix.n_bins
+    band_entries = np.bincount(band, minlength=n_bands).astype(np.float64)
+    return dict(
+        band_pixels=band_pixels,
+        band_seg=np.searchsorted(seg_band, np.arange(n_bands + 1)).astype(np.int64),
+        seg_ptr=np.r_[starts, len(key)].astype(np.int64),
+        seg_bin=(key[starts] % matrix.n_bins).astype(np.int64),
+        local=(pixel - (pixel // band_pixels) * band_pixels).astype(np.uint16),
+        ws=ws,
+        active=(counts > 0).astype(np.uint8),
+        # transposing a band with entries costs ~1 per pixel, summing ~0.5 per entry
+        band_cost=np.where(band_entries > 0, band_pixels + 0.5 * band_entries, 0.0),
+    )
+
+
+def thread_bands(layout, n_threads):
+    """(n_threads + 1,) int64 band boundaries splitting the work evenly over threads."""
+    cum = np.cumsum(layout["band_cost"])
+    total = cum[-1] if len(cum) else 0.0
+    cuts = np.searchsorted(cum, total * np.arange(1, n_threads) / n_threads)
+    return np.r_[0, cuts, len(cum)].astype(np.int64)
+
+
+@numba.njit(inline="always")
+def _lane_offsets(fb, n_frames, n_pixels):
+    """Flat offsets of the 8 frames of the group starting at fb (past the end: the last)."""
+    last = n_frames - 1
+    n = np.uint64(n_pixels)
+    return (
+        np.uint64(fb) * n,
+        np.uint64(min(fb + 1, last)) * n,
+        np.uint64(min(fb + 2, last)) * n,
+        np.uint64(min(fb + 3, last)) * n,
+        np.uint64(min(fb + 4, last)) * n,
+        np.uint64(min(fb + 5, last)) * n,
+        np.uint64(min(fb + 6, last)) * n,
+        np.uint64(min(fb + 7, last)) * n,
+    )
+
+
+@numba.njit(inline="always")
+def _valid(x, upper):
+    return x >= 0.0 and x < upper
+
+
+def _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper):
+    """True if one of the 8 raw values is invalid (negative, NaN, >= upper)."""
+
+
+@overload(_lanes_invalid, inline="always")
+def _lanes_invalid_impl(v0, v1, v2, v3, v4, v5, v6, v7, upper):
+    if isinstance(v0, types.Integer) and v0.signed:
+
+        def signed(v0, v1, v2, v3, v4, v5, v6, v7, upper):
+            return (v0 | v1 | v2 | v3 | v4 | v5 | v6 | v7) < 0
+
+        return signed
+    if isinstance(v0, types.Integer):
+        top = np.iinfo(np.dtype(str(v0))).max
+
+        def unsigned(v0, v1, v2, v3, v4, v5, v6, v7, upper):
+            return max(max(max(v0, v1), max(v2, v3)), max(max(v4, v5), max(v6, v7))) == top
+
+        return unsigned
+
+    def floating(v0, v1, v2, v3, v4, v5, v6, v7, upper):
+        return not (
+            _valid(v0, upper)
+            & _valid(v1, upper)
+            & _valid(v2, upper)
+            & _valid(v3, upper)
+            & _valid(v4, upper)
+            & _valid(v5, upper)
+            & _valid(v6, upper)
+            & _valid(v7, upper)
+        )
+
+    return floating
+
+
+@numba.njit(inline="always")
+def _store8(buf, q, a0, a1, a2, a3, a4, a5, a6, a7):
+    buf[q] = a0
+    buf[q + np.uint64(1)] = a1
+    buf[q + np.uint64(2)] = a2
+    buf[q + np.uint64(3)] = a3
+    buf[q + np.uint64(4)] = a4
+    buf[q + np.uint64(5)] = a5
+    buf[q + np.uint64(6)] = a6
+    buf[q + np.uint64(7)] = a7
+
+
+@numba.njit(inline="always")
+def _transpose(flat, offsets, p0, n, bufs, n_sums, active, dark, has_dark, scale, upper):
+    """Write the 8 lanes of pixels p0..p0+n-1 pixel-major into bufs[0] (v = x - dark) and,
+    for n_sums 2 and 3, bufs[1] (s*x, the Poisson variance term) and bufs[2] (s*v*v, the
+    squares); True if a value of an active pixel is invalid."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
+    signal_buf, variance_buf, squares_buf = bufs
+    bad = False
+    base = np.uint64(p0)
+    for i in range(n):
+        k = np.uint64(i)
+        p = base + k
+        d = np.float64(dark[p]) if has_dark else 0.0
+        v0 = flat[o0 + p]
+        v1 = flat[o1 + p]
+        v2 = flat[o2 + p]
+        v3 = flat[o3 + p]
+        v4 = flat[o4 + p]
+        v5 = flat[o5 + p]
+        v6 = flat[o6 + p]
+        v7 = flat[o7 + p]
+        bad |= _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
+        x0 = np.float64(v0)
+        x1 = np.float64(v1)
+        x2 = np.float64(v2)
+        x3 = np.float64(v3)
+        x4 = np.float64(v4)
+        x5 = np.float64(v5)
+        x6 = np.float64(v6)
+        x7 = np.float64(v7)
+        q = k * np.uint64(LANES)
+        _store8(signal_buf, q, x0 - d, x1 - d, x2 - d, x3 - d, x4 - d, x5 - d, x6 - d, x7 - d)
+        if n_sums > 1:
+            sc = np.float64(scale[p])
+            _store8(
+                variance_buf,
+                q,
+                sc * x0,
+                sc * x1,
+                sc * x2,
+                sc * x3,
+                sc * x4,
+                sc * x5,
+                sc * x6,
+                sc * x7,
+            )
+            if n_sums > 2:
+                _store8(
+                    squares_buf,
+                    q,
+                    sc * (x0 - d) * (x0 - d),
+                    sc * (x1 - d) * (x1 - d),
+                    sc * (x2 - d) * (x2 - d),
+                    sc * (x3 - d) * (x3 - d),
+                    sc * (x4 - d) * (x4 - d),
+                    sc * (x5 - d) * (x5 - d),
+                    sc * (x6 - d) * (x6 - d),
+                    sc * (x7 - d) * (x7 - d),
+                )
+    return bad
+
+
+@numba.njit(inline="always")
+def _fix_invalid(
+    flat,
+    offsets,
+    p0,
+    n,
+    bufs,
+    n_sums,
+    active,
+    upper,
+    fb,
+    n_real,
+    pixel_ptr,
+    bins,
+    weights,
+    lost,
+    bp,
+):
+    """Zero the invalid lanes of active pixels in bufs; add their weights to lost."""
+    for i in range(n):
+        p = p0 + i
+        if active[p] == 0:
+            continue
+        for f in range(LANES):
+            x = np.float64(flat[offsets[f] + np.uint64(p)])
+            if not _valid(x, upper):
+                bufs[0][i * LANES + f] = 0.0
+                if n_sums > 1:
+                    bufs[1][i * LANES + f] = 0.0
+                    if n_sums > 2:
+                        bufs[2][i * LANES + f] = 0.0
+                if f < n_real:
+                    for e in range(pixel_ptr[p], pixel_ptr[p + 1]):
+                        lost[bins[e] * bp + fb + f] += weights[e]
+
+
+def _make_kernel(n_sums):
+    """The banded kernel for one value of n_sums (a constant inside: the unused sums cost
+    nothing)."""
+    variance_lanes = LANES if n_sums > 1 else 0  # buffer lanes per pixel
+    squares_lanes = LANES if n_sums > 2 else 0
+
+    @numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
+    def kernel(
+        frames,
+        bands,
+        band_pixels,
+        band_seg,
+        seg_ptr,
+        seg_bin,
+        local,
+        ws,
+        active,
+        dark,
+        has_dark,
+        scale,
+        upper,
+        pixel_ptr,
+        bins,
+        weights,
+        n_bins,
+    ):
+        """See :func:`banded_sums`."""
+        n_frames, n_pixels = frames.shape
+        flat = frames.reshape(-1)
+        bp = -(-n_frames // LANES) * LANES
+        n_threads = len(bands) - 1
+        sums = np.zeros((4, n_threads, n_bins * bp))
+        for t in numba.prange(n_threads):
+            bufs = (  # the lanes of signal, variance and squares terms
+                np.zeros(band_pixels * LANES),
+                np.zeros(band_pixels * variance_lanes),
+                np.zeros(band_pixels * squares_lanes),
+            )
+            signal = sums[0, t]
+            lost = sums[1, t]
+            variance = sums[2, t]
+            squares = sums[3, t]
+            for band in range(bands[t], bands[t + 1]):
+                s0 = band_seg[band]
+                s1 = band_seg[band + 1]
+                if s0 == s1:
+                    continue
+                p0 = band * band_pixels
+                n = min(band_pixels, n_pixels - p0)
+                for fb in range(0, n_frames, LANES):
+                    offsets = _lane_offsets(fb, n_frames, n_pixels)
+                    if _transpose(
+                        flat, offsets, p0, n, bufs, n_sums, active, dark, has_dark, scale, upper
+                    ):
+                        _fix_invalid(
+                            flat,
+                            offsets,
+                            p0,
+                            n,
+                            bufs,
+                            n_sums,
+                            active,
+                            upper,
+                            fb,
+                            min(LANES, n_frames - fb),
+                            pixel_ptr,
+                            bins,
+                            weights,
+                            lost,
+                            bp,
+                        )
+                    for s in range(s0, s1):
+                        at = np.uint64(seg_bin[s] * bp + fb)
+                        e0 = seg_ptr[s]
+                        e1 = seg_ptr[s + 1]
+                        segment_add8(signal, at, bufs[0], local, ws, e0, e1)
+                        if n_sums > 1:
+                            segment_add8(variance, at, bufs[1], local, ws, e0, e1)
+                            if n_sums > 2:
+                                segment_add8(squares, at, bufs[2], local, ws, e0, e1)
+        return sums
+
+    return kernel
+
+
+_KERNELS = {n: _make_kernel(n) for n in (1, 2, 3)}
+
+
+def banded_sums(
+    frames,
+    bands,
+    band_pixels,
+    band_seg,
+    seg_ptr,
+    seg_bin,
+    local,
+    ws,
+    active,
+    dark,
+    has_dark,
+    scale,
+    n_sums,
+    upper,
+    pixel_ptr,
+    bins,
+    weights,
+    n_bins,
+):
+    """Per-thread sums of a stack, (4, n_threads, n_bins * Bp) with Bp = B rounded up to 8:
+    signal, lost, variance, squares; variance is computed when n_sums >= 2, squares when
+    n_sums == 3 (else left zero).  Bin c, frame b is at c * Bp + b; the caller adds the
+    threads and drops the columns b >= B.
+
+    frames: (B, N) C-contiguous, any numeric dtype; bands: (n_threads + 1,) from
+    :func:`thread_bands`; band_pixels ... ws, active: from :func:`banded_layout`; dark: float32
+    (N,) (empty when ``has_dark`` is False); scale: the matrix's pixel_scale (float32 (N,), read
+    when n_sums > 1); upper: values >= upper are invalid; pixel_ptr, bins, weights: the matrix's
+    CSR (to add the weights of invalid values to ``lost``).
+    """
+    return _KERNELS[n_sums](
+        frames,
+        bands,
+        band_pixels,
+        band_seg,
+        seg_ptr,
+        seg_bin,
+        local,
+        ws,
+        active,
+        dark,
+        has_dark,
+        scale,
+        upper,
+        pixel_ptr,
+        bins,
+        weights,
+        n_bins,
+    )
