@@ -28,7 +28,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .simd import segment_add8
+from .simd import segment_add8, segment_add8x2, segment_add8x3
 
 __all__ = ["BAND_PIXELS", "LANES", "banded_layout", "banded_sums", "thread_bands"]
 
@@ -326,11 +326,26 @@ def _make_kernel(n_sums):
                         at = np.uint64(seg_bin[s] * bp + fb)
                         e0 = seg_ptr[s]
                         e1 = seg_ptr[s + 1]
-                        segment_add8(signal, at, bufs[0], local, ws, e0, e1)
-                        if n_sums > 1:
-                            segment_add8(variance, at, bufs[1], local, ws, e0, e1)
-                            if n_sums > 2:
-                                segment_add8(squares, at, bufs[2], local, ws, e0, e1)
+                        if n_sums == 1:
+                            segment_add8(signal, at, bufs[0], local, ws, e0, e1)
+                        elif n_sums == 2:
+                            segment_add8x2(
+                                signal, variance, at, bufs[0], bufs[1], local, ws, e0, e1
+                            )
+                        else:
+                            segment_add8x3(
+                                signal,
+                                variance,
+                                squares,
+                                at,
+                                bufs[0],
+                                bufs[1],
+                                bufs[2],
+                                local,
+                                ws,
+                                e0,
+                                e1,
+                            )
         return sums
 
     return kernel
