@@ -76,8 +76,26 @@ __all__ = [
     "__version__",
 ]
 
-# multi-frame files in, NeXus NXazint curves out (issue 12)
-from .io.frames import iter_frames  # noqa: E402
-from .io.nexus import NXazintWriter, read_nxazint  # noqa: E402
+# multi-frame files in, NeXus NXazint curves out (issue 12): imported on first use, so that
+# `import gpusaxs` (and every saxsdog start) does not pay for h5py
+_LAZY = {
+    "iter_frames": ".io.frames",
+    "NXazintWriter": ".io.nexus",
+    "read_nxazint": ".io.nexus",
+}
+__all__ += list(_LAZY)
 
-__all__ += ["iter_frames", "NXazintWriter", "read_nxazint"]
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpusaxs' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

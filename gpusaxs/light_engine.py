@@ -26,10 +26,13 @@ class BincountEngine:
         counts = np.diff(matrix.pixel_ptr)
         self._pixel = np.repeat(np.arange(matrix.n_pixels, dtype=np.intp), counts)
         self._bins = np.asarray(matrix.bins, dtype=np.intp)
-        self._w = np.asarray(matrix.weights, dtype=np.float64)
-        self._s = np.asarray(matrix.pixel_scale, dtype=np.float64)[self._pixel]
+        # w * s in float64, with no float64 copy of the scale (this engine serves short runs,
+        # where the set-up's memory traffic counts)
+        self._ws = np.asarray(matrix.weights).astype(np.float64)
+        self._ws *= np.asarray(matrix.pixel_scale)[self._pixel]
         offset = getattr(matrix, "pixel_offset", None)
         self._offset = None if offset is None else np.asarray(offset, np.float64)[self._pixel]
+        self._variance_weights = None  # w * s^2 per entry, made on the first call with errors
 
     def _sum(self, values):
         return np.bincount(self._bins, weights=values, minlength=self.matrix.n_bins)
@@ -41,21 +44,33 @@ class BincountEngine:
         frames = as_frame_stack(stack, self.matrix.shape)
         upper = invalid_threshold(frames.dtype)
         n_bins = self.matrix.n_bins
+        if errors and self._variance_weights is None:
+            scale = np.asarray(self.matrix.pixel_scale, np.float64)[self._pixel]
+            self._variance_weights = self._ws * scale  # w s^2
         out = {k: np.zeros((frames.shape[0], n_bins)) for k in ("s", "n", "v", "q")}
         for i, frame in enumerate(frames):
             x = frame[self._pixel].astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                valid = (x >= 0) & (x < upper)
-            x[~valid] = 0.0
-            w = np.where(valid, self._w, 0.0)
-            v = x if self._offset is None else np.where(valid, x - self._offset, 0.0)
-            sv = self._s * v
-            out["s"][i] = self._sum(w * sv)
-            out["n"][i] = self._sum(w)
+            out["n"][i] = self.matrix.norm
+            all_valid = x.size == 0 or (x.min() >= 0 and x.max() < upper)  # False if NaN
+            if not all_valid:  # rare: invalid values on unmasked pixels leave the norm
+                with np.errstate(invalid="ignore"):
+                    valid = (x >= 0) & (x < upper)
+                invalid = ~valid
+                x[invalid] = 0.0
+                lost = np.asarray(self.matrix.weights, dtype=np.float64)[invalid]
+                out["n"][i] -= np.bincount(self._bins[invalid], weights=lost, minlength=n_bins)
+                np.maximum(out["n"][i], 0.0, out=out["n"][i])
+            if self._offset is None:
+                v = x
+            elif all_valid:
+                v = x - self._offset
+            else:
+                v = np.where(valid, x - self._offset, 0.0)
+            out["s"][i] = self._sum(self._ws * v)
             if errors:
-                out["v"][i] = self._sum(w * self._s * self._s * x)
+                out["v"][i] = self._sum(self._variance_weights * x)
                 if errors != "poisson":
-                    out["q"][i] = self._sum(w * sv * sv)
+                    out["q"][i] = self._sum(self._variance_weights * v * v)
         if not errors:
             return Sums(out["s"], out["n"])
         return Sums(out["s"], out["n"], out["v"], None if errors == "poisson" else out["q"])

@@ -238,7 +238,7 @@ def test_matrix_cache_round_trip(tmp_path, reference):
 
     cal, image, _ = reference
     built = matrix_cache.get_matrix(cal, cache_dir=tmp_path)
-    files = list(tmp_path.glob("matrix-*.npz"))
+    files = list(tmp_path.glob("matrix-*.gsm"))
     assert len(files) == 1
     loaded = matrix_cache.load_matrix(files[0])
     for field in ("q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm"):

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gpusaxs.calibration import Calibration
 from gpusaxs.matrix_cache import (
@@ -71,14 +72,24 @@ def test_corrupt_file_is_rebuilt(_private_matrix_cache):
     info = {}
     get_matrix(cal, info=info)
     assert info["source"] == "built"
-    load_matrix(info["path"])  # replaced by a good file
+    good = load_matrix(info["path"])  # replaced by a good file
+    whole = Path(info["path"]).read_bytes()
+    Path(info["path"]).write_bytes(whole[: len(whole) // 2])  # a file cut short
+    with pytest.raises(ValueError, match="truncated"):
+        load_matrix(info["path"])
+    _MEMORY.clear()
+    info = {}
+    again = get_matrix(cal, info=info)
+    assert info["source"] == "built"
+    np.testing.assert_array_equal(again.bins, good.bins)
+    np.testing.assert_array_equal(load_matrix(info["path"]).weights, good.weights)
 
 
 def test_lru_eviction(tmp_path):
     m = get_matrix(_cal(), cache_dir=False)
     paths = []
     for k in range(3):
-        p = tmp_path / f"matrix-{k}.npz"
+        p = tmp_path / f"matrix-{k}.gsm"
         save_matrix(m, p)
         os.utime(p, (1000 + k, 1000 + k))
         paths.append(p)
@@ -149,5 +160,5 @@ def test_two_processes_share_the_cache_safely(tmp_path):
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     assert "reader" in outs[1][0] and outs[1][0].split()[-1] == "150"
-    assert len(list(folder.glob("matrix-*.npz"))) == 1
+    assert len(list(folder.glob("matrix-*.gsm"))) == 1
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]

@@ -182,7 +182,7 @@ def test_option_matrices_round_trip_through_the_disk_cache(small, tmp_path):
         cache_dir=tmp_path,
         options={"unit": "2th_deg", "azimuth_edges": np.linspace(-90, 90, 7)},
     )
-    loaded = matrix_cache.load_matrix(next(tmp_path.glob("matrix-*.npz")))
+    loaded = matrix_cache.load_matrix(next(tmp_path.glob("matrix-*.gsm")))
     assert loaded.radial_unit == "2th_deg" and loaded.n_bins == 30 * 6
     np.testing.assert_array_equal(loaded.azimuth_edges, built.azimuth_edges)
     np.testing.assert_array_equal(loaded.weights, built.weights)

@@ -425,11 +425,11 @@ def test_matrix_cache_used_by_the_next_run_and_no_cache(synth, tmp_path, _privat
     r = run(["-c", synth / "cal.json", "--no-cache", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "built the integration matrix" in r.stderr and "matrix built" in r.stderr
-    assert not list(cache.glob("matrix-*.npz"))
+    assert not list(cache.glob("matrix-*.gsm"))
     r = run(["-c", synth / "cal.json", "-o", "out1", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "cached in" in r.stderr
-    assert len(list(cache.glob("matrix-*.npz"))) == 1
+    assert len(list(cache.glob("matrix-*.gsm"))) == 1
     r = run(["-c", synth / "cal.json", "-o", "out2", data], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "built" not in r.stderr and "set-up" in r.stderr and "matrix from the cache" in r.stderr
