@@ -105,6 +105,9 @@ def machine():
 
 def run_saxsdog(cal, data, out, backend, extra=()):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # run from the source tree as an installed package runs: with its modules' bytecode cached
+    # (written by the first, warm-up run), not recompiled at every start
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
     r = subprocess.run(
         [
