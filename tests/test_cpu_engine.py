@@ -80,7 +80,7 @@ def relative(a, b):
 
 @pytest.mark.parametrize(
     "dtype,n_frames",
-    # under 8 frames the ELL kernels run, from 8 the banded kernel: each dtype on both
+    # fewer than 8 frames (padded lanes) and 8 or more (whole groups of 8): each dtype on both
     [
         (np.int32, 11),
         (np.int32, 3),
@@ -155,7 +155,8 @@ def test_dark_is_validated_against_the_pixel_count(pilatus):
 
 @pytest.mark.parametrize("n_frames", [1, 2, 4, 7, 8, 17])
 def test_every_batch_split_gives_each_frame_the_single_frame_result(pilatus, n_frames):
-    """Passes of 8, 4 and 1 frames and the thread tiles do not change a frame's numbers."""
+    """Groups of 8 frames, padded last groups and the thread bands do not change a frame's
+    numbers."""
     _, matrix, image, dark, _ = pilatus
     matrix = dataclasses.replace(matrix, pixel_offset=dark)
     stack = hostile_stack(image, np.int32, n_frames, seed=n_frames)
