@@ -204,3 +204,57 @@ def test_banded_layout_keeps_every_entry_once(pilatus):
     band_of_segment = np.repeat(np.arange(len(segments_of_band)), segments_of_band)
     same_band = np.diff(band_of_segment) == 0
     assert np.all(np.diff(lay["seg_bin"])[same_band] > 0)  # one segment per bin, ascending
+
+
+def _cpu_flags():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.mark.skipif(
+    not {"avx2", "fma"} <= _cpu_flags(), reason="needs an x86-64 CPU with AVX2 and FMA"
+)
+def test_segment_loop_compiles_to_vector_fmas():
+    """The kernel's speed rests on the segment loop being <4 x double> FMAs on ymm registers
+    (numba's own code for it was scalar or gathered along the entries): check the machine code
+    of segment_add8 and its 2- and 3-buffer forms, and their sums."""
+    import re
+
+    import numba
+
+    from gpusaxs.cpu_fallback.simd import segment_add8, segment_add8x2, segment_add8x3
+
+    @numba.njit(cache=False)
+    def one(out, buf, local, ws):
+        segment_add8(out, 8, buf, local, ws, 0, len(local))
+
+    @numba.njit(cache=False)
+    def three(out, buf, local, ws):
+        segment_add8x2(out[0], out[1], 8, buf, buf[::1], local, ws, 0, len(local))
+        segment_add8x3(out[0], out[1], out[2], 0, buf, buf, buf, local, ws, 0, len(local))
+
+    rng = np.random.default_rng(0)
+    buf = rng.random(8 * 50)
+    local = rng.integers(0, 50, 37).astype(np.uint16)
+    ws = rng.random(37).astype(np.float32)
+    expect = (ws.astype(np.float64)[:, None] * buf.reshape(50, 8)[local]).sum(axis=0)
+    out = np.zeros(16)
+    one(out, buf, local, ws)
+    np.testing.assert_allclose(out[8:], expect, rtol=1e-13)
+    assert not out[:8].any()
+    outs = np.zeros((3, 16))
+    three(outs, buf, local, ws)
+    np.testing.assert_allclose(outs[0, :8], expect, rtol=1e-13)
+    np.testing.assert_allclose(outs[0, 8:], expect, rtol=1e-13)
+    np.testing.assert_allclose(outs[2, :8], expect, rtol=1e-13)
+    for fn in (one, three):
+        asm = "\n".join(fn.inspect_asm().values())
+        vector_fmas = re.findall(r"vfmadd\d{3}pd\s+[^\n]*ymm", asm)
+        scalar_fmas = re.findall(r"vfmadd\d{3}sd", asm)
+        assert len(vector_fmas) >= 4, asm[:2000]
+        assert not scalar_fmas
