@@ -259,6 +259,7 @@ def _make_kernel(n_sums):
 
     @numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
     def kernel(
+        sums,
         frames,
         bands,
         band_pixels,
@@ -282,7 +283,6 @@ def _make_kernel(n_sums):
         flat = frames.reshape(-1)
         bp = -(-n_frames // LANES) * LANES
         n_threads = len(bands) - 1
-        sums = np.zeros((4, n_threads, n_bins * bp))
         for t in numba.prange(n_threads):
             bufs = (  # the lanes of signal, variance and squares terms
                 np.zeros(band_pixels * LANES),
@@ -291,8 +291,8 @@ def _make_kernel(n_sums):
             )
             signal = sums[0, t]
             lost = sums[1, t]
-            variance = sums[2, t]
-            squares = sums[3, t]
+            variance = sums[min(2, n_sums), t]  # planes 2 and 3 exist for n_sums 2 and 3
+            squares = sums[min(3, n_sums), t]
             for band in range(bands[t], bands[t + 1]):
                 s0 = band_seg[band]
                 s1 = band_seg[band + 1]
@@ -346,7 +346,6 @@ def _make_kernel(n_sums):
                                 e0,
                                 e1,
                             )
-        return sums
 
     return kernel
 
@@ -355,6 +354,7 @@ _KERNELS = {n: _make_kernel(n) for n in (1, 2, 3)}
 
 
 def banded_sums(
+    sums,
     frames,
     bands,
     band_pixels,
@@ -374,10 +374,10 @@ def banded_sums(
     weights,
     n_bins,
 ):
-    """Per-thread sums of a stack, (4, n_threads, n_bins * Bp) with Bp = B rounded up to 8:
-    signal, lost, variance, squares; variance is computed when n_sums >= 2, squares when
-    n_sums == 3 (else left zero).  Bin c, frame b is at c * Bp + b; the caller adds the
-    threads and drops the columns b >= B.
+    """Add the per-thread sums of a stack to ``sums``, a zeroed float64 array
+    (1 + n_sums, n_threads, n_bins * Bp), Bp = B rounded up to 8: planes signal, lost and, for
+    n_sums 2 and 3, variance, and for n_sums 3 squares.  Bin c, frame b is at c * Bp + b; the
+    caller adds the threads and drops the columns b >= B.
 
     frames: (B, N) C-contiguous, any numeric dtype; bands: (n_threads + 1,) from
     :func:`thread_bands`; band_pixels ... ws, active: from :func:`banded_layout`; dark: float32
@@ -385,7 +385,8 @@ def banded_sums(
     when n_sums > 1); upper: values >= upper are invalid; pixel_ptr, bins, weights: the matrix's
     CSR (to add the weights of invalid values to ``lost``).
     """
-    return _KERNELS[n_sums](
+    _KERNELS[n_sums](
+        sums,
         frames,
         bands,
         band_pixels,
