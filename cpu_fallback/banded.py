@@ -28,7 +28,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .simd import segment_add8, segment_add8x2, segment_add8x3
+from .simd import segment_add8, segment_add8_full, segment_add8_poisson
 
 __all__ = ["BAND_PIXELS", "LANES", "banded_layout", "banded_sums", "thread_bands"]
 
@@ -43,8 +43,10 @@ def banded_layout(matrix, band_pixels=BAND_PIXELS):
 
     Returns a dict: band_pixels; band_seg (n_bands + 1,) int64 segment ranges of each band;
     seg_ptr (n_seg + 1,) int64 entry ranges; seg_bin (n_seg,) int64; local (nnz,) uint16 pixel
-    index within the band; ws (nnz,) float32 weight x pixel scale; active (n_pixels,) uint8
-    (1 where the pixel has entries); band_cost (n_bands,) float64 (work estimate).
+    index within the band; ws (nnz,) float32 weight x pixel scale; wss (nnz,) float32 weight x
+    scale^2; var_dark (n_seg,) float64 sum of wss x dark per segment (empty without a dark);
+    active (n_pixels,) uint8 (1 where the pixel has entries); band_cost (n_bands,) float64
+    (work estimate).
     """
     if not 0 < band_pixels <= 65536:
         raise ValueError(f"band_pixels must be in 1..65536, not {band_pixels}")
@@ -57,10 +59,17 @@ def banded_layout(matrix, band_pixels=BAND_PIXELS):
     order = np.argsort(key, kind="stable")  # entries are pixel-sorted: stays so within a bin
     key = key[order]
     pixel = pixel[order]
-    ws = (
-        matrix.weights[order].astype(np.float64) * matrix.pixel_scale[pixel].astype(np.float64)
-    ).astype(np.float32)
+    w = matrix.weights[order].astype(np.float64)
+    scale = matrix.pixel_scale[pixel].astype(np.float64)
+    ws = (w * scale).astype(np.float32)
+    wss = (w * scale * scale).astype(np.float32)  # the Poisson variance's weights, w s^2
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
+    dark = getattr(matrix, "pixel_offset", None)
+    if dark is None:
+        var_dark = np.zeros(0)
+    else:  # the variance is of the raw counts x = v + dark: sum w s^2 dark per segment
+        terms = wss.astype(np.float64) * np.asarray(dark, np.float32)[pixel].astype(np.float64)
+        var_dark = np.add.reduceat(terms, starts) if len(starts) else np.zeros(0)
     seg_band = key[starts] // matrix.n_bins
     band_entries = np.bincount(band, minlength=n_bands).astype(np.float64)
     return dict(
@@ -70,6 +79,8 @@ def banded_layout(matrix, band_pixels=BAND_PIXELS):
         seg_bin=(key[starts] % matrix.n_bins).astype(np.int64),
         local=(pixel - (pixel // band_pixels) * band_pixels).astype(np.uint16),
         ws=ws,
+        wss=wss,
+        var_dark=var_dark,
         active=(counts > 0).astype(np.uint8),
         # transposing a band with entries costs ~1 per pixel, summing ~0.5 per entry
         band_cost=np.where(band_entries > 0, band_pixels + 0.5 * band_entries, 0.0),
@@ -154,12 +165,10 @@ def _store8(buf, q, a0, a1, a2, a3, a4, a5, a6, a7):
 
 
 @numba.njit(inline="always")
-def _transpose(flat, offsets, p0, n, bufs, n_sums, active, dark, has_dark, scale, upper):
-    """Write the 8 lanes of pixels p0..p0+n-1 pixel-major into bufs[0] (v = x - dark) and,
-    for n_sums 2 and 3, bufs[1] (s*x, the Poisson variance term) and bufs[2] (s*v*v, the
-    squares); True if a value of an active pixel is invalid."""
+def _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
+    """Write the 8 lanes of pixels p0..p0+n-1 pixel-major into buf (v = x - dark); True if a
+    value of an active pixel is invalid."""
     o0, o1, o2, o3, o4, o5, o6, o7 = offsets
-    signal_buf, variance_buf, squares_buf = bufs
     bad = False
     base = np.uint64(p0)
     for i in range(n):
@@ -175,87 +184,51 @@ def _transpose(flat, offsets, p0, n, bufs, n_sums, active, dark, has_dark, scale
         v6 = flat[o6 + p]
         v7 = flat[o7 + p]
         bad |= _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
-        x0 = np.float64(v0)
-        x1 = np.float64(v1)
-        x2 = np.float64(v2)
-        x3 = np.float64(v3)
-        x4 = np.float64(v4)
-        x5 = np.float64(v5)
-        x6 = np.float64(v6)
-        x7 = np.float64(v7)
-        q = k * np.uint64(LANES)
-        _store8(signal_buf, q, x0 - d, x1 - d, x2 - d, x3 - d, x4 - d, x5 - d, x6 - d, x7 - d)
-        if n_sums > 1:
-            sc = np.float64(scale[p])
-            _store8(
-                variance_buf,
-                q,
-                sc * x0,
-                sc * x1,
-                sc * x2,
-                sc * x3,
-                sc * x4,
-                sc * x5,
-                sc * x6,
-                sc * x7,
-            )
-            if n_sums > 2:
-                _store8(
-                    squares_buf,
-                    q,
-                    sc * (x0 - d) * (x0 - d),
-                    sc * (x1 - d) * (x1 - d),
-                    sc * (x2 - d) * (x2 - d),
-                    sc * (x3 - d) * (x3 - d),
-                    sc * (x4 - d) * (x4 - d),
-                    sc * (x5 - d) * (x5 - d),
-                    sc * (x6 - d) * (x6 - d),
-                    sc * (x7 - d) * (x7 - d),
-                )
+        _store8(
+            buf,
+            k * np.uint64(LANES),
+            np.float64(v0) - d,
+            np.float64(v1) - d,
+            np.float64(v2) - d,
+            np.float64(v3) - d,
+            np.float64(v4) - d,
+            np.float64(v5) - d,
+            np.float64(v6) - d,
+            np.float64(v7) - d,
+        )
     return bad
 
 
 @numba.njit(inline="always")
 def _fix_invalid(
-    flat,
-    offsets,
-    p0,
-    n,
-    bufs,
-    n_sums,
-    active,
-    upper,
-    fb,
-    n_real,
-    pixel_ptr,
-    bins,
-    weights,
-    lost,
-    bp,
+    flat, offsets, p0, n, buf, active, upper, fb, n_real, csr, scale, dark, has_dark, out, bp
 ):
-    """Zero the invalid lanes of active pixels in bufs; add their weights to lost."""
+    """Zero the invalid lanes of active pixels in buf; add their weights to out[1] (lost) and,
+    with a dark and a variance (out[2]), take their dark term back out of the variance."""
+    pixel_ptr, bins, weights = csr
+    lost = out[1]
     for i in range(n):
         p = p0 + i
         if active[p] == 0:
             continue
         for f in range(LANES):
             x = np.float64(flat[offsets[f] + np.uint64(p)])
-            if not _valid(x, upper):
-                bufs[0][i * LANES + f] = 0.0
-                if n_sums > 1:
-                    bufs[1][i * LANES + f] = 0.0
-                    if n_sums > 2:
-                        bufs[2][i * LANES + f] = 0.0
-                if f < n_real:
-                    for e in range(pixel_ptr[p], pixel_ptr[p + 1]):
-                        lost[bins[e] * bp + fb + f] += weights[e]
+            if _valid(x, upper):
+                continue
+            buf[i * LANES + f] = 0.0
+            if f >= n_real:
+                continue
+            for e in range(pixel_ptr[p], pixel_ptr[p + 1]):
+                lost[bins[e] * bp + fb + f] += weights[e]
+                if has_dark and len(out) > 2:
+                    s = np.float64(scale[p])
+                    wss = np.float64(np.float32(np.float64(weights[e]) * s * s))
+                    out[2][bins[e] * bp + fb + f] -= wss * np.float64(dark[p])
 
 
 def _make_kernel(n_sums):
     """The banded kernel for one value of n_sums (a constant inside: the unused sums cost
     nothing)."""
-    variance_lanes = LANES if n_sums > 1 else 0  # buffer lanes per pixel
-    squares_lanes = LANES if n_sums > 2 else 0
 
     @numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
     def kernel(
@@ -268,31 +241,22 @@ def _make_kernel(n_sums):
         seg_bin,
         local,
         ws,
+        wss,
+        var_dark,
         active,
         dark,
         has_dark,
         scale,
         upper,
-        pixel_ptr,
-        bins,
-        weights,
-        n_bins,
+        csr,
     ):
         """See :func:`banded_sums`."""
         n_frames, n_pixels = frames.shape
         flat = frames.reshape(-1)
         bp = -(-n_frames // LANES) * LANES
-        n_threads = len(bands) - 1
-        for t in numba.prange(n_threads):
-            bufs = (  # the lanes of signal, variance and squares terms
-                np.zeros(band_pixels * LANES),
-                np.zeros(band_pixels * variance_lanes),
-                np.zeros(band_pixels * squares_lanes),
-            )
-            signal = sums[0, t]
-            lost = sums[1, t]
-            variance = sums[min(2, n_sums), t]  # planes 2 and 3 exist for n_sums 2 and 3
-            squares = sums[min(3, n_sums), t]
+        for t in numba.prange(len(bands) - 1):
+            buf = np.zeros(band_pixels * LANES)  # the band's 8 lanes per pixel
+            out = sums[:, t]
             for band in range(bands[t], bands[t + 1]):
                 s0 = band_seg[band]
                 s1 = band_seg[band + 1]
@@ -302,49 +266,27 @@ def _make_kernel(n_sums):
                 n = min(band_pixels, n_pixels - p0)
                 for fb in range(0, n_frames, LANES):
                     offsets = _lane_offsets(fb, n_frames, n_pixels)
-                    if _transpose(
-                        flat, offsets, p0, n, bufs, n_sums, active, dark, has_dark, scale, upper
-                    ):
+                    if _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
+                        n_real = min(LANES, n_frames - fb)
                         _fix_invalid(
-                            flat,
-                            offsets,
-                            p0,
-                            n,
-                            bufs,
-                            n_sums,
-                            active,
-                            upper,
-                            fb,
-                            min(LANES, n_frames - fb),
-                            pixel_ptr,
-                            bins,
-                            weights,
-                            lost,
-                            bp,
-                        )
+                            flat, offsets, p0, n, buf, active, upper, fb, n_real, csr, scale,
+                            dark, has_dark, out, bp,
+                        )  # fmt: skip
                     for s in range(s0, s1):
                         at = np.uint64(seg_bin[s] * bp + fb)
                         e0 = seg_ptr[s]
                         e1 = seg_ptr[s + 1]
                         if n_sums == 1:
-                            segment_add8(signal, at, bufs[0], local, ws, e0, e1)
-                        elif n_sums == 2:
-                            segment_add8x2(
-                                signal, variance, at, bufs[0], bufs[1], local, ws, e0, e1
+                            segment_add8(out[0], at, buf, local, ws, e0, e1)
+                            continue
+                        offset = var_dark[s] if has_dark else 0.0
+                        if n_sums == 2:
+                            segment_add8_poisson(
+                                out[0], out[2], at, buf, local, ws, wss, offset, e0, e1
                             )
                         else:
-                            segment_add8x3(
-                                signal,
-                                variance,
-                                squares,
-                                at,
-                                bufs[0],
-                                bufs[1],
-                                bufs[2],
-                                local,
-                                ws,
-                                e0,
-                                e1,
+                            segment_add8_full(
+                                out[0], out[2], out[3], at, buf, local, ws, wss, offset, e0, e1
                             )
 
     return kernel
@@ -353,55 +295,36 @@ def _make_kernel(n_sums):
 _KERNELS = {n: _make_kernel(n) for n in (1, 2, 3)}
 
 
-def banded_sums(
-    sums,
-    frames,
-    bands,
-    band_pixels,
-    band_seg,
-    seg_ptr,
-    seg_bin,
-    local,
-    ws,
-    active,
-    dark,
-    has_dark,
-    scale,
-    n_sums,
-    upper,
-    pixel_ptr,
-    bins,
-    weights,
-    n_bins,
-):
+def banded_sums(sums, frames, bands, layout, dark, scale, n_sums, upper, csr):
     """Add the per-thread sums of a stack to ``sums``, a zeroed float64 array
     (1 + n_sums, n_threads, n_bins * Bp), Bp = B rounded up to 8: planes signal, lost and, for
-    n_sums 2 and 3, variance, and for n_sums 3 squares.  Bin c, frame b is at c * Bp + b; the
-    caller adds the threads and drops the columns b >= B.
+    n_sums 2 and 3, variance (sum w s^2 x of the raw counts), and for n_sums 3 squares
+    (sum w s (s v)^2, v = x - dark).  Bin c, frame b is at c * Bp + b; the caller adds the
+    threads and drops the columns b >= B.
 
     frames: (B, N) C-contiguous, any numeric dtype; bands: (n_threads + 1,) from
-    :func:`thread_bands`; band_pixels ... ws, active: from :func:`banded_layout`; dark: float32
-    (N,) (empty when ``has_dark`` is False); scale: the matrix's pixel_scale (float32 (N,), read
-    when n_sums > 1); upper: values >= upper are invalid; pixel_ptr, bins, weights: the matrix's
-    CSR (to add the weights of invalid values to ``lost``).
+    :func:`thread_bands`; layout: from :func:`banded_layout` (of the matrix whose dark is
+    ``dark``); dark: float32 (N,) or None; scale: the matrix's pixel_scale (float32 (N,));
+    upper: values >= upper are invalid; csr: the matrix's (pixel_ptr, bins, weights), to add the
+    weights of invalid values to ``lost``.
     """
+    has_dark = dark is not None
     _KERNELS[n_sums](
         sums,
         frames,
         bands,
-        band_pixels,
-        band_seg,
-        seg_ptr,
-        seg_bin,
-        local,
-        ws,
-        active,
-        dark,
+        layout["band_pixels"],
+        layout["band_seg"],
+        layout["seg_ptr"],
+        layout["seg_bin"],
+        layout["local"],
+        layout["ws"],
+        layout["wss"],
+        layout["var_dark"],
+        layout["active"],
+        dark if has_dark else np.zeros(0, np.float32),
         has_dark,
         scale,
         upper,
-        pixel_ptr,
-        bins,
-        weights,
-        n_bins,
+        csr,
     )

@@ -55,8 +55,6 @@ def pixel_offset(matrix):
     return dark
 
 
-_NO_DARK = np.zeros(0, dtype=np.float32)  # the kernel's dark argument without a dark
-
 #: Bound on the kernel's private per-thread sums (bytes); larger stacks go in groups of frames.
 BANDED_OUTPUT_BYTES = 256 << 20
 #: Largest per-thread sums buffer (float64 values) an engine keeps for its next call (64 MB).
@@ -132,22 +130,12 @@ class CpuEngine:
                     sums,
                     part,
                     bands,
-                    lay["band_pixels"],
-                    lay["band_seg"],
-                    lay["seg_ptr"],
-                    lay["seg_bin"],
-                    lay["local"],
-                    lay["ws"],
-                    lay["active"],
-                    _NO_DARK if dark is None else dark,
-                    dark is not None,
+                    lay,
+                    dark,
                     self.matrix.pixel_scale,
                     n_sums,
                     invalid_threshold(frames.dtype),
-                    self.matrix.pixel_ptr,
-                    self.matrix.bins,
-                    self.matrix.weights,
-                    n_bins,
+                    (self.matrix.pixel_ptr, self.matrix.bins, self.matrix.weights),
                 )
                 total = sums.sum(axis=1).reshape(planes, n_bins, bp)
                 out[:, b0 : b0 + n] = total[:, :, :n].transpose(0, 2, 1)

@@ -140,8 +140,8 @@ def test_dark_offset_shifts_the_mean_by_the_binned_dark(pilatus):
         )
         expect = mean_plain - 2.5 * np.broadcast_to(s_mean, plain.norm.shape)[ok]
         np.testing.assert_allclose(mean_shift, expect, rtol=1e-6, atol=1e-6)
-        if errors:
-            np.testing.assert_array_equal(shifted.variance, plain.variance)
+        if errors:  # summed as w s^2 (x - d) + w s^2 d: equal up to rounding
+            np.testing.assert_allclose(shifted.variance, plain.variance, rtol=1e-12, atol=0)
 
 
 def test_dark_is_validated_against_the_pixel_count(pilatus):
@@ -222,37 +222,44 @@ def _cpu_flags():
 def test_segment_loop_compiles_to_vector_fmas():
     """The kernel's speed rests on the segment loop being <4 x double> FMAs on ymm registers
     (numba's own code for it was scalar or gathered along the entries): check the machine code
-    of segment_add8 and its 2- and 3-buffer forms, and their sums."""
+    of segment_add8 and of its Poisson and full forms, and their sums."""
     import re
 
     import numba
 
-    from gpusaxs.cpu_fallback.simd import segment_add8, segment_add8x2, segment_add8x3
+    from gpusaxs.cpu_fallback.simd import segment_add8, segment_add8_full, segment_add8_poisson
 
     @numba.njit(cache=False)
     def one(out, buf, local, ws):
         segment_add8(out, 8, buf, local, ws, 0, len(local))
 
     @numba.njit(cache=False)
-    def three(out, buf, local, ws):
-        segment_add8x2(out[0], out[1], 8, buf, buf[::1], local, ws, 0, len(local))
-        segment_add8x3(out[0], out[1], out[2], 0, buf, buf, buf, local, ws, 0, len(local))
+    def errors(out, buf, local, ws, wss):
+        segment_add8_poisson(out[0], out[1], 8, buf, local, ws, wss, 0.5, 0, len(local))
+        segment_add8_full(out[0], out[1], out[2], 0, buf, local, ws, wss, 0.25, 0, len(local))
 
     rng = np.random.default_rng(0)
     buf = rng.random(8 * 50)
+    lanes = buf.reshape(50, 8)
     local = rng.integers(0, 50, 37).astype(np.uint16)
     ws = rng.random(37).astype(np.float32)
-    expect = (ws.astype(np.float64)[:, None] * buf.reshape(50, 8)[local]).sum(axis=0)
+    wss = rng.random(37).astype(np.float32)
+    expect = (ws.astype(np.float64)[:, None] * lanes[local]).sum(axis=0)
+    expect_var = (wss.astype(np.float64)[:, None] * lanes[local]).sum(axis=0)
+    expect_sq = (wss.astype(np.float64)[:, None] * lanes[local] ** 2).sum(axis=0)
     out = np.zeros(16)
     one(out, buf, local, ws)
     np.testing.assert_allclose(out[8:], expect, rtol=1e-13)
     assert not out[:8].any()
     outs = np.zeros((3, 16))
-    three(outs, buf, local, ws)
-    np.testing.assert_allclose(outs[0, :8], expect, rtol=1e-13)
+    errors(outs, buf, local, ws, wss)
     np.testing.assert_allclose(outs[0, 8:], expect, rtol=1e-13)
-    np.testing.assert_allclose(outs[2, :8], expect, rtol=1e-13)
-    for fn in (one, three):
+    np.testing.assert_allclose(outs[0, :8], expect, rtol=1e-13)
+    np.testing.assert_allclose(outs[1, 8:], expect_var + 0.5, rtol=1e-13)
+    np.testing.assert_allclose(outs[1, :8], expect_var + 0.25, rtol=1e-13)
+    np.testing.assert_allclose(outs[2, :8], expect_sq, rtol=1e-13)
+    assert not outs[2, 8:].any()
+    for fn in (one, errors):
         asm = "\n".join(fn.inspect_asm().values())
         vector_fmas = re.findall(r"vfmadd\d{3}pd\s+[^\n]*ymm", asm)
         scalar_fmas = re.findall(r"vfmadd\d{3}sd", asm)
