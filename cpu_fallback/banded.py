@@ -1,7 +1,7 @@
-"""The banded CPU kernel: stacks of 8 or more frames at close to the memory read rate.
+"""The banded CPU kernel: stacks of frames (one frame up) at close to the memory read rate.
 
 Layout (:func:`banded_layout`, built once per matrix): the image is cut into *bands* of ``P``
-consecutive pixels (2048 by default: two PILATUS rows, half an EIGER 16M row); the matrix
+consecutive pixels (4096 by default: four PILATUS rows, one EIGER 16M row); the matrix
 entries of each band are sorted by bin, so that each (band, bin) *segment* is a short run of
 entries ``(local pixel index, w*s)`` (uint16, float32).
 
@@ -9,7 +9,7 @@ Kernel (:func:`banded_sums`): each thread takes a contiguous run of bands (balan
 for each band and each group of 8 frames it
 
 1. reads the 8 frames' values of the band once, in order (the only pass over the frames), and
-   writes them pixel-major into a small float64 buffer (``P x 8``, 128 kB: L2), the dark
+   writes them pixel-major into a small float64 buffer (``P x 8``, 256 kB: L2), the dark
    subtracted, while checking that every value of an active pixel is valid;
 2. if one is not (rare: a negative, NaN, or the unsigned maximum on an unmasked pixel), zeroes
    those values and adds their weights to ``lost`` (subtracted from the norm by the caller);
@@ -33,7 +33,7 @@ from .simd import segment_add8, segment_add8_full, segment_add8_poisson
 __all__ = ["BAND_PIXELS", "LANES", "banded_layout", "banded_sums", "thread_bands"]
 
 #: Pixels per band (a uint16 local index needs <= 65536).
-BAND_PIXELS = 2048
+BAND_PIXELS = 4096
 #: Frames per pass (the vector width of :func:`cpu_fallback.simd.segment_add8`).
 LANES = 8
 
