@@ -153,7 +153,7 @@ def load_matrix(path):
     data = view[at + size :]
     if len(data) != header["data_bytes"]:
         raise ValueError(f"{path}: truncated matrix file")
-    fields: dict[str, Any] = {}
+    fields = {}
     for name, dtype, shape, offset in header["fields"]:
         dt = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64))
@@ -177,7 +177,7 @@ def _read_file(path):
             raise ValueError(f"{path}: empty matrix file")
         try:
             flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
-            blob: Any = mmap.mmap(-1, size, flags=flags)
+            blob = mmap.mmap(-1, size, flags=flags)
         except (AttributeError, OSError):  # not Linux: a plain buffer
             blob = bytearray(size)
         return memoryview(blob)[: fh.readinto(blob)]
