@@ -15,7 +15,11 @@ for each band and each group of 8 frames it
    those values and adds their weights to ``lost`` (subtracted from the norm by the caller);
 3. sums each segment of the band with :func:`cpu_fallback.simd.segment_add8`: per entry, two
    ``<4 x double>`` loads of the buffer and two FMAs serve all 8 frames, accumulated in
-   registers and added once per segment to the thread's private output row block.
+   registers and added once per segment to the thread's private output row block.  With
+   errors, :func:`~cpu_fallback.simd.segment_add8_poisson` (and ``_full``) also sum w s^2 v
+   (and w s^2 v^2) from the same lanes, plus each segment's precomputed sum of w s^2 dark
+   (``var_dark``: the variance is of the raw counts); the slow path of step 2 takes that dark
+   term back out for an invalid value.
 
 So the frames are read from memory exactly once, the matrix once per band (it stays in L1/L2
 across the frame groups), and no output element is updated per entry (the ELL kernel's chains
@@ -218,10 +222,11 @@ def _fix_invalid(
             buf[i * LANES + f] = 0.0
             if f >= n_real:
                 continue
+            take_dark_back = has_dark and len(out) > 2
+            s = np.float64(scale[p])
             for e in range(pixel_ptr[p], pixel_ptr[p + 1]):
                 lost[bins[e] * bp + fb + f] += weights[e]
-                if has_dark and len(out) > 2:
-                    s = np.float64(scale[p])
+                if take_dark_back:  # the term var_dark added: banded_layout's wss x dark
                     wss = np.float64(np.float32(np.float64(weights[e]) * s * s))
                     out[2][bins[e] * bp + fb + f] -= wss * np.float64(dark[p])
 

@@ -108,6 +108,7 @@ class CpuEngine:
         dark = pixel_offset(self.matrix)
         per_frame = planes * self.threads * n_bins * 8
         group = max(LANES, BANDED_OUTPUT_BYTES // per_frame // LANES * LANES)
+        upper = invalid_threshold(frames.dtype)
         own_work = self._work_lock.acquire(blocking=False)
         previous = numba.get_num_threads()
         numba.set_num_threads(self.threads)
@@ -134,7 +135,7 @@ class CpuEngine:
                     dark,
                     self.matrix.pixel_scale,
                     n_sums,
-                    invalid_threshold(frames.dtype),
+                    upper,
                     (self.matrix.pixel_ptr, self.matrix.bins, self.matrix.weights),
                 )
                 total = sums.sum(axis=1).reshape(planes, n_bins, bp)
