@@ -89,3 +89,28 @@ def tilted_synthetic_frame(folder):
     image[:, 487:494] = -1  # a PILATUS module gap
     image[rng.random(cal.imagesize) < 1e-3] = -2
     return cal, image, dark, flat
+
+
+def nxvalidate(path):
+    """Validate a NeXus file with nexusformat's ``nxvalidate`` (run as a process, warnings on).
+
+    Returns ``(errors, warnings, text)``: the counts the validator prints in its summary and
+    its whole output, colour codes removed.
+    """
+    import re
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", "from nexusformat.scripts.nxvalidate import main; main()"]
+        + ["-w", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+    errors = re.search(r"Total number of errors: (\d+)", text)
+    warns = re.search(r"Total number of warnings: (\d+)", text)
+    if errors is None or warns is None:
+        raise AssertionError(f"nxvalidate gave no summary for {path}:\n{text}")
+    return int(errors.group(1)), int(warns.group(1)), text

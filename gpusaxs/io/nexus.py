@@ -7,7 +7,8 @@ Layout (the NeXus application definitions for azimuthal integration, NXazint1d /
         definition            "NXazint1d" | "NXazint2d"
         solid_angle_applied, polarization_applied, normalization_applied   (bool)
         instrument/  NXinstrument: name; monochromator/ NXmonochromator: wavelength (angstrom),
-                     energy (keV)
+                     energy (keV), NaN when neither a calibration nor a wavelength is given;
+                     source/ NXsource: name, type, probe ("x-ray")
         reduction/   NXprocess: program, version, date, reference, note,
             input/   NXparameters: unit, calibration (JSON), calibration_key, calibration_file,
                      geometry (distance mm, beam centre px, pixel size um, tilt deg, wavelength
@@ -71,6 +72,10 @@ NOTE = (
     "flagged in the entry); I_errors: Poisson error of that mean; empty bins are NaN."
 )
 _EMPTY_ID = -1
+#: NXsource/type by default: the instruments SAXSdog serves are synchrotron beamlines
+SOURCE_TYPE = "Synchrotron X-ray Source"
+#: h c in keV * angstrom (photon energy = HC_KEV_ANGSTROM / wavelength)
+HC_KEV_ANGSTROM = 12.398419843320026
 
 
 def _now() -> str:
@@ -124,6 +129,13 @@ class NXazintWriter:
         Integration options (pyFAI names: ``correct_solid_angle``, ``polarization_factor``,
         ``normalization_factor``, ``dark``, ``flat``, ...), stored in ``reduction/input`` and
         used for the entry's ``*_applied`` flags.
+    source_name, source_type : str
+        ``instrument/source`` (NXsource, required by NXazint1d/2d): the facility's name
+        (default ``"unknown"``) and its NeXus type (default ``"Synchrotron X-ray Source"``;
+        e.g. ``"Rotating Anode X-ray"``, ``"Metal Jet X-ray"`` for a laboratory camera).
+    wavelength_A : float, optional
+        Wavelength in angstrom for ``instrument/monochromator`` when no ``calibration`` is
+        given (with one, its wavelength is used); NaN when neither is known.
 
     Examples
     --------
@@ -144,6 +156,9 @@ class NXazintWriter:
         live: bool = False,
         flush_interval_s: float = 1.0,
         options: dict[str, Any] | None = None,
+        source_name: str = "unknown",
+        source_type: str = SOURCE_TYPE,
+        wavelength_A: float | None = None,
     ) -> None:
         if radial_unit not in RADIAL_UNITS:
             raise ValueError(
@@ -165,6 +180,8 @@ class NXazintWriter:
         self.row_shape: tuple[int, ...] = (
             (radial.size,) if self.azimuthal is None else (self.azimuthal.size, radial.size)
         )
+        self._source = (str(source_name), str(source_type))
+        self._wavelength_A = wavelength_A
         self.n_rows = 0
         self._lock = threading.RLock()
         self._dirty = False
@@ -230,13 +247,20 @@ class NXazintWriter:
         instrument = entry.create_group("instrument")
         instrument.attrs["NX_class"] = "NXinstrument"
         _text(instrument, "name", (cal.title if cal is not None and cal.title else "unknown"))
-        if cal is not None:
-            mono = instrument.create_group("monochromator")
-            mono.attrs["NX_class"] = "NXmonochromator"
-            mono["wavelength"] = cal.wavelength_A
-            mono["wavelength"].attrs["units"] = "angstrom"
-            mono["energy"] = 12.398419843320026 / cal.wavelength_A  # keV (h c / lambda)
-            mono["energy"].attrs["units"] = "keV"
+        # both groups are required by NXazint1d/2d (nexusformat's nxvalidate checks them)
+        wavelength = cal.wavelength_A if cal is not None else self._wavelength_A
+        wavelength = float("nan") if wavelength is None else float(wavelength)
+        mono = instrument.create_group("monochromator")
+        mono.attrs["NX_class"] = "NXmonochromator"
+        mono["wavelength"] = wavelength
+        mono["wavelength"].attrs["units"] = "angstrom"
+        mono["energy"] = HC_KEV_ANGSTROM / wavelength  # keV (h c / lambda); NaN if unknown
+        mono["energy"].attrs["units"] = "keV"
+        source = instrument.create_group("source")
+        source.attrs["NX_class"] = "NXsource"
+        _text(source, "name", self._source[0])
+        _text(source, "type", self._source[1])
+        _text(source, "probe", "x-ray")
 
         red = entry.create_group("reduction")
         red.attrs["NX_class"] = "NXprocess"
