@@ -51,12 +51,18 @@ are kept from the base file (with a warning on stderr).
 
 The base that supplies all other fields is, in this order: OUTPUT if it exists and is a
 valid calibration (it is then updated in place, atomically), else the --template file,
-else the specification's defaults. Missing fields are filled with the defaults
-(PolarizationCorrection is never added). A relative MaskFile is rewritten so that it
+else nothing. saxsconverter invents no measurement: the detector (Imagesize,
+PixelSizeMicroM) comes from the base, a PONI file, --image/--imagesize and --pixel-size;
+the geometry from INPUT or the base; the mask from the base or --mask (none otherwise:
+MaskFile null). A missing one is an error that says how to give it. Only settings are
+filled with the specification's defaults (Tilt 0, Oversampling 3, PixelPerRadialElement
+1); PolarizationCorrection is never added. A relative MaskFile is rewritten so that it
 still points to the same file from OUTPUT's folder.
 
 Examples:
-  saxsconverter calibration.txt cal.json            # fit2d -> new or updated cal.json
+  saxsconverter --image buf1_00000.tif --pixel-size 172 --mask AAA_integ.msk \
+      calibration.txt cal.json                      # fit2d -> new cal.json
+  saxsconverter calibration.txt cal.json            # fit2d -> update an existing cal.json
   saxsconverter -t old.json calibration.txt new.json
   saxsconverter cal.json cal.poni                   # calibration -> pyFAI PONI
   saxsconverter -t cal.json pyfai.poni new.json     # PONI geometry + cal.json's mask etc.
@@ -156,16 +162,28 @@ def _set_distance(block, value):
     block[key] = value
 
 
+#: settings (not measurements) that a new calibration may take from the specification's
+#: defaults; the detector (Imagesize, PixelSizeMicroM), the geometry (BeamCenter, distance,
+#: Wavelength) and the mask are never invented (issue 22.6)
+SETTING_DEFAULTS = {
+    k: FLAT_DEFAULTS[k] for k in ("Tilt", "Oversampling", "PixelPerRadialElement")
+}
+#: fields a calibration needs that only the user's data can supply -> how to give them
+REQUIRED_FROM_USER = {
+    "Imagesize": "-t TEMPLATE, --image FRAME or --imagesize H W",
+    "PixelSizeMicroM": "-t TEMPLATE or --pixel-size UM [UM]",
+    "BeamCenter": "the input's beam centre",
+    "distance": "the input's sample to detector distance or -t TEMPLATE",
+    "Wavelength": "the input's wavelength or -t TEMPLATE",
+}
+
+
 def _fill_defaults(d):
-    """Add the specification's defaults for missing required fields (in place)."""
+    """Add the specification's defaults for missing *settings* (in place): Tilt (none),
+    Oversampling, PixelPerRadialElement. A new file without a mask gets ``MaskFile: null``."""
     geo = _geometry_block(d)
-    for k, v in FLAT_DEFAULTS.items():
-        if k == "DedectorDistanceMM":
-            if not any(dk in geo for dk in DISTANCE_KEYS):
-                geo[k] = v
-        elif k == "Wavelength":
-            d.setdefault(k, v)
-        elif k in ("MaskFile", "Oversampling", "PixelPerRadialElement"):
+    for k, v in SETTING_DEFAULTS.items():
+        if k in ("Oversampling", "PixelPerRadialElement"):
             if "Masks" in d:
                 if not d["Masks"]:
                     d["Masks"].append({})
@@ -179,7 +197,60 @@ def _fill_defaults(d):
     if isinstance(geo.get("Tilt"), dict):
         for k, v in FLAT_DEFAULTS["Tilt"].items():
             geo["Tilt"].setdefault(k, v)
+    for m in _mask_blocks(d):
+        if isinstance(m, dict):
+            m.setdefault("MaskFile", None)
     return d
+
+
+def _fill_for_check(d):
+    """A copy of ``d`` with the specification's defaults in the fields it lacks: only for
+    validating the fields ``d`` has, never written."""
+    d = copy.deepcopy(d)
+    geo = _geometry_block(d)
+    for k, v in FLAT_DEFAULTS.items():
+        if k == "DedectorDistanceMM":
+            if not any(dk in geo for dk in DISTANCE_KEYS):
+                geo[k] = v
+        elif k == "Wavelength":
+            d.setdefault(k, v)
+        elif k not in ("MaskFile", "Oversampling", "PixelPerRadialElement"):
+            geo.setdefault(k, copy.deepcopy(v))
+    return d
+
+
+def _missing_fields(d):
+    """Names (of REQUIRED_FROM_USER) that ``d`` lacks."""
+    geo = _geometry_block(d)
+    missing = []
+    for k in REQUIRED_FROM_USER:
+        if k == "distance":
+            if not any(dk in geo for dk in DISTANCE_KEYS):
+                missing.append(k)
+        elif k == "Wavelength":
+            if k not in d:
+                missing.append(k)
+        elif k not in geo:
+            missing.append(k)
+    return missing
+
+
+def _detector_updates(args):
+    """Detector fields given on the command line: --image / --imagesize, --pixel-size."""
+    upd = {}
+    if args.imagesize:
+        upd["Imagesize"] = list(args.imagesize)
+    elif args.image:
+        from gpusaxs.errors import ImageReadError
+        from gpusaxs.io.images import read_image
+
+        try:
+            upd["Imagesize"] = list(read_image(args.image).shape[-2:])
+        except (ImageReadError, OSError) as exc:
+            raise ConvertError(f"--image {args.image}: cannot read: {exc}") from None
+    if args.pixel_size:
+        upd["PixelSizeMicroM"] = list(args.pixel_size)
+    return upd
 
 
 def _rebase_masks(d, from_dir, to_dir):
@@ -226,9 +297,11 @@ def _load_base(args, out_is_poni, warn):
         if not isinstance(d, dict):
             raise CalibrationError("expected a JSON object", args.template, "#")
         _fill_defaults(d)
-        validate_dict(d, args.template)
+        # the fields it has are checked now (naming the template); the geometry it may lack
+        # comes from INPUT, so the specification's defaults stand in for the check alone
+        validate_dict(_fill_for_check(d), args.template)
         return d, os.path.dirname(os.path.abspath(args.template)), args.template
-    return _fill_defaults({}), os.path.dirname(os.path.abspath(args.output)), None
+    return _fill_defaults({}), os.getcwd(), None
 
 
 # ------------------------------------------------------------------------------- main
@@ -258,6 +331,33 @@ def build_parser():
         metavar="FILE",
         help="calibration file supplying the fields INPUT does not (mask, image size, ...), "
         "used when OUTPUT does not exist yet; e.g. -t beamline.json",
+    )
+    p.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="mask file to name in OUTPUT (fit2d .msk or image; stored relative to OUTPUT's "
+        "folder); without it a new calibration has no mask (MaskFile null); e.g. --mask "
+        "AAA_integ.msk",
+    )
+    p.add_argument(
+        "--image",
+        metavar="FRAME",
+        help="a detector frame whose shape gives Imagesize (fit2d's output holds no image "
+        "size); e.g. --image buf1_00000.tif",
+    )
+    p.add_argument(
+        "--imagesize",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="Imagesize [rows, columns] in pixels instead of --image; e.g. --imagesize 1043 981",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=_pixel_size,
+        metavar="UM[,UM]",
+        help="pixel size in micrometre, one value (square) or two (along rows, along columns); "
+        "e.g. --pixel-size 172 or --pixel-size 75,100",
     )
     p.add_argument(
         "--to-poni",
@@ -300,6 +400,17 @@ def build_parser():
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return p
+
+
+def _pixel_size(text):
+    """``"172"`` -> [172.0]; ``"75,100"`` -> [75.0, 100.0] (micrometre, > 0)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or two: {text!r}") from None
+    if not 1 <= len(values) <= 2 or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"one or two sizes > 0 in micrometre, not {text!r}")
+    return values
 
 
 def _input_kind(args):
@@ -360,8 +471,9 @@ def _updates_from_poni(args, base, warn):
     except ValueError as exc:
         raise ConvertError(f"{args.input}: {exc}") from None
     geo = _geometry_block(base)
+    imagesize = _detector_updates(args).get("Imagesize", geo.get("Imagesize"))
     try:  # any pyFAI orientation; the image shape from the base file when the PONI has none
-        g = poni_geometry(p, imagesize=geo.get("Imagesize"))
+        g = poni_geometry(p, imagesize=imagesize)
     except ValueError as exc:
         raise ConvertError(f"{args.input}: {exc}") from None
     upd = {"Imagesize": g["Imagesize"]}
@@ -397,6 +509,19 @@ def _updates_from_poni(args, base, warn):
     return upd
 
 
+def _with_user_fields(d, args, in_dir):
+    """``d`` with the command line's --image/--imagesize, --pixel-size and --mask applied (a
+    relative --mask is taken from the current folder and stored relative to ``in_dir``)."""
+    d = _apply(d, _detector_updates(args))
+    if args.mask is not None:
+        mask = os.path.expanduser(args.mask)
+        if not os.path.isabs(mask):
+            mask = os.path.relpath(os.path.abspath(mask), in_dir)
+        for m in _mask_blocks(d):
+            m["MaskFile"] = mask
+    return d
+
+
 def _clean(value):
     """Strip unit-conversion noise: 12 significant digits (1e-12 relative, far below any
     precision)."""
@@ -420,10 +545,12 @@ def run(args, warn):
     out_is_poni = args.to_poni or args.output.lower().endswith(".poni")
     kind = _input_kind(args)
     out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)  # an output folder that does not exist yet
     if kind == "json":
         d = read_json(args.input)
         validate_dict(d, args.input)
         in_dir = os.path.dirname(os.path.abspath(args.input))
+        d = _with_user_fields(d, args, in_dir)
         source = args.input
     else:
         if kind == "poni" and out_is_poni:
@@ -434,7 +561,14 @@ def run(args, warn):
             if kind == "fit2d"
             else _updates_from_poni(args, base, warn)
         )
-        d = _apply(base, upd)
+        d = _with_user_fields(_apply(base, upd), args, in_dir)
+        missing = _missing_fields(d)
+        if missing:
+            raise ConvertError(
+                f"{args.input}: the calibration needs "
+                + "; ".join(f"{k} (give {REQUIRED_FROM_USER[k]})" for k in missing)
+                + ". saxsconverter invents no detector or geometry values"
+            )
         validate_dict(d, base_path or args.output)
         source = args.input
     if out_is_poni:

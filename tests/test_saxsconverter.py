@@ -76,38 +76,76 @@ def two_theta(ai, shape):
 
 # ------------------------------------------------------------------------------ fit2d text
 def test_reference_fit2d_file(reference_dir, tmp_path):
-    out = tmp_path / "cal.json"
-    rc, stdout, stderr = run_cli(reference_dir / "fit2d-calibration.txt", out)
+    """fit2d's text holds no detector size: the image and the pixel size are given, and the
+    mask only when named; the new file then loads (issue 22.6: nothing invented)."""
+    out = tmp_path / "new folder" / "cal.json"
+    src = reference_dir / "fit2d-calibration.txt"
+    rc, stdout, stderr = run_cli(src, out)
+    assert rc == 2 and not out.exists()
+    assert "Imagesize (give -t TEMPLATE, --image FRAME or --imagesize H W)" in stderr
+    assert "PixelSizeMicroM (give -t TEMPLATE or --pixel-size UM [UM])" in stderr
+    frame = reference_dir / "buf1_00000.tif"
+    rc, stdout, stderr = run_cli("--image", frame, "--pixel-size", "172", src, out)
     assert rc == 0, stderr
     d = load(out)
     assert d["BeamCenter"] == [807.874, 388.277]
     assert d["DedectorDistanceMM"] == 1031.657
     assert d["Wavelength"] == 1.54
     assert d["Tilt"] == {"TiltRotDeg": 73.595, "TiltAngleDeg": -10.006}
-    # the rest comes from the specification's defaults
     assert d["Imagesize"] == [1043, 981] and d["PixelSizeMicroM"] == [172.0]
-    assert (
-        d["MaskFile"] == "AAA_integ.msk"
-        and d["Oversampling"] == 3
-        and d["PixelPerRadialElement"] == 1
-    )
+    assert d["MaskFile"] is None  # no mask invented
+    assert d["Oversampling"] == 3 and d["PixelPerRadialElement"] == 1  # settings: defaults
     assert "PolarizationCorrection" not in d
-    cal = Calibration.from_file(out)
-    assert cal.beam_center == (807.874, 388.277)
+    cal = Calibration.from_file(out)  # loads: no mask file to miss
+    assert cal.beam_center == (807.874, 388.277) and cal.mask_file is None
     assert "wrote" in stdout and stderr == ""
-    assert sorted(os.listdir(tmp_path)) == ["cal.json"]
+    assert sorted(os.listdir(out.parent)) == ["cal.json"]
+    # with --mask the mask is named, relative to the output's folder
+    rc, _, stderr = run_cli(
+        "--imagesize", "1043", "981", "--pixel-size", "172",
+        "--mask", reference_dir / "AAA_integ.msk", src, tmp_path / "m.json",
+    )  # fmt: skip
+    assert rc == 0, stderr
+    cal = Calibration.from_file(tmp_path / "m.json")
+    assert cal.mask_file is not None and Path(cal.mask_file).name == "AAA_integ.msk"
+    assert cal.load_mask().sum() > 0
+
+
+def test_fit2d_other_detector_gets_its_own_size(tmp_path):
+    """An EIGER 4M's fit2d output: q follows the pixel size given, not a PILATUS default."""
+    src = tmp_path / "calibration.txt"
+    src.write_text(SPEC_431 + "INFO: Refined sample to detector distance = 500.0 mm\n")
+    rc, _, stderr = run_cli(src, tmp_path / "x.json")
+    assert rc == 2 and "Wavelength" in stderr and "Imagesize" in stderr
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"Wavelength": 1.0}))
+    rc, _, stderr = run_cli(
+        "-t", template, "--imagesize", "2167", "2070", "--pixel-size", "75", src,
+        tmp_path / "e4m.json",
+    )  # fmt: skip
+    assert rc == 0, stderr
+    cal = Calibration.from_file(tmp_path / "e4m.json")
+    assert cal.imagesize == (2167, 2070) and cal.pixel_size_um == (75.0, 75.0)
+    assert cal.mask_file is None
 
 
 def test_spec_best_fit_lines(tmp_path):
     src = tmp_path / "calibration.txt"
     src.write_text(SPEC_431)
     out = tmp_path / "cal.json"
-    rc, _, stderr = run_cli(src, out)
+    template = tmp_path / "beamline.json"
+    template.write_text(
+        json.dumps(
+            {"Imagesize": [1043, 981], "PixelSizeMicroM": [172.0], "DedectorDistanceMM": 1000.0}
+            | {"Wavelength": 1.54, "BeamCenter": [1.0, 2.0], "MaskFile": None}
+        )
+    )
+    rc, _, stderr = run_cli("-t", template, src, out)
     assert rc == 0, stderr
     d = load(out)
     assert d["BeamCenter"] == [807.8745, 388.2765]  # mm line ignored, X/Y swapped
     assert d["Tilt"] == {"TiltRotDeg": 73.59509, "TiltAngleDeg": -10.00601}
-    assert d["DedectorDistanceMM"] == 1031.657  # not in the text: default kept, with a warning
+    assert d["DedectorDistanceMM"] == 1000.0  # not in the text: the template's, with a warning
     assert "no sample to detector distance line found" in stderr
 
 
@@ -215,7 +253,10 @@ def test_invalid_existing_output_is_not_clobbered(reference_dir, tmp_path):
     rc, _, stderr = run_cli(reference_dir / "fit2d-calibration.txt", out)
     assert rc == 2 and "--force" in stderr and str(out) in stderr
     assert out.read_text() == '{"not": "a calibration"}'
-    rc, _, stderr = run_cli("--force", reference_dir / "fit2d-calibration.txt", out)
+    rc, _, stderr = run_cli(
+        "--force", "--imagesize", "1043", "981", "--pixel-size", "172",
+        reference_dir / "fit2d-calibration.txt", out,
+    )  # fmt: skip
     assert rc == 0, stderr
     assert load(out)["BeamCenter"] == [807.874, 388.277]
 
