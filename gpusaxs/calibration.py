@@ -26,9 +26,13 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import hmac
 import json
 import math
 import os
+import secrets
+import stat
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -37,6 +41,8 @@ import numpy as np
 
 from gpusaxs._typing import BoolArray, PathLike
 from gpusaxs.errors import CalibrationError
+from gpusaxs.io.atomic import atomic_write
+from gpusaxs.physical_ranges import MASKED_FRACTION_WARNING, check_physical_ranges
 
 # PONI <-> fit2d conversion lives in gpusaxs.poni; the names stay importable from here
 from gpusaxs.poni import fit2d_to_poni, format_poni, poni_to_fit2d, read_poni  # noqa: F401
@@ -203,11 +209,52 @@ def _marker(digest: str) -> Path | None:
     return None if folder is None else folder / "validated" / digest[:40]
 
 
+def _marker_key(folder: Path) -> bytes | None:
+    """The private key that signs validation markers: ``folder/.key``, 32 random bytes, mode
+    0600, owned by this user. Another user who can write the cache folder cannot read it, so a
+    planted marker never matches; a key that is not private is not used (no markers then)."""
+    key_path = folder / ".key"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+        fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+                return None
+            key = fh.read(64)
+    except OSError:
+        return None
+    return key if len(key) == 32 else None
+
+
+def _marker_text(digest: str) -> str | None:
+    marker = _marker(digest)
+    if marker is None:
+        return None
+    key = _marker_key(marker.parent)
+    return None if key is None else hmac.new(key, digest.encode(), "sha256").hexdigest()
+
+
 def _known_valid(digest: str) -> bool:
     if digest in _VALID:
         return True
     marker = _marker(digest)
-    if marker is not None and marker.is_file():
+    if marker is None:
+        return False
+    try:
+        with open(marker, encoding="ascii") as fh:
+            found = fh.read(128)
+    except (OSError, UnicodeDecodeError):
+        return False
+    want = _marker_text(digest)
+    if want is not None and hmac.compare_digest(found, want):
         _VALID.add(digest)
         return True
     return False
@@ -218,10 +265,11 @@ def _remember_valid(digest: str | None) -> None:
         return
     _VALID.add(digest)
     marker = _marker(digest)
-    if marker is not None:
+    text = _marker_text(digest)
+    if marker is not None and text is not None:
         try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            with atomic_write(marker, "w") as fh:
+                fh.write(text)
         except OSError:
             pass  # no cache folder: validate again next time
 
@@ -246,6 +294,7 @@ def validate_dict(d: Any, path: PathLike | None = None) -> Literal["flat", "nest
         if err is not None:
             raise _error_from_schema(err, path)
         _remember_valid(digest)
+    check_physical_ranges(d, form, path)  # every time: cheap, and never skipped by a marker
     masks = d["Masks"] if form == "nested" else [d]
     for i, m in enumerate(masks):
         if "qStart" in m and "qStop" in m and not m["qStart"] < m["qStop"]:
@@ -309,8 +358,6 @@ def read_json(path: PathLike) -> Any:
 def write_json_atomic(path: PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder +
     os.replace)."""
-    from gpusaxs.io.atomic import atomic_write
-
     with atomic_write(path, "w", fsync=True) as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
@@ -805,7 +852,16 @@ class Calibration:
             return np.zeros(self.imagesize, dtype=bool)
         from gpusaxs.io.masks import read_mask
 
-        return np.asarray(read_mask(self.mask_file, shape=self.imagesize), dtype=bool)
+        mask = np.asarray(read_mask(self.mask_file, shape=self.imagesize), dtype=bool)
+        hidden = float(mask.mean()) if mask.size else 0.0
+        if hidden > MASKED_FRACTION_WARNING:
+            warnings.warn(
+                f"{self.mask_file}: the mask hides {100 * hidden:.1f} % of the pixels; "
+                "is its convention inverted? (non-zero = masked, as fit2d's .msk)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return mask
 
     def key(self) -> str:
         """Stable sha256 hex digest of the geometry, binning, polarization, q range and mask.
