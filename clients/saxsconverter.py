@@ -165,9 +165,7 @@ def _set_distance(block, value):
 #: settings (not measurements) that a new calibration may take from the specification's
 #: defaults; the detector (Imagesize, PixelSizeMicroM), the geometry (BeamCenter, distance,
 #: Wavelength) and the mask are never invented (issue 22.6)
-SETTING_DEFAULTS = {
-    k: FLAT_DEFAULTS[k] for k in ("Tilt", "Oversampling", "PixelPerRadialElement")
-}
+SETTING_DEFAULTS = {k: FLAT_DEFAULTS[k] for k in ("Tilt", "Oversampling", "PixelPerRadialElement")}
 #: fields a calibration needs that only the user's data can supply -> how to give them
 REQUIRED_FROM_USER = {
     "Imagesize": "-t TEMPLATE, --image FRAME or --imagesize H W",

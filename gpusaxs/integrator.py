@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ._typing import AnyArray, ArrayLike, FloatArray, PathLike
+from .dummy import dummy_sums, warn_negative_floats
 from .sums import Engine, error_model, mean_intensity
 
 if TYPE_CHECKING:
@@ -371,6 +372,8 @@ class Integrator:
         normalization_factor: float = 1.0,
         error_model: str | None = "poisson",
         mask: ArrayLike | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
     ) -> IntegrationResult:
         """Integrate one frame to a curve, with pyFAI's options.
 
@@ -411,6 +414,12 @@ class Integrator:
             None (no sigma, fastest).
         mask : array_like of bool, shape (H, W), optional
             True = excluded, added to the integrator's mask.
+        dummy, delta_dummy : float, optional
+            pyFAI's dead-pixel value: with ``dummy`` given, pixels whose raw value is within
+            ``delta_dummy`` (default: equal) of it are invalid and every other finite value
+            counts, negative ones included (background-subtracted data; ``float("nan")``
+            keeps every finite value). None (default): gpusaxs's rule, values < 0 are
+            detector flags and invalid (:mod:`gpusaxs.dummy`).
 
         Returns
         -------
@@ -445,6 +454,8 @@ class Integrator:
         normalization_factor: float | Sequence[float] | AnyArray = 1.0,
         error_model: str | None = "poisson",
         mask: ArrayLike | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
     ) -> IntegrationResult:
         """:meth:`integrate1d` of a stack in one engine pass.
 
@@ -455,7 +466,7 @@ class Integrator:
         normalization_factor : float or array_like, shape (B,)
             A scalar or one value per frame.
         npt, unit, radial_range, azimuth_range, correct_solid_angle, dark, flat, \
-polarization_factor, error_model, mask
+polarization_factor, error_model, mask, dummy, delta_dummy
             As :meth:`integrate1d`.
 
         Returns
@@ -479,6 +490,7 @@ polarization_factor, error_model, mask
             ),
             normalization_factor,
             error_model,
+            dummy=(dummy, delta_dummy),
         )
 
     def integrate2d(
@@ -496,6 +508,8 @@ polarization_factor, error_model, mask
         normalization_factor: float = 1.0,
         error_model: str | None = None,
         mask: ArrayLike | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
     ) -> IntegrationResult:
         """A cake: intensity over radial and chi bins of one frame, in one engine pass.
 
@@ -510,7 +524,7 @@ polarization_factor, error_model, mask
         azimuth_range : (float, float), optional
             chi range in degrees (default (-180, 180), pyFAI's); may wrap through +-180.
         unit, radial_range, correct_solid_angle, dark, flat, polarization_factor, \
-normalization_factor, error_model, mask
+normalization_factor, error_model, mask, dummy, delta_dummy
             As :meth:`integrate1d` (``error_model`` defaults to None here, as pyFAI's).
 
         Returns
@@ -541,6 +555,8 @@ normalization_factor, error_model, mask
         normalization_factor: float | Sequence[float] | AnyArray = 1.0,
         error_model: str | None = None,
         mask: ArrayLike | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
     ) -> IntegrationResult:
         """:meth:`integrate2d` of a stack in one engine pass.
 
@@ -549,7 +565,7 @@ normalization_factor, error_model, mask
         stack : array_like, shape (B, H, W)
             The frames.
         npt_rad, npt_azim, unit, radial_range, azimuth_range, correct_solid_angle, dark, \
-flat, polarization_factor, error_model, mask
+flat, polarization_factor, error_model, mask, dummy, delta_dummy
             As :meth:`integrate2d`.
         normalization_factor : float or array_like, shape (B,)
             A scalar or one value per frame.
@@ -575,6 +591,7 @@ flat, polarization_factor, error_model, mask
             ),
             normalization_factor,
             error_model,
+            dummy=(dummy, delta_dummy),
         )
 
     def option_engine(
@@ -715,12 +732,19 @@ polarization_factor, mask
         options: dict[str, Any],
         normalization_factor: float | Sequence[float] | AnyArray,
         error_model_name: str | None,
+        dummy: tuple[float | None, float | None] = (None, None),
     ) -> IntegrationResult:
         from .results import IntegrationResult
 
         if error_model_name not in ERROR_MODELS:
             raise ValueError(f"error_model must be one of {ERROR_MODELS}, got {error_model_name!r}")
-        matrix, engine = self.option_engine(**options)
+        dummy_value, delta_dummy = dummy
+        if dummy_value is None and delta_dummy is not None:
+            raise ValueError("delta_dummy needs dummy (pyFAI's meaning: |x - dummy| <= delta)")
+        # with a dummy value the dark is subtracted on the host (gpusaxs.dummy)
+        matrix, engine = self.option_engine(
+            **(options if dummy_value is None else dict(options, dark=None))
+        )
         stack = np.asarray(stack)
         assert isinstance(stack, np.ndarray)
         if stack.ndim != 3:
@@ -738,7 +762,15 @@ polarization_factor, mask
             raise ValueError("normalization_factor must be a number or one per frame")
         if np.any(factor <= 0) or not np.all(np.isfinite(factor)):
             raise ValueError(f"normalization_factor must be positive, got {normalization_factor}")
-        sums = engine.sums(stack, errors=errors)
+        if dummy_value is None:
+            warn_negative_floats(stack)
+            sums = engine.sums(stack, errors=errors)
+        else:
+            if options["dark"] is not None and np.shape(options["dark"]) != matrix.shape:
+                raise ValueError(
+                    f"dark has shape {np.shape(options['dark'])}, the frames {matrix.shape}"
+                )
+            sums = dummy_sums(engine, stack, options["dark"], dummy_value, delta_dummy, errors)
         if errors:
             intensity, std, sigma = error_model(sums)
         else:
