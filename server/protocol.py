@@ -50,6 +50,8 @@ R_AUTH = "AuthenticationError"
 ERROR_RESULTS = (R_ERROR, R_AUTH)
 
 STAT_FIELDS = ("time interval", "queue length", "frames per sec", "images processed", "pics")
+#: beside STAT_FIELDS (not in the specification): frames that ended as an error record
+STAT_FAILED = "images failed"
 
 # -- size limits (server defaults; see saxsdogserver --help) ------------------------------------
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # frame 0 (the JSON request)

@@ -55,8 +55,9 @@ class ProcessingQueue:
     integrator_factory: callable returning an Integrator (called in the dispatcher thread), or a
     :class:`server.builds.Build` future (waited on; state "building" meanwhile).
     out_dir: None -> curves go to ``<image folder>/work/<name>.chi``; else the tree below
-    ``directory`` is mirrored into ``out_dir``.  on_finished(n): called for every frame that
-    ends as curve or error (server-wide "images processed").  predecessor: a queue being
+    ``directory`` is mirrored into ``out_dir``.  on_finished(n, failed=0): called for every
+    frame that ends as a curve (n, server-wide "images processed") or an error record
+    (failed, "images failed").  predecessor: a queue being
     aborted; this one waits for it before writing (so no two pipelines write the same curve).
     """
 
@@ -83,7 +84,7 @@ class ProcessingQueue:
         self.batch_size = int(batch_size)
         self.read_threads = int(read_threads)
         self.settle = float(settle)
-        self._on_finished = on_finished or (lambda n: None)
+        self._on_finished = on_finished or (lambda n, failed=0: None)
         self._predecessor = predecessor
         self._pipeline_factory = pipeline_factory
 
@@ -162,7 +163,7 @@ class ProcessingQueue:
         with self._lock:
             return len(self._pending) + self._n_events
 
-    def stat(self, images_processed):
+    def stat(self, images_processed, images_failed=0):
         with self._lock:
             n_pending = len(self._pending) + self._n_events
             pics = self.pics
@@ -176,6 +177,7 @@ class ProcessingQueue:
             "queue length": int(n_pending),
             "frames per sec": pics / interval if interval > 0 else 0.0,
             "images processed": int(images_processed),
+            "images failed": int(images_failed),
             "pics": int(pics),
         }
 
@@ -241,7 +243,7 @@ class ProcessingQueue:
             for path in paths:
                 self._record_error(path, message)
         if paths:
-            self._on_finished(len(paths))
+            self._on_finished(0, len(paths))
 
     def _run(self):
         try:
@@ -397,7 +399,7 @@ class ProcessingQueue:
         except OSError as exc:
             with self._lock:
                 self._record_error(p, f"cannot access file: {exc.strerror}")
-            self._on_finished(1)
+            self._on_finished(0, 1)
             return
         sig = _sig(st)
         out = self.out_path(p)
@@ -497,4 +499,4 @@ class ProcessingQueue:
                 return
             del self._pending[p]
             self._record_error(p, str(exc))
-        self._on_finished(1)
+        self._on_finished(0, 1)

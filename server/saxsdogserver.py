@@ -38,6 +38,18 @@ MAX_OVERSAMPLING = 16
 MAX_LISTDIR = 10_000
 
 
+def prepare_out_dir(out_dir):
+    """Real path of ``-o OUTDIR``, created (with its parents) when it does not exist yet."""
+    try:
+        os.makedirs(out_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{out_dir}: cannot create the output folder: {exc.strerror}") from None
+    real = os.path.realpath(out_dir)
+    if not os.path.isdir(real):
+        raise ValueError(f"{out_dir}: output folder is not a folder")
+    return real
+
+
 def _check_limits(cal):
     """Calibration bounds of the library (time and memory of the build), where it has them."""
     import importlib  # (the name gpusaxs.calibration is the SAXS 0.3.0 class, not the module)
@@ -76,7 +88,7 @@ class SaxsdogService:
         self.auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
         # feeder events are signed like requests; their own replay cache
         self.feeder_auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
-        self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
+        self.out_dir = None if out_dir is None else prepare_out_dir(out_dir)
         self.threads = int(threads)
         self.batch_size = int(batch_size)
         self.backend = backend
@@ -89,7 +101,8 @@ class SaxsdogService:
         self._pipeline_factory = pipeline_factory
         self.queue = None
         self.build = None  # the Build (future) of the current queue's integrator
-        self._processed = 0
+        self._processed = 0  # frames that ended as a curve
+        self._failed = 0  # frames that ended as an error record
         self._plock = threading.Lock()
         self.on_new_queue = None  # callback(directory) for the -w watcher
         self.feeder = {"messages": 0, "files": 0, "rejected": 0, "last": None}
@@ -98,14 +111,20 @@ class SaxsdogService:
         self.stream = None  # a StreamConsumer with --detector (docs/streams.md)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _count(self, n):
+    def _count(self, n, failed=0):
         with self._plock:
             self._processed += n
+            self._failed += failed
 
     @property
     def images_processed(self):
         with self._plock:
             return self._processed
+
+    @property
+    def images_failed(self):
+        with self._plock:
+            return self._failed
 
     def rel(self, path):
         """A server path as shown to clients: relative to the base folder."""
@@ -133,9 +152,10 @@ class SaxsdogService:
                 "queue length": 0,
                 "frames per sec": 0.0,
                 "images processed": self.images_processed,
+                "images failed": self.images_failed,
                 "pics": 0,
             }
-        return self.queue.stat(self.images_processed)
+        return self.queue.stat(self.images_processed, self.images_failed)
 
     def _data(self, **extra):
         d = {"stat": self.stat(), "builds": self.builds.running()}
@@ -565,7 +585,7 @@ def build_parser():
         "--out",
         metavar="OUTDIR",
         default=None,
-        help="write curves below OUTDIR (mirroring the queue folder); default: a "
+        help="write curves below OUTDIR (mirroring the queue folder; created when missing); default: a "
         "folder 'work' in each image's folder",
     )
     p.add_argument(

@@ -154,7 +154,12 @@ def cards_html(snap):
         (
             "frames finished",
             fmt(stat.get("images processed")),
-            "stat: images processed (curve or error record) since the server started",
+            "stat: images processed (curves) since the server started",
+        ),
+        (
+            "frames failed",
+            fmt(stat.get("images failed")),
+            "stat: images failed (error records) since the server started",
         ),
         ("curves", fmt(stat.get("pics")), "stat: pics, curves written by this queue"),
         ("errors", fmt(errors), "error records of this queue"),
