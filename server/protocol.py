@@ -253,10 +253,14 @@ class Client:
         retries: int = 1,
         context: Any = None,
         curve: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         import zmq
 
         self.url = url
+        #: seconds to wait for the TCP connection before the first request (None: no check)
+        self.connect_timeout = connect_timeout
+        self._connected_once = False
         self._secret = secret
         self.curve = bool(curve)  # ZeroMQ CURVE with keys derived from the secret
         self.timeout = float(timeout)
@@ -280,8 +284,47 @@ class Client:
             from .wire import configure_client_socket
 
             configure_client_socket(s, self._secret)
-        s.connect(self.url)
+        if self.connect_timeout is not None and not self._connected_once:
+            try:
+                self._wait_connected(s)
+            except NoAnswer:
+                s.close(linger=0)
+                raise
+            self._connected_once = True
+        else:
+            s.connect(self.url)
         return s
+
+    def _wait_connected(self, s: Any) -> None:
+        """Connect ``s`` and wait up to ``connect_timeout`` s for the TCP connection; a refused
+        connection (nothing listening) raises :class:`NoAnswer` at once."""
+        import zmq
+
+        mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        try:
+            s.connect(self.url)
+            deadline = time.monotonic() + float(self.connect_timeout or 0.0)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not mon.poll(max(1, int(left * 1000))):
+                    raise NoAnswer(
+                        f"no answer from {self.url}: no connection within "
+                        f"{self.connect_timeout:g} s (--connect-timeout); is saxsdogserver "
+                        f"running there?"
+                    )
+                from zmq.utils.monitor import recv_monitor_message
+
+                event = recv_monitor_message(mon)["event"]
+                if event == zmq.EVENT_CONNECTED:
+                    return
+                if event == zmq.EVENT_CONNECT_RETRIED:
+                    raise NoAnswer(
+                        f"no answer from {self.url}: nothing listens there (connection "
+                        f"refused); is saxsdogserver running there?"
+                    )
+        finally:
+            s.disable_monitor()
+            mon.close(linger=0)
 
     def _drop(self) -> None:
         if self.sock is not None:
