@@ -7,6 +7,8 @@ keeps the books.  Every file event for the queue's directory ends in exactly one
 
 * a curve (``pics``), written atomically by the pipeline,
 * an error record (``errors``: unreadable image, vanished file, ...; reported by stat/plot),
+* an error record too for an image whose curve would be another image's (same stem in the
+  same folder: ``s1.tif`` + ``s1.edf``; the first one seen owns the curve),
 * skipped: the curve exists, is newer than the image and was made with the queue's calibration
   key (restart-safe ``readdir``; a curve with another key is redone, counted in ``redone``), or
   the same version of the file is already queued (duplicate events),
@@ -25,6 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.io.chi import read_chi_key
 
 from .curves import CurveWriter, inside, sweep_tmp
@@ -107,6 +110,7 @@ class ProcessingQueue:
         self.tmp_removed = 0  # leftover temporary files of a killed writer removed
         self.dropped = 0
         self.recent_errors = deque(maxlen=MAX_RECENT_ERRORS)
+        self._claims = CurveClaims()  # curve path -> the one image it belongs to
         self._error_log = RateLimitedLog(log, per_s=2.0, burst=20)  # a flood of bad files
         self.latest = None  # (image path, out path, q, I)
         self.t_created = time.time()
@@ -403,6 +407,12 @@ class ProcessingQueue:
             return
         sig = _sig(st)
         out = self.out_path(p)
+        owner = self._claims.claim(str(out), p)
+        if owner is not None:  # same stem in the same folder (s1.tif + s1.edf)
+            with self._lock:
+                self._record_error(p, clash_message(out, owner))
+            self._on_finished(0, 1)
+            return
         with self._lock:
             ent = self._pending.get(p)
             if ent is not None:
