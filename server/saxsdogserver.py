@@ -28,6 +28,7 @@ from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
 from .builds import BuildCancelled, BuildManager
 from .queue import ProcessingQueue, inside
 from .ratelimit import RateLimitedLog
+from .redact import PathRedactor
 from .wire import TooManyFrames, configure_command_socket, recv_request
 
 log = logging.getLogger("saxsdogserver")
@@ -109,6 +110,7 @@ class SaxsdogService:
         self._feeder_log = RateLimitedLog(log, per_s=1.0, burst=5)
         self.requests = 0
         self.stream = None  # a StreamConsumer with --detector (docs/streams.md)
+        self.redactor = PathRedactor(self.base, [self.out_dir] if self.out_dir else [])
 
     # -- helpers --------------------------------------------------------------------------------
     def _count(self, n, failed=0):
@@ -160,7 +162,9 @@ class SaxsdogService:
     def _data(self, **extra):
         d = {"stat": self.stat(), "builds": self.builds.running()}
         if self.stream is not None:
-            d["streams"] = self.stream.info()
+            d["streams"] = info = self.stream.info()
+            if isinstance(info.get("output"), str):  # relative to the base, like every path
+                info["output"] = self.rel(os.path.realpath(info["output"]))
         if self.queue is not None:
             d["queue"] = self.queue.info(self.rel)
             d["errors"] = self.queue.errors_report(self.rel)
@@ -169,6 +173,10 @@ class SaxsdogService:
 
     # -- the request handler --------------------------------------------------------------------
     def handle(self, frames):
+        """The answer to one request, with server paths relative to the base folder."""
+        return self.redactor.answer(self._handle_safely(frames))
+
+    def _handle_safely(self, frames):
         self.requests += 1
         try:
             return self._handle(frames)
