@@ -4,8 +4,8 @@ Watches one or more folders recursively with watchdog and publishes::
 
     {"command": "new file", "argument": "/absolute/path/to/file.tif", "time": ..., "sign": ...}
 
-signed with the network's shared secret exactly like a request (``server.auth.sign_request``:
-HMAC-SHA256 of the canonical JSON), so a server drops events from anyone without the secret.
+signed with the network's shared secret exactly like a request (``server.auth.sign_frame``:
+HMAC-SHA256 over the message bytes, checked before parsing), so a server drops events from anyone without the secret.
 Only image files are published, never files below a folder named ``work`` (``--skip-dir``: the
 server's own output folders; only the part of the path below the watched folder counts, and
 ``-v`` logs each skipped file) nor hidden/temporary names.  Binds 127.0.0.1 unless ``--bind``.
@@ -148,10 +148,11 @@ class Feeder:
 
     def send(self, obj):
         if self._secret is not None:
-            from .auth import sign_request
+            from .auth import sign_frame
 
-            obj = sign_request(self._secret, obj)
-        data = json.dumps(obj).encode("utf-8")
+            data = sign_frame(self._secret, obj)  # checked over its bytes, before parsing
+        else:
+            data = json.dumps(obj).encode("utf-8")
         with self._lock:
             self._poll_subscriptions()
             self.sock.send(data)

@@ -3,7 +3,7 @@
 A request is a multi-part ZeroMQ message on a REQ socket: frame 0 is the JSON request
 (``{"command": ..., "argument": {...}, "time": ..., "sign": ...}``), frames 1.. are attachments
 (for ``new``: the mask file).  The answer is one JSON frame ``{"result": ..., "data": {...}}``.
-Signing: see :mod:`server.auth`.  Schemas: ``server/schemas/{request,response}.schema.json``.
+Signing: see :mod:`server.auth` (clients sign the raw bytes of frame 0, checked before parsing).  Schemas: ``server/schemas/{request,response}.schema.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
-from .auth import sign_request
+from .auth import sign_frame
 
 # -- command names ------------------------------------------------------------------------------
 #: every accepted command name -> canonical short name
@@ -360,11 +360,11 @@ class Client:
 
         frames = [bytes(a) for a in attachments]
         for _attempt in range(self.retries + 1):
-            req = sign_request(self._secret, make_request(command, argument), frames, now)
+            frame0 = sign_frame(self._secret, make_request(command, argument), frames, now)
             if self.sock is None:
                 self.sock = self._socket()
             try:
-                self.sock.send_multipart([json.dumps(req).encode("utf-8")] + frames)
+                self.sock.send_multipart([frame0] + frames)
                 return json.loads(self.sock.recv())
             except zmq.Again:
                 self._drop()

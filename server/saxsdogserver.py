@@ -207,15 +207,22 @@ class SaxsdogService:
                     f"attachment too large ({memoryview(a).nbytes} bytes, "
                     f"limit {self.max_attachment})"
                 )
-        req = P.parse_json(frames[0], self.max_request)
-        if not isinstance(req, dict):
-            raise P.ProtocolError("malformed request: not a JSON object")
-        self.auth.verify(req, attachments)  # before any other work
+        size = memoryview(frames[0]).nbytes
+        if size > self.max_request:
+            raise P.ProtocolError(f"request too large ({size} bytes, limit {self.max_request})")
+        # the signature over the raw bytes, before any parsing (server/auth.py)
+        req = self.auth.verify_frame(frames[0], attachments, self._parse_request)
         P.validate_request(req)
         cmd = P.COMMANDS[req["command"]]
         arg = req.get("argument") or {}
         log.debug("command %s", cmd)
         return getattr(self, "cmd_" + cmd)(arg, attachments)
+
+    def _parse_request(self, frame):
+        req = P.parse_json(frame, self.max_request)
+        if not isinstance(req, dict):
+            raise P.ProtocolError("malformed request: not a JSON object")
+        return req
 
     # -- commands -------------------------------------------------------------------------------
     def cmd_stat(self, arg, attachments):
@@ -454,8 +461,7 @@ class SaxsdogService:
         counted in ``feeder.rejected`` and logged at most once a second.
         """
         try:
-            msg = P.parse_json(raw, 64 * 1024)
-            self.feeder_auth.verify(msg)
+            msg = self.feeder_auth.verify_frame(raw, (), lambda b: P.parse_json(b, 64 * 1024))
         except (P.ProtocolError, AuthenticationError) as exc:
             self.feeder["rejected"] += 1
             self._feeder_log.warning("rejected a feeder message: %s", exc)
