@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.clients.progress import Progress, format_duration
+from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.io.atomic import atomic_path
 
 PROG = "saxsdog"

@@ -5,7 +5,8 @@ Watches one or more folders recursively with watchdog and publishes::
     {"command": "new file", "argument": "/absolute/path/to/file.tif", "time": ..., "sign": ...}
 
 signed with the network's shared secret exactly like a request (``server.auth.sign_frame``:
-HMAC-SHA256 over the message bytes, checked before parsing), so a server drops events from anyone without the secret.
+HMAC-SHA256 over the message bytes, checked before parsing), so a server drops events from
+anyone without the secret.
 Only image files are published, never files below a folder named ``work`` (``--skip-dir``: the
 server's own output folders; only the part of the path below the watched folder counts, and
 ``-v`` logs each skipped file) nor hidden/temporary names.  Binds 127.0.0.1 unless ``--bind``.

@@ -3,7 +3,8 @@
 A request is a multi-part ZeroMQ message on a REQ socket: frame 0 is the JSON request
 (``{"command": ..., "argument": {...}, "time": ..., "sign": ...}``), frames 1.. are attachments
 (for ``new``: the mask file).  The answer is one JSON frame ``{"result": ..., "data": {...}}``.
-Signing: see :mod:`server.auth` (clients sign the raw bytes of frame 0, checked before parsing).  Schemas: ``server/schemas/{request,response}.schema.json``.
+Signing: see :mod:`server.auth` (clients sign the raw bytes of frame 0, checked before
+parsing).  Schemas: ``server/schemas/{request,response}.schema.json``.
 """
 
 from __future__ import annotations

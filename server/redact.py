@@ -46,9 +46,7 @@ class PathRedactor:
         if isinstance(obj, str):
             return self.text(obj)
         if isinstance(obj, dict):
-            return {
-                k: v if k in NUMERIC_FIELDS else self.answer(v) for k, v in obj.items()
-            }
+            return {k: v if k in NUMERIC_FIELDS else self.answer(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
             return [self.answer(v) for v in obj]
         return obj

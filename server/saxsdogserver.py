@@ -599,8 +599,8 @@ def build_parser():
         "--out",
         metavar="OUTDIR",
         default=None,
-        help="write curves below OUTDIR (mirroring the queue folder; created when missing); default: a "
-        "folder 'work' in each image's folder",
+        help="write curves below OUTDIR (mirroring the queue folder; created when missing); "
+        "default: a folder 'work' in each image's folder",
     )
     p.add_argument(
         "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"

@@ -223,7 +223,6 @@ def test_same_stem_images_each_end_as_curve_or_error(site, tmp_path):
     """Issue 23 case 13: s1.tif + s1.edf, s2.TIF + s2.tiff: one curve, one error each."""
     import fabio
     import tifffile
-
     from net_support import frame
 
     run = site["base"] / "run 1"
