@@ -7,6 +7,10 @@ base (``../curves/...``).  Error messages built deep in the library are covered 
 """
 
 import os
+import re
+
+#: what may follow a path in a message: its end, white space, quotes, punctuation
+_END = r"(?=$|[\s'\"),:;\]}])"
 
 #: answer fields that hold numbers only (not walked)
 NUMERIC_FIELDS = frozenset({"array"})
@@ -38,7 +42,8 @@ class PathRedactor:
                 continue
             below = "" if rel == "." else rel + os.sep
             s = s.replace(root + os.sep, below)
-            s = s.replace(root, rel)
+            # the root itself, not a longer name starting with it (/data/base2)
+            s = re.sub(re.escape(root) + _END, lambda m, rel=rel: rel, s)
         return s
 
     def answer(self, obj):

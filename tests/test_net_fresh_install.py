@@ -283,3 +283,15 @@ def test_answers_carry_no_absolute_server_path(site, tmp_path):
         assert "leads outside" in d["errors"]["recent"][0]["error"]
     leaked = [t for t in texts if str(tmp_path) in t]
     assert not leaked, leaked
+
+
+def test_path_redactor_keeps_other_names():
+    from gpusaxs.server.redact import PathRedactor
+
+    r = PathRedactor("/data/base", ["/data/curves"])
+    assert r.text("curve folder /data/base/run 1/work leads outside /data/base") == (
+        "curve folder run 1/work leads outside ."
+    )
+    assert r.text("/data/base2/x and '/data/base'") == "/data/base2/x and '.'"
+    assert r.text("cannot write /data/curves/a.chi") == "cannot write ../curves/a.chi"
+    assert r.answer({"array": [[1.0]], "e": ["/data/base/x"]}) == {"array": [[1.0]], "e": ["x"]}
