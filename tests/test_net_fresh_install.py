@@ -87,6 +87,7 @@ def test_feeder_publishes_below_a_work_folder_and_says_what_it_skips(site, tmp_p
     port = free_port()
     cfg = write_config(tmp_path / "feeder.json", 1, port)
     watched = site["base"] / "run 1"
+    (watched / "work").mkdir()  # before the watch starts (inotify adds new folders late)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -112,7 +113,6 @@ def test_feeder_publishes_below_a_work_folder_and_says_what_it_skips(site, tmp_p
 
     try:
         assert wait_for(lambda: _heartbeat(sub), 20)
-        (watched / "work").mkdir()
         write_frames(watched / "work", 1, prefix="curve_")  # below the watched folder: skipped
         write_frames(watched, 1)
         assert wait_for(new_files, 20), (got, feeder.output())
