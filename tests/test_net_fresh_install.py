@@ -56,9 +56,12 @@ def _finished(client, n):
     return wait_for(done, 60, interval=0.1)
 
 
-def test_out_dir_created_and_failed_frames_counted_apart(site, tmp_path):
-    """Issue 22 case 1: -o DIR that does not exist yet; stat counts failures apart."""
-    out = site["root"] / "curves new" / "deep"  # neither level exists yet
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_out_dir_created_and_failed_frames_counted_apart(site, tmp_path, where):
+    """Issue 22 case 1: -o DIR that does not exist yet (inside the base folder, as in
+    docs/network.md, or beside it); stat counts failures apart."""
+    top = site["base"] if where == "inside" else site["root"]
+    out = top / "curves new" / "deep"  # neither level exists yet
     n = 4
     write_frames(site["base"] / "run 1", n)
     (site["base"] / "run 1" / "broken.tif").write_bytes(b"not a tiff at all")
