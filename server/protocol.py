@@ -19,7 +19,7 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
-from .auth import sign_frame
+from .auth import sign_frame, sign_request
 
 # -- command names ------------------------------------------------------------------------------
 #: every accepted command name -> canonical short name
@@ -233,6 +233,14 @@ def new_request(
 _T = TypeVar("_T")
 
 
+def _wrong_signature(answer: Any) -> bool:
+    return (
+        isinstance(answer, dict)
+        and answer.get("result") == R_AUTH
+        and "wrong signature" in str((answer.get("data") or {}).get("Error", ""))
+    )
+
+
 # -- client -----------------------------------------------------------------------------------
 class NoAnswer(ConnectionError):
     """The server did not answer within the timeout (after all retries)."""
@@ -262,6 +270,7 @@ class Client:
         #: seconds to wait for the TCP connection before the first request (None: no check)
         self.connect_timeout = connect_timeout
         self._connected_once = False
+        self._canonical = False  # True: the older signature (a server older than sign_frame)
         self._secret = secret
         self.curve = bool(curve)  # ZeroMQ CURVE with keys derived from the secret
         self.timeout = float(timeout)
@@ -356,12 +365,32 @@ class Client:
         attachments: Iterable[bytes] = (),
         now: float | None = None,
     ) -> Any:
-        """Sign and send one request; return the answer (dict)."""
+        """Sign and send one request; return the answer (dict).
+
+        Signed over the raw bytes (server/auth.py); a server older than that answers "wrong
+        signature", and the request is sent once more with the older canonical signature
+        (which this client then keeps using).
+        """
+        frames = [bytes(a) for a in attachments]
+        answer = self._send(command, argument, frames, now)
+        if not self._canonical and _wrong_signature(answer):
+            self._canonical = True
+            older = self._send(command, argument, frames, now)
+            if isinstance(older, dict) and older.get("result") == R_AUTH:
+                self._canonical = False  # the secret is wrong, not the server old
+                return answer
+            return older
+        return answer
+
+    def _send(self, command: str, argument: Any, frames: list[bytes], now: float | None) -> Any:
         import zmq
 
-        frames = [bytes(a) for a in attachments]
         for _attempt in range(self.retries + 1):
-            frame0 = sign_frame(self._secret, make_request(command, argument), frames, now)
+            req = make_request(command, argument)
+            if self._canonical:
+                frame0 = json.dumps(sign_request(self._secret, req, frames, now)).encode()
+            else:
+                frame0 = sign_frame(self._secret, req, frames, now)
             if self.sock is None:
                 self.sock = self._socket()
             try:

@@ -95,3 +95,40 @@ def test_command_round_trip_cost(tmp_path):
     finally:
         client.close()
         srv.stop()
+
+
+def test_client_falls_back_to_the_older_signature_for_an_older_server():
+    """A server that only knows the canonical signature (parse, then verify) still answers."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    auth = Authenticator(SECRET)
+    seen = []
+
+    def older_server():
+        for _ in range(3):
+            if not rep.poll(10_000):
+                return
+            frame = rep.recv()
+            req = json.loads(frame)
+            try:
+                auth.verify(req)
+                ans = {"result": "stat", "data": {"ok": True}}
+            except Exception as exc:
+                ans = {"result": P.R_AUTH, "data": {"Error": str(exc)}}
+            seen.append(ans["result"])
+            rep.send(json.dumps(ans).encode())
+
+    t = threading.Thread(target=older_server, daemon=True)
+    t.start()
+    with P.Client(f"tcp://127.0.0.1:{port}", SECRET, timeout=10, context=ctx) as c:
+        assert c.request("stat", {})["result"] == "stat"  # raw refused, canonical answered
+        assert c.request("stat", {})["result"] == "stat"  # canonical at once
+    t.join(20)
+    rep.close(0)
+    ctx.term()
+    assert seen == [P.R_AUTH, "stat", "stat"]
