@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusaxs.clients.progress import Progress, format_duration
+from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.io.atomic import atomic_path
 
 PROG = "saxsdog"
@@ -461,7 +462,7 @@ class Saxsdog:
         self.monitor = None
         self._lock = threading.Lock()
         self._seen = set()  # resolved image paths handed on (dedupe)
-        self._outputs = {}  # out path -> image path (collision check)
+        self._outputs = CurveClaims()  # out path -> image path (collision check)
         self.skipped = 0
         self.redone = 0  # resume: curves of another calibration, made again
         self.pending = []  # (image, curve) found before the pipeline exists
@@ -565,17 +566,9 @@ class Saxsdog:
             with self._lock:
                 self.skipped += 1
             return
-        with self._lock:
-            other = self._outputs.get(out)
-            if other is None:
-                self._outputs[out] = image_path
+        other = self._outputs.claim(out, image_path)
         if other is not None:
-            self.report(
-                image_path,
-                RuntimeError(
-                    f"its curve {out} would overwrite the curve of {other}; not integrated"
-                ),
-            )
+            self.report(image_path, RuntimeError(clash_message(out, other)))
             with self._lock:
                 self.failed_early += 1
             return

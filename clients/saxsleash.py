@@ -13,6 +13,7 @@ EXAMPLES = """\
 examples:
   saxsleash new cal.json data/AAA_integ.msk data/    start a queue (folder relative to the
                                                      server's base folder)
+  saxsleash new cal.json data/                       the same with the calibration's MaskFile
   saxsleash readdir                                  queue every image already in the folder
   saxsleash stat                                     statistics
   saxsleash plot -x log -y log -s 10                 live plot of the latest curve (Ctrl-C ends)
@@ -25,13 +26,41 @@ examples:
   saxsleash -S tcp://gpubox:7777 --config lab.json stat
   saxsleash dashboard --port 8050                    live page in the browser (see
                                                      saxsleash dashboard --help)
+  saxsleash --config lab.json dashboard              options may come before any command
 
-commands: new CAL MASK DIR | close | abort | plot | readdir | stat | get PATH | listdir [DIR]
-exit status: 0 ok, 1 error answer, 2 usage/local error, 3 no answer from the server
+commands: new CAL [MASK] DIR | close | abort | plot | readdir | stat | get PATH | listdir [DIR]
+          | dashboard [options]
+exit status: 0 ok, 1 error answer, 2 usage/local error, 3 no answer from the server (nothing
+listening: at once; no connection: after --connect-timeout; no answer: after --timeout)
 """
 
+#: seconds saxsleash waits for the TCP connection to the server (--connect-timeout)
+CONNECT_TIMEOUT_S = 3.0
+
+#: options of saxsleash and saxsleash dashboard that take a value (to find the command word)
+VALUE_OPTIONS = {
+    "-S",
+    "--server",
+    "--config",
+    "--name",
+    "--timeout",
+    "--retries",
+    "--connect-timeout",
+    "-s",
+    "--skip",
+    "-k",
+    "--clip",
+    "-x",
+    "--xaxisistype",
+    "-y",
+    "--yaxisistype",
+    "-o",
+    "--output",
+    "--interval",
+}
+
 NARGS = {
-    "new": (3, 3),
+    "new": (2, 3),
     "close": (0, 0),
     "abort": (0, 0),
     "plot": (0, 0),
@@ -45,7 +74,8 @@ NARGS = {
 def build_parser():
     p = argparse.ArgumentParser(
         prog="saxsleash",
-        usage="saxsleash close|abort|new|plot|readdir|stat|get|listdir [options] [arguments]",
+        usage="saxsleash [options] close|abort|new|plot|readdir|stat|get|listdir|dashboard "
+        "[options] [arguments]",
         description="Send a command to a Saxsdog server and print its JSON answer.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,9 +84,15 @@ def build_parser():
         "command",
         choices=sorted(NARGS),
         metavar="COMMAND",
-        help="close|abort|new|plot|readdir|stat|get|listdir",
+        help="close|abort|new|plot|readdir|stat|get|listdir, or dashboard (live web page, "
+        "its own options: saxsleash dashboard --help)",
     )
-    p.add_argument("arguments", nargs="*", help="new: CAL MASK DIR; get: PATH; listdir: [DIR]")
+    p.add_argument(
+        "arguments",
+        nargs="*",
+        help="new: CAL [MASK] DIR (MASK defaults to the calibration's MaskFile); get: PATH; "
+        "listdir: [DIR]",
+    )
     add_connection_arguments(p)
     p.add_argument(
         "--timeout",
@@ -70,6 +106,14 @@ def build_parser():
         type=int,
         default=1,
         help="tries after a timeout, each with a fresh socket (default 1)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT_S,
+        metavar="S",
+        help="seconds to wait for the connection to the server before giving up (default "
+        f"{CONNECT_TIMEOUT_S:g}; a refused connection gives up at once)",
     )
     p.add_argument(
         "--maskbin",
@@ -256,7 +300,9 @@ def run(args):
 
     lo, hi = NARGS[args.command]
     if not lo <= len(args.arguments) <= hi:
-        need = {"new": "CAL MASK DIR", "get": "PATH", "listdir": "[DIR]"}.get(args.command, "none")
+        need = {"new": "CAL [MASK] DIR", "get": "PATH", "listdir": "[DIR]"}.get(
+            args.command, "none"
+        )
         print(f"saxsleash {args.command}: expected arguments: {need}", file=sys.stderr)
         return 2
     cfg = client_config(args, "saxsleash")
@@ -265,15 +311,21 @@ def run(args):
     url = args.server or cfg.server_url
     argument, attachments = None, []
     if args.command == "new":
-        cal_file, mask_file, directory = args.arguments
+        cal_file, directory = args.arguments[0], args.arguments[-1]
+        mask_file = args.arguments[1] if len(args.arguments) == 3 else None
         try:  # a JSON calibration or a pyFAI .poni (geometry expanded here, client side)
             from gpusaxs.calibration import read_calibration_file
 
             calibration = read_calibration_file(cal_file)
+            if mask_file is None:
+                mask_file = calibration_mask_file(calibration, cal_file)
             with open(mask_file, "rb") as fh:
                 mask = fh.read()
         except (OSError, ValueError) as exc:
             print(f"saxsleash: {exc}", file=sys.stderr)
+            return 2
+        except LookupError as exc:
+            print(f"saxsleash new: {exc}", file=sys.stderr)
             return 2
         if not isinstance(calibration, dict):
             print(f"saxsleash: {cal_file}: not a calibration (JSON object)", file=sys.stderr)
@@ -297,7 +349,12 @@ def run(args):
     elif args.command == "stat":
         argument = {}
     with P.Client(
-        url, cfg.secret, timeout=args.timeout, retries=args.retries, curve=cfg.curve
+        url,
+        cfg.secret,
+        timeout=args.timeout,
+        retries=args.retries,
+        curve=cfg.curve,
+        connect_timeout=args.connect_timeout,
     ) as client:
         try:
             if args.command == "plot":
@@ -317,12 +374,40 @@ def run(args):
     return 0
 
 
+def calibration_mask_file(calibration, cal_file):
+    """The MaskFile a calibration names (relative to the calibration file's folder); raises
+    LookupError when it names none."""
+    mask = calibration.get("MaskFile") if isinstance(calibration, dict) else None
+    if not mask and isinstance(calibration, dict):
+        masks = calibration.get("Masks")
+        if isinstance(masks, list) and masks and isinstance(masks[0], dict):
+            mask = masks[0].get("MaskFile")
+    if not isinstance(mask, str) or not mask:
+        raise LookupError(f"{cal_file} names no MaskFile: give the mask, new CAL MASK DIR")
+    return os.path.join(os.path.dirname(os.path.abspath(cal_file)), os.path.expanduser(mask))
+
+
+def command_index(argv):
+    """Index of the command word in ``argv`` (options may come before it), or None."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return i + 1 if i + 1 < len(argv) else None
+        if tok.startswith("-") and tok != "-":
+            i += 2 if tok in VALUE_OPTIONS else 1
+            continue
+        return i
+    return None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["dashboard"]:  # its own options: clients/dashboard/cli.py
+    i = command_index(argv)
+    if i is not None and argv[i] == "dashboard":  # its own options: clients/dashboard/cli.py
         from .dashboard.cli import main as dashboard_main
 
-        return dashboard_main(argv[1:])
+        return dashboard_main(argv[:i] + argv[i + 1 :])
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     try:

@@ -2,19 +2,26 @@
 
 Every request is a multi-part ZeroMQ message: frame 0 is the JSON request, the following frames
 are attachments (e.g. the mask file of ``new``).  The request carries ``time`` (seconds since the
-epoch, ``time.time()``) and ``sign``::
+epoch, ``time.time()``) and ``sign``, an HMAC-SHA256 with the shared secret, in one of two forms:
 
-    canonical = json.dumps(request without "sign", sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=True, allow_nan=False).encode("utf-8")
-    message   = canonical || for each attachment:
-                    len(attachment) as 8 bytes big-endian || attachment
-    sign      = HMAC-SHA256(key=secret.encode("utf-8"), message).hexdigest()
+* **raw** (what the clients send, :func:`sign_frame`): ``body`` is the request without "sign" as
+  compact JSON (any key order); the frame is ``body`` with ``,"sign":"<64 hex>"}`` in place of
+  its closing brace, and::
 
-The server recomputes the signature from the *parsed* request (so key order and white space of
-the sender do not matter), compares it with :func:`hmac.compare_digest`, then checks that
-``time`` lies within ``window`` seconds of its own clock and that the signature has not been seen
-before (replay cache, entries expire with the window, bounded in size).  Only then is the request
-looked at any further.
+      sign = HMAC(secret, b"saxsdog-raw1\n" || body || for each attachment:
+                          len(attachment) as 8 bytes big-endian || attachment).hexdigest()
+
+  The server checks it over the frame's bytes (a fixed-length suffix, then one HMAC pass)
+  *before* parsing the JSON, so a peer without the secret costs one hash of at most
+  ``--max-request`` bytes, never a parse.
+* **canonical** (older clients, :func:`sign_request`): the HMAC of the canonical JSON of the
+  parsed request without "sign" (``sort_keys``, compact, ASCII) and the attachments as above,
+  with no prefix.  It needs a parse before the check, so the server takes it only for frames of
+  at most :data:`LEGACY_MAX_BYTES`.
+
+Then ``time`` must lie within ``window`` seconds of the server's clock and the signature must
+not have been seen before (replay cache, entries expire with the window, bounded in size).  Only
+then is the request looked at any further.
 
 The secret is never logged, never put into an answer or an exception message.
 """
@@ -23,6 +30,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +39,12 @@ from typing import Any
 
 DEFAULT_WINDOW_S = 900.0
 DEFAULT_REPLAY_CAPACITY = 100_000
+#: largest frame 0 accepted with the canonical (parse-first) signature of older clients
+LEGACY_MAX_BYTES = 64 * 1024
+#: domain of the raw signature (never equal to a canonical one)
+RAW_PREFIX = b"saxsdog-raw1\n"
+_RAW_SUFFIX = re.compile(rb',"sign":"([0-9a-f]{64})"\}\Z')
+_RAW_SUFFIX_LEN = len(b',"sign":""}') + 64
 
 
 class AuthenticationError(Exception):
@@ -63,6 +77,29 @@ def compute_sign(secret, request, attachments=()):
         mac.update(att.nbytes.to_bytes(8, "big"))
         mac.update(att)
     return mac.hexdigest()
+
+
+def _update_attachments(mac, attachments):
+    for att in attachments:
+        att = memoryview(att)  # no copy of a (possibly large) frame
+        mac.update(att.nbytes.to_bytes(8, "big"))
+        mac.update(att)
+
+
+def sign_frame(
+    secret: "str | bytes",
+    request: "Mapping[str, Any]",
+    attachments: "Iterable[bytes]" = (),
+    now: "float | None" = None,
+) -> bytes:
+    """Frame 0 of ``request`` with a fresh ``time`` and its raw signature (module doc)."""
+    req = {k: v for k, v in request.items() if k != "sign"}
+    req["time"] = float(time.time() if now is None else now)
+    body = json.dumps(req, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    mac = hmac.new(_key(secret), RAW_PREFIX, hashlib.sha256)
+    mac.update(body)
+    _update_attachments(mac, attachments)
+    return body[:-1] + b',"sign":"' + mac.hexdigest().encode("ascii") + b'"}'
 
 
 def sign_request(
@@ -137,6 +174,38 @@ class Authenticator:
     def __repr__(self):
         return f"Authenticator(window={self.window}, secret=<hidden>)"
 
+    def verify_frame(self, frame, attachments, parse, legacy_max=LEGACY_MAX_BYTES):
+        """The parsed request of ``frame`` (bytes-like) once authentic and fresh.
+
+        A raw signature is checked over the bytes before ``parse(frame)`` runs; a canonical one
+        (older clients) only for frames of at most ``legacy_max`` bytes.  Raises
+        AuthenticationError; ``parse`` raises what it raises (only for authentic raw frames).
+        """
+        view = memoryview(frame)
+        n = view.nbytes
+        m = _RAW_SUFFIX.match(bytes(view[n - _RAW_SUFFIX_LEN :])) if n > _RAW_SUFFIX_LEN else None
+        if m is None:
+            if n > legacy_max:
+                raise AuthenticationError(
+                    f"request not signed over its bytes ({n} bytes; the older signature "
+                    f"over the parsed JSON is taken up to {legacy_max} bytes)"
+                )
+            request = parse(frame)
+            self.verify(request, attachments)
+            return request
+        mac = hmac.new(self._key, RAW_PREFIX, hashlib.sha256)
+        mac.update(view[: n - _RAW_SUFFIX_LEN])
+        mac.update(b"}")
+        _update_attachments(mac, attachments)
+        sign = m.group(1)
+        if not hmac.compare_digest(mac.hexdigest().encode("ascii"), sign):
+            raise AuthenticationError("wrong signature (check the shared secret)")
+        request = parse(frame)
+        if not isinstance(request, dict):
+            raise AuthenticationError("request is not a JSON object")
+        self._check_fresh(request.get("time"), sign.decode("ascii"))
+        return request
+
     def verify(self, request, attachments=()):
         """Raise AuthenticationError unless ``request`` (a parsed dict) is authentic and fresh."""
         if not isinstance(request, dict):
@@ -160,6 +229,12 @@ class Authenticator:
             expected.hexdigest().encode("ascii"), sign.encode("utf-8", "replace")
         ):
             raise AuthenticationError("wrong signature (check the shared secret)")
+        self._check_fresh(t, sign)
+
+    def _check_fresh(self, t, sign):
+        """Time window and replay cache of an authentic request."""
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise AuthenticationError("request has no valid 'time'")
         now = self.clock()
         if abs(now - float(t)) > self.window:
             raise AuthenticationError(

@@ -53,6 +53,10 @@ def confined_dir(root, folder):
         missing.append(os.path.basename(cur))
         cur = parent
     real = os.path.realpath(cur)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            errno.ENOENT, f"the server's output folder {root} does not exist (any more)"
+        )
     if not inside(real, root):
         raise OutsideRoot(
             errno.EACCES,

@@ -4,10 +4,12 @@ Watches one or more folders recursively with watchdog and publishes::
 
     {"command": "new file", "argument": "/absolute/path/to/file.tif", "time": ..., "sign": ...}
 
-signed with the network's shared secret exactly like a request (``server.auth.sign_request``:
-HMAC-SHA256 of the canonical JSON), so a server drops events from anyone without the secret.
+signed with the network's shared secret exactly like a request (``server.auth.sign_frame``:
+HMAC-SHA256 over the message bytes, checked before parsing), so a server drops events from
+anyone without the secret.
 Only image files are published, never files below a folder named ``work`` (``--skip-dir``: the
-server's own output folders) nor hidden/temporary names.
+server's own output folders; only the part of the path below the watched folder counts, and
+``-v`` logs each skipped file) nor hidden/temporary names.  Binds 127.0.0.1 unless ``--bind``.
 
 once a file is completely written: after a close-after-write event (Linux inotify) or a rename
 into place, or when its size and time stamp have stayed the same for ``--settle`` seconds, and,
@@ -66,19 +68,45 @@ def walk_images(folder, skip_dirs=("work",)):
 
     out = []
     for path, dirs, files in os.walk(folder):
+        for d in dirs:
+            if d in skip_dirs:
+                log.debug("skipped folder %s (--skip-dir %s)", os.path.join(path, d), d)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip_dirs)
         out.extend(os.path.join(path, f) for f in sorted(files) if is_image_file(f))
     return out
 
 
-def wanted(path, skip_dirs=("work",)):
-    """True for an image file that is not below a folder named in ``skip_dirs``."""
+def skipped_by(path, roots, skip_dirs=("work",)):
+    """The folder name of ``skip_dirs`` that ``path`` lies below, or None.
+
+    Only the part of the path below the watched folder (the one of ``roots`` holding it) counts:
+    a folder named ``work`` above the watched folder skips nothing.
+    """
+    path = os.path.abspath(path)
+    below = None
+    for root in roots:
+        root = os.path.abspath(root)
+        try:
+            if os.path.commonpath([path, root]) == root:
+                rel = os.path.relpath(os.path.dirname(path), root)
+                if below is None or len(rel) < len(below):
+                    below = rel
+        except ValueError:
+            continue
+    if below is None:
+        below = os.path.dirname(path)
+    parts = os.path.normpath(below).split(os.sep)
+    return next((d for d in skip_dirs if d in parts), None)
+
+
+def wanted(path, skip_dirs=("work",), roots=()):
+    """True for an image file that is not below a folder named in ``skip_dirs`` (below the
+    watched folders ``roots``; see :func:`skipped_by`)."""
     from gpusaxs.io.images import is_image_file
 
     if not is_image_file(path):
         return False
-    parts = os.path.normpath(os.path.dirname(path)).split(os.sep)
-    return not any(d in parts for d in skip_dirs)
+    return skipped_by(path, roots, skip_dirs) is None
 
 
 class Feeder:
@@ -121,10 +149,11 @@ class Feeder:
 
     def send(self, obj):
         if self._secret is not None:
-            from .auth import sign_request
+            from .auth import sign_frame
 
-            obj = sign_request(self._secret, obj)
-        data = json.dumps(obj).encode("utf-8")
+            data = sign_frame(self._secret, obj)  # checked over its bytes, before parsing
+        else:
+            data = json.dumps(obj).encode("utf-8")
         with self._lock:
             self._poll_subscriptions()
             self.sock.send(data)
@@ -155,6 +184,8 @@ class Feeder:
 EXAMPLES = """\
 examples:
   saxsfeeder -d /data/beamtime            watch a folder tree, publish on FeederUrl's port
+                                          of this computer (127.0.0.1)
+  saxsfeeder --bind '*' -d /data/beamtime publish to servers on other computers
   saxsfeeder -p 5556 -d /data/a -d /data/b two folders, port 5556
   saxsfeeder --simulate -d data/ --interval 0.1 --loop
                                           replay the files already there (spec simulator)
@@ -176,7 +207,12 @@ def build_parser():
         default=None,
         help="port to publish on (default: port of FeederUrl in the config, else 5556)",
     )
-    p.add_argument("--bind", default="*", help="address to bind (default *; e.g. 127.0.0.1)")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this computer only; '*' for every interface, "
+        "when the server runs on another computer)",
+    )
     p.add_argument(
         "-d",
         "--dir",
@@ -258,7 +294,12 @@ def build_parser():
         metavar="FILE",
         help="write {pid, url} as JSON to FILE once publishing (for scripts/tests)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log every published file (DEBUG)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every published and every skipped file (DEBUG)",
+    )
     p.add_argument(
         "-q",
         "--quiet",
@@ -340,8 +381,15 @@ def main(argv=None):
     from watchdog.observers.polling import PollingObserver
 
     def publish(p):
-        if wanted(p, skip):
-            feeder.publish(os.path.realpath(p))
+        from gpusaxs.io.images import is_image_file
+
+        if not is_image_file(p):
+            return
+        skipped = skipped_by(p, dirs, skip)
+        if skipped is not None:
+            log.debug("skipped %s: below a folder named %r (--skip-dir)", p, skipped)
+            return
+        feeder.publish(os.path.realpath(p))
 
     settler = FileSettler(
         publish, settle=args.settle, check_complete=not args.no_check, give_up=args.give_up

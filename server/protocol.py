@@ -3,7 +3,8 @@
 A request is a multi-part ZeroMQ message on a REQ socket: frame 0 is the JSON request
 (``{"command": ..., "argument": {...}, "time": ..., "sign": ...}``), frames 1.. are attachments
 (for ``new``: the mask file).  The answer is one JSON frame ``{"result": ..., "data": {...}}``.
-Signing: see :mod:`server.auth`.  Schemas: ``server/schemas/{request,response}.schema.json``.
+Signing: see :mod:`server.auth` (clients sign the raw bytes of frame 0, checked before
+parsing).  Schemas: ``server/schemas/{request,response}.schema.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
-from .auth import sign_request
+from .auth import sign_frame, sign_request
 
 # -- command names ------------------------------------------------------------------------------
 #: every accepted command name -> canonical short name
@@ -50,6 +51,8 @@ R_AUTH = "AuthenticationError"
 ERROR_RESULTS = (R_ERROR, R_AUTH)
 
 STAT_FIELDS = ("time interval", "queue length", "frames per sec", "images processed", "pics")
+#: beside STAT_FIELDS (not in the specification): frames that ended as an error record
+STAT_FAILED = "images failed"
 
 # -- size limits (server defaults; see saxsdogserver --help) ------------------------------------
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # frame 0 (the JSON request)
@@ -230,6 +233,14 @@ def new_request(
 _T = TypeVar("_T")
 
 
+def _wrong_signature(answer: Any) -> bool:
+    return (
+        isinstance(answer, dict)
+        and answer.get("result") == R_AUTH
+        and "wrong signature" in str((answer.get("data") or {}).get("Error", ""))
+    )
+
+
 # -- client -----------------------------------------------------------------------------------
 class NoAnswer(ConnectionError):
     """The server did not answer within the timeout (after all retries)."""
@@ -251,10 +262,15 @@ class Client:
         retries: int = 1,
         context: Any = None,
         curve: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         import zmq
 
         self.url = url
+        #: seconds to wait for the TCP connection before the first request (None: no check)
+        self.connect_timeout = connect_timeout
+        self._connected_once = False
+        self._canonical = False  # True: the older signature (a server older than sign_frame)
         self._secret = secret
         self.curve = bool(curve)  # ZeroMQ CURVE with keys derived from the secret
         self.timeout = float(timeout)
@@ -278,8 +294,47 @@ class Client:
             from .wire import configure_client_socket
 
             configure_client_socket(s, self._secret)
-        s.connect(self.url)
+        if self.connect_timeout is not None and not self._connected_once:
+            try:
+                self._wait_connected(s)
+            except NoAnswer:
+                s.close(linger=0)
+                raise
+            self._connected_once = True
+        else:
+            s.connect(self.url)
         return s
+
+    def _wait_connected(self, s: Any) -> None:
+        """Connect ``s`` and wait up to ``connect_timeout`` s for the TCP connection; a refused
+        connection (nothing listening) raises :class:`NoAnswer` at once."""
+        import zmq
+
+        mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        try:
+            s.connect(self.url)
+            deadline = time.monotonic() + float(self.connect_timeout or 0.0)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not mon.poll(max(1, int(left * 1000))):
+                    raise NoAnswer(
+                        f"no answer from {self.url}: no connection within "
+                        f"{self.connect_timeout:g} s (--connect-timeout); is saxsdogserver "
+                        f"running there?"
+                    )
+                from zmq.utils.monitor import recv_monitor_message
+
+                event = recv_monitor_message(mon)["event"]
+                if event == zmq.EVENT_CONNECTED:
+                    return
+                if event == zmq.EVENT_CONNECT_RETRIED:
+                    raise NoAnswer(
+                        f"no answer from {self.url}: nothing listens there (connection "
+                        f"refused); is saxsdogserver running there?"
+                    )
+        finally:
+            s.disable_monitor()
+            mon.close(linger=0)
 
     def _drop(self) -> None:
         if self.sock is not None:
@@ -310,16 +365,36 @@ class Client:
         attachments: Iterable[bytes] = (),
         now: float | None = None,
     ) -> Any:
-        """Sign and send one request; return the answer (dict)."""
+        """Sign and send one request; return the answer (dict).
+
+        Signed over the raw bytes (server/auth.py); a server older than that answers "wrong
+        signature", and the request is sent once more with the older canonical signature
+        (which this client then keeps using).
+        """
+        frames = [bytes(a) for a in attachments]
+        answer = self._send(command, argument, frames, now)
+        if not self._canonical and _wrong_signature(answer):
+            self._canonical = True
+            older = self._send(command, argument, frames, now)
+            if isinstance(older, dict) and older.get("result") == R_AUTH:
+                self._canonical = False  # the secret is wrong, not the server old
+                return answer
+            return older
+        return answer
+
+    def _send(self, command: str, argument: Any, frames: list[bytes], now: float | None) -> Any:
         import zmq
 
-        frames = [bytes(a) for a in attachments]
         for _attempt in range(self.retries + 1):
-            req = sign_request(self._secret, make_request(command, argument), frames, now)
+            req = make_request(command, argument)
+            if self._canonical:
+                frame0 = json.dumps(sign_request(self._secret, req, frames, now)).encode()
+            else:
+                frame0 = sign_frame(self._secret, req, frames, now)
             if self.sock is None:
                 self.sock = self._socket()
             try:
-                self.sock.send_multipart([json.dumps(req).encode("utf-8")] + frames)
+                self.sock.send_multipart([frame0] + frames)
                 return json.loads(self.sock.recv())
             except zmq.Again:
                 self._drop()

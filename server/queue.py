@@ -7,6 +7,8 @@ keeps the books.  Every file event for the queue's directory ends in exactly one
 
 * a curve (``pics``), written atomically by the pipeline,
 * an error record (``errors``: unreadable image, vanished file, ...; reported by stat/plot),
+* an error record too for an image whose curve would be another image's (same stem in the
+  same folder: ``s1.tif`` + ``s1.edf``; the first one seen owns the curve),
 * skipped: the curve exists, is newer than the image and was made with the queue's calibration
   key (restart-safe ``readdir``; a curve with another key is redone, counted in ``redone``), or
   the same version of the file is already queued (duplicate events),
@@ -25,6 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.io.chi import read_chi_key
 
 from .curves import CurveWriter, inside, sweep_tmp
@@ -55,8 +58,9 @@ class ProcessingQueue:
     integrator_factory: callable returning an Integrator (called in the dispatcher thread), or a
     :class:`server.builds.Build` future (waited on; state "building" meanwhile).
     out_dir: None -> curves go to ``<image folder>/work/<name>.chi``; else the tree below
-    ``directory`` is mirrored into ``out_dir``.  on_finished(n): called for every frame that
-    ends as curve or error (server-wide "images processed").  predecessor: a queue being
+    ``directory`` is mirrored into ``out_dir``.  on_finished(n, failed=0): called for every
+    frame that ends as a curve (n, server-wide "images processed") or an error record
+    (failed, "images failed").  predecessor: a queue being
     aborted; this one waits for it before writing (so no two pipelines write the same curve).
     """
 
@@ -83,7 +87,7 @@ class ProcessingQueue:
         self.batch_size = int(batch_size)
         self.read_threads = int(read_threads)
         self.settle = float(settle)
-        self._on_finished = on_finished or (lambda n: None)
+        self._on_finished = on_finished or (lambda n, failed=0: None)
         self._predecessor = predecessor
         self._pipeline_factory = pipeline_factory
 
@@ -106,6 +110,7 @@ class ProcessingQueue:
         self.tmp_removed = 0  # leftover temporary files of a killed writer removed
         self.dropped = 0
         self.recent_errors = deque(maxlen=MAX_RECENT_ERRORS)
+        self._claims = CurveClaims()  # curve path -> the one image it belongs to
         self._error_log = RateLimitedLog(log, per_s=2.0, burst=20)  # a flood of bad files
         self.latest = None  # (image path, out path, q, I)
         self.t_created = time.time()
@@ -162,7 +167,7 @@ class ProcessingQueue:
         with self._lock:
             return len(self._pending) + self._n_events
 
-    def stat(self, images_processed):
+    def stat(self, images_processed, images_failed=0):
         with self._lock:
             n_pending = len(self._pending) + self._n_events
             pics = self.pics
@@ -176,6 +181,7 @@ class ProcessingQueue:
             "queue length": int(n_pending),
             "frames per sec": pics / interval if interval > 0 else 0.0,
             "images processed": int(images_processed),
+            "images failed": int(images_failed),
             "pics": int(pics),
         }
 
@@ -241,7 +247,7 @@ class ProcessingQueue:
             for path in paths:
                 self._record_error(path, message)
         if paths:
-            self._on_finished(len(paths))
+            self._on_finished(0, len(paths))
 
     def _run(self):
         try:
@@ -397,10 +403,16 @@ class ProcessingQueue:
         except OSError as exc:
             with self._lock:
                 self._record_error(p, f"cannot access file: {exc.strerror}")
-            self._on_finished(1)
+            self._on_finished(0, 1)
             return
         sig = _sig(st)
         out = self.out_path(p)
+        owner = self._claims.claim(str(out), p)
+        if owner is not None:  # same stem in the same folder (s1.tif + s1.edf)
+            with self._lock:
+                self._record_error(p, clash_message(out, owner))
+            self._on_finished(0, 1)
+            return
         with self._lock:
             ent = self._pending.get(p)
             if ent is not None:
@@ -497,4 +509,4 @@ class ProcessingQueue:
                 return
             del self._pending[p]
             self._record_error(p, str(exc))
-        self._on_finished(1)
+        self._on_finished(0, 1)

@@ -28,6 +28,7 @@ from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
 from .builds import BuildCancelled, BuildManager
 from .queue import ProcessingQueue, inside
 from .ratelimit import RateLimitedLog
+from .redact import PathRedactor
 from .wire import TooManyFrames, configure_command_socket, recv_request
 
 log = logging.getLogger("saxsdogserver")
@@ -36,6 +37,18 @@ DEFAULT_PORT = 7777
 MAX_PIXELS = 64 * 1024 * 1024
 MAX_OVERSAMPLING = 16
 MAX_LISTDIR = 10_000
+
+
+def prepare_out_dir(out_dir):
+    """Real path of ``-o OUTDIR``, created (with its parents) when it does not exist yet."""
+    try:
+        os.makedirs(out_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{out_dir}: cannot create the output folder: {exc.strerror}") from None
+    real = os.path.realpath(out_dir)
+    if not os.path.isdir(real):
+        raise ValueError(f"{out_dir}: output folder is not a folder")
+    return real
 
 
 def _check_limits(cal):
@@ -76,7 +89,7 @@ class SaxsdogService:
         self.auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
         # feeder events are signed like requests; their own replay cache
         self.feeder_auth = Authenticator(secret, window=window, replay_capacity=replay_capacity)
-        self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
+        self.out_dir = None if out_dir is None else prepare_out_dir(out_dir)
         self.threads = int(threads)
         self.batch_size = int(batch_size)
         self.backend = backend
@@ -89,23 +102,31 @@ class SaxsdogService:
         self._pipeline_factory = pipeline_factory
         self.queue = None
         self.build = None  # the Build (future) of the current queue's integrator
-        self._processed = 0
+        self._processed = 0  # frames that ended as a curve
+        self._failed = 0  # frames that ended as an error record
         self._plock = threading.Lock()
         self.on_new_queue = None  # callback(directory) for the -w watcher
         self.feeder = {"messages": 0, "files": 0, "rejected": 0, "last": None}
         self._feeder_log = RateLimitedLog(log, per_s=1.0, burst=5)
         self.requests = 0
         self.stream = None  # a StreamConsumer with --detector (docs/streams.md)
+        self.redactor = PathRedactor(self.base, [self.out_dir] if self.out_dir else [])
 
     # -- helpers --------------------------------------------------------------------------------
-    def _count(self, n):
+    def _count(self, n, failed=0):
         with self._plock:
             self._processed += n
+            self._failed += failed
 
     @property
     def images_processed(self):
         with self._plock:
             return self._processed
+
+    @property
+    def images_failed(self):
+        with self._plock:
+            return self._failed
 
     def rel(self, path):
         """A server path as shown to clients: relative to the base folder."""
@@ -133,14 +154,17 @@ class SaxsdogService:
                 "queue length": 0,
                 "frames per sec": 0.0,
                 "images processed": self.images_processed,
+                "images failed": self.images_failed,
                 "pics": 0,
             }
-        return self.queue.stat(self.images_processed)
+        return self.queue.stat(self.images_processed, self.images_failed)
 
     def _data(self, **extra):
         d = {"stat": self.stat(), "builds": self.builds.running()}
         if self.stream is not None:
-            d["streams"] = self.stream.info()
+            d["streams"] = info = self.stream.info()
+            if isinstance(info.get("output"), str):  # relative to the base, like every path
+                info["output"] = self.rel(os.path.realpath(info["output"]))
         if self.queue is not None:
             d["queue"] = self.queue.info(self.rel)
             d["errors"] = self.queue.errors_report(self.rel)
@@ -149,6 +173,10 @@ class SaxsdogService:
 
     # -- the request handler --------------------------------------------------------------------
     def handle(self, frames):
+        """The answer to one request, with server paths relative to the base folder."""
+        return self.redactor.answer(self._handle_safely(frames))
+
+    def _handle_safely(self, frames):
         self.requests += 1
         try:
             return self._handle(frames)
@@ -179,15 +207,22 @@ class SaxsdogService:
                     f"attachment too large ({memoryview(a).nbytes} bytes, "
                     f"limit {self.max_attachment})"
                 )
-        req = P.parse_json(frames[0], self.max_request)
-        if not isinstance(req, dict):
-            raise P.ProtocolError("malformed request: not a JSON object")
-        self.auth.verify(req, attachments)  # before any other work
+        size = memoryview(frames[0]).nbytes
+        if size > self.max_request:
+            raise P.ProtocolError(f"request too large ({size} bytes, limit {self.max_request})")
+        # the signature over the raw bytes, before any parsing (server/auth.py)
+        req = self.auth.verify_frame(frames[0], attachments, self._parse_request)
         P.validate_request(req)
         cmd = P.COMMANDS[req["command"]]
         arg = req.get("argument") or {}
         log.debug("command %s", cmd)
         return getattr(self, "cmd_" + cmd)(arg, attachments)
+
+    def _parse_request(self, frame):
+        req = P.parse_json(frame, self.max_request)
+        if not isinstance(req, dict):
+            raise P.ProtocolError("malformed request: not a JSON object")
+        return req
 
     # -- commands -------------------------------------------------------------------------------
     def cmd_stat(self, arg, attachments):
@@ -426,8 +461,7 @@ class SaxsdogService:
         counted in ``feeder.rejected`` and logged at most once a second.
         """
         try:
-            msg = P.parse_json(raw, 64 * 1024)
-            self.feeder_auth.verify(msg)
+            msg = self.feeder_auth.verify_frame(raw, (), lambda b: P.parse_json(b, 64 * 1024))
         except (P.ProtocolError, AuthenticationError) as exc:
             self.feeder["rejected"] += 1
             self._feeder_log.warning("rejected a feeder message: %s", exc)
@@ -565,8 +599,8 @@ def build_parser():
         "--out",
         metavar="OUTDIR",
         default=None,
-        help="write curves below OUTDIR (mirroring the queue folder); default: a "
-        "folder 'work' in each image's folder",
+        help="write curves below OUTDIR (mirroring the queue folder; created when missing); "
+        "default: a folder 'work' in each image's folder",
     )
     p.add_argument(
         "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"

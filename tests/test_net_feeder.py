@@ -63,10 +63,10 @@ def test_feeder_process_watch_and_simulate(tmp_path):
 
     def drain():
         try:
-            m = json.loads(sub.recv())
+            raw = sub.recv()
         except zmq.Again:
             return False
-        auth.verify(m)  # every message signed (item 7)
+        m = auth.verify_frame(raw, (), json.loads)  # every message signed (item 7)
         (files if m["command"] == "new file" else beats).append(m)
         return True
 

@@ -10,6 +10,8 @@ import socket
 import sys
 
 DEFAULT_PORT = 8050
+DEFAULT_MAX_SESSIONS = 20
+DEFAULT_SESSION_IDLE_S = 10.0
 
 EXAMPLES = """\
 examples:
@@ -92,6 +94,22 @@ def build_parser():
         metavar="FILE",
         help="write {pid, port, url} as JSON to FILE once serving (scripts/tests)",
     )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        metavar="N",
+        help=f"open pages (Bokeh sessions) at most; a further page load is answered 503 "
+        f"(default {DEFAULT_MAX_SESSIONS})",
+    )
+    p.add_argument(
+        "--session-idle",
+        type=float,
+        default=DEFAULT_SESSION_IDLE_S,
+        metavar="S",
+        help="drop the session of a closed page after S seconds "
+        f"(default {DEFAULT_SESSION_IDLE_S:g})",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 
@@ -119,10 +137,9 @@ def bind_warning(bind, port):
 
 
 def origins(bind, extra=()):
-    """Host names the browser may use (Bokeh checks the websocket's Origin against them).
-
-    Names without ``:PORT`` get the page's port.
-    """
+    """Host names the browser may use: every request's Host header and the websocket's Origin
+    are checked against them (clients/dashboard/guard.py); names without ``:PORT`` get the
+    page's real port there."""
     names = ["localhost", "127.0.0.1"]
     if not is_loopback(bind):
         hosts = {socket.gethostname(), socket.getfqdn()}
@@ -150,6 +167,8 @@ def serve(args):
     from gpusaxs.clients.saxsleash import client_config
     from gpusaxs.server import protocol as P
 
+    from .guard import host_port_pairs
+    from .guard import install as install_guard
     from .page import make_document
     from .watch import ServerWatch
 
@@ -165,12 +184,14 @@ def serve(args):
     app = Application(FunctionHandler(lambda doc: make_document(doc, watch, refresh_ms)))
     io_loop = IOLoop.current()
     try:
+        idle_ms = max(100, int(args.session_idle * 1000))
         server = Server(
             {"/": app},
             io_loop=io_loop,
             port=args.port,
             address=args.bind,
-            allow_websocket_origin=origins(args.bind, args.allow_origin),
+            unused_session_lifetime_milliseconds=idle_ms,
+            check_unused_sessions_milliseconds=max(100, min(idle_ms, 2000)),
         )
     except OSError as exc:
         print(
@@ -179,6 +200,11 @@ def serve(args):
         client.close()
         return 2
     port = server.port
+    install_guard(
+        server,
+        host_port_pairs(origins(args.bind, args.allow_origin), port),
+        max(1, args.max_sessions),
+    )
     warning = bind_warning(args.bind, port)
     if warning:
         print(f"saxsleash dashboard: {warning}", file=sys.stderr)

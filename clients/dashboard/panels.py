@@ -11,6 +11,8 @@ import html
 import math
 import time
 
+from .watch import finished_count
+
 #: flattened names not shown in the "all fields" table (drawn elsewhere, or bulky)
 HIDDEN = ("errors.recent", "array", "filename")
 #: words that promote an unknown field to a card
@@ -153,8 +155,14 @@ def cards_html(snap):
         ("queue length", fmt(stat.get("queue length")), "stat: frames not finished yet"),
         (
             "frames finished",
-            fmt(stat.get("images processed")),
-            "stat: images processed (curve or error record) since the server started",
+            fmt(finished_count({"stat": stat})),
+            "stat: images processed (curves) + images failed (error records) since the "
+            "server started",
+        ),
+        (
+            "frames failed",
+            fmt(stat.get("images failed")),
+            "stat: images failed (error records) since the server started",
         ),
         ("curves", fmt(stat.get("pics")), "stat: pics, curves written by this queue"),
         ("errors", fmt(errors), "error records of this queue"),

@@ -63,9 +63,16 @@ def parse_curve(answer, now=None):
 
 
 def finished_count(data):
-    """Frames the server has finished (curve or error record): ``stat["images processed"]``."""
-    value = (data.get("stat") or {}).get("images processed")
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    """Frames the server has finished: ``stat["images processed"]`` (curves) plus
+    ``stat["images failed"]`` (error records; absent from older servers)."""
+    st = data.get("stat") or {}
+    value = st.get("images processed")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    failed = st.get("images failed")
+    if isinstance(failed, (int, float)) and math.isfinite(failed):
+        value += failed
+    return value
 
 
 class ServerWatch:
