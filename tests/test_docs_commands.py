@@ -190,6 +190,19 @@ def _env():
     return env
 
 
+def _run(argv, folder):
+    """Run ``argv`` in ``folder`` as a user would (no input), with the source tree's package."""
+    return subprocess.run(
+        argv,
+        cwd=folder,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def _needs_reference(text):
     return any(n in text for n in ("buf1_00000", "AAA_integ.msk", "calibration.txt"))
 
@@ -223,15 +236,7 @@ def _run_command(doc, line, command, folder):
     program = command.split()[0]
     if shutil.which(program, path=_env()["PATH"]) is None:
         pytest.skip(f"{program} is not installed (pip install . first)")
-    r = subprocess.run(
-        ["bash", "-c", command],
-        cwd=folder,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    r = _run(["bash", "-c", command], folder)
     where = f"{doc}:{line}: `{command}`"
     assert r.returncode == 0, f"{where} exited {r.returncode}:\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, f"{where}:\n{r.stderr[-3000:]}"
@@ -248,13 +253,5 @@ files = sorted(str(p) for p in __import__("pathlib").Path("data").rglob("*.tif")
 def _run_python(doc, line, body, folder):
     script = folder / "example.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
-    r = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=folder,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    r = _run([sys.executable, str(script)], folder)
     assert r.returncode == 0, f"{doc}:{line}: the example fails:\n{r.stderr[-3000:]}"
