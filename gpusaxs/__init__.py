@@ -32,10 +32,33 @@ import os as _os
 # gpusaxs.cpu_fallback (pyproject's package-dir), so that `gpusaxs` is the only top-level name.
 # In a source checkout (tests, benchmarks) the same names resolve to those folders.
 _ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+_CARD_FOLDERS = ("server", "clients", "cpu_fallback")
+
+
+class _CheckoutFolders:
+    """Finds ``gpusaxs.server``, ``gpusaxs.clients`` and ``gpusaxs.cpu_fallback`` in the
+    source checkout's top-level folders, and nothing else (``gpusaxs.tests`` does not import)."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+        from importlib.util import spec_from_file_location
+
+        package, _, name = fullname.partition(".")
+        if package != "gpusaxs" or name not in _CARD_FOLDERS:
+            return None
+        folder = _os.path.join(_ROOT, name)
+        return spec_from_file_location(
+            fullname, _os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+        )
+
+
 if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isfile(
     _os.path.join(_ROOT, "server", "__init__.py")
 ):
-    __path__.append(_ROOT)  # noqa: F821 - a package's __path__
+    import sys as _sys
+
+    if not any(isinstance(f, _CheckoutFolders) for f in _sys.meta_path):
+        _sys.meta_path.insert(0, _CheckoutFolders())
 
 from . import geometry, units
 from .backend import backend_info
