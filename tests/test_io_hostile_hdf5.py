@@ -191,13 +191,14 @@ def test_link_to_a_fifo_does_not_hang(tmp_path):
     os.mkfifo(tmp_path / "pipe_data_000001.h5")
     _master(tmp_path / "pipe_master.h5", "pipe_data_000001.h5")
     os.mkfifo(tmp_path / "fifo.h5")
+    os.mkfifo(tmp_path / "fifo.tif")
     code = (
         "from gpusaxs import read_image, ImageReadError\n"
-        "for s in ('pipe_master.h5::0', 'fifo.h5::0'):\n"
+        "for s in ('pipe_master.h5::0', 'fifo.h5::0', 'fifo.tif'):\n"
         "    try:\n"
         "        read_image(s)\n"
         "    except ImageReadError as exc:\n"
         "        print('ERROR', exc)\n"
     )
     r = _python(code, tmp_path, timeout=60)
-    assert r.stdout.count("not a regular file") == 2, r.stdout + r.stderr
+    assert r.stdout.count("not a regular file") == 3, r.stdout + r.stderr
