@@ -150,10 +150,11 @@ def save_arrays(path, arrays, meta=None):
         for arr in arrays.values():
             fh.write(arr.data.cast("B"))
             fh.write(b"\0" * (-arr.nbytes % _ALIGN))
+    return crc
 
 
 def load_arrays(path, check):
-    """(arrays, meta) of a file of :func:`save_arrays`; ValueError naming the file and the
+    """(arrays, meta, crc32) of a file of :func:`save_arrays`; ValueError naming the file and the
     field on any mismatch.  ``check(fields)``, given {name: (dtype, shape)} from the header,
     raises ValueError when the sizes are not the expected ones (before anything is read)."""
     with open(path, "rb") as fh:
@@ -195,7 +196,7 @@ def load_arrays(path, check):
         name: np.frombuffer(data, dt, int(np.prod(shape, dtype=np.int64)), offset).reshape(shape)
         for name, dt, shape, offset in layout
     }
-    return arrays, header.get("meta", {})
+    return arrays, header.get("meta", {}), crc
 
 
 def _matrix_bounds(path, cal):
@@ -248,14 +249,14 @@ def save_matrix(matrix, path):
         meta["radial_unit"] = str(matrix.radial_unit)
     if getattr(matrix, "azimuth_edges", None) is not None:
         arrays["azimuth_edges"] = np.ascontiguousarray(matrix.azimuth_edges)
-    save_arrays(path, arrays, meta)
+    return save_arrays(path, arrays, meta)
 
 
 def load_matrix(path, cal=None):
     """Read a matrix written by :func:`save_matrix`; ValueError naming the file and the field
     if it is not one, is truncated, fails its checksum or does not fit ``cal`` (optional: the
     calibration it must belong to)."""
-    fields, meta = load_arrays(path, _matrix_bounds(path, cal))
+    fields, meta, crc = load_arrays(path, _matrix_bounds(path, cal))
     shape = tuple(int(v) for v in fields["shape"])
     n_pixels, ptr, bins = shape[0] * shape[1], fields["pixel_ptr"], fields["bins"]
     if min(shape) <= 0 or len(ptr) != n_pixels + 1:
@@ -268,7 +269,65 @@ def load_matrix(path, cal=None):
         raise ValueError(f"{path}: field bins holds a bin outside 0..{len(fields['norm']) - 1}")
     fields.update({k: v for k, v in meta.items() if k in _OPTIONAL})
     fields["shape"] = shape
-    return IntegrationMatrix(**fields)
+    matrix = IntegrationMatrix(**fields)
+    _remember_origin(matrix, path, crc)
+    return matrix
+
+
+# -- arrays derived from a cached matrix (the CPU engine's layout) ---------------------------
+_ORIGIN: dict = {}  # id(matrix) -> (weakref to it, its cache file, the file's CRC-32)
+
+
+def _remember_origin(matrix, path, crc):
+    import weakref
+
+    ident = id(matrix)
+    with _LOCK:
+        _ORIGIN[ident] = (weakref.ref(matrix, lambda _: _ORIGIN.pop(ident, None)), str(path), crc)
+
+
+def cached_derived(matrix, name, build, check):
+    """Arrays derived from ``matrix`` (a dict: arrays and ints), kept in a file beside its
+    cache file (``<matrix file stem>.<name>.gsm``) under the same integrity rules.
+
+    ``build()`` makes them; ``check(arrays)`` raises ValueError if loaded arrays do not fit the
+    matrix (sizes, index ranges).  The file also records the matrix file's CRC-32: it is used
+    only with that very matrix.  Returns (arrays, source): source "disk", "built" or
+    "uncached" (a matrix not from the disk cache).
+    """
+    with _LOCK:
+        origin = _ORIGIN.get(id(matrix))
+    if origin is None or origin[0]() is not matrix:
+        return build(), "uncached"
+    _, matrix_path, matrix_crc = origin
+    path = Path(matrix_path).with_suffix(f".{name}{_SUFFIX}")
+
+    def bounds(fields):
+        total = sum(
+            dt.itemsize * int(np.prod(shape, dtype=np.int64)) for dt, shape in fields.values()
+        )
+        if total > 4 * (matrix.nbytes + 8 * matrix.n_pixels) + (1 << 20):
+            raise ValueError(f"{path}: {total} bytes of arrays, more than its matrix allows")
+
+    try:
+        arrays, meta, _ = load_arrays(path, bounds)
+        if meta.get("matrix_crc32") != matrix_crc:
+            raise ValueError(f"{path}: made from another matrix file")
+        arrays.update({k: int(v) for k, v in meta.get("ints", {}).items()})
+        check(arrays)
+        _touch(path)
+        return arrays, "disk"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or corrupt: built and replaced
+    arrays = build()
+    plain = {k: np.ascontiguousarray(v) for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    ints = {k: int(v) for k, v in arrays.items() if not isinstance(v, np.ndarray)}
+    try:
+        save_arrays(path, plain, {"matrix_crc32": matrix_crc, "ints": ints})
+        evict(path.parent, keep=path)
+    except OSError:
+        pass  # a read-only cache folder: built again next time
+    return arrays, "built"
 
 
 def _read_into(fh, size):
@@ -384,7 +443,7 @@ def get_matrix(
     # a new build, or a matrix from memory not yet in this cache folder, is written there
     if path is not None and (source == "built" or (source == "memory" and not path.is_file())):
         try:
-            save_matrix(matrix, path)
+            _remember_origin(matrix, path, save_matrix(matrix, path))
             evict(path.parent, keep=path)
         except OSError as exc:  # read-only or full cache folder: work without it
             cache_error = f"cannot write the matrix cache {path}: {exc.strerror or exc}"

@@ -228,7 +228,7 @@ def test_out_of_range_bin_with_a_good_checksum_is_refused(_private_matrix_cache)
 
     cal = _cal(distance=720.0)
     good, path = _cached(cal)
-    arrays, meta = load_arrays(path, _matrix_bounds(path, cal))
+    arrays, meta, _ = load_arrays(path, _matrix_bounds(path, cal))
     arrays = {k: np.array(v) for k, v in arrays.items()}
     arrays["bins"][5] = len(arrays["norm"])  # a bin that does not exist
     save_arrays(path, arrays, meta)
