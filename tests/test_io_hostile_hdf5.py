@@ -25,13 +25,13 @@ def _frames(n=2):
     return rng.poisson(30, size=(n, H, W)).astype(np.uint32)
 
 
-def write_bslz4(path, n=2, corrupt=None):
+def write_bslz4(path, n=2, corrupt=None, chunks=(1, H, W)):
     """A stack of n bslz4 frames (one chunk a frame); ``corrupt`` rewrites chunk 0's bytes."""
     with h5py.File(path, "w") as f:
         ds = f.create_dataset(
             "entry/data/data",
             data=_frames(n),
-            chunks=(1, H, W),
+            chunks=chunks,
             **hdf5plugin.Bitshuffle(cname="lz4", nelems=256),
         )
         if corrupt is not None:
@@ -83,6 +83,25 @@ def test_corrupt_bslz4_chunk_is_an_error_not_a_crash(tmp_path, corrupt):
     assert "ERROR" in r.stdout and "bad.h5" in r.stdout and "/entry/data/data" in r.stdout
     assert f"frame 1 {_frames()[1].sum()}" in r.stdout  # the good frame is still read
     assert bad.exists()
+
+
+@pytest.mark.parametrize("corrupt", [lying_block, cut])
+def test_corrupt_chunk_of_several_frames_is_an_error(tmp_path, corrupt):
+    """Chunks that are not one frame each go through the HDF5 filter after the check."""
+    write_bslz4(tmp_path / "bad.h5", n=4, corrupt=corrupt, chunks=(2, H // 2, W))
+    code = (
+        "from gpusaxs import read_image, ImageReadError\n"
+        "for i in range(4):\n"
+        "    try:\n"
+        "        print('frame', i, read_image(f'bad.h5::{i}').sum())\n"
+        "    except ImageReadError as exc:\n"
+        "        print('ERROR', i, exc)\n"
+    )
+    r = _python(code, tmp_path)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "ERROR 0" in r.stdout and "ERROR 1" in r.stdout and "corrupt chunk" in r.stdout
+    for i in (2, 3):
+        assert f"frame {i} {_frames(4)[i].sum()}" in r.stdout
 
 
 def _cal(folder, shape=(H, W)):
