@@ -182,13 +182,8 @@ class _Stack:
         ds, _ = self.parts[k]
         _check_frame_shape(ds, shape, self.path)
         j = None if ds.ndim == 2 else int(i - self.starts[k])
-        if self.checked[k]:
-            if _one_chunk_a_frame(ds):  # EIGER: decoded here from the checked bytes, one read
-                frame = _decode_bslz4_frame(ds, j, self.path)
-                if frame is not None:
-                    return frame
-            else:
-                _check_bslz4_chunks(ds, j, self.path)
+        if self.checked[k]:  # ~0.16 ms for an EIGER 1M frame (the decode: ~5 ms)
+            _check_bslz4_chunks(ds, j, self.path)
         return ds[()] if j is None else ds[j]
 
     # TIFF ---------------------------------------------------------------------------
@@ -325,41 +320,6 @@ def _bslz4_outer(ds):
         return False
     code, _, values, _ = dcpl.get_filter(n - 1)
     return code == bslz4.FILTER_ID and len(values) > 4 and values[4] == 2
-
-
-def _one_chunk_a_frame(ds):
-    """True if each frame of ``ds`` is one chunk and bslz4 is its only filter."""
-    frame = tuple(ds.shape[-2:])
-    whole = ds.chunks == frame if ds.ndim == 2 else ds.chunks == (1, *frame)
-    return whole and ds.id.get_create_plist().get_nfilters() == 1
-
-
-def _decode_bslz4_frame(ds, index, path):
-    """Frame ``index`` (None: a 2D dataset) of a dataset of :func:`_one_chunk_a_frame`, its
-    stored chunk checked and decoded with bitshuffle; None for a chunk never written."""
-    import bitshuffle
-
-    offset = (0, 0) if index is None else (index, 0, 0)
-    try:
-        mask, raw = ds.id.read_direct_chunk(offset)
-    except (KeyError, OSError, ValueError):
-        return None
-    shape, dtype = tuple(ds.shape[-2:]), ds.dtype
-    if mask & 1:  # stored without the filter
-        if len(raw) != shape[0] * shape[1] * dtype.itemsize:
-            raise ImageReadError(path, f"{ds.name}: chunk {offset} has {len(raw)} bytes")
-        return np.frombuffer(raw, dtype).reshape(shape).copy()
-    mv = memoryview(raw)
-    try:
-        block = bslz4.check_header(mv, shape[0] * shape[1] * dtype.itemsize, dtype.itemsize)
-        bslz4.check_blocks(mv, shape[0] * shape[1], block // dtype.itemsize, dtype.itemsize)
-    except bslz4.Bslz4Error as exc:
-        raise ImageReadError(path, f"{ds.name}: corrupt chunk at {offset}: {exc}") from None
-    body = np.frombuffer(raw, np.uint8, offset=bslz4.HEADER.size)
-    try:
-        return bitshuffle.decompress_lz4(body, shape, dtype, block // dtype.itemsize)
-    except (RuntimeError, ValueError) as exc:
-        raise ImageReadError(path, f"{ds.name}: corrupt chunk at {offset}: {exc}") from None
 
 
 def _check_bslz4_chunks(ds, index, path):
