@@ -467,3 +467,65 @@ def remember_matrix(key, matrix):
         _MEMORY.move_to_end(key)
         while len(_MEMORY) > _MEMORY_SIZE:
             _MEMORY.popitem(last=False)
+
+
+# -- signed markers (the calibration schema's "validated" markers) ---------------------------
+def _marker_key(folder):
+    """This user's secret for signing markers: ``<folder>/.key``, 32 random bytes, mode 0600,
+    made on first use.  None when the folder cannot hold one (then nothing is remembered)."""
+    path = Path(folder) / ".key"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32))
+        st = os.stat(path, follow_symlinks=False)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None  # planted, or readable by others: not a secret
+        key = path.read_bytes()
+        return key if len(key) == 32 else None
+    except OSError:
+        return None
+
+
+def marker_valid(folder, digest):
+    """True if ``<folder>/<digest[:40]>`` is a marker this user signed for ``digest``
+    (an HMAC-SHA256 of it): a planted or empty file is not."""
+    import hmac
+
+    folder = Path(folder)
+    key = _marker_key(folder)
+    if key is None:
+        return False
+    try:
+        with open(folder / digest[:40], "rb") as fh:
+            got = fh.read(65)
+    except OSError:
+        return False
+    want = hmac.new(key, digest.encode(), "sha256").hexdigest().encode()
+    return hmac.compare_digest(got, want)
+
+
+def write_marker(folder, digest):
+    """Sign ``digest`` into ``<folder>/<digest[:40]>`` (written atomically); False if it could
+    not be written."""
+    import hmac
+
+    from .io.atomic import atomic_write
+
+    folder = Path(folder)
+    key = _marker_key(folder)
+    if key is None:
+        return False
+    try:
+        with atomic_write(folder / digest[:40], "wb") as fh:
+            fh.write(hmac.new(key, digest.encode(), "sha256").hexdigest().encode())
+    except OSError:
+        return False
+    return True

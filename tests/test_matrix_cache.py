@@ -261,3 +261,23 @@ def test_matrix_of_another_calibration_is_refused(_private_matrix_cache):
     good, path = _cached(_cal(distance=740.0))
     with pytest.raises(ValueError, match="pixel_ptr has 12001 entries, the image 12100"):
         load_matrix(path, _cal(distance=740.0, size=(121, 100)))
+
+
+def test_signed_markers_refuse_planted_files(tmp_path):
+    """The helpers for the schema-validation markers (to be called by gpusaxs.calibration):
+    only a marker this user signed for this digest counts."""
+    import hashlib
+
+    from gpusaxs.matrix_cache import marker_valid, write_marker
+
+    folder = tmp_path / "validated"
+    good, other = (hashlib.sha256(t).hexdigest() for t in (b"good", b"other"))
+    assert not marker_valid(folder, good)
+    (folder / good[:40]).parent.mkdir(parents=True, exist_ok=True)
+    (folder / good[:40]).touch()  # a planted empty marker (today's format)
+    assert not marker_valid(folder, good)
+    assert write_marker(folder, good) and marker_valid(folder, good)
+    (folder / other[:40]).write_bytes((folder / good[:40]).read_bytes())  # copied signature
+    assert not marker_valid(folder, other)
+    os.chmod(folder / ".key", 0o644)  # a key others can read is no secret
+    assert not marker_valid(folder, good)
