@@ -221,3 +221,32 @@ def test_link_to_a_fifo_does_not_hang(tmp_path):
     )
     r = _python(code, tmp_path, timeout=60)
     assert r.stdout.count("not a regular file") == 3, r.stdout + r.stderr
+
+
+def test_nexus_default_signal_linked_to_a_fifo_or_outside(tmp_path):
+    outside = tmp_path / "else"
+    outside.mkdir()
+    write_bslz4(outside / "x.h5")
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    os.mkfifo(scan / "pipe.h5")
+    for name, target in (("fifo", "pipe.h5"), ("far", str(outside / "x.h5"))):
+        with h5py.File(scan / f"{name}.nxs", "w") as f:
+            f.attrs["default"] = "entry"
+            entry = f.create_group("entry")
+            entry.attrs["default"] = "plot"
+            plot = entry.create_group("plot")
+            plot.attrs["NX_class"] = "NXdata"
+            plot.attrs["signal"] = "frames"
+            plot["frames"] = h5py.ExternalLink(target, "/entry/data/data")
+    code = (
+        "from gpusaxs import read_image, ImageReadError\n"
+        "for s in ('scan/fifo.nxs::0', 'scan/far.nxs::0'):\n"
+        "    try:\n"
+        "        read_image(s)\n"
+        "    except ImageReadError as exc:\n"
+        "        print('ERROR', exc)\n"
+    )
+    r = _python(code, tmp_path, timeout=60)
+    assert r.stdout.count("ERROR") == 2, r.stdout + r.stderr
+    assert "leads outside the master's folder" in r.stdout and "not a regular file" in r.stdout

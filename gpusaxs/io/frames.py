@@ -452,7 +452,7 @@ def _hdf5_parts(h5, path, dataset, linked):
         raise ImageReadError(path, "an integrated-curves file (NXazint), not detector frames")
     signal = _nexus_default_signal(h5)
     if signal is not None:
-        return [_frame_dataset(h5[signal], path, signal)]
+        return [_frame_dataset(_follow(h5, signal, path, linked), path, signal)]
     raise ImageReadError(
         path,
         "no frame data found (looked for /entry/data/data_NNNNNN, "
@@ -469,15 +469,21 @@ def _nexus_default_signal(h5):
         v = obj.attrs.get(name)
         return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
 
+    def local(group, name):  # a link inside this file (an external one is not opened here)
+        link = group.get(name, getlink=True) if name else None
+        return isinstance(link, (h5py.HardLink, h5py.SoftLink)) and name in group
+
     node = h5
     for _ in range(3):
         d = attr(node, "default")
-        if d is None or d not in node:
+        if d is None or not local(node, d):
             break
         node = node[d]
     if isinstance(node, h5py.Group) and attr(node, "NX_class") == "NXdata":
         s = attr(node, "signal")
-        if s and s in node:
+        if s and isinstance(node.get(s, getlink=True), h5py.ExternalLink):
+            return f"{node.name.rstrip('/')}/{s}"  # followed by _follow, confined
+        if s and local(node, s):
             return node[s].name
     return None
 
