@@ -20,7 +20,7 @@ import struct
 import numpy as np
 
 from gpusaxs.io.bslz4 import HEADER as _H5_HEADER
-from gpusaxs.io.bslz4 import check_blocks
+from gpusaxs.io.bslz4 import check_blocks, check_header
 
 __all__ = [
     "DecodeError",
@@ -81,8 +81,7 @@ def decode_bslz4(buf, shape, dtype, elem_size=None):
         raise DecodeError(
             f"bslz4 element size {elem_size} does not match dtype {dtype} ({dtype.itemsize} bytes)"
         )
-    if block == 0 or block % dtype.itemsize or (block // dtype.itemsize) % 8:
-        raise DecodeError(f"bslz4 block size {block} bytes is not a multiple of 8 elements")
+    check_header(mv, nbytes, dtype.itemsize, DecodeError)  # size and block size (shared)
     _check_bslz4_blocks(mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize)
     body = np.frombuffer(mv, dtype=np.uint8, offset=_H5_HEADER.size)
     try:
