@@ -471,6 +471,7 @@ class Saxsdog:
         self.walk_seconds = 0.0
         self.setup_seconds = 0.0
         self.matrix_info = {}
+        self.setup_parts = {}  # "engine", "kernels compiled" / "kernels loaded": seconds
         self.pipeline = None
         self.settler = None
         self._waiting = {}  # watch mode: absolute image path -> curve path
@@ -749,7 +750,11 @@ class Saxsdog:
             "built": "matrix built",
             "memory": "matrix in memory",
         }.get(self.matrix_info.get("source"), "")
+        if how and "seconds" in self.matrix_info:
+            how += f" {format_duration(self.matrix_info['seconds'])}"
+        parts_text = "".join(f", {k} {format_duration(v)}" for k, v in self.setup_parts.items())
         setup = f"set-up {format_duration(self.setup_seconds)}" + (f", {how}" if how else "")
+        setup += parts_text
         return (
             f"{PROG}: {head}{', '.join(parts)} in {format_duration(total)} "
             f"({setup}; {rate:.1f} frames/s after set-up)"
@@ -959,8 +964,32 @@ def _make_integrator(args, cal, dog):
     if info.get("cache_error") and not args.silent:
         _err(f"warning: {info['cache_error']}")
     if engine is None:
-        integrator.warm_up()
+        _warm_up(integrator, dog, args.silent)
     return integrator
+
+
+def _warm_up(integrator, dog, silent):
+    """Make the engine and load (or, once, compile) the kernel the run uses, timing each
+    part (seconds) for the summary line."""
+    t0 = time.perf_counter()
+    eng = integrator.engine  # the CPU engine's layout: from the cache, or made now
+    dog.setup_parts["engine"] = time.perf_counter() - t0
+    compiled = []
+
+    def notice():
+        if not compiled and not silent:
+            _err("compiling the CPU kernels (first run only)")
+        compiled.append(True)
+
+    if hasattr(eng, "on_compile"):
+        eng.on_compile = notice  # kept for the run: another pixel type compiles, said too
+    t0 = time.perf_counter()
+    import numpy as np
+
+    # the variant the run uses (errors "poisson"), for PILATUS' int32 pixels
+    eng.sums(np.zeros((2, *integrator.shape), np.int32), errors="poisson")
+    what = "kernels compiled" if compiled else "kernels loaded"
+    dog.setup_parts[what] = time.perf_counter() - t0
 
 
 def main(argv=None):

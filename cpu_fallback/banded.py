@@ -32,9 +32,19 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .kernel_cache import install, needs_compile
 from .simd import segment_add8, segment_add8_full, segment_add8_poisson
 
-__all__ = ["BAND_PIXELS", "LANES", "banded_layout", "banded_sums", "thread_bands"]
+install()  # the compiled kernels live in the user's cache (cpu_fallback.kernel_cache)
+
+__all__ = [
+    "BAND_PIXELS",
+    "LANES",
+    "banded_layout",
+    "banded_sums",
+    "check_layout",
+    "thread_bands",
+]
 
 #: Pixels per band (a uint16 local index needs <= 65536).
 BAND_PIXELS = 4096
@@ -89,6 +99,39 @@ def banded_layout(matrix, band_pixels=BAND_PIXELS):
         # transposing a band with entries costs ~1 per pixel, summing ~0.5 per entry
         band_cost=np.where(band_entries > 0, band_pixels + 0.5 * band_entries, 0.0),
     )
+
+
+def check_layout(layout, matrix):
+    """Raise ValueError unless ``layout`` (e.g. read from the cache) fits ``matrix``: sizes
+    and every index the kernel follows without bounds checks."""
+    bp = layout["band_pixels"]
+    n_bands = -(-matrix.n_pixels // bp) if 0 < bp <= 65536 else -1
+    seg_ptr, band_seg, seg_bin = layout["seg_ptr"], layout["band_seg"], layout["seg_bin"]
+    n_seg = len(seg_bin)
+    sizes = {
+        "band_seg": n_bands + 1,
+        "seg_ptr": n_seg + 1,
+        "local": matrix.nnz,
+        "ws": matrix.nnz,
+        "wss": matrix.nnz,
+        "active": matrix.n_pixels,
+        "band_cost": n_bands,
+    }
+    for name, n in sizes.items():
+        if layout[name].ndim != 1 or len(layout[name]) != n:
+            raise ValueError(f"banded layout: {name} has {layout[name].shape}, expected ({n},)")
+    if len(layout["var_dark"]) not in (0, n_seg):
+        raise ValueError("banded layout: var_dark does not match the segments")
+
+    def ordered(a, lo, hi):
+        return a[0] == lo and a[-1] == hi and (len(a) < 2 or np.diff(a).min() >= 0)
+
+    if not (ordered(seg_ptr, 0, matrix.nnz) and ordered(band_seg, 0, n_seg)):
+        raise ValueError("banded layout: seg_ptr or band_seg is not a valid index")
+    if n_seg and (seg_bin.min() < 0 or seg_bin.max() >= matrix.n_bins):
+        raise ValueError("banded layout: seg_bin holds a bin outside the matrix")
+    if len(layout["local"]) and layout["local"].max() >= bp:
+        raise ValueError("banded layout: local holds a pixel outside its band")
 
 
 def thread_bands(layout, n_threads):
@@ -300,7 +343,7 @@ def _make_kernel(n_sums):
 _KERNELS = {n: _make_kernel(n) for n in (1, 2, 3)}
 
 
-def banded_sums(sums, frames, bands, layout, dark, scale, n_sums, upper, csr):
+def banded_sums(sums, frames, bands, layout, dark, scale, n_sums, upper, csr, on_compile=None):
     """Add the per-thread sums of a stack to ``sums``, a zeroed float64 array
     (1 + n_sums, n_threads, n_bins * Bp), Bp = B rounded up to 8: planes signal, lost and, for
     n_sums 2 and 3, variance (sum w s^2 x of the raw counts), and for n_sums 3 squares
@@ -311,10 +354,11 @@ def banded_sums(sums, frames, bands, layout, dark, scale, n_sums, upper, csr):
     :func:`thread_bands`; layout: from :func:`banded_layout` (of the matrix whose dark is
     ``dark``); dark: float32 (N,) or None; scale: the matrix's pixel_scale (float32 (N,));
     upper: values >= upper are invalid; csr: the matrix's (pixel_ptr, bins, weights), to add the
-    weights of invalid values to ``lost``.
+    weights of invalid values to ``lost``; on_compile: called before a kernel is compiled
+    (not found in memory nor in the disk cache).
     """
     has_dark = dark is not None
-    _KERNELS[n_sums](
+    args = (
         sums,
         frames,
         bands,
@@ -333,3 +377,7 @@ def banded_sums(sums, frames, bands, layout, dark, scale, n_sums, upper, csr):
         upper,
         csr,
     )
+    kernel = _KERNELS[n_sums]
+    if on_compile is not None and needs_compile(kernel, args):
+        on_compile()  # the caller says so before the 5-15 s of compiling
+    kernel(*args)

@@ -81,7 +81,22 @@ class CpuEngine:
         self.threads = max(
             1, min(int(threads or numba.config.NUMBA_NUM_THREADS), numba.config.NUMBA_NUM_THREADS)
         )
-        self.layout = banded_layout(matrix)
+        #: called once before a kernel is compiled (not in memory nor in the disk cache)
+        self.on_compile = None
+        if getattr(matrix, "pixel_offset", None) is None:
+            # kept beside the matrix's cache file (8 s to make for an EIGER 16M)
+            from gpusaxs.matrix_cache import cached_derived
+
+            from .banded import BAND_PIXELS, check_layout
+
+            self.layout, self.layout_source = cached_derived(
+                matrix,
+                f"band{BAND_PIXELS}",
+                lambda: banded_layout(matrix),
+                lambda lay: check_layout(lay, matrix),
+            )
+        else:  # a dark set on this matrix object: its layout is not cached
+            self.layout, self.layout_source = banded_layout(matrix), "uncached"
         # the kernel's per-thread sums, kept between calls: a fresh 2-4 MB array per call
         # costs its page faults (~1 ms, 5-10 % of a 64-frame call); one caller at a time uses it
         self._work = np.zeros(0)
@@ -137,6 +152,7 @@ class CpuEngine:
                     n_sums,
                     upper,
                     (self.matrix.pixel_ptr, self.matrix.bins, self.matrix.weights),
+                    self.on_compile,
                 )
                 total = sums.sum(axis=1).reshape(planes, n_bins, bp)
                 out[:, b0 : b0 + n] = total[:, :, :n].transpose(0, 2, 1)

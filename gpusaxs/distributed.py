@@ -20,13 +20,14 @@ the interface of :class:`gpusaxs.pipeline.FramePipeline`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DaskPipeline", "connect", "integrate_array", "integrate_files"]
+__all__ = ["DaskPipeline", "connect", "frames_array", "integrate_array", "integrate_files"]
 
 #: frames per task: large enough that the scheduler's ~1 ms per task is < 1 % of the work
 #: (a PILATUS 1M frame is ~1.5 ms to read and integrate on one core), small enough that a
@@ -129,6 +130,9 @@ def _message(path, exc):
 
 def _integrate_block(block, calibration, matrix, key, backend, threads):
     """map_blocks body: (b, H, W) frames -> (b, n_bins) mean intensity."""
+    from .io.frames import _hdf5plugin
+
+    _hdf5plugin()  # a block read from HDF5 here needs the bslz4/LZ4 filters in this process
     integ = _worker_integrator(calibration, matrix, key, backend, threads)
     return np.asarray(integ.integrate_batch(np.asarray(block)), dtype=np.float64)
 
@@ -235,6 +239,7 @@ class DaskPipeline:
         self._counts = {"submitted": 0, "processed": 0, "failed": 0, "dropped": 0}
         self._t0 = self._t_last = None
         self._closed = False
+        self._aborting = False  # only a cancel of ours drops frames; any other loss fails them
         self.tasks = 0
 
     # -- FramePipeline interface -----------------------------------------------------------
@@ -267,6 +272,7 @@ class DaskPipeline:
         with self._cond:
             self._closed = True
             if abort:
+                self._aborting = True
                 self._counts["dropped"] += len(self._batch)
                 self._batch = []
                 futures = list(self._futures)
@@ -322,15 +328,18 @@ class DaskPipeline:
 
         try:
             records = fut.result()
-        except BaseException as exc:  # cancelled (abort) or failed on every retry
-            cancelled = fut.status == "cancelled"
+        except BaseException as exc:  # cancelled (abort), lost or failed on every retry
+            # a task is also cancelled by the scheduler when a dead worker took the shipped
+            # matrix with it: its frames are errors then, not silently dropped
+            cancelled = fut.status == "cancelled" and self._aborting
+            why = (
+                "task lost on the cluster (a worker died with the data it needed)"
+                if fut.status == "cancelled"
+                else "task failed on the cluster (its worker died or it raised on every retry)"
+            )
             if not cancelled:
                 for image, _ in items:
-                    self._call(
-                        self.on_error,
-                        Path(image),
-                        GpusaxsError(f"{image}: task failed on the cluster: {exc!r}"),
-                    )
+                    self._call(self.on_error, Path(image), GpusaxsError(f"{image}: {why}: {exc!r}"))
             self._finish(
                 items,
                 fut,
@@ -420,7 +429,9 @@ def integrate_files(
     from .integrator import Integrator
     from .pipeline import curve_path
 
-    files = [Path(f) for f in files]
+    files = [Path(os.path.abspath(f)) for f in files]  # workers have their own cwd
+    if out_dir is not None:
+        out_dir = os.path.abspath(out_dir)
     if in_root is None:
         in_root = (
             Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
@@ -478,14 +489,52 @@ def integrate_files(
     }
 
 
+def _read_block(path, start, stop, shape):
+    """Run on a worker: frames ``start:stop`` of the stack ``path`` as one (b, H, W) array."""
+    from .io.frames import frame_sources, read_frame
+
+    sources = frame_sources(path, explicit=True)
+    return np.stack([read_frame(src, shape) for src in sources[start:stop]])
+
+
+def frames_array(path, chunks=64):
+    """Lazy ``(B, H, W)`` Dask array of the frames of a stack, read on the workers.
+
+    ``path``: an EIGER/DECTRIS master file (its ``data_NNNNNN`` links followed, bslz4
+    decoded, the pixel mask applied as in :func:`gpusaxs.io.frames.read_frame`), any HDF5 file
+    or ``file.h5::/dataset``, or a multi-frame EDF/TIFF; ``chunks``: frames per block.  Only
+    the path travels in the graph (an open h5py file cannot be sent to a worker).
+    """
+    import dask
+    import dask.array as da
+
+    from .io.frames import FrameRef, frame_sources, read_frame
+
+    path = os.path.abspath(path)  # workers have their own working folder
+    sources = frame_sources(path, explicit=True)
+    if not sources or not isinstance(sources[0], FrameRef):
+        raise ValueError(f"{path}: not a stack of frames")
+    first = read_frame(sources[0])
+    shape = tuple(int(v) for v in first.shape)
+    n, step = len(sources), max(1, int(chunks))
+    blocks = [
+        da.from_delayed(
+            dask.delayed(_read_block, pure=True)(str(path), a, min(a + step, n), shape),
+            shape=(min(a + step, n) - a, *shape),
+            dtype=first.dtype,
+        )
+        for a in range(0, n, step)
+    ]
+    return da.concatenate(blocks, axis=0)
+
+
 def integrate_array(stack, calibration, *, backend="auto", threads=None, **integrator_options):
     """Lazy curves of a Dask array of frames: ``(B, H, W)`` -> ``(B, n_bins)`` float64.
 
     The matrix is built once here and enters the graph once (one key every block depends on),
     so a cluster ships it once per worker.  Each block of frames is one batch engine call.
 
-    >>> import dask.array as da, h5py
-    >>> frames = da.from_array(h5py.File("master.h5")["entry/data/data"], chunks=(64, -1, -1))
+    >>> frames = frames_array("master.h5", chunks=64)
     >>> curves = integrate_array(frames, "cal.json")  # nothing computed yet
     >>> curves[:100].compute()
     """

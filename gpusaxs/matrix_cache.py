@@ -12,6 +12,11 @@ removed until it fits.  Safe with concurrent processes: a file is written under 
 temporary name and renamed, so a reader sees a whole file or none; two processes building the
 same key both write, the second rename wins with identical content; a file removed by another
 process's eviction while being loaded is still read whole (POSIX unlink).
+
+Integrity: the header holds the CRC-32 of the raw arrays, checked on every load (~10 ms for a
+PILATUS 1M matrix, 22 MB); the header's fields, dtypes and sizes are checked against the
+calibration (image shape, oversampling) before any array is read, and the index arrays are
+checked for range.  A file that fails any check is rebuilt and replaced, never used.
 """
 
 import hashlib
@@ -19,6 +24,7 @@ import json
 import mmap
 import os
 import time
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from threading import Lock
@@ -49,8 +55,21 @@ _PREFIX, _SUFFIX = "matrix-", ".gsm"
 _LEGACY_SUFFIXES = (".npz",)  # files of older versions: evicted like the others
 #: First bytes of a matrix file; then the JSON header's length (8 bytes, little endian), the
 #: header {"fields": [[name, dtype, shape, offset], ...]} and the raw arrays, 64-byte aligned.
-_MAGIC = b"GPUSAXS-MATRIX-1\n"
+_MAGIC = b"GPUSAXS-MATRIX-2\n"
 _ALIGN = 64
+#: Largest header read (bytes): a real one is < 1 kB.
+_MAX_HEADER = 1 << 16
+#: dtype and number of dimensions of each stored array
+_KINDS = {
+    "shape": ("<i8", 1),
+    "q_edges": ("<f8", 1),
+    "pixel_ptr": ("<i8", 1),
+    "bins": ("<i4", 1),
+    "weights": ("<f4", 1),
+    "pixel_scale": ("<f4", 1),
+    "norm": ("<f8", 1),
+    "azimuth_edges": ("<f8", 1),
+}
 _OPTIONAL = ("radial_unit", "azimuth_edges")  # stored only when not at their default
 
 
@@ -111,76 +130,226 @@ def cache_max_bytes():
     return int(max(mb, 0.0) * 2**20)
 
 
-def save_matrix(matrix, path):
-    """Write a matrix to ``path`` under a unique temporary name, then rename.
-
-    The format is raw arrays behind a JSON header (no compression, no checksum pass), so that
-    loading a PILATUS 1M matrix is one 22 MB read (a few ms), not a zip decode (~40 ms).
-    """
+def save_arrays(path, arrays, meta=None):
+    """Write named arrays behind a JSON header with their CRC-32, under a unique temporary
+    name, then rename (raw bytes, 64-byte aligned: a load is one read and one CRC pass)."""
     from .io.atomic import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fields, offset, crc = [], 0, 0
+    for name, arr in arrays.items():
+        fields.append([name, arr.dtype.str, list(arr.shape), offset])
+        offset += -(-arr.nbytes // _ALIGN) * _ALIGN
+        crc = zlib.crc32(bytes(-arr.nbytes % _ALIGN), zlib.crc32(arr.data.cast("B"), crc))
+    head = {"fields": fields, "meta": meta or {}, "data_bytes": offset, "crc32": crc}
+    header = json.dumps(head).encode()
+    pad = -(len(_MAGIC) + 8 + len(header)) % _ALIGN
+    with atomic_write(path, "wb") as fh:
+        fh.write(_MAGIC + len(header + b" " * pad).to_bytes(8, "little") + header + b" " * pad)
+        for arr in arrays.values():
+            fh.write(arr.data.cast("B"))
+            fh.write(b"\0" * (-arr.nbytes % _ALIGN))
+    return crc
+
+
+def load_arrays(path, check):
+    """(arrays, meta, crc32) of a file of :func:`save_arrays`; ValueError naming the file and the
+    field on any mismatch.  ``check(fields)``, given {name: (dtype, shape)} from the header,
+    raises ValueError when the sizes are not the expected ones (before anything is read)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(len(_MAGIC) + 8)
+        if head[: len(_MAGIC)] != _MAGIC:
+            raise ValueError(f"{path}: not a gpusaxs matrix file (or an older format)")
+        n = int.from_bytes(head[len(_MAGIC) :], "little")
+        if not 0 < n <= _MAX_HEADER:
+            raise ValueError(f"{path}: header of {n} bytes")
+        try:
+            header = json.loads(fh.read(n))
+            data_bytes = int(header["data_bytes"])
+            crc = int(header["crc32"])
+            layout = [
+                (str(k), np.dtype(d), tuple(map(int, s)), int(o)) for k, d, s, o in header["fields"]
+            ]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: bad header ({exc})") from None
+        start = len(_MAGIC) + 8 + n
+        if size != start + data_bytes:
+            raise ValueError(
+                f"{path}: truncated matrix file ({size} bytes, the header says "
+                f"{start + data_bytes})"
+            )
+        end = 0
+        for name, dt, shape, offset in layout:
+            nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            if offset < end or offset % _ALIGN or min(shape, default=0) < 0:
+                raise ValueError(f"{path}: field {name}: bad offset or shape in the header")
+            end = offset + nbytes
+        if end > data_bytes:
+            raise ValueError(f"{path}: the header's fields overrun the data")
+        check({name: (dt, shape) for name, dt, shape, _ in layout})
+        data = _read_into(fh, data_bytes)
+    if zlib.crc32(data) != crc:
+        raise ValueError(f"{path}: checksum mismatch (a corrupt matrix file)")
+    arrays = {
+        name: np.frombuffer(data, dt, int(np.prod(shape, dtype=np.int64)), offset).reshape(shape)
+        for name, dt, shape, offset in layout
+    }
+    return arrays, header.get("meta", {}), crc
+
+
+def _matrix_bounds(path, cal):
+    """The header check of a matrix file: fields, dtypes and sizes bounded by ``cal``'s image
+    shape and oversampling (None: by the file's own image shape and ``MAX_PIXELS``)."""
+
+    def check(fields):
+        want = set(_FIELDS)
+        have = set(fields)
+        if not want <= have <= want | {"azimuth_edges"}:
+            raise ValueError(f"{path}: fields {sorted(have)}, expected {sorted(want)}")
+        for name, (dt, shape) in fields.items():
+            if dt.str != _KINDS[name][0] or len(shape) != _KINDS[name][1]:
+                raise ValueError(f"{path}: field {name} is {dt.str} {shape}")
+        if fields["shape"][1] != (2,):
+            raise ValueError(f"{path}: field shape has {fields['shape'][1]} entries")
+        if cal is not None:
+            n_pixels = int(cal.imagesize[0]) * int(cal.imagesize[1])
+            per_pixel = int(cal.oversampling) ** 2
+        else:
+            from .io.images import MAX_PIXELS
+
+            n_pixels, per_pixel = MAX_PIXELS, 1024
+        (ptr,), (nnz,), (nw,) = fields["pixel_ptr"][1], fields["bins"][1], fields["weights"][1]
+        if ptr - 1 > n_pixels or fields["pixel_scale"][1] != (ptr - 1,):
+            raise ValueError(
+                f"{path}: field pixel_ptr has {ptr} entries, the image {n_pixels} pixels"
+            )
+        if cal is not None and ptr - 1 != n_pixels:
+            raise ValueError(
+                f"{path}: field pixel_ptr has {ptr} entries, the image {n_pixels} pixels"
+            )
+        if nnz != nw or nnz > (ptr - 1) * per_pixel:
+            raise ValueError(
+                f"{path}: fields bins/weights have {nnz}/{nw} entries, "
+                f"at most {(ptr - 1) * per_pixel}"
+            )
+        if fields["norm"][1][0] > nnz + (1 << 20):
+            raise ValueError(f"{path}: field norm has {fields['norm'][1][0]} bins")
+
+    return check
+
+
+def save_matrix(matrix, path):
+    """Write a matrix to ``path`` (:func:`save_arrays`: raw arrays and their CRC-32)."""
     arrays = {f: np.ascontiguousarray(getattr(matrix, f)) for f in _FIELDS}
+    arrays["shape"] = np.asarray(matrix.shape, dtype="<i8")
     meta = {}
     if getattr(matrix, "radial_unit", "q_nm^-1") != "q_nm^-1":
         meta["radial_unit"] = str(matrix.radial_unit)
     if getattr(matrix, "azimuth_edges", None) is not None:
         arrays["azimuth_edges"] = np.ascontiguousarray(matrix.azimuth_edges)
-    fields, offset = [], 0
-    for name, arr in arrays.items():
-        fields.append([name, arr.dtype.str, list(arr.shape), offset])
-        offset += -(-arr.nbytes // _ALIGN) * _ALIGN
-    header = json.dumps({"fields": fields, "meta": meta, "data_bytes": offset}).encode()
-    start = len(_MAGIC) + 8 + len(header)
-    pad = -start % _ALIGN
-    with atomic_write(path, "wb") as fh:
-        fh.write(_MAGIC + len(header + b" " * pad).to_bytes(8, "little") + header + b" " * pad)
-        for arr in arrays.values():
-            fh.write(arr.tobytes())
-            fh.write(b"\0" * (-arr.nbytes % _ALIGN))
+    return save_arrays(path, arrays, meta)
 
 
-def load_matrix(path):
-    """Read a matrix written by :func:`save_matrix`; ValueError if the file is not one or is
-    truncated."""
-    view = _read_file(path)
-    if bytes(view[: len(_MAGIC)]) != _MAGIC:
-        raise ValueError(f"{path}: not a gpusaxs matrix file")
-    at = len(_MAGIC) + 8
-    size = int.from_bytes(view[len(_MAGIC) : at], "little")
-    header = json.loads(bytes(view[at : at + size]))
-    data = view[at + size :]
-    if len(data) != header["data_bytes"]:
-        raise ValueError(f"{path}: truncated matrix file")
-    fields = {}
-    for name, dtype, shape, offset in header["fields"]:
-        dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        fields[name] = np.frombuffer(data, dt, count, offset).reshape(shape)
-    fields.update(header.get("meta", {}))
-    fields["shape"] = tuple(int(v) for v in fields["shape"])
-    return IntegrationMatrix(**fields)
+def load_matrix(path, cal=None):
+    """Read a matrix written by :func:`save_matrix`; ValueError naming the file and the field
+    if it is not one, is truncated, fails its checksum or does not fit ``cal`` (optional: the
+    calibration it must belong to)."""
+    fields, meta, crc = load_arrays(path, _matrix_bounds(path, cal))
+    shape = tuple(int(v) for v in fields["shape"])
+    n_pixels, ptr, bins = shape[0] * shape[1], fields["pixel_ptr"], fields["bins"]
+    if min(shape) <= 0 or len(ptr) != n_pixels + 1:
+        raise ValueError(f"{path}: field shape {shape} does not match pixel_ptr")
+    if cal is not None and shape != tuple(int(v) for v in cal.imagesize):
+        raise ValueError(f"{path}: field shape {shape}, the calibration's image is {cal.imagesize}")
+    if ptr[0] != 0 or ptr[-1] != len(bins) or (len(ptr) > 1 and np.diff(ptr).min() < 0):
+        raise ValueError(f"{path}: field pixel_ptr is not a valid index")
+    if len(bins) and (bins.min() < 0 or bins.max() >= len(fields["norm"])):
+        raise ValueError(f"{path}: field bins holds a bin outside 0..{len(fields['norm']) - 1}")
+    fields.update({k: v for k, v in meta.items() if k in _OPTIONAL})
+    fields["shape"] = shape
+    matrix = IntegrationMatrix(**fields)
+    _remember_origin(matrix, path, crc)
+    return matrix
 
 
-def _read_file(path):
-    """The bytes of ``path`` as a memoryview of a private copy.
+# -- arrays derived from a cached matrix (the CPU engine's layout) ---------------------------
+_ORIGIN: dict = {}  # id(matrix) -> (weakref to it, its cache file, the file's CRC-32)
+
+
+def _remember_origin(matrix, path, crc):
+    import weakref
+
+    ident = id(matrix)
+    with _LOCK:
+        _ORIGIN[ident] = (weakref.ref(matrix, lambda _: _ORIGIN.pop(ident, None)), str(path), crc)
+
+
+def cached_derived(matrix, name, build, check):
+    """Arrays derived from ``matrix`` (a dict: arrays and ints), kept in a file beside its
+    cache file (``<matrix file stem>.<name>.gsm``) under the same integrity rules.
+
+    ``build()`` makes them; ``check(arrays)`` raises ValueError if loaded arrays do not fit the
+    matrix (sizes, index ranges).  The file also records the matrix file's CRC-32: it is used
+    only with that very matrix.  Returns (arrays, source): source "disk", "built" or
+    "uncached" (a matrix not from the disk cache).
+    """
+    with _LOCK:
+        origin = _ORIGIN.get(id(matrix))
+    if origin is None or origin[0]() is not matrix:
+        return build(), "uncached"
+    _, matrix_path, matrix_crc = origin
+    path = Path(matrix_path).with_suffix(f".{name}{_SUFFIX}")
+
+    def bounds(fields):
+        total = sum(
+            dt.itemsize * int(np.prod(shape, dtype=np.int64)) for dt, shape in fields.values()
+        )
+        if total > 4 * (matrix.nbytes + 8 * matrix.n_pixels) + (1 << 20):
+            raise ValueError(f"{path}: {total} bytes of arrays, more than its matrix allows")
+
+    try:
+        arrays, meta, _ = load_arrays(path, bounds)
+        if meta.get("matrix_crc32") != matrix_crc:
+            raise ValueError(f"{path}: made from another matrix file")
+        arrays.update({k: int(v) for k, v in meta.get("ints", {}).items()})
+        check(arrays)
+        _touch(path)
+        return arrays, "disk"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or corrupt: built and replaced
+    arrays = build()
+    plain = {k: np.ascontiguousarray(v) for k, v in arrays.items() if isinstance(v, np.ndarray)}
+    ints = {k: int(v) for k, v in arrays.items() if not isinstance(v, np.ndarray)}
+    try:
+        save_arrays(path, plain, {"matrix_crc32": matrix_crc, "ints": ints})
+        evict(path.parent, keep=path)
+    except OSError:
+        pass  # a read-only cache folder: built again next time
+    return arrays, "built"
+
+
+def _read_into(fh, size):
+    """The next ``size`` bytes of ``fh`` as a memoryview of a private copy (ValueError if the
+    file has fewer).
 
     The copy goes into anonymous memory mapped with MAP_POPULATE where the platform has it
     (its pages are faulted in by one call: ~14 ms for a PILATUS 1M matrix, against ~30 ms for a
     bytearray's page-by-page faults).  A map of the file itself would be faster still, but a
     file truncated in place behind it would kill the process with SIGBUS.
     """
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise ValueError(f"{path}: empty matrix file")
-        try:
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
-            blob = mmap.mmap(-1, size, flags=flags)
-        except (AttributeError, OSError):  # not Linux: a plain buffer
-            blob = bytearray(size)
-        return memoryview(blob)[: fh.readinto(blob)]
+    if size == 0:
+        return memoryview(b"")
+    try:
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+        blob = mmap.mmap(-1, size, flags=flags)
+    except (AttributeError, OSError):  # not Linux: a plain buffer
+        blob = bytearray(size)
+    got = fh.readinto(blob)
+    if got != size:
+        raise ValueError(f"{fh.name}: truncated matrix file (file shrank while read)")
+    return memoryview(blob)
 
 
 def evict(cache_dir, max_bytes=None, keep=None):
@@ -260,7 +429,7 @@ def get_matrix(
             _MEMORY.move_to_end(key)
     if matrix is None and path is not None:
         try:
-            matrix = load_matrix(path)
+            matrix = load_matrix(path, cal)
             source = "disk"
             _touch(path)
         except (OSError, ValueError, KeyError, TypeError, EOFError):
@@ -274,7 +443,7 @@ def get_matrix(
     # a new build, or a matrix from memory not yet in this cache folder, is written there
     if path is not None and (source == "built" or (source == "memory" and not path.is_file())):
         try:
-            save_matrix(matrix, path)
+            _remember_origin(matrix, path, save_matrix(matrix, path))
             evict(path.parent, keep=path)
         except OSError as exc:  # read-only or full cache folder: work without it
             cache_error = f"cannot write the matrix cache {path}: {exc.strerror or exc}"
@@ -298,3 +467,65 @@ def remember_matrix(key, matrix):
         _MEMORY.move_to_end(key)
         while len(_MEMORY) > _MEMORY_SIZE:
             _MEMORY.popitem(last=False)
+
+
+# -- signed markers (the calibration schema's "validated" markers) ---------------------------
+def _marker_key(folder):
+    """This user's secret for signing markers: ``<folder>/.key``, 32 random bytes, mode 0600,
+    made on first use.  None when the folder cannot hold one (then nothing is remembered)."""
+    path = Path(folder) / ".key"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32))
+        st = os.stat(path, follow_symlinks=False)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None  # planted, or readable by others: not a secret
+        key = path.read_bytes()
+        return key if len(key) == 32 else None
+    except OSError:
+        return None
+
+
+def marker_valid(folder, digest):
+    """True if ``<folder>/<digest[:40]>`` is a marker this user signed for ``digest``
+    (an HMAC-SHA256 of it): a planted or empty file is not."""
+    import hmac
+
+    folder = Path(folder)
+    key = _marker_key(folder)
+    if key is None:
+        return False
+    try:
+        with open(folder / digest[:40], "rb") as fh:
+            got = fh.read(65)
+    except OSError:
+        return False
+    want = hmac.new(key, digest.encode(), "sha256").hexdigest().encode()
+    return hmac.compare_digest(got, want)
+
+
+def write_marker(folder, digest):
+    """Sign ``digest`` into ``<folder>/<digest[:40]>`` (written atomically); False if it could
+    not be written."""
+    import hmac
+
+    from .io.atomic import atomic_write
+
+    folder = Path(folder)
+    key = _marker_key(folder)
+    if key is None:
+        return False
+    try:
+        with atomic_write(folder / digest[:40], "wb") as fh:
+            fh.write(hmac.new(key, digest.encode(), "sha256").hexdigest().encode())
+    except OSError:
+        return False
+    return True

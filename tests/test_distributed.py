@@ -201,3 +201,123 @@ def test_array_api_equals_integrate_batch(data, client):
     assert isinstance(lazy, da.Array) and lazy.shape == (12, len(Integrator(cal).q))
     expected = Integrator(cal, backend="numpy").integrate_batch(stack)
     np.testing.assert_array_equal(client.compute(lazy).result(), expected)
+
+
+def _dectris_master(folder, frames):
+    """A DECTRIS-like master: no entry/data/data, links data_000001, data_000002 to bslz4 data
+    files, a bslz4 pixel mask."""
+    import h5py
+    import hdf5plugin
+
+    bslz4 = hdf5plugin.Bitshuffle(cname="lz4")
+    with h5py.File(folder / "master.h5", "w") as m:
+        m.create_group("entry/data")
+        det = m.create_group("entry/instrument/detector/detectorSpecific")
+        det.create_dataset("pixel_mask", data=np.zeros(frames.shape[1:], np.uint32), **bslz4)
+        for k, part in enumerate(np.array_split(frames, 2), 1):
+            name = f"master_data_{k:06d}.h5"
+            with h5py.File(folder / name, "w") as f:
+                f.create_dataset(
+                    "entry/data/data", data=part, chunks=(1, *frames.shape[1:]), **bslz4
+                )
+            m[f"entry/data/data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+
+
+@pytest.mark.filterwarnings("ignore:Sending large graph")
+def test_docs_python_example_runs_as_written(data, client, tmp_path, monkeypatch):
+    """docs/distributed.md's Python block, on a DECTRIS master with bslz4 data, on worker
+    processes (which must load the HDF5 filter themselves)."""
+    import re
+
+    from gpusaxs import Integrator
+    from gpusaxs.io.images import read_image
+
+    cal, frames = data
+    tifs = sorted(frames.glob("frame_*.tif"))
+    stack = np.stack([read_image(p) for p in tifs[:10]]).astype(np.uint32)
+    _dectris_master(tmp_path, stack)
+    shutil.copy(cal, tmp_path / "cal.json")
+    for mask in Path(cal).parent.glob("*.msk"):
+        shutil.copy(mask, tmp_path / mask.name)
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert 'Client("tcp://head:8786")' in block
+    block = block.replace('Client("tcp://head:8786")', "client")
+    monkeypatch.chdir(tmp_path)
+    scope = {"files": [str(p) for p in tifs[:4]], "client": client}
+    exec(compile(block, "docs/distributed.md", "exec"), scope)
+    assert scope["summary"]["processed"] == 4 and scope["summary"]["failed"] == 0
+    curves = scope["curves"]
+    got = client.compute(curves).result()
+    expected = Integrator(str(tmp_path / "cal.json"), backend="numpy").integrate_batch(stack)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def _crash_plugin(word):
+    """A worker plugin: reading a file whose name holds ``word`` kills the worker process (as
+    a segfault in a decoder would); re-applied to every restarted worker.  Defined here so that
+    cloudpickle sends it by value (the workers cannot import the test module)."""
+    from distributed import WorkerPlugin
+
+    class CrashOn(WorkerPlugin):
+        name = "gpusaxs-test-crash"
+
+        def setup(self, worker):
+            import gpusaxs.io.images as images
+
+            real = images.read_image
+
+            def read_image(path, *args, **kwargs):
+                if word in str(path):
+                    os.kill(os.getpid(), signal.SIGSEGV)
+                return real(path, *args, **kwargs)
+
+            images.read_image = read_image
+
+    return CrashOn()
+
+
+def test_frames_of_a_dead_worker_are_errors(data, tmp_path):
+    from gpusaxs.distributed import close_client, connect, integrate_files
+
+    cal, frames = data
+    files = sorted(frames.glob("frame_*.tif"))[:6]
+    shutil.copy(files[0], tmp_path / "crash.tif")
+    c = connect("local:1")
+    try:
+        c.register_plugin(_crash_plugin("crash.tif"))
+        summary = integrate_files(
+            c, [*files, tmp_path / "crash.tif"], cal, out_dir=tmp_path / "out", frames_per_task=1
+        )
+    finally:
+        close_client(c)
+    # every frame is one curve or one error (innocent frames of a task lost with the worker's
+    # shipped matrix are errors too); the crashing one is an error
+    assert summary["processed"] + summary["failed"] == 7, summary
+    assert summary["failed"] == len(summary["errors"]) >= 1
+    assert any(bad.endswith("crash.tif") for bad, _ in summary["errors"])
+    assert all("on the cluster" in message for _, message in summary["errors"])
+
+
+def test_saxsdog_on_a_cluster_with_a_corrupt_bslz4_master(data, tmp_path):
+    import struct
+
+    import h5py
+
+    cal, frames = data
+    from gpusaxs.io.images import read_image
+
+    stack = np.stack([read_image(p) for p in sorted(frames.glob("frame_*.tif"))[:4]])
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _dectris_master(folder, stack.astype(np.uint32))
+    with h5py.File(folder / "master_data_000001.h5", "r+") as f:
+        ds = f["entry/data/data"]
+        _, raw = ds.id.read_direct_chunk((1, 0, 0))
+        raw = bytearray(raw)
+        raw[12:16] = struct.pack(">I", 1 << 20)  # a lying block size
+        ds.id.write_direct_chunk((1, 0, 0), bytes(raw))
+    r = saxsdog("-c", cal, "--scheduler", "local:2", "-o", tmp_path / "out", folder, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "corrupt chunk" in r.stderr and "1 failed" in r.stderr
+    assert len(list((tmp_path / "out").rglob("*.chi"))) == 3

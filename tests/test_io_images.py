@@ -408,3 +408,44 @@ def test_declared_frame_of_real_cbf_and_edf(tmp_path):
         assert read_image(path, shape=FRAME.shape).shape == FRAME.shape
         with pytest.raises(ImageReadError, match="declared in the header"):
             read_image(path, shape=(23, 37))
+
+
+def test_mccd_tiff_bomb_rejected_before_decoding(tmp_path):
+    """A MarCCD (.mccd) file is a TIFF read through fabio: its tags are checked first."""
+    path = _bomb_tiff(tmp_path / "bomb.mccd", 12000, 12000)
+    from PIL import Image
+
+    with Image.open(path) as im:  # a TIFF Pillow (fabio's MarCCD reader) opens
+        assert im.size == (12000, 12000)
+    exc, seconds, peak = _rejected(path, shape=(1043, 981))
+    assert "12000x12000" in str(exc) and "not decoded" in str(exc)
+    assert peak < 20 * 2**20 and seconds < 5
+    exc, _, _ = _rejected(path)
+    assert "144,000,000 pixels" in str(exc) and "not decoded" in str(exc)
+
+
+def test_cbf_decoy_size_line_does_not_defeat_the_check(tmp_path):
+    """A comment declaring the expected size before the real MIME header must not win."""
+    width, height = 20000, 20000
+    head = (
+        "###CBF: VERSION 1.5\n"
+        "# X-Binary-Size-Fastest-Dimension: 981\n"
+        "# X-Binary-Size-Second-Dimension: 1043\n"
+        "data_bomb\n_array_data.data\n;\n--CIF-BINARY-FORMAT-SECTION--\n"
+        'Content-Type: application/octet-stream;\n    conversions="x-CBF_BYTE_OFFSET"\n'
+        "Content-Transfer-Encoding: BINARY\n"
+        f"X-Binary-Size: {width * height}\n"
+        "X-Binary-ID: 1\n"
+        'X-Binary-Element-Type: "signed 32-bit integer"\n'
+        "X-Binary-Element-Byte-Order: LITTLE_ENDIAN\n"
+        f"X-Binary-Number-of-Elements: {width * height}\n"
+        f"X-Binary-Size-Fastest-Dimension: {width}\n"
+        f"X-Binary-Size-Second-Dimension: {height}\n"
+        "X-Binary-Size-Padding: 4095\n\n"
+    )
+    body = b"\x0c\x1a\x04\xd5" + bytes(width * height // 1000)  # byte offset: zeros
+    path = tmp_path / "bomb.cbf"
+    path.write_bytes(head.encode() + body + b"\n--CIF-BINARY-FORMAT-SECTION----\n;\n")
+    exc, seconds, peak = _rejected(path, shape=(1043, 981))
+    assert "20000x20000" in str(exc) and "not decoded" in str(exc)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MB allocated while rejecting"

@@ -162,3 +162,122 @@ def test_two_processes_share_the_cache_safely(tmp_path):
     assert "reader" in outs[1][0] and outs[1][0].split()[-1] == "150"
     assert len(list(folder.glob("matrix-*.gsm"))) == 1
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+# -- integrity (issue 23 case 12) -------------------------------------------------------------
+def _cached(cal):
+    info = {}
+    m = get_matrix(cal, info=info)
+    _MEMORY.clear()
+    return m, Path(info["path"])
+
+
+def _header_end(blob):
+    return 17 + 8 + int.from_bytes(blob[17:25], "little")
+
+
+def _reload(cal, good):
+    """The next get_matrix rebuilds (never uses the bad file) and replaces the file."""
+    info = {}
+    again = get_matrix(cal, info=info)
+    assert info["source"] == "built"
+    np.testing.assert_array_equal(again.weights, good.weights)
+    np.testing.assert_array_equal(load_matrix(info["path"], cal).bins, good.bins)
+
+
+def test_flipped_bit_in_a_weight_is_caught_and_rebuilt(_private_matrix_cache):
+    cal = _cal(distance=700.0)
+    good, path = _cached(cal)
+    blob = bytearray(path.read_bytes())
+    start = _header_end(blob)
+    import json
+
+    header = json.loads(bytes(blob[25:start]))
+    offset = {f[0]: f[3] for f in header["fields"]}["weights"]
+    blob[start + offset + 4 * 1000 + 2] ^= 0x04  # one bit of weight 1000
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="checksum"):
+        load_matrix(path, cal)
+    _reload(cal, good)
+
+
+def test_bad_bins_entry_and_lying_header_are_rebuilt(_private_matrix_cache):
+    import json
+
+    cal = _cal(distance=710.0)
+    good, path = _cached(cal)
+    whole = path.read_bytes()
+    start = _header_end(whole)
+    header = json.loads(whole[25:start])
+    for field, shape in (("bins", [1 << 31]), ("pixel_ptr", [1 << 30]), ("norm", [1 << 33])):
+        lie = json.loads(json.dumps(header))
+        for f in lie["fields"]:
+            if f[0] == field:
+                f[2] = shape
+        lie["data_bytes"] = 8 << 30
+        text = json.dumps(lie).encode()
+        path.write_bytes(whole[:17] + len(text).to_bytes(8, "little") + text + whole[start:])
+        with pytest.raises(ValueError, match=f"{path}"):
+            load_matrix(path, cal)
+        _reload(cal, good)
+        _MEMORY.clear()
+
+
+def test_out_of_range_bin_with_a_good_checksum_is_refused(_private_matrix_cache):
+    from gpusaxs.matrix_cache import _matrix_bounds, load_arrays, save_arrays
+
+    cal = _cal(distance=720.0)
+    good, path = _cached(cal)
+    arrays, meta, _ = load_arrays(path, _matrix_bounds(path, cal))
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    arrays["bins"][5] = len(arrays["norm"])  # a bin that does not exist
+    save_arrays(path, arrays, meta)
+    with pytest.raises(ValueError, match="field bins"):
+        load_matrix(path, cal)
+    _reload(cal, good)
+
+
+def test_sparse_8gib_file_is_not_read(_private_matrix_cache):
+    import time
+    import tracemalloc
+
+    cal = _cal(distance=730.0)
+    good, path = _cached(cal)
+    whole = path.read_bytes()
+    with open(path, "r+b") as fh:  # the real header, then 8 GiB of holes
+        fh.truncate(8 << 30)
+        fh.write(whole[: _header_end(whole)])
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="truncated"):
+        load_matrix(path, cal)
+    assert time.perf_counter() - t0 < 1.0
+    assert tracemalloc.get_traced_memory()[1] < 10 << 20
+    tracemalloc.stop()
+    _reload(cal, good)
+
+
+def test_matrix_of_another_calibration_is_refused(_private_matrix_cache):
+    good, path = _cached(_cal(distance=740.0))
+    with pytest.raises(ValueError, match="pixel_ptr has 12001 entries, the image 12100"):
+        load_matrix(path, _cal(distance=740.0, size=(121, 100)))
+
+
+def test_signed_markers_refuse_planted_files(tmp_path):
+    """The helpers for the schema-validation markers (to be called by gpusaxs.calibration):
+    only a marker this user signed for this digest counts."""
+    import hashlib
+
+    from gpusaxs.matrix_cache import marker_valid, write_marker
+
+    folder = tmp_path / "validated"
+    good, other = (hashlib.sha256(t).hexdigest() for t in (b"good", b"other"))
+    assert not marker_valid(folder, good)
+    (folder / good[:40]).parent.mkdir(parents=True, exist_ok=True)
+    (folder / good[:40]).touch()  # a planted empty marker (today's format)
+    assert not marker_valid(folder, good)
+    assert write_marker(folder, good) and marker_valid(folder, good)
+    (folder / other[:40]).write_bytes((folder / good[:40]).read_bytes())  # copied signature
+    assert not marker_valid(folder, other)
+    os.chmod(folder / ".key", 0o644)  # a key others can read is no secret
+    assert not marker_valid(folder, good)

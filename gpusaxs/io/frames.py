@@ -12,12 +12,21 @@ An EIGER master's ``pixel_mask`` (``/entry/instrument/detector/detectorSpecific/
 nonzero = bad) is applied to every frame read from it: those pixels get the invalid value of
 the frame's dtype (NaN, -1, or the unsigned maximum, EIGER's own gap flag), so they carry no
 weight, exactly as a masked pixel.
+
+Hostile files: a frame's declared shape is checked (against the expected shape, and
+``MAX_PIXELS``) before it is read; every stored bitshuffle/LZ4 chunk is checked
+(:mod:`gpusaxs.io.bslz4`) before the HDF5 filter decodes it (a lying block size would crash
+the process); external links must lead to a regular file inside the master's folder tree
+(or a folder of ``$GPUSAXS_LINK_ROOTS``, or any with ``GPUSAXS_LINK_ROOTS=any``); only regular
+files are opened (a FIFO would block forever).
 """
 
 import atexit
 import collections
+import itertools
 import os
 import re
+import stat
 import struct
 import threading
 from collections.abc import Iterator
@@ -27,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageReadError
+from . import bslz4
 
 __all__ = [
     "FrameRef",
@@ -39,6 +49,7 @@ __all__ = [
     "split_source",
     "is_eiger_data_file",
     "count_frames",
+    "link_roots",
 ]
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
@@ -116,6 +127,8 @@ class _Stack:
         self.path, self.dataset = path, dataset
         self.lock = threading.Lock()
         self.mask_index = None
+        self.mask_error = None
+        self.linked = []  # data files opened for the master's external links
         low = path.lower()
         if low.endswith(HDF5_SUFFIXES) or _is_hdf5(path):
             self._open_hdf5(path, dataset)
@@ -136,24 +149,42 @@ class _Stack:
         except OSError as exc:
             raise ImageReadError(path, f"cannot open HDF5 file: {_one_line(exc)}") from None
         try:
-            self.parts = _hdf5_parts(self.h5, path, dataset)
+            self.parts = _hdf5_parts(self.h5, path, dataset, self.linked)
+            self.checked = [_bslz4_outer(ds) for ds, _ in self.parts]
             mask = self.h5.get(PIXEL_MASK_PATH) if dataset is None else None
             if mask is not None:
-                m = np.asarray(mask[()]) != 0
-                self.mask_index = np.flatnonzero(m) if m.any() else None
-                self.mask_shape = m.shape
+                self._open_mask(mask)
         except BaseException:
-            self.h5.close()
+            self.close()
             raise
         self.kind = "hdf5"
         self.single = len(self.parts) == 1 and self.parts[0][0].ndim == 2
         self.starts = np.cumsum([0] + [n for _, n in self.parts])
         self.n = int(self.starts[-1])
 
-    def _read_hdf5(self, i):
+    def _open_mask(self, mask):
+        """Read the pixel mask, or keep why not (reported with every frame)."""
+        try:
+            frame_shape = tuple(self.parts[0][0].shape[-2:])
+            _check_mask_dataset(mask, frame_shape, self.path)
+            m = np.asarray(mask[()]) != 0
+        except ImageReadError as exc:
+            self.mask_error = exc.reason
+            return
+        except Exception as exc:
+            self.mask_error = f"/{PIXEL_MASK_PATH}: cannot decode: {_one_line(exc)}"
+            return
+        self.mask_index = np.flatnonzero(m) if m.any() else None
+        self.mask_shape = m.shape
+
+    def _read_hdf5(self, i, shape):
         k = int(np.searchsorted(self.starts, i, side="right") - 1)
         ds, _ = self.parts[k]
-        return ds[()] if ds.ndim == 2 else ds[i - self.starts[k]]
+        _check_frame_shape(ds, shape, self.path)
+        j = None if ds.ndim == 2 else int(i - self.starts[k])
+        if self.checked[k]:  # ~0.16 ms for an EIGER 1M frame (the decode: ~5 ms)
+            _check_bslz4_chunks(ds, j, self.path)
+        return ds[()] if j is None else ds[j]
 
     # TIFF ---------------------------------------------------------------------------
     def _open_tiff(self, path):
@@ -177,13 +208,15 @@ class _Stack:
             raise ImageReadError(path, f"cannot decode image: {_one_line(exc)}") from None
         self.kind, self.single = "fabio", self.n == 1
 
-    def read(self, i):
+    def read(self, i, shape=None):
         if not 0 <= i < self.n:
             raise ImageReadError(self.path, f"frame {i} out of range (the file has {self.n})")
+        if self.mask_error is not None:
+            raise ImageReadError(self.path, self.mask_error)
         with self.lock:
             try:
                 if self.kind == "hdf5":
-                    arr = self._read_hdf5(i)
+                    arr = self._read_hdf5(i, shape)
                 elif self.kind == "tiff":
                     arr = self.tif.pages[i].asarray()
                 else:
@@ -207,8 +240,7 @@ class _Stack:
 
     def close(self):
         with self.lock:
-            for name in ("h5", "tif", "fab"):
-                h = getattr(self, name, None)
+            for h in [getattr(self, n, None) for n in ("h5", "tif", "fab")] + self.linked:
                 if h is not None:
                     try:
                         h.close()
@@ -237,6 +269,84 @@ def _is_hdf5(path):
         return False
 
 
+def _max_pixels():
+    from .images import MAX_PIXELS
+
+    return MAX_PIXELS
+
+
+def _check_frame_shape(ds, shape, path):
+    """Reject a dataset by its declared frame shape, before anything is read."""
+    frame = tuple(int(v) for v in ds.shape[-2:])
+    if shape is not None and frame != tuple(int(v) for v in shape):
+        raise ImageReadError(
+            path,
+            f"{ds.name}: frames are {frame[0]}x{frame[1]} (rows x columns, declared in the "
+            f"file), expected {shape[0]}x{shape[1]}; not read",
+        )
+    if frame[0] * frame[1] > _max_pixels():
+        raise ImageReadError(
+            path,
+            f"{ds.name}: frames of {frame[0]}x{frame[1]} pixels are more than the limit of "
+            f"{_max_pixels():,}; not read",
+        )
+
+
+def _check_mask_dataset(mask, frame_shape, path):
+    """The pixel mask must be a 2D dataset of the frames' shape (checked before reading)."""
+    import h5py
+
+    where = f"/{PIXEL_MASK_PATH}"
+    if not isinstance(mask, h5py.Dataset):
+        raise ImageReadError(path, f"{where} is not a dataset")
+    if tuple(mask.shape) != frame_shape or mask.dtype.kind not in "biuf":
+        raise ImageReadError(
+            path,
+            f"{where} is {'x'.join(map(str, mask.shape))} of {mask.dtype} (declared in the "
+            f"file), frames are {'x'.join(map(str, frame_shape))}; not read",
+        )
+    if _bslz4_outer(mask):
+        _check_bslz4_chunks(mask, None, path)
+
+
+def _bslz4_outer(ds):
+    """True if the dataset's chunks are stored bitshuffle/LZ4-compressed by its last filter
+    (the framing :func:`_check_bslz4_chunks` checks)."""
+    if ds.chunks is None:
+        return False
+    dcpl = ds.id.get_create_plist()
+    n = dcpl.get_nfilters()
+    if n == 0:
+        return False
+    code, _, values, _ = dcpl.get_filter(n - 1)
+    return code == bslz4.FILTER_ID and len(values) > 4 and values[4] == 2
+
+
+def _check_bslz4_chunks(ds, index, path):
+    """Check the stored bslz4 chunks that hold frame ``index`` (None: the whole dataset) of
+    ``ds`` before the filter decodes them; ImageReadError naming the dataset and chunk."""
+    chunks = ds.chunks
+    itemsize = ds.dtype.itemsize
+    nbytes = int(np.prod(chunks, dtype=np.int64)) * itemsize
+    axes = [range(0, int(n), int(c)) for n, c in zip(ds.shape, chunks, strict=True)]
+    if index is not None:
+        axes[0] = [index - index % chunks[0]]
+    last = 1 << (ds.id.get_create_plist().get_nfilters() - 1)
+    for offset in itertools.product(*axes):
+        try:
+            mask, raw = ds.id.read_direct_chunk(offset)
+        except (KeyError, OSError, ValueError):
+            continue  # a chunk never written: the fill value
+        if mask & last:
+            continue  # stored without the filter
+        try:
+            bslz4.check_payload(raw, nbytes, itemsize)
+        except bslz4.Bslz4Error as exc:
+            raise ImageReadError(
+                path, f"{ds.name}: corrupt chunk at {tuple(map(int, offset))}: {exc}"
+            ) from None
+
+
 def _frame_dataset(obj, path, name):
     import h5py
 
@@ -250,39 +360,99 @@ def _frame_dataset(obj, path, name):
     return obj, (1 if obj.ndim == 2 else obj.shape[0])
 
 
-def _hdf5_parts(h5, path, dataset):
-    """[(dataset, n_frames), ...] of the frame data of an open HDF5 file."""
+def link_roots():
+    """Folders an HDF5 external link may lead into besides the master's own folder tree:
+    ``$GPUSAXS_LINK_ROOTS`` (folders separated by ``os.pathsep``); None = anywhere
+    (``GPUSAXS_LINK_ROOTS=any``)."""
+    value = os.environ.get("GPUSAXS_LINK_ROOTS", "").strip()
+    if value.lower() == "any":
+        return None
+    return [os.path.realpath(v) for v in value.split(os.pathsep) if v.strip()]
+
+
+def _regular_file(path, what):
+    """Raise unless ``path`` is a regular file (a FIFO or a device would block or never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageReadError(path, f"{what}: no such file") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"{what}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(path, f"{what}: not a regular file; not opened")
+
+
+def _follow(h5, where, path, linked):
+    """The object at ``where`` of the open file ``h5`` (of ``path``); an external link is
+    followed only to a regular file inside the allowed folders, opened here (``linked``)."""
+    import h5py
+
+    link = h5.get(where, getlink=True)
+    if not isinstance(link, h5py.ExternalLink):
+        return h5[where]
+    master_dir = os.path.dirname(os.path.realpath(path))
+    target = os.path.realpath(os.path.join(master_dir, link.filename))
+    roots = link_roots()
+    if roots is not None and not any(
+        os.path.commonpath([target, r]) == r for r in [master_dir, *roots]
+    ):
+        raise ImageReadError(
+            path,
+            f"{where}: external link to {link.filename} leads outside the master's folder "
+            "(allow it with GPUSAXS_LINK_ROOTS)",
+        )
+    try:
+        _regular_file(target, "data file")
+    except ImageReadError as exc:
+        raise ImageReadError(
+            path, f"{where}: cannot open its data file {link.filename} ({exc.reason})"
+        ) from None
+    try:
+        f = h5py.File(target, "r")
+    except OSError as exc:
+        raise ImageReadError(
+            path, f"{where}: cannot open its data file {link.filename} ({_one_line(exc)})"
+        ) from None
+    linked.append(f)
+    if link.path not in f:
+        raise ImageReadError(path, f"{where}: no {link.path} in its data file {link.filename}")
+    return f[link.path]
+
+
+def _hdf5_parts(h5, path, dataset, linked):
+    """[(dataset, n_frames), ...] of the frame data of an open HDF5 file; data files opened
+    for external links are appended to ``linked``."""
     import h5py
 
     if dataset is not None:
-        if dataset not in h5:
+        if dataset not in h5 and not isinstance(h5.get(dataset, getlink=True), h5py.ExternalLink):
             raise ImageReadError(path, f"no dataset {dataset!r} in the file")
-        return [_frame_dataset(h5[dataset], path, dataset)]
-    data = h5.get("entry/data")
+        return [_frame_dataset(_follow(h5, dataset, path, linked), path, dataset)]
+    data = h5.get("entry/data", getlink=True)
+    data = h5.get("entry/data") if isinstance(data, (h5py.HardLink, h5py.SoftLink)) else None
     if isinstance(data, h5py.Group):
         names = sorted(n for n in data if re.fullmatch(r"data_\d{6}", n))
         if names:  # an EIGER master file
             parts = []
             for n in names:
+                where = f"/entry/data/{n}"
                 try:
-                    obj = data[n]
+                    obj = _follow(h5, where, path, linked)
                 except (KeyError, OSError) as exc:
-                    link = data.get(n, getlink=True)
-                    target = getattr(link, "filename", None)
-                    what = f"its data file {target}" if target else n
-                    raise ImageReadError(
-                        path, f"/entry/data/{n}: cannot open {what} ({_one_line(exc)})"
-                    ) from None
-                parts.append(_frame_dataset(obj, path, f"/entry/data/{n}"))
+                    if isinstance(exc, ImageReadError):
+                        raise
+                    raise ImageReadError(path, f"{where}: cannot open ({_one_line(exc)})") from None
+                parts.append(_frame_dataset(obj, path, where))
             return parts
         if "data" in data:
-            return [_frame_dataset(data["data"], path, "/entry/data/data")]
+            obj = _follow(h5, "/entry/data/data", path, linked)
+            return [_frame_dataset(obj, path, "/entry/data/data")]
     definition = h5.get("entry/definition")
     if definition is not None and b"NXazint" in np.asarray(definition[()]).tobytes():
         raise ImageReadError(path, "an integrated-curves file (NXazint), not detector frames")
     signal = _nexus_default_signal(h5)
     if signal is not None:
-        return [_frame_dataset(h5[signal], path, signal)]
+        return [_frame_dataset(_follow(h5, signal, path, linked), path, signal)]
     raise ImageReadError(
         path,
         "no frame data found (looked for /entry/data/data_NNNNNN, "
@@ -299,15 +469,21 @@ def _nexus_default_signal(h5):
         v = obj.attrs.get(name)
         return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
 
+    def local(group, name):  # a link inside this file (an external one is not opened here)
+        link = group.get(name, getlink=True) if name else None
+        return isinstance(link, (h5py.HardLink, h5py.SoftLink)) and name in group
+
     node = h5
     for _ in range(3):
         d = attr(node, "default")
-        if d is None or d not in node:
+        if d is None or not local(node, d):
             break
         node = node[d]
     if isinstance(node, h5py.Group) and attr(node, "NX_class") == "NXdata":
         s = attr(node, "signal")
-        if s and s in node:
+        if s and isinstance(node.get(s, getlink=True), h5py.ExternalLink):
+            return f"{node.name.rstrip('/')}/{s}"  # followed by _follow, confined
+        if s and local(node, s):
             return node[s].name
     return None
 
@@ -328,6 +504,8 @@ class _StackCache:
             raise ImageReadError(path, "no such file") from None
         except OSError as exc:
             raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(path, "not a regular file; not opened")
         key = (path, dataset)
         sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
@@ -502,7 +680,7 @@ def read_frame(source: "str | os.PathLike[str]", shape: "tuple[int, int] | None"
                 file, f"holds {stack.n} frames; name one as {os.path.basename(file)}::N (N from 0)"
             )
         index = 0
-    arr = stack.read(index)
+    arr = stack.read(index, shape)
     name = str(source) if isinstance(source, FrameRef) else os.fspath(source)
     return _check(name, arr, shape)
 
@@ -547,9 +725,21 @@ def pixel_mask(path):
 
     _hdf5plugin()
     file, _, _ = split_source(os.fspath(path))
+    _regular_file(file, "HDF5 file")
     try:
         with h5py.File(file, "r") as f:
             m = f.get(PIXEL_MASK_PATH)
-            return None if m is None else np.asarray(m[()]) != 0
+            if m is None:
+                return None
+            pixels = int(np.prod(m.shape, dtype=np.int64))
+            if m.ndim != 2 or pixels > _max_pixels():
+                raise ImageReadError(
+                    file,
+                    f"/{PIXEL_MASK_PATH} is {'x'.join(map(str, m.shape))} (declared in the "
+                    f"file), not a 2D mask of at most {_max_pixels():,} pixels; not read",
+                )
+            if _bslz4_outer(m):
+                _check_bslz4_chunks(m, None, file)
+            return np.asarray(m[()]) != 0
     except OSError as exc:
         raise ImageReadError(file, f"cannot open HDF5 file: {_one_line(exc)}") from None

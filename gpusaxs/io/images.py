@@ -301,13 +301,20 @@ def declared_frame(path: str) -> tuple[tuple[int, ...], Any] | None:
     head = _head_bytes(os.fspath(path))
     if not head:
         return None
+    if head[:4] in (b"II*\x00", b"MM\x00*"):  # MarCCD (.mccd) and other TIFFs read by fabio
+        return _tiff_declared(path)
     text = head.split(_CBF_STARTER, 1)[0].decode("latin-1")
-    fast = re.search(r"X-Binary-Size-Fastest-Dimension:\s*(\d+)", text)
-    second = re.search(r"X-Binary-Size-Second-Dimension:\s*(\d+)", text)
+    # every occurrence counts (a decoy line before the real MIME header must not win): the
+    # largest declared size is the one checked
+    fast = re.findall(r"X-Binary-Size-Fastest-Dimension:\s*(\d+)", text)
+    second = re.findall(r"X-Binary-Size-Second-Dimension:\s*(\d+)", text)
     if fast and second:
-        kind = re.search(r'X-Binary-Element-Type:\s*"([^"]+)"', text)
-        dtype = _CBF_TYPES.get(kind.group(1).strip().lower()) if kind else None
-        return (int(second.group(1)), int(fast.group(1))), dtype
+        kinds = {
+            _CBF_TYPES.get(k.strip().lower(), k)
+            for k in re.findall(r'X-Binary-Element-Type:\s*"([^"]+)"', text)
+        }
+        dtype = kinds.pop() if len(kinds) == 1 else None
+        return (max(map(int, second)), max(map(int, fast))), dtype
     if text.lstrip().startswith("{"):
         block = text.split("}", 1)[0]
         fields = {}
@@ -321,6 +328,18 @@ def declared_frame(path: str) -> tuple[tuple[int, ...], Any] | None:
             dtype = _EDF_TYPES.get(fields.get("datatype", "").lower())
             return shape, dtype
     return None
+
+
+def _tiff_declared(path: str) -> tuple[tuple[int, ...], Any] | None:
+    """(shape, dtype) of a TIFF's first page from its tags (nothing decoded)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages.first
+            return tuple(int(v) for v in page.shape), page.dtype
+    except Exception as exc:
+        raise ImageReadError(path, f"cannot decode TIFF header: {_one_line(exc)}") from None
 
 
 def struct_error() -> type[Exception]:
@@ -517,6 +536,8 @@ def read_image(
         raise ImageReadError(path, "no such file")
     if os.path.isdir(spath):
         raise ImageReadError(path, "is a directory, not an image file")
+    if not os.path.isfile(spath):  # a FIFO or a device would block or never end
+        raise ImageReadError(path, "not a regular file; not opened")
     if os.path.getsize(spath) == 0:
         raise ImageReadError(path, "empty file")
     low = spath.lower()

@@ -19,6 +19,9 @@ import struct
 
 import numpy as np
 
+from gpusaxs.io.bslz4 import HEADER as _H5_HEADER
+from gpusaxs.io.bslz4 import check_blocks, check_header
+
 __all__ = [
     "DecodeError",
     "decode_bslz4",
@@ -31,7 +34,6 @@ __all__ = [
     "encode_lz4_h5",
 ]
 
-_H5_HEADER = struct.Struct(">QI")
 #: DECTRIS' bitshuffle block size (bytes) for the simulator (8192 bytes, as the detectors use).
 BSLZ4_BLOCK_BYTES = 8192
 #: block size of the HDF5 LZ4 filter framing written by the simulator (1 GiB: one block).
@@ -79,8 +81,7 @@ def decode_bslz4(buf, shape, dtype, elem_size=None):
         raise DecodeError(
             f"bslz4 element size {elem_size} does not match dtype {dtype} ({dtype.itemsize} bytes)"
         )
-    if block == 0 or block % dtype.itemsize or (block // dtype.itemsize) % 8:
-        raise DecodeError(f"bslz4 block size {block} bytes is not a multiple of 8 elements")
+    check_header(mv, nbytes, dtype.itemsize, DecodeError)  # size and block size (shared)
     _check_bslz4_blocks(mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize)
     body = np.frombuffer(mv, dtype=np.uint8, offset=_H5_HEADER.size)
     try:
@@ -93,31 +94,8 @@ def decode_bslz4(buf, shape, dtype, elem_size=None):
 
 
 def _check_bslz4_blocks(mv, n_elems, block_elems, itemsize):
-    """Walk the bitshuffle block headers: every block must lie inside the payload.
-
-    bitshuffle trusts these sizes (a truncated payload makes it read past the buffer), so a
-    payload from the network is checked first.  Layout (bitshuffle ``bshuf_compress_lz4``):
-    ``n_elems // block_elems`` full blocks, one last block of the remainder rounded down to a
-    multiple of 8 elements, then the last ``n_elems % 8`` elements uncompressed.
-    """
-    leftover = (n_elems % 8) * itemsize
-    sizes = [block_elems * itemsize] * (n_elems // block_elems)
-    last = (n_elems % block_elems) - (n_elems % 8)
-    if last > 0:
-        sizes.append(last * itemsize)
-    pos, end = _H5_HEADER.size, len(mv) - leftover
-    unpack = struct.Struct(">I").unpack_from
-    for plain in sizes:
-        if pos + 4 > end:
-            raise DecodeError("bslz4 payload truncated (block header)")
-        (csize,) = unpack(mv, pos)
-        if csize > plain + plain // 255 + 16:  # more than LZ4's worst case
-            raise DecodeError(f"bslz4 block of {csize} bytes is larger than LZ4 allows")
-        pos += 4 + csize
-        if pos > end:
-            raise DecodeError("bslz4 payload truncated (block data)")
-    if pos != end:
-        raise DecodeError(f"bslz4 payload has {end - pos} bytes more than its blocks")
+    """Walk the bitshuffle block headers (shared with the HDF5 reader: gpusaxs.io.bslz4)."""
+    check_blocks(mv, n_elems, block_elems, itemsize, DecodeError)
 
 
 def decode_lz4_h5(buf, shape, dtype):

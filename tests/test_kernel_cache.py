@@ -1,0 +1,112 @@
+"""First run of the CPU engine (issue 22 case 8): compiled kernels kept in the user's cache
+(surviving a reinstall), said while compiling, set-up parts reported; the engine's banded
+layout cached beside the matrix with the matrix cache's integrity rules."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTICE = "compiling the CPU kernels (first run only)"
+
+
+def _saxsdog(source_root, cache, args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(source_root), GPUSAXS_CACHE_DIR=str(cache))
+    env.pop("NUMBA_CACHE_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+
+
+@pytest.mark.slow
+def test_kernels_compiled_once_said_and_kept_across_a_reinstall(tmp_path):
+    from gpusaxs.demo import make_demo_data
+
+    cal, frames = make_demo_data(tmp_path / "demo", n_frames=10, seed=1)
+    cache = tmp_path / "cache"
+    first = _saxsdog(ROOT, cache, ["-c", cal, "-o", tmp_path / "o1", frames], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert NOTICE in first.stderr and "kernels compiled" in first.stderr, first.stderr
+    assert "matrix built" in first.stderr and "engine" in first.stderr
+    assert list((cache / "numba").rglob("*.nbi")), "no kernel in the user's cache"
+    # a reinstall: the same sources elsewhere, with new modification times
+    copy = tmp_path / "reinstalled"
+    shutil.copytree(
+        ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", "benchmarks", "tests")
+    )
+    for p in copy.rglob("*.py"):
+        os.utime(p)
+    again = _saxsdog(copy, cache, ["-c", cal, "-o", tmp_path / "o2", frames], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert NOTICE not in again.stderr and "kernels loaded" in again.stderr, again.stderr
+    assert "matrix from the cache" in again.stderr
+    assert list(cache.glob("matrix-*.band4096.gsm")), "the engine's layout is not cached"
+    a = sorted((tmp_path / "o1").rglob("*.chi"))
+    b = sorted((tmp_path / "o2").rglob("*.chi"))
+    assert [p.name for p in a] == [p.name for p in b] and len(a) == 10
+
+
+def _cal():
+    from gpusaxs.calibration import Calibration
+
+    return Calibration(
+        beam_center=(60.0, 50.0),
+        distance_mm=800.0,
+        imagesize=(120, 100),
+        pixel_size_um=(172.0, 172.0),
+        wavelength_A=1.54,
+        oversampling=2,
+    )
+
+
+def test_banded_layout_cached_beside_the_matrix(_private_matrix_cache):
+    from gpusaxs.cpu_fallback.engine import CpuEngine
+    from gpusaxs.matrix_cache import _MEMORY, get_matrix
+
+    cal = _cal()
+    frames = np.random.default_rng(0).poisson(50, size=(9, 120, 100)).astype(np.int32)
+    first = CpuEngine(get_matrix(cal), threads=1)
+    assert first.layout_source == "built"
+    (path,) = _private_matrix_cache.glob("matrix-*.band4096.gsm")
+    _MEMORY.clear()
+    second = CpuEngine(get_matrix(cal), threads=1)
+    assert second.layout_source == "disk"
+    for name, arr in first.layout.items():
+        np.testing.assert_array_equal(second.layout[name], arr)
+    np.testing.assert_array_equal(second.sums(frames).signal, first.sums(frames).signal)
+    # a flipped bit in the layout file: rebuilt, never used
+    blob = bytearray(path.read_bytes())
+    blob[-100] ^= 0x10
+    path.write_bytes(bytes(blob))
+    _MEMORY.clear()
+    third = CpuEngine(get_matrix(cal), threads=1)
+    assert third.layout_source == "built"
+    np.testing.assert_array_equal(third.sums(frames).signal, first.sums(frames).signal)
+
+
+def test_layout_with_a_good_checksum_but_a_bad_index_is_rebuilt(_private_matrix_cache):
+    from gpusaxs.cpu_fallback.engine import CpuEngine
+    from gpusaxs.matrix_cache import _MEMORY, get_matrix, load_arrays, save_arrays
+
+    cal = _cal()
+    CpuEngine(get_matrix(cal), threads=1)
+    (path,) = _private_matrix_cache.glob("matrix-*.band4096.gsm")
+    import json
+
+    arrays, meta, _ = load_arrays(path, lambda fields: None)
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    arrays["seg_bin"][3] = 1 << 40  # a bin far outside the output: memory corruption
+    save_arrays(path, arrays, json.loads(json.dumps(meta)))
+    _MEMORY.clear()
+    engine = CpuEngine(get_matrix(cal), threads=1)
+    assert engine.layout_source == "built" and engine.layout["seg_bin"].max() < 1 << 20
