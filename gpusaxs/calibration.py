@@ -26,12 +26,9 @@ import dataclasses
 import difflib
 import functools
 import hashlib
-import hmac
 import json
 import math
 import os
-import secrets
-import stat
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -202,59 +199,23 @@ def _validated_digest(d: object, form: str) -> str | None:
     return h.hexdigest()
 
 
-def _marker(digest: str) -> Path | None:
+def _marker_folder() -> Path | None:
     from gpusaxs.matrix_cache import default_cache_dir
 
     folder = default_cache_dir()
-    return None if folder is None else folder / "validated" / digest[:40]
-
-
-def _marker_key(folder: Path) -> bytes | None:
-    """The private key that signs validation markers: ``folder/.key``, 32 random bytes, mode
-    0600, owned by this user. Another user who can write the cache folder cannot read it, so a
-    planted marker never matches; a key that is not private is not used (no markers then)."""
-    key_path = folder / ".key"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secrets.token_bytes(32))
-        fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
-                return None
-            key = fh.read(64)
-    except OSError:
-        return None
-    return key if len(key) == 32 else None
-
-
-def _marker_text(digest: str) -> str | None:
-    marker = _marker(digest)
-    if marker is None:
-        return None
-    key = _marker_key(marker.parent)
-    return None if key is None else hmac.new(key, digest.encode(), "sha256").hexdigest()
+    return None if folder is None else folder / "validated"
 
 
 def _known_valid(digest: str) -> bool:
+    """True if ``digest`` was found valid before: in this process, or by a marker this user
+    signed in the cache folder (:func:`gpusaxs.matrix_cache.marker_valid`; a planted marker
+    does not count)."""
     if digest in _VALID:
         return True
-    marker = _marker(digest)
-    if marker is None:
-        return False
-    try:
-        with open(marker, encoding="ascii") as fh:
-            found = fh.read(128)
-    except (OSError, UnicodeDecodeError):
-        return False
-    want = _marker_text(digest)
-    if want is not None and hmac.compare_digest(found, want):
+    from gpusaxs.matrix_cache import marker_valid
+
+    folder = _marker_folder()
+    if folder is not None and marker_valid(folder, digest):
         _VALID.add(digest)
         return True
     return False
@@ -264,14 +225,11 @@ def _remember_valid(digest: str | None) -> None:
     if digest is None:
         return
     _VALID.add(digest)
-    marker = _marker(digest)
-    text = _marker_text(digest)
-    if marker is not None and text is not None:
-        try:
-            with atomic_write(marker, "w") as fh:
-                fh.write(text)
-        except OSError:
-            pass  # no cache folder: validate again next time
+    from gpusaxs.matrix_cache import write_marker
+
+    folder = _marker_folder()
+    if folder is not None:
+        write_marker(folder, digest)  # False when it cannot: validated again next time
 
 
 def validate_dict(d: Any, path: PathLike | None = None) -> Literal["flat", "nested"]:

@@ -470,31 +470,33 @@ def remember_matrix(key, matrix):
 
 
 # -- signed markers (the calibration schema's "validated" markers) ---------------------------
-def _marker_key(folder):
+def _marker_key(folder: Path) -> bytes | None:
     """This user's secret for signing markers: ``<folder>/.key``, 32 random bytes, mode 0600,
     made on first use.  None when the folder cannot hold one (then nothing is remembered)."""
     path = Path(folder) / ".key"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             pass
         else:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(os.urandom(32))
-        st = os.stat(path, follow_symlinks=False)
         import stat
 
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            return None  # planted, or readable by others: not a secret
-        key = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is not followed
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())  # the file read is the file checked
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                return None  # planted, or readable by others: not a secret
+            key = fh.read(64)
         return key if len(key) == 32 else None
     except OSError:
         return None
 
 
-def marker_valid(folder, digest):
+def marker_valid(folder: str | os.PathLike[str], digest: str) -> bool:
     """True if ``<folder>/<digest[:40]>`` is a marker this user signed for ``digest``
     (an HMAC-SHA256 of it): a planted or empty file is not."""
     import hmac
@@ -512,7 +514,7 @@ def marker_valid(folder, digest):
     return hmac.compare_digest(got, want)
 
 
-def write_marker(folder, digest):
+def write_marker(folder: str | os.PathLike[str], digest: str) -> bool:
     """Sign ``digest`` into ``<folder>/<digest[:40]>`` (written atomically); False if it could
     not be written."""
     import hmac
