@@ -210,8 +210,8 @@ class Integrator:
             self.
         """
         blank = np.zeros((2,) + tuple(self.shape), dtype=dtype)
-        self.engine.sums(blank, errors=False)
-        self.engine.sums(blank, errors=True)
+        for errors in (False, "poisson", True):  # each is its own kernel variant
+            self.engine.sums(blank, errors=errors)
         return self
 
     # -- integration ----------------------------------------------------------------------------
