@@ -57,6 +57,12 @@ class Nvrtc:
 
     def __init__(self, path):
         self.path = path
+        # NVRTC dlopens libnvrtc-builtins by its soname; some wheels (13.0.48) give libnvrtc no
+        # RUNPATH to find it beside itself, so it is loaded first, by path, into the process
+        folder = os.path.dirname(path)
+        for builtins in sorted(glob.glob(os.path.join(folder, "libnvrtc-builtins.so*"))):
+            if ".alt." not in os.path.basename(builtins):
+                ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
         self.lib = ctypes.CDLL(path)
         lib = self.lib
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p

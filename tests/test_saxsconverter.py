@@ -346,7 +346,7 @@ def test_reference_to_poni_matches_pyfai(reference_dir, tmp_path):
     ai = pyFAI.load(str(poni))
     ref = fit2d_reference_ai(cal)
     assert np.abs(two_theta(ai, cal.imagesize) - two_theta(ref, cal.imagesize)).max() < 1e-9
-    assert ai.detector.max_shape == (1043, 981)
+    assert tuple(ai.detector.max_shape) == (1043, 981)  # a list in pyFAI 2025.1
     assert ai.wavelength == pytest.approx(1.54e-10, rel=1e-15)
     back = tmp_path / "back.json"
     rc, _, stderr = run_cli("-t", reference_dir / "buf1_00000.calibration.json", poni, back)
