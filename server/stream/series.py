@@ -27,6 +27,8 @@ RECENT_ERRORS = 20
 RATE_WINDOW_S = 2.0
 #: ranges of missing ids listed in a ``missing`` record (the count is always complete)
 MISSING_RANGES = 1000
+#: the ids themselves are listed too when there are at most this many
+MISSING_IDS = 10000
 #: series receiving at once (started, not ended); a start beyond this is refused
 MAX_ACTIVE = 64
 #: series known only from strays (images of a series whose start this server never saw)
@@ -324,6 +326,9 @@ class SeriesBook:
                             "error": f"{n} image ids never arrived{why}",
                             "ranges": s.missing_ranges,
                             "ranges complete": sum(b - a for a, b in ranges) == n,
+                            "ids": [i for a, b in ranges for i in range(a, b)]
+                            if n <= MISSING_IDS
+                            else None,
                         },
                     )
             self._changed.notify_all()
