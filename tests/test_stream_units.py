@@ -434,3 +434,57 @@ def test_strays_never_evict_a_series_still_receiving():
     assert book.receive(1, 1)
     assert book.get(1)["received"] == 2
     assert len(book.info()["series"]) <= 1 + 20  # the strays stay bounded
+
+
+class _Bug(BaseException):
+    """Not an Exception: escapes every per-message handler, as a real bug in a stage might."""
+
+
+class _BuggyIntegrator:
+    def __init__(self, integ):
+        self._integ = integ
+
+    def __getattr__(self, name):
+        return getattr(self._integ, name)
+
+    def integrate_batch_error(self, *a, **k):
+        raise _Bug("simulated bug in the integrator stage")
+
+
+def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_integrator):
+    """The dead stage is named in info()["failed"], on_fatal hears it (the server stops on it)
+    and stop() returns at once instead of waiting on the dead stage's queue."""
+    import time
+
+    from gpusaxs.server.stream.consumer import StreamConsumer
+
+    fatal = []
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 10_000)
+    push.bind("tcp://127.0.0.1:*")
+    cons = StreamConsumer(
+        push.getsockopt_string(zmq.LAST_ENDPOINT),
+        tmp_path,
+        integrator=_BuggyIntegrator(small_integrator),
+        batch_size=2,
+        context=ctx,
+        on_fatal=fatal.append,
+    ).start()
+    try:
+        push.send(v2.encode_start(1, "bug", SHAPE, (172e-6, 172e-6), 2))
+        for i in range(2):
+            push.send(v2.encode_image(1, "bug", i, frame(np.uint32), "bslz4"))
+        deadline = time.monotonic() + 30
+        while not fatal and time.monotonic() < deadline:
+            cons.book.wait(lambda b: bool(fatal), 0.1)
+        assert fatal and "_integrate_loop" in fatal[0] and "simulated bug" in fatal[0]
+        assert "_integrate_loop" in cons.info()["failed"]
+    finally:
+        t0 = time.monotonic()
+        assert cons.stop(timeout=20)
+        assert time.monotonic() - t0 < 20
+        push.close(0)
+        ctx.term()
+    st = cons.book.get(1)
+    assert st["errors"] == 2 and st["integrated"] == 0  # each frame one record

@@ -234,13 +234,35 @@ class StreamConsumer:
                 if self.on_fatal is not None:
                     self.on_fatal(reason)
                 self._stop.set()
-                for q in (self._buffer, self._batches, self._rows):
-                    try:
-                        q.put_nowait(_STOP)
-                    except queue.Full:
-                        pass
+                self._drain(fn.__name__, reason)
 
         return run
+
+    def _drain(self, stage, reason):
+        """After ``stage`` died: take what reaches its input queue (one error record per frame,
+        so the stages before it never block) and pass the stop on once it comes."""
+        links = {
+            "_assemble_loop": (self._buffer, self._batches),
+            "_integrate_loop": (self._batches, self._rows),
+            "_write_loop": (self._rows, None),
+        }
+        if stage not in links:  # the receiver: its own finally sent the stop down
+            return
+        inbox, outbox = links[stage]
+        while True:
+            item = inbox.get()
+            if item is _STOP:
+                if outbox is not None:
+                    outbox.put(_STOP)
+                return
+            if isinstance(item, Image):
+                ids = [(item.series_id, item.image_id)]
+            elif isinstance(item, tuple) and item[0] in ("batch", "rows"):
+                ids = [(item[1], int(i)) for i in item[-2 if item[0] == "batch" else -1]]
+            else:
+                ids = []
+            for sid, iid in ids:
+                self.book.error(sid, iid, reason, "failed")
 
     def info(self):
         """The ``streams`` part of ``saxsleash stat``."""
@@ -536,6 +558,10 @@ class StreamConsumer:
                     for i in ids:
                         self.book.error(sid, int(i), f"integration failed: {exc}", "integrate")
                     continue
+                except BaseException as exc:  # the stage dies: its frames still get a record
+                    for i in ids:
+                        self.book.error(sid, int(i), f"integrator stage died: {exc!r}", "failed")
+                    raise
                 finally:
                     pool.give(stack)
                 self._rows.put(("rows", sid, intensity, err, ids))

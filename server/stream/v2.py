@@ -170,7 +170,7 @@ def decode(raw):
     import cbor2
 
     try:
-        msg = cbor2.loads(bytes(raw), tag_hook=_tag_hook)
+        msg = cbor2.loads(raw, tag_hook=_tag_hook)  # bytes-like: no copy of the message
     except MalformedMessage:
         raise
     except Exception as exc:  # noqa: BLE001 - CBORDecodeError and whatever hostile input triggers
