@@ -39,6 +39,15 @@ from gpusaxs.server.stream import v2
 pytestmark = pytest.mark.slow
 
 
+def _serve(setup, tmp_path, det, *extra):  # noqa: F811 - the fixture value
+    """start_server, closing the detector socket if the server does not start."""
+    try:
+        return start_server(setup, tmp_path, det.url, 2, *extra)
+    except BaseException:
+        det.close()
+        raise
+
+
 def _image(sid, iid, f, uid="h"):
     return [v2.encode_image(sid, uid, iid, f, "bslz4")]
 
@@ -55,7 +64,7 @@ def test_hostile_messages_never_stop_the_stream(setup, tmp_path):  # noqa: F811 
     import cbor2
 
     det = Detector(2)
-    proc, client, out = start_server(setup, tmp_path, det.url, 2)
+    proc, client, out = _serve(setup, tmp_path, det)
     f = setup["frames"]["uint32"]
     try:
         send(det.sock, [v2.encode_start(1, "h", f[0].shape, PX, 8)])
@@ -119,7 +128,7 @@ def test_chi_failure_is_a_record_and_links_are_never_followed(setup, tmp_path): 
     os.symlink(outside / "s2.nxs", out / "series_2.nxs")  # dangling
     os.symlink(outside, out / "series_2")
     det = Detector(2)
-    proc, client, _ = start_server(setup, tmp_path, det.url, 2, "--chi")
+    proc, client, _ = _serve(setup, tmp_path, det, "--chi")
     f = setup["frames"]["uint32"]
     try:
         det.series(1, f, 4, "bslz4")
@@ -151,7 +160,7 @@ def test_kill_9_then_restart_resumes_the_series_and_records_the_gap(setup, tmp_p
     """Case 5: with --calibration, frames after a kill -9 and restart continue series 1 in
     series_1.2.nxs; every id is in one of the two files or in the missing record."""
     det = Detector(2, sndtimeo_ms=60_000)
-    proc, client, out = start_server(setup, tmp_path, det.url, 2)
+    proc, client, out = _serve(setup, tmp_path, det)
     f = setup["frames"]["uint32"]
     halt = threading.Event()
     sent = []
@@ -215,7 +224,7 @@ def test_a_publisher_that_disappears_ends_the_series_after_the_timeout(setup, tm
     """Case 6: --stream-timeout 2: a series whose publisher vanished after 4 of 10 frames ends,
     its 6 missing ids reported."""
     det = Detector(2)
-    proc, client, out = start_server(setup, tmp_path, det.url, 2, "--stream-timeout", "2")
+    proc, client, out = _serve(setup, tmp_path, det, "--stream-timeout", "2")
     f = setup["frames"]["uint32"]
     try:
         send(det.sock, [v2.encode_start(1, "gone", f[0].shape, PX, 10)])

@@ -18,6 +18,7 @@ a recycled frame (bitshuffle's own ``bshuf_decompress_lz4``, called without the 
 simulator and the tests.
 """
 
+import os
 import struct
 
 import numpy as np
@@ -92,6 +93,30 @@ def _bshuf_decompress():
 
 
 _BSHUF = None
+
+
+def bitshuffle_one_thread():
+    """Make bitshuffle decode on the calling thread only; True if it could be set.
+
+    The ``bitshuffle`` wheel runs each call as an OpenMP parallel loop (its own bundled
+    libgomp) over all cores, whose workers then spin: with the consumer's own decode threads
+    beside the integrator this doubles the CPU spent per frame on a small machine.  The
+    OpenMP thread count is per calling thread, so each decode thread calls this once.
+    """
+    import ctypes
+    import glob
+
+    try:
+        import bitshuffle
+    except ImportError:
+        return False
+    libs = os.path.join(os.path.dirname(os.path.dirname(bitshuffle.__file__)), "bitshuffle.libs")
+    names = glob.glob(os.path.join(libs, "libgomp*.so*")) or ["libgomp.so.1"]
+    try:
+        ctypes.CDLL(names[0]).omp_set_num_threads(1)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def _fits(out, shape, dtype):

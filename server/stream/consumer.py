@@ -201,7 +201,13 @@ class StreamConsumer:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self):
-        self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="stream-decode")
+        from .codecs import bitshuffle_one_thread
+
+        self._pool = ThreadPoolExecutor(
+            self.decode_threads,
+            thread_name_prefix="stream-decode",
+            initializer=bitshuffle_one_thread,  # our threads are the parallelism
+        )
         for name, fn in (
             ("receiver", self._receive_loop),
             ("assembler", self._assemble_loop),
