@@ -82,7 +82,7 @@ class Encoder:
             datas = [v2.image_data(f, self.compression) for f in frames]
             for i in range(n):
                 yield [
-                    cbor2.dumps(
+                    v2.dumps(
                         {
                             "type": "image",
                             "series_id": int(series_id),
@@ -114,6 +114,11 @@ class Encoder:
         if self.version == 2:
             return [v2.encode_end(series_id, unique_id)]
         return v1.encode_end(series_id)
+
+
+def default_bind(version):
+    """Loopback, as the server binds: another host must be named with --bind."""
+    return "tcp://127.0.0.1:31001" if version == 2 else "tcp://127.0.0.1:9999"
 
 
 def send(sock, parts):
@@ -159,8 +164,8 @@ def publish_series(
 EXAMPLES = """\
 examples:
   saxsdetsim --frames 1000                 1000 synthetic AgBh PILATUS 1M frames, Stream V2,
-                                           bslz4, uint32, as fast as possible on tcp://*:31001
-  saxsdetsim --stream-version 1 --bind tcp://*:9999 --compression lz4 --dtype uint16 \\
+                                           bslz4, uint32, as fast as possible on tcp://127.0.0.1:31001
+  saxsdetsim --stream-version 1 --bind tcp://127.0.0.1:9999 --compression lz4 --dtype uint16 \\
              --rate 100 --frames 500       a Stream V1 detector at 100 frames/s
   saxsdetsim -c cal.json frames/*.tif      publish image files (the calibration gives the
                                            pixel size and geometry of the start message)
@@ -184,7 +189,8 @@ def build_parser():
     p.add_argument(
         "--bind",
         default=None,
-        help="endpoint to bind (default tcp://*:31001 for V2, tcp://*:9999 for V1)",
+        help="endpoint to bind (default tcp://127.0.0.1:31001 for V2, tcp://127.0.0.1:9999 "
+        "for V1: loopback; tcp://*:PORT for all interfaces)",
     )
     p.add_argument(
         "--stream-version",
@@ -267,7 +273,7 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    bind = args.bind or ("tcp://*:31001" if args.stream_version == 2 else "tcp://*:9999")
+    bind = args.bind or default_bind(args.stream_version)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, args.hwm)

@@ -1,5 +1,6 @@
 """Stream pieces in one process: codecs, the V2/V1 message formats, and the buffer limit policy."""
 
+import json
 import struct
 import threading
 
@@ -251,3 +252,239 @@ def test_slow_consumer_limit_policy(tmp_path, small_integrator, policy):
         assert st["dropped"] > 0 and all(r["kind"] == "dropped" for r in recs)
     else:
         assert st["dropped"] == 0 and len(ids) == n
+
+
+# -- messages as a DECTRIS detector sends them (issue 22 case 2, issue 23 cases 1-3, 7) ---------
+# Hand-assembled CBOR (RFC 8949 major types), following dectris/documentation
+# stream_v2/README.md ("Message Encoding": every message is a map under the self-described
+# CBOR tag 55799; "Image Message": data -> channel -> tag 40 [[rows, cols], typed array]) and
+# cbor/dectris-compression-tag.md (tag 56500 ["bslz4", elem_size, bytes]).  Not cbor2's encoder.
+def _head(major, n):
+    if n < 24:
+        return bytes([major << 5 | n])
+    for ai, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
+        if n < 256 ** struct.calcsize(fmt):
+            return bytes([major << 5 | ai]) + struct.pack(fmt, n)
+    raise ValueError(n)
+
+
+def _uint(n):
+    return _head(0, n)
+
+
+def _bytes(b):
+    return _head(2, len(b)) + b
+
+
+def _text(s):
+    return _head(3, len(s.encode())) + s.encode()
+
+
+def _array(*items):
+    return _head(4, len(items)) + b"".join(items)
+
+
+def _map(**fields):
+    return _head(5, len(fields)) + b"".join(_text(k) + v for k, v in fields.items())
+
+
+def _tag(t, item):
+    return _head(6, t) + item
+
+
+def _f64(x):
+    return b"\xfb" + struct.pack(">d", x)
+
+
+SELF_DESCRIBED = b"\xd9\xd9\xf7"  # tag 55799, as the documentation's examples start
+
+
+def _doc_image(sid, iid, f, modifier=None, image_id_item=None):
+    payload = codecs.encode_bslz4(f)
+    mod = _uint(f.itemsize) if modifier is None else modifier
+    typed = _tag(
+        70 if f.dtype == np.uint32 else 69,
+        _tag(56500, _array(_text("bslz4"), mod, _bytes(payload))),
+    )
+    data = _tag(40, _array(_array(_uint(f.shape[0]), _uint(f.shape[1])), typed))
+    return SELF_DESCRIBED + _map(
+        type=_text("image"),
+        series_id=_uint(sid),
+        series_unique_id=_text("01J0-doc"),
+        image_id=image_id_item if image_id_item is not None else _uint(iid),
+        real_time=_array(_uint(1), _uint(1000)),
+        series_date=_tag(0, _text("2026-12-06T23:00:00Z")),
+        start_time=_array(_uint(iid), _uint(1000)),
+        stop_time=_array(_uint(iid + 1), _uint(1000)),
+        user_data=b"\xf6",
+        data=_map(threshold_1=data),
+    )
+
+
+def test_v2_decodes_messages_built_from_the_dectris_documentation():
+    """Self-described CBOR (d9 d9 f7): cbor2 6.x gives frozendicts at every level; all accepted."""
+    f = frame(np.uint32)
+    start = SELF_DESCRIBED + _map(
+        type=_text("start"),
+        series_id=_uint(7),
+        series_unique_id=_text("01J0-doc"),
+        number_of_images=_uint(3),
+        image_size_x=_uint(SHAPE[1]),
+        image_size_y=_uint(SHAPE[0]),
+        pixel_size_x=_f64(172e-6),
+        pixel_size_y=_f64(172e-6),
+        beam_center_x=_f64(240.5),
+        beam_center_y=_f64(97.0),
+        detector_distance=_f64(1.5),
+        incident_wavelength=_f64(1.0),
+        channels=_array(_text("threshold_1")),
+        threshold_energy=_map(threshold_1=_f64(6000.0)),
+    )
+    s = v2.decode(start)
+    assert (s.series_id, s.image_size, s.number_of_images) == (7, SHAPE, 3)
+    assert s.pixel_size_m == (172e-6, 172e-6) and s.channels == ["threshold_1"]
+    m = v2.decode(_doc_image(7, 2, f))
+    assert (m.series_id, m.image_id, m.unique_id) == (7, 2, "01J0-doc")
+    np.testing.assert_array_equal(m.payload.decode(), f)
+    e = v2.decode(SELF_DESCRIBED + _map(type=_text("end"), series_id=_uint(7)))
+    assert e.series_id == 7
+
+
+def test_v2_accepts_the_frozendicts_of_cbor2s_own_tag():
+    """cbor2.dumps(CBORTag(55799, msg)) decodes to nested frozendicts; the message is accepted."""
+    import cbor2
+
+    f = frame(np.uint16)
+    msg = {
+        "type": "image",
+        "series_id": 3,
+        "image_id": 0,
+        "data": {"threshold_1": v2.image_data(f, "lz4")},
+    }
+    raw = cbor2.dumps(cbor2.CBORTag(55799, msg))
+    assert type(cbor2.loads(raw)).__name__ == "frozendict"
+    np.testing.assert_array_equal(v2.decode(raw).payload.decode(), f)
+    assert v2.encode_end(3, "u")[:3] == SELF_DESCRIBED  # what the simulator sends
+
+
+def test_hostile_ids_and_modifiers_are_malformed_messages():
+    """An array modifier, image_id 2**63, a bignum series_id, V1 frame 2**63: MalformedMessage
+    naming what was readable (never a TypeError/OverflowError later in a stage)."""
+    f = frame(np.uint32)
+    with pytest.raises(MalformedMessage, match="modifier") as ei:
+        v2.decode(_doc_image(1, 0, f, modifier=_array(_uint(4))))
+    with pytest.raises(MalformedMessage, match="image_id") as ei:
+        v2.decode(_doc_image(1, 0, f, image_id_item=_uint(2**63)))
+    assert ei.value.series_id == 1 and ei.value.image_id is None
+    bignum = _tag(2, _bytes((10**5000).to_bytes(2077, "big")))
+    with pytest.raises(MalformedMessage, match="series_id") as ei:
+        v2.decode(SELF_DESCRIBED + _map(type=_text("end"), series_id=bignum))
+    assert ei.value.series_id is None
+    parts = v1.encode_image(1, 0, f, "none")
+    parts[0] = b'{"htype": "dimage-1.0", "series": 1, "frame": 9223372036854775808}'
+    with pytest.raises(MalformedMessage, match="frame") as ei:
+        v1.decode(parts)
+    assert ei.value.series_id == 1 and ei.value.image_id is None
+
+
+def test_end_of_a_series_announcing_2_62_images_is_bounded(tmp_path):
+    """start(number_of_images=2**62), three images, end: in a process capped at 1.5 GB of
+    address space, the end answers at once with the missing ids as ranges (before: a list of
+    2**62 ids built under the book's lock)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+from gpusaxs.server.stream.series import SeriesBook
+book = SeriesBook({str(tmp_path)!r})
+book.start(1, "u", 2**62)
+for i in (0, 1, 5):
+    book.receive(1, i)
+t0 = time.monotonic()
+s = book.end(1)
+print(json.dumps([s.missing, s.missing_ranges, time.monotonic() - t0]))
+"""
+    from net_support import env
+
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    missing, ranges, dt = json.loads(p.stdout)
+    assert missing == 2**62 - 3
+    assert ranges == [[2, 5], [6, 2**62]]
+    assert dt < 1.0
+    (rec,) = [json.loads(x) for x in (tmp_path / "series_1.errors.jsonl").read_text().splitlines()]
+    assert rec["kind"] == "missing" and rec["ranges"] == ranges and rec["ranges complete"]
+
+
+def test_strays_never_evict_a_series_still_receiving():
+    """Images of 30 unknown series ids: the started series stays, its frames are accepted."""
+    from gpusaxs.server.stream.series import SeriesBook
+
+    book = SeriesBook(None)
+    book.start(1, "u", 10)
+    assert book.receive(1, 0)
+    for k in range(30):
+        book.receive(1000 + k, 0)
+        book.error(1000 + k, 0, "no start", "no start")
+    assert book.is_started(1) and book.get(1)["state"] == "receiving"
+    assert book.receive(1, 1)
+    assert book.get(1)["received"] == 2
+    assert len(book.info()["series"]) <= 1 + 20  # the strays stay bounded
+
+
+class _Bug(BaseException):
+    """Not an Exception: escapes every per-message handler, as a real bug in a stage might."""
+
+
+class _BuggyIntegrator:
+    def __init__(self, integ):
+        self._integ = integ
+
+    def __getattr__(self, name):
+        return getattr(self._integ, name)
+
+    def integrate_batch_error(self, *a, **k):
+        raise _Bug("simulated bug in the integrator stage")
+
+
+def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_integrator):
+    """The dead stage is named in info()["failed"], on_fatal hears it (the server stops on it)
+    and stop() returns at once instead of waiting on the dead stage's queue."""
+    import time
+
+    from gpusaxs.server.stream.consumer import StreamConsumer
+
+    fatal = []
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 10_000)
+    push.bind("tcp://127.0.0.1:*")
+    cons = StreamConsumer(
+        push.getsockopt_string(zmq.LAST_ENDPOINT),
+        tmp_path,
+        integrator=_BuggyIntegrator(small_integrator),
+        batch_size=2,
+        context=ctx,
+        on_fatal=fatal.append,
+    ).start()
+    try:
+        push.send(v2.encode_start(1, "bug", SHAPE, (172e-6, 172e-6), 2))
+        for i in range(2):
+            push.send(v2.encode_image(1, "bug", i, frame(np.uint32), "bslz4"))
+        deadline = time.monotonic() + 30
+        while not fatal and time.monotonic() < deadline:
+            cons.book.wait(lambda b: bool(fatal), 0.1)
+        assert fatal and "_integrate_loop" in fatal[0] and "simulated bug" in fatal[0]
+        assert "_integrate_loop" in cons.info()["failed"]
+    finally:
+        t0 = time.monotonic()
+        assert cons.stop(timeout=20)
+        assert time.monotonic() - t0 < 20
+        push.close(0)
+        ctx.term()
+    st = cons.book.get(1)
+    assert st["errors"] == 2 and st["integrated"] == 0  # each frame one record

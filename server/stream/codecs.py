@@ -12,9 +12,13 @@
 * raw: the little-endian bytes.
 
 Every decoder checks sizes against what the message announced and raises :class:`DecodeError`
-(never returns a wrong-sized frame).  Encoders are for the simulator and the tests.
+(never returns a wrong-sized frame).  ``decode_bslz4(..., out=stack[k])`` decodes straight into
+a recycled frame (bitshuffle's own ``bshuf_decompress_lz4``, called without the GIL): a fresh
+4 MB array per frame costs more in page faults than the decoding itself.  Encoders are for the
+simulator and the tests.
 """
 
+import os
 import struct
 
 import numpy as np
@@ -72,8 +76,67 @@ def decode_raw(buf, shape, dtype):
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
-def decode_bslz4(buf, shape, dtype, elem_size=None):
-    """bitshuffle/LZ4 with HDF5 framing -> array of ``shape`` and ``dtype``."""
+def _bshuf_decompress():
+    """bitshuffle's C ``bshuf_decompress_lz4`` (ctypes; None if the library is not found)."""
+    global _BSHUF
+    if _BSHUF is None:
+        import ctypes
+
+        try:
+            import bitshuffle.ext
+
+            fn = ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4
+            fn.restype = ctypes.c_int64
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_size_t] * 3
+            _BSHUF = fn
+        except (ImportError, OSError, AttributeError):
+            _BSHUF = False
+    return _BSHUF or None
+
+
+_BSHUF = None
+
+
+def bitshuffle_one_thread():
+    """Make bitshuffle decode on the calling thread only; True if it could be set.
+
+    The ``bitshuffle`` wheel runs each call as an OpenMP parallel loop (its own bundled
+    libgomp) over all cores, whose workers then spin: with the consumer's own decode threads
+    beside the integrator this doubles the CPU spent per frame on a small machine.  The
+    OpenMP thread count is per calling thread, so each decode thread calls this once.
+    """
+    import ctypes
+    import glob
+
+    try:
+        import bitshuffle
+    except ImportError:
+        return False
+    libs = os.path.join(os.path.dirname(os.path.dirname(bitshuffle.__file__)), "bitshuffle.libs")
+    names = glob.glob(os.path.join(libs, "libgomp*.so*")) or ["libgomp.so.1"]
+    try:
+        ctypes.CDLL(names[0]).omp_set_num_threads(1)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _fits(out, shape, dtype):
+    return (
+        out is not None
+        and out.dtype == dtype
+        and out.shape == tuple(shape)
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+
+
+def decode_bslz4(buf, shape, dtype, elem_size=None, out=None):
+    """bitshuffle/LZ4 with HDF5 framing -> array of ``shape`` and ``dtype``.
+
+    ``out``: an array to decode into when it fits (C-contiguous, that shape and dtype); the
+    returned array is then ``out``.
+    """
     import bitshuffle
 
     mv, dtype, nbytes, block = _h5_header("bslz4", buf, shape, dtype)
@@ -84,6 +147,18 @@ def decode_bslz4(buf, shape, dtype, elem_size=None):
     check_header(mv, nbytes, dtype.itemsize, DecodeError)  # size and block size (shared)
     _check_bslz4_blocks(mv, nbytes // dtype.itemsize, block // dtype.itemsize, dtype.itemsize)
     body = np.frombuffer(mv, dtype=np.uint8, offset=_H5_HEADER.size)
+    fn = _bshuf_decompress() if _fits(out, shape, dtype) else None
+    if fn is not None:
+        used = fn(
+            body.ctypes.data,
+            out.ctypes.data,
+            nbytes // dtype.itemsize,
+            dtype.itemsize,
+            block // dtype.itemsize,
+        )
+        if used != body.size:
+            raise DecodeError(f"bslz4: decoding used {used} of {body.size} bytes")
+        return out
     try:
         out = bitshuffle.decompress_lz4(
             body, tuple(int(s) for s in shape), dtype, block // dtype.itemsize
@@ -147,10 +222,12 @@ def decode_lz4_block(buf, shape, dtype):
     return np.frombuffer(plain, dtype=dtype).reshape(shape)
 
 
-def decode_payload(compression, buf, shape, dtype, elem_size=None):
-    """Dispatch on the compression name: "bslz4", "lz4" (HDF5 framing), "lz4-block", "none"."""
+def decode_payload(compression, buf, shape, dtype, elem_size=None, out=None):
+    """Dispatch on the compression name: "bslz4", "lz4" (HDF5 framing), "lz4-block", "none".
+
+    ``out``: where bslz4 may decode in place (see :func:`decode_bslz4`)."""
     if compression == "bslz4":
-        return decode_bslz4(buf, shape, dtype, elem_size)
+        return decode_bslz4(buf, shape, dtype, elem_size, out)
     if compression == "lz4":
         return decode_lz4_h5(buf, shape, dtype)
     if compression == "lz4-block":

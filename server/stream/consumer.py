@@ -22,6 +22,11 @@ and writing overlap::
 * writer: :class:`gpusaxs.io.nexus.NXazintWriter` in live mode, ``series_<series_id>.nxs`` in
   ``out_dir`` (rows appended as they come, flushed at least every second); ``.chi`` per image
   only with ``chi=True``.
+
+Every per-message failure becomes an error record; a stage that dies anyway (a bug) is named in
+``info()["failed"]`` and ``on_fatal`` is called (the server stops with that error).  A series
+with no message for ``idle_timeout_s`` is ended as if its end message had come (its missing ids
+reported).  Files are written only inside the output folder (:mod:`.files`).
 """
 
 import logging
@@ -34,13 +39,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import v1, v2
+from .files import output_root, reserve, subfolder
 from .messages import End, Image, MalformedMessage, Start
+from .resume import latest_file, written_ids
 from .series import SeriesBook
 
 log = logging.getLogger("saxsdogserver.stream")
 
 _STOP = ("stop",)
 PIXEL_SIZE_RTOL = 1e-3
+#: default inactivity timeout (s): a receiving series with no message for this long is ended
+IDLE_TIMEOUT_S = 300.0
 
 
 def check_start(start, integ):
@@ -117,6 +126,10 @@ class StreamConsumer:
         not fit the buffer, each with an error record).
     chi : also write ``series_<id>/image_<id>.chi`` per image.
     context : a zmq.Context to use (default: the process' instance).
+    idle_timeout_s : seconds without a message after which a receiving series is ended.
+    resume : continue a series whose start was not seen when its file is in ``out_dir``
+        (with a fixed calibration, after a restart).
+    on_fatal : called with a one-line reason when a stage dies.
     """
 
     def __init__(
@@ -132,14 +145,20 @@ class StreamConsumer:
         policy="block",
         chi=False,
         context=None,
+        idle_timeout_s=IDLE_TIMEOUT_S,
+        resume=False,
+        on_fatal=None,
     ):
         if version not in (1, 2):
             raise ValueError(f"stream version must be 1 or 2, not {version!r}")
         if policy not in ("block", "drop"):
             raise ValueError(f"policy must be 'block' or 'drop', not {policy!r}")
         self.url = url
-        self.out_dir = os.path.realpath(out_dir)
-        os.makedirs(self.out_dir, exist_ok=True)
+        self.out_dir = output_root(out_dir)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.resume = bool(resume)
+        self.on_fatal = on_fatal
+        self.failed = {}  # stage name -> reason, for a stage that died
         self.version = version
         self.batch_size = max(1, int(batch_size))
         self.decode_threads = max(1, int(decode_threads))
@@ -182,7 +201,13 @@ class StreamConsumer:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self):
-        self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="stream-decode")
+        from .codecs import bitshuffle_one_thread
+
+        self._pool = ThreadPoolExecutor(
+            self.decode_threads,
+            thread_name_prefix="stream-decode",
+            initializer=bitshuffle_one_thread,  # our threads are the parallelism
+        )
         for name, fn in (
             ("receiver", self._receive_loop),
             ("assembler", self._assemble_loop),
@@ -208,16 +233,42 @@ class StreamConsumer:
         def run():
             try:
                 fn()
-            except Exception:  # a bug must not hang the others: log, pass the stop on
-                log.exception("stream %s stage failed", fn.__name__)
+            except BaseException as exc:  # a bug must not hang the others: report, stop
+                reason = f"stream stage {fn.__name__} died: {type(exc).__name__}: {exc}"[:300]
+                log.exception(reason)
+                self.failed[fn.__name__] = reason
+                if self.on_fatal is not None:
+                    self.on_fatal(reason)
                 self._stop.set()
-                for q in (self._buffer, self._batches, self._rows):
-                    try:
-                        q.put_nowait(_STOP)
-                    except queue.Full:
-                        pass
+                self._drain(fn.__name__, reason)
 
         return run
+
+    def _drain(self, stage, reason):
+        """After ``stage`` died: take what reaches its input queue (one error record per frame,
+        so the stages before it never block) and pass the stop on once it comes."""
+        links = {
+            "_assemble_loop": (self._buffer, self._batches),
+            "_integrate_loop": (self._batches, self._rows),
+            "_write_loop": (self._rows, None),
+        }
+        if stage not in links:  # the receiver: its own finally sent the stop down
+            return
+        inbox, outbox = links[stage]
+        while True:
+            item = inbox.get()
+            if item is _STOP:
+                if outbox is not None:
+                    outbox.put(_STOP)
+                return
+            if isinstance(item, Image):
+                ids = [(item.series_id, item.image_id)]
+            elif isinstance(item, tuple) and item[0] in ("batch", "rows"):
+                ids = [(item[1], int(i)) for i in item[-2 if item[0] == "batch" else -1]]
+            else:
+                ids = []
+            for sid, iid in ids:
+                self.book.error(sid, iid, reason, "failed")
 
     def info(self):
         """The ``streams`` part of ``saxsleash stat``."""
@@ -230,6 +281,8 @@ class StreamConsumer:
                 "buffered": self._buffer.qsize(),
                 "buffer size": self._buffer.maxsize,
                 "output": self.out_dir,
+                "idle timeout s": self.idle_timeout_s,
+                "failed": dict(self.failed),
             }
         )
         return d
@@ -261,8 +314,12 @@ class StreamConsumer:
         sock.connect(self.url)
         self.connected.set()
         decode = v2.decode if self.version == 2 else v1.decode
+        next_idle = time.monotonic() + 0.5
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= next_idle:
+                    next_idle = time.monotonic() + 0.5
+                    self._end_idle()
                 if not sock.poll(100):
                     continue
                 while True:
@@ -273,12 +330,39 @@ class StreamConsumer:
                             raw = [f.buffer for f in sock.recv_multipart(zmq.NOBLOCK, copy=False)]
                     except zmq.Again:
                         break
-                    self._on_message(decode, raw)
-                    if self._stop.is_set():
+                    self._on_message_safe(decode, raw)
+                    if self._stop.is_set() or time.monotonic() >= next_idle:
                         break
         finally:
             sock.close(linger=0)
             self._put_control(_STOP)
+
+    def _end_idle(self):
+        """End the series that received nothing for ``idle_timeout_s`` (missing ids reported)."""
+        for sid in self.book.idle(self.idle_timeout_s):
+            log.warning("series %s: no message for %.0f s, ended", sid, self.idle_timeout_s)
+            self.book.end(sid, by=f"inactivity ({self.idle_timeout_s:g} s without a message)")
+            self._put_control(End(sid))
+
+    def _on_message_safe(self, decode, raw):
+        try:
+            self._on_message(decode, raw)
+        except Exception as exc:  # noqa: BLE001 - one message never stops the receiver
+            log.exception("stream message failed")
+            self.book.error(None, None, f"message failed: {type(exc).__name__}: {exc}", "malformed")
+
+    def _resume(self, sid, unique_id):
+        """Continue series ``sid`` after a restart if its file is here; True if resumed."""
+        if not self.resume or self.book.is_refused(sid) is not None:
+            return False
+        name = latest_file(self.out_dir, sid)
+        if name is None:
+            return False
+        rows = written_ids(os.path.join(self.out_dir, name))
+        self.book.resume(sid, unique_id, name, rows)
+        if self.book.is_refused(sid) is None:
+            self._put_control(Start(series_id=sid, unique_id=unique_id))
+        return True
 
     def _on_message(self, decode, raw):
         book = self.book
@@ -310,6 +394,8 @@ class StreamConsumer:
             return
         if isinstance(msg, Image):
             sid, iid = msg.series_id, msg.image_id
+            if not book.is_started(sid):
+                self._resume(sid, msg.unique_id)
             if not book.receive(sid, iid):
                 book.error(sid, iid, "duplicate image_id: already received", "duplicate")
                 return
@@ -339,7 +425,8 @@ class StreamConsumer:
                 self._put_control(msg)
         elif isinstance(msg, Start):
             book.start(msg.series_id, msg.unique_id, msg.number_of_images)
-            self._put_control(msg)
+            if book.is_refused(msg.series_id) is None:
+                self._put_control(msg)
         elif isinstance(msg, End):
             book.end(msg.series_id)
             self._put_control(msg)
@@ -409,7 +496,12 @@ class StreamConsumer:
             pool = pools.get(shape)
             if pool is None or pool.batch != self.batch_size:
                 pool = pools[shape] = _StackPool(self.batch_size, shape)
-            self._decode_batch(item.series_id, batch, pool, shape)
+            try:
+                self._decode_batch(item.series_id, batch, pool, shape)
+            except Exception as exc:  # noqa: BLE001 - a record per frame, never a dead stage
+                log.exception("decoding a batch failed")
+                for m in batch:
+                    self.book.error(m.series_id, m.image_id, f"decode failed: {exc}", "decode")
 
     def _decode_batch(self, series_id, batch, pool, shape):
         dtype = np.dtype(batch[0].payload.dtype).newbyteorder("=")
@@ -426,10 +518,12 @@ class StreamConsumer:
             if np.dtype(p.dtype).kind not in "uif":
                 return f"unsupported pixel dtype {np.dtype(p.dtype)}"
             try:
-                frame = p.decode()
-            except ValueError as exc:  # DecodeError and numpy's
+                view = stack[k]
+                frame = p.decode(out=view)
+                if frame is not view:  # not decoded in place
+                    view[...] = frame
+            except (ValueError, TypeError, OverflowError, MemoryError) as exc:
                 return f"cannot decode ({p.compression}): {exc}"
-            stack[k] = frame
             return None
 
         results = list(self._pool.map(job, range(len(batch))))
@@ -470,18 +564,22 @@ class StreamConsumer:
                     for i in ids:
                         self.book.error(sid, int(i), f"integration failed: {exc}", "integrate")
                     continue
+                except BaseException as exc:  # the stage dies: its frames still get a record
+                    for i in ids:
+                        self.book.error(sid, int(i), f"integrator stage died: {exc!r}", "failed")
+                    raise
                 finally:
                     pool.give(stack)
                 self._rows.put(("rows", sid, intensity, err, ids))
 
     # -- stage 4: writer ------------------------------------------------------------------------
     def _series_path(self, series_id):
-        path = os.path.join(self.out_dir, f"series_{series_id}.nxs")
-        n = 1
-        while os.path.exists(path):  # never overwrite an earlier series' file
+        """A new file in the output folder: never an earlier series' file, never a link."""
+        name, n = f"series_{series_id}.nxs", 1
+        while not reserve(self.out_dir, name):
             n += 1
-            path = os.path.join(self.out_dir, f"series_{series_id}.{n}.nxs")
-        return path
+            name = f"series_{series_id}.{n}.nxs"
+        return os.path.join(self.out_dir, name)
 
     def _write_loop(self):
         from gpusaxs.io.nexus import NXazintWriter
@@ -495,7 +593,10 @@ class StreamConsumer:
             now = time.monotonic()
             for sid, w in writers.items():  # rows reach the file at least every second
                 if w[1] != w[3] and now - w[4] >= 0.5:
-                    w[0].flush()
+                    try:
+                        w[0].flush()
+                    except Exception as exc:  # noqa: BLE001 - disk full: said, rows kept
+                        self.book.note(sid, "write", f"flush failed: {exc}")
                     w[3], w[4] = w[1], now
                     self.book.flushed(sid, w[1])
             if item is None:
@@ -510,9 +611,9 @@ class StreamConsumer:
                 sid = start.series_id
                 if sid in writers:  # same id again: finish the old file
                     self._close_writer(sid, writers.pop(sid))
-                path = self._series_path(sid)
-                key = key or calibration_key(integ)
                 try:
+                    path = self._series_path(sid)
+                    key = key or calibration_key(integ)
                     w = NXazintWriter(
                         path,
                         integ.q,
@@ -524,7 +625,7 @@ class StreamConsumer:
                         flush_interval_s=1.0,
                     )
                 except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
-                    self.book.refuse(sid, f"cannot create {path}: {exc}")
+                    self.book.refuse(sid, f"cannot create the series file: {exc}")
                     continue
                 writers[sid] = [w, 0, integ.q, 0, now, key]
                 self.book.flushed(sid, 0, os.path.basename(path))
@@ -550,7 +651,11 @@ class StreamConsumer:
                 w[1] += len(ids)
                 self.book.integrated(sid, len(ids))
                 if self.chi:
-                    self._write_chi(sid, w[2], intensity, err, ids, w[5])
+                    try:
+                        self._write_chi(sid, w[2], intensity, err, ids, w[5])
+                    except Exception as exc:  # noqa: BLE001 - the rows are in the file
+                        log.warning("series %s: .chi copies failed: %s", sid, exc)
+                        self.book.note(sid, "chi", f".chi copies of ids {ids[0]}..: {exc}")
 
     def _close_writer(self, sid, w):
         try:
@@ -562,8 +667,7 @@ class StreamConsumer:
     def _write_chi(self, sid, q, intensity, err, ids, key):
         from gpusaxs.io.chi import write_chi
 
-        folder = os.path.join(self.out_dir, f"series_{sid}")
-        os.makedirs(folder, exist_ok=True)
+        folder = subfolder(self.out_dir, f"series_{sid}")
         for k, i in enumerate(ids):
             path = os.path.join(folder, f"image_{int(i):06d}.chi")
             write_chi(

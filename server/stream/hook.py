@@ -2,6 +2,9 @@
 
 import logging
 import os
+import signal
+
+from .consumer import IDLE_TIMEOUT_S
 
 log = logging.getLogger("saxsdogserver.stream")
 
@@ -59,10 +62,24 @@ def add_arguments(parser):
         help="frame decoding threads (default 2)",
     )
     g.add_argument(
+        "--stream-timeout",
+        type=float,
+        default=IDLE_TIMEOUT_S,
+        metavar="S",
+        help="end a series that received no message for S seconds, its missing frames "
+        f"reported (default {IDLE_TIMEOUT_S:g})",
+    )
+    g.add_argument(
         "--chi",
         action="store_true",
         help="also write one .chi per stream image (series_<id>/image_<n>.chi)",
     )
+
+
+def _stop_server(reason):
+    """A stream stage died: say so and stop the server (its SIGTERM path: files closed)."""
+    log.error("%s: stopping the server", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def start_consumer(args, service):
@@ -74,6 +91,8 @@ def start_consumer(args, service):
         return None
     from .consumer import StreamConsumer
 
+    if not args.stream_timeout > 0:
+        raise ValueError(f"--stream-timeout must be positive, not {args.stream_timeout}")
     integrator = None
     if args.calibration:
         from gpusaxs.calibration import Calibration
@@ -95,7 +114,23 @@ def start_consumer(args, service):
 
         integrator()  # build now: a bad mask file is reported at start, not per series
     out = args.out or args.basedir
-    consumer = StreamConsumer(
+    try:
+        consumer = _consumer(StreamConsumer, args, out, integrator)
+    except OSError as exc:
+        raise ValueError(f"output folder {out}: {exc}") from None
+    service.stream = consumer
+    consumer.start()
+    log.warning(
+        "consuming Stream V%d from %s into %s",
+        args.stream_version,
+        args.detector,
+        os.path.realpath(out),
+    )
+    return consumer
+
+
+def _consumer(cls, args, out, integrator):
+    return cls(
         args.detector,
         out,
         version=args.stream_version,
@@ -106,13 +141,7 @@ def start_consumer(args, service):
         hwm=args.stream_hwm,
         policy=args.stream_policy,
         chi=args.chi,
+        idle_timeout_s=args.stream_timeout,
+        resume=integrator is not None,
+        on_fatal=_stop_server,
     )
-    service.stream = consumer
-    consumer.start()
-    log.warning(
-        "consuming Stream V%d from %s into %s",
-        args.stream_version,
-        args.detector,
-        os.path.realpath(out),
-    )
-    return consumer

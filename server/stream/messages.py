@@ -30,9 +30,11 @@ class Payload:
     dtype: object
     elem_size: int = None
 
-    def decode(self):
-        """The frame as a (H, W) array; raises DecodeError."""
-        return decode_payload(self.compression, self.data, self.shape, self.dtype, self.elem_size)
+    def decode(self, out=None):
+        """The frame as a (H, W) array (``out`` itself when decoded in place); DecodeError."""
+        return decode_payload(
+            self.compression, self.data, self.shape, self.dtype, self.elem_size, out
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from .idset import MAX_ID
 from .messages import End, Image, MalformedMessage, Payload, Start
 
 ENCODINGS = {
@@ -49,9 +50,9 @@ def _json(part, what, series_id=None, image_id=None):
 
 def _uint(d, key, what, series_id=None, image_id=None):
     v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_ID:
         raise MalformedMessage(
-            f"{what}: field {key!r} missing or not an unsigned integer",
+            f"{what}: field {key!r} missing or not an unsigned integer below 2**63",
             series_id,
             image_id,
         )
@@ -122,6 +123,8 @@ def decode(parts):
         n = None
         if isinstance(cfg.get("nimages"), int):
             n = cfg["nimages"] * (cfg["ntrigger"] if isinstance(cfg.get("ntrigger"), int) else 1)
+            if not 0 <= n <= MAX_ID + 1:
+                raise MalformedMessage("nimages x ntrigger is out of range", sid)
         bx, by = _float(cfg, "beam_center_x"), _float(cfg, "beam_center_y")
         return Start(
             series_id=sid,
@@ -136,7 +139,8 @@ def decode(parts):
         )
     if htype == "dseries_end-1.0":
         return End(_uint(head, "series", "dseries_end-1.0"))
-    sid = head.get("series") if isinstance(head.get("series"), int) else None
+    sid = head.get("series")
+    sid = sid if type(sid) is int and 0 <= sid <= MAX_ID else None
     raise MalformedMessage(f"unknown htype {htype!r}", sid)
 
 

@@ -7,10 +7,18 @@ References (dectris/documentation): ``stream_v2/README.md`` ("Message Encoding",
 section 2, tags 64-87) wraps either a byte string or a tag-56500 compressed byte string
 ``["bslz4", elem_size, bytes]`` / ``["lz4", 0, bytes]``.  Decoded with ``cbor2``; the payload
 stays compressed until :meth:`Payload.decode` runs on a decode thread.
+
+A detector sends every message as self-described CBOR (tag 55799, bytes ``d9 d9 f7``); cbor2
+6.x decodes the maps under a tag as ``cbor2.frozendict``: every level accepts any
+:class:`collections.abc.Mapping` (read in place, never copied).  Ids (``series_id``,
+``image_id``) above the int64 range are refused as malformed.
 """
+
+from collections.abc import Mapping
 
 import numpy as np
 
+from .idset import MAX_ID
 from .messages import End, Image, MalformedMessage, Payload, Start
 
 TAG_MULTIDIM_ROW_MAJOR = 40
@@ -77,8 +85,9 @@ def _tag_hook(first, second):
             and len(v) == 3
             and isinstance(v[0], str)
             and isinstance(v[2], (bytes, bytearray))
+            and (v[1] is None or (isinstance(v[1], int) and not isinstance(v[1], bool)))
         ):
-            raise MalformedMessage("tag 56500 content is not [algorithm, modifier, bytes]")
+            raise MalformedMessage("tag 56500 content is not [algorithm, integer modifier, bytes]")
         return _Compressed(v[0], v[1], v[2])
     if t in TYPED_ARRAY_TAGS:
         return _Typed(np.dtype(TYPED_ARRAY_TAGS[t]), tag.value)
@@ -94,11 +103,19 @@ def _int(msg, key, series_id=None, image_id=None, required=True):
     v = msg.get(key)
     if v is None and not required:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_ID:
         raise MalformedMessage(
-            f"field {key!r} is missing or not an unsigned integer", series_id, image_id
+            f"field {key!r} is missing or not an unsigned integer below 2**63",
+            series_id,
+            image_id,
         )
     return v
+
+
+def _id(msg, key):
+    """The id ``key`` when it is a usable one (an int in 0 .. 2**63-1), else None."""
+    v = msg.get(key)
+    return v if type(v) is int and 0 <= v <= MAX_ID else None
 
 
 def _float(msg, key):
@@ -153,21 +170,24 @@ def decode(raw):
     import cbor2
 
     try:
-        msg = cbor2.loads(bytes(raw), tag_hook=_tag_hook)
+        msg = cbor2.loads(raw, tag_hook=_tag_hook)  # bytes-like: no copy of the message
     except MalformedMessage:
         raise
     except Exception as exc:  # noqa: BLE001 - CBORDecodeError and whatever hostile input triggers
+        cause = exc.__cause__ or exc.__context__  # cbor2 wraps what the tag hook raised
+        if isinstance(cause, MalformedMessage):
+            raise cause from None
         raise MalformedMessage(f"not valid CBOR: {type(exc).__name__}: {str(exc)[:120]}") from None
-    if not isinstance(msg, dict):
+    if not isinstance(msg, Mapping):
         raise MalformedMessage("CBOR message is not a map")
     kind = msg.get("type")
-    series_id = msg.get("series_id") if isinstance(msg.get("series_id"), int) else None
+    series_id = _id(msg, "series_id")
     if kind == "image":
-        image_id = msg.get("image_id") if isinstance(msg.get("image_id"), int) else None
+        image_id = _id(msg, "image_id")
         sid = _int(msg, "series_id", series_id, image_id)
         iid = _int(msg, "image_id", sid, image_id)
         data = msg.get("data")
-        if not isinstance(data, dict) or not data:
+        if not isinstance(data, Mapping) or not data:
             raise MalformedMessage("image message has no channel data", sid, iid)
         channel = next(iter(data.values()))
         return Image(sid, iid, _payload(channel, sid, iid), str(msg.get("series_unique_id", "")))
@@ -195,6 +215,17 @@ def decode(raw):
 
 
 # -- encoding (simulator, tests) ----------------------------------------------------------------
+#: the self-described CBOR tag (RFC 8949 section 3.4.6) that starts every DECTRIS message
+SELF_DESCRIBED = b"\xd9\xd9\xf7"
+
+
+def dumps(msg):
+    """One message as the detector sends it: tag 55799 around the CBOR map."""
+    import cbor2
+
+    return SELF_DESCRIBED + cbor2.dumps(msg)
+
+
 def encode_start(
     series_id,
     unique_id,
@@ -244,7 +275,7 @@ def encode_start(
     }
     if saturation_value is not None:
         msg["saturation_value"] = int(saturation_value)
-    return cbor2.dumps(msg)
+    return dumps(msg)
 
 
 def image_data(frame, compression):
@@ -274,7 +305,7 @@ def image_data(frame, compression):
 def encode_image(series_id, unique_id, image_id, frame, compression, channel="threshold_1"):
     import cbor2
 
-    return cbor2.dumps(
+    return dumps(
         {
             "type": "image",
             "series_id": int(series_id),
@@ -291,8 +322,4 @@ def encode_image(series_id, unique_id, image_id, frame, compression, channel="th
 
 
 def encode_end(series_id, unique_id):
-    import cbor2
-
-    return cbor2.dumps(
-        {"type": "end", "series_id": int(series_id), "series_unique_id": str(unique_id)}
-    )
+    return dumps({"type": "end", "series_id": int(series_id), "series_unique_id": str(unique_id)})
