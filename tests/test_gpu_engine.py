@@ -995,26 +995,92 @@ def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
     assert_sums_close(Sums(*(cp.asnumpy(a) for a in spmm.sums_device(xd, errors=True))), host, 1e-6)
 
 
+def poisson_stack(n, dtype, rng, shape=(H, W)):
+    """n Poisson frames (rates 0.5..2000: sums that are not exact in float64) with the
+    invalid values of dtype (-1 gaps / max-of-type flags)."""
+    rate = rng.uniform(0.5, 2000.0, size=shape)
+    x = rng.poisson(rate, size=(n,) + shape).astype(dtype)
+    flag = -1 if np.dtype(dtype).kind == "i" else np.iinfo(dtype).max
+    x[:, shape[0] // 3 : shape[0] // 3 + 9] = flag
+    x[rng.random(x.shape) < 1e-3] = flag
+    return x
+
+
+@pytest.fixture(scope="module")
+def poisson64(matrix):
+    """{dtype: (64 Poisson frames, their reference Sums)}, int32 and uint32."""
+    out = {}
+    for d in (np.int32, np.uint32):
+        x = poisson_stack(64, d, np.random.default_rng(64))
+        out[np.dtype(d)] = (x, reference_sums(matrix, x))
+    return out
+
+
+def _first(pair, n):
+    x, ref = pair
+    return x[:n], Sums(*(a[:n] for a in ref))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "layout,upload,seg,streams",
-    [("pixel", "copy", 4096, 1), ("pixel", "mapped", 64, 2), ("frame", "copy", 100000, 3)],
+    "layout,upload,seg,streams,batch,n",
+    [
+        ("pixel", "copy", 4096, 1, 32, 64),
+        ("pixel", "mapped", 64, 2, 13, 37),
+        ("pixel", "mapped", 4096, 3, 64, 64),
+        ("pixel", "copy", 4096, 2, 8, 19),
+        ("frame", "copy", 100000, 3, 32, 64),
+        ("frame", "copy", 4096, 2, 13, 37),
+    ],
 )
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32], ids=["int32", "uint32"])
 def test_gpu_kernel_parameters(
-    cp, matrix, frames_by_dtype, references, layout, upload, seg, streams
+    cp, matrix, poisson64, layout, upload, seg, streams, batch, n, dtype
 ):
-    x = frames_by_dtype[np.dtype(np.uint32)]
+    """Full frame groups (B = 32, 64), odd batches with a ragged tail, Poisson data that does
+    not sum exactly, errors on and off, on the kernel path with no fallback."""
+    x, ref = _first(poisson64[np.dtype(dtype)], n)
     eng = DeviceEngine(
         matrix,
         xp=cp,
-        batch_size=4,
+        batch_size=batch,
         n_streams=streams,
         layout=layout,
         upload=upload,
         segment_length=seg,
     )
-    assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-6)
+    assert_sums_close(eng.sums(x, errors=True), ref, 1e-9)
+    assert_sums_close(eng.sums(x, errors=False), ref, 1e-9, errors=False)
+    assert_sums_close(eng.sums(iter(x), errors=True), ref, 1e-9)
+    dev = eng.sums_device(cp.asarray(x), errors=True)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in dev)), ref, 1e-9)
     assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b", [1, 3, 8, 32, 64])
+def test_gpu_pixel_major_input_full_groups(cp, matrix, poisson64, b):
+    x, ref = _first(poisson64[np.dtype(np.int32)], b)
+    eng = DeviceEngine(matrix, xp=cp, batch_size=32)
+    pm = cp.asarray(np.ascontiguousarray(x.reshape(b, -1).T))
+    got = eng.sums_device(pm, errors=True, pixel_major=True)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in got)), ref, 1e-9)
+    assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+def test_gpu_mapped_view_is_the_pinned_buffer(cp):
+    import cupyx
+
+    from gpusaxs.gpu_ops import CupyOps
+
+    ops = CupyOps(cp)
+    host = cupyx.empty_pinned((1000,), np.int32)
+    host[...] = np.arange(1000)
+    dev = ops.mapped(host)
+    assert int(dev.sum()) == int(np.arange(1000).sum())
+    with pytest.raises(ValueError, match="page-locked"):
+        ops.mapped(np.arange(1000, dtype=np.int32))
 
 
 @pytest.mark.gpu
