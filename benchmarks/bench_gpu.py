@@ -28,6 +28,7 @@ import ctypes
 import datetime
 import functools
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -125,6 +126,10 @@ def fail(msg, code=2):
 
 
 def git_commit():
+    """HEAD of the checkout, or $GPUSAXS_COMMIT (a device machine gets no .git: the device
+    check passes the commit its wheels were prepared at)."""
+    if os.environ.get("GPUSAXS_COMMIT"):
+        return os.environ["GPUSAXS_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10

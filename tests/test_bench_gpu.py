@@ -165,3 +165,23 @@ def test_model_predictions(bench):
     table = bench.model_table()
     assert table.count("\n") == 1 + 2 * 3 * len(bench.BATCHES)
     assert np.isfinite(pm["predicted"])
+
+
+def test_device_check_script_fits_the_lease(bench):
+    """benchmarks/device_check.sh (run on a lent H100/H200, docs/gpu.md): valid bash, steps
+    bounded to under 6 minutes, cases and test files that exist, results copied to $OUT."""
+    import re
+    import subprocess
+
+    script = ROOT / "benchmarks" / "device_check.sh"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    limits = [int(t) for t in re.findall(r"\btimeout (\d+) ", text)]
+    assert len(limits) >= 4 and sum(limits) <= 360, limits
+    cases = re.search(r"CASES=\$\{CASES:-([\w,]+)\}", text).group(1).split(",")
+    assert cases and all(c in bench.CASES for c in cases)
+    for path in re.findall(r"tests/test_\w+\.py", text):
+        assert (ROOT / path).exists(), path
+    assert "pytest" in text and "-m gpu" in text and "bench_gpu.py" in text
+    assert 'cp benchmarks/results/gpu-nvidia-*.json "$OUT/"' in text
+    assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
