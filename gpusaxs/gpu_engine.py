@@ -54,6 +54,7 @@ __all__ = [
     "CTYPES",
     "FRAMES_PER_BLOCK",
     "engine_fallbacks",
+    "fallback_lines",
 ]
 
 #: CUDA C type of each frame dtype the kernel is instantiated for (others: converted on device).
@@ -190,6 +191,11 @@ _FALLBACKS: list[dict[str, str]] = []
 def engine_fallbacks() -> list[dict[str, str]]:
     """Fallbacks taken in this process (list of dicts: from, to, reason), oldest first."""
     return [dict(f) for f in _FALLBACKS]
+
+
+def fallback_lines() -> list[str]:
+    """engine_fallbacks() in words, one line each (saxsdog's summary, the server's stat)."""
+    return [f"{f['from']} -> {f['to']}: {f['reason']}" for f in _FALLBACKS]
 
 
 def _host_engine(matrix):
