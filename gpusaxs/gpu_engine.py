@@ -302,6 +302,7 @@ class DeviceEngine:
         self._sparse = None
         self._cpu = None
         self._modules = {}
+        self._offsets = {}
         self._slots = None
         self._slot_counter = 0
         self._active = False
@@ -612,23 +613,36 @@ class DeviceEngine:
         self._integrate_into(dev_pm, "pixel", b, out, errors)
 
     def _spmm_into(self, x, out, errors, dtype=None):
-        """Sparse-product path on x (n_pixels, b): frames converted to float, invalid -> 0."""
+        """Sparse-product path on x (n_pixels, b): frames converted to float, invalid -> 0.
+
+        The reference path through cupyx.scipy.sparse, without avoidable copies: the float
+        frames are made frame-major (b, n_pixels), C-contiguous (no copy of a frame-major
+        batch), so each product gets their transpose, the F-contiguous (n_pixels, b) operand
+        cuSPARSE's SpMM reads (cupyx copies any other layout first); the dark offset stays on
+        the device (``_offset_on``)."""
         xp = self.xp
         dt = np.dtype(dtype or self.spmm_dtype)
         mats = self._sparse_matrices(dt)
-        valid = valid_mask(x, xp)
-        xv = xp.where(valid, x.astype(dt), dt.type(0))
+        xt = x.T  # (b, n_pixels): a C-contiguous view for a frame-major batch
+        valid = valid_mask(xt, xp)
+        xv = xp.where(valid, xt.astype(dt), dt.type(0))
         if self._o is not None:
-            off = xp.asarray(self._pixel_offset.astype(dt))[:, None]
-            d = xp.where(valid, xv - off, dt.type(0))
+            d = xp.where(valid, xv - self._offset_on(dt)[None, :], dt.type(0))
         else:
             d = xv
-        out[0] = (mats["ws"] @ d).T
-        out[1] = (mats["w"] @ valid.astype(dt)).T
+        out[0] = (mats["ws"] @ d.T).T
+        out[1] = (mats["w"] @ valid.astype(dt).T).T
         if errors:
-            out[2] = (mats["ws2"] @ xv).T
+            out[2] = (mats["ws2"] @ xv.T).T
         if errors is True:
-            out[3] = (mats["ws2"] @ (d * d)).T
+            out[3] = (mats["ws2"] @ (d * d).T).T
+
+    def _offset_on(self, dtype):
+        """The per-pixel dark offset as a device array of dtype (uploaded once)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._offsets:
+            self._offsets[dtype] = self.xp.asarray(self._pixel_offset.astype(dtype))
+        return self._offsets[dtype]
 
     def _cpu_into(self, x, out, errors):
         """Last resort: the CPU engine on a host copy of x (n_pixels, b)."""

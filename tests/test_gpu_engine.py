@@ -624,6 +624,33 @@ def test_full_frame_groups_and_odd_batches(matrix, n, batch):
     assert_sums_close(eng.sums_device(pm, errors=True, pixel_major=True), ref, 1e-10)
 
 
+@pytest.mark.parametrize("offset", [False, True])
+def test_spmm_path_hands_sparse_products_column_major_operands(
+    matrix, frames_by_dtype, monkeypatch, offset
+):
+    """Item 4 of issue 25: cupyx copies a dense operand that is not F-contiguous before each
+    cuSPARSE SpMM; the spmm path must hand it (n_pixels, b) column-major operands."""
+    m = with_offset(matrix, np.random.default_rng(4)) if offset else matrix
+    eng = DeviceEngine(m, xp=np, batch_size=3, method="spmm")
+    real = eng._sparse_matrices()
+    seen = []
+
+    class Recording:
+        def __init__(self, mat):
+            self.mat = mat
+
+        def __matmul__(self, other):
+            seen.append(other.flags.f_contiguous)
+            return self.mat @ other
+
+    monkeypatch.setattr(
+        eng, "_sparse_matrices", lambda dt=None: {k: Recording(v) for k, v in real.items()}
+    )
+    x = frames_by_dtype[np.dtype(np.int32)]
+    assert_sums_close(eng.sums(x, errors=True), reference_sums(m, x), 1e-9)
+    assert len(seen) == 4 * 2 and all(seen)
+
+
 def test_streams_do_not_block_on_the_legacy_default_stream():
     """Issue 25: the engine's CUDA streams were created blocking (non_blocking=False)."""
     from gpusaxs.gpu_ops import CupyStream
