@@ -331,11 +331,12 @@ class DeviceEngine:
             slot.stream.synchronize()
 
     def warm_up(self, dtypes=(np.int32,)):
-        """Compile the kernels of ``dtypes`` now (CuPy; NVRTC takes seconds on first use)."""
+        """Compile the kernels of ``dtypes`` now (CuPy compiles a RawModule when a function
+        is first asked for; NVRTC takes seconds), not inside the first batch or a timing."""
         if self.name == "cupy" and self.path == "kernel":
             for dtype in dtypes:
                 if np.dtype(dtype) in KERNEL_DTYPES:
-                    self._module(dtype)
+                    self._function(dtype, transpose_name(dtype))
 
     @property
     def path(self):
@@ -739,11 +740,13 @@ class DeviceEngine:
                 out[:, i : i + part.shape[0]] = o
             return self._to_sums(out)
         step = self.batch_size
-        buf = xp.zeros((self.n_pixels, self._leading_dim(min(step, b))), dtype=dtype)
+        buf = xp.empty((self.n_pixels, self._leading_dim(min(step, b))), dtype=dtype)
         for i in range(0, b, step):
             part = xp.ascontiguousarray(frames[i : i + step])
             k = int(part.shape[0])
             view = buf[:, : self._leading_dim(k)]  # the last, partial batch: a strided view
+            if view.shape[1] > k:
+                view[:, k:] = 0  # padding of a partial frame group: zeros, not garbage
             self._transpose(part, k, view)
             o = xp.empty((nq, k, self.n_bins), dtype=np.float64)
             self._integrate_into(view, "pixel", k, o, errors)

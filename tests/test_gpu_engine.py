@@ -1148,3 +1148,34 @@ def test_gpu_pinned_and_stream_inputs(cp, matrix, frames_by_dtype, references):
     parts = list(eng.integrate_stream(iter(x), errors=True))
     got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
     assert_sums_close(got, references[np.dtype(np.uint16)], 1e-6)
+
+
+def test_sums_device_pads_partial_frame_groups_with_zeros(matrix, frames_by_dtype, monkeypatch):
+    """The transposed batch buffer of sums_device is not zeroed as a whole (a memset of the
+    stack per call); its padding columns are, for each partial frame group."""
+    eng = DeviceEngine(matrix, xp=np, batch_size=16)
+    x = frames_by_dtype[np.dtype(np.int32)][:3]
+    real_empty = np.empty
+    bufs = []
+
+    def garbage(shape, dtype=float, **kw):
+        arr = real_empty(shape, dtype, **kw)
+        arr.view(np.uint8)[...] = 0xA5
+        bufs.append(arr)
+        return arr
+
+    class GarbageNumpy:  # numpy whose empty() returns garbage, as device memory may
+        empty = staticmethod(garbage)
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    monkeypatch.setattr(eng, "xp", GarbageNumpy())
+    seen = []
+    monkeypatch.setattr(eng, "_integrate_into", lambda arr, *a: seen.append(arr.copy()))
+    eng.sums_device(x)
+    (pm,) = seen
+    assert any(b.shape == pm.shape for b in bufs)  # the buffer came from empty()
+    assert pm.shape == (matrix.n_pixels, 8)
+    np.testing.assert_array_equal(pm[:, :3], x.reshape(3, -1).T)
+    assert not np.any(pm[:, 3:])
