@@ -126,6 +126,23 @@ def used_names(files=FILES, root=ROOT):
     return found
 
 
+def used_keywords(files=FILES, root=ROOT):
+    """{cupy dotted name: {keyword, ...}} of the calls the code makes with keywords."""
+    names = used_names(files, root)
+    where = {w: n for n, ws in names.items() for w in ws}
+    out = {}
+    for rel in files:
+        path = root / rel
+        if not path.exists():
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                name = where.get(f"{rel}:{node.func.lineno}")
+                if name and name.endswith("." + node.func.attr):
+                    out.setdefault(name, set()).update(k.arg for k in node.keywords if k.arg)
+    return {k: v for k, v in out.items() if v}
+
+
 def read_manifest(path=MANIFEST):
     """{dotted name: kind ("module", "class" or "other")} and the CuPy version line."""
     names, version = {}, None

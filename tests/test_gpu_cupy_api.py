@@ -75,3 +75,30 @@ def test_installed_cupy_has_every_name():
             if callable(obj) and not isinstance(obj, type) and part != rest[-1]:
                 break
     assert not bad, f"missing in the installed CuPy {cupy.__version__}: {bad}"
+
+
+def test_installed_cupy_takes_every_keyword():
+    """Keywords the code passes (``Stream(non_blocking=True)``, ...) are parameters of the
+    installed CuPy's callables, where they have a signature."""
+    import importlib
+    import inspect
+
+    pytest.importorskip("cupy")
+    kws = cupy_api.used_keywords()
+    assert "non_blocking" in kws.get("cupy.cuda.Stream", set())
+    bad = {}
+    for name, keywords in kws.items():
+        head, *rest = name.split(".")
+        obj = importlib.import_module(head)
+        for part in rest:
+            obj = getattr(obj, part)
+        try:
+            params = inspect.signature(obj).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        missing = sorted(set(keywords) - set(params))
+        if missing:
+            bad[name] = missing
+    assert not bad, bad
