@@ -31,24 +31,24 @@ fi
 
 OUT=${OUT:-/tmp/device-check}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/device_check.log") 2>&1
 t0=$(date +%s)
 step() { echo "== $1 ($(( $(date +%s) - t0 )) s)"; }
 status=0
 note() { [ "$status" -eq 0 ] && status=$1; }
 
+main() {
 step "machine $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 PY=${PY:-python3}
 if ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 2
+        --target /tmp/site .whl/*.whl || return 2
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$ROOT:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1 GPUSAXS_CACHE_DIR=off
 [ -f .whl/COMMIT ] && export GPUSAXS_COMMIT="$(tr '\n' ' ' < .whl/COMMIT | sed 's/ *$//')"
-$PY - <<'PY' || exit 2
+$PY - <<'PY' || return 2
 import sys, cupy, numpy, scipy
 print("python", sys.version.split()[0], "cupy", cupy.__version__, "numpy", numpy.__version__,
       "scipy", scipy.__version__, "devices", cupy.cuda.runtime.getDeviceCount())
@@ -91,4 +91,8 @@ timeout 150 $PY benchmarks/bench_gpu.py --cases "$CASES" --no-pyfai --repeats 9 
 rc=$?; echo "bench rc=$rc"; note $rc
 cp benchmarks/results/gpu-nvidia-*.json "$OUT/" 2>/dev/null
 step "done, status $status"
-exit $status
+return $status
+}
+
+main 2>&1 | tee "$OUT/device_check.log"
+exit "${PIPESTATUS[0]}"
