@@ -321,9 +321,10 @@ class DeviceEngine:
             slot.buffer("stage", b * self.n_pixels * itemsize, True)
             slot.buffer("result", out_nbytes, True)
             slot.buffer("out", out_nbytes, False)
-            if self.layout == "frame" or self.upload == "copy":
+            pixel = self.layout == "pixel" and self.method == "kernel"
+            if not pixel or self.upload == "copy":
                 slot.buffer("frames", b * self.n_pixels * itemsize, False)
-            if self.layout == "pixel":
+            if pixel:
                 slot.buffer(
                     "pixel_major", self.n_pixels * self._leading_dim(b) * itemsize, False, True
                 )
