@@ -880,6 +880,22 @@ def test_cuda_kernel_dark_offset_on_cpu_emulator(emulator, tmp_path, dtype, layo
         np.testing.assert_allclose(out[q], ref[q], rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [8, 16, 19])
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+def test_cuda_kernels_follow_strides_on_full_and_ragged_groups_on_emulator(
+    emulator, tmp_path, layout, n
+):
+    """integrate.cu on strided operands (rows longer than the batch needs, garbage in the
+    gaps: the engine's last partial batch), full frame groups and a ragged one, Poisson
+    counts."""
+    rng = np.random.default_rng(n)
+    m, eng, _ = _emu_case(rng, np.int32)
+    x = rng.poisson(40.0, size=(n,) + m.shape).astype(np.int32)
+    x[:, 3] = -1
+    out = cuda_shim.run(emulator, tmp_path, eng, x, layout, True, seed=n, pad=1)
+    assert_sums_close(Sums(*out), reference_sums(m, x), 1e-12)
+
+
 def test_cuda_kernel_modes_without_offset_on_emulator(emulator, tmp_path):
     rng = np.random.default_rng(8)
     m, eng, x = _emu_case(rng, np.int32)
