@@ -6,15 +6,21 @@
 
 Cases: PILATUS 1M (1043x981, int32, -1 gaps / -2 bad pixels, module-gap mask, polarization,
 the reference tilt), EIGER 4M-size and EIGER2 16M-size (uint32, gap flag 2**32-1, untilted).
-First the curves are CHECKED: the GPU sums of every layout must agree with the CPU engine's
-within 1e-5 (relative), else the benchmark prints the differences, no throughput, and exits
-with code 3.  Then per layout ("pixel": pixel-major stack, "frame": frame-major) and batch size
-(32, 64): device-resident GPix/s (CUDA events; for "pixel" both a stack already pixel-major and
-a (B, H, W) stack transposed on the device, the transposition counted), host-fed frames/s from
-pinned memory as a fraction of the H2D bandwidth measured in the same run, and
-max_rel_diff_vs_cpu; plus pyFAI's best method (OpenCL CSR when available, else Cython CSR) and
-the CPU engine on the same frames.  Writes benchmarks/results/gpu-<kind>.json.  Exits with
-code 2 and a message without CuPy or a device.
+First the curves are CHECKED, on Poisson frames (sums not exact in float64) at full batches
+and a ragged tail, errors on and off, host-fed and device-resident: the GPU sums of every
+layout must agree with the CPU engine's within 1e-5 (relative), else the benchmark prints the
+differences, no throughput, and exits with code 3.  Then per layout ("pixel": pixel-major
+stack, "frame": frame-major, "spmm": the cupyx sparse reference path) and batch size (32, 64):
+device-resident GPix/s (CUDA events around back-to-back calls; for "pixel" both a stack
+already pixel-major and a (B, H, W) stack transposed on the device, the transposition
+counted) as a fraction of the HBM read bound (bytes the batch must read: frames once, matrix
+once, over the read bandwidth measured in the same run), host-fed frames/s from pinned memory
+as a fraction of the H2D bandwidth measured in the same run, the spmm path against bare
+cuSPARSE products on the same matrix and frames, which path ran and every fallback; plus
+pyFAI's best method (OpenCL CSR when available, else Cython CSR) and the CPU engine on the same
+frames.  Writes benchmarks/results/gpu-<kind>.json: "records", one per case, layout and batch,
+with the fields of benchmarks/gpu_result_schema.json.  Exits with code 2 and a message without
+CuPy or a device, 4 when a layout did not run on its own path (a fallback).
 """
 
 import argparse
@@ -22,6 +28,7 @@ import ctypes
 import datetime
 import functools
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -62,7 +69,7 @@ CASES = {
         wavelength=1.0,
         dtype=np.uint32,
         modules=(514, 1030, 37, 10),
-        polarization=None,
+        polarization=(0.99, 0.0),  # a pixel scale that makes the sums inexact in float64
         mask_gaps=False,
         batch=32,
         host_frames=64,
@@ -77,7 +84,7 @@ CASES = {
         wavelength=1.0,
         dtype=np.uint32,
         modules=(514, 1030, 37, 10),
-        polarization=None,
+        polarization=(0.99, 0.0),  # a pixel scale that makes the sums inexact in float64
         mask_gaps=False,
         batch=16,
         host_frames=32,
@@ -103,6 +110,12 @@ CASES = {
 
 #: Batch sizes measured per layout.
 BATCHES = (32, 64)
+#: Layouts measured: the kernel's two stack layouts and the sparse reference path.
+LAYOUTS = ("pixel", "frame", "spmm")
+#: Distinct Poisson frames of the accuracy check (tiled; odd, so frame groups of 8 differ).
+N_DISTINCT = 11
+#: Frames beyond the largest batch in the accuracy check (a ragged last batch).
+TAIL = 5
 #: Largest relative difference to the CPU engine before the benchmark refuses to time.
 MAX_REL_DIFF = 1e-5
 
@@ -113,6 +126,10 @@ def fail(msg, code=2):
 
 
 def git_commit():
+    """HEAD of the checkout, or $GPUSAXS_COMMIT (a device machine gets no .git: the device
+    check passes the commit its wheels were prepared at)."""
+    if os.environ.get("GPUSAXS_COMMIT"):
+        return os.environ["GPUSAXS_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
@@ -157,7 +174,9 @@ def synthetic_frames(case, n_distinct, rng):
 
 
 class Clock:
-    """Median seconds of fn(): CUDA events on CuPy (after a warm-up), wall clock on NumPy."""
+    """Seconds per call of fn(): CUDA events around ``repeats`` back-to-back calls on the
+    current stream (after a warm-up call), no host synchronisation between them; the wall
+    clock on NumPy."""
 
     def __init__(self, xp):
         self.xp = xp
@@ -170,17 +189,19 @@ class Clock:
     def device(self, fn, repeats):
         fn()
         self.sync()
+        repeats = max(1, repeats)
         if not self.cuda:
-            return median_wall(fn, repeats)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            return (time.perf_counter() - t0) / repeats
         start, end = self.xp.cuda.Event(), self.xp.cuda.Event()
-        times = []
+        start.record()
         for _ in range(repeats):
-            start.record()
             fn()
-            end.record()
-            end.synchronize()
-            times.append(self.xp.cuda.get_elapsed_time(start, end) * 1e-3)
-        return statistics.median(times)
+        end.record()
+        end.synchronize()
+        return self.xp.cuda.get_elapsed_time(start, end) * 1e-3 / repeats
 
 
 def median_wall(fn, repeats):
@@ -200,6 +221,15 @@ def measure_hbm(xp, clock, nbytes=2 << 30, repeats=5):
     t = clock.device(functools.partial(xp.copyto, dst, src), repeats)
     del src, dst
     return 2 * nbytes / t / 1e9
+
+
+def measure_hbm_read(xp, clock, nbytes=2 << 30, repeats=5):
+    """Device read bandwidth in GB/s: a sum over nbytes of float32 (reads only)."""
+    src = xp.ones(nbytes // 4, xp.float32)
+    out = xp.empty((), xp.float32)
+    t = clock.device(functools.partial(xp.sum, src, out=out), repeats)
+    del src, out
+    return nbytes / t / 1e9
 
 
 def measure_h2d(xp, clock, nbytes=1 << 30, repeats=5):
@@ -238,10 +268,34 @@ def rel_diff(a, b):
 
 
 def sums_diff(got, ref):
+    """Largest rel_diff over the fields got has (errors=False: signal and norm)."""
     return max(
         rel_diff(getattr(got, f), getattr(ref, f))
         for f in ("signal", "norm", "variance", "squares")
+        if getattr(got, f) is not None
     )
+
+
+def engine_for(matrix, xp, layout, batch, dtype, **kw):
+    """DeviceEngine of a measured layout ("spmm": the sparse path, frame-major batches)."""
+    from gpusaxs.gpu_engine import DeviceEngine
+
+    method = "spmm" if layout == "spmm" else "kernel"
+    eng = DeviceEngine(
+        matrix,
+        xp=xp,
+        batch_size=batch,
+        method=method,
+        layout="frame" if layout == "spmm" else layout,
+        **kw,
+    )
+    eng.warm_up((dtype,))  # compile now, not inside a timing
+    return eng
+
+
+def check_frames(frames, n):
+    """n frames: the N_DISTINCT Poisson frames tiled."""
+    return frames[np.arange(n) % len(frames)]
 
 
 def make_matrix(case):
@@ -250,7 +304,7 @@ def make_matrix(case):
 
     h, w = case["shape"]
     rng = np.random.default_rng(2024)
-    frames, gaps = synthetic_frames(case, 4, rng)
+    frames, gaps = synthetic_frames(case, N_DISTINCT, rng)
     cal = Calibration(
         beam_center=case["beam_center"],
         distance_mm=case["distance_mm"],
@@ -266,93 +320,133 @@ def make_matrix(case):
     return cal, build_matrix(cal, mask=mask), frames, mask
 
 
-def check_curves(name, matrix, frames, xp, args):
-    """Max relative difference of every layout's sums to the CPU engine's (and the CPU
-    engine's frames/s).  The benchmark refuses to time anything above MAX_REL_DIFF."""
+def check_curves(name, matrix, frames, xp, batches):
+    """Max relative difference to the CPU engine per layout and batch size, errors on and
+    off, host-fed and device-resident, on max(batches) + TAIL Poisson frames (full batches
+    and a ragged one); and the CPU engine's frames/s.  {"pixel/32": {"errors": d, "no_errors":
+    d}, ...}.  The benchmark refuses to time anything above MAX_REL_DIFF."""
     from gpusaxs.cpu_fallback.engine import default_engine
-    from gpusaxs.gpu_engine import DeviceEngine
 
     cpu = default_engine(matrix)
-    cpu.sums(frames[:1], errors=True)  # compile
+    x = check_frames(frames, max(batches) + TAIL)
+    cpu.sums(x[:1], errors=True)  # compile
     t0 = time.perf_counter()
-    ref = cpu.sums(frames, errors=True)
-    cpu_fps = len(frames) / (time.perf_counter() - t0)
+    ref = cpu.sums(x, errors=True)
+    cpu_fps = len(x) / (time.perf_counter() - t0)
     diffs = {}
-    for layout in ("pixel", "frame"):
-        eng = DeviceEngine(matrix, xp=xp, batch_size=len(frames), layout=layout)
-        diffs[f"{layout}_host"] = sums_diff(eng.sums(frames, errors=True), ref)
-        dev = eng.sums_device(xp.asarray(frames), errors=True)
-        diffs[f"{layout}_device"] = sums_diff(type(ref)(*(eng._ops.to_host(a) for a in dev)), ref)
-        eng.close()
+    dev = xp.asarray(x)
+    for layout in LAYOUTS:
+        for batch in batches:
+            eng = engine_for(matrix, xp, layout, batch, x.dtype)
+            d = {}
+            for key, errors in (("errors", True), ("no_errors", False)):
+                host = sums_diff(eng.sums(x, errors=errors), ref)
+                res = eng.sums_device(dev, errors=errors)
+                on_dev = sums_diff(
+                    type(ref)(*(None if a is None else eng._ops.to_host(a) for a in res)), ref
+                )
+                d[key] = max(host, on_dev)
+            diffs[f"{layout}/{batch}"] = d
+            eng.close()
+    del dev
     return diffs, cpu_fps
 
 
-def run_case(name, case, xp, clock, hbm, h2d, args):
-    from gpusaxs.gpu_engine import DeviceEngine
+def bare_cusparse_seconds(eng, xp, clock, stack, repeats):
+    """Seconds of the products the spmm path needs (signal and norm: two CSR @ dense) done
+    bare on the same matrix and frames, already float on the device, in the column-major
+    (n_pixels, B) layout cuSPARSE reads without a copy."""
+    mats = eng._sparse_matrices()
+    x = stack.reshape(len(stack), -1).astype(eng.spmm_dtype)  # (B, n_pixels), C order
+    xd = xp.asarray(x).T  # (n_pixels, B), F-contiguous: what SpMM reads without a copy
+    vd = xp.asarray((x >= 0).astype(eng.spmm_dtype)).T
 
+    def products():
+        mats["ws"] @ xd
+        mats["w"] @ vd
+
+    return clock.device(products, repeats)
+
+
+def run_case(name, case, xp, clock, bw, args, meta):
+    """Measure one case: per layout and batch size a record (gpu_result_schema.json)."""
     res = {"case": name}
     t0 = time.perf_counter()
     cal, matrix, frames, mask = make_matrix(case)
     res["build_s"] = time.perf_counter() - t0
     h, w = case["shape"]
     n_pix = h * w
-    frame_bytes = n_pix * np.dtype(case["dtype"]).itemsize
+    dtype = np.dtype(case["dtype"])
+    frame_bytes = n_pix * dtype.itemsize
     res.update(
         frame_shape=[h, w],
-        dtype=np.dtype(case["dtype"]).name,
+        dtype=dtype.name,
         n_pixels=n_pix,
         n_bins=matrix.n_bins,
         nnz=matrix.nnz,
         entries_per_pixel=matrix.nnz / n_pix,
     )
-    diffs, res["cpu_frames_per_s"] = check_curves(name, matrix, frames, xp, args)
+    batches = [args.batch] if args.batch else list(BATCHES) if name != "tiny" else [8]
+    diffs, res["cpu_frames_per_s"] = check_curves(name, matrix, frames, xp, batches)
     res["max_rel_diff_vs_cpu_check"] = diffs
-    if max(diffs.values()) > MAX_REL_DIFF:
+    if max(max(d.values()) for d in diffs.values()) > MAX_REL_DIFF:
         res["failed"] = True
-        return res
-    batches = [args.batch] if args.batch else [b for b in BATCHES] if name != "tiny" else [8]
+        return res, []
+    records = []
     res["layouts"] = {}
-    for layout in ("pixel", "frame"):
-        for batch in batches:
-            n_host = max(batch, (args.host_frames or case["host_frames"]) // batch * batch)
-            stack = frames[np.arange(max(n_host, batch)) % len(frames)]
-            eng = DeviceEngine(
-                matrix, xp=xp, batch_size=batch, n_streams=args.streams, layout=layout
-            )
-            r = {"batch_size": batch, "host_frames": n_host}
-            dev = xp.asarray(stack[:batch])
+    for batch in batches:
+        n_host = max(batch, (args.host_frames or case["host_frames"]) // batch * batch)
+        stack = check_frames(frames, max(n_host, batch))
+        dev = xp.asarray(stack[:batch])
+        spmm_eng = engine_for(matrix, xp, "spmm", batch, dtype)
+        t_bare = bare_cusparse_seconds(spmm_eng, xp, clock, stack[:batch], args.repeats)
+        t_spmm = clock.device(functools.partial(spmm_eng.sums_device, dev), args.repeats)
+        spmm_eng.close()
+        for layout in LAYOUTS:
+            eng = engine_for(matrix, xp, layout, batch, dtype, n_streams=args.streams)
+            r = dict(meta, case=name, layout=layout, batch_size=batch, host_frames=n_host)
             t = clock.device(functools.partial(eng.sums_device, dev), args.repeats)
+            must_read = batch * frame_bytes + eng.device_nbytes
             r["device_resident_gpix_per_s"] = batch * n_pix / t / 1e9  # (B, H, W) input
-            r["device_resident_fraction_of_hbm"] = batch * frame_bytes / t / (hbm * 1e9)
+            r["hbm_read_gb_per_s"] = bw["hbm_read"]
+            r["bytes_per_pixel_read"] = must_read / (batch * n_pix)
+            r["fraction_of_hbm_read_bound"] = must_read / t / (bw["hbm_read"] * 1e9)
             if layout == "pixel":  # frames already pixel-major on the device: no transpose
                 pm = xp.ascontiguousarray(dev.reshape(batch, -1).T)
-                t = clock.device(
+                t_pm = clock.device(
                     functools.partial(eng.sums_device, pm, pixel_major=True), args.repeats
                 )
-                r["device_resident_pixel_major_input_gpix_per_s"] = batch * n_pix / t / 1e9
+                r["device_resident_pixel_major_input_gpix_per_s"] = batch * n_pix / t_pm / 1e9
+                r["pixel_major_input_fraction_of_hbm_read_bound"] = (
+                    must_read / t_pm / (bw["hbm_read"] * 1e9)
+                )
                 del pm
             t = clock.device(functools.partial(eng.sums_device, dev, errors=True), args.repeats)
             r["device_resident_errors_gpix_per_s"] = batch * n_pix / t / 1e9
-            del dev
             pinned = pinned_copy(xp, stack)
             t = median_wall(functools.partial(eng.sums, pinned), max(1, args.repeats // 3))
             r["host_fed_frames_per_s"] = n_host / t
-            r["host_fed_fraction_of_h2d"] = n_host * frame_bytes / t / (h2d * 1e9)
-            r["max_rel_diff_vs_cpu"] = max(diffs[f"{layout}_host"], diffs[f"{layout}_device"])
+            r["host_fed_fraction_of_h2d"] = n_host * frame_bytes / t / (bw["h2d"] * 1e9)
+            r["spmm_fraction_of_cusparse"] = t_bare / t_spmm
+            r["max_rel_diff_vs_cpu"] = max(diffs[f"{layout}/{batch}"].values())
+            r["max_rel_diff_vs_cpu_by_errors"] = diffs[f"{layout}/{batch}"]
+            r["path"] = eng.path
+            r["fallbacks"] = [dict(f) for f in eng.fallbacks]
             del pinned
             eng.close()
             res["layouts"][f"{layout}/{batch}"] = r
+            records.append(r)
             if clock.cuda:
                 xp.get_default_memory_pool().free_all_blocks()
-    best = max(res["layouts"].values(), key=lambda r: r["device_resident_gpix_per_s"])
+        del dev
+    kernel = [r for r in records if r["layout"] != "spmm"]
+    best = max(kernel, key=lambda r: r["device_resident_gpix_per_s"])
     res["device_resident_gpix_per_s"] = best["device_resident_gpix_per_s"]
-    res["host_fed_fraction_of_h2d"] = max(
-        r["host_fed_fraction_of_h2d"] for r in res["layouts"].values()
-    )
-    res["max_rel_diff_vs_cpu"] = max(diffs.values())
+    res["host_fed_fraction_of_h2d"] = max(r["host_fed_fraction_of_h2d"] for r in kernel)
+    res["max_rel_diff_vs_cpu"] = max(r["max_rel_diff_vs_cpu"] for r in records)
     if not args.no_pyfai:
         res.update(bench_pyfai(case, matrix, frames, mask, args))
-    return res
+    return res, records
 
 
 def bench_pyfai(case, matrix, frames, mask, args):
@@ -416,22 +510,28 @@ def print_failures(report):
         file=sys.stderr,
     )
     for res in report["cases"].values():
-        for key, value in res.get("max_rel_diff_vs_cpu_check", {}).items():
-            flag = "  <-- FAIL" if value > MAX_REL_DIFF else ""
-            print(f"  {res['case']:>10} {key:>14}: max rel diff {value:.2e}{flag}", file=sys.stderr)
+        for key, by_errors in res.get("max_rel_diff_vs_cpu_check", {}).items():
+            for errors, value in by_errors.items():
+                flag = "  <-- FAIL" if value > MAX_REL_DIFF else ""
+                print(
+                    f"  {res['case']:>10} {key:>10} {errors:>9}: max rel diff {value:.2e}{flag}",
+                    file=sys.stderr,
+                )
 
 
 def print_table(report):
     print(
-        f"\n{report['device']}  HBM {report['hbm_gb_per_s']:.0f} GB/s (r+w)  "
-        f"H2D pinned {report['h2d_gb_per_s']:.1f} GB/s"
+        f"\n{report['device']}  HBM read {report['hbm_read_gb_per_s']:.0f} GB/s, copy "
+        f"{report['hbm_gb_per_s']:.0f} GB/s (r+w)  H2D pinned {report['h2d_gb_per_s']:.1f} GB/s"
     )
     head = (
         "case",
         "layout/B",
+        "path",
         "GPix/s dev",
         "pm input",
-        "of HBM",
+        "of read bd",
+        "spmm/bare",
         "fps host",
         "of H2D",
         "rel diff",
@@ -445,9 +545,11 @@ def print_table(report):
             cells = [
                 res["case"],
                 key,
+                r["path"] + ("!" if r["fallbacks"] else ""),
                 f"{r['device_resident_gpix_per_s']:.1f}",
                 "-" if pm is None else f"{pm:.1f}",
-                f"{r['device_resident_fraction_of_hbm']:.0%}",
+                f"{r['fraction_of_hbm_read_bound']:.0%}",
+                f"{r['spmm_fraction_of_cusparse']:.0%}",
                 f"{r['host_fed_frames_per_s']:.0f}",
                 f"{r['host_fed_fraction_of_h2d']:.0%}",
                 f"{r['max_rel_diff_vs_cpu']:.1e}",
@@ -583,22 +685,36 @@ def main(argv=None):
     kind = args.kind or kind_from_name(device)
     clock = Clock(xp)
     t_start = time.perf_counter()
-    hbm = measure_hbm(xp, clock, 2 * nbytes)
-    h2d = measure_h2d(xp, clock, nbytes)
-    report = {
+    bw = {
+        "hbm_read": measure_hbm_read(xp, clock, 2 * nbytes),
+        "hbm_copy": measure_hbm(xp, clock, 2 * nbytes),
+        "h2d": measure_h2d(xp, clock, nbytes),
+    }
+    meta = {
         "device": device,
-        "kind": kind,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
+    }
+    report = {
+        **meta,
+        "kind": kind,
         **extra,
-        "hbm_gb_per_s": hbm,
-        "h2d_gb_per_s": h2d,
+        "hbm_read_gb_per_s": bw["hbm_read"],
+        "hbm_gb_per_s": bw["hbm_copy"],
+        "h2d_gb_per_s": bw["h2d"],
         "max_rel_diff_allowed": MAX_REL_DIFF,
+        "timing": f"CUDA events around {args.repeats} back-to-back calls (device-resident); "
+        "wall clock (host-fed)",
+        "spmm_reference": "two bare CSR @ dense products (signal, norm) on float pixel-major "
+        "frames already on the device",
         "cases": {},
+        "records": [],
     }
     for name in cases:
         print(f"... {name}", flush=True)
-        report["cases"][name] = run_case(name, CASES[name], xp, clock, hbm, h2d, args)
+        res, records = run_case(name, CASES[name], xp, clock, bw, args, meta)
+        report["cases"][name] = res
+        report["records"] += records
     if any(r.get("failed") for r in report["cases"].values()):
         print_failures(report)
         return 3
@@ -621,6 +737,14 @@ def main(argv=None):
     path = out / f"gpu-{kind}.json"
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(f"\nwrote {path}  ({report['total_s']:.0f} s)")
+    wrong = [
+        f"{r['case']} {r['layout']}/{r['batch_size']}: path {r['path']}, {r['fallbacks']}"
+        for r in report["records"]
+        if r["path"] != ("spmm" if r["layout"] == "spmm" else "kernel") or r["fallbacks"]
+    ]
+    if wrong:
+        print("bench_gpu: not on the measured path:\n  " + "\n  ".join(wrong), file=sys.stderr)
+        return 4
     return 0
 
 

@@ -755,9 +755,14 @@ class Saxsdog:
         parts_text = "".join(f", {k} {format_duration(v)}" for k, v in self.setup_parts.items())
         setup = f"set-up {format_duration(self.setup_seconds)}" + (f", {how}" if how else "")
         setup += parts_text
-        return (
-            f"{PROG}: {head}{', '.join(parts)} in {format_duration(total)} "
-            f"({setup}; {rate:.1f} frames/s after set-up)"
+        from gpusaxs.gpu_engine import fallback_lines  # issue 25: GPU fallbacks are visible
+
+        return "\n".join(
+            [
+                f"{PROG}: {head}{', '.join(parts)} in {format_duration(total)} "
+                f"({setup}; {rate:.1f} frames/s after set-up)"
+            ]
+            + [f"{PROG}: engine fallback {line}" for line in fallback_lines()]
         )
 
     def profile(self, stats, elapsed):

@@ -11,12 +11,16 @@ default device stack is pixel-major, (n_pixels, frames), so the frames of one en
 32-byte sector; host frames are uploaded frame-major and transposed on the device (or read
 through their mapped pinned buffer by the transposing kernel, ``upload="mapped"``).  Host
 frames stream through pinned staging buffers on ``n_streams`` CUDA streams so the copy of batch
-k+1 overlaps the integration of batch k.  A kernel that fails to compile or launch falls back to
-the cupyx sparse product, then to the CPU engine (logged once, see ``engine_fallbacks``).
+k+1 overlaps the integration of batch k; staging buffers are allocated when the engine is built.
+A path that fails for an expected reason (out of memory, no usable device, no kernel code for
+it: gpu_ops.expected_failure) falls back to the cupyx sparse product, then to the CPU engine,
+recorded in ``fallbacks`` / ``engine_fallbacks()`` / ``backend_info()``; frames of a dtype
+without a kernel are recorded the same way; any other exception raises.
 
-With ``xp=numpy`` (CI, no GPU) the same scheduler and layouts run over synchronous "streams" and
-the "kernel" is a float64 SciPy sparse product with the same validity rules: batching, dtype
-handling, staging, transposition and ordering are tested without a device.  The CUDA source is
+With ``xp=numpy`` (CI, no GPU) the same scheduler, layouts, upload modes and checks run over
+synchronous "streams" (gpusaxs/gpu_ops.py), and the "kernel" is a float64 SciPy sparse product
+on the memory the CUDA kernel would read (base pointer and row stride, see ``_launch``), with
+the same validity rules.  The CUDA source is
 compiled in CI by NVRTC and run on the CPU through an emulation shim (tests).
 
 Validity (matches docs/ARCHITECTURE.md and cpu_fallback): a pixel value x is valid when
@@ -28,13 +32,14 @@ bits, so a negative subnormal is invalid on the GPU (compiled with -ftz=true) as
 
 import collections
 import concurrent.futures
-import ctypes
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from gpusaxs.gpu_ops import CupyOps, NumpyOps, Slot, SyncStream, expected_failure
+from gpusaxs.gpu_ops import view as _view
 from gpusaxs.sums import Sums
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "CTYPES",
     "FRAMES_PER_BLOCK",
     "engine_fallbacks",
+    "fallback_lines",
 ]
 
 #: CUDA C type of each frame dtype the kernel is instantiated for (others: converted on device).
@@ -179,184 +185,17 @@ def make_segments(row_ptr, segment_length):
     return seg_bin, seg_start.astype(np.int64), seg_end.astype(np.int64)
 
 
-# --------------------------------------------------------------------------------------------
-# streams: the scheduler talks to these, so it runs unchanged on NumPy and on CuPy
-# --------------------------------------------------------------------------------------------
-class _DoneEvent:
-    def synchronize(self):
-        pass
-
-
-class SyncStream:
-    """Trivial stream of the NumPy backend: submitted work runs at once."""
-
-    def run(self, fn, *args):
-        """Run ``fn(*args)`` "on" this stream."""
-        return fn(*args)
-
-    def record(self):
-        """An event that is complete when everything submitted so far is."""
-        return _DoneEvent()
-
-    def synchronize(self):
-        pass
-
-
-class _CupyStream:
-    """A CUDA stream: ``run`` issues fn's asynchronous work with this stream current."""
-
-    def __init__(self, cupy):
-        self._cupy = cupy
-        # blocking w.r.t. the legacy default stream (library calls that might use it stay
-        # ordered), still concurrent with the other streams we create
-        self.stream = cupy.cuda.Stream(non_blocking=False)
-
-    def run(self, fn, *args):
-        with self.stream:
-            return fn(*args)
-
-    def record(self):
-        event = self._cupy.cuda.Event(disable_timing=True)
-        event.record(self.stream)
-        return event
-
-    def synchronize(self):
-        self.stream.synchronize()
-
-
-class _NumpyOps:
-    """Memory and copies of the NumPy backend ("device" memory is host memory)."""
-
-    name = "numpy"
-
-    def __init__(self):
-        self.xp = np
-
-    def empty_pinned(self, nbytes):
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def empty_device(self, nbytes):
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def is_pinned(self, arr):
-        return False
-
-    def h2d(self, dst, src):
-        np.copyto(dst, src.reshape(dst.shape))
-
-    def d2h(self, dst, src):
-        np.copyto(dst, src)
-
-    def new_stream(self):
-        return SyncStream()
-
-    def to_host(self, arr):
-        return np.asarray(arr)
-
-    def is_device_array(self, arr):
-        return False
-
-    def mapped(self, arr):
-        return arr
-
-
-class _CupyOps:
-    """Memory and asynchronous copies on a CUDA device (current stream)."""
-
-    name = "cupy"
-
-    def __init__(self, cupy):
-        import cupyx
-
-        self.xp = cupy
-        self._cupyx = cupyx
-
-    def empty_pinned(self, nbytes):
-        return self._cupyx.empty_pinned((nbytes,), dtype=np.uint8)
-
-    def empty_device(self, nbytes):
-        return self.xp.empty((nbytes,), dtype=self.xp.uint8)
-
-    def is_pinned(self, arr):
-        """True when a host array lives in page-locked memory (async H2D possible)."""
-        if not isinstance(arr, np.ndarray) or arr.nbytes == 0:
-            return False
-        try:
-            pinned_type = self.xp.cuda.PinnedMemoryPointer
-            base = arr
-            while base is not None:  # cupyx.empty_pinned: ndarray over a PinnedMemoryPointer
-                if isinstance(base, pinned_type):
-                    return True
-                base = getattr(base, "base", None)
-        except Exception:
-            pass
-        try:
-            attrs = self.xp.cuda.runtime.pointerGetAttributes(arr.ctypes.data)
-            kind = getattr(attrs, "type", getattr(attrs, "memoryType", 0))
-            return int(kind) == 1  # cudaMemoryTypeHost
-        except Exception:
-            return False
-
-    def h2d(self, dst, src):
-        assert src.flags.c_contiguous and dst.flags.c_contiguous and src.nbytes == dst.nbytes
-        stream = self.xp.cuda.get_current_stream()
-        dst.data.copy_from_host_async(ctypes.c_void_p(src.ctypes.data), src.nbytes, stream)
-
-    def d2h(self, dst, src):
-        assert src.flags.c_contiguous and dst.flags.c_contiguous and src.nbytes == dst.nbytes
-        stream = self.xp.cuda.get_current_stream()
-        src.data.copy_to_host_async(ctypes.c_void_p(dst.ctypes.data), dst.nbytes, stream)
-
-    def new_stream(self):
-        return _CupyStream(self.xp)
-
-    def to_host(self, arr):
-        return self.xp.asnumpy(arr)
-
-    def is_device_array(self, arr):
-        return isinstance(arr, self.xp.ndarray)
-
-    def mapped(self, arr):
-        """Device view of a pinned host array (UVA: its mapped device address)."""
-        cp = self.xp
-        ptr = cp.cuda.runtime.hostGetDevicePointer(arr.ctypes.data, 0)
-        mem = cp.cuda.UnownedMemory(ptr, arr.nbytes, arr)
-        return cp.ndarray(arr.shape, arr.dtype, cp.cuda.MemoryPointer(mem, 0))
-
-
-class _Slot:
-    """One pipeline stage: a stream with its staging/device buffers (grown on demand)."""
-
-    def __init__(self, ops, stream):
-        self.ops = ops
-        self.stream = stream
-        self.event = None
-        self.pending = None  # (b, nq, pinned_out view) while in flight
-        self._bufs = {}
-
-    def buffer(self, key, nbytes, pinned):
-        buf = self._bufs.get(key)
-        if buf is None or buf.nbytes < nbytes:
-            self._bufs[key] = None  # free before allocating the bigger one
-            buf = self.ops.empty_pinned(nbytes) if pinned else self.ops.empty_device(nbytes)
-            self._bufs[key] = buf
-        return buf[:nbytes]
-
-    @property
-    def busy(self):
-        return self.pending is not None
-
-
-def _view(buf, dtype, shape):
-    return buf.view(dtype).reshape(shape)
-
-
 _FALLBACKS: list[dict[str, str]] = []
 
 
 def engine_fallbacks() -> list[dict[str, str]]:
     """Fallbacks taken in this process (list of dicts: from, to, reason), oldest first."""
     return [dict(f) for f in _FALLBACKS]
+
+
+def fallback_lines() -> list[str]:
+    """engine_fallbacks() in words, one line each (saxsdog's summary, the server's stat)."""
+    return [f"{f['from']} -> {f['to']}: {f['reason']}" for f in _FALLBACKS]
 
 
 def _host_engine(matrix):
@@ -422,7 +261,7 @@ class DeviceEngine:
             raise ValueError("segment_length must be >= 1")
         self.matrix = matrix
         self.xp = xp
-        self._ops = _NumpyOps() if xp is np else _CupyOps(xp)
+        self._ops = NumpyOps() if xp is np else CupyOps(xp)
         self.name = self._ops.name
         self.method = method
         self.layout = layout
@@ -439,12 +278,12 @@ class DeviceEngine:
         self.shape = tuple(int(v) for v in matrix.shape)
         self.n_pixels = matrix.n_pixels
         self.n_bins = matrix.n_bins
-        # paths tried in order; a failing one is dropped (logged once, see engine_fallbacks)
-        if self.name == "cupy":
-            self._chain = (["kernel"] if method == "kernel" else []) + ["spmm", "cpu"]
-        else:
-            self._chain = ["spmm", "cpu"]
+        # paths tried in order; one that fails for an expected reason (expected_failure: out
+        # of memory, no usable device, no code for it) is dropped, recorded and logged once.
+        # NumPy runs the same chain: its "kernel" reads memory as the CUDA kernels do.
+        self._chain = (["kernel"] if method == "kernel" else []) + ["spmm", "cpu"]
         self.fallbacks = []
+        self._dtype_notes = set()
 
         # bin-major CSR on the host: (row_ptr int64, pixel int32, weight float32) + scale and
         # dark offset gathered per entry
@@ -463,12 +302,42 @@ class DeviceEngine:
         self._sparse = None
         self._cpu = None
         self._modules = {}
+        self._offsets = {}
         self._slots = None
         self._slot_counter = 0
         self._active = False
         self._pool = None
         if self.name == "cupy" and method == "kernel":
             self._upload()
+        self._reserve(self.batch_size, 4)
+
+    def _reserve(self, b, itemsize):
+        """Allocate every slot's pinned staging and device buffers for batches of b frames of
+        ``itemsize`` bytes (errors=True), so no batch allocates (pinned allocation takes
+        0.15-0.7 s).  Larger dtypes or batches grow the buffers when they come."""
+        nq = 4
+        out_nbytes = nq * b * self.n_bins * 8
+        for slot in self._get_slots():
+            slot.buffer("stage", b * self.n_pixels * itemsize, True)
+            slot.buffer("result", out_nbytes, True)
+            slot.buffer("out", out_nbytes, False)
+            pixel = self.layout == "pixel" and self.method == "kernel"
+            if not pixel or self.upload == "copy":
+                slot.buffer("frames", b * self.n_pixels * itemsize, False)
+            if pixel:
+                slot.buffer(
+                    "pixel_major", self.n_pixels * self._leading_dim(b) * itemsize, False, True
+                )
+        for slot in self._slots:
+            slot.stream.synchronize()
+
+    def warm_up(self, dtypes=(np.int32,)):
+        """Compile the kernels of ``dtypes`` now (CuPy compiles a RawModule when a function
+        is first asked for; NVRTC takes seconds), not inside the first batch or a timing."""
+        if self.name == "cupy" and self.path == "kernel":
+            for dtype in dtypes:
+                if np.dtype(dtype) in KERNEL_DTYPES:
+                    self._function(dtype, transpose_name(dtype))
 
     @property
     def path(self):
@@ -537,18 +406,40 @@ class DeviceEngine:
         return self._sparse[dtype]
 
     # ------------------------------------------------------------------ paths and fallbacks
-    def _fallback(self, exc):
+    def _fallback(self, exc, why):
         """Drop the failing path (logged once per engine and step, kept for backend_info)."""
         failed = self._chain.pop(0)
-        entry = {"from": failed, "to": self._chain[0], "reason": f"{type(exc).__name__}: {exc}"}
+        entry = {
+            "from": failed,
+            "to": self._chain[0],
+            "reason": f"{why}: {type(exc).__name__}: {exc}",
+        }
+        self._record(entry)
+
+    def _record(self, entry):
         self.fallbacks.append(entry)
         _FALLBACKS.append(entry)
         _log.warning(
-            "gpusaxs DeviceEngine: %s path failed (%s); falling back to %s",
-            failed,
+            "gpusaxs DeviceEngine: %s path not used (%s); falling back to %s",
+            entry["from"],
             entry["reason"],
             entry["to"],
         )
+
+    def _note_dtype(self, dtype):
+        """Frames of a dtype with no kernel go through the float64 sparse product: recorded
+        once per dtype as a fallback of that dtype only (the engine stays on its path)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._dtype_notes:
+            self._dtype_notes.add(dtype)
+            self._record(
+                {
+                    "from": "kernel",
+                    "to": "spmm",
+                    "reason": f"unsupported dtype: no kernel for {dtype.name} frames",
+                    "dtype": dtype.name,
+                }
+            )
 
     def _kernel_ok(self, dtype):
         return self.path == "kernel" and np.dtype(dtype) in KERNEL_DTYPES
@@ -556,8 +447,6 @@ class DeviceEngine:
     def batch_layout(self, dtype):
         """Layout of the device stack for frames of ``dtype``: "pixel" or "frame"."""
         dtype = np.dtype(dtype)
-        if self.name == "numpy":
-            return self.layout
         if not self._kernel_ok(dtype):
             return "frame"
         if self.layout == "frame" and dtype in FRAME_MAJOR_DTYPES:
@@ -590,14 +479,16 @@ class DeviceEngine:
         """Sums of b frames of arr into out (nq, b, n_bins) float64, overwritten.
 
         arr: (b, n_pixels) for layout "frame"; (n_pixels, ld) with b valid columns for
-        "pixel".  Runs on the current stream (asynchronous on CuPy).  A path that raises is
-        dropped and the batch redone on the next one."""
+        "pixel".  Runs on the current stream (asynchronous on CuPy).  A path that raises for
+        an expected reason (``expected_failure``) is dropped, recorded, and the batch redone
+        on the next one; any other exception is a bug and raises."""
         while True:
             path = self.path
             try:
                 if path == "kernel" and self._kernel_ok(arr.dtype):
                     self._launch(arr, layout, b, out, errors)
                 elif path == "kernel":  # no kernel for 8-byte dtypes and float16
+                    self._note_dtype(arr.dtype)
                     self._spmm_into(self._pixel_view(arr, layout, b), out, errors, np.float64)
                 elif path == "spmm":
                     self._spmm_into(self._pixel_view(arr, layout, b), out, errors)
@@ -605,16 +496,59 @@ class DeviceEngine:
                     self._cpu_into(self._pixel_view(arr, layout, b), out, errors)
                 return
             except Exception as exc:
-                if path == "cpu":
+                why = expected_failure(exc)
+                if path == "cpu" or why is None:
                     raise
-                self._fallback(exc)
+                self._fallback(exc, why)
 
     @staticmethod
     def _pixel_view(arr, layout, b):
         """(n_pixels, b) view of a batch in either layout."""
         return arr[:, :b] if layout == "pixel" else arr[:b].T
 
+    def _lead(self, arr, layout, b):
+        """Row stride (elements) of a kernel operand, from its strides: the kernels read
+        ``base + row * lead + column``.  A layout the kernels cannot read (columns not
+        contiguous, rows not aligned for the vector loads) is a bug: ValueError."""
+        item = arr.itemsize
+        rows, cols = (self.n_pixels, b) if layout == "pixel" else (b, self.n_pixels)
+        if arr.ndim != 2 or arr.shape[0] < rows or arr.shape[1] < cols:
+            raise ValueError(f"kernel operand of shape {arr.shape} for {rows}x{cols} values")
+        if cols > 1 and arr.strides[1] != item or arr.strides[0] % item:
+            raise ValueError(f"kernel operand with strides {arr.strides}: columns not contiguous")
+        lead = arr.strides[0] // item if rows > 1 else arr.shape[1]
+        if lead < cols:
+            raise ValueError(f"kernel operand rows of {lead} elements overlap ({cols} needed)")
+        if layout == "pixel" and (lead % FRAMES_PER_BLOCK or self._ptr(arr) % 16):
+            raise ValueError(
+                f"pixel-major operand: lead {lead} not a multiple of {FRAMES_PER_BLOCK} "
+                "or data not 16-byte aligned"
+            )
+        return lead
+
+    def _ptr(self, arr):
+        return arr.ctypes.data if self.name == "numpy" else arr.data.ptr
+
+    @staticmethod
+    def _raw(arr, rows, cols, lead):
+        """What a kernel reads from arr's base pointer: rows x cols values, row stride lead
+        (the NumPy module's stand-in for a device pointer)."""
+        item = arr.itemsize
+        return np.lib.stride_tricks.as_strided(
+            arr, shape=(rows, cols), strides=(lead * item, item), writeable=False
+        )
+
     def _launch(self, arr, layout, b, out, errors):
+        """One launch of the integration kernel of ``layout`` on b frames of arr (pointer and
+        row stride from arr's strides).  NumPy: the same checks, then the float64 product on
+        the memory the kernel would read."""
+        lead = self._lead(arr, layout, b)
+        if self.name == "numpy":
+            rows, cols = (self.n_pixels, b) if layout == "pixel" else (b, self.n_pixels)
+            raw = self._raw(arr, rows, cols, lead)
+            x = raw if layout == "pixel" else raw.T
+            self._spmm_into(x, out, errors, np.float64)
+            return
         out.fill(0)
         n_groups = -(-b // FRAMES_PER_BLOCK)
         grid = int(self._seg_bin.size) * n_groups
@@ -623,14 +557,13 @@ class DeviceEngine:
         d = self._dev
         offset = self._o is not None
         fn = self._function(arr.dtype, kernel_name(arr.dtype, errors, offset, layout))
-        lead = np.int64(arr.shape[1]) if layout == "pixel" else np.int64(self.n_pixels)
         zero = d["w"]  # placeholder pointer when there is no offset (never read)
         fn(
             (grid,),
             (BLOCK,),
             (
                 arr,
-                lead,
+                np.int64(lead),
                 np.int32(b),
                 np.int32(n_groups),
                 d["seg_bin"],
@@ -646,10 +579,17 @@ class DeviceEngine:
         )
 
     def _transpose(self, src, b, dst):
-        """Frame-major src (b, n_pixels) -> pixel-major dst (n_pixels, ld), on the device
-        (src may be a mapped pinned host buffer); dst[:, :b] = src.T on NumPy."""
+        """Frame-major src (b, n_pixels) -> pixel-major dst (n_pixels, >= ld), on the device
+        (src may be a mapped pinned host buffer; its rows must be contiguous, n_pixels apart;
+        dst's row stride is read from its strides).  NumPy: the same checks and writes."""
+        if self._lead(src, "frame", b) != self.n_pixels:
+            raise ValueError("the transposition reads frames n_pixels apart")
+        ld = self._lead(dst, "pixel", b)
         if self.name == "numpy":
-            np.copyto(dst[:, :b], src[:b].T)
+            out = np.lib.stride_tricks.as_strided(
+                dst, shape=(self.n_pixels, b), strides=(ld * dst.itemsize, dst.itemsize)
+            )
+            np.copyto(out, src[:b].T)
             return
         n_ptiles = -(-self.n_pixels // 32)
         grid = n_ptiles * (-(-b // 32))
@@ -657,40 +597,54 @@ class DeviceEngine:
         fn(
             (grid,),
             (256,),
-            (src, np.int64(self.n_pixels), np.int32(b), np.int64(dst.shape[1]), dst),
+            (src, np.int64(self.n_pixels), np.int32(b), np.int64(ld), dst),
         )
 
     def _pixel_batch(self, src, b, dev_pm, out, errors):
         """Transpose src (b, P) into dev_pm (P, ld) and integrate it; if the transposition
-        kernel fails, fall back and integrate src as it is."""
+        kernel fails for an expected reason, fall back and integrate src as it is."""
         try:
             self._transpose(src, b, dev_pm)
         except Exception as exc:
-            if self.name == "numpy" or self.path != "kernel":
+            why = expected_failure(exc)
+            if why is None or self.path != "kernel":
                 raise
-            self._fallback(exc)
+            self._fallback(exc, why)
             self._integrate_into(src, "frame", b, out, errors)
             return
         self._integrate_into(dev_pm, "pixel", b, out, errors)
 
     def _spmm_into(self, x, out, errors, dtype=None):
-        """Sparse-product path on x (n_pixels, b): frames converted to float, invalid -> 0."""
+        """Sparse-product path on x (n_pixels, b): frames converted to float, invalid -> 0.
+
+        The reference path through cupyx.scipy.sparse, without avoidable copies: the float
+        frames are made frame-major (b, n_pixels), C-contiguous (no copy of a frame-major
+        batch), so each product gets their transpose, the F-contiguous (n_pixels, b) operand
+        cuSPARSE's SpMM reads (cupyx copies any other layout first); the dark offset stays on
+        the device (``_offset_on``)."""
         xp = self.xp
         dt = np.dtype(dtype or self.spmm_dtype)
         mats = self._sparse_matrices(dt)
-        valid = valid_mask(x, xp)
-        xv = xp.where(valid, x.astype(dt), dt.type(0))
+        xt = x.T  # (b, n_pixels): a C-contiguous view for a frame-major batch
+        valid = valid_mask(xt, xp)
+        xv = xp.where(valid, xt.astype(dt), dt.type(0))
         if self._o is not None:
-            off = xp.asarray(self._pixel_offset.astype(dt))[:, None]
-            d = xp.where(valid, xv - off, dt.type(0))
+            d = xp.where(valid, xv - self._offset_on(dt)[None, :], dt.type(0))
         else:
             d = xv
-        out[0] = (mats["ws"] @ d).T
-        out[1] = (mats["w"] @ valid.astype(dt)).T
+        out[0] = (mats["ws"] @ d.T).T
+        out[1] = (mats["w"] @ valid.astype(dt).T).T
         if errors:
-            out[2] = (mats["ws2"] @ xv).T
+            out[2] = (mats["ws2"] @ xv.T).T
         if errors is True:
-            out[3] = (mats["ws2"] @ (d * d)).T
+            out[3] = (mats["ws2"] @ (d * d).T).T
+
+    def _offset_on(self, dtype):
+        """The per-pixel dark offset as a device array of dtype (uploaded once)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._offsets:
+            self._offsets[dtype] = self.xp.asarray(self._pixel_offset.astype(dtype))
+        return self._offsets[dtype]
 
     def _cpu_into(self, x, out, errors):
         """Last resort: the CPU engine on a host copy of x (n_pixels, b)."""
@@ -763,11 +717,11 @@ class DeviceEngine:
         layout = self.batch_layout(dtype)
         if pixel_major:
             ld = self._leading_dim(b)
-            aligned = self.name == "numpy" or stack_dev.data.ptr % 16 == 0
+            aligned = self._ptr(stack_dev) % 16 == 0
             if layout == "pixel" and ld == b and stack_dev.flags.c_contiguous and aligned:
                 self._integrate_into(stack_dev, "pixel", b, out, errors)
             elif layout == "pixel":
-                buf = xp.empty((self.n_pixels, ld), dtype=dtype)
+                buf = xp.zeros((self.n_pixels, ld), dtype=dtype)  # padding: zeros
                 buf[:, :b] = stack_dev
                 self._integrate_into(buf, "pixel", b, out, errors)
             else:
@@ -775,8 +729,10 @@ class DeviceEngine:
                 self._integrate_into(frames, "frame", b, out, errors)
             return self._to_sums(out)
         if layout == "frame":
-            if self.name == "cupy" and self.path == "kernel":
-                self._integrate_into(xp.ascontiguousarray(frames), "frame", b, out, errors)
+            if self._kernel_ok(dtype):  # one launch; the kernel follows the row stride
+                if frames.strides[1] != frames.itemsize:
+                    frames = xp.ascontiguousarray(frames)
+                self._integrate_into(frames, "frame", b, out, errors)
                 return self._to_sums(out)
             for i in range(0, b, self.batch_size):
                 part = frames[i : i + self.batch_size]
@@ -789,7 +745,9 @@ class DeviceEngine:
         for i in range(0, b, step):
             part = xp.ascontiguousarray(frames[i : i + step])
             k = int(part.shape[0])
-            view = buf[:, : self._leading_dim(k)]
+            view = buf[:, : self._leading_dim(k)]  # the last, partial batch: a strided view
+            if view.shape[1] > k:
+                view[:, k:] = 0  # padding of a partial frame group: zeros, not garbage
             self._transpose(part, k, view)
             o = xp.empty((nq, k, self.n_bins), dtype=np.float64)
             self._integrate_into(view, "pixel", k, o, errors)
@@ -800,15 +758,22 @@ class DeviceEngine:
     def sums(self, stack, errors=False):
         """Sums of a stack (B, H, W) of any int/float dtype: float64 NumPy arrays (B, n_bins).
 
-        A device (CuPy) array goes through sums_device; a host array is streamed in batches.
+        A device (CuPy) array goes through sums_device; a host array is streamed in batches;
+        any other iterable (an iterator or generator of frames (H, W) or blocks (k, H, W), a
+        list) through integrate_stream, as it comes.
         """
         if self._ops.is_device_array(stack):
             res = self.sums_device(stack, errors)
             return Sums(*(None if a is None else self._ops.to_host(a) for a in res))
-        frames = self._as_frames(np.asarray(stack))
-        if frames.shape[0] == 0:
-            return self._empty_sums(np, 0, errors)
-        parts = list(self.integrate_stream(frames, errors))
+        if isinstance(stack, np.ndarray) or not hasattr(stack, "__iter__"):
+            frames = self._as_frames(np.asarray(stack))
+            if frames.shape[0] == 0:
+                return self._empty_sums(np, 0, errors)
+            parts = list(self.integrate_stream(frames, errors))
+        else:
+            parts = list(self.integrate_stream(stack, errors))
+            if not parts:
+                return self._empty_sums(np, 0, errors)
         return Sums(*(np.concatenate([p[q] for p in parts]) for q in range(self._nq(errors))))
 
     def integrate_stream(self, frames, errors=False):
@@ -880,7 +845,7 @@ class DeviceEngine:
 
     def _get_slots(self):
         if self._slots is None:
-            self._slots = [_Slot(self._ops, self._stream_factory()) for _ in range(self.n_streams)]
+            self._slots = [Slot(self._ops, self._stream_factory()) for _ in range(self.n_streams)]
         return self._slots
 
     def _pipeline(self, jobs, errors):
@@ -953,12 +918,11 @@ class DeviceEngine:
         if layout == "pixel":
             ld = self._leading_dim(b)
             dev_pm = _view(
-                slot.buffer("pixel_major", self.n_pixels * ld * src.itemsize, False),
+                slot.buffer("pixel_major", self.n_pixels * ld * src.itemsize, False, True),
                 src.dtype,
                 (self.n_pixels, ld),
             )
-            mapped = self.upload == "mapped" and self.name == "cupy"
-            if mapped:
+            if self.upload == "mapped":
                 dev_src = self._ops.mapped(src)
             else:
                 dev_src = _view(

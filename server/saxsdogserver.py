@@ -148,6 +148,9 @@ class SaxsdogService:
         return real
 
     def stat(self):
+        from gpusaxs.gpu_engine import fallback_lines  # issue 25: GPU fallbacks are visible
+
+        extra = {"engine fallbacks": lines} if (lines := fallback_lines()) else {}
         if self.queue is None:
             return {
                 "time interval": 0.0,
@@ -156,8 +159,9 @@ class SaxsdogService:
                 "images processed": self.images_processed,
                 "images failed": self.images_failed,
                 "pics": 0,
+                **extra,
             }
-        return self.queue.stat(self.images_processed, self.images_failed)
+        return {**self.queue.stat(self.images_processed, self.images_failed), **extra}
 
     def _data(self, **extra):
         d = {"stat": self.stat(), "builds": self.builds.running()}

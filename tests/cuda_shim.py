@@ -155,9 +155,12 @@ template <typename T> std::vector<T> load(const std::string& path) {
     return v;
 }
 
-// frames.bin is frame-major (nf, P); layout "pixel" transposes it with gs_to_pixel_major first
+// frames.bin is frame-major (nf, P); layout "pixel" transposes it with gs_to_pixel_major first.
+// pad > 0: the operand is a strided view, as the engine's last partial batch is: pixel-major
+// rows pad frame groups longer than needed, frame-major rows pad*7 values apart beyond P (the
+// gaps hold garbage); the kernels get the row stride and must follow it.
 template <typename T, int MODE, bool OFF, bool PIXEL>
-void run(const std::string& dir, long long P, int nf, int nb) {
+void run(const std::string& dir, long long P, int nf, int nb, int pad) {
     auto frames = load<T>(dir + "/frames.bin");
     auto seg_bin = load<int>(dir + "/seg_bin.bin");
     auto seg_start = load<long long>(dir + "/seg_start.bin");
@@ -171,7 +174,7 @@ void run(const std::string& dir, long long P, int nf, int nb) {
     const int n_groups = (nf + GS_FB - 1) / GS_FB;
     const long long grid = (long long)seg_bin.size() * n_groups;
     if (PIXEL) {
-        const long long ld = (long long)n_groups * GS_FB;
+        const long long ld = (long long)(n_groups + pad) * GS_FB;
         std::vector<T> pm((size_t)(P * ld), T(0));
         for (auto& v : pm) std::memset(&v, 0xA5, sizeof(T));  // padding: garbage
         const long long tgrid = ((P + GS_TILE - 1) / GS_TILE) * ((nf + GS_TILE - 1) / GS_TILE);
@@ -182,8 +185,13 @@ void run(const std::string& dir, long long P, int nf, int nb) {
                 seg_start.data(), seg_end.data(), pix.data(), w.data(), s.data(), o.data(), nb,
                 out.data()); });
     } else {
+        const long long stride = P + 7LL * pad;
+        std::vector<T> fs((size_t)(nf * stride));
+        for (auto& v : fs) std::memset(&v, 0xA5, sizeof(T));  // gaps between rows: garbage
+        for (int f = 0; f < nf; ++f)
+            std::memcpy(&fs[(size_t)f * stride], &frames[(size_t)f * P], sizeof(T) * P);
         gs_launch(grid, GS_BLOCK, [&] {
-            gs_integrate<T, GS_FB, MODE, OFF>(frames.data(), P, nf, n_groups, seg_bin.data(),
+            gs_integrate<T, GS_FB, MODE, OFF>(fs.data(), stride, nf, n_groups, seg_bin.data(),
                 seg_start.data(), seg_end.data(), pix.data(), w.data(), s.data(), o.data(), nb,
                 out.data()); });
     }
@@ -194,12 +202,13 @@ void run(const std::string& dir, long long P, int nf, int nb) {
 }
 
 int main(int argc, char** argv) {
-    if (argc != 9) return 2;
+    if (argc != 9 && argc != 10) return 2;
     const std::string type = argv[1], dir = argv[2], layout = argv[6];
     const long long P = std::atoll(argv[3]);
     const int nf = std::atoi(argv[4]), nb = std::atoi(argv[5]);
     const int mode = std::atoi(argv[7]), off = std::atoi(argv[8]);
     const bool pixel = layout == "pixel";
+    const int pad = argc == 10 ? std::atoi(argv[9]) : 0;
 DISPATCH
     return 2;
 }
@@ -227,7 +236,7 @@ def dispatch(combos):
         lines.append(
             f'    if (type == "{name}" && mode == {mode} && off == {int(off)} && '
             f"pixel == {str(pixel).lower()}) {{ run<{CTYPE_OF[name]}, {mode}, "
-            f"{str(off).lower()}, {str(pixel).lower()}>(dir, P, nf, nb); return 0; }}"
+            f"{str(off).lower()}, {str(pixel).lower()}>(dir, P, nf, nb, pad); return 0; }}"
         )
     return "\n".join(lines)
 
@@ -263,9 +272,10 @@ def build(source, combos, folder, block=64, fb=8, defines=()):
     return exe, None
 
 
-def run(exe, folder, engine, frames, layout, errors, seed=1, runners=4):
+def run(exe, folder, engine, frames, layout, errors, seed=1, runners=4, pad=0):
     """Run the emulated kernels on ``frames`` (nf, H, W) with ``engine``'s kernel arrays;
-    returns the (nq, nf, n_bins) float64 output."""
+    returns the (nq, nf, n_bins) float64 output.  pad: run on a strided view (rows longer
+    than needed, garbage in the gaps), as the engine's last partial batch is."""
     import os
 
     from gpusaxs.gpu_engine import _mode
@@ -290,6 +300,7 @@ def run(exe, folder, engine, frames, layout, errors, seed=1, runners=4):
             layout,
             str(mode),
             str(int(off)),
+            str(int(pad)),
         ],
         capture_output=True,
         text=True,

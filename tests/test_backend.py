@@ -338,3 +338,31 @@ def test_backend_info_lists_engine_fallbacks(monkeypatch):
     monkeypatch.setattr(ge, "_FALLBACKS", [{"from": "kernel", "to": "spmm", "reason": "x"}])
     info = json.loads(json.dumps(backend.backend_info()))
     assert info["engine_fallbacks"] == [{"from": "kernel", "to": "spmm", "reason": "x"}]
+
+
+def test_engine_fallbacks_are_visible_in_saxsdog_and_the_server_stat(monkeypatch, tmp_path):
+    """Issue 25: a fallback is recorded and shown: saxsdog's summary and the server's stat
+    (schema-valid), nothing extra when there was none."""
+    import types
+
+    import gpusaxs.gpu_engine as ge
+    from gpusaxs.clients.saxsdog import Saxsdog
+    from gpusaxs.server import protocol as P
+    from gpusaxs.server.saxsdogserver import SaxsdogService
+
+    svc = SaxsdogService(tmp_path, "s3cret-for-tests")
+    dog = types.SimpleNamespace(
+        failed_early=0, skipped=0, redone=0, abandoned=0, setup_seconds=0.5, matrix_info={}
+    )
+    stats = {"processed": 3, "failed": 0, "dropped": 0}
+    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    assert "engine fallbacks" not in svc.stat()
+    assert "fallback" not in Saxsdog.summary(dog, stats, False, 1.0)
+    entry = {"from": "kernel", "to": "spmm", "reason": "out of memory: OutOfMemoryError: x"}
+    monkeypatch.setattr(ge, "_FALLBACKS", [entry])
+    line = "kernel -> spmm: out of memory: OutOfMemoryError: x"
+    assert svc.stat()["engine fallbacks"] == [line]
+    P.validate_response(svc.cmd_stat(None, []))
+    assert (
+        Saxsdog.summary(dog, stats, False, 1.0).splitlines()[-1].endswith(f"engine fallback {line}")
+    )

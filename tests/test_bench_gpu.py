@@ -51,11 +51,76 @@ def test_numpy_run_writes_the_json(bench, tmp_path, capsys):
     ):
         assert key in report, key
     case = report["cases"]["tiny"]
-    assert set(case["layouts"]) == {"pixel/8", "frame/8"}
+    assert set(case["layouts"]) == {"pixel/8", "frame/8", "spmm/8"}
     for r in case["layouts"].values():
         assert r["max_rel_diff_vs_cpu"] <= bench.MAX_REL_DIFF
         assert r["device_resident_gpix_per_s"] > 0 and r["host_fed_fraction_of_h2d"] > 0
     assert "pixel/8" in capsys.readouterr().out
+    validate_report(report)
+    assert [(r["layout"], r["path"], r["fallbacks"]) for r in report["records"]] == [
+        ("pixel", "kernel", []),
+        ("frame", "kernel", []),
+        ("spmm", "spmm", []),
+    ]
+    # the accuracy check ran full batches and a ragged one, errors on and off
+    check = case["max_rel_diff_vs_cpu_check"]
+    assert set(check) == {"pixel/8", "frame/8", "spmm/8"}
+    assert all(set(d) == {"errors", "no_errors"} for d in check.values())
+    assert all(0 < v <= bench.MAX_REL_DIFF for d in check.values() for v in d.values())
+
+
+def validate_report(report):
+    """The JSON schema of the device check's output (benchmarks/gpu_result_schema.json)."""
+    import jsonschema
+
+    schema = json.loads((ROOT / "benchmarks" / "gpu_result_schema.json").read_text())
+    jsonschema.validate(report, schema)
+    for r in report["records"]:
+        assert r["device"] == report["device"] and r["commit"] == report["commit"]
+        assert r["hbm_read_gb_per_s"] == report["hbm_read_gb_per_s"]
+
+
+def test_schema_rejects_a_record_without_its_fields(bench):
+    import jsonschema
+
+    schema = json.loads((ROOT / "benchmarks" / "gpu_result_schema.json").read_text())
+    record = {"device": "x", "layout": "pixel"}
+    report = {
+        "device": "x",
+        "kind": "x",
+        "date": "2026-12-06T00:00:00+00:00",
+        "commit": "c",
+        "hbm_read_gb_per_s": 1.0,
+        "hbm_gb_per_s": 1.0,
+        "h2d_gb_per_s": 1.0,
+        "max_rel_diff_allowed": 1e-5,
+        "timing": "t",
+        "cases": {},
+        "records": [record],
+    }
+    with pytest.raises(jsonschema.ValidationError, match="required"):
+        jsonschema.validate(report, schema)
+
+
+def test_a_fallback_is_reported_and_fails_the_run(bench, tmp_path, capsys, monkeypatch):
+    """Issue 25: the benchmark never checked which path ran."""
+    import gpusaxs.gpu_engine as ge
+
+    def oom(self, *args):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(ge.DeviceEngine, "_launch", oom)
+    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    rc = bench.main(
+        ["--xp", "numpy", "--cases", "tiny", "--repeats", "1", "--no-pyfai"]
+        + ["--out-dir", str(tmp_path)]
+    )
+    assert rc == 4
+    assert "not on the measured path" in capsys.readouterr().err
+    report = json.loads(next(tmp_path.glob("gpu-*.json")).read_text())
+    validate_report(report)
+    pixel = report["records"][0]
+    assert pixel["path"] == "spmm" and pixel["fallbacks"][0]["reason"].startswith("out of memory")
 
 
 def test_wrong_curves_give_no_throughput(bench, tmp_path, capsys, monkeypatch):
@@ -100,3 +165,23 @@ def test_model_predictions(bench):
     table = bench.model_table()
     assert table.count("\n") == 1 + 2 * 3 * len(bench.BATCHES)
     assert np.isfinite(pm["predicted"])
+
+
+def test_device_check_script_fits_the_lease(bench):
+    """benchmarks/device_check.sh (run on a lent H100/H200, docs/gpu.md): valid bash, steps
+    bounded to under 6 minutes, cases and test files that exist, results copied to $OUT."""
+    import re
+    import subprocess
+
+    script = ROOT / "benchmarks" / "device_check.sh"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    limits = [int(t) for t in re.findall(r"\btimeout (\d+) ", text)]
+    assert len(limits) >= 4 and sum(limits) <= 360, limits
+    cases = re.search(r"CASES=\$\{CASES:-([\w,]+)\}", text).group(1).split(",")
+    assert cases and all(c in bench.CASES for c in cases)
+    for path in re.findall(r"tests/test_\w+\.py", text):
+        assert (ROOT / path).exists(), path
+    assert "pytest" in text and "-m gpu" in text and "bench_gpu.py" in text
+    assert 'cp benchmarks/results/gpu-nvidia-*.json "$OUT/"' in text
+    assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()

@@ -407,7 +407,7 @@ def test_fallback_chain_is_logged_once_and_reported(
 
     def broken_launch(*args):
         calls.append("kernel")
-        raise RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU (simulated)")
+        raise CUDADriverError("CUDA_ERROR_NO_BINARY_FOR_GPU: no kernel image (simulated)")
 
     monkeypatch.setattr(eng, "_launch", broken_launch)
     monkeypatch.setattr(eng, "_kernel_ok", lambda dtype: eng.path == "kernel")
@@ -418,7 +418,9 @@ def test_fallback_chain_is_logged_once_and_reported(
     assert [r.getMessage() for r in caplog.records].count(
         caplog.records[0].getMessage()
     ) == 1 and "falling back to spmm" in caplog.text
-    assert ge.engine_fallbacks()[0]["reason"].startswith("RuntimeError: CUDA_ERROR_NO_BINARY")
+    assert ge.engine_fallbacks()[0]["reason"].startswith(
+        "no kernel code for this device: CUDADriverError: CUDA_ERROR_NO_BINARY"
+    )
 
     def broken_spmm(*args, **kw):
         raise MemoryError("cusparse workspace (simulated)")
@@ -452,6 +454,238 @@ def test_submit_collect_overlaps_batches_in_order(matrix, frames_by_dtype, refer
         eng.collect()
     with pytest.raises(ValueError):
         eng.submit([x[0], x[1].astype(np.float32)])
+
+
+class CUDADriverError(RuntimeError):
+    """Stands in for cupy_backends.cuda.api.driver.CUDADriverError (same class name)."""
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TypeError("a plain bug"),
+        AttributeError("module 'cupy.cuda.runtime' has no attribute 'hostGetDevicePointer'"),
+        CUDADriverError("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access"),
+    ],
+    ids=["TypeError", "AttributeError", "illegal-address"],
+)
+def test_a_bug_in_the_kernel_path_raises_and_does_not_fall_back(
+    matrix, frames_by_dtype, monkeypatch, exc
+):
+    """Issue 25: any exception used to drop the engine to the spmm path, silently and for
+    good.  Only expected reasons (out of memory, no device, no code for it) may fall back."""
+    import gpusaxs.gpu_engine as ge
+
+    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    assert eng.path == "kernel"
+
+    def broken(*args):
+        raise exc
+
+    monkeypatch.setattr(eng, "_launch", broken)
+    with pytest.raises(type(exc)):
+        eng.sums(frames_by_dtype[np.dtype(np.int32)][:3])
+    assert eng.path == "kernel" and eng.fallbacks == [] and ge.engine_fallbacks() == []
+
+
+def test_out_of_memory_falls_back_and_is_recorded(matrix, frames_by_dtype, references, monkeypatch):
+    import gpusaxs.gpu_engine as ge
+
+    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    def oom(*args):
+        raise OutOfMemoryError("out of memory allocating 1,073,741,824 bytes (simulated)")
+
+    monkeypatch.setattr(eng, "_launch", oom)
+    got = eng.sums(frames_by_dtype[np.dtype(np.int32)], errors=True)
+    assert_sums_close(got, references[np.dtype(np.int32)], 1e-10)
+    assert eng.path == "spmm"
+    assert eng.fallbacks[0]["reason"].startswith("out of memory: OutOfMemoryError")
+    assert ge.engine_fallbacks() == eng.fallbacks
+
+
+def test_unsupported_dtype_is_recorded_once(matrix, frames_by_dtype, references, monkeypatch):
+    import gpusaxs.gpu_engine as ge
+
+    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    x = frames_by_dtype[np.dtype(np.int64)]
+    assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.int64)], 1e-10)
+    assert eng.path == "kernel"  # the engine stays on the kernel for the other dtypes
+    assert eng.fallbacks == [
+        {
+            "from": "kernel",
+            "to": "spmm",
+            "reason": "unsupported dtype: no kernel for int64 frames",
+            "dtype": "int64",
+        }
+    ]
+    assert ge.engine_fallbacks() == eng.fallbacks
+
+
+def test_sums_of_an_iterator(matrix, frames_by_dtype, references):
+    """Issue 25: sums(iterator) raised "frames must be integer or float, not object"."""
+    x = frames_by_dtype[np.dtype(np.int32)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=2)
+    for source in (iter(x), (f for f in x), list(x), iter([x[:3], x[3:]])):
+        assert_sums_close(eng.sums(source, errors=True), references[np.dtype(np.int32)], 1e-10)
+    empty = eng.sums(iter(()), errors=True)
+    assert empty.signal.shape == (0, matrix.n_bins)
+
+
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+@pytest.mark.parametrize("upload", ["copy", "mapped"])
+def test_mapped_upload_runs_the_same_path_on_numpy(
+    matrix, frames_by_dtype, references, monkeypatch, layout, upload
+):
+    """upload="mapped" hands the pinned staging buffer to the transposition (ops.mapped) on
+    NumPy too, so a broken mapped path fails in CI, not first on a device."""
+    x = frames_by_dtype[np.dtype(np.uint32)]
+    eng = DeviceEngine(matrix, xp=np, batch_size=3, layout=layout, upload=upload)
+    seen = []
+    real = eng._ops.mapped
+    monkeypatch.setattr(eng._ops, "mapped", lambda arr: seen.append(arr.shape) or real(arr))
+    assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-10)
+    expected = [(3, matrix.n_pixels), (2, matrix.n_pixels)]
+    assert seen == (expected if (upload, layout) == ("mapped", "pixel") else [])
+    assert eng.fallbacks == []
+
+
+def test_staging_is_allocated_when_the_engine_is_built(matrix, frames_by_dtype, references):
+    """Issue 25: pinned staging was allocated on the first batch (0.15-0.7 s on a device)."""
+    eng = DeviceEngine(matrix, xp=np, batch_size=4, n_streams=2)
+    before = [s.allocations for s in eng._slots]
+    assert all(n > 0 for n in before)
+    for s in eng._slots:
+        assert s._bufs["stage"].nbytes >= 4 * matrix.n_pixels * 4
+    x = frames_by_dtype[np.dtype(np.int32)]
+    assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.int32)], 1e-10)
+    eng.sums(frames_by_dtype[np.dtype(np.uint16)])
+    assert [s.allocations for s in eng._slots] == before
+
+
+@pytest.mark.parametrize("b", [1, 3, 7])
+def test_pixel_major_padding_is_zero_not_garbage(matrix, frames_by_dtype, monkeypatch, b):
+    """Issue 25: at small B the padding columns of the pixel-major stack were read
+    uninitialised.  Device memory comes back as garbage here; the padding must be zeros."""
+    import gpusaxs.gpu_ops as go
+
+    def garbage(self, nbytes):
+        return np.full(nbytes, 0xA5, np.uint8)
+
+    monkeypatch.setattr(go.NumpyOps, "empty_device", garbage)
+    eng = DeviceEngine(matrix, xp=np, batch_size=8)
+    x = frames_by_dtype[np.dtype(np.int32)]
+    eng.sums(x[:b])
+    for slot in eng._slots:
+        pm = slot._bufs["pixel_major"].view(np.int32).reshape(matrix.n_pixels, -1)
+        assert pm.shape[1] == 8
+        assert not np.any(pm[:, b:]), "padding columns not zero"
+
+
+def test_kernel_follows_strides_of_the_last_partial_batch(matrix, frames_by_dtype, references):
+    """Issue 25: kernels ignored strides; the last partial batch of sums_device is a strided
+    view of the batch buffer (row stride ld(batch_size), not ld(k)).  The NumPy "kernel"
+    reads memory from the base pointer as the CUDA kernel does."""
+    x = frames_by_dtype[np.dtype(np.int32)]  # 5 frames: a batch of 8 would hide it
+    eng = DeviceEngine(matrix, xp=np, batch_size=16)
+    big = np.concatenate([x] * 4)[:19]  # 16 + a partial batch of 3 (ld 8 in a ld-16 buffer)
+    ref = Sums(*(np.concatenate([r] * 4)[:19] for r in references[np.dtype(np.int32)]))
+    assert_sums_close(eng.sums_device(big, errors=True), ref, 1e-10)
+    strided = np.zeros((big.shape[0], matrix.n_pixels * 2), np.int32)[:, ::2]
+    strided[...] = big.reshape(big.shape[0], -1)
+    with pytest.raises(ValueError, match="columns not contiguous"):
+        eng._launch(strided, "frame", 3, np.zeros((2, 3, matrix.n_bins)), False)
+    rows = np.zeros((big.shape[0] * 2, matrix.n_pixels), np.int32)[::2]
+    rows[...] = big.reshape(big.shape[0], -1)
+    frame_eng = DeviceEngine(matrix, xp=np, batch_size=16, layout="frame")
+    assert_sums_close(frame_eng.sums_device(rows, errors=True), ref, 1e-10)
+
+
+@pytest.mark.parametrize("n,batch", [(19, 8), (37, 16), (40, 13)])
+def test_full_frame_groups_and_odd_batches(matrix, n, batch):
+    """Full frame groups of 8, odd batch sizes and a ragged tail, on Poisson counts whose
+    sums are not exact in float64, against the independent reference."""
+    rng = np.random.default_rng(n)
+    x = rng.poisson(37.3, size=(n, H, W)).astype(np.int32)
+    x[:, 100:110] = -1
+    ref = reference_sums(matrix, x)
+    for layout in ("pixel", "frame"):
+        for upload in ("copy", "mapped"):
+            eng = DeviceEngine(matrix, xp=np, batch_size=batch, layout=layout, upload=upload)
+            assert_sums_close(eng.sums(x, errors=True), ref, 1e-10)
+        assert_sums_close(eng.sums_device(x, errors=True), ref, 1e-10)
+    pm = np.ascontiguousarray(x.reshape(n, -1).T)
+    assert_sums_close(eng.sums_device(pm, errors=True, pixel_major=True), ref, 1e-10)
+
+
+@pytest.mark.parametrize("offset", [False, True])
+def test_spmm_path_hands_sparse_products_column_major_operands(
+    matrix, frames_by_dtype, monkeypatch, offset
+):
+    """Item 4 of issue 25: cupyx copies a dense operand that is not F-contiguous before each
+    cuSPARSE SpMM; the spmm path must hand it (n_pixels, b) column-major operands."""
+    m = with_offset(matrix, np.random.default_rng(4)) if offset else matrix
+    eng = DeviceEngine(m, xp=np, batch_size=3, method="spmm")
+    real = eng._sparse_matrices()
+    seen = []
+
+    class Recording:
+        def __init__(self, mat):
+            self.mat = mat
+
+        def __matmul__(self, other):
+            seen.append(other.flags.f_contiguous)
+            return self.mat @ other
+
+    monkeypatch.setattr(
+        eng, "_sparse_matrices", lambda dt=None: {k: Recording(v) for k, v in real.items()}
+    )
+    x = frames_by_dtype[np.dtype(np.int32)]
+    assert_sums_close(eng.sums(x, errors=True), reference_sums(m, x), 1e-9)
+    assert len(seen) == 4 * 2 and all(seen)
+
+
+def test_streams_do_not_block_on_the_legacy_default_stream():
+    """Issue 25: the engine's CUDA streams were created blocking (non_blocking=False)."""
+    from gpusaxs.gpu_ops import CupyStream
+
+    made = []
+
+    class FakeCuda:
+        class Stream:
+            def __init__(self, **kw):
+                made.append(kw)
+
+    class FakeCupy:
+        cuda = FakeCuda
+
+    CupyStream(FakeCupy)
+    assert made == [{"non_blocking": True}]
+
+
+def test_only_expected_device_errors_fall_back():
+    from gpusaxs.gpu_ops import expected_failure
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    class CompileException(Exception):
+        pass
+
+    assert expected_failure(MemoryError()) == "out of memory"
+    assert expected_failure(CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device"))
+    assert expected_failure(CUDADriverError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: ..."))
+    assert expected_failure(CUDARuntimeError("cudaErrorMemoryAllocation: out of memory"))
+    assert expected_failure(CUDADriverError("CUDA_ERROR_ILLEGAL_ADDRESS")) is None
+    assert expected_failure(CompileException("error: identifier undefined")) is None
+    assert expected_failure(RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU")) is None
+    assert expected_failure(ValueError("x")) is None
 
 
 # ---------------------------------------------------------------------------- scheduler
@@ -560,9 +794,11 @@ def test_pinned_stack_is_uploaded_without_staging(matrix, frames_by_dtype, refer
     x = frames_by_dtype[np.dtype(np.uint16)]
     eng = DeviceEngine(matrix, xp=np, batch_size=2, stream_factory=DeferredStream)
     monkeypatch.setattr(eng._ops, "is_pinned", lambda arr: True)
+    staged = []
+    monkeypatch.setattr(eng, "_stage", lambda *a: staged.append(a))
     got = eng.sums(x, errors=True)
     assert_sums_close(got, references[np.dtype(np.uint16)], 1e-10)
-    assert all("stage" not in s._bufs for s in eng._slots)
+    assert staged == []
 
 
 def test_threaded_staging_copy(matrix, frames_by_dtype, references):
@@ -642,6 +878,22 @@ def test_cuda_kernel_dark_offset_on_cpu_emulator(emulator, tmp_path, dtype, layo
     assert out.shape[0] == {False: 2, "poisson": 3, True: 4}[errors]
     for q in range(out.shape[0]):
         np.testing.assert_allclose(out[q], ref[q], rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [8, 16, 19])
+@pytest.mark.parametrize("layout", ["pixel", "frame"])
+def test_cuda_kernels_follow_strides_on_full_and_ragged_groups_on_emulator(
+    emulator, tmp_path, layout, n
+):
+    """integrate.cu on strided operands (rows longer than the batch needs, garbage in the
+    gaps: the engine's last partial batch), full frame groups and a ragged one, Poisson
+    counts."""
+    rng = np.random.default_rng(n)
+    m, eng, _ = _emu_case(rng, np.int32)
+    x = rng.poisson(40.0, size=(n,) + m.shape).astype(np.int32)
+    x[:, 3] = -1
+    out = cuda_shim.run(emulator, tmp_path, eng, x, layout, True, seed=n, pad=1)
+    assert_sums_close(Sums(*out), reference_sums(m, x), 1e-12)
 
 
 def test_cuda_kernel_modes_without_offset_on_emulator(emulator, tmp_path):
@@ -786,26 +1038,92 @@ def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
     assert_sums_close(Sums(*(cp.asnumpy(a) for a in spmm.sums_device(xd, errors=True))), host, 1e-6)
 
 
+def poisson_stack(n, dtype, rng, shape=(H, W)):
+    """n Poisson frames (rates 0.5..2000: sums that are not exact in float64) with the
+    invalid values of dtype (-1 gaps / max-of-type flags)."""
+    rate = rng.uniform(0.5, 2000.0, size=shape)
+    x = rng.poisson(rate, size=(n,) + shape).astype(dtype)
+    flag = -1 if np.dtype(dtype).kind == "i" else np.iinfo(dtype).max
+    x[:, shape[0] // 3 : shape[0] // 3 + 9] = flag
+    x[rng.random(x.shape) < 1e-3] = flag
+    return x
+
+
+@pytest.fixture(scope="module")
+def poisson64(matrix):
+    """{dtype: (64 Poisson frames, their reference Sums)}, int32 and uint32."""
+    out = {}
+    for d in (np.int32, np.uint32):
+        x = poisson_stack(64, d, np.random.default_rng(64))
+        out[np.dtype(d)] = (x, reference_sums(matrix, x))
+    return out
+
+
+def _first(pair, n):
+    x, ref = pair
+    return x[:n], Sums(*(a[:n] for a in ref))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "layout,upload,seg,streams",
-    [("pixel", "copy", 4096, 1), ("pixel", "mapped", 64, 2), ("frame", "copy", 100000, 3)],
+    "layout,upload,seg,streams,batch,n",
+    [
+        ("pixel", "copy", 4096, 1, 32, 64),
+        ("pixel", "mapped", 64, 2, 13, 37),
+        ("pixel", "mapped", 4096, 3, 64, 64),
+        ("pixel", "copy", 4096, 2, 8, 19),
+        ("frame", "copy", 100000, 3, 32, 64),
+        ("frame", "copy", 4096, 2, 13, 37),
+    ],
 )
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32], ids=["int32", "uint32"])
 def test_gpu_kernel_parameters(
-    cp, matrix, frames_by_dtype, references, layout, upload, seg, streams
+    cp, matrix, poisson64, layout, upload, seg, streams, batch, n, dtype
 ):
-    x = frames_by_dtype[np.dtype(np.uint32)]
+    """Full frame groups (B = 32, 64), odd batches with a ragged tail, Poisson data that does
+    not sum exactly, errors on and off, on the kernel path with no fallback."""
+    x, ref = _first(poisson64[np.dtype(dtype)], n)
     eng = DeviceEngine(
         matrix,
         xp=cp,
-        batch_size=4,
+        batch_size=batch,
         n_streams=streams,
         layout=layout,
         upload=upload,
         segment_length=seg,
     )
-    assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.uint32)], 1e-6)
+    assert_sums_close(eng.sums(x, errors=True), ref, 1e-9)
+    assert_sums_close(eng.sums(x, errors=False), ref, 1e-9, errors=False)
+    assert_sums_close(eng.sums(iter(x), errors=True), ref, 1e-9)
+    dev = eng.sums_device(cp.asarray(x), errors=True)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in dev)), ref, 1e-9)
     assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b", [1, 3, 8, 32, 64])
+def test_gpu_pixel_major_input_full_groups(cp, matrix, poisson64, b):
+    x, ref = _first(poisson64[np.dtype(np.int32)], b)
+    eng = DeviceEngine(matrix, xp=cp, batch_size=32)
+    pm = cp.asarray(np.ascontiguousarray(x.reshape(b, -1).T))
+    got = eng.sums_device(pm, errors=True, pixel_major=True)
+    assert_sums_close(Sums(*(cp.asnumpy(a) for a in got)), ref, 1e-9)
+    assert eng.path == "kernel" and not eng.fallbacks
+
+
+@pytest.mark.gpu
+def test_gpu_mapped_view_is_the_pinned_buffer(cp):
+    import cupyx
+
+    from gpusaxs.gpu_ops import CupyOps
+
+    ops = CupyOps(cp)
+    host = cupyx.empty_pinned((1000,), np.int32)
+    host[...] = np.arange(1000)
+    dev = ops.mapped(host)
+    assert int(dev.sum()) == int(np.arange(1000).sum())
+    with pytest.raises(ValueError, match="page-locked"):
+        ops.mapped(np.arange(1000, dtype=np.int32))
 
 
 @pytest.mark.gpu
@@ -846,3 +1164,34 @@ def test_gpu_pinned_and_stream_inputs(cp, matrix, frames_by_dtype, references):
     parts = list(eng.integrate_stream(iter(x), errors=True))
     got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
     assert_sums_close(got, references[np.dtype(np.uint16)], 1e-6)
+
+
+def test_sums_device_pads_partial_frame_groups_with_zeros(matrix, frames_by_dtype, monkeypatch):
+    """The transposed batch buffer of sums_device is not zeroed as a whole (a memset of the
+    stack per call); its padding columns are, for each partial frame group."""
+    eng = DeviceEngine(matrix, xp=np, batch_size=16)
+    x = frames_by_dtype[np.dtype(np.int32)][:3]
+    real_empty = np.empty
+    bufs = []
+
+    def garbage(shape, dtype=float, **kw):
+        arr = real_empty(shape, dtype, **kw)
+        arr.view(np.uint8)[...] = 0xA5
+        bufs.append(arr)
+        return arr
+
+    class GarbageNumpy:  # numpy whose empty() returns garbage, as device memory may
+        empty = staticmethod(garbage)
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    monkeypatch.setattr(eng, "xp", GarbageNumpy())
+    seen = []
+    monkeypatch.setattr(eng, "_integrate_into", lambda arr, *a: seen.append(arr.copy()))
+    eng.sums_device(x)
+    (pm,) = seen
+    assert any(b.shape == pm.shape for b in bufs)  # the buffer came from empty()
+    assert pm.shape == (matrix.n_pixels, 8)
+    np.testing.assert_array_equal(pm[:, :3], x.reshape(3, -1).T)
+    assert not np.any(pm[:, 3:])
