@@ -19,6 +19,7 @@ pytest.importorskip("cbor2")
 pytest.importorskip("bitshuffle")
 pytest.importorskip("lz4")
 
+from helpers import nxvalidate
 from net_support import SECRET, Proc, wait_for, write_config
 
 from gpusaxs.clients.saxsdetsim import Encoder, demo_frames, publish_series, send
@@ -155,6 +156,8 @@ def check_rows(setup, path, dtype, expect_ids):
             equal_nan=True,
         )
     assert np.isfinite(d["sigma"]).any()
+    errors, warnings, text = nxvalidate(path)  # NXazint1d, checked by nexusformat (issue 22.5)
+    assert (errors, warnings) == (0, 0), text
     return d
 
 
