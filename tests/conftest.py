@@ -41,6 +41,23 @@ def pytest_configure(config):
     os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_CACHE, "xdg")
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """ZeroMQ contexts a failed test left open are destroyed with LINGER 0 now: at the
+    interpreter's garbage collection their term() could wait for queued messages for ever and
+    hang the run after its last test."""
+    import gc
+    import sys
+
+    zmq = sys.modules.get("zmq")
+    if zmq is None:
+        return
+    from zmq.utils.garbage import gc as zero_copy  # pyzmq's own, for zero-copy sends: kept
+
+    for obj in gc.get_objects():
+        if isinstance(obj, zmq.Context) and not obj.closed and obj is not zero_copy._context:
+            obj.destroy(linger=0)
+
+
 def pytest_unconfigure(config):
     import shutil
 

@@ -138,7 +138,10 @@ def error_records(out, sid):
     return [json.loads(line) for line in p.read_text().splitlines()]
 
 
-def check_rows(setup, path, dtype, expect_ids):
+def check_rows(setup, path, dtype, expect_ids, validate=True):
+    """Rows of a series file against the reference curves; ``validate``: the file also passes
+    nexusformat's nxvalidate (not for the file of a killed writer, which keeps HDF5's "open for
+    writing" flag until ``h5clear -s``, docs/streams.md)."""
     from gpusaxs.io.nexus import read_nxazint
 
     d = read_nxazint(path)
@@ -156,8 +159,9 @@ def check_rows(setup, path, dtype, expect_ids):
             equal_nan=True,
         )
     assert np.isfinite(d["sigma"]).any()
-    errors, warnings, text = nxvalidate(path)  # NXazint1d, checked by nexusformat (issue 22.5)
-    assert (errors, warnings) == (0, 0), text
+    if validate:  # NXazint1d, checked by nexusformat (issue 22.5)
+        errors, warnings, text = nxvalidate(path)
+        assert (errors, warnings) == (0, 0), text
     return d
 
 
@@ -371,7 +375,8 @@ def test_kill_minus_9_mid_series_then_restart(setup, tmp_path):
         assert not sender.is_alive()
         d = read_nxazint(out / "series_1.nxs")
         assert len(d["image_ids"]) >= flushed
-        check_rows(setup, out / "series_1.nxs", "uint32", list(range(len(d["image_ids"]))))
+        ids = list(range(len(d["image_ids"])))
+        check_rows(setup, out / "series_1.nxs", "uint32", ids, validate=False)
     finally:
         halt.set()
         proc.stop()
