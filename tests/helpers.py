@@ -114,3 +114,21 @@ def nxvalidate(path):
     if errors is None or warns is None:
         raise AssertionError(f"nxvalidate gave no summary for {path}:\n{text}")
     return int(errors.group(1)), int(warns.group(1)), text
+
+
+def run_saxsdog(args, cwd, timeout=300):
+    """saxsdog as a user runs it: its own process, this source tree's package, text output."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run(
+        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

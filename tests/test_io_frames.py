@@ -3,9 +3,6 @@ through gpusaxs.io.frames and saxsdog (one curve per frame, .chi or NXazint1d)."
 
 import functools
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 import tifffile
+from helpers import run_saxsdog
 
 from gpusaxs import Calibration, ImageReadError, Integrator, read_image
 from gpusaxs.io.frames import FrameRef, frame_sources, iter_frames, pixel_mask, read_frame
@@ -90,16 +88,7 @@ def eiger(tmp_path_factory):
     return folder, master
 
 
-def run(args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+run = run_saxsdog  # tests/helpers.py
 
 
 def expected_frame(k):

@@ -12,6 +12,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+from helpers import run_saxsdog
 
 from gpusaxs import ImageReadError, read_image
 from gpusaxs.io.frames import pixel_mask
@@ -121,16 +122,7 @@ def _cal(folder, shape=(H, W)):
     return path
 
 
-def _saxsdog(args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+_saxsdog = run_saxsdog  # tests/helpers.py
 
 
 def test_saxsdog_folder_with_a_corrupt_master(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import run_saxsdog
 
 H, W = 200, 180
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,17 +59,7 @@ def write_frame(path, seed):
     return path
 
 
-def run(args, cwd, timeout=120):
-    """Run saxsdog in a subprocess; return the CompletedProcess (text output)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "gpusaxs.clients.saxsdog", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+run = run_saxsdog  # saxsdog in a subprocess (tests/helpers.py)
 
 
 def wait_for(cond, timeout=60.0, interval=0.05):
