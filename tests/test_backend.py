@@ -352,7 +352,13 @@ def test_engine_fallbacks_are_visible_in_saxsdog_and_the_server_stat(monkeypatch
 
     svc = SaxsdogService(tmp_path, "s3cret-for-tests")
     dog = types.SimpleNamespace(
-        failed_early=0, skipped=0, redone=0, abandoned=0, setup_seconds=0.5, matrix_info={}
+        failed_early=0,
+        skipped=0,
+        redone=0,
+        abandoned=0,
+        setup_seconds=0.5,
+        matrix_info={},
+        setup_parts={},  # saxsdog's set-up report by part (matrix, engine, kernels)
     )
     stats = {"processed": 3, "failed": 0, "dropped": 0}
     monkeypatch.setattr(ge, "_FALLBACKS", [])
