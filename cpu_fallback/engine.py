@@ -68,7 +68,7 @@ class CpuEngine:
     """
 
     name = "numba"
-    #: the matrix's pixel_offset (dark) is applied in the kernel (CONTRACTS.md section 1)
+    #: the matrix's pixel_offset (dark) is applied in the kernel (docs/ARCHITECTURE.md)
     supports_pixel_offset = True
 
     def __init__(self, matrix, threads=None):
@@ -170,7 +170,7 @@ class CpuEngine:
 class ScipyEngine:
     """Reference engine: float64 SciPy sparse products (slow, simple, independent of numba).
 
-    Implements the engine contract (docs/ARCHITECTURE.md, CONTRACTS section 1) literally: with
+    Implements the engine contract (docs/ARCHITECTURE.md) literally: with
     v = x - pixel_offset (v = x without a dark), over valid pixels (unmasked, x >= 0, finite, not
     the unsigned maximum): signal = sum w*s*v, norm = sum w, variance = sum w*s^2*x,
     squares = sum w*(s*v)^2.

@@ -1,7 +1,7 @@
 """Per-pixel corrections folded into an IntegrationMatrix (pyFAI's integrate1d options).
 
 Each pixel's value x becomes ``(x - dark) / (K * solid_angle * flat)``: the dark goes into
-``pixel_offset``, the product of the divisors into ``pixel_scale`` (CONTRACTS.md 1), so the
+``pixel_offset``, the product of the divisors into ``pixel_scale`` (docs/ARCHITECTURE.md), so the
 engines apply every correction in their one pass over the frame.  A pixel whose flat is not a
 positive finite number is dropped (as if masked).
 """

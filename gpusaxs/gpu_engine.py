@@ -228,7 +228,7 @@ class DeviceEngine:
     Not thread-safe: use one engine per thread, and one integrate_stream at a time.
     """
 
-    #: the matrix's pixel_offset (dark) is applied in the kernels (CONTRACTS.md section 1)
+    #: the matrix's pixel_offset (dark) is applied in the kernels (docs/ARCHITECTURE.md)
     supports_pixel_offset = True
 
     def __init__(

@@ -4,7 +4,7 @@ The numba engine costs about a second to import and load its compiled kernels be
 first frame; for a run of a few frames that is most of the run.  This engine needs only NumPy
 (already imported) and a gather of the frame at the matrix's entries, at ~20-50 ms per
 PILATUS 1M frame: the right choice up to a few dozen frames (``saxsdog`` picks it for small
-jobs).  Same sums as the other engines (docs/ARCHITECTURE.md, CONTRACTS section 1, with the
+jobs).  Same sums as the other engines (docs/ARCHITECTURE.md, with the
 optional per-pixel dark ``pixel_offset``).
 """
 

@@ -48,7 +48,7 @@ class IntegrationMatrix:
         Sum of weights per bin over all unmasked pixels.
     pixel_offset : ndarray of float32, shape (H * W,), or None
         Value subtracted from each raw pixel before scaling (the dark current, counts)
-        (docs/ARCHITECTURE.md, CONTRACTS.md 1).
+        (docs/ARCHITECTURE.md).
     radial_unit : str
         Unit of ``q_edges`` (:mod:`gpusaxs.units`; "q_nm^-1" by default).
     azimuth_edges : ndarray of float64, shape (n_azim + 1,), or None

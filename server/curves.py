@@ -6,7 +6,7 @@
   The curve is then written under that real folder (temporary name + rename; a rename replaces
   a symbolic link at the final name, it never writes through it).
 * :class:`CurveWriter` is the pipeline's writer: the .chi title line carries the calibration
-  key (``gpusaxs.io.chi.write_chi(calibration_key=...)``, CONTRACTS.md section 3; read back
+  key (``gpusaxs.io.chi.write_chi(calibration_key=...)``, docs/ARCHITECTURE.md; read back
   with ``read_chi_key``: a resume redoes a curve whose key differs), a failed write names the
   output path (disk full, permissions).
 * :func:`sweep_tmp` removes the hidden temporary files a killed writer left behind.

@@ -285,7 +285,7 @@ class ProcessingQueue:
             self._fail_all(f"queue failed: {self.failure}")
             return
         self.backend = getattr(integrator, "backend_name", None)
-        # the key the library records in curves (CONTRACTS.md section 3), when it exposes one
+        # the key the library records in curves (docs/ARCHITECTURE.md), when it exposes one
         self.calibration_key = getattr(integrator, "matrix_key", None) or self.calibration_key
         if self._predecessor is not None:
             self._predecessor.join()

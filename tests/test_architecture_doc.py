@@ -59,3 +59,25 @@ def test_only_the_card_folders_import_under_gpusaxs():
     for name in ("tests", "docs", "benchmarks"):
         with pytest.raises(ImportError):
             importlib.import_module(f"gpusaxs.{name}")
+
+
+#: documents of other projects named as references (DECTRIS' stream documentation)
+EXTERNAL_DOCS = {"stream_v2/README.md", "cbor/dectris-compression-tag.md"}
+
+
+def test_every_named_document_exists():
+    """A ``*.md`` file named in the sources, docs or pyproject exists (relative to the root,
+    docs/ or the naming file's folder), or is one of the external references above."""
+    missing = {}
+    for path in ROOT.rglob("*"):
+        skip = (".git", "build", "results", "__pycache__", ".hypothesis")
+        if any(part in skip or part.endswith(".egg-info") for part in path.parts):
+            continue
+        if path.suffix not in (".py", ".md", ".toml", ".cu") or not path.is_file():
+            continue
+        for m in re.finditer(r"(?<![\w/.-])([\w./-]+\.md)\b", path.read_text(errors="replace")):
+            name = m.group(1)
+            places = (ROOT / name, ROOT / "docs" / name, path.parent / name)
+            if name not in EXTERNAL_DOCS and not any(p.exists() for p in places):
+                missing.setdefault(name, []).append(path.relative_to(ROOT).as_posix())
+    assert not missing, f"documents named but absent: {missing}"

@@ -1,5 +1,5 @@
 """The CPU engines against each other and against a direct NumPy formula of the engine contract
-(CONTRACTS.md section 1): real-size PILATUS 1M frames, the reference mask, every frame dtype with
+(docs/ARCHITECTURE.md): real-size PILATUS 1M frames, the reference mask, every frame dtype with
 gaps, negative, NaN, subnormal and unsigned-max values, errors on/off, dark offset on/off."""
 
 import dataclasses

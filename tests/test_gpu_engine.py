@@ -96,7 +96,7 @@ def reference_sums(m, stack, errors=True):
             with np.errstate(invalid="ignore"):
                 valid = (x >= 0) & (x < np.inf)
         xv = np.where(valid, x, 0).astype(np.float64)
-        v = np.where(valid, xv - o, 0.0)  # CONTRACTS.md 1: v = x - offset, validity on raw x
+        v = np.where(valid, xv - o, 0.0)  # docs/ARCHITECTURE.md: v = x - offset, validity on raw x
         out[0, i] = np.bincount(m.bins, w * s * v, minlength=m.n_bins)
         out[1, i] = np.bincount(m.bins, w * valid, minlength=m.n_bins)
         out[2, i] = np.bincount(m.bins, w * s * s * np.maximum(xv, 0), minlength=m.n_bins)
@@ -356,7 +356,7 @@ def test_poisson_skips_squares(matrix, frames_by_dtype, references, layout):
     "dtype", [np.int32, np.uint32, np.float32, np.uint16], ids=lambda d: np.dtype(d).name
 )
 def test_dark_offset_numpy_path(matrix, frames_by_dtype, dtype, layout):
-    """CONTRACTS.md 1: v = x - offset, validity on raw x, variance of the raw counts."""
+    """docs/ARCHITECTURE.md: v = x - offset, validity on raw x, variance of the raw counts."""
     m = with_offset(matrix, np.random.default_rng(4))
     x = frames_by_dtype[np.dtype(dtype)]
     eng = DeviceEngine(m, xp=np, batch_size=3, layout=layout)

@@ -129,7 +129,7 @@ def test_curve_records_the_calibration_key(service, tmp_path):
     from gpusaxs.calibration import Calibration
 
     cal = Calibration.from_dict(calibration_dict(), base_dir=str(data)).replace(mask_file=None)
-    assert key == matrix_key(cal, mask=mask_array())  # the key of CONTRACTS.md section 3
+    assert key == matrix_key(cal, mask=mask_array())  # the key of docs/ARCHITECTURE.md
 
 
 def test_leftover_tmp_files_removed_by_readdir(service, tmp_path):

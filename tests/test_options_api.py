@@ -108,7 +108,7 @@ def test_options_give_the_same_sums_on_every_engine(small):
 
 
 def test_dark_follows_the_engine_contract(small):
-    """CONTRACTS.md 1: validity on the raw value, signal of x - dark, Poisson variance of x."""
+    """The engine contract: validity on the raw value, signal of x - dark, variance of x."""
     integ, stack, rng = small
     dark = rng.uniform(0, 5, integ.shape)
     with_dark = integ.integrate1d(stack[2], dark=dark, error_model="azimuthal")
