@@ -54,7 +54,11 @@ def pytest_sessionfinish(session, exitstatus):
     from zmq.utils.garbage import gc as zero_copy  # pyzmq's own, for zero-copy sends: kept
 
     for obj in gc.get_objects():
-        if isinstance(obj, zmq.Context) and not obj.closed and obj is not zero_copy._context:
+        try:  # a weak proxy whose object is gone raises on any look
+            leftover = isinstance(obj, zmq.Context) and not obj.closed
+        except ReferenceError:
+            continue
+        if leftover and obj is not zero_copy._context:
             obj.destroy(linger=0)
 
 
@@ -63,6 +67,18 @@ def pytest_unconfigure(config):
 
     if _SESSION_CACHE:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fallback_log():
+    """The GPU engine's process-wide fallback log (what saxsdog's summary and the server's
+    stat report) starts empty in every test: a fallback one test provokes is not another's."""
+    import sys
+
+    yield
+    engine = sys.modules.get("gpusaxs.gpu_engine")
+    if engine is not None:
+        engine._FALLBACKS.clear()
 
 
 @pytest.fixture(autouse=True)
