@@ -54,7 +54,10 @@ def install():
     try:
         from numba.core import caching
 
-        base = caching.UserProvidedCacheLocator
+        # public from numba 0.59 on; 0.58 (pyproject's lower bound) names it with a "_"
+        base = getattr(caching, "UserProvidedCacheLocator", None)
+        if base is None:
+            base = caching._UserProvidedCacheLocator
     except (ImportError, AttributeError):  # pragma: no cover - another numba
         return
     stamp = _digest()

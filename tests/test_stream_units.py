@@ -362,7 +362,10 @@ def test_v2_accepts_the_frozendicts_of_cbor2s_own_tag():
         "data": {"threshold_1": v2.image_data(f, "lz4")},
     }
     raw = cbor2.dumps(cbor2.CBORTag(55799, msg))
-    assert type(cbor2.loads(raw)).__name__ == "frozendict"
+    from importlib.metadata import version
+
+    if int(version("cbor2").split(".")[0]) >= 6:  # cbor2 5 (the lower bound) gives dicts
+        assert type(cbor2.loads(raw)).__name__ == "frozendict"
     np.testing.assert_array_equal(v2.decode(raw).payload.decode(), f)
     assert v2.encode_end(3, "u")[:3] == SELF_DESCRIBED  # what the simulator sends
 
