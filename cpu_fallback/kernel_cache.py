@@ -32,7 +32,7 @@ def _digest():
 def kernel_cache_dir():
     """The folder of the compiled kernels, or None (numba's default place)."""
     if "dir" not in _STATE:
-        from gpusaxs.matrix_cache import default_cache_dir
+        from gpusaxs.cache_dir import default_cache_dir
 
         base = default_cache_dir()
         if os.environ.get("NUMBA_CACHE_DIR") or base is None:

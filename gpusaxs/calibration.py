@@ -200,7 +200,7 @@ def _validated_digest(d: object, form: str) -> str | None:
 
 
 def _marker_folder() -> Path | None:
-    from gpusaxs.matrix_cache import default_cache_dir
+    from gpusaxs.cache_dir import default_cache_dir
 
     folder = default_cache_dir()
     return None if folder is None else folder / "validated"

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache_dir import cache_max_bytes, default_cache_dir
 from .matrix import FORMAT_VERSION, IntegrationMatrix, build_matrix
 
 __all__ = [
@@ -50,7 +51,6 @@ _MEMORY_SIZE = 4
 _LOCK = Lock()
 _FIELDS = ("shape", "q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm")
 #: Default bound of the disk cache, MB (a PILATUS 1M matrix is 22 MB, an EIGER 16M one ~450 MB).
-DEFAULT_MAX_MB = 2048
 _PREFIX, _SUFFIX = "matrix-", ".gsm"
 _LEGACY_SUFFIXES = (".npz",)  # files of older versions: evicted like the others
 #: First bytes of a matrix file; then the JSON header's length (8 bytes, little endian), the
@@ -108,26 +108,6 @@ def matrix_key(cal, mask=None, q_edges=None, options=None):
             h.update(str((arr.shape, arr.dtype.str)).encode())
             h.update(arr.tobytes())
     return h.hexdigest()
-
-
-def default_cache_dir() -> Path | None:
-    """The disk cache folder: $GPUSAXS_CACHE_DIR, else $XDG_CACHE_HOME/gpusaxs, else
-    ~/.cache/gpusaxs.  None when $GPUSAXS_CACHE_DIR is "off" or "none" (no disk cache)."""
-    value = os.environ.get("GPUSAXS_CACHE_DIR")
-    if value:
-        return None if value.strip().lower() in ("off", "none", "0") else Path(value)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "gpusaxs"
-
-
-def cache_max_bytes():
-    """The disk cache's size bound in bytes ($GPUSAXS_CACHE_MAX_MB, default 2048 MB)."""
-    try:
-        mb = float(os.environ.get("GPUSAXS_CACHE_MAX_MB", DEFAULT_MAX_MB))
-    except ValueError:
-        mb = DEFAULT_MAX_MB
-    return int(max(mb, 0.0) * 2**20)
 
 
 def save_arrays(path, arrays, meta=None):
