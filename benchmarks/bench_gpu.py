@@ -299,7 +299,7 @@ def check_frames(frames, n):
 
 
 def make_matrix(case):
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.matrix import build_matrix
 
     h, w = case["shape"]

@@ -26,7 +26,7 @@ REFERENCE = Path(os.environ.get("GPUSAXS_REFERENCE_DIR", ROOT.parent / "shared" 
 
 _PY_LOAD = """
 import inspect, json, sys, time
-from gpusaxs.calibration import Calibration
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.matrix_cache import get_matrix, load_matrix, _MEMORY
 from gpusaxs.cpu_fallback.engine import CpuEngine
 

@@ -225,7 +225,7 @@ def main(argv=None):
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "saxsdog-cpu.json"))
     args = ap.parse_args(argv)
 
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.integrator import Integrator
 
     src_cal = REFERENCE / "buf1_00000.calibration.json"

@@ -34,7 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from gpusaxs.calibration import Calibration
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.clients.saxsdetsim import demo_frames
 from gpusaxs.demo import DEMO_CALIBRATION
 from gpusaxs.integrator import Integrator

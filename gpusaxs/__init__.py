@@ -62,7 +62,7 @@ if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isfile(
 
 from . import geometry, units
 from .backend import backend_info
-from .calibration import Calibration
+from .calibration_model import Calibration
 from .errors import BackendError, CalibrationError, ChiFormatError, GpusaxsError, ImageReadError
 from .geometry import calc_theta
 from .integrator import Integrator

@@ -81,7 +81,7 @@ def make_demo_data(folder, n_frames=20, seed=0):
     """Write calibration.json, mask.msk and frames/frame_NNNNN.tif into ``folder``."""
     import tifffile
 
-    from .calibration import Calibration
+    from .calibration_model import Calibration
     from .io.atomic import atomic_save_bytes, atomic_write
     from .io.masks import write_fit2d_mask
 

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from ._typing import ArrayLike, FloatArray
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from .calibration_model import Calibration
 
 #: image rows: a slice, an index array, or None for all rows
 Rows: TypeAlias = "slice | NDArray[np.integer[Any]] | None"

@@ -27,7 +27,7 @@ from .sums import Engine, error_model, mean_intensity
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .calibration import Calibration
+    from .calibration_model import Calibration
     from .matrix import IntegrationMatrix
     from .results import IntegrationResult
 
@@ -37,7 +37,7 @@ __all__ = ["Integrator"]
 
 
 def _as_calibration(cal: Any, base_dir: PathLike | None = None) -> Calibration:
-    from .calibration import Calibration
+    from .calibration_model import Calibration
 
     if isinstance(cal, Calibration):
         return cal

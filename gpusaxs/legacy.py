@@ -13,16 +13,13 @@ from typing import Any
 import numpy as np
 
 from ._typing import ArrayLike, BoolArray, FloatArray, PathLike
-from .calibration import Calibration
+from .calibration_model import Calibration
 from .geometry import calc_theta  # noqa: F401  (SAXS.calc_theta)
 from .integrator import Integrator
 
 
 class calibration:  # noqa: N801  (the name of the original API)
     """SAXS.calibration(config): the SAXS 0.3.0 class, a thin layer over :class:`Integrator`.
-
-    ``gpusaxs.calibration.Calibration`` keeps working as an attribute for code that expects the
-    module of the same name.
 
     Parameters
     ----------
@@ -43,7 +40,6 @@ class calibration:  # noqa: N801  (the name of the original API)
     >>> I, std, err = cal.integrateerror(image)  # doctest: +SKIP
     """
 
-    Calibration = Calibration
 
     def __init__(self, config: PathLike | dict[str, Any], backend: str = "auto") -> None:
         self.config = (

@@ -16,11 +16,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._typing import ArrayLike, BoolArray, FloatArray
+from .geometry import (
+    _lab_transverse,
+    chi_of_lab,
+    corner_offsets_mm,
+    lab_coordinates,
+    pixel_offsets_mm,
+    polarization_factor_rows,
+    q_from_two_theta,
+    two_theta_of_offsets,
+)
+from .radial_bins import default_q_edges
+from .units import in_sector, normalise_sector, parse_unit, radial_of
 
 if TYPE_CHECKING:
     import scipy.sparse
 
-    from .calibration import Calibration
+    from .calibration_model import Calibration
 
 
 @dataclass(frozen=True)
@@ -174,51 +186,6 @@ class BuildCancelled(Exception):
     """A matrix build was stopped between two chunks (``should_stop`` or ``progress`` said so)."""
 
 
-def max_radius_mm(cal: Calibration) -> float:
-    """Largest in-plane distance (mm) from the beam centre to a detector corner."""
-    height, width = cal.imagesize
-    y_center, x_center = cal.beam_center
-    px_y, px_x = (p * 1e-3 for p in cal.pixel_size_um)
-    dx = np.array([0.0, width]) - x_center
-    dy = np.array([0.0, height]) - y_center
-    return float(np.sqrt((np.abs(dx).max() * px_x) ** 2 + (np.abs(dy).max() * px_y) ** 2))
-
-
-def default_q_edges(cal: Calibration, checkpoint: Callable[[], Any] | None = None) -> FloatArray:
-    """Bin edges (nm^-1) uniform in q, from 0 (or qStart) to the largest q on the detector
-    (or qStop).
-
-    The number of bins over [0, q_max] is the corner distance in pixels divided by
-    PixelPerRadialElement, so 1 means a bin about one pixel wide at the detector edge (for the
-    reference PILATUS frame this gives fit2d's 1002 bins).  checkpoint: optional callable(),
-    called before each block of 256 rows (it may raise :class:`BuildCancelled`).
-    """
-    from .geometry import corner_offsets_mm, q_from_two_theta, two_theta_of_offsets
-
-    # the largest q on the detector, over all pixel corners (so every sub-pixel is inside)
-    q_hi = 0.0
-    height = cal.imagesize[0]
-    for start in range(0, height + 1, 256):
-        if checkpoint is not None:
-            checkpoint()
-        dx, dy = corner_offsets_mm(cal, slice(start, start + 256))
-        tth = two_theta_of_offsets(cal, dx, dy).max()
-        q_hi = max(q_hi, float(q_from_two_theta(tth, cal.wavelength_A)))
-    pixel_mm = float(np.mean(cal.pixel_size_um)) * 1e-3
-    n_pixels_radial = max_radius_mm(cal) / pixel_mm
-    n_bins = max(1, int(n_pixels_radial / cal.pixel_per_radial_element))
-    dq = q_hi / n_bins
-    q_start = getattr(cal, "q_start", None)
-    q_stop = getattr(cal, "q_stop", None)
-    lo = 0.0 if q_start is None else float(q_start)
-    hi = q_hi if q_stop is None else float(q_stop)
-    if hi <= lo:
-        raise ValueError(f"qStop ({hi} nm^-1) must be larger than qStart ({lo} nm^-1)")
-    n = max(1, int(np.ceil((hi - lo) / dq - 1e-9)))
-    edges = (lo + dq * np.arange(n + 1)).astype(np.float64, copy=False)
-    return edges
-
-
 def _bin_index(q: FloatArray, q_edges: FloatArray, uniform: bool) -> NDArray[np.int64]:
     """Bin of each q (int64), -1 outside [q_edges[0], q_edges[-1])."""
     idx: NDArray[np.int64]
@@ -244,8 +211,6 @@ def _chunk_entries(
     Splits each pixel into ov x ov sub-pixels, bins them, and counts per pixel how many
     sub-pixels fall in each bin (as offsets from the pixel's lowest bin).
     """
-    from .geometry import pixel_offsets_mm, q_from_two_theta, two_theta_of_offsets
-
     ov = int(cal.oversampling)
     n_rows = rows.stop - rows.start
     width = cal.imagesize[1]
@@ -281,9 +246,6 @@ def default_radial_edges(
     ``radial_range`` (default: from 0 to the largest value on the detector's pixel corners).
     checkpoint: as in :func:`default_q_edges`.
     """
-    from .geometry import _lab_transverse, corner_offsets_mm
-    from .units import parse_unit, radial_of
-
     unit = parse_unit(unit)
     if unit == "q_nm^-1" and npt is None and radial_range is None:
         return default_q_edges(cal, checkpoint)
@@ -323,9 +285,6 @@ def _option_bin_index(
     """Bin index (int64, -1 outside) of each sub-pixel of ``rows`` for the options path: radial
     coordinate in ``unit``, optionally restricted to an azimuth ``sector`` (lo, span) in
     degrees and split into the cake's azimuth bins."""
-    from .geometry import chi_of_lab, lab_coordinates
-    from .units import in_sector, radial_of
-
     tx, ty, tz = lab_coordinates(cal, rows, ov)
     r = np.hypot(tx, ty)
     idx = _bin_index(radial_of(unit, np.arctan2(r, tz), r, cal.wavelength_A), q_edges, uniform)
@@ -410,9 +369,6 @@ def build_matrix(
     >>> m.q_centers.shape == (m.n_bins,)  # doctest: +SKIP
     True
     """
-    from .geometry import polarization_factor_rows
-    from .units import normalise_sector, parse_unit
-
     unit = parse_unit(unit)
     height, width = (int(v) for v in cal.imagesize)
     if mask is None:

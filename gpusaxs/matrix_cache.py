@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import time
+import weakref
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -33,7 +34,10 @@ from typing import Any
 import numpy as np
 
 from .cache_dir import cache_max_bytes, default_cache_dir
+from .io.atomic import atomic_write
+from .io.images import MAX_PIXELS
 from .matrix import FORMAT_VERSION, IntegrationMatrix, build_matrix
+from .matrix_limits import check_limits
 
 __all__ = [
     "matrix_key",
@@ -113,8 +117,6 @@ def matrix_key(cal, mask=None, q_edges=None, options=None):
 def save_arrays(path, arrays, meta=None):
     """Write named arrays behind a JSON header with their CRC-32, under a unique temporary
     name, then rename (raw bytes, 64-byte aligned: a load is one read and one CRC pass)."""
-    from .io.atomic import atomic_write
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields, offset, crc = [], 0, 0
@@ -197,8 +199,6 @@ def _matrix_bounds(path, cal):
             n_pixels = int(cal.imagesize[0]) * int(cal.imagesize[1])
             per_pixel = int(cal.oversampling) ** 2
         else:
-            from .io.images import MAX_PIXELS
-
             n_pixels, per_pixel = MAX_PIXELS, 1024
         (ptr,), (nnz,), (nw,) = fields["pixel_ptr"][1], fields["bins"][1], fields["weights"][1]
         if ptr - 1 > n_pixels or fields["pixel_scale"][1] != (ptr - 1,):
@@ -259,8 +259,6 @@ _ORIGIN: dict = {}  # id(matrix) -> (weakref to it, its cache file, the file's C
 
 
 def _remember_origin(matrix, path, crc):
-    import weakref
-
     ident = id(matrix)
     with _LOCK:
         _ORIGIN[ident] = (weakref.ref(matrix, lambda _: _ORIGIN.pop(ident, None)), str(path), crc)
@@ -389,7 +387,7 @@ def get_matrix(
     progress: callable(done_rows, total_rows) while building.  info: an optional dict filled
     with ``key``, ``source`` ("memory", "disk" or "built"), ``seconds`` (to get the matrix),
     ``path`` (the cache file or None) and ``cache_error`` (why the cache was not written, or
-    None).  The calibration's size limits (:func:`gpusaxs.calibration.check_limits`) are
+    None).  The calibration's size limits (:func:`gpusaxs.matrix_limits.check_limits`) are
     checked before building.  options: build_matrix's binning keywords (``unit``,
     ``azimuth_range``, ``azimuth_edges``).
     """
@@ -415,8 +413,6 @@ def get_matrix(
         except (OSError, ValueError, KeyError, TypeError, EOFError):
             matrix = None  # absent or corrupt: (re)built and replaced below
     if matrix is None:
-        from .calibration import check_limits
-
         check_limits(cal, q_edges=q_edges)
         matrix = build_matrix(cal, mask=mask, q_edges=q_edges, progress=progress, **options)
         source = "built"
@@ -450,64 +446,3 @@ def remember_matrix(key, matrix):
 
 
 # -- signed markers (the calibration schema's "validated" markers) ---------------------------
-def _marker_key(folder: Path) -> bytes | None:
-    """This user's secret for signing markers: ``<folder>/.key``, 32 random bytes, mode 0600,
-    made on first use.  None when the folder cannot hold one (then nothing is remembered)."""
-    path = Path(folder) / ".key"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(os.urandom(32))
-        import stat
-
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a planted link is not followed
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())  # the file read is the file checked
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-                return None  # planted, or readable by others: not a secret
-            key = fh.read(64)
-        return key if len(key) == 32 else None
-    except OSError:
-        return None
-
-
-def marker_valid(folder: str | os.PathLike[str], digest: str) -> bool:
-    """True if ``<folder>/<digest[:40]>`` is a marker this user signed for ``digest``
-    (an HMAC-SHA256 of it): a planted or empty file is not."""
-    import hmac
-
-    folder = Path(folder)
-    key = _marker_key(folder)
-    if key is None:
-        return False
-    try:
-        with open(folder / digest[:40], "rb") as fh:
-            got = fh.read(65)
-    except OSError:
-        return False
-    want = hmac.new(key, digest.encode(), "sha256").hexdigest().encode()
-    return hmac.compare_digest(got, want)
-
-
-def write_marker(folder: str | os.PathLike[str], digest: str) -> bool:
-    """Sign ``digest`` into ``<folder>/<digest[:40]>`` (written atomically); False if it could
-    not be written."""
-    import hmac
-
-    from .io.atomic import atomic_write
-
-    folder = Path(folder)
-    key = _marker_key(folder)
-    if key is None:
-        return False
-    try:
-        with atomic_write(folder / digest[:40], "wb") as fh:
-            fh.write(hmac.new(key, digest.encode(), "sha256").hexdigest().encode())
-    except OSError:
-        return False
-    return True

@@ -76,9 +76,7 @@ def imports(name: str, path: Path) -> list[Import]:
                 else:
                     module = _installed(child.module or "")
                 for alias in child.names:
-                    found.append(
-                        Import(name, f"{module}.{alias.name}", child.lineno, inner, guard)
-                    )
+                    found.append(Import(name, f"{module}.{alias.name}", child.lineno, inner, guard))
             visit(child, inner, guard)
 
     visit(tree, False, False)

@@ -291,7 +291,7 @@ def _tiny_get_matrix(*args, info=None, **kwargs):
 
 def _blank_calibration():
     """A Calibration instance (get_matrix is patched, so its fields are never read)."""
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
 
     return object.__new__(Calibration)
 

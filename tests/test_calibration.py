@@ -4,27 +4,25 @@ import copy
 import json
 import math
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpusaxs.calibration import (
+from gpusaxs import calibration_model
+from gpusaxs.calibration_file import (
     FLAT_DEFAULTS,
     SCHEMA_PATH,
-    Calibration,
-    fit2d_to_poni,
     load_schema,
-    poni_to_fit2d,
     read_json,
     to_flat_dict,
     to_nested_dict,
     validate_dict,
 )
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import CalibrationError
+from gpusaxs.poni import fit2d_to_poni, poni_to_fit2d
 
 SPEC_EXAMPLE = {
     "PixelSizeMicroM": [172.0],
@@ -270,9 +268,7 @@ def test_load_mask_uses_io_masks(tmp_path, monkeypatch):
         m[0, 0] = 1
         return m
 
-    fake = types.ModuleType("gpusaxs.io.masks")
-    fake.read_mask = fake_read_mask
-    monkeypatch.setitem(sys.modules, "gpusaxs.io.masks", fake)
+    monkeypatch.setattr(calibration_model, "read_mask", fake_read_mask)
     cal = Calibration.from_dict(SPEC_EXAMPLE, base_dir=tmp_path)
     mask = cal.load_mask()
     assert calls == [(str(tmp_path / "AAA_integ.msk"), (1043, 981))]
@@ -518,7 +514,7 @@ def test_huge_imagesize_rejected_before_building():
 
 
 def test_q_range_limits():
-    from gpusaxs.calibration import check_limits
+    from gpusaxs.matrix_limits import check_limits
 
     with pytest.raises(CalibrationError, match=r"#/qStop: .*qStop 1e\+06 nm\^-1 is far beyond"):
         check_limits(_small_cal(q_start=0.1, q_stop=1e6))
@@ -545,8 +541,8 @@ def test_q_range_limits():
     ],
 )
 def test_bin_count_and_memory_estimate_match_the_built_matrix(changes):
-    from gpusaxs.calibration import check_limits, estimate_matrix_bytes
     from gpusaxs.matrix import build_matrix
+    from gpusaxs.matrix_limits import check_limits, estimate_matrix_bytes
 
     cal = _small_cal(**changes)
     est = check_limits(cal)

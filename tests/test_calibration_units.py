@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from helpers import flat_calibration
 
-from gpusaxs.calibration import Calibration, _validated_digest, validate_dict
+from gpusaxs.calibration_file import _validated_digest, validate_dict
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import CalibrationError
 from gpusaxs.io.masks import write_fit2d_mask
 
@@ -103,9 +104,7 @@ def test_mask_hiding_almost_everything_warns(tmp_path):
 def test_planted_validation_marker_does_not_skip_validation(tmp_path, monkeypatch):
     """Someone who can write the cache folder plants the marker of an invalid document: the
     schema still runs (markers are HMACs under a private key), and the error is raised."""
-    import importlib
-
-    cmod = importlib.import_module("gpusaxs.calibration")  # the module, not the legacy class
+    from gpusaxs import calibration_file as cmod
 
     bad = flat_calibration(Oversampling=0)  # schema: minimum 1
     digest = _validated_digest(bad, "flat")

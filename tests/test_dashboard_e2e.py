@@ -52,7 +52,7 @@ class DemoFrames:
     """
 
     def __init__(self):
-        from gpusaxs.calibration import Calibration
+        from gpusaxs.calibration_model import Calibration
         from gpusaxs.demo import (
             DEMO_CALIBRATION,
             PILATUS_1M_SHAPE,

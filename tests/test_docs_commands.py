@@ -110,7 +110,7 @@ def _frames(n, seed=0):
 
 def _workspace(folder, reference):
     """The files the documents' examples name, small (200 x 180 pixels)."""
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.integrator import Integrator
     from gpusaxs.io.chi import write_chi
     from gpusaxs.io.masks import write_fit2d_mask

@@ -57,7 +57,7 @@ def test_kernels_compiled_once_said_and_kept_across_a_reinstall(tmp_path):
 
 
 def _cal():
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
 
     return Calibration(
         beam_center=(60.0, 50.0),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gpusaxs.calibration import Calibration
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.cpu_fallback.engine import ScipyEngine
 from gpusaxs.light_engine import BincountEngine
 from gpusaxs.matrix_cache import get_matrix

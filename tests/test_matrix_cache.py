@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpusaxs.calibration import Calibration
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.matrix_cache import (
     _MEMORY,
     default_cache_dir,
@@ -107,7 +107,7 @@ _WORKER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {root!r})
     import numpy as np
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs import matrix_cache as mc
     role, folder, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     cal = Calibration(beam_center=(60.0, 50.0), distance_mm=1000.0, imagesize=(120, 100),
@@ -264,11 +264,11 @@ def test_matrix_of_another_calibration_is_refused(_private_matrix_cache):
 
 
 def test_signed_markers_refuse_planted_files(tmp_path):
-    """The helpers for the schema-validation markers (to be called by gpusaxs.calibration):
-    only a marker this user signed for this digest counts."""
+    """The signed markers of the schema-validation cache (gpusaxs.cache_dir, used by
+    gpusaxs.calibration_file): only a marker this user signed for this digest counts."""
     import hashlib
 
-    from gpusaxs.matrix_cache import marker_valid, write_marker
+    from gpusaxs.cache_dir import marker_valid, write_marker
 
     folder = tmp_path / "validated"
     good, other = (hashlib.sha256(t).hexdigest() for t in (b"good", b"other"))

@@ -126,7 +126,7 @@ def test_curve_records_the_calibration_key(service, tmp_path):
     readdir_and_wait(service, 1)
     key = read_chi_key(data / "work" / "img_00000.chi")
     assert key is not None and key.startswith(ans["data"]["cal"]["key"])
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
 
     cal = Calibration.from_dict(calibration_dict(), base_dir=str(data)).replace(mask_file=None)
     assert key == matrix_key(cal, mask=mask_array())  # the key of docs/ARCHITECTURE.md
@@ -276,7 +276,7 @@ def test_build_manager_one_future_per_key_and_cancel():
 def test_build_matrix_should_stop():
     import numpy as np
 
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.matrix import BuildCancelled, build_matrix
 
     cal = Calibration.from_dict(calibration_dict(oversampling=16), base_dir=".").replace(
@@ -372,14 +372,11 @@ def test_failed_build_fails_the_queue_not_the_server(tmp_path):
 
 def test_new_refuses_a_calibration_beyond_the_library_limits(service):
     """Item 4's bounds in the server: 'new' answers the library's error, nothing is built."""
-    import importlib
 
     import numpy as np
 
     from gpusaxs.io.masks import fit2d_mask_bytes
 
-    if not hasattr(importlib.import_module("gpusaxs.calibration"), "check_limits"):
-        pytest.skip("gpusaxs.calibration.check_limits (issue 15 item 4) not on this branch yet")
     shape = (2048, 2048)
     req, atts = P.new_request(
         calibration_dict(shape=shape, oversampling=16),

@@ -239,7 +239,7 @@ def test_wrong_file_kind_says_what_was_expected(tmp_path, kind):
 
 def test_poni_for_the_server_new_command(tmp_path):
     """saxsleash new sends read_calibration_file's dict; the server builds it with from_dict."""
-    from gpusaxs.calibration import read_calibration_file
+    from gpusaxs.calibration_file import read_calibration_file
 
     ai = _ai(GEOMETRIES[3], 4, shape=(200, 150))
     ai.write(str(tmp_path / "g.poni"))

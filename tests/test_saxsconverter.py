@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpusaxs.calibration import Calibration, read_poni
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.clients.saxsconverter import main, parse_fit2d
+from gpusaxs.poni import read_poni
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -74,7 +74,7 @@ def wait_for(cond, timeout=60.0, interval=0.05):
 
 def direct(cal_file, img):
     """(q, I, err) integrating directly with the library."""
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.integrator import Integrator
 
     integ = Integrator(Calibration.from_file(cal_file), backend="numpy")
@@ -364,7 +364,7 @@ def tifffile_bytes(img):
 
 # -- start-up and first run (issue 15) ----------------------------------------------------------
 def _key(cal_file):
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.matrix_cache import matrix_key
 
     return matrix_key(Calibration.from_file(cal_file))

@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     The integration matrix is built once, here, into a cache folder the servers share
     (GPUSAXS_CACHE_DIR), so that a server start does not rebuild it.
     """
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.demo import DEMO_CALIBRATION, PILATUS_1M_SHAPE, demo_mask
     from gpusaxs.integrator import Integrator
     from gpusaxs.io.masks import write_fit2d_mask
@@ -403,7 +403,7 @@ def test_saxsdetsim_process_to_server(setup, tmp_path):
     """The saxsdetsim console tool (its own process) -> server: Stream V1, lz4, uint16."""
     from net_support import free_port
 
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.clients.saxsdetsim import demo_frames
     from gpusaxs.integrator import Integrator
 
@@ -459,7 +459,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     """No --calibration: a series is refused until 'new' sends one; then integrated (+ .chi)."""
     from net_support import SHAPE, frame, mask_array, write_setup
 
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.integrator import Integrator
     from gpusaxs.io.chi import read_chi
     from gpusaxs.io.nexus import read_nxazint

@@ -148,7 +148,7 @@ class GatedIntegrator:
 
 @pytest.fixture(scope="module")
 def small_integrator():
-    from gpusaxs.calibration import Calibration
+    from gpusaxs.calibration_model import Calibration
     from gpusaxs.integrator import Integrator
 
     cal = Calibration.from_dict(

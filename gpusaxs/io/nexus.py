@@ -50,7 +50,7 @@ from .._typing import ArrayLike, PathLike
 from .atomic import _open_temp
 
 if TYPE_CHECKING:
-    from ..calibration import Calibration
+    from .calibration_model import Calibration
 
 __all__ = ["NXazintWriter", "read_nxazint", "RADIAL_UNITS"]
 
