@@ -61,6 +61,7 @@ if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isfile(
         _sys.meta_path.insert(0, _CheckoutFolders())
 
 from . import geometry, units
+from ._version import __version__
 from .backend import backend_info
 from .calibration_model import Calibration
 from .errors import BackendError, CalibrationError, ChiFormatError, GpusaxsError, ImageReadError
@@ -72,8 +73,6 @@ from .io.masks import read_mask
 from .legacy import calibration, openmask
 from .matrix import IntegrationMatrix, build_matrix
 from .results import IntegrationResult
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Calibration",

@@ -130,9 +130,9 @@ def _message(path, exc):
 
 def _integrate_block(block, calibration, matrix, key, backend, threads):
     """map_blocks body: (b, H, W) frames -> (b, n_bins) mean intensity."""
-    from .io.frames import _hdf5plugin
+    from .io.hdf5_checks import register_hdf5_filters
 
-    _hdf5plugin()  # a block read from HDF5 here needs the bslz4/LZ4 filters in this process
+    register_hdf5_filters()  # an HDF5 block read here needs the bslz4/LZ4 filters
     integ = _worker_integrator(calibration, matrix, key, backend, threads)
     return np.asarray(integ.integrate_batch(np.asarray(block)), dtype=np.float64)
 

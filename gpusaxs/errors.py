@@ -87,3 +87,9 @@ class ChiFormatError(GpusaxsError, ValueError):
 
 class BackendError(GpusaxsError, RuntimeError):
     """The requested integration backend is not available (e.g. "cupy" without a CUDA device)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (library messages can be multi-line)."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

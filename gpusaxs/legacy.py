@@ -40,7 +40,6 @@ class calibration:  # noqa: N801  (the name of the original API)
     >>> I, std, err = cal.integrateerror(image)  # doctest: +SKIP
     """
 
-
     def __init__(self, config: PathLike | dict[str, Any], backend: str = "auto") -> None:
         self.config = (
             Calibration.from_file(config)

@@ -271,7 +271,7 @@ def test_plain_tiff_fast_path_equals_tifffile(tmp_path, dtype, layout):
     """The struct-parsed fast path takes plain files only, and gives tifffile's pixels."""
     import tifffile
 
-    from gpusaxs.io.images import _read_tiff_plain
+    from gpusaxs.io.image_files import _read_tiff_plain
 
     rng = np.random.default_rng(0)
     data = (rng.random((37, 53)) * 200 - 20).astype(dtype)
@@ -287,7 +287,7 @@ def test_plain_tiff_fast_path_equals_tifffile(tmp_path, dtype, layout):
 def test_plain_tiff_fast_path_reads_the_reference_frame(reference_dir):
     import tifffile
 
-    from gpusaxs.io.images import _read_tiff_plain
+    from gpusaxs.io.image_files import _read_tiff_plain
 
     path = reference_dir / "buf1_00000.tif"
     fast = _read_tiff_plain(path)

@@ -23,7 +23,6 @@ files are opened (a FIFO would block forever).
 
 import atexit
 import collections
-import itertools
 import os
 import re
 import stat
@@ -35,8 +34,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageReadError
-from . import bslz4
+from ..errors import ImageReadError, one_line
+from .hdf5_checks import (
+    PIXEL_MASK_PATH,
+    bslz4_outer,
+    check_bslz4_chunks,
+    check_frame_shape,
+    check_mask_dataset,
+    hdf5_parts,
+    invalid_value,
+    is_hdf5,
+    link_roots,
+    register_hdf5_filters,
+    regular_file,
+)
+from .image_files import MAX_PIXELS, check_frame, is_image_file, read_image_file
 
 __all__ = [
     "FrameRef",
@@ -55,16 +67,7 @@ __all__ = [
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 #: EIGER data files (reached through their master file; skipped by folder walks)
 EIGER_DATA_RE = re.compile(r".*_data_\d{6}\.h5$", re.I)
-PIXEL_MASK_PATH = "entry/instrument/detector/detectorSpecific/pixel_mask"
 _SEP = "::"
-
-
-def _hdf5plugin():
-    """Register the HDF5 compression filters (bslz4, LZ4, ...) once; no-op without hdf5plugin."""
-    try:
-        import hdf5plugin  # noqa: F401
-    except ImportError:  # pragma: no cover - a dependency
-        pass
 
 
 class FrameRef(str):
@@ -130,7 +133,7 @@ class _Stack:
         self.mask_error = None
         self.linked = []  # data files opened for the master's external links
         low = path.lower()
-        if low.endswith(HDF5_SUFFIXES) or _is_hdf5(path):
+        if low.endswith(HDF5_SUFFIXES) or is_hdf5(path):
             self._open_hdf5(path, dataset)
         elif dataset is not None:
             raise ImageReadError(path, f"not an HDF5 file, so it has no dataset {dataset!r}")
@@ -143,14 +146,14 @@ class _Stack:
     def _open_hdf5(self, path, dataset):
         import h5py
 
-        _hdf5plugin()
+        register_hdf5_filters()
         try:
             self.h5 = h5py.File(path, "r")
         except OSError as exc:
-            raise ImageReadError(path, f"cannot open HDF5 file: {_one_line(exc)}") from None
+            raise ImageReadError(path, f"cannot open HDF5 file: {one_line(exc)}") from None
         try:
-            self.parts = _hdf5_parts(self.h5, path, dataset, self.linked)
-            self.checked = [_bslz4_outer(ds) for ds, _ in self.parts]
+            self.parts = hdf5_parts(self.h5, path, dataset, self.linked)
+            self.checked = [bslz4_outer(ds) for ds, _ in self.parts]
             mask = self.h5.get(PIXEL_MASK_PATH) if dataset is None else None
             if mask is not None:
                 self._open_mask(mask)
@@ -166,13 +169,13 @@ class _Stack:
         """Read the pixel mask, or keep why not (reported with every frame)."""
         try:
             frame_shape = tuple(self.parts[0][0].shape[-2:])
-            _check_mask_dataset(mask, frame_shape, self.path)
+            check_mask_dataset(mask, frame_shape, self.path)
             m = np.asarray(mask[()]) != 0
         except ImageReadError as exc:
             self.mask_error = exc.reason
             return
         except Exception as exc:
-            self.mask_error = f"/{PIXEL_MASK_PATH}: cannot decode: {_one_line(exc)}"
+            self.mask_error = f"/{PIXEL_MASK_PATH}: cannot decode: {one_line(exc)}"
             return
         self.mask_index = np.flatnonzero(m) if m.any() else None
         self.mask_shape = m.shape
@@ -180,10 +183,10 @@ class _Stack:
     def _read_hdf5(self, i, shape):
         k = int(np.searchsorted(self.starts, i, side="right") - 1)
         ds, _ = self.parts[k]
-        _check_frame_shape(ds, shape, self.path)
+        check_frame_shape(ds, shape, self.path)
         j = None if ds.ndim == 2 else int(i - self.starts[k])
         if self.checked[k]:  # ~0.16 ms for an EIGER 1M frame (the decode: ~5 ms)
-            _check_bslz4_chunks(ds, j, self.path)
+            check_bslz4_chunks(ds, j, self.path)
         return ds[()] if j is None else ds[j]
 
     # TIFF ---------------------------------------------------------------------------
@@ -194,7 +197,7 @@ class _Stack:
             self.tif = tifffile.TiffFile(path)
             self.n = len(self.tif.pages)
         except Exception as exc:
-            raise ImageReadError(path, f"cannot decode TIFF: {_one_line(exc)}") from None
+            raise ImageReadError(path, f"cannot decode TIFF: {one_line(exc)}") from None
         self.kind, self.single = "tiff", self.n == 1
 
     # fabio (EDF, CBF, ...) -------------------------------------------------------------
@@ -205,7 +208,7 @@ class _Stack:
             self.fab = fabio.open(path)
             self.n = int(getattr(self.fab, "nframes", 1) or 1)
         except Exception as exc:
-            raise ImageReadError(path, f"cannot decode image: {_one_line(exc)}") from None
+            raise ImageReadError(path, f"cannot decode image: {one_line(exc)}") from None
         self.kind, self.single = "fabio", self.n == 1
 
     def read(self, i, shape=None):
@@ -225,7 +228,7 @@ class _Stack:
                 raise
             except Exception as exc:
                 raise ImageReadError(
-                    self.path, f"frame {i}: cannot decode: {_one_line(exc)}"
+                    self.path, f"frame {i}: cannot decode: {one_line(exc)}"
                 ) from None
         arr = np.asarray(arr)
         if self.mask_index is not None:
@@ -235,7 +238,7 @@ class _Stack:
                 )
             if not (arr.flags.writeable and arr.flags.c_contiguous and arr.flags.owndata):
                 arr = np.array(arr, copy=True)  # h5py hands a fresh array: no copy
-            arr.reshape(-1)[self.mask_index] = _invalid_value(arr.dtype)
+            arr.reshape(-1)[self.mask_index] = invalid_value(arr.dtype)
         return arr
 
     def close(self):
@@ -246,246 +249,6 @@ class _Stack:
                         h.close()
                     except Exception:
                         pass
-
-
-def _invalid_value(dtype):
-    if dtype.kind == "f":
-        return np.nan
-    if dtype.kind == "u":
-        return np.iinfo(dtype).max
-    return -1
-
-
-def _one_line(exc):
-    msg = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-def _is_hdf5(path):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    except OSError:
-        return False
-
-
-def _max_pixels():
-    from .images import MAX_PIXELS
-
-    return MAX_PIXELS
-
-
-def _check_frame_shape(ds, shape, path):
-    """Reject a dataset by its declared frame shape, before anything is read."""
-    frame = tuple(int(v) for v in ds.shape[-2:])
-    if shape is not None and frame != tuple(int(v) for v in shape):
-        raise ImageReadError(
-            path,
-            f"{ds.name}: frames are {frame[0]}x{frame[1]} (rows x columns, declared in the "
-            f"file), expected {shape[0]}x{shape[1]}; not read",
-        )
-    if frame[0] * frame[1] > _max_pixels():
-        raise ImageReadError(
-            path,
-            f"{ds.name}: frames of {frame[0]}x{frame[1]} pixels are more than the limit of "
-            f"{_max_pixels():,}; not read",
-        )
-
-
-def _check_mask_dataset(mask, frame_shape, path):
-    """The pixel mask must be a 2D dataset of the frames' shape (checked before reading)."""
-    import h5py
-
-    where = f"/{PIXEL_MASK_PATH}"
-    if not isinstance(mask, h5py.Dataset):
-        raise ImageReadError(path, f"{where} is not a dataset")
-    if tuple(mask.shape) != frame_shape or mask.dtype.kind not in "biuf":
-        raise ImageReadError(
-            path,
-            f"{where} is {'x'.join(map(str, mask.shape))} of {mask.dtype} (declared in the "
-            f"file), frames are {'x'.join(map(str, frame_shape))}; not read",
-        )
-    if _bslz4_outer(mask):
-        _check_bslz4_chunks(mask, None, path)
-
-
-def _bslz4_outer(ds):
-    """True if the dataset's chunks are stored bitshuffle/LZ4-compressed by its last filter
-    (the framing :func:`_check_bslz4_chunks` checks)."""
-    if ds.chunks is None:
-        return False
-    dcpl = ds.id.get_create_plist()
-    n = dcpl.get_nfilters()
-    if n == 0:
-        return False
-    code, _, values, _ = dcpl.get_filter(n - 1)
-    return code == bslz4.FILTER_ID and len(values) > 4 and values[4] == 2
-
-
-def _check_bslz4_chunks(ds, index, path):
-    """Check the stored bslz4 chunks that hold frame ``index`` (None: the whole dataset) of
-    ``ds`` before the filter decodes them; ImageReadError naming the dataset and chunk."""
-    chunks = ds.chunks
-    itemsize = ds.dtype.itemsize
-    nbytes = int(np.prod(chunks, dtype=np.int64)) * itemsize
-    axes = [range(0, int(n), int(c)) for n, c in zip(ds.shape, chunks, strict=True)]
-    if index is not None:
-        axes[0] = [index - index % chunks[0]]
-    last = 1 << (ds.id.get_create_plist().get_nfilters() - 1)
-    for offset in itertools.product(*axes):
-        try:
-            mask, raw = ds.id.read_direct_chunk(offset)
-        except (KeyError, OSError, ValueError):
-            continue  # a chunk never written: the fill value
-        if mask & last:
-            continue  # stored without the filter
-        try:
-            bslz4.check_payload(raw, nbytes, itemsize)
-        except bslz4.Bslz4Error as exc:
-            raise ImageReadError(
-                path, f"{ds.name}: corrupt chunk at {tuple(map(int, offset))}: {exc}"
-            ) from None
-
-
-def _frame_dataset(obj, path, name):
-    import h5py
-
-    if not isinstance(obj, h5py.Dataset):
-        raise ImageReadError(path, f"{name} is not a dataset")
-    if obj.ndim not in (2, 3) or obj.dtype.kind not in "biuf":
-        raise ImageReadError(
-            path,
-            f"{name} is not a frame or a stack of frames (shape {obj.shape}, type {obj.dtype})",
-        )
-    return obj, (1 if obj.ndim == 2 else obj.shape[0])
-
-
-def link_roots():
-    """Folders an HDF5 external link may lead into besides the master's own folder tree:
-    ``$GPUSAXS_LINK_ROOTS`` (folders separated by ``os.pathsep``); None = anywhere
-    (``GPUSAXS_LINK_ROOTS=any``)."""
-    value = os.environ.get("GPUSAXS_LINK_ROOTS", "").strip()
-    if value.lower() == "any":
-        return None
-    return [os.path.realpath(v) for v in value.split(os.pathsep) if v.strip()]
-
-
-def _regular_file(path, what):
-    """Raise unless ``path`` is a regular file (a FIFO or a device would block or never end)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageReadError(path, f"{what}: no such file") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"{what}: cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageReadError(path, f"{what}: not a regular file; not opened")
-
-
-def _follow(h5, where, path, linked):
-    """The object at ``where`` of the open file ``h5`` (of ``path``); an external link is
-    followed only to a regular file inside the allowed folders, opened here (``linked``)."""
-    import h5py
-
-    link = h5.get(where, getlink=True)
-    if not isinstance(link, h5py.ExternalLink):
-        return h5[where]
-    master_dir = os.path.dirname(os.path.realpath(path))
-    target = os.path.realpath(os.path.join(master_dir, link.filename))
-    roots = link_roots()
-    if roots is not None and not any(
-        os.path.commonpath([target, r]) == r for r in [master_dir, *roots]
-    ):
-        raise ImageReadError(
-            path,
-            f"{where}: external link to {link.filename} leads outside the master's folder "
-            "(allow it with GPUSAXS_LINK_ROOTS)",
-        )
-    try:
-        _regular_file(target, "data file")
-    except ImageReadError as exc:
-        raise ImageReadError(
-            path, f"{where}: cannot open its data file {link.filename} ({exc.reason})"
-        ) from None
-    try:
-        f = h5py.File(target, "r")
-    except OSError as exc:
-        raise ImageReadError(
-            path, f"{where}: cannot open its data file {link.filename} ({_one_line(exc)})"
-        ) from None
-    linked.append(f)
-    if link.path not in f:
-        raise ImageReadError(path, f"{where}: no {link.path} in its data file {link.filename}")
-    return f[link.path]
-
-
-def _hdf5_parts(h5, path, dataset, linked):
-    """[(dataset, n_frames), ...] of the frame data of an open HDF5 file; data files opened
-    for external links are appended to ``linked``."""
-    import h5py
-
-    if dataset is not None:
-        if dataset not in h5 and not isinstance(h5.get(dataset, getlink=True), h5py.ExternalLink):
-            raise ImageReadError(path, f"no dataset {dataset!r} in the file")
-        return [_frame_dataset(_follow(h5, dataset, path, linked), path, dataset)]
-    data = h5.get("entry/data", getlink=True)
-    data = h5.get("entry/data") if isinstance(data, (h5py.HardLink, h5py.SoftLink)) else None
-    if isinstance(data, h5py.Group):
-        names = sorted(n for n in data if re.fullmatch(r"data_\d{6}", n))
-        if names:  # an EIGER master file
-            parts = []
-            for n in names:
-                where = f"/entry/data/{n}"
-                try:
-                    obj = _follow(h5, where, path, linked)
-                except (KeyError, OSError) as exc:
-                    if isinstance(exc, ImageReadError):
-                        raise
-                    raise ImageReadError(path, f"{where}: cannot open ({_one_line(exc)})") from None
-                parts.append(_frame_dataset(obj, path, where))
-            return parts
-        if "data" in data:
-            obj = _follow(h5, "/entry/data/data", path, linked)
-            return [_frame_dataset(obj, path, "/entry/data/data")]
-    definition = h5.get("entry/definition")
-    if definition is not None and b"NXazint" in np.asarray(definition[()]).tobytes():
-        raise ImageReadError(path, "an integrated-curves file (NXazint), not detector frames")
-    signal = _nexus_default_signal(h5)
-    if signal is not None:
-        return [_frame_dataset(_follow(h5, signal, path, linked), path, signal)]
-    raise ImageReadError(
-        path,
-        "no frame data found (looked for /entry/data/data_NNNNNN, "
-        "/entry/data/data and the NeXus default); name the dataset as "
-        f"{os.path.basename(path)}::/path/to/dataset",
-    )
-
-
-def _nexus_default_signal(h5):
-    """Path of the NeXus default plottable signal, or None."""
-    import h5py
-
-    def attr(obj, name):
-        v = obj.attrs.get(name)
-        return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
-
-    def local(group, name):  # a link inside this file (an external one is not opened here)
-        link = group.get(name, getlink=True) if name else None
-        return isinstance(link, (h5py.HardLink, h5py.SoftLink)) and name in group
-
-    node = h5
-    for _ in range(3):
-        d = attr(node, "default")
-        if d is None or not local(node, d):
-            break
-        node = node[d]
-    if isinstance(node, h5py.Group) and attr(node, "NX_class") == "NXdata":
-        s = attr(node, "signal")
-        if s and isinstance(node.get(s, getlink=True), h5py.ExternalLink):
-            return f"{node.name.rstrip('/')}/{s}"  # followed by _follow, confined
-        if s and local(node, s):
-            return node[s].name
-    return None
 
 
 class _StackCache:
@@ -608,8 +371,6 @@ def frame_sources(path, explicit=False):
     named), raises ImageReadError saying what was expected. An EIGER data file
     (``*_data_000001.h5``) gives ``[]`` unless explicit (its master lists it).
     """
-    from .images import is_image_file
-
     text = os.fspath(path)
     file, dataset, index = (
         split_source(text) if _SEP in text and not os.path.exists(text) else (text, None, None)
@@ -619,7 +380,7 @@ def frame_sources(path, explicit=False):
     low = file.lower()
     hdf5 = dataset is not None or low.endswith(HDF5_SUFFIXES)
     if not hdf5 and not is_image_file(file):
-        if explicit and os.path.isfile(file) and _is_hdf5(file):
+        if explicit and os.path.isfile(file) and is_hdf5(file):
             hdf5 = True
         elif explicit:
             raise ImageReadError(
@@ -667,8 +428,6 @@ def read_frame(source: "str | os.PathLike[str]", shape: "tuple[int, int] | None"
     ``shape``: expected (H, W) or None. The EIGER pixel mask is applied (see module doc).
     Raises ImageReadError.
     """
-    from .images import _check
-
     if isinstance(source, FrameRef):
         file, dataset, index = source.file, source.dataset, source.index
     else:
@@ -682,7 +441,7 @@ def read_frame(source: "str | os.PathLike[str]", shape: "tuple[int, int] | None"
         index = 0
     arr = stack.read(index, shape)
     name = str(source) if isinstance(source, FrameRef) else os.fspath(source)
-    return _check(name, arr, shape)
+    return check_frame(name, arr, shape)
 
 
 def iter_frames(
@@ -713,33 +472,34 @@ def iter_frames(
     >>> for source, frame in gpusaxs.iter_frames("scan_master.h5"):  # doctest: +SKIP
     ...     q, I = integ.integrate(frame)
     """
-    from .images import read_image
-
     for src in frame_sources(path, explicit=explicit):
-        yield src, (read_frame(src, shape) if isinstance(src, FrameRef) else read_image(src, shape))
+        yield (
+            src,
+            (read_frame(src, shape) if isinstance(src, FrameRef) else read_image_file(src, shape)),
+        )
 
 
 def pixel_mask(path):
     """The EIGER master's pixel mask as bool (True = bad), or None if the file has none."""
     import h5py
 
-    _hdf5plugin()
+    register_hdf5_filters()
     file, _, _ = split_source(os.fspath(path))
-    _regular_file(file, "HDF5 file")
+    regular_file(file, "HDF5 file")
     try:
         with h5py.File(file, "r") as f:
             m = f.get(PIXEL_MASK_PATH)
             if m is None:
                 return None
             pixels = int(np.prod(m.shape, dtype=np.int64))
-            if m.ndim != 2 or pixels > _max_pixels():
+            if m.ndim != 2 or pixels > MAX_PIXELS:
                 raise ImageReadError(
                     file,
                     f"/{PIXEL_MASK_PATH} is {'x'.join(map(str, m.shape))} (declared in the "
-                    f"file), not a 2D mask of at most {_max_pixels():,} pixels; not read",
+                    f"file), not a 2D mask of at most {MAX_PIXELS:,} pixels; not read",
                 )
-            if _bslz4_outer(m):
-                _check_bslz4_chunks(m, None, file)
+            if bslz4_outer(m):
+                check_bslz4_chunks(m, None, file)
             return np.asarray(m[()]) != 0
     except OSError as exc:
-        raise ImageReadError(file, f"cannot open HDF5 file: {_one_line(exc)}") from None
+        raise ImageReadError(file, f"cannot open HDF5 file: {one_line(exc)}") from None

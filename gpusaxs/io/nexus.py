@@ -47,6 +47,7 @@ import h5py
 import numpy as np
 
 from .._typing import ArrayLike, PathLike
+from .._version import __version__
 from .atomic import _open_temp
 
 if TYPE_CHECKING:
@@ -83,12 +84,7 @@ def _now() -> str:
 
 
 def _version() -> str:
-    try:
-        from gpusaxs import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - a broken checkout
-        return "unknown"
+    return str(__version__)
 
 
 def _chunk_rows(row_bytes: int) -> int:

@@ -11,6 +11,8 @@ import threading
 import time
 from collections import OrderedDict
 
+from gpusaxs.io.images import image_complete, is_image_file
+
 __all__ = ["FileSettler", "DEFAULT_SETTLE_S", "DEFAULT_GIVE_UP_S"]
 
 log = logging.getLogger("gpusaxs.settle")
@@ -88,8 +90,6 @@ class FileSettler:
     def _complete(self, path):
         if not self.check_complete:
             return True
-        from gpusaxs.io.images import image_complete, is_image_file
-
         if not is_image_file(path):
             return True
         return image_complete(path)
