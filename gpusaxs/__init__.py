@@ -25,7 +25,10 @@ The public API, all of it (see README.md):
     gpusaxs.calibration(config)                        # the SAXS 0.3.0 class (section 6)
 """
 
+import importlib as _importlib
 import os as _os
+import sys as _sys
+from importlib.util import spec_from_file_location as _spec_from_file_location
 
 # The card keeps the service, the clients and the CPU engine in top-level folders
 # (server/, clients/, cpu_fallback/); they install as gpusaxs.server, gpusaxs.clients and
@@ -41,13 +44,11 @@ class _CheckoutFolders:
 
     @staticmethod
     def find_spec(fullname, path=None, target=None):  # type: ignore[no-untyped-def]
-        from importlib.util import spec_from_file_location
-
         package, _, name = fullname.partition(".")
         if package != "gpusaxs" or name not in _CARD_FOLDERS:
             return None
         folder = _os.path.join(_ROOT, name)
-        return spec_from_file_location(
+        return _spec_from_file_location(
             fullname, _os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
         )
 
@@ -55,8 +56,6 @@ class _CheckoutFolders:
 if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isfile(
     _os.path.join(_ROOT, "server", "__init__.py")
 ):
-    import sys as _sys
-
     if not any(isinstance(f, _CheckoutFolders) for f in _sys.meta_path):
         _sys.meta_path.insert(0, _CheckoutFolders())
 
@@ -112,9 +111,7 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'gpusaxs' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(_importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 

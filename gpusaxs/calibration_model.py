@@ -34,7 +34,7 @@ from gpusaxs.matrix_limits import check_limits
 from gpusaxs.physical_ranges import MASKED_FRACTION_WARNING
 from gpusaxs.poni import fit2d_to_poni
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "as_calibration"]
 
 # ----------------------------------------------------------------------------- Calibration
 _T = TypeVar("_T")
@@ -512,3 +512,14 @@ class Calibration:
         g["max_shape"] = list(self.imagesize)
         g["wavelength"] = self.wavelength_A / 1e10
         return g
+
+
+def as_calibration(cal: Any, base_dir: PathLike | None = None) -> Calibration:
+    """``cal`` as a Calibration: itself, or loaded from a dict or a file (JSON or .poni)."""
+    if isinstance(cal, Calibration):
+        return cal
+    if isinstance(cal, dict):
+        return Calibration.from_dict(cal, base_dir=base_dir)
+    if isinstance(cal, (str, os.PathLike)):
+        return Calibration.from_file(cal)
+    raise TypeError(f"expected a Calibration, a dict or a path, not {type(cal).__name__}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import polarization_factor_rows, polarization_of, solid_angle, two_theta_and_azimuth
 from .matrix import IntegrationMatrix, restrict_matrix
 
 __all__ = ["pixel_divisor", "apply_corrections"]
@@ -32,13 +33,6 @@ def pixel_divisor(cal, correct_solid_angle=False, polarization_factor=None, flat
     one); a number f in [-1, 1] is pyFAI's factor (fraction (1 + f) / 2 polarized in the
     horizontal plane, chi = 0) and replaces it.
     """
-    from .geometry import (
-        polarization_factor_rows,
-        polarization_of,
-        solid_angle,
-        two_theta_and_azimuth,
-    )
-
     shape = tuple(int(v) for v in cal.imagesize)
     if polarization_factor is None:
         divisor = np.ones(shape) if cal.polarization is None else polarization_factor_rows(cal)

@@ -10,10 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +17,13 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ._typing import AnyArray, ArrayLike, FloatArray, PathLike
-from .dummy import dummy_sums, warn_negative_floats
+from .backend import select_backend
+from .calibration_model import Calibration, as_calibration
+from .integration_options import IntegrationOptions
+from .io.chi import write_chi
+from .matrix_cache import get_matrix
+from .option_engines import ERROR_MODELS, OptionEngines, first_frame, passed_on
+from .plotting import plot_curve
 from .sums import Engine, error_model, mean_intensity
 
 if TYPE_CHECKING:
@@ -31,21 +33,8 @@ if TYPE_CHECKING:
     from .matrix import IntegrationMatrix
     from .results import IntegrationResult
 
-ERROR_MODELS = (None, "poisson", "azimuthal")
 
-__all__ = ["Integrator"]
-
-
-def _as_calibration(cal: Any, base_dir: PathLike | None = None) -> Calibration:
-    from .calibration_model import Calibration
-
-    if isinstance(cal, Calibration):
-        return cal
-    if isinstance(cal, dict):
-        return Calibration.from_dict(cal, base_dir=base_dir)
-    if isinstance(cal, (str, os.PathLike)):
-        return Calibration.from_file(cal)
-    raise TypeError(f"expected a Calibration, a dict or a path, not {type(cal).__name__}")
+__all__ = ["ERROR_MODELS", "Integrator"]
 
 
 class Integrator:
@@ -116,15 +105,10 @@ class Integrator:
         progress: Callable[[int, int], Any] | None = None,
         engine: Engine | Callable[[IntegrationMatrix], Engine] | None = None,
     ) -> None:
-        from .backend import select_backend
-        from .matrix_cache import get_matrix
-
-        self.calibration = _as_calibration(cal)
+        self.calibration = as_calibration(cal)
         self.backend_name, self.backend_reason = select_backend(backend)
         self._build_args = dict(mask=mask, cache_dir=cache_dir, progress=progress)
         self._threads = threads
-        self._option_engines: OrderedDict[str, tuple[IntegrationMatrix, Engine]] = OrderedDict()
-        self._option_lock = threading.Lock()
         self.matrix_info: dict[str, Any] = {}
         self.matrix = get_matrix(
             self.calibration,
@@ -138,6 +122,13 @@ class Integrator:
         if engine is not None and (isinstance(engine, type) or not hasattr(engine, "sums")):
             engine = engine(self.matrix)  # a class or factory taking the matrix
         self._engine: Engine | None = engine  # type: ignore[assignment]  # an engine by now
+        self._options = OptionEngines(
+            self.calibration,
+            self.matrix,
+            lambda matrix=None: self.engine if matrix is None else self._make_engine(matrix),
+            self._build_args,
+            self.OPTION_CACHE_SIZE,
+        )
 
     @property
     def engine(self) -> Engine:
@@ -309,8 +300,6 @@ class Integrator:
         ndarray of float64, shape (3, n_bins)
             Rows q, I, err, as written.
         """
-        from .io.chi import write_chi
-
         intensity, _, err = self.integrate_error(image)
         write_chi(
             path,
@@ -342,8 +331,6 @@ class Integrator:
         -------
         matplotlib.figure.Figure
         """
-        from .plotting import plot_curve
-
         intensity, std, err = self.integrate_error(image)
         figure: Figure = plot_curve(
             self.q,
@@ -438,7 +425,7 @@ class Integrator:
         ... )
         >>> q, I, sigma = res  # doctest: +SKIP
         """
-        return _first_frame(self.integrate1d_batch(self._single(image), **_passed_on(locals())))
+        return first_frame(self.integrate1d_batch(self._single(image), **passed_on(locals())))
 
     def integrate1d_batch(
         self,
@@ -474,23 +461,20 @@ polarization_factor, error_model, mask, dummy, delta_dummy
         IntegrationResult
             ``intensity``, ``sigma``, ... of shape (B, npt).
         """
-        return self._integrate(
-            stack,
-            dict(
-                npt=npt,
-                unit=unit,
-                radial_range=radial_range,
-                azimuth_range=azimuth_range,
-                azimuth_npt=None,
-                correct_solid_angle=correct_solid_angle,
-                dark=dark,
-                flat=flat,
-                polarization_factor=polarization_factor,
-                mask=mask,
-            ),
-            normalization_factor,
-            error_model,
-            dummy=(dummy, delta_dummy),
+        options = IntegrationOptions.make(
+            npt=npt,
+            unit=unit,
+            radial_range=radial_range,
+            azimuth_range=azimuth_range,
+            azimuth_npt=None,
+            correct_solid_angle=correct_solid_angle,
+            dark=dark,
+            flat=flat,
+            polarization_factor=polarization_factor,
+            mask=mask,
+        )
+        return self._options.integrate(
+            stack, options, normalization_factor, error_model, dummy, delta_dummy
         )
 
     def integrate2d(
@@ -538,7 +522,7 @@ normalization_factor, error_model, mask, dummy, delta_dummy
         --------
         >>> I, q, chi = integ.integrate2d(image, 500, 360)  # doctest: +SKIP
         """
-        return _first_frame(self.integrate2d_batch(self._single(image), **_passed_on(locals())))
+        return first_frame(self.integrate2d_batch(self._single(image), **passed_on(locals())))
 
     def integrate2d_batch(
         self,
@@ -575,289 +559,30 @@ flat, polarization_factor, error_model, mask, dummy, delta_dummy
         IntegrationResult
             ``intensity`` of shape (B, npt_azim, npt_rad).
         """
-        return self._integrate(
-            stack,
-            dict(
-                npt=npt_rad,
-                unit=unit,
-                radial_range=radial_range,
-                azimuth_range=(-180.0, 180.0) if azimuth_range is None else azimuth_range,
-                azimuth_npt=int(npt_azim),
-                correct_solid_angle=correct_solid_angle,
-                dark=dark,
-                flat=flat,
-                polarization_factor=polarization_factor,
-                mask=mask,
-            ),
-            normalization_factor,
-            error_model,
-            dummy=(dummy, delta_dummy),
+        options = IntegrationOptions.make(
+            npt=npt_rad,
+            unit=unit,
+            radial_range=radial_range,
+            azimuth_range=(-180.0, 180.0) if azimuth_range is None else azimuth_range,
+            azimuth_npt=int(npt_azim),
+            correct_solid_angle=correct_solid_angle,
+            dark=dark,
+            flat=flat,
+            polarization_factor=polarization_factor,
+            mask=mask,
+        )
+        return self._options.integrate(
+            stack, options, normalization_factor, error_model, dummy, delta_dummy
         )
 
-    def option_engine(
-        self,
-        npt: int | None = None,
-        unit: str = "q_nm^-1",
-        radial_range: tuple[float, float] | None = None,
-        azimuth_range: tuple[float, float] | None = None,
-        azimuth_npt: int | None = None,
-        correct_solid_angle: bool = False,
-        dark: ArrayLike | None = None,
-        flat: ArrayLike | None = None,
-        polarization_factor: float | None = None,
-        mask: ArrayLike | None = None,
-    ) -> tuple[IntegrationMatrix, Engine]:
-        """The matrix and engine of an option set, built once and cached (the last few sets).
-
-        Parameters
-        ----------
-        npt, unit, radial_range, azimuth_range, correct_solid_angle, dark, flat, \
-polarization_factor, mask
-            As :meth:`integrate1d`.
-        azimuth_npt : int, optional
-            chi bins of a cake; None for a curve.
-
-        Returns
-        -------
-        matrix : IntegrationMatrix
-        engine : Engine
-        """
-        from .units import parse_unit
-
-        unit = parse_unit(unit)
-        key = _options_digest(
-            npt,
-            unit,
-            radial_range,
-            azimuth_range,
-            azimuth_npt,
-            correct_solid_angle,
-            dark,
-            flat,
-            polarization_factor,
-            mask,
-        )
-        with self._option_lock:  # one build per option set, also from several threads
-            hit = self._option_engines.get(key)
-            if hit is None:
-                matrix = self._option_matrix(
-                    npt,
-                    unit,
-                    radial_range,
-                    azimuth_range,
-                    azimuth_npt,
-                    correct_solid_angle,
-                    dark,
-                    flat,
-                    polarization_factor,
-                    mask,
-                )
-                hit = (matrix, self.engine if matrix is self.matrix else self._make_engine(matrix))
-                self._option_engines[key] = hit
-                while len(self._option_engines) > self.OPTION_CACHE_SIZE:
-                    self._option_engines.popitem(last=False)
-            self._option_engines.move_to_end(key)
-        return hit
-
-    def _option_matrix(
-        self,
-        npt: int | None,
-        unit: str,
-        radial_range: tuple[float, float] | None,
-        azimuth_range: tuple[float, float] | None,
-        azimuth_npt: int | None,
-        correct_solid_angle: bool,
-        dark: ArrayLike | None,
-        flat: ArrayLike | None,
-        polarization_factor: float | None,
-        mask: ArrayLike | None,
-    ) -> IntegrationMatrix:
-        from .corrections import apply_corrections
-        from .matrix import default_radial_edges, restrict_matrix
-        from .matrix_cache import get_matrix
-        from .units import normalise_sector
-
-        cal = self.calibration
-        options: dict[str, Any] = dict(unit=unit)
-        if azimuth_npt is not None:
-            assert azimuth_range is not None  # integrate2d_batch gives (-180, 180) by default
-            lo, span = normalise_sector(azimuth_range)
-            options["azimuth_edges"] = lo + span * np.arange(azimuth_npt + 1) / azimuth_npt
-        elif azimuth_range is not None:
-            options["azimuth_range"] = tuple(float(v) for v in azimuth_range)
-        if unit == "q_nm^-1" and npt is None and radial_range is None:
-            edges = self.matrix.q_edges
-        else:
-            edges = default_radial_edges(cal, unit, npt, radial_range)
-        if len(options) == 1 and unit == "q_nm^-1" and edges is self.matrix.q_edges:
-            matrix = self.matrix
-        else:
-            args = self._build_args
-            matrix = get_matrix(
-                cal,
-                mask=args["mask"],
-                q_edges=edges,
-                options=options,
-                cache_dir=args["cache_dir"],
-                progress=args["progress"],
-            )
-        if mask is not None:
-            matrix = restrict_matrix(matrix, mask)
-        return apply_corrections(matrix, cal, correct_solid_angle, polarization_factor, flat, dark)
-
-    def _norm_squared(self, matrix: IntegrationMatrix, norm: FloatArray) -> FloatArray:
-        """sum w^2 per bin of the valid pixels (B, n_bins): the matrix's static sum of w^2
-        (computed once per matrix) scaled by the fraction of the bin's weight valid per frame."""
-        with self._option_lock:
-            cache: OrderedDict[int, tuple[IntegrationMatrix, FloatArray]] = (
-                self.__dict__.setdefault("_norm_sq_cache", OrderedDict())
-            )
-            hit = cache.get(id(matrix))
-            if hit is None or hit[0] is not matrix:
-                squares = np.bincount(
-                    matrix.bins,
-                    weights=matrix.weights.astype(np.float64) ** 2,
-                    minlength=matrix.n_bins,
-                ).astype(np.float64, copy=False)
-                hit = cache[id(matrix)] = (matrix, squares)
-                while len(cache) > self.OPTION_CACHE_SIZE:
-                    cache.popitem(last=False)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            result: FloatArray = np.where(matrix.norm > 0, hit[1] * norm / matrix.norm, 0.0)
-            return result
-
-    def _integrate(
-        self,
-        stack: ArrayLike,
-        options: dict[str, Any],
-        normalization_factor: float | Sequence[float] | AnyArray,
-        error_model_name: str | None,
-        dummy: tuple[float | None, float | None] = (None, None),
-    ) -> IntegrationResult:
-        from .results import IntegrationResult
-
-        if error_model_name not in ERROR_MODELS:
-            raise ValueError(f"error_model must be one of {ERROR_MODELS}, got {error_model_name!r}")
-        dummy_value, delta_dummy = dummy
-        if dummy_value is None and delta_dummy is not None:
-            raise ValueError("delta_dummy needs dummy (pyFAI's meaning: |x - dummy| <= delta)")
-        # with a dummy value the dark is subtracted on the host (gpusaxs.dummy)
-        matrix, engine = self.option_engine(
-            **(options if dummy_value is None else dict(options, dark=None))
-        )
-        stack = np.asarray(stack)
-        assert isinstance(stack, np.ndarray)
-        if stack.ndim != 3:
-            raise ValueError(f"expected a stack (B, H, W), got an array of shape {stack.shape}")
-        modes: dict[str | None, bool | str] = {None: False, "poisson": "poisson", "azimuthal": True}
-        errors = modes[error_model_name]
-        factor = np.asarray(normalization_factor, dtype=np.float64)
-        if factor.ndim == 1:
-            if len(factor) != stack.shape[0]:
-                raise ValueError(
-                    f"normalization_factor has {len(factor)} values for {stack.shape[0]} frames"
-                )
-            factor = factor[:, None]
-        elif factor.ndim != 0:
-            raise ValueError("normalization_factor must be a number or one per frame")
-        if np.any(factor <= 0) or not np.all(np.isfinite(factor)):
-            raise ValueError(f"normalization_factor must be positive, got {normalization_factor}")
-        if dummy_value is None:
-            warn_negative_floats(stack)
-            sums = engine.sums(stack, errors=errors)
-        else:
-            if options["dark"] is not None and np.shape(options["dark"]) != matrix.shape:
-                raise ValueError(
-                    f"dark has shape {np.shape(options['dark'])}, the frames {matrix.shape}"
-                )
-            sums = dummy_sums(engine, stack, options["dark"], dummy_value, delta_dummy, errors)
-        if errors:
-            intensity, std, sigma = error_model(sums)
-        else:
-            intensity, std, sigma = mean_intensity(sums), None, None
-        if error_model_name == "azimuthal":
-            assert std is not None  # errors=True gives the squares
-            sigma = (
-                std
-                * np.sqrt(self._norm_squared(matrix, sums.norm))
-                / np.where(sums.norm > 0, sums.norm, np.nan)
-            )
-        else:
-            std = None
-        if np.any(factor != 1.0):
-            intensity = intensity / factor
-            sigma = None if sigma is None else sigma / factor
-            std = None if std is None else std / factor
-        shape = (
-            (stack.shape[0], matrix.n_azimuthal, matrix.n_radial)
-            if matrix.azimuth_edges is not None
-            else (stack.shape[0], matrix.n_radial)
-        )
-
-        def cake(a: Any) -> Any:
-            return None if a is None else np.reshape(a, shape)
-
-        return IntegrationResult(
-            radial=matrix.q_centers,
-            intensity=cake(intensity),
-            sigma=cake(sigma),
-            unit=matrix.radial_unit,
-            count=cake(sums.norm),
-            sum_signal=cake(sums.signal),
-            sum_normalization=cake(sums.norm * factor),
-            sum_variance=cake(sums.variance),
-            std=cake(std),
-            azimuthal=matrix.azimuth_centers,
-            error_model=error_model_name,
-            normalization_factor=normalization_factor,
-        )
+    def option_engine(self, **options: Any) -> tuple[IntegrationMatrix, Engine]:
+        """The matrix and engine of an option set (keywords of :class:`IntegrationOptions`:
+        those of :meth:`integrate1d` plus ``azimuth_npt``), built once and cached (the last
+        :attr:`OPTION_CACHE_SIZE` sets)."""
+        return self._options.get(IntegrationOptions.make(**options))
 
     def _single(self, image: ArrayLike) -> AnyArray:
         arr = np.asarray(image)
         if arr.ndim != 2:
             raise ValueError(f"expected a 2D image, got an array of shape {arr.shape}")
         return arr[None]
-
-
-def _passed_on(arguments: dict[str, Any]) -> dict[str, Any]:
-    """A single-frame method's keyword arguments (its ``locals()``), for its batch method."""
-    return {k: v for k, v in arguments.items() if k not in ("self", "image")}
-
-
-def _first_frame(res: IntegrationResult) -> IntegrationResult:
-    """The single-frame result of a batch result of one frame."""
-    from dataclasses import replace
-
-    arrays = (
-        "intensity",
-        "sigma",
-        "std",
-        "count",
-        "sum_signal",
-        "sum_normalization",
-        "sum_variance",
-    )
-    changes: dict[str, Any] = {
-        name: None if getattr(res, name) is None else getattr(res, name)[0] for name in arrays
-    }
-    return replace(res, **changes)
-
-
-def _options_digest(*options: Any) -> str:
-    """Digest of an option set; arrays (dark, flat, mask) by their content."""
-    h = hashlib.sha256()
-    for value in options:
-        if isinstance(value, np.ndarray) or (value is not None and np.ndim(value) > 1):
-            arr = np.ascontiguousarray(value)
-            h.update(str((arr.shape, arr.dtype.str)).encode())
-            h.update(arr.tobytes())
-        else:
-            h.update(
-                repr(
-                    value
-                    if not isinstance(value, (list, tuple))
-                    else tuple(float(v) for v in value)
-                ).encode()
-            )
-        h.update(b"|")
-    return h.hexdigest()

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from gpusaxs.errors import CalibrationError
+
 __all__ = [
     "read_poni",
     "format_poni",
@@ -353,8 +355,6 @@ def calibration_dict_from_poni(
     ``"Geometry": "x.poni"``), applied on top; they must supply Wavelength when the PONI has
     none. Raises CalibrationError naming the file.
     """
-    from gpusaxs.errors import CalibrationError
-
     path = os.fspath(path)
     try:
         p = read_poni(path)

@@ -8,12 +8,13 @@ Like pyFAI's Integrate1dResult / Integrate2dResult they unpack as tuples, so pyF
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._typing import FloatArray
+from .integration_options import IntegrationOptions
 from .units import RADIAL_UNITS
 
 __all__ = ["IntegrationResult"]
@@ -39,7 +40,8 @@ class IntegrationResult:
     sum_variance : weighted sum of the Poisson variances of the corrected values, or None.
     error_model : "poisson", "azimuthal" or None.
     normalization_factor : the divisor of ``intensity`` (float, or one per frame of a batch).
-    options : the options the integration ran with (unit, ranges, corrections).
+    options : the :class:`~gpusaxs.integration_options.IntegrationOptions` the integration ran
+        with (unit, bins, ranges, corrections); ``options.as_dict()`` for files.
 
     Examples
     --------
@@ -61,7 +63,7 @@ class IntegrationResult:
     azimuthal: FloatArray | None = None
     error_model: str | None = None
     normalization_factor: object = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
+    options: IntegrationOptions | None = None
 
     @property
     def sem(self) -> FloatArray | None:

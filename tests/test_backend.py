@@ -5,6 +5,7 @@ import types
 
 import pytest
 
+import gpusaxs.integrator
 from gpusaxs import backend
 from gpusaxs.errors import BackendError, GpusaxsError
 
@@ -316,6 +317,7 @@ def test_explicit_cupy_request_runs_on_cupy_even_with_env_numpy(fake_gpu, monkey
 
     monkeypatch.setattr(ge, "DeviceEngine", RecordingEngine)
     monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
+    monkeypatch.setattr(gpusaxs.integrator, "get_matrix", _tiny_get_matrix)
     integ = Integrator(_blank_calibration(), backend="cupy")
     assert integ.backend_name == "cupy"
     _ = integ.engine  # built on first use
@@ -328,6 +330,7 @@ def test_explicit_cupy_request_without_gpu_raises(no_gpu, monkeypatch):
 
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
     monkeypatch.setattr(mc, "get_matrix", _tiny_get_matrix)
+    monkeypatch.setattr(gpusaxs.integrator, "get_matrix", _tiny_get_matrix)
     with pytest.raises(BackendError, match="not available"):
         Integrator(_blank_calibration(), backend="cupy")
 
