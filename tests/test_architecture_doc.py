@@ -81,3 +81,67 @@ def test_every_named_document_exists():
             if name not in EXTERNAL_DOCS and not any(p.exists() for p in places):
                 missing.setdefault(name, []).append(path.relative_to(ROOT).as_posix())
     assert not missing, f"documents named but absent: {missing}"
+
+
+#: where names of modules and files are looked for (tests are not: they name what must not exist)
+NAMING = ("gpusaxs", "server", "clients", "cpu_fallback", "docs", "benchmarks", ".ci")
+NAMING_FILES = ("README.md", "CONTRIBUTING.md", "pyproject.toml")
+#: names the sources mention as what does NOT import (gpusaxs/__init__.py's finder)
+NOT_MODULES = {"gpusaxs.tests", "gpusaxs.docs"}
+
+
+def naming_texts():
+    for top in NAMING:
+        for path in (ROOT / top).rglob("*"):
+            if path.is_file() and path.suffix in (".py", ".md", ".cu", ".sh", ".toml", ""):
+                if "__pycache__" not in path.parts and "results" not in path.parts:
+                    yield path, path.read_text(errors="replace")
+    for name in NAMING_FILES:
+        if (ROOT / name).exists():
+            yield ROOT / name, (ROOT / name).read_text()
+
+
+def test_every_named_module_exists():
+    """A dotted ``gpusaxs.x.y`` named in the sources, docs, benchmarks or pyproject imports
+    (a module, or an attribute of one); logger names are not modules."""
+    import importlib
+
+    names = {}
+    for path, text in naming_texts():
+        text = re.sub(r"getLogger\([^)]*\)", "", text)
+        for m in re.finditer(r"\bgpusaxs(?:\.[A-Za-z_]\w*)+", text):
+            names.setdefault(m.group(0).rstrip("."), path.relative_to(ROOT).as_posix())
+    missing = {}
+    for name, where in sorted(names.items()):
+        if name in NOT_MODULES:
+            continue
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    missing[name] = where
+                    break
+                obj = getattr(obj, attr)
+            break
+    assert not missing, f"named but not importable: {missing}"
+
+
+def test_every_named_source_file_exists():
+    """A path like ``gpusaxs/matrix.py`` or ``benchmarks/bench_cpu.py`` named anywhere in the
+    sources, docs, benchmarks, tests or pyproject exists."""
+    pattern = re.compile(
+        r"(?<![\w/.-])((?:gpusaxs|server|clients|cpu_fallback|benchmarks|tests)/[\w/.-]+"
+        r"\.(?:py|cu|json|sh))\b"
+    )
+    missing = {}
+    texts = list(naming_texts())
+    texts += [(p, p.read_text()) for p in (ROOT / "tests").glob("*.py")]
+    for path, text in texts:
+        for m in pattern.finditer(text):
+            if not (ROOT / m.group(1)).exists():
+                missing.setdefault(m.group(1), path.relative_to(ROOT).as_posix())
+    assert not missing, f"named but missing: {missing}"
