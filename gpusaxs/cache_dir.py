@@ -26,7 +26,7 @@ def default_cache_dir() -> Path | None:
     return base / "gpusaxs"
 
 
-def cache_max_bytes():
+def cache_max_bytes() -> int:
     """The disk cache's size bound in bytes ($GPUSAXS_CACHE_MAX_MB, default 2048 MB)."""
     try:
         mb = float(os.environ.get("GPUSAXS_CACHE_MAX_MB", DEFAULT_MAX_MB))
