@@ -31,7 +31,7 @@ from gpusaxs.matrix_cache import matrix_key
 from . import protocol as P
 from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
 from .builds import BuildCancelled, BuildManager
-from .queue import ProcessingQueue, inside
+from .processing_queue import ProcessingQueue, inside
 from .ratelimit import RateLimitedLog
 from .redact import PathRedactor
 
