@@ -18,6 +18,8 @@ import re
 import time
 from pathlib import Path
 
+from gpusaxs.io import chi
+
 
 def inside(path, root):
     """True if the real path ``path`` is ``root`` or below it (both already real paths)."""
@@ -83,8 +85,6 @@ class CurveWriter:
         self.key = calibration_key
 
     def __call__(self, image_path, out_path, q, intensity, error):
-        from gpusaxs.io import chi
-
         out_path = Path(out_path)
         try:
             folder = confined_dir(self.root, out_path.parent)

@@ -33,7 +33,18 @@ import sys
 import threading
 import time
 
+from gpusaxs.io.atomic import atomic_write
+from gpusaxs.io.images import is_image_file
 from gpusaxs.io.settle import DEFAULT_GIVE_UP_S, DEFAULT_SETTLE_S, FileSettler
+
+from .auth import sign_frame
+from .netconfig import (
+    DEFAULT_FEEDER_PORT,
+    NetConfigError,
+    load_config,
+    permission_warning,
+    url_port,
+)
 
 log = logging.getLogger("saxsfeeder")
 
@@ -64,8 +75,6 @@ def make_handler(settler):
 
 def walk_images(folder, skip_dirs=("work",)):
     """Image files below ``folder`` (sorted; hidden entries and ``skip_dirs`` skipped)."""
-    from gpusaxs.io.images import is_image_file
-
     out = []
     for path, dirs, files in os.walk(folder):
         for d in dirs:
@@ -102,8 +111,6 @@ def skipped_by(path, roots, skip_dirs=("work",)):
 def wanted(path, skip_dirs=("work",), roots=()):
     """True for an image file that is not below a folder named in ``skip_dirs`` (below the
     watched folders ``roots``; see :func:`skipped_by`)."""
-    from gpusaxs.io.images import is_image_file
-
     if not is_image_file(path):
         return False
     return skipped_by(path, roots, skip_dirs) is None
@@ -149,8 +156,6 @@ class Feeder:
 
     def send(self, obj):
         if self._secret is not None:
-            from .auth import sign_frame
-
             data = sign_frame(self._secret, obj)  # checked over its bytes, before parsing
         else:
             data = json.dumps(obj).encode("utf-8")
@@ -311,8 +316,6 @@ def build_parser():
 
 def _load_config(path):
     """(port, secret) from the network configuration; its secret signs every message."""
-    from .netconfig import DEFAULT_FEEDER_PORT, load_config, permission_warning, url_port
-
     cfg = load_config(path)
     warning = permission_warning(cfg.path)
     if warning:
@@ -321,8 +324,6 @@ def _load_config(path):
 
 
 def _write_ready(path, info):
-    from gpusaxs.io.atomic import atomic_write
-
     with atomic_write(path, "w") as fh:
         json.dump(info, fh)
 
@@ -331,8 +332,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s saxsfeeder %(levelname)s %(message)s")
-    from .netconfig import NetConfigError
-
     try:
         cfg_port, secret = _load_config(args.config)
         port = args.port if args.port is not None else cfg_port
@@ -381,8 +380,6 @@ def main(argv=None):
     from watchdog.observers.polling import PollingObserver
 
     def publish(p):
-        from gpusaxs.io.images import is_image_file
-
         if not is_image_file(p):
             return
         skipped = skipped_by(p, dirs, skip)

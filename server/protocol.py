@@ -19,7 +19,10 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar
 
+import numpy as np
+
 from .auth import sign_frame, sign_request
+from .wire import configure_client_socket
 
 # -- command names ------------------------------------------------------------------------------
 #: every accepted command name -> canonical short name
@@ -183,8 +186,6 @@ def json_safe(x: Any) -> Any:
 
 def array_rows(*arrays: Any) -> list[list[float | None]]:
     """NumPy 1D arrays -> list of lists of float/None (NaN -> null) for the "array" field."""
-    import numpy as np
-
     rows: list[list[float | None]] = []
     for values in arrays:
         a = np.asarray(values, dtype=np.float64)
@@ -291,8 +292,6 @@ class Client:
         s.setsockopt(zmq.RCVTIMEO, ms)
         s.setsockopt(zmq.SNDTIMEO, ms)
         if self.curve:
-            from .wire import configure_client_socket
-
             configure_client_socket(s, self._secret)
         if self.connect_timeout is not None and not self._connected_once:
             try:

@@ -1,8 +1,9 @@
 """The import graph of the project's modules, read from the sources with ``ast`` (issue 24).
 
-Modules are named as installed (``server/queue.py`` is ``gpusaxs.server.queue``). Every
-``import`` counts, at module level and inside functions alike; an import of a module's own
-ancestor packages is not an edge (Python runs those first anyway).
+Modules are named as installed (``server/processing_queue.py`` is
+``gpusaxs.server.processing_queue``). Every ``import`` counts, at module level and inside
+functions alike; an import of a module's own ancestor packages is not an edge (Python runs those
+first anyway).
 """
 
 from __future__ import annotations

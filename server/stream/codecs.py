@@ -18,6 +18,8 @@ a recycled frame (bitshuffle's own ``bshuf_decompress_lz4``, called without the 
 simulator and the tests.
 """
 
+import ctypes
+import glob
 import os
 import struct
 
@@ -80,8 +82,6 @@ def _bshuf_decompress():
     """bitshuffle's C ``bshuf_decompress_lz4`` (ctypes; None if the library is not found)."""
     global _BSHUF
     if _BSHUF is None:
-        import ctypes
-
         try:
             import bitshuffle.ext
 
@@ -105,9 +105,6 @@ def bitshuffle_one_thread():
     beside the integrator this doubles the CPU spent per frame on a small machine.  The
     OpenMP thread count is per calling thread, so each decode thread calls this once.
     """
-    import ctypes
-    import glob
-
     try:
         import bitshuffle
     except ImportError:

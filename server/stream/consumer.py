@@ -19,9 +19,9 @@ and writing overlap::
   the GIL) straight into a recycled (B, H, W) stack of the frames' own dtype.
 * integrator: ``Integrator.integrate_batch_error`` on the stack (mean intensity and Poisson
   error per bin).
-* writer: :class:`gpusaxs.io.nexus.NXazintWriter` in live mode, ``series_<series_id>.nxs`` in
-  ``out_dir`` (rows appended as they come, flushed at least every second); ``.chi`` per image
-  only with ``chi=True``.
+* writer (:class:`~.writer.SeriesWriter`): :class:`gpusaxs.io.nexus.NXazintWriter` in live
+  mode, ``series_<series_id>.nxs`` in ``out_dir`` (rows appended as they come, flushed at least
+  every second); ``.chi`` per image only with ``chi=True``.
 
 Every per-message failure becomes an error record; a stage that dies anyway (a bug) is named in
 ``info()["failed"]`` and ``on_fatal`` is called (the server stops with that error).  A series
@@ -39,10 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import v1, v2
-from .files import output_root, reserve, subfolder
+from .codecs import bitshuffle_one_thread
+from .files import output_root
 from .messages import End, Image, MalformedMessage, Start
 from .resume import latest_file, written_ids
 from .series import SeriesBook
+from .writer import SeriesWriter
 
 log = logging.getLogger("saxsdogserver.stream")
 
@@ -71,17 +73,6 @@ def check_start(start, integ):
                 f"{want[0] * 1e6:g} x {want[1] * 1e6:g}"
             )
     return None
-
-
-def calibration_key(integ):
-    key = getattr(integ, "matrix_key", None)
-    if callable(key):
-        key = key()
-    if key is None:
-        from gpusaxs.matrix_cache import matrix_key
-
-        key = matrix_key(integ.calibration)
-    return str(key)
 
 
 class _StackPool:
@@ -166,6 +157,7 @@ class StreamConsumer:
         self.hwm = int(hwm)
         self.chi = bool(chi)
         self.book = SeriesBook(self.out_dir)
+        self._writer = SeriesWriter(self.out_dir, url, self.book, chi=self.chi)
         self._integ_lock = threading.Lock()
         self._key = None
         self._integ_source = integrator
@@ -201,8 +193,6 @@ class StreamConsumer:
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self):
-        from .codecs import bitshuffle_one_thread
-
         self._pool = ThreadPoolExecutor(
             self.decode_threads,
             thread_name_prefix="stream-decode",
@@ -572,109 +562,6 @@ class StreamConsumer:
                     pool.give(stack)
                 self._rows.put(("rows", sid, intensity, err, ids))
 
-    # -- stage 4: writer ------------------------------------------------------------------------
-    def _series_path(self, series_id):
-        """A new file in the output folder: never an earlier series' file, never a link."""
-        name, n = f"series_{series_id}.nxs", 1
-        while not reserve(self.out_dir, name):
-            n += 1
-            name = f"series_{series_id}.{n}.nxs"
-        return os.path.join(self.out_dir, name)
-
+    # -- stage 4: writer (.writer.SeriesWriter) ------------------------------------------------
     def _write_loop(self):
-        from gpusaxs.io.nexus import NXazintWriter
-
-        writers = {}  # series_id -> [writer, rows, q, last flush]
-        while True:
-            try:
-                item = self._rows.get(timeout=0.25)
-            except queue.Empty:
-                item = None
-            now = time.monotonic()
-            for sid, w in writers.items():  # rows reach the file at least every second
-                if w[1] != w[3] and now - w[4] >= 0.5:
-                    try:
-                        w[0].flush()
-                    except Exception as exc:  # noqa: BLE001 - disk full: said, rows kept
-                        self.book.note(sid, "write", f"flush failed: {exc}")
-                    w[3], w[4] = w[1], now
-                    self.book.flushed(sid, w[1])
-            if item is None:
-                continue
-            if item is _STOP:
-                for sid in list(writers):
-                    self._close_writer(sid, writers.pop(sid))
-                return
-            kind = item[0]
-            if kind == "start":
-                start, integ, key = item[1], item[2], item[3]
-                sid = start.series_id
-                if sid in writers:  # same id again: finish the old file
-                    self._close_writer(sid, writers.pop(sid))
-                try:
-                    path = self._series_path(sid)
-                    key = key or calibration_key(integ)
-                    w = NXazintWriter(
-                        path,
-                        integ.q,
-                        radial_unit="q_nm^-1",
-                        calibration=integ.calibration,
-                        calibration_key=key,
-                        inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
-                        live=True,
-                        flush_interval_s=1.0,
-                    )
-                except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
-                    self.book.refuse(sid, f"cannot create the series file: {exc}")
-                    continue
-                writers[sid] = [w, 0, integ.q, 0, now, key]
-                self.book.flushed(sid, 0, os.path.basename(path))
-            elif kind == "end":
-                sid = item[1].series_id
-                if sid in writers:
-                    self._close_writer(sid, writers.pop(sid))
-                self.book.done(sid)
-            else:
-                _, sid, intensity, err, ids = item
-                w = writers.get(sid)
-                if w is None:
-                    for i in ids:
-                        self.book.error(sid, int(i), "no open output file for the series", "write")
-                    continue
-                try:
-                    w[0].append(intensity, err, ids)
-                except Exception as exc:
-                    log.exception("cannot append to %s", w[0].path)
-                    for i in ids:
-                        self.book.error(sid, int(i), f"cannot write the row: {exc}", "write")
-                    continue
-                w[1] += len(ids)
-                self.book.integrated(sid, len(ids))
-                if self.chi:
-                    try:
-                        self._write_chi(sid, w[2], intensity, err, ids, w[5])
-                    except Exception as exc:  # noqa: BLE001 - the rows are in the file
-                        log.warning("series %s: .chi copies failed: %s", sid, exc)
-                        self.book.note(sid, "chi", f".chi copies of ids {ids[0]}..: {exc}")
-
-    def _close_writer(self, sid, w):
-        try:
-            w[0].close()
-            self.book.flushed(sid, w[1])
-        except Exception:
-            log.exception("cannot close %s", w[0].path)
-
-    def _write_chi(self, sid, q, intensity, err, ids, key):
-        from gpusaxs.io.chi import write_chi
-
-        folder = subfolder(self.out_dir, f"series_{sid}")
-        for k, i in enumerate(ids):
-            path = os.path.join(folder, f"image_{int(i):06d}.chi")
-            write_chi(
-                path,
-                q,
-                intensity[k],
-                err[k],
-                title=f"series {sid} image {int(i)}",
-                calibration_key=key,
-            )
+        self._writer.run(self._rows, _STOP)

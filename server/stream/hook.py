@@ -4,7 +4,11 @@ import logging
 import os
 import signal
 
-from .consumer import IDLE_TIMEOUT_S
+from gpusaxs.calibration import Calibration
+from gpusaxs.errors import GpusaxsError
+from gpusaxs.integrator import Integrator
+
+from .consumer import IDLE_TIMEOUT_S, StreamConsumer
 
 log = logging.getLogger("saxsdogserver.stream")
 
@@ -89,15 +93,10 @@ def start_consumer(args, service):
     """
     if not args.detector:
         return None
-    from .consumer import StreamConsumer
-
     if not args.stream_timeout > 0:
         raise ValueError(f"--stream-timeout must be positive, not {args.stream_timeout}")
     integrator = None
     if args.calibration:
-        from gpusaxs.calibration import Calibration
-        from gpusaxs.errors import GpusaxsError
-
         try:
             cal = Calibration.from_file(args.calibration)
         except (GpusaxsError, OSError) as exc:
@@ -107,8 +106,6 @@ def start_consumer(args, service):
 
         def integrator():
             if "i" not in built:
-                from gpusaxs.integrator import Integrator
-
                 built["i"] = Integrator(cal, backend=backend).warm_up()
             return built["i"]
 

@@ -7,6 +7,8 @@ complement, computed range by range (never listed id by id).
 
 from bisect import bisect_right
 
+import numpy as np
+
 #: ids are bounded to this (int64, the NeXus ``image_ids`` type); larger ones are refused
 MAX_ID = 2**63 - 1
 
@@ -87,8 +89,6 @@ class IdRanges:
     @classmethod
     def from_ids(cls, ids):
         """The set of the ids in an integer array (any order, repeats allowed)."""
-        import numpy as np
-
         out = cls()
         u = np.unique(np.asarray(ids, dtype=np.int64))
         u = u[u >= 0]

@@ -28,7 +28,7 @@ class Payload:
     data: object
     shape: tuple
     dtype: object
-    elem_size: int = None
+    elem_size: int | None = None
 
     def decode(self, out=None):
         """The frame as a (H, W) array (``out`` itself when decoded in place); DecodeError."""
@@ -43,15 +43,15 @@ class Start:
 
     series_id: int
     unique_id: str = ""
-    image_size: tuple = None  # (H, W) = (image_size_y, image_size_x)
-    pixel_size_m: tuple = None  # (y, x) metres
-    number_of_images: int = None
-    beam_center: tuple = None  # (x, y) pixels
-    distance_m: float = None
-    wavelength_A: float = None
-    energy_eV: float = None
+    image_size: tuple | None = None  # (H, W) = (image_size_y, image_size_x)
+    pixel_size_m: tuple | None = None  # (y, x) metres
+    number_of_images: int | None = None
+    beam_center: tuple | None = None  # (x, y) pixels
+    distance_m: float | None = None
+    wavelength_A: float | None = None
+    energy_eV: float | None = None
     channels: list = field(default_factory=list)
-    count_time_s: float = None
+    count_time_s: float | None = None
     extra: dict = field(default_factory=dict)
 
 

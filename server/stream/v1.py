@@ -10,10 +10,12 @@ header_detail is "all"], "Image Data" ``dimage-1.0`` + ``dimage_d-1.0`` + the da
 angstrom.
 """
 
+import hashlib
 import json
 
 import numpy as np
 
+from .codecs import encode_bslz4, encode_lz4_block
 from .idset import MAX_ID
 from .messages import End, Image, MalformedMessage, Payload, Start
 
@@ -186,10 +188,6 @@ def encode_start(
 
 def encode_image(series_id, image_id, frame, compression):
     """compression: "bslz4" -> bsNN-lz4<, "lz4" -> lz4<, "none" -> <."""
-    import hashlib
-
-    from .codecs import encode_bslz4, encode_lz4_block
-
     frame = np.ascontiguousarray(frame)
     tname = {v: k for k, v in TYPES.items()}[
         frame.dtype.newbyteorder("<").str if frame.dtype.itemsize > 1 else frame.dtype.str

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .codecs import encode_bslz4, encode_lz4_h5
 from .idset import MAX_ID
 from .messages import End, Image, MalformedMessage, Payload, Start
 
@@ -281,8 +282,6 @@ def encode_start(
 def image_data(frame, compression):
     """The ``data`` channel value of an image message for ``frame`` (a CBOR tag tree)."""
     import cbor2
-
-    from .codecs import encode_bslz4, encode_lz4_h5
 
     frame = np.ascontiguousarray(frame)
     tag = DTYPE_TAGS[

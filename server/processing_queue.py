@@ -28,7 +28,11 @@ from collections import deque
 from pathlib import Path
 
 from gpusaxs.curve_claims import CurveClaims, clash_message
+from gpusaxs.errors import ImageReadError
 from gpusaxs.io.chi import read_chi_key
+from gpusaxs.io.images import is_image_file
+from gpusaxs.matrix import BuildCancelled
+from gpusaxs.pipeline import FramePipeline
 
 from .curves import CurveWriter, inside, sweep_tmp
 from .ratelimit import RateLimitedLog
@@ -270,8 +274,6 @@ class ProcessingQueue:
         return self._factory()
 
     def _run_inner(self):
-        from gpusaxs.matrix import BuildCancelled
-
         try:
             integrator = self._obtain_integrator()
         except BuildCancelled:
@@ -294,12 +296,7 @@ class ProcessingQueue:
         if self._abort.is_set():
             self._shutdown_aborted()
             return
-        if self._pipeline_factory is None:
-            from gpusaxs.pipeline import FramePipeline
-
-            factory = FramePipeline
-        else:
-            factory = self._pipeline_factory
+        factory = FramePipeline if self._pipeline_factory is None else self._pipeline_factory
         self.pipeline = factory(
             integrator,
             batch_size=self.batch_size,
@@ -388,8 +385,6 @@ class ProcessingQueue:
             log.debug("not submitted %s: %s", path, exc)
 
     def _consider(self, path, force=False):
-        from gpusaxs.io.images import is_image_file
-
         if not isinstance(path, str) or not path or "\x00" in path:
             return
         p = path if os.path.isabs(path) else os.path.join(self.directory, path)
@@ -442,8 +437,6 @@ class ProcessingQueue:
         self._submit(p, out)
 
     def _walk(self):
-        from gpusaxs.io.images import is_image_file
-
         for root, dirs, files in os.walk(self.directory):
             if self._abort.is_set():
                 return
@@ -486,8 +479,6 @@ class ProcessingQueue:
             self._put_file("force", p)
 
     def _error(self, image_path, exc):
-        from gpusaxs.errors import ImageReadError
-
         p = str(image_path)
         now_wall = time.time()
         with self._lock:
