@@ -9,7 +9,6 @@ start-up are in :mod:`.saxsdogserver`.
 
 import base64
 import binascii
-import importlib
 import logging
 import os
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusaxs.calibration import Calibration
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import GpusaxsError
 from gpusaxs.gpu_engine import fallback_lines
 from gpusaxs.integrator import Integrator
@@ -27,6 +26,7 @@ from gpusaxs.io.chi import read_chi
 from gpusaxs.io.images import is_image_file
 from gpusaxs.io.masks import read_mask
 from gpusaxs.matrix_cache import matrix_key
+from gpusaxs.matrix_limits import check_limits
 
 from . import protocol as P
 from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
@@ -53,12 +53,6 @@ def prepare_out_dir(out_dir):
     if not os.path.isdir(real):
         raise ValueError(f"{out_dir}: output folder is not a folder")
     return real
-
-
-def _check_limits(cal):
-    """Calibration bounds of the library (time and memory of the build), where it has them."""
-    # (the name gpusaxs.calibration is the SAXS 0.3.0 class, not the module)
-    getattr(importlib.import_module("gpusaxs.calibration"), "check_limits", lambda c: None)(cal)
 
 
 class SaxsdogService:
@@ -332,7 +326,7 @@ class SaxsdogService:
                 f"directory {arg['directory']!r} does not exist in the base folder"
             )
         cal = Calibration.from_dict(arg["calibration"], base_dir=directory)
-        _check_limits(cal)
+        check_limits(cal)  # the build's time and memory bounds, before anything is built
         h, w = cal.imagesize
         if h * w > MAX_PIXELS:
             raise P.ProtocolError(

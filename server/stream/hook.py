@@ -4,7 +4,7 @@ import logging
 import os
 import signal
 
-from gpusaxs.calibration import Calibration
+from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import GpusaxsError
 from gpusaxs.integrator import Integrator
 
