@@ -491,3 +491,62 @@ def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_in
         ctx.term()
     st = cons.book.get(1)
     assert st["errors"] == 2 and st["integrated"] == 0  # each frame one record
+
+
+class _OneFrameRefused:
+    """An integrator whose device refuses any stack holding the frame marked at pixel (1, 1)."""
+
+    MARK = 77_777
+
+    def __init__(self, integ):
+        self._integ = integ
+
+    def __getattr__(self, name):
+        return getattr(self._integ, name)
+
+    def integrate_batch_error(self, stack, std=True):
+        if np.any(stack[:, 1, 1] == self.MARK):
+            raise RuntimeError("device refused the frame")
+        return self._integ.integrate_batch_error(stack, std=std)
+
+
+def test_one_frame_that_fails_to_integrate_fails_alone(tmp_path, small_integrator):
+    """A batch whose integration raises is retried frame by frame (gpusaxs.frame_batches):
+    the refused frame gets one "integrate" record, its batch mates their rows."""
+    from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.server.stream.consumer import StreamConsumer
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 10_000)
+    push.bind("tcp://127.0.0.1:*")
+    cons = StreamConsumer(
+        push.getsockopt_string(zmq.LAST_ENDPOINT),
+        tmp_path,
+        integrator=_OneFrameRefused(small_integrator),
+        batch_size=8,
+        context=ctx,
+    ).start()
+    n, bad = 8, 5
+    frames = [frame(np.uint32, seed=i) for i in range(n)]
+    frames[bad][1, 1] = _OneFrameRefused.MARK
+    try:
+        push.send(v2.encode_start(1, "one", SHAPE, (172e-6, 172e-6), n))
+        for i, f in enumerate(frames):
+            push.send(v2.encode_image(1, "one", i, f, "bslz4"))
+        push.send(v2.encode_end(1, "one"))
+        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60)
+    finally:
+        cons.stop()
+        push.close(0)
+        ctx.term()
+    st = cons.book.get(1)
+    assert st["integrated"] == n - 1 and st["errors"] == 1
+    rows = read_nxazint(tmp_path / "series_1.nxs")
+    assert sorted(rows["image_ids"].tolist()) == [i for i in range(n) if i != bad]
+    for row, i in zip(rows["intensity"], rows["image_ids"], strict=True):
+        np.testing.assert_allclose(
+            row, small_integrator.integrate(frames[i])[1], rtol=1e-6, equal_nan=True
+        )
+    (record,) = cons.book.info()["recent errors"]
+    assert record["image_id"] == bad and record["kind"] == "integrate"

@@ -38,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from gpusaxs.frame_batches import NOTHING, gather, integrate_once
+
 from . import v1, v2
 from .codecs import bitshuffle_one_thread
 from .files import output_root
@@ -467,21 +469,18 @@ class StreamConsumer:
                     why, kind = f"series refused: {why}", "refused"
                 self.book.error(item.series_id, item.image_id, why, kind)
                 continue
-            batch = [item]
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._buffer.get_nowait()
-                except queue.Empty:
-                    break
-                if (
-                    isinstance(nxt, Image)
-                    and nxt.series_id == item.series_id
-                    and np.dtype(nxt.payload.dtype) == np.dtype(item.payload.dtype)
-                ):
-                    batch.append(nxt)
-                else:
-                    pending = nxt
-                    break
+            dtype = np.dtype(item.payload.dtype)
+            batch, left = gather(
+                item,
+                self._buffer,
+                self.batch_size,
+                lambda m, sid=item.series_id, dtype=dtype: (
+                    isinstance(m, Image)
+                    and m.series_id == sid
+                    and np.dtype(m.payload.dtype) == dtype
+                ),
+            )
+            pending = None if left is NOTHING else left
             shape = tuple(integ.shape)
             pool = pools.get(shape)
             if pool is None or pool.batch != self.batch_size:
@@ -547,19 +546,29 @@ class StreamConsumer:
                 self._rows.put(item)
             else:
                 _, sid, stack, n, ids, pool = item
+                integ = integs[sid]
+
+                def integrate(frames, integ=integ):
+                    intensity, _, err = integ.integrate_batch_error(frames, std=False)
+                    return intensity, err
+
                 try:
-                    intensity, _, err = integs[sid].integrate_batch_error(stack[:n], std=False)
-                except Exception as exc:
-                    log.exception("integration failed")
-                    for i in ids:
-                        self.book.error(sid, int(i), f"integration failed: {exc}", "integrate")
-                    continue
+                    intensity, err, failed = integrate_once(stack[:n], integrate)
                 except BaseException as exc:  # the stage dies: its frames still get a record
                     for i in ids:
                         self.book.error(sid, int(i), f"integrator stage died: {exc!r}", "failed")
                     raise
                 finally:
                     pool.give(stack)
+                for k, exc in failed.items():  # one bad frame fails alone
+                    log.error("integration of image %s failed: %s", int(ids[k]), exc)
+                    self.book.error(sid, int(ids[k]), f"integration failed: {exc}", "integrate")
+                if failed:
+                    good = np.array([k for k in range(n) if k not in failed], dtype=np.int64)
+                    if intensity is None or not len(good):
+                        continue
+                    intensity, ids = intensity[good], ids[good]
+                    err = None if err is None else err[good]
                 self._rows.put(("rows", sid, intensity, err, ids))
 
     # -- stage 4: writer (.writer.SeriesWriter) ------------------------------------------------
