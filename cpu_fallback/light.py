@@ -3,14 +3,14 @@
 The numba engine costs about a second to import and load its compiled kernels before the
 first frame; for a run of a few frames that is most of the run.  This engine needs only NumPy
 (already imported) and a gather of the frame at the matrix's entries, at ~20-50 ms per
-PILATUS 1M frame: the right choice up to a few dozen frames (``saxsdog`` picks it for small
-jobs).  Same sums as the other engines (docs/ARCHITECTURE.md, with the
+PILATUS 1M frame: the right choice up to a few dozen frames (``make_engine(..., light=True)``,
+saxsdog's choice for small jobs).  Same sums as the other engines (docs/ARCHITECTURE.md, with the
 optional per-pixel dark ``pixel_offset``).
 """
 
 import numpy as np
 
-from .sums import Sums
+from gpusaxs.engine_contract import Sums, as_frame_stack, invalid_threshold, valid_mask
 
 __all__ = ["BincountEngine"]
 
@@ -39,8 +39,6 @@ class BincountEngine:
 
     def sums(self, stack, errors=False):
         """Sums of a stack (B, H, W) or a frame (H, W); errors: False, True or "poisson"."""
-        from gpusaxs.cpu_fallback.engine import as_frame_stack, invalid_threshold
-
         frames = as_frame_stack(stack, self.matrix.shape)
         upper = invalid_threshold(frames.dtype)
         n_bins = self.matrix.n_bins
@@ -49,12 +47,12 @@ class BincountEngine:
             self._variance_weights = self._ws * scale  # w s^2
         out = {k: np.zeros((frames.shape[0], n_bins)) for k in ("s", "n", "v", "q")}
         for i, frame in enumerate(frames):
-            x = frame[self._pixel].astype(np.float64)
+            raw = frame[self._pixel]
+            x = raw.astype(np.float64)
             out["n"][i] = self.matrix.norm
             all_valid = x.size == 0 or (x.min() >= 0 and x.max() < upper)  # False if NaN
             if not all_valid:  # rare: invalid values on unmasked pixels leave the norm
-                with np.errstate(invalid="ignore"):
-                    valid = (x >= 0) & (x < upper)
+                valid = valid_mask(raw)
                 invalid = ~valid
                 x[invalid] = 0.0
                 lost = np.asarray(self.matrix.weights, dtype=np.float64)[invalid]
