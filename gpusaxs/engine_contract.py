@@ -131,10 +131,10 @@ def error_model(sums: Sums) -> tuple[FloatArray, FloatArray | None, FloatArray]:
 # ------------------------------------------------------------------------------ validity
 def check_frame_dtype(dtype: Any) -> np.dtype[Any]:
     """The dtype of frames, or TypeError unless it is an integer or floating type (no bool)."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_ or dtype.kind not in "iuf":
-        raise TypeError(f"frames must be integer or float, not {dtype}")
-    return dtype
+    found: np.dtype[Any] = np.dtype(dtype)
+    if found == np.bool_ or found.kind not in "iuf":
+        raise TypeError(f"frames must be integer or float, not {found}")
+    return found
 
 
 def invalid_threshold(dtype: Any) -> float:
@@ -142,9 +142,9 @@ def invalid_threshold(dtype: Any) -> float:
 
     The validity rule as the kernels take it: valid means 0 <= x < invalid_threshold(dtype)
     (NaN fails both comparisons)."""
-    dtype = check_frame_dtype(dtype)
-    if dtype.kind == "u":
-        return float(np.iinfo(dtype).max)
+    found = check_frame_dtype(dtype)
+    if found.kind == "u":
+        return float(np.iinfo(found).max)
     return np.inf
 
 
