@@ -40,7 +40,7 @@ import os
 import numpy as np
 
 from gpusaxs.backend import array_module, select_backend
-from gpusaxs.engine_contract import Sums, check_frame_dtype, valid_mask
+from gpusaxs.engine_contract import Sums, check_frame_dtype
 from gpusaxs.gpu_fallbacks import engine_fallbacks, fallback_lines, record
 from gpusaxs.gpu_kernels import (
     BLOCK,
@@ -57,24 +57,13 @@ from gpusaxs.gpu_kernels import (
     make_segments,
     transpose_name,
 )
-from gpusaxs.gpu_ops import CupyOps, NumpyOps, SyncStream, expected_failure
+from gpusaxs.gpu_ops import CupyOps, NumpyOps, expected_failure
 from gpusaxs.gpu_scheduler import StreamScheduler
 from gpusaxs.gpu_sparse import SparseProduct
 
-__all__ = [
-    "DeviceEngine",
-    "valid_mask",
-    "make_segments",
-    "kernel_source",
-    "kernel_names",
-    "kernel_name",
-    "transpose_name",
-    "SyncStream",
-    "CTYPES",
-    "FRAMES_PER_BLOCK",
-    "engine_fallbacks",
-    "fallback_lines",
-]
+#: DeviceEngine; the fallback log's readers are re-exported for clients/saxsdog.py and
+#: server/saxsdogserver.py, which import ``fallback_lines`` from here
+__all__ = ["DeviceEngine", "engine_fallbacks", "fallback_lines"]
 
 UPLOADS = ("copy", "mapped")
 

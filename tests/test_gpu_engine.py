@@ -11,20 +11,19 @@ import numpy as np
 import pytest
 
 from gpusaxs import gpu_fallbacks
-from gpusaxs.engine_contract import Sums
+from gpusaxs.engine_contract import Sums, valid_mask
 from gpusaxs.engines import make_engine
-from gpusaxs.gpu_engine import (
+from gpusaxs.gpu_engine import DeviceEngine
+from gpusaxs.gpu_kernels import (
     CTYPES,
     KERNEL_DTYPES,
-    DeviceEngine,
-    SyncStream,
     kernel_name,
     kernel_names,
     kernel_source,
     make_segments,
     transpose_name,
-    valid_mask,
 )
+from gpusaxs.gpu_ops import SyncStream
 from gpusaxs.matrix import IntegrationMatrix
 
 H, W = 1043, 981  # PILATUS 1M
