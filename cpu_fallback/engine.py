@@ -166,4 +166,3 @@ class ScipyEngine:
         variance = (A @ (x * self._scale * self._scale).T).T
         squares = None if errors == "poisson" else (A @ (sv * sv).T).T
         return Sums(signal, norm, variance, squares)
-
