@@ -39,7 +39,6 @@ import os
 
 import numpy as np
 
-from gpusaxs.backend import array_module, select_backend
 from gpusaxs.engine_contract import Sums, check_frame_dtype
 from gpusaxs.gpu_fallbacks import engine_fallbacks, fallback_lines, record
 from gpusaxs.gpu_kernels import (
@@ -74,7 +73,8 @@ class DeviceEngine(StreamScheduler, SparseProduct):
     """Batched integration engine over an array module (CuPy on a GPU, NumPy in CI).
 
     matrix: IntegrationMatrix (its optional ``pixel_offset`` is subtracted in the kernel).
-    xp: cupy or numpy (default: the "auto" backend).
+    xp: cupy or numpy, the array module (make_engine passes CuPy's; the backend is chosen
+    there, not here).
     batch_size: frames per kernel launch / pipeline stage.  n_streams: pipeline depth (>= 1).
     method: "kernel" (custom CUDA kernels, raw dtypes, float64 accumulation) or "spmm"
     (cupyx.scipy.sparse CSR product on float-converted frames; the simple GPU reference).
@@ -101,7 +101,7 @@ class DeviceEngine(StreamScheduler, SparseProduct):
     def __init__(
         self,
         matrix,
-        xp=None,
+        xp,
         batch_size=32,
         n_streams=2,
         method="kernel",
@@ -113,8 +113,6 @@ class DeviceEngine(StreamScheduler, SparseProduct):
         stream_factory=None,
         host_engine=None,
     ):
-        if xp is None:
-            xp = array_module(select_backend("auto")[0])
         if method not in ("kernel", "spmm"):
             raise ValueError(f"method must be 'kernel' or 'spmm', not {method!r}")
         if layout not in LAYOUTS:
