@@ -206,7 +206,7 @@ def main(argv=None):
     n_bins = integ.matrix.n_bins
     ai, kw = pyfai_setup(cal, mask, n_bins)
     from gpusaxs.cpu_fallback.engine import CpuEngine
-    from gpusaxs.sums import mean_intensity
+    from gpusaxs.engine_contract import mean_intensity
 
     opt_matrix, solid, flat, dark, outside = options_matrix(integ.matrix, cal, image.shape, rng)
     opt_engine = CpuEngine(opt_matrix)

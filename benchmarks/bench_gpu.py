@@ -325,9 +325,9 @@ def check_curves(name, matrix, frames, xp, batches):
     off, host-fed and device-resident, on max(batches) + TAIL Poisson frames (full batches
     and a ragged one); and the CPU engine's frames/s.  {"pixel/32": {"errors": d, "no_errors":
     d}, ...}.  The benchmark refuses to time anything above MAX_REL_DIFF."""
-    from gpusaxs.cpu_fallback.engine import default_engine
+    from gpusaxs.engines import make_engine
 
-    cpu = default_engine(matrix)
+    cpu = make_engine(matrix, "numpy")
     x = check_frames(frames, max(batches) + TAIL)
     cpu.sums(x[:1], errors=True)  # compile
     t0 = time.perf_counter()

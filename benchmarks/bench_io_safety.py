@@ -28,7 +28,13 @@ _PY_LOAD = """
 import inspect, json, sys, time
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.matrix_cache import get_matrix, load_matrix, _MEMORY
-from gpusaxs.cpu_fallback.engine import CpuEngine
+try:  # the one entrance (issue 24) caches the layout; before it, CpuEngine did
+    from gpusaxs.engines import make_engine
+
+    def cpu_engine(m):
+        return make_engine(m, "numpy")
+except ImportError:
+    from gpusaxs.cpu_fallback.engine import CpuEngine as cpu_engine
 
 cal = Calibration.from_file(sys.argv[1])
 info = {}
@@ -44,7 +50,7 @@ for _ in range(4):  # the first makes (new: and caches) the layout
     _MEMORY.clear()
     m = get_matrix(cal)
     t0 = time.perf_counter()
-    CpuEngine(m)
+    cpu_engine(m)
     engine.append(time.perf_counter() - t0)
 print(json.dumps({"load_ms": min(load) * 1e3, "engine_ms": min(engine[1:]) * 1e3}))
 """

@@ -2,57 +2,24 @@
 
 ``CpuEngine`` runs the numba kernel of :mod:`cpu_fallback.banded` on all cores (the default);
 ``ScipyEngine`` is the plain NumPy/SciPy sparse product, used when numba is missing and as an
-independent reference in tests.  Both return :class:`gpusaxs.sums.Sums` (float64, (B, n_bins)).
+independent reference in tests.  Both meet gpusaxs.engine_contract (float64 Sums, (B, n_bins)).
 """
 
-import os
 import threading
 
 import numpy as np
 
-from gpusaxs.sums import Sums
+from gpusaxs.engine_contract import (
+    Sums,
+    as_frame_stack,
+    invalid_threshold,
+    pixel_offset,
+    valid_mask,
+)
+
+from .layout import BAND_PIXELS, LANES, banded_layout, check_layout, thread_bands
 
 __all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack", "pixel_offset"]
-
-
-def invalid_threshold(dtype):
-    """Values >= this are invalid: the maximum of an unsigned type (EIGER gap flag), else inf."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "u":
-        return float(np.iinfo(dtype).max)
-    if dtype.kind in "if":
-        return np.inf
-    raise TypeError(f"frames must be integer or float, not {dtype}")
-
-
-def as_frame_stack(stack, shape):
-    """View ``stack`` (B, H, W) or (H, W) as a C-contiguous (B, H*W) array, native dtype kept."""
-    arr = np.asarray(stack)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or tuple(arr.shape[1:]) != tuple(shape):
-        raise ValueError(
-            f"frames of shape {arr.shape[-2:] if arr.ndim >= 2 else arr.shape} "
-            f"do not match the calibration's Imagesize {tuple(shape)}"
-        )
-    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
-        raise TypeError(f"frames must be integer or float, not {arr.dtype}")
-    if arr.dtype.byteorder not in "=|":
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
-
-
-def pixel_offset(matrix):
-    """The matrix's per-pixel dark offset as float32 (n_pixels,), or None (no dark)."""
-    dark = getattr(matrix, "pixel_offset", None)
-    if dark is None:
-        return None
-    dark = np.asarray(dark, dtype=np.float32).ravel()
-    if dark.shape != (matrix.n_pixels,):
-        raise ValueError(
-            f"pixel_offset has {dark.size} values, the matrix {matrix.n_pixels} pixels"
-        )
-    return dark
 
 
 #: Bound on the kernel's private per-thread sums (bytes); larger stacks go in groups of frames.
@@ -64,17 +31,18 @@ KEPT_WORK_VALUES = 8 << 20
 class CpuEngine:
     """Multi-threaded numba engine (the banded kernel of :mod:`cpu_fallback.banded`).
 
-    ``threads``: cores to use (default: all numba sees).
+    ``threads``: cores to use (default: all numba sees).  ``layout_cache``: callable(matrix,
+    name, build, check) -> (layout, source) keeping the banded layout beside the matrix's cache
+    file (gpusaxs.matrix_cache.cached_derived, which gpusaxs.engines.make_engine passes);
+    None: the layout is built here (``layout_source`` "uncached").
     """
 
     name = "numba"
     #: the matrix's pixel_offset (dark) is applied in the kernel (docs/ARCHITECTURE.md)
     supports_pixel_offset = True
 
-    def __init__(self, matrix, threads=None):
+    def __init__(self, matrix, threads=None, layout_cache=None):
         import numba
-
-        from .banded import banded_layout
 
         pixel_offset(matrix)  # a dark of the wrong size fails here, not in the first call
         self.matrix = matrix
@@ -83,19 +51,15 @@ class CpuEngine:
         )
         #: called once before a kernel is compiled (not in memory nor in the disk cache)
         self.on_compile = None
-        if getattr(matrix, "pixel_offset", None) is None:
+        if layout_cache is not None and getattr(matrix, "pixel_offset", None) is None:
             # kept beside the matrix's cache file (8 s to make for an EIGER 16M)
-            from gpusaxs.matrix_cache import cached_derived
-
-            from .banded import BAND_PIXELS, check_layout
-
-            self.layout, self.layout_source = cached_derived(
+            self.layout, self.layout_source = layout_cache(
                 matrix,
                 f"band{BAND_PIXELS}",
                 lambda: banded_layout(matrix),
                 lambda lay: check_layout(lay, matrix),
             )
-        else:  # a dark set on this matrix object: its layout is not cached
+        else:  # no cache, or a dark set on this matrix object: its layout is not cached
             self.layout, self.layout_source = banded_layout(matrix), "uncached"
         # the kernel's per-thread sums, kept between calls: a fresh 2-4 MB array per call
         # costs its page faults (~1 ms, 5-10 % of a 64-frame call); one caller at a time uses it
@@ -112,7 +76,9 @@ class CpuEngine:
         """
         import numba
 
-        from .banded import LANES, banded_sums, thread_bands
+        # the numba kernels (cpu_fallback.banded imports numba and defines them) are loaded
+        # with the first frames, not with gpusaxs: ``import numba`` alone costs 0.3 s and more
+        from .banded import banded_sums
 
         frames = as_frame_stack(stack, self.matrix.shape)
         n_frames, n_bins = frames.shape[0], self.matrix.n_bins
@@ -188,11 +154,8 @@ class ScipyEngine:
 
     def sums(self, stack, errors=False):
         frames = as_frame_stack(stack, self.matrix.shape)
-        upper = invalid_threshold(frames.dtype)
-        x = frames.astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            valid = (x >= 0) & (x < upper)
-        x = np.where(valid, x, 0.0)
+        valid = valid_mask(frames)
+        x = np.where(valid, frames.astype(np.float64), 0.0)
         v = x if self._offset is None else np.where(valid, x - self._offset, 0.0)
         sv = v * self._scale
         A = self._weights
@@ -203,15 +166,3 @@ class ScipyEngine:
         variance = (A @ (x * self._scale * self._scale).T).T
         squares = None if errors == "poisson" else (A @ (sv * sv).T).T
         return Sums(signal, norm, variance, squares)
-
-
-def default_engine(matrix, threads=None):
-    """CpuEngine when numba imports (and GPUSAXS_NO_NUMBA is unset), else ScipyEngine."""
-    if not os.environ.get("GPUSAXS_NO_NUMBA"):
-        try:
-            import numba  # noqa: F401
-
-            return CpuEngine(matrix, threads=threads)
-        except ImportError:
-            pass
-    return ScipyEngine(matrix)

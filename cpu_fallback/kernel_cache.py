@@ -12,6 +12,8 @@ disk cache (``GPUSAXS_CACHE_DIR=off``): numba's default.
 import hashlib
 import os
 
+from gpusaxs.cache_dir import default_cache_dir
+
 __all__ = ["install", "kernel_cache_dir", "needs_compile"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,8 +34,6 @@ def _digest():
 def kernel_cache_dir():
     """The folder of the compiled kernels, or None (numba's default place)."""
     if "dir" not in _STATE:
-        from gpusaxs.cache_dir import default_cache_dir
-
         base = default_cache_dir()
         if os.environ.get("NUMBA_CACHE_DIR") or base is None:
             _STATE["dir"] = None

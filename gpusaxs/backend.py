@@ -15,7 +15,10 @@ import sys
 from types import ModuleType
 from typing import Any
 
+import numpy
+
 from gpusaxs.errors import BackendError
+from gpusaxs.gpu_fallbacks import engine_fallbacks
 
 ENV_VAR = "GPUSAXS_BACKEND"
 VALID_BACKENDS = ("auto", "numpy", "cupy")
@@ -118,8 +121,6 @@ def select_backend(requested: str | None = "auto") -> tuple[str, str]:
 def array_module(name: str) -> ModuleType:
     """The array module for a backend name from select_backend: numpy or cupy."""
     if name == "numpy":
-        import numpy
-
         return numpy
     if name == "cupy":
         probe = _probe_cupy()
@@ -166,7 +167,7 @@ def backend_info() -> dict[str, Any]:
         name, compute_capability, total_memory_bytes, free_memory_bytes), device_name,
         compute_capability, total_memory_bytes (of device 0), numpy/scipy/python versions,
         engine_fallbacks (list of {from, to, reason}: GPU engine paths that failed in this
-        process and what replaced them, see gpusaxs.gpu_engine).
+        process and what replaced them, see gpusaxs.gpu_fallbacks).
 
     Examples
     --------
@@ -175,7 +176,6 @@ def backend_info() -> dict[str, Any]:
     >>> info["backend"] in ("cupy", "numpy", None)
     True
     """
-    import numpy
     import scipy
 
     info: dict[str, Any] = {
@@ -197,8 +197,6 @@ def backend_info() -> dict[str, Any]:
         "engine_fallbacks": [],
     }
     try:
-        from gpusaxs.gpu_engine import engine_fallbacks
-
         info["engine_fallbacks"] = engine_fallbacks()
     except Exception as exc:  # never raises
         info["engine_fallbacks"] = [{"error": f"{type(exc).__name__}: {exc}"}]

@@ -21,11 +21,22 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+
+from .errors import GpusaxsError
+from .integrator import Integrator
+from .io.chi import write_chi as _write_chi
+from .io.frames import FrameRef, frame_sources, read_frame
+from .io.hdf5_checks import register_hdf5_filters
+from .io.images import read_image
+from .matrix_cache import matrix_key, remember_matrix
+from .pipeline import curve_path
 
 __all__ = ["DaskPipeline", "connect", "frames_array", "integrate_array", "integrate_files"]
 
@@ -45,9 +56,6 @@ def _worker_integrator(calibration, matrix, key, backend, threads):
     with _WORKER_LOCK:
         integ = _WORKER_INTEGRATORS.get(ident)
         if integ is None:
-            from .integrator import Integrator
-            from .matrix_cache import remember_matrix
-
             remember_matrix(key, matrix)  # Integrator finds it in the memory cache
             integ = Integrator(calibration, backend=backend, threads=threads)
             _WORKER_INTEGRATORS[ident] = integ
@@ -71,9 +79,6 @@ def _integrate_task(
     items: list of (image path, curve path or None).  Returns one record per item:
     ``(image, curve, exception or None, (I, err) or None)``.
     """
-    from .io.chi import write_chi as _write_chi
-    from .io.images import read_image
-
     integ = _worker_integrator(calibration, matrix, key, backend, threads)
     shape = tuple(int(s) for s in integ.shape)
     records = []
@@ -116,22 +121,16 @@ def _integrate_task(
 def _message(path, exc):
     """The exception itself when it pickles (the client reports it as a local run does),
     else a GpusaxsError with its text."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        from .errors import GpusaxsError
-
         msg = str(exc)
         return GpusaxsError(msg if str(path) in msg else f"{path}: {msg}")
 
 
 def _integrate_block(block, calibration, matrix, key, backend, threads):
     """map_blocks body: (b, H, W) frames -> (b, n_bins) mean intensity."""
-    from .io.hdf5_checks import register_hdf5_filters
-
     register_hdf5_filters()  # an HDF5 block read here needs the bslz4/LZ4 filters
     integ = _worker_integrator(calibration, matrix, key, backend, threads)
     return np.asarray(integ.integrate_batch(np.asarray(block)), dtype=np.float64)
@@ -187,8 +186,6 @@ class _Shipped:
     """The matrix and calibration, scattered once to every worker."""
 
     def __init__(self, client, integrator):
-        from .matrix_cache import matrix_key
-
         self.key = getattr(integrator, "matrix_key", None) or matrix_key(integrator.calibration)
         self.calibration = client.scatter(integrator.calibration, broadcast=True, hash=False)
         self.matrix = client.scatter(integrator.matrix, broadcast=True, hash=False)
@@ -324,8 +321,6 @@ class DaskPipeline:
 
     def _collect(self, fut, items):
         """Runs in the client's thread when a task ends: callbacks, then counters."""
-        from .errors import GpusaxsError
-
         try:
             records = fut.result()
         except BaseException as exc:  # cancelled (abort), lost or failed on every retry
@@ -386,8 +381,6 @@ class DaskPipeline:
         try:
             callback(*args)
         except Exception:  # a broken callback must not lose the counters
-            import traceback
-
             traceback.print_exc()
 
 
@@ -424,11 +417,6 @@ def integrate_files(
     dict with ``processed``, ``failed``, ``skipped``, ``errors`` (list of (file, message)),
     ``tasks``, ``seconds`` and ``frames_per_sec``.
     """
-    import os
-
-    from .integrator import Integrator
-    from .pipeline import curve_path
-
     files = [Path(os.path.abspath(f)) for f in files]  # workers have their own cwd
     if out_dir is not None:
         out_dir = os.path.abspath(out_dir)
@@ -491,8 +479,6 @@ def integrate_files(
 
 def _read_block(path, start, stop, shape):
     """Run on a worker: frames ``start:stop`` of the stack ``path`` as one (b, H, W) array."""
-    from .io.frames import frame_sources, read_frame
-
     sources = frame_sources(path, explicit=True)
     return np.stack([read_frame(src, shape) for src in sources[start:stop]])
 
@@ -507,8 +493,6 @@ def frames_array(path, chunks=64):
     """
     import dask
     import dask.array as da
-
-    from .io.frames import FrameRef, frame_sources, read_frame
 
     path = os.path.abspath(path)  # workers have their own working folder
     sources = frame_sources(path, explicit=True)
@@ -540,9 +524,6 @@ def integrate_array(stack, calibration, *, backend="auto", threads=None, **integ
     """
     import dask
     import dask.array as da
-
-    from .integrator import Integrator
-    from .matrix_cache import matrix_key
 
     if stack.ndim != 3:
         raise ValueError(f"expected a (B, H, W) Dask array of frames, got shape {stack.shape}")

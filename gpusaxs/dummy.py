@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._typing import AnyArray
-from .sums import Engine, Sums
+from .engine_contract import Engine, Sums
 
 __all__ = ["dummy_sums", "invalid_dummy", "warn_negative_floats", "NEGATIVE_WARNING_FRACTION"]
 

@@ -13,8 +13,9 @@ through their mapped pinned buffer by the transposing kernel, ``upload="mapped"`
 frames stream through pinned staging buffers on ``n_streams`` CUDA streams so the copy of batch
 k+1 overlaps the integration of batch k; staging buffers are allocated when the engine is built.
 A path that fails for an expected reason (out of memory, no usable device, no kernel code for
-it: gpu_ops.expected_failure) falls back to the cupyx sparse product, then to the CPU engine,
-recorded in ``fallbacks`` / ``engine_fallbacks()`` / ``backend_info()``; frames of a dtype
+it: gpu_ops.expected_failure) falls back to the cupyx sparse product, then to the CPU engine
+that gpusaxs.engines.make_engine hands it (``host_engine``), recorded in ``fallbacks`` /
+``engine_fallbacks()`` / ``backend_info()``; frames of a dtype
 without a kernel are recorded the same way; any other exception raises.
 
 With ``xp=numpy`` (CI, no GPU) the same scheduler, layouts, upload modes and checks run over
@@ -23,198 +24,63 @@ on the memory the CUDA kernel would read (base pointer and row stride, see ``_la
 the same validity rules.  The CUDA source is
 compiled in CI by NVRTC and run on the CPU through an emulation shim (tests).
 
-Validity (matches docs/ARCHITECTURE.md and cpu_fallback): a pixel value x is valid when
-x >= 0 and finite; for unsigned dtypes every value is >= 0 but the type's maximum (2**32-1 for
-uint32: EIGER gap/overflow flag; 65535 for uint16; 255 for uint8) is invalid.  uint32 values
-above 2**31 are real counts, never reinterpreted as negative.  Float validity is judged on the
-bits, so a negative subnormal is invalid on the GPU (compiled with -ftz=true) as on the CPU.
+Validity: the rule of gpusaxs.engine_contract (``valid_mask`` on the sparse paths, the same
+rule in CUDA in the kernels).  Float validity is judged on the bits, so a negative subnormal is
+invalid on the GPU (compiled with -ftz=true) as on the CPU.
+
+Kernel names and NVRTC options: gpusaxs.gpu_kernels; device operations: gpusaxs.gpu_ops; the
+streaming scheduler (streams, pinned slots, submit/collect): gpusaxs.gpu_scheduler; the
+process-wide fallback log: gpusaxs.gpu_fallbacks (its names are re-exported here, where
+saxsdog and the server import ``fallback_lines``).
 """
 
-import collections
-import concurrent.futures
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
-from gpusaxs.gpu_ops import CupyOps, NumpyOps, Slot, SyncStream, expected_failure
-from gpusaxs.gpu_ops import view as _view
-from gpusaxs.sums import Sums
-
-__all__ = [
-    "DeviceEngine",
-    "valid_mask",
-    "make_segments",
-    "kernel_source",
-    "kernel_names",
-    "kernel_name",
-    "transpose_name",
-    "SyncStream",
-    "CTYPES",
-    "FRAMES_PER_BLOCK",
-    "engine_fallbacks",
-    "fallback_lines",
-]
-
-#: CUDA C type of each frame dtype the kernel is instantiated for (others: converted on device).
-CTYPES = {
-    np.dtype(np.int8): "signed char",
-    np.dtype(np.uint8): "unsigned char",
-    np.dtype(np.int16): "short",
-    np.dtype(np.uint16): "unsigned short",
-    np.dtype(np.int32): "int",
-    np.dtype(np.uint32): "unsigned int",
-    np.dtype(np.int64): "long long",
-    np.dtype(np.uint64): "unsigned long long",
-    np.dtype(np.float32): "float",
-    np.dtype(np.float64): "double",
-}
-
-#: Threads per block of the CUDA kernel.
-BLOCK = 256
-
-#: Frames handled by one CUDA block (template parameter FB of every integration kernel).
-FRAMES_PER_BLOCK = 8
-
-#: Dtypes the custom kernels are instantiated for.  8-byte dtypes (int64, uint64, float64; no
-#: detector writes them) and float16 (converted to float32) go through other paths.
-KERNEL_DTYPES = tuple(
-    np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.float32)
+from gpusaxs.engine_contract import Sums, check_frame_dtype
+from gpusaxs.gpu_fallbacks import engine_fallbacks, fallback_lines, record
+from gpusaxs.gpu_kernels import (
+    BLOCK,
+    CTYPES,
+    FRAME_MAJOR_DTYPES,
+    FRAMES_PER_BLOCK,
+    KERNEL_DTYPES,
+    LAYOUTS,
+    NVRTC_OPTIONS,
+    kernel_mode,
+    kernel_name,
+    kernel_names,
+    kernel_source,
+    make_segments,
+    transpose_name,
 )
+from gpusaxs.gpu_ops import CupyOps, NumpyOps, expected_failure
+from gpusaxs.gpu_scheduler import StreamScheduler
+from gpusaxs.gpu_sparse import SparseProduct
 
-#: Dtypes that also have the frame-major kernel (layout="frame"), kept where it may win.
-FRAME_MAJOR_DTYPES = (np.dtype(np.int32), np.dtype(np.uint32))
+#: DeviceEngine; the fallback log's readers are re-exported for clients/saxsdog.py and
+#: server/saxsdogserver.py, which import ``fallback_lines`` from here
+__all__ = ["DeviceEngine", "engine_fallbacks", "fallback_lines"]
 
-#: errors argument -> kernel MODE (number of sums - 2)
-_MODES = {False: 0, "poisson": 1, True: 2}
-
-LAYOUTS = ("pixel", "frame")
 UPLOADS = ("copy", "mapped")
 
 _log = logging.getLogger(__name__)
 
 
-def kernel_source():
-    """Text of the CUDA source (gpusaxs/kernels/integrate.cu, shipped as package data)."""
-    return (Path(__file__).parent / "kernels" / "integrate.cu").read_text()
-
-
-def _mode(errors):
-    """Kernel MODE of an errors argument: False 0, "poisson" 1, True 2."""
-    if isinstance(errors, str):
-        if errors != "poisson":
-            raise ValueError(f"errors must be False, True or 'poisson', not {errors!r}")
-        return 1
-    return 2 if errors else 0
-
-
-def kernel_name(dtype, errors=True, offset=False, layout="pixel"):
-    """C++ name expression of the integration kernel instance for frames of ``dtype``.
-
-    errors: False, "poisson" or True (kernel MODE 0, 1, 2); offset: the matrix has a
-    pixel_offset; layout: "pixel" (stack (n_pixels, ld)) or "frame" (stack (B, n_pixels))."""
-    fn = "gs_integrate_pm" if layout == "pixel" else "gs_integrate"
-    return (
-        f"{fn}<{CTYPES[np.dtype(dtype)]}, {FRAMES_PER_BLOCK}, {_mode(errors)}, "
-        f"{'true' if offset else 'false'}>"
-    )
-
-
-def transpose_name(dtype):
-    """C++ name expression of the frame-major -> pixel-major transposition for ``dtype``."""
-    return f"gs_to_pixel_major<{CTYPES[np.dtype(dtype)]}>"
-
-
-def kernel_names():
-    """Every name expression the engine can request (what CI compiles with NVRTC)."""
-    names = []
-    for dtype in KERNEL_DTYPES:
-        layouts = LAYOUTS if dtype in FRAME_MAJOR_DTYPES else ("pixel",)
-        for layout in layouts:
-            for errors in (False, "poisson", True):
-                for offset in (False, True):
-                    names.append(kernel_name(dtype, errors, offset, layout))
-        names.append(transpose_name(dtype))
-    return names
-
-
-#: NVRTC options (CuPy adds -arch and its own include path; it passes these by default).
-NVRTC_OPTIONS = (f"-DGS_BLOCK={BLOCK}",)
-
-
-def check_frame_dtype(dtype):
-    """Raise TypeError unless ``dtype`` is an integer or floating type (bool excluded)."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_ or dtype.kind not in "iuf":
-        raise TypeError(f"frames must be integer or float, not {dtype}")
-    return dtype
-
-
-def valid_mask(x, xp=np):
-    """Bool array: x >= 0 and finite; for unsigned dtypes x != the type's max (gap flag)."""
-    kind = x.dtype.kind
-    if kind == "u":
-        return x != x.dtype.type(np.iinfo(x.dtype).max)
-    if kind == "i":
-        return x >= 0
-    if kind == "f":
-        if xp is np:
-            with np.errstate(invalid="ignore"):
-                return np.isfinite(x) & (x >= 0)
-        return xp.isfinite(x) & (x >= 0)
-    raise TypeError(f"frames must be integer or float, not {x.dtype}")
-
-
-def make_segments(row_ptr, segment_length):
-    """Split each bin's entry range into segments of <= segment_length entries, evenly.
-
-    row_ptr: (n_bins+1,) bin-major CSR offsets.  Returns (seg_bin int32, seg_start int64,
-    seg_end int64); empty bins get no segment; segments of a bin are contiguous and ordered.
-    """
-    row_ptr = np.asarray(row_ptr, dtype=np.int64)
-    counts = np.diff(row_ptr)
-    n_seg = (counts + segment_length - 1) // segment_length
-    seg_bin = np.repeat(np.arange(len(counts), dtype=np.int32), n_seg)
-    first = np.cumsum(n_seg) - n_seg
-    k = np.arange(len(seg_bin), dtype=np.int64) - np.repeat(first, n_seg)
-    nb = n_seg[seg_bin]
-    c = counts[seg_bin]
-    seg_start = row_ptr[seg_bin] + (k * c) // np.maximum(nb, 1)
-    seg_end = row_ptr[seg_bin] + ((k + 1) * c) // np.maximum(nb, 1)
-    return seg_bin, seg_start.astype(np.int64), seg_end.astype(np.int64)
-
-
-_FALLBACKS: list[dict[str, str]] = []
-
-
-def engine_fallbacks() -> list[dict[str, str]]:
-    """Fallbacks taken in this process (list of dicts: from, to, reason), oldest first."""
-    return [dict(f) for f in _FALLBACKS]
-
-
-def fallback_lines() -> list[str]:
-    """engine_fallbacks() in words, one line each (saxsdog's summary, the server's stat)."""
-    return [f"{f['from']} -> {f['to']}: {f['reason']}" for f in _FALLBACKS]
-
-
-def _host_engine(matrix):
-    """The CPU engine, last step of the fallback chain."""
-    from gpusaxs.cpu_fallback.engine import default_engine
-
-    return default_engine(matrix)
-
-
-class DeviceEngine:
+class DeviceEngine(StreamScheduler, SparseProduct):
     """Batched integration engine over an array module (CuPy on a GPU, NumPy in CI).
 
     matrix: IntegrationMatrix (its optional ``pixel_offset`` is subtracted in the kernel).
-    xp: cupy or numpy (default: the "auto" backend).
+    xp: cupy or numpy, the array module (make_engine passes CuPy's; the backend is chosen
+    there, not here).
     batch_size: frames per kernel launch / pipeline stage.  n_streams: pipeline depth (>= 1).
     method: "kernel" (custom CUDA kernels, raw dtypes, float64 accumulation) or "spmm"
     (cupyx.scipy.sparse CSR product on float-converted frames; the simple GPU reference).
     On CuPy a kernel that fails to compile or launch falls back to "spmm", then to the CPU
-    engine, each step logged once and listed by ``engine_fallbacks()`` / ``backend_info()``.
+    engine ``host_engine(matrix)`` makes (make_engine passes its CPU choice; None: the chain
+    ends at "spmm"), each step logged once and listed by ``engine_fallbacks()``.
     On NumPy both methods are a float64 SciPy sparse product.
     layout: device stack layout of the kernel path, "pixel" ((n_pixels, frames): the FB frames
     of one matrix entry are contiguous) or "frame" ((frames, n_pixels), int32/uint32 only).
@@ -223,7 +89,8 @@ class DeviceEngine:
     itself: one pass).  segment_length: most matrix entries per block.
     spmm_dtype: value dtype of the "spmm" path on CuPy (float32 or float64); NumPy always uses
     float64.  staging_threads: threads copying pageable frames into pinned buffers.
-    stream_factory: callable returning a stream object (tests).
+    stream_factory: callable returning a stream object (tests).  host_engine: callable(matrix)
+    -> Engine, the last step of the fallback chain.  Build it with gpusaxs.engines.make_engine.
 
     Not thread-safe: use one engine per thread, and one integrate_stream at a time.
     """
@@ -234,7 +101,7 @@ class DeviceEngine:
     def __init__(
         self,
         matrix,
-        xp=None,
+        xp,
         batch_size=32,
         n_streams=2,
         method="kernel",
@@ -244,11 +111,8 @@ class DeviceEngine:
         spmm_dtype="float32",
         staging_threads=None,
         stream_factory=None,
+        host_engine=None,
     ):
-        if xp is None:
-            from gpusaxs.backend import array_module, select_backend
-
-            xp = array_module(select_backend("auto")[0])
         if method not in ("kernel", "spmm"):
             raise ValueError(f"method must be 'kernel' or 'spmm', not {method!r}")
         if layout not in LAYOUTS:
@@ -281,7 +145,10 @@ class DeviceEngine:
         # paths tried in order; one that fails for an expected reason (expected_failure: out
         # of memory, no usable device, no code for it) is dropped, recorded and logged once.
         # NumPy runs the same chain: its "kernel" reads memory as the CUDA kernels do.
-        self._chain = (["kernel"] if method == "kernel" else []) + ["spmm", "cpu"]
+        self._chain = (["kernel"] if method == "kernel" else []) + ["spmm"]
+        self._host_engine = host_engine
+        if host_engine is not None:
+            self._chain.append("cpu")
         self.fallbacks = []
         self._dtype_notes = set()
 
@@ -310,26 +177,6 @@ class DeviceEngine:
         if self.name == "cupy" and method == "kernel":
             self._upload()
         self._reserve(self.batch_size, 4)
-
-    def _reserve(self, b, itemsize):
-        """Allocate every slot's pinned staging and device buffers for batches of b frames of
-        ``itemsize`` bytes (errors=True), so no batch allocates (pinned allocation takes
-        0.15-0.7 s).  Larger dtypes or batches grow the buffers when they come."""
-        nq = 4
-        out_nbytes = nq * b * self.n_bins * 8
-        for slot in self._get_slots():
-            slot.buffer("stage", b * self.n_pixels * itemsize, True)
-            slot.buffer("result", out_nbytes, True)
-            slot.buffer("out", out_nbytes, False)
-            pixel = self.layout == "pixel" and self.method == "kernel"
-            if not pixel or self.upload == "copy":
-                slot.buffer("frames", b * self.n_pixels * itemsize, False)
-            if pixel:
-                slot.buffer(
-                    "pixel_major", self.n_pixels * self._leading_dim(b) * itemsize, False, True
-                )
-        for slot in self._slots:
-            slot.stream.synchronize()
 
     def warm_up(self, dtypes=(np.int32,)):
         """Compile the kernels of ``dtypes`` now (CuPy compiles a RawModule when a function
@@ -372,39 +219,6 @@ class DeviceEngine:
         """Bytes of matrix data the kernel reads per batch (entries + segment table)."""
         return sum(a.nbytes for a in self.kernel_arrays().values() if a is not None)
 
-    def _sparse_matrices(self, dtype=None):
-        """(n_bins, n_pixels) CSR matrices with values w, w*s, w*s^2 (built once per value
-        dtype, lazily)."""
-        dtype = np.dtype(dtype or self.spmm_dtype)
-        if self._sparse is None:
-            self._sparse = {}
-        if dtype not in self._sparse:
-            w = self._w.astype(np.float64)
-            s = self._s.astype(np.float64)
-            values = {"w": w, "ws": w * s, "ws2": w * s * s}
-            shape = (self.n_bins, self.n_pixels)
-            if self.xp is np:
-                import scipy.sparse as sp
-
-                mats = {
-                    k: sp.csr_matrix((v, self._pix, self._row_ptr), shape=shape)
-                    for k, v in values.items()
-                }
-            else:
-                import cupyx.scipy.sparse as csp
-
-                xp = self.xp
-                idx = np.int32 if self._pix.size < 2**31 else np.int64
-                ind = xp.asarray(self._pix.astype(idx))
-                ptr = xp.asarray(self._row_ptr.astype(idx))
-                mats = {
-                    k: csp.csr_matrix((xp.asarray(v.astype(dtype)), ind, ptr), shape=shape)
-                    for k, v in values.items()
-                }
-                xp.cuda.runtime.deviceSynchronize()
-            self._sparse[dtype] = mats
-        return self._sparse[dtype]
-
     # ------------------------------------------------------------------ paths and fallbacks
     def _fallback(self, exc, why):
         """Drop the failing path (logged once per engine and step, kept for backend_info)."""
@@ -418,7 +232,7 @@ class DeviceEngine:
 
     def _record(self, entry):
         self.fallbacks.append(entry)
-        _FALLBACKS.append(entry)
+        record(entry)
         _log.warning(
             "gpusaxs DeviceEngine: %s path not used (%s); falling back to %s",
             entry["from"],
@@ -497,7 +311,7 @@ class DeviceEngine:
                 return
             except Exception as exc:
                 why = expected_failure(exc)
-                if path == "cpu" or why is None:
+                if why is None or len(self._chain) == 1:  # a bug, or no path left
                     raise
                 self._fallback(exc, why)
 
@@ -614,42 +428,10 @@ class DeviceEngine:
             return
         self._integrate_into(dev_pm, "pixel", b, out, errors)
 
-    def _spmm_into(self, x, out, errors, dtype=None):
-        """Sparse-product path on x (n_pixels, b): frames converted to float, invalid -> 0.
-
-        The reference path through cupyx.scipy.sparse, without avoidable copies: the float
-        frames are made frame-major (b, n_pixels), C-contiguous (no copy of a frame-major
-        batch), so each product gets their transpose, the F-contiguous (n_pixels, b) operand
-        cuSPARSE's SpMM reads (cupyx copies any other layout first); the dark offset stays on
-        the device (``_offset_on``)."""
-        xp = self.xp
-        dt = np.dtype(dtype or self.spmm_dtype)
-        mats = self._sparse_matrices(dt)
-        xt = x.T  # (b, n_pixels): a C-contiguous view for a frame-major batch
-        valid = valid_mask(xt, xp)
-        xv = xp.where(valid, xt.astype(dt), dt.type(0))
-        if self._o is not None:
-            d = xp.where(valid, xv - self._offset_on(dt)[None, :], dt.type(0))
-        else:
-            d = xv
-        out[0] = (mats["ws"] @ d.T).T
-        out[1] = (mats["w"] @ valid.astype(dt).T).T
-        if errors:
-            out[2] = (mats["ws2"] @ xv.T).T
-        if errors is True:
-            out[3] = (mats["ws2"] @ (d * d).T).T
-
-    def _offset_on(self, dtype):
-        """The per-pixel dark offset as a device array of dtype (uploaded once)."""
-        dtype = np.dtype(dtype)
-        if dtype not in self._offsets:
-            self._offsets[dtype] = self.xp.asarray(self._pixel_offset.astype(dtype))
-        return self._offsets[dtype]
-
     def _cpu_into(self, x, out, errors):
         """Last resort: the CPU engine on a host copy of x (n_pixels, b)."""
         if self._cpu is None:
-            self._cpu = _host_engine(self.matrix)
+            self._cpu = self._host_engine(self.matrix)
         frames = np.ascontiguousarray(self._ops.to_host(x).T).reshape((-1,) + self.shape)
         res = self._cpu.sums(frames, errors=errors)
         for q in range(out.shape[0]):
@@ -677,7 +459,7 @@ class DeviceEngine:
         return arr.reshape(b, self.n_pixels)
 
     def _nq(self, errors):
-        return _mode(errors) + 2
+        return kernel_mode(errors) + 2
 
     def _empty_sums(self, xp, b, errors):
         return self._to_sums(xp.zeros((self._nq(errors), b, self.n_bins), dtype=np.float64))
@@ -775,233 +557,3 @@ class DeviceEngine:
             if not parts:
                 return self._empty_sums(np, 0, errors)
         return Sums(*(np.concatenate([p[q] for p in parts]) for q in range(self._nq(errors))))
-
-    def integrate_stream(self, frames, errors=False):
-        """Generator of Sums (host float64, (b, n_bins)), one per batch, in input order.
-
-        frames: a host stack (B, H, W) (split into batches of batch_size; a pinned stack is
-        copied to the device without staging and must not change until the generator ends),
-        a device stack (integrated batch by batch), or an iterable of frames (H, W) / blocks
-        (k, H, W), each copied into a pinned staging buffer as soon as it is received (so the
-        producer may reuse its buffers), grouped into batches of batch_size frames (a dtype
-        change ends a batch).  Batch k+1 is copied while batch k is integrated.
-        """
-        if self._ops.is_device_array(frames):
-            return self._device_stream(frames, errors)
-        if isinstance(frames, np.ndarray):
-            return self._pipeline(self._stack_jobs(self._as_frames(frames)), errors)
-        return self._pipeline(self._iter_jobs(frames), errors)
-
-    def _device_stream(self, stack_dev, errors):
-        frames = self._as_frames(stack_dev)
-        for i in range(0, frames.shape[0], self.batch_size):
-            res = self.sums_device(frames[i : i + self.batch_size], errors)
-            yield Sums(*(None if a is None else self._ops.to_host(a) for a in res))
-
-    # Job generators run inside _pipeline.  They obtain idle slots with
-    # ``slot = yield from acquire()`` (which may yield a finished result first), fill the slot's
-    # staging buffer, and yield ("submit", slot, src) with src a (b, P) host array to upload.
-    def _stack_jobs(self, stack):
-        direct = bool(stack.flags.c_contiguous and self._ops.is_pinned(stack))
-        for i in range(0, stack.shape[0], self.batch_size):
-            part = stack[i : i + self.batch_size]
-            slot = yield ("acquire",)
-            if direct:
-                src = part
-            else:
-                src = self._stage(slot, part.dtype, part.shape[0])
-                self._host_copy(src, part)
-            yield ("submit", slot, src)
-
-    def _iter_jobs(self, iterable):
-        slot = stage = None
-        count = 0
-        for item in iterable:
-            arr = self._as_frames(np.asarray(item))
-            pos = 0
-            while pos < arr.shape[0]:
-                if stage is not None and arr.dtype != stage.dtype:
-                    yield ("submit", slot, stage[:count])
-                    slot = stage = None
-                if stage is None:
-                    slot = yield ("acquire",)
-                    stage = self._stage(slot, arr.dtype, self.batch_size)
-                    count = 0
-                take = min(self.batch_size - count, arr.shape[0] - pos)
-                # copied now: the producer may reuse its buffer as soon as we ask for the next
-                self._host_copy(stage[count : count + take], arr[pos : pos + take])
-                count += take
-                pos += take
-                if count == self.batch_size:
-                    yield ("submit", slot, stage)
-                    slot = stage = None
-        if stage is not None and count:
-            yield ("submit", slot, stage[:count])
-
-    def _stage(self, slot, dtype, b):
-        """(b, P) view of dtype on slot's pinned staging buffer (slot must be idle)."""
-        nbytes = b * self.n_pixels * dtype.itemsize
-        return _view(slot.buffer("stage", nbytes, True), dtype, (b, self.n_pixels))
-
-    def _get_slots(self):
-        if self._slots is None:
-            self._slots = [Slot(self._ops, self._stream_factory()) for _ in range(self.n_streams)]
-        return self._slots
-
-    def _pipeline(self, jobs, errors):
-        """Drive a job generator: round-robin over the slots, results in submission order.
-
-        A slot is handed to a job only when idle (its previous batch finished and its result
-        copied out), so staging buffers are never overwritten while a stream reads them."""
-        if self._active:
-            raise RuntimeError("another integrate_stream of this engine is still running")
-        self._active = True
-        slots = self._get_slots()
-        inflight = collections.deque()
-        try:
-            reply = None
-            while True:
-                try:
-                    request = jobs.send(reply)
-                except StopIteration:
-                    break
-                reply = None
-                if request[0] == "acquire":
-                    slot = slots[self._slot_counter % len(slots)]
-                    self._slot_counter += 1
-                    if slot.busy:  # with round-robin the busy slot is the oldest in flight
-                        assert inflight and inflight[0] is slot
-                        yield self._finish(inflight.popleft())
-                    reply = slot
-                else:
-                    _, slot, src = request
-                    self._submit(slot, src, errors)
-                    inflight.append(slot)
-            while inflight:
-                yield self._finish(inflight.popleft())
-        finally:
-            jobs.close()
-            for slot in inflight:  # abandoned generator: wait for the work still in flight
-                slot.event.synchronize()
-                slot.pending = None
-                slot.event = None
-            self._active = False
-
-    def _host_copy(self, dst, src):
-        """Copy host frames src (k, P) into dst (k, P), split over threads when large."""
-        if self.staging_threads <= 1 or dst.nbytes < (8 << 20):
-            np.copyto(dst, src)
-            return
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.staging_threads)
-        step = -(-self.n_pixels // self.staging_threads)
-        futures = [
-            self._pool.submit(np.copyto, dst[:, c : c + step], src[:, c : c + step])
-            for c in range(0, self.n_pixels, step)
-        ]
-        for f in futures:
-            f.result()
-
-    def _submit(self, slot, src, errors):
-        """H2D of src (b, P), integration and D2H, asynchronously on the slot's stream.
-
-        Pixel-major path: upload "copy" copies src to a frame-major device buffer and
-        transposes it into the slot's pixel-major stack; "mapped" lets the transposing kernel
-        read the pinned src directly (upload and transposition in one pass)."""
-        b = src.shape[0]
-        nq = self._nq(errors)
-        layout = self.batch_layout(src.dtype)
-        out_nbytes = nq * b * self.n_bins * 8
-        dev_out = _view(slot.buffer("out", out_nbytes, False), np.float64, (nq, b, self.n_bins))
-        host_out = _view(slot.buffer("result", out_nbytes, True), np.float64, (nq, b, self.n_bins))
-        stream = slot.stream
-        if layout == "pixel":
-            ld = self._leading_dim(b)
-            dev_pm = _view(
-                slot.buffer("pixel_major", self.n_pixels * ld * src.itemsize, False, True),
-                src.dtype,
-                (self.n_pixels, ld),
-            )
-            if self.upload == "mapped":
-                dev_src = self._ops.mapped(src)
-            else:
-                dev_src = _view(
-                    slot.buffer("frames", src.nbytes, False), src.dtype, (b, self.n_pixels)
-                )
-                stream.run(self._ops.h2d, dev_src, src)
-            stream.run(self._pixel_batch, dev_src, b, dev_pm, dev_out, errors)
-        else:
-            dev_frames = _view(
-                slot.buffer("frames", src.nbytes, False), src.dtype, (b, self.n_pixels)
-            )
-            stream.run(self._ops.h2d, dev_frames, src)
-            stream.run(self._integrate_into, dev_frames, "frame", b, dev_out, errors)
-        stream.run(self._ops.d2h, host_out, dev_out)
-        slot.event = stream.record()
-        slot.pending = (b, nq, host_out)
-
-    def _finish(self, slot):
-        """Wait for slot's event; copy its results out of the pinned buffer."""
-        slot.event.synchronize()
-        b, nq, host_out = slot.pending
-        res = np.array(host_out, copy=True)
-        slot.pending = None
-        slot.event = None
-        return self._to_sums(res)
-
-    # ------------------------------------------------------------------ service batches
-    def submit(self, frames, errors=False):
-        """Queue one batch (a list of (H, W) frames or a (b, H, W) stack) without waiting.
-
-        The frames are copied into a pinned staging buffer at once (the caller may reuse them)
-        and uploaded, integrated and copied back asynchronously on the next stream, so a
-        service overlaps batch k+1's copies with batch k's integration.  If every stream is
-        busy, the oldest batch is waited for (its Sums stay queued for ``collect``).  Returns
-        the number of batches in flight or waiting.  Not to be mixed with integrate_stream.
-        """
-        if self._active:
-            raise RuntimeError("integrate_stream of this engine is running")
-        if not hasattr(self, "_service"):
-            self._service = collections.deque()  # (slot or None, Sums or None)
-        items = list(frames) if isinstance(frames, (list, tuple)) else [frames]
-        arrs = [self._as_frames(np.asarray(it)) for it in items]
-        if len(arrs) == 0 or sum(a.shape[0] for a in arrs) == 0:
-            raise ValueError("an empty batch")
-        dtype = arrs[0].dtype
-        if any(a.dtype != dtype for a in arrs):
-            raise ValueError("all frames of a batch must have one dtype")
-        b = sum(a.shape[0] for a in arrs)
-        slots = self._get_slots()
-        slot = slots[self._slot_counter % len(slots)]
-        self._slot_counter += 1
-        if slot.busy:  # round-robin: the busy slot is the oldest in flight
-            for k, (s_, _res) in enumerate(self._service):
-                if s_ is slot:
-                    self._service[k] = (None, self._finish(slot))
-                    break
-        stage = self._stage(slot, dtype, b)
-        pos = 0
-        for a in arrs:
-            self._host_copy(stage[pos : pos + a.shape[0]], a)
-            pos += a.shape[0]
-        self._submit(slot, stage, errors)
-        self._service.append((slot, None))
-        return len(self._service)
-
-    def pending(self):
-        """Batches submitted and not yet collected."""
-        return len(getattr(self, "_service", ()))
-
-    def collect(self):
-        """Sums (host float64, (b, n_bins)) of the oldest submitted batch (waits for it)."""
-        service = getattr(self, "_service", None)
-        if not service:
-            raise RuntimeError("no batch submitted")
-        slot, res = service.popleft()
-        return res if slot is None else self._finish(slot)
-
-    def close(self):
-        """Release the staging thread pool (buffers are freed with the engine)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None

@@ -19,12 +19,13 @@ from numpy.typing import DTypeLike
 from ._typing import AnyArray, ArrayLike, FloatArray, PathLike
 from .backend import select_backend
 from .calibration_model import Calibration, as_calibration
+from .engine_contract import Engine, error_model, mean_intensity
+from .engines import make_engine
 from .integration_options import IntegrationOptions
 from .io.chi import write_chi
 from .matrix_cache import get_matrix
 from .option_engines import ERROR_MODELS, OptionEngines, first_frame, passed_on
 from .plotting import plot_curve
-from .sums import Engine, error_model, mean_intensity
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,8 +66,8 @@ class Integrator:
     progress : callable(done_rows, total_rows), optional
         Called while the matrix is built.
     engine : Engine or callable(IntegrationMatrix) -> Engine, optional
-        An engine object (``sums(stack, errors)``, :class:`gpusaxs.sums.Engine`) or a factory
-        making one; default: the engine of the backend, created on first use (importing
+        An engine object (``sums(stack, errors)``, :class:`gpusaxs.engine_contract.Engine`)
+        or a factory making one; default: the engine of the backend, created on first use (importing
         numba or CuPy only when a frame is integrated).
 
     Attributes
@@ -142,24 +143,10 @@ class Integrator:
         self._engine = value
 
     def _make_engine(self, matrix: IntegrationMatrix) -> Engine:
-        """The engine of this integrator's backend for ``matrix``."""
-        threads = self._threads
-        if self.backend_name == "cupy":
-            from .backend import array_module
-            from .gpu_engine import DeviceEngine
-
-            # the module of the backend selected here: never "auto" again (which would follow
-            # $GPUSAXS_BACKEND and could silently run an explicit cupy request on the CPU)
-            engine: Engine = DeviceEngine(matrix, xp=array_module("cupy"))
-        else:
-            from gpusaxs.cpu_fallback.engine import default_engine
-
-            engine = default_engine(matrix, threads=threads)
-        if matrix.pixel_offset is not None and not getattr(engine, "supports_pixel_offset", False):
-            from gpusaxs.cpu_fallback.engine import ScipyEngine
-
-            engine = ScipyEngine(matrix)  # an engine without the dark: the reference has it
-        return engine
+        """The engine of this integrator's backend for ``matrix`` (gpusaxs.engines)."""
+        # the backend selected here: never "auto" again (which would follow $GPUSAXS_BACKEND
+        # and could silently run an explicit cupy request on the CPU)
+        return make_engine(matrix, self.backend_name, threads=self._threads)
 
     # -- properties ---------------------------------------------------------------------------
     @property

@@ -15,11 +15,11 @@ import numpy as np
 from ._typing import AnyArray, ArrayLike, FloatArray
 from .corrections import apply_corrections
 from .dummy import dummy_sums, warn_negative_floats
+from .engine_contract import Engine, error_model, mean_intensity
 from .integration_options import IntegrationOptions
 from .matrix import default_radial_edges, restrict_matrix
 from .matrix_cache import get_matrix
 from .results import IntegrationResult
-from .sums import Engine, error_model, mean_intensity
 from .units import normalise_sector
 
 if TYPE_CHECKING:

@@ -17,9 +17,14 @@ import collections
 import queue
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+
+from gpusaxs.engine_contract import error_model, mean_intensity
+from gpusaxs.io.chi import write_chi
+from gpusaxs.io.images import read_image
 
 __all__ = ["curve_path", "FramePipeline", "write_curve"]
 
@@ -51,8 +56,6 @@ def curve_path(image_path, in_root, out_dir=None, inplace=False, suffix=".chi"):
 def write_curve(image_path, out_path, q, intensity, error, calibration_key=None):
     """Default writer: a .chi file (q, I[, err]) titled with the image name (and the
     calibration key), written atomically."""
-    from gpusaxs.io.chi import write_chi
-
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     write_chi(
         out_path,
@@ -249,13 +252,9 @@ class FramePipeline:
         try:
             callback(*args)
         except Exception:  # a broken callback must not stop the pipeline
-            import traceback
-
             traceback.print_exc()
 
     def _read_loop(self):
-        from gpusaxs.io.images import read_image
-
         while True:
             with self._cond:
                 while not self._read_q and not self._closed:
@@ -325,8 +324,6 @@ class FramePipeline:
 
     def _collect(self, batch):
         """Wait for the oldest queued batch, turn its sums into curves, pass them on."""
-        from gpusaxs.sums import error_model, mean_intensity
-
         t0 = time.perf_counter()
         try:
             sums = self._async_engine.collect()

@@ -76,9 +76,9 @@ def _fresh_fallback_log():
     import sys
 
     yield
-    engine = sys.modules.get("gpusaxs.gpu_engine")
-    if engine is not None:
-        engine._FALLBACKS.clear()
+    log = sys.modules.get("gpusaxs.gpu_fallbacks")
+    if log is not None:
+        log._FALLBACKS.clear()
 
 
 @pytest.fixture(autouse=True)

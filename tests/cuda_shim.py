@@ -278,7 +278,7 @@ def run(exe, folder, engine, frames, layout, errors, seed=1, runners=4, pad=0):
     than needed, garbage in the gaps), as the engine's last partial batch is."""
     import os
 
-    from gpusaxs.gpu_engine import _mode
+    from gpusaxs.gpu_kernels import kernel_mode as _mode
 
     for key, value in engine.kernel_arrays().items():
         if value is not None:

@@ -47,11 +47,12 @@ MODULES = (
     "cupyx.scipy.sparse",
 )
 
-#: files of the project whose CuPy uses are checked
+#: files of the project whose CuPy uses are checked: every module of the GPU engine
+#: (gpusaxs/gpu_*.py), the backend choice, the engines' entrance and their callers
 FILES = (
-    "gpusaxs/gpu_engine.py",
-    "gpusaxs/gpu_ops.py",
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "gpusaxs").glob("gpu_*.py")),
     "gpusaxs/backend.py",
+    "gpusaxs/engines.py",
     "gpusaxs/integrator.py",
     "gpusaxs/pipeline.py",
     "benchmarks/bench_gpu.py",

@@ -168,7 +168,7 @@ def compile_source(source, names, arch, chunks=4):
     import hashlib
     import pickle
 
-    from gpusaxs.gpu_engine import NVRTC_OPTIONS
+    from gpusaxs.gpu_kernels import NVRTC_OPTIONS
 
     path = find_nvrtc()
     if path is None:
@@ -205,7 +205,7 @@ def compile_source(source, names, arch, chunks=4):
 def compiled(arch):
     """The engine's kernels (kernel_names()) compiled for arch, as one Compiled (cubins of the
     chunks listed in .cubins)."""
-    from gpusaxs.gpu_engine import kernel_names, kernel_source
+    from gpusaxs.gpu_kernels import kernel_names, kernel_source
 
     parts = compile_source(kernel_source(), kernel_names(), arch)
     c = Compiled(b"".join(p[0] for p in parts), "\n".join(p[1] for p in parts), {})

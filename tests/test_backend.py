@@ -6,7 +6,7 @@ import types
 import pytest
 
 import gpusaxs.integrator
-from gpusaxs import backend
+from gpusaxs import backend, gpu_fallbacks
 from gpusaxs.errors import BackendError, GpusaxsError
 
 _REAL_PROBE = backend._probe_cupy
@@ -336,9 +336,10 @@ def test_explicit_cupy_request_without_gpu_raises(no_gpu, monkeypatch):
 
 
 def test_backend_info_lists_engine_fallbacks(monkeypatch):
-    import gpusaxs.gpu_engine as ge
 
-    monkeypatch.setattr(ge, "_FALLBACKS", [{"from": "kernel", "to": "spmm", "reason": "x"}])
+    monkeypatch.setattr(
+        gpu_fallbacks, "_FALLBACKS", [{"from": "kernel", "to": "spmm", "reason": "x"}]
+    )
     info = json.loads(json.dumps(backend.backend_info()))
     assert info["engine_fallbacks"] == [{"from": "kernel", "to": "spmm", "reason": "x"}]
 
@@ -348,7 +349,6 @@ def test_engine_fallbacks_are_visible_in_saxsdog_and_the_server_stat(monkeypatch
     (schema-valid), nothing extra when there was none."""
     import types
 
-    import gpusaxs.gpu_engine as ge
     from gpusaxs.clients.saxsdog import Saxsdog
     from gpusaxs.server import protocol as P
     from gpusaxs.server.saxsdogserver import SaxsdogService
@@ -364,11 +364,11 @@ def test_engine_fallbacks_are_visible_in_saxsdog_and_the_server_stat(monkeypatch
         setup_parts={},  # saxsdog's set-up report by part (matrix, engine, kernels)
     )
     stats = {"processed": 3, "failed": 0, "dropped": 0}
-    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [])
     assert "engine fallbacks" not in svc.stat()
     assert "fallback" not in Saxsdog.summary(dog, stats, False, 1.0)
     entry = {"from": "kernel", "to": "spmm", "reason": "out of memory: OutOfMemoryError: x"}
-    monkeypatch.setattr(ge, "_FALLBACKS", [entry])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [entry])
     line = "kernel -> spmm: out of memory: OutOfMemoryError: x"
     assert svc.stat()["engine fallbacks"] == [line]
     P.validate_response(svc.cmd_stat(None, []))

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpusaxs import gpu_fallbacks
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -110,7 +112,7 @@ def test_a_fallback_is_reported_and_fails_the_run(bench, tmp_path, capsys, monke
         raise MemoryError("simulated")
 
     monkeypatch.setattr(ge.DeviceEngine, "_launch", oom)
-    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [])
     rc = bench.main(
         ["--xp", "numpy", "--cases", "tiny", "--repeats", "1", "--no-pyfai"]
         + ["--out-dir", str(tmp_path)]

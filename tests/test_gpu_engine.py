@@ -3,26 +3,28 @@ kernel source compiled and run on the CPU through an emulation shim (needs g++),
 (marked ``gpu``, skipped without CuPy and a CUDA device)."""
 
 import collections
+import functools
 import platform
 
 import cuda_shim
 import numpy as np
 import pytest
 
-from gpusaxs.gpu_engine import (
+from gpusaxs import gpu_fallbacks
+from gpusaxs.engine_contract import Sums, valid_mask
+from gpusaxs.engines import make_engine
+from gpusaxs.gpu_engine import DeviceEngine
+from gpusaxs.gpu_kernels import (
     CTYPES,
     KERNEL_DTYPES,
-    DeviceEngine,
-    SyncStream,
     kernel_name,
     kernel_names,
     kernel_source,
     make_segments,
     transpose_name,
-    valid_mask,
 )
+from gpusaxs.gpu_ops import SyncStream
 from gpusaxs.matrix import IntegrationMatrix
-from gpusaxs.sums import Sums
 
 H, W = 1043, 981  # PILATUS 1M
 ALL_DTYPES = [
@@ -399,10 +401,12 @@ def test_fallback_chain_is_logged_once_and_reported(
     """A failing path is dropped with its reason (once) and the batch redone on the next."""
     import gpusaxs.gpu_engine as ge
 
-    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [])
     x = frames_by_dtype[np.dtype(np.int32)]
-    eng = DeviceEngine(matrix, xp=np, batch_size=2)
-    eng._chain = ["kernel", "spmm", "cpu"]  # as on CuPy
+    eng = DeviceEngine(  # the CPU step as make_engine gives it on CuPy
+        matrix, xp=np, batch_size=2, host_engine=functools.partial(make_engine, backend="numpy")
+    )
+    assert eng._chain == ["kernel", "spmm", "cpu"]
     calls = []
 
     def broken_launch(*args):
@@ -476,7 +480,7 @@ def test_a_bug_in_the_kernel_path_raises_and_does_not_fall_back(
     good.  Only expected reasons (out of memory, no device, no code for it) may fall back."""
     import gpusaxs.gpu_engine as ge
 
-    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [])
     eng = DeviceEngine(matrix, xp=np, batch_size=2)
     assert eng.path == "kernel"
 
@@ -492,7 +496,7 @@ def test_a_bug_in_the_kernel_path_raises_and_does_not_fall_back(
 def test_out_of_memory_falls_back_and_is_recorded(matrix, frames_by_dtype, references, monkeypatch):
     import gpusaxs.gpu_engine as ge
 
-    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [])
     eng = DeviceEngine(matrix, xp=np, batch_size=2)
 
     class OutOfMemoryError(MemoryError):
@@ -512,7 +516,7 @@ def test_out_of_memory_falls_back_and_is_recorded(matrix, frames_by_dtype, refer
 def test_unsupported_dtype_is_recorded_once(matrix, frames_by_dtype, references, monkeypatch):
     import gpusaxs.gpu_engine as ge
 
-    monkeypatch.setattr(ge, "_FALLBACKS", [])
+    monkeypatch.setattr(gpu_fallbacks, "_FALLBACKS", [])
     eng = DeviceEngine(matrix, xp=np, batch_size=2)
     x = frames_by_dtype[np.dtype(np.int64)]
     assert_sums_close(eng.sums(x, errors=True), references[np.dtype(np.int64)], 1e-10)

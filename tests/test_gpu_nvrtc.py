@@ -9,7 +9,7 @@ import re
 import pytest
 from nvrtc_support import ARCHS, compiled
 
-from gpusaxs.gpu_engine import kernel_names
+from gpusaxs.gpu_kernels import kernel_names
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

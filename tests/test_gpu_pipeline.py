@@ -9,11 +9,11 @@ import numpy as np
 import tifffile
 from test_gpu_engine import DeferredStream, reference_sums
 
+from gpusaxs.engine_contract import error_model
 from gpusaxs.gpu_engine import DeviceEngine
 from gpusaxs.io.chi import read_chi
 from gpusaxs.matrix import IntegrationMatrix
 from gpusaxs.pipeline import FramePipeline
-from gpusaxs.sums import error_model
 
 H, W = 12, 10
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from nvrtc_support import compile_source, compiled, find_tool, run_tool
 
-from gpusaxs.gpu_engine import FRAMES_PER_BLOCK, kernel_names
+from gpusaxs.gpu_kernels import FRAMES_PER_BLOCK, kernel_names
 
 INT32_KERNELS = [
     n

@@ -70,16 +70,16 @@ def _cal():
 
 
 def test_banded_layout_cached_beside_the_matrix(_private_matrix_cache):
-    from gpusaxs.cpu_fallback.engine import CpuEngine
+    from gpusaxs.engines import make_engine
     from gpusaxs.matrix_cache import _MEMORY, get_matrix
 
     cal = _cal()
     frames = np.random.default_rng(0).poisson(50, size=(9, 120, 100)).astype(np.int32)
-    first = CpuEngine(get_matrix(cal), threads=1)
+    first = make_engine(get_matrix(cal), "numpy", threads=1)
     assert first.layout_source == "built"
     (path,) = _private_matrix_cache.glob("matrix-*.band4096.gsm")
     _MEMORY.clear()
-    second = CpuEngine(get_matrix(cal), threads=1)
+    second = make_engine(get_matrix(cal), "numpy", threads=1)
     assert second.layout_source == "disk"
     for name, arr in first.layout.items():
         np.testing.assert_array_equal(second.layout[name], arr)
@@ -89,17 +89,17 @@ def test_banded_layout_cached_beside_the_matrix(_private_matrix_cache):
     blob[-100] ^= 0x10
     path.write_bytes(bytes(blob))
     _MEMORY.clear()
-    third = CpuEngine(get_matrix(cal), threads=1)
+    third = make_engine(get_matrix(cal), "numpy", threads=1)
     assert third.layout_source == "built"
     np.testing.assert_array_equal(third.sums(frames).signal, first.sums(frames).signal)
 
 
 def test_layout_with_a_good_checksum_but_a_bad_index_is_rebuilt(_private_matrix_cache):
-    from gpusaxs.cpu_fallback.engine import CpuEngine
+    from gpusaxs.engines import make_engine
     from gpusaxs.matrix_cache import _MEMORY, get_matrix, load_arrays, save_arrays
 
     cal = _cal()
-    CpuEngine(get_matrix(cal), threads=1)
+    make_engine(get_matrix(cal), "numpy", threads=1)
     (path,) = _private_matrix_cache.glob("matrix-*.band4096.gsm")
     import json
 
@@ -108,5 +108,5 @@ def test_layout_with_a_good_checksum_but_a_bad_index_is_rebuilt(_private_matrix_
     arrays["seg_bin"][3] = 1 << 40  # a bin far outside the output: memory corruption
     save_arrays(path, arrays, json.loads(json.dumps(meta)))
     _MEMORY.clear()
-    engine = CpuEngine(get_matrix(cal), threads=1)
+    engine = make_engine(get_matrix(cal), "numpy", threads=1)
     assert engine.layout_source == "built" and engine.layout["seg_bin"].max() < 1 << 20

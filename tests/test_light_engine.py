@@ -5,7 +5,7 @@ import pytest
 
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.cpu_fallback.engine import ScipyEngine
-from gpusaxs.light_engine import BincountEngine
+from gpusaxs.cpu_fallback.light import BincountEngine
 from gpusaxs.matrix_cache import get_matrix
 
 

@@ -1,0 +1,116 @@
+"""The one entrance (gpusaxs.engines.make_engine) and the contract's validity rule (issue 24)."""
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+
+from gpusaxs import backend, engines, gpu_engine
+from gpusaxs.cpu_fallback.engine import CpuEngine, ScipyEngine
+from gpusaxs.cpu_fallback.light import BincountEngine
+from gpusaxs.engine_contract import invalid_threshold, valid_mask
+from gpusaxs.errors import BackendError
+from gpusaxs.matrix import IntegrationMatrix
+
+
+@pytest.fixture
+def matrix():
+    n = 12
+    return IntegrationMatrix(
+        shape=(3, 4),
+        q_edges=np.linspace(0, 1, 3),
+        pixel_ptr=np.arange(n + 1, dtype=np.int64),
+        bins=(np.arange(n) % 2).astype(np.int32),
+        weights=np.ones(n, np.float32),
+        pixel_scale=np.ones(n, np.float32),
+        norm=np.full(2, 6.0),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.delenv(engines.NO_NUMBA_VAR, raising=False)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    probe = backend._Probe(False, "CuPy is not installed (test)")
+    monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
+
+
+def test_auto_without_a_device_is_the_numba_engine(matrix, no_gpu):
+    engine = engines.make_engine(matrix, threads=1)
+    assert isinstance(engine, CpuEngine) and engine.threads == 1
+
+
+def test_light_and_no_numba_choices(matrix, no_gpu, monkeypatch):
+    assert isinstance(engines.make_engine(matrix, "numpy", light=True), BincountEngine)
+    monkeypatch.setenv(engines.NO_NUMBA_VAR, "1")
+    assert isinstance(engines.make_engine(matrix, "auto"), ScipyEngine)
+
+
+def test_every_cpu_choice_gives_the_same_sums(matrix, no_gpu, monkeypatch):
+    frames = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 3  # negatives are invalid
+    ref = ScipyEngine(matrix).sums(frames, errors=True)
+    for engine in (
+        engines.make_engine(matrix, "numpy"),
+        engines.make_engine(matrix, "numpy", light=True),
+    ):
+        got = engine.sums(frames, errors=True)
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_cupy_gives_the_device_engine_with_a_cpu_fallback(matrix, monkeypatch):
+    fake = types.SimpleNamespace(__version__="99.0-fake")
+    probe = backend._Probe(True, "CuPy 99.0-fake with 1 CUDA device(s)", fake, 1)
+    monkeypatch.setattr(backend, "_probe_cupy", lambda: probe)
+    seen = {}
+
+    class Recording:
+        name = "cupy"
+        supports_pixel_offset = True
+
+        def __init__(self, matrix, xp=None, host_engine=None, **options):
+            seen.update(xp=xp, host=host_engine(matrix), options=options)
+
+    monkeypatch.setattr(gpu_engine, "DeviceEngine", Recording)
+    engine = engines.make_engine(matrix, "auto", batch_size=8, n_streams=3)
+    assert isinstance(engine, Recording) and seen["xp"] is fake
+    assert isinstance(seen["host"], (CpuEngine, ScipyEngine))
+    assert seen["options"] == {"batch_size": 8, "n_streams": 3}
+
+
+def test_cupy_without_a_device_raises(matrix, no_gpu):
+    with pytest.raises(BackendError, match="not available"):
+        engines.make_engine(matrix, "cupy")
+
+
+def test_an_engine_without_the_dark_is_replaced_by_the_reference(matrix, no_gpu, monkeypatch):
+    matrix = dataclasses.replace(matrix, pixel_offset=np.ones(matrix.n_pixels, np.float32))
+    monkeypatch.setattr(BincountEngine, "supports_pixel_offset", False)
+    assert isinstance(engines.make_engine(matrix, "numpy", light=True), ScipyEngine)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.float32, np.float64]
+)
+def test_validity_rule_has_one_meaning(dtype):
+    """valid_mask (the sparse paths) and invalid_threshold (the kernels) say the same."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        x = np.array([0.0, -0.0, 1.5, -1.0, np.nan, np.inf, -np.inf, -1e-40], dtype)
+    else:
+        info = np.iinfo(dtype)
+        x = np.array([0, 1, info.max, info.max - 1, info.min], dtype)
+    upper = invalid_threshold(dtype)
+    with np.errstate(invalid="ignore"):
+        by_threshold = (x >= 0) & (x.astype(np.float64) < upper)
+    np.testing.assert_array_equal(valid_mask(x), by_threshold)
+
+
+def test_bool_frames_are_refused():
+    with pytest.raises(TypeError):
+        valid_mask(np.zeros(3, bool))
