@@ -118,7 +118,7 @@ def load_curves(paths, skip=0, clip=0):
     return curves
 
 
-_I_LABELS = {}  # curve label -> the file's intensity label (line 3 of the .chi)
+_I_LABELS: dict[str, str] = {}  # curve label -> the file's intensity label (line 3 of the .chi)
 #: Curves up to this many use matplotlib's 10-colour cycle and a legend inside the axes; more
 #: get distinct colours from a colour map and a legend in columns beside the plot.
 MANY_CURVES = 10
