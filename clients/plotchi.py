@@ -12,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusaxs.errors import GpusaxsError
+from gpusaxs.io.atomic import atomic_write
+from gpusaxs.io.chi import read_chi
+
 PROG = "plotchi"
 SCALES = ("linear", "log", "symlog")
 
@@ -101,8 +105,6 @@ def _no_display_reason():
 
 def load_curves(paths, skip=0, clip=0):
     """[(label, q, I, err or None, q_label)] with ``skip`` first and ``clip`` last points cut."""
-    from gpusaxs.io.chi import read_chi
-
     curves = []
     for path in paths:
         c = read_chi(path)
@@ -116,7 +118,7 @@ def load_curves(paths, skip=0, clip=0):
     return curves
 
 
-_I_LABELS = {}  # curve label -> the file's intensity label (line 3 of the .chi)
+_I_LABELS: dict[str, str] = {}  # curve label -> the file's intensity label (line 3 of the .chi)
 #: Curves up to this many use matplotlib's 10-colour cycle and a legend inside the axes; more
 #: get distinct colours from a colour map and a legend in columns beside the plot.
 MANY_CURVES = 10
@@ -239,8 +241,6 @@ def main(argv=None):
     if args.skip < 0 or args.clip < 0:
         _err("error: -s and -k take N >= 0")
         return 2
-    from gpusaxs.errors import GpusaxsError
-
     try:
         curves = load_curves(args.files, args.skip, args.clip)
     except GpusaxsError as exc:
@@ -270,8 +270,6 @@ def main(argv=None):
                 f"(use one of {', '.join('.' + k for k in sorted(supported))})"
             )
             return 2
-        from gpusaxs.io.atomic import atomic_write
-
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(out, "wb") as fh:

@@ -14,21 +14,22 @@ import copy
 import json
 import math
 import os
-import re
 import sys
 
-from gpusaxs.calibration import (
+from gpusaxs.calibration_file import (
     DISTANCE_KEYS,
     FLAT_DEFAULTS,
-    Calibration,
     read_json,
     to_flat_dict,
     to_nested_dict,
     validate_dict,
     write_json_atomic,
 )
-from gpusaxs.errors import CalibrationError
+from gpusaxs.calibration_model import Calibration
+from gpusaxs.clients.fit2d_text import FIT2D_NAMES, parse_fit2d
+from gpusaxs.errors import CalibrationError, ImageReadError
 from gpusaxs.io.atomic import atomic_write
+from gpusaxs.io.images import read_image
 from gpusaxs.poni import format_poni, poni_geometry, read_poni
 
 EPILOG = """\
@@ -72,77 +73,9 @@ Examples:
 Exit status: 0 on success, 2 on any error (the message names the file and the field).
 """
 
-NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][-+]?\d+)?)"
-FIT2D_PATTERNS = {
-    "beam": [
-        re.compile(
-            r"Refined\s+beam\s+cent(?:re|er)\s*=\s*" + NUM + r"\s+" + NUM + r"\s*\(\s*pixels?\s*\)",
-            re.I,
-        ),
-        re.compile(
-            r"Best\s+fit\s+beam\s+cent(?:re|er)\s*\(\s*X\s*/\s*Y\s+pixels?\s*\)\s*=\s*"
-            + NUM
-            + r"\s+"
-            + NUM,
-            re.I,
-        ),
-    ],
-    "distance": [
-        re.compile(
-            r"(?:Refined|Best\s+fit)\s+sample\s+to\s+detector\s+distance\s*(?:\(\s*mm\s*\))?\s*=\s*"
-            + NUM,
-            re.I,
-        )
-    ],
-    "wavelength": [
-        re.compile(
-            r"(?:Refined|Best\s+fit)\s+wavelength\s*(?:\(\s*Angstroms?\s*\))?\s*=\s*" + NUM, re.I
-        )
-    ],
-    "tilt_rot": [
-        re.compile(
-            r"Refined\s+tilt\s+plane\s+rotation\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I
-        ),
-        re.compile(
-            r"Best\s+fit\s+angle\s+of\s+tilt\s+plane\s+rotation\s*(?:\(\s*degrees\s*\))?\s*=\s*"
-            + NUM,
-            re.I,
-        ),
-    ],
-    "tilt": [
-        re.compile(r"Refined\s+tilt\s+angle\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
-        re.compile(r"Best\s+fit\s+angle\s+of\s+tilt\s*(?:\(\s*degrees\s*\))?\s*=\s*" + NUM, re.I),
-    ],
-}
-FIT2D_NAMES = {
-    "beam": "beam centre",
-    "distance": "sample to detector distance",
-    "wavelength": "wavelength",
-    "tilt_rot": "tilt plane rotation",
-    "tilt": "tilt angle",
-}
-
 
 class ConvertError(Exception):
     """A user error: printed as one line, exit status 2."""
-
-
-def _f(text):
-    return float(text.replace("D", "E").replace("d", "e"))
-
-
-def parse_fit2d(text):
-    """Values found in fit2d output: dict with some of beam (x, y), distance, wavelength,
-    tilt_rot, tilt."""
-    found = {}
-    for line in text.splitlines():
-        for key, patterns in FIT2D_PATTERNS.items():
-            for pat in patterns:
-                m = pat.search(line)
-                if m:
-                    vals = tuple(_f(g) for g in m.groups())
-                    found[key] = vals if key == "beam" else vals[0]
-    return found
 
 
 # ------------------------------------------------------------------------------- dict helpers
@@ -239,9 +172,6 @@ def _detector_updates(args):
     if args.imagesize:
         upd["Imagesize"] = list(args.imagesize)
     elif args.image:
-        from gpusaxs.errors import ImageReadError
-        from gpusaxs.io.images import read_image
-
         try:
             upd["Imagesize"] = list(read_image(args.image).shape[-2:])
         except (ImageReadError, OSError) as exc:

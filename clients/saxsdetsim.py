@@ -14,6 +14,11 @@ import time
 
 import numpy as np
 
+from gpusaxs.calibration_model import Calibration
+from gpusaxs.demo import DEMO_CALIBRATION, calibrant_profile, pilatus_gaps
+from gpusaxs.geometry import polarization_factor, q_map
+from gpusaxs.io.atomic import atomic_write
+from gpusaxs.io.images import read_image
 from gpusaxs.server.stream import v1, v2
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
@@ -34,10 +39,6 @@ def demo_frames(n_distinct=8, dtype=np.uint32, seed=0, calibration=None):
     The frames of :func:`gpusaxs.demo.synthetic_frame` (Poisson counts of the AgBh profile,
     module gaps, 200 bad pixels), with the expected counts computed once for all frames.
     """
-    from gpusaxs.calibration import Calibration
-    from gpusaxs.demo import DEMO_CALIBRATION, calibrant_profile, pilatus_gaps
-    from gpusaxs.geometry import polarization_factor, q_map
-
     cal = calibration or Calibration.from_dict(dict(DEMO_CALIBRATION, MaskFile=None))
     rng = np.random.default_rng(seed)
     expected = calibrant_profile(q_map(cal)) * polarization_factor(cal)
@@ -52,8 +53,6 @@ def demo_frames(n_distinct=8, dtype=np.uint32, seed=0, calibration=None):
 
 
 def file_frames(paths, dtype):
-    from gpusaxs.io.images import read_image
-
     return [to_detector_dtype(read_image(p), dtype) for p in paths]
 
 
@@ -252,9 +251,6 @@ def build_parser():
 def main(argv=None):
     import zmq
 
-    from gpusaxs.calibration import Calibration
-    from gpusaxs.demo import DEMO_CALIBRATION
-
     args = build_parser().parse_args(argv)
     if args.calibration:
         cal = Calibration.from_file(args.calibration)
@@ -280,8 +276,6 @@ def main(argv=None):
     sock.bind(bind)
     url = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     if args.ready_file:
-        from gpusaxs.io.atomic import atomic_write
-
         with atomic_write(args.ready_file, "w") as fh:
             json.dump({"pid": os.getpid(), "url": url}, fh)
     print(

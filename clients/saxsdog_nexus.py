@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusaxs.clients.saxsdog import Hdf5Collector
+from gpusaxs.clients.saxsdog_outputs import Hdf5Collector
+from gpusaxs.io.nexus import NXazintWriter, read_nxazint
 
 __all__ = ["NexusCollector"]
 
@@ -66,8 +67,6 @@ class NexusCollector(Hdf5Collector):
 
     def preload(self, path):
         """Load the curves of an existing file (resume): only with the same bins and key."""
-        from gpusaxs.io.nexus import read_nxazint
-
         path = Path(path)
         with self._lock:
             if path in self._files:
@@ -99,8 +98,6 @@ class NexusCollector(Hdf5Collector):
                 )
 
     def _write(self, path, frames):
-        from gpusaxs.io.nexus import NXazintWriter
-
         names = sorted(frames, key=lambda n: (_natural(frames[n][2]), frames[n][3]))
         rows = [frames[n] for n in names]
         intensity = np.stack([r[0] for r in rows])

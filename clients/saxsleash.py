@@ -9,6 +9,13 @@ import json
 import os
 import sys
 
+import numpy as np
+
+from gpusaxs.calibration_file import read_calibration_file
+from gpusaxs.clients.connection import add_connection_arguments, client_config
+from gpusaxs.clients.dashboard.cli import main as dashboard_main
+from gpusaxs.server import protocol as P
+
 EXAMPLES = """\
 examples:
   saxsleash new cal.json data/AAA_integ.msk data/    start a queue (folder relative to the
@@ -174,8 +181,6 @@ def _is_error(answer):
 
 
 def _curve(answer, skip, clip):
-    import numpy as np
-
     arr = answer["data"].get("array") or []
     rows = [np.array([np.nan if v is None else v for v in r], dtype=float) for r in arr]
     if len(rows) < 2:
@@ -265,39 +270,7 @@ def _plot(client, args):
     return 0
 
 
-def add_connection_arguments(p):
-    """-S/--server, --config and --name: which server and which network configuration."""
-    p.add_argument(
-        "-S",
-        "--server",
-        metavar="tcp://HOSTNAME:PORT",
-        help='URL of the "Saxsdog Server" (default: ServerUrl of the config)',
-    )
-    p.add_argument(
-        "--config", metavar="FILE", help="network configuration (default ~/.saxsdognetwork)"
-    )
-    p.add_argument("--name", help="server entry of a list-form configuration")
-
-
-def client_config(args, prog):
-    """The network configuration named by ``args.config``/``args.name``, with a warning when it
-    is readable by others; None (after printing why) when it cannot be loaded."""
-    from gpusaxs.server.netconfig import NetConfigError, load_config, permission_warning
-
-    try:
-        cfg = load_config(args.config, args.name)
-    except NetConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return None
-    warning = permission_warning(cfg.path)
-    if warning:
-        print(f"{prog}: warning: {warning}", file=sys.stderr)
-    return cfg
-
-
 def run(args):
-    from gpusaxs.server import protocol as P
-
     lo, hi = NARGS[args.command]
     if not lo <= len(args.arguments) <= hi:
         need = {"new": "CAL [MASK] DIR", "get": "PATH", "listdir": "[DIR]"}.get(
@@ -314,8 +287,6 @@ def run(args):
         cal_file, directory = args.arguments[0], args.arguments[-1]
         mask_file = args.arguments[1] if len(args.arguments) == 3 else None
         try:  # a JSON calibration or a pyFAI .poni (geometry expanded here, client side)
-            from gpusaxs.calibration import read_calibration_file
-
             calibration = read_calibration_file(cal_file)
             if mask_file is None:
                 mask_file = calibration_mask_file(calibration, cal_file)
@@ -405,8 +376,6 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     i = command_index(argv)
     if i is not None and argv[i] == "dashboard":  # its own options: clients/dashboard/cli.py
-        from .dashboard.cli import main as dashboard_main
-
         return dashboard_main(argv[:i] + argv[i + 1 :])
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
@@ -415,9 +384,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # e.g. NoAnswer during plot
-        from gpusaxs.server.protocol import NoAnswer
-
-        if isinstance(exc, NoAnswer):
+        if isinstance(exc, P.NoAnswer):
             print(f"saxsleash: {exc}", file=sys.stderr)
             return 3
         raise

@@ -1,7 +1,16 @@
 """saxsnetconf: create the Saxsdog network configuration (section 5.1)."""
 
 import argparse
+import os
 import sys
+
+from gpusaxs.server.netconfig import (
+    NetConfigError,
+    default_path,
+    insecure_mode,
+    load_config,
+    write_config,
+)
 
 EXAMPLES = """\
 examples:
@@ -59,14 +68,6 @@ def _ask(prompt, default):
 
 
 def main(argv=None):
-    from gpusaxs.server.netconfig import (
-        NetConfigError,
-        default_path,
-        insecure_mode,
-        load_config,
-        write_config,
-    )
-
     args = build_parser().parse_args(argv)
     path = args.config or str(default_path())
     if args.show:
@@ -82,8 +83,6 @@ def main(argv=None):
         if insecure_mode(path):
             print("warning: the file is readable by others; chmod 600 it", file=sys.stderr)
         return 0
-    import os
-
     if os.path.exists(os.path.expanduser(path)) and not args.new:
         print(
             f"saxsnetconf: {path} exists; use --new to replace it (the old secret is lost)",

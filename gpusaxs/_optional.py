@@ -34,3 +34,7 @@ HEAVY_PACKAGES = frozenset(
         "zmq",  # the network
     }
 )
+
+#: the project's modules that import a heavy package at their top (numba's kernels), so they
+#: too are imported where they are used
+HEAVY_MODULES = frozenset({"gpusaxs.cpu_fallback.banded", "gpusaxs.cpu_fallback.simd"})

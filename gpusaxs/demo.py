@@ -1,18 +1,20 @@
-"""Demo data: a synthetic silver-behenate frame on a PILATUS 1M, and ``gpusaxs-demo``.
+"""Demo data: a synthetic silver-behenate frame on a PILATUS 1M.
 
-``gpusaxs-demo demo/`` writes a calibration, a fit2d mask and a few Poisson-noisy frames with
-the PILATUS 1M module gaps (-1) and some bad pixels (-2), integrates them with ``saxsdog`` into
-``demo/out/*.chi``, plots the first curve to ``demo/demo.png`` and checks that the calibrant's
-rings come out where they must.
+:func:`make_demo_data` writes a calibration, a fit2d mask and a few Poisson-noisy frames with
+the PILATUS 1M module gaps (-1) and some bad pixels (-2); the command ``gpusaxs-demo``
+(clients/demo.py) integrates them and checks the rings, saxsdetsim streams such frames.
 """
 
-import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from .calibration_model import Calibration
+from .geometry import polarization_factor, q_map
+from .io.atomic import atomic_save_bytes, atomic_write
+from .io.masks import write_fit2d_mask
 
 #: Silver behenate lamellar spacing (nm): ring n at q = 2 pi n / d.
 AGBH_D_NM = 5.8380
@@ -58,8 +60,6 @@ def calibrant_profile(q):
 def synthetic_frame(cal, rng, n_bad=200):
     """One int32 frame: Poisson counts of the profile (polarized as ``cal`` says), gaps -1,
     bad -2."""
-    from .geometry import polarization_factor, q_map
-
     expected = calibrant_profile(q_map(cal)) * polarization_factor(cal)
     frame = rng.poisson(expected).astype(np.int32)
     frame[pilatus_gaps(frame.shape)] = -1
@@ -81,10 +81,6 @@ def make_demo_data(folder, n_frames=20, seed=0):
     """Write calibration.json, mask.msk and frames/frame_NNNNN.tif into ``folder``."""
     import tifffile
 
-    from .calibration_model import Calibration
-    from .io.atomic import atomic_save_bytes, atomic_write
-    from .io.masks import write_fit2d_mask
-
     folder = Path(folder)
     frames_dir = folder / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
@@ -100,74 +96,3 @@ def make_demo_data(folder, n_frames=20, seed=0):
         tifffile.imwrite(buffer, synthetic_frame(cal, rng))
         atomic_save_bytes(frames_dir / f"frame_{i:05d}.tif", buffer.getvalue())
     return folder / "calibration.json", frames_dir
-
-
-def ring_positions(q, intensity, n_rings=6):
-    """q (nm^-1) of the intensity maximum near each expected AgBh ring."""
-    found = []
-    for n in range(1, n_rings + 1):
-        q_n = 2 * np.pi * n / AGBH_D_NM
-        near = (q > q_n - 0.05) & (q < q_n + 0.05) & np.isfinite(intensity)
-        if near.any():
-            found.append(float(q[near][np.argmax(intensity[near])]))
-    return found
-
-
-def main(argv=None):
-    """gpusaxs-demo: make demo data, integrate it with saxsdog, plot and check the rings."""
-    parser = argparse.ArgumentParser(
-        prog="gpusaxs-demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Make a synthetic PILATUS 1M silver-behenate data set and integrate it.",
-        epilog="example:\n  gpusaxs-demo demo/ --frames 50\n"
-        "  -> demo/calibration.json, demo/mask.msk, demo/frames/*.tif,\n"
-        "     demo/out/*.chi (one curve per frame) and demo/demo.png",
-    )
-    parser.add_argument("folder", nargs="?", default="demo", help="where to write (default: demo)")
-    parser.add_argument("--frames", type=int, default=20, help="number of frames (default: 20)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "numpy", "cupy"],
-        help="integration engine (default: auto)",
-    )
-    args = parser.parse_args(argv)
-
-    from gpusaxs.clients import saxsdog
-
-    from .io.chi import read_chi
-    from .plotting import plot_curve
-
-    folder = Path(args.folder)
-    print(f"writing {args.frames} synthetic PILATUS 1M frames to {folder}/frames ...")
-    cal_path, frames_dir = make_demo_data(folder, args.frames)
-    out_dir = folder / "out"
-    status = saxsdog.main(
-        ["-c", str(cal_path), "-o", str(out_dir), "--backend", args.backend, str(frames_dir)]
-    )
-    if status != 0:
-        print(f"saxsdog failed with exit status {status}", file=sys.stderr)
-        return status
-    curve = read_chi(out_dir / "frame_00000.chi")
-    plot_curve(
-        curve.q,
-        curve.intensity,
-        err=curve.error,
-        outputfile=str(folder / "demo.png"),
-        title="gpusaxs demo: silver behenate, frame 0",
-    )
-    found = ring_positions(curve.q, curve.intensity)
-    expected = [2 * np.pi * n / AGBH_D_NM for n in range(1, len(found) + 1)]
-    print("AgBh ring   expected q (nm^-1)   found q (nm^-1)")
-    for n, (e, f) in enumerate(zip(expected, found, strict=True), start=1):
-        print(f"{n:9d}   {e:18.4f}   {f:15.4f}")
-    worst = max(abs(e - f) for e, f in zip(expected, found, strict=True))
-    print(
-        f"curves in {out_dir}/, plot in {folder / 'demo.png'}; "
-        f"largest ring offset {worst:.4f} nm^-1 (bin width {curve.q[1] - curve.q[0]:.4f})"
-    )
-    return 0 if worst < 2 * (curve.q[1] - curve.q[0]) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -69,6 +69,9 @@ class Integrator:
         An engine object (``sums(stack, errors)``, :class:`gpusaxs.engine_contract.Engine`)
         or a factory making one; default: the engine of the backend, created on first use (importing
         numba or CuPy only when a frame is integrated).
+    light : bool
+        On the CPU, the start-up-free NumPy engine (no numba import nor kernel load: the right
+        choice for a few frames); ignored on the GPU (:func:`gpusaxs.engines.make_engine`).
 
     Attributes
     ----------
@@ -105,11 +108,12 @@ class Integrator:
         threads: int | None = None,
         progress: Callable[[int, int], Any] | None = None,
         engine: Engine | Callable[[IntegrationMatrix], Engine] | None = None,
+        light: bool = False,
     ) -> None:
         self.calibration = as_calibration(cal)
         self.backend_name, self.backend_reason = select_backend(backend)
         self._build_args = dict(mask=mask, cache_dir=cache_dir, progress=progress)
-        self._threads = threads
+        self._threads, self._light = threads, light
         self.matrix_info: dict[str, Any] = {}
         self.matrix = get_matrix(
             self.calibration,
@@ -146,7 +150,7 @@ class Integrator:
         """The engine of this integrator's backend for ``matrix`` (gpusaxs.engines)."""
         # the backend selected here: never "auto" again (which would follow $GPUSAXS_BACKEND
         # and could silently run an explicit cupy request on the CPU)
-        return make_engine(matrix, self.backend_name, threads=self._threads)
+        return make_engine(matrix, self.backend_name, threads=self._threads, light=self._light)
 
     # -- properties ---------------------------------------------------------------------------
     @property

@@ -12,7 +12,7 @@ from gpusaxs.demo import AGBH_D_NM, pilatus_gaps
 def test_demo_writes_data_integrates_it_and_finds_the_rings(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "gpusaxs.demo", str(out), "--frames", "3"],
+        [sys.executable, "-m", "gpusaxs.clients.demo", str(out), "--frames", "3"],
         capture_output=True,
         text=True,
         timeout=300,

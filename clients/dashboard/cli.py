@@ -9,6 +9,15 @@ import signal
 import socket
 import sys
 
+from gpusaxs.clients.connection import add_connection_arguments, client_config
+from gpusaxs.io.atomic import atomic_write
+from gpusaxs.server import protocol as P
+
+from .guard import host_port_pairs
+from .guard import install as install_guard
+from .page import make_document
+from .watch import ServerWatch
+
 DEFAULT_PORT = 8050
 DEFAULT_MAX_SESSIONS = 20
 DEFAULT_SESSION_IDLE_S = 10.0
@@ -32,8 +41,6 @@ saxsleash; the browser talks only to the dashboard, so the secret never reaches 
 
 
 def build_parser():
-    from gpusaxs.clients.saxsleash import add_connection_arguments
-
     p = argparse.ArgumentParser(
         prog="saxsleash dashboard",
         description="Serve a live web page showing a Saxsdog server's state and curves.",
@@ -164,14 +171,6 @@ def serve(args):
     from bokeh.server.server import Server
     from tornado.ioloop import IOLoop
 
-    from gpusaxs.clients.saxsleash import client_config
-    from gpusaxs.server import protocol as P
-
-    from .guard import host_port_pairs
-    from .guard import install as install_guard
-    from .page import make_document
-    from .watch import ServerWatch
-
     cfg = client_config(args, "saxsleash dashboard")
     if cfg is None:
         return 2
@@ -215,8 +214,6 @@ def serve(args):
     page = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     print(f"saxsleash dashboard: open {page} (server {url}; Ctrl-C ends)", file=sys.stderr)
     if args.ready_file:
-        from gpusaxs.io.atomic import atomic_write
-
         with atomic_write(args.ready_file, "w") as fh:
             json.dump({"pid": os.getpid(), "port": port, "url": page}, fh)
 

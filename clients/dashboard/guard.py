@@ -10,8 +10,7 @@
   open sessions a page load is answered 503 (try again later) instead of growing memory.
 """
 
-from tornado.routing import Matcher, Rule
-from tornado.web import RequestHandler
+from functools import cache
 
 
 def host_port_pairs(names, port):
@@ -30,36 +29,42 @@ def host_port_pairs(names, port):
     return out
 
 
-class _HostNotAllowed(Matcher):
-    def __init__(self, allowed):
-        self.allowed = allowed
+@cache
+def _tornado_parts():
+    """The guard's tornado matchers and handlers, defined on first use: tornado comes with
+    Bokeh, an optional package that only the serving dashboard imports."""
+    from tornado.routing import Matcher, Rule
+    from tornado.web import RequestHandler
 
-    def match(self, request):
-        host = (request.headers.get("Host") or "").strip().lower()
-        return None if host in self.allowed else {}
+    class HostNotAllowed(Matcher):
+        def __init__(self, allowed):
+            self.allowed = allowed
 
+        def match(self, request):
+            host = (request.headers.get("Host") or "").strip().lower()
+            return None if host in self.allowed else {}
 
-class _TooManySessions(Matcher):
-    def __init__(self, server, path, limit):
-        self.server, self.path, self.limit = server, path, limit
+    class TooManySessions(Matcher):
+        def __init__(self, server, path, limit):
+            self.server, self.path, self.limit = server, path, limit
 
-    def match(self, request):
-        if request.path != self.path:
-            return None
-        return {} if len(self.server.get_sessions(self.path)) >= self.limit else None
+        def match(self, request):
+            if request.path != self.path:
+                return None
+            return {} if len(self.server.get_sessions(self.path)) >= self.limit else None
 
+    class Forbidden(RequestHandler):
+        def prepare(self):
+            self.set_status(403)
+            self.finish("host name not allowed (see saxsleash dashboard --allow-origin)\n")
 
-class _Forbidden(RequestHandler):
-    def prepare(self):
-        self.set_status(403)
-        self.finish("host name not allowed (see saxsleash dashboard --allow-origin)\n")
+    class Busy(RequestHandler):
+        def prepare(self):
+            self.set_status(503)
+            self.set_header("Retry-After", "10")
+            self.finish("too many open dashboard pages; close one or try again in a few seconds\n")
 
-
-class _Busy(RequestHandler):
-    def prepare(self):
-        self.set_status(503)
-        self.set_header("Retry-After", "10")
-        self.finish("too many open dashboard pages; close one or try again in a few seconds\n")
+    return Rule, HostNotAllowed, TooManySessions, Forbidden, Busy
 
 
 def install(server, allowed, max_sessions, path="/"):
@@ -68,6 +73,7 @@ def install(server, allowed, max_sessions, path="/"):
     origins = app.websocket_origins  # the set Bokeh checks the websocket's Origin against
     origins.clear()
     origins.update(allowed)
+    rule, host_not_allowed, too_many_sessions, forbidden, busy = _tornado_parts()
     rules = app.default_router.rules
-    rules.insert(0, Rule(_TooManySessions(server, path, max_sessions), _Busy))
-    rules.insert(0, Rule(_HostNotAllowed(frozenset(allowed)), _Forbidden))
+    rules.insert(0, rule(too_many_sessions(server, path, max_sessions), busy))
+    rules.insert(0, rule(host_not_allowed(frozenset(allowed)), forbidden))

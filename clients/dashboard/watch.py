@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpusaxs.server.protocol import NoAnswer
+
 log = logging.getLogger("saxsleash.dashboard")
 
 #: seconds over which the dashboard's own frames/s is measured (one chart point per poll)
@@ -129,8 +131,6 @@ class ServerWatch:
     # -- one poll -----------------------------------------------------------------------------
     def poll_once(self):
         """Ask ``stat`` (and ``plot`` when there are new frames); update the snapshot."""
-        from gpusaxs.server.protocol import NoAnswer
-
         try:
             answer = self.client.request("stat", {})
         except NoAnswer:
@@ -147,8 +147,6 @@ class ServerWatch:
 
     def _maybe_plot(self, data):
         """Fetch the latest curve when the finished count or the queue changed since the last."""
-        from gpusaxs.server.protocol import NoAnswer
-
         queue = data.get("queue") or {}
         key = (queue.get("directory"), (data.get("stat") or {}).get("pics"), finished_count(data))
         if key == self._curve_key:
