@@ -62,7 +62,7 @@ def install():
         return
     stamp = _digest()
 
-    class KernelCacheLocator(base):  # type: ignore[misc, valid-type]
+    class KernelCacheLocator(base):  # type: ignore[misc, valid-type, unused-ignore]
         """numba's user-folder locator, stamped by content instead of mtime."""
 
         def __init__(self, py_func, py_file):

@@ -560,9 +560,9 @@ class StreamConsumer:
                     raise
                 finally:
                     pool.give(stack)
-                for k, exc in failed.items():  # one bad frame fails alone
-                    log.error("integration of image %s failed: %s", int(ids[k]), exc)
-                    self.book.error(sid, int(ids[k]), f"integration failed: {exc}", "integrate")
+                for k, why in failed.items():  # one bad frame fails alone
+                    log.error("integration of image %s failed: %s", int(ids[k]), why)
+                    self.book.error(sid, int(ids[k]), f"integration failed: {why}", "integrate")
                 if failed:
                     good = np.array([k for k in range(n) if k not in failed], dtype=np.int64)
                     if intensity is None or not len(good):
