@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GpusaxsError
+from .frame_batches import FrameLedger, integrate_once
 from .integrator import Integrator
 from .io.chi import write_chi as _write_chi
 from .io.frames import FrameRef, frame_sources, read_frame
@@ -93,12 +94,16 @@ def _integrate_task(
                 records.append((image, curve, _message(image, exc), None))
         if not frames:
             continue
-        try:
-            intensity, _, err = integ.integrate_batch_error(np.stack(frames), std=False)
-        except Exception as exc:
-            records.extend((i, c, _message(i, exc), None) for i, c in good)
-            continue
+
+        def integrate(stack):
+            intensity, _, err = integ.integrate_batch_error(stack, std=False)
+            return intensity, err
+
+        intensity, err, failed = integrate_once(np.stack(frames), integrate)
         for k, (image, curve) in enumerate(good):
+            if k in failed:  # one bad frame fails alone (gpusaxs.frame_batches)
+                records.append((image, curve, _message(image, failed[k]), None))
+                continue
             try:
                 if write_chi and curve is not None:
                     Path(curve).parent.mkdir(parents=True, exist_ok=True)
@@ -230,11 +235,10 @@ class DaskPipeline:
             return_curves=client_writer is not None,
         )
         self._shipped = _Shipped(client, integrator)
-        self._cond = threading.Condition()
+        self._ledger = FrameLedger()  # every frame ends once: processed, failed or dropped
+        self._cond = self._ledger.cond
         self._batch = []
         self._futures = set()
-        self._counts = {"submitted": 0, "processed": 0, "failed": 0, "dropped": 0}
-        self._t0 = self._t_last = None
         self._closed = False
         self._aborting = False  # only a cancel of ours drops frames; any other loss fails them
         self.tasks = 0
@@ -245,9 +249,7 @@ class DaskPipeline:
         with self._cond:
             if self._closed:
                 raise RuntimeError("DaskPipeline is closed")
-            if self._t0 is None:
-                self._t0 = time.perf_counter()
-            self._counts["submitted"] += 1
+            self._ledger.submit()
             self._batch.append((str(image_path), None if out_path is None else str(out_path)))
             if len(self._batch) >= self.frames_per_task:
                 self._send_locked()
@@ -257,7 +259,7 @@ class DaskPipeline:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._send_locked()
-            while self._pending_locked():
+            while self._ledger.pending:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -270,7 +272,7 @@ class DaskPipeline:
             self._closed = True
             if abort:
                 self._aborting = True
-                self._counts["dropped"] += len(self._batch)
+                self._ledger.end("dropped", len(self._batch))
                 self._batch = []
                 futures = list(self._futures)
             else:
@@ -278,17 +280,18 @@ class DaskPipeline:
         if abort and futures:
             self.client.cancel(futures)
         self.wait_idle()
-        return self._counts["dropped"]
+        return self._ledger.counts["dropped"]
 
     @property
     def stats(self):
+        ledger = self._ledger
         with self._cond:
-            c = dict(self._counts)
-            elapsed = (self._t_last - self._t0) if self._t0 and self._t_last else 0.0
+            c, queued = dict(ledger.counts), ledger.pending
+            elapsed = (ledger.last - ledger.first) if ledger.first and ledger.last else 0.0
         return {
             "processed": c["processed"],
             "failed": c["failed"],
-            "queued": c["submitted"] - c["processed"] - c["failed"] - c["dropped"],
+            "queued": queued,
             "dropped": c["dropped"],
             "elapsed": elapsed,
             "frames_per_sec": c["processed"] / elapsed if elapsed > 0 else 0.0,
@@ -303,10 +306,6 @@ class DaskPipeline:
         self.close(abort=exc_type is not None)
 
     # -- internals -------------------------------------------------------------------------
-    def _pending_locked(self):
-        c = self._counts
-        return c["submitted"] - c["processed"] - c["failed"] - c["dropped"]
-
     def _send_locked(self):
         if not self._batch:
             return
@@ -367,12 +366,9 @@ class DaskPipeline:
     def _finish(self, items, fut, done=0, failed=0, dropped=0):
         with self._cond:
             self._futures.discard(fut)
-            self._counts["processed"] += done
-            self._counts["failed"] += failed
-            self._counts["dropped"] += dropped
-            if done:
-                self._t_last = time.perf_counter()
-            self._cond.notify_all()
+            for kind, n in (("processed", done), ("failed", failed), ("dropped", dropped)):
+                if n:
+                    self._ledger.end(kind, n)
 
     @staticmethod
     def _call(callback, *args):

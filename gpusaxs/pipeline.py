@@ -26,6 +26,8 @@ from gpusaxs.engine_contract import error_model, mean_intensity
 from gpusaxs.io.chi import write_chi
 from gpusaxs.io.images import read_image
 
+from .frame_batches import FrameLedger, gather, integrate_once
+
 __all__ = ["curve_path", "FramePipeline", "write_curve"]
 
 _STOP = object()
@@ -121,15 +123,10 @@ class FramePipeline:
         self._async_engine = engine if overlap else None
         self._q = np.asarray(integrator.q)
 
-        self._cond = threading.Condition()
-        self._submitted = 0
-        self._processed = 0
-        self._failed = 0
-        self._dropped = 0
+        self._ledger = FrameLedger()  # every frame ends once: processed, failed or dropped
+        self._cond = self._ledger.cond  # one lock for the ledger and the read queue
         self._closed = False
         self._abort = False
-        self._t_first = None
-        self._t_last = None
         self._timings = {"read": 0.0, "integrate": 0.0, "write": 0.0}
 
         self._stack_buffer = None  # owned by the integration thread
@@ -156,25 +153,13 @@ class FramePipeline:
         with self._cond:
             if self._closed:
                 raise RuntimeError("FramePipeline is closed")
-            if self._t_first is None:
-                self._t_first = time.perf_counter()
-            self._submitted += 1
+            self._ledger.submit()
             self._read_q.append(item)
             self._cond.notify_all()
 
     def wait_idle(self, timeout=None):
         """Block until every submitted frame is done; False if ``timeout`` (s) ran out."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending() > 0:
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    self._cond.wait(left)
-        return True
+        return self._ledger.wait_idle(timeout)
 
     def close(self, abort=False):
         """Stop the pipeline and join its threads; returns the number of dropped frames.
@@ -185,11 +170,11 @@ class FramePipeline:
         """
         with self._cond:
             if self._closed and not self._threads_alive():
-                return self._dropped
+                return self._ledger.counts["dropped"]
             self._closed = True
             if abort:
                 self._abort = True
-                self._dropped += len(self._read_q)
+                self._ledger.end("dropped", len(self._read_q))
                 self._read_q.clear()
             self._cond.notify_all()
         # readers exit when the read queue is empty and the pipeline is closed; the last one
@@ -198,21 +183,22 @@ class FramePipeline:
             t.join()
         self._integ.join()
         self._writer.join()
-        return self._dropped
+        return self._ledger.counts["dropped"]
 
     @property
     def stats(self):
         """Counters and cumulative stage times (seconds) so far."""
         with self._cond:
-            elapsed = 0.0
-            if self._t_first is not None and self._t_last is not None:
-                elapsed = self._t_last - self._t_first
+            ledger, elapsed = self._ledger, 0.0
+            if ledger.first is not None and ledger.last is not None:
+                elapsed = ledger.last - ledger.first
+            processed = ledger.counts["processed"]
             return {
-                "processed": self._processed,
-                "failed": self._failed,
-                "queued": self._pending(),
-                "dropped": self._dropped,
-                "frames_per_sec": self._processed / elapsed if elapsed > 0 else 0.0,
+                "processed": processed,
+                "failed": ledger.counts["failed"],
+                "queued": ledger.pending,
+                "dropped": ledger.counts["dropped"],
+                "frames_per_sec": processed / elapsed if elapsed > 0 else 0.0,
                 "elapsed": elapsed,
                 "timings": dict(self._timings),
             }
@@ -224,21 +210,17 @@ class FramePipeline:
         self.close(abort=exc_type is not None)
 
     # -- internals ---------------------------------------------------------------------------
-    def _pending(self):
-        return self._submitted - self._processed - self._failed - self._dropped
-
     def _threads_alive(self):
         return any(t.is_alive() for t in self._readers + [self._integ, self._writer])
 
     def _finish(self, n_done=0, n_failed=0, seconds=None, stage=None):
         with self._cond:
-            self._processed += n_done
-            self._failed += n_failed
             if stage is not None:
                 self._timings[stage] += seconds
             if n_done:
-                self._t_last = time.perf_counter()
-            self._cond.notify_all()
+                self._ledger.end("processed", n_done)
+            if n_failed:
+                self._ledger.end("failed", n_failed)
 
     def _fail(self, item, exc):
         # callback first: when wait_idle() returns, every callback has run
@@ -287,16 +269,8 @@ class FramePipeline:
             first = self._ready_q.get()
             if first is _STOP:
                 break
-            batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._ready_q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, left = gather(first, self._ready_q, self.batch_size, lambda x: x is not _STOP)
+            stop = left is _STOP
             if self._async_engine is not None:
                 self._submit_async(batch, inflight)
             else:
@@ -340,24 +314,34 @@ class FramePipeline:
         t0 = time.perf_counter()
         try:
             stack = self._stack([it.image for it in batch])
-            if self.errors:
-                intensity, _, err = self.integrator.integrate_batch_error(stack, std=False)
-            else:
-                intensity, err = self.integrator.integrate_batch(stack), None
-            intensity = np.asarray(intensity)
-            err = None if err is None else np.asarray(err)
-        except Exception as exc:
-            if len(batch) > 1:  # isolate the culprit: retry frame by frame
-                with self._cond:
-                    self._timings["integrate"] += time.perf_counter() - t0
+        except Exception as exc:  # frames that do not stack: each on its own
+            intensity, err, failed = None, None, dict.fromkeys(range(len(batch)), exc)
+            if len(batch) > 1:
                 for it in batch:
                     self._integrate([it])
                 return
-            for it in batch:
-                it.image = None
-                self._fail(it, exc)
+        else:
+            intensity, err, failed = integrate_once(stack, self._integrate_stack)
+        for k, exc in failed.items():  # a bad frame fails alone (gpusaxs.frame_batches)
+            batch[k].image = None
+            self._fail(batch[k], exc)
+        if len(failed) == len(batch):
+            with self._cond:
+                self._timings["integrate"] += time.perf_counter() - t0
             return
+        if failed:
+            good = [k for k in range(len(batch)) if k not in failed]
+            batch = [batch[k] for k in good]
+            intensity = intensity[good]
+            err = None if err is None else err[good]
         self._emit(batch, intensity, err, t0)
+
+    def _integrate_stack(self, stack):
+        """(intensity, Poisson error or None) of a stack, (B, n_bins) each."""
+        if self.errors:
+            intensity, _, err = self.integrator.integrate_batch_error(stack, std=False)
+            return intensity, err
+        return self.integrator.integrate_batch(stack), None
 
     def _emit(self, batch, intensity, err, t0):
         """Count the integration time since t0, free the frames, pass the curves on."""
