@@ -322,9 +322,9 @@ class FramePipeline:
                 return
         else:
             intensity, err, failed = integrate_once(stack, self._integrate_stack)
-        for k, exc in failed.items():  # a bad frame fails alone (gpusaxs.frame_batches)
+        for k, why in failed.items():  # a bad frame fails alone (gpusaxs.frame_batches)
             batch[k].image = None
-            self._fail(batch[k], exc)
+            self._fail(batch[k], why)
         if len(failed) == len(batch):
             with self._cond:
                 self._timings["integrate"] += time.perf_counter() - t0

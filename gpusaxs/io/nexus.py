@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-import h5py
 import numpy as np
 
 from .._typing import ArrayLike, PathLike
@@ -79,6 +78,13 @@ SOURCE_TYPE = "Synchrotron X-ray Source"
 HC_KEV_ANGSTROM = 12.398419843320026
 
 
+def _h5py() -> Any:
+    """h5py, imported on first use (25 ms: tools that may write NeXus start without it)."""
+    import h5py
+
+    return h5py
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -93,7 +99,7 @@ def _chunk_rows(row_bytes: int) -> int:
 
 
 def _text(group: Any, name: str, value: object) -> None:
-    group.create_dataset(name, data=str(value), dtype=h5py.string_dtype())
+    group.create_dataset(name, data=str(value), dtype=_h5py().string_dtype())
 
 
 class NXazintWriter:
@@ -188,11 +194,11 @@ class NXazintWriter:
         self._tmp: str | None
         if self.live:
             self._tmp = None
-            self._file = h5py.File(self.path, "w", libver="latest")
+            self._file = _h5py().File(self.path, "w", libver="latest")
         else:
             fd, self._tmp = _open_temp(self.path)
             os.close(fd)
-            self._file = h5py.File(self._tmp, "w")
+            self._file = _h5py().File(self._tmp, "w")
         try:
             self._write_header(radial_unit, calibration, calibration_key, inputs, options or {})
             if self.live:
@@ -222,8 +228,8 @@ class NXazintWriter:
         f.attrs["creator"] = f"{PROGRAM} {_version()}"
         f.attrs["file_name"] = os.path.basename(self.path)
         f.attrs["file_time"] = _now()
-        f.attrs["HDF5_Version"] = h5py.version.hdf5_version
-        f.attrs["h5py_version"] = h5py.version.version
+        f.attrs["HDF5_Version"] = _h5py().version.hdf5_version
+        f.attrs["h5py_version"] = _h5py().version.version
 
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
@@ -272,7 +278,7 @@ class NXazintWriter:
             _text(inp, "calibration_key", key)
         if inputs is not None:
             inp.create_dataset(
-                "input_files", data=[os.fspath(p) for p in inputs], dtype=h5py.string_dtype()
+                "input_files", data=[os.fspath(p) for p in inputs], dtype=_h5py().string_dtype()
             )
         for name, value in sorted(options.items()):
             if value is None or isinstance(value, (bool, int, float, str)):
@@ -319,7 +325,7 @@ class NXazintWriter:
         )
         ids.attrs["long_name"] = "image index"
         data.create_dataset(
-            "source", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(1024,)
+            "source", shape=(0,), maxshape=(None,), dtype=_h5py().string_dtype(), chunks=(1024,)
         )
         self._I = data["I"]
         self._E = data["I_errors"]
@@ -506,9 +512,9 @@ def _decode(v: object) -> str:
 def _open_for_reading(path: str) -> Any:
     """Open read-only; SWMR first (a live file being written, or one whose writer was killed)."""
     try:
-        return h5py.File(path, "r", swmr=True)
+        return _h5py().File(path, "r", swmr=True)
     except OSError:
-        return h5py.File(path, "r")
+        return _h5py().File(path, "r")
 
 
 def read_nxazint(path: PathLike) -> dict[str, Any]:
