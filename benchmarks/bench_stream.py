@@ -281,7 +281,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2, help="decode threads of the consumer")
     p.add_argument("--no-pyfai", action="store_true")
-    p.add_argument("--cases", nargs="*", default=list(CASES))
+    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     p.add_argument("--out", default=str(HERE / "results" / "stream-cpu.json"))
     args = p.parse_args(argv)
     os.environ.setdefault(
