@@ -60,3 +60,43 @@ def test_the_graph_sees_function_level_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(import_graph, "ROOT", tmp_path)
     monkeypatch.setattr(import_graph, "FOLDERS", {"gpusaxs": "gpusaxs"})
     assert import_graph.cycles(import_graph.graph()) == [["gpusaxs.a", "gpusaxs.b"]]
+
+
+def _folder(module):
+    for sub in ("server", "clients", "cpu_fallback"):
+        if module == f"gpusaxs.{sub}" or module.startswith(f"gpusaxs.{sub}."):
+            return sub
+    return "gpusaxs"
+
+
+#: the folders each folder may import (docs/ARCHITECTURE.md, "Layers")
+ALLOWED = {
+    "clients": {"clients", "server", "gpusaxs"},
+    "server": {"server", "gpusaxs"},
+    "gpusaxs": {"gpusaxs", "cpu_fallback"},
+    "cpu_fallback": {"cpu_fallback", "gpusaxs"},
+}
+#: the gpusaxs modules the host engines stand on (leaves), and the one that chooses engines
+ENGINE_LEAVES = {
+    "gpusaxs.engine_contract",
+    "gpusaxs.cache_dir",
+    "gpusaxs.errors",
+    "gpusaxs._typing",
+}
+ENGINE_ENTRANCE = {"gpusaxs.engines"}
+
+
+def test_folders_are_layered():
+    """clients -> server -> gpusaxs; only gpusaxs.engines imports cpu_fallback, which stands on
+    the contract's leaves alone: no folder-level loop."""
+    wrong = []
+    for a, targets in import_graph.graph().items():
+        for b in targets:
+            fa, fb = _folder(a), _folder(b)
+            if fb not in ALLOWED[fa]:
+                wrong.append(f"{a} -> {b}")
+            elif fa == "cpu_fallback" and fb == "gpusaxs" and b not in ENGINE_LEAVES:
+                wrong.append(f"{a} -> {b} (not a leaf of the engine contract)")
+            elif fa == "gpusaxs" and fb == "cpu_fallback" and a not in ENGINE_ENTRANCE:
+                wrong.append(f"{a} -> {b} (engines are made in gpusaxs.engines)")
+    assert not wrong, wrong
