@@ -178,3 +178,23 @@ def test_units_and_angles(frame):
         integ.integrate2d_grazing_incidence(image, 10, 10, sample_orientation=9)
     with pytest.raises(ValueError, match="angle_unit"):
         integ.integrate2d_grazing_incidence(image, 10, 10, angle_unit="grad")
+
+
+def test_every_engine_integrates_a_map(frame):
+    """A map is an ordinary matrix: the numba engine, the device engine (NumPy as its array
+    module, as in CI; CuPy on a GPU) and the SciPy reference give the same sums of a stack."""
+    from gpusaxs.cpu_fallback.engine import ScipyEngine
+    from gpusaxs.gpu_engine import DeviceEngine
+
+    _, image, gaps, _, integ, _ = frame
+    binning = GrazingBinning(
+        80, 60, incident_angle=np.deg2rad(0.5), tilt_angle=np.deg2rad(3.0), sample_orientation=6
+    )
+    matrix, engine = integ.option_engine(grazing=binning, mask=gaps, correct_solid_angle=True)
+    assert matrix.n_bins == 80 * 60 and engine.name == "numba"
+    stack = np.stack([image, image + 1, image * 2]).astype(np.int32)
+    ref = ScipyEngine(matrix).sums(stack, errors="poisson")
+    for eng in (engine, DeviceEngine(matrix, xp=np, batch_size=2)):
+        got = eng.sums(stack, errors="poisson")
+        for name in ("signal", "norm", "variance"):
+            np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=2e-5, atol=1e-6)
