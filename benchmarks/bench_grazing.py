@@ -2,17 +2,20 @@
 in one run on this machine (issue 28).
 
     python benchmarks/bench_grazing.py [--reference ../shared/reference] [--frames 16]
-                                       [--npt 500] [--repeat 3]
+                                       [--npt 200,500,1000] [--repeat 3]
 
 The reference frame (PILATUS 1M, Poisson-resampled to a stack of int32 frames), its calibration
-(mask, Oversampling 3), incident angle 0.5 deg, tilt 3.0 deg, an (npt x npt) qip/qoop map.
+(mask, Oversampling 3), incident angle 0.5 deg, tilt 3.0 deg, (npt x npt) qip/qoop maps of
+each size asked (1000 is pyFAI's default).
 gpusaxs: ``integrate2d_grazing_incidence_batch`` of the whole stack in one engine pass (the
 engine the Integrator picks: numba on the CPU), split (Oversampling^2 sub-pixels) and not;
 the vertical cut (``integrate1d_grazing_incidence_batch``). pyFAI: ``FiberIntegrator``'s
 ``integrate2d_grazing_incidence`` / ``integrate1d_grazing_incidence`` frame by frame with the
 same mask, without pixel splitting (its advice) by histogram and by CSR (its fastest).
 Both warm (best of ``--repeat`` after one call; matrix builds timed apart). The machine is
-shared: the load average is recorded, compare the ratios of one run.
+shared: the load average is recorded, compare the ratios of one run. The numba engine's cost
+per frame grows with the cells (each thread sums into its own copy of all of them, then the
+copies are added): the ratio to pyFAI falls as the map grows.
 Prints a table and writes benchmarks/results/grazing-cpu.json.
 """
 
@@ -42,7 +45,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", default=str(HERE.parent.parent / "shared" / "reference"))
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--npt", type=int, default=500)
+    parser.add_argument("--npt", default="200,500,1000", help="map sizes, comma-separated")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -57,13 +60,12 @@ def main():
     ).astype(np.int32)
     gaps = image < 0
     integ = gpusaxs.Integrator(cal)
-    npt = args.npt
     angles = dict(incident_angle=INCIDENT, tilt_angle=TILT, angle_unit="deg")
     fi = pyfai_integrator(cal, fiber=True)
     mask = cal.load_mask() | gaps
     rows = []
 
-    def ours(case, method, split=True, cut=False):
+    def ours(npt, case, method, split=True, cut=False):
         kw = dict(npt_ip=npt, npt_oop=npt, mask=gaps, split_pixels=split, **angles)
         if cut:
             kw.update(ip_range=(-0.5, 0.5), vertical_integration=True)
@@ -76,10 +78,17 @@ def main():
         t = best_of(lambda: call(stack, **kw), args.repeat) / args.frames
         engine = integ.engine.name  # the backend's engine kind, as for every option set
         rows.append(
-            dict(case=case, method=method, engine=engine, frames_per_s=1 / t, build_s=build)
+            dict(
+                npt=npt,
+                case=case,
+                method=method,
+                engine=engine,
+                frames_per_s=1 / t,
+                build_s=build,
+            )
         )
 
-    def theirs(case, method, cut=False):
+    def theirs(npt, case, method, cut=False):
         # angles in radians: pyFAI 2026.9's 1D method does not pass angle_unit on
         kw = dict(
             npt_ip=npt,
@@ -96,34 +105,40 @@ def main():
         else:
             call = fi.integrate2d_grazing_incidence
         t = best_of(lambda: [call(f, **kw) for f in stack], max(1, args.repeat - 1)) / args.frames
-        rows.append(dict(case=case, method="/".join(method), engine="pyFAI", frames_per_s=1 / t))
+        rows.append(
+            dict(npt=npt, case=case, method="/".join(method), engine="pyFAI", frames_per_s=1 / t)
+        )
 
-    ours("map", "split (Oversampling^2)")
-    ours("map", "no split", split=False)
-    ours("vertical cut", "split (Oversampling^2)", cut=True)
-    theirs("map", ("no", "histogram", "cython"))
-    theirs("map", ("no", "csr", "cython"))
-    theirs("vertical cut", ("no", "histogram", "cython"), cut=True)
-    theirs("vertical cut", ("no", "csr", "cython"), cut=True)
+    sizes = [int(v) for v in args.npt.split(",")]
+    for npt in sizes:
+        ours(npt, "map", "split (Oversampling^2)")
+        ours(npt, "map", "no split", split=False)
+        theirs(npt, "map", ("no", "histogram", "cython"))
+        theirs(npt, "map", ("no", "csr", "cython"))
+    npt = sizes[0]
+    ours(npt, "vertical cut", "split (Oversampling^2)", cut=True)
+    theirs(npt, "vertical cut", ("no", "histogram", "cython"), cut=True)
+    theirs(npt, "vertical cut", ("no", "csr", "cython"), cut=True)
     best = {}
     for r in rows:
         if r["engine"] == "pyFAI":
-            best[r["case"]] = max(best.get(r["case"], 0.0), r["frames_per_s"])
+            key = (r["npt"], r["case"])
+            best[key] = max(best.get(key, 0.0), r["frames_per_s"])
     load_after = os.getloadavg()
     print(
-        f"{args.frames} PILATUS 1M int32 frames, {npt} x {npt} qip/qoop cells, incident "
+        f"{args.frames} PILATUS 1M int32 frames, npt x npt qip/qoop cells, incident "
         f"{INCIDENT} deg, tilt {TILT} deg; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, load {load_before[0]:.1f} -> {load_after[0]:.1f} "
         "(shared machine: compare ratios)"
     )
-    print("| case | method | engine | frames/s | x pyFAI's fastest | matrix build (s) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| npt | case | method | engine | frames/s | x pyFAI's fastest | matrix build (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        r["vs_pyfai_fastest"] = r["frames_per_s"] / best[r["case"]]
+        r["vs_pyfai_fastest"] = r["frames_per_s"] / best[(r["npt"], r["case"])]
         build = f"{r['build_s']:.1f}" if "build_s" in r else "-"
         print(
-            f"| {r['case']} | {r['method']} | {r['engine']} | {r['frames_per_s']:.1f} | "
-            f"{r['vs_pyfai_fastest']:.1f} | {build} |"
+            f"| {r['npt']} | {r['case']} | {r['method']} | {r['engine']} | "
+            f"{r['frames_per_s']:.1f} | {r['vs_pyfai_fastest']:.1f} | {build} |"
         )
     out = HERE / "results" / "grazing-cpu.json"
     out.parent.mkdir(exist_ok=True)
@@ -131,7 +146,7 @@ def main():
         json.dumps(
             dict(
                 frames=args.frames,
-                npt=npt,
+                npt=sizes,
                 incident_deg=INCIDENT,
                 tilt_deg=TILT,
                 cores=os.cpu_count(),
