@@ -187,6 +187,7 @@ def _edges(
         if not values.size:
             raise ValueError("every pixel is masked: no default range")
         lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        hi += (hi - lo) * 1e-7  # the extreme pixel inside the last bin, as pyFAI's
     else:
         lo, hi = (float(v) for v in span)
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
