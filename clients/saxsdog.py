@@ -22,7 +22,6 @@ from pathlib import Path
 
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.clients.saxsdog_dask import dask_pipeline
-from gpusaxs.clients.saxsdog_grazing import GrazingStage
 from gpusaxs.clients.saxsdog_monitor import LiveMonitor
 from gpusaxs.clients.saxsdog_parser import PROG, build_parser, err
 from gpusaxs.clients.saxsdog_setup import make_integrator, output_problem
@@ -32,6 +31,7 @@ from gpusaxs.clients.saxsdog_watch import start_watch
 from gpusaxs.distributed import close_client
 from gpusaxs.errors import GpusaxsError
 from gpusaxs.grazing_config import read_grazing_config
+from gpusaxs.grazing_outputs import GrazingStage
 from gpusaxs.io.images import IMAGE_SUFFIXES
 from gpusaxs.matrix_cache import matrix_key
 from gpusaxs.pipeline import FramePipeline

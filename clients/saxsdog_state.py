@@ -70,7 +70,7 @@ class Saxsdog:
                 None if integrator is None else integrator.q, cal, self.calibration_key
             )
         self.monitor = None
-        self.grazing = None  # a GrazingStage (clients/saxsdog_grazing.py) when asked for
+        self.grazing = None  # a GrazingStage (gpusaxs/grazing_outputs.py) when asked for
         self._lock = threading.Lock()
         self._seen = set()  # resolved image paths handed on (dedupe)
         self._outputs = CurveClaims()  # out path -> image path (collision check)

@@ -168,3 +168,57 @@ def test_saxsdog_writes_maps_and_cuts_as_pyfai_computes_them(tmp_path):
             rel = np.abs(intensity[both] - ref.intensity[both]) / ref.intensity[both]
             assert np.median(rel) <= 1e-3, (name, np.median(rel))
         assert (out / f"f{k}.chi").is_file()  # the curve as before
+
+
+def test_the_server_queue_writes_maps_and_cuts(tmp_path):
+    """saxsdogserver's queue: a 'new queue' whose calibration has a GrazingIncidence block
+    writes each frame's map and cuts beside its curve, as pyFAI computes them."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("pyFAI")
+    from net_support import SECRET, ask, signed, wait_for, write_frames
+
+    from gpusaxs.server import protocol as P
+    from gpusaxs.server.saxsdogserver import SaxsdogService
+
+    base = tmp_path / "base"
+    (base / "data").mkdir(parents=True)
+    (path,) = write_frames(base / "data", 1)
+    svc = SaxsdogService(base, SECRET, threads=1, batch_size=4, backend="numpy")
+    try:
+        d = small_calibration(GrazingIncidence=GRAZING)
+        req, atts = P.new_request(d, "data", None, "m.msk")
+        req["command"] = "new queue"
+        assert ask(svc, signed(req, atts))["result"] == "new queue"
+        ask(svc, signed({"command": "readdir"}))
+        assert wait_for(lambda: svc.queue.pics == 1, 60), svc.queue.recent_errors
+        plot = ask(svc, signed({"command": "send plot"}))
+        assert len(plot["data"]["array"][0]) == len(plot["data"]["array"][1])  # the curve only
+    finally:
+        svc.shutdown(timeout=30)
+    work = base / "data" / "work"
+    img = tifffile.imread(path)
+    with h5py.File(work / "img_00000.gi.nxs") as h5:
+        ours = h5["entry/data/intensity"][()]
+        qip, qoop = h5["entry/data/qip"][()], h5["entry/data/qoop"][()]
+
+    def span(x):  # our axis' range: its edges (the default spans the unmasked pixels, and
+        # the frame's invalid top row is no static mask)
+        half = 0.5 * (x[1] - x[0])
+        return (x[0] - half, x[-1] + half)
+
+    fi = pyfai_integrator(Calibration.from_dict(d), fiber=True)
+    theirs = fi.integrate2d_grazing_incidence(
+        img,
+        npt_ip=40,
+        npt_oop=30,
+        ip_range=span(qip),
+        oop_range=span(qoop),
+        mask=img < 0,
+        correctSolidAngle=False,
+        method=NO_SPLIT,
+        incident_angle=np.deg2rad(0.5),
+        tilt_angle=np.deg2rad(2.0),
+    )
+    filled = theirs.count > 0
+    np.testing.assert_allclose(ours[filled], theirs.intensity[filled], rtol=1e-6)
+    assert (work / "img_00000_yoneda.chi").is_file() and (work / "img_00000.chi").is_file()

@@ -1,17 +1,18 @@
-"""saxsdog's grazing-incidence outputs (issue 28, docs/grazing.md): when the calibration asks
-for them (``GrazingIncidence``, or SAXS_py3's ``GISAXSmode`` / ``Slices``), every frame's map
-is written as a NeXus file (NXdata, intensity over both axes) and its cuts as .chi files,
-beside its curve. They are integrated in the pipeline's integration step with the curve: one
-engine pass per output and batch (:class:`GrazingStage`)."""
+"""The grazing-incidence outputs of the frame pipelines (issue 28, docs/grazing.md): when the
+calibration asks for them (``GrazingIncidence``, or SAXS_py3's ``GISAXSmode`` / ``Slices``),
+every frame's map is written as a NeXus file (NXdata, intensity over both axes) and its cuts
+as .chi files beside its curve. They are integrated in the pipeline's integration step with
+the curve, one engine pass per output and batch (:class:`GrazingStage`); saxsdog and the
+server's queues use it."""
 
 from pathlib import Path
 
 import numpy as np
 
-from gpusaxs import __version__
-from gpusaxs.fiber import FIBER_UNITS
-from gpusaxs.io.atomic import atomic_path
-from gpusaxs.io.chi import write_chi
+from ._version import __version__
+from .fiber import FIBER_UNITS
+from .io.atomic import atomic_path
+from .io.chi import write_chi
 
 __all__ = ["GrazingStage", "write_map", "map_path", "cut_path"]
 
