@@ -20,6 +20,7 @@ The public API, all of it (see README.md):
                                               sample_orientation=1, angle_unit="rad",
                                               split_pixels=True, ...)  # map (oop, ip)
     res = integ.integrate1d_grazing_incidence(image, npt_oop=..., vertical_integration=True)
+    integ.integrate2d_polar(image, ...); integ.integrate2d_exitangles(image, ...)  # + 1d cuts
     gpusaxs.fiber.FIBER_UNITS                          # qip/qoop nm^-1 A^-1, exit angles, polar
     gpusaxs.units.RADIAL_UNITS                         # q_nm^-1 q_A^-1 2th_deg 2th_rad r_mm
     gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)

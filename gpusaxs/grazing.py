@@ -308,6 +308,81 @@ error_model, mask, dummy, delta_dummy
             vertical_integration=bool(vertical_integration),
         )
 
+    # -- pyFAI's shortcuts: the polar map (|q|, chi) and the exit angles --------------------
+    def integrate2d_polar(
+        self,
+        image: ArrayLike,
+        polar_degrees: bool = True,
+        radial_unit: str = "nm^-1",
+        rotate: bool = False,
+        **kwargs: Any,
+    ) -> GrazingResult:
+        """The polar map: chi = atan2(qip, qoop) (``chigi_deg``, or ``chigi_rad``) against |q|
+        (``qtot_nm^-1`` or ``qtot_A^-1`` for ``radial_unit="A^-1"``) on the in-plane axis
+        (``rotate``: swapped); ``kwargs`` those of :meth:`integrate2d_grazing_incidence`."""
+        units = _polar_units(polar_degrees, radial_unit)
+        unit_ip, unit_oop = units[::-1] if rotate else units
+        return self.integrate2d_grazing_incidence(
+            image, unit_ip=unit_ip, unit_oop=unit_oop, **kwargs
+        )
+
+    def integrate2d_exitangles(
+        self, image: ArrayLike, angle_degrees: bool = True, **kwargs: Any
+    ) -> GrazingResult:
+        """The map over the exit angles from the sample horizon (horizontal in-plane, vertical
+        out-of-plane), in degrees or radians; ``kwargs`` those of
+        :meth:`integrate2d_grazing_incidence`."""
+        suffix = "deg" if angle_degrees else "rad"
+        return self.integrate2d_grazing_incidence(
+            image,
+            unit_ip=f"exit_angle_horz_{suffix}",
+            unit_oop=f"exit_angle_vert_{suffix}",
+            **kwargs,
+        )
+
+    def integrate1d_polar(
+        self,
+        image: ArrayLike,
+        polar_degrees: bool = True,
+        radial_unit: str = "nm^-1",
+        radial_integration: bool = False,
+        **kwargs: Any,
+    ) -> GrazingResult:
+        """A cut of the polar map (pyFAI's meaning): I(|q|) summed over ``oop_range`` of chi
+        (default; ``npt_ip`` bins), or I(chi) over ``ip_range`` of |q| with
+        ``radial_integration=True`` (``npt_oop`` bins)."""
+        unit_ip, unit_oop = _polar_units(polar_degrees, radial_unit)
+        return self.integrate1d_grazing_incidence(
+            image,
+            unit_ip=unit_ip,
+            unit_oop=unit_oop,
+            vertical_integration=bool(radial_integration),
+            **kwargs,
+        )
+
+    def integrate1d_exitangles(
+        self,
+        image: ArrayLike,
+        angle_degrees: bool = True,
+        vertical_integration: bool = True,
+        **kwargs: Any,
+    ) -> GrazingResult:
+        """A cut of the exit-angle map (as :meth:`integrate1d_grazing_incidence`)."""
+        suffix = "deg" if angle_degrees else "rad"
+        return self.integrate1d_grazing_incidence(
+            image,
+            unit_ip=f"exit_angle_horz_{suffix}",
+            unit_oop=f"exit_angle_vert_{suffix}",
+            vertical_integration=vertical_integration,
+            **kwargs,
+        )
+
+
+def _polar_units(polar_degrees: bool, radial_unit: str) -> tuple[str, str]:
+    """(|q| unit, chi unit) of pyFAI's polar shortcuts."""
+    radial = "qtot_A^-1" if radial_unit == "A^-1" else "qtot_nm^-1"
+    return radial, "chigi_deg" if polar_degrees else "chigi_rad"
+
 
 def _single(image: ArrayLike) -> AnyArray:
     arr = np.asarray(image)
