@@ -160,7 +160,9 @@ def fiber_coordinate(
     return np.rad2deg(chi) if unit.endswith("deg") else chi
 
 
-def _pyfai_xyz(cal: Calibration, rows: slice | None, ov: int) -> tuple[FloatArray, ...]:
+def _pyfai_xyz(
+    cal: Calibration, rows: slice | None, ov: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     tx, ty, tz = lab_coordinates(cal, rows, ov)
     return tx, -ty, tz
 

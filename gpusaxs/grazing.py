@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -143,7 +143,8 @@ error_model, mask, dummy, delta_dummy
             (npt_oop,), ``count``, ``sigma``; unpacks as ``I, inplane, outofplane``.
         """
         arguments = passed_on(locals())
-        return first_frame(self.integrate2d_grazing_incidence_batch(_single(image), **arguments))
+        res = self.integrate2d_grazing_incidence_batch(_single(image), **arguments)
+        return cast(GrazingResult, first_frame(res))
 
     def integrate2d_grazing_incidence_batch(
         self,
@@ -236,7 +237,8 @@ error_model, mask, dummy, delta_dummy
             ``x, I, sigma``.
         """
         arguments = passed_on(locals())
-        return first_frame(self.integrate1d_grazing_incidence_batch(_single(image), **arguments))
+        res = self.integrate1d_grazing_incidence_batch(_single(image), **arguments)
+        return cast(GrazingResult, first_frame(res))
 
     def integrate1d_grazing_incidence_batch(
         self,
@@ -271,7 +273,7 @@ error_model, mask, dummy, delta_dummy
             name = "npt_oop" if vertical_integration else "npt_ip"
             raise ValueError(f"{name} (the cut's bins) is needed")
         # the integrated axis as one bin over its range: the same pixels as pyFAI's 1000
-        binned = (
+        binned: dict[str, Any] = (
             dict(npt_ip=1, npt_oop=int(npt))
             if vertical_integration
             else dict(npt_ip=int(npt), npt_oop=1)
