@@ -30,6 +30,8 @@ from gpusaxs.clients.saxsdog_state import Saxsdog
 from gpusaxs.clients.saxsdog_watch import start_watch
 from gpusaxs.distributed import close_client
 from gpusaxs.errors import GpusaxsError
+from gpusaxs.grazing_config import read_grazing_config
+from gpusaxs.grazing_outputs import GrazingStage
 from gpusaxs.io.images import IMAGE_SUFFIXES
 from gpusaxs.matrix_cache import matrix_key
 from gpusaxs.pipeline import FramePipeline
@@ -79,6 +81,7 @@ def main(argv=None):
         cal.check_limits()  # before anything is read or built
         key = matrix_key(cal)  # the Integrator's matrix_key (resume checks)
         calibration_text = json.dumps(cal.to_dict("flat"), indent=1)
+        grazing = read_grazing_config(args.calibration, cal.imagesize)  # maps and cuts
     except GpusaxsError as exc:
         err(f"error: {exc}")
         return 2
@@ -128,6 +131,10 @@ def main(argv=None):
     t_start = time.perf_counter()
 
     client = None
+    if grazing is not None and args.scheduler:
+        err("warning: --scheduler writes the curves only, not the grazing-incidence outputs")
+    elif grazing is not None:
+        dog.grazing = GrazingStage(integrator, grazing)
     if args.scheduler:
         try:
             client, pipeline = dask_pipeline(args, dog, integrator)
@@ -136,7 +143,7 @@ def main(argv=None):
             return 2
     else:
         pipeline = FramePipeline(
-            integrator,
+            integrator if dog.grazing is None else dog.grazing,
             batch_size=args.batch_size,
             read_threads=args.threads,
             on_done=dog.on_done,

@@ -70,6 +70,7 @@ class Saxsdog:
                 None if integrator is None else integrator.q, cal, self.calibration_key
             )
         self.monitor = None
+        self.grazing = None  # a GrazingStage (gpusaxs/grazing_outputs.py) when asked for
         self._lock = threading.Lock()
         self._seen = set()  # resolved image paths handed on (dedupe)
         self._outputs = CurveClaims()  # out path -> image path (collision check)
@@ -95,6 +96,9 @@ class Saxsdog:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         name = Path(image_path).name
+        if self.grazing is not None:  # the map and the cuts, then the curve's own outputs
+            self.grazing.write(out_path, name, intensity, error, self.calibration_key)
+            intensity, error = intensity[: len(q)], error[: len(q)]
         if self.args.svg:
             plot_curve_svg(out_path.with_suffix(".svg"), q, intensity, name)
         if self.args.png:
@@ -116,7 +120,7 @@ class Saxsdog:
     def on_done(self, image_path, out_path, q, intensity):
         self.progress.advance()
         if self.monitor is not None:
-            self.monitor.push(Path(image_path).name, q, intensity)
+            self.monitor.push(Path(image_path).name, q, intensity[: len(q)])
 
     def on_error(self, image_path, exc):
         self.report(image_path, exc)

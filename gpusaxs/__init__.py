@@ -14,6 +14,14 @@ The public API, all of it (see README.md):
                             error_model="poisson", mask=None)   # -> IntegrationResult
     res = integ.integrate2d(image, npt_rad, npt_azim=360, ...)  # cake (azim, rad)
     res = integ.integrate1d_batch(stack, ...); integ.integrate2d_batch(stack, npt_rad, ...)
+    res = integ.integrate2d_grazing_incidence(image, npt_ip=1000, npt_oop=1000,
+                                              unit_ip="qip_nm^-1", unit_oop="qoop_nm^-1",
+                                              incident_angle=0.0, tilt_angle=0.0,
+                                              sample_orientation=1, angle_unit="rad",
+                                              split_pixels=True, ...)  # map (oop, ip)
+    res = integ.integrate1d_grazing_incidence(image, npt_oop=..., vertical_integration=True)
+    integ.integrate2d_polar(image, ...); integ.integrate2d_exitangles(image, ...)  # + 1d cuts
+    gpusaxs.fiber.FIBER_UNITS                          # qip/qoop nm^-1 A^-1, exit angles, polar
     gpusaxs.units.RADIAL_UNITS                         # q_nm^-1 q_A^-1 2th_deg 2th_rad r_mm
     gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)
     gpusaxs.calc_theta(r, phi, d, tilt, tilt_dir)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._typing import AnyArray, ArrayLike
+from .fiber import GrazingBinning
 from .units import parse_unit
 
 __all__ = ["IntegrationOptions", "PixelArray"]
@@ -68,6 +69,9 @@ class IntegrationOptions:
         None: the calibration's PolarizationCorrection.
     dark, flat, mask : PixelArray or None
         Per-pixel arrays (H, W); mask True = excluded.
+    grazing : GrazingBinning or None
+        A grazing-incidence map's binning (:mod:`gpusaxs.fiber`); it replaces the radial and
+        azimuth bins.
     """
 
     npt: int | None = None
@@ -80,6 +84,7 @@ class IntegrationOptions:
     dark: PixelArray | None = None
     flat: PixelArray | None = None
     mask: PixelArray | None = None
+    grazing: GrazingBinning | None = None
 
     @classmethod
     def make(
@@ -94,6 +99,7 @@ class IntegrationOptions:
         dark: ArrayLike | PixelArray | None = None,
         flat: ArrayLike | PixelArray | None = None,
         mask: ArrayLike | PixelArray | None = None,
+        grazing: GrazingBinning | None = None,
     ) -> IntegrationOptions:
         """The option set of these arguments (pyFAI's names), normalised: the unit by its
         canonical name, ranges as float pairs, arrays frozen."""
@@ -108,6 +114,7 @@ class IntegrationOptions:
             dark=PixelArray.of(dark),
             flat=PixelArray.of(flat),
             mask=PixelArray.of(mask),
+            grazing=grazing,
         )
 
     def array(self, name: str) -> AnyArray | None:
@@ -122,6 +129,8 @@ class IntegrationOptions:
             value = getattr(self, name)
             if isinstance(value, PixelArray):
                 value = {"sha256": value.digest, "shape": list(value.array.shape)}
+            elif isinstance(value, GrazingBinning):
+                value = value.as_dict()
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value

@@ -21,6 +21,7 @@ from .backend import select_backend
 from .calibration_model import Calibration, as_calibration
 from .engine_contract import Engine, error_model, mean_intensity
 from .engines import make_engine
+from .grazing import GrazingMixin
 from .integration_options import IntegrationOptions
 from .io.chi import write_chi
 from .matrix_cache import get_matrix
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_MODELS", "Integrator"]
 
 
-class Integrator:
+class Integrator(GrazingMixin):
     """Azimuthal integrator for one calibration.
 
     Two sets of methods: the pyFAI-style ones (:meth:`integrate1d`, :meth:`integrate2d`,

@@ -16,6 +16,7 @@ from ._typing import AnyArray, ArrayLike, FloatArray
 from .corrections import apply_corrections
 from .dummy import dummy_sums, warn_negative_floats
 from .engine_contract import Engine, error_model, mean_intensity
+from .fiber import build_grazing_matrix
 from .integration_options import IntegrationOptions
 from .matrix import default_radial_edges, restrict_matrix
 from .matrix_cache import get_matrix
@@ -77,6 +78,14 @@ class OptionEngines:
 
     def _build(self, options: IntegrationOptions) -> IntegrationMatrix:
         cal, unit = self.calibration, options.unit
+        if options.grazing is not None:  # a map (oop, ip): kept in memory only
+            mask = self._build_args["mask"]
+            if mask is None and getattr(cal, "mask_file", None):
+                mask = cal.load_mask()
+            if options.mask is not None:  # the default ranges span the unmasked pixels
+                extra = options.mask.array.astype(bool)
+                mask = extra if mask is None else np.asarray(mask, bool) | extra
+            return self._finish(build_grazing_matrix(cal, options.grazing, mask=mask), options)
         folded: dict[str, Any] = dict(unit=unit)
         if options.azimuth_npt is not None:
             lo, span = normalise_sector(options.azimuth_range or (-180.0, 180.0))
@@ -100,6 +109,11 @@ class OptionEngines:
                 cache_dir=args["cache_dir"],
                 progress=args["progress"],
             )
+        return self._finish(matrix, options)
+
+    def _finish(self, matrix: IntegrationMatrix, options: IntegrationOptions) -> IntegrationMatrix:
+        """``matrix`` restricted to the option set's mask, with its corrections folded in."""
+        cal = self.calibration
         if options.mask is not None:
             matrix = restrict_matrix(matrix, options.mask.array)
         return apply_corrections(

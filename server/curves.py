@@ -80,14 +80,20 @@ def confined_dir(root, folder):
 class CurveWriter:
     """``writer(image_path, out_path, q, I, err)`` for the FramePipeline (see module doc)."""
 
-    def __init__(self, root, calibration_key=None):
+    def __init__(self, root, calibration_key=None, grazing=None):
         self.root = os.path.realpath(root)
         self.key = calibration_key
+        self.grazing = grazing  # a GrazingStage: its maps and cuts beside each curve
 
     def __call__(self, image_path, out_path, q, intensity, error):
         out_path = Path(out_path)
         try:
             folder = confined_dir(self.root, out_path.parent)
+            if self.grazing is not None:
+                name = Path(image_path).name
+                target = Path(folder) / out_path.name
+                self.grazing.write(target, name, intensity, error, self.key or None)
+                intensity, error = intensity[: len(q)], error[: len(q)]
             chi.write_chi(
                 os.path.join(folder, out_path.name),
                 q,

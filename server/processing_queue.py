@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.errors import ImageReadError
+from gpusaxs.grazing_outputs import GrazingStage
 from gpusaxs.io.chi import read_chi_key
 from gpusaxs.io.images import is_image_file
 from gpusaxs.matrix import BuildCancelled
@@ -81,6 +82,7 @@ class ProcessingQueue:
         pipeline_factory=None,
         calibration_key=None,
         write_root=None,
+        grazing=None,
     ):
         self.directory = os.path.realpath(directory)
         self.out_dir = None if out_dir is None else os.path.realpath(out_dir)
@@ -94,6 +96,7 @@ class ProcessingQueue:
         self._on_finished = on_finished or (lambda n, failed=0: None)
         self._predecessor = predecessor
         self._pipeline_factory = pipeline_factory
+        self.grazing = grazing  # a GrazingConfig: maps and cuts written with the curves
 
         self._events = _queue.Queue()
         self._lock = threading.Lock()
@@ -297,13 +300,14 @@ class ProcessingQueue:
             self._shutdown_aborted()
             return
         factory = FramePipeline if self._pipeline_factory is None else self._pipeline_factory
+        stage = None if self.grazing is None else GrazingStage(integrator, self.grazing)
         self.pipeline = factory(
-            integrator,
+            integrator if stage is None else stage,
             batch_size=self.batch_size,
             read_threads=self.read_threads,
             on_done=self._done,
             on_error=self._error,
-            writer=CurveWriter(self.write_root, self.calibration_key),
+            writer=CurveWriter(self.write_root, self.calibration_key, grazing=stage),
         )
         with self._lock:
             if self.state in ("starting", "building"):
@@ -473,7 +477,7 @@ class ProcessingQueue:
             ent = self._pending.pop(p, None)
             self.pics += 1
             self._t_last = time.monotonic()
-            self.latest = (p, str(out_path), q, intensity)
+            self.latest = (p, str(out_path), q, intensity[: len(q)])  # the curve of a row
         self._on_finished(1)
         if ent is not None and ent.dirty and not self._abort.is_set():
             self._put_file("force", p)

@@ -21,6 +21,7 @@ import numpy as np
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import GpusaxsError
 from gpusaxs.gpu_engine import fallback_lines
+from gpusaxs.grazing_config import grazing_config
 from gpusaxs.integrator import Integrator
 from gpusaxs.io.chi import read_chi
 from gpusaxs.io.images import is_image_file
@@ -326,6 +327,7 @@ class SaxsdogService:
                 f"directory {arg['directory']!r} does not exist in the base folder"
             )
         cal = Calibration.from_dict(arg["calibration"], base_dir=directory)
+        grazing = grazing_config(arg["calibration"], cal.imagesize)  # maps and cuts, or None
         check_limits(cal)  # the build's time and memory bounds, before anything is built
         h, w = cal.imagesize
         if h * w > MAX_PIXELS:
@@ -396,6 +398,7 @@ class SaxsdogService:
             pipeline_factory=self._pipeline_factory,
             calibration_key=key[0],
             write_root=self.out_dir or self.base,
+            grazing=grazing,
         )
         self.queue = q
         q.start()

@@ -6,12 +6,17 @@ import warnings
 import numpy as np
 
 
-def pyfai_integrator(cal):
-    """A pyFAI AzimuthalIntegrator reproducing ``cal``'s geometry (reference README mapping)."""
+def pyfai_integrator(cal, fiber=False):
+    """A pyFAI AzimuthalIntegrator reproducing ``cal``'s geometry (reference README mapping);
+    ``fiber``: a FiberIntegrator (grazing incidence) instead."""
     logging.getLogger("pyFAI").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pyFAI")
     from pyFAI.detectors import Detector
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+    from pyFAI.integrator.fiber import FiberIntegrator
+
+    if fiber:
+        AzimuthalIntegrator = FiberIntegrator  # noqa: N806
 
     height, width = cal.imagesize
     px_y, px_x = cal.pixel_size_um
