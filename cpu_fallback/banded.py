@@ -288,3 +288,34 @@ def banded_sums(sums, frames, bands, layout, dark, scale, n_sums, upper, csr, on
     if on_compile is not None and needs_compile(kernel, args):
         on_compile()  # the caller says so before the 5-15 s of compiling
     kernel(*args)
+
+
+#: below this many values the threads' sums are zeroed and added by NumPy (a curve's few
+#: thousand bins: a parallel launch would cost more than it saves)
+PARALLEL_REDUCE_VALUES = 1 << 20
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def zero_sums(sums):
+    """sums[...] = 0, the threads each zeroing a part (a map's sums are hundreds of MB)."""
+    flat = sums.reshape(-1)
+    n = flat.size
+    chunk = 1 << 16
+    for c in numba.prange((n + chunk - 1) // chunk):
+        flat[c * chunk : min(n, (c + 1) * chunk)] = 0.0
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def reduce_threads(sums, out, b0, n):
+    """out[p, b0 + f, c] = the threads' sums[p, t, c * Bp + f] added, for frames f < n: the
+    reduction and the transpose to (frame, bin) in one parallel pass over the bins."""
+    planes, threads, size = sums.shape
+    n_bins = out.shape[2]
+    bp = size // n_bins
+    for c in numba.prange(n_bins):
+        for p in range(planes):
+            for f in range(n):
+                s = 0.0
+                for t in range(threads):
+                    s += sums[p, t, c * bp + f]
+                out[p, b0 + f, c] = s

@@ -78,7 +78,7 @@ class CpuEngine:
 
         # the numba kernels (cpu_fallback.banded imports numba and defines them) are loaded
         # with the first frames, not with gpusaxs: ``import numba`` alone costs 0.3 s and more
-        from .banded import banded_sums
+        from .banded import PARALLEL_REDUCE_VALUES, banded_sums, reduce_threads, zero_sums
 
         frames = as_frame_stack(stack, self.matrix.shape)
         n_frames, n_bins = frames.shape[0], self.matrix.n_bins
@@ -104,7 +104,10 @@ class CpuEngine:
                     sums = np.zeros(size)
                 elif self._work.size >= size:
                     sums = self._work[:size]
-                    sums[:] = 0.0
+                    if size >= PARALLEL_REDUCE_VALUES:
+                        zero_sums(sums)
+                    else:
+                        sums[:] = 0.0
                 else:
                     sums = self._work = np.zeros(size)
                 sums = sums.reshape(planes, self.threads, n_bins * bp)
@@ -120,8 +123,11 @@ class CpuEngine:
                     (self.matrix.pixel_ptr, self.matrix.bins, self.matrix.weights),
                     self.on_compile,
                 )
-                total = sums.sum(axis=1).reshape(planes, n_bins, bp)
-                out[:, b0 : b0 + n] = total[:, :, :n].transpose(0, 2, 1)
+                if size >= PARALLEL_REDUCE_VALUES:  # a map: add and transpose on all cores
+                    reduce_threads(sums, out, b0, n)
+                else:
+                    total = sums.sum(axis=1).reshape(planes, n_bins, bp)
+                    out[:, b0 : b0 + n] = total[:, :, :n].transpose(0, 2, 1)
         finally:
             numba.set_num_threads(previous)
             if own_work:
