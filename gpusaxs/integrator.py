@@ -26,6 +26,7 @@ from .io.chi import write_chi
 from .matrix_cache import get_matrix
 from .option_engines import ERROR_MODELS, OptionEngines, first_frame, passed_on
 from .plotting import plot_curve
+from .robust_methods import RobustMethods
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_MODELS", "Integrator"]
 
 
-class Integrator:
+class Integrator(RobustMethods):
     """Azimuthal integrator for one calibration.
 
     Two sets of methods: the pyFAI-style ones (:meth:`integrate1d`, :meth:`integrate2d`,
