@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,9 @@ import numpy as np
 
 from ._typing import AnyArray, ArrayLike
 from .backend import array_module
-from .bin_major import bin_major
+from .bin_major import BinMajor, bin_major
+from .engine_contract import invalid_threshold
+from .engines import NO_NUMBA_VAR
 from .integration_options import IntegrationOptions
 from .option_engines import first_frame
 from .results import IntegrationResult
@@ -82,6 +85,9 @@ polarization_factor, normalization_factor, mask
         def run(ev: Any, view: Any, xp: Any) -> RobustSums:
             return sigma_clip_sums(ev, view, thres, max_iter, error_model, xp)
 
+        def kernel(frames: AnyArray, view: BinMajor) -> RobustSums:
+            return _numba_sigma_clip(frames, view, thres, max_iter, error_model)
+
         options = _options(
             npt,
             unit,
@@ -94,7 +100,7 @@ polarization_factor, normalization_factor, mask
             mask,
         )
         params = {"method": "sigma_clip", "thres": float(thres), "max_iter": int(max_iter)}
-        return self._robust(stack, options, run, error_model, normalization_factor, params)
+        return self._robust(stack, options, run, error_model, normalization_factor, params, kernel)
 
     def medfilt1d(
         self, image: ArrayLike, npt: int | None = None, **options: Any
@@ -181,6 +187,7 @@ polarization_factor, normalization_factor, mask
         error_model: str,
         normalization_factor: float | Sequence[float] | AnyArray,
         params: dict[str, Any],
+        kernel: Callable[[AnyArray, BinMajor], RobustSums] | None = None,
     ) -> IntegrationResult:
         if error_model not in ROBUST_ERROR_MODELS:
             raise ValueError(
@@ -195,7 +202,9 @@ polarization_factor, normalization_factor, mask
         flat = frames.reshape(frames.shape[0], -1)
         step = max(1, CHUNK_ENTRIES // max(view.nnz, 1))
         parts = []
-        for start in range(0, flat.shape[0], step):
+        if kernel is not None and xp is np and _numba_usable():
+            parts, step = [kernel(flat, view)], flat.shape[0]
+        for start in range(len(parts) * flat.shape[0], flat.shape[0], step):
             chunk = xp.asarray(flat[start : start + step])
             parts.append(_host(run(entry_values(chunk, view, xp), view, xp)))
         sums = RobustSums(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
@@ -239,6 +248,42 @@ def _options(
         polarization_factor=polarization_factor,
         mask=mask,
     )
+
+
+def _numba_usable() -> bool:
+    if os.environ.get(NO_NUMBA_VAR):
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _numba_sigma_clip(
+    frames: AnyArray, view: BinMajor, thres: float, max_iter: int, error_model: str
+) -> RobustSums:
+    """The CPU kernel (gpusaxs.cpu_fallback.robust_kernel) of sigma_clip_sums."""
+    from gpusaxs.cpu_fallback.robust_kernel import N_OUT, sigma_clip_kernel
+
+    if error_model not in ROBUST_ERROR_MODELS:
+        raise ValueError(f"error_model must be one of {ROBUST_ERROR_MODELS}, got {error_model!r}")
+    out = np.empty((N_OUT, frames.shape[0], view.n_bins))
+    offset = np.zeros(0) if view.offset is None else view.offset
+    sigma_clip_kernel(
+        frames,
+        invalid_threshold(frames.dtype),
+        view.pixels,
+        view.weights,
+        view.scale,
+        offset,
+        view.bin_ptr,
+        float(thres),
+        int(max_iter),
+        ROBUST_ERROR_MODELS.index(error_model),
+        out,
+    )
+    return RobustSums(*out)
 
 
 def _host(sums: RobustSums) -> RobustSums:

@@ -1,0 +1,106 @@
+"""The numba kernel of sigma clipping on the CPU: bins in parallel, each bin's values of a
+frame gathered once into a private buffer, then one pass per clipping iteration (the dropped
+entries subtracted from the sums). Same definitions as gpusaxs.robust (pyFAI's)."""
+
+import math
+
+import numba
+import numpy as np
+
+from .kernel_cache import install
+
+install()  # compiled once into the user's cache (cpu_fallback.kernel_cache)
+
+__all__ = ["sigma_clip_kernel", "N_OUT"]
+
+#: outputs per (frame, bin): mean, std, sigma, count, sum c v, sum c, variance, entries kept
+N_OUT = 8
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+@numba.njit(inline="always")
+def _spread(v, c, n, mean):
+    acc = 0.0
+    for j in range(n):
+        if c[j] > 0.0:
+            d = c[j] * (v[j] - mean)
+            acc += d * d
+    return acc
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def sigma_clip_kernel(
+    frames, threshold, pixels, weights, scale, offset, bin_ptr, thres, max_iter, model, out
+):
+    """Sigma clipping of ``frames`` (B, H*W) per bin; ``model``: 0 Poisson, 1 azimuthal, 2
+    hybrid (clip Poisson, report the spread). A raw value is valid when 0 <= x < threshold.
+    ``offset``: the dark per entry, or an empty array. Writes ``out`` (N_OUT, B, n_bins)."""
+    n_frames = frames.shape[0]
+    n_bins = bin_ptr.shape[0] - 1
+    has_offset = offset.shape[0] > 0
+    for f in range(n_frames):  # one frame at a time: its pixels stay in the cache
+        for b in numba.prange(n_bins):
+            start = bin_ptr[b]
+            n = bin_ptr[b + 1] - start
+            v = np.empty(n)
+            c = np.empty(n)  # the entry's weight w / s; 0 once dropped (or invalid)
+            s_cv = 0.0
+            s_c = 0.0
+            s_c2 = 0.0
+            s_w = 0.0
+            s_p = 0.0
+            kept = 0
+            for j in range(n):
+                e = start + j
+                xf = float(frames[f, pixels[e]])
+                if xf >= 0.0 and xf < threshold:
+                    val = (xf - offset[e]) * scale[e] if has_offset else xf * scale[e]
+                    cj = weights[e] / scale[e]
+                    v[j] = val
+                    c[j] = cj
+                    s_cv += cj * val
+                    s_c += cj
+                    s_c2 += cj * cj
+                    s_w += weights[e]
+                    s_p += weights[e] * weights[e] * max(xf, 1.0)
+                    kept += 1
+                else:
+                    c[j] = 0.0
+            mean = s_cv / s_c if s_c > 0.0 else np.nan
+            var = _spread(v, c, n, mean) if model == 1 else s_p
+            for _ in range(max_iter):
+                if not s_c > 0.0:
+                    break
+                std = math.sqrt(var / s_c2)
+                bound = max(thres, math.sqrt(2.0 * math.log(max(s_w, 3.0) / _SQRT_2PI))) * std
+                dropped = 0
+                for j in range(n):
+                    cj = c[j]
+                    if cj > 0.0 and not abs(v[j] - mean) <= bound:
+                        e = start + j
+                        xf = float(frames[f, pixels[e]])
+                        s_cv -= cj * v[j]
+                        s_c -= cj
+                        s_c2 -= cj * cj
+                        s_w -= weights[e]
+                        s_p -= weights[e] * weights[e] * max(xf, 1.0)
+                        c[j] = 0.0
+                        dropped += 1
+                if dropped == 0:
+                    break
+                kept -= dropped
+                if kept == 0:
+                    s_cv = s_c = s_c2 = s_w = s_p = 0.0
+                mean = s_cv / s_c if s_c > 0.0 else np.nan
+                var = _spread(v, c, n, mean) if model == 1 else s_p
+            if model == 2:
+                var = _spread(v, c, n, mean)
+            std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
+            out[0, f, b] = mean
+            out[1, f, b] = std
+            out[2, f, b] = std * math.sqrt(s_c2) / s_c if s_c > 0.0 else np.nan
+            out[3, f, b] = s_w
+            out[4, f, b] = s_cv
+            out[5, f, b] = s_c
+            out[6, f, b] = var
+            out[7, f, b] = kept
