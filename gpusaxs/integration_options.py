@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._typing import AnyArray, ArrayLike
+from .radial_bins import RADIAL_SPACINGS
 from .units import parse_unit
 
 __all__ = ["IntegrationOptions", "PixelArray"]
@@ -47,6 +48,12 @@ def _pair(value: Any, name: str) -> tuple[float, float] | None:
     return (lo, hi)
 
 
+def _spacing(value: str) -> str:
+    if value not in RADIAL_SPACINGS:
+        raise ValueError(f"radial_spacing must be one of {RADIAL_SPACINGS}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class IntegrationOptions:
     """One option set of :meth:`gpusaxs.Integrator.integrate1d` / ``integrate2d``.
@@ -68,6 +75,8 @@ class IntegrationOptions:
         None: the calibration's PolarizationCorrection.
     dark, flat, mask : PixelArray or None
         Per-pixel arrays (H, W); mask True = excluded.
+    radial_spacing : {"linear", "log"}
+        Radial bins uniform in ``unit`` or in its log (over ``radial_range``, low > 0).
     """
 
     npt: int | None = None
@@ -80,6 +89,7 @@ class IntegrationOptions:
     dark: PixelArray | None = None
     flat: PixelArray | None = None
     mask: PixelArray | None = None
+    radial_spacing: str = "linear"
 
     @classmethod
     def make(
@@ -94,6 +104,7 @@ class IntegrationOptions:
         dark: ArrayLike | PixelArray | None = None,
         flat: ArrayLike | PixelArray | None = None,
         mask: ArrayLike | PixelArray | None = None,
+        radial_spacing: str = "linear",
     ) -> IntegrationOptions:
         """The option set of these arguments (pyFAI's names), normalised: the unit by its
         canonical name, ranges as float pairs, arrays frozen."""
@@ -108,6 +119,7 @@ class IntegrationOptions:
             dark=PixelArray.of(dark),
             flat=PixelArray.of(flat),
             mask=PixelArray.of(mask),
+            radial_spacing=_spacing(radial_spacing),
         )
 
     def array(self, name: str) -> AnyArray | None:

@@ -63,6 +63,7 @@ class RobustMethods:
         polarization_factor: float | None = None,
         normalization_factor: float | Sequence[float] | AnyArray = 1.0,
         mask: ArrayLike | None = None,
+        radial_spacing: str = "linear",
     ) -> IntegrationResult:
         """:meth:`sigma_clip` of a stack (B, H, W) in one pass.
 
@@ -75,6 +76,9 @@ polarization_factor, normalization_factor, mask
             The clip bound in std (pyFAI's ``thres``; Chauvenet's bound when that is larger).
         max_iter : int
             At most this many clipping passes (fewer when nothing more is dropped).
+        radial_spacing : {"linear", "log"}
+            "log": ``npt`` bins uniform in log(radial) over ``radial_range`` (low > 0), for
+            SAXS; ``radial`` holds their arithmetic centres.
         error_model : {"poisson", "azimuthal", "hybrid"}
             The std that clips: Poisson (max(x, 1) per raw value) or the spread of the bin's
             values; "hybrid" clips with Poisson and reports the spread of what is kept.
@@ -98,6 +102,7 @@ polarization_factor, normalization_factor, mask
             flat,
             polarization_factor,
             mask,
+            radial_spacing,
         )
         params = {"method": "sigma_clip", "thres": float(thres), "max_iter": int(max_iter)}
         return self._robust(stack, options, run, error_model, normalization_factor, params, kernel)
@@ -125,6 +130,7 @@ polarization_factor, normalization_factor, mask
         polarization_factor: float | None = None,
         normalization_factor: float | Sequence[float] | AnyArray = 1.0,
         mask: ArrayLike | None = None,
+        radial_spacing: str = "linear",
     ) -> IntegrationResult:
         """:meth:`medfilt1d` of a stack (B, H, W).
 
@@ -151,6 +157,7 @@ polarization_factor, normalization_factor, mask
             flat,
             polarization_factor,
             mask,
+            radial_spacing,
         )
         pct = [float(p) for p in np.atleast_1d(percentile)]
         params = {"method": "medfilt1d", "percentile": pct}
@@ -236,6 +243,7 @@ def _options(
     flat: Any,
     polarization_factor: float | None,
     mask: Any,
+    radial_spacing: str,
 ) -> IntegrationOptions:
     return IntegrationOptions.make(
         npt=npt,
@@ -247,6 +255,7 @@ def _options(
         flat=flat,
         polarization_factor=polarization_factor,
         mask=mask,
+        radial_spacing=radial_spacing,
     )
 
 

@@ -154,3 +154,25 @@ def test_hybrid_clips_with_poisson_and_reports_the_spread(whole_pixels):
     spread = ai.sigma_clip_ng(image, NPT, method=NO_SPLIT, error_model="azimuthal", **kw)
     assert agreement(hybrid.std, spread.std) < 0.03
     assert agreement(poisson.std, spread.std) > 0.03  # the two spreads differ on this frame
+
+
+def test_log_spaced_bins_match_pyfai_in_log_q(whole_pixels):
+    """Bins uniform in log(q) = pyFAI's bins uniform in its unit log(q.nm) (natural log)."""
+    integ, ai, image, mask, _ = whole_pixels
+    lo, hi = 0.1, 2.5
+    ours = integ.sigma_clip(image, 300, radial_range=(lo, hi), radial_spacing="log")
+    edges = np.geomspace(lo, hi, 301)
+    np.testing.assert_allclose(ours.radial, 0.5 * (edges[1:] + edges[:-1]), rtol=1e-12)
+    theirs = ai.sigma_clip_ng(
+        image,
+        300,
+        unit="log(q.nm)_None",
+        radial_range=(np.log(lo), np.log(hi)),
+        mask=mask,
+        correctSolidAngle=False,
+        method=NO_SPLIT,
+        error_model="poisson",
+    )
+    assert agreement(ours.intensity, theirs.intensity) < 1e-3
+    with pytest.raises(ValueError, match="radial_range"):
+        integ.sigma_clip(image, 300, radial_spacing="log")
