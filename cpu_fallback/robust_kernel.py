@@ -19,13 +19,17 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
 @numba.njit(inline="always")
-def _spread(v, c, n, mean):
-    acc = 0.0
-    for j in range(n):
-        if c[j] > 0.0:
-            d = c[j] * (v[j] - mean)
-            acc += d * d
-    return acc
+def _coef(uniform, weights, scale, e):
+    """The entry's weight c = w / s (1 for whole pixels without corrections)."""
+    if uniform:
+        return 1.0
+    return weights[e] / scale[e]
+
+
+@numba.njit(inline="always")
+def _spread(s_c2d2, s_c2d, s_c2, delta):
+    """sum c^2 (v - mean)^2 from the moments about the reference, delta = mean - ref."""
+    return max(s_c2d2 - 2.0 * delta * s_c2d + delta * delta * s_c2, 0.0)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -34,40 +38,62 @@ def sigma_clip_kernel(
 ):
     """Sigma clipping of ``frames`` (B, H*W) per bin; ``model``: 0 Poisson, 1 azimuthal, 2
     hybrid (clip Poisson, report the spread). A raw value is valid when 0 <= x < threshold.
-    ``offset``: the dark per entry, or an empty array. Writes ``out`` (N_OUT, B, n_bins)."""
+    ``offset``: the dark per entry, or an empty array. Writes ``out`` (N_OUT, B, n_bins).
+    Each bin's corrected values of a frame go to a private buffer, NaN once dropped; the sums
+    (and the moments of the spread) lose what a pass drops, so a pass is one read."""
     n_frames = frames.shape[0]
     n_bins = bin_ptr.shape[0] - 1
     has_offset = offset.shape[0] > 0
+    uniform = not has_offset
+    for e in range(pixels.shape[0]):
+        if weights[e] != 1.0 or scale[e] != 1.0:
+            uniform = False
+            break
     for f in range(n_frames):  # one frame at a time: its pixels stay in the cache
         for b in numba.prange(n_bins):
             start = bin_ptr[b]
             n = bin_ptr[b + 1] - start
             v = np.empty(n)
-            c = np.empty(n)  # the entry's weight w / s; 0 once dropped (or invalid)
             s_cv = 0.0
             s_c = 0.0
             s_c2 = 0.0
             s_w = 0.0
             s_p = 0.0
+            s_c2d = 0.0  # moments of d = v - ref (ref: the bin's first valid value)
+            s_c2d2 = 0.0
+            ref = np.nan
             kept = 0
             for j in range(n):
                 e = start + j
                 xf = float(frames[f, pixels[e]])
                 if xf >= 0.0 and xf < threshold:
-                    val = (xf - offset[e]) * scale[e] if has_offset else xf * scale[e]
-                    cj = weights[e] / scale[e]
+                    if uniform:
+                        val = xf
+                        cj = 1.0
+                        wj = 1.0
+                    else:
+                        val = (xf - offset[e]) * scale[e] if has_offset else xf * scale[e]
+                        cj = weights[e] / scale[e]
+                        wj = weights[e]
                     v[j] = val
-                    c[j] = cj
+                    if kept == 0:
+                        ref = val
+                    d = val - ref
+                    s_c2d += cj * cj * d
+                    s_c2d2 += cj * cj * d * d
                     s_cv += cj * val
                     s_c += cj
                     s_c2 += cj * cj
-                    s_w += weights[e]
-                    s_p += weights[e] * weights[e] * max(xf, 1.0)
+                    s_w += wj
+                    s_p += wj * wj * max(xf, 1.0)
                     kept += 1
                 else:
-                    c[j] = 0.0
+                    v[j] = np.nan
             mean = s_cv / s_c if s_c > 0.0 else np.nan
-            var = _spread(v, c, n, mean) if model == 1 else s_p
+            if model == 1:
+                var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
+            else:
+                var = s_p
             for _ in range(max_iter):
                 if not s_c > 0.0:
                     break
@@ -75,26 +101,34 @@ def sigma_clip_kernel(
                 bound = max(thres, math.sqrt(2.0 * math.log(max(s_w, 3.0) / _SQRT_2PI))) * std
                 dropped = 0
                 for j in range(n):
-                    cj = c[j]
-                    if cj > 0.0 and not abs(v[j] - mean) <= bound:
+                    vj = v[j]
+                    if vj == vj and not abs(vj - mean) <= bound:
                         e = start + j
+                        cj = _coef(uniform, weights, scale, e)
+                        wj = 1.0 if uniform else weights[e]
                         xf = float(frames[f, pixels[e]])
-                        s_cv -= cj * v[j]
+                        d = vj - ref
+                        s_c2d -= cj * cj * d
+                        s_c2d2 -= cj * cj * d * d
+                        s_cv -= cj * vj
                         s_c -= cj
                         s_c2 -= cj * cj
-                        s_w -= weights[e]
-                        s_p -= weights[e] * weights[e] * max(xf, 1.0)
-                        c[j] = 0.0
+                        s_w -= wj
+                        s_p -= wj * wj * max(xf, 1.0)
+                        v[j] = np.nan
                         dropped += 1
                 if dropped == 0:
                     break
                 kept -= dropped
                 if kept == 0:
-                    s_cv = s_c = s_c2 = s_w = s_p = 0.0
+                    s_cv = s_c = s_c2 = s_w = s_p = s_c2d = s_c2d2 = 0.0
                 mean = s_cv / s_c if s_c > 0.0 else np.nan
-                var = _spread(v, c, n, mean) if model == 1 else s_p
+                if model == 1:
+                    var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
+                else:
+                    var = s_p
             if model == 2:
-                var = _spread(v, c, n, mean)
+                var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
             std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
             out[0, f, b] = mean
             out[1, f, b] = std

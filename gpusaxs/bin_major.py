@@ -36,7 +36,7 @@ class BinMajor:
         Entries of bin b are ``bin_ptr[b]:bin_ptr[b + 1]``.
     bin_of : int64 (nnz,)
         Bin of each entry (for ``bincount``).
-    pixels : int64 (nnz,)
+    pixels : int32 (int64 beyond 2**31 pixels) (nnz,)
         Flat pixel index of each entry (C order of the frame).
     weights : float64 (nnz,)
         The entry's area fraction ``w`` (the matrix's weight).
@@ -71,6 +71,8 @@ def _build(matrix: IntegrationMatrix) -> BinMajor:
     order = np.argsort(matrix.bins, kind="stable")
     bin_of = matrix.bins[order].astype(np.int64)
     pixels = pixel_of[order]
+    if counts.size < 2**31:
+        pixels = pixels.astype(np.int32)  # half the bytes read per entry and frame
     ptr = np.zeros(matrix.n_bins + 1, dtype=np.int64)
     np.cumsum(np.bincount(bin_of, minlength=matrix.n_bins), out=ptr[1:])
     offset = None if matrix.pixel_offset is None else matrix.pixel_offset[pixels].astype(np.float64)

@@ -176,3 +176,16 @@ def test_log_spaced_bins_match_pyfai_in_log_q(whole_pixels):
     assert agreement(ours.intensity, theirs.intensity) < 1e-3
     with pytest.raises(ValueError, match="radial_range"):
         integ.sigma_clip(image, 300, radial_spacing="log")
+
+
+def test_kernel_general_path_split_pixels_dark_and_corrections(split_pixels, monkeypatch):
+    """Split pixels, a dark and the solid angle: the kernel's weighted path = the NumPy path."""
+    pytest.importorskip("numba")
+    integ, _, image, _, _ = split_pixels
+    dark = np.random.default_rng(6).uniform(0.0, 2.0, image.shape)
+    kw = dict(error_model="azimuthal", dark=dark, correct_solid_angle=True)
+    kernel = integ.sigma_clip_batch(image[None], NPT, **kw)
+    monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
+    array = integ.sigma_clip_batch(image[None], NPT, **kw)
+    for name in ("intensity", "std", "count"):
+        np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
