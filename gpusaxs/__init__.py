@@ -14,6 +14,9 @@ The public API, all of it (see README.md):
                             error_model="poisson", mask=None)   # -> IntegrationResult
     res = integ.integrate2d(image, npt_rad, npt_azim=360, ...)  # cake (azim, rad)
     res = integ.integrate1d_batch(stack, ...); integ.integrate2d_batch(stack, npt_rad, ...)
+    res = integ.sigma_clip(image, npt, thres=5, max_iter=5, error_model="poisson")  # + _batch
+    res = integ.medfilt1d(image, npt, percentile=50)   # or (lo, hi); + _batch
+    res = integ.integrate_radial(image, npt, npt_rad=100, radial_range=None, unit="chi_deg")
     gpusaxs.units.RADIAL_UNITS                         # q_nm^-1 q_A^-1 2th_deg 2th_rad r_mm
     gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)
     gpusaxs.calc_theta(r, phi, d, tilt, tilt_dir)
