@@ -91,12 +91,16 @@ def on_device(view: BinMajor, xp: Any) -> BinMajor:
     """``view`` with its arrays in the array module ``xp`` (CuPy: copied to the device)."""
     if xp is np:
         return view
-    moved = {
-        name: None if value is None else xp.asarray(value)
-        for name, value in view.__dict__.items()
-        if name != "n_bins"
-    }
-    return BinMajor(**moved, n_bins=view.n_bins)
+    offset = None if view.offset is None else xp.asarray(view.offset)
+    return BinMajor(
+        bin_ptr=xp.asarray(view.bin_ptr),
+        bin_of=xp.asarray(view.bin_of),
+        pixels=xp.asarray(view.pixels),
+        weights=xp.asarray(view.weights),
+        scale=xp.asarray(view.scale),
+        offset=offset,
+        n_bins=view.n_bins,
+    )
 
 
 def bin_major(matrix: IntegrationMatrix, xp: Any = np) -> BinMajor:
