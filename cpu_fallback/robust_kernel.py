@@ -11,7 +11,7 @@ from .kernel_cache import install
 
 install()  # compiled once into the user's cache (cpu_fallback.kernel_cache)
 
-__all__ = ["sigma_clip_kernel", "N_OUT"]
+__all__ = ["sigma_clip_kernel", "percentile_kernel", "N_OUT"]
 
 #: outputs per (frame, bin): mean, std, sigma, count, sum c v, sum c, variance, entries kept
 N_OUT = 8
@@ -129,6 +129,79 @@ def sigma_clip_kernel(
                     var = s_p
             if model == 2:
                 var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
+            std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
+            out[0, f, b] = mean
+            out[1, f, b] = std
+            out[2, f, b] = std * math.sqrt(s_c2) / s_c if s_c > 0.0 else np.nan
+            out[3, f, b] = s_w
+            out[4, f, b] = s_cv
+            out[5, f, b] = s_c
+            out[6, f, b] = var
+            out[7, f, b] = kept
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def percentile_kernel(
+    frames, threshold, pixels, weights, scale, offset, bin_ptr, lo, hi, model, out
+):
+    """Weighted percentile per bin (pyFAI's medfilt1d rule, gpusaxs.robust.percentile_sums):
+    each bin's valid entries sorted by value (stable), their weights c summed up; an entry is
+    kept when its cumulated weight reaches ``lo`` x total and the weight before it does not
+    pass ``hi`` x total. ``model``: 0 reports the Poisson error, else the spread. Writes
+    ``out`` (N_OUT, B, n_bins) like :func:`sigma_clip_kernel`."""
+    n_frames = frames.shape[0]
+    n_bins = bin_ptr.shape[0] - 1
+    has_offset = offset.shape[0] > 0
+    for f in range(n_frames):
+        for b in numba.prange(n_bins):
+            start = bin_ptr[b]
+            n = bin_ptr[b + 1] - start
+            v = np.empty(n)
+            ent = np.empty(n, dtype=np.int64)
+            m = 0
+            for j in range(n):
+                e = start + j
+                xf = float(frames[f, pixels[e]])
+                if xf >= 0.0 and xf < threshold:
+                    v[m] = (xf - offset[e]) * scale[e] if has_offset else xf * scale[e]
+                    ent[m] = e
+                    m += 1
+            order = np.argsort(v[:m], kind="mergesort")
+            total = 0.0
+            for k in range(m):
+                e = ent[k]
+                total += weights[e] / scale[e]
+            s_cv = 0.0
+            s_c = 0.0
+            s_c2 = 0.0
+            s_w = 0.0
+            s_p = 0.0
+            kept = 0
+            upper = 0.0
+            keep = np.zeros(m, dtype=np.bool_)
+            for k in range(m):
+                i = order[k]
+                e = ent[i]
+                cj = weights[e] / scale[e]
+                lower = upper
+                upper += cj
+                if upper >= lo * total and lower <= hi * total and cj > 0.0:
+                    keep[i] = True
+                    s_cv += cj * v[i]
+                    s_c += cj
+                    s_c2 += cj * cj
+                    s_w += weights[e]
+                    xf = float(frames[f, pixels[e]])
+                    s_p += weights[e] * weights[e] * max(xf, 1.0)
+                    kept += 1
+            mean = s_cv / s_c if s_c > 0.0 else np.nan
+            var = s_p
+            if model != 0:
+                var = 0.0
+                for i in range(m):
+                    if keep[i]:
+                        d = weights[ent[i]] / scale[ent[i]] * (v[i] - mean)
+                        var += d * d
             std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
             out[0, f, b] = mean
             out[1, f, b] = std

@@ -32,6 +32,7 @@ __all__ = [
     "entry_values",
     "sigma_clip_sums",
     "percentile_sums",
+    "quantiles",
     "chauvenet",
 ]
 
@@ -176,6 +177,18 @@ def sigma_clip_sums(
     return _finish(sums, kept, xp, report)
 
 
+def quantiles(percentile: float | tuple[float, float]) -> tuple[float, float]:
+    """(lo, hi) in [0, 1] of a percentile (lo = hi) or a pair of them; ValueError else."""
+    if np.ndim(percentile) == 0:
+        lo = hi = float(percentile) / 100.0  # type: ignore[arg-type]
+    else:
+        lo, hi = (float(p) / 100.0 for p in percentile)  # type: ignore[union-attr]
+        lo, hi = min(lo, hi), max(lo, hi)
+    if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
+    return lo, hi
+
+
 def percentile_sums(
     ev: EntryValues,
     view: BinMajor,
@@ -189,13 +202,7 @@ def percentile_sums(
     at it, the median for 50; two: the weighted mean of those between them)."""
     if error_model not in ROBUST_ERROR_MODELS:
         raise ValueError(f"error_model must be one of {ROBUST_ERROR_MODELS}, got {error_model!r}")
-    if np.ndim(percentile) == 0:
-        lo = hi = float(percentile) / 100.0  # type: ignore[arg-type]
-    else:
-        lo, hi = (float(p) / 100.0 for p in percentile)  # type: ignore[union-attr]
-        lo, hi = min(lo, hi), max(lo, hi)
-    if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
-        raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
+    lo, hi = quantiles(percentile)
     n_frames = ev.value.shape[0]
     shape = (n_frames, view.n_bins)
     keep = xp.zeros(ev.value.shape, dtype=bool)

@@ -18,7 +18,14 @@ from .engines import NO_NUMBA_VAR
 from .integration_options import IntegrationOptions
 from .option_engines import first_frame
 from .results import IntegrationResult
-from .robust import ROBUST_ERROR_MODELS, RobustSums, entry_values, percentile_sums, sigma_clip_sums
+from .robust import (
+    ROBUST_ERROR_MODELS,
+    RobustSums,
+    entry_values,
+    percentile_sums,
+    quantiles,
+    sigma_clip_sums,
+)
 from .robust_radial import radial_profile
 
 if TYPE_CHECKING:
@@ -147,6 +154,9 @@ polarization_factor, normalization_factor, mask
         def run(ev: Any, view: Any, xp: Any) -> RobustSums:
             return percentile_sums(ev, view, percentile, error_model, xp)
 
+        def kernel(frames: AnyArray, view: BinMajor) -> RobustSums:
+            return _numba_percentile(frames, view, percentile, error_model)
+
         options = _options(
             npt,
             unit,
@@ -161,7 +171,7 @@ polarization_factor, normalization_factor, mask
         )
         pct = [float(p) for p in np.atleast_1d(percentile)]
         params = {"method": "medfilt1d", "percentile": pct}
-        return self._robust(stack, options, run, error_model, normalization_factor, params)
+        return self._robust(stack, options, run, error_model, normalization_factor, params, kernel)
 
     def integrate_radial(self, image: ArrayLike, npt: int, **options: Any) -> IntegrationResult:
         """pyFAI's ``integrate_radial``: I(chi) of one frame over a radial range.
@@ -273,25 +283,29 @@ def _numba_sigma_clip(
     frames: AnyArray, view: BinMajor, thres: float, max_iter: int, error_model: str
 ) -> RobustSums:
     """The CPU kernel (gpusaxs.cpu_fallback.robust_kernel) of sigma_clip_sums."""
-    from gpusaxs.cpu_fallback.robust_kernel import N_OUT, sigma_clip_kernel
+    from gpusaxs.cpu_fallback.robust_kernel import sigma_clip_kernel
 
-    if error_model not in ROBUST_ERROR_MODELS:
-        raise ValueError(f"error_model must be one of {ROBUST_ERROR_MODELS}, got {error_model!r}")
-    out = np.empty((N_OUT, frames.shape[0], view.n_bins))
+    model = ROBUST_ERROR_MODELS.index(error_model)
+    return _numba_run(sigma_clip_kernel, frames, view, float(thres), int(max_iter), model)
+
+
+def _numba_percentile(
+    frames: AnyArray, view: BinMajor, percentile: Any, error_model: str
+) -> RobustSums:
+    """The CPU kernel (gpusaxs.cpu_fallback.robust_kernel) of percentile_sums."""
+    from gpusaxs.cpu_fallback.robust_kernel import percentile_kernel
+
+    lo, hi = quantiles(percentile)
+    model = ROBUST_ERROR_MODELS.index(error_model)
+    return _numba_run(percentile_kernel, frames, view, lo, hi, model)
+
+
+def _numba_run(kernel: Any, frames: AnyArray, view: BinMajor, *args: Any) -> RobustSums:
+    out = np.empty((len(RobustSums._fields), frames.shape[0], view.n_bins))
     offset = np.zeros(0) if view.offset is None else view.offset
-    sigma_clip_kernel(
-        frames,
-        invalid_threshold(frames.dtype),
-        view.pixels,
-        view.weights,
-        view.scale,
-        offset,
-        view.bin_ptr,
-        float(thres),
-        int(max_iter),
-        ROBUST_ERROR_MODELS.index(error_model),
-        out,
-    )
+    threshold = invalid_threshold(frames.dtype)
+    sc, w, px, ptr = view.scale, view.weights, view.pixels, view.bin_ptr
+    kernel(frames, threshold, px, w, sc, offset, ptr, *args, out)
     return RobustSums(*out)
 
 

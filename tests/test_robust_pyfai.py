@@ -189,3 +189,19 @@ def test_kernel_general_path_split_pixels_dark_and_corrections(split_pixels, mon
     array = integ.sigma_clip_batch(image[None], NPT, **kw)
     for name in ("intensity", "std", "count"):
         np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
+
+
+@pytest.mark.parametrize("percentile,model", [((10, 90), "poisson"), (50, "azimuthal")])
+def test_percentile_kernel_and_array_module_path_agree(
+    split_pixels, monkeypatch, percentile, model
+):
+    """medfilt1d's CPU kernel and the NumPy/CuPy path, split pixels with a dark."""
+    pytest.importorskip("numba")
+    integ, _, image, _, _ = split_pixels
+    dark = np.random.default_rng(7).uniform(0.0, 2.0, image.shape)
+    kw = dict(percentile=percentile, error_model=model, dark=dark, correct_solid_angle=True)
+    kernel = integ.medfilt1d_batch(image[None], NPT, **kw)
+    monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
+    array = integ.medfilt1d_batch(image[None], NPT, **kw)
+    for name in ("intensity", "std", "sigma", "count"):
+        np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
