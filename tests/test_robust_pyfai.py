@@ -205,3 +205,34 @@ def test_percentile_kernel_and_array_module_path_agree(
     array = integ.medfilt1d_batch(image[None], NPT, **kw)
     for name in ("intensity", "std", "sigma", "count"):
         np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the means of empty chi bins
+@pytest.mark.parametrize("model", ["poisson", "azimuthal", "hybrid"])
+def test_integrate_radial_error_models_against_the_pixels(whole_pixels, model):
+    """Whole pixels: each chi bin's mean, Poisson error and spread from the pixels whose
+    centre (pyFAI's chiArray and qArray) lies in it and in the q range."""
+    integ, ai, image, mask, _ = whole_pixels
+    res = integ.integrate_radial(
+        image, 360, npt_rad=100, radial_range=(0.5, 2.0), error_model=model
+    )
+    chi = np.rad2deg(ai.chiArray(image.shape))
+    q = ai.qArray(image.shape)
+    good = ~mask & (q >= 0.5) & (q < 2.0)
+    which = np.floor((chi + 180.0)).astype(int)
+    x = image.astype(np.float64)
+    mean = np.array([x[good & (which == k)].mean() for k in range(360)])
+    assert agreement(res.intensity, mean) < 1e-3
+    if model == "poisson":
+        err = np.array(
+            [
+                np.sqrt(x[good & (which == k)].sum()) / (good & (which == k)).sum()
+                for k in range(360)
+            ]
+        )
+        assert agreement(res.sigma, err) < 1e-3
+    else:
+        std = np.array([x[good & (which == k)].std() for k in range(360)])
+        n = np.array([(good & (which == k)).sum() for k in range(360)])
+        assert agreement(res.std, std) < 1e-3
+        assert agreement(res.sigma, std / np.sqrt(n)) < 1e-3
