@@ -130,7 +130,7 @@ def main():
     n = args.median_frames
     rows.append(
         dict(
-            case=case, engine="gpusaxs numpy", frames=n, seconds=t_ours, vs_pyfai=t_theirs / t_ours
+            case=case, engine="gpusaxs numba", frames=n, seconds=t_ours, vs_pyfai=t_theirs / t_ours
         )
     )
     rows.append(dict(case=case, engine="pyFAI", frames=n, seconds=t_theirs, vs_pyfai=1.0))
