@@ -21,6 +21,11 @@ import time
 from pathlib import Path
 
 from gpusaxs.calibration_model import Calibration
+from gpusaxs.clients.saxsdog_average import (
+    AveragedIntegrator,
+    average_key,
+    average_params,
+)
 from gpusaxs.clients.saxsdog_dask import dask_pipeline
 from gpusaxs.clients.saxsdog_monitor import LiveMonitor
 from gpusaxs.clients.saxsdog_parser import PROG, build_parser, err
@@ -66,6 +71,13 @@ def main(argv=None):
         return 2
     if args.frames_per_task < 1:
         parser.error("--frames-per-task must be at least 1")
+    try:
+        params = average_params(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if params is not None and args.scheduler:
+        err("error: --average sigma-clip / median: not with --scheduler")
+        return 2
     if args.watch and not any(p.is_dir() for p, _ in roots):
         err("error: -w needs at least one folder to watch")
         return 2
@@ -79,7 +91,8 @@ def main(argv=None):
     try:
         cal = Calibration.from_file(args.calibration)
         cal.check_limits()  # before anything is read or built
-        key = matrix_key(cal)  # the Integrator's matrix_key (resume checks)
+        # the Integrator's matrix_key (resume checks), with the averaging when not the mean
+        key = average_key(matrix_key(cal), params)
         calibration_text = json.dumps(cal.to_dict("flat"), indent=1)
         grazing = read_grazing_config(args.calibration, cal.imagesize)  # maps and cuts
     except GpusaxsError as exc:
@@ -113,6 +126,8 @@ def main(argv=None):
             )
             return 1
         integrator = make_integrator(args, cal, dog)
+        if params is not None:
+            integrator = AveragedIntegrator(integrator, params)
     except KeyboardInterrupt:
         if observer is not None:
             observer.stop()
@@ -150,6 +165,7 @@ def main(argv=None):
             on_error=dog.on_error,
             errors=True,
             writer=dog.write,
+            overlap=False if params is not None else None,
         )
     dog.attach(integrator, pipeline)
     interrupted = False

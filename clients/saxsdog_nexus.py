@@ -8,6 +8,7 @@ ordered by input file, then frame index; ``image_id`` is the frame's index in it
 (0 for a single-frame image), ``source`` the frame's name (``file`` or ``file::N``).
 """
 
+import json
 import os
 import re
 import threading
@@ -40,7 +41,8 @@ class NexusCollector(Hdf5Collector):
 
     suffix = ".nxs"
 
-    def __init__(self, q, calibration=None, calibration_key=None):
+    def __init__(self, q, calibration=None, calibration_key=None, options=None):
+        self.options = dict(options or {})  # recorded as option_* (saxsdog --average)
         self.q = np.asarray(q, dtype=np.float64)
         self.calibration = calibration
         self.calibration_key = calibration_key
@@ -113,6 +115,9 @@ class NexusCollector(Hdf5Collector):
             calibration=self.calibration,
             calibration_key=self.calibration_key,
             inputs=inputs,
+            options={
+                k: json.dumps(v) if isinstance(v, list) else v for k, v in self.options.items()
+            },
         ) as w:
             w.append(
                 intensity,

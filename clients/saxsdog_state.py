@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusaxs.clients.progress import Progress, format_duration
+from gpusaxs.clients.saxsdog_average import average_params, average_title
 from gpusaxs.clients.saxsdog_nexus import NexusCollector
 from gpusaxs.clients.saxsdog_outputs import Hdf5Collector, frame_png, plot_curve_svg
 from gpusaxs.clients.saxsdog_parser import PROG
@@ -65,9 +66,13 @@ class Saxsdog:
             if "hdf5" in self.formats
             else None
         )
+        self.average = average_params(args)  # None: the mean (saxsdog --average)
         if "nexus" in self.formats:  # NXazint1d files (clients/saxsdog_nexus.py)
             self.hdf5 = NexusCollector(
-                None if integrator is None else integrator.q, cal, self.calibration_key
+                None if integrator is None else integrator.q,
+                cal,
+                self.calibration_key,
+                options=self.average,
             )
         self.monitor = None
         self.grazing = None  # a GrazingStage (gpusaxs/grazing_outputs.py) when asked for
@@ -113,7 +118,7 @@ class Saxsdog:
                 q,
                 intensity,
                 error=error,
-                title=name,
+                title=f"{name}  {average_title(self.average)}" if self.average else name,
                 calibration_key=self.calibration_key,
             )
 

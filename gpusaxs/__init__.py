@@ -22,6 +22,9 @@ The public API, all of it (see README.md):
     res = integ.integrate1d_grazing_incidence(image, npt_oop=..., vertical_integration=True)
     integ.integrate2d_polar(image, ...); integ.integrate2d_exitangles(image, ...)  # + 1d cuts
     gpusaxs.fiber.FIBER_UNITS                          # qip/qoop nm^-1 A^-1, exit angles, polar
+    res = integ.sigma_clip(image, npt, thres=5, max_iter=5, error_model="poisson")  # + _batch
+    res = integ.medfilt1d(image, npt, percentile=50)   # or (lo, hi); + _batch
+    res = integ.integrate_radial(image, npt, npt_rad=100, radial_range=None, unit="chi_deg")
     gpusaxs.units.RADIAL_UNITS                         # q_nm^-1 q_A^-1 2th_deg 2th_rad r_mm
     gpusaxs.geometry.two_theta(cal); gpusaxs.geometry.polarization_factor(cal)
     gpusaxs.calc_theta(r, phi, d, tilt, tilt_dir)

@@ -37,4 +37,10 @@ HEAVY_PACKAGES = frozenset(
 
 #: the project's modules that import a heavy package at their top (numba's kernels), so they
 #: too are imported where they are used
-HEAVY_MODULES = frozenset({"gpusaxs.cpu_fallback.banded", "gpusaxs.cpu_fallback.simd"})
+HEAVY_MODULES = frozenset(
+    {
+        "gpusaxs.cpu_fallback.banded",
+        "gpusaxs.cpu_fallback.simd",
+        "gpusaxs.cpu_fallback.robust_kernel",
+    }
+)

@@ -24,7 +24,7 @@ from gpusaxs.matrix_cache import cached_derived
 if TYPE_CHECKING:
     from gpusaxs.matrix import IntegrationMatrix
 
-__all__ = ["make_engine", "select_backend", "backend_info", "NO_NUMBA_VAR"]
+__all__ = ["make_engine", "robust_kernels", "select_backend", "backend_info", "NO_NUMBA_VAR"]
 
 #: set (to anything) to run the CPU backend on the SciPy reference instead of numba
 NO_NUMBA_VAR = "GPUSAXS_NO_NUMBA"
@@ -100,3 +100,14 @@ def _numba_usable() -> bool:
     except ImportError:
         return False
     return True
+
+
+def robust_kernels() -> Any:
+    """The CPU kernels of the robust statistics (module gpusaxs.cpu_fallback.robust_kernel:
+    sigma clipping and weighted percentiles per bin), or None when numba is not usable; then
+    gpusaxs.robust's array-module path runs (NumPy here, CuPy on a GPU)."""
+    if not _numba_usable():
+        return None
+    from gpusaxs.cpu_fallback import robust_kernel  # numba's kernels: loaded on first use
+
+    return robust_kernel

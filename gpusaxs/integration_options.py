@@ -17,6 +17,7 @@ import numpy as np
 
 from ._typing import AnyArray, ArrayLike
 from .fiber import GrazingBinning
+from .radial_bins import RADIAL_SPACINGS
 from .units import parse_unit
 
 __all__ = ["IntegrationOptions", "PixelArray"]
@@ -48,6 +49,12 @@ def _pair(value: Any, name: str) -> tuple[float, float] | None:
     return (lo, hi)
 
 
+def _spacing(value: str) -> str:
+    if value not in RADIAL_SPACINGS:
+        raise ValueError(f"radial_spacing must be one of {RADIAL_SPACINGS}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class IntegrationOptions:
     """One option set of :meth:`gpusaxs.Integrator.integrate1d` / ``integrate2d``.
@@ -72,6 +79,8 @@ class IntegrationOptions:
     grazing : GrazingBinning or None
         A grazing-incidence map's binning (:mod:`gpusaxs.fiber`); it replaces the radial and
         azimuth bins.
+    radial_spacing : {"linear", "log"}
+        Radial bins uniform in ``unit`` or in its log (over ``radial_range``, low > 0).
     """
 
     npt: int | None = None
@@ -85,6 +94,7 @@ class IntegrationOptions:
     flat: PixelArray | None = None
     mask: PixelArray | None = None
     grazing: GrazingBinning | None = None
+    radial_spacing: str = "linear"
 
     @classmethod
     def make(
@@ -100,6 +110,7 @@ class IntegrationOptions:
         flat: ArrayLike | PixelArray | None = None,
         mask: ArrayLike | PixelArray | None = None,
         grazing: GrazingBinning | None = None,
+        radial_spacing: str = "linear",
     ) -> IntegrationOptions:
         """The option set of these arguments (pyFAI's names), normalised: the unit by its
         canonical name, ranges as float pairs, arrays frozen."""
@@ -115,6 +126,7 @@ class IntegrationOptions:
             flat=PixelArray.of(flat),
             mask=PixelArray.of(mask),
             grazing=grazing,
+            radial_spacing=_spacing(radial_spacing),
         )
 
     def array(self, name: str) -> AnyArray | None:

@@ -27,6 +27,7 @@ from .io.chi import write_chi
 from .matrix_cache import get_matrix
 from .option_engines import ERROR_MODELS, OptionEngines, first_frame, passed_on
 from .plotting import plot_curve
+from .robust_methods import RobustMethods
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_MODELS", "Integrator"]
 
 
-class Integrator(GrazingMixin):
+class Integrator(GrazingMixin, RobustMethods):
     """Azimuthal integrator for one calibration.
 
     Two sets of methods: the pyFAI-style ones (:meth:`integrate1d`, :meth:`integrate2d`,

@@ -20,6 +20,7 @@ from .fiber import build_grazing_matrix
 from .integration_options import IntegrationOptions
 from .matrix import default_radial_edges, restrict_matrix
 from .matrix_cache import get_matrix
+from .radial_bins import log_edges
 from .results import IntegrationResult
 from .units import normalise_sector
 
@@ -97,6 +98,8 @@ class OptionEngines:
             edges = self.matrix.q_edges
         else:
             edges = default_radial_edges(cal, unit, options.npt, options.radial_range)
+        if options.radial_spacing == "log":
+            edges = log_edges(options.radial_range, len(edges) - 1)
         if len(folded) == 1 and unit == "q_nm^-1" and edges is self.matrix.q_edges:
             matrix = self.matrix
         else:

@@ -22,7 +22,12 @@ __all__ = [
     "largest_q_at_corners",
     "default_q_edges",
     "radial_bin_count",
+    "log_edges",
+    "RADIAL_SPACINGS",
 ]
+
+#: bin spacings of the pyFAI-style options: uniform, or uniform in log(radial) (SAXS)
+RADIAL_SPACINGS = ("linear", "log")
 
 
 def max_radius_mm(cal: Calibration) -> float:
@@ -93,3 +98,18 @@ def radial_bin_count(cal: Calibration, q_edges: Any = None) -> int:
         return q_bin_layout(cal, largest_q_at_corners(cal))[2]
     except ValueError:  # qStop <= qStart: reported where the calibration is checked
         return 1
+
+
+def log_edges(radial_range: tuple[float, float] | None, npt: int) -> FloatArray:
+    """``npt`` bins uniform in log over ``radial_range`` (lo > 0): edges lo * (hi/lo)^(k/npt).
+    ValueError without a range or with lo <= 0 (log bins need a positive start)."""
+    if radial_range is None:
+        raise ValueError("radial_spacing='log' needs radial_range (a positive lower bound)")
+    lo, hi = (float(v) for v in radial_range)
+    if not (0.0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"radial_spacing='log' needs 0 < low < high, got {radial_range!r}")
+    if npt < 1:
+        raise ValueError(f"npt must be a positive number of bins, got {npt}")
+    edges: FloatArray = np.geomspace(lo, hi, int(npt) + 1)
+    edges[0], edges[-1] = lo, hi
+    return edges

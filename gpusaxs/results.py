@@ -15,7 +15,7 @@ import numpy as np
 
 from ._typing import FloatArray
 from .integration_options import IntegrationOptions
-from .units import RADIAL_UNITS
+from .units import unit_label
 
 __all__ = ["IntegrationResult"]
 
@@ -42,6 +42,8 @@ class IntegrationResult:
     normalization_factor : the divisor of ``intensity`` (float, or one per frame of a batch).
     options : the :class:`~gpusaxs.integration_options.IntegrationOptions` the integration ran
         with (unit, bins, ranges, corrections); ``options.as_dict()`` for files.
+    robust : the parameters of a robust profile (``sigma_clip``, ``medfilt1d``,
+        ``integrate_radial``: method, thres, max_iter, percentile, ...), else None.
 
     Examples
     --------
@@ -64,6 +66,7 @@ class IntegrationResult:
     error_model: str | None = None
     normalization_factor: object = 1.0
     options: IntegrationOptions | None = None
+    robust: dict[str, Any] | None = None
 
     @property
     def sem(self) -> FloatArray | None:
@@ -78,7 +81,7 @@ class IntegrationResult:
     @property
     def radial_label(self) -> str:
         """Axis label of the radial unit, e.g. 'q (nm^-1)'."""
-        return RADIAL_UNITS[self.unit][0]
+        return unit_label(self.unit)
 
     def _items(self) -> tuple[Any, ...]:
         if self.is_2d:

@@ -23,7 +23,16 @@ import numpy as np
 
 from ._typing import ArrayLike, FloatArray
 
-__all__ = ["RADIAL_UNITS", "parse_unit", "radial_of", "in_sector", "normalise_sector"]
+__all__ = [
+    "RADIAL_UNITS",
+    "AZIMUTH_UNITS",
+    "parse_azimuth_unit",
+    "unit_label",
+    "parse_unit",
+    "radial_of",
+    "in_sector",
+    "normalise_sector",
+]
 
 #: unit name -> (label, description)
 RADIAL_UNITS = {
@@ -32,6 +41,12 @@ RADIAL_UNITS = {
     "2th_deg": ("2theta (deg)", "scattering angle in degrees"),
     "2th_rad": ("2theta (rad)", "scattering angle in radians"),
     "r_mm": ("r (mm)", "distance from the beam axis, across the beam, in mm"),
+}
+
+#: the abscissa units of pyFAI's integrate_radial (chi, pyFAI's convention above)
+AZIMUTH_UNITS = {
+    "chi_deg": ("chi (deg)", "azimuthal angle in degrees"),
+    "chi_rad": ("chi (rad)", "azimuthal angle in radians"),
 }
 
 _ALIASES = {
@@ -52,6 +67,22 @@ def parse_unit(unit: Any) -> str:
     if name not in RADIAL_UNITS:
         raise ValueError(f"unknown radial unit {unit!r}; valid units: {', '.join(RADIAL_UNITS)}")
     return name
+
+
+def parse_azimuth_unit(unit: Any) -> str:
+    """Canonical name of an azimuthal unit ("chi_deg" or "chi_rad", or a pyFAI Unit)."""
+    name = str(getattr(unit, "name", unit)).strip()
+    name = {"chi": "chi_deg"}.get(name, name)
+    if name not in AZIMUTH_UNITS:
+        raise ValueError(
+            f"unknown azimuthal unit {unit!r}; valid units: {', '.join(AZIMUTH_UNITS)}"
+        )
+    return name
+
+
+def unit_label(unit: str) -> str:
+    """Axis label of a radial or azimuthal unit, e.g. 'q (nm^-1)'."""
+    return {**RADIAL_UNITS, **AZIMUTH_UNITS}[unit][0]
 
 
 def radial_of(unit: str, tth: FloatArray, r_mm: FloatArray, wavelength_A: float) -> FloatArray:
