@@ -5,13 +5,21 @@ and decompressed by the bitshuffle package.  Real-size frames, the format's edge
 chunks, which must fail their own frame only and never touch memory outside the buffers (each
 buffer sits against a guard page: one byte outside kills the emulator)."""
 
+import re
 import struct
 
 import numpy as np
 import pytest
 from bslz4_shim import build, run
 
-from gpusaxs.gpu_decode import STATUS, DeviceDecoder, stage_chunks
+from gpusaxs.gpu_decode import (
+    DECODE_WARPS,
+    MAX_BLOCK_BYTES,
+    STATUS,
+    DeviceDecoder,
+    decode_source,
+    stage_chunks,
+)
 
 bitshuffle = pytest.importorskip("bitshuffle")
 h5py = pytest.importorskip("h5py")
@@ -208,3 +216,13 @@ def test_numpy_decoder_matches_and_flags(tmp_path):
     out, status = DeviceDecoder(np).decode(batch)
     assert status.tolist()[0] == 0 and status[1] != 0 and status[2] == 0
     np.testing.assert_array_equal(out[[0, 2]], frames[[0, 2]])
+
+
+def test_python_constants_match_the_cuda_source():
+    """gpu_decode's constants and status names are the .cu's #defines."""
+    src = decode_source()
+    defines = dict(re.findall(r"#define (GS_BS_\w+) (\d+)", src))
+    assert int(defines["GS_BS_MAX_BLOCK"]) == MAX_BLOCK_BYTES
+    assert int(defines["GS_BS_WARPS"]) == DECODE_WARPS
+    codes = {int(v) for k, v in defines.items() if k not in ("GS_BS_MAX_BLOCK", "GS_BS_WARPS")}
+    assert codes == set(STATUS)
