@@ -1,0 +1,92 @@
+"""HDF5 frames read as stored (issue 26): the bitshuffle-LZ4 chunks of an EIGER master (or a named
+dataset) read with h5py's direct chunk read, no filter run on the host, for the device decoder
+(:mod:`gpusaxs.gpu_decode`).
+
+A file qualifies when every frame dataset is 3-D, chunked one frame per chunk and stored with
+bitshuffle-LZ4 as its only filter (HDF5 filter 32008, LZ4 option): what DECTRIS detectors
+write.  ``DirectChunkReader.unsupported`` says why another file does not (then the caller reads
+it through the filter on the host, as before).  A chunk stored without the filter (its filter
+mask says so) or never written is returned as None, for the host path to read.
+"""
+
+import numpy as np
+
+from ..errors import ImageReadError, one_line
+from .hdf5_checks import bslz4_outer, hdf5_parts, register_hdf5_filters
+
+__all__ = ["DirectChunkReader"]
+
+
+class DirectChunkReader:
+    """The stored chunks of a multi-frame HDF5 file: ``n`` frames of ``shape`` and ``dtype``;
+    ``chunk(i)`` the stored bytes of frame ``i`` (or None), ``chunks(indices)`` several."""
+
+    def __init__(self, path, dataset=None):
+        import h5py
+
+        register_hdf5_filters()
+        self.path = str(path)
+        self.linked = []
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ImageReadError(self.path, f"cannot open HDF5 file: {one_line(exc)}") from None
+        try:
+            self.parts = hdf5_parts(self.h5, self.path, dataset, self.linked)
+        except BaseException:
+            self.close()
+            raise
+        self.starts = np.cumsum([0] + [n for _, n in self.parts])
+        self.n = int(self.starts[-1])
+        first = self.parts[0][0]
+        self.shape = tuple(int(s) for s in first.shape[-2:])
+        self.dtype = np.dtype(first.dtype)
+        self.unsupported = self._why_not()
+
+    def _why_not(self):
+        """None when every part is one bslz4 chunk per frame, else the reason."""
+        for ds, _ in self.parts:
+            name = ds.name
+            if ds.ndim != 3:
+                return f"{name}: {ds.ndim}-D, not a stack of frames"
+            if tuple(ds.shape[-2:]) != self.shape or ds.dtype != self.dtype:
+                return f"{name}: frames of another shape or dtype than the first dataset's"
+            if ds.chunks is None or tuple(ds.chunks) != (1, *self.shape):
+                return f"{name}: chunks {ds.chunks}, not one frame per chunk"
+            if ds.id.get_create_plist().get_nfilters() != 1 or not bslz4_outer(ds):
+                return f"{name}: not stored with bitshuffle-LZ4 as its only filter"
+        return None
+
+    def chunk(self, i):
+        """Stored bytes of frame ``i`` (bitshuffle-LZ4, HDF5 filter framing), or None for a
+        chunk stored without the filter or never written."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"frame {i} of {self.n}")
+        k = int(np.searchsorted(self.starts, i, side="right") - 1)
+        ds, _ = self.parts[k]
+        try:
+            mask, raw = ds.id.read_direct_chunk((int(i - self.starts[k]), 0, 0))
+        except (KeyError, OSError, ValueError):
+            return None
+        return None if mask & 1 else raw
+
+    def chunks(self, indices):
+        """[(index, bytes or None)] of frames ``indices``."""
+        return [(int(i), self.chunk(int(i))) for i in indices]
+
+    def close(self):
+        for f in self.linked:
+            try:
+                f.close()
+            except Exception:
+                pass
+        self.linked = []
+        h5, self.h5 = getattr(self, "h5", None), None
+        if h5 is not None:
+            h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
