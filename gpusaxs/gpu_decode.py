@@ -13,13 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusaxs.engine_contract import Sums
+from gpusaxs.gpu_fallbacks import record_decode
 from gpusaxs.io.bslz4 import HEADER, Bslz4Error, check_payload
+from gpusaxs.io.direct_chunks import DirectChunkReader
 
 __all__ = [
     "DECODE_DTYPES",
     "MAX_BLOCK_BYTES",
     "STATUS",
     "CompressedBatch",
+    "CompressedInput",
+    "CompressedSums",
     "DeviceDecoder",
     "blocks_per_frame",
     "decode_names",
@@ -52,6 +57,7 @@ STATUS = {
     9: "bytes left between the last block and the raw tail",
     10: "malformed LZ4 sequence (overrun or bad match offset)",
     11: "a block decoded to the wrong length",
+    -1: "chunk stored without the filter or never written (not read by this path)",
 }
 
 
@@ -138,10 +144,21 @@ class DeviceDecoder:
     (``host_decode`` True); on CuPy the chunks go over PCIe compressed and the kernels of
     bslz4.cu decode them (``host_decode`` False)."""
 
-    def __init__(self, xp):
+    def __init__(self, xp, empty_pinned=None):
         self.xp = xp
         self.host_decode = xp is np
+        self.path = "host" if self.host_decode else "device"
         self._module = None
+        self._empty_pinned = empty_pinned
+        self._staging = None
+
+    def staging(self, nbytes):
+        """A staging buffer of ``nbytes`` (pinned on CuPy), reused and grown across batches
+        (decode() waits for its copy before returning, so reuse is safe)."""
+        if self._staging is None or self._staging.nbytes < nbytes:
+            alloc = self._empty_pinned or (lambda n: np.empty(n, dtype=np.uint8))
+            self._staging = alloc(max(int(nbytes * 1.25), 1 << 20))
+        return self._staging[:nbytes]
 
     def _kernels(self):
         if self._module is None:
@@ -156,21 +173,15 @@ class DeviceDecoder:
         return self._decode_device(batch)
 
     @staticmethod
-    def _decode_host(batch):
-        import bitshuffle
-
+    def _decode_host(batch, which=None):
         out = np.zeros((batch.n, *batch.shape), dtype=batch.dtype)
         status = np.zeros(batch.n, dtype=np.int32)
-        item = batch.dtype.itemsize
-        for k in range(batch.n):
-            mv = memoryview(batch.chunk(k))
-            try:
-                check_payload(mv, batch.frame_bytes, item)
-                block = HEADER.unpack_from(mv, 0)[1]
-                body = np.frombuffer(mv, dtype=np.uint8, offset=HEADER.size)
-                out[k] = bitshuffle.decompress_lz4(body, batch.shape, batch.dtype, block // item)
-            except (Bslz4Error, RuntimeError, ValueError):
+        for k in range(batch.n) if which is None else which:
+            frame = host_decode(batch.chunk(k), batch.shape, batch.dtype)
+            if frame is None:
                 status[k] = 10
+            else:
+                out[k] = frame
         return out, status
 
     def _decode_device(self, batch):
@@ -207,6 +218,22 @@ class DeviceDecoder:
         return frames, cp.asnumpy(status[:n])
 
 
+def host_decode(chunk, shape, dtype):
+    """One chunk decoded by bitshuffle on the host after gpusaxs.io.bslz4's checks; None when
+    it is refused."""
+    import bitshuffle
+
+    dtype = np.dtype(dtype)
+    mv = memoryview(chunk).cast("B")
+    try:
+        check_payload(mv, int(np.prod(shape)) * dtype.itemsize, dtype.itemsize)
+        block = HEADER.unpack_from(mv, 0)[1]
+        body = np.frombuffer(mv, dtype=np.uint8, offset=HEADER.size)
+        return bitshuffle.decompress_lz4(body, tuple(shape), dtype, block // dtype.itemsize)
+    except (Bslz4Error, RuntimeError, ValueError):
+        return None
+
+
 def error_records(batch, status):
     """One record per frame the decoder rejected: {"id", "status", "reason"}."""
     return [
@@ -214,3 +241,99 @@ def error_records(batch, status):
         for k, s in enumerate(status)
         if s
     ]
+
+
+@dataclass
+class CompressedSums:
+    """Sums of the frames of a compressed batch that decoded (``ids``, in batch order) and one
+    error record per frame that did not (``errors``: {"id", "status", "reason"})."""
+
+    sums: Sums
+    ids: list
+    errors: list
+    path: str
+    compressed_bytes: int
+    decoded_bytes: int
+
+
+class CompressedInput:
+    """DeviceEngine's compressed input (issue 26): bslz4 chunks staged end to end (pinned on
+    CuPy), sent compressed, decoded on the device into the stack the kernels read."""
+
+    def decoder(self):
+        dec = getattr(self, "_bslz4_decoder", None)
+        if dec is None:
+            dec = DeviceDecoder(self.xp, None if self.xp is np else self._ops.empty_pinned)
+            self._bslz4_decoder = dec
+        return dec
+
+    def sums_compressed(self, chunks, shape, dtype, errors=False, ids=None):
+        """Sums of the frames in ``chunks`` (bslz4 bytes with the HDF5 filter framing, one frame
+        of ``shape`` and ``dtype`` each: HDF5 chunks read as stored, Stream V2 tag-56500
+        payloads).  Returns CompressedSums (host arrays).  A frame the device refuses fails
+        alone with an error record; one with blocks larger than the device decodes (status 5)
+        is decoded on the host instead, and counted as such."""
+        dtype = np.dtype(dtype)
+        dec = self.decoder()
+        empty = dec.staging if not dec.host_decode else None
+        batch = stage_chunks(chunks, shape, dtype, empty=empty, ids=ids)
+        frames, status = dec.decode(batch)
+        big = np.flatnonzero(status == 5) if not dec.host_decode else np.zeros(0, np.intp)
+        host_frames = None
+        if big.size:
+            host_frames, host_status = DeviceDecoder._decode_host(batch, big)
+            status[big] = host_status[big]
+        good = np.flatnonzero(status == 0)
+        fb = batch.frame_bytes
+        on_device = np.setdiff1d(good, big, assume_unique=True)
+        record_decode(dec.path, on_device.size, _chunk_bytes(batch, on_device), fb * on_device.size)
+        if big.size:
+            ok_big = np.intersect1d(big, good)
+            record_decode("host", ok_big.size, _chunk_bytes(batch, ok_big), fb * ok_big.size)
+        records = error_records(batch, status)
+        if records:
+            record_decode("failed", len(records), 0, 0)
+        if host_frames is not None and big.size:
+            ok_big = np.intersect1d(big, good)
+            if ok_big.size:
+                frames[ok_big] = self.xp.asarray(host_frames[ok_big])
+        if good.size < batch.n:
+            frames = frames[self.xp.asarray(good)] if good.size else frames[:0]
+        if dec.host_decode:
+            sums = self.sums(frames, errors)
+        else:
+            res = self.sums_device(frames, errors)
+            sums = Sums(*(None if a is None else self._ops.to_host(a) for a in res))
+        return CompressedSums(
+            sums,
+            [batch.ids[k] for k in good],
+            records,
+            dec.path,
+            _chunk_bytes(batch, good),
+            fb * good.size,
+        )
+
+    def sums_hdf5(self, path, dataset=None, errors=False, batch_size=None):
+        """Sums of every frame of an EIGER master (or ``file.h5`` with ``dataset``) whose
+        chunks are bslz4, one frame each: read as stored (gpusaxs.io.direct_chunks), decoded
+        on the device (on NumPy: on the host).  Yields CompressedSums per batch of
+        ``batch_size`` frames (the engine's), ids the frame indices.  Raises ValueError naming
+        why a file is stored otherwise (read it through the filter on the host then)."""
+        step = int(batch_size or self.batch_size)
+        with DirectChunkReader(path, dataset) as reader:
+            if reader.unsupported:
+                raise ValueError(f"{path}: {reader.unsupported}")
+            for start in range(0, reader.n, step):
+                got = reader.chunks(range(start, min(start + step, reader.n)))
+                missing = [i for i, c in got if c is None]
+                got = [(i, c) for i, c in got if c is not None]
+                res = self.sums_compressed(
+                    [c for _, c in got], reader.shape, reader.dtype, errors, [i for i, _ in got]
+                )
+                res.errors += [{"id": i, "status": -1, "reason": STATUS[-1]} for i in missing]
+                yield res
+
+
+def _chunk_bytes(batch, which):
+    which = np.asarray(which, dtype=np.intp)
+    return int((batch.offsets[which + 1] - batch.offsets[which]).sum()) if which.size else 0

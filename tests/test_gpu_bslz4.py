@@ -225,4 +225,4 @@ def test_python_constants_match_the_cuda_source():
     assert int(defines["GS_BS_MAX_BLOCK"]) == MAX_BLOCK_BYTES
     assert int(defines["GS_BS_WARPS"]) == DECODE_WARPS
     codes = {int(v) for k, v in defines.items() if k not in ("GS_BS_MAX_BLOCK", "GS_BS_WARPS")}
-    assert codes == set(STATUS)
+    assert codes == set(STATUS) - {-1}  # -1: a chunk the host reader did not hand over
