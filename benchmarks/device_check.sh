@@ -17,7 +17,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 CASES=${CASES:-pilatus1m,eiger4m}
 # Python 3.12 wheels of what the device image lacks (its package list: .library/device/KINDS.md)
-WHEELS="jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0"
+# (bitshuffle: the reference decoder of the bslz4 tests and the benchmark's encoder, issue 26)
+WHEELS="jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0
+bitshuffle==0.5.2"
 
 if [ "${1:-}" = prepare ]; then
     rm -rf .whl && mkdir -p .whl || exit 1

@@ -6,7 +6,7 @@ memcheck)."""
 
 import numpy as np
 import pytest
-from test_gpu_bslz4 import encode, frames_like_detector, hostile_chunks
+from bslz4_cases import encode, frames_like_detector, hostile_chunks
 from test_gpu_engine import random_matrix, reference_sums
 
 from gpusaxs.gpu_decode import DeviceDecoder, stage_chunks
