@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from gpusaxs.engine_contract import Sums
+from gpusaxs.errors import ImageReadError
 from gpusaxs.gpu_fallbacks import record_decode
 from gpusaxs.io.bslz4 import HEADER, Bslz4Error, check_payload
 from gpusaxs.io.direct_chunks import DirectChunkReader
+from gpusaxs.io.hdf5_checks import invalid_value
 
 __all__ = [
     "DECODE_DTYPES",
@@ -267,12 +269,13 @@ class CompressedInput:
             self._bslz4_decoder = dec
         return dec
 
-    def sums_compressed(self, chunks, shape, dtype, errors=False, ids=None):
+    def sums_compressed(self, chunks, shape, dtype, errors=False, ids=None, invalid_index=None):
         """Sums of the frames in ``chunks`` (bslz4 bytes with the HDF5 filter framing, one frame
         of ``shape`` and ``dtype`` each: HDF5 chunks read as stored, Stream V2 tag-56500
         payloads).  Returns CompressedSums (host arrays).  A frame the device refuses fails
         alone with an error record; one with blocks larger than the device decodes (status 5)
-        is decoded on the host instead, and counted as such."""
+        is decoded on the host instead, and counted as such.  invalid_index: flat indices of
+        pixels marked invalid after decoding (an EIGER master's pixel_mask)."""
         dtype = np.dtype(dtype)
         dec = self.decoder()
         empty = dec.staging if not dec.host_decode else None
@@ -296,9 +299,12 @@ class CompressedInput:
         if host_frames is not None and big.size:
             ok_big = np.intersect1d(big, good)
             if ok_big.size:
-                frames[ok_big] = self.xp.asarray(host_frames[ok_big])
+                frames[self.xp.asarray(ok_big)] = self.xp.asarray(host_frames[ok_big])
         if good.size < batch.n:
             frames = frames[self.xp.asarray(good)] if good.size else frames[:0]
+        if invalid_index is not None and good.size:
+            flat = frames.reshape(frames.shape[0], -1)
+            flat[:, self.xp.asarray(invalid_index)] = invalid_value(dtype)
         if dec.host_decode:
             sums = self.sums(frames, errors)
         else:
@@ -318,17 +324,26 @@ class CompressedInput:
         chunks are bslz4, one frame each: read as stored (gpusaxs.io.direct_chunks), decoded
         on the device (on NumPy: on the host).  Yields CompressedSums per batch of
         ``batch_size`` frames (the engine's), ids the frame indices.  Raises ValueError naming
-        why a file is stored otherwise (read it through the filter on the host then)."""
+        why a file is stored otherwise (read it through the filter on the host then), and
+        ImageReadError for an unreadable pixel_mask; the pixel_mask marks pixels invalid as
+        the host reader does."""
         step = int(batch_size or self.batch_size)
         with DirectChunkReader(path, dataset) as reader:
             if reader.unsupported:
                 raise ValueError(f"{path}: {reader.unsupported}")
+            if reader.mask_error:
+                raise ImageReadError(str(path), reader.mask_error)
             for start in range(0, reader.n, step):
                 got = reader.chunks(range(start, min(start + step, reader.n)))
                 missing = [i for i, c in got if c is None]
                 got = [(i, c) for i, c in got if c is not None]
                 res = self.sums_compressed(
-                    [c for _, c in got], reader.shape, reader.dtype, errors, [i for i, _ in got]
+                    [c for _, c in got],
+                    reader.shape,
+                    reader.dtype,
+                    errors,
+                    [i for i, _ in got],
+                    reader.mask_index,
                 )
                 res.errors += [{"id": i, "status": -1, "reason": STATUS[-1]} for i in missing]
                 yield res

@@ -107,23 +107,34 @@ def test_device_path_logic_with_the_kernels_on_the_shim(matrix, frames, counts, 
 
 
 def test_hdf5_master_through_the_engine(matrix, frames, counts, tmp_path):
-    """sums_hdf5: an EIGER-style master's chunks read as stored, in batches, decoded and
-    integrated; a file stored otherwise is refused with the reason."""
+    """sums_hdf5: an EIGER-style master's chunks read as stored, in batches, decoded,
+    its pixel_mask applied as the host reader applies it, and integrated; a file stored
+    otherwise is refused with the reason."""
     h5py = pytest.importorskip("h5py")
     hdf5plugin = pytest.importorskip("hdf5plugin")
+    from gpusaxs.io.frames import read_frame
+
     master = tmp_path / "m_master.h5"
     with h5py.File(tmp_path / "m_data_000001.h5", "w") as d:
         d.create_dataset(
             "entry/data/data", data=frames, chunks=(1, *SHAPE), **hdf5plugin.Bitshuffle(cname="lz4")
         )
+    pixel_mask = np.zeros(SHAPE, np.uint32)
+    pixel_mask[50:60, 20:200] = 1  # a dead stripe
+    pixel_mask[7, 7] = 4
     with h5py.File(master, "w") as m:
         m["entry/data/data_000001"] = h5py.ExternalLink("m_data_000001.h5", "/entry/data/data")
+        m["entry/instrument/detector/detectorSpecific/pixel_mask"] = pixel_mask
     eng = DeviceEngine(matrix, xp=np, batch_size=2)
     parts = list(eng.sums_hdf5(master))
     assert [p.ids for p in parts] == [[0, 1], [2, 3], [4]]
     assert not any(p.errors for p in parts)
     got = [np.concatenate([p.sums[q] for p in parts]) for q in range(2)]
-    assert_sums(got, reference_sums(matrix, frames, errors=False))
+    masked = frames.copy()
+    masked[:, pixel_mask != 0] = np.iinfo(np.uint32).max
+    host = np.stack([read_frame(f"{master}::{k}") for k in range(len(frames))])
+    np.testing.assert_array_equal(host, masked)  # what the host path reads
+    assert_sums(got, reference_sums(matrix, masked, errors=False))
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
         f.create_dataset("entry/data/data", data=frames, chunks=(1, *SHAPE), compression="gzip")

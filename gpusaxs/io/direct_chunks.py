@@ -6,13 +6,21 @@ A file qualifies when every frame dataset is 3-D, chunked one frame per chunk an
 bitshuffle-LZ4 as its only filter (HDF5 filter 32008, LZ4 option): what DECTRIS detectors
 write.  ``DirectChunkReader.unsupported`` says why another file does not (then the caller reads
 it through the filter on the host, as before).  A chunk stored without the filter (its filter
-mask says so) or never written is returned as None, for the host path to read.
+mask says so) or never written is returned as None, for the host path to read.  An EIGER
+master's ``pixel_mask`` is read as the host reader reads it (``mask_index``: the flat indices of
+the pixels to mark invalid, or ``mask_error``).
 """
 
 import numpy as np
 
 from ..errors import ImageReadError, one_line
-from .hdf5_checks import bslz4_outer, hdf5_parts, register_hdf5_filters
+from .hdf5_checks import (
+    PIXEL_MASK_PATH,
+    bslz4_outer,
+    check_mask_dataset,
+    hdf5_parts,
+    register_hdf5_filters,
+)
 
 __all__ = ["DirectChunkReader"]
 
@@ -42,6 +50,18 @@ class DirectChunkReader:
         self.shape = tuple(int(s) for s in first.shape[-2:])
         self.dtype = np.dtype(first.dtype)
         self.unsupported = self._why_not()
+        # an EIGER master's pixel_mask, as the host reader applies it (gpusaxs.io.frames)
+        self.mask_index, self.mask_error = None, None
+        mask = self.h5.get(PIXEL_MASK_PATH) if dataset is None else None
+        if mask is not None:
+            try:
+                check_mask_dataset(mask, self.shape, self.path)
+                m = np.asarray(mask[()]) != 0
+                self.mask_index = np.flatnonzero(m) if m.any() else None
+            except ImageReadError as exc:
+                self.mask_error = exc.reason
+            except Exception as exc:
+                self.mask_error = f"/{PIXEL_MASK_PATH}: cannot decode: {one_line(exc)}"
 
     def _why_not(self):
         """None when every part is one bslz4 chunk per frame, else the reason."""
