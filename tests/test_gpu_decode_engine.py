@@ -169,3 +169,67 @@ def test_decode_path_visible_in_saxsdog_summary_and_server_stat(counts, tmp_path
     assert svc.stat()["bslz4 decode"] == [line]
     P.validate_response(svc.cmd_stat(None, []))
     assert Saxsdog.summary(dog, stats, False, 1.0).splitlines()[-1].endswith(line)
+
+
+def test_frame_pipeline_reads_stored_chunks_for_the_device(matrix, frames, counts, tmp_path):
+    """saxsdog's FramePipeline with compressed=True (the default on a CuPy DeviceEngine): an
+    EIGER master's frames go through sums_compressed (no host integration call), its
+    pixel_mask applied; a corrupted chunk fails its frame alone; the curves are those of the
+    frames the host reader reads."""
+    import threading
+
+    h5py = pytest.importorskip("h5py")
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    from test_gpu_pipeline import GpuLikeIntegrator
+
+    from gpusaxs.io.chi import read_chi
+    from gpusaxs.io.frames import read_frame
+    from gpusaxs.pipeline import FramePipeline
+
+    data = tmp_path / "p_data_000001.h5"
+    with h5py.File(data, "w") as d:
+        ds = d.create_dataset(
+            "entry/data/data", data=frames, chunks=(1, *SHAPE), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+        good = ds.id.read_direct_chunk((3, 0, 0))[1]
+        ds.id.write_direct_chunk((3, 0, 0), good[:12] + b"\x07" * (len(good) - 12))
+    pixel_mask = np.zeros(SHAPE, np.uint32)
+    pixel_mask[30:40, :] = 1
+    master = tmp_path / "p_master.h5"
+    with h5py.File(master, "w") as m:
+        m["entry/data/data_000001"] = h5py.ExternalLink(data.name, "/entry/data/data")
+        m["entry/instrument/detector/detectorSpecific/pixel_mask"] = pixel_mask
+    eng = DeviceEngine(matrix, xp=np, batch_size=4)
+    integ = GpuLikeIntegrator(eng)
+    integ.shape = SHAPE
+    failed, finished = [], threading.Event()
+    done = []
+
+    def on_done(path, out, q, intensity):
+        done.append(path)
+        if len(done) + len(failed) == len(frames):
+            finished.set()
+
+    def on_error(path, exc):
+        failed.append((path, exc))
+        if len(done) + len(failed) == len(frames):
+            finished.set()
+
+    pipe = FramePipeline(
+        integ, batch_size=4, on_done=on_done, on_error=on_error, overlap=False, compressed=True
+    )
+    for k in range(len(frames)):
+        pipe.submit(f"{master}::{k}", tmp_path / "out" / f"f{k}.chi")
+    assert finished.wait(60)
+    pipe.close()
+    assert integ.sync_calls == 0  # every frame went through sums_compressed
+    assert [str(p) for p, _ in failed] == [f"{master}::3"]
+    assert "bslz4" in str(failed[0][1])
+    assert counts["host_frames"] == 4 and counts["failed_frames"] == 1  # NumPy: host decode
+    for k in (0, 1, 2, 4):
+        x = read_frame(f"{master}::{k}")  # the host path's frame, pixel_mask applied
+        ref = reference_sums(matrix, x[None], errors=True)
+        curve = read_chi(tmp_path / "out" / f"f{k}.chi")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = ref.signal[0] / ref.norm[0]
+        np.testing.assert_allclose(curve[1], expected, rtol=1e-6)

@@ -11,9 +11,13 @@ master's ``pixel_mask`` is read as the host reader reads it (``mask_index``: the
 the pixels to mark invalid, or ``mask_error``).
 """
 
+import os
+import threading
+
 import numpy as np
 
 from ..errors import ImageReadError, one_line
+from .frames import split_source
 from .hdf5_checks import (
     PIXEL_MASK_PATH,
     bslz4_outer,
@@ -22,7 +26,7 @@ from .hdf5_checks import (
     register_hdf5_filters,
 )
 
-__all__ = ["DirectChunkReader"]
+__all__ = ["ChunkSources", "DirectChunkReader"]
 
 
 class DirectChunkReader:
@@ -110,3 +114,49 @@ class DirectChunkReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ChunkSources:
+    """Open DirectChunkReaders by (file, dataset), shared by a pipeline's reader threads.
+
+    ``read(source, shape)`` returns (reader, chunk) for a frame reference (``file::N``,
+    ``file::/dataset::N``) of a file that qualifies, or None: then the host path reads the frame
+    (another storage, an unreadable pixel_mask, a frame the reader does not have, another frame
+    shape than ``shape``, a chunk stored without the filter)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._readers = {}
+
+    def read(self, source, shape=None):
+        text = os.fspath(source)
+        if "::" not in text:
+            return None
+        file, dataset, index = split_source(text)
+        if index is None:
+            return None
+        with self._lock:  # h5py serialises its calls anyway
+            key = (file, dataset)
+            reader = self._readers.get(key, False)
+            if reader is False:
+                try:
+                    reader = DirectChunkReader(file, dataset)
+                except Exception:
+                    reader = None
+                if reader is not None and (reader.unsupported or reader.mask_error):
+                    reader.close()
+                    reader = None
+                self._readers[key] = reader
+            if reader is None or not 0 <= index < reader.n:
+                return None
+            if shape is not None and tuple(shape) != reader.shape:
+                return None
+            chunk = reader.chunk(index)
+        return None if chunk is None else (reader, chunk)
+
+    def close(self):
+        with self._lock:
+            for reader in self._readers.values():
+                if reader is not None:
+                    reader.close()
+            self._readers.clear()
