@@ -27,6 +27,7 @@ import argparse
 import ctypes
 import datetime
 import functools
+import importlib
 import json
 import os
 import re
@@ -40,6 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+#: compressed (bslz4) frames end to end, issue 26: benchmarks/bench_gpu_decode.py
+bench_gpu_decode = importlib.import_module("bench_gpu_decode")
 
 CASES = {
     # name: image (H, W), pixel um, distance mm, beam centre (Y from bottom, X) px, tilt
@@ -444,6 +448,19 @@ def run_case(name, case, xp, clock, bw, args, meta):
     res["device_resident_gpix_per_s"] = best["device_resident_gpix_per_s"]
     res["host_fed_fraction_of_h2d"] = max(r["host_fed_fraction_of_h2d"] for r in kernel)
     res["max_rel_diff_vs_cpu"] = max(r["max_rel_diff_vs_cpu"] for r in records)
+    if not args.no_decode:  # bslz4 chunks end to end (issue 26)
+        b = batches[0]
+        n_dec = max(b, (args.host_frames or case["host_frames"]) // b * b)
+        helpers = dict(
+            engine_for=engine_for,
+            pinned_copy=pinned_copy,
+            median_wall=median_wall,
+            sums_diff=sums_diff,
+        )
+        res["decode_records"] = bench_gpu_decode.measure(
+            name, check_frames(frames, n_dec), matrix, xp, b, meta, bw, helpers,
+            repeats=max(1, args.repeats // 3),
+        )  # fmt: skip
     if not args.no_pyfai:
         res.update(bench_pyfai(case, matrix, frames, mask, args))
     return res, records
@@ -646,6 +663,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--pyfai-frames", type=int, default=8)
     p.add_argument("--no-pyfai", action="store_true")
+    p.add_argument("--no-decode", action="store_true", help="skip the compressed (bslz4) records")
     p.add_argument("--model", action="store_true", help="print the predictions and exit")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -709,12 +727,14 @@ def main(argv=None):
         "frames already on the device",
         "cases": {},
         "records": [],
+        "decode_records": [],
     }
     for name in cases:
         print(f"... {name}", flush=True)
         res, records = run_case(name, CASES[name], xp, clock, bw, args, meta)
         report["cases"][name] = res
         report["records"] += records
+        report["decode_records"] += res.pop("decode_records", [])
     if any(r.get("failed") for r in report["cases"].values()):
         print_failures(report)
         return 3
@@ -732,6 +752,8 @@ def main(argv=None):
     report["headline_case"] = head["case"]
     report["total_s"] = time.perf_counter() - t_start
     print_table(report)
+    if report["decode_records"]:
+        bench_gpu_decode.print_table(report["decode_records"])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"gpu-{kind}.json"
@@ -742,6 +764,7 @@ def main(argv=None):
         for r in report["records"]
         if r["path"] != ("spmm" if r["layout"] == "spmm" else "kernel") or r["fallbacks"]
     ]
+    wrong += bench_gpu_decode.wrong(report["decode_records"], on_device=clock.cuda)
     if wrong:
         print("bench_gpu: not on the measured path:\n  " + "\n  ".join(wrong), file=sys.stderr)
         return 4

@@ -7,15 +7,19 @@
 # On the device it installs the carried wheels (.whl/, no network there), prints the machine,
 # runs the GPU tests (pytest -m gpu: full frame groups, odd batches, Poisson data, mapped upload,
 # iterators, no fallback allowed), a compute-sanitizer initcheck of small batches (padding), and
+# a memcheck of hostile bslz4 chunks decoded on the device (issue 26), and
 # benchmarks/bench_gpu.py, which writes benchmarks/results/gpu-<device>.json (one record per
-# case, layout and batch: benchmarks/gpu_result_schema.json).  Everything it writes is copied to
+# case, layout and batch, and per case and source the bslz4 end-to-end records:
+# benchmarks/gpu_result_schema.json).  Everything it writes is copied to
 # $OUT (what the device tool brings back: 8 files at most).  Exit status: the first failing step's.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CASES=${CASES:-pilatus1m,eiger4m}
 # Python 3.12 wheels of what the device image lacks (its package list: .library/device/KINDS.md)
-WHEELS="jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0"
+# (bitshuffle: the reference decoder of the bslz4 tests and the benchmark's encoder, issue 26)
+WHEELS="jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0
+bitshuffle==0.5.2"
 
 if [ "${1:-}" = prepare ]; then
     rm -rf .whl && mkdir -p .whl || exit 1
@@ -55,16 +59,17 @@ print("python", sys.version.split()[0], "cupy", cupy.__version__, "numpy", numpy
 PY
 
 step "GPU tests (pytest -m gpu) and the CuPy-name check"
-timeout 120 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu_engine.py \
-    > "$OUT/pytest.txt" 2>&1; rc=$?; echo "pytest -m gpu rc=$rc"; note $rc
-timeout 30 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_cupy_api.py \
+timeout 115 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu_engine.py \
+    tests/test_gpu_decode_device.py > "$OUT/pytest.txt" 2>&1; rc=$?; echo "pytest -m gpu rc=$rc"
+note $rc
+timeout 25 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_cupy_api.py \
     tests/test_gpu_pipeline.py tests/test_backend.py >> "$OUT/pytest.txt" 2>&1
 rc=$?; echo "pytest (CuPy names, pipeline, backend) rc=$rc"; note $rc
 tail -25 "$OUT/pytest.txt"
 
 step "compute-sanitizer initcheck: batches of 1, 3, 8 and 13 frames"
 if command -v compute-sanitizer >/dev/null; then
-    timeout 60 compute-sanitizer --tool initcheck --error-exitcode 9 $PY - > "$OUT/initcheck.txt" 2>&1 <<'PY'
+    timeout 45 compute-sanitizer --tool initcheck --error-exitcode 9 $PY - > "$OUT/initcheck.txt" 2>&1 <<'PY'
 import sys
 sys.path.insert(0, "tests")
 import numpy as np, cupy as cp
@@ -85,8 +90,27 @@ else
     echo "compute-sanitizer not found: skipped"
 fi
 
-step "benchmark ($CASES)"
-timeout 150 $PY benchmarks/bench_gpu.py --cases "$CASES" --no-pyfai --repeats 9 \
+step "compute-sanitizer memcheck: hostile bslz4 chunks decoded on the device (issue 26)"
+if command -v compute-sanitizer >/dev/null; then
+    timeout 20 compute-sanitizer --tool memcheck --error-exitcode 9 $PY - > "$OUT/memcheck.txt" 2>&1 <<'PY'
+import sys
+sys.path.insert(0, "tests")
+import cupy as cp
+from gpusaxs.gpu_decode import DeviceDecoder
+from test_gpu_decode_device import hostile_batch
+batch, good = hostile_batch()
+out, status = DeviceDecoder(cp).decode(batch)
+assert status[0] == 0 and status[-1] == 0 and (status[1:-1] != 0).all(), status
+assert (cp.asnumpy(out[0]) == good).all()
+print("memcheck workload ok", status.tolist())
+PY
+    rc=$?; echo "memcheck rc=$rc"; tail -6 "$OUT/memcheck.txt"; note $rc
+else
+    echo "compute-sanitizer not found: skipped"
+fi
+
+step "benchmark ($CASES, with the bslz4 end-to-end records)"
+timeout 155 $PY benchmarks/bench_gpu.py --cases "$CASES" --no-pyfai --repeats 9 \
     --out-dir benchmarks/results
 rc=$?; echo "bench rc=$rc"; note $rc
 cp benchmarks/results/gpu-nvidia-*.json "$OUT/" 2>/dev/null

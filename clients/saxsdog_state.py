@@ -18,6 +18,7 @@ from gpusaxs.clients.saxsdog_parser import PROG
 from gpusaxs.curve_claims import CurveClaims, clash_message
 from gpusaxs.errors import GpusaxsError, ImageReadError
 from gpusaxs.gpu_engine import fallback_lines  # issue 25: GPU fallbacks are visible
+from gpusaxs.gpu_fallbacks import decode_lines  # issue 26: where bslz4 frames were decoded
 from gpusaxs.io.chi import read_chi, read_chi_key, write_chi
 from gpusaxs.io.frames import HDF5_SUFFIXES, frame_sources
 from gpusaxs.io.images import read_image
@@ -366,6 +367,7 @@ class Saxsdog:
                 f"({setup}; {rate:.1f} frames/s after set-up)"
             ]
             + [f"{PROG}: engine fallback {line}" for line in fallback_lines()]
+            + [f"{PROG}: {line}" for line in decode_lines()]
         )
 
     def profile(self, stats, elapsed):

@@ -32,7 +32,8 @@ The public API, all of it (see README.md):
     gpusaxs.iter_frames(path)                          # (source, frame) of HDF5/multi-frame files
     gpusaxs.NXazintWriter(path, q, ...); gpusaxs.read_nxazint(path)   # NeXus NXazint1d/2d
     gpusaxs.read_chi(path); gpusaxs.write_chi(path, q, I, err)
-    gpusaxs.backend_info()
+    gpusaxs.backend_info()                             # ["bslz4_decode"]: where bslz4 is decoded
+    gpusaxs.engines.make_engine(m, "cupy").sums_compressed(chunks, shape, dtype)  # bslz4 on GPU
     gpusaxs.calibration(config)                        # the SAXS 0.3.0 class (section 6)
 """
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy
 
 from gpusaxs.errors import BackendError
-from gpusaxs.gpu_fallbacks import engine_fallbacks
+from gpusaxs.gpu_fallbacks import decode_counts, engine_fallbacks
 
 ENV_VAR = "GPUSAXS_BACKEND"
 VALID_BACKENDS = ("auto", "numpy", "cupy")
@@ -167,7 +167,9 @@ def backend_info() -> dict[str, Any]:
         name, compute_capability, total_memory_bytes, free_memory_bytes), device_name,
         compute_capability, total_memory_bytes (of device 0), numpy/scipy/python versions,
         engine_fallbacks (list of {from, to, reason}: GPU engine paths that failed in this
-        process and what replaced them, see gpusaxs.gpu_fallbacks).
+        process and what replaced them, see gpusaxs.gpu_fallbacks), bslz4_decode ({path:
+        "device" when the backend is CuPy (gpusaxs/kernels/bslz4.cu) else "host" (bitshuffle),
+        counts: the bslz4 frames decoded in this process per path, see docs/gpu.md).
 
     Examples
     --------
@@ -204,6 +206,10 @@ def backend_info() -> dict[str, Any]:
         info["backend"], info["reason"] = select_backend("auto")
     except BackendError as exc:
         info["reason"] = str(exc)
+    info["bslz4_decode"] = {
+        "path": "device" if info["backend"] == "cupy" else "host",
+        "counts": decode_counts(),
+    }
     probe = _probe_cupy()
     if probe.cupy is not None:
         cupy = probe.cupy

@@ -40,6 +40,7 @@ import os
 import numpy as np
 
 from gpusaxs.engine_contract import Sums, check_frame_dtype
+from gpusaxs.gpu_decode import CompressedInput
 from gpusaxs.gpu_fallbacks import engine_fallbacks, fallback_lines, record
 from gpusaxs.gpu_kernels import (
     BLOCK,
@@ -69,7 +70,7 @@ UPLOADS = ("copy", "mapped")
 _log = logging.getLogger(__name__)
 
 
-class DeviceEngine(StreamScheduler, SparseProduct):
+class DeviceEngine(StreamScheduler, SparseProduct, CompressedInput):
     """Batched integration engine over an array module (CuPy on a GPU, NumPy in CI).
 
     matrix: IntegrationMatrix (its optional ``pixel_offset`` is subtracted in the kernel).

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from gpusaxs.engine_contract import error_model, mean_intensity
+from gpusaxs.errors import ImageReadError
 from gpusaxs.io.chi import write_chi
+from gpusaxs.io.direct_chunks import ChunkSources
 from gpusaxs.io.images import read_image
 
 from .frame_batches import FrameLedger, gather, integrate_once
@@ -70,12 +72,13 @@ def write_curve(image_path, out_path, q, intensity, error, calibration_key=None)
 
 
 class _Item:
-    __slots__ = ("image_path", "out_path", "image")
+    __slots__ = ("image_path", "out_path", "image", "chunk")
 
     def __init__(self, image_path, out_path):
         self.image_path = image_path
         self.out_path = out_path
         self.image = None
+        self.chunk = None  # (DirectChunkReader, stored bytes) on the compressed path
 
 
 class FramePipeline:
@@ -93,6 +96,9 @@ class FramePipeline:
     pinned staging, copies of batch k+1 overlapped with the integration of batch k); default
     True when the integrator's engine is a DeviceEngine on CuPy.  Results still leave in order
     and as soon as no further frame is ready.
+    compressed: frames of EIGER HDF5 files stored as bitshuffle-LZ4 chunks are read as stored
+    and decoded on the device (``DeviceEngine.sums_compressed``, issue 26); default True when
+    the integrator's engine is a DeviceEngine on CuPy.  Other frames take the host path.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class FramePipeline:
         errors=True,
         writer=None,
         overlap=None,
+        compressed=None,
     ):
         if batch_size < 1 or read_threads < 1:
             raise ValueError("batch_size and read_threads must be >= 1")
@@ -121,6 +128,11 @@ class FramePipeline:
         if overlap is None:
             overlap = getattr(engine, "name", None) == "cupy" and hasattr(engine, "submit")
         self._async_engine = engine if overlap else None
+        if compressed is None:
+            compressed = getattr(engine, "name", None) == "cupy"
+        compressed = compressed and hasattr(engine, "sums_compressed")
+        self._engine = engine
+        self._chunks = ChunkSources() if compressed else None
         self._q = np.asarray(integrator.q)
 
         self._ledger = FrameLedger()  # every frame ends once: processed, failed or dropped
@@ -183,6 +195,8 @@ class FramePipeline:
             t.join()
         self._integ.join()
         self._writer.join()
+        if self._chunks is not None:
+            self._chunks.close()
         return self._ledger.counts["dropped"]
 
     @property
@@ -248,7 +262,10 @@ class FramePipeline:
                 item = self._read_q.popleft()
             t0 = time.perf_counter()
             try:
-                item.image = read_image(item.image_path, shape=self.shape)
+                if self._chunks is not None:  # stored bslz4 chunk, decoded on the device
+                    item.chunk = self._chunks.read(item.image_path, self.shape)
+                if item.chunk is None:
+                    item.image = read_image(item.image_path, shape=self.shape)
             except Exception as exc:  # ImageReadError and anything unexpected: per frame
                 self._fail(item, exc)
                 continue
@@ -271,6 +288,14 @@ class FramePipeline:
                 break
             batch, left = gather(first, self._ready_q, self.batch_size, lambda x: x is not _STOP)
             stop = left is _STOP
+            packed = [it for it in batch if it.chunk is not None]
+            if packed:
+                batch = [it for it in batch if it.chunk is None]
+                while inflight:  # keep the order
+                    self._collect(inflight.popleft())
+                self._integrate_compressed(packed)
+                if not batch:
+                    continue
             if self._async_engine is not None:
                 self._submit_async(batch, inflight)
             else:
@@ -335,6 +360,49 @@ class FramePipeline:
             intensity = intensity[good]
             err = None if err is None else err[good]
         self._emit(batch, intensity, err, t0)
+
+    def _integrate_compressed(self, items):
+        """Frames read as stored chunks: decoded and integrated on the device, per file; a
+        refused chunk fails its frame alone; a failing call retries the frames on the host."""
+        groups = {}
+        for it in items:
+            groups.setdefault(id(it.chunk[0]), []).append(it)
+        errors = "poisson" if self.errors else False
+        for group in groups.values():
+            t0 = time.perf_counter()
+            reader = group[0].chunk[0]
+            try:
+                res = self._engine.sums_compressed(
+                    [it.chunk[1] for it in group],
+                    reader.shape,
+                    reader.dtype,
+                    errors,
+                    list(range(len(group))),
+                    reader.mask_index,
+                )
+                if self.errors:
+                    intensity, _, err = error_model(res.sums)
+                else:
+                    intensity, err = mean_intensity(res.sums), None
+            except Exception:
+                for it in group:  # the host path, frame by frame
+                    it.chunk = None
+                    try:
+                        it.image = read_image(it.image_path, shape=self.shape)
+                    except Exception as exc:
+                        self._fail(it, exc)
+                        continue
+                    self._integrate([it])
+                continue
+            for rec in res.errors:
+                it = group[rec["id"]]
+                it.chunk = None
+                self._fail(it, ImageReadError(str(it.image_path), f"bslz4: {rec['reason']}"))
+            good = [group[k] for k in res.ids]
+            for it in good:
+                it.chunk = None
+            if good:
+                self._emit(good, intensity, err, t0)
 
     def _integrate_stack(self, stack):
         """(intensity, Poisson error or None) of a stack, (B, n_bins) each."""

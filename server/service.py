@@ -21,6 +21,7 @@ import numpy as np
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import GpusaxsError
 from gpusaxs.gpu_engine import fallback_lines
+from gpusaxs.gpu_fallbacks import decode_lines
 from gpusaxs.grazing_config import grazing_config
 from gpusaxs.integrator import Integrator
 from gpusaxs.io.chi import read_chi
@@ -148,6 +149,8 @@ class SaxsdogService:
     def stat(self):
         # issue 25: GPU fallbacks are visible
         extra = {"engine fallbacks": lines} if (lines := fallback_lines()) else {}
+        if decoded := decode_lines():  # issue 26: where bslz4 frames were decoded
+            extra["bslz4 decode"] = decoded
         if self.queue is None:
             return {
                 "time interval": 0.0,

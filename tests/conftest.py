@@ -71,14 +71,16 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(autouse=True)
 def _fresh_fallback_log():
-    """The GPU engine's process-wide fallback log (what saxsdog's summary and the server's
-    stat report) starts empty in every test: a fallback one test provokes is not another's."""
+    """The GPU engine's process-wide fallback log and bslz4 decode counts (what saxsdog's
+    summary and the server's stat report) start empty in every test: a fallback or decode one
+    test provokes is not another's."""
     import sys
 
     yield
     log = sys.modules.get("gpusaxs.gpu_fallbacks")
     if log is not None:
         log._FALLBACKS.clear()
+        log._DECODES.clear()
 
 
 @pytest.fixture(autouse=True)

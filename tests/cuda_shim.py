@@ -3,7 +3,7 @@ source itself is compiled with g++ and run in CI (no GPU).
 
 Blocks run CONCURRENTLY in a random order (``GS_SHIM_RUNNERS`` runner threads, order shuffled
 with ``GS_SHIM_SEED``); a block's threads are fibers (ucontext) of its runner thread, switched
-at ``__syncthreads`` and warp shuffles (barriers).  Global memory of the output is a type whose
+at ``__syncthreads``, ``__syncwarp`` and warp shuffles (barriers).  Global memory of the output is a type whose
 plain ``+=`` is a slow, non-atomic read-modify-write, so a ``+=`` where ``atomicAdd`` belongs loses updates
 (the race test shows it).  ``-DGS_SHIM_FTZ`` sets the x86 DAZ/FTZ flags in every kernel thread,
 as ``-ftz=true`` does on the GPU: subnormal float inputs read as zero.
@@ -46,7 +46,7 @@ struct gs_block_ctx {
     double shfl[64][32];
     alignas(16) unsigned char shared[48 * 1024];
 };
-static thread_local gs_dim3 threadIdx, blockIdx;
+static thread_local gs_dim3 threadIdx, blockIdx, blockDim;
 static thread_local gs_block_ctx* gs_ctx;
 static thread_local bool gs_returned = false;
 #define __global__
@@ -63,6 +63,7 @@ inline void gs_wait(gs_fiber_barrier& b) {
     while (b.gen == gen) swapcontext(&gs_ctx->fibers[threadIdx.x], &gs_ctx->sched);
 }
 inline void __syncthreads() { gs_wait(gs_ctx->block); }
+inline void __syncwarp() { gs_wait(gs_ctx->warp[threadIdx.x >> 5]); }
 inline double __shfl_down_sync(unsigned, double v, int off) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     gs_ctx->shfl[warp][lane] = v;
@@ -84,6 +85,9 @@ struct gs_racy {
 static std::mutex gs_atomic_mutex;
 inline double atomicAdd(gs_racy* a, double x) {
     std::lock_guard<std::mutex> g(gs_atomic_mutex); double o = a->v; a->v = o + x; return o;
+}
+inline int atomicMax(int* a, int x) {
+    std::lock_guard<std::mutex> g(gs_atomic_mutex); const int o = *a; if (x > o) *a = x; return o;
 }
 #define GS_OUT_T gs_racy
 
@@ -116,6 +120,7 @@ static void gs_launch(long long grid, int block, const std::function<void()>& ke
                 std::vector<char> done(block, 0);
                 gs_ctx = ctx;
                 blockIdx.x = (unsigned)order[k];
+                blockDim.x = (unsigned)block;
                 static thread_local const std::function<void()>* gs_kernel;
                 gs_kernel = &kernel;
                 for (int t = 0; t < block; ++t) {

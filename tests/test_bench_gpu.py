@@ -69,6 +69,16 @@ def test_numpy_run_writes_the_json(bench, tmp_path, capsys):
     assert set(check) == {"pixel/8", "frame/8", "spmm/8"}
     assert all(set(d) == {"errors", "no_errors"} for d in check.values())
     assert all(0 < v <= bench.MAX_REL_DIFF for d in check.values() for v in d.values())
+    # issue 26: bslz4 frames end to end, from a stream and from HDF5 chunks read as stored
+    dec = report["decode_records"]
+    assert [r["source"] for r in dec] == ["stream", "hdf5"]
+    for r in dec:
+        assert r["host_decode"] is True and r["decode_path"] == "host"  # NumPy: the host path
+        assert r["path"] == "kernel" and r["fallbacks"] == [] and r["refused_frames"] == 0
+        assert 0 < r["max_rel_diff_vs_cpu"] <= bench.MAX_REL_DIFF
+        assert r["compression_ratio"] > 1.0 and r["end_to_end_frames_per_s"] > 0
+    assert bench.bench_gpu_decode.wrong(dec, on_device=True)  # host decode fails a device run
+    assert not bench.bench_gpu_decode.wrong(dec, on_device=False)
 
 
 def validate_report(report):
@@ -187,3 +197,14 @@ def test_device_check_script_fits_the_lease(bench):
     assert "pytest" in text and "-m gpu" in text and "bench_gpu.py" in text
     assert 'cp benchmarks/results/gpu-nvidia-*.json "$OUT/"' in text
     assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_decode_model(bench):
+    """docs/gpu.md's compressed-input model: PCIe carries ratio x more frames compressed; the
+    predicted rate is the tighter of that and the device decode bound."""
+    dec = bench.bench_gpu_decode
+    m = dec.model(72_000_000, 4.0)
+    assert m["pcie_compressed"] == pytest.approx(4.0 * m["pcie_plain"])
+    assert m["pcie_plain"] == pytest.approx(50e9 / 72e6)
+    table = dec.model_table()
+    assert table.count("\n") == 7 and "EIGER2 16M uint32 | 72.4 | 2.5" in table
