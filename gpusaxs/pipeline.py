@@ -14,6 +14,7 @@ silently.  Used by the ``saxsdog`` tool and the network server.
 """
 
 import collections
+import os
 import queue
 import threading
 import time
@@ -29,6 +30,9 @@ from gpusaxs.io.direct_chunks import ChunkSources
 from gpusaxs.io.images import read_image
 
 from .frame_batches import FrameLedger, gather, integrate_once
+
+#: set to 1 to decode bitshuffle-LZ4 frames on the GPU in saxsdog and the server (issue 26)
+DEVICE_DECODE_VAR = "GPUSAXS_DEVICE_DECODE"
 
 __all__ = ["curve_path", "FramePipeline", "write_curve"]
 
@@ -97,8 +101,9 @@ class FramePipeline:
     True when the integrator's engine is a DeviceEngine on CuPy.  Results still leave in order
     and as soon as no further frame is ready.
     compressed: frames of EIGER HDF5 files stored as bitshuffle-LZ4 chunks are read as stored
-    and decoded on the device (``DeviceEngine.sums_compressed``, issue 26); default True when
-    the integrator's engine is a DeviceEngine on CuPy.  Other frames take the host path.
+    and decoded on the device (``DeviceEngine.sums_compressed``, issue 26); default: on a CuPy
+    DeviceEngine when $GPUSAXS_DEVICE_DECODE is 1. Opt-in until the device check has run the
+    decoder on a real GPU (docs/gpu.md); other frames take the host path.
     """
 
     def __init__(
@@ -128,8 +133,9 @@ class FramePipeline:
         if overlap is None:
             overlap = getattr(engine, "name", None) == "cupy" and hasattr(engine, "submit")
         self._async_engine = engine if overlap else None
-        if compressed is None:
-            compressed = getattr(engine, "name", None) == "cupy"
+        if compressed is None:  # opt-in until validated on a device (docs/gpu.md)
+            on_device = getattr(engine, "name", None) == "cupy"
+            compressed = on_device and os.environ.get(DEVICE_DECODE_VAR) == "1"
         compressed = compressed and hasattr(engine, "sums_compressed")
         self._engine = engine
         self._chunks = ChunkSources() if compressed else None

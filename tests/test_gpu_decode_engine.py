@@ -172,7 +172,7 @@ def test_decode_path_visible_in_saxsdog_summary_and_server_stat(counts, tmp_path
 
 
 def test_frame_pipeline_reads_stored_chunks_for_the_device(matrix, frames, counts, tmp_path):
-    """saxsdog's FramePipeline with compressed=True (the default on a CuPy DeviceEngine): an
+    """saxsdog's FramePipeline with compressed=True ($GPUSAXS_DEVICE_DECODE=1 on CuPy): an
     EIGER master's frames go through sums_compressed (no host integration call), its
     pixel_mask applied; a corrupted chunk fails its frame alone; the curves are those of the
     frames the host reader reads."""
