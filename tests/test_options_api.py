@@ -216,3 +216,29 @@ def test_option_builder_with_a_full_circle_is_the_saxsdog_builder(small):
     general = build_matrix(integ.calibration, azimuth_range=(-180.0, 180.0))
     for field in ("q_edges", "pixel_ptr", "bins", "weights", "pixel_scale", "norm"):
         np.testing.assert_array_equal(getattr(general, field), getattr(legacy, field))
+
+
+def test_the_option_set_is_one_value_recorded_in_the_result(small):
+    """IntegrationOptions (issue 24): equal options built from equal arguments (arrays by
+    content, not identity) are one cache entry; the result records them; as_dict is JSON."""
+    import json
+
+    from gpusaxs.integration_options import IntegrationOptions
+
+    integ, stack, rng = small
+    dark = rng.uniform(0, 3, integ.shape)
+    res = integ.integrate1d(stack[0], npt=80, unit="2th_deg", dark=dark, azimuth_range=(-90, 90))
+    expected = IntegrationOptions.make(
+        npt=80, unit="2th_deg", dark=dark.copy(), azimuth_range=[-90.0, 90.0]
+    )
+    assert res.options == expected and hash(res.options) == hash(expected)
+    assert res.options != IntegrationOptions.make(npt=80, unit="2th_deg", dark=dark + 1)
+    first = integ.option_engine(npt=80, unit="2th_deg", dark=dark, azimuth_range=(-90, 90))
+    again = integ.option_engine(npt=80, unit="2th_deg", dark=dark.copy(), azimuth_range=[-90, 90])
+    assert first[0] is again[0] and first[1] is again[1]  # one build for one option set
+    record = json.loads(json.dumps(res.options.as_dict()))
+    assert record["npt"] == 80 and record["unit"] == "2th_deg"
+    assert record["azimuth_range"] == [-90.0, 90.0] and len(record["dark"]["sha256"]) == 64
+    with pytest.raises(ValueError):
+        dark_view = res.options.dark.array
+        dark_view[0, 0] = 1.0  # the recorded dark is read-only
