@@ -4,7 +4,7 @@ messages on stderr (``err``)."""
 import argparse
 import sys
 
-from gpusaxs.clients.saxsdog_average import AVERAGES
+from gpusaxs.robust_curves import add_average_arguments
 
 PROG = "saxsdog"
 
@@ -180,39 +180,7 @@ def build_parser():
         default=16,
         help="most frames per engine call (default 16)",
     )
-    p.add_argument(
-        "--average",
-        choices=AVERAGES,
-        default="mean",
-        help="the curve: the mean per bin (default), sigma-clip (pyFAI's sigma_clip_ng) or "
-        "median (weighted percentile, pyFAI's medfilt1d_ng); parameters recorded in each curve",
-    )
-    p.add_argument(
-        "--clip-thres",
-        metavar="T",
-        type=float,
-        default=5.0,
-        help="--average sigma-clip: drop values beyond T std of the mean (default 5)",
-    )
-    p.add_argument(
-        "--clip-iter",
-        metavar="N",
-        type=int,
-        default=5,
-        help="--average sigma-clip: at most N clipping passes (default 5)",
-    )
-    p.add_argument(
-        "--percentile",
-        metavar="P|LO,HI",
-        default="50",
-        help="--average median: the percentile (default 50), or the mean between LO,HI",
-    )
-    p.add_argument(
-        "--error-model",
-        choices=("poisson", "azimuthal", "hybrid"),
-        default="poisson",
-        help="--average sigma-clip / median: the error model (default poisson)",
-    )
+    add_average_arguments(p)
     p.add_argument(
         "--wait-timeout",
         metavar="S",

@@ -80,10 +80,11 @@ def confined_dir(root, folder):
 class CurveWriter:
     """``writer(image_path, out_path, q, I, err)`` for the FramePipeline (see module doc)."""
 
-    def __init__(self, root, calibration_key=None, grazing=None):
+    def __init__(self, root, calibration_key=None, grazing=None, title=""):
         self.root = os.path.realpath(root)
         self.key = calibration_key
         self.grazing = grazing  # a GrazingStage: its maps and cuts beside each curve
+        self.title = title  # after the image name (the averaging's parameters, --average)
 
     def __call__(self, image_path, out_path, q, intensity, error):
         out_path = Path(out_path)
@@ -99,7 +100,9 @@ class CurveWriter:
                 q,
                 intensity,
                 error=error,
-                title=Path(image_path).name,
+                title=f"{Path(image_path).name}  {self.title}"
+                if self.title
+                else Path(image_path).name,
                 calibration_key=self.key or None,
             )
         except OutsideRoot:

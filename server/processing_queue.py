@@ -307,7 +307,12 @@ class ProcessingQueue:
             read_threads=self.read_threads,
             on_done=self._done,
             on_error=self._error,
-            writer=CurveWriter(self.write_root, self.calibration_key, grazing=stage),
+            writer=CurveWriter(
+                self.write_root,
+                self.calibration_key,
+                grazing=stage,
+                title=getattr(integrator, "curve_title", ""),
+            ),
         )
         with self._lock:
             if self.state in ("starting", "building"):

@@ -18,6 +18,7 @@ import sys
 import threading
 
 from gpusaxs.io.atomic import atomic_write
+from gpusaxs.robust_curves import add_average_arguments, average_params
 
 from . import protocol as P
 from .auth import DEFAULT_WINDOW_S
@@ -175,6 +176,7 @@ def build_parser():
         action="store_true",
         help="warnings and errors only (default: routine events too, INFO)",
     )
+    add_average_arguments(p)  # sigma-clipped or median curves instead of the mean
     add_stream_arguments(p)
     return p
 
@@ -243,6 +245,9 @@ def serve(args):
             settle=args.settle,
             max_request=args.max_request,
             max_attachment=args.max_attachment,
+            average=average_params(
+                args.average, args.clip_thres, args.clip_iter, args.percentile, args.error_model
+            ),
         )
     except ValueError as exc:
         print(f"saxsdogserver: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from gpusaxs.io.images import is_image_file
 from gpusaxs.io.masks import read_mask
 from gpusaxs.matrix_cache import matrix_key
 from gpusaxs.matrix_limits import check_limits
+from gpusaxs.robust_curves import AveragedIntegrator, average_key
 
 from . import protocol as P
 from .auth import DEFAULT_WINDOW_S, AuthenticationError, Authenticator
@@ -81,6 +82,7 @@ class SaxsdogService:
         cache_size=4,
         integrator_class=None,
         pipeline_factory=None,
+        average=None,
     ):
         self.base = os.path.realpath(base_dir)
         if not os.path.isdir(self.base):
@@ -98,6 +100,8 @@ class SaxsdogService:
         self.max_attachments = int(max_attachments)
         self.builds = BuildManager(cache_size)  # integrators, built beside the command loop
         self._integrator_class = integrator_class
+        # sigma-clipped or median curves (gpusaxs.robust_curves.average_params), None: the mean
+        self.average = None if average is None else dict(average)
         self._pipeline_factory = pipeline_factory
         self.queue = None
         self.build = None  # the Build (future) of the current queue's integrator
@@ -382,7 +386,7 @@ class SaxsdogService:
         build = self.builds.get(key, self._integrator_maker(cal, mask), label=self.rel(directory))
         if self.stream is not None:
             # series starting from now use it (waiting for the build, like the queue)
-            self.stream.set_integrator(build.result, key[0])
+            self.stream.set_integrator(build.result, average_key(key[0], self.average))
         old, old_build = self.queue, self.build
         if old is not None:
             old.abort()
@@ -399,7 +403,7 @@ class SaxsdogService:
             on_finished=self._count,
             predecessor=old,
             pipeline_factory=self._pipeline_factory,
-            calibration_key=key[0],
+            calibration_key=average_key(key[0], self.average),
             write_root=self.out_dir or self.base,
             grazing=grazing,
         )
@@ -420,7 +424,7 @@ class SaxsdogService:
 
     def _integrator_maker(self, cal, mask):
         """make(build) for the BuildManager: the Integrator, its matrix built chunk by chunk."""
-        backend, integrator_class = self.backend, self._integrator_class
+        backend, integrator_class, average = self.backend, self._integrator_class, self.average
 
         def make(build):
             cls = Integrator if integrator_class is None else integrator_class
@@ -435,7 +439,7 @@ class SaxsdogService:
                 time.perf_counter() - t0,
                 getattr(integ, "backend_name", "?"),
             )
-            return integ
+            return integ if average is None else AveragedIntegrator(integ, average)
 
         return make
 

@@ -7,6 +7,7 @@ import signal
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import GpusaxsError
 from gpusaxs.integrator import Integrator
+from gpusaxs.robust_curves import AveragedIntegrator
 
 from .consumer import IDLE_TIMEOUT_S, StreamConsumer
 
@@ -106,7 +107,9 @@ def start_consumer(args, service):
 
         def integrator():
             if "i" not in built:
-                built["i"] = Integrator(cal, backend=backend).warm_up()
+                integ = Integrator(cal, backend=backend).warm_up()
+                average = service.average  # --average: sigma-clipped or median curves
+                built["i"] = integ if average is None else AveragedIntegrator(integ, average)
             return built["i"]
 
         integrator()  # build now: a bad mask file is reported at start, not per series
