@@ -550,3 +550,45 @@ def test_one_frame_that_fails_to_integrate_fails_alone(tmp_path, small_integrato
         )
     (record,) = cons.book.info()["recent errors"]
     assert record["image_id"] == bad and record["kind"] == "integrate"
+
+
+def test_stream_rows_of_an_averaging_server_record_its_parameters(tmp_path, small_integrator):
+    """saxsdogserver --average: the stream's rows are the sigma-clipped curves, and the series'
+    NeXus file records the parameters as option_* fields (issue 27)."""
+    import h5py
+
+    from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.robust_curves import AveragedIntegrator, average_params
+    from gpusaxs.server.stream.consumer import StreamConsumer
+
+    params = average_params("sigma-clip", clip_thres=3.0)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 10_000)
+    push.bind("tcp://127.0.0.1:*")
+    cons = StreamConsumer(
+        push.getsockopt_string(zmq.LAST_ENDPOINT),
+        tmp_path,
+        integrator=AveragedIntegrator(small_integrator, params),
+        batch_size=4,
+        context=ctx,
+    ).start()
+    frames = [frame(np.uint32, seed=i) for i in range(3)]
+    try:
+        push.send(v2.encode_start(1, "avg", SHAPE, (172e-6, 172e-6), 3))
+        for i, f in enumerate(frames):
+            push.send(v2.encode_image(1, "avg", i, f, "bslz4"))
+        push.send(v2.encode_end(1, "avg"))
+        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60)
+    finally:
+        cons.stop()
+        push.close(0)
+        ctx.term()
+    rows = read_nxazint(tmp_path / "series_1.nxs")
+    clipped = small_integrator.sigma_clip_batch(np.stack(frames), thres=3.0)
+    for row, i in zip(rows["intensity"], rows["image_ids"], strict=True):
+        np.testing.assert_allclose(row, clipped.intensity[i], rtol=1e-6, equal_nan=True)
+    with h5py.File(tmp_path / "series_1.nxs", "r") as f:
+        inp = f["entry/reduction/input"]
+        assert inp["option_average"][()].decode() == '"sigma_clip"'
+        assert json.loads(inp["option_thres"][()].decode()) == 3.0

@@ -91,6 +91,8 @@ class SeriesWriter:
                         calibration=integ.calibration,
                         calibration_key=key,
                         inputs=[f"{self.url} series {sid} {start.unique_id}".strip()],
+                        # --average: the clipping / percentile parameters, as option_* fields
+                        options=dict(getattr(integ, "params", None) or {}),
                         live=True,
                         flush_interval_s=1.0,
                     )
