@@ -4,6 +4,7 @@ import logging
 import warnings
 
 import numpy as np
+import pytest
 
 
 def pyfai_integrator(cal, fiber=False):
@@ -137,3 +138,17 @@ def run_saxsdog(args, cwd, timeout=300):
         timeout=timeout,
         env=env,
     )
+
+
+#: the pyFAI whose FiberIntegrator is the grazing-incidence reference (issue 28): before it,
+#: its results name their axes otherwise and its fiber units differ
+FIBER_REFERENCE_PYFAI = (2026, 9)
+
+
+def require_fiber_reference():
+    """Skip unless the installed pyFAI's FiberIntegrator is the reference one (2026.9 on)."""
+    import pyFAI
+
+    version = tuple(int(part) for part in pyFAI.version.split(".")[:2])
+    if version < FIBER_REFERENCE_PYFAI:
+        pytest.skip(f"pyFAI {pyFAI.version}: the FiberIntegrator reference is pyFAI 2026.9")

@@ -7,7 +7,7 @@ import pytest
 
 import gpusaxs
 from gpusaxs.fiber import FIBER_UNITS, GrazingBinning, fiber_map
-from tests.helpers import pyfai_integrator
+from tests.helpers import pyfai_integrator, require_fiber_reference
 
 pytest.importorskip("pyFAI")
 
@@ -18,6 +18,7 @@ GEOMETRIES = [(2.0, 0.0), (0.5, 3.0)]  # (incident, tilt) in degrees
 @pytest.fixture(scope="module")
 def frame(reference_dir):
     """(calibration, image, gaps, pyFAI's mask, integrator, FiberIntegrator)."""
+    require_fiber_reference()
     cal = gpusaxs.Calibration.from_file(reference_dir / "buf1_00000.calibration.json")
     image = gpusaxs.read_image(reference_dir / "buf1_00000.tif")
     gaps = image < 0  # -1/-2: invalid for us, to be masked for pyFAI

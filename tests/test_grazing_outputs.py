@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from helpers import pyfai_integrator, run_saxsdog
+from helpers import pyfai_integrator, require_fiber_reference, run_saxsdog
 
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import CalibrationError
@@ -100,6 +100,7 @@ def test_saxs_py3_fields_map_to_cuts_and_a_map():
 def test_saxsdog_writes_maps_and_cuts_as_pyfai_computes_them(tmp_path):
     h5py = pytest.importorskip("h5py")
     pytest.importorskip("pyFAI")
+    require_fiber_reference()
     d = small_calibration(GrazingIncidence=GRAZING, Slices=[dict(SLICE, IncidentAngle=0.5)])
     (tmp_path / "cal.json").write_text(json.dumps(d))
     rng = np.random.default_rng(3)
@@ -175,6 +176,7 @@ def test_the_server_queue_writes_maps_and_cuts(tmp_path):
     writes each frame's map and cuts beside its curve, as pyFAI computes them."""
     h5py = pytest.importorskip("h5py")
     pytest.importorskip("pyFAI")
+    require_fiber_reference()
     from net_support import SECRET, ask, signed, wait_for, write_frames
 
     from gpusaxs.server import protocol as P
