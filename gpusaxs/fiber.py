@@ -27,6 +27,7 @@ from .matrix import (
     IntegrationMatrix,
     _bin_index,
     _entries_of_index,
+    build_mask,
 )
 
 if TYPE_CHECKING:
@@ -207,13 +208,7 @@ def build_grazing_matrix(
     npt_ip``, built in chunks of rows like :func:`gpusaxs.matrix.build_matrix` (the
     calibration's polarization in ``pixel_scale``, masked pixels without entries)."""
     height, width = (int(v) for v in cal.imagesize)
-    if mask is None:
-        mask = (
-            cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
-        )
-    mask_arr: BoolArray = np.asarray(mask, dtype=bool)
-    if mask_arr.shape != (height, width):
-        raise ValueError(f"mask shape {mask_arr.shape} does not match Imagesize {(height, width)}")
+    mask_arr = build_mask(cal, mask)
     ip_edges = _edges(cal, binning.unit_ip, binning, binning.npt_ip, binning.ip_range, mask_arr)
     oop_edges = _edges(cal, binning.unit_oop, binning, binning.npt_oop, binning.oop_range, mask_arr)
     ov = int(cal.oversampling) if binning.split else 1

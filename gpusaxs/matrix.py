@@ -315,6 +315,20 @@ def _entries_of_index(
     return keys // span, keys % span, counts.astype(np.float64) / (ov * ov)
 
 
+def build_mask(cal: Calibration, mask: ArrayLike | None = None) -> BoolArray:
+    """The mask (H, W) bool, True = excluded, a matrix is built with: ``mask``, else the
+    calibration's mask file, else nothing masked; ValueError when its shape is not Imagesize."""
+    height, width = (int(v) for v in cal.imagesize)
+    if mask is None:
+        mask = (
+            cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
+        )
+    mask_arr: BoolArray = np.asarray(mask, dtype=bool)
+    if mask_arr.shape != (height, width):
+        raise ValueError(f"mask shape {mask_arr.shape} does not match Imagesize {(height, width)}")
+    return mask_arr
+
+
 def build_matrix(
     cal: Calibration,
     mask: ArrayLike | None = None,
@@ -371,13 +385,7 @@ def build_matrix(
     """
     unit = parse_unit(unit)
     height, width = (int(v) for v in cal.imagesize)
-    if mask is None:
-        mask = (
-            cal.load_mask() if getattr(cal, "mask_file", None) else np.zeros((height, width), bool)
-        )
-    mask_arr: BoolArray = np.asarray(mask, dtype=bool)
-    if mask_arr.shape != (height, width):
-        raise ValueError(f"mask shape {mask_arr.shape} does not match Imagesize {(height, width)}")
+    mask_arr = build_mask(cal, mask)
 
     def checkpoint(done: int) -> None:
         if should_stop is not None and should_stop():

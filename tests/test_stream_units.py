@@ -1,5 +1,6 @@
 """Stream pieces in one process: codecs, the V2/V1 message formats, and the buffer limit policy."""
 
+import contextlib
 import json
 import struct
 import threading
@@ -493,6 +494,39 @@ def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_in
     assert st["errors"] == 2 and st["integrated"] == 0  # each frame one record
 
 
+@contextlib.contextmanager
+def running_consumer(tmp_path, integrator, **options):
+    """A started StreamConsumer on a PUSH socket of its own: yields (consumer, push); stopped
+    and closed on the way out."""
+    from gpusaxs.server.stream.consumer import StreamConsumer
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 10_000)
+    push.bind("tcp://127.0.0.1:*")
+    cons = StreamConsumer(
+        push.getsockopt_string(zmq.LAST_ENDPOINT),
+        tmp_path,
+        integrator=integrator,
+        context=ctx,
+        **options,
+    ).start()
+    try:
+        yield cons, push
+    finally:
+        cons.stop()
+        push.close(0)
+        ctx.term()
+
+
+def send_series(push, sid, name, frames):
+    """A whole Stream V2 series of ``frames`` (bslz4) on ``push``."""
+    push.send(v2.encode_start(sid, name, SHAPE, (172e-6, 172e-6), len(frames)))
+    for i, f in enumerate(frames):
+        push.send(v2.encode_image(sid, name, i, f, "bslz4"))
+    push.send(v2.encode_end(sid, name))
+
+
 class _OneFrameRefused:
     """An integrator whose device refuses any stack holding the frame marked at pixel (1, 1)."""
 
@@ -514,32 +548,14 @@ def test_one_frame_that_fails_to_integrate_fails_alone(tmp_path, small_integrato
     """A batch whose integration raises is retried frame by frame (gpusaxs.frame_batches):
     the refused frame gets one "integrate" record, its batch mates their rows."""
     from gpusaxs.io.nexus import read_nxazint
-    from gpusaxs.server.stream.consumer import StreamConsumer
 
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDTIMEO, 10_000)
-    push.bind("tcp://127.0.0.1:*")
-    cons = StreamConsumer(
-        push.getsockopt_string(zmq.LAST_ENDPOINT),
-        tmp_path,
-        integrator=_OneFrameRefused(small_integrator),
-        batch_size=8,
-        context=ctx,
-    ).start()
     n, bad = 8, 5
     frames = [frame(np.uint32, seed=i) for i in range(n)]
     frames[bad][1, 1] = _OneFrameRefused.MARK
-    try:
-        push.send(v2.encode_start(1, "one", SHAPE, (172e-6, 172e-6), n))
-        for i, f in enumerate(frames):
-            push.send(v2.encode_image(1, "one", i, f, "bslz4"))
-        push.send(v2.encode_end(1, "one"))
+    refusing = _OneFrameRefused(small_integrator)
+    with running_consumer(tmp_path, refusing, batch_size=8) as (cons, push):
+        send_series(push, 1, "one", frames)
         assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60)
-    finally:
-        cons.stop()
-        push.close(0)
-        ctx.term()
     st = cons.book.get(1)
     assert st["integrated"] == n - 1 and st["errors"] == 1
     rows = read_nxazint(tmp_path / "series_1.nxs")
@@ -559,31 +575,13 @@ def test_stream_rows_of_an_averaging_server_record_its_parameters(tmp_path, smal
 
     from gpusaxs.io.nexus import read_nxazint
     from gpusaxs.robust_curves import AveragedIntegrator, average_params
-    from gpusaxs.server.stream.consumer import StreamConsumer
 
     params = average_params("sigma-clip", clip_thres=3.0)
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDTIMEO, 10_000)
-    push.bind("tcp://127.0.0.1:*")
-    cons = StreamConsumer(
-        push.getsockopt_string(zmq.LAST_ENDPOINT),
-        tmp_path,
-        integrator=AveragedIntegrator(small_integrator, params),
-        batch_size=4,
-        context=ctx,
-    ).start()
     frames = [frame(np.uint32, seed=i) for i in range(3)]
-    try:
-        push.send(v2.encode_start(1, "avg", SHAPE, (172e-6, 172e-6), 3))
-        for i, f in enumerate(frames):
-            push.send(v2.encode_image(1, "avg", i, f, "bslz4"))
-        push.send(v2.encode_end(1, "avg"))
+    averaging = AveragedIntegrator(small_integrator, params)
+    with running_consumer(tmp_path, averaging, batch_size=4) as (cons, push):
+        send_series(push, 1, "avg", frames)
         assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60)
-    finally:
-        cons.stop()
-        push.close(0)
-        ctx.term()
     rows = read_nxazint(tmp_path / "series_1.nxs")
     clipped = small_integrator.sigma_clip_batch(np.stack(frames), thres=3.0)
     for row, i in zip(rows["intensity"], rows["image_ids"], strict=True):
