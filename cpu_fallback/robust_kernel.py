@@ -32,6 +32,20 @@ def _spread(s_c2d2, s_c2d, s_c2, delta):
     return max(s_c2d2 - 2.0 * delta * s_c2d + delta * delta * s_c2, 0.0)
 
 
+@numba.njit(inline="always")
+def _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept):
+    """A bin's outputs (N_OUT of them) from its sums; std and sigma NaN for an empty bin."""
+    std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
+    out[0, f, b] = mean
+    out[1, f, b] = std
+    out[2, f, b] = std * math.sqrt(s_c2) / s_c if s_c > 0.0 else np.nan
+    out[3, f, b] = s_w
+    out[4, f, b] = s_cv
+    out[5, f, b] = s_c
+    out[6, f, b] = var
+    out[7, f, b] = kept
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def sigma_clip_kernel(
     frames, threshold, pixels, weights, scale, offset, bin_ptr, thres, max_iter, model, out
@@ -132,15 +146,7 @@ def sigma_clip_kernel(
                 var = s_p
         if model == 2:
             var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
-        std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
-        out[0, f, b] = mean
-        out[1, f, b] = std
-        out[2, f, b] = std * math.sqrt(s_c2) / s_c if s_c > 0.0 else np.nan
-        out[3, f, b] = s_w
-        out[4, f, b] = s_cv
-        out[5, f, b] = s_c
-        out[6, f, b] = var
-        out[7, f, b] = kept
+        _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
@@ -208,12 +214,4 @@ def percentile_kernel(
                 if keep[i]:
                     d = weights[ent[i]] / scale[ent[i]] * (v[i] - mean)
                     var += d * d
-        std = math.sqrt(var / s_c2) if s_c > 0.0 else np.nan
-        out[0, f, b] = mean
-        out[1, f, b] = std
-        out[2, f, b] = std * math.sqrt(s_c2) / s_c if s_c > 0.0 else np.nan
-        out[3, f, b] = s_w
-        out[4, f, b] = s_cv
-        out[5, f, b] = s_c
-        out[6, f, b] = var
-        out[7, f, b] = kept
+        _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept)
