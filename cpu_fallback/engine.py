@@ -17,7 +17,15 @@ from gpusaxs.engine_contract import (
     valid_mask,
 )
 
-from .layout import BAND_PIXELS, LANES, banded_layout, check_layout, thread_bands
+from .layout import (
+    BAND_PIXELS,
+    LANES,
+    banded_layout,
+    check_gather_layout,
+    check_layout,
+    gather_layout,
+    thread_bands,
+)
 
 __all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack", "pixel_offset"]
 
@@ -26,22 +34,27 @@ __all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack", "p
 BANDED_OUTPUT_BYTES = 256 << 20
 #: Largest per-thread sums buffer (float64 values) an engine keeps for its next call (64 MB).
 KEPT_WORK_VALUES = 8 << 20
+#: Bins per pixel above which the gather kernel (cpu_fallback.gather) serves: a map's or a
+#: cake's threads' private copies of every bin would cost more than the kernel itself.
+GATHER_BINS_PER_PIXEL = 0.05
 
 
 class CpuEngine:
-    """Multi-threaded numba engine (the banded kernel of :mod:`cpu_fallback.banded`).
+    """Multi-threaded numba engine: the banded kernel of :mod:`cpu_fallback.banded` for curves,
+    the gather kernel of :mod:`cpu_fallback.gather` for maps and cakes (``kernel``).
 
     ``threads``: cores to use (default: all numba sees).  ``layout_cache``: callable(matrix,
-    name, build, check) -> (layout, source) keeping the banded layout beside the matrix's cache
+    name, build, check) -> (layout, source) keeping the kernel's layout beside the matrix's cache
     file (gpusaxs.matrix_cache.cached_derived, which gpusaxs.engines.make_engine passes);
-    None: the layout is built here (``layout_source`` "uncached").
+    None: the layout is built here (``layout_source`` "uncached"). ``kernel``: "banded" or
+    "gather"; None: "gather" above GATHER_BINS_PER_PIXEL bins per pixel.
     """
 
     name = "numba"
     #: the matrix's pixel_offset (dark) is applied in the kernel (docs/ARCHITECTURE.md)
     supports_pixel_offset = True
 
-    def __init__(self, matrix, threads=None, layout_cache=None):
+    def __init__(self, matrix, threads=None, layout_cache=None, kernel=None):
         import numba
 
         pixel_offset(matrix)  # a dark of the wrong size fails here, not in the first call
@@ -51,16 +64,23 @@ class CpuEngine:
         )
         #: called once before a kernel is compiled (not in memory nor in the disk cache)
         self.on_compile = None
+        #: "gather" for maps and cakes (many bins per pixel), else "banded"
+        many = matrix.n_bins > GATHER_BINS_PER_PIXEL * matrix.n_pixels
+        self.kernel = kernel or ("gather" if many else "banded")
+        if self.kernel not in ("gather", "banded"):
+            raise ValueError(f"kernel must be 'gather' or 'banded', not {kernel!r}")
+        make, check, name = (
+            (gather_layout, check_gather_layout, "gather")
+            if self.kernel == "gather"
+            else (banded_layout, check_layout, f"band{BAND_PIXELS}")
+        )
         if layout_cache is not None and getattr(matrix, "pixel_offset", None) is None:
             # kept beside the matrix's cache file (8 s to make for an EIGER 16M)
             self.layout, self.layout_source = layout_cache(
-                matrix,
-                f"band{BAND_PIXELS}",
-                lambda: banded_layout(matrix),
-                lambda lay: check_layout(lay, matrix),
+                matrix, name, lambda: make(matrix), lambda lay: check(lay, matrix)
             )
         else:  # no cache, or a dark set on this matrix object: its layout is not cached
-            self.layout, self.layout_source = banded_layout(matrix), "uncached"
+            self.layout, self.layout_source = make(matrix), "uncached"
         # the kernel's per-thread sums, kept between calls: a fresh 2-4 MB array per call
         # costs its page faults (~1 ms, 5-10 % of a 64-frame call); one caller at a time uses it
         self._work = np.zeros(0)
@@ -81,8 +101,10 @@ class CpuEngine:
         from .banded import PARALLEL_REDUCE_VALUES, banded_sums, reduce_threads, zero_sums
 
         frames = as_frame_stack(stack, self.matrix.shape)
-        n_frames, n_bins = frames.shape[0], self.matrix.n_bins
         n_sums = 1 if not errors else (2 if errors == "poisson" else 3)
+        if self.kernel == "gather":
+            return self._gather(frames, n_sums)
+        n_frames, n_bins = frames.shape[0], self.matrix.n_bins
         planes = 1 + n_sums  # signal, lost[, variance[, squares]]
         out = np.empty((planes, n_frames, n_bins))
         lay = self.layout
@@ -137,6 +159,25 @@ class CpuEngine:
         if not errors:
             return Sums(signal, norm)
         return Sums(signal, norm, out[2], out[3] if errors is True else None)
+
+    def _gather(self, frames, n_sums):
+        """Sums of a (B, N) stack by the gather kernel: every bin written once, in place."""
+        import numba
+
+        from .gather import bin_chunks, gather_sums
+
+        out = np.empty((2 + n_sums, frames.shape[0], self.matrix.n_bins))
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            chunks = bin_chunks(self.layout, self.threads)
+            upper = invalid_threshold(frames.dtype)
+            dark = pixel_offset(self.matrix)
+            gather_sums(out, frames, chunks, self.layout, dark, n_sums, upper, self.on_compile)
+        finally:
+            numba.set_num_threads(previous)
+        variance = out[3] if n_sums >= 2 else None
+        return Sums(out[0], out[1], variance, out[4] if n_sums == 3 else None, mean=out[2])
 
 
 class ScipyEngine:

@@ -17,7 +17,7 @@ from gpusaxs.cache_dir import default_cache_dir
 __all__ = ["install", "kernel_cache_dir", "needs_compile"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = ("banded.py", "simd.py", "kernel_cache.py", "robust_kernel.py")
+_SOURCES = ("banded.py", "simd.py", "kernel_cache.py", "robust_kernel.py", "gather.py")
 _STATE: dict = {}
 
 

@@ -1,6 +1,7 @@
-"""The banded layout of a matrix for the numba kernel (cpu_fallback.banded), on NumPy alone:
-the image cut into bands of ``BAND_PIXELS`` pixels, each band's entries sorted by bin into
-segments; the checks of a cached layout; the split of the bands over threads.
+"""The layouts of a matrix for the numba kernels, on NumPy alone: the banded layout
+(cpu_fallback.banded: the image cut into bands of ``BAND_PIXELS`` pixels, each band's entries
+sorted by bin into segments) and the bin-major one (cpu_fallback.gather, for maps); the checks
+of a cached layout; the split of the bands over threads.
 
 Kept apart from the kernels so that an engine can be built, and its layout made or read from
 the cache, without importing numba.
@@ -8,7 +9,15 @@ the cache, without importing numba.
 
 import numpy as np
 
-__all__ = ["BAND_PIXELS", "LANES", "banded_layout", "check_layout", "thread_bands"]
+__all__ = [
+    "BAND_PIXELS",
+    "LANES",
+    "banded_layout",
+    "check_layout",
+    "check_gather_layout",
+    "gather_layout",
+    "thread_bands",
+]
 
 #: Pixels per band (a uint16 local index needs <= 65536).
 BAND_PIXELS = 4096
@@ -104,3 +113,44 @@ def thread_bands(layout, n_threads):
     total = cum[-1] if len(cum) else 0.0
     cuts = np.searchsorted(cum, total * np.arange(1, n_threads) / n_threads)
     return np.r_[0, cuts, len(cum)].astype(np.int64)
+
+
+def gather_layout(matrix):
+    """Bin-major arrays of ``matrix`` for :func:`cpu_fallback.gather.gather_sums`.
+
+    Returns a dict: bin_ptr (n_bins + 1,) int64 entry ranges of each bin; pixels (nnz,) int32
+    (int64 beyond 2^31 pixels) flat pixel of each entry, ascending within a bin; w (nnz,)
+    float32 weight; ws (nnz,) float32 weight x pixel scale; wss (nnz,) float32 weight x scale^2
+    (the same roundings as :func:`banded_layout`).
+    """
+    counts = np.diff(matrix.pixel_ptr)
+    pixel = np.repeat(np.arange(matrix.n_pixels, dtype=np.int64), counts)
+    order = np.argsort(matrix.bins, kind="stable")  # entries are pixel-sorted: stays so
+    pixel = pixel[order]
+    w = matrix.weights[order].astype(np.float64)
+    scale = matrix.pixel_scale[pixel].astype(np.float64)
+    ptr = np.zeros(matrix.n_bins + 1, dtype=np.int64)
+    np.cumsum(np.bincount(matrix.bins, minlength=matrix.n_bins), out=ptr[1:])
+    return dict(
+        bin_ptr=ptr,
+        pixels=pixel.astype(np.int32) if matrix.n_pixels < 2**31 else pixel,
+        w=w.astype(np.float32),
+        ws=(w * scale).astype(np.float32),
+        wss=(w * scale * scale).astype(np.float32),
+    )
+
+
+def check_gather_layout(layout, matrix):
+    """Raise ValueError unless ``layout`` (e.g. read from the cache) fits ``matrix``: sizes and
+    every index the gather kernel follows without bounds checks."""
+    ptr = layout["bin_ptr"]
+    if ptr.ndim != 1 or len(ptr) != matrix.n_bins + 1:
+        raise ValueError(f"gather layout: bin_ptr has {ptr.shape}, expected ({matrix.n_bins + 1},)")
+    if ptr[0] != 0 or ptr[-1] != matrix.nnz or (len(ptr) > 1 and np.diff(ptr).min() < 0):
+        raise ValueError("gather layout: bin_ptr is not a valid index")
+    for name in ("pixels", "w", "ws", "wss"):
+        if layout[name].ndim != 1 or len(layout[name]) != matrix.nnz:
+            raise ValueError(f"gather layout: {name} has {layout[name].shape}")
+    pixels = layout["pixels"]
+    if len(pixels) and (pixels.min() < 0 or pixels.max() >= matrix.n_pixels):
+        raise ValueError("gather layout: pixels holds a pixel outside the frame")

@@ -40,6 +40,7 @@ HEAVY_PACKAGES = frozenset(
 HEAVY_MODULES = frozenset(
     {
         "gpusaxs.cpu_fallback.banded",
+        "gpusaxs.cpu_fallback.gather",
         "gpusaxs.cpu_fallback.simd",
         "gpusaxs.cpu_fallback.robust_kernel",
     }

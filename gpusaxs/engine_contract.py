@@ -22,9 +22,11 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ._typing import AnyArray, ArrayLike, FloatArray
+from .host_threads import over_slices
 
 __all__ = [
     "Sums",
+    "SUM_FIELDS",
     "Engine",
     "StreamingEngine",
     "mean_intensity",
@@ -42,12 +44,19 @@ class Sums(NamedTuple):
 
     signal = sum w*s*v, norm = sum w, variance = sum w*s^2*x, squares = sum w*(s*v)^2,
     over valid pixels (unmasked, x >= 0, finite, not the unsigned maximum), v = x - dark.
+    mean: signal / norm (NaN where norm is 0) when the engine computed it in its pass (the CPU
+    engine's map kernel), else None; it saves :func:`mean_intensity` a pass over a map.
     """
 
     signal: FloatArray
     norm: FloatArray
     variance: FloatArray | None = None
     squares: FloatArray | None = None
+    mean: FloatArray | None = None
+
+
+#: the sums every engine computes (``mean`` is an engine's option)
+SUM_FIELDS = ("signal", "norm", "variance", "squares")
 
 
 class Engine(Protocol):
@@ -106,8 +115,7 @@ class StreamingEngine(Engine, Protocol):
 
 def mean_intensity(sums: Sums) -> FloatArray:
     """Mean corrected intensity per bin, NaN where no valid pixel contributes."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sums.norm > 0, sums.signal / sums.norm, np.nan)
+    return _moments(sums, with_errors=False)[0]
 
 
 def error_model(sums: Sums) -> tuple[FloatArray, FloatArray | None, FloatArray]:
@@ -117,14 +125,46 @@ def error_model(sums: Sums) -> tuple[FloatArray, FloatArray | None, FloatArray]:
     """
     if sums.variance is None:
         raise ValueError("error_model needs sums with variance (errors=True or 'poisson')")
-    intensity = mean_intensity(sums)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        empty = sums.norm <= 0
-        err = np.where(empty, np.nan, np.sqrt(np.maximum(sums.variance, 0.0)) / sums.norm)
-        std = None
-        if sums.squares is not None:
-            var = sums.squares / sums.norm - intensity * intensity
-            std = np.where(empty, np.nan, np.sqrt(np.maximum(var, 0.0)))
+    intensity, std, err = _moments(sums, with_errors=True)
+    assert err is not None
+    return intensity, std, err
+
+
+def _moments(
+    sums: Sums, with_errors: bool
+) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
+    """(I, std, err) as error_model; without errors (I, None, None). Large arrays (maps) are
+    computed in slices on the host's cores (:mod:`gpusaxs.host_threads`)."""
+    signal, norm = np.asarray(sums.signal), np.asarray(sums.norm)
+    given = sums.mean is not None  # the engine's own signal / norm
+    if given and not with_errors:
+        return np.asarray(sums.mean), None, None
+    intensity = np.asarray(sums.mean) if given else np.empty(signal.shape)
+    err = np.empty(signal.shape) if with_errors else None
+    squares = sums.squares if with_errors else None
+    std = None if squares is None else np.empty(signal.shape)
+    flat = [a.reshape(-1) for a in (signal, norm, intensity)]
+
+    def work(part: slice) -> None:
+        s, n, i = (a[part] for a in flat)
+        empty = ~(n > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if not given:
+                np.divide(s, n, out=i)
+                np.copyto(i, np.nan, where=empty)
+            if err is not None:
+                e = err.reshape(-1)[part]
+                np.sqrt(np.maximum(np.asarray(sums.variance).reshape(-1)[part], 0.0), out=e)
+                np.divide(e, n, out=e)
+                np.copyto(e, np.nan, where=empty)
+            if std is not None:
+                d = std.reshape(-1)[part]
+                np.divide(np.asarray(squares).reshape(-1)[part], n, out=d)
+                d -= i * i
+                np.sqrt(np.maximum(d, 0.0, out=d), out=d)
+                np.copyto(d, np.nan, where=empty)
+
+    over_slices(work, intensity.size)
     return intensity, std, err
 
 

