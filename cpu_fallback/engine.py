@@ -5,6 +5,7 @@
 independent reference in tests.  Both meet gpusaxs.engine_contract (float64 Sums, (B, n_bins)).
 """
 
+import sys
 import threading
 
 import numpy as np
@@ -34,6 +35,8 @@ __all__ = ["CpuEngine", "ScipyEngine", "invalid_threshold", "as_frame_stack", "p
 BANDED_OUTPUT_BYTES = 256 << 20
 #: Largest per-thread sums buffer (float64 values) an engine keeps for its next call (64 MB).
 KEPT_WORK_VALUES = 8 << 20
+#: Output blocks from this many float64 values (8 MB) on are kept for reuse (see _output).
+REUSED_OUTPUT_VALUES = 1 << 20
 #: Bins per pixel above which the gather kernel (cpu_fallback.gather) serves: a map's or a
 #: cake's threads' private copies of every bin would cost more than the kernel itself.
 GATHER_BINS_PER_PIXEL = 0.05
@@ -85,6 +88,8 @@ class CpuEngine:
         # costs its page faults (~1 ms, 5-10 % of a 64-frame call); one caller at a time uses it
         self._work = np.zeros(0)
         self._work_lock = threading.Lock()
+        # the gather kernel's last output block, reused once no result refers to it any more
+        self._spare = np.zeros(0)
 
     def sums(self, stack, errors=False):
         """Per-bin sums of a stack (B, H, W) of any integer or float dtype.
@@ -166,7 +171,7 @@ class CpuEngine:
 
         from .gather import bin_chunks, gather_sums
 
-        out = np.empty((2 + n_sums, frames.shape[0], self.matrix.n_bins))
+        out = self._output((2 + n_sums, frames.shape[0], self.matrix.n_bins))
         previous = numba.get_num_threads()
         numba.set_num_threads(self.threads)
         try:
@@ -178,6 +183,21 @@ class CpuEngine:
             numba.set_num_threads(previous)
         variance = out[3] if n_sums >= 2 else None
         return Sums(out[0], out[1], variance, out[4] if n_sums == 3 else None, mean=out[2])
+
+    def _output(self, shape):
+        """A float64 array of ``shape`` for the gather kernel's sums: the previous call's block
+        when nothing refers to it any more (no result, no view: CPython's reference count),
+        else a fresh one. A map's block is hundreds of MB, whose fresh pages cost a third of
+        the kernel's time; a caller that drops each result before the next call never pays
+        them again."""
+        with self._work_lock:
+            spare = self._spare
+            # references: self._spare, ``spare`` and getrefcount's argument
+            if spare.shape == shape and sys.getrefcount(spare) == 3:
+                return spare
+            out = np.empty(shape)
+            self._spare = out if out.size >= REUSED_OUTPUT_VALUES else np.zeros(0)
+            return out
 
 
 class ScipyEngine:

@@ -342,3 +342,30 @@ def test_curves_keep_the_banded_kernel_and_maps_gather(pilatus):
     assert engine.kernel == "gather"
     with pytest.raises(ValueError, match="kernel must be"):
         CpuEngine(matrix, kernel="fast")
+
+
+def test_gather_output_block_is_reused_only_when_no_result_holds_it(pilatus):
+    """The map kernel reuses its previous output block (no fresh pages) only once nothing refers
+    to it: a result still held keeps its numbers while later calls compute other frames."""
+    cal, _, image, _, _ = pilatus
+    integ = gpusaxs.Integrator(cal, backend="numpy")
+    cake, _ = integ.option_engine(npt=300, azimuth_npt=180, azimuth_range=(-180, 180))
+    engine = CpuEngine(cake, threads=2)
+    a_frames = hostile_stack(image, np.int32, 9, seed=1)
+    b_frames = hostile_stack(image, np.int32, 9, seed=2)
+    direct_a = contract_sums(cake, a_frames, None)
+    expected_a = direct_a["signal"]
+    held = engine.sums(a_frames)
+    view = held.mean[3]  # a view alone must keep the block too
+    del held
+    second = engine.sums(b_frames)
+    assert not np.shares_memory(second.signal, view)
+    again = engine.sums(a_frames)
+    assert relative(again.signal, expected_a) < 1e-6
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.testing.assert_allclose(view, expected_a[3] / direct_a["norm"][3], rtol=1e-6)
+    address = engine._spare.__array_interface__["data"][0]  # the block ``again`` lives in
+    del second, again, view  # nothing refers to the kept block any more: the next call reuses it
+    third = engine.sums(b_frames)
+    assert third.signal.__array_interface__["data"][0] == address
+    assert relative(third.signal, contract_sums(cake, b_frames, None)["signal"]) < 1e-6
