@@ -166,19 +166,25 @@ class CpuEngine:
         return Sums(signal, norm, out[2], out[3] if errors is True else None)
 
     def _gather(self, frames, n_sums):
-        """Sums of a (B, N) stack by the gather kernel: every bin written once, in place."""
+        """Sums of a (B, N) stack by the gather kernel: the stack made pixel-major (one pass),
+        then every bin's pixels read in all frames at once and its sums written once."""
         import numba
 
-        from .gather import bin_chunks, gather_sums
+        from .gather import bin_chunks, gather_sums, pixel_major
 
         out = self._output((2 + n_sums, frames.shape[0], self.matrix.n_bins))
         previous = numba.get_num_threads()
         numba.set_num_threads(self.threads)
         try:
+            if frames.shape[0] == 1:
+                stack = frames.reshape(-1, 1)  # one frame is pixel-major already
+            else:
+                stack = np.empty(frames.shape[::-1], frames.dtype)
+                pixel_major(frames, stack)
             chunks = bin_chunks(self.layout, self.threads)
             upper = invalid_threshold(frames.dtype)
             dark = pixel_offset(self.matrix)
-            gather_sums(out, frames, chunks, self.layout, dark, n_sums, upper, self.on_compile)
+            gather_sums(out, stack, chunks, self.layout, dark, n_sums, upper, self.on_compile)
         finally:
             numba.set_num_threads(previous)
         variance = out[3] if n_sums >= 2 else None

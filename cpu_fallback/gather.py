@@ -19,43 +19,56 @@ from .kernel_cache import install, needs_compile
 
 install()  # compiled once into the user's cache (cpu_fallback.kernel_cache)
 
-__all__ = ["gather_sums", "bin_chunks"]
+__all__ = ["gather_sums", "bin_chunks", "pixel_major"]
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def pixel_major(frames, out):
+    """out[p, f] = frames[f, p]: the stack pixel-major, each pixel's frames in one cache line
+    (16 int32 frames: 64 bytes), in blocks of pixels over the threads."""
+    n_frames, n_pixels = frames.shape
+    block = 2048
+    for c in numba.prange((n_pixels + block - 1) // block):
+        for p in range(c * block, min(n_pixels, (c + 1) * block)):
+            for f in range(n_frames):
+                out[p, f] = frames[f, p]
 
 
 def _make_kernel(n_sums):
     """The gather kernel for one value of n_sums (a constant inside: unused sums cost nothing)."""
 
     @numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
-    def kernel(out, frames, chunks, bin_ptr, pixels, w, ws, wss, dark, has_dark, upper):
+    def kernel(out, stack, chunks, bin_ptr, pixels, w, ws, wss, dark, has_dark, upper):
         """See :func:`gather_sums`."""
-        n_frames = frames.shape[0]
+        n_frames = stack.shape[1]
         for c in numba.prange(len(chunks) - 1):
+            sums = np.empty((1 + n_sums, n_frames))  # the bin's sums, one lane per frame
             for b in range(chunks[c], chunks[c + 1]):
-                e0 = bin_ptr[b]
-                e1 = bin_ptr[b + 1]
-                for f in range(n_frames):  # the bin's few entries stay in L1 across frames
-                    signal = 0.0
-                    norm = 0.0
-                    variance = 0.0
-                    squares = 0.0
-                    for e in range(e0, e1):
-                        p = pixels[e]
-                        x = np.float64(frames[f, p])
-                        if x >= 0.0 and x < upper:  # not negative, NaN, the unsigned maximum
-                            v = x - np.float64(dark[p]) if has_dark else x
-                            signal += np.float64(ws[e]) * v
-                            norm += np.float64(w[e])
-                            if n_sums >= 2:
-                                variance += np.float64(wss[e]) * x  # of the raw counts
-                            if n_sums == 3:
-                                squares += np.float64(wss[e]) * v * v
+                sums[:] = 0.0
+                for e in range(bin_ptr[b], bin_ptr[b + 1]):
+                    p = pixels[e]
+                    d = np.float64(dark[p]) if has_dark else 0.0
+                    we = np.float64(w[e])
+                    wse = np.float64(ws[e])
+                    wsse = np.float64(wss[e])
+                    for f in range(n_frames):  # contiguous lanes: vector loads and selects
+                        x = np.float64(stack[p, f])
+                        ok = x >= 0.0 and x < upper  # not negative, NaN, the unsigned maximum
+                        v = x - d
+                        sums[0, f] += wse * v if ok else 0.0
+                        sums[1, f] += we if ok else 0.0
+                        if n_sums >= 2:
+                            sums[2, f] += wsse * x if ok else 0.0  # of the raw counts
+                        if n_sums == 3:
+                            sums[3, f] += wsse * v * v if ok else 0.0
+                for f in range(n_frames):
+                    signal = sums[0, f]
+                    norm = sums[1, f]
                     out[0, f, b] = signal
                     out[1, f, b] = norm
                     out[2, f, b] = signal / norm if norm > 0.0 else np.nan
-                    if n_sums >= 2:
-                        out[3, f, b] = variance
-                    if n_sums == 3:
-                        out[4, f, b] = squares
+                    for k in range(2, 1 + n_sums):
+                        out[k + 1, f, b] = sums[k, f]
 
     return kernel
 
@@ -74,13 +87,14 @@ def bin_chunks(layout, n_threads, per_thread=8):
     return np.unique(np.r_[0, cuts, n_bins]).astype(np.int64)
 
 
-def gather_sums(out, frames, chunks, layout, dark, n_sums, upper, on_compile=None):
+def gather_sums(out, stack, chunks, layout, dark, n_sums, upper, on_compile=None):
     """Write the sums of a stack into ``out``, float64 (2 + n_sums, B, n_bins): planes signal
     (sum w s v, v = x - dark), norm (sum w over valid values), mean (signal / norm, NaN where
     norm is 0: the map's intensity, here at no extra read) and, for n_sums 2 and 3, variance
     (sum w s^2 x of the raw counts), and for n_sums 3 squares (sum w s^2 v^2).
 
-    frames: (B, N) C-contiguous, any numeric dtype; chunks: from :func:`bin_chunks`; layout:
+    stack: the frames pixel-major, (N, B) C-contiguous (:func:`pixel_major`), any numeric
+    dtype; chunks: from :func:`bin_chunks`; layout:
     from :func:`cpu_fallback.layout.gather_layout`; dark: float32 (N,) or None; upper: values
     >= upper (and negative or NaN ones) are invalid; on_compile: called before a kernel is
     compiled (not found in memory nor in the disk cache).
@@ -88,7 +102,7 @@ def gather_sums(out, frames, chunks, layout, dark, n_sums, upper, on_compile=Non
     has_dark = dark is not None
     args = (
         out,
-        frames,
+        stack,
         chunks,
         layout["bin_ptr"],
         layout["pixels"],
