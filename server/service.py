@@ -23,6 +23,7 @@ from gpusaxs.errors import GpusaxsError
 from gpusaxs.gpu_engine import fallback_lines
 from gpusaxs.gpu_fallbacks import decode_lines
 from gpusaxs.grazing_config import grazing_config
+from gpusaxs.grazing_outputs import GrazingStage
 from gpusaxs.integrator import Integrator
 from gpusaxs.io.chi import read_chi
 from gpusaxs.io.images import is_image_file
@@ -386,7 +387,13 @@ class SaxsdogService:
         build = self.builds.get(key, self._integrator_maker(cal, mask), label=self.rel(directory))
         if self.stream is not None:
             # series starting from now use it (waiting for the build, like the queue)
-            self.stream.set_integrator(build.result, average_key(key[0], self.average))
+            # with grazing-incidence outputs, the series files hold the maps and cuts too
+            made = (
+                build.result
+                if grazing is None
+                else lambda: GrazingStage(build.result(), grazing)  # noqa: E731
+            )
+            self.stream.set_integrator(made, average_key(key[0], self.average))
         old, old_build = self.queue, self.build
         if old is not None:
             old.abort()
