@@ -4,6 +4,9 @@ file, read with h5py, holds them row by row beside the curves, equal to
 ``Integrator.integrate2d_grazing_incidence`` / ``integrate1d_grazing_incidence`` of the same
 frames; a frame whose map fails is one error record, and the file still validates."""
 
+import json
+import types
+
 import numpy as np
 import pytest
 from helpers import nxvalidate
@@ -15,6 +18,8 @@ from gpusaxs.calibration_model import Calibration  # noqa: E402
 from gpusaxs.grazing_config import grazing_config  # noqa: E402
 from gpusaxs.grazing_outputs import GrazingStage  # noqa: E402
 from gpusaxs.integrator import Integrator  # noqa: E402
+from gpusaxs.server.saxsdogserver import build_parser  # noqa: E402
+from gpusaxs.server.stream.hook import start_consumer  # noqa: E402
 
 GRAZING = {
     "IncidentAngleDeg": 0.5,
@@ -133,3 +138,27 @@ def test_a_frame_whose_map_fails_is_one_error_record(tmp_path, integ):
     for k, i in enumerate(ids):  # every other frame's map, in its row
         ref = integ.integrate2d_grazing_incidence(images[i], **ANGLES, **MAP)
         np.testing.assert_allclose(maps[k], ref.intensity, rtol=1e-6, equal_nan=True)
+
+
+def test_saxsdogserver_options_give_the_consumer_a_grazing_stage(tmp_path, integ):
+    """``saxsdogserver --detector URL --calibration cal.json`` (the options as the server parses
+    them): the consumer's integrator packs the maps, and a series' file holds them."""
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(calibration_dict()))
+    args = build_parser().parse_args(
+        [str(tmp_path), "--detector", "tcp://127.0.0.1:1", "--calibration", str(cal)]
+        + ["-o", str(tmp_path / "out"), "--backend", "numpy"]
+    )
+    service = types.SimpleNamespace(average=None, stream=None)
+    consumer = start_consumer(args, service)
+    try:
+        stage = consumer._integrator()[0]
+        assert isinstance(stage, GrazingStage) and stage.config.map["npt_ip"] == 40
+        image = frames(1)[0]
+        packed = stage.integrate_batch(image[None])
+        _, grid, cuts = stage.split(packed[0])
+        ref = integ.integrate2d_grazing_incidence(image, **ANGLES, **MAP)
+        np.testing.assert_allclose(grid, ref.intensity, rtol=1e-6, equal_nan=True)
+        assert list(cuts) == ["yoneda"]
+    finally:
+        consumer.stop()
