@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,11 @@ DEFAULT_PORT = 7777
 MAX_PIXELS = 64 * 1024 * 1024
 MAX_OVERSAMPLING = 16
 MAX_LISTDIR = 10_000
+
+
+def _grazing_stage(build, grazing):
+    """The stream's integrator with grazing-incidence outputs: the build's, wrapped."""
+    return GrazingStage(build.result(), grazing)
 
 
 def prepare_out_dir(out_dir):
@@ -388,11 +394,9 @@ class SaxsdogService:
         if self.stream is not None:
             # series starting from now use it (waiting for the build, like the queue)
             # with grazing-incidence outputs, the series files hold the maps and cuts too
-            made = (
-                build.result
-                if grazing is None
-                else lambda: GrazingStage(build.result(), grazing)  # noqa: E731
-            )
+            made = build.result
+            if grazing is not None:
+                made = partial(_grazing_stage, build, grazing)
             self.stream.set_integrator(made, average_key(key[0], self.average))
         old, old_build = self.queue, self.build
         if old is not None:

@@ -12,14 +12,14 @@ integrator stage hands on packs a frame's curve, map and cuts. :class:`GrazingSe
 import numpy as np
 
 from gpusaxs.fiber import FIBER_UNITS
-from gpusaxs.grazing_outputs import nx_axes, nx_unit, write_angles
+from gpusaxs.grazing_outputs import GrazingStage, nx_axes, nx_unit, write_angles
 
 __all__ = ["GrazingSeries", "grazing_stage"]
 
 
 def grazing_stage(integ):
     """``integ`` when it packs grazing-incidence outputs (a GrazingStage), else None."""
-    return integ if callable(getattr(integ, "split", None)) and hasattr(integ, "config") else None
+    return integ if isinstance(integ, GrazingStage) else None
 
 
 def _rows(group, name, shape, long_name):
