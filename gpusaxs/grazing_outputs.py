@@ -14,7 +14,7 @@ from .fiber import FIBER_UNITS
 from .io.atomic import atomic_path
 from .io.chi import write_chi
 
-__all__ = ["GrazingStage", "write_map", "map_path", "cut_path"]
+__all__ = ["GrazingStage", "write_map", "map_path", "cut_path", "nx_axes", "write_angles"]
 
 #: the NeXus units of the fiber units
 _NX_UNITS = {"nm^-1": "1/nm", "A^-1": "1/angstrom", "deg": "degree", "rad": "rad"}
@@ -23,6 +23,38 @@ _NX_UNITS = {"nm^-1": "1/nm", "A^-1": "1/angstrom", "deg": "degree", "rad": "rad
 def _axis_name(unit):
     """The dataset name of an axis: the unit's quantity ("qip", "qoop", "exit_angle_vert")."""
     return unit.rsplit("_", 1)[0]
+
+
+def nx_axes(axes):
+    """[(dataset name, values, NeXus units, long name)] of a map's axes (inplane, outofplane,
+    unit_ip, unit_oop), the out-of-plane axis first (NeXus order: the map is (oop, ip))."""
+    inplane, outofplane, unit_ip, unit_oop = axes
+    name_ip, name_oop = _axis_name(unit_ip), _axis_name(unit_oop)
+    if name_ip == name_oop:  # e.g. two q axes of one name: keep them apart
+        name_ip, name_oop = name_ip + "_ip", name_oop + "_oop"
+    return [
+        (name, np.asarray(values, dtype=np.float64), nx_unit(unit), FIBER_UNITS[unit][0])
+        for name, values, unit in ((name_oop, outofplane, unit_oop), (name_ip, inplane, unit_ip))
+    ]
+
+
+def nx_unit(unit):
+    """The NeXus units of a fiber unit ("qip_nm^-1" -> "1/nm")."""
+    return _NX_UNITS[unit.rsplit("_", 1)[1]]
+
+
+def write_angles(entry, common):
+    """``grazing_incidence`` (NXcollection) in ``entry``: the angles and the splitting; the
+    group is returned."""
+    gi = entry.create_group("grazing_incidence")
+    gi.attrs["NX_class"] = "NXcollection"
+    gi["incident_angle"] = float(common["incident_angle"])
+    gi["incident_angle"].attrs["units"] = "degree"
+    gi["tilt_angle"] = float(common["tilt_angle"])
+    gi["tilt_angle"].attrs["units"] = "degree"
+    gi["sample_orientation"] = int(common["sample_orientation"])
+    gi["split_pixels"] = bool(common["split_pixels"])
+    return gi
 
 
 def map_path(out_path):
@@ -48,6 +80,7 @@ class GrazingStage:
         self.shape = integrator.shape
         self.matrix_key = integrator.matrix_key
         self.calibration = integrator.calibration
+        self.params = getattr(integrator, "params", None)  # --average's, recorded by the stream
         self.engine = None  # no overlapped device batches: a batch's outputs go together
         self.map_axes = None  # (inplane, outofplane, unit_ip, unit_oop), set by the first batch
         self.cut_axes = {}  # cut name -> (x, unit)
@@ -75,6 +108,14 @@ class GrazingStage:
 
     def integrate_batch(self, stack):
         return self.integrate_batch_error(stack)[0]
+
+    def prime(self):
+        """Learn the outputs' axes (``map_axes``, ``cut_axes``) before the first batch, from a
+        frame of zeros (the axes depend on the geometry only): the stream's series file is
+        laid out when the series starts."""
+        map_unknown = self.config.map is not None and self.map_axes is None
+        if map_unknown or len(self.cut_axes) < len(self.config.cuts):
+            self.integrate_batch_error(np.zeros((1, *self.shape), dtype=np.float32))
 
     def split(self, row):
         """(curve, map (n_oop, n_ip) or None, {cut name: (x, unit, I)}) of one packed row."""
@@ -123,10 +164,7 @@ def write_map(path, intensity, errors, axes, common, source, calibration_key=Non
     ``intensity_errors``, and /entry/grazing_incidence the angles."""
     import h5py
 
-    inplane, outofplane, unit_ip, unit_oop = axes
-    name_ip, name_oop = _axis_name(unit_ip), _axis_name(unit_oop)
-    if name_ip == name_oop:  # e.g. two q axes of one name: keep them apart
-        name_ip, name_oop = name_ip + "_ip", name_oop + "_oop"
+    (name_oop, *_), (name_ip, *_) = named = nx_axes(axes)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["NX_class"] = "NXroot"
         h5.attrs["default"] = "entry"
@@ -146,15 +184,8 @@ def write_map(path, intensity, errors, axes, common, source, calibration_key=Non
         data["intensity"] = np.asarray(intensity, dtype=np.float64)
         data["intensity"].attrs["long_name"] = "mean intensity per pixel (counts)"
         data["intensity_errors"] = np.asarray(errors, dtype=np.float64)
-        for name, values, unit in ((name_oop, outofplane, unit_oop), (name_ip, inplane, unit_ip)):
-            data[name] = np.asarray(values, dtype=np.float64)
-            data[name].attrs["units"] = _NX_UNITS[unit.rsplit("_", 1)[1]]
-            data[name].attrs["long_name"] = FIBER_UNITS[unit][0]
-        gi = entry.create_group("grazing_incidence")
-        gi.attrs["NX_class"] = "NXcollection"
-        gi["incident_angle"] = float(common["incident_angle"])
-        gi["incident_angle"].attrs["units"] = "degree"
-        gi["tilt_angle"] = float(common["tilt_angle"])
-        gi["tilt_angle"].attrs["units"] = "degree"
-        gi["sample_orientation"] = int(common["sample_orientation"])
-        gi["split_pixels"] = bool(common["split_pixels"])
+        for name, values, units, long_name in named:
+            data[name] = values
+            data[name].attrs["units"] = units
+            data[name].attrs["long_name"] = long_name
+        write_angles(entry, common)

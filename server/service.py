@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from gpusaxs.errors import GpusaxsError
 from gpusaxs.gpu_engine import fallback_lines
 from gpusaxs.gpu_fallbacks import decode_lines
 from gpusaxs.grazing_config import grazing_config
+from gpusaxs.grazing_outputs import GrazingStage
 from gpusaxs.integrator import Integrator
 from gpusaxs.io.chi import read_chi
 from gpusaxs.io.images import is_image_file
@@ -44,6 +46,11 @@ DEFAULT_PORT = 7777
 MAX_PIXELS = 64 * 1024 * 1024
 MAX_OVERSAMPLING = 16
 MAX_LISTDIR = 10_000
+
+
+def _grazing_stage(build, grazing):
+    """The stream's integrator with grazing-incidence outputs: the build's, wrapped."""
+    return GrazingStage(build.result(), grazing)
 
 
 def prepare_out_dir(out_dir):
@@ -386,7 +393,11 @@ class SaxsdogService:
         build = self.builds.get(key, self._integrator_maker(cal, mask), label=self.rel(directory))
         if self.stream is not None:
             # series starting from now use it (waiting for the build, like the queue)
-            self.stream.set_integrator(build.result, average_key(key[0], self.average))
+            # with grazing-incidence outputs, the series files hold the maps and cuts too
+            made = build.result
+            if grazing is not None:
+                made = partial(_grazing_stage, build, grazing)
+            self.stream.set_integrator(made, average_key(key[0], self.average))
         old, old_build = self.queue, self.build
         if old is not None:
             old.abort()

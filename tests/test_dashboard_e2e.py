@@ -26,6 +26,7 @@ sync_api = pytest.importorskip(
 
 from net_support import SECRET, Proc, free_port, write_config  # noqa: E402
 
+from gpusaxs.clients.dashboard.maps import newest_map  # noqa: E402
 from gpusaxs.server import protocol as P  # noqa: E402
 
 CHROMIUM_ARGS = [
@@ -161,6 +162,50 @@ def check_against_chi(page, chi_path):
     return got
 
 
+#: the queue also writes each frame's grazing-incidence map (issue 28); the page shows the newest
+GRAZING = {"IncidentAngleDeg": 0.5, "SplitPixels": False, "Map": {"NptIp": 60, "NptOop": 50}}
+
+
+def map_view(page):
+    """(title, x label, y label, image cells) of the map figure as the browser holds it."""
+    return page.evaluate("""() => {
+        const doc = Bokeh.documents[0];
+        const fig = doc.get_model_by_name('map_figure');
+        const img = doc.get_model_by_name('gi_map').data.image;
+        return [fig.title.text, fig.below[0].axis_label, fig.left[0].axis_label,
+                img.length ? Array.from(img[0]) : []];
+    }""")
+
+
+def wait_map_title_not(page, old):
+    """Wait until the map figure is shown with a title other than ``old``."""
+    page.wait_for_function(
+        """(old) => {
+        const d = window.Bokeh && Bokeh.documents[0];
+        const fig = d && d.get_model_by_name('map_figure');
+        return fig && fig.visible && fig.title.text.startsWith('map: ')
+            && fig.title.text !== old;
+    }""",
+        arg=old,
+        timeout=WAIT_MS,
+    )
+
+
+def check_map_against_file(page, path):
+    """The page's map is the file's intensity (cells <= 0 or NaN: no colour)."""
+    import h5py
+
+    title, xlabel, ylabel, cells = map_view(page)
+    assert (xlabel, ylabel) == ("qip (1/nm)", "qoop (1/nm)")
+    with h5py.File(path, "r") as f:
+        grid = f["entry/data/intensity"][()]
+    expected = np.where(grid > 0, grid, np.nan).ravel()
+    got = np.array([np.nan if v is None else v for v in cells], dtype=float)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, equal_nan=True)
+    assert np.isnan(got).any() and np.isfinite(got).any()  # the wedge and the data
+    return title, got
+
+
 @pytest.mark.slow
 def test_dashboard_live_in_chromium(setup):
     s = setup
@@ -172,7 +217,18 @@ def test_dashboard_live_in_chromium(setup):
         dash = pool.submit(
             Proc,
             "gpusaxs.clients.dashboard",
-            ["--config", s["cfg"], "--port", "0", "--interval", "0.25", "--timeout", "1"],
+            [
+                "--config",
+                s["cfg"],
+                "--port",
+                "0",
+                "--interval",
+                "0.25",
+                "--timeout",
+                "1",
+                "--maps",
+                str(data / "work"),
+            ],
             tmp / "dash.ready",
             tmp / "dash.log",
         )
@@ -191,7 +247,8 @@ def test_dashboard_live_in_chromium(setup):
     from gpusaxs.io.masks import write_fit2d_mask
 
     write_fit2d_mask(tmp / "mask.msk", frames.mask)
-    req, att = P.new_request(frames.cal, "data", (tmp / "mask.msk").read_bytes(), "mask.msk")
+    cal = dict(frames.cal, GrazingIncidence=GRAZING)
+    req, att = P.new_request(cal, "data", (tmp / "mask.msk").read_bytes(), "mask.msk")
     answer = client.request("new", req["argument"], att)
     assert answer["result"] == "new queue", answer
 
@@ -218,6 +275,10 @@ def test_dashboard_live_in_chromium(setup):
             title, _, _ = latest_curve(page)
             first_name = title.split("latest curve: ")[1].split()[0]
             first = check_against_chi(page, data / "work" / (Path(first_name).stem + ".chi"))
+            wait_map_title_not(page, "")  # the map view appears with the first map
+            map_title, _, _, _ = map_view(page)
+            map_name = map_title.split("map: ")[1].split()[0]
+            _, first_map = check_map_against_file(page, data / "work" / f"{map_name}.gi.nxs")
 
             frames.write(data, 3, 4)
             (data / "broken_00001.tif").write_bytes(b"II*\x00 this is not a TIFF frame")
@@ -230,6 +291,17 @@ def test_dashboard_live_in_chromium(setup):
             wait_curve_title(page, name)
             latest = check_against_chi(page, data / "work" / (Path(name).stem + ".chi"))
             assert not np.allclose(latest, first, equal_nan=True)  # the curve changed
+            wait_map_title_not(page, map_title)  # a newer map replaced the first
+            newest = Path(newest_map(data / "work")[1]).name[: -len(".gi.nxs")]
+            assert newest in {f"frame_{i:05d}" for i in range(3, 7)}
+            page.wait_for_function(  # the newest of the 7 (the watch may show one between)
+                "(f) => Bokeh.documents[0].get_model_by_name('map_figure').title.text"
+                ".startsWith('map: ' + f + ' ')",
+                arg=newest,
+                timeout=WAIT_MS,
+            )
+            _, latest_map = check_map_against_file(page, data / "work" / f"{newest}.gi.nxs")
+            assert not np.allclose(latest_map, first_map, equal_nan=True)  # the map changed
             page.wait_for_function(  # the waterfall filled
                 "() => Bokeh.documents[0].get_model_by_name('waterfall').data.image.length > 0",
                 timeout=WAIT_MS,

@@ -499,3 +499,57 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     chi = read_chi(out / "series_2" / "image_000004.chi")
     np.testing.assert_allclose(chi.intensity, d["intensity"][4], rtol=1e-6, equal_nan=True)
     assert chi.calibration_key == d["calibration_key"]  # resume tells stale curves apart
+
+
+def test_grazing_incidence_maps_of_a_stream_series(tmp_path):
+    """A calibration with a GrazingIncidence block sent by 'saxsleash new': the series file
+    holds each frame's map and cut beside its curve (issue 28), as the Integrator computes them,
+    and still validates (the --calibration path: tests/test_stream_grazing.py)."""
+    import h5py
+    from net_support import SHAPE, frame, mask_array, write_setup
+
+    from gpusaxs.calibration_model import Calibration
+    from gpusaxs.integrator import Integrator
+    from gpusaxs.server import protocol as P
+
+    cal_path, mask_path = write_setup(tmp_path / "base" / "setup")
+    cal_dict = json.loads(cal_path.read_text())
+    cal_dict["GrazingIncidence"] = {
+        "IncidentAngleDeg": 0.3,
+        "Map": {"NptIp": 32, "NptOop": 24},
+        "Cuts": [{"Name": "horizon", "VerticalIntegration": False, "Npt": 40}],
+    }
+    frames = [np.clip(frame(i), 0, None).astype(np.uint32) for i in range(3)]
+    det = Detector(2)
+    proc, client, out = start_server(None, tmp_path, det.url, 2)
+    try:
+        req, att = P.new_request(cal_dict, "setup", mask_path.read_bytes(), "mask.msk")
+        ans = client.request(req["command"], req["argument"], attachments=att)
+        assert ans["result"] == "new queue", ans
+        det.series(1, frames, 5, "bslz4")
+        st = wait_series(client, 1)
+        assert (st["integrated"], st["errors"]) == (5, 0), st
+    finally:
+        proc.stop()
+        det.close()
+    assert proc.p.returncode == 0, proc.output()
+    cal = Calibration.from_dict(dict(cal_dict, MaskFile=None))
+    integ = Integrator(cal, backend="numpy", mask=mask_array(SHAPE))
+    angles = dict(incident_angle=0.3, angle_unit="deg", error_model="poisson")
+    path = out / "series_1.nxs"
+    with h5py.File(path, "r") as f:
+        ids = f["entry/data/image_id"][()]
+        gi = f["entry/grazing_incidence"]
+        maps, cuts, qip = gi["map/I"][()], gi["cut_horizon/I"][()], gi["map/qip"][()]
+    assert ids.tolist() == list(range(5)) and maps.shape == (5, 24, 32) and cuts.shape == (5, 40)
+    for k, i in enumerate(ids):
+        ref = integ.integrate2d_grazing_incidence(frames[i % 3], npt_ip=32, npt_oop=24, **angles)
+        np.testing.assert_allclose(qip, ref.inplane, rtol=1e-12)
+        np.testing.assert_allclose(maps[k], ref.intensity, rtol=1e-6, equal_nan=True)
+        one = integ.integrate1d_grazing_incidence(
+            frames[i % 3], npt_ip=40, vertical_integration=False, **angles
+        )
+        np.testing.assert_allclose(cuts[k], one.intensity, rtol=1e-6, equal_nan=True)
+    assert np.isnan(maps).any() and np.isfinite(maps).any()
+    errors, warnings, text = nxvalidate(path)
+    assert (errors, warnings) == (0, 0), text

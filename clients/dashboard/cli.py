@@ -15,6 +15,7 @@ from gpusaxs.server import protocol as P
 
 from .guard import host_port_pairs
 from .guard import install as install_guard
+from .maps import MapWatch
 from .page import make_document
 from .watch import ServerWatch
 
@@ -28,6 +29,8 @@ examples:
                                               ~/.saxsdognetwork
   saxsleash dashboard --port 8060 -S tcp://gpubox:7777 --config lab.json
   ssh -L 8050:127.0.0.1:8050 beamline-pc      then open http://127.0.0.1:8050/ on your laptop
+  saxsleash dashboard --maps results/         also the newest grazing-incidence map (*.gi.nxs)
+                                              written into results/
   saxsleash dashboard --bind 0.0.0.0 --allow-origin controlroom:8050
                                               reachable from the network (no password: anyone
                                               who reaches the port sees the data)
@@ -35,8 +38,10 @@ examples:
 The page shows, refreshed twice a second: whether the server answers, queue and frame counts,
 frames/s over the last minutes, lag, engine, uptime, the latest curve (log I vs q) with the
 previous ones faded, a waterfall of the recent curves, the error records (newest first) and the
-progress of stream series.  The dashboard talks to the server with the signed protocol of
-saxsleash; the browser talks only to the dashboard, so the secret never reaches it.
+progress of stream series; with --maps the newest grazing-incidence map of a folder (log
+colour scale, empty cells grey, axes as the file names them).  The dashboard talks to the
+server with the signed protocol of saxsleash; the browser talks only to the dashboard, so the
+secret never reaches it.
 """
 
 
@@ -95,6 +100,12 @@ def build_parser():
         default=600.0,
         metavar="S",
         help="seconds of frames/s history in the chart (default 600)",
+    )
+    p.add_argument(
+        "--maps",
+        metavar="FOLDER",
+        help="show the newest grazing-incidence map (*.gi.nxs, docs/grazing.md) written into "
+        "FOLDER (not its subfolders), looked at every --interval seconds (at least 1 s)",
     )
     p.add_argument(
         "--ready-file",
@@ -179,8 +190,9 @@ def serve(args):
     watch = ServerWatch(
         client, interval=args.interval, n_curves=args.curves, history_s=args.history
     )
+    maps = None if args.maps is None else MapWatch(args.maps, interval=max(1.0, args.interval))
     refresh_ms = max(100, min(1000, int(args.interval * 1000)))
-    app = Application(FunctionHandler(lambda doc: make_document(doc, watch, refresh_ms)))
+    app = Application(FunctionHandler(lambda doc: make_document(doc, watch, refresh_ms, maps=maps)))
     io_loop = IOLoop.current()
     try:
         idle_ms = max(100, int(args.session_idle * 1000))
@@ -209,6 +221,8 @@ def serve(args):
         print(f"saxsleash dashboard: {warning}", file=sys.stderr)
 
     watch.start()
+    if maps is not None:
+        maps.start()
     server.start()
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.bind, args.bind)
     page = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -224,6 +238,8 @@ def serve(args):
     finally:
         server.stop()
         watch.stop()
+        if maps is not None:
+            maps.stop()
         client.close()
     return 0
 

@@ -3,7 +3,9 @@
 A periodic callback (every ``refresh_ms``, default 500 ms) redraws what changed since the last
 snapshot: status line, numbers, frames/s chart, the latest curve (log I vs q, the previous ones
 faded behind it), a waterfall of the recent curves (log10 I, time vs q), error records and
-stream series.  Bokeh sends the changes to the browser over its websocket; the page never reloads.
+stream series; with ``--maps`` the newest grazing-incidence map (:mod:`.maps`: log colour scale,
+empty cells grey, both axes named from the file).  Bokeh sends the changes to the browser over its
+websocket; the page never reloads.
 """
 
 import time
@@ -38,8 +40,9 @@ def waterfall_image(curves):
     return img.astype(np.float32), q  # float32: half the bytes sent to the browser
 
 
-def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
-    """Fill a Bokeh ``doc`` with the dashboard of ``watch`` (a started :class:`ServerWatch`)."""
+def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED, maps=None):
+    """Fill a Bokeh ``doc`` with the dashboard of ``watch`` (a started :class:`ServerWatch`)
+    and, with ``maps`` (a started :class:`~.maps.MapWatch`), the newest grazing-incidence map."""
     from bokeh.layouts import column, row
     from bokeh.models import (
         ColorBar,
@@ -48,6 +51,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         Div,
         HoverTool,
         LinearColorMapper,
+        LogColorMapper,
         Toggle,
     )
     from bokeh.palettes import Viridis256
@@ -121,6 +125,23 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     heat_fig.yaxis.axis_label = "time (curve received)"
     heat_fig.add_layout(ColorBar(color_mapper=mapper, title="log10 I", width=10), "right")
 
+    map_src = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []}, name="gi_map")
+    map_mapper = LogColorMapper(palette=Viridis256, nan_color=(0, 0, 0, 0))  # empty: see-through
+    map_fig = figure(
+        title="grazing-incidence map",
+        name="map_figure",
+        height=420,
+        width=520,
+        visible=False,  # until the first map
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        background_fill_color="#c8c8c8",  # what the transparent empty cells show
+    )
+    map_fig.image(
+        image="image", x="x", y="y", dw="dw", dh="dh", source=map_src, color_mapper=map_mapper
+    )
+    map_fig.add_layout(ColorBar(color_mapper=map_mapper, title="I (log)", width=10), "right")
+    map_note = Div(text="", name="map_note")
+
     doc.add_root(
         column(
             row(title),
@@ -128,7 +149,7 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
             cards,
             builds,
             series,
-            row(column(curve_fig, curve_note), heat_fig),
+            row(column(curve_fig, curve_note), heat_fig, column(map_fig, map_note)),
             row(rate_fig, column(Div(text="<b>error records</b>"), errors)),
             show_fields,
             fields,
@@ -136,7 +157,27 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
         )
     )
 
-    seen = {"version": None, "curves": None}
+    seen = {"version": None, "curves": None, "maps": None}
+
+    def draw_map():
+        gimap, n_seen, note = maps.snapshot()
+        map_note.text = (
+            "" if note is None else f"<span style='color:#6b7280'>{panels.esc(note)}</span>"
+        )
+        if gimap is None or n_seen == seen["maps"]:
+            return
+        seen["maps"] = n_seen
+        x0, y0, dw, dh = gimap.extent()
+        span = gimap.log_range()
+        if span is not None:
+            map_mapper.low, map_mapper.high = span
+        map_src.data = {"image": [gimap.image], "x": [x0], "y": [y0], "dw": [dw], "dh": [dh]}
+        map_fig.xaxis.axis_label = gimap.xlabel
+        map_fig.yaxis.axis_label = gimap.ylabel
+        map_fig.title.text = (
+            f"map: {gimap.title}   ({time.strftime('%H:%M:%S', time.localtime(gimap.mtime))})"
+        )
+        map_fig.visible = True
 
     def draw_curves(snap):
         curves = snap.curves
@@ -183,6 +224,8 @@ def make_document(doc, watch, refresh_ms=500, n_faded=N_FADED):
     def update():
         snap = watch.snapshot()
         status.text = panels.status_html(snap)
+        if maps is not None:
+            draw_map()
         if snap.version == seen["version"]:
             return
         seen["version"] = snap.version

@@ -39,7 +39,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -138,6 +138,9 @@ class NXazintWriter:
     wavelength_A : float, optional
         Wavelength in angstrom for ``instrument/monochromator`` when no ``calibration`` is
         given (with one, its wavelength is used); NaN when neither is known.
+    extra : callable, optional
+        ``extra(entry)`` adds groups to ``/entry`` before live mode starts (SWMR allows no new
+        ones after); rows go into them with :meth:`extend`.
 
     Examples
     --------
@@ -161,6 +164,7 @@ class NXazintWriter:
         source_name: str = "unknown",
         source_type: str = SOURCE_TYPE,
         wavelength_A: float | None = None,
+        extra: Callable[[Any], None] | None = None,
     ) -> None:
         if radial_unit not in RADIAL_UNITS:
             raise ValueError(
@@ -201,6 +205,8 @@ class NXazintWriter:
             self._file = _h5py().File(self._tmp, "w")
         try:
             self._write_header(radial_unit, calibration, calibration_key, inputs, options or {})
+            if extra is not None:
+                extra(self._file["entry"])
             if self.live:
                 self._file.swmr_mode = True
                 self._file.flush()
@@ -414,6 +420,14 @@ class NXazintWriter:
             self._dirty = True
             if self.live and time.monotonic() - self._last_flush >= self.flush_interval_s:
                 self._flush_locked()
+
+    def extend(self, fn: Callable[[Any], None]) -> None:
+        """``fn(entry)`` under the writer's lock: append to the ``extra`` groups' datasets
+        (call it before :meth:`append` of the same rows: their ids come last)."""
+        with self._lock:
+            self._check_open()
+            fn(self._file["entry"])
+            self._dirty = True
 
     def flush(self) -> None:
         """Push the rows appended so far to the file (readers see them)."""

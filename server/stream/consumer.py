@@ -43,6 +43,7 @@ from gpusaxs.frame_batches import NOTHING, gather, integrate_once
 from . import v1, v2
 from .codecs import bitshuffle_one_thread
 from .files import output_root
+from .gi_series import grazing_stage
 from .messages import End, Image, MalformedMessage, Start
 from .resume import latest_file, written_ids
 from .series import SeriesBook
@@ -541,6 +542,12 @@ class StreamConsumer:
             kind = item[0]
             if kind == "start":
                 integs[item[1].series_id] = item[2]
+                stage = grazing_stage(item[2])
+                if stage is not None:  # the series file's map and cut axes, before its rows
+                    try:
+                        stage.prime()
+                    except Exception as exc:  # noqa: BLE001 - the writer refuses the series
+                        log.error("grazing-incidence axes of series %s: %s", item[1].series_id, exc)
                 self._rows.put(item)
             elif kind == "end":
                 self._rows.put(item)

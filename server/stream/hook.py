@@ -6,6 +6,8 @@ import signal
 
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.errors import GpusaxsError
+from gpusaxs.grazing_config import read_grazing_config
+from gpusaxs.grazing_outputs import GrazingStage
 from gpusaxs.integrator import Integrator
 from gpusaxs.robust_curves import AveragedIntegrator
 
@@ -100,6 +102,7 @@ def start_consumer(args, service):
     if args.calibration:
         try:
             cal = Calibration.from_file(args.calibration)
+            grazing = read_grazing_config(args.calibration, cal.imagesize)  # maps and cuts
         except (GpusaxsError, OSError) as exc:
             raise ValueError(f"--calibration {args.calibration}: {exc}") from None
         backend = args.backend
@@ -109,7 +112,8 @@ def start_consumer(args, service):
             if "i" not in built:
                 integ = Integrator(cal, backend=backend).warm_up()
                 average = service.average  # --average: sigma-clipped or median curves
-                built["i"] = integ if average is None else AveragedIntegrator(integ, average)
+                integ = integ if average is None else AveragedIntegrator(integ, average)
+                built["i"] = integ if grazing is None else GrazingStage(integ, grazing)
             return built["i"]
 
         integrator()  # build now: a bad mask file is reported at start, not per series

@@ -3,9 +3,10 @@
 :class:`SeriesWriter` takes the integrated rows of :class:`~.consumer.StreamConsumer` and writes
 ``series_<series_id>.nxs`` in the output folder with :class:`gpusaxs.io.nexus.NXazintWriter` in
 live mode (rows appended as they come, flushed at least every second); with ``chi=True`` also
-``series_<id>/image_<id>.chi`` per image.  Files are written only inside the output folder
-(:mod:`.files`); every failure becomes an error record or a note in the series' book
-(:class:`~.series.SeriesBook`).
+``series_<id>/image_<id>.chi`` per image.  With grazing-incidence outputs (a GrazingStage as the
+integrator) the maps and cuts go into the same file (:mod:`.gi_series`).  Files are written only
+inside the output folder (:mod:`.files`); every failure becomes an error record or a note in the
+series' book (:class:`~.series.SeriesBook`).
 """
 
 import logging
@@ -18,6 +19,7 @@ from gpusaxs.io.nexus import NXazintWriter
 from gpusaxs.matrix_cache import matrix_key
 
 from .files import reserve, subfolder
+from .gi_series import GrazingSeries, grazing_stage
 
 log = logging.getLogger("saxsdogserver.stream")
 
@@ -82,6 +84,8 @@ class SeriesWriter:
                 if sid in writers:  # same id again: finish the old file
                     self._close_writer(sid, writers.pop(sid))
                 try:
+                    stage = grazing_stage(integ)
+                    gi = None if stage is None else GrazingSeries(stage)
                     path = self.series_path(sid)
                     key = key or calibration_key(integ)
                     w = NXazintWriter(
@@ -95,11 +99,12 @@ class SeriesWriter:
                         options=dict(getattr(integ, "params", None) or {}),
                         live=True,
                         flush_interval_s=1.0,
+                        extra=None if gi is None else gi.header,
                     )
                 except Exception as exc:  # noqa: BLE001 - reported as the series' refusal
                     self.book.refuse(sid, f"cannot create the series file: {exc}")
                     continue
-                writers[sid] = [w, 0, integ.q, 0, now, key]
+                writers[sid] = [w, 0, integ.q, 0, now, key, gi]
                 self.book.flushed(sid, 0, os.path.basename(path))
             elif kind == "end":
                 sid = item[1].series_id
@@ -113,7 +118,11 @@ class SeriesWriter:
                     for i in ids:
                         self.book.error(sid, int(i), "no open output file for the series", "write")
                     continue
+                gi = w[6]
                 try:
+                    if gi is not None:  # the maps and cuts first: the curves' ids come last
+                        w[0].extend(gi.appender(intensity, err))
+                        intensity, err = gi.curves(intensity), gi.curves(err)
                     w[0].append(intensity, err, ids)
                 except Exception as exc:
                     log.exception("cannot append to %s", w[0].path)
