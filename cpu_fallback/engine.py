@@ -181,7 +181,7 @@ class CpuEngine:
             else:
                 stack = np.empty(frames.shape[::-1], frames.dtype)
                 pixel_major(frames, stack)
-            chunks = bin_chunks(self.layout, self.threads)
+            chunks = bin_chunks(self.layout["bin_ptr"], self.threads)
             upper = invalid_threshold(frames.dtype)
             dark = pixel_offset(self.matrix)
             gather_sums(out, stack, chunks, self.layout, dark, n_sums, upper, self.on_compile)

@@ -76,11 +76,12 @@ def _make_kernel(n_sums):
 _KERNELS = {n: _make_kernel(n) for n in (1, 2, 3)}
 
 
-def bin_chunks(layout, n_threads, per_thread=8):
-    """(n + 1,) int64 bin boundaries cutting the work (entries, plus one per bin) into
-    ``per_thread`` runs per thread of about equal cost (numba hands out the runs in order)."""
-    n_bins = len(layout["bin_ptr"]) - 1
-    cost = layout["bin_ptr"][1:] + np.arange(1, n_bins + 1)
+def bin_chunks(bin_ptr, n_threads, per_thread=8):
+    """(n + 1,) int64 bin boundaries cutting the work (entries, plus one per bin; ``bin_ptr``:
+    the bins' entry ranges) into ``per_thread`` runs per thread of about equal cost (numba
+    hands out the runs in order)."""
+    n_bins = len(bin_ptr) - 1
+    cost = bin_ptr[1:] + np.arange(1, n_bins + 1)
     total = cost[-1] if n_bins else 0
     n = max(1, n_threads * per_thread)
     cuts = np.searchsorted(cost, total * np.arange(1, n) / n)

@@ -1,35 +1,24 @@
-"""The numba kernel of sigma clipping on the CPU: bins in parallel, each bin's values of a
-frame gathered once into a private buffer, then one pass per clipping iteration (the dropped
-entries subtracted from the sums). Same definitions as gpusaxs.robust (pyFAI's)."""
+"""The numba kernels of the robust statistics on the CPU. Sigma clipping: bins in parallel on a
+pixel-major copy of the stack, each bin's values of all frames gathered once into a private
+buffer (the frames are the vector lanes), then one pass per clipping iteration (the dropped
+entries subtracted from the sums). Weighted percentiles: a stable sort per bin and frame.
+Same definitions as gpusaxs.robust (pyFAI's)."""
 
 import math
 
 import numba
 import numpy as np
 
+from .gather import bin_chunks, pixel_major
 from .kernel_cache import install
 
 install()  # compiled once into the user's cache (cpu_fallback.kernel_cache)
 
-__all__ = ["sigma_clip_kernel", "percentile_kernel", "N_OUT"]
+__all__ = ["sigma_clip", "sigma_clip_kernel", "percentile_kernel", "N_OUT"]
 
 #: outputs per (frame, bin): mean, std, sigma, count, sum c v, sum c, variance, entries kept
 N_OUT = 8
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
-
-
-@numba.njit(inline="always")
-def _coef(uniform, weights, scale, e):
-    """The entry's weight c = w / s (1 for whole pixels without corrections)."""
-    if uniform:
-        return 1.0
-    return weights[e] / scale[e]
-
-
-@numba.njit(inline="always")
-def _spread(s_c2d2, s_c2d, s_c2, delta):
-    """sum c^2 (v - mean)^2 from the moments about the reference, delta = mean - ref."""
-    return max(s_c2d2 - 2.0 * delta * s_c2d + delta * delta * s_c2, 0.0)
 
 
 @numba.njit(inline="always")
@@ -46,107 +35,162 @@ def _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept):
     out[7, f, b] = kept
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(inline="always")
+def _spread(v, start, n, weights, scale, mean, keep_lanes, var):
+    """var[f] = sum c^2 (v - mean[f])^2 over the kept values (not NaN) of the lanes f with
+    keep_lanes[f]: the azimuthal spread, two passes (exact, no shifted moments)."""
+    n_frames = v.shape[1]
+    for f in range(n_frames):
+        if keep_lanes[f]:
+            var[f] = 0.0
+    for j in range(n):
+        e = start + j
+        cj = weights[e] / scale[e]
+        c2 = cj * cj
+        for f in range(n_frames):
+            d = v[j, f] - mean[f]
+            var[f] += c2 * d * d if (keep_lanes[f] & (d == d)) else 0.0
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
 def sigma_clip_kernel(
+    stack, threshold, pixels, weights, scale, offset, bin_ptr, chunks, thres, max_iter, model, out
+):
+    """Sigma clipping per bin of a pixel-major stack (n_pixels, B) (cpu_fallback.gather.
+    pixel_major: each pixel's frames side by side); ``model``: 0 Poisson, 1 azimuthal, 2 hybrid
+    (clip Poisson, report the spread). A raw value is valid when 0 <= x < threshold.
+    ``offset``: the dark per entry, or an empty array; ``chunks``: bin boundaries, one run per
+    parallel step. Writes ``out`` (N_OUT, B, n_bins).
+
+    The frames are the vector lanes: a bin's values of all frames are gathered once (one cache
+    line per pixel) into a private (entries, B) buffer, NaN once dropped, and every pass over
+    it (the sums, a clipping iteration, the spread) runs on all frames at once; a frame whose
+    clipping has converged keeps its sums while the others go on."""
+    n_frames = stack.shape[1]
+    has_offset = offset.shape[0] > 0
+    for c in numba.prange(len(chunks) - 1):
+        s_cv = np.empty(n_frames)
+        s_c = np.empty(n_frames)
+        s_c2 = np.empty(n_frames)
+        s_w = np.empty(n_frames)
+        s_p = np.empty(n_frames)
+        kept = np.empty(n_frames)
+        mean = np.empty(n_frames)
+        var = np.empty(n_frames)
+        centre = np.empty(n_frames)
+        bound = np.empty(n_frames)
+        dropped = np.empty(n_frames)
+        going = np.empty(n_frames, dtype=np.bool_)
+        for b in range(chunks[c], chunks[c + 1]):
+            start = bin_ptr[b]
+            n = bin_ptr[b + 1] - start
+            v = np.empty((n, n_frames))
+            t_c = t_c2 = t_w = 0.0  # the bin's totals: a frame without invalid values has them
+            for f in range(n_frames):
+                s_cv[f] = s_p[f] = dropped[f] = 0.0
+                going[f] = True
+            for j in range(n):
+                e = start + j
+                p = pixels[e]
+                sc = scale[e]
+                wj = weights[e]
+                cj = wj / sc
+                w2 = wj * wj
+                off = offset[e] if has_offset else 0.0
+                t_c += cj
+                t_c2 += cj * cj
+                t_w += wj
+                for f in range(n_frames):  # branch-free: the frames are vector lanes
+                    x = float(stack[p, f])
+                    ok = (x >= 0.0) & (x < threshold)
+                    val = (x - off) * sc
+                    v[j, f] = val if ok else np.nan
+                    s_cv[f] += cj * val if ok else 0.0
+                    s_p[f] += w2 * max(x, 1.0) if ok else 0.0
+                    dropped[f] += 0.0 if ok else 1.0  # here: the invalid values
+            for f in range(n_frames):
+                s_c[f], s_c2[f], s_w[f], kept[f] = t_c, t_c2, t_w, float(n)
+                if dropped[f] > 0.0:  # rare: a frame with invalid values sums its own
+                    s_c[f] = s_c2[f] = s_w[f] = kept[f] = 0.0
+                    for j in range(n):
+                        if v[j, f] == v[j, f]:
+                            cj = weights[start + j] / scale[start + j]
+                            s_c[f] += cj
+                            s_c2[f] += cj * cj
+                            s_w[f] += weights[start + j]
+                            kept[f] += 1.0
+                mean[f] = s_cv[f] / s_c[f] if s_c[f] > 0.0 else np.nan
+                var[f] = s_p[f]
+            if model == 1:
+                _spread(v, start, n, weights, scale, mean, going, var)
+            for _ in range(max_iter):
+                active = False
+                for f in range(n_frames):
+                    going[f] = going[f] and s_c[f] > 0.0
+                    if going[f]:
+                        std = math.sqrt(var[f] / s_c2[f])
+                        limit = math.sqrt(2.0 * math.log(max(s_w[f], 3.0) / _SQRT_2PI))
+                        bound[f] = max(thres, limit) * std
+                        centre[f] = mean[f]
+                        active = True
+                    else:  # converged or empty: nothing is dropped
+                        bound[f] = np.inf
+                        centre[f] = 0.0
+                    dropped[f] = 0.0
+                if not active:
+                    break
+                for j in range(n):  # the values beyond the bound out of the sums (branch-free)
+                    e = start + j
+                    p = pixels[e]
+                    wj = weights[e]
+                    cj = wj / scale[e]
+                    w2 = wj * wj
+                    for f in range(n_frames):
+                        vj = v[j, f]
+                        cut = (vj == vj) & ~(np.abs(vj - centre[f]) <= bound[f])
+                        x = float(stack[p, f])
+                        s_cv[f] -= cj * vj if cut else 0.0
+                        s_c[f] -= cj if cut else 0.0
+                        s_c2[f] -= cj * cj if cut else 0.0
+                        s_w[f] -= wj if cut else 0.0
+                        s_p[f] -= w2 * max(x, 1.0) if cut else 0.0
+                        dropped[f] += 1.0 if cut else 0.0
+                        v[j, f] = np.nan if cut else vj
+                for f in range(n_frames):
+                    going[f] = dropped[f] > 0.0
+                for f in range(n_frames):
+                    if not going[f]:
+                        continue
+                    kept[f] -= dropped[f]
+                    if kept[f] == 0.0:
+                        s_cv[f] = s_c[f] = s_c2[f] = s_w[f] = s_p[f] = 0.0
+                    mean[f] = s_cv[f] / s_c[f] if s_c[f] > 0.0 else np.nan
+                    var[f] = s_p[f]
+                if model == 1:
+                    _spread(v, start, n, weights, scale, mean, going, var)
+            if model == 2:
+                for f in range(n_frames):
+                    going[f] = True
+                _spread(v, start, n, weights, scale, mean, going, var)
+            for f in range(n_frames):
+                _store(out, f, b, mean[f], var[f], s_c2[f], s_c[f], s_w[f], s_cv[f], kept[f])
+
+
+def sigma_clip(
     frames, threshold, pixels, weights, scale, offset, bin_ptr, thres, max_iter, model, out
 ):
-    """Sigma clipping of ``frames`` (B, H*W) per bin; ``model``: 0 Poisson, 1 azimuthal, 2
-    hybrid (clip Poisson, report the spread). A raw value is valid when 0 <= x < threshold.
-    ``offset``: the dark per entry, or an empty array. Writes ``out`` (N_OUT, B, n_bins).
-    Each bin's corrected values of a frame go to a private buffer, NaN once dropped; the sums
-    (and the moments of the spread) lose what a pass drops, so a pass is one read."""
-    n_frames = frames.shape[0]
-    n_bins = bin_ptr.shape[0] - 1
-    has_offset = offset.shape[0] > 0
-    uniform = not has_offset
-    for e in range(pixels.shape[0]):
-        if weights[e] != 1.0 or scale[e] != 1.0:
-            uniform = False
-            break
-    # frames x bins in one parallel loop: each thread takes whole frames in turn (its
-    # frame stays in its cache), or a share of the bins of a single frame
-    for t in numba.prange(n_frames * n_bins):
-        f = t // n_bins
-        b = t % n_bins
-        start = bin_ptr[b]
-        n = bin_ptr[b + 1] - start
-        v = np.empty(n)
-        s_cv = 0.0
-        s_c = 0.0
-        s_c2 = 0.0
-        s_w = 0.0
-        s_p = 0.0
-        s_c2d = 0.0  # moments of d = v - ref (ref: the bin's first valid value)
-        s_c2d2 = 0.0
-        ref = np.nan
-        kept = 0
-        for j in range(n):
-            e = start + j
-            xf = float(frames[f, pixels[e]])
-            if xf >= 0.0 and xf < threshold:
-                if uniform:
-                    val = xf
-                    cj = 1.0
-                    wj = 1.0
-                else:
-                    val = (xf - offset[e]) * scale[e] if has_offset else xf * scale[e]
-                    cj = weights[e] / scale[e]
-                    wj = weights[e]
-                v[j] = val
-                if kept == 0:
-                    ref = val
-                d = val - ref
-                s_c2d += cj * cj * d
-                s_c2d2 += cj * cj * d * d
-                s_cv += cj * val
-                s_c += cj
-                s_c2 += cj * cj
-                s_w += wj
-                s_p += wj * wj * max(xf, 1.0)
-                kept += 1
-            else:
-                v[j] = np.nan
-        mean = s_cv / s_c if s_c > 0.0 else np.nan
-        if model == 1:
-            var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
-        else:
-            var = s_p
-        for _ in range(max_iter):
-            if not s_c > 0.0:
-                break
-            std = math.sqrt(var / s_c2)
-            bound = max(thres, math.sqrt(2.0 * math.log(max(s_w, 3.0) / _SQRT_2PI))) * std
-            dropped = 0
-            for j in range(n):
-                vj = v[j]
-                if vj == vj and not abs(vj - mean) <= bound:
-                    e = start + j
-                    cj = _coef(uniform, weights, scale, e)
-                    wj = 1.0 if uniform else weights[e]
-                    xf = float(frames[f, pixels[e]])
-                    d = vj - ref
-                    s_c2d -= cj * cj * d
-                    s_c2d2 -= cj * cj * d * d
-                    s_cv -= cj * vj
-                    s_c -= cj
-                    s_c2 -= cj * cj
-                    s_w -= wj
-                    s_p -= wj * wj * max(xf, 1.0)
-                    v[j] = np.nan
-                    dropped += 1
-            if dropped == 0:
-                break
-            kept -= dropped
-            if kept == 0:
-                s_cv = s_c = s_c2 = s_w = s_p = s_c2d = s_c2d2 = 0.0
-            mean = s_cv / s_c if s_c > 0.0 else np.nan
-            if model == 1:
-                var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
-            else:
-                var = s_p
-        if model == 2:
-            var = _spread(s_c2d2, s_c2d, s_c2, mean - ref)
-        _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept)
+    """:func:`sigma_clip_kernel` of frames (B, n_pixels) C-contiguous: on their pixel-major
+    copy (one frame is one already), the bins cut in runs of equal work for the threads."""
+    if frames.shape[0] == 1:
+        stack = frames.reshape(-1, 1)
+    else:
+        stack = np.empty(frames.shape[::-1], frames.dtype)
+        pixel_major(frames, stack)
+    chunks = bin_chunks(bin_ptr, numba.get_num_threads())
+    sigma_clip_kernel(
+        stack, threshold, pixels, weights, scale, offset, bin_ptr, chunks, thres, max_iter,
+        model, out,
+    )  # fmt: skip
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)

@@ -273,9 +273,7 @@ def _numba_sigma_clip(
 ) -> RobustSums:
     """The CPU kernel (gpusaxs.cpu_fallback.robust_kernel) of sigma_clip_sums."""
     model = ROBUST_ERROR_MODELS.index(error_model)
-    return _numba_run(
-        robust_kernels().sigma_clip_kernel, frames, view, float(thres), int(max_iter), model
-    )
+    return _numba_run(robust_kernels().sigma_clip, frames, view, float(thres), int(max_iter), model)
 
 
 def _numba_percentile(
