@@ -1,7 +1,8 @@
 """The numba kernels of the robust statistics on the CPU. Sigma clipping: bins in parallel on a
 pixel-major copy of the stack, each bin's values of all frames gathered once into a private
-buffer (the frames are the vector lanes), then one pass per clipping iteration (the dropped
-entries subtracted from the sums). Weighted percentiles: a stable sort per bin and frame.
+buffer (the frames are the vector lanes); the entries with a value far from the mean listed
+once, and the clipping iterations checking only them (the dropped values subtracted from the
+sums). Weighted percentiles: a stable sort per bin and frame.
 Same definitions as gpusaxs.robust (pyFAI's)."""
 
 import math
@@ -19,6 +20,9 @@ __all__ = ["sigma_clip", "sigma_clip_kernel", "percentile_kernel", "N_OUT"]
 #: outputs per (frame, bin): mean, std, sigma, count, sum c v, sum c, variance, entries kept
 N_OUT = 8
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+#: entries with a value further than NEAR x the bound from the mean are listed once; later
+#: iterations check only them while the list provably holds every value that can go
+NEAR = 0.7
 
 
 @numba.njit(inline="always")
@@ -36,20 +40,19 @@ def _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept):
 
 
 @numba.njit(inline="always")
-def _spread(v, start, n, weights, scale, mean, keep_lanes, var):
-    """var[f] = sum c^2 (v - mean[f])^2 over the kept values (not NaN) of the lanes f with
-    keep_lanes[f]: the azimuthal spread, two passes (exact, no shifted moments)."""
+def _spread(v, start, n, weights, scale, mean, var):
+    """var[f] = sum c^2 (v - mean[f])^2 over the kept values (not NaN) of every frame f: the
+    azimuthal spread in an exact second pass (an empty frame: 0)."""
     n_frames = v.shape[1]
     for f in range(n_frames):
-        if keep_lanes[f]:
-            var[f] = 0.0
+        var[f] = 0.0
     for j in range(n):
         e = start + j
         cj = weights[e] / scale[e]
         c2 = cj * cj
         for f in range(n_frames):
             d = v[j, f] - mean[f]
-            var[f] += c2 * d * d if (keep_lanes[f] & (d == d)) else 0.0
+            var[f] += c2 * d * d if d == d else 0.0
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
@@ -64,8 +67,12 @@ def sigma_clip_kernel(
 
     The frames are the vector lanes: a bin's values of all frames are gathered once (one cache
     line per pixel) into a private (entries, B) buffer, NaN once dropped, and every pass over
-    it (the sums, a clipping iteration, the spread) runs on all frames at once; a frame whose
-    clipping has converged keeps its sums while the others go on."""
+    it runs on all frames at once; a frame whose clipping has converged keeps its sums while
+    the others go on. The entries with a value beyond NEAR x the bound of its frame are listed
+    once; an iteration checks only them while, in every frame still clipping, NEAR x the
+    listing's bound plus the move of the mean since stays within the bound (then no value off
+    the list can go), else the list is made again. The spread used for the bound follows the
+    drops as moments about the first mean; the spread reported is recomputed exactly."""
     n_frames = stack.shape[1]
     has_offset = offset.shape[0] > 0
     for c in numba.prange(len(chunks) - 1):
@@ -74,17 +81,24 @@ def sigma_clip_kernel(
         s_c2 = np.empty(n_frames)
         s_w = np.empty(n_frames)
         s_p = np.empty(n_frames)
+        s_c2d = np.empty(n_frames)  # sum c^2 (v - ref), ref: the first mean
+        s_c2d2 = np.empty(n_frames)  # sum c^2 (v - ref)^2
+        ref = np.empty(n_frames)
         kept = np.empty(n_frames)
         mean = np.empty(n_frames)
         var = np.empty(n_frames)
         centre = np.empty(n_frames)
         bound = np.empty(n_frames)
         dropped = np.empty(n_frames)
+        near_mean = np.empty(n_frames)  # the list's base: no other value is beyond
+        near_bound = np.empty(n_frames)  # near_bound of near_mean
         going = np.empty(n_frames, dtype=np.bool_)
         for b in range(chunks[c], chunks[c + 1]):
             start = bin_ptr[b]
             n = bin_ptr[b + 1] - start
             v = np.empty((n, n_frames))
+            far = np.empty(n, dtype=np.int64)  # the entries with a value that may go
+            n_far = -1  # no list yet
             t_c = t_c2 = t_w = 0.0  # the bin's totals: a frame without invalid values has them
             for f in range(n_frames):
                 s_cv[f] = s_p[f] = dropped[f] = 0.0
@@ -120,9 +134,20 @@ def sigma_clip_kernel(
                             s_w[f] += weights[start + j]
                             kept[f] += 1.0
                 mean[f] = s_cv[f] / s_c[f] if s_c[f] > 0.0 else np.nan
-                var[f] = s_p[f]
-            if model == 1:
-                _spread(v, start, n, weights, scale, mean, going, var)
+                ref[f] = mean[f] if s_c[f] > 0.0 else 0.0
+                s_c2d[f] = s_c2d2[f] = 0.0
+            if model != 0:  # the moments about the first mean: the spread as values go
+                for j in range(n):
+                    cj = weights[start + j] / scale[start + j]
+                    c2 = cj * cj
+                    for f in range(n_frames):
+                        d = v[j, f] - ref[f]
+                        s_c2d[f] += c2 * d if d == d else 0.0
+                        s_c2d2[f] += c2 * d * d if d == d else 0.0
+            for f in range(n_frames):
+                delta = mean[f] - ref[f]
+                spread = max(s_c2d2[f] - 2.0 * delta * s_c2d[f] + delta * delta * s_c2[f], 0.0)
+                var[f] = spread if model == 1 else s_p[f]
             for _ in range(max_iter):
                 active = False
                 for f in range(n_frames):
@@ -133,45 +158,63 @@ def sigma_clip_kernel(
                         bound[f] = max(thres, limit) * std
                         centre[f] = mean[f]
                         active = True
-                    else:  # converged or empty: nothing is dropped
-                        bound[f] = np.inf
-                        centre[f] = 0.0
                     dropped[f] = 0.0
                 if not active:
                     break
-                for j in range(n):  # the values beyond the bound out of the sums (branch-free)
+                # the list of far values serves while, in every frame still clipping, a value
+                # not on it (within near_bound of near_mean) is within this iteration's bound
+                stale = n_far < 0
+                for f in range(n_frames):
+                    if going[f] and not (near_bound[f] + abs(centre[f] - near_mean[f]) <= bound[f]):
+                        stale = True
+                if stale:  # list again the entries with a value beyond NEAR x the bound
+                    n_far = 0
+                    for f in range(n_frames):
+                        near_mean[f] = centre[f]
+                        near_bound[f] = NEAR * bound[f] if going[f] else np.inf
+                    for j in range(n):
+                        hit = False
+                        for f in range(n_frames):  # NaN: never
+                            hit |= np.abs(v[j, f] - near_mean[f]) > near_bound[f]
+                        if hit:
+                            far[n_far] = j
+                            n_far += 1
+                for k in range(n_far):  # their values beyond the bound leave the sums
+                    j = far[k]
                     e = start + j
                     p = pixels[e]
                     wj = weights[e]
                     cj = wj / scale[e]
+                    c2 = cj * cj
                     w2 = wj * wj
-                    for f in range(n_frames):
+                    for f in range(n_frames):  # branch-free over the frames
                         vj = v[j, f]
-                        cut = (vj == vj) & ~(np.abs(vj - centre[f]) <= bound[f])
+                        cut = going[f] & (vj == vj) & ~(np.abs(vj - centre[f]) <= bound[f])
                         x = float(stack[p, f])
+                        d = vj - ref[f]
                         s_cv[f] -= cj * vj if cut else 0.0
                         s_c[f] -= cj if cut else 0.0
-                        s_c2[f] -= cj * cj if cut else 0.0
+                        s_c2[f] -= c2 if cut else 0.0
                         s_w[f] -= wj if cut else 0.0
                         s_p[f] -= w2 * max(x, 1.0) if cut else 0.0
+                        s_c2d[f] -= c2 * d if cut else 0.0
+                        s_c2d2[f] -= c2 * d * d if cut else 0.0
                         dropped[f] += 1.0 if cut else 0.0
                         v[j, f] = np.nan if cut else vj
                 for f in range(n_frames):
-                    going[f] = dropped[f] > 0.0
-                for f in range(n_frames):
+                    going[f] = going[f] and dropped[f] > 0.0
                     if not going[f]:
                         continue
                     kept[f] -= dropped[f]
                     if kept[f] == 0.0:
                         s_cv[f] = s_c[f] = s_c2[f] = s_w[f] = s_p[f] = 0.0
+                        s_c2d[f] = s_c2d2[f] = 0.0
                     mean[f] = s_cv[f] / s_c[f] if s_c[f] > 0.0 else np.nan
-                    var[f] = s_p[f]
-                if model == 1:
-                    _spread(v, start, n, weights, scale, mean, going, var)
-            if model == 2:
-                for f in range(n_frames):
-                    going[f] = True
-                _spread(v, start, n, weights, scale, mean, going, var)
+                    delta = mean[f] - ref[f]
+                    spread = s_c2d2[f] - 2.0 * delta * s_c2d[f] + delta * delta * s_c2[f]
+                    var[f] = max(spread, 0.0) if model == 1 else s_p[f]
+            if model != 0:  # the spread reported: exact, in a second pass over what is kept
+                _spread(v, start, n, weights, scale, mean, var)
             for f in range(n_frames):
                 _store(out, f, b, mean[f], var[f], s_c2[f], s_c[f], s_w[f], s_cv[f], kept[f])
 

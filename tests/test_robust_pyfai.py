@@ -145,6 +145,29 @@ def test_numba_kernel_and_array_module_path_agree(whole_pixels, monkeypatch, mod
         np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
 
 
+@pytest.mark.parametrize("model", ["poisson", "azimuthal", "hybrid"])
+@pytest.mark.parametrize("thres", [5.0, 1.5])
+def test_numba_kernel_on_a_stack_of_mixed_frames(split_pixels, monkeypatch, model, thres):
+    """The CPU kernel clips the frames of a stack as vector lanes, lists the far values once and
+    goes back to a full pass when the bound shrinks past the list (zingers, a low threshold):
+    on 11 frames that converge differently (quiet, zingers, huge zingers, invalid values in
+    the open area), with split pixels, every frame equals the NumPy path's clipping of it."""
+    pytest.importorskip("numba")
+    integ, _, image, _, _ = split_pixels
+    rng = np.random.default_rng(7)
+    frames = [np.where(image < 0, image, rng.poisson(np.maximum(image, 0))) for _ in range(11)]
+    frames[1] = with_zingers(frames[1], 1)
+    frames[2] = with_zingers(frames[2], 2) * 3
+    frames[3][500, 400:440] = -2  # invalid values on unmasked pixels: the frame's own sums
+    frames[4][:, :] = np.where(image < 0, image, 0)  # all zero
+    stack = np.stack(frames).astype(np.int32)
+    kernel = integ.sigma_clip_batch(stack, NPT, error_model=model, thres=thres, max_iter=7)
+    monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
+    array = integ.sigma_clip_batch(stack, NPT, error_model=model, thres=thres, max_iter=7)
+    for name in ("intensity", "std", "sigma", "count", "sum_normalization"):
+        np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
+
+
 def test_hybrid_clips_with_poisson_and_reports_the_spread(whole_pixels):
     integ, ai, image, _, kw = whole_pixels
     hybrid = integ.sigma_clip(image, NPT, error_model="hybrid")
