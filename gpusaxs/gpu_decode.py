@@ -8,6 +8,7 @@ path, ``host_decode`` True); on CuPy the chunks are decoded by the two kernels, 
 device rejects (a hostile or unusual chunk) fails alone with an error record.
 """
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from gpusaxs.io.hdf5_checks import invalid_value
 
 __all__ = [
     "DECODE_DTYPES",
+    "DEVICE_DECODE_VAR",
     "MAX_BLOCK_BYTES",
     "STATUS",
     "CompressedBatch",
@@ -31,8 +33,13 @@ __all__ = [
     "blocks_per_frame",
     "decode_names",
     "decode_source",
+    "device_decode_enabled",
     "stage_chunks",
 ]
+
+#: set to 1 to decode bitshuffle-LZ4 frames on the GPU in saxsdog, the server's queue, the
+#: stream consumer (saxsdogserver --detector) and the Dask tasks (opt-in until validated)
+DEVICE_DECODE_VAR = "GPUSAXS_DEVICE_DECODE"
 
 #: largest bitshuffle block (bytes) the device decodes (GS_BS_MAX_BLOCK in bslz4.cu)
 MAX_BLOCK_BYTES = 16384
@@ -61,6 +68,18 @@ STATUS = {
     11: "a block decoded to the wrong length",
     -1: "chunk stored without the filter or never written (not read by this path)",
 }
+
+
+def device_decode_enabled(engine, choice=None):
+    """Whether frames for ``engine`` are decoded on the device: the one rule of every product.
+
+    ``choice`` None: on a CuPy engine when $GPUSAXS_DEVICE_DECODE is 1 (opt-in until the device
+    check has run the decoder on a real GPU, docs/gpu.md); True/False: forced (tests, the
+    NumPy module).  Never for an engine without ``sums_compressed``."""
+    if choice is None:
+        on_device = getattr(engine, "name", None) == "cupy"
+        choice = on_device and os.environ.get(DEVICE_DECODE_VAR) == "1"
+    return bool(choice) and hasattr(engine, "sums_compressed")
 
 
 def decode_source():

@@ -14,7 +14,6 @@ silently.  Used by the ``saxsdog`` tool and the network server.
 """
 
 import collections
-import os
 import queue
 import threading
 import time
@@ -25,14 +24,12 @@ import numpy as np
 
 from gpusaxs.engine_contract import error_model, mean_intensity
 from gpusaxs.errors import ImageReadError
+from gpusaxs.gpu_decode import device_decode_enabled
 from gpusaxs.io.chi import write_chi
 from gpusaxs.io.direct_chunks import ChunkSources
 from gpusaxs.io.images import read_image
 
 from .frame_batches import FrameLedger, gather, integrate_once
-
-#: set to 1 to decode bitshuffle-LZ4 frames on the GPU in saxsdog and the server (issue 26)
-DEVICE_DECODE_VAR = "GPUSAXS_DEVICE_DECODE"
 
 __all__ = ["curve_path", "FramePipeline", "write_curve"]
 
@@ -133,10 +130,7 @@ class FramePipeline:
         if overlap is None:
             overlap = getattr(engine, "name", None) == "cupy" and hasattr(engine, "submit")
         self._async_engine = engine if overlap else None
-        if compressed is None:  # opt-in until validated on a device (docs/gpu.md)
-            on_device = getattr(engine, "name", None) == "cupy"
-            compressed = on_device and os.environ.get(DEVICE_DECODE_VAR) == "1"
-        compressed = compressed and hasattr(engine, "sums_compressed")
+        compressed = device_decode_enabled(engine, compressed)  # opt-in (docs/gpu.md)
         self._engine = engine
         self._chunks = ChunkSources() if compressed else None
         self._q = np.asarray(integrator.q)
