@@ -212,3 +212,22 @@ def test_the_rule_is_the_pipelines(monkeypatch, cpu_integrator):
     averaging = AveragedIntegrator(integ, average_params("sigma-clip", clip_thres=3.0))
     assert not StreamDeviceDecode(True).enabled(averaging)
     assert not StreamDeviceDecode(True).enabled(cpu_integrator)  # no sums_compressed
+
+
+def test_the_pipeline_keeps_an_averaging_integrator_on_its_own_batch_call(monkeypatch):
+    """FramePipeline (saxsdog, the server's queue) by the same rule: the engine's queued and
+    compressed calls for a plain Integrator on CuPy only; an averaging integrator's rows are
+    the robust averages, never the engine's plain sums."""
+    from gpusaxs.pipeline import FramePipeline
+    from gpusaxs.robust_curves import AveragedIntegrator, average_params
+
+    integ = device_integrator()
+    monkeypatch.setattr(integ.engine, "name", "cupy")
+    monkeypatch.setenv(DEVICE_DECODE_VAR, "1")
+    pipe = FramePipeline(integ)
+    assert pipe._async_engine is integ.engine and pipe._chunks is not None
+    pipe.close()
+    averaging = AveragedIntegrator(integ, average_params("sigma-clip", clip_thres=3.0))
+    pipe = FramePipeline(averaging)
+    assert pipe._async_engine is None and pipe._chunks is None
+    pipe.close()

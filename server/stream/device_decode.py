@@ -14,9 +14,8 @@ import logging
 import numpy as np
 
 from gpusaxs.engine_contract import error_model
-from gpusaxs.frame_batches import integrate_once
+from gpusaxs.frame_batches import integrate_once, sums_batch_call
 from gpusaxs.gpu_decode import DECODE_DTYPES, device_decode_enabled
-from gpusaxs.integrator import Integrator
 
 from .codecs import DecodeError
 
@@ -39,13 +38,6 @@ class DeviceFrames:
         return DeviceFrames(self.messages[which], self.shape, self.dtype)
 
 
-def _plain(integ):
-    """True when ``integ``'s batch call is error_model(engine.sums(...)), what
-    sums_compressed gives (not an averaging, grazing or test wrapper)."""
-    fn = getattr(type(integ), "integrate_batch_error", None)
-    return fn is Integrator.integrate_batch_error
-
-
 class StreamDeviceDecode:
     """The stream consumer's device decode.  ``choice``: None follows the opt-in rule, True or
     False forces it (as FramePipeline's ``compressed``)."""
@@ -59,7 +51,7 @@ class StreamDeviceDecode:
         """Whether ``integ``'s bslz4 frames go to the device (decided on its first batch)."""
         last, decision = self._last
         if last is not integ:
-            decision = self.choice is not False and _plain(integ)
+            decision = self.choice is not False and sums_batch_call(integ)
             decision = decision and device_decode_enabled(integ.engine, self.choice)
             self._last = (integ, decision)
         return decision
