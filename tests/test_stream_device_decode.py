@@ -231,3 +231,28 @@ def test_the_pipeline_keeps_an_averaging_integrator_on_its_own_batch_call(monkey
     pipe = FramePipeline(averaging)
     assert pipe._async_engine is None and pipe._chunks is None
     pipe.close()
+
+
+def test_stream_v1_bslz4_frames_take_the_same_path(tmp_path, frames, cpu_integrator):
+    """Stream V1's bs32-lz4< frames are the same bytes (HDF5 filter framing): they go to the
+    device too; its lz4< frames stay on the host threads."""
+    from gpusaxs.io.nexus import read_nxazint
+    from gpusaxs.server.stream import v1
+
+    integ = device_integrator()
+    with running_consumer(tmp_path, integ, batch_size=8, version=1, device_decode=True) as (
+        cons,
+        push,
+    ):
+        push.send_multipart(v1.encode_start(1, SHAPE, (172e-6, 172e-6), 3))
+        for k in range(3):
+            push.send_multipart(v1.encode_image(1, k, frames[k], "lz4" if k == 1 else "bslz4"))
+        push.send_multipart(v1.encode_end(1))
+        assert cons.book.wait(lambda b: (b.get(1) or {}).get("state") == "done", 60)
+    assert integ.engine.compressed_frames == 2 and integ.engine.stack_frames == 1
+    rows = read_nxazint(tmp_path / "series_1.nxs")
+    assert sorted(rows["image_ids"].tolist()) == [0, 1, 2]
+    for row, k in zip(rows["intensity"], rows["image_ids"], strict=True):
+        np.testing.assert_allclose(
+            row, cpu_integrator.integrate(frames[k])[1], rtol=1e-6, equal_nan=True
+        )
