@@ -52,7 +52,10 @@ class StreamDeviceDecode:
         last, decision = self._last
         if last is not integ:
             decision = self.choice is not False and sums_batch_call(integ)
-            decision = decision and device_decode_enabled(integ.engine, self.choice)
+            try:
+                decision = decision and device_decode_enabled(integ.engine, self.choice)
+            except Exception:  # noqa: BLE001 - no engine: the integrator stage reports it
+                decision = False
             self._last = (integ, decision)
         return decision
 
