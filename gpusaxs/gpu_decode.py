@@ -396,10 +396,13 @@ class CompressedInput:
             parts = self.sums_compressed_stream(
                 batches(), reader.shape, reader.dtype, errors, reader.mask_index
             )
-            for start, res in zip(range(0, reader.n, step), parts, strict=True):
-                lost = missing.pop(start)
-                res.errors += [{"id": i, "status": -1, "reason": STATUS[-1]} for i in lost]
-                yield res
+            try:
+                for start, res in zip(range(0, reader.n, step), parts, strict=True):
+                    lost = missing.pop(start)
+                    res.errors += [{"id": i, "status": -1, "reason": STATUS[-1]} for i in lost]
+                    yield res
+            finally:  # a batch being staged is read before the file closes
+                parts.close()
 
 
 def _chunk_bytes(batch, which):
