@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .distributed_decode import chunk_sources, integrate_stored
 from .errors import GpusaxsError
 from .frame_batches import FrameLedger, integrate_once
 from .integrator import Integrator
@@ -74,53 +75,79 @@ def _integrate_task(
     batch_size=16,
     write_chi=True,
     return_curves=False,
+    device_decode=None,
 ):
     """Run on a worker: read, integrate (batches) and write the curves of ``items``.
 
     items: list of (image path, curve path or None).  Returns one record per item:
-    ``(image, curve, exception or None, (I, err) or None)``.
+    ``(image, curve, exception or None, (I, err) or None)``.  device_decode: frames of EIGER
+    masters read as stored chunks and decoded on the device (:mod:`.distributed_decode`);
+    None: the worker's rule (CuPy and $GPUSAXS_DEVICE_DECODE=1).
     """
     integ = _worker_integrator(calibration, matrix, key, backend, threads)
     shape = tuple(int(s) for s in integ.shape)
+    out = (integ, write_chi, return_curves)
     records = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        frames, good = [], []
-        for image, curve in chunk:
-            try:
-                frames.append(read_image(image, shape=shape))
-                good.append((image, curve))
-            except Exception as exc:  # one bad file is one error record
-                records.append((image, curve, _message(image, exc), None))
-        if not frames:
-            continue
-
-        def integrate(stack):
-            intensity, _, err = integ.integrate_batch_error(stack, std=False)
-            return intensity, err
-
-        intensity, err, failed = integrate_once(np.stack(frames), integrate)
-        for k, (image, curve) in enumerate(good):
-            if k in failed:  # one bad frame fails alone (gpusaxs.frame_batches)
-                records.append((image, curve, _message(image, failed[k]), None))
-                continue
-            try:
-                if write_chi and curve is not None:
-                    Path(curve).parent.mkdir(parents=True, exist_ok=True)
-                    _write_chi(
-                        curve,
-                        integ.q,
-                        intensity[k],
-                        error=err[k],
-                        title=Path(image).name,
-                        calibration_key=getattr(integ, "matrix_key", None),
-                    )
-            except Exception as exc:
-                records.append((image, curve, _message(curve, exc), None))
-                continue
-            curves = (intensity[k], err[k]) if return_curves else None
-            records.append((image, curve, None, curves))
+    sources = chunk_sources(integ, device_decode)
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            if sources is not None:  # stored bslz4 chunks: decoded on the device
+                chunk, rows = integrate_stored(integ, chunk, sources, shape)
+                records += [_record(out, *row) for row in rows]
+            _integrate_host(out, chunk, shape, records)
+    finally:
+        if sources is not None:
+            sources.close()
     return records
+
+
+def _integrate_host(out, chunk, shape, records):
+    """Frames read on the host (read_image), integrated in one batch call per dtype (a stack
+    of mixed dtypes would be promoted, and a uint32 frame's invalid pixels, 2**32 - 1, counted
+    as counts); a frame that fails fails alone.  Their records appended to ``records``."""
+    integ = out[0]
+    by_dtype = {}
+    for image, curve in chunk:
+        try:
+            x = read_image(image, shape=shape)
+        except Exception as exc:  # one bad file is one error record
+            records.append((image, curve, _message(image, exc), None))
+            continue
+        by_dtype.setdefault(x.dtype.str, []).append((image, curve, x))
+
+    def integrate(stack):
+        intensity, _, err = integ.integrate_batch_error(stack, std=False)
+        return intensity, err
+
+    for group in by_dtype.values():
+        intensity, err, failed = integrate_once(np.stack([g[2] for g in group]), integrate)
+        for k, (image, curve, _) in enumerate(group):
+            if k in failed:  # one bad frame fails alone (gpusaxs.frame_batches)
+                records.append(_record(out, image, curve, failed[k], None, None))
+            else:
+                records.append(_record(out, image, curve, None, intensity[k], err[k]))
+
+
+def _record(out, image, curve, error, intensity, err):
+    """The task's record of one frame: its curve written (``.chi``) when asked for."""
+    integ, write_chi, return_curves = out
+    if error is not None:
+        return (image, curve, _message(image, error), None)
+    try:
+        if write_chi and curve is not None:
+            Path(curve).parent.mkdir(parents=True, exist_ok=True)
+            _write_chi(
+                curve,
+                integ.q,
+                intensity,
+                error=err,
+                title=Path(image).name,
+                calibration_key=getattr(integ, "matrix_key", None),
+            )
+    except Exception as exc:
+        return (image, curve, _message(curve, exc), None)
+    return (image, curve, None, (intensity, err) if return_curves else None)
 
 
 def _message(path, exc):

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ._typing import AnyArray
+from .integrator import Integrator
 
-__all__ = ["NOTHING", "FrameLedger", "gather", "integrate_once"]
+__all__ = ["NOTHING", "FrameLedger", "gather", "integrate_once", "sums_batch_call"]
 
 #: ``gather``'s "no item left over"
 NOTHING = object()
@@ -49,6 +50,19 @@ def gather(
             break
         batch.append(item)
     return batch, left
+
+
+def sums_batch_call(integrator: Any) -> bool:
+    """True when ``integrator``'s batch call is the plain ``Integrator.integrate_batch_error``
+    (the engine's sums, then the error model): a pipeline may then skip it for the engine's own
+    calls (queued batches, compressed frames).  False for an averaging or grazing-incidence
+    integrator, whose rows are not the engine's sums alone, and for any other wrapper, unless
+    its class says ``batch_call_is_sums = True`` (a class attribute: a wrapper forwarding its
+    attributes does not pass it on)."""
+    cls = type(integrator)
+    if getattr(cls, "integrate_batch_error", None) is Integrator.integrate_batch_error:
+        return True
+    return getattr(cls, "batch_call_is_sums", False) is True
 
 
 def integrate_once(

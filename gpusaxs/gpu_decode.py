@@ -8,6 +8,8 @@ path, ``host_decode`` True); on CuPy the chunks are decoded by the two kernels, 
 device rejects (a hostile or unusual chunk) fails alone with an error record.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from gpusaxs.io.hdf5_checks import invalid_value
 
 __all__ = [
     "DECODE_DTYPES",
+    "DEVICE_DECODE_VAR",
     "MAX_BLOCK_BYTES",
     "STATUS",
     "CompressedBatch",
@@ -31,8 +34,13 @@ __all__ = [
     "blocks_per_frame",
     "decode_names",
     "decode_source",
+    "device_decode_enabled",
     "stage_chunks",
 ]
+
+#: set to 1 to decode bitshuffle-LZ4 frames on the GPU in saxsdog, the server's queue, the
+#: stream consumer (saxsdogserver --detector) and the Dask tasks (opt-in until validated)
+DEVICE_DECODE_VAR = "GPUSAXS_DEVICE_DECODE"
 
 #: largest bitshuffle block (bytes) the device decodes (GS_BS_MAX_BLOCK in bslz4.cu)
 MAX_BLOCK_BYTES = 16384
@@ -61,6 +69,18 @@ STATUS = {
     11: "a block decoded to the wrong length",
     -1: "chunk stored without the filter or never written (not read by this path)",
 }
+
+
+def device_decode_enabled(engine, choice=None):
+    """Whether frames for ``engine`` are decoded on the device: the one rule of every product.
+
+    ``choice`` None: on a CuPy engine when $GPUSAXS_DEVICE_DECODE is 1 (opt-in until the device
+    check has run the decoder on a real GPU, docs/gpu.md); True/False: forced (tests, the
+    NumPy module).  Never for an engine without ``sums_compressed``."""
+    if choice is None:
+        on_device = getattr(engine, "name", None) == "cupy"
+        choice = on_device and os.environ.get(DEVICE_DECODE_VAR) == "1"
+    return bool(choice) and hasattr(engine, "sums_compressed")
 
 
 def decode_source():
@@ -152,15 +172,18 @@ class DeviceDecoder:
         self.path = "host" if self.host_decode else "device"
         self._module = None
         self._empty_pinned = empty_pinned
-        self._staging = None
+        self._staging = {}
 
-    def staging(self, nbytes):
-        """A staging buffer of ``nbytes`` (pinned on CuPy), reused and grown across batches
-        (decode() waits for its copy before returning, so reuse is safe)."""
-        if self._staging is None or self._staging.nbytes < nbytes:
+    def staging(self, nbytes, slot=0):
+        """A staging buffer of ``nbytes`` (pinned on CuPy) of ``slot`` (0 and 1: a stream's batch
+        being decoded and the next one, staged meanwhile; "one": sums_compressed's), reused and
+        grown across batches (decode() waits for its copy before returning, so reuse is safe
+        once its batch is done)."""
+        buf = self._staging.get(slot)
+        if buf is None or buf.nbytes < nbytes:
             alloc = self._empty_pinned or (lambda n: np.empty(n, dtype=np.uint8))
-            self._staging = alloc(max(int(nbytes * 1.25), 1 << 20))
-        return self._staging[:nbytes]
+            buf = self._staging[slot] = alloc(max(int(nbytes * 1.25), 1 << 20))
+        return buf[:nbytes]
 
     def _kernels(self):
         if self._module is None:
@@ -276,10 +299,38 @@ class CompressedInput:
         alone with an error record; one with blocks larger than the device decodes (status 5)
         is decoded on the host instead, and counted as such.  invalid_index: flat indices of
         pixels marked invalid after decoding (an EIGER master's pixel_mask)."""
-        dtype = np.dtype(dtype)
+        batch = self._stage_compressed(chunks, shape, dtype, ids, "one")  # not a stream's slot
+        return self._sums_staged(batch, errors, invalid_index)
+
+    def sums_compressed_stream(self, batches, shape, dtype, errors=False, invalid_index=None):
+        """Generator of CompressedSums, one per ``(chunks, ids)`` of ``batches``, in order, as
+        :meth:`sums_compressed`; batch k+1 is taken from ``batches`` (e.g. read from a file) and
+        staged on a host thread while batch k is decoded and integrated.  Two staging slots
+        alternate: batch k+2 is staged only after batch k's call returned (its copy done)."""
+        batches = iter(batches)
+
+        def stage(k):
+            nxt = next(batches, None)
+            if nxt is None:
+                return None
+            return self._stage_compressed(nxt[0], shape, dtype, nxt[1], k % 2)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="bslz4-stage") as pool:
+            pending, k = pool.submit(stage, 0), 0
+            while (batch := pending.result()) is not None:
+                k += 1
+                pending = pool.submit(stage, k)  # slot k % 2: batch k - 2's call has returned
+                yield self._sums_staged(batch, errors, invalid_index)
+
+    def _stage_compressed(self, chunks, shape, dtype, ids, slot):
+        """``chunks`` laid end to end in the decoder's staging slot ``slot`` (host: NumPy)."""
         dec = self.decoder()
-        empty = dec.staging if not dec.host_decode else None
-        batch = stage_chunks(chunks, shape, dtype, empty=empty, ids=ids)
+        empty = None if dec.host_decode else (lambda n: dec.staging(n, slot))
+        return stage_chunks(chunks, shape, np.dtype(dtype), empty=empty, ids=ids)
+
+    def _sums_staged(self, batch, errors, invalid_index):
+        """sums_compressed of a staged batch (decoded, refused frames counted, integrated)."""
+        dtype, dec = batch.dtype, self.decoder()
         frames, status = dec.decode(batch)
         big = np.flatnonzero(status == 5) if not dec.host_decode else np.zeros(0, np.intp)
         host_frames = None
@@ -333,20 +384,25 @@ class CompressedInput:
                 raise ValueError(f"{path}: {reader.unsupported}")
             if reader.mask_error:
                 raise ImageReadError(str(path), reader.mask_error)
-            for start in range(0, reader.n, step):
-                got = reader.chunks(range(start, min(start + step, reader.n)))
-                missing = [i for i, c in got if c is None]
-                got = [(i, c) for i, c in got if c is not None]
-                res = self.sums_compressed(
-                    [c for _, c in got],
-                    reader.shape,
-                    reader.dtype,
-                    errors,
-                    [i for i, _ in got],
-                    reader.mask_index,
-                )
-                res.errors += [{"id": i, "status": -1, "reason": STATUS[-1]} for i in missing]
-                yield res
+            missing = {}  # batch start -> frames without a stored chunk (the staging thread's)
+
+            def batches():
+                for start in range(0, reader.n, step):
+                    got = reader.chunks(range(start, min(start + step, reader.n)))
+                    missing[start] = [i for i, c in got if c is None]
+                    got = [(i, c) for i, c in got if c is not None]
+                    yield [c for _, c in got], [i for i, _ in got]
+
+            parts = self.sums_compressed_stream(
+                batches(), reader.shape, reader.dtype, errors, reader.mask_index
+            )
+            try:
+                for start, res in zip(range(0, reader.n, step), parts, strict=True):
+                    lost = missing.pop(start)
+                    res.errors += [{"id": i, "status": -1, "reason": STATUS[-1]} for i in lost]
+                    yield res
+            finally:  # a batch being staged is read before the file closes
+                parts.close()
 
 
 def _chunk_bytes(batch, which):

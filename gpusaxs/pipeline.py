@@ -14,7 +14,6 @@ silently.  Used by the ``saxsdog`` tool and the network server.
 """
 
 import collections
-import os
 import queue
 import threading
 import time
@@ -25,14 +24,12 @@ import numpy as np
 
 from gpusaxs.engine_contract import error_model, mean_intensity
 from gpusaxs.errors import ImageReadError
+from gpusaxs.gpu_decode import device_decode_enabled
 from gpusaxs.io.chi import write_chi
 from gpusaxs.io.direct_chunks import ChunkSources
 from gpusaxs.io.images import read_image
 
-from .frame_batches import FrameLedger, gather, integrate_once
-
-#: set to 1 to decode bitshuffle-LZ4 frames on the GPU in saxsdog and the server (issue 26)
-DEVICE_DECODE_VAR = "GPUSAXS_DEVICE_DECODE"
+from .frame_batches import FrameLedger, gather, integrate_once, sums_batch_call
 
 __all__ = ["curve_path", "FramePipeline", "write_curve"]
 
@@ -98,7 +95,8 @@ class FramePipeline:
     pipeline's threads after a frame is written / has failed.
     overlap: queue batches on the GPU engine without waiting (``DeviceEngine.submit``:
     pinned staging, copies of batch k+1 overlapped with the integration of batch k); default
-    True when the integrator's engine is a DeviceEngine on CuPy.  Results still leave in order
+    True when the integrator's engine is a DeviceEngine on CuPy (a plain Integrator: not an
+    averaging or grazing-incidence one).  Results still leave in order
     and as soon as no further frame is ready.
     compressed: frames of EIGER HDF5 files stored as bitshuffle-LZ4 chunks are read as stored
     and decoded on the device (``DeviceEngine.sums_compressed``, issue 26); default: on a CuPy
@@ -130,13 +128,16 @@ class FramePipeline:
         self.writer = writer or (lambda *a: write_curve(*a, calibration_key=key))
         self.shape = _image_shape(integrator)
         engine = getattr(integrator, "engine", None)
+        # by default the engine's own calls only for a plain Integrator: an averaging or
+        # grazing-incidence integrator's rows are not the engine's sums alone
+        plain = sums_batch_call(integrator)
         if overlap is None:
-            overlap = getattr(engine, "name", None) == "cupy" and hasattr(engine, "submit")
-        self._async_engine = engine if overlap else None
-        if compressed is None:  # opt-in until validated on a device (docs/gpu.md)
             on_device = getattr(engine, "name", None) == "cupy"
-            compressed = on_device and os.environ.get(DEVICE_DECODE_VAR) == "1"
-        compressed = compressed and hasattr(engine, "sums_compressed")
+            overlap = plain and on_device and hasattr(engine, "submit")
+        self._async_engine = engine if overlap else None
+        if compressed is None and not plain:
+            compressed = False
+        compressed = device_decode_enabled(engine, compressed)  # opt-in (docs/gpu.md)
         self._engine = engine
         self._chunks = ChunkSources() if compressed else None
         self._q = np.asarray(integrator.q)

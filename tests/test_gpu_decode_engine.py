@@ -6,6 +6,7 @@ frames) with the decode kernels run on the CPU shim.  Sums are checked against t
 float64 reference of test_gpu_engine."""
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from test_gpu_engine import random_matrix, reference_sums
 
 from gpusaxs import gpu_fallbacks
 from gpusaxs.backend import backend_info
+from gpusaxs.gpu_decode import DeviceDecoder
 from gpusaxs.gpu_engine import DeviceEngine
 
 bitshuffle = pytest.importorskip("bitshuffle")
@@ -76,7 +78,7 @@ class ShimDecoder:
     def __init__(self, exe, folder):
         self.exe, self.folder = exe, folder
 
-    def staging(self, nbytes):
+    def staging(self, nbytes, slot=0):
         return np.empty(nbytes, dtype=np.uint8)
 
     def decode(self, batch):
@@ -233,3 +235,50 @@ def test_frame_pipeline_reads_stored_chunks_for_the_device(matrix, frames, count
         with np.errstate(invalid="ignore", divide="ignore"):
             expected = ref.signal[0] / ref.norm[0]
         np.testing.assert_allclose(curve[1], expected, rtol=1e-6)
+
+
+class SlotDecoder:
+    """The device decoder's interface with a slow decode (the device busy) that logs when each
+    staging slot is filled and checks that its batch's bytes do not change while decoded."""
+
+    host_decode = False
+    path = "device"
+
+    def __init__(self):
+        self.buffers, self.staged, self.decoded = {}, [], []
+
+    def staging(self, nbytes, slot=0):
+        self.staged.append((slot, time.perf_counter()))
+        buf = self.buffers.setdefault(slot, np.empty(1 << 22, dtype=np.uint8))
+        return buf[:nbytes]
+
+    def decode(self, batch):
+        t0 = time.perf_counter()
+        before = bytes(batch.data)
+        time.sleep(0.2)  # the next batch is read and staged meanwhile
+        assert bytes(batch.data) == before, "a staging slot was reused while its batch decoded"
+        out = DeviceDecoder._decode_host(batch)
+        self.decoded.append((list(batch.ids), t0, time.perf_counter()))
+        return out
+
+
+def test_stream_stages_the_next_batch_while_one_decodes(matrix, frames, counts):
+    """sums_compressed_stream (sums_hdf5 uses it): batch k+1 staged on a host thread while
+    batch k decodes, in alternating slots; a slot refilled only after its batch returned;
+    results in order and equal to the reference."""
+    eng = DeviceEngine(matrix, xp=np, batch_size=8)
+    dec = eng._bslz4_decoder = SlotDecoder()
+    chunks = [encode(f) for f in frames]
+    batches = [(chunks[k : k + 1], [k]) for k in range(len(frames))]
+    parts = list(eng.sums_compressed_stream(iter(batches), SHAPE, np.uint32, errors=False))
+    assert [p.ids for p in parts] == [[k] for k in range(len(frames))]
+    for k, p in enumerate(parts):
+        assert p.path == "device" and not p.errors
+        assert_sums(p.sums, reference_sums(matrix, frames[k : k + 1], errors=False))
+    assert [s for s, _ in dec.staged] == [k % 2 for k in range(len(frames))]
+    staged = [t for _, t in dec.staged]
+    ends = [t1 for _, _, t1 in dec.decoded]
+    for k in range(len(frames) - 1):
+        assert staged[k + 1] < ends[k]  # overlapped: staged while batch k decoded
+    for k in range(len(frames) - 2):
+        assert staged[k + 2] >= ends[k]  # slot k % 2 refilled only after batch k returned

@@ -36,6 +36,8 @@ def column_matrix():
 class GpuLikeIntegrator:
     """What FramePipeline needs from an Integrator, with a DeviceEngine on NumPy."""
 
+    batch_call_is_sums = True  # its batch call is the engine's sums, as Integrator's
+
     def __init__(self, engine, fail_sync=False):
         self.engine = engine
         self.shape = (H, W)

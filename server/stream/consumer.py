@@ -42,6 +42,7 @@ from gpusaxs.frame_batches import NOTHING, gather, integrate_once
 
 from . import v1, v2
 from .codecs import bitshuffle_one_thread
+from .device_decode import DeviceFrames, StreamDeviceDecode
 from .files import output_root
 from .gi_series import grazing_stage
 from .messages import End, Image, MalformedMessage, Start
@@ -124,6 +125,8 @@ class StreamConsumer:
     resume : continue a series whose start was not seen when its file is in ``out_dir``
         (with a fixed calibration, after a restart).
     on_fatal : called with a one-line reason when a stage dies.
+    device_decode : bslz4 frames decoded on the device (:mod:`.device_decode`); None: on a
+        CuPy DeviceEngine when $GPUSAXS_DEVICE_DECODE is 1 (the pipeline's rule).
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class StreamConsumer:
         idle_timeout_s=IDLE_TIMEOUT_S,
         resume=False,
         on_fatal=None,
+        device_decode=None,
     ):
         if version not in (1, 2):
             raise ValueError(f"stream version must be 1 or 2, not {version!r}")
@@ -175,6 +179,7 @@ class StreamConsumer:
         self._threads = []
         self._pool = None
         self.connected = threading.Event()
+        self._device = StreamDeviceDecode(device_decode)
 
     # -- calibration ----------------------------------------------------------------------------
     def set_integrator(self, integrator, key=None):
@@ -276,6 +281,7 @@ class StreamConsumer:
                 "output": self.out_dir,
                 "idle timeout s": self.idle_timeout_s,
                 "failed": dict(self.failed),
+                "bslz4 decode": self._device.path,
             }
         )
         return d
@@ -486,8 +492,10 @@ class StreamConsumer:
             pool = pools.get(shape)
             if pool is None or pool.batch != self.batch_size:
                 pool = pools[shape] = _StackPool(self.batch_size, shape)
-            try:
-                self._decode_batch(item.series_id, batch, pool, shape)
+            try:  # frames the device decodes go compressed to the integrator (issue 26)
+                batch = self._device.route(item.series_id, integ, batch, self._batches)
+                if batch:
+                    self._decode_batch(item.series_id, batch, pool, shape)
             except Exception as exc:  # noqa: BLE001 - a record per frame, never a dead stage
                 log.exception("decoding a batch failed")
                 for m in batch:
@@ -554,6 +562,11 @@ class StreamConsumer:
             else:
                 _, sid, stack, n, ids, pool = item
                 integ = integs[sid]
+                if isinstance(stack, DeviceFrames):  # bslz4 payloads, decoded on the device
+                    rows = self._device.integrate(integ, stack, ids, self.book, sid)
+                    if rows is not None:
+                        self._rows.put(rows)
+                    continue
 
                 def integrate(frames, integ=integ):
                     intensity, _, err = integ.integrate_batch_error(frames, std=False)
