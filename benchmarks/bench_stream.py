@@ -99,7 +99,10 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     pull_url = f"tcp://127.0.0.1:{_free_port()}"
     # the sender binds, as a detector does; the consumer connects
     ready = mp.get_context("fork").Event()
-    proc = mp.get_context("fork").Process(target=_bind_sender, args=(pull_url, messages, n, ready))
+    sender_cpu = mp.get_context("fork").Value("d", 0.0)
+    proc = mp.get_context("fork").Process(
+        target=_bind_sender, args=(pull_url, messages, n, ready, sender_cpu)
+    )
     proc.start()
     ready.wait(60)
     cons = StreamConsumer(
@@ -114,10 +117,10 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     ).start()
     book = cons.book
     assert book.wait(lambda b: (b.get(1) or {}).get("received", 0) >= 1, 120)
-    t0, c0 = time.perf_counter(), _cpu_s()
+    t0, c0, th0 = time.perf_counter(), _cpu_s(), _thread_cpu()
     # polled, not woken at every frame's notify (that would cost the consumer ~0.5 ms/frame)
     ok = _poll(lambda: (book.get(1) or {}).get("state") == "done", 600, 0.01)
-    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    dt, cpu, th1 = time.perf_counter() - t0, _cpu_s() - c0, _thread_cpu()
     st = book.get(1)
     cons.stop()
     proc.join(60)
@@ -125,6 +128,13 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     if not ok or st["integrated"] != n:
         raise RuntimeError(f"end to end incomplete: {st}")
     st["cpu_ms_per_frame"] = 1e3 * cpu / (n - 1)
+    # the sender process: all its frames (n) on the same cores
+    st["sender_cpu_ms_per_frame"] = 1e3 * sender_cpu.value / n
+    st["stages_cpu_ms_per_frame"] = {
+        k: round(1e3 * (th1.get(k, 0.0) - th0.get(k, 0.0)) / (n - 1), 3)
+        for k in sorted(set(th0) | set(th1))
+        if th1.get(k, 0.0) - th0.get(k, 0.0) > 0
+    }
     return (n - 1) / dt, st
 
 
@@ -136,6 +146,30 @@ def _cpu_s():
     return r.ru_utime + r.ru_stime
 
 
+def _thread_cpu():
+    """CPU seconds per thread group of this process, from /proc/self/task: the consumer's
+    stages by their thread names (decode threads summed), numba's workers, ZeroMQ's I/O."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = names.get(int(tid), comm)
+        name = "stream-decode" if name.startswith("stream-decode") else name
+        name = "main (polling)" if name == "MainThread" else name
+        name = "numba workers" if name == comm and name.startswith("python") else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _poll(pred, timeout, interval):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -145,7 +179,7 @@ def _poll(pred, timeout, interval):
     return True
 
 
-def _bind_sender(url, messages, n, ready):
+def _bind_sender(url, messages, n, ready, cpu):
     import zmq
 
     ctx = zmq.Context()
@@ -153,12 +187,14 @@ def _bind_sender(url, messages, n, ready):
     s.setsockopt(zmq.SNDHWM, 1000)
     s.bind(url)
     ready.set()
+    c0 = _cpu_s()  # every thread of the sender, its ZeroMQ I/O thread included
     s.send(messages["start"])
     for m in messages["images"]:
         s.send(m, copy=False)
     s.send(messages["end"])
     s.close(linger=-1)
     ctx.term()
+    cpu.value = _cpu_s() - c0
 
 
 def _free_port():
