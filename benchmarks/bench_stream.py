@@ -99,7 +99,10 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     pull_url = f"tcp://127.0.0.1:{_free_port()}"
     # the sender binds, as a detector does; the consumer connects
     ready = mp.get_context("fork").Event()
-    proc = mp.get_context("fork").Process(target=_bind_sender, args=(pull_url, messages, n, ready))
+    sender_cpu = mp.get_context("fork").Value("d", 0.0)
+    proc = mp.get_context("fork").Process(
+        target=_bind_sender, args=(pull_url, messages, n, ready, sender_cpu)
+    )
     proc.start()
     ready.wait(60)
     cons = StreamConsumer(
@@ -114,10 +117,10 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     ).start()
     book = cons.book
     assert book.wait(lambda b: (b.get(1) or {}).get("received", 0) >= 1, 120)
-    t0, c0 = time.perf_counter(), _cpu_s()
+    t0, c0, th0 = time.perf_counter(), _cpu_s(), _thread_cpu()
     # polled, not woken at every frame's notify (that would cost the consumer ~0.5 ms/frame)
     ok = _poll(lambda: (book.get(1) or {}).get("state") == "done", 600, 0.01)
-    dt, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    dt, cpu, th1 = time.perf_counter() - t0, _cpu_s() - c0, _thread_cpu()
     st = book.get(1)
     cons.stop()
     proc.join(60)
@@ -125,6 +128,13 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
     if not ok or st["integrated"] != n:
         raise RuntimeError(f"end to end incomplete: {st}")
     st["cpu_ms_per_frame"] = 1e3 * cpu / (n - 1)
+    # the sender process: all its frames (n) on the same cores
+    st["sender_cpu_ms_per_frame"] = 1e3 * sender_cpu.value / n
+    st["stages_cpu_ms_per_frame"] = {
+        k: round(1e3 * (th1.get(k, 0.0) - th0.get(k, 0.0)) / (n - 1), 3)
+        for k in sorted(set(th0) | set(th1))
+        if th1.get(k, 0.0) - th0.get(k, 0.0) > 0
+    }
     return (n - 1) / dt, st
 
 
@@ -136,6 +146,30 @@ def _cpu_s():
     return r.ru_utime + r.ru_stime
 
 
+def _thread_cpu():
+    """CPU seconds per thread group of this process, from /proc/self/task: the consumer's
+    stages by their thread names (decode threads summed), numba's workers, ZeroMQ's I/O."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = names.get(int(tid), comm)
+        name = "stream-decode" if name.startswith("stream-decode") else name
+        name = "main (polling)" if name == "MainThread" else name
+        name = "numba workers" if name == comm and name.startswith("python") else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _poll(pred, timeout, interval):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -145,7 +179,7 @@ def _poll(pred, timeout, interval):
     return True
 
 
-def _bind_sender(url, messages, n, ready):
+def _bind_sender(url, messages, n, ready, cpu):
     import zmq
 
     ctx = zmq.Context()
@@ -153,12 +187,14 @@ def _bind_sender(url, messages, n, ready):
     s.setsockopt(zmq.SNDHWM, 1000)
     s.bind(url)
     ready.set()
+    c0 = _cpu_s()  # every thread of the sender, its ZeroMQ I/O thread included
     s.send(messages["start"])
     for m in messages["images"]:
         s.send(m, copy=False)
     s.send(messages["end"])
     s.close(linger=-1)
     ctx.term()
+    cpu.value = _cpu_s() - c0
 
 
 def _free_port():
@@ -190,18 +226,6 @@ def pyfai_rate(cal, frames, n_bins):
     return rate(len(frames), lambda: [ai.integrate1d(f, **kw) for f in frames])
 
 
-def _one_thread(fn):
-    """fn() with numba's parallel kernels on one thread."""
-    import numba
-
-    n = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return fn()
-    finally:
-        numba.set_num_threads(n)
-
-
 def run_case(name, n_frames, batch, threads, no_pyfai):
     cal = Calibration.from_dict(CASES[name])
     t0 = time.perf_counter()
@@ -221,6 +245,15 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
     c0 = _cpu_s()
     r_dec = rate(k, dec)
     dec_cpu_ms = 1e3 * (_cpu_s() - c0) / k
+    # into the frames of 4 recycled (batch, H, W) stacks, as the consumer must (the frames wait
+    # there for the integrator): the writes go to memory, not to a cache-resident frame
+    stacks = [np.ones((batch,) + frames[0].shape, np.uint32) for _ in range(4)]
+    c0 = _cpu_s()
+    for i in range(k):
+        out = stacks[(i // batch) % 4][i % batch]
+        codecs.decode_bslz4(encoded[i % 4], frames[0].shape, np.uint32, 4, out=out)
+    dec_stack_cpu_ms = 1e3 * (_cpu_s() - c0) / k
+    del stacks
     stack = np.stack([decoded[i % len(decoded)] for i in range(batch)])
     integ.integrate_batch_error(stack, std=False)
     reps = max(1, k // batch)
@@ -229,19 +262,25 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
         lambda: [integ.integrate_batch_error(stack, std=False) for _ in range(reps)],
     )
     r_seq = 1.0 / (1.0 / r_dec + 1.0 / r_int)
+    # one thread for real: the CPU engine sets numba's thread count itself at every call, so
+    # numba.set_num_threads(1) around it (what this script did before) still ran two threads
+    integ1 = Integrator(cal, backend="numpy", threads=1).warm_up(np.uint32)
+    integ1.integrate_batch_error(stack, std=False)
     c0 = _cpu_s()
-    r_int1 = _one_thread(
-        lambda: rate(
-            reps * batch,
-            lambda: [integ.integrate_batch_error(stack, std=False) for _ in range(reps)],
-        )
+    r_int1 = rate(
+        reps * batch,
+        lambda: [integ1.integrate_batch_error(stack, std=False) for _ in range(reps)],
     )
     int_cpu_ms = 1e3 * (_cpu_s() - c0) / (reps * batch)
     # decode and integration overlapped on the two cores, each at its one-thread rate
     r_bound = 2.0 / (1.0 / r_dec + 1.0 / r_int1)
+    # the same formula with the engine's own (two-thread) rate, as this script computed the
+    # bound up to 2026-12-07 (labelled "1 thread"): higher than two cores can reach
+    r_bound_engine = 2.0 / (1.0 / r_dec + 1.0 / r_int)
     r_pyfai = None if no_pyfai else pyfai_rate(cal, decoded[: max(8, k // 4)], integ.matrix.n_bins)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as out:
         r_e2e, st = end_to_end(integ, frames, n_frames, batch, threads, out)
+    r_bound_fair = 2.0 / (1.0 / r_dec + 1.0 / r_int1 + 1e-3 * st["sender_cpu_ms_per_frame"])
     comp = np.mean([f.nbytes / len(e) for f, e in zip(frames, encoded, strict=True)])
     return {
         "case": name,
@@ -261,10 +300,18 @@ def run_case(name, n_frames, batch, threads, no_pyfai):
         "integrate_1thread_fps": r_int1,
         "two_core_bound_fps": r_bound,
         "end_to_end_vs_two_core_bound": r_e2e / r_bound,
+        "two_core_bound_engine_threads_fps": r_bound_engine,
+        "end_to_end_vs_two_core_bound_engine_threads": r_e2e / r_bound_engine,
+        # the sender process runs on the same two cores: its CPU per frame taken from them
+        "sender_cpu_ms_per_frame": st["sender_cpu_ms_per_frame"],
+        "two_core_bound_less_sender_fps": r_bound_fair,
+        "end_to_end_vs_two_core_bound_less_sender": r_e2e / r_bound_fair,
+        "end_to_end_cpu_ms_per_frame_by_thread": st["stages_cpu_ms_per_frame"],
         # CPU the consumer spends per frame, against decoding + integrating on one thread each:
         # the share of the two-core bound that the pipeline's own work allows on idle cores
         "end_to_end_cpu_ms_per_frame": st["cpu_ms_per_frame"],
         "decode_cpu_ms_per_frame": dec_cpu_ms,
+        "decode_into_batch_stacks_cpu_ms_per_frame": dec_stack_cpu_ms,
         "integrate_1thread_cpu_ms_per_frame": int_cpu_ms,
         "cpu_limited_vs_two_core_bound": (dec_cpu_ms + int_cpu_ms) / st["cpu_ms_per_frame"],
         "pyfai_fps": r_pyfai,
@@ -309,6 +356,20 @@ def main(argv=None):
             f"{r['integrate_1thread_fps']:8.0f} {r['two_core_bound_fps']:8.0f} "
             f"{r['end_to_end_vs_two_core_bound']:9.2f} {r['end_to_end_cpu_ms_per_frame']:7.2f} "
             f"{r['cpu_limited_vs_two_core_bound']:9.2f}"
+        )
+    for r in rows:
+        stages = ", ".join(
+            f"{k} {v:.2f}" for k, v in r["end_to_end_cpu_ms_per_frame_by_thread"].items()
+        )
+        print(
+            f"{r['case']}: CPU ms/frame by thread: {stages}; sender process "
+            f"{r['sender_cpu_ms_per_frame']:.2f}; decode into batch stacks "
+            f"{r['decode_into_batch_stacks_cpu_ms_per_frame']:.2f}.  "
+            f"Two-core bound less the sender's CPU "
+            f"{r['two_core_bound_less_sender_fps']:.0f} frames/s (e2e "
+            f"{r['end_to_end_vs_two_core_bound_less_sender']:.2f} of it); with the engine's "
+            f"two-thread rate (the bound as computed before) "
+            f"{r['two_core_bound_engine_threads_fps']:.0f}"
         )
     print(
         f"load average {load0[0]:.1f} before, {load1[0]:.1f} after, {os.cpu_count()} cores: "

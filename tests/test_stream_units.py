@@ -445,13 +445,19 @@ class _Bug(BaseException):
 
 
 class _BuggyIntegrator:
-    def __init__(self, integ):
+    """Raises at its first batch, once ``gate`` is set (when the test has every frame received:
+    a stage that dies stops the receiver, and frames still on the wire then never arrive)."""
+
+    def __init__(self, integ, gate=None):
         self._integ = integ
+        self._gate = gate
 
     def __getattr__(self, name):
         return getattr(self._integ, name)
 
     def integrate_batch_error(self, *a, **k):
+        if self._gate is not None:
+            self._gate.wait(30)
         raise _Bug("simulated bug in the integrator stage")
 
 
@@ -463,6 +469,7 @@ def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_in
     from gpusaxs.server.stream.consumer import StreamConsumer
 
     fatal = []
+    gate = threading.Event()
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 10_000)
@@ -470,7 +477,7 @@ def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_in
     cons = StreamConsumer(
         push.getsockopt_string(zmq.LAST_ENDPOINT),
         tmp_path,
-        integrator=_BuggyIntegrator(small_integrator),
+        integrator=_BuggyIntegrator(small_integrator, gate),
         batch_size=2,
         context=ctx,
         on_fatal=fatal.append,
@@ -479,6 +486,8 @@ def test_a_stage_that_dies_is_reported_and_stops_the_consumer(tmp_path, small_in
         push.send(v2.encode_start(1, "bug", SHAPE, (172e-6, 172e-6), 2))
         for i in range(2):
             push.send(v2.encode_image(1, "bug", i, frame(np.uint32), "bslz4"))
+        assert cons.book.wait(lambda b: (b.get(1) or {}).get("received", 0) >= 2, 30)
+        gate.set()
         deadline = time.monotonic() + 30
         while not fatal and time.monotonic() < deadline:
             cons.book.wait(lambda b: bool(fatal), 0.1)

@@ -6,7 +6,9 @@ References (dectris/documentation): ``stream_v2/README.md`` ("Message Encoding",
 (RFC 8746 section 3.1, tag 40, row-major ``[dims, typed array]``) whose typed array (RFC 8746
 section 2, tags 64-87) wraps either a byte string or a tag-56500 compressed byte string
 ``["bslz4", elem_size, bytes]`` / ``["lz4", 0, bytes]``.  Decoded with ``cbor2``; the payload
-stays compressed until :meth:`Payload.decode` runs on a decode thread.
+stays compressed until :meth:`Payload.decode` runs on a decode thread, and is never copied:
+:mod:`.cbor_spans` takes it out of the message before cbor2 parses the rest (a memoryview of
+the ZeroMQ frame).
 
 A detector sends every message as self-described CBOR (tag 55799, bytes ``d9 d9 f7``); cbor2
 6.x decodes the maps under a tag as ``cbor2.frozendict``: every level accepts any
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .cbor_spans import PLACEHOLDER_TAG, split_payloads
 from .codecs import encode_bslz4, encode_lz4_h5
 from .idset import MAX_ID
 from .messages import End, Image, MalformedMessage, Payload, Start
@@ -49,6 +52,8 @@ TYPED_ARRAY_TAGS = {
     85: "<f4",
     86: "<f8",
 }
+#: a payload: bytes as cbor2 makes them, or a memoryview of the message (:mod:`.cbor_spans`)
+_BYTES = (bytes, bytearray, memoryview)
 DTYPE_TAGS = {np.dtype(v).str: k for k, v in TYPED_ARRAY_TAGS.items() if k != 68}
 
 
@@ -73,19 +78,21 @@ class _MultiDim:
         self.dims, self.typed, self.column_major = dims, typed, column_major
 
 
-def _tag_hook(first, second):
+def _tag_hook(first, second, payloads=None):
     # cbor2 5.x calls hook(decoder, tag), cbor2 6.x hook(tag, immutable)
     import cbor2
 
     tag = first if isinstance(first, cbor2.CBORTag) else second
     t = tag.tag
+    if t == PLACEHOLDER_TAG and payloads is not None:  # a payload taken out by split_payloads
+        return payloads[tag.value]
     if t == TAG_DECTRIS_COMPRESSION:
         v = tag.value
         if not (
             isinstance(v, (list, tuple))
             and len(v) == 3
             and isinstance(v[0], str)
-            and isinstance(v[2], (bytes, bytearray))
+            and isinstance(v[2], _BYTES)
             and (v[1] is None or (isinstance(v[1], int) and not isinstance(v[1], bool)))
         ):
             raise MalformedMessage("tag 56500 content is not [algorithm, integer modifier, bytes]")
@@ -161,7 +168,7 @@ def _payload(value, series_id, image_id):
             typed.dtype,
             inner.elem_size if inner.algorithm == "bslz4" else None,
         )
-    if isinstance(inner, (bytes, bytearray)):
+    if isinstance(inner, _BYTES):
         return Payload("none", inner, shape, typed.dtype)
     raise MalformedMessage("typed array holds neither bytes nor tag 56500", series_id, image_id)
 
@@ -170,8 +177,14 @@ def decode(raw):
     """One ZeroMQ message (bytes-like) -> Start, Image or End; raises MalformedMessage."""
     import cbor2
 
+    split = split_payloads(raw)  # the frame stays a view of the message, never copied
+    if split is None:
+        body, hook = raw, _tag_hook
+    else:
+        body, payloads = split
+        hook = lambda first, second: _tag_hook(first, second, payloads)  # noqa: E731
     try:
-        msg = cbor2.loads(raw, tag_hook=_tag_hook)  # bytes-like: no copy of the message
+        msg = cbor2.loads(body, tag_hook=hook)  # bytes-like: no copy of the message
     except MalformedMessage:
         raise
     except Exception as exc:  # noqa: BLE001 - CBORDecodeError and whatever hostile input triggers
