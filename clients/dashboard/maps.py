@@ -10,10 +10,11 @@ names, its ``@signal`` over its two ``@axes``, each axis with ``units``) into a 
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from .polling import Poller
 
 log = logging.getLogger("saxsleash.dashboard")
 
@@ -141,12 +142,14 @@ def newest_map(folder):
     return None if best is None else (best[0][0], best[1])
 
 
-class MapWatch:
+class MapWatch(Poller):
     """Look at ``folder`` every ``interval`` s in a thread; keep the newest map read.
 
     :meth:`snapshot` gives (map or None, maps seen since start, note or None); the note says
     why the newest file could not be read.
     """
+
+    thread_name = "dashboard-maps"
 
     def __init__(self, folder, interval=1.0):
         self.folder = os.fspath(folder)
@@ -156,27 +159,7 @@ class MapWatch:
         self._seen = 0
         self._note = None
         self._key = None
-        self._stop = threading.Event()
-        self._thread = None
-
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="dashboard-maps", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout=10.0):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self):
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            try:
-                self.poll_once()
-            except Exception:  # never let the page freeze on a surprise
-                log.exception("dashboard map poll failed")
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+        self._poller_init()
 
     def poll_once(self):
         """Read the newest map when it is another file or the file changed."""

@@ -18,6 +18,8 @@ import numpy as np
 
 from gpusaxs.server.protocol import NoAnswer
 
+from .polling import Poller
+
 log = logging.getLogger("saxsleash.dashboard")
 
 #: seconds over which the dashboard's own frames/s is measured (one chart point per poll)
@@ -77,7 +79,7 @@ def finished_count(data):
     return value
 
 
-class ServerWatch:
+class ServerWatch(Poller):
     """Poll a saxsdogserver in a thread and keep the page's state.
 
     Parameters
@@ -105,30 +107,8 @@ class ServerWatch:
         self._rate = deque()
         self._samples = deque()  # (monotonic, finished count)
         self._curve_key = None
-        self._stop = threading.Event()
-        self._thread = None
+        self._poller_init()
 
-    # -- thread -------------------------------------------------------------------------------
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="dashboard-poll", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout=10.0):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self):
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            try:
-                self.poll_once()
-            except Exception:  # never let the page freeze on a surprise
-                log.exception("dashboard poll failed")
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
-
-    # -- one poll -----------------------------------------------------------------------------
     def poll_once(self):
         """Ask ``stat`` (and ``plot`` when there are new frames); update the snapshot."""
         try:
