@@ -19,6 +19,7 @@ from test_stream_units import (
     _uint,
     frame,
     running_consumer,
+    small_calibration,
 )
 
 from gpusaxs import gpu_fallbacks
@@ -60,35 +61,17 @@ class CountingEngine(DeviceEngine):
             self._inside = False
 
 
-def calibration():
-    from gpusaxs.calibration_model import Calibration
-
-    return Calibration.from_dict(
-        {
-            "PixelSizeMicroM": [172.0],
-            "Imagesize": list(SHAPE),
-            "PixelPerRadialElement": 1,
-            "Tilt": {"TiltRotDeg": 0, "TiltAngleDeg": 0},
-            "Oversampling": 1,
-            "Wavelength": 1.54,
-            "BeamCenter": [100.0, 200.0],
-            "DedectorDistanceMM": 1000.0,
-            "MaskFile": None,
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def cpu_integrator():
     from gpusaxs.integrator import Integrator
 
-    return Integrator(calibration(), backend="numpy")
+    return Integrator(small_calibration(), backend="numpy")
 
 
 def device_integrator():
     from gpusaxs.integrator import Integrator
 
-    return Integrator(calibration(), backend="numpy", engine=CountingEngine)
+    return Integrator(small_calibration(), backend="numpy", engine=CountingEngine)
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,15 @@ def series_stat(client, sid):
     return None
 
 
+def send_calibration(client, cal_dict, mask_path):
+    """'saxsleash new' over the protocol: the calibration and its mask for the next series."""
+    from gpusaxs.server import protocol as P
+
+    req, att = P.new_request(cal_dict, "setup", mask_path.read_bytes(), "mask.msk")
+    ans = client.request(req["command"], req["argument"], attachments=att)
+    assert ans["result"] == "new queue", ans
+
+
 def wait_series(client, sid, state="done", timeout=120):
     ok = wait_for(lambda: (series_stat(client, sid) or {}).get("state") == state, timeout, 0.1)
     assert ok, series_stat(client, sid)
@@ -464,7 +473,6 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
     from gpusaxs.io.chi import read_chi
     from gpusaxs.io.nexus import read_nxazint
     from gpusaxs.matrix_cache import matrix_key
-    from gpusaxs.server import protocol as P
 
     base = tmp_path / "base"
     cal_path, mask_path = write_setup(base / "setup")
@@ -477,9 +485,7 @@ def test_calibration_from_saxsleash_new_and_chi(tmp_path):
         st = series_stat(client, 1)
         assert st["state"] == "refused" and "no calibration" in st["refused"], st
         cal_dict = json.loads(cal_path.read_text())
-        req, att = P.new_request(cal_dict, "setup", mask_path.read_bytes(), "mask.msk")
-        ans = client.request(req["command"], req["argument"], attachments=att)
-        assert ans["result"] == "new queue", ans
+        send_calibration(client, cal_dict, mask_path)
         det.series(2, frames, 6, "lz4")
         st = wait_series(client, 2)
         assert (st["integrated"], st["errors"]) == (6, 0), st
@@ -510,7 +516,6 @@ def test_grazing_incidence_maps_of_a_stream_series(tmp_path):
 
     from gpusaxs.calibration_model import Calibration
     from gpusaxs.integrator import Integrator
-    from gpusaxs.server import protocol as P
 
     cal_path, mask_path = write_setup(tmp_path / "base" / "setup")
     cal_dict = json.loads(cal_path.read_text())
@@ -523,9 +528,7 @@ def test_grazing_incidence_maps_of_a_stream_series(tmp_path):
     det = Detector(2)
     proc, client, out = start_server(None, tmp_path, det.url, 2)
     try:
-        req, att = P.new_request(cal_dict, "setup", mask_path.read_bytes(), "mask.msk")
-        ans = client.request(req["command"], req["argument"], attachments=att)
-        assert ans["result"] == "new queue", ans
+        send_calibration(client, cal_dict, mask_path)
         det.series(1, frames, 5, "bslz4")
         st = wait_series(client, 1)
         assert (st["integrated"], st["errors"]) == (5, 0), st

@@ -147,12 +147,11 @@ class GatedIntegrator:
         return self.integ.integrate_batch_error(stack, std=std)
 
 
-@pytest.fixture(scope="module")
-def small_integrator():
+def small_calibration():
+    """A calibration of one PILATUS module (SHAPE), no mask, no oversampling."""
     from gpusaxs.calibration_model import Calibration
-    from gpusaxs.integrator import Integrator
 
-    cal = Calibration.from_dict(
+    return Calibration.from_dict(
         {
             "PixelSizeMicroM": [172.0],
             "Imagesize": list(SHAPE),
@@ -165,7 +164,13 @@ def small_integrator():
             "MaskFile": None,
         }
     )
-    return Integrator(cal, backend="numpy")
+
+
+@pytest.fixture(scope="module")
+def small_integrator():
+    from gpusaxs.integrator import Integrator
+
+    return Integrator(small_calibration(), backend="numpy")
 
 
 @pytest.mark.parametrize("policy", ["drop", "block"])
