@@ -25,7 +25,9 @@ _lock = threading.Lock()
 def _executor() -> ThreadPoolExecutor:
     with _lock:
         if not _pool:
-            workers = max(1, min(8, len(os.sched_getaffinity(0))))
+            affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere all CPUs
+            cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+            workers = max(1, min(8, cores))
             _pool.append(ThreadPoolExecutor(workers, thread_name_prefix="gpusaxs-host"))
         return _pool[0]
 

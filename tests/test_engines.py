@@ -118,3 +118,30 @@ def test_validity_rule_has_one_meaning(dtype):
 def test_bool_frames_are_refused():
     with pytest.raises(TypeError):
         valid_mask(np.zeros(3, bool))
+
+
+@pytest.mark.parametrize("with_mean", [False, True])
+def test_error_model_of_a_map_in_slices_equals_the_formulas(with_mean):
+    """A map's 10^7 values are divided in slices on all cores (gpusaxs.host_threads): the same
+    numbers as the formulas written out, empty bins NaN, an engine's own mean taken as is."""
+    from gpusaxs.engine_contract import Sums, error_model, mean_intensity
+    from gpusaxs.host_threads import PARALLEL_VALUES
+
+    rng = np.random.default_rng(3)
+    shape = (3, PARALLEL_VALUES + 12345)  # more than two slices, the last one partial
+    norm = rng.uniform(0.0, 2.0, shape)
+    norm[:, ::7] = 0.0
+    signal = np.where(norm > 0, rng.uniform(0.0, 50.0, shape), 0.0)
+    variance = rng.uniform(0.0, 30.0, shape)
+    squares = signal * signal / np.where(norm > 0, norm, 1.0) + rng.uniform(0.0, 5.0, shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(norm > 0, signal / norm, np.nan)
+        err = np.where(norm > 0, np.sqrt(variance) / norm, np.nan)
+        std = np.where(norm > 0, np.sqrt(np.maximum(squares / norm - mean * mean, 0.0)), np.nan)
+    sums = Sums(signal, norm, variance, squares, mean=mean.copy() if with_mean else None)
+    np.testing.assert_allclose(mean_intensity(sums), mean, rtol=1e-12)
+    got_i, got_std, got_err = error_model(sums)
+    np.testing.assert_allclose(got_i, mean, rtol=1e-12)
+    np.testing.assert_allclose(got_err, err, rtol=1e-12)
+    np.testing.assert_allclose(got_std, std, rtol=1e-9, atol=1e-12)
+    assert np.isnan(got_std[:, ::7]).all() and not np.isnan(got_std[:, 1::7]).any()
