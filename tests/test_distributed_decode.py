@@ -7,8 +7,8 @@ reads (pixel_mask applied)."""
 
 import numpy as np
 import pytest
-from test_stream_device_decode import CountingEngine, calibration
-from test_stream_units import SHAPE, frame
+from test_stream_device_decode import CountingEngine
+from test_stream_units import SHAPE, frame, small_calibration
 
 from gpusaxs import distributed
 from gpusaxs.integrator import Integrator
@@ -22,7 +22,7 @@ N, BAD = 5, 2
 
 @pytest.fixture(scope="module")
 def cpu_integrator():
-    return Integrator(calibration(), backend="numpy")
+    return Integrator(small_calibration(), backend="numpy")
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def master(tmp_path):
 
 
 def run_task(monkeypatch, tmp_path, master, fail=False):
-    integ = Integrator(calibration(), backend="numpy", engine=CountingEngine)
+    integ = Integrator(small_calibration(), backend="numpy", engine=CountingEngine)
     integ.engine.fail = fail
     monkeypatch.setattr(
         distributed, "_WORKER_INTEGRATORS", {(integ.matrix_key, "numpy", None): integ}
@@ -101,7 +101,7 @@ def test_off_by_default_on_numpy(monkeypatch, master):
     from gpusaxs.distributed_decode import chunk_sources
 
     monkeypatch.setenv("GPUSAXS_DEVICE_DECODE", "1")
-    integ = Integrator(calibration(), backend="numpy", engine=CountingEngine)
+    integ = Integrator(small_calibration(), backend="numpy", engine=CountingEngine)
     assert chunk_sources(integ) is None  # the rule: a CuPy engine only
     monkeypatch.setattr(integ.engine, "name", "cupy")
     sources = chunk_sources(integ)
