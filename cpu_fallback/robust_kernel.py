@@ -1,21 +1,22 @@
 """The numba kernels of the robust statistics on the CPU. Sigma clipping: bins in parallel on a
-pixel-major copy of the stack, each bin's values of all frames gathered once into a private
-buffer (the frames are the vector lanes); the entries with a value far from the mean listed
-once, and the clipping iterations checking only them (the dropped values subtracted from the
-sums). Weighted percentiles: a stable sort per bin and frame.
+copy of the stack in the bin-major order of the matrix's entries, each bin's values of all
+frames one contiguous block (the frames are the vector lanes); the entries with a value far
+from the mean listed once, and the clipping iterations checking only them (the dropped values
+subtracted from the sums). Weighted percentiles: a stable sort per bin and frame.
 Same definitions as gpusaxs.robust (pyFAI's)."""
 
 import math
+import threading
 
 import numba
 import numpy as np
 
-from .gather import bin_chunks, pixel_major
+from .gather import bin_chunks
 from .kernel_cache import install
 
 install()  # compiled once into the user's cache (cpu_fallback.kernel_cache)
 
-__all__ = ["sigma_clip", "sigma_clip_kernel", "percentile_kernel", "N_OUT"]
+__all__ = ["sigma_clip", "sigma_clip_kernel", "bin_order_copy", "percentile_kernel", "N_OUT"]
 
 #: outputs per (frame, bin): mean, std, sigma, count, sum c v, sum c, variance, entries kept
 N_OUT = 8
@@ -23,6 +24,9 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 #: entries with a value further than NEAR x the bound from the mean are listed once; later
 #: iterations check only them while the list provably holds every value that can go
 NEAR = 0.7
+#: the float32 list's bound is lowered by this x (|mean| + 4 x bound + 2 x |dark| x scale):
+#: 2^-19, 8x float32's worst rounding of a value within 4 x the bound of the mean
+LIST_MARGIN = 2.0**-19
 
 
 @numba.njit(inline="always")
@@ -39,51 +43,100 @@ def _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept):
     out[7, f, b] = kept
 
 
+#: entries ahead whose destination lines the copy touches first (a read brings a line in
+#: owned, so the write to it does not wait): 16 is best on a Xeon (31 -> 16 ms for 32 frames)
+TOUCH_AHEAD = 16
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def bin_order_copy(frames, pixel_ptr, slot, out):
+    """out[slot[k], f] = frames[f, p] for each entry k of pixel p (pixel_ptr[p]:pixel_ptr[p+1]):
+    the stack in the order of the bin-major entries, each entry's frames side by side (16 int32
+    frames: one 64-byte line), so that a bin's values of all frames are one contiguous block.
+    The frames are read once, in order; pixels in no bin are skipped. The writes land in
+    scattered lines: each is read TOUCH_AHEAD entries before (its first and last frame), so
+    that many are in flight at once. Returns the sum of the values touched (kept, so that the
+    reads are not optimised away)."""
+    n_frames, n_pixels = frames.shape
+    block = 2048
+    touched = 0
+    for c in numba.prange((n_pixels + block - 1) // block):
+        t = 0
+        k_end = pixel_ptr[min(n_pixels, (c + 1) * block)]
+        for p in range(c * block, min(n_pixels, (c + 1) * block)):
+            for k in range(pixel_ptr[p], pixel_ptr[p + 1]):
+                ahead = k + TOUCH_AHEAD
+                if ahead < k_end:
+                    t += out[slot[ahead], 0] + out[slot[ahead], n_frames - 1]
+                e = slot[k]
+                for f in range(n_frames):
+                    out[e, f] = frames[f, p]
+        touched += t
+    return touched
+
+
 @numba.njit(inline="always")
-def _spread(v, start, n, weights, scale, mean, var):
-    """var[f] = sum c^2 (v - mean[f])^2 over the kept values (not NaN) of every frame f: the
-    azimuthal spread in an exact second pass (an empty frame: 0)."""
-    n_frames = v.shape[1]
+def _spread(vals, threshold, start, n, weights, scale, offset, has_offset, mean, var):
+    """var[f] = sum c^2 (v - mean[f])^2 over the valid values left in ``vals`` of every frame f:
+    the azimuthal spread in an exact second pass (an empty frame: 0)."""
+    n_frames = vals.shape[1]
     for f in range(n_frames):
         var[f] = 0.0
     for j in range(n):
         e = start + j
-        cj = weights[e] / scale[e]
+        sc = scale[e]
+        cj = weights[e] / sc
         c2 = cj * cj
+        off = offset[e] if has_offset else 0.0
         for f in range(n_frames):
-            d = v[j, f] - mean[f]
-            var[f] += c2 * d * d if d == d else 0.0
+            x = float(vals[e, f])
+            ok = (x >= 0.0) & (x < threshold)
+            d = (x - off) * sc - mean[f]
+            var[f] += c2 * d * d if ok else 0.0
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
 def sigma_clip_kernel(
-    stack, threshold, pixels, weights, scale, offset, bin_ptr, chunks, thres, max_iter, model, out
-):
-    """Sigma clipping per bin of a pixel-major stack (n_pixels, B) (cpu_fallback.gather.
-    pixel_major: each pixel's frames side by side); ``model``: 0 Poisson, 1 azimuthal, 2 hybrid
-    (clip Poisson, report the spread). A raw value is valid when 0 <= x < threshold.
+    vals, threshold, dropped_value, weights, scale, offset, bin_ptr, chunks, thres, max_iter,
+    model, out,
+):  # fmt: skip
+    """Sigma clipping per bin of a stack in bin order (nnz, B) (:func:`bin_order_copy`: entry
+    e's frames side by side); ``model``: 0 Poisson, 1 azimuthal, 2 hybrid (clip Poisson, report
+    the spread). A raw value is valid when 0 <= x < threshold; a value clipped is overwritten
+    with ``dropped_value`` (invalid: -1, or the unsigned maximum), so ``vals`` is consumed.
     ``offset``: the dark per entry, or an empty array; ``chunks``: bin boundaries, one run per
     parallel step. Writes ``out`` (N_OUT, B, n_bins).
 
-    The frames are the vector lanes: a bin's values of all frames are gathered once (one cache
-    line per pixel) into a private (entries, B) buffer, NaN once dropped, and every pass over
-    it runs on all frames at once; a frame whose clipping has converged keeps its sums while
-    the others go on. The entries with a value beyond NEAR x the bound of its frame are listed
-    once; an iteration checks only them while, in every frame still clipping, NEAR x the
-    listing's bound plus the move of the mean since stays within the bound (then no value off
-    the list can go), else the list is made again. The spread used for the bound follows the
-    drops as moments about the first mean; the spread reported is recomputed exactly."""
-    n_frames = stack.shape[1]
+    The frames are the vector lanes and a bin's values of all frames are one contiguous block
+    (read from memory once, then from the cache): every pass over it runs on all frames at
+    once; a frame whose clipping has converged keeps its sums while the others go on. The
+    entries with a value beyond NEAR x the bound of its frame are listed once; an iteration
+    checks only them while, in every frame still clipping, NEAR x the listing's bound plus
+    the move of the mean since stays within the bound (then no value off the list can go),
+    else the list is made again. The list is made in float32 (twice the lanes of a vector), a
+    superset of the exact one (LIST_MARGIN); an iteration checks each listed entry's frames at
+    once and takes the few values that go one by one. The spread used for the bound follows
+    the drops as moments about a value of the bin (taken in the first pass with the sums); the
+    spread reported is recomputed exactly.
+
+    Passes over a bin's block, 32 frames of a PILATUS 1M, 500 bins, 2 threads: the sums (12 ms
+    in all, 18 with the moments), each listing (~3 ms), the listed entries (~1 ms an
+    iteration); the copy before it 16 ms (docs/robust.md)."""
+    n_frames = vals.shape[1]
     has_offset = offset.shape[0] > 0
+    moments = model != 0
+    counts = model != 1
+    zero32 = np.float32(0.0)
+    threshold32 = np.float32(threshold)
     for c in numba.prange(len(chunks) - 1):
         s_cv = np.empty(n_frames)
         s_c = np.empty(n_frames)
         s_c2 = np.empty(n_frames)
         s_w = np.empty(n_frames)
         s_p = np.empty(n_frames)
-        s_c2d = np.empty(n_frames)  # sum c^2 (v - ref), ref: the first mean
+        s_c2d = np.empty(n_frames)  # sum c^2 (v - ref), ref: a value of the bin
         s_c2d2 = np.empty(n_frames)  # sum c^2 (v - ref)^2
-        ref = np.empty(n_frames)
+        ref = np.zeros(n_frames)
         kept = np.empty(n_frames)
         mean = np.empty(n_frames)
         var = np.empty(n_frames)
@@ -93,59 +146,66 @@ def sigma_clip_kernel(
         near_mean = np.empty(n_frames)  # the list's base: no other value is beyond
         near_bound = np.empty(n_frames)  # near_bound of near_mean
         going = np.empty(n_frames, dtype=np.bool_)
+        cut = np.empty(n_frames, dtype=np.bool_)
+        mean32 = np.empty(n_frames, dtype=np.float32)
+        bound32 = np.empty(n_frames, dtype=np.float32)
         for b in range(chunks[c], chunks[c + 1]):
             start = bin_ptr[b]
             n = bin_ptr[b + 1] - start
-            v = np.empty((n, n_frames))
+            big_dark = 0.0  # 2 x the largest |dark| x scale of the bin (the list's margin)
+            if has_offset:
+                for j in range(n):
+                    big_dark = max(big_dark, 2.0 * abs(offset[start + j]) * scale[start + j])
             far = np.empty(n, dtype=np.int64)  # the entries with a value that may go
             n_far = -1  # no list yet
             t_c = t_c2 = t_w = 0.0  # the bin's totals: a frame without invalid values has them
+            sc0 = scale[start] if n > 0 else 1.0
+            off0 = offset[start] if has_offset and n > 0 else 0.0
             for f in range(n_frames):
-                s_cv[f] = s_p[f] = dropped[f] = 0.0
+                s_cv[f] = s_p[f] = dropped[f] = s_c2d[f] = s_c2d2[f] = 0.0
                 going[f] = True
+                # the moments' reference: the bin's first value (close to the mean, so the
+                # spread from the moments keeps its digits), else the last bin's
+                x0 = float(vals[start, f]) if n > 0 else -1.0
+                if (x0 >= 0.0) & (x0 < threshold):
+                    ref[f] = (x0 - off0) * sc0
             for j in range(n):
                 e = start + j
-                p = pixels[e]
                 sc = scale[e]
                 wj = weights[e]
                 cj = wj / sc
+                c2 = cj * cj
                 w2 = wj * wj
                 off = offset[e] if has_offset else 0.0
                 t_c += cj
-                t_c2 += cj * cj
+                t_c2 += c2
                 t_w += wj
                 for f in range(n_frames):  # branch-free: the frames are vector lanes
-                    x = float(stack[p, f])
+                    x = float(vals[e, f])
                     ok = (x >= 0.0) & (x < threshold)
                     val = (x - off) * sc
-                    v[j, f] = val if ok else np.nan
                     s_cv[f] += cj * val if ok else 0.0
-                    s_p[f] += w2 * max(x, 1.0) if ok else 0.0
                     dropped[f] += 0.0 if ok else 1.0  # here: the invalid values
+                    if counts:  # the Poisson variance (not needed by the azimuthal model)
+                        s_p[f] += w2 * max(x, 1.0) if ok else 0.0
+                    if moments:  # the moments about ref: the spread as values go
+                        d = val - ref[f]
+                        s_c2d[f] += c2 * d if ok else 0.0
+                        s_c2d2[f] += c2 * d * d if ok else 0.0
             for f in range(n_frames):
                 s_c[f], s_c2[f], s_w[f], kept[f] = t_c, t_c2, t_w, float(n)
                 if dropped[f] > 0.0:  # rare: a frame with invalid values sums its own
                     s_c[f] = s_c2[f] = s_w[f] = kept[f] = 0.0
                     for j in range(n):
-                        if v[j, f] == v[j, f]:
+                        x = float(vals[start + j, f])
+                        if (x >= 0.0) & (x < threshold):
                             cj = weights[start + j] / scale[start + j]
                             s_c[f] += cj
                             s_c2[f] += cj * cj
                             s_w[f] += weights[start + j]
                             kept[f] += 1.0
                 mean[f] = s_cv[f] / s_c[f] if s_c[f] > 0.0 else np.nan
-                ref[f] = mean[f] if s_c[f] > 0.0 else 0.0
-                s_c2d[f] = s_c2d2[f] = 0.0
-            if model != 0:  # the moments about the first mean: the spread as values go
-                for j in range(n):
-                    cj = weights[start + j] / scale[start + j]
-                    c2 = cj * cj
-                    for f in range(n_frames):
-                        d = v[j, f] - ref[f]
-                        s_c2d[f] += c2 * d if d == d else 0.0
-                        s_c2d2[f] += c2 * d * d if d == d else 0.0
-            for f in range(n_frames):
-                delta = mean[f] - ref[f]
+                delta = mean[f] - ref[f] if s_c[f] > 0.0 else 0.0
                 spread = max(s_c2d2[f] - 2.0 * delta * s_c2d[f] + delta * delta * s_c2[f], 0.0)
                 var[f] = spread if model == 1 else s_p[f]
             for _ in range(max_iter):
@@ -172,35 +232,56 @@ def sigma_clip_kernel(
                     for f in range(n_frames):
                         near_mean[f] = centre[f]
                         near_bound[f] = NEAR * bound[f] if going[f] else np.inf
+                        # the list in float32 (8 lanes a vector, not 4), a superset of the
+                        # exact one: the bound lowered by more than float32's rounding can move
+                        # a value within 4 x the bound of the mean
+                        margin = LIST_MARGIN * (abs(centre[f]) + 4.0 * near_bound[f] + big_dark)
+                        mean32[f] = np.float32(centre[f])
+                        bound32[f] = np.float32(max(near_bound[f] - margin, 0.0))
                     for j in range(n):
+                        e = start + j
+                        sc = np.float32(scale[e])
+                        off = np.float32(offset[e]) if has_offset else zero32
                         hit = False
-                        for f in range(n_frames):  # NaN: never
-                            hit |= np.abs(v[j, f] - near_mean[f]) > near_bound[f]
+                        for f in range(n_frames):  # ok may take an invalid value: checked later
+                            x = np.float32(vals[e, f])
+                            ok = (x >= zero32) & (x <= threshold32)
+                            hit |= ok & (np.abs((x - off) * sc - mean32[f]) > bound32[f])
                         if hit:
                             far[n_far] = j
                             n_far += 1
                 for k in range(n_far):  # their values beyond the bound leave the sums
-                    j = far[k]
-                    e = start + j
-                    p = pixels[e]
+                    e = start + far[k]
+                    sc = scale[e]
+                    off = offset[e] if has_offset else 0.0
+                    any_cut = False
+                    for f in range(n_frames):  # branch-free (an OR vectorizes, a sum not)
+                        x = float(vals[e, f])
+                        ok = (x >= 0.0) & (x < threshold)
+                        c = going[f] & ok & ~(np.abs((x - off) * sc - centre[f]) <= bound[f])
+                        cut[f] = c
+                        any_cut |= c
+                    if not any_cut:  # most listed entries in most iterations
+                        continue
                     wj = weights[e]
-                    cj = wj / scale[e]
+                    cj = wj / sc
                     c2 = cj * cj
                     w2 = wj * wj
-                    for f in range(n_frames):  # branch-free over the frames
-                        vj = v[j, f]
-                        cut = going[f] & (vj == vj) & ~(np.abs(vj - centre[f]) <= bound[f])
-                        x = float(stack[p, f])
+                    for f in range(n_frames):  # the few values that go, one by one
+                        if not cut[f]:
+                            continue
+                        x = float(vals[e, f])
+                        vj = (x - off) * sc
                         d = vj - ref[f]
-                        s_cv[f] -= cj * vj if cut else 0.0
-                        s_c[f] -= cj if cut else 0.0
-                        s_c2[f] -= c2 if cut else 0.0
-                        s_w[f] -= wj if cut else 0.0
-                        s_p[f] -= w2 * max(x, 1.0) if cut else 0.0
-                        s_c2d[f] -= c2 * d if cut else 0.0
-                        s_c2d2[f] -= c2 * d * d if cut else 0.0
-                        dropped[f] += 1.0 if cut else 0.0
-                        v[j, f] = np.nan if cut else vj
+                        s_cv[f] -= cj * vj
+                        s_c[f] -= cj
+                        s_c2[f] -= c2
+                        s_w[f] -= wj
+                        s_p[f] -= w2 * max(x, 1.0)
+                        s_c2d[f] -= c2 * d
+                        s_c2d2[f] -= c2 * d * d
+                        dropped[f] += 1.0
+                        vals[e, f] = dropped_value
                 for f in range(n_frames):
                     going[f] = going[f] and dropped[f] > 0.0
                     if not going[f]:
@@ -214,26 +295,61 @@ def sigma_clip_kernel(
                     spread = s_c2d2[f] - 2.0 * delta * s_c2d[f] + delta * delta * s_c2[f]
                     var[f] = max(spread, 0.0) if model == 1 else s_p[f]
             if model != 0:  # the spread reported: exact, in a second pass over what is kept
-                _spread(v, start, n, weights, scale, mean, var)
+                _spread(vals, threshold, start, n, weights, scale, offset, has_offset, mean, var)
             for f in range(n_frames):
                 _store(out, f, b, mean[f], var[f], s_c2[f], s_c[f], s_w[f], s_cv[f], kept[f])
 
 
+#: bytes of the bin-ordered copy per call (frames beyond it go in further calls, >= 16 a call)
+COPY_BYTES = 256 << 20
+
+_spare: list[np.ndarray] = []  # the copy's last block, kept for the next call
+_spare_lock = threading.Lock()
+
+
+def _block(nbytes):
+    """A uint8 block of ``nbytes``: the last one given back when large enough (a fresh block of
+    10^8 bytes costs ~15 ms of page faults on first touch, as much as the copy itself)."""
+    with _spare_lock:
+        if _spare and _spare[0].nbytes >= nbytes:
+            return _spare.pop()
+    return np.empty(nbytes, np.uint8)
+
+
+def _give_back(block):
+    with _spare_lock:
+        _spare[:] = [block]
+
+
 def sigma_clip(
-    frames, threshold, pixels, weights, scale, offset, bin_ptr, thres, max_iter, model, out
-):
-    """:func:`sigma_clip_kernel` of frames (B, n_pixels) C-contiguous: on their pixel-major
-    copy (one frame is one already), the bins cut in runs of equal work for the threads."""
-    if frames.shape[0] == 1:
-        stack = frames.reshape(-1, 1)
-    else:
-        stack = np.empty(frames.shape[::-1], frames.dtype)
-        pixel_major(frames, stack)
+    frames, threshold, pixels, weights, scale, offset, bin_ptr, pixel_ptr, slot, thres,
+    max_iter, model, out,
+):  # fmt: skip
+    """:func:`sigma_clip_kernel` of frames (B, n_pixels) C-contiguous: on their copy in bin
+    order (:func:`bin_order_copy`; ``pixel_ptr``/``slot``: each pixel's entries, their places
+    in the bin-major order), in runs of frames of at most COPY_BYTES (16 frames at least), the
+    bins cut in runs of equal work for the threads. ``pixels`` is unused (the copy places the
+    values)."""
+    del pixels
+    n_frames = frames.shape[0]
+    nnz = slot.shape[0]
+    step = max(16, COPY_BYTES // max(nnz * frames.dtype.itemsize, 1))
+    kind = frames.dtype.kind
+    dropped_value = frames.dtype.type(np.iinfo(frames.dtype).max if kind == "u" else -1)
     chunks = bin_chunks(bin_ptr, numba.get_num_threads())
-    sigma_clip_kernel(
-        stack, threshold, pixels, weights, scale, offset, bin_ptr, chunks, thres, max_iter,
-        model, out,
-    )  # fmt: skip
+    block = _block(nnz * min(step, n_frames) * frames.dtype.itemsize)
+    try:
+        for f0 in range(0, n_frames, step):
+            part = frames[f0 : f0 + step]
+            size = nnz * part.shape[0] * frames.dtype.itemsize
+            vals = block[:size].view(frames.dtype).reshape(nnz, part.shape[0])
+            bin_order_copy(part, pixel_ptr, slot, vals)
+            sigma_clip_kernel(
+                vals, threshold, dropped_value, weights, scale, offset, bin_ptr, chunks, thres,
+                max_iter, model, out[:, f0 : f0 + step],
+            )  # fmt: skip
+    finally:
+        _give_back(block)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)

@@ -45,6 +45,11 @@ class BinMajor:
     offset : float64 (nnz,) or None
         The pixel's dark, or None.
     n_bins : int
+    pixel_ptr : int64 (n_pixels + 1,), host
+        The matrix's entries of pixel p are ``pixel_ptr[p]:pixel_ptr[p + 1]`` (CSR order).
+    slot : int64 (nnz,), host
+        Place of each CSR entry in this bin-major order (the CPU sigma-clipping kernel copies
+        each pixel's frames there).
     """
 
     bin_ptr: AnyArray
@@ -54,6 +59,8 @@ class BinMajor:
     scale: AnyArray
     offset: AnyArray | None
     n_bins: int
+    pixel_ptr: AnyArray
+    slot: AnyArray
 
     @property
     def nnz(self) -> int:
@@ -76,6 +83,8 @@ def _build(matrix: IntegrationMatrix) -> BinMajor:
     ptr = np.zeros(matrix.n_bins + 1, dtype=np.int64)
     np.cumsum(np.bincount(bin_of, minlength=matrix.n_bins), out=ptr[1:])
     offset = None if matrix.pixel_offset is None else matrix.pixel_offset[pixels].astype(np.float64)
+    slot = np.empty(order.size, dtype=np.int64)
+    slot[order] = np.arange(order.size, dtype=np.int64)
     return BinMajor(
         bin_ptr=ptr,
         bin_of=bin_of,
@@ -84,11 +93,14 @@ def _build(matrix: IntegrationMatrix) -> BinMajor:
         scale=matrix.pixel_scale[pixels].astype(np.float64),
         offset=offset,
         n_bins=int(matrix.n_bins),
+        pixel_ptr=np.asarray(matrix.pixel_ptr, dtype=np.int64),
+        slot=slot,
     )
 
 
 def on_device(view: BinMajor, xp: Any) -> BinMajor:
-    """``view`` with its arrays in the array module ``xp`` (CuPy: copied to the device)."""
+    """``view`` with its arrays in the array module ``xp`` (CuPy: copied to the device; the
+    CPU kernel's ``pixel_ptr`` and ``slot`` stay on the host)."""
     if xp is np:
         return view
     offset = None if view.offset is None else xp.asarray(view.offset)
@@ -100,6 +112,8 @@ def on_device(view: BinMajor, xp: Any) -> BinMajor:
         scale=xp.asarray(view.scale),
         offset=offset,
         n_bins=view.n_bins,
+        pixel_ptr=view.pixel_ptr,
+        slot=view.slot,
     )
 
 

@@ -273,7 +273,9 @@ def _numba_sigma_clip(
 ) -> RobustSums:
     """The CPU kernel (gpusaxs.cpu_fallback.robust_kernel) of sigma_clip_sums."""
     model = ROBUST_ERROR_MODELS.index(error_model)
-    return _numba_run(robust_kernels().sigma_clip, frames, view, float(thres), int(max_iter), model)
+    kernel = robust_kernels().sigma_clip
+    args = (view.pixel_ptr, view.slot, float(thres), int(max_iter), model)
+    return _numba_run(kernel, frames, view, *args)
 
 
 def _numba_percentile(

@@ -214,6 +214,63 @@ def test_kernel_general_path_split_pixels_dark_and_corrections(split_pixels, mon
         np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int16, np.float32])
+def test_numba_kernel_frame_types_and_runs_of_frames(whole_pixels, monkeypatch, dtype):
+    """The kernel clips a copy of the frames in their own type, overwriting a clipped value with
+    an invalid one (-1, or the unsigned maximum): on 18 frames in two runs (the copy's size
+    limit forced down), with the type's invalid values (gap flags, NaN, negatives) in the open
+    area, every frame equals the NumPy path's clipping of it, and the caller's frames are
+    untouched."""
+    pytest.importorskip("numba")
+    from gpusaxs.cpu_fallback import robust_kernel
+
+    integ, _, image, _, _ = whole_pixels
+    rng = np.random.default_rng(11)
+    frames = np.stack(
+        [np.where(image < 0, image, rng.poisson(np.maximum(image, 0))) for _ in range(18)]
+    )
+    frames[1::3] = with_zingers(frames[1], 3)
+    stack = np.where(frames < 0, 0, frames).astype(dtype)  # the mask hides the gaps
+    if np.dtype(dtype).kind == "u":
+        stack[2, 500, 400:440] = np.iinfo(dtype).max
+    elif np.dtype(dtype).kind == "f":
+        stack[2, 500, 400:440] = np.nan
+        stack[5, 300, 400:420] = -3.0
+    else:
+        stack[2, 500, 400:440] = -1
+    before = stack.copy()
+    monkeypatch.setattr(robust_kernel, "COPY_BYTES", 16 * image.size * stack.itemsize)
+    kw = dict(error_model="azimuthal", thres=2.0, max_iter=6)
+    kernel = integ.sigma_clip_batch(stack, NPT, **kw)
+    np.testing.assert_array_equal(stack, before)
+    monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
+    array = integ.sigma_clip_batch(stack, NPT, **kw)
+    for name in ("intensity", "std", "sigma", "count", "sum_normalization"):
+        np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
+
+
+@pytest.mark.parametrize("model", ["poisson", "azimuthal"])
+def test_numba_kernel_on_counts_beyond_float32(whole_pixels, monkeypatch, model):
+    """The kernel lists the far values in float32 with a margin over its rounding: on counts
+    of 2e7 (float32 spaces them by 2) with a spread of a few counts, where the margin exceeds
+    the bound and every value is listed, and on float64 frames with a fractional part, every
+    frame still equals the NumPy path's clipping of it."""
+    pytest.importorskip("numba")
+    integ, _, image, _, _ = whole_pixels
+    rng = np.random.default_rng(12)
+    counts = np.stack([np.where(image < 0, 0, rng.poisson(np.maximum(image, 0))) for _ in range(4)])
+    counts[1] = np.maximum(with_zingers(image, 4), 0)
+    for stack in (counts.astype(np.int32) + 20_000_000, counts * 1.001 + 1e7 + 0.25):
+        kw = dict(error_model=model, thres=2.5, max_iter=6)
+        kernel = integ.sigma_clip_batch(stack, NPT, **kw)
+        monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
+        array = integ.sigma_clip_batch(stack, NPT, **kw)
+        monkeypatch.delenv("GPUSAXS_NO_NUMBA")
+        assert np.nanmax(array.count) > 1000  # values kept, not all clipped or invalid
+        for name in ("intensity", "std", "sigma", "count", "sum_normalization"):
+            np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
+
+
 @pytest.mark.parametrize("percentile,model", [((10, 90), "poisson"), (50, "azimuthal")])
 def test_percentile_kernel_and_array_module_path_agree(
     split_pixels, monkeypatch, percentile, model
