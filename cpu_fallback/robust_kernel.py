@@ -308,8 +308,9 @@ _spare_lock = threading.Lock()
 
 
 def _block(nbytes):
-    """A uint8 block of ``nbytes``: the last one given back when large enough (a fresh block of
-    10^8 bytes costs ~15 ms of page faults on first touch, as much as the copy itself)."""
+    """A uint8 block of ``nbytes``: the last one given back when large enough (a fresh 85 MB
+    block, 32 PILATUS 1M frames, costs ~6 ms of page faults on first touch). One block, at
+    most COPY_BYTES, stays held between calls."""
     with _spare_lock:
         if _spare and _spare[0].nbytes >= nbytes:
             return _spare.pop()
