@@ -300,8 +300,11 @@ def sigma_clip_kernel(
                 _store(out, f, b, mean[f], var[f], s_c2[f], s_c[f], s_w[f], s_cv[f], kept[f])
 
 
-#: bytes of the bin-ordered copy per call (frames beyond it go in further calls, >= 16 a call)
-COPY_BYTES = 256 << 20
+#: bytes of the bin-ordered copy per call: frames beyond it go in further calls (48 PILATUS 1M
+#: int32 frames a call), at least MIN_RUN a call (an EIGER 16M: 4 frames, 256 MB; fewer frames
+#: fill less of a vector)
+COPY_BYTES = 128 << 20
+MIN_RUN = 4
 
 _spare: list[np.ndarray] = []  # the copy's last block, kept for the next call
 _spare_lock = threading.Lock()
@@ -328,13 +331,13 @@ def sigma_clip(
 ):  # fmt: skip
     """:func:`sigma_clip_kernel` of frames (B, n_pixels) C-contiguous: on their copy in bin
     order (:func:`bin_order_copy`; ``pixel_ptr``/``slot``: each pixel's entries, their places
-    in the bin-major order), in runs of frames of at most COPY_BYTES (16 frames at least), the
+    in the bin-major order), in runs of frames of at most COPY_BYTES (MIN_RUN frames at least), the
     bins cut in runs of equal work for the threads. ``pixels`` is unused (the copy places the
     values)."""
     del pixels
     n_frames = frames.shape[0]
     nnz = slot.shape[0]
-    step = max(16, COPY_BYTES // max(nnz * frames.dtype.itemsize, 1))
+    step = max(MIN_RUN, COPY_BYTES // max(nnz * frames.dtype.itemsize, 1))
     kind = frames.dtype.kind
     dropped_value = frames.dtype.type(np.iinfo(frames.dtype).max if kind == "u" else -1)
     chunks = bin_chunks(bin_ptr, numba.get_num_threads())

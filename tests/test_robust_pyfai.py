@@ -217,7 +217,7 @@ def test_kernel_general_path_split_pixels_dark_and_corrections(split_pixels, mon
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int16, np.float32])
 def test_numba_kernel_frame_types_and_runs_of_frames(whole_pixels, monkeypatch, dtype):
     """The kernel clips a copy of the frames in their own type, overwriting a clipped value with
-    an invalid one (-1, or the unsigned maximum): on 18 frames in two runs (the copy's size
+    an invalid one (-1, or the unsigned maximum): on 18 frames in runs (the copy's size
     limit forced down), with the type's invalid values (gap flags, NaN, negatives) in the open
     area, every frame equals the NumPy path's clipping of it, and the caller's frames are
     untouched."""
@@ -239,9 +239,15 @@ def test_numba_kernel_frame_types_and_runs_of_frames(whole_pixels, monkeypatch, 
     else:
         stack[2, 500, 400:440] = -1
     before = stack.copy()
-    monkeypatch.setattr(robust_kernel, "COPY_BYTES", 16 * image.size * stack.itemsize)
+    monkeypatch.setattr(robust_kernel, "COPY_BYTES", 8 * image.size * stack.itemsize)
+    runs = []
+    copy = robust_kernel.bin_order_copy
+    monkeypatch.setattr(
+        robust_kernel, "bin_order_copy", lambda part, *a: runs.append(len(part)) or copy(part, *a)
+    )
     kw = dict(error_model="azimuthal", thres=2.0, max_iter=6)
     kernel = integ.sigma_clip_batch(stack, NPT, **kw)
+    assert len(runs) >= 2 and sum(runs) == 18
     np.testing.assert_array_equal(stack, before)
     monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
     array = integ.sigma_clip_batch(stack, NPT, **kw)
