@@ -356,15 +356,76 @@ def sigma_clip(
         _give_back(block)
 
 
+@numba.njit(inline="always")
+def _before(v, a, b):
+    """Entry a comes before entry b in the stable order by value (ties: by position)."""
+    return v[a] < v[b] or (v[a] == v[b] and a < b)
+
+
+@numba.njit(cache=True)
+def _crossing(v, c, pos, target, reach):
+    """The entry (an index into v) where the weights c, summed in the stable order by value,
+    cross ``target``, by selection (expected O(len(pos)), no sort): ``reach`` True, the first
+    entry whose sum up to and with it reaches target; False, the last entry whose sum before
+    it does not pass target. -1 when there is none. ``pos``, a permutation of the entries, is
+    reordered in place."""
+    lo = 0
+    hi = pos.shape[0]
+    found = -1
+    t = target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        a, b, d = pos[lo], pos[mid], pos[hi - 1]  # the pivot: the median of three
+        if _before(v, b, a):
+            a, b = b, a
+        if _before(v, d, b):
+            b = d if _before(v, a, d) else a
+        pivot = b
+        i = lo
+        w_before = 0.0
+        for k in range(lo, hi):  # [lo, i): before the pivot
+            p = pos[k]
+            if _before(v, p, pivot):
+                pos[k] = pos[i]
+                pos[i] = p
+                w_before += c[p]
+                i += 1
+        for k in range(i, hi):  # the pivot next, then those after it
+            if pos[k] == pivot:
+                pos[k] = pos[i]
+                pos[i] = pivot
+                break
+        w_with = w_before + c[pivot]
+        if reach:
+            if i > lo and w_before >= t:
+                hi = i
+            elif w_with >= t:
+                return pivot
+            else:
+                t -= w_with
+                lo = i + 1
+        else:
+            if w_before > t:
+                hi = i
+            elif w_with > t:
+                return pivot
+            else:
+                found = pivot
+                t -= w_with
+                lo = i + 1
+    return found
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def percentile_kernel(
     frames, threshold, pixels, weights, scale, offset, bin_ptr, lo, hi, model, out
 ):
     """Weighted percentile per bin (pyFAI's medfilt1d rule, gpusaxs.robust.percentile_sums):
-    each bin's valid entries sorted by value (stable), their weights c summed up; an entry is
-    kept when its cumulated weight reaches ``lo`` x total and the weight before it does not
-    pass ``hi`` x total. ``model``: 0 reports the Poisson error, else the spread. Writes
-    ``out`` (N_OUT, B, n_bins) like :func:`sigma_clip_kernel`."""
+    each bin's valid entries in the stable order by value, their weights c summed up; an entry
+    is kept when its cumulated weight reaches ``lo`` x total and the weight before it does not
+    pass ``hi`` x total. The kept entries are those between the two crossings, found by
+    selection (:func:`_crossing`) rather than a sort. ``model``: 0 reports the Poisson error,
+    else the spread. Writes ``out`` (N_OUT, B, n_bins) like :func:`sigma_clip_kernel`."""
     n_frames = frames.shape[0]
     n_bins = bin_ptr.shape[0] - 1
     has_offset = offset.shape[0] > 0
@@ -376,39 +437,38 @@ def percentile_kernel(
         start = bin_ptr[b]
         n = bin_ptr[b + 1] - start
         v = np.empty(n)
+        c = np.empty(n)
         ent = np.empty(n, dtype=np.int64)
         m = 0
+        total = 0.0
         for j in range(n):
             e = start + j
             xf = float(frames[f, pixels[e]])
             if xf >= 0.0 and xf < threshold:
                 v[m] = (xf - offset[e]) * scale[e] if has_offset else xf * scale[e]
+                c[m] = weights[e] / scale[e]
+                total += c[m]
                 ent[m] = e
                 m += 1
-        order = np.argsort(v[:m], kind="mergesort")
-        total = 0.0
-        for k in range(m):
-            e = ent[k]
-            total += weights[e] / scale[e]
+        pos = np.arange(m)
+        first = _crossing(v, c, pos, lo * total, True)
+        last = _crossing(v, c, pos, hi * total, False)
         s_cv = 0.0
         s_c = 0.0
         s_c2 = 0.0
         s_w = 0.0
         s_p = 0.0
         kept = 0
-        upper = 0.0
         keep = np.zeros(m, dtype=np.bool_)
-        for k in range(m):
-            i = order[k]
-            e = ent[i]
-            cj = weights[e] / scale[e]
-            lower = upper
-            upper += cj
-            if upper >= lo * total and lower <= hi * total and cj > 0.0:
+        if first >= 0 and last >= 0:
+            for i in range(m):  # between the crossings, in the stable order by value
+                if _before(v, i, first) or _before(v, last, i) or not c[i] > 0.0:
+                    continue
+                e = ent[i]
                 keep[i] = True
-                s_cv += cj * v[i]
-                s_c += cj
-                s_c2 += cj * cj
+                s_cv += c[i] * v[i]
+                s_c += c[i]
+                s_c2 += c[i] * c[i]
                 s_w += weights[e]
                 xf = float(frames[f, pixels[e]])
                 s_p += weights[e] * weights[e] * max(xf, 1.0)
@@ -419,6 +479,6 @@ def percentile_kernel(
             var = 0.0
             for i in range(m):
                 if keep[i]:
-                    d = weights[ent[i]] / scale[ent[i]] * (v[i] - mean)
+                    d = c[i] * (v[i] - mean)
                     var += d * d
         _store(out, f, b, mean, var, s_c2, s_c, s_w, s_cv, kept)

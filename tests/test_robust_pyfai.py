@@ -277,6 +277,28 @@ def test_numba_kernel_on_counts_beyond_float32(whole_pixels, monkeypatch, model)
             np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
 
 
+@pytest.mark.parametrize("percentile", [50, (10, 90), (0, 100), (25, 75), (0, 30)])
+def test_percentile_kernel_on_whole_pixels_with_ties(whole_pixels, monkeypatch, percentile):
+    """The kernel finds the kept entries by selection, not a sort: with whole pixels and no
+    corrections every weight is 1, so the sums of weights are whole numbers that land exactly
+    on the quantiles, and low counts make many equal values (ties go by position, as the
+    NumPy path's stable sort); three frames (Poisson, zingers, a frame of zeros) equal the
+    NumPy path's."""
+    pytest.importorskip("numba")
+    integ, _, image, _, _ = whole_pixels
+    rng = np.random.default_rng(13)
+    low = np.where(image < 0, image, rng.poisson(np.maximum(image, 0) / 20.0))
+    stack = np.stack([low, with_zingers(low, 5), np.where(image < 0, image, 0)]).astype(np.int32)
+    kw = dict(percentile=percentile, error_model="azimuthal", correct_solid_angle=False)
+    kernel = integ.medfilt1d_batch(stack, NPT, **kw)
+    monkeypatch.setenv("GPUSAXS_NO_NUMBA", "1")
+    array = integ.medfilt1d_batch(stack, NPT, **kw)
+    # an exact landing keeps two entries for the median; a range keeps many
+    assert np.nanmax(array.count[0]) > (1 if percentile == 50 else 100)
+    for name in ("intensity", "std", "sigma", "count"):
+        np.testing.assert_allclose(getattr(kernel, name), getattr(array, name), rtol=1e-9)
+
+
 @pytest.mark.parametrize("percentile,model", [((10, 90), "poisson"), (50, "azimuthal")])
 def test_percentile_kernel_and_array_module_path_agree(
     split_pixels, monkeypatch, percentile, model
