@@ -362,57 +362,66 @@ def _before(v, a, b):
     return v[a] < v[b] or (v[a] == v[b] and a < b)
 
 
+#: value buckets of the percentile kernel's selection
+N_BUCKETS = 256
+
+
 @numba.njit(cache=True)
-def _crossing(v, c, pos, target, reach):
-    """The entry (an index into v) where the weights c, summed in the stable order by value,
-    cross ``target``, by selection (expected O(len(pos)), no sort): ``reach`` True, the first
-    entry whose sum up to and with it reaches target; False, the last entry whose sum before
-    it does not pass target. -1 when there is none. ``pos``, a permutation of the entries, is
-    reordered in place."""
-    lo = 0
-    hi = pos.shape[0]
+def _crossings(v, c, lo_target, hi_target):
+    """The two entries (indices into v) where the weights c, summed in the stable order by value
+    (ties: by position), cross the targets: the first whose sum up to and with it reaches
+    ``lo_target``, and the last whose sum before it does not pass ``hi_target`` (-1 where there
+    is none). No sort: the values are put in N_BUCKETS buckets of equal width (a monotone map,
+    so the buckets keep the order), the weights summed per bucket, and only the bucket of each
+    crossing is sorted. Expected linear in len(v)."""
+    m = v.shape[0]
+    if m == 0:
+        return -1, -1
+    v_min = v.min()
+    span = v.max() - v_min
+    to_bucket = (N_BUCKETS - 1) / span if span > 0.0 else 0.0
+    bucket = np.empty(m, dtype=np.int64)
+    weight = np.zeros(N_BUCKETS)
+    for i in range(m):
+        k = int((v[i] - v_min) * to_bucket)
+        bucket[i] = k
+        weight[k] += c[i]
+    # the first bucket whose sum up to and with it reaches lo_target (non-empty), the last
+    # whose sum before it does not pass hi_target (non-empty)
+    k_lo = -1
+    k_hi = -1
+    w_lo = w_hi = 0.0  # the weight before each
+    before = 0.0
+    for k in range(N_BUCKETS):
+        if weight[k] == 0.0:
+            continue
+        if k_lo < 0 and before + weight[k] >= lo_target:
+            k_lo, w_lo = k, before
+        if before <= hi_target:
+            k_hi, w_hi = k, before
+        before += weight[k]
+    first = _walk(v, c, bucket, k_lo, w_lo, lo_target, True) if k_lo >= 0 else -1
+    last = _walk(v, c, bucket, k_hi, w_hi, hi_target, False) if k_hi >= 0 else -1
+    return first, last
+
+
+@numba.njit(cache=True)
+def _walk(v, c, bucket, k, before, target, reach):
+    """In bucket k (``before``: the weight of the buckets before it), its entries in the stable
+    order by value: ``reach`` True, the first whose sum up to and with it reaches target; False,
+    the last whose sum before it does not pass target."""
+    members = np.flatnonzero(bucket == k)  # in position order: a stable sort keeps ties so
+    members = members[np.argsort(v[members], kind="mergesort")]
     found = -1
-    t = target
-    while lo < hi:
-        mid = (lo + hi) // 2
-        a, b, d = pos[lo], pos[mid], pos[hi - 1]  # the pivot: the median of three
-        if _before(v, b, a):
-            a, b = b, a
-        if _before(v, d, b):
-            b = d if _before(v, a, d) else a
-        pivot = b
-        i = lo
-        w_before = 0.0
-        for k in range(lo, hi):  # [lo, i): before the pivot
-            p = pos[k]
-            if _before(v, p, pivot):
-                pos[k] = pos[i]
-                pos[i] = p
-                w_before += c[p]
-                i += 1
-        for k in range(i, hi):  # the pivot next, then those after it
-            if pos[k] == pivot:
-                pos[k] = pos[i]
-                pos[i] = pivot
-                break
-        w_with = w_before + c[pivot]
+    for i in members:
         if reach:
-            if i > lo and w_before >= t:
-                hi = i
-            elif w_with >= t:
-                return pivot
-            else:
-                t -= w_with
-                lo = i + 1
+            if before + c[i] >= target:
+                return i
+        elif before <= target:
+            found = i
         else:
-            if w_before > t:
-                hi = i
-            elif w_with > t:
-                return pivot
-            else:
-                found = pivot
-                t -= w_with
-                lo = i + 1
+            break
+        before += c[i]
     return found
 
 
@@ -423,8 +432,8 @@ def percentile_kernel(
     """Weighted percentile per bin (pyFAI's medfilt1d rule, gpusaxs.robust.percentile_sums):
     each bin's valid entries in the stable order by value, their weights c summed up; an entry
     is kept when its cumulated weight reaches ``lo`` x total and the weight before it does not
-    pass ``hi`` x total. The kept entries are those between the two crossings, found by
-    selection (:func:`_crossing`) rather than a sort. ``model``: 0 reports the Poisson error,
+    pass ``hi`` x total. The kept entries are those between the two crossings, found through
+    value buckets (:func:`_crossings`) rather than a sort. ``model``: 0 reports the Poisson error,
     else the spread. Writes ``out`` (N_OUT, B, n_bins) like :func:`sigma_clip_kernel`."""
     n_frames = frames.shape[0]
     n_bins = bin_ptr.shape[0] - 1
@@ -450,9 +459,7 @@ def percentile_kernel(
                 total += c[m]
                 ent[m] = e
                 m += 1
-        pos = np.arange(m)
-        first = _crossing(v, c, pos, lo * total, True)
-        last = _crossing(v, c, pos, hi * total, False)
+        first, last = _crossings(v[:m], c[:m], lo * total, hi * total)
         s_cv = 0.0
         s_c = 0.0
         s_c2 = 0.0
