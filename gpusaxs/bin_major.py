@@ -47,7 +47,7 @@ class BinMajor:
     n_bins : int
     pixel_ptr : int64 (n_pixels + 1,), host
         The matrix's entries of pixel p are ``pixel_ptr[p]:pixel_ptr[p + 1]`` (CSR order).
-    slot : int64 (nnz,), host
+    slot : int32 (int64 beyond 2**31 entries) (nnz,), host
         Place of each CSR entry in this bin-major order (the CPU sigma-clipping kernel copies
         each pixel's frames there).
     """
@@ -83,8 +83,9 @@ def _build(matrix: IntegrationMatrix) -> BinMajor:
     ptr = np.zeros(matrix.n_bins + 1, dtype=np.int64)
     np.cumsum(np.bincount(bin_of, minlength=matrix.n_bins), out=ptr[1:])
     offset = None if matrix.pixel_offset is None else matrix.pixel_offset[pixels].astype(np.float64)
-    slot = np.empty(order.size, dtype=np.int64)
-    slot[order] = np.arange(order.size, dtype=np.int64)
+    index = np.int32 if order.size < 2**31 else np.int64  # 4 bytes per entry where they do
+    slot = np.empty(order.size, dtype=index)
+    slot[order] = np.arange(order.size, dtype=index)
     return BinMajor(
         bin_ptr=ptr,
         bin_of=bin_of,
