@@ -327,3 +327,33 @@ def test_cakes_of_integrate2d_as_nxazint2d(tmp_path):
         nx = nxdata.get_default(f)
         assert nx.is_valid and nx.signal.shape == (3, 36, 80)
         assert f["entry/data/radial_axis"].attrs["long_name"] == "2theta"
+
+
+def test_a_live_read_that_meets_an_unflushed_row_is_made_again(tmp_path, monkeypatch):
+    """HDF5's SWMR does not cover variable-length data: a reader polling a live file can meet
+    a source name the writer has not flushed yet ("len not positive after adjustment for
+    EOA", seen in CI). read_nxazint reads again; an error that stays is passed on after
+    LIVE_READ_ATTEMPTS reads."""
+    from gpusaxs.io import nexus
+
+    q = np.linspace(0.0, 1.0, 50)
+    live = tmp_path / "live.h5"
+    with NXazintWriter(live, q, live=True, flush_interval_s=0.1) as w:
+        w.append(np.ones((3, 50)), None, np.arange(3), ["a", "b", "c"])
+    read = nexus._read_entry
+    failures = []
+
+    def flaky(f, fail=2):
+        if len(failures) < fail:
+            failures.append(f.filename)
+            raise OSError("Can't synchronously read data (len not positive after adjustment)")
+        return read(f)
+
+    monkeypatch.setattr(nexus, "_read_entry", flaky)
+    assert read_nxazint(live)["sources"] == ["a", "b", "c"]
+    assert len(failures) == 2
+    failures.clear()
+    monkeypatch.setattr(nexus, "_read_entry", lambda f: flaky(f, fail=99))
+    with pytest.raises(OSError, match="synchronously"):
+        read_nxazint(live)
+    assert len(failures) == nexus.LIVE_READ_ATTEMPTS

@@ -523,6 +523,13 @@ def _decode(v: object) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
+#: reads of a live file before an error is passed on (HDF5's SWMR does not cover variable-length
+#: data: a reader can meet a row's source name before the writer's flush has put it in the file,
+#: "len not positive after adjustment for EOA"); the pauses between them add up to 0.5 s, which
+#: a file that is broken for good also costs before its error is passed on
+LIVE_READ_ATTEMPTS = 5
+
+
 def _open_for_reading(path: str) -> Any:
     """Open read-only; SWMR first (a live file being written, or one whose writer was killed)."""
     try:
@@ -534,7 +541,9 @@ def _open_for_reading(path: str) -> Any:
 def read_nxazint(path: PathLike) -> dict[str, Any]:
     """Read an NXazint1d / NXazint2d file written by :class:`NXazintWriter`.
 
-    On a file still being written (live mode) only the complete rows are returned.
+    On a file still being written (live mode) only the complete rows are returned; a read that
+    meets a row the writer has not flushed whole (HDF5's SWMR does not cover the variable-length
+    source names) is made again, up to LIVE_READ_ATTEMPTS times.
 
     Parameters
     ----------
@@ -557,38 +566,50 @@ def read_nxazint(path: PathLike) -> dict[str, Any]:
     (100, 1002)
     """
     path = os.fspath(path)
-    with _open_for_reading(path) as f:
-        entry_name = _decode(f.attrs.get("default", "entry"))
-        entry = f[entry_name]
-        data = entry[_decode(entry.attrs.get("default", "data"))]
-        ids = data["image_id"][()]
-        n = min(len(ids), data["I"].shape[0])
-        if "I_errors" in data:
-            n = min(n, data["I_errors"].shape[0])
-        if "source" in data:
-            n = min(n, data["source"].shape[0])
-        written = ids[:n] != _EMPTY_ID
-        # rows are appended in order: take the complete prefix
-        n = int(np.argmin(written)) if not written.all() else n
-        inp = entry.get("reduction/input")
-        unit = _decode(inp["unit"][()]) if inp is not None and "unit" in inp else None
-        cal = None
-        if inp is not None and "calibration" in inp:
-            cal = json.loads(_decode(inp["calibration"][()]))
-        key = entry.attrs.get("calibration_key")
-        inputs = None
-        if inp is not None and "input_files" in inp:
-            inputs = [_decode(v) for v in inp["input_files"][()]]
-        return {
-            "definition": _decode(entry["definition"][()]) if "definition" in entry else None,
-            "radial": data["radial_axis"][()],
-            "radial_unit": unit,
-            "azimuthal": data["azimuthal_axis"][()] if "azimuthal_axis" in data else None,
-            "intensity": data["I"][:n],
-            "sigma": data["I_errors"][:n] if "I_errors" in data else None,
-            "image_ids": ids[:n],
-            "sources": [_decode(v) for v in data["source"][:n]] if "source" in data else None,
-            "calibration_key": None if key is None else _decode(key),
-            "calibration": cal,
-            "inputs": inputs,
-        }
+    for attempt in range(LIVE_READ_ATTEMPTS):
+        try:
+            with _open_for_reading(path) as f:
+                return _read_entry(f)
+        except OSError:
+            if attempt == LIVE_READ_ATTEMPTS - 1:
+                raise
+        time.sleep(0.05 * (attempt + 1))  # the writer's flush completes meanwhile
+    raise AssertionError("unreachable")
+
+
+def _read_entry(f: Any) -> dict[str, Any]:
+    """read_nxazint of an open file."""
+    entry_name = _decode(f.attrs.get("default", "entry"))
+    entry = f[entry_name]
+    data = entry[_decode(entry.attrs.get("default", "data"))]
+    ids = data["image_id"][()]
+    n = min(len(ids), data["I"].shape[0])
+    if "I_errors" in data:
+        n = min(n, data["I_errors"].shape[0])
+    if "source" in data:
+        n = min(n, data["source"].shape[0])
+    written = ids[:n] != _EMPTY_ID
+    # rows are appended in order: take the complete prefix
+    n = int(np.argmin(written)) if not written.all() else n
+    inp = entry.get("reduction/input")
+    unit = _decode(inp["unit"][()]) if inp is not None and "unit" in inp else None
+    cal = None
+    if inp is not None and "calibration" in inp:
+        cal = json.loads(_decode(inp["calibration"][()]))
+    key = entry.attrs.get("calibration_key")
+    inputs = None
+    if inp is not None and "input_files" in inp:
+        inputs = [_decode(v) for v in inp["input_files"][()]]
+    return {
+        "definition": _decode(entry["definition"][()]) if "definition" in entry else None,
+        "radial": data["radial_axis"][()],
+        "radial_unit": unit,
+        "azimuthal": data["azimuthal_axis"][()] if "azimuthal_axis" in data else None,
+        "intensity": data["I"][:n],
+        "sigma": data["I_errors"][:n] if "I_errors" in data else None,
+        "image_ids": ids[:n],
+        "sources": [_decode(v) for v in data["source"][:n]] if "source" in data else None,
+        "calibration_key": None if key is None else _decode(key),
+        "calibration": cal,
+        "inputs": inputs,
+    }
