@@ -114,7 +114,7 @@ __all__ = [
 _LAZY = {
     "iter_frames": ".io.frames",
     "NXazintWriter": ".io.nexus",
-    "read_nxazint": ".io.nexus",
+    "read_nxazint": ".io.nexus_read",
 }
 __all__ += list(_LAZY)
 

@@ -334,13 +334,13 @@ def test_a_live_read_that_meets_an_unflushed_row_is_made_again(tmp_path, monkeyp
     a source name the writer has not flushed yet ("len not positive after adjustment for
     EOA", seen in CI). read_nxazint reads again; an error that stays is passed on after
     LIVE_READ_ATTEMPTS reads."""
-    from gpusaxs.io import nexus
+    from gpusaxs.io import nexus_read
 
     q = np.linspace(0.0, 1.0, 50)
     live = tmp_path / "live.h5"
     with NXazintWriter(live, q, live=True, flush_interval_s=0.1) as w:
         w.append(np.ones((3, 50)), None, np.arange(3), ["a", "b", "c"])
-    read = nexus._read_entry
+    read = nexus_read._read_entry
     failures = []
 
     def flaky(f, fail=2):
@@ -349,11 +349,11 @@ def test_a_live_read_that_meets_an_unflushed_row_is_made_again(tmp_path, monkeyp
             raise OSError("Can't synchronously read data (len not positive after adjustment)")
         return read(f)
 
-    monkeypatch.setattr(nexus, "_read_entry", flaky)
+    monkeypatch.setattr(nexus_read, "_read_entry", flaky)
     assert read_nxazint(live)["sources"] == ["a", "b", "c"]
     assert len(failures) == 2
     failures.clear()
-    monkeypatch.setattr(nexus, "_read_entry", lambda f: flaky(f, fail=99))
+    monkeypatch.setattr(nexus_read, "_read_entry", lambda f: flaky(f, fail=99))
     with pytest.raises(OSError, match="synchronously"):
         read_nxazint(live)
-    assert len(failures) == nexus.LIVE_READ_ATTEMPTS
+    assert len(failures) == nexus_read.LIVE_READ_ATTEMPTS

@@ -48,6 +48,7 @@ import numpy as np
 from .._typing import ArrayLike, PathLike
 from .._version import __version__
 from .atomic import _open_temp
+from .nexus_read import EMPTY_ID, h5py_module, read_nxazint
 
 if TYPE_CHECKING:
     from .calibration_model import Calibration
@@ -71,18 +72,10 @@ NOTE = (
     "reduction/input/poni. Intensity: mean counts per pixel in the bin (corrections as "
     "flagged in the entry); I_errors: Poisson error of that mean; empty bins are NaN."
 )
-_EMPTY_ID = -1
 #: NXsource/type by default: the instruments SAXSdog serves are synchrotron beamlines
 SOURCE_TYPE = "Synchrotron X-ray Source"
 #: h c in keV * angstrom (photon energy = HC_KEV_ANGSTROM / wavelength)
 HC_KEV_ANGSTROM = 12.398419843320026
-
-
-def _h5py() -> Any:
-    """h5py, imported on first use (25 ms: tools that may write NeXus start without it)."""
-    import h5py
-
-    return h5py
 
 
 def _now() -> str:
@@ -99,7 +92,7 @@ def _chunk_rows(row_bytes: int) -> int:
 
 
 def _text(group: Any, name: str, value: object) -> None:
-    group.create_dataset(name, data=str(value), dtype=_h5py().string_dtype())
+    group.create_dataset(name, data=str(value), dtype=h5py_module().string_dtype())
 
 
 class NXazintWriter:
@@ -198,11 +191,11 @@ class NXazintWriter:
         self._tmp: str | None
         if self.live:
             self._tmp = None
-            self._file = _h5py().File(self.path, "w", libver="latest")
+            self._file = h5py_module().File(self.path, "w", libver="latest")
         else:
             fd, self._tmp = _open_temp(self.path)
             os.close(fd)
-            self._file = _h5py().File(self._tmp, "w")
+            self._file = h5py_module().File(self._tmp, "w")
         try:
             self._write_header(radial_unit, calibration, calibration_key, inputs, options or {})
             if extra is not None:
@@ -234,8 +227,8 @@ class NXazintWriter:
         f.attrs["creator"] = f"{PROGRAM} {_version()}"
         f.attrs["file_name"] = os.path.basename(self.path)
         f.attrs["file_time"] = _now()
-        f.attrs["HDF5_Version"] = _h5py().version.hdf5_version
-        f.attrs["h5py_version"] = _h5py().version.version
+        f.attrs["HDF5_Version"] = h5py_module().version.hdf5_version
+        f.attrs["h5py_version"] = h5py_module().version.version
 
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
@@ -284,7 +277,9 @@ class NXazintWriter:
             _text(inp, "calibration_key", key)
         if inputs is not None:
             inp.create_dataset(
-                "input_files", data=[os.fspath(p) for p in inputs], dtype=_h5py().string_dtype()
+                "input_files",
+                data=[os.fspath(p) for p in inputs],
+                dtype=h5py_module().string_dtype(),
             )
         for name, value in sorted(options.items()):
             if value is None or isinstance(value, (bool, int, float, str)):
@@ -327,11 +322,15 @@ class NXazintWriter:
             maxshape=(None,),
             dtype=np.int64,
             chunks=(4096,),
-            fillvalue=_EMPTY_ID,
+            fillvalue=EMPTY_ID,
         )
         ids.attrs["long_name"] = "image index"
         data.create_dataset(
-            "source", shape=(0,), maxshape=(None,), dtype=_h5py().string_dtype(), chunks=(1024,)
+            "source",
+            shape=(0,),
+            maxshape=(None,),
+            dtype=h5py_module().string_dtype(),
+            chunks=(1024,),
         )
         self._I = data["I"]
         self._E = data["I_errors"]
@@ -517,99 +516,3 @@ class NXazintWriter:
         with contextlib.suppress(Exception):
             if not self._closed:
                 self.abort()
-
-
-def _decode(v: object) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
-#: reads of a live file before an error is passed on (HDF5's SWMR does not cover variable-length
-#: data: a reader can meet a row's source name before the writer's flush has put it in the file,
-#: "len not positive after adjustment for EOA"); the pauses between them add up to 0.5 s, which
-#: a file that is broken for good also costs before its error is passed on
-LIVE_READ_ATTEMPTS = 5
-
-
-def _open_for_reading(path: str) -> Any:
-    """Open read-only; SWMR first (a live file being written, or one whose writer was killed)."""
-    try:
-        return _h5py().File(path, "r", swmr=True)
-    except OSError:
-        return _h5py().File(path, "r")
-
-
-def read_nxazint(path: PathLike) -> dict[str, Any]:
-    """Read an NXazint1d / NXazint2d file written by :class:`NXazintWriter`.
-
-    On a file still being written (live mode) only the complete rows are returned; a read that
-    meets a row the writer has not flushed whole (HDF5's SWMR does not cover the variable-length
-    source names) is made again, up to LIVE_READ_ATTEMPTS times.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The NeXus file.
-
-    Returns
-    -------
-    dict
-        ``radial`` (n_rad,), ``radial_unit`` (e.g. ``"q_nm^-1"``), ``azimuthal`` (n_azim,)
-        degrees or None, ``intensity`` and ``sigma`` (n_img, [n_azim,] n_rad), ``image_ids``
-        (n_img,) int64, ``sources`` (list of str, "" where none was given),
-        ``calibration_key`` (str or None), ``calibration`` (dict or None), ``definition``,
-        ``inputs`` (list of str or None).
-
-    Examples
-    --------
-    >>> d = gpusaxs.read_nxazint("curves.h5")  # doctest: +SKIP
-    >>> d["intensity"].shape  # (n_img, n_rad)  # doctest: +SKIP
-    (100, 1002)
-    """
-    path = os.fspath(path)
-    for attempt in range(LIVE_READ_ATTEMPTS):
-        try:
-            with _open_for_reading(path) as f:
-                return _read_entry(f)
-        except OSError:
-            if attempt == LIVE_READ_ATTEMPTS - 1:
-                raise
-        time.sleep(0.05 * (attempt + 1))  # the writer's flush completes meanwhile
-    raise AssertionError("unreachable")
-
-
-def _read_entry(f: Any) -> dict[str, Any]:
-    """read_nxazint of an open file."""
-    entry_name = _decode(f.attrs.get("default", "entry"))
-    entry = f[entry_name]
-    data = entry[_decode(entry.attrs.get("default", "data"))]
-    ids = data["image_id"][()]
-    n = min(len(ids), data["I"].shape[0])
-    if "I_errors" in data:
-        n = min(n, data["I_errors"].shape[0])
-    if "source" in data:
-        n = min(n, data["source"].shape[0])
-    written = ids[:n] != _EMPTY_ID
-    # rows are appended in order: take the complete prefix
-    n = int(np.argmin(written)) if not written.all() else n
-    inp = entry.get("reduction/input")
-    unit = _decode(inp["unit"][()]) if inp is not None and "unit" in inp else None
-    cal = None
-    if inp is not None and "calibration" in inp:
-        cal = json.loads(_decode(inp["calibration"][()]))
-    key = entry.attrs.get("calibration_key")
-    inputs = None
-    if inp is not None and "input_files" in inp:
-        inputs = [_decode(v) for v in inp["input_files"][()]]
-    return {
-        "definition": _decode(entry["definition"][()]) if "definition" in entry else None,
-        "radial": data["radial_axis"][()],
-        "radial_unit": unit,
-        "azimuthal": data["azimuthal_axis"][()] if "azimuthal_axis" in data else None,
-        "intensity": data["I"][:n],
-        "sigma": data["I_errors"][:n] if "I_errors" in data else None,
-        "image_ids": ids[:n],
-        "sources": [_decode(v) for v in data["source"][:n]] if "source" in data else None,
-        "calibration_key": None if key is None else _decode(key),
-        "calibration": cal,
-        "inputs": inputs,
-    }
