@@ -40,6 +40,7 @@ geometries = st.builds(
 )
 
 
+@pytest.mark.usefixtures("frozen_gc")  # pyFAI collects garbage per geometry
 @settings(max_examples=60, deadline=None)
 @given(geometries)
 def test_two_theta_matches_pyfai_for_random_tilted_geometries(cal):

@@ -34,6 +34,7 @@ def relative(ours, theirs, where):
 
 @pytest.mark.parametrize("incident, tilt", GEOMETRIES)
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.usefixtures("frozen_gc")  # pyFAI collects garbage per geometry
 def test_coordinates_equal_pyfai(frame, incident, tilt, orientation):
     """Every fiber unit of every pixel centre, the 8 sample orientations."""
     from pyFAI.units import parse_fiber_unit

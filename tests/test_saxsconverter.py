@@ -401,6 +401,7 @@ def _cal_from(g, tmp_path):
     )
 
 
+@pytest.mark.usefixtures("frozen_gc")  # pyFAI collects garbage per geometry
 @settings(max_examples=60, deadline=None)
 @given(geometries)
 def test_calibration_to_poni_against_pyfai(tmp_path_factory, g):
@@ -425,6 +426,7 @@ def test_calibration_to_poni_against_pyfai(tmp_path_factory, g):
     assert ai.wavelength == pytest.approx(g["wl"] * 1e-10, rel=1e-12)
 
 
+@pytest.mark.usefixtures("frozen_gc")  # pyFAI collects garbage per geometry
 @settings(max_examples=60, deadline=None)
 @given(geometries)
 def test_pyfai_poni_to_calibration(tmp_path_factory, g):
