@@ -40,7 +40,7 @@ def pytest_configure(config):
     The compiled numba kernels get one folder for the whole run ($NUMBA_CACHE_DIR), shared by
     the xdist workers and every command a test starts: each test's matrix cache is empty, and
     with the kernels beside it every server, saxsdog or stream process a test started compiled
-    them again (10 s a pixel type on numba 0.65, 25 s on 0.58).  Tests of the kernel cache
+    them again (10 s a pixel type on numba 0.68, 25 s on 0.58).  Tests of the kernel cache
     itself drop the variable (tests/test_kernel_cache.py)."""
     global _SESSION_CACHE, _RUN_KERNELS
     import tempfile
