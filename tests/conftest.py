@@ -37,18 +37,23 @@ def pytest_configure(config):
     """A private matrix cache for the whole run, set before any fixture or import builds a
     matrix (module-scoped fixtures run before the per-test one below): never ~/.cache.
 
-    The compiled numba kernels get one folder for the whole run ($NUMBA_CACHE_DIR), shared by
-    the xdist workers and every command a test starts: each test's matrix cache is empty, and
-    with the kernels beside it every server, saxsdog or stream process a test started compiled
-    them again (10 s a pixel type on numba 0.68, 25 s on 0.58).  Tests of the kernel cache
-    itself drop the variable (tests/test_kernel_cache.py)."""
+    The compiled numba kernels get one folder per pytest process ($NUMBA_CACHE_DIR: the run's,
+    or a subfolder of it per xdist worker), which every command a test starts inherits: each
+    test's matrix cache is empty, and with the kernels beside it every server, saxsdog or
+    stream process a test started compiled them again (10 s a pixel type on numba 0.68, 25 s
+    on 0.58).  Not one folder for both workers: numba names a new cache entry's data file by
+    counting the entries of its index, so two processes saving different variants of a kernel
+    at the same moment can write the same file.  Tests of the kernel cache itself drop the
+    variable (tests/test_kernel_cache.py)."""
     global _SESSION_CACHE, _RUN_KERNELS
     import tempfile
 
     _SESSION_CACHE = tempfile.mkdtemp(prefix="gpusaxs-test-cache-")
     os.environ["GPUSAXS_CACHE_DIR"] = _SESSION_CACHE
     os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_CACHE, "xdg")
-    if os.environ.get(_RUN_KERNELS_ENV):  # an xdist worker: the controller's folder
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker and os.environ.get(_RUN_KERNELS_ENV):  # an xdist worker: its own subfolder
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.environ[_RUN_KERNELS_ENV], worker)
         return
     if not os.environ.get("NUMBA_CACHE_DIR"):  # the developer's own setting wins
         _RUN_KERNELS = tempfile.mkdtemp(prefix="gpusaxs-test-kernels-")
