@@ -3,10 +3,13 @@ source itself is compiled with g++ and run in CI (no GPU).
 
 Blocks run CONCURRENTLY in a random order (``GS_SHIM_RUNNERS`` runner threads, order shuffled
 with ``GS_SHIM_SEED``); a block's threads are fibers (ucontext) of its runner thread, switched
-at ``__syncthreads``, ``__syncwarp`` and warp shuffles (barriers).  Global memory of the output is a type whose
-plain ``+=`` is a slow, non-atomic read-modify-write, so a ``+=`` where ``atomicAdd`` belongs loses updates
-(the race test shows it).  ``-DGS_SHIM_FTZ`` sets the x86 DAZ/FTZ flags in every kernel thread,
-as ``-ftz=true`` does on the GPU: subnormal float inputs read as zero.
+at ``__syncthreads``, ``__syncwarp`` and warp shuffles (barriers).  A block whose threads all
+wait at barriers that returned threads never reach (a warp split by a lane-dependent
+``return``) ends the process with exit status 86 and a message, where it would hang.  Global
+memory of the output is a type whose plain ``+=`` is a slow, non-atomic read-modify-write, so a
+``+=`` where ``atomicAdd`` belongs loses updates (the race test shows it).  ``-DGS_SHIM_FTZ``
+sets the x86 DAZ/FTZ flags in every kernel thread, as ``-ftz=true`` does on the GPU: subnormal
+float inputs read as zero.
 """
 
 import shutil
@@ -49,6 +52,7 @@ struct gs_block_ctx {
 static thread_local gs_dim3 threadIdx, blockIdx, blockDim;
 static thread_local gs_block_ctx* gs_ctx;
 static thread_local bool gs_returned = false;
+static thread_local long gs_progress = 0;  // barrier arrivals and returns of this runner
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -59,6 +63,7 @@ inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, 4); r
 inline long long __double_as_longlong(double x) { long long u; std::memcpy(&u, &x, 8); return u; }
 inline void gs_wait(gs_fiber_barrier& b) {
     const long gen = b.gen;
+    ++gs_progress;
     if (++b.count == b.n) { b.count = 0; ++b.gen; return; }
     while (b.gen == gen) swapcontext(&gs_ctx->fibers[threadIdx.x], &gs_ctx->sched);
 }
@@ -133,13 +138,22 @@ static void gs_launch(long long grid, int block, const std::function<void()>& ke
                 // round-robin scheduler: resume each unfinished fiber until all have returned
                 int left = block;
                 while (left) {
+                    // a round in which no fiber reached a barrier or returned: every one left
+                    // waits at a barrier that threads which returned will never reach
+                    const long before = gs_progress;
                     for (int t = 0; t < block; ++t) {
                         if (done[t]) continue;
                         threadIdx.x = t;
                         ctx->current = t;
                         swapcontext(&ctx->sched, &ctx->fibers[t]);
                         // back here after a barrier yield or the fiber's return
-                        if (ctx->fibers[t].uc_link && gs_returned) { done[t] = 1; --left; gs_returned = false; }
+                        if (ctx->fibers[t].uc_link && gs_returned) { done[t] = 1; --left; gs_returned = false; ++gs_progress; }
+                    }
+                    if (left && gs_progress == before) {
+                        std::fprintf(stderr, "gs_shim: deadlock in block %lld: %d of %d threads wait "
+                                     "at a barrier that threads which returned never reach\n",
+                                     order[k], left, block);
+                        std::_Exit(86);
                     }
                 }
                 delete ctx;

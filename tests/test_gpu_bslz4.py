@@ -6,12 +6,15 @@ chunks, which must fail their own frame only and never touch memory outside the 
 buffer sits against a guard page: one byte outside kills the emulator)."""
 
 import re
+import shutil
 import struct
+import subprocess
 
 import numpy as np
 import pytest
 from bslz4_cases import encode, frames_like_detector, hostile_chunks, reference
 from bslz4_shim import build, run
+from cuda_shim import SHIM
 
 from gpusaxs.gpu_decode import (
     DECODE_WARPS,
@@ -181,3 +184,57 @@ def test_python_constants_match_the_cuda_source():
     assert int(defines["GS_BS_WARPS"]) == DECODE_WARPS
     codes = {int(v) for k, v in defines.items() if k not in ("GS_BS_MAX_BLOCK", "GS_BS_WARPS")}
     assert codes == set(STATUS) - {-1}  # -1: a chunk the host reader did not hand over
+
+
+def _decode_kernel_body():
+    src = decode_source()
+    start = src.index("gs_bslz4_decode(")
+    return re.sub(r"//[^\n]*", "", src[src.index("{", start) :])  # code only, no comments
+
+
+def test_decode_kernel_reads_no_status_other_warps_write():
+    """The decode kernel's early exits must be the same for all 32 lanes of a warp: status[f] is
+    written by other warps during the launch (GS_ATOMIC_MAX), so lanes reading it at different
+    moments split the warp at its __syncwarp (undefined on the device; in CI the emulator hung
+    for 600 s in test_random_corruption_never_escapes).  status may only be written there."""
+    body = _decode_kernel_body()
+    uses = [m.start() for m in re.finditer(r"status\[", body)]
+    assert uses, "the decode kernel no longer reports errors in status"
+    for at in uses:
+        assert body[max(0, at - 16) : at].endswith("GS_ATOMIC_MAX(&"), body[at - 80 : at + 40]
+
+
+SPLIT_WARP = r"""
+__global__ void split(int* out, int leave) {
+    if ((int)threadIdx.x == leave) return;  // one lane leaves the warp
+    __syncwarp();
+    out[threadIdx.x] = 1;
+}
+int main(int argc, char** argv) {
+    const int leave = std::atoi(argv[1]);
+    std::vector<int> out(64, 0);
+    gs_launch(3, 64, [&] { split(out.data(), leave); });
+    std::printf("done\\n");
+    return 0;
+}
+"""
+
+
+def test_shim_ends_a_split_warp_instead_of_hanging(tmp_path):
+    """The CPU shim's answer to a warp whose lanes do not all reach a __syncwarp: exit status 86
+    and a message at once (a device may hang or corrupt; the emulator used to spin for ever).
+    Lane 5 of the first warp returns: its 31 others wait, the second warp ends normally."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ not available")
+    src = tmp_path / "split.cpp"
+    src.write_text(SHIM + SPLIT_WARP)
+    exe = tmp_path / "split"
+    subprocess.run(
+        [cxx, "-std=c++20", "-O1", "-pthread", "-w", str(src), "-o", str(exe)], check=True
+    )
+    whole = subprocess.run([str(exe), "-1"], capture_output=True, text=True, timeout=60)
+    assert whole.returncode == 0 and "done" in whole.stdout, whole.stderr
+    split = subprocess.run([str(exe), "5"], capture_output=True, text=True, timeout=60)
+    assert split.returncode == 86, (split.returncode, split.stderr)
+    assert "deadlock" in split.stderr and "31 of 64 threads" in split.stderr, split.stderr

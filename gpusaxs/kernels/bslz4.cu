@@ -194,8 +194,12 @@ gs_bslz4_decode(const unsigned char* __restrict__ in, long long in_bytes,
     const long long w = (long long)blockIdx.x * GS_BS_WARPS + warp;
     const long long f = w / max_blocks, k = w % max_blocks;
     if (f >= nf) return;
+    // block_bytes[f] > 0 only for a frame the index kernel accepted.  status[f] is not read
+    // here: other warps write it during this launch, and lanes reading it at different moments
+    // would leave part of the warp at the __syncwarp below (undefined on the device; a hang on
+    // the CPU shim, seen once in CI).  A frame that fails in one block still decodes its others.
     const int bsize = block_bytes[f];
-    if (bsize <= 0 || bsize > GS_BS_MAX_BLOCK || status[f] != GS_BS_OK) return;
+    if (bsize <= 0 || bsize > GS_BS_MAX_BLOCK) return;
     const gs_bs_geom g = gs_bs_geometry(frame_bytes, E, bsize);
     if (k >= g.n_blocks) return;
     const int n = (int)((k == g.n_blocks - 1 && g.last_elems > 0) ? g.last_elems : g.block_elems);
