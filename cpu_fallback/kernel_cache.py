@@ -14,7 +14,7 @@ import os
 
 from gpusaxs.cache_dir import default_cache_dir
 
-__all__ = ["install", "kernel_cache_dir", "needs_compile"]
+__all__ = ["install", "kernel_cache_dir", "lock_saves", "needs_compile"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = ("banded.py", "simd.py", "kernel_cache.py", "robust_kernel.py", "gather.py")
@@ -88,6 +88,42 @@ def install():
     classes = getattr(impl, "_locator_classes", None)
     if isinstance(classes, list):
         classes.insert(0, KernelCacheLocator)
+        lock_saves(caching, folder)
+
+
+#: the lock file beside the kernels: held while numba saves a kernel into the folder
+SAVE_LOCK = ".save.lock"
+
+
+def lock_saves(caching, folder):
+    """Hold an exclusive lock on ``folder``/SAVE_LOCK while numba saves a compiled kernel there.
+
+    numba's ``IndexDataCacheFile.save`` reads the folder's index, names a new entry's data file
+    by counting the entries, then writes the index and the file: two processes saving different
+    variants of one kernel at the same moment (two commands started together on a fresh
+    install) could write the same file, and one would later load the other's machine code
+    (numba issue #10128).  Saves elsewhere are left as numba does them; no lock where the
+    platform has no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    cls = getattr(caching, "IndexDataCacheFile", None)
+    save = getattr(cls, "save", None)
+    if save is None or getattr(save, "gpusaxs_locked", False):
+        return
+    root = os.path.abspath(folder)
+
+    def locked_save(self, key, data):
+        path = os.path.abspath(str(getattr(self, "_cache_path", "")))
+        if path != root:
+            return save(self, key, data)
+        with open(os.path.join(path, SAVE_LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            return save(self, key, data)
+
+    locked_save.gpusaxs_locked = True
+    cls.save = locked_save
 
 
 def needs_compile(dispatcher, args):

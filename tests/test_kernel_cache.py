@@ -110,3 +110,42 @@ def test_layout_with_a_good_checksum_but_a_bad_index_is_rebuilt(_private_matrix_
     _MEMORY.clear()
     engine = make_engine(get_matrix(cal), "numpy", threads=1)
     assert engine.layout_source == "built" and engine.layout["seg_bin"].max() < 1 << 20
+
+
+def test_numba_saves_into_the_kernel_folder_hold_its_lock(tmp_path, monkeypatch):
+    """numba names a new cache entry's data file by counting its index, so two processes saving
+    different kernel variants at once could write the same file (numba issue #10128): a save
+    into the kernel folder holds an exclusive lock on SAVE_LOCK there, probed from inside the
+    save (flock locks of two open files conflict even in one process); saves elsewhere do not."""
+    fcntl = pytest.importorskip("fcntl")
+    from numba.core import caching
+
+    from gpusaxs.cpu_fallback import kernel_cache
+
+    cls = caching.IndexDataCacheFile
+    monkeypatch.setattr(cls, "save", cls.save)  # the original back after the test
+    kernels, other = tmp_path / "kernels", tmp_path / "other"
+    kernels.mkdir()
+    other.mkdir()
+    kernel_cache.lock_saves(caching, str(kernels))
+    seen = []
+    save_index = cls._save_index
+
+    def probe(self, overloads):
+        with open(kernels / kernel_cache.SAVE_LOCK, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = False
+            except BlockingIOError:
+                held = True
+        seen.append((self._cache_path, held))
+        return save_index(self, overloads)
+
+    monkeypatch.setattr(cls, "_save_index", probe)
+    for folder in (kernels, other):
+        cache = cls(cache_path=str(folder), filename_base="k", source_stamp="s")
+        cache.save(("int32", "cpu"), {"code": 1})
+        cache.save(("uint16", "cpu"), {"code": 2})
+        assert cache.load(("int32", "cpu")) == {"code": 1}
+        assert cache.load(("uint16", "cpu")) == {"code": 2}
+    assert seen == [(str(kernels), True)] * 2 + [(str(other), False)] * 2
