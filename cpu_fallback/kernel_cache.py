@@ -12,6 +12,11 @@ disk cache (``GPUSAXS_CACHE_DIR=off``): numba's default.
 import hashlib
 import os
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: numba's saves stay unlocked
+    fcntl = None  # type: ignore[assignment]
+
 from gpusaxs.cache_dir import default_cache_dir
 
 __all__ = ["install", "kernel_cache_dir", "lock_saves", "needs_compile"]
@@ -104,9 +109,7 @@ def lock_saves(caching, folder):
     install) could write the same file, and one would later load the other's machine code
     (numba issue #10128).  Saves elsewhere are left as numba does them; no lock where the
     platform has no ``fcntl``."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    if fcntl is None:  # pragma: no cover - not POSIX
         return
     cls = getattr(caching, "IndexDataCacheFile", None)
     save = getattr(cls, "save", None)
