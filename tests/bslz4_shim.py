@@ -8,11 +8,10 @@ read or write one byte outside any buffer kills the process (SIGSEGV) instead of
 """
 
 import os
-import shutil
 import subprocess
 
 import numpy as np
-from cuda_shim import SHIM
+from cuda_shim import compile_with_shim
 
 from gpusaxs.gpu_decode import blocks_per_frame, decode_source
 
@@ -88,20 +87,7 @@ int main(int argc, char** argv) {
 
 def build(folder):
     """Compile bslz4.cu with the shim and the driver; (exe, None) or (None, reason)."""
-    cxx = shutil.which("g++")
-    if cxx is None:
-        return None, "g++ not available"
-    src = folder / "bslz4_emu.cpp"
-    src.write_text(SHIM + decode_source() + DRIVER)
-    exe = folder / "bslz4_emu"
-    proc = subprocess.run(
-        [cxx, "-std=c++20", "-O1", "-pthread", "-w", str(src), "-o", str(exe)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-4000:])
-    return exe, None
+    return compile_with_shim(decode_source() + DRIVER, folder, "bslz4_emu")
 
 
 def run(

@@ -260,35 +260,34 @@ def dispatch(combos):
     return "\n".join(lines)
 
 
-def build(source, combos, folder, block=64, fb=8, defines=()):
-    """Compile kernel ``source`` with the shim and a driver for ``combos``; returns the exe
-    path, or (None, reason) when g++ is missing."""
+def compile_with_shim(code, folder, name, flags=()):
+    """g++ ``SHIM + code`` into ``folder``/``name``: (exe path, None), or (None, reason) when
+    g++ is missing; RuntimeError with the compiler's message when it fails."""
     cxx = shutil.which("g++")
     if cxx is None:
         return None, "g++ not available"
-    src = folder / "emu.cpp"
-    src.write_text(SHIM + source + DRIVER.replace("DISPATCH", dispatch(combos)))
-    exe = folder / "emu"
+    src = folder / f"{name}.cpp"
+    src.write_text(SHIM + code)
+    exe = folder / name
     proc = subprocess.run(
-        [
-            cxx,
-            "-std=c++20",
-            "-O1",
-            "-pthread",
-            "-w",
-            f"-DGS_BLOCK={block}",
-            f"-DGS_FB={fb}",
-            *defines,
-            str(src),
-            "-o",
-            str(exe),
-        ],
+        [cxx, "-std=c++20", "-O1", "-pthread", "-w", *flags, str(src), "-o", str(exe)],
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-4000:])
     return exe, None
+
+
+def build(source, combos, folder, block=64, fb=8, defines=()):
+    """Compile kernel ``source`` with the shim and a driver for ``combos``; returns the exe
+    path, or (None, reason) when g++ is missing."""
+    return compile_with_shim(
+        source + DRIVER.replace("DISPATCH", dispatch(combos)),
+        folder,
+        "emu",
+        (f"-DGS_BLOCK={block}", f"-DGS_FB={fb}", *defines),
+    )
 
 
 def run(exe, folder, engine, frames, layout, errors, seed=1, runners=4, pad=0):

@@ -6,7 +6,6 @@ chunks, which must fail their own frame only and never touch memory outside the 
 buffer sits against a guard page: one byte outside kills the emulator)."""
 
 import re
-import shutil
 import struct
 import subprocess
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from bslz4_cases import encode, frames_like_detector, hostile_chunks, reference
 from bslz4_shim import build, run
-from cuda_shim import SHIM
+from cuda_shim import compile_with_shim
 
 from gpusaxs.gpu_decode import (
     DECODE_WARPS,
@@ -224,15 +223,9 @@ def test_shim_ends_a_split_warp_instead_of_hanging(tmp_path):
     """The CPU shim's answer to a warp whose lanes do not all reach a __syncwarp: exit status 86
     and a message at once (a device may hang or corrupt; the emulator used to spin for ever).
     Lane 5 of the first warp returns: its 31 others wait, the second warp ends normally."""
-    cxx = shutil.which("g++")
-    if cxx is None:
-        pytest.skip("g++ not available")
-    src = tmp_path / "split.cpp"
-    src.write_text(SHIM + SPLIT_WARP)
-    exe = tmp_path / "split"
-    subprocess.run(
-        [cxx, "-std=c++20", "-O1", "-pthread", "-w", str(src), "-o", str(exe)], check=True
-    )
+    exe, reason = compile_with_shim(SPLIT_WARP, tmp_path, "split")
+    if exe is None:
+        pytest.skip(reason)
     whole = subprocess.run([str(exe), "-1"], capture_output=True, text=True, timeout=60)
     assert whole.returncode == 0 and "done" in whole.stdout, whole.stderr
     split = subprocess.run([str(exe), "5"], capture_output=True, text=True, timeout=60)
