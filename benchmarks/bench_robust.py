@@ -26,6 +26,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_saxsdog import machine  # noqa: E402
 
 import gpusaxs  # noqa: E402
 from tests.helpers import pyfai_integrator  # noqa: E402
@@ -136,7 +139,8 @@ def main():
     rows.append(dict(case=case, engine="pyFAI", frames=n, seconds=t_theirs, vs_pyfai=1.0))
     load_after = os.getloadavg()
     print(
-        f"PILATUS 1M int32 frames, {NPT} bins, {os.cpu_count()} CPUs, load average "
+        f"PILATUS 1M int32 frames, {NPT} bins, {os.cpu_count()} CPUs ({machine()['cpu']}), "
+        f"load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (shared machine: compare ratios)"
     )
     print("| case | engine | frames | s | frames/s | x pyFAI (frame by frame) |")
@@ -151,7 +155,13 @@ def main():
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
-            dict(npt=NPT, cpus=os.cpu_count(), load_average=[load_before, load_after], rows=rows),
+            dict(
+                npt=NPT,
+                cpus=os.cpu_count(),
+                machine=machine(),
+                load_average=[load_before, load_after],
+                rows=rows,
+            ),
             indent=1,
         )
     )
