@@ -141,9 +141,9 @@ def sigma_clip_kernel(
     the drops as moments about a value of the bin (taken in the first pass with the sums); the
     spread reported is recomputed exactly.
 
-    Passes over a bin's block, 32 frames of a PILATUS 1M, 500 bins, 2 threads: the sums (12 ms
-    in all, 18 with the moments), each listing (~3 ms), the listed entries (~1 ms an
-    iteration); the copy before it 16 ms (docs/robust.md)."""
+    Passes over a bin's block, 32 frames of a PILATUS 1M, 500 bins, 2 threads (AMD EPYC): the
+    sums (6-7 ms in all, 10 with the moments), the first listing and iteration (9 ms), each
+    later iteration (1-2 ms); the copy before it 12-15 ms (docs/robust.md)."""
     n_frames = vals.shape[1]
     has_offset = offset.shape[0] > 0
     moments = model != 0
