@@ -58,6 +58,8 @@ CASES = {
 #: each rate is the best of this many runs (--repeat): the machine is shared, and the best run
 #: is the one least disturbed by other jobs
 REPEAT = 3
+#: the consumer's ZeroMQ receive high-water mark (--hwm; None: the consumer's default)
+HWM = None
 
 
 def rate(n, fn):
@@ -79,7 +81,7 @@ def git_commit():
         return "unknown"
 
 
-def end_to_end(integ, frames, n, batch, threads, out_dir):
+def end_to_end(integ, frames, n, batch, threads, out_dir, batch_workers=True):
     """frames/s of a V2 series through StreamConsumer (sender in another process)."""
     import zmq
 
@@ -124,6 +126,8 @@ def end_to_end(integ, frames, n, batch, threads, out_dir):
         decode_threads=threads,
         buffer_frames=256,
         context=ctx,
+        batch_workers=batch_workers,
+        **({} if HWM is None else {"hwm": HWM}),
     ).start()
     book = cons.book
     assert book.wait(lambda b: (b.get(1) or {}).get("received", 0) >= 1, 120)
@@ -236,7 +240,7 @@ def pyfai_rate(cal, frames, n_bins):
     return rate(len(frames), lambda: [ai.integrate1d(f, **kw) for f in frames])
 
 
-def run_case(name, n_frames, batch, threads, no_pyfai, engine_threads=None):
+def run_case(name, n_frames, batch, threads, no_pyfai, engine_threads=None, batch_workers=True):
     cal = Calibration.from_dict(CASES[name])
     t0 = time.perf_counter()
     integ = Integrator(cal, backend="numpy").warm_up(np.uint32)
@@ -309,7 +313,7 @@ def run_case(name, n_frames, batch, threads, no_pyfai, engine_threads=None):
     runs = []
     for _ in range(REPEAT):  # each run a new series in a new folder (nothing to resume)
         with tempfile.TemporaryDirectory(prefix="bench-stream-") as out:
-            runs.append(end_to_end(e2e_integ, frames, n_frames, batch, threads, out))
+            runs.append(end_to_end(e2e_integ, frames, n_frames, batch, threads, out, batch_workers))
     r_e2e, st = max(runs, key=lambda run: run[0])  # the best of REPEAT runs, as the rates
     r_bound_fair = 2.0 / (1.0 / r_dec + 1.0 / r_int1 + 1e-3 * st["sender_cpu_ms_per_frame"])
     # decoding into the frames of batch stacks, as the consumer must (the frames wait there for
@@ -337,6 +341,7 @@ def run_case(name, n_frames, batch, threads, no_pyfai, engine_threads=None):
         "two_cores_busy_bound_fps": r_bound_busy,
         "end_to_end_vs_two_cores_busy_bound": r_e2e / r_bound_busy,
         "end_to_end_engine_threads": engine_threads or os.cpu_count(),
+        "end_to_end_batch_workers": batch_workers,
         "end_to_end_vs_two_core_bound": r_e2e / r_bound,
         "two_core_bound_engine_threads_fps": r_bound_engine,
         "end_to_end_vs_two_core_bound_engine_threads": r_e2e / r_bound_engine,
@@ -362,13 +367,19 @@ def run_case(name, n_frames, batch, threads, no_pyfai, engine_threads=None):
 
 
 def main(argv=None):
-    global REPEAT
+    global REPEAT, HWM
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=400, help="PILATUS 1M frames end to end")
     p.add_argument("--frames-4m", type=int, default=100, help="EIGER 4M frames end to end")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2, help="decode threads of the consumer")
     p.add_argument("--no-pyfai", action="store_true")
+    p.add_argument(
+        "--no-batch-workers",
+        action="store_true",
+        help="the consumer as before its batch workers: decode threads, then the engine's threads",
+    )
+    p.add_argument("--hwm", type=int, default=None, help="the consumer's receive high-water mark")
     p.add_argument("--repeat", type=int, default=REPEAT, help="runs of each measure (best)")
     p.add_argument(
         "--engine-threads",
@@ -380,6 +391,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(HERE / "results" / "stream-cpu.json"))
     args = p.parse_args(argv)
     REPEAT = max(1, args.repeat)
+    HWM = args.hwm
     os.environ.setdefault(
         "GPUSAXS_CACHE_DIR", os.path.join(tempfile.gettempdir(), "gpusaxs-bench-cache")
     )
@@ -387,7 +399,10 @@ def main(argv=None):
     rows = []
     for name in args.cases:
         n = args.frames if name == "PILATUS 1M" else args.frames_4m
-        rows.append(run_case(name, n, args.batch, args.threads, args.no_pyfai, args.engine_threads))
+        workers = not args.no_batch_workers
+        rows.append(
+            run_case(name, n, args.batch, args.threads, args.no_pyfai, args.engine_threads, workers)
+        )
     load1 = os.getloadavg()
     print(
         f"{'case':11s} {'decode 1t':>10s} {'integrate':>10s} {'sequential':>10s} "
@@ -425,6 +440,7 @@ def main(argv=None):
             f"{r['two_cores_busy_bound_fps']:.0f} (e2e "
             f"{r['end_to_end_vs_two_cores_busy_bound']:.2f} of it); end to end with "
             f"{r['end_to_end_engine_threads']} engine thread(s)"
+            f"{', batch workers (one engine thread each)' if r['end_to_end_batch_workers'] else ''}"
         )
     print(
         f"load average {load0[0]:.1f} before, {load1[0]:.1f} after, {os.cpu_count()} cores: "

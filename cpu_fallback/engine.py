@@ -5,6 +5,7 @@
 independent reference in tests.  Both meet gpusaxs.engine_contract (float64 Sums, (B, n_bins)).
 """
 
+import copy
 import sys
 import threading
 
@@ -90,6 +91,17 @@ class CpuEngine:
         self._work_lock = threading.Lock()
         # the gather kernel's last output block, reused once no result refers to it any more
         self._spare = np.zeros(0)
+
+    def with_threads(self, threads):
+        """A copy of this engine on ``threads`` cores, for callers that run engines side by side
+        (the detector stream's workers, one engine thread each): it shares the matrix and the
+        layout (read only) and has its own work arrays, so the two never wait for each other."""
+        clone = copy.copy(self)
+        clone.threads = max(1, min(int(threads), self.threads))
+        clone._work = np.zeros(0)
+        clone._work_lock = threading.Lock()
+        clone._spare = np.zeros(0)
+        return clone
 
     def sums(self, stack, errors=False):
         """Per-bin sums of a stack (B, H, W) of any integer or float dtype.

@@ -18,7 +18,10 @@ and writing overlap::
   series into batches and decodes them on ``decode_threads`` threads (bitshuffle and LZ4 release
   the GIL) straight into a recycled (B, H, W) stack of the frames' own dtype.
 * integrator: ``Integrator.integrate_batch_error`` on the stack (mean intensity and Poisson
-  error per bin).
+  error per bin).  With the CPU engine and a plain Integrator (``batch_workers``, the default)
+  the assembler does not decode: each of ``decode_threads`` workers (:mod:`.workers`) takes a
+  whole batch, decodes it and integrates it on its own one-thread engine, and the integrator
+  stage gives their rows to the writer in the order the batches came.
 * writer (:class:`~.writer.SeriesWriter`): :class:`gpusaxs.io.nexus.NXazintWriter` in live
   mode, ``series_<series_id>.nxs`` in ``out_dir`` (rows appended as they come, flushed at least
   every second); ``.chi`` per image only with ``chi=True``.
@@ -38,68 +41,33 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gpusaxs.frame_batches import NOTHING, gather, integrate_once
+from gpusaxs.frame_batches import NOTHING, gather
 
 from . import v1, v2
 from .codecs import bitshuffle_one_thread
 from .device_decode import DeviceFrames, StreamDeviceDecode
 from .files import output_root
 from .gi_series import grazing_stage
-from .messages import End, Image, MalformedMessage, Start
+from .messages import End, Image, MalformedMessage, Start, check_start
 from .resume import latest_file, written_ids
 from .series import SeriesBook
+from .workers import (
+    OrderedWorkers,
+    StackPool,
+    decode_frame,
+    decoded_frames,
+    integrated_rows,
+    one_thread_integrate,
+    runs_on_workers,
+)
 from .writer import SeriesWriter
 
 log = logging.getLogger("saxsdogserver.stream")
 
 _STOP = ("stop",)
-PIXEL_SIZE_RTOL = 1e-3
+_WAKE = ("wake",)  # a batch worker finished (.workers)
 #: default inactivity timeout (s): a receiving series with no message for this long is ended
 IDLE_TIMEOUT_S = 300.0
-
-
-def check_start(start, integ):
-    """None if the start message fits the integrator's calibration, else the reason (a str)."""
-    cal = integ.calibration
-    if start.image_size is not None and tuple(start.image_size) != tuple(integ.shape):
-        return (
-            f"image size {start.image_size[0]} x {start.image_size[1]} (rows x columns) "
-            f"of the start message differs from the calibration's Imagesize "
-            f"{integ.shape[0]} x {integ.shape[1]}"
-        )
-    if start.pixel_size_m is not None:
-        want = [p * 1e-6 for p in cal.pixel_size_um]
-        got = list(start.pixel_size_m)
-        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want, strict=False)):
-            return (
-                f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
-                f"message differs from the calibration's PixelSizeMicroM "
-                f"{want[0] * 1e6:g} x {want[1] * 1e6:g}"
-            )
-    return None
-
-
-class _StackPool:
-    """Recycled (B, H, W) stacks per dtype, so that batches do not allocate."""
-
-    def __init__(self, batch, shape):
-        self.batch, self.shape = batch, tuple(shape)
-        self._free = {}
-        self._lock = threading.Lock()
-
-    def take(self, dtype):
-        dtype = np.dtype(dtype)
-        with self._lock:
-            lst = self._free.get(dtype.str)
-            if lst:
-                return lst.pop()
-        return np.empty((self.batch,) + self.shape, dtype=dtype)
-
-    def give(self, stack):
-        with self._lock:
-            lst = self._free.setdefault(stack.dtype.str, [])
-            if len(lst) < 4:
-                lst.append(stack)
 
 
 class StreamConsumer:
@@ -116,7 +84,8 @@ class StreamConsumer:
     batch_size : frames per integration call.
     decode_threads : threads decoding frames.
     buffer_frames : frames waiting between receiver and decoder (the bounded buffer).
-    hwm : ZeroMQ receive high-water mark (messages).
+    hwm : ZeroMQ receive high-water mark (messages; 64: frames wait in ``buffer_frames``, a
+        deeper ZeroMQ queue only allocates and frees more, docs/streams.md).
     policy : "block" (default: backpressure, nothing dropped) or "drop" (drop frames that do
         not fit the buffer, each with an error record).
     chi : also write ``series_<id>/image_<id>.chi`` per image.
@@ -127,6 +96,9 @@ class StreamConsumer:
     on_fatal : called with a one-line reason when a stage dies.
     device_decode : bslz4 frames decoded on the device (:mod:`.device_decode`); None: on a
         CuPy DeviceEngine when $GPUSAXS_DEVICE_DECODE is 1 (the pipeline's rule).
+    batch_workers : on the CPU engine, decode and integrate each batch on one of
+        ``decode_threads`` workers with a one-thread engine (:mod:`.workers`); False: decode on
+        the decode threads, integrate on all the engine's threads.
     """
 
     def __init__(
@@ -138,7 +110,7 @@ class StreamConsumer:
         batch_size=16,
         decode_threads=2,
         buffer_frames=256,
-        hwm=1000,
+        hwm=64,
         policy="block",
         chi=False,
         context=None,
@@ -146,6 +118,7 @@ class StreamConsumer:
         resume=False,
         on_fatal=None,
         device_decode=None,
+        batch_workers=True,
     ):
         if version not in (1, 2):
             raise ValueError(f"stream version must be 1 or 2, not {version!r}")
@@ -178,6 +151,8 @@ class StreamConsumer:
         self._stop = threading.Event()
         self._threads = []
         self._pool = None
+        self._workers = None
+        self.batch_workers = bool(batch_workers)
         self.connected = threading.Event()
         self._device = StreamDeviceDecode(device_decode)
 
@@ -206,6 +181,8 @@ class StreamConsumer:
             thread_name_prefix="stream-decode",
             initializer=bitshuffle_one_thread,  # our threads are the parallelism
         )
+        if self.batch_workers:
+            self._workers = OrderedWorkers(self.decode_threads)
         for name, fn in (
             ("receiver", self._receive_loop),
             ("assembler", self._assemble_loop),
@@ -225,6 +202,8 @@ class StreamConsumer:
             t.join(max(0.0, deadline - time.monotonic()))
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        if self._workers is not None:
+            self._workers.shutdown()
         return not any(t.is_alive() for t in self._threads)
 
     def _guard(self, fn):
@@ -261,6 +240,8 @@ class StreamConsumer:
                 return
             if isinstance(item, Image):
                 ids = [(item.series_id, item.image_id)]
+            elif isinstance(item, tuple) and item[0] == "raw":
+                ids = [(item[1], m.image_id) for m in item[2]]
             elif isinstance(item, tuple) and item[0] in ("batch", "rows"):
                 ids = [(item[1], int(i)) for i in item[-2 if item[0] == "batch" else -1]]
             else:
@@ -433,7 +414,7 @@ class StreamConsumer:
     # -- stage 2: assembler + decode pool -------------------------------------------------------
     def _assemble_loop(self):
         integs = {}  # series_id -> integrator
-        pools = {}  # shape -> _StackPool
+        pools = {}  # shape -> StackPool
         pending = None
         while True:
             item = pending if pending is not None else self._buffer.get()
@@ -491,10 +472,12 @@ class StreamConsumer:
             shape = tuple(integ.shape)
             pool = pools.get(shape)
             if pool is None or pool.batch != self.batch_size:
-                pool = pools[shape] = _StackPool(self.batch_size, shape)
+                pool = pools[shape] = StackPool(self.batch_size, shape)
             try:  # frames the device decodes go compressed to the integrator (issue 26)
                 batch = self._device.route(item.series_id, integ, batch, self._batches)
-                if batch:
+                if batch and self._workers is not None and runs_on_workers(integ):
+                    self._batches.put(("raw", item.series_id, batch, pool, shape))
+                elif batch:
                     self._decode_batch(item.series_id, batch, pool, shape)
             except Exception as exc:  # noqa: BLE001 - a record per frame, never a dead stage
                 log.exception("decoding a batch failed")
@@ -506,38 +489,22 @@ class StreamConsumer:
         stack = pool.take(dtype)
 
         def job(k):
-            msg = batch[k]
-            p = msg.payload
-            if tuple(p.shape) != shape:
-                return (
-                    f"image of {p.shape[0]} x {p.shape[1]} pixels, the calibration needs "
-                    f"{shape[0]} x {shape[1]}"
-                )
-            if np.dtype(p.dtype).kind not in "uif":
-                return f"unsupported pixel dtype {np.dtype(p.dtype)}"
-            try:
-                view = stack[k]
-                frame = p.decode(out=view)
-                if frame is not view:  # not decoded in place
-                    view[...] = frame
-            except (ValueError, TypeError, OverflowError, MemoryError) as exc:
-                return f"cannot decode ({p.compression}): {exc}"
-            return None
+            return decode_frame(batch[k], stack, k, shape)
 
         results = list(self._pool.map(job, range(len(batch))))
-        good = [k for k, r in enumerate(results) if r is None]
-        for k, r in enumerate(results):
-            if r is not None:
-                self.book.error(series_id, batch[k].image_id, r, "decode")
-        if not good:
-            pool.give(stack)
-            return
-        if len(good) != len(batch):  # compact the good frames to the front
-            for j, k in enumerate(good):
-                if j != k:
-                    stack[j] = stack[k]
-        ids = np.array([batch[k].image_id for k in good], dtype=np.int64)
-        self._batches.put(("batch", series_id, stack, len(good), ids, pool))
+        decoded = decoded_frames(self.book, series_id, batch, stack, results, pool)
+        if decoded is not None:
+            self._batches.put(("batch", series_id, *decoded, pool))
+
+    def _work_batch(self, series_id, integ, batch, pool, shape):
+        """On a worker (.workers): decode ``batch`` one frame after the other, integrate it on
+        this worker's one-thread engine; the rows item, or None."""
+        stack = pool.take(np.dtype(batch[0].payload.dtype).newbyteorder("="))
+        results = [decode_frame(m, stack, k, shape) for k, m in enumerate(batch)]
+        decoded = decoded_frames(self.book, series_id, batch, stack, results, pool)
+        if decoded is None:
+            return None
+        return integrated_rows(self.book, series_id, *decoded, pool, one_thread_integrate(integ))
 
     # -- stage 3: integrator --------------------------------------------------------------------
     def _integrate_loop(self):
@@ -545,6 +512,8 @@ class StreamConsumer:
         while True:
             item = self._batches.get()
             if item is _STOP:
+                for out in self._workers.drain() if self._workers is not None else ():
+                    self._emit_now(out)
                 self._rows.put(_STOP)
                 return
             kind = item[0]
@@ -556,40 +525,51 @@ class StreamConsumer:
                         stage.prime()
                     except Exception as exc:  # noqa: BLE001 - the writer refuses the series
                         log.error("grazing-incidence axes of series %s: %s", item[1].series_id, exc)
-                self._rows.put(item)
+                self._emit(item)
             elif kind == "end":
-                self._rows.put(item)
+                self._emit(item)
+            elif kind == "raw":  # decoded and integrated on a worker, given back in order
+                _, sid, batch, pool, shape = item
+                args = (self._work_batch, sid, integs[sid], batch, pool, shape)
+                self._workers.submit(*args, on_done=self._wake)
+                self._emit(None)
+            elif kind == "wake":  # a worker finished: pass on what is ready
+                self._emit(None)
             else:
                 _, sid, stack, n, ids, pool = item
                 integ = integs[sid]
                 if isinstance(stack, DeviceFrames):  # bslz4 payloads, decoded on the device
-                    rows = self._device.integrate(integ, stack, ids, self.book, sid)
-                    if rows is not None:
-                        self._rows.put(rows)
+                    self._emit(self._device.integrate(integ, stack, ids, self.book, sid))
                     continue
 
                 def integrate(frames, integ=integ):
                     intensity, _, err = integ.integrate_batch_error(frames, std=False)
                     return intensity, err
 
-                try:
-                    intensity, err, failed = integrate_once(stack[:n], integrate)
-                except BaseException as exc:  # the stage dies: its frames still get a record
-                    for i in ids:
-                        self.book.error(sid, int(i), f"integrator stage died: {exc!r}", "failed")
-                    raise
-                finally:
-                    pool.give(stack)
-                for k, why in failed.items():  # one bad frame fails alone
-                    log.error("integration of image %s failed: %s", int(ids[k]), why)
-                    self.book.error(sid, int(ids[k]), f"integration failed: {why}", "integrate")
-                if failed:
-                    good = np.array([k for k in range(n) if k not in failed], dtype=np.int64)
-                    if intensity is None or not len(good):
-                        continue
-                    intensity, ids = intensity[good], ids[good]
-                    err = None if err is None else err[good]
-                self._rows.put(("rows", sid, intensity, err, ids))
+                self._emit(integrated_rows(self.book, sid, stack, n, ids, pool, integrate))
+
+    def _wake(self):
+        """On a worker that finished a batch: wake the integrator stage (if its queue is full,
+        it is busy and collects the batch at its next item anyway)."""
+        try:
+            self._batches.put_nowait(_WAKE)
+        except queue.Full:
+            pass
+
+    def _emit(self, out):
+        """Pass ``out`` (None: nothing) to the writer after what came before it: behind the
+        workers' batches still in flight, in the order they came."""
+        if self._workers is None:
+            self._emit_now(out)
+            return
+        if out is not None:
+            self._workers.done(out)
+        for ready in self._workers.ready():
+            self._emit_now(ready)
+
+    def _emit_now(self, out):
+        if out is not None:
+            self._rows.put(out)
 
     # -- stage 4: writer (.writer.SeriesWriter) ------------------------------------------------
     def _write_loop(self):

@@ -50,9 +50,9 @@ def add_arguments(parser):
     g.add_argument(
         "--stream-hwm",
         type=int,
-        default=1000,
+        default=64,
         metavar="MESSAGES",
-        help="ZeroMQ receive high-water mark (default 1000)",
+        help="ZeroMQ receive high-water mark (default 64; frames wait in --stream-buffer)",
     )
     g.add_argument(
         "--stream-policy",

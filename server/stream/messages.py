@@ -71,4 +71,29 @@ class End:
     unique_id: str = ""
 
 
-__all__ = ["DecodeError", "End", "Image", "MalformedMessage", "Payload", "Start"]
+__all__ = ["DecodeError", "End", "Image", "MalformedMessage", "Payload", "Start", "check_start"]
+
+
+#: relative tolerance of a start message's pixel size against the calibration's
+PIXEL_SIZE_RTOL = 1e-3
+
+
+def check_start(start, integ):
+    """None if the start message fits the integrator's calibration, else the reason (a str)."""
+    cal = integ.calibration
+    if start.image_size is not None and tuple(start.image_size) != tuple(integ.shape):
+        return (
+            f"image size {start.image_size[0]} x {start.image_size[1]} (rows x columns) "
+            f"of the start message differs from the calibration's Imagesize "
+            f"{integ.shape[0]} x {integ.shape[1]}"
+        )
+    if start.pixel_size_m is not None:
+        want = [p * 1e-6 for p in cal.pixel_size_um]
+        got = list(start.pixel_size_m)
+        if any(abs(g - w) > PIXEL_SIZE_RTOL * w for g, w in zip(got, want, strict=False)):
+            return (
+                f"pixel size {got[0] * 1e6:g} x {got[1] * 1e6:g} um (y x) of the start "
+                f"message differs from the calibration's PixelSizeMicroM "
+                f"{want[0] * 1e6:g} x {want[1] * 1e6:g}"
+            )
+    return None
