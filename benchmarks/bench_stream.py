@@ -34,6 +34,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_frames import best_rate
 
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.clients.saxsdetsim import demo_frames
@@ -64,12 +67,7 @@ HWM = None
 
 def rate(n, fn):
     """n / the shortest of REPEAT timed calls of fn (frames/s)."""
-    best = float("inf")
-    for _ in range(REPEAT):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+    return best_rate(fn, n, REPEAT)
 
 
 def git_commit():
