@@ -109,3 +109,49 @@ def test_a_series_through_the_workers_is_written_in_order(tmp_path, integrator):
         )
     (record,) = cons.book.info()["recent errors"]
     assert record["image_id"] == bad and record["kind"] == "decode"
+
+
+class _Bug(BaseException):
+    """Not an Exception: what kills a stage rather than failing one frame."""
+
+
+def test_frames_in_flight_when_the_stage_dies_are_recorded(tmp_path, integrator, monkeypatch):
+    """A batch whose integration raises a BaseException kills the integrator stage: its frames,
+    and those of batches the workers finished but the stage never passed on, each get a record;
+    no frame is lost without one."""
+    from gpusaxs.server.stream import consumer
+
+    real = consumer.one_thread_integrate
+
+    def buggy(integ):
+        integrate = real(integ)
+
+        def run(frames):
+            if np.any(frames[:, 1, 1] == 55_555):
+                sent.wait(30)  # the series all sent: the consumer stops reading when it dies
+                raise _Bug("simulated bug")
+            return integrate(frames)
+
+        return run
+
+    sent = threading.Event()
+    monkeypatch.setattr(consumer, "one_thread_integrate", buggy)
+    n = 12
+    frames = [frame(np.uint32, seed=i) for i in range(n)]
+    frames[2][1, 1] = 55_555  # the second batch of 2
+    fatal = []
+    with running_consumer(
+        tmp_path, integrator, batch_size=2, decode_threads=2, on_fatal=fatal.append
+    ) as (cons, push):
+        send_series(push, 1, "dies", frames)
+        sent.set()
+        cons.book.wait(lambda b: bool(fatal), 60)
+        assert cons.book.wait(
+            lambda b: (
+                (b.get(1) or {}).get("integrated", 0) + (b.get(1) or {}).get("errors", 0) >= n
+            ),
+            60,
+        )
+    assert "_integrate_loop" in fatal[0] and "simulated bug" in fatal[0]
+    st = cons.book.get(1)
+    assert st["integrated"] + st["errors"] == n and st["errors"] >= 2

@@ -231,6 +231,11 @@ class StreamConsumer:
         }
         if stage not in links:  # the receiver: its own finally sent the stop down
             return
+        if stage == "_integrate_loop" and self._workers is not None:  # rows never passed on
+            for out in self._workers.abandon():
+                if isinstance(out, tuple) and out[0] == "rows":
+                    for i in out[-1]:
+                        self.book.error(out[1], int(i), reason, "failed")
         inbox, outbox = links[stage]
         while True:
             item = inbox.get()
@@ -499,9 +504,14 @@ class StreamConsumer:
     def _work_batch(self, series_id, integ, batch, pool, shape):
         """On a worker (.workers): decode ``batch`` one frame after the other, integrate it on
         this worker's one-thread engine; the rows item, or None."""
-        stack = pool.take(np.dtype(batch[0].payload.dtype).newbyteorder("="))
-        results = [decode_frame(m, stack, k, shape) for k, m in enumerate(batch)]
-        decoded = decoded_frames(self.book, series_id, batch, stack, results, pool)
+        try:
+            stack = pool.take(np.dtype(batch[0].payload.dtype).newbyteorder("="))
+            results = [decode_frame(m, stack, k, shape) for k, m in enumerate(batch)]
+            decoded = decoded_frames(self.book, series_id, batch, stack, results, pool)
+        except BaseException as exc:  # a bug: every frame of the batch gets its record
+            for m in batch:
+                self.book.error(series_id, m.image_id, f"batch worker died: {exc!r}", "failed")
+            raise
         if decoded is None:
             return None
         return integrated_rows(self.book, series_id, *decoded, pool, one_thread_integrate(integ))

@@ -160,8 +160,10 @@ class OrderedWorkers:
     :meth:`submit` runs ``fn(*args)`` on a worker, :meth:`done` queues a value that needs no
     work (a series' start or end); :meth:`ready` yields the results whose turn has come, and
     waits for the oldest while more than ``n + 1`` are in flight; :meth:`drain` waits for all.
-    A result that raised raises there. One thread submits and collects; it learns that a result
-    is ready from ``on_done`` (the consumer puts a wake-up item in its own input queue).
+    A result that raised raises there (its frames already have their records); :meth:`abandon`
+    gives what was never collected after the collector died. One thread submits and collects;
+    it learns that a result is ready from ``on_done`` (the consumer puts a wake-up item in its
+    own input queue).
     """
 
     def __init__(self, n, name="stream-worker"):
@@ -192,6 +194,13 @@ class OrderedWorkers:
     def drain(self):
         while self._pending:
             yield self._pending.popleft().result()
+
+    def abandon(self):
+        """After the collecting thread died: wait for what is in flight and yield each result
+        that was never collected (None for one that raised), so its frames can be recorded."""
+        while self._pending:
+            future = self._pending.popleft()
+            yield None if future.exception() is not None else future.result()
 
     def shutdown(self):
         self._pool.shutdown(wait=True)
