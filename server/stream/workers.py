@@ -10,6 +10,7 @@ results back in the order the batches came, so the writer sees rows (and a serie
 in order.  docs/streams.md has the measurements.
 """
 
+import copy
 import logging
 import threading
 from collections import deque
@@ -17,7 +18,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from gpusaxs.engine_contract import error_model
 from gpusaxs.frame_batches import integrate_once
 from gpusaxs.integrator import Integrator
 
@@ -145,10 +145,12 @@ def one_thread_integrate(integ):
     if mine is None or mine[0] is not engine:
         if len(engines) >= 4:  # a few calibrations at most: forget the oldest
             engines.pop(next(iter(engines)))
-        mine = engines[id(engine)] = (engine, engine.with_threads(1))
+        view = copy.copy(integ)  # the same Integrator, its engine one thread of its own
+        view.engine = engine.with_threads(1)
+        mine = engines[id(engine)] = (engine, view)
 
     def integrate(frames):
-        intensity, _, err = error_model(mine[1].sums(frames, errors="poisson"))
+        intensity, _, err = mine[1].integrate_batch_error(frames, std=False)
         return intensity, err
 
     return integrate
