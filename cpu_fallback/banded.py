@@ -12,8 +12,10 @@ for each band and each group of 8 frames it
 1. reads the 8 frames' values of the band once, in order (the only pass over the frames), and
    writes them pixel-major into a small float64 buffer (``P x 8``, 256 kB: L2), the dark
    subtracted, while checking that every value of an active pixel is valid;
-2. if one is not (rare: a negative, NaN, or the unsigned maximum on an unmasked pixel), zeroes
-   those values and adds their weights to ``lost`` (subtracted from the norm by the caller);
+2. if one is not (a negative, NaN, or the unsigned maximum on an unmasked pixel: rare, except
+   for the module gaps of frames integrated without a mask), lists the pixels that hold one
+   (one more pass over the band's values), zeroes those values, lane by lane, and adds their
+   weights to ``lost`` (subtracted from the norm by the caller);
 3. sums each segment of the band with :func:`cpu_fallback.simd.segment_add8`: per entry, two
    ``<4 x double>`` loads of the buffer and two FMAs serve all 8 frames, accumulated in
    registers and added once per segment to the thread's private output row block.  With
@@ -153,18 +155,43 @@ def _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
     return bad
 
 
+@numba.njit(nogil=True, cache=True)
+def _bad_pixels(flat, offsets, p0, n, active, upper, bad_at):
+    """The number of active pixels among p0..p0+n-1 with an invalid value among their 8 lanes;
+    their band indices in bad_at[:that number].  A call, not inlined: the slow path only (and
+    inlining _lanes_invalid twice into one function trips numba's SSA check)."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
+    n_bad = 0
+    base = np.uint64(p0)
+    for i in range(n):
+        p = base + np.uint64(i)
+        v0 = flat[o0 + p]
+        v1 = flat[o1 + p]
+        v2 = flat[o2 + p]
+        v3 = flat[o3 + p]
+        v4 = flat[o4 + p]
+        v5 = flat[o5 + p]
+        v6 = flat[o6 + p]
+        v7 = flat[o7 + p]
+        bad = _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
+        if bad:
+            bad_at[n_bad] = i
+            n_bad += 1
+    return n_bad
+
+
 @numba.njit(inline="always")
 def _fix_invalid(
-    flat, offsets, p0, n, buf, active, upper, fb, n_real, csr, scale, dark, has_dark, out, bp
+    flat, offsets, p0, bad_at, n_bad, buf, upper, fb, n_real, csr, scale, dark, has_dark, out, bp
 ):
-    """Zero the invalid lanes of active pixels in buf; add their weights to out[1] (lost) and,
-    with a dark and a variance (out[2]), take their dark term back out of the variance."""
+    """Zero the invalid lanes of the pixels bad_at[:n_bad] (band indices of active pixels) in
+    buf; add their weights to out[1] (lost) and, with a dark and a variance (out[2]), take their
+    dark term back out of the variance."""
     pixel_ptr, bins, weights = csr
     lost = out[1]
-    for i in range(n):
+    for j in range(n_bad):
+        i = bad_at[j]
         p = p0 + i
-        if active[p] == 0:
-            continue
         for f in range(LANES):
             x = np.float64(flat[offsets[f] + np.uint64(p)])
             if _valid(x, upper):
@@ -211,6 +238,7 @@ def _make_kernel(n_sums):
         bp = -(-n_frames // LANES) * LANES
         for t in numba.prange(len(bands) - 1):
             buf = np.zeros(band_pixels * LANES)  # the band's 8 lanes per pixel
+            bad_at = np.empty(band_pixels, np.int64)  # the band's pixels with an invalid lane
             out = sums[:, t]
             for band in range(bands[t], bands[t + 1]):
                 s0 = band_seg[band]
@@ -222,10 +250,11 @@ def _make_kernel(n_sums):
                 for fb in range(0, n_frames, LANES):
                     offsets = _lane_offsets(fb, n_frames, n_pixels)
                     if _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
+                        n_bad = _bad_pixels(flat, offsets, p0, n, active, upper, bad_at)
                         n_real = min(LANES, n_frames - fb)
                         _fix_invalid(
-                            flat, offsets, p0, n, buf, active, upper, fb, n_real, csr, scale,
-                            dark, has_dark, out, bp,
+                            flat, offsets, p0, bad_at, n_bad, buf, upper, fb, n_real, csr,
+                            scale, dark, has_dark, out, bp,
                         )  # fmt: skip
                     for s in range(s0, s1):
                         at = np.uint64(seg_bin[s] * bp + fb)

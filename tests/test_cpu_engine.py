@@ -78,6 +78,27 @@ def relative(a, b):
     return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))
 
 
+def test_unmasked_gaps_in_every_frame_meet_the_contract(pilatus):
+    """Frames integrated without a mask, the module gaps flagged with the unsigned maximum in
+    every frame (as an EIGER or a uint32 PILATUS stream sends them): every band then holds
+    invalid values in every group of frames, the kernel's slow path everywhere (it lists the
+    pixels that hold them and visits those alone)."""
+    cal, _, image, _, _ = pilatus
+    matrix = gpusaxs.Integrator(cal.replace(mask_file=None), backend="numpy").matrix
+    rng = np.random.default_rng(5)
+    gaps = image < 0
+    assert 0.05 < gaps.mean() < 0.15  # PILATUS 1M: about 8 % of the pixels are gaps
+    stack = rng.poisson(np.maximum(image, 0), size=(16,) + image.shape).astype(np.uint32)
+    stack[:, gaps] = np.iinfo(np.uint32).max
+    stack[3, 100:104, :] = np.iinfo(np.uint32).max  # and a whole band of one frame
+    direct = contract_sums(matrix, stack, None)
+    got = CpuEngine(matrix).sums(stack, errors="poisson")
+    for name in ("signal", "norm", "variance"):
+        assert relative(getattr(got, name), direct[name]) < 1e-6, name
+    # the gaps' weight is lost in every frame: the norm is below the matrix's own
+    assert (got.norm.sum(axis=1) < 0.95 * matrix.norm.sum()).all()
+
+
 @pytest.mark.parametrize(
     "dtype,n_frames",
     # fewer than 8 frames (padded lanes) and 8 or more (whole groups of 8): each dtype on both
