@@ -18,7 +18,6 @@ Prints a table and writes benchmarks/results/cpu.json.
 """
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -33,6 +32,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_frames import write_result  # noqa: E402
 
 import gpusaxs  # noqa: E402
 from gpusaxs.matrix import build_matrix  # noqa: E402
@@ -325,9 +327,7 @@ def main(argv=None):
         "bound_frames_per_s": bound_fps,
         "builds": builds,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

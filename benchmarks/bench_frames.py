@@ -33,6 +33,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def write_result(path, result):
+    """Write a benchmark's result dict as JSON to ``path`` (its folder made) and say so."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
 def best_rate(fn, n, repeats):
     best = float("inf")
     for _ in range(repeats):

@@ -18,7 +18,6 @@ Writes benchmarks/results/stream-cpu.json.
 """
 
 import argparse
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -36,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_frames import best_rate
+from bench_frames import best_rate, write_result
 
 from gpusaxs.calibration_model import Calibration
 from gpusaxs.clients.saxsdetsim import demo_frames
@@ -454,9 +453,7 @@ def main(argv=None):
         "note": "shared machine (other jobs running); compare ratios within this run",
         "cases": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -25,7 +25,6 @@ are the result.  Writes ``benchmarks/results/stream-rounds-cpu.json``.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from bench_frames import write_result  # noqa: E402
 from bench_saxsdog import machine  # noqa: E402
 from bench_stream import CASES, _cpu_s, end_to_end, git_commit  # noqa: E402
 
@@ -251,9 +251,7 @@ def main(argv=None):
         "min_max": spread,
         "rounds": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

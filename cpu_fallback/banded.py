@@ -69,6 +69,22 @@ def _lane_offsets(fb, n_frames, n_pixels):
 
 
 @numba.njit(inline="always")
+def _load8(flat, offsets, p):
+    """The 8 lanes' raw values of pixel p (offsets from :func:`_lane_offsets`)."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
+    return (
+        flat[o0 + p],
+        flat[o1 + p],
+        flat[o2 + p],
+        flat[o3 + p],
+        flat[o4 + p],
+        flat[o5 + p],
+        flat[o6 + p],
+        flat[o7 + p],
+    )
+
+
+@numba.njit(inline="always")
 def _valid(x, upper):
     return x >= 0.0 and x < upper
 
@@ -124,21 +140,13 @@ def _store8(buf, q, a0, a1, a2, a3, a4, a5, a6, a7):
 def _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
     """Write the 8 lanes of pixels p0..p0+n-1 pixel-major into buf (v = x - dark); True if a
     value of an active pixel is invalid."""
-    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
     bad = False
     base = np.uint64(p0)
     for i in range(n):
         k = np.uint64(i)
         p = base + k
         d = np.float64(dark[p]) if has_dark else 0.0
-        v0 = flat[o0 + p]
-        v1 = flat[o1 + p]
-        v2 = flat[o2 + p]
-        v3 = flat[o3 + p]
-        v4 = flat[o4 + p]
-        v5 = flat[o5 + p]
-        v6 = flat[o6 + p]
-        v7 = flat[o7 + p]
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
         bad |= _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
         _store8(
             buf,
@@ -160,19 +168,11 @@ def _bad_pixels(flat, offsets, p0, n, active, upper, bad_at):
     """The number of active pixels among p0..p0+n-1 with an invalid value among their 8 lanes;
     their band indices in bad_at[:that number].  A call, not inlined: the slow path only (and
     inlining _lanes_invalid twice into one function trips numba's SSA check)."""
-    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
     n_bad = 0
     base = np.uint64(p0)
     for i in range(n):
         p = base + np.uint64(i)
-        v0 = flat[o0 + p]
-        v1 = flat[o1 + p]
-        v2 = flat[o2 + p]
-        v3 = flat[o3 + p]
-        v4 = flat[o4 + p]
-        v5 = flat[o5 + p]
-        v6 = flat[o6 + p]
-        v7 = flat[o7 + p]
+        v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
         bad = _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
         if bad:
             bad_at[n_bad] = i
