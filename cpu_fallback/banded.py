@@ -14,8 +14,9 @@ for each band and each group of 8 frames it
    subtracted, while checking that every value of an active pixel is valid;
 2. if one is not (a negative, NaN, or the unsigned maximum on an unmasked pixel: rare, except
    for the module gaps of frames integrated without a mask), lists the pixels that hold one
-   (one more pass over the band's values), zeroes those values, lane by lane, and adds their
-   weights to ``lost`` (subtracted from the norm by the caller);
+   (blocks of ``LIST_BLOCK`` pixels checked first, those without one skipped), zeroes those
+   values and adds their weights to ``lost`` (subtracted from the norm by the caller), the 8
+   lanes of each matrix entry at once;
 3. sums each segment of the band with :func:`cpu_fallback.simd.segment_add8`: per entry, two
    ``<4 x double>`` loads of the buffer and two FMAs serve all 8 frames, accumulated in
    registers and added once per segment to the thread's private output row block.  With
@@ -163,49 +164,77 @@ def _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
     return bad
 
 
+#: pixels per block of the listing of invalid values: blocks without one are skipped after one
+#: branch-free pass (module gaps are a few runs of columns and rows, not scattered pixels)
+LIST_BLOCK = 64
+
+
 @numba.njit(nogil=True, cache=True)
-def _bad_pixels(flat, offsets, p0, n, active, upper, bad_at):
-    """The number of active pixels among p0..p0+n-1 with an invalid value among their 8 lanes;
-    their band indices in bad_at[:that number].  A call, not inlined: the slow path only (and
-    inlining _lanes_invalid twice into one function trips numba's SSA check)."""
-    n_bad = 0
+def _any_bad(flat, offsets, p0, n, active, upper):
+    """True if an active pixel among p0..p0+n-1 has an invalid value among its 8 lanes."""
+    bad = False
     base = np.uint64(p0)
     for i in range(n):
         p = base + np.uint64(i)
         v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
-        bad = _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
-        if bad:
-            bad_at[n_bad] = i
-            n_bad += 1
+        bad |= _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
+    return bad
+
+
+@numba.njit(nogil=True, cache=True)
+def _bad_pixels(flat, offsets, p0, n, active, upper, bad_at):
+    """The number of active pixels among p0..p0+n-1 with an invalid value among their 8 lanes;
+    their band indices in bad_at[:that number].  Calls, not inlined: the slow path only (and
+    inlining _lanes_invalid twice into one function trips numba's SSA check)."""
+    n_bad = 0
+    for b0 in range(0, n, LIST_BLOCK):
+        m = min(LIST_BLOCK, n - b0)
+        if not _any_bad(flat, offsets, p0 + b0, m, active, upper):
+            continue
+        base = np.uint64(p0 + b0)
+        for i in range(m):
+            p = base + np.uint64(i)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
+            bad = _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
+            if bad:
+                bad_at[n_bad] = b0 + i
+                n_bad += 1
     return n_bad
 
 
 @numba.njit(inline="always")
 def _fix_invalid(
-    flat, offsets, p0, bad_at, n_bad, buf, upper, fb, n_real, csr, scale, dark, has_dark, out, bp
-):
+    flat, offsets, p0, bad_at, n_bad, buf, gone, upper, fb, n_real, csr, scale, dark, has_dark,
+    out, bp,
+):  # fmt: skip
     """Zero the invalid lanes of the pixels bad_at[:n_bad] (band indices of active pixels) in
     buf; add their weights to out[1] (lost) and, with a dark and a variance (out[2]), take their
-    dark term back out of the variance."""
+    dark term back out of the variance.  gone: 8 float64 of scratch (1.0 where a real frame's
+    lane is invalid), so that each entry updates its 8 lanes at once (contiguous: vector code),
+    in the same order per lane as one lane at a time."""
     pixel_ptr, bins, weights = csr
     lost = out[1]
+    take_dark_back = has_dark and len(out) > 2
     for j in range(n_bad):
         i = bad_at[j]
         p = p0 + i
         for f in range(LANES):
-            x = np.float64(flat[offsets[f] + np.uint64(p)])
-            if _valid(x, upper):
-                continue
-            buf[i * LANES + f] = 0.0
-            if f >= n_real:
-                continue
-            take_dark_back = has_dark and len(out) > 2
-            s = np.float64(scale[p])
-            for e in range(pixel_ptr[p], pixel_ptr[p + 1]):
-                lost[bins[e] * bp + fb + f] += weights[e]
-                if take_dark_back:  # the term var_dark added: banded_layout's wss x dark
-                    wss = np.float64(np.float32(np.float64(weights[e]) * s * s))
-                    out[2][bins[e] * bp + fb + f] -= wss * np.float64(dark[p])
+            gone[f] = 0.0
+            if not _valid(np.float64(flat[offsets[f] + np.uint64(p)]), upper):
+                buf[i * LANES + f] = 0.0
+                if f < n_real:
+                    gone[f] = 1.0
+        s = np.float64(scale[p])
+        for e in range(pixel_ptr[p], pixel_ptr[p + 1]):
+            at = bins[e] * bp + fb
+            w = np.float64(weights[e])
+            for f in range(LANES):
+                lost[at + f] += w * gone[f]
+            if take_dark_back:  # the term var_dark added: banded_layout's wss x dark
+                wss = np.float64(np.float32(w * s * s))
+                term = wss * np.float64(dark[p])
+                for f in range(LANES):
+                    out[2][at + f] -= term * gone[f]
 
 
 def _make_kernel(n_sums):
@@ -239,6 +268,7 @@ def _make_kernel(n_sums):
         for t in numba.prange(len(bands) - 1):
             buf = np.zeros(band_pixels * LANES)  # the band's 8 lanes per pixel
             bad_at = np.empty(band_pixels, np.int64)  # the band's pixels with an invalid lane
+            gone = np.zeros(LANES)  # their invalid lanes (_fix_invalid)
             out = sums[:, t]
             for band in range(bands[t], bands[t + 1]):
                 s0 = band_seg[band]
@@ -253,8 +283,8 @@ def _make_kernel(n_sums):
                         n_bad = _bad_pixels(flat, offsets, p0, n, active, upper, bad_at)
                         n_real = min(LANES, n_frames - fb)
                         _fix_invalid(
-                            flat, offsets, p0, bad_at, n_bad, buf, upper, fb, n_real, csr,
-                            scale, dark, has_dark, out, bp,
+                            flat, offsets, p0, bad_at, n_bad, buf, gone, upper, fb, n_real,
+                            csr, scale, dark, has_dark, out, bp,
                         )  # fmt: skip
                     for s in range(s0, s1):
                         at = np.uint64(seg_bin[s] * bp + fb)
