@@ -169,23 +169,29 @@ def _transpose(flat, offsets, p0, n, buf, active, dark, has_dark, upper):
 LIST_BLOCK = 64
 
 
+@numba.njit(inline="always")
+def _pixel_bad(flat, offsets, p, active, upper):
+    """True if pixel p is active and one of its 8 lanes holds an invalid value."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
+    return _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
+
+
 @numba.njit(nogil=True, cache=True)
 def _any_bad(flat, offsets, p0, n, active, upper):
     """True if an active pixel among p0..p0+n-1 has an invalid value among its 8 lanes."""
     bad = False
     base = np.uint64(p0)
     for i in range(n):
-        p = base + np.uint64(i)
-        v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
-        bad |= _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
+        bad |= _pixel_bad(flat, offsets, base + np.uint64(i), active, upper)
     return bad
 
 
 @numba.njit(nogil=True, cache=True)
 def _bad_pixels(flat, offsets, p0, n, active, upper, bad_at):
     """The number of active pixels among p0..p0+n-1 with an invalid value among their 8 lanes;
-    their band indices in bad_at[:that number].  Calls, not inlined: the slow path only (and
-    inlining _lanes_invalid twice into one function trips numba's SSA check)."""
+    their band indices in bad_at[:that number].  It and _any_bad are calls, not inlined: the
+    slow path only (and inlining _lanes_invalid twice into one function trips numba's SSA
+    check)."""
     n_bad = 0
     for b0 in range(0, n, LIST_BLOCK):
         m = min(LIST_BLOCK, n - b0)
@@ -193,10 +199,7 @@ def _bad_pixels(flat, offsets, p0, n, active, upper, bad_at):
             continue
         base = np.uint64(p0 + b0)
         for i in range(m):
-            p = base + np.uint64(i)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _load8(flat, offsets, p)
-            bad = _lanes_invalid(v0, v1, v2, v3, v4, v5, v6, v7, upper) & (active[p] != 0)
-            if bad:
+            if _pixel_bad(flat, offsets, base + np.uint64(i), active, upper):
                 bad_at[n_bad] = b0 + i
                 n_bad += 1
     return n_bad
