@@ -197,9 +197,21 @@ def connect(address, *, threads_per_worker=1, silent=False):
     return Client(address, timeout="30s")
 
 
+def _quiet_shutdown():
+    """Run on a worker of our LocalCluster just before it is closed: its logger no longer
+    reports a heartbeat that the closing cut off (distributed logs that race as an ERROR with a
+    traceback, which reached saxsdog's output after every curve was written)."""
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+
+
 def close_client(client):
     """Close a client from :func:`connect` and the LocalCluster it started, if any."""
     cluster = getattr(client, "_gpusaxs_cluster", None)
+    if cluster is not None:  # the work is done: a worker's shutdown races are no news
+        try:
+            client.run(_quiet_shutdown)
+        except Exception:  # noqa: BLE001 - a worker already gone: close all the same
+            pass
     client.close()
     if cluster is not None:
         cluster.close()
